@@ -1,0 +1,61 @@
+//! The `weft` command: one thin file per subcommand over weft-node,
+//! weft-client and weft-runtime.
+
+mod call;
+mod catalog;
+mod new;
+mod node;
+mod plugins;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Weft: a federated WebAssembly function fabric")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (no --config: single-node cluster `local` with the bundled plugins).
+    Node(node::NodeArgs),
+    /// Call a function, or send a whole request with --request FILE.json.
+    Call(call::CallArgs),
+    /// Functions visible from a node.
+    Catalog(catalog::CatalogArgs),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCmd),
+    /// Scaffold a plugin crate.
+    New(new::NewArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Node(args) => node::run(args).await,
+            Cmd::Call(args) => call::run(args).await,
+            Cmd::Catalog(args) => catalog::run(args).await,
+            Cmd::Plugins(cmd) => plugins::run(cmd),
+            Cmd::New(args) => new::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

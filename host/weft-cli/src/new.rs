@@ -1,0 +1,106 @@
+//! `weft new NAME`: scaffold a plugin crate (WIT world, Rust impl, manifest).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+#[derive(Args)]
+pub struct NewArgs {
+    /// Plugin name: lowercase letters, digits and '-'.
+    name: String,
+    /// Where to create the crate (default: ./NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Path to Weft's guest-sdk (default: the one this weft was built from).
+    #[arg(long)]
+    sdk: Option<PathBuf>,
+}
+
+pub fn run(a: NewArgs) -> anyhow::Result<ExitCode> {
+    let name = a.name.as_str();
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!("plugin name {name:?}: use lowercase letters, digits and '-', starting with a letter");
+    }
+    let dir = a.dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() {
+        bail!("{} already exists; choose another name or --dir", dir.display());
+    }
+    let sdk = a.sdk.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk")));
+    let sdk = sdk.canonicalize().unwrap_or(sdk);
+    let crate_name = name.replace('-', "_");
+    let files = [
+        (
+            "Cargo.toml",
+            format!(
+                r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+wit-bindgen = "0.63"
+weft-guest = {{ path = "{sdk}" }}
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = "debuginfo"
+
+# A standalone crate, not part of any enclosing workspace.
+[workspace]
+"#,
+                sdk = sdk.display()
+            ),
+        ),
+        (
+            "wit/world.wit",
+            format!(
+                "package tenant:{name}@0.1.0;\n\nworld {name} {{\n    /// Says hello.\n    export greet: func(who: string) -> string;\n}}\n"
+            ),
+        ),
+        (
+            "src/lib.rs",
+            format!(
+                r#"//! Weft plugin `{name}`.
+
+wit_bindgen::generate!({{ world: "{name}", path: "wit/world.wit" }});
+
+struct Plugin;
+
+impl Guest for Plugin {{
+    fn greet(who: String) -> String {{
+        weft_guest::log::info(&format!("greeting {{who}}"));
+        format!("hello, {{who}}")
+    }}
+}}
+
+export!(Plugin);
+"#
+            ),
+        ),
+        (
+            &format!("{name}.toml"),
+            "# Copy beside the .wasm in the node's plugins folder.\nversion = \"0.1.0\"\ntenant = \"default\"\n".to_owned(),
+        ),
+    ];
+    for (path, text) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "created {dir}\nbuild:  cd {dir} && cargo build --release --target wasm32-wasip2\ndeploy: cp target/wasm32-wasip2/release/{crate_name}.wasm {name}.toml <node plugins folder>/",
+        dir = dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,86 @@
+//! `weft node`: run a node until SIGINT/SIGTERM, then drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use weft_node::{Config, Overrides};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Config file (TOML); without it the embedded default is used.
+    #[arg(long, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "WEFT_ID")]
+    id: Option<String>,
+    #[arg(long, env = "WEFT_CLUSTER")]
+    cluster: Option<String>,
+    /// WebSocket address for clients and peers (port 0: any free port).
+    #[arg(long, env = "WEFT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP address (port 0: any free port).
+    #[arg(long, env = "WEFT_ADMIN")]
+    admin: Option<SocketAddr>,
+    /// Nodes to dial (repeat, or comma-separated in WEFT_SEEDS).
+    #[arg(long = "seed", env = "WEFT_SEEDS", value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// Plugins folder (*.wasm + NAME.toml).
+    #[arg(long, env = "WEFT_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Resource labels of this node (comma-separated).
+    #[arg(long, env = "WEFT_RESOURCES", value_delimiter = ',')]
+    resources: Option<Vec<String>>,
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        id: args.id,
+        cluster: args.cluster,
+        listen: args.listen,
+        admin: args.admin,
+        seeds: args.seeds,
+        plugins: args.plugins,
+        resources: args.resources,
+        data_dir: args.data_dir,
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    let node = weft_node::start(config).await.context("the node could not start")?;
+    // One machine-readable line on stdout: where the node listens (tests and
+    // scripts start nodes on port 0 and read this).
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready", "node": node.id, "cluster": node.cluster,
+            "ws": node.ws_url(), "admin": node.admin_url(),
+        })
+    );
+    wait_for_signal().await;
+    let drained = node.shutdown().await;
+    Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,157 @@
+//! Rust client for Weft nodes: calls over the node's WebSocket (many in
+//! flight on one connection, matched by `u`) and JSON requests to the admin
+//! HTTP API. Used by the `weft` CLI and the integration tests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use weft_proto::{Command, ErrorKind, Request, Response, WeftError};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Response>>>>;
+
+/// A WebSocket connection to one node. Cheap to share: calls may be made
+/// concurrently from many tasks.
+pub struct Client {
+    outgoing: mpsc::Sender<Message>,
+    pending: Pending,
+    next: AtomicU64,
+}
+
+fn unavailable(message: String) -> WeftError {
+    WeftError::new(ErrorKind::UNAVAILABLE, message)
+}
+
+impl Client {
+    /// Connects to `ws://HOST:PORT`.
+    pub async fn connect(url: &str) -> Result<Client, WeftError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to {url}: {e}; is the node running (weft node) and is --node right?")))?;
+        let (mut sink, mut stream) = ws.split();
+        let (outgoing, mut rx) = mpsc::channel::<Message>(1024);
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let table = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let bytes: Vec<u8> = match msg {
+                    Message::Text(t) => t.as_bytes().to_vec(),
+                    Message::Binary(b) => b.to_vec(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let Ok(response) = serde_json::from_slice::<Response>(&bytes) else { continue };
+                let waiter = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&response.u);
+                if let Some(w) = waiter {
+                    let _ = w.send(response);
+                }
+            }
+            // Connection gone: every waiter learns it (their senders drop).
+            table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        Ok(Client { outgoing, pending, next: AtomicU64::new(1) })
+    }
+
+    /// Sends a whole request and waits for its response. The request's `u`
+    /// is filled in when empty.
+    pub async fn request(&self, mut req: Request) -> Result<Response, WeftError> {
+        if req.u.is_empty() {
+            req.u = format!("c{}", self.next.fetch_add(1, Ordering::Relaxed));
+        }
+        let text = serde_json::to_string(&req).map_err(|e| WeftError::internal(e.to_string()))?;
+        self.send_raw(&req.u, Message::Text(text.into())).await
+    }
+
+    /// Sends a raw frame expecting a response with `u` (for protocol tests).
+    pub async fn send_raw(&self, u: &str, frame: Message) -> Result<Response, WeftError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(u.to_owned(), tx);
+        self.outgoing.send(frame).await.map_err(|_| unavailable("the connection to the node is closed".into()))?;
+        rx.await.map_err(|_| unavailable("the node closed the connection before answering".into()))
+    }
+
+    /// Calls one function with positional arguments and returns its result.
+    pub async fn call(&self, fun: &str, args: Vec<Value>) -> Result<Value, WeftError> {
+        self.call_command(Command::new("call", fun, args)).await
+    }
+
+    /// Runs one command and returns its result.
+    pub async fn call_command(&self, cmd: Command) -> Result<Value, WeftError> {
+        let name = cmd.name.clone();
+        let r = self.request(Request::new("", vec![cmd])).await?.into_result()?;
+        Ok(r.get(&name).cloned().unwrap_or(Value::Null))
+    }
+}
+
+/// The admin HTTP API of one node (`http://HOST:PORT`).
+#[derive(Clone, Debug)]
+pub struct Admin {
+    base: String,
+}
+
+/// Status and JSON body of an admin reply.
+#[derive(Debug)]
+pub struct AdminReply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Admin {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self { base: base.into().trim_end_matches('/').to_owned() }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<AdminReply, WeftError> {
+        self.send(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Result<AdminReply, WeftError> {
+        self.send(hyper::Method::POST, path, body.into()).await
+    }
+
+    async fn send(&self, method: hyper::Method, path: &str, body: Bytes) -> Result<AdminReply, WeftError> {
+        let url = format!("{}{path}", self.base);
+        let uri: hyper::Uri = url.parse().map_err(|e| WeftError::invalid_request(format!("bad URL {url}: {e}")))?;
+        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to {authority}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| WeftError::internal(e.to_string()))?;
+        let reply = sender.send_request(req).await.map_err(|e| unavailable(format!("HTTP request to {url} failed: {e}")))?;
+        let status = reply.status().as_u16();
+        let bytes = reply
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unavailable(format!("reading the reply of {url} failed: {e}")))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(AdminReply { status, body, text })
+    }
+}

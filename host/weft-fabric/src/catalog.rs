@@ -1,0 +1,502 @@
+//! Function resolution: which catalog entries a command selects through its
+//! `fun`, `function_id`, `version_constraint`, `locs` and `target_cluster`.
+//!
+//! Owns the catalog entry shape and the choice rules (highest matching version
+//! wins, two plugins offering one bare name is ambiguous, a miss explains the
+//! nearest entry). It does not know where entries come from (local plugins,
+//! gossip, federation) nor which node a call finally goes to: it hands every
+//! suitable node to the router as `Resolved::candidates`.
+
+use std::collections::BTreeSet;
+
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+use weft_proto::{ClusterId, Command, ErrorKind, FunctionId, FunctionSig, NodeId, WeftError};
+
+/// One function of one plugin version on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    pub function: FunctionId,
+    pub version: Version,
+    pub sig: FunctionSig,
+    pub resources: Vec<String>,
+    pub node: NodeId,
+    pub cluster: ClusterId,
+}
+
+/// The function a command will call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub function: FunctionId,
+    pub version: Version,
+    pub sig: FunctionSig,
+    /// Every entry (one per node) of the chosen plugin version that satisfies
+    /// the command's `locs` and `target_cluster`, in catalog order.
+    pub candidates: Vec<CatalogEntry>,
+}
+
+const CATALOG_HINT: &str = "`weft catalog` lists the functions visible from this node";
+
+/// Chooses the function `cmd` names among `entries`.
+///
+/// The filters (version, then resources, then cluster) apply before the
+/// ambiguity check: a bare name is ambiguous only if several plugins still
+/// qualify, so `locs` or `target_cluster` alone may settle it. A `fun` that
+/// disagrees with `function_id` is rejected rather than silently ignored.
+pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, WeftError> {
+    let at = |e: WeftError| {
+        e.context(format_args!("command {}", cmd.name))
+            .with("command", cmd.name.as_str())
+    };
+    let wanted = Wanted::of(cmd).map_err(at)?;
+    let req = match cmd.version_constraint.as_deref() {
+        None => None,
+        Some(text) => Some(VersionReq::parse(text).map_err(|e| {
+            at(WeftError::invalid_request(format!(
+                "version_constraint {text:?} is not a semver requirement ({e}); write e.g. \"^1.2\" or \">=1, <3\""
+            )))
+        })?),
+    };
+
+    let named: Vec<&CatalogEntry> = entries
+        .iter()
+        .filter(|e| wanted.matches(&e.function))
+        .collect();
+    if named.is_empty() {
+        return Err(at(not_found(format!(
+            "function {wanted} is not in the catalog{}",
+            wanted.siblings(entries)
+        ))));
+    }
+    // Each filter that empties the set explains the miss with what it removed.
+    let left = narrow(
+        named,
+        |e| req.as_ref().is_none_or(|r| r.matches(&e.version)),
+        |before| {
+            let req = req.as_ref().map(ToString::to_string).unwrap_or_default();
+            format!(
+                "function {wanted} exists but no version matches {req:?} (available: {})",
+                available(before)
+            )
+        },
+    )
+    .map_err(at)?;
+    let left = narrow(left, |e| cmd.locs.iter().all(|l| e.resources.contains(l)), |before| {
+        let offered: BTreeSet<String> = before.iter().map(|e| format!("[{}]", e.resources.join(", "))).collect();
+        format!(
+            "function {wanted} exists but not with resources [{}] (its nodes have: {}); drop locs or load the plugin where they are",
+            cmd.locs.join(", "),
+            join(offered)
+        )
+    })
+    .map_err(at)?;
+    let left = narrow(
+        left,
+        |e| {
+            cmd.target_cluster
+                .as_ref()
+                .is_none_or(|c| e.cluster.as_str() == c)
+        },
+        |before| {
+            let clusters: BTreeSet<&str> = before.iter().map(|e| e.cluster.as_str()).collect();
+            format!(
+                "function {wanted} exists but not in cluster {} (it is in: {})",
+                cmd.target_cluster.as_deref().unwrap_or_default(),
+                join(clusters)
+            )
+        },
+    )
+    .map_err(at)?;
+
+    let plugins: BTreeSet<&FunctionId> = left.iter().map(|e| &e.function).collect();
+    if plugins.len() > 1 {
+        let candidates: BTreeSet<String> = left
+            .iter()
+            .map(|e| format!("{}@{}", e.function, e.version))
+            .collect();
+        let candidates: Vec<String> = candidates.into_iter().collect();
+        let example = plugins
+            .iter()
+            .next()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(at(WeftError::new(
+            ErrorKind::AMBIGUOUS_FUNCTION,
+            format!(
+                "function {wanted} is offered by several plugins: {}; set function_id to the one you mean (e.g. \"{example}\")",
+                candidates.join(", ")
+            ),
+        )
+        .with("candidates", candidates)));
+    }
+
+    let Some(best) = left.iter().max_by(|a, b| a.version.cmp(&b.version)) else {
+        return Err(at(WeftError::internal("resolution left no entry")));
+    };
+    let candidates: Vec<CatalogEntry> = left
+        .iter()
+        .filter(|e| e.version == best.version)
+        .map(|e| (*e).clone())
+        .collect();
+    Ok(Resolved {
+        function: best.function.clone(),
+        version: best.version.clone(),
+        sig: best.sig.clone(),
+        candidates,
+    })
+}
+
+/// What a command asks for: a pinned `plugin/function` or a bare function name.
+enum Wanted {
+    Pinned(FunctionId),
+    Bare(String),
+}
+
+impl Wanted {
+    fn of(cmd: &Command) -> Result<Wanted, WeftError> {
+        if let Some(text) = &cmd.function_id {
+            let id: FunctionId = text
+                .parse()
+                .map_err(|e| WeftError::invalid_request(format!("function_id: {e}")))?;
+            if !(cmd.fun.is_empty() || cmd.fun == id.function || cmd.fun == id.to_string()) {
+                return Err(WeftError::invalid_request(format!(
+                    "fun {:?} does not name function_id {id:?}; make them agree or leave fun empty",
+                    cmd.fun
+                )));
+            }
+            return Ok(Wanted::Pinned(id));
+        }
+        if cmd.fun.is_empty() {
+            return Err(WeftError::invalid_request(
+                "fun is empty; name a function as \"function\" or \"plugin/function\"",
+            ));
+        }
+        if cmd.fun.contains('/') {
+            return cmd
+                .fun
+                .parse()
+                .map(Wanted::Pinned)
+                .map_err(|e| WeftError::invalid_request(format!("fun: {e}")));
+        }
+        Ok(Wanted::Bare(cmd.fun.clone()))
+    }
+
+    fn matches(&self, id: &FunctionId) -> bool {
+        match self {
+            Wanted::Pinned(p) => p == id,
+            Wanted::Bare(name) => &id.function == name,
+        }
+    }
+
+    /// For a pinned id whose plugin exists: the functions it does have.
+    fn siblings(&self, entries: &[CatalogEntry]) -> String {
+        let Wanted::Pinned(id) = self else {
+            return String::new();
+        };
+        let names: BTreeSet<&str> = entries
+            .iter()
+            .filter(|e| e.function.plugin == id.plugin)
+            .map(|e| e.function.function.as_str())
+            .collect();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (plugin {} has: {})", id.plugin, join(names))
+        }
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wanted::Pinned(id) => write!(f, "{id}"),
+            Wanted::Bare(name) => f.write_str(name),
+        }
+    }
+}
+
+fn narrow(
+    entries: Vec<&CatalogEntry>,
+    keep: impl Fn(&CatalogEntry) -> bool,
+    why_none: impl FnOnce(&[&CatalogEntry]) -> String,
+) -> Result<Vec<&CatalogEntry>, WeftError> {
+    let kept: Vec<&CatalogEntry> = entries.iter().copied().filter(|e| keep(e)).collect();
+    if kept.is_empty() {
+        Err(not_found(why_none(&entries)))
+    } else {
+        Ok(kept)
+    }
+}
+
+fn not_found(why: String) -> WeftError {
+    WeftError::new(
+        ErrorKind::FUNCTION_NOT_FOUND,
+        format!("{why}; {CATALOG_HINT}"),
+    )
+}
+
+/// Versions on offer: bare versions for one plugin, `plugin/function@version` for several.
+fn available(entries: &[&CatalogEntry]) -> String {
+    let ids: BTreeSet<&FunctionId> = entries.iter().map(|e| &e.function).collect();
+    let mut versions: Vec<(&FunctionId, &Version)> =
+        entries.iter().map(|e| (&e.function, &e.version)).collect();
+    versions.sort();
+    versions.dedup();
+    let shown = versions.iter().map(|(id, v)| {
+        if ids.len() == 1 {
+            v.to_string()
+        } else {
+            format!("{id}@{v}")
+        }
+    });
+    join(shown)
+}
+
+fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{catalog, entry, sig};
+    use weft_proto::WitType;
+
+    fn cmd(fun: &str) -> Command {
+        Command::new("c1", fun, vec![])
+    }
+
+    #[test]
+    fn bare_name_and_plugin_slash_function_both_resolve() {
+        let cat = catalog();
+        assert_eq!(
+            resolve(&cmd("concat"), &cat).unwrap().function,
+            FunctionId::new("echo", "concat")
+        );
+        assert_eq!(
+            resolve(&cmd("math/add"), &cat).unwrap().function,
+            FunctionId::new("math", "add")
+        );
+        let mut c = cmd("add");
+        c.function_id = Some("math/add".into());
+        assert_eq!(
+            resolve(&c, &cat).unwrap().function,
+            FunctionId::new("math", "add")
+        );
+    }
+
+    #[test]
+    fn unknown_function_is_not_found_naming_command_and_function_and_pointing_at_the_catalog() {
+        let e = resolve(&cmd("frob"), &catalog()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+        assert!(
+            e.message
+                .starts_with("command c1: function frob is not in the catalog"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("weft catalog"), "{}", e.message);
+        assert_eq!(e.details["command"], json!("c1"));
+        let e = resolve(&cmd("echo/frob"), &catalog()).unwrap_err();
+        assert!(
+            e.message.contains("plugin echo has: concat, echo, echos"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn highest_matching_version_wins() {
+        let mut cat = catalog();
+        cat.push(entry(
+            "echo/concat",
+            "1.4.0",
+            sig(
+                &[("a", WitType::String), ("b", WitType::String)],
+                WitType::String,
+            ),
+        ));
+        cat.push(entry(
+            "echo/concat",
+            "2.0.0",
+            sig(
+                &[("a", WitType::String), ("b", WitType::String)],
+                WitType::String,
+            ),
+        ));
+        assert_eq!(
+            resolve(&cmd("concat"), &cat).unwrap().version,
+            Version::new(2, 0, 0)
+        );
+        let mut c = cmd("concat");
+        c.version_constraint = Some("^1".into());
+        assert_eq!(resolve(&c, &cat).unwrap().version, Version::new(1, 4, 0));
+    }
+
+    #[test]
+    fn constraint_excluding_every_version_says_which_exist() {
+        let mut c = cmd("concat");
+        c.version_constraint = Some("^2".into());
+        let e = resolve(&c, &catalog()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+        assert!(
+            e.message
+                .contains("no version matches \"^2\" (available: 1.0.0)"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.starts_with("command c1:"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_version_constraint_is_an_invalid_request_naming_the_command() {
+        let mut c = cmd("concat");
+        c.version_constraint = Some("one point oh".into());
+        let e = resolve(&c, &catalog()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
+        assert!(
+            e.message.starts_with("command c1: version_constraint"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn locs_keep_only_entries_with_every_resource() {
+        let mut cat = catalog();
+        let mut gpu = entry(
+            "math/add",
+            "1.0.0",
+            sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64),
+        );
+        gpu.resources = vec!["gpu".into(), "ssd".into()];
+        gpu.node = NodeId::new("g1");
+        cat.push(gpu);
+        let mut c = cmd("add");
+        c.locs = vec!["gpu".into()];
+        let r = resolve(&c, &cat).unwrap();
+        assert_eq!(
+            r.candidates
+                .iter()
+                .map(|e| e.node.as_str())
+                .collect::<Vec<_>>(),
+            ["g1"]
+        );
+        c.locs = vec!["gpu".into(), "tpu".into()];
+        let e = resolve(&c, &cat).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+        assert!(
+            e.message
+                .contains("exists but not with resources [gpu, tpu]"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn target_cluster_keeps_only_that_cluster_and_misses_say_where_it_is() {
+        let mut cat = catalog();
+        let mut beta = entry(
+            "math/add",
+            "1.0.0",
+            sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64),
+        );
+        beta.cluster = ClusterId::new("beta");
+        beta.node = NodeId::new("b1");
+        cat.push(beta);
+        let mut c = cmd("add");
+        c.target_cluster = Some("beta".into());
+        assert_eq!(resolve(&c, &cat).unwrap().candidates[0].node.as_str(), "b1");
+        assert_eq!(
+            resolve(&cmd("add"), &cat).unwrap().candidates.len(),
+            2,
+            "every node is a candidate"
+        );
+        c.target_cluster = Some("gamma".into());
+        let e = resolve(&c, &cat).unwrap_err();
+        assert!(
+            e.message
+                .contains("not in cluster gamma (it is in: alpha, beta)"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn same_bare_name_in_two_plugins_is_ambiguous_until_function_id_pins_one() {
+        let mut cat = catalog();
+        cat.push(entry(
+            "text/concat",
+            "3.1.0",
+            sig(
+                &[("a", WitType::String), ("b", WitType::String)],
+                WitType::String,
+            ),
+        ));
+        let e = resolve(&cmd("concat"), &cat).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION);
+        assert_eq!(
+            e.details["candidates"],
+            json!(["echo/concat@1.0.0", "text/concat@3.1.0"])
+        );
+        assert!(
+            e.message.contains("echo/concat@1.0.0, text/concat@3.1.0"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("function_id"), "{}", e.message);
+        let mut c = cmd("concat");
+        c.function_id = Some("text/concat".into());
+        assert_eq!(resolve(&c, &cat).unwrap().version, Version::new(3, 1, 0));
+    }
+
+    #[test]
+    fn filters_may_settle_an_otherwise_ambiguous_name() {
+        let mut cat = catalog();
+        let mut t = entry(
+            "text/concat",
+            "1.0.0",
+            sig(
+                &[("a", WitType::String), ("b", WitType::String)],
+                WitType::String,
+            ),
+        );
+        t.resources = vec!["gpu".into()];
+        cat.push(t);
+        let mut c = cmd("concat");
+        c.locs = vec!["gpu".into()];
+        assert_eq!(
+            resolve(&c, &cat).unwrap().function,
+            FunctionId::new("text", "concat")
+        );
+    }
+
+    #[test]
+    fn fun_disagreeing_with_function_id_or_malformed_is_an_invalid_request() {
+        let mut c = cmd("upper");
+        c.function_id = Some("echo/concat".into());
+        assert_eq!(
+            resolve(&c, &catalog()).unwrap_err().kind,
+            ErrorKind::INVALID_REQUEST
+        );
+        for bad in ["", "a/b/c", "/x"] {
+            let e = resolve(&cmd(bad), &catalog()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::INVALID_REQUEST, "{bad}");
+            assert!(e.message.starts_with("command c1:"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn catalog_entries_round_trip_through_json() {
+        let e = catalog().remove(0);
+        let back: CatalogEntry = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,685 @@
+//! The request planner: turns a multi-command request into a validated
+//! dependency graph of steps, and binds each step's arguments once the results
+//! it depends on are known.
+//!
+//! Owns argument templates (`{"$ref": ..}`, `{"$lit": ..}`, MPREG's string
+//! references), the checks that run before anything executes (names, unknown
+//! references, cycles, function resolution, argument shapes and types) and the
+//! substitution of results into arguments. It does not run, route or time
+//! anything: function resolution is passed in, results are passed in, and the
+//! order of execution is `schedule`'s business.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use weft_proto::wit::{Field, Mismatch, from_json};
+use weft_proto::{ClusterId, Command, FunctionId, Request, WeftError, WitType};
+
+use crate::catalog::Resolved;
+
+/// The position of a command in its request; indexes `Plan::steps` and the
+/// `results` slice given to `Plan::bind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepIdx(pub usize);
+
+/// An argument with its references found once, at plan time, so binding only
+/// substitutes and never re-reads the JSON for `$ref`/`$lit` markers.
+///
+/// A value is a reference when it is `{"$ref": "name"}` (optionally with
+/// `"path": "field.sub.0"`, dot-separated record fields and list or tuple
+/// indices into the referenced result), or — for MPREG compatibility — a string
+/// equal to the name of *another* command of the request. MPREG only looks at
+/// top-level arguments; Weft treats such strings as references at any depth
+/// inside arrays and objects, so that wrapping an argument in a list does not
+/// change what it means. A string equal to the command's own name stays a
+/// string. `{"$lit": X}` passes X as is, with no reference inside it
+/// interpreted. Subtrees without references collapse into one `Literal`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Template {
+    Literal(Value),
+    Ref { step: StepIdx, path: Vec<String> },
+    Array(Vec<Template>),
+    Object(Vec<(String, Template)>),
+}
+
+/// One command of a validated plan.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub resolved: Resolved,
+    /// The steps whose results this one uses, ascending, without duplicates.
+    pub deps: Vec<StepIdx>,
+    /// 0 without dependencies, else 1 + the highest level of its deps.
+    pub level: u32,
+    pub locs: Vec<String>,
+    pub target_cluster: Option<ClusterId>,
+    /// One template per parameter of `resolved.sig`, in parameter order;
+    /// omitted option parameters are `Literal(null)`.
+    pub args: Vec<Template>,
+}
+
+/// A request checked and arranged for execution; see `Plan::build`.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    steps: Vec<Step>,
+    outputs: Vec<StepIdx>,
+    index: HashMap<String, StepIdx>,
+}
+
+impl Plan {
+    /// Validates `req` completely before anything runs: structure (commands,
+    /// names, references, cycles) first, then function resolution through
+    /// `resolve`, then arguments. Every error names the command it concerns.
+    pub fn build(
+        req: &Request,
+        mut resolve: impl FnMut(&Command) -> Result<Resolved, WeftError>,
+    ) -> Result<Plan, WeftError> {
+        if req.cmds.is_empty() {
+            return Err(WeftError::invalid_request(
+                "the request has no commands; send \"cmds\": [{\"name\": .., \"fun\": .., \"args\": [..]}]",
+            ));
+        }
+        let index = index_names(&req.cmds)?;
+
+        let mut templates = Vec::with_capacity(req.cmds.len());
+        for (i, cmd) in req.cmds.iter().enumerate() {
+            let parser = TemplateParser {
+                index: &index,
+                cmds: &req.cmds,
+                this: i,
+            };
+            let args = cmd
+                .args
+                .iter()
+                .map(|v| parser.parse(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            let kwargs = cmd
+                .kwargs
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), parser.parse(v)?)))
+                .collect::<Result<Vec<_>, WeftError>>()?;
+            templates.push((args, kwargs));
+        }
+        let deps: Vec<Vec<StepIdx>> = templates
+            .iter()
+            .map(|(args, kwargs)| {
+                let mut deps = Vec::new();
+                args.iter()
+                    .chain(kwargs.iter().map(|(_, t)| t))
+                    .for_each(|t| t.collect_refs(&mut deps));
+                deps.sort_unstable();
+                deps.dedup();
+                deps
+            })
+            .collect();
+        let levels = levels(&req.cmds, &deps)?;
+
+        let resolved: Vec<Resolved> = req
+            .cmds
+            .iter()
+            .map(|cmd| resolve(cmd).map_err(|e| at(&cmd.name, e)))
+            .collect::<Result<_, _>>()?;
+
+        let mut steps = Vec::with_capacity(req.cmds.len());
+        for (i, (cmd, (args, kwargs))) in req.cmds.iter().zip(templates).enumerate() {
+            let r = &resolved[i];
+            let args = arrange(r, args, kwargs).map_err(|e| at(&cmd.name, e))?;
+            for (param, template) in r.sig.params.iter().zip(&args) {
+                check_static(&r.function, param, template, &req.cmds, &resolved)
+                    .map_err(|e| at(&cmd.name, e))?;
+            }
+            steps.push(Step {
+                name: cmd.name.clone(),
+                resolved: r.clone(),
+                deps: deps[i].clone(),
+                level: levels[i],
+                locs: cmd.locs.clone(),
+                target_cluster: cmd.target_cluster.as_deref().map(ClusterId::new),
+                args,
+            });
+        }
+
+        let mut referenced = vec![false; steps.len()];
+        steps
+            .iter()
+            .flat_map(|s| &s.deps)
+            .for_each(|d| referenced[d.0] = true);
+        let outputs = (0..steps.len())
+            .filter(|&i| !referenced[i])
+            .map(StepIdx)
+            .collect();
+        Ok(Plan {
+            steps,
+            outputs,
+            index,
+        })
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Names of the steps no other step references, in request order: the
+    /// members of the response's `r`.
+    pub fn outputs(&self) -> Vec<&str> {
+        self.outputs
+            .iter()
+            .map(|i| self.steps[i.0].name.as_str())
+            .collect()
+    }
+
+    /// The same steps as `outputs`, by index.
+    pub fn output_steps(&self) -> &[StepIdx] {
+        &self.outputs
+    }
+
+    pub fn step_index(&self, name: &str) -> Option<StepIdx> {
+        self.index.get(name).copied()
+    }
+
+    /// The positional arguments of `step`, in parameter order, with every
+    /// reference replaced by (the `path` into) the result of its step.
+    /// `results[i]` is the success value of step `i` once it completed.
+    /// Every argument is checked against its parameter's WIT type, since
+    /// references nested in literals could not be checked at plan time.
+    pub fn bind(&self, step: StepIdx, results: &[Option<Value>]) -> Result<Vec<Value>, WeftError> {
+        let Some(s) = self.steps.get(step.0) else {
+            return Err(WeftError::internal(format!(
+                "step #{} is not part of this plan",
+                step.0
+            )));
+        };
+        let function = &s.resolved.function;
+        s.args
+            .iter()
+            .zip(&s.resolved.sig.params)
+            .map(|(template, param)| {
+                let value = self.instantiate(template, results).map_err(|e| {
+                    at(
+                        &s.name,
+                        e.context(format_args!("argument '{}' of {function}", param.name)),
+                    )
+                })?;
+                from_json(&value, &param.ty, &param.name)
+                    .map_err(|m| at(&s.name, mismatch(function, m)))?;
+                Ok(value)
+            })
+            .collect()
+    }
+
+    fn instantiate(
+        &self,
+        template: &Template,
+        results: &[Option<Value>],
+    ) -> Result<Value, WeftError> {
+        Ok(match template {
+            Template::Literal(v) => v.clone(),
+            Template::Ref { step, path } => {
+                let name = &self.steps[step.0].name;
+                let Some(result) = results.get(step.0).and_then(Option::as_ref) else {
+                    return Err(WeftError::internal(format!(
+                        "the result of {name} is not available; a step may only be bound once its dependencies completed"
+                    )));
+                };
+                follow_value(result, path)
+                    .map_err(|why| {
+                        WeftError::invalid_arguments(format!(
+                            "path {:?} does not exist in the result of {name}: {why}",
+                            path.join(".")
+                        ))
+                    })?
+                    .clone()
+            }
+            Template::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| self.instantiate(t, results))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Template::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), self.instantiate(t, results)?)))
+                    .collect::<Result<Map<_, _>, WeftError>>()?,
+            ),
+        })
+    }
+}
+
+impl Template {
+    fn collect_refs(&self, out: &mut Vec<StepIdx>) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Ref { step, .. } => out.push(*step),
+            Template::Array(items) => items.iter().for_each(|t| t.collect_refs(out)),
+            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.collect_refs(out)),
+        }
+    }
+
+    fn into_literal(self) -> Option<Value> {
+        match self {
+            Template::Literal(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Prefixes an error with the command it concerns, once, and records the
+/// command in the details for programs.
+fn at(cmd: &str, e: WeftError) -> WeftError {
+    let prefix = format!("command {cmd}");
+    let e = if e.message.starts_with(&format!("{prefix}:")) {
+        e
+    } else {
+        e.context(prefix)
+    };
+    e.with("command", cmd)
+}
+
+fn index_names(cmds: &[Command]) -> Result<HashMap<String, StepIdx>, WeftError> {
+    let mut index = HashMap::with_capacity(cmds.len());
+    for (i, cmd) in cmds.iter().enumerate() {
+        if cmd.name.is_empty() {
+            return Err(WeftError::invalid_request(format!(
+                "command #{} has an empty name; every command needs a name unique within the request",
+                i + 1
+            ))
+            .with("index", i));
+        }
+        if let Some(first) = index.insert(cmd.name.clone(), StepIdx(i)) {
+            return Err(at(
+                &cmd.name,
+                WeftError::invalid_request(format!(
+                    "the name is used by commands #{} and #{}; names must be unique within a request",
+                    first.0 + 1,
+                    i + 1
+                )),
+            ));
+        }
+    }
+    Ok(index)
+}
+
+struct TemplateParser<'a> {
+    index: &'a HashMap<String, StepIdx>,
+    cmds: &'a [Command],
+    this: usize,
+}
+
+impl TemplateParser<'_> {
+    fn parse(&self, v: &Value) -> Result<Template, WeftError> {
+        Ok(match v {
+            Value::Object(o) if o.contains_key("$ref") => self.reference(o)?,
+            Value::Object(o) if o.contains_key("$lit") => match (o.len(), o.get("$lit")) {
+                (1, Some(lit)) => Template::Literal(lit.clone()),
+                _ => {
+                    return Err(self.invalid(format!(
+                        "a {{\"$lit\": ..}} object may have no other key, found {}",
+                        other_keys(o, &["$lit"])
+                    )));
+                }
+            },
+            Value::String(s) => match self.index.get(s) {
+                Some(&step) if step.0 != self.this => Template::Ref {
+                    step,
+                    path: Vec::new(),
+                },
+                _ => Template::Literal(v.clone()),
+            },
+            Value::Array(items) => {
+                let parts = items
+                    .iter()
+                    .map(|x| self.parse(x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if parts.iter().all(|p| matches!(p, Template::Literal(_))) {
+                    Template::Literal(Value::Array(
+                        parts
+                            .into_iter()
+                            .filter_map(Template::into_literal)
+                            .collect(),
+                    ))
+                } else {
+                    Template::Array(parts)
+                }
+            }
+            Value::Object(o) => {
+                let parts = o
+                    .iter()
+                    .map(|(k, x)| Ok((k.clone(), self.parse(x)?)))
+                    .collect::<Result<Vec<_>, WeftError>>()?;
+                if parts.iter().all(|(_, p)| matches!(p, Template::Literal(_))) {
+                    Template::Literal(Value::Object(
+                        parts
+                            .into_iter()
+                            .filter_map(|(k, p)| Some((k, p.into_literal()?)))
+                            .collect(),
+                    ))
+                } else {
+                    Template::Object(parts)
+                }
+            }
+            other => Template::Literal(other.clone()),
+        })
+    }
+
+    fn reference(&self, o: &Map<String, Value>) -> Result<Template, WeftError> {
+        if o.keys().any(|k| k != "$ref" && k != "path") {
+            return Err(self.invalid(format!(
+                "a {{\"$ref\": ..}} object may only have the keys \"$ref\" and \"path\", found {}; \
+                 wrap a value in {{\"$lit\": ..}} to pass it literally",
+                other_keys(o, &["$ref", "path"])
+            )));
+        }
+        let Some(Value::String(target)) = o.get("$ref") else {
+            return Err(self.invalid("\"$ref\" must be the name of a command (a string)".into()));
+        };
+        let path = match o.get("path") {
+            None => Vec::new(),
+            Some(Value::String(p)) if p.is_empty() => Vec::new(),
+            Some(Value::String(p)) => {
+                let path: Vec<String> = p.split('.').map(str::to_owned).collect();
+                if path.iter().any(String::is_empty) {
+                    return Err(self.invalid(format!(
+                        "path {p:?} of {{\"$ref\": {target:?}}} has an empty segment; write fields and indices as \"field.sub.0\""
+                    )));
+                }
+                path
+            }
+            Some(_) => {
+                return Err(self.invalid(format!(
+                    "the path of {{\"$ref\": {target:?}}} must be a string"
+                )));
+            }
+        };
+        let Some(&step) = self.index.get(target) else {
+            let names: Vec<&str> = self.cmds.iter().map(|c| c.name.as_str()).collect();
+            return Err(self
+                .invalid(format!(
+                    "{{\"$ref\": {target:?}}} names no command of this request (its commands: {})",
+                    abbreviate(&names)
+                ))
+                .with("reference", target.as_str()));
+        };
+        Ok(Template::Ref { step, path })
+    }
+
+    fn invalid(&self, message: String) -> WeftError {
+        at(
+            &self.cmds[self.this].name,
+            WeftError::invalid_request(message),
+        )
+    }
+}
+
+fn other_keys(o: &Map<String, Value>, allowed: &[&str]) -> String {
+    let keys: Vec<String> = o
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| format!("{k:?}"))
+        .collect();
+    keys.join(", ")
+}
+
+/// Lists names for a message without letting a huge request flood it.
+fn abbreviate(names: &[&str]) -> String {
+    const SHOWN: usize = 20;
+    let head = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        format!("{head}, ... ({} in all)", names.len())
+    } else {
+        head
+    }
+}
+
+/// Levels by Kahn's algorithm; whatever it cannot order lies on or behind a
+/// cycle. Iterative, so a deep chain cannot overflow the stack.
+fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError> {
+    let n = cmds.len();
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        ds.iter().for_each(|d| dependents[d.0].push(i));
+    }
+    let mut level = vec![0u32; n];
+    let mut ordered = vec![false; n];
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        ordered[i] = true;
+        for &j in &dependents[i] {
+            level[j] = level[j].max(level[i] + 1);
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    let Some(start) = ordered.iter().position(|done| !done) else {
+        return Ok(level);
+    };
+
+    // Every unordered step waits on another unordered step, so following
+    // those waits must come back to a step already seen: that loop is a cycle.
+    let mut seen_at = vec![None; n];
+    let mut walk = vec![start];
+    seen_at[start] = Some(0);
+    let cycle_start = loop {
+        let current = walk[walk.len() - 1];
+        let Some(next) = deps[current].iter().map(|d| d.0).find(|&d| !ordered[d]) else {
+            return Err(WeftError::internal("cycle search left the unordered steps"));
+        };
+        if let Some(pos) = seen_at[next] {
+            break pos;
+        }
+        seen_at[next] = Some(walk.len());
+        walk.push(next);
+    };
+    // Start the report at the cycle's earliest command so it reads the same
+    // whatever step the search started from.
+    let mut cycle = walk.split_off(cycle_start);
+    let first = cycle
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, i)| **i)
+        .map_or(0, |(pos, _)| pos);
+    cycle.rotate_left(first);
+    cycle.push(cycle[0]);
+    let names: Vec<&str> = cycle.iter().map(|&i| cmds[i].name.as_str()).collect();
+    let message = if names.len() == 2 {
+        format!(
+            "it references its own result ({}); a command cannot use its own result",
+            names.join(" -> ")
+        )
+    } else {
+        format!(
+            "dependency cycle {}; a command cannot use its own result, directly or through other commands",
+            names.join(" -> ")
+        )
+    };
+    Err(at(names[0], WeftError::invalid_request(message)).with("cycle", names))
+}
+
+/// Maps positional and named arguments onto the parameters, in parameter order.
+fn arrange(
+    r: &Resolved,
+    args: Vec<Template>,
+    kwargs: Vec<(String, Template)>,
+) -> Result<Vec<Template>, WeftError> {
+    let params = &r.sig.params;
+    let function = &r.function;
+    if args.len() > params.len() {
+        return Err(WeftError::invalid_arguments(format!(
+            "{function} takes {} argument(s) ({}) but {} were given",
+            params.len(),
+            r.sig,
+            args.len()
+        )));
+    }
+    let given = args.len();
+    let mut slots: Vec<Option<Template>> = args.into_iter().map(Some).collect();
+    slots.resize_with(params.len(), || None);
+    for (name, template) in kwargs {
+        let Some(i) = params.iter().position(|p| p.name == name) else {
+            return Err(WeftError::invalid_arguments(format!(
+                "{function} has no parameter '{name}'; its signature is {}",
+                r.sig
+            ))
+            .with("parameter", name));
+        };
+        if i < given {
+            return Err(WeftError::invalid_arguments(format!(
+                "argument '{name}' of {function} (expected {}) is given twice: as positional argument #{} and by name",
+                params[i].ty,
+                i + 1
+            ))
+            .with("parameter", name));
+        }
+        slots[i] = Some(template);
+    }
+    slots
+        .into_iter()
+        .zip(params)
+        .map(|(slot, p)| match (slot, &p.ty) {
+            (Some(t), _) => Ok(t),
+            // An absent option is `none`; this is what lets trailing option
+            // parameters be left out.
+            (None, WitType::Option { .. }) => Ok(Template::Literal(Value::Null)),
+            (None, ty) => Err(WeftError::invalid_arguments(format!(
+                "missing argument '{}' of {function} (expected {ty}); its signature is {}",
+                p.name, r.sig
+            ))
+            .with("parameter", p.name.as_str())),
+        })
+        .collect()
+}
+
+/// Checks what can be known before running: literal arguments against their
+/// parameter type, and whole-argument references by the referenced function's
+/// result type. References nested in literals are checked by `bind`.
+fn check_static(
+    function: &FunctionId,
+    param: &Field,
+    template: &Template,
+    cmds: &[Command],
+    resolved: &[Resolved],
+) -> Result<(), WeftError> {
+    let (step, path) = match template {
+        Template::Literal(v) => {
+            return from_json(v, &param.ty, &param.name)
+                .map(drop)
+                .map_err(|m| mismatch(function, m));
+        }
+        Template::Ref { step, path } => (step, path),
+        Template::Array(_) | Template::Object(_) => return Ok(()),
+    };
+    let source = &resolved[step.0];
+    let reference = RefName {
+        cmd: &cmds[step.0].name,
+        path,
+    };
+    let fail = |why: String| {
+        WeftError::invalid_arguments(format!("argument '{}' of {function}: {why}", param.name))
+            .with("parameter", param.name.as_str())
+    };
+    let Some(result) = source.sig.success_type() else {
+        return Err(fail(format!(
+            "{reference} has no value: {} returns nothing",
+            source.function
+        )));
+    };
+    let ty = follow_type(result, path)
+        .map_err(|why| fail(format!("{reference} does not exist: {why}")))?;
+    if fits_json(ty, &param.ty) {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "expected {}, but {reference} is {ty} (from {})",
+            param.ty, source.function
+        ))
+        .with("expected", param.ty.to_string()))
+    }
+}
+
+fn mismatch(function: &FunctionId, m: Mismatch) -> WeftError {
+    WeftError::invalid_arguments(format!(
+        "argument '{}' of {function}: expected {}, got {}",
+        m.path, m.expected, m.found
+    ))
+    .with("parameter", m.path)
+    .with("expected", m.expected)
+}
+
+/// `a` or `a.mean.0`, as a reference is named in messages.
+struct RefName<'a> {
+    cmd: &'a str,
+    path: &'a [String],
+}
+
+impl fmt::Display for RefName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cmd)?;
+        self.path.iter().try_for_each(|seg| write!(f, ".{seg}"))
+    }
+}
+
+/// `WitType::fits`, plus what the JSON mapping adds: a `T` is a valid
+/// `option<T>` (it is `some`), unless T is itself an option (then `some` is
+/// spelled `{"some": ..}`).
+fn fits_json(source: &WitType, target: &WitType) -> bool {
+    source.fits(target)
+        || matches!(target, WitType::Option { some }
+            if !matches!(**some, WitType::Option { .. }) && !matches!(source, WitType::Option { .. }) && source.fits(some))
+}
+
+/// The type at `path` inside a value of type `ty`. An option is looked
+/// through, since `some(x)` travels as x; a `none` fails at bind time.
+fn follow_type<'t>(mut ty: &'t WitType, path: &[String]) -> Result<&'t WitType, String> {
+    for seg in path {
+        if let WitType::Option { some } = ty {
+            ty = some;
+        }
+        ty = match ty {
+            WitType::Record { fields, .. } => ty.field(seg).ok_or_else(|| {
+                let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                format!("{ty} has no field '{seg}' (fields: {})", names.join(", "))
+            })?,
+            WitType::List { element } if seg.parse::<usize>().is_ok() => element,
+            WitType::Tuple { elements } => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| elements.get(i))
+                .ok_or_else(|| {
+                    format!(
+                        "'{seg}' is not an index of {ty} (0 to {})",
+                        elements.len().saturating_sub(1)
+                    )
+                })?,
+            _ => return Err(format!("'{seg}' cannot be taken from a value of type {ty}")),
+        };
+    }
+    Ok(ty)
+}
+
+fn follow_value<'v>(mut value: &'v Value, path: &[String]) -> Result<&'v Value, String> {
+    for seg in path {
+        value = match value {
+            Value::Object(o) => o
+                .get(seg)
+                .ok_or_else(|| format!("the object has no field '{seg}'"))?,
+            Value::Array(a) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| a.get(i))
+                .ok_or_else(|| format!("no element '{seg}' in an array of {} elements", a.len()))?,
+            Value::Null => return Err(format!("'{seg}' cannot be taken from null")),
+            Value::Bool(_) => return Err(format!("'{seg}' cannot be taken from a boolean")),
+            Value::Number(_) => return Err(format!("'{seg}' cannot be taken from a number")),
+            Value::String(_) => return Err(format!("'{seg}' cannot be taken from a string")),
+        };
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,227 @@
+//! The admin HTTP API: health, readiness, metrics, plugins, catalog, and
+//! `POST /v1/call` (the client protocol over HTTP).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_proto::{ErrorKind, Request, Response, WeftError};
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+
+/// Lifecycle as readiness reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+}
+
+#[derive(Default)]
+pub struct PhaseCell(AtomicU8);
+
+impl PhaseCell {
+    pub fn set(&self, p: Phase) {
+        self.0.store(p as u8, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> Phase {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Phase::Ready,
+            2 => Phase::Draining,
+            _ => Phase::Starting,
+        }
+    }
+}
+
+pub(crate) struct AdminContext {
+    pub executor: Arc<Executor>,
+    pub metrics: Arc<Metrics>,
+    pub phase: Arc<PhaseCell>,
+    pub node: String,
+    pub cluster: String,
+    pub max_body: usize,
+}
+
+type Body = Full<Bytes>;
+
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> HttpResponse<Body> {
+    let mut r = HttpResponse::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(status: StatusCode, e: &WeftError) -> HttpResponse<Body> {
+    json_response(status, &json!({ "error": e.to_body() }))
+}
+
+/// HTTP status for a failed call; the body is always the rpc-response.
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::PARSE_ERROR | ErrorKind::INVALID_REQUEST | ErrorKind::INVALID_ARGUMENTS | ErrorKind::AMBIGUOUS_FUNCTION => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::FUNCTION_NOT_FOUND | ErrorKind::NO_ROUTE => StatusCode::NOT_FOUND,
+        ErrorKind::POLICY_DENIED => StatusCode::FORBIDDEN,
+        ErrorKind::UNAUTHENTICATED => StatusCode::UNAUTHORIZED,
+        ErrorKind::RATE_LIMITED | ErrorKind::RESOURCE_EXHAUSTED => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::GUEST_TRAP | ErrorKind::GUEST_ERROR => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::UNAVAILABLE | ErrorKind::HOP_BUDGET_EXHAUSTED => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
+    let path = req.uri().path().to_owned();
+    let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => {
+            let phase = ctx.phase.get();
+            let status = if phase == Phase::Ready { "ok" } else { phase_name(phase) };
+            let code = if phase == Phase::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(code, &json!({ "status": status, "node": ctx.node, "cluster": ctx.cluster }))
+        }
+        (&Method::GET, "/livez") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            let phase = ctx.phase.get();
+            let ready = phase == Phase::Ready;
+            let mut body = json!({ "ready": ready });
+            if verbose {
+                body["reason"] = json!(match phase {
+                    Phase::Ready => "serving",
+                    Phase::Starting => "starting: plugins are loading",
+                    Phase::Draining => "draining: shutting down, finishing in-flight calls",
+                });
+            }
+            json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/v1/plugins") => json_response(
+            StatusCode::OK,
+            &json!({
+                "plugins": ctx.executor.runtime().plugins(),
+                "failed": ctx.executor.runtime().load_failures(),
+            }),
+        ),
+        (&Method::GET, "/v1/catalog") => {
+            let functions: Vec<Value> = ctx
+                .executor
+                .catalog()
+                .into_iter()
+                .map(|e| {
+                    json!({
+                        "name": e.function.function,
+                        "function_id": e.function.to_string(),
+                        "plugin": e.function.plugin,
+                        "version": e.version.to_string(),
+                        "signature": e.sig.to_string(),
+                        "sig": e.sig,
+                        "resources": e.resources,
+                        "cluster": e.cluster,
+                        "node": e.node,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }))
+        }
+        (&Method::POST, "/v1/call") => call(ctx, req).await,
+        (_, "/v1/call") => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &WeftError::invalid_request("use POST /v1/call with a JSON request body"),
+        ),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            &WeftError::invalid_request(format!(
+                "no such endpoint {} {path}; see docs/OPERATIONS.md for the admin API",
+                req.method()
+            )),
+        ),
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Ready => "ok",
+        Phase::Draining => "draining",
+    }
+}
+
+async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
+    ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
+    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let (status, err) = if too_large {
+                ctx.metrics.reject_frame("too_large");
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    WeftError::invalid_request(format!("request body is over limits.max_frame ({} bytes)", ctx.max_body)),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, WeftError::invalid_request(format!("cannot read the request body: {e}")))
+            };
+            ctx.metrics.record_error(err.kind);
+            return json_response(status, &serde_json::to_value(Response::err("", &err)).unwrap_or_default());
+        }
+    };
+    let response = match Request::decode(&body) {
+        Ok(request) => ctx.executor.execute(request).await,
+        Err((u, e)) => {
+            ctx.metrics.record_error(e.kind);
+            Response::err(u.unwrap_or_default(), &e)
+        }
+    };
+    let status = response.error.as_ref().map_or(StatusCode::OK, |e| status_of(e.kind));
+    json_response(status, &serde_json::to_value(&response).unwrap_or_default())
+}

@@ -1,0 +1,425 @@
+//! Node configuration: the TOML file of the spec, with defaults in one
+//! place, `WEFT_*` environment variables and flags on top (the CLI turns
+//! both into `Overrides`), and every unknown key or bad value reported with
+//! its path and line before the node refuses to start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use weft_runtime::units;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub federation: FederationSection,
+    pub routing: RoutingSection,
+    pub limits: LimitsSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Default: derived from the host name and the listen port.
+    pub id: Option<String>,
+    pub cluster: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub seeds: Vec<String>,
+    /// None: the bundled example plugins (echo, math, text).
+    pub plugins: Option<PathBuf>,
+    pub resources: Vec<String>,
+    pub data_dir: PathBuf,
+    /// How long in-flight calls may take to finish after SIGINT/SIGTERM.
+    #[serde(deserialize_with = "units::duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FederationMode {
+    #[default]
+    Strict,
+    Explicit,
+    Permissive,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationSection {
+    pub mode: FederationMode,
+    pub allowed_clusters: Vec<String>,
+    pub blocked_clusters: Vec<String>,
+    pub bridges: Vec<Bridge>,
+    pub functions: FunctionRules,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    pub cluster: String,
+    #[serde(default)]
+    pub nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionRules {
+    pub allow: Vec<String>,
+    pub block: Vec<String>,
+    pub rate_limit_per_minute: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSection {
+    pub max_hops: u32,
+    #[serde(deserialize_with = "units::duration")]
+    pub announce_interval: Duration,
+    #[serde(deserialize_with = "units::duration")]
+    pub route_ttl: Duration,
+    pub security: RoutingSecurity,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSecurity {
+    pub require_signatures: bool,
+    pub signing_key: String,
+    pub trusted_keys: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(deserialize_with = "units::duration")]
+    pub deadline: Duration,
+    #[serde(deserialize_with = "units::size")]
+    pub memory: u64,
+    pub fuel: u64,
+    pub max_concurrency: u32,
+    /// Largest WebSocket frame or HTTP body accepted.
+    #[serde(deserialize_with = "units::size")]
+    pub max_frame: u64,
+    #[serde(deserialize_with = "units::size")]
+    pub max_result: u64,
+    #[serde(deserialize_with = "units::size")]
+    pub max_plugin: u64,
+    pub max_in_flight_per_connection: u32,
+    /// Commands in one request.
+    pub max_commands: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeSection::default(),
+            federation: FederationSection::default(),
+            routing: RoutingSection::default(),
+            limits: LimitsSection::default(),
+        }
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            cluster: "local".into(),
+            listen: addr("127.0.0.1:7700"),
+            admin: addr("127.0.0.1:7701"),
+            seeds: Vec::new(),
+            plugins: None,
+            resources: Vec::new(),
+            data_dir: PathBuf::from("data"),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        Self {
+            max_hops: 8,
+            announce_interval: Duration::from_secs(1),
+            route_ttl: Duration::from_secs(10),
+            security: RoutingSecurity::default(),
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(5),
+            memory: 64 << 20,
+            fuel: 0,
+            max_concurrency: 256,
+            max_frame: 16 << 20,
+            max_result: 16 << 20,
+            max_plugin: 64 << 20,
+            max_in_flight_per_connection: 1024,
+            max_commands: 1024,
+        }
+    }
+}
+
+/// Values from flags or `WEFT_*` variables; each wins over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub seeds: Option<Vec<String>>,
+    pub plugins: Option<PathBuf>,
+    pub resources: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Every problem found in a config file, each with its key path and line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads a config file; `None` gives the embedded default.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(p) => {
+                let file = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    problems: vec![format!("cannot read the file: {e}")],
+                })?;
+                let mut config = Config::parse(&file, &text)?;
+                // Relative paths in a file are relative to the file.
+                let base = p.parent().unwrap_or(Path::new("."));
+                config.node.plugins = config.node.plugins.map(|d| base.join(d));
+                config.node.data_dir = base.join(&config.node.data_dir);
+                config
+            }
+        };
+        config.apply(overrides);
+        config.validate().map_err(|problems| ConfigError {
+            file: path.map_or("(defaults)".into(), |p| p.display().to_string()),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, collecting unknown keys (all of them) and the first
+    /// bad value, each with its line.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError { file: file.to_owned(), problems };
+        let de = toml::Deserializer::parse(text).map_err(|e| fail(vec![e.to_string().trim().to_owned()]))?;
+        let mut unknown = Vec::new();
+        let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+        let mut problems: Vec<String> = unknown
+            .iter()
+            .map(|key| match line_of(text, key) {
+                Some(line) => format!("unknown key `{key}` at line {line}"),
+                None => format!("unknown key `{key}`"),
+            })
+            .collect();
+        match parsed {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(fail(problems)),
+            Err(e) => {
+                problems.push(e.to_string().trim().replace('\n', "\n    "));
+                Err(fail(problems))
+            }
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        let n = &mut self.node;
+        if let Some(v) = &o.id {
+            n.id = Some(v.clone());
+        }
+        if let Some(v) = &o.cluster {
+            n.cluster = v.clone();
+        }
+        if let Some(v) = o.listen {
+            n.listen = v;
+        }
+        if let Some(v) = o.admin {
+            n.admin = v;
+        }
+        if let Some(v) = &o.seeds {
+            n.seeds = v.clone();
+        }
+        if let Some(v) = &o.plugins {
+            n.plugins = Some(v.clone());
+        }
+        if let Some(v) = &o.resources {
+            n.resources = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            n.data_dir = v.clone();
+        }
+    }
+
+    fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, msg: &str| {
+            if !ok {
+                problems.push(msg.to_owned());
+            }
+        };
+        let name_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        check(name_ok(&self.node.cluster), "node.cluster: use letters, digits, '-', '_' or '.'");
+        check(self.node.id.as_deref().is_none_or(name_ok), "node.id: use letters, digits, '-', '_' or '.'");
+        check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
+        check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
+        check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
+        check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
+        check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
+        check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
+        for seed in &self.node.seeds {
+            check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The node id: configured, or derived from the host name and listen port.
+    pub fn node_id(&self, listen_port: u16) -> String {
+        self.node.id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .unwrap_or_else(|| "node".into());
+            format!("{host}-{listen_port}")
+        })
+    }
+}
+
+/// Line (1-based) of a dotted key path such as `federation.bridges.0.clustr`;
+/// the deepest part of the path that can be found gives the line.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut array: Option<&toml_edit::ArrayOfTables> = None;
+    let mut span = None;
+    for segment in path.split('.') {
+        if let Some(a) = array.take() {
+            let Some(t) = segment.parse::<usize>().ok().and_then(|i| a.get(i)) else { break };
+            span = t.span().or(span);
+            table = t;
+            continue;
+        }
+        let Some((key, value)) = table.get_key_value(segment) else { break };
+        span = key.span().or(span);
+        match value {
+            toml_edit::Item::ArrayOfTables(a) => array = Some(a),
+            other => match other.as_table_like() {
+                Some(t) => table = t,
+                None => break,
+            },
+        }
+    }
+    span.map(|s| line_at(text, s.start))
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_parses_with_every_key() {
+        let text = r#"
+[node]
+id = "a1"
+cluster = "alpha"
+listen = "127.0.0.1:7700"
+admin = "127.0.0.1:7701"
+seeds = ["ws://127.0.0.1:7710"]
+plugins = "plugins"
+resources = ["gpu"]
+data_dir = "data"
+
+[federation]
+mode = "strict"
+allowed_clusters = []
+blocked_clusters = []
+[[federation.bridges]]
+cluster = "beta"
+nodes = []
+[federation.functions]
+allow = []
+block = []
+rate_limit_per_minute = 0
+
+[routing]
+max_hops = 8
+announce_interval = "1s"
+route_ttl = "10s"
+[routing.security]
+require_signatures = false
+signing_key = ""
+trusted_keys = {}
+
+[limits]
+deadline = "5s"
+memory = "64MiB"
+fuel = 0
+max_concurrency = 256
+"#;
+        let c = Config::parse("weft.toml", text).unwrap();
+        assert_eq!(c.node.id.as_deref(), Some("a1"));
+        assert_eq!(c.node.cluster, "alpha");
+        assert_eq!(c.federation.bridges[0].cluster, "beta");
+        assert_eq!(c.limits.memory, 64 << 20);
+        assert_eq!(c.routing.route_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_line() {
+        let text = "[node]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n\n[limits]\nmemroy = \"1MiB\"\n[[federation.bridges]]\ncluster = \"b\"\nnodez = []\n";
+        let err = Config::parse("x.toml", text).unwrap_err();
+        let all = err.to_string();
+        assert!(all.contains("unknown key `node.lisen` at line 3"), "{all}");
+        assert!(all.contains("unknown key `limits.memroy` at line 6"), "{all}");
+        assert!(all.contains("nodez") && all.contains("line 9"), "{all}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("500ms"), "{err}");
+        let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("strict"), "{err}");
+        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file_and_validation_catches_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[node]\ncluster = \"alpha\"\nplugins = \"p\"\n").unwrap();
+        let o = Overrides { cluster: Some("beta".into()), ..Overrides::default() };
+        let c = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(c.node.cluster, "beta");
+        assert_eq!(c.node.plugins, Some(dir.path().join("p")));
+        std::fs::write(&path, "[limits]\nmax_concurrency = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("limits.max_concurrency"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! Runs client requests: plan (weft-fabric) against the catalog, then start
+//! each command as soon as its inputs are ready, each in its own task so
+//! independent commands use every core. The first failure fails the request
+//! and cancels the commands still running (their tasks are aborted).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
+use weft_proto::client::{ExecutionSummary, StepSummary};
+use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
+use weft_runtime::{CallTarget, Runtime};
+
+use crate::metrics::Metrics;
+
+pub struct Executor {
+    runtime: Arc<Runtime>,
+    catalog: RwLock<Vec<CatalogEntry>>,
+    node: NodeId,
+    cluster: ClusterId,
+    metrics: Arc<Metrics>,
+    max_commands: usize,
+    default_timeout: Duration,
+}
+
+struct StepDone {
+    step: StepIdx,
+    result: Result<Value, WeftError>,
+    started: Instant,
+    elapsed: Duration,
+}
+
+impl Executor {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        node: NodeId,
+        cluster: ClusterId,
+        resources: &[String],
+        metrics: Arc<Metrics>,
+        max_commands: usize,
+        default_timeout: Duration,
+    ) -> Self {
+        let catalog = local_catalog(&runtime, &node, &cluster, resources);
+        Self { runtime, catalog: RwLock::new(catalog), node, cluster, metrics, max_commands, default_timeout }
+    }
+
+    /// Every function callable from this node.
+    pub fn catalog(&self) -> Vec<CatalogEntry> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Executes a request and always produces a response (errors included).
+    pub async fn execute(&self, req: Request) -> Response {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let u = req.u.clone();
+        let response = match self.run(req, started).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.metrics.record_error(e.kind);
+                Response::err(u, &e)
+            }
+        };
+        self.metrics.in_flight.dec();
+        self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn run(&self, req: Request, started: Instant) -> Result<Response, WeftError> {
+        if req.cmds.len() > self.max_commands {
+            return Err(WeftError::invalid_request(format!(
+                "{} commands is over the limit of {} per request (limits.max_commands); split the request",
+                req.cmds.len(),
+                self.max_commands
+            )));
+        }
+        let plan = {
+            let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+            Plan::build(&req, |cmd| resolve(cmd, &catalog))?
+        };
+        let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
+        let deadline = started + timeout;
+
+        let mut scheduler = Scheduler::new(&plan);
+        let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
+        let mut timings: Vec<Option<(Instant, Duration)>> = vec![None; plan.steps().len()];
+        let mut running = JoinSet::new();
+        for step in scheduler.initial_ready() {
+            self.start(&plan, step, &results, deadline, &mut running)?;
+        }
+        while !scheduler.is_done() {
+            let joined = match tokio::time::timeout_at(deadline.into(), running.join_next()).await {
+                Err(_) => {
+                    let unfinished = scheduler.unfinished().join(", ");
+                    return Err(WeftError::new(
+                        ErrorKind::DEADLINE_EXCEEDED,
+                        format!("the request did not finish within {timeout:?} (timeout_ms); unfinished commands: {unfinished}"),
+                    )
+                    .with("unfinished", scheduler.unfinished()));
+                }
+                Ok(None) => return Err(WeftError::internal("the scheduler stalled with commands left")),
+                Ok(Some(Err(e))) => return Err(WeftError::internal(format!("a command task failed: {e}"))),
+                Ok(Some(Ok(done))) => done,
+            };
+            let name = &plan.steps()[joined.step.0].name;
+            let value = joined.result.map_err(|e| {
+                let e = if e.message.starts_with("command ") { e } else { e.context(format!("command {name}")) };
+                e.with("command", name.clone())
+            })?;
+            results[joined.step.0] = Some(value);
+            timings[joined.step.0] = Some((joined.started, joined.elapsed));
+            for next in scheduler.complete(joined.step) {
+                self.start(&plan, next, &results, deadline, &mut running)?;
+            }
+        }
+
+        let mut r = Map::new();
+        for &idx in plan.output_steps() {
+            r.insert(plan.steps()[idx.0].name.clone(), results[idx.0].clone().unwrap_or(Value::Null));
+        }
+        let mut response = Response::ok(req.u, Value::Object(r));
+        if req.include_execution_summary {
+            response.execution_summary = Some(self.summary(&plan, &timings, started));
+        }
+        if req.return_intermediate_results {
+            let all = plan.steps().iter().zip(&results).map(|(s, v)| (s.name.clone(), v.clone().unwrap_or(Value::Null)));
+            response.intermediate_results = Some(all.collect());
+        }
+        Ok(response)
+    }
+
+    fn start(
+        &self,
+        plan: &Plan,
+        idx: StepIdx,
+        results: &[Option<Value>],
+        deadline: Instant,
+        running: &mut JoinSet<StepDone>,
+    ) -> Result<(), WeftError> {
+        let args = plan.bind(idx, results)?;
+        let step = &plan.steps()[idx.0];
+        let function: FunctionId = step.resolved.function.clone();
+        let version = step.resolved.version.clone();
+        let runtime = self.runtime.clone();
+        let metrics = self.metrics.clone();
+        running.spawn(async move {
+            let started = Instant::now();
+            let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
+            let result = runtime.call(target, &args, deadline).await;
+            let elapsed = started.elapsed();
+            metrics.record_call(&function.to_string(), result.is_ok(), elapsed.as_secs_f64());
+            StepDone { step: idx, result, started, elapsed }
+        });
+        Ok(())
+    }
+
+    fn summary(&self, plan: &Plan, timings: &[Option<(Instant, Duration)>], started: Instant) -> ExecutionSummary {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let steps = plan
+            .steps()
+            .iter()
+            .zip(timings)
+            .map(|(s, t)| {
+                let (begin, took) = t.unwrap_or((started, Duration::ZERO));
+                StepSummary {
+                    name: s.name.clone(),
+                    function: format!("{}@{}", s.resolved.function, s.resolved.version),
+                    node: self.node.to_string(),
+                    cluster: self.cluster.to_string(),
+                    level: s.level,
+                    started_us: micros(begin.saturating_duration_since(started)),
+                    duration_us: micros(took),
+                    hops: 0,
+                }
+            })
+            .collect();
+        ExecutionSummary { total_us: micros(started.elapsed()), steps }
+    }
+}
+
+/// Catalog entries for this node's plugins. Functions whose signatures use
+/// resource handles are local-only and never listed.
+fn local_catalog(runtime: &Runtime, node: &NodeId, cluster: &ClusterId, node_resources: &[String]) -> Vec<CatalogEntry> {
+    let mut entries = Vec::new();
+    for plugin in runtime.plugins() {
+        let Ok(version) = plugin.version.parse::<semver::Version>() else { continue };
+        let mut resources = plugin.resources.clone();
+        resources.extend(node_resources.iter().cloned());
+        resources.sort();
+        resources.dedup();
+        for f in plugin.functions.iter().filter(|f| !f.local_only) {
+            entries.push(CatalogEntry {
+                function: FunctionId::new(plugin.name.clone(), f.name.clone()),
+                version: version.clone(),
+                sig: f.sig.clone(),
+                resources: resources.clone(),
+                node: node.clone(),
+                cluster: cluster.clone(),
+            });
+        }
+    }
+    entries
+}

@@ -1,0 +1,13 @@
+//! The Weft node daemon: reads its config, loads plugins into the runtime,
+//! and wires the executor to the WebSocket and admin HTTP listeners. It is
+//! the only crate that opens sockets, spawns tasks and reads the clock.
+
+pub mod admin;
+pub mod config;
+mod executor;
+pub mod metrics;
+mod node;
+mod ws;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use node::{NodeError, RunningNode, start};

@@ -1,0 +1,124 @@
+//! The node's Prometheus metrics: one registry per node (several nodes in
+//! one test process never mix), labels from closed sets only (function
+//! labels are functions this node resolved from its catalog, never
+//! caller-supplied text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use weft_proto::ErrorKind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    pub function: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub calls: Family<FunctionLabels, Counter>,
+    pub call_seconds: Family<FunctionLabel, Histogram>,
+    pub errors: Family<KindLabel, Counter>,
+    pub requests: Family<TransportLabel, Counter>,
+    pub request_seconds: Histogram,
+    pub connections: Gauge,
+    pub in_flight: Gauge,
+    pub frames_rejected: Family<KindLabel, Counter>,
+    pub abandoned: Counter,
+    pub plugins_loaded: Gauge,
+    pub plugin_load_failures: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~20 s
+    Histogram::new(exponential_buckets(1e-5, 2.5, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let calls = Family::<FunctionLabels, Counter>::default();
+        let call_seconds = Family::<FunctionLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let errors = Family::<KindLabel, Counter>::default();
+        let requests = Family::<TransportLabel, Counter>::default();
+        let request_seconds = latency_histogram();
+        let connections = Gauge::default();
+        let in_flight = Gauge::default();
+        let frames_rejected = Family::<KindLabel, Counter>::default();
+        let abandoned = Counter::default();
+        let plugins_loaded = Gauge::default();
+        let plugin_load_failures = Counter::default();
+        registry.register("calls", "Function calls run on this node, by function and outcome", calls.clone());
+        registry.register("call_duration_seconds", "Time of one function call on this node", call_seconds.clone());
+        registry.register("errors", "Errors returned to callers, by kind", errors.clone());
+        registry.register("requests", "Client requests received, by transport", requests.clone());
+        registry.register("request_duration_seconds", "Time from request decoded to response ready", request_seconds.clone());
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        registry.register("in_flight_requests", "Requests being executed", in_flight.clone());
+        registry.register("frames_rejected", "Frames or bodies rejected before decoding, by reason", frames_rejected.clone());
+        registry.register("requests_abandoned", "Requests cancelled because their client went away", abandoned.clone());
+        registry.register("plugins_loaded", "Plugins loaded and ready", plugins_loaded.clone());
+        registry.register("plugin_load_failures", "Plugin files that could not be loaded", plugin_load_failures.clone());
+        Self {
+            registry,
+            calls,
+            call_seconds,
+            errors,
+            requests,
+            request_seconds,
+            connections,
+            in_flight,
+            frames_rejected,
+            abandoned,
+            plugins_loaded,
+            plugin_load_failures,
+        }
+    }
+
+    pub fn record_call(&self, function: &str, ok: bool, seconds: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.calls.get_or_create(&FunctionLabels { function: function.to_owned(), outcome }).inc();
+        self.call_seconds.get_or_create(&FunctionLabel { function: function.to_owned() }).observe(seconds);
+    }
+
+    pub fn record_error(&self, kind: ErrorKind) {
+        self.errors.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
+    pub fn reject_frame(&self, reason: &'static str) {
+        self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    /// Prometheus text exposition (OpenMetrics flavour).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,213 @@
+//! The client protocol: requests (`role: "rpc"`) and responses
+//! (`role: "rpc-response"`), shaped to stay compatible with MPREG's client.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorBody, WeftError};
+
+pub const RPC_ROLE: &str = "rpc";
+pub const RESPONSE_ROLE: &str = "rpc-response";
+
+/// One command of a request. Arguments may reference other commands'
+/// results; the planner (weft-fabric) interprets them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub name: String,
+    pub fun: String,
+    #[serde(default)]
+    pub args: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub kwargs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_constraint: Option<String>,
+}
+
+impl Command {
+    pub fn new(name: impl Into<String>, fun: impl Into<String>, args: Vec<Value>) -> Self {
+        Self {
+            name: name.into(),
+            fun: fun.into(),
+            args,
+            kwargs: Map::new(),
+            locs: Vec::new(),
+            target_cluster: None,
+            function_id: None,
+            version_constraint: None,
+        }
+    }
+}
+
+/// A client request: one or more commands forming a dependency graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default = "rpc_role")]
+    pub role: String,
+    pub u: String,
+    pub cmds: Vec<Command>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop_budget: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_execution_summary: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub return_intermediate_results: bool,
+}
+
+fn rpc_role() -> String {
+    RPC_ROLE.to_owned()
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+impl Request {
+    pub fn new(u: impl Into<String>, cmds: Vec<Command>) -> Self {
+        Self {
+            role: rpc_role(),
+            u: u.into(),
+            cmds,
+            timeout_ms: None,
+            hop_budget: None,
+            token: None,
+            include_execution_summary: false,
+            return_intermediate_results: false,
+        }
+    }
+
+    /// Decodes a request from a frame or HTTP body. On failure the error
+    /// carries the request's `u` when it could be read, so the reply can be
+    /// matched by the client.
+    pub fn decode(bytes: &[u8]) -> Result<Request, (Option<String>, WeftError)> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| (None, WeftError::parse(format!("the message is not valid JSON: {e}"))))?;
+        let u = value.get("u").and_then(Value::as_str).map(str::to_owned);
+        let Some(obj) = value.as_object() else {
+            return Err((None, WeftError::invalid_request("a request must be a JSON object")));
+        };
+        match obj.get("role").and_then(Value::as_str) {
+            Some(RPC_ROLE) => {}
+            Some(other) => {
+                return Err((
+                    u,
+                    WeftError::invalid_request(format!(
+                        "unknown role {other:?}: clients send {{\"role\": \"rpc\", \"u\": .., \"cmds\": [..]}}"
+                    )),
+                ));
+            }
+            None => {
+                return Err((u, WeftError::invalid_request("missing \"role\": clients send \"role\": \"rpc\"")));
+            }
+        }
+        serde_json::from_value(value)
+            .map_err(|e| (u, WeftError::invalid_request(format!("bad request shape: {e}"))))
+    }
+}
+
+/// Optional per-command report, asked for with `include_execution_summary`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub name: String,
+    pub function: String,
+    pub node: String,
+    pub cluster: String,
+    /// Dependency depth: 0 for commands without references.
+    pub level: u32,
+    pub started_us: u64,
+    pub duration_us: u64,
+    pub hops: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionSummary {
+    pub total_us: u64,
+    pub steps: Vec<StepSummary>,
+}
+
+/// The reply to a request: results keyed by command name, or an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub role: String,
+    pub u: String,
+    pub r: Option<Value>,
+    pub error: Option<ErrorBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_summary: Option<ExecutionSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_results: Option<Map<String, Value>>,
+}
+
+impl Response {
+    pub fn ok(u: impl Into<String>, r: Value) -> Self {
+        Self {
+            role: RESPONSE_ROLE.into(),
+            u: u.into(),
+            r: Some(r),
+            error: None,
+            execution_summary: None,
+            intermediate_results: None,
+        }
+    }
+
+    pub fn err(u: impl Into<String>, e: &WeftError) -> Self {
+        Self {
+            role: RESPONSE_ROLE.into(),
+            u: u.into(),
+            r: None,
+            error: Some(e.to_body()),
+            execution_summary: None,
+            intermediate_results: None,
+        }
+    }
+
+    pub fn into_result(self) -> Result<Value, WeftError> {
+        match (self.error, self.r) {
+            (Some(e), _) => Err(e.into()),
+            (None, r) => Ok(r.unwrap_or(Value::Null)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn decodes_the_spec_example() {
+        let req = Request::decode(
+            br#"{"role": "rpc", "u": "req-1",
+                 "cmds": [{"name": "a", "fun": "echo", "args": ["hi"]},
+                          {"name": "b", "fun": "concat", "args": [{"$ref": "a"}, "!"], "locs": ["gpu"],
+                           "target_cluster": "beta", "function_id": "echo/concat", "version_constraint": "^1"}],
+                 "timeout_ms": 5000, "hop_budget": 4, "token": "t"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.u, "req-1");
+        assert_eq!(req.cmds[1].function_id.as_deref(), Some("echo/concat"));
+        assert_eq!(req.timeout_ms, Some(5000));
+    }
+
+    #[test]
+    fn bad_frames_get_the_right_kind_and_keep_u_when_readable() {
+        let (u, e) = Request::decode(b"{nope").unwrap_err();
+        assert_eq!((u, e.kind), (None, ErrorKind::PARSE_ERROR));
+        let (u, e) = Request::decode(br#"{"role": "server", "u": "x"}"#).unwrap_err();
+        assert_eq!((u.as_deref(), e.kind), (Some("x"), ErrorKind::INVALID_REQUEST));
+        let (u, e) = Request::decode(br#"{"role": "rpc", "u": "y"}"#).unwrap_err();
+        assert_eq!(u.as_deref(), Some("y"));
+        assert!(e.message.contains("cmds"), "{}", e.message);
+        let (_, e) = Request::decode(b"[1]").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
+    }
+}

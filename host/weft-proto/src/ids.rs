@@ -1,0 +1,99 @@
+//! Newtypes for the names that identify nodes, clusters and functions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The `id` of one `weft node` process.
+    NodeId
+);
+string_id!(
+    /// The id shared by all nodes of one cluster.
+    ClusterId
+);
+
+/// `plugin/function`: the identity of an exported function, without version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FunctionId {
+    pub plugin: String,
+    pub function: String,
+}
+
+impl FunctionId {
+    pub fn new(plugin: impl Into<String>, function: impl Into<String>) -> Self {
+        Self { plugin: plugin.into(), function: function.into() }
+    }
+}
+
+impl fmt::Display for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.plugin, self.function)
+    }
+}
+
+impl FromStr for FunctionId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((p, f)) if !p.is_empty() && !f.is_empty() && !f.contains('/') => {
+                Ok(Self::new(p, f))
+            }
+            _ => Err(format!("function id {s:?} is not of the form \"plugin/function\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for FunctionId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<FunctionId> for String {
+    fn from(id: FunctionId) -> String {
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_id_round_trips_and_rejects_bad_shapes() {
+        let id: FunctionId = "math/add".parse().unwrap();
+        assert_eq!(id, FunctionId::new("math", "add"));
+        assert_eq!(id.to_string(), "math/add");
+        for bad in ["add", "/add", "math/", "a/b/c"] {
+            assert!(bad.parse::<FunctionId>().is_err(), "{bad}");
+        }
+    }
+}

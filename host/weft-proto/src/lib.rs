@@ -1,0 +1,15 @@
+//! Weft's wire vocabulary: identifiers, client messages, error kinds and the
+//! description of WIT types that travels in catalogs and plans.
+//!
+//! This crate owns shapes only. It knows nothing of sockets, wasmtime or
+//! clusters; every other crate speaks in these types.
+
+pub mod client;
+pub mod error;
+pub mod ids;
+pub mod wit;
+
+pub use client::{Command, Request, Response};
+pub use error::{ErrorBody, ErrorKind, WeftError};
+pub use ids::{ClusterId, FunctionId, NodeId};
+pub use wit::{FunctionSig, WitType};

@@ -1,0 +1,50 @@
+//! What the runtime needs from the node's configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The sandbox armed for every call (node defaults; a manifest may lower them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub memory_bytes: u64,
+    /// 0 = no fuel budget.
+    pub fuel: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { deadline: Duration::from_secs(5), memory_bytes: 64 << 20, fuel: 0 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    /// Calls executing at once; also sizes the pooling allocator.
+    pub max_concurrency: u32,
+    /// Largest result (as JSON) a call may return.
+    pub max_result_bytes: usize,
+    /// Plugin files larger than this are refused before compiling.
+    pub max_plugin_bytes: u64,
+    /// Bytes of guest stdout/stderr kept per call (the rest is counted, not kept).
+    pub max_output_bytes: usize,
+    /// Log lines a guest may write per call.
+    pub max_log_lines: u32,
+    /// Where precompiled components are cached; None = compile every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_concurrency: 256,
+            max_result_bytes: 16 << 20,
+            max_plugin_bytes: 64 << 20,
+            max_output_bytes: 64 << 10,
+            max_log_lines: 100,
+            cache_dir: None,
+        }
+    }
+}

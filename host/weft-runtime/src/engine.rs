@@ -1,0 +1,85 @@
+//! The node's one wasmtime engine and its epoch ticker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::RuntimeConfig;
+
+/// One epoch tick. A running guest yields to tokio at every tick and is
+/// interrupted at the first tick past its deadline, so deadlines are enforced
+/// to within about one tick.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Table elements a guest may grow to (bounds host memory held by tables).
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+fn base_config() -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    // Fuel is metered always so that a manifest can set a budget for one
+    // plugin; without a budget a call gets u64::MAX.
+    c.consume_fuel(true);
+    // Threads, shared memory, GC and component-model async are not compiled
+    // in (see the wasmtime features in Cargo.toml), so they cannot be enabled.
+    c
+}
+
+/// Builds the engine with the pooling allocator sized for `max_concurrency`
+/// instances; falls back to on-demand allocation (with a warning) where the
+/// pool's virtual memory cannot be reserved.
+pub(crate) fn build_engine(cfg: &RuntimeConfig) -> Result<(Engine, bool), wasmtime::Error> {
+    let slots = cfg.max_concurrency.max(1) + 8;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 8)
+        .total_memories(slots * 2)
+        .total_tables(slots * 8)
+        .total_stacks(slots)
+        .max_memory_size(usize::try_from(cfg.limits.memory_bytes).unwrap_or(usize::MAX))
+        .table_elements(MAX_TABLE_ELEMENTS);
+    let mut pooled = base_config();
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok((engine, true)),
+        Err(e) => {
+            tracing::warn!(error = %e, "pooling allocator unavailable; instances are allocated on demand");
+            Ok((Engine::new(&base_config())?, false))
+        }
+    }
+}
+
+/// A thread that advances the engine's epoch every `EPOCH_TICK`; stops when dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weft-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

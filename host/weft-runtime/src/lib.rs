@@ -1,0 +1,23 @@
+//! The wasm runtime of a node: one wasmtime engine, the plugins loaded from a
+//! folder (with their manifests and WIT signatures), and sandboxed calls that
+//! take JSON arguments and return JSON results.
+//!
+//! It owns everything wasmtime-specific. It knows nothing of peers, clusters,
+//! routing or the wire protocol beyond the value mapping of `weft-proto`.
+
+mod cache;
+mod config;
+mod convert;
+mod engine;
+mod manifest;
+mod plugin;
+mod runtime;
+mod sandbox;
+pub mod units;
+mod wit_types;
+
+pub use config::{Limits, RuntimeConfig};
+pub use manifest::{Manifest, ManifestError};
+pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};
+pub use runtime::{CallTarget, LoadReport, Runtime, RuntimeError};
+pub use wit_types::{ComponentInfo, ExportedFunction, describe_component};

@@ -1,0 +1,116 @@
+//! A loaded plugin: its manifest, compiled component (pre-instantiated), and
+//! the functions it exports with their WIT signatures.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
+use weft_proto::wit::FunctionSig;
+
+use crate::cache::CompileSource;
+use crate::config::Limits;
+use crate::manifest::{Capability, Manifest};
+use crate::sandbox::SandboxState;
+use crate::units::format_size;
+
+pub(crate) struct Plugin {
+    pub(crate) name: String,
+    pub(crate) file: String,
+    pub(crate) manifest: Manifest,
+    pub(crate) version: semver::Version,
+    pub(crate) limits: Limits,
+    pub(crate) pre: InstancePre<SandboxState>,
+    pub(crate) functions: Vec<Function>,
+    pub(crate) source: CompileSource,
+    pub(crate) compile_ms: f64,
+    /// "plugin@version", used in logs.
+    pub(crate) label: Arc<str>,
+}
+
+pub(crate) struct Function {
+    pub(crate) name: String,
+    pub(crate) sig: FunctionSig,
+    pub(crate) index: ComponentExportIndex,
+    /// The signature uses resource handles: callable only inside the node, never exported.
+    pub(crate) local_only: bool,
+}
+
+impl Plugin {
+    pub(crate) fn function(&self, name: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+
+    pub(crate) fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            file: self.file.clone(),
+            tenant: self.manifest.tenant().to_owned(),
+            resources: self.manifest.resources.clone(),
+            idempotent: self.manifest.idempotent,
+            limits: LimitsInfo {
+                deadline_ms: u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX),
+                memory: format_size(self.limits.memory_bytes),
+                fuel: self.limits.fuel,
+            },
+            capabilities: [Capability::Log].into_iter().filter(|c| self.manifest.grants(*c)).collect(),
+            state: "ready",
+            compiled_from: self.source,
+            compile_ms: self.compile_ms,
+            functions: self
+                .functions
+                .iter()
+                .map(|f| FunctionInfo {
+                    name: f.name.clone(),
+                    signature: f.sig.to_string(),
+                    sig: f.sig.clone(),
+                    exported: !f.local_only && self.manifest.exports(&f.name),
+                    local_only: f.local_only,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A plugin as `/v1/plugins` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub file: String,
+    pub tenant: String,
+    pub resources: Vec<String>,
+    pub idempotent: bool,
+    pub limits: LimitsInfo,
+    pub capabilities: Vec<Capability>,
+    pub state: &'static str,
+    pub compiled_from: CompileSource,
+    pub compile_ms: f64,
+    pub functions: Vec<FunctionInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LimitsInfo {
+    pub deadline_ms: u64,
+    pub memory: String,
+    pub fuel: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    /// The WIT signature as text, e.g. `func(value: string) -> string`.
+    pub signature: String,
+    pub sig: FunctionSig,
+    /// Visible outside the cluster (manifest `export`, and no handles).
+    pub exported: bool,
+    pub local_only: bool,
+}
+
+/// A plugin file that could not be loaded, and why.
+#[derive(Clone, Debug, Serialize, thiserror::Error)]
+#[error("plugin {file}: {reason}")]
+pub struct LoadFailure {
+    pub file: String,
+    pub reason: String,
+}

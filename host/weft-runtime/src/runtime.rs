@@ -1,0 +1,416 @@
+//! The runtime: loads plugins and runs sandboxed calls.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, Val};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use weft_proto::wit::{self, WitType, WitValue};
+use weft_proto::{ErrorKind, WeftError};
+
+use crate::cache;
+use crate::config::RuntimeConfig;
+use crate::convert::{from_val, to_val};
+use crate::engine::{EpochTicker, build_engine};
+use crate::manifest::{Capability, Manifest};
+use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
+use crate::sandbox::{self, CallOutput, SandboxState};
+use crate::wit_types::describe_component;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// Which function to call: plugin name and version (as resolved by the
+/// planner) and function name.
+#[derive(Clone, Debug)]
+pub struct CallTarget<'a> {
+    pub plugin: &'a str,
+    pub version: Option<&'a semver::Version>,
+    pub function: &'a str,
+}
+
+/// What a folder load did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    pub failed: Vec<LoadFailure>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    config: RuntimeConfig,
+    pooled: bool,
+    plugins: RwLock<Vec<Arc<Plugin>>>,
+    failures: RwLock<Vec<LoadFailure>>,
+    permits: Semaphore,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let (engine, pooled) = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        Ok(Self {
+            _ticker: EpochTicker::start(engine.clone()),
+            permits: Semaphore::new(config.max_concurrency.max(1) as usize),
+            engine,
+            linker,
+            config,
+            pooled,
+            plugins: RwLock::default(),
+            failures: RwLock::default(),
+        })
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// Loads every `*.wasm` of a folder (with `NAME.toml` manifests). A file
+    /// that fails is logged with its reason and skipped; the rest load.
+    pub fn load_dir(&self, dir: &Path) -> LoadReport {
+        let mut report = LoadReport::default();
+        let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
+            Ok(d) => d,
+            Err(e) => {
+                report.failed.push(self.fail(dir.display().to_string(), format!("cannot open the plugins folder: {e}")));
+                return report;
+            }
+        };
+        let mut names: Vec<String> = match folder.entries() {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".wasm"))
+                .collect(),
+            Err(e) => {
+                report.failed.push(self.fail(dir.display().to_string(), format!("cannot list the plugins folder: {e}")));
+                return report;
+            }
+        };
+        names.sort();
+        for file in names {
+            let stem = file.trim_end_matches(".wasm").to_owned();
+            let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
+                .and_then(|(wasm, manifest)| self.load_component(&file, &stem, &wasm, manifest.as_deref()));
+            match result {
+                Ok(name) => report.loaded.push(name),
+                Err(reason) => report.failed.push(self.fail(file, reason)),
+            }
+        }
+        report
+    }
+
+    fn fail(&self, file: String, reason: String) -> LoadFailure {
+        tracing::error!(file = %file, reason = %reason, "plugin not loaded");
+        let failure = LoadFailure { file, reason };
+        write(&self.failures).push(failure.clone());
+        failure
+    }
+
+    /// Loads one component from bytes; `stem` names the plugin unless the
+    /// manifest does. Returns "name@version".
+    pub fn load_bytes(&self, file: &str, stem: &str, wasm: &[u8], manifest: Option<&str>) -> Result<String, LoadFailure> {
+        self.load_component(file, stem, wasm, manifest).map_err(|reason| self.fail(file.to_owned(), reason))
+    }
+
+    fn load_component(&self, file: &str, stem: &str, wasm: &[u8], manifest_text: Option<&str>) -> Result<String, String> {
+        if wasm.len() as u64 > self.config.max_plugin_bytes {
+            return Err(format!(
+                "{} bytes is over the plugin size limit of {} bytes",
+                wasm.len(),
+                self.config.max_plugin_bytes
+            ));
+        }
+        let manifest = match manifest_text {
+            Some(text) => Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?,
+            None => Manifest::default(),
+        };
+        let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
+        let version = manifest.version();
+        if read(&self.plugins).iter().any(|p| p.name == name && p.version == version) {
+            return Err(format!("plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"));
+        }
+        let info = describe_component(wasm)?;
+        let started = Instant::now();
+        let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
+            .map_err(|e| format!("cannot compile the component: {e:#}"))?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
+        })?;
+        let functions = info
+            .functions
+            .into_iter()
+            .map(|f| {
+                let index = export_index(&component, &f.name)?;
+                Ok(Function { local_only: f.sig.uses_handles(), name: f.name, sig: f.sig, index })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let label: Arc<str> = format!("{name}@{version}").into();
+        let plugin = Plugin {
+            name,
+            file: file.to_owned(),
+            limits: manifest.effective_limits(&self.config.limits),
+            manifest,
+            version,
+            pre,
+            functions,
+            source,
+            compile_ms,
+            label: label.clone(),
+        };
+        tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
+        write(&self.plugins).push(Arc::new(plugin));
+        Ok(label.to_string())
+    }
+
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        read(&self.plugins).iter().map(|p| p.info()).collect()
+    }
+
+    pub fn load_failures(&self) -> Vec<LoadFailure> {
+        read(&self.failures).clone()
+    }
+
+    fn find(&self, target: &CallTarget<'_>) -> Result<Arc<Plugin>, WeftError> {
+        let plugins = read(&self.plugins);
+        plugins
+            .iter()
+            .filter(|p| p.name == target.plugin && target.version.is_none_or(|v| *v == p.version))
+            .max_by(|a, b| a.version.cmp(&b.version))
+            .cloned()
+            .ok_or_else(|| {
+                WeftError::new(
+                    ErrorKind::FUNCTION_NOT_FOUND,
+                    format!("plugin {} is not loaded on this node", target.plugin),
+                )
+            })
+    }
+
+    /// Calls a function in a fresh sandboxed instance. `args` are positional
+    /// JSON values; `deadline` is the caller's remaining time (the plugin's
+    /// own deadline applies if sooner).
+    pub async fn call(&self, target: CallTarget<'_>, args: &[Value], deadline: Instant) -> Result<Value, WeftError> {
+        let plugin = self.find(&target)?;
+        let Some(function) = plugin.function(target.function) else {
+            return Err(WeftError::new(
+                ErrorKind::FUNCTION_NOT_FOUND,
+                format!("plugin {} has no function {}", plugin.label, target.function),
+            ));
+        };
+        let qualified = format!("{}/{}", plugin.name, function.name);
+        let params = convert_args(&qualified, &function.sig, args)?;
+        let deadline = deadline.min(Instant::now() + plugin.limits.deadline);
+
+        let _permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+            .await
+            .map_err(|_| {
+                WeftError::new(
+                    ErrorKind::DEADLINE_EXCEEDED,
+                    format!("{qualified}: the deadline passed while waiting for a free sandbox slot (limits.max_concurrency = {})", self.config.max_concurrency),
+                )
+            })?
+            .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
+
+        let (state, output) = SandboxState::new(
+            plugin.limits.memory_bytes,
+            deadline,
+            self.config.max_log_lines,
+            plugin.manifest.grants(Capability::Log),
+            self.config.max_output_bytes,
+            plugin.label.clone(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
+        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+
+        let result_count = usize::from(function.sig.result.is_some());
+        let run = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let func = instance
+                .get_func(&mut store, function.index)
+                .ok_or_else(|| wasmtime::Error::msg("export vanished from the instance"))?;
+            let mut results = vec![Val::Bool(false); result_count];
+            func.call_async(&mut store, &params, &mut results).await?;
+            Ok::<_, wasmtime::Error>(results)
+        };
+        // Second line of defence: the epoch interrupts a running guest; this
+        // drops the call if it is stuck anywhere else (e.g. a host future).
+        let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
+        let memory_hit = store.data().limiter.hit;
+        let dropped_logs = store.data().dropped_log_lines();
+        drop(store);
+        emit_output(&plugin.label, &function.name, &output, dropped_logs);
+
+        let results = match outcome {
+            Err(_) => {
+                return Err(WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} did not finish by its deadline and was dropped"))
+                    .with("trap", "interrupted"));
+            }
+            Ok(Err(e)) => return Err(trap_error(&qualified, &plugin, e, memory_hit)),
+            Ok(Ok(results)) => results,
+        };
+        let Some(result) = results.into_iter().next() else {
+            return Ok(Value::Null);
+        };
+        let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
+        let value = match (value, &function.sig.result) {
+            (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => {
+                let detail = e.map_or(Value::Null, |e| wit::to_json(&e));
+                let text = match &detail {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "(no detail)".into(),
+                    other => other.to_string(),
+                };
+                return Err(WeftError::new(ErrorKind::GUEST_ERROR, format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)))
+                    .with("error", detail));
+            }
+            (WitValue::Result(Ok(ok)), Some(WitType::Result { .. })) => ok.map(|b| *b),
+            (other, _) => Some(other),
+        };
+        let Some(value) = value else { return Ok(Value::Null) };
+        let size = value.approx_json_size();
+        if size > self.config.max_result_bytes {
+            return Err(WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "{qualified} returned about {size} bytes, over the result limit of {} bytes; return less data or page it",
+                    self.config.max_result_bytes
+                ),
+            )
+            .with("limit", self.config.max_result_bytes)
+            .with("size", size));
+        }
+        Ok(wit::to_json(&value))
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_plugin_files(folder: &cap_std::fs::Dir, file: &str, stem: &str, max: u64) -> Result<(Vec<u8>, Option<String>), String> {
+    let meta = folder.metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > max {
+        return Err(format!("{} bytes is over the plugin size limit of {max} bytes", meta.len()));
+    }
+    let wasm = folder.read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let manifest_file = format!("{stem}.toml");
+    let manifest = match folder.read_to_string(&manifest_file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {manifest_file}: {e}")),
+    };
+    Ok((wasm, manifest))
+}
+
+fn export_index(component: &Component, name: &str) -> Result<wasmtime::component::ComponentExportIndex, String> {
+    component
+        .get_export_index(None, name)
+        .ok_or_else(|| format!("export {name} is described in the component's WIT but cannot be found"))
+}
+
+fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) -> Result<Vec<Val>, WeftError> {
+    if args.len() != sig.params.len() {
+        return Err(WeftError::invalid_arguments(format!(
+            "{qualified} takes {} argument(s) ({sig}), got {}",
+            sig.params.len(),
+            args.len()
+        )));
+    }
+    sig.params
+        .iter()
+        .zip(args)
+        .map(|(p, a)| {
+            wit::from_json(a, &p.ty, &p.name).map(to_val).map_err(|m| {
+                WeftError::invalid_arguments(format!("argument '{}' of {qualified}: expected {}, got {}", m.path, m.expected, m.found))
+                    .with("parameter", p.name.clone())
+                    .with("expected", p.ty.to_string())
+            })
+        })
+        .collect()
+}
+
+fn emit_output(label: &str, function: &str, output: &CallOutput, dropped_logs: u32) {
+    for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+        let (text, dropped) = capture.take();
+        for line in text.lines() {
+            tracing::info!(target: "weft::guest", plugin = label, function, stream, "{line}");
+        }
+        if dropped > 0 {
+            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped, "guest output over the per-call limit was dropped");
+        }
+    }
+    if dropped_logs > 0 {
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines over the per-call limit were dropped");
+    }
+}
+
+/// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
+/// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
+fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: Option<(usize, usize)>) -> WeftError {
+    let text = format!("{e:#}");
+    let Some(trap) = e.downcast_ref::<Trap>().copied() else {
+        if text.contains("maximum concurrent") || text.contains("pooling") {
+            return WeftError::new(ErrorKind::RESOURCE_EXHAUSTED, format!("{qualified}: no sandbox slot is free: {text}"));
+        }
+        return WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} failed: {}", sandbox::truncate(&text, 2048)))
+            .with("trap", "host_error");
+    };
+    let (detail, why) = match (trap, memory_hit) {
+        (Trap::UnreachableCodeReached, Some((_, desired))) => (
+            "memory_limit".to_owned(),
+            format!(
+                "hit the memory limit of {} (it asked for {desired} bytes); raise [limits] memory or the plugin's manifest limit",
+                crate::units::format_size(plugin.limits.memory_bytes)
+            ),
+        ),
+        (Trap::Interrupt, _) => (
+            "interrupted".to_owned(),
+            format!("ran past its deadline ({:?} at most for this plugin) and was interrupted", plugin.limits.deadline),
+        ),
+        (Trap::OutOfFuel, _) => ("out_of_fuel".to_owned(), format!("used up its fuel budget of {}", plugin.limits.fuel)),
+        (Trap::StackOverflow, _) => ("stack_overflow".to_owned(), "overflowed its call stack".to_owned()),
+        (Trap::UnreachableCodeReached, None) => {
+            ("unreachable".to_owned(), "executed `unreachable` (a panic or abort in the guest)".to_owned())
+        }
+        (other, _) => (snake_case(&format!("{other:?}")), other.to_string()),
+    };
+    WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} {why}"))
+        .with("trap", detail)
+        .with("backtrace", sandbox::truncate(&text, 2048))
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

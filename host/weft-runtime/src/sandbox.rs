@@ -1,0 +1,198 @@
+//! Per-call sandbox state: a WASI context with nothing ambient, the memory
+//! and table limiter, bounded capture of guest stdout/stderr, and the
+//! `weft:host/log` import.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::engine::MAX_TABLE_ELEMENTS;
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../../wit/weft", world: "guest" });
+}
+
+use bindings::weft::host::log::{self, Level};
+
+/// What the host remembers about one call's guest.
+pub(crate) struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) deadline: Instant,
+    log: LogBudget,
+}
+
+pub(crate) struct CallOutput {
+    pub(crate) stdout: OutputCapture,
+    pub(crate) stderr: OutputCapture,
+}
+
+impl SandboxState {
+    pub(crate) fn new(
+        memory_bytes: u64,
+        deadline: Instant,
+        log_lines: u32,
+        log_allowed: bool,
+        output_bytes: usize,
+        who: Arc<str>,
+    ) -> (Self, CallOutput) {
+        let out = CallOutput { stdout: OutputCapture::new(output_bytes), stderr: OutputCapture::new(output_bytes) };
+        // No preopens, no env, no args, stdin empty, no sockets or name lookup.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(out.stdout.clone())
+            .stderr(out.stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX), hit: None },
+            deadline,
+            log: LogBudget { who, left: if log_allowed { log_lines } else { 0 }, dropped: 0 },
+        };
+        (state, out)
+    }
+
+    pub(crate) fn dropped_log_lines(&self) -> u32 {
+        self.log.dropped
+    }
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps the memories of an instance (all together) and its tables, and
+/// records when the cap was hit so a resulting trap can be reported as
+/// `memory_limit` rather than a bare `unreachable`.
+pub(crate) struct MemoryLimiter {
+    max_bytes: usize,
+    pub(crate) hit: Option<(usize, usize)>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = Some((current, desired));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+    fn tables(&self) -> usize {
+        32
+    }
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+struct LogBudget {
+    who: Arc<str>,
+    left: u32,
+    dropped: u32,
+}
+
+const MAX_LOG_LINE: usize = 4096;
+
+impl log::Host for SandboxState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log.left == 0 {
+            self.log.dropped = self.log.dropped.saturating_add(1);
+            return;
+        }
+        self.log.left -= 1;
+        let message = truncate(&message, MAX_LOG_LINE);
+        let who = &*self.log.who;
+        match level {
+            Level::Trace => tracing::trace!(target: "weft::guest", plugin = who, "{message}"),
+            Level::Debug => tracing::debug!(target: "weft::guest", plugin = who, "{message}"),
+            Level::Info => tracing::info!(target: "weft::guest", plugin = who, "{message}"),
+            Level::Warn => tracing::warn!(target: "weft::guest", plugin = who, "{message}"),
+            Level::Error => tracing::error!(target: "weft::guest", plugin = who, "{message}"),
+        }
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    &s[..s.floor_char_boundary(max)]
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    log::add_to_linker::<SandboxState, HasSelf<SandboxState>>(linker, |s| s)?;
+    Ok(())
+}
+
+/// Guest stdout or stderr: keeps the first `cap` bytes, counts the rest, and
+/// never fails a write (a guest that prints too much is not punished).
+#[derive(Clone)]
+pub(crate) struct OutputCapture {
+    inner: Arc<Mutex<Captured>>,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+impl OutputCapture {
+    fn new(cap: usize) -> Self {
+        Self { inner: Arc::default(), cap }
+    }
+
+    /// The kept text and the number of bytes dropped.
+    pub(crate) fn take(&self) -> (String, usize) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(), c.dropped)
+    }
+}
+
+impl IsTerminal for OutputCapture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for OutputCapture {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for OutputCapture {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = buf.len().min(self.cap.saturating_sub(c.bytes.len()));
+        c.bytes.extend_from_slice(&buf[..keep]);
+        c.dropped += buf.len() - keep;
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,75 @@
+//! Plugin `hostile` (world `weft:hostile/hostile`): misbehaves on purpose so
+//! tests can prove the sandbox holds (deadlines, memory limits, no ambient
+//! filesystem or environment, stack overflow, result size caps). Not loaded
+//! by default; never deploy it.
+//!
+//! `std::hint::black_box` keeps the optimiser from removing the misbehaviour.
+
+use std::hint::black_box;
+
+wit_bindgen::generate!({
+    world: "hostile",
+    path: "../../wit/examples/hostile.wit",
+});
+
+const MIB: usize = 1 << 20;
+/// Host page size: writing one byte per page makes the host commit the memory.
+const PAGE: usize = 4096;
+struct Hostile;
+
+impl Guest for Hostile {
+    fn spin() {
+        let mut i = 0u64;
+        loop {
+            i = black_box(i.wrapping_add(1));
+        }
+    }
+
+    fn hog(mib: u32) -> u32 {
+        // Grown one push at a time (no `with_capacity`), so a huge `mib` fails
+        // by running into the memory limit, not by a capacity overflow.
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..mib {
+            let mut chunk = vec![0u8; MIB];
+            for offset in (0..MIB).step_by(PAGE) {
+                chunk[offset] = 1;
+            }
+            chunks.push(black_box(chunk));
+        }
+        black_box(&chunks);
+        mib
+    }
+
+    fn read_file(path: String) -> Result<String, String> {
+        std::fs::read_to_string(&path).map_err(|err| format!("{path}: {err}"))
+    }
+
+    fn env_var(name: String) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn recurse(depth: u32) -> u32 {
+        descend(depth)
+    }
+
+    fn big_output(mib: u32) -> String {
+        // Saturating: an impossible size fails the allocation (a trap), it
+        // does not wrap around to a small string.
+        "x".repeat((mib as usize).saturating_mul(MIB))
+    }
+}
+
+/// Non-tail recursion that lives on the wasm call stack: only the depth
+/// passes through `black_box` (a few bytes of the guest's in-memory stack per
+/// frame), so the engine's `max_wasm_stack` overflows long before Rust's
+/// 1 MiB shadow stack does, and the host sees a `stack_overflow` trap.
+#[inline(never)]
+fn descend(depth: u32) -> u32 {
+    let depth = black_box(depth);
+    if depth == 0 {
+        return 0;
+    }
+    descend(depth - 1).wrapping_mul(black_box(1)) + 1
+}
+
+export!(Hostile);
