@@ -27,8 +27,10 @@ pub enum PluginsCmd {
 pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginsCmd::Inspect { file, json } => {
-            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let info = weft_runtime::describe_component(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let info = weft_runtime::describe_component(&wasm)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if json {
                 let functions: Vec<_> = info
                     .functions
@@ -51,7 +53,8 @@ pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             } else {
                 only.iter().map(String::as_str).collect()
             };
-            weft_bundle::write_to(&dir, &names).with_context(|| format!("cannot write plugins into {}", dir.display()))?;
+            weft_bundle::write_to(&dir, &names)
+                .with_context(|| format!("cannot write plugins into {}", dir.display()))?;
             println!("wrote {} into {}", names.join(", "), dir.display());
             Ok(ExitCode::SUCCESS)
         }

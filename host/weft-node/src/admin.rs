@@ -55,7 +55,12 @@ pub(crate) struct AdminContext {
 
 type Body = Full<Bytes>;
 
-pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<AdminContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -72,7 +77,8 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdow
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -88,7 +94,10 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, shutdow
 fn json_response(status: StatusCode, value: &Value) -> HttpResponse<Body> {
     let mut r = HttpResponse::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -99,9 +108,10 @@ fn error_response(status: StatusCode, e: &WeftError) -> HttpResponse<Body> {
 /// HTTP status for a failed call; the body is always the rpc-response.
 fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::PARSE_ERROR | ErrorKind::INVALID_REQUEST | ErrorKind::INVALID_ARGUMENTS | ErrorKind::AMBIGUOUS_FUNCTION => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorKind::PARSE_ERROR
+        | ErrorKind::INVALID_REQUEST
+        | ErrorKind::INVALID_ARGUMENTS
+        | ErrorKind::AMBIGUOUS_FUNCTION => StatusCode::BAD_REQUEST,
         ErrorKind::FUNCTION_NOT_FOUND | ErrorKind::NO_ROUTE => StatusCode::NOT_FOUND,
         ErrorKind::POLICY_DENIED => StatusCode::FORBIDDEN,
         ErrorKind::UNAUTHENTICATED => StatusCode::UNAUTHORIZED,
@@ -115,13 +125,27 @@ fn status_of(kind: ErrorKind) -> StatusCode {
 
 async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let path = req.uri().path().to_owned();
-    let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    let verbose = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => {
             let phase = ctx.phase.get();
-            let status = if phase == Phase::Ready { "ok" } else { phase_name(phase) };
-            let code = if phase == Phase::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(code, &json!({ "status": status, "node": ctx.node, "cluster": ctx.cluster }))
+            let status = if phase == Phase::Ready {
+                "ok"
+            } else {
+                phase_name(phase)
+            };
+            let code = if phase == Phase::Ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                code,
+                &json!({ "status": status, "node": ctx.node, "cluster": ctx.cluster }),
+            )
         }
         (&Method::GET, "/livez") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => {
@@ -135,13 +159,22 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                     Phase::Draining => "draining: shutting down, finishing in-flight calls",
                 });
             }
-            json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+            json_response(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &body,
+            )
         }
         (&Method::GET, "/metrics") => {
             let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -171,7 +204,10 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }))
+            json_response(
+                StatusCode::OK,
+                &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }),
+            )
         }
         (&Method::POST, "/v1/call") => call(ctx, req).await,
         (_, "/v1/call") => error_response(
@@ -197,22 +233,36 @@ fn phase_name(p: Phase) -> &'static str {
 }
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
-    ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
+    ctx.metrics
+        .requests
+        .get_or_create(&crate::metrics::TransportLabel { transport: "http" })
+        .inc();
     let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             let (status, err) = if too_large {
                 ctx.metrics.reject_frame("too_large");
                 (
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    WeftError::invalid_request(format!("request body is over limits.max_frame ({} bytes)", ctx.max_body)),
+                    WeftError::invalid_request(format!(
+                        "request body is over limits.max_frame ({} bytes)",
+                        ctx.max_body
+                    )),
                 )
             } else {
-                (StatusCode::BAD_REQUEST, WeftError::invalid_request(format!("cannot read the request body: {e}")))
+                (
+                    StatusCode::BAD_REQUEST,
+                    WeftError::invalid_request(format!("cannot read the request body: {e}")),
+                )
             };
             ctx.metrics.record_error(err.kind);
-            return json_response(status, &serde_json::to_value(Response::err("", &err)).unwrap_or_default());
+            return json_response(
+                status,
+                &serde_json::to_value(Response::err("", &err)).unwrap_or_default(),
+            );
         }
     };
     let response = match Request::decode(&body) {
@@ -222,6 +272,9 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             Response::err(u.unwrap_or_default(), &e)
         }
     };
-    let status = response.error.as_ref().map_or(StatusCode::OK, |e| status_of(e.kind));
+    let status = response
+        .error
+        .as_ref()
+        .map_or(StatusCode::OK, |e| status_of(e.kind));
     json_response(status, &serde_json::to_value(&response).unwrap_or_default())
 }

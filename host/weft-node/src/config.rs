@@ -1,7 +1,9 @@
 //! Node configuration: the TOML file of the spec, with defaults in one
 //! place, `WEFT_*` environment variables and flags on top (the CLI turns
 //! both into `Overrides`), and every unknown key or bad value reported with
-//! its path and line before the node refuses to start.
+//! its path and line before the node refuses to start. Unknown keys are
+//! collected by serde_ignored (not `deny_unknown_fields`, which would stop at
+//! the first one).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use serde::Deserialize;
 use weft_runtime::units;
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     pub node: NodeSection,
     pub federation: FederationSection,
@@ -21,7 +23,7 @@ pub struct Config {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct NodeSection {
     /// Default: derived from the host name and the listen port.
     pub id: Option<String>,
@@ -48,7 +50,7 @@ pub enum FederationMode {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct FederationSection {
     pub mode: FederationMode,
     pub allowed_clusters: Vec<String>,
@@ -58,7 +60,6 @@ pub struct FederationSection {
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Bridge {
     pub cluster: String,
     #[serde(default)]
@@ -66,7 +67,7 @@ pub struct Bridge {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct FunctionRules {
     pub allow: Vec<String>,
     pub block: Vec<String>,
@@ -74,7 +75,7 @@ pub struct FunctionRules {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RoutingSection {
     pub max_hops: u32,
     #[serde(deserialize_with = "units::duration")]
@@ -85,7 +86,7 @@ pub struct RoutingSection {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RoutingSecurity {
     pub require_signatures: bool,
     pub signing_key: String,
@@ -93,7 +94,7 @@ pub struct RoutingSecurity {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LimitsSection {
     #[serde(deserialize_with = "units::duration")]
     pub deadline: Duration,
@@ -125,7 +126,8 @@ impl Default for Config {
 }
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    text.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 impl Default for NodeSection {
@@ -219,28 +221,44 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text, collecting unknown keys (all of them) and the first
-    /// bad value, each with its line.
+    /// Parses TOML text and reports every unknown key and every bad value,
+    /// each with its line. serde stops at the first bad value, so after one
+    /// is found its lines are blanked (line numbers stay put) and the text is
+    /// parsed again, until it parses or nothing more can be blanked.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError { file: file.to_owned(), problems };
-        let de = toml::Deserializer::parse(text).map_err(|e| fail(vec![e.to_string().trim().to_owned()]))?;
-        let mut unknown = Vec::new();
-        let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-        let mut problems: Vec<String> = unknown
-            .iter()
-            .map(|key| match line_of(text, key) {
-                Some(line) => format!("unknown key `{key}` at line {line}"),
-                None => format!("unknown key `{key}`"),
-            })
-            .collect();
-        match parsed {
-            Ok(config) if problems.is_empty() => Ok(config),
-            Ok(_) => Err(fail(problems)),
-            Err(e) => {
-                problems.push(e.to_string().trim().replace('\n', "\n    "));
-                Err(fail(problems))
+        let fail = |problems| ConfigError {
+            file: file.to_owned(),
+            problems,
+        };
+        let mut text = text.to_owned();
+        let mut bad_values = Vec::new();
+        for _ in 0..32 {
+            let de = toml::Deserializer::parse(&text)
+                .map_err(|e| fail(vec![e.to_string().trim().to_owned()]))?;
+            let mut unknown = Vec::new();
+            let parsed: Result<Config, toml::de::Error> =
+                serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+            match parsed {
+                Err(e) => {
+                    bad_values.push(e.to_string().trim().replace('\n', "\n    "));
+                    if e.span().is_some_and(|span| blank_lines(&mut text, span)) {
+                        continue;
+                    }
+                }
+                Ok(config) if unknown.is_empty() && bad_values.is_empty() => return Ok(config),
+                Ok(_) => {}
             }
+            let mut problems: Vec<String> = unknown
+                .iter()
+                .map(|key| match line_of(&text, key) {
+                    Some(line) => format!("unknown key `{key}` at line {line}"),
+                    None => format!("unknown key `{key}`"),
+                })
+                .collect();
+            problems.append(&mut bad_values);
+            return Err(fail(problems));
         }
+        Err(fail(bad_values))
     }
 
     fn apply(&mut self, o: &Overrides) {
@@ -278,19 +296,54 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        let name_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        check(name_ok(&self.node.cluster), "node.cluster: use letters, digits, '-', '_' or '.'");
-        check(self.node.id.as_deref().is_none_or(name_ok), "node.id: use letters, digits, '-', '_' or '.'");
-        check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
-        check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
-        check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
-        check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
-        check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
-        check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        check(
+            name_ok(&self.node.cluster),
+            "node.cluster: use letters, digits, '-', '_' or '.'",
+        );
+        check(
+            self.node.id.as_deref().is_none_or(name_ok),
+            "node.id: use letters, digits, '-', '_' or '.'",
+        );
+        check(
+            self.limits.max_concurrency > 0,
+            "limits.max_concurrency: must be at least 1",
+        );
+        check(
+            self.limits.memory >= 1 << 20,
+            "limits.memory: must be at least 1MiB",
+        );
+        check(
+            self.limits.deadline > Duration::ZERO,
+            "limits.deadline: must be more than 0",
+        );
+        check(
+            self.limits.max_frame >= 1024,
+            "limits.max_frame: must be at least 1KiB",
+        );
+        check(
+            self.limits.max_in_flight_per_connection > 0,
+            "limits.max_in_flight_per_connection: must be at least 1",
+        );
+        check(
+            self.routing.max_hops > 0,
+            "routing.max_hops: must be at least 1",
+        );
         for seed in &self.node.seeds {
-            check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
+            check(
+                seed.starts_with("ws://"),
+                &format!("node.seeds: {seed:?} is not a ws:// URL"),
+            );
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The node id: configured, or derived from the host name and listen port.
@@ -299,7 +352,11 @@ impl Config {
             let host = std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
                 .unwrap_or_else(|| "node".into());
             format!("{host}-{listen_port}")
         })
@@ -315,12 +372,16 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
     let mut span = None;
     for segment in path.split('.') {
         if let Some(a) = array.take() {
-            let Some(t) = segment.parse::<usize>().ok().and_then(|i| a.get(i)) else { break };
+            let Some(t) = segment.parse::<usize>().ok().and_then(|i| a.get(i)) else {
+                break;
+            };
             span = t.span().or(span);
             table = t;
             continue;
         }
-        let Some((key, value)) = table.get_key_value(segment) else { break };
+        let Some((key, value)) = table.get_key_value(segment) else {
+            break;
+        };
         span = key.span().or(span);
         match value {
             toml_edit::Item::ArrayOfTables(a) => array = Some(a),
@@ -331,6 +392,26 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
         }
     }
     span.map(|s| line_at(text, s.start))
+}
+
+/// Replaces the lines covering `span` with spaces (keeping newlines, so
+/// every other line keeps its number). False if there was nothing to blank.
+fn blank_lines(text: &mut String, span: std::ops::Range<usize>) -> bool {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end + i);
+    if text[start..end].trim().is_empty() {
+        return false;
+    }
+    let blank: String = text[start..end]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(start..end, &blank);
+    true
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
@@ -395,18 +476,34 @@ max_concurrency = 256
         let err = Config::parse("x.toml", text).unwrap_err();
         let all = err.to_string();
         assert!(all.contains("unknown key `node.lisen` at line 3"), "{all}");
-        assert!(all.contains("unknown key `limits.memroy` at line 6"), "{all}");
+        assert!(
+            all.contains("unknown key `limits.memroy` at line 6"),
+            "{all}"
+        );
         assert!(all.contains("nodez") && all.contains("line 9"), "{all}");
     }
 
     #[test]
     fn bad_values_name_the_key_and_line() {
-        let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n").unwrap_err().to_string();
+        let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("500ms"), "{err}");
-        let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n").unwrap_err().to_string();
+        let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("strict"), "{err}");
-        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
+        // Several bad values and unknown keys are all reported at once.
+        let err = Config::parse(
+            "x.toml",
+            "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
     }
 
     #[test]
@@ -414,12 +511,17 @@ max_concurrency = 256
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
         std::fs::write(&path, "[node]\ncluster = \"alpha\"\nplugins = \"p\"\n").unwrap();
-        let o = Overrides { cluster: Some("beta".into()), ..Overrides::default() };
+        let o = Overrides {
+            cluster: Some("beta".into()),
+            ..Overrides::default()
+        };
         let c = Config::load(Some(&path), &o).unwrap();
         assert_eq!(c.node.cluster, "beta");
         assert_eq!(c.node.plugins, Some(dir.path().join("p")));
         std::fs::write(&path, "[limits]\nmax_concurrency = 0\n").unwrap();
-        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("limits.max_concurrency"), "{err}");
     }
 }

@@ -43,12 +43,23 @@ impl Executor {
         default_timeout: Duration,
     ) -> Self {
         let catalog = local_catalog(&runtime, &node, &cluster, resources);
-        Self { runtime, catalog: RwLock::new(catalog), node, cluster, metrics, max_commands, default_timeout }
+        Self {
+            runtime,
+            catalog: RwLock::new(catalog),
+            node,
+            cluster,
+            metrics,
+            max_commands,
+            default_timeout,
+        }
     }
 
     /// Every function callable from this node.
     pub fn catalog(&self) -> Vec<CatalogEntry> {
-        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -68,7 +79,9 @@ impl Executor {
             }
         };
         self.metrics.in_flight.dec();
-        self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
         response
     }
 
@@ -84,7 +97,9 @@ impl Executor {
             let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
             Plan::build(&req, |cmd| resolve(cmd, &catalog))?
         };
-        let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
+        let timeout = req
+            .timeout_ms
+            .map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
 
         let mut scheduler = Scheduler::new(&plan);
@@ -104,13 +119,23 @@ impl Executor {
                     )
                     .with("unfinished", scheduler.unfinished()));
                 }
-                Ok(None) => return Err(WeftError::internal("the scheduler stalled with commands left")),
-                Ok(Some(Err(e))) => return Err(WeftError::internal(format!("a command task failed: {e}"))),
+                Ok(None) => {
+                    return Err(WeftError::internal(
+                        "the scheduler stalled with commands left",
+                    ));
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(WeftError::internal(format!("a command task failed: {e}")));
+                }
                 Ok(Some(Ok(done))) => done,
             };
             let name = &plan.steps()[joined.step.0].name;
             let value = joined.result.map_err(|e| {
-                let e = if e.message.starts_with("command ") { e } else { e.context(format!("command {name}")) };
+                let e = if e.message.starts_with("command ") {
+                    e
+                } else {
+                    e.context(format!("command {name}"))
+                };
                 e.with("command", name.clone())
             })?;
             results[joined.step.0] = Some(value);
@@ -122,14 +147,21 @@ impl Executor {
 
         let mut r = Map::new();
         for &idx in plan.output_steps() {
-            r.insert(plan.steps()[idx.0].name.clone(), results[idx.0].clone().unwrap_or(Value::Null));
+            r.insert(
+                plan.steps()[idx.0].name.clone(),
+                results[idx.0].clone().unwrap_or(Value::Null),
+            );
         }
         let mut response = Response::ok(req.u, Value::Object(r));
         if req.include_execution_summary {
             response.execution_summary = Some(self.summary(&plan, &timings, started));
         }
         if req.return_intermediate_results {
-            let all = plan.steps().iter().zip(&results).map(|(s, v)| (s.name.clone(), v.clone().unwrap_or(Value::Null)));
+            let all = plan
+                .steps()
+                .iter()
+                .zip(&results)
+                .map(|(s, v)| (s.name.clone(), v.clone().unwrap_or(Value::Null)));
             response.intermediate_results = Some(all.collect());
         }
         Ok(response)
@@ -151,16 +183,30 @@ impl Executor {
         let metrics = self.metrics.clone();
         running.spawn(async move {
             let started = Instant::now();
-            let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
+            let target = CallTarget {
+                plugin: &function.plugin,
+                version: Some(&version),
+                function: &function.function,
+            };
             let result = runtime.call(target, &args, deadline).await;
             let elapsed = started.elapsed();
             metrics.record_call(&function.to_string(), result.is_ok(), elapsed.as_secs_f64());
-            StepDone { step: idx, result, started, elapsed }
+            StepDone {
+                step: idx,
+                result,
+                started,
+                elapsed,
+            }
         });
         Ok(())
     }
 
-    fn summary(&self, plan: &Plan, timings: &[Option<(Instant, Duration)>], started: Instant) -> ExecutionSummary {
+    fn summary(
+        &self,
+        plan: &Plan,
+        timings: &[Option<(Instant, Duration)>],
+        started: Instant,
+    ) -> ExecutionSummary {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let steps = plan
             .steps()
@@ -180,16 +226,26 @@ impl Executor {
                 }
             })
             .collect();
-        ExecutionSummary { total_us: micros(started.elapsed()), steps }
+        ExecutionSummary {
+            total_us: micros(started.elapsed()),
+            steps,
+        }
     }
 }
 
 /// Catalog entries for this node's plugins. Functions whose signatures use
 /// resource handles are local-only and never listed.
-fn local_catalog(runtime: &Runtime, node: &NodeId, cluster: &ClusterId, node_resources: &[String]) -> Vec<CatalogEntry> {
+fn local_catalog(
+    runtime: &Runtime,
+    node: &NodeId,
+    cluster: &ClusterId,
+    node_resources: &[String],
+) -> Vec<CatalogEntry> {
     let mut entries = Vec::new();
     for plugin in runtime.plugins() {
-        let Ok(version) = plugin.version.parse::<semver::Version>() else { continue };
+        let Ok(version) = plugin.version.parse::<semver::Version>() else {
+            continue;
+        };
         let mut resources = plugin.resources.clone();
         resources.extend(node_resources.iter().cloned());
         resources.sort();

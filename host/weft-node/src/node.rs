@@ -23,9 +23,16 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr} ({what}): {source}; pick a free port or use port 0")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot create data_dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Runtime(#[from] weft_runtime::RuntimeError),
 }
@@ -59,7 +66,9 @@ impl RunningNode {
         tracing::info!(node = %self.id, grace = ?self.grace, "draining");
         self.shutdown.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok();
+        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(node = %self.id, "grace period over; cancelling the calls still running");
         }
@@ -69,7 +78,11 @@ impl RunningNode {
 
 fn runtime_config(config: &Config) -> RuntimeConfig {
     RuntimeConfig {
-        limits: Limits { deadline: config.limits.deadline, memory_bytes: config.limits.memory, fuel: config.limits.fuel },
+        limits: Limits {
+            deadline: config.limits.deadline,
+            memory_bytes: config.limits.memory,
+            fuel: config.limits.fuel,
+        },
         max_concurrency: config.limits.max_concurrency,
         max_result_bytes: usize::try_from(config.limits.max_result).unwrap_or(usize::MAX),
         max_plugin_bytes: config.limits.max_plugin,
@@ -81,15 +94,28 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, what, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr, what, source })
     };
     let ws_listener = bind(config.node.listen, "node.listen").await?;
     let admin_listener = bind(config.node.admin, "node.admin").await?;
-    let ws_addr = ws_listener.local_addr().map_err(|source| NodeError::Bind { addr: config.node.listen, what: "node.listen", source })?;
-    let admin_addr =
-        admin_listener.local_addr().map_err(|source| NodeError::Bind { addr: config.node.admin, what: "node.admin", source })?;
-    std::fs::create_dir_all(&config.node.data_dir)
-        .map_err(|source| NodeError::DataDir { path: config.node.data_dir.display().to_string(), source })?;
+    let ws_addr = ws_listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.node.listen,
+        what: "node.listen",
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind {
+            addr: config.node.admin,
+            what: "node.admin",
+            source,
+        })?;
+    std::fs::create_dir_all(&config.node.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.node.data_dir.display().to_string(),
+        source,
+    })?;
 
     let id = NodeId::new(config.node_id(ws_addr.port()));
     let cluster = ClusterId::new(config.node.cluster.clone());
@@ -104,7 +130,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => load_bundled(&runtime),
     };
     metrics.plugins_loaded.set(report.loaded.len() as i64);
-    metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
+    metrics
+        .plugin_load_failures
+        .inc_by(report.failed.len() as u64);
     tracing::info!(node = %id, plugins = ?report.loaded, failed = report.failed.len(), "plugins loaded");
 
     let executor = Arc::new(Executor::new(
@@ -131,18 +159,39 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster: cluster.to_string(),
         max_body: max_frame,
     });
-    tracker.spawn(ws::serve(ws_listener, ws_ctx, shutdown.clone(), tracker.clone()));
-    tracker.spawn(admin::serve(admin_listener, admin_ctx, shutdown.clone(), tracker.clone()));
+    tracker.spawn(ws::serve(
+        ws_listener,
+        ws_ctx,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(admin::serve(
+        admin_listener,
+        admin_ctx,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     phase.set(Phase::Ready);
     tracing::info!(node = %id, %cluster, ws = %ws_addr, admin = %admin_addr, "node ready");
-    Ok(RunningNode { id, cluster, ws_addr, admin_addr, shutdown, tracker, phase, grace: config.node.shutdown_grace })
+    Ok(RunningNode {
+        id,
+        cluster,
+        ws_addr,
+        admin_addr,
+        shutdown,
+        tracker,
+        phase,
+        grace: config.node.shutdown_grace,
+    })
 }
 
 /// No plugins folder configured: the bundled example plugins.
 fn load_bundled(runtime: &Runtime) -> weft_runtime::LoadReport {
     let mut report = weft_runtime::LoadReport::default();
     for name in weft_bundle::DEFAULT_SET {
-        let Some(wasm) = weft_bundle::get(name) else { continue };
+        let Some(wasm) = weft_bundle::get(name) else {
+            continue;
+        };
         match runtime.load_bytes(&format!("{name}.wasm (bundled)"), name, wasm, None) {
             Ok(label) => report.loaded.push(label),
             Err(f) => report.failed.push(f),

@@ -8,10 +8,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
@@ -27,7 +27,12 @@ pub(crate) struct WsContext {
 }
 
 /// Accepts connections until `shutdown`; each connection is a task of `tracker`.
-pub(crate) async fn serve(listener: TcpListener, ctx: Arc<WsContext>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<WsContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -47,8 +52,15 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<WsContext>, shutdown: 
     }
 }
 
-async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
-    let config = WebSocketConfig::default().max_message_size(Some(ctx.max_frame)).max_frame_size(Some(ctx.max_frame));
+async fn connection(
+    stream: TcpStream,
+    ctx: Arc<WsContext>,
+    shutdown: CancellationToken,
+    peer: std::net::SocketAddr,
+) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(ctx.max_frame))
+        .max_frame_size(Some(ctx.max_frame));
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -90,8 +102,14 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
-                let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
-                let _ = tx.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }))).await;
+                let reason =
+                    format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: reason.into(),
+                    })))
+                    .await;
                 break;
             }
             Some(Err(e)) => {
@@ -101,16 +119,25 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
                 break;
             }
         };
-        ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
+        ctx.metrics
+            .requests
+            .get_or_create(&crate::metrics::TransportLabel { transport: "ws" })
+            .inc();
         let reply = move |response: &Response| -> Message {
             let text = serde_json::to_string(response).unwrap_or_default();
-            if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
+            if binary {
+                Message::Binary(text.into())
+            } else {
+                Message::Text(text.into())
+            }
         };
         let request = match Request::decode(&bytes) {
             Ok(r) => r,
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
-                let _ = tx.send(reply(&Response::err(u.unwrap_or_default(), &e))).await;
+                let _ = tx
+                    .send(reply(&Response::err(u.unwrap_or_default(), &e)))
+                    .await;
                 continue;
             }
         };
@@ -145,7 +172,10 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
         // node bounds this with its shutdown grace period).
         while calls.join_next().await.is_some() {}
         let _ = tx
-            .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "node shutting down".into(),
+            })))
             .await;
     }
     drop(tx);

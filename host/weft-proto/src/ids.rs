@@ -48,7 +48,10 @@ pub struct FunctionId {
 
 impl FunctionId {
     pub fn new(plugin: impl Into<String>, function: impl Into<String>) -> Self {
-        Self { plugin: plugin.into(), function: function.into() }
+        Self {
+            plugin: plugin.into(),
+            function: function.into(),
+        }
     }
 }
 
@@ -65,7 +68,9 @@ impl FromStr for FunctionId {
             Some((p, f)) if !p.is_empty() && !f.is_empty() && !f.contains('/') => {
                 Ok(Self::new(p, f))
             }
-            _ => Err(format!("function id {s:?} is not of the form \"plugin/function\"")),
+            _ => Err(format!(
+                "function id {s:?} is not of the form \"plugin/function\""
+            )),
         }
     }
 }

@@ -27,18 +27,43 @@ pub enum WitType {
     F64,
     Char,
     String,
-    List { element: Box<WitType> },
-    Record { name: Option<String>, fields: Vec<Field> },
-    Tuple { elements: Vec<WitType> },
-    Variant { name: Option<String>, cases: Vec<Case> },
-    Enum { name: Option<String>, cases: Vec<String> },
-    Flags { name: Option<String>, flags: Vec<String> },
-    Option { some: Box<WitType> },
-    Result { ok: Option<Box<WitType>>, err: Option<Box<WitType>> },
+    List {
+        element: Box<WitType>,
+    },
+    Record {
+        name: Option<String>,
+        fields: Vec<Field>,
+    },
+    Tuple {
+        elements: Vec<WitType>,
+    },
+    Variant {
+        name: Option<String>,
+        cases: Vec<Case>,
+    },
+    Enum {
+        name: Option<String>,
+        cases: Vec<String>,
+    },
+    Flags {
+        name: Option<String>,
+        flags: Vec<String>,
+    },
+    Option {
+        some: Box<WitType>,
+    },
+    Result {
+        ok: Option<Box<WitType>>,
+        err: Option<Box<WitType>>,
+    },
     /// A resource handle (`own<T>` / `borrow<T>`): cannot cross the JSON boundary.
-    Resource { name: String },
+    Resource {
+        name: String,
+    },
     /// A type Weft does not carry over JSON (future, stream, error-context).
-    Unsupported { name: String },
+    Unsupported {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,7 +91,11 @@ impl FunctionSig {
     /// True when a value of this signature cannot travel as JSON, so the
     /// function stays local-only.
     pub fn uses_handles(&self) -> bool {
-        self.params.iter().map(|p| &p.ty).chain(&self.result).any(WitType::uses_handles)
+        self.params
+            .iter()
+            .map(|p| &p.ty)
+            .chain(&self.result)
+            .any(WitType::uses_handles)
     }
 
     /// The type a caller receives on success: `T` of a `result<T, E>`
@@ -86,12 +115,11 @@ impl WitType {
             WitType::List { element } | WitType::Option { some: element } => element.uses_handles(),
             WitType::Record { fields, .. } => fields.iter().any(|f| f.ty.uses_handles()),
             WitType::Tuple { elements } => elements.iter().any(WitType::uses_handles),
-            WitType::Variant { cases, .. } => {
-                cases.iter().filter_map(|c| c.ty.as_ref()).any(WitType::uses_handles)
-            }
-            WitType::Result { ok, err } => {
-                ok.iter().chain(err.iter()).any(|t| t.uses_handles())
-            }
+            WitType::Variant { cases, .. } => cases
+                .iter()
+                .filter_map(|c| c.ty.as_ref())
+                .any(WitType::uses_handles),
+            WitType::Result { ok, err } => ok.iter().chain(err.iter()).any(|t| t.uses_handles()),
             _ => false,
         }
     }
@@ -116,10 +144,13 @@ impl WitType {
             }
             (T::Record { fields: a, .. }, T::Record { fields: b, .. }) => {
                 a.len() == b.len()
-                    && a.iter().all(|f| b.iter().any(|g| g.name == f.name && f.ty.fits(&g.ty)))
+                    && a.iter()
+                        .all(|f| b.iter().any(|g| g.name == f.name && f.ty.fits(&g.ty)))
             }
             (T::Enum { cases: a, .. }, T::Enum { cases: b, .. }) => a.iter().all(|c| b.contains(c)),
-            (T::Flags { flags: a, .. }, T::Flags { flags: b, .. }) => a.iter().all(|c| b.contains(c)),
+            (T::Flags { flags: a, .. }, T::Flags { flags: b, .. }) => {
+                a.iter().all(|c| b.contains(c))
+            }
             (T::Variant { cases: a, .. }, T::Variant { cases: b, .. }) => a.iter().all(|c| {
                 b.iter().any(|d| {
                     d.name == c.name
@@ -138,7 +169,9 @@ impl WitType {
                 let (bmin, bmax) = b.int_range();
                 amin >= bmin && amax <= bmax
             }
+            // Integers travel as JSON numbers, which a float parameter accepts.
             (T::F32 | T::F64, T::F32 | T::F64) => true,
+            (a, T::F32 | T::F64) if a.is_integer() => true,
             (a, b) => a == b,
         }
     }
@@ -146,8 +179,14 @@ impl WitType {
     fn is_integer(&self) -> bool {
         matches!(
             self,
-            WitType::S8 | WitType::S16 | WitType::S32 | WitType::S64 | WitType::U8 | WitType::U16
-                | WitType::U32 | WitType::U64
+            WitType::S8
+                | WitType::S16
+                | WitType::S32
+                | WitType::S64
+                | WitType::U8
+                | WitType::U16
+                | WitType::U32
+                | WitType::U64
         )
     }
 
@@ -173,14 +212,23 @@ impl WitType {
             }
         }
         match self {
-            WitType::Record { name: Some(n), fields } => {
+            WitType::Record {
+                name: Some(n),
+                fields,
+            } => {
                 for f in fields {
                     f.ty.collect_definitions(out);
                 }
-                let body: Vec<String> = fields.iter().map(|f| format!("{}: {}", f.name, f.ty)).collect();
+                let body: Vec<String> = fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name, f.ty))
+                    .collect();
                 push(out, format!("record {n} {{ {} }}", body.join(", ")));
             }
-            WitType::Variant { name: Some(n), cases } => {
+            WitType::Variant {
+                name: Some(n),
+                cases,
+            } => {
                 for t in cases.iter().filter_map(|c| c.ty.as_ref()) {
                     t.collect_definitions(out);
                 }
@@ -193,17 +241,29 @@ impl WitType {
                     .collect();
                 push(out, format!("variant {n} {{ {} }}", body.join(", ")));
             }
-            WitType::Enum { name: Some(n), cases } => push(out, format!("enum {n} {{ {} }}", cases.join(", "))),
-            WitType::Flags { name: Some(n), flags } => push(out, format!("flags {n} {{ {} }}", flags.join(", "))),
-            WitType::List { element } | WitType::Option { some: element } => element.collect_definitions(out),
+            WitType::Enum {
+                name: Some(n),
+                cases,
+            } => push(out, format!("enum {n} {{ {} }}", cases.join(", "))),
+            WitType::Flags {
+                name: Some(n),
+                flags,
+            } => push(out, format!("flags {n} {{ {} }}", flags.join(", "))),
+            WitType::List { element } | WitType::Option { some: element } => {
+                element.collect_definitions(out)
+            }
             WitType::Tuple { elements } => elements.iter().for_each(|t| t.collect_definitions(out)),
-            WitType::Result { ok, err } => {
-                ok.iter().chain(err.iter()).for_each(|t| t.collect_definitions(out))
+            WitType::Result { ok, err } => ok
+                .iter()
+                .chain(err.iter())
+                .for_each(|t| t.collect_definitions(out)),
+            WitType::Record { name: None, fields } => {
+                fields.iter().for_each(|f| f.ty.collect_definitions(out))
             }
-            WitType::Record { name: None, fields } => fields.iter().for_each(|f| f.ty.collect_definitions(out)),
-            WitType::Variant { name: None, cases } => {
-                cases.iter().filter_map(|c| c.ty.as_ref()).for_each(|t| t.collect_definitions(out))
-            }
+            WitType::Variant { name: None, cases } => cases
+                .iter()
+                .filter_map(|c| c.ty.as_ref())
+                .for_each(|t| t.collect_definitions(out)),
             _ => {}
         }
     }
@@ -279,7 +339,11 @@ impl fmt::Display for WitType {
 
 impl fmt::Display for FunctionSig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let params: Vec<String> = self.params.iter().map(|p| format!("{}: {}", p.name, p.ty)).collect();
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty))
+            .collect();
         write!(f, "func({})", params.join(", "))?;
         match &self.result {
             Some(t) => write!(f, " -> {t}"),
@@ -333,16 +397,27 @@ fn describe(v: &Value) -> String {
         Value::Array(a) => return format!("an array of {} elements", a.len()),
         Value::Object(_) => "object",
     };
-    if text.len() <= 40 { format!("{kind} {text}") } else { format!("{kind} {}...", &text[..text.floor_char_boundary(37)]) }
+    if text.len() <= 40 {
+        format!("{kind} {text}")
+    } else {
+        format!("{kind} {}...", &text[..text.floor_char_boundary(37)])
+    }
 }
 
 /// Converts JSON to a WIT value of type `ty`; `path` names the place for
 /// error messages (e.g. the parameter name).
 pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismatch> {
-    let fail = |expected: String| Mismatch { path: path.to_owned(), expected, found: describe(v) };
+    let fail = |expected: String| Mismatch {
+        path: path.to_owned(),
+        expected,
+        found: describe(v),
+    };
     let int = |min: i128, max: i128| -> Result<i128, Mismatch> {
         let n = match v {
-            Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
+            Value::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from)),
             Value::String(s) => s.trim().parse::<i128>().ok(),
             _ => None,
         };
@@ -356,12 +431,18 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 "NaN" => Ok(f64::NAN),
                 "Infinity" => Ok(f64::INFINITY),
                 "-Infinity" => Ok(f64::NEG_INFINITY),
-                _ => Err(fail(format!("{ty} (a number, or \"NaN\", \"Infinity\", \"-Infinity\")"))),
+                _ => Err(fail(format!(
+                    "{ty} (a number, or \"NaN\", \"Infinity\", \"-Infinity\")"
+                ))),
             },
             _ => Err(fail(ty.to_string())),
         }
     };
-    let (lo, hi) = if ty.is_integer() { ty.int_range() } else { (0, 0) };
+    let (lo, hi) = if ty.is_integer() {
+        ty.int_range()
+    } else {
+        (0, 0)
+    };
     Ok(match ty {
         WitType::Bool => WitValue::Bool(v.as_bool().ok_or_else(|| fail("bool".into()))?),
         WitType::S8 => WitValue::S8(int(lo, hi)? as i8),
@@ -375,16 +456,22 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
         WitType::F32 => WitValue::F32(float()? as f32),
         WitType::F64 => WitValue::F64(float()?),
         WitType::Char => {
-            let s = v.as_str().ok_or_else(|| fail("char (a one-character string)".into()))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| fail("char (a one-character string)".into()))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => WitValue::Char(c),
                 _ => return Err(fail("char (a one-character string)".into())),
             }
         }
-        WitType::String => WitValue::String(v.as_str().ok_or_else(|| fail("string".into()))?.to_owned()),
+        WitType::String => {
+            WitValue::String(v.as_str().ok_or_else(|| fail("string".into()))?.to_owned())
+        }
         WitType::List { element } => {
-            let items = v.as_array().ok_or_else(|| fail(format!("{ty} (an array)")))?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| fail(format!("{ty} (an array)")))?;
             WitValue::List(
                 items
                     .iter()
@@ -394,9 +481,10 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             )
         }
         WitType::Tuple { elements } => {
-            let items = v.as_array().filter(|a| a.len() == elements.len()).ok_or_else(|| {
-                fail(format!("{ty} (an array of {} elements)", elements.len()))
-            })?;
+            let items = v
+                .as_array()
+                .filter(|a| a.len() == elements.len())
+                .ok_or_else(|| fail(format!("{ty} (an array of {} elements)", elements.len())))?;
             WitValue::Tuple(
                 items
                     .iter()
@@ -407,7 +495,9 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             )
         }
         WitType::Record { fields, .. } => {
-            let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| fail(format!("{ty} (an object)")))?;
             if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 return Err(Mismatch {
@@ -423,7 +513,11 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                     (Some(x), t) => from_json(x, t, &fpath)?,
                     (None, WitType::Option { .. }) => WitValue::Option(None),
                     (None, t) => {
-                        return Err(Mismatch { path: fpath, expected: t.to_string(), found: "nothing (missing field)".into() });
+                        return Err(Mismatch {
+                            path: fpath,
+                            expected: t.to_string(),
+                            found: "nothing (missing field)".into(),
+                        });
                     }
                 };
                 out.push((f.name.clone(), value));
@@ -435,7 +529,9 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             _ => return Err(fail(format!("one of {}", quoted(cases)))),
         },
         WitType::Flags { flags, .. } => {
-            let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
             let mut set = Vec::new();
             for x in items {
                 match x.as_str() {
@@ -451,7 +547,12 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
         }
         WitType::Variant { cases, .. } => {
             let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
-            let expected = || format!("a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}", quoted(&names));
+            let expected = || {
+                format!(
+                    "a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}",
+                    quoted(&names)
+                )
+            };
             let (name, payload) = match v {
                 Value::String(s) => (s.as_str(), None),
                 Value::Object(o) if o.len() == 1 => {
@@ -460,12 +561,17 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 }
                 _ => return Err(fail(expected())),
             };
-            let case = cases.iter().find(|c| c.name == name).ok_or_else(|| fail(expected()))?;
+            let case = cases
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| fail(expected()))?;
             let value = match (&case.ty, payload) {
                 (None, None) | (None, Some(Value::Null)) => None,
                 (Some(t), Some(x)) => Some(Box::new(from_json(x, t, &format!("{path}.{name}"))?)),
                 (Some(t), None) => return Err(fail(format!("{{\"{name}\": {t}}}"))),
-                (None, Some(_)) => return Err(fail(format!("\"{name}\" (this case has no payload)"))),
+                (None, Some(_)) => {
+                    return Err(fail(format!("\"{name}\" (this case has no payload)")));
+                }
             };
             WitValue::Variant(name.to_owned(), value)
         }
@@ -477,7 +583,11 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                     .filter(|o| o.len() == 1)
                     .and_then(|o| o.get("some"))
                     .ok_or_else(|| fail(format!("{ty} (null or {{\"some\": value}})")))?;
-                WitValue::Option(Some(Box::new(from_json(inner, some, &format!("{path}.some"))?)))
+                WitValue::Option(Some(Box::new(from_json(
+                    inner,
+                    some,
+                    &format!("{path}.some"),
+                )?)))
             }
             (_, t) => WitValue::Option(Some(Box::new(from_json(v, t, path)?))),
         },
@@ -491,13 +601,16 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 }
                 _ => return Err(fail(expected())),
             };
-            let convert = |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<WitValue>>, Mismatch> {
-                match (t, payload) {
-                    (None, None | Some(Value::Null)) => Ok(None),
-                    (Some(t), Some(x)) => Ok(Some(Box::new(from_json(x, t, &format!("{path}.{sub}"))?))),
-                    _ => Err(fail(expected())),
-                }
-            };
+            let convert =
+                |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<WitValue>>, Mismatch> {
+                    match (t, payload) {
+                        (None, None | Some(Value::Null)) => Ok(None),
+                        (Some(t), Some(x)) => {
+                            Ok(Some(Box::new(from_json(x, t, &format!("{path}.{sub}"))?)))
+                        }
+                        _ => Err(fail(expected())),
+                    }
+                };
             match case {
                 "ok" => WitValue::Result(Ok(convert(ok, "ok")?)),
                 "err" => WitValue::Result(Err(convert(err, "err")?)),
@@ -505,14 +618,22 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             }
         }
         WitType::Resource { name } => {
-            return Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON")));
+            return Err(fail(format!(
+                "a handle to resource {name}, which cannot be passed as JSON"
+            )));
         }
-        WitType::Unsupported { name } => return Err(fail(format!("{name}, which cannot be passed as JSON"))),
+        WitType::Unsupported { name } => {
+            return Err(fail(format!("{name}, which cannot be passed as JSON")));
+        }
     })
 }
 
 fn quoted(items: &[String]) -> String {
-    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn float_json(x: f64) -> Value {
@@ -540,10 +661,15 @@ pub fn to_json(v: &WitValue) -> Value {
         WitValue::F64(x) => float_json(*x),
         WitValue::Char(c) => Value::String(c.to_string()),
         WitValue::String(s) => Value::String(s.clone()),
-        WitValue::List(items) | WitValue::Tuple(items) => Value::Array(items.iter().map(to_json).collect()),
-        WitValue::Record(fields) => {
-            Value::Object(fields.iter().map(|(k, x)| (k.clone(), to_json(x))).collect())
+        WitValue::List(items) | WitValue::Tuple(items) => {
+            Value::Array(items.iter().map(to_json).collect())
         }
+        WitValue::Record(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, x)| (k.clone(), to_json(x)))
+                .collect(),
+        ),
         WitValue::Variant(name, None) | WitValue::Enum(name) => Value::String(name.clone()),
         WitValue::Variant(name, Some(x)) => single(name, to_json(x)),
         WitValue::Flags(flags) => Value::Array(flags.iter().cloned().map(Value::String).collect()),
@@ -575,16 +701,29 @@ impl WitValue {
         match self {
             WitValue::String(s) => s.len() + 2,
             WitValue::List(items) | WitValue::Tuple(items) => {
-                items.iter().map(|x| x.approx_json_size() + 1).sum::<usize>() + 2
+                items
+                    .iter()
+                    .map(|x| x.approx_json_size() + 1)
+                    .sum::<usize>()
+                    + 2
             }
             WitValue::Record(fields) => {
-                fields.iter().map(|(k, x)| k.len() + 4 + x.approx_json_size()).sum::<usize>() + 2
+                fields
+                    .iter()
+                    .map(|(k, x)| k.len() + 4 + x.approx_json_size())
+                    .sum::<usize>()
+                    + 2
             }
             WitValue::Variant(n, x) => n.len() + 6 + x.as_ref().map_or(0, |x| x.approx_json_size()),
             WitValue::Enum(n) => n.len() + 2,
             WitValue::Flags(f) => f.iter().map(|s| s.len() + 3).sum::<usize>() + 2,
             WitValue::Option(x) => x.as_ref().map_or(4, |x| x.approx_json_size() + 9),
-            WitValue::Result(r) => 8 + r.as_ref().map_or_else(|e| e.as_ref(), |o| o.as_ref()).map_or(4, |x| x.approx_json_size()),
+            WitValue::Result(r) => {
+                8 + r
+                    .as_ref()
+                    .map_or_else(|e| e.as_ref(), |o| o.as_ref())
+                    .map_or(4, |x| x.approx_json_size())
+            }
             _ => 24,
         }
     }

@@ -53,7 +53,9 @@ pub(crate) fn load_or_compile(
     if path.exists() {
         match deserialize(engine, &path) {
             Ok(c) => return Ok((c, CompileSource::Cache)),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component")
+            }
         }
     }
     let component = Component::new(engine, wasm)?;

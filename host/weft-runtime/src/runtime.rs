@@ -55,7 +55,8 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let (engine, pooled) = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let (engine, pooled) =
+            build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Ok(Self {
@@ -82,7 +83,10 @@ impl Runtime {
         let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
             Ok(d) => d,
             Err(e) => {
-                report.failed.push(self.fail(dir.display().to_string(), format!("cannot open the plugins folder: {e}")));
+                report.failed.push(self.fail(
+                    dir.display().to_string(),
+                    format!("cannot open the plugins folder: {e}"),
+                ));
                 return report;
             }
         };
@@ -93,7 +97,10 @@ impl Runtime {
                 .filter(|n| n.ends_with(".wasm"))
                 .collect(),
             Err(e) => {
-                report.failed.push(self.fail(dir.display().to_string(), format!("cannot list the plugins folder: {e}")));
+                report.failed.push(self.fail(
+                    dir.display().to_string(),
+                    format!("cannot list the plugins folder: {e}"),
+                ));
                 return report;
             }
         };
@@ -101,7 +108,9 @@ impl Runtime {
         for file in names {
             let stem = file.trim_end_matches(".wasm").to_owned();
             let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
-                .and_then(|(wasm, manifest)| self.load_component(&file, &stem, &wasm, manifest.as_deref()));
+                .and_then(|(wasm, manifest)| {
+                    self.load_component(&file, &stem, &wasm, manifest.as_deref())
+                });
             match result {
                 Ok(name) => report.loaded.push(name),
                 Err(reason) => report.failed.push(self.fail(file, reason)),
@@ -119,11 +128,24 @@ impl Runtime {
 
     /// Loads one component from bytes; `stem` names the plugin unless the
     /// manifest does. Returns "name@version".
-    pub fn load_bytes(&self, file: &str, stem: &str, wasm: &[u8], manifest: Option<&str>) -> Result<String, LoadFailure> {
-        self.load_component(file, stem, wasm, manifest).map_err(|reason| self.fail(file.to_owned(), reason))
+    pub fn load_bytes(
+        &self,
+        file: &str,
+        stem: &str,
+        wasm: &[u8],
+        manifest: Option<&str>,
+    ) -> Result<String, LoadFailure> {
+        self.load_component(file, stem, wasm, manifest)
+            .map_err(|reason| self.fail(file.to_owned(), reason))
     }
 
-    fn load_component(&self, file: &str, stem: &str, wasm: &[u8], manifest_text: Option<&str>) -> Result<String, String> {
+    fn load_component(
+        &self,
+        file: &str,
+        stem: &str,
+        wasm: &[u8],
+        manifest_text: Option<&str>,
+    ) -> Result<String, String> {
         if wasm.len() as u64 > self.config.max_plugin_bytes {
             return Err(format!(
                 "{} bytes is over the plugin size limit of {} bytes",
@@ -132,18 +154,26 @@ impl Runtime {
             ));
         }
         let manifest = match manifest_text {
-            Some(text) => Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?,
+            Some(text) => {
+                Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?
+            }
             None => Manifest::default(),
         };
         let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
         let version = manifest.version();
-        if read(&self.plugins).iter().any(|p| p.name == name && p.version == version) {
-            return Err(format!("plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"));
+        if read(&self.plugins)
+            .iter()
+            .any(|p| p.name == name && p.version == version)
+        {
+            return Err(format!(
+                "plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"
+            ));
         }
         let info = describe_component(wasm)?;
         let started = Instant::now();
-        let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
-            .map_err(|e| format!("cannot compile the component: {e:#}"))?;
+        let (component, source) =
+            cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
+                .map_err(|e| format!("cannot compile the component: {e:#}"))?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
@@ -153,7 +183,12 @@ impl Runtime {
             .into_iter()
             .map(|f| {
                 let index = export_index(&component, &f.name)?;
-                Ok(Function { local_only: f.sig.uses_handles(), name: f.name, sig: f.sig, index })
+                Ok(Function {
+                    local_only: f.sig.uses_handles(),
+                    name: f.name,
+                    sig: f.sig,
+                    index,
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let label: Arc<str> = format!("{name}@{version}").into();
@@ -200,12 +235,20 @@ impl Runtime {
     /// Calls a function in a fresh sandboxed instance. `args` are positional
     /// JSON values; `deadline` is the caller's remaining time (the plugin's
     /// own deadline applies if sooner).
-    pub async fn call(&self, target: CallTarget<'_>, args: &[Value], deadline: Instant) -> Result<Value, WeftError> {
+    pub async fn call(
+        &self,
+        target: CallTarget<'_>,
+        args: &[Value],
+        deadline: Instant,
+    ) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
             return Err(WeftError::new(
                 ErrorKind::FUNCTION_NOT_FOUND,
-                format!("plugin {} has no function {}", plugin.label, target.function),
+                format!(
+                    "plugin {} has no function {}",
+                    plugin.label, target.function
+                ),
             ));
         };
         let qualified = format!("{}/{}", plugin.name, function.name);
@@ -232,11 +275,21 @@ impl Runtime {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
-        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        let fuel = if plugin.limits.fuel == 0 {
+            u64::MAX
+        } else {
+            plugin.limits.fuel
+        };
+        store
+            .set_fuel(fuel)
+            .map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            Ok(if Instant::now() >= ctx.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
 
         let result_count = usize::from(function.sig.result.is_some());
@@ -251,7 +304,8 @@ impl Runtime {
         };
         // Second line of defence: the epoch interrupts a running guest; this
         // drops the call if it is stuck anywhere else (e.g. a host future).
-        let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
+        let outcome =
+            tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
         drop(store);
@@ -259,8 +313,11 @@ impl Runtime {
 
         let results = match outcome {
             Err(_) => {
-                return Err(WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} did not finish by its deadline and was dropped"))
-                    .with("trap", "interrupted"));
+                return Err(WeftError::new(
+                    ErrorKind::GUEST_TRAP,
+                    format!("{qualified} did not finish by its deadline and was dropped"),
+                )
+                .with("trap", "interrupted"));
             }
             Ok(Err(e)) => return Err(trap_error(&qualified, &plugin, e, memory_hit)),
             Ok(Ok(results)) => results,
@@ -268,7 +325,8 @@ impl Runtime {
         let Some(result) = results.into_iter().next() else {
             return Ok(Value::Null);
         };
-        let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
+        let value =
+            from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
         let value = match (value, &function.sig.result) {
             (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => {
                 let detail = e.map_or(Value::Null, |e| wit::to_json(&e));
@@ -277,13 +335,21 @@ impl Runtime {
                     Value::Null => "(no detail)".into(),
                     other => other.to_string(),
                 };
-                return Err(WeftError::new(ErrorKind::GUEST_ERROR, format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)))
-                    .with("error", detail));
+                return Err(WeftError::new(
+                    ErrorKind::GUEST_ERROR,
+                    format!(
+                        "{qualified} returned an error: {}",
+                        sandbox::truncate(&text, 1024)
+                    ),
+                )
+                .with("error", detail));
             }
             (WitValue::Result(Ok(ok)), Some(WitType::Result { .. })) => ok.map(|b| *b),
             (other, _) => Some(other),
         };
-        let Some(value) = value else { return Ok(Value::Null) };
+        let Some(value) = value else {
+            return Ok(Value::Null);
+        };
         let size = value.approx_json_size();
         if size > self.config.max_result_bytes {
             return Err(WeftError::new(
@@ -308,10 +374,20 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
-fn read_plugin_files(folder: &cap_std::fs::Dir, file: &str, stem: &str, max: u64) -> Result<(Vec<u8>, Option<String>), String> {
-    let meta = folder.metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+fn read_plugin_files(
+    folder: &cap_std::fs::Dir,
+    file: &str,
+    stem: &str,
+    max: u64,
+) -> Result<(Vec<u8>, Option<String>), String> {
+    let meta = folder
+        .metadata(file)
+        .map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > max {
-        return Err(format!("{} bytes is over the plugin size limit of {max} bytes", meta.len()));
+        return Err(format!(
+            "{} bytes is over the plugin size limit of {max} bytes",
+            meta.len()
+        ));
     }
     let wasm = folder.read(file).map_err(|e| format!("cannot read: {e}"))?;
     let manifest_file = format!("{stem}.toml");
@@ -323,13 +399,20 @@ fn read_plugin_files(folder: &cap_std::fs::Dir, file: &str, stem: &str, max: u64
     Ok((wasm, manifest))
 }
 
-fn export_index(component: &Component, name: &str) -> Result<wasmtime::component::ComponentExportIndex, String> {
-    component
-        .get_export_index(None, name)
-        .ok_or_else(|| format!("export {name} is described in the component's WIT but cannot be found"))
+fn export_index(
+    component: &Component,
+    name: &str,
+) -> Result<wasmtime::component::ComponentExportIndex, String> {
+    component.get_export_index(None, name).ok_or_else(|| {
+        format!("export {name} is described in the component's WIT but cannot be found")
+    })
 }
 
-fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) -> Result<Vec<Val>, WeftError> {
+fn convert_args(
+    qualified: &str,
+    sig: &weft_proto::FunctionSig,
+    args: &[Value],
+) -> Result<Vec<Val>, WeftError> {
     if args.len() != sig.params.len() {
         return Err(WeftError::invalid_arguments(format!(
             "{qualified} takes {} argument(s) ({sig}), got {}",
@@ -342,9 +425,12 @@ fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) 
         .zip(args)
         .map(|(p, a)| {
             wit::from_json(a, &p.ty, &p.name).map(to_val).map_err(|m| {
-                WeftError::invalid_arguments(format!("argument '{}' of {qualified}: expected {}, got {}", m.path, m.expected, m.found))
-                    .with("parameter", p.name.clone())
-                    .with("expected", p.ty.to_string())
+                WeftError::invalid_arguments(format!(
+                    "argument '{}' of {qualified}: expected {}, got {}",
+                    m.path, m.expected, m.found
+                ))
+                .with("parameter", p.name.clone())
+                .with("expected", p.ty.to_string())
             })
         })
         .collect()
@@ -367,14 +453,25 @@ fn emit_output(label: &str, function: &str, output: &CallOutput, dropped_logs: u
 
 /// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
 /// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
-fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: Option<(usize, usize)>) -> WeftError {
+fn trap_error(
+    qualified: &str,
+    plugin: &Plugin,
+    e: wasmtime::Error,
+    memory_hit: Option<(usize, usize)>,
+) -> WeftError {
     let text = format!("{e:#}");
     let Some(trap) = e.downcast_ref::<Trap>().copied() else {
         if text.contains("maximum concurrent") || text.contains("pooling") {
-            return WeftError::new(ErrorKind::RESOURCE_EXHAUSTED, format!("{qualified}: no sandbox slot is free: {text}"));
+            return WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!("{qualified}: no sandbox slot is free: {text}"),
+            );
         }
-        return WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} failed: {}", sandbox::truncate(&text, 2048)))
-            .with("trap", "host_error");
+        return WeftError::new(
+            ErrorKind::GUEST_TRAP,
+            format!("{qualified} failed: {}", sandbox::truncate(&text, 2048)),
+        )
+        .with("trap", "host_error");
     };
     let (detail, why) = match (trap, memory_hit) {
         (Trap::UnreachableCodeReached, Some((_, desired))) => (
@@ -386,13 +483,23 @@ fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: 
         ),
         (Trap::Interrupt, _) => (
             "interrupted".to_owned(),
-            format!("ran past its deadline ({:?} at most for this plugin) and was interrupted", plugin.limits.deadline),
+            format!(
+                "ran past its deadline ({:?} at most for this plugin) and was interrupted",
+                plugin.limits.deadline
+            ),
         ),
-        (Trap::OutOfFuel, _) => ("out_of_fuel".to_owned(), format!("used up its fuel budget of {}", plugin.limits.fuel)),
-        (Trap::StackOverflow, _) => ("stack_overflow".to_owned(), "overflowed its call stack".to_owned()),
-        (Trap::UnreachableCodeReached, None) => {
-            ("unreachable".to_owned(), "executed `unreachable` (a panic or abort in the guest)".to_owned())
-        }
+        (Trap::OutOfFuel, _) => (
+            "out_of_fuel".to_owned(),
+            format!("used up its fuel budget of {}", plugin.limits.fuel),
+        ),
+        (Trap::StackOverflow, _) => (
+            "stack_overflow".to_owned(),
+            "overflowed its call stack".to_owned(),
+        ),
+        (Trap::UnreachableCodeReached, None) => (
+            "unreachable".to_owned(),
+            "executed `unreachable` (a panic or abort in the guest)".to_owned(),
+        ),
         (other, _) => (snake_case(&format!("{other:?}")), other.to_string()),
     };
     WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} {why}"))

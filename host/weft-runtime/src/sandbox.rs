@@ -44,7 +44,10 @@ impl SandboxState {
         output_bytes: usize,
         who: Arc<str>,
     ) -> (Self, CallOutput) {
-        let out = CallOutput { stdout: OutputCapture::new(output_bytes), stderr: OutputCapture::new(output_bytes) };
+        let out = CallOutput {
+            stdout: OutputCapture::new(output_bytes),
+            stderr: OutputCapture::new(output_bytes),
+        };
         // No preopens, no env, no args, stdin empty, no sockets or name lookup.
         let wasi = WasiCtxBuilder::new()
             .stdout(out.stdout.clone())
@@ -56,9 +59,16 @@ impl SandboxState {
         let state = Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX), hit: None },
+            limiter: MemoryLimiter {
+                max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+                hit: None,
+            },
             deadline,
-            log: LogBudget { who, left: if log_allowed { log_lines } else { 0 }, dropped: 0 },
+            log: LogBudget {
+                who,
+                left: if log_allowed { log_lines } else { 0 },
+                dropped: 0,
+            },
         };
         (state, out)
     }
@@ -70,7 +80,10 @@ impl SandboxState {
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -83,7 +96,12 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = Some((current, desired));
             return Ok(false);
@@ -91,7 +109,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
@@ -159,13 +182,19 @@ struct Captured {
 
 impl OutputCapture {
     fn new(cap: usize) -> Self {
-        Self { inner: Arc::default(), cap }
+        Self {
+            inner: Arc::default(),
+            cap,
+        }
     }
 
     /// The kept text and the number of bytes dropped.
     pub(crate) fn take(&self) -> (String, usize) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        (String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(), c.dropped)
+        (
+            String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(),
+            c.dropped,
+        )
     }
 }
 
@@ -182,7 +211,11 @@ impl StdoutStream for OutputCapture {
 }
 
 impl AsyncWrite for OutputCapture {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let keep = buf.len().min(self.cap.saturating_sub(c.bytes.len()));
         c.bytes.extend_from_slice(&buf[..keep]);

@@ -1,0 +1,293 @@
+//! Multi-command requests through a real node: dependency order,
+//! concurrency, references, validation, failures and timeouts.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{NodeSpec, TestNode};
+use weft_proto::{ErrorKind, Request, Response};
+
+fn request(cmds: Value) -> Request {
+    serde_json::from_value(json!({"role": "rpc", "u": "", "cmds": cmds})).expect("request")
+}
+
+async fn run(node: &TestNode, req: Request) -> Response {
+    node.client().await.request(req).await.expect("a response")
+}
+
+async fn ok(node: &TestNode, cmds: Value) -> Value {
+    let response = run(node, request(cmds)).await;
+    assert!(response.error.is_none(), "{:?}", response.error);
+    response.r.expect("results")
+}
+
+async fn err(node: &TestNode, cmds: Value) -> weft_proto::ErrorBody {
+    run(node, request(cmds)).await.error.expect("an error")
+}
+
+#[tokio::test]
+async fn a_four_step_pipeline_over_echo_math_and_text() {
+    let node = TestNode::start(NodeSpec::default());
+    let r = ok(
+        &node,
+        json!([
+            {"name": "words", "fun": "split", "args": ["3 1 4 1 5", " "]},
+            {"name": "count", "fun": "word-count", "args": ["3 1 4 1 5"]},
+            {"name": "shout", "fun": "upper", "args": [{"$ref": "greeting"}]},
+            {"name": "greeting", "fun": "concat", "args": ["pieces: ", {"$ref": "words", "path": "0"}]},
+        ]),
+    )
+    .await;
+    assert_eq!(r, json!({"count": 5, "shout": "PIECES: 3"}));
+}
+
+#[tokio::test]
+async fn a_diamond_runs_each_step_once_and_returns_only_the_sink() {
+    let node = TestNode::start(NodeSpec::default());
+    let mut req = request(json!([
+        {"name": "a", "fun": "echo", "args": ["x"]},
+        {"name": "b", "fun": "concat", "args": [{"$ref": "a"}, "b"]},
+        {"name": "c", "fun": "concat", "args": [{"$ref": "a"}, "c"]},
+        {"name": "d", "fun": "concat", "args": [{"$ref": "b"}, {"$ref": "c"}]},
+    ]));
+    req.include_execution_summary = true;
+    req.return_intermediate_results = true;
+    let response = run(&node, req).await;
+    assert_eq!(response.r, Some(json!({"d": "xbxc"})));
+    let intermediate = response.intermediate_results.expect("intermediate results");
+    assert_eq!(intermediate["b"], "xb");
+    let summary = response.execution_summary.expect("summary");
+    let levels: Vec<(String, u32)> = summary
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.level))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("a".into(), 0),
+            ("b".into(), 1),
+            ("c".into(), 1),
+            ("d".into(), 2)
+        ]
+    );
+    let d = &summary.steps[3];
+    let b = &summary.steps[1];
+    assert!(
+        d.started_us >= b.started_us + b.duration_us,
+        "d starts after b finished"
+    );
+    assert!(
+        summary
+            .steps
+            .iter()
+            .all(|s| s.node == node.id && s.cluster == "local" && s.hops == 0)
+    );
+    assert_eq!(d.function, "echo/concat@0.1.0");
+}
+
+#[tokio::test]
+async fn wide_fan_out_and_deep_chains_complete() {
+    let node = TestNode::start(NodeSpec::default());
+    let wide: Vec<Value> = (0..100)
+        .map(|i| json!({"name": format!("w{i}"), "fun": "add", "args": [i, i]}))
+        .collect();
+    let r = ok(&node, Value::Array(wide)).await;
+    assert_eq!(r.as_object().unwrap().len(), 100);
+    assert_eq!(r["w99"], 198);
+
+    let mut deep = vec![json!({"name": "s0", "fun": "add", "args": [0, 1]})];
+    deep.extend((1..100).map(|i| json!({"name": format!("s{i}"), "fun": "add", "args": [{"$ref": format!("s{}", i - 1)}, 1]})));
+    assert_eq!(ok(&node, Value::Array(deep)).await, json!({"s99": 100}));
+}
+
+#[tokio::test]
+async fn references_reach_inside_arrays_objects_and_record_fields() {
+    let node = TestNode::start(NodeSpec::default());
+    let r = ok(
+        &node,
+        json!([
+            {"name": "s", "fun": "stats", "args": [[2.0, 4.0]]},
+            {"name": "e", "fun": "echo", "args": ["7"]},
+            {"name": "again", "fun": "stats", "args": [[{"$ref": "s", "path": "mean"}, {"$ref": "s", "path": "max"}, 9.0]]},
+            {"name": "joined", "fun": "echos", "args": [[{"$ref": "e"}, "lit"]]},
+            {"name": "named", "fun": "concat", "kwargs": {"b": {"$ref": "e"}, "a": "n"}},
+        ]),
+    )
+    .await;
+    assert_eq!(
+        r["again"],
+        json!({"count": 3, "mean": 16.0 / 3.0, "min": 3.0, "max": 9.0})
+    );
+    assert_eq!(r["joined"], json!(["7", "lit"]));
+    assert_eq!(r["named"], json!("n7"));
+}
+
+#[tokio::test]
+async fn mpreg_string_references_and_the_lit_escape() {
+    let node = TestNode::start(NodeSpec::default());
+    let r = ok(
+        &node,
+        json!([
+            {"name": "first", "fun": "echo", "args": ["hello"]},
+            {"name": "second", "fun": "concat", "args": ["first", {"$lit": "first"}]},
+        ]),
+    )
+    .await;
+    assert_eq!(r, json!({"second": "hellofirst"}));
+}
+
+#[tokio::test]
+async fn every_validation_error_names_the_command_and_nothing_runs() {
+    let node = TestNode::start(NodeSpec::default());
+    let cases = [
+        (
+            json!([{"name": "a", "fun": "echo", "args": ["x"]}, {"name": "a", "fun": "echo", "args": ["y"]}]),
+            "INVALID_REQUEST",
+            "a",
+        ),
+        (
+            json!([{"name": "a", "fun": "echo", "args": [{"$ref": "zzz"}]}]),
+            "INVALID_REQUEST",
+            "zzz",
+        ),
+        (
+            json!([{"name": "a", "fun": "echo", "args": [{"$ref": "b"}]}, {"name": "b", "fun": "echo", "args": [{"$ref": "a"}]}]),
+            "INVALID_REQUEST",
+            "a -> b -> a",
+        ),
+        (
+            json!([{"name": "a", "fun": "nosuch", "args": []}]),
+            "FUNCTION_NOT_FOUND",
+            "command a",
+        ),
+        (
+            json!([{"name": "a", "fun": "add", "args": [1, "x"]}]),
+            "INVALID_ARGUMENTS",
+            "command a",
+        ),
+        (
+            json!([{"name": "s", "fun": "stats", "args": [[1.0]]}, {"name": "u", "fun": "upper", "args": [{"$ref": "s"}]}]),
+            "INVALID_ARGUMENTS",
+            "command u",
+        ),
+        (
+            json!([{"name": "s", "fun": "stats", "args": [[1.0]]}, {"name": "u", "fun": "add", "args": [{"$ref": "s", "path": "median"}, 1]}]),
+            "INVALID_ARGUMENTS",
+            "median",
+        ),
+        (
+            json!([{"name": "a", "fun": "echo", "args": ["x"], "version_constraint": "not semver"}]),
+            "INVALID_REQUEST",
+            "command a",
+        ),
+    ];
+    for (cmds, kind, needle) in cases {
+        let e = err(&node, cmds.clone()).await;
+        assert_eq!(e.kind.as_str(), kind, "{cmds}: {}", e.message);
+        assert!(e.message.contains(needle), "{cmds}: {}", e.message);
+    }
+    let text = node.admin().get("/metrics").await.unwrap().text;
+    assert!(
+        !text.contains("weft_calls_total"),
+        "no function ran:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_middle_step_fails_the_request_naming_it() {
+    let node = TestNode::start(NodeSpec::default());
+    let e = err(
+        &node,
+        json!([
+            {"name": "zero", "fun": "add", "args": [0, 0]},
+            {"name": "ratio", "fun": "divide", "args": [1.0, {"$ref": "zero"}]},
+            {"name": "show", "fun": "stats", "args": [[{"$ref": "ratio"}]]},
+        ]),
+    )
+    .await;
+    assert_eq!(e.kind, ErrorKind::GUEST_ERROR);
+    assert!(e.message.starts_with("command ratio:"), "{}", e.message);
+    assert_eq!(e.details["command"], "ratio");
+}
+
+#[tokio::test]
+async fn the_request_timeout_names_the_unfinished_commands() {
+    let node = TestNode::start(NodeSpec::default());
+    let mut req = request(json!([
+        {"name": "quick", "fun": "echo", "args": ["q"]},
+        {"name": "stuck", "fun": "spin"},
+        {"name": "after", "fun": "concat", "args": [{"$ref": "quick"}, "!"]},
+    ]));
+    req.timeout_ms = Some(300);
+    let e = run(&node, req).await.error.expect("deadline error");
+    assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED);
+    assert!(
+        e.message.contains("stuck") && !e.message.contains("quick"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.details["unfinished"], json!(["stuck"]));
+}
+
+#[tokio::test]
+async fn versions_pick_the_highest_match_and_ambiguity_lists_candidates() {
+    let echo = weft_bundle::get("echo").unwrap().to_vec();
+    let node = TestNode::start(NodeSpec {
+        plugins: vec!["echo", "math"],
+        files: vec![
+            ("echo-v2.wasm".into(), echo.clone()),
+            (
+                "echo-v2.toml".into(),
+                b"name = \"echo\"\nversion = \"2.1.0\"\n".to_vec(),
+            ),
+            ("parrot.wasm".into(), echo),
+        ],
+        ..NodeSpec::default()
+    });
+    let summary_function = async |cmd: Value| {
+        let mut req = request(json!([cmd]));
+        req.include_execution_summary = true;
+        let response = run(&node, req).await;
+        assert!(response.error.is_none(), "{:?}", response.error);
+        response.execution_summary.expect("summary").steps[0]
+            .function
+            .clone()
+    };
+    assert_eq!(
+        summary_function(
+            json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo"})
+        )
+        .await,
+        "echo/echo@2.1.0"
+    );
+    assert_eq!(
+        summary_function(json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo", "version_constraint": "<1"})).await,
+        "echo/echo@0.1.0"
+    );
+    assert_eq!(
+        summary_function(json!({"name": "a", "fun": "parrot/echo", "args": ["x"]})).await,
+        "parrot/echo@0.1.0"
+    );
+
+    let e = err(&node, json!([{"name": "a", "fun": "echo", "args": ["x"]}])).await;
+    assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION);
+    assert!(
+        e.message.contains("echo/echo@2.1.0") && e.message.contains("parrot/echo@0.1.0"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("function_id"), "{}", e.message);
+
+    let e = err(
+        &node,
+        json!([{"name": "a", "fun": "echo/echo", "args": ["x"], "version_constraint": "^3"}]),
+    )
+    .await;
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+    assert!(
+        e.message.contains("2.1.0") && e.message.contains("0.1.0"),
+        "{}",
+        e.message
+    );
+}
