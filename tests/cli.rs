@@ -1,5 +1,7 @@
 //! The `weft` command line as a user runs it.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
 mod support;
 
 use std::process::Command;

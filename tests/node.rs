@@ -1,6 +1,8 @@
 //! A single node over its real WebSocket and HTTP endpoints: every example
 //! function, the admin API, and the bad input it must survive.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
 mod support;
 
 use std::time::Duration;

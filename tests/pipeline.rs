@@ -1,6 +1,8 @@
 //! Multi-command requests through a real node: dependency order,
 //! concurrency, references, validation, failures and timeouts.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
 mod support;
 
 use serde_json::{Value, json};

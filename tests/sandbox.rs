@@ -1,6 +1,8 @@
 //! Hostile guests against a real node: each attack ends in the right error
 //! and the node keeps serving.
 
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
 mod support;
 
 use serde_json::{Value, json};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use weft_runtime::units;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Config {
     pub node: NodeSection,
@@ -112,17 +112,6 @@ pub struct LimitsSection {
     pub max_in_flight_per_connection: u32,
     /// Commands in one request.
     pub max_commands: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node: NodeSection::default(),
-            federation: FederationSection::default(),
-            routing: RoutingSection::default(),
-            limits: LimitsSection::default(),
-        }
-    }
 }
 
 fn addr(text: &str) -> SocketAddr {

@@ -209,6 +209,63 @@ impl Runtime {
         Ok(label.to_string())
     }
 
+    /// Benchmark support (weft-bench): instantiates `target` once, then times
+    /// `iterations` calls on that one instance. Products never reuse an
+    /// instance; this measures what the fresh-instance sandbox costs.
+    #[doc(hidden)]
+    pub async fn time_reused_instance(
+        &self,
+        target: CallTarget<'_>,
+        args: &[Value],
+        iterations: usize,
+    ) -> Result<Vec<Duration>, WeftError> {
+        let plugin = self.find(&target)?;
+        let function = plugin.function(target.function).ok_or_else(|| {
+            WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, target.function.to_owned())
+        })?;
+        let params = convert_args(target.function, &function.sig, args)?;
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let (state, _output) = SandboxState::new(
+            plugin.limits.memory_bytes,
+            deadline,
+            0,
+            false,
+            0,
+            plugin.label.clone(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let internal = |e: wasmtime::Error| WeftError::internal(format!("{e:#}"));
+        store.set_fuel(u64::MAX).map_err(internal)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(internal)?;
+        let func = instance
+            .get_func(&mut store, function.index)
+            .ok_or_else(|| WeftError::internal("export vanished"))?;
+        let mut results = vec![Val::Bool(false); usize::from(function.sig.result.is_some())];
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            func.call_async(&mut store, &params, &mut results)
+                .await
+                .map_err(internal)?;
+            let value = results
+                .first()
+                .cloned()
+                .map(from_val)
+                .transpose()
+                .map_err(WeftError::internal)?;
+            std::hint::black_box(value.map(|v| wit::to_json(&v)));
+            times.push(started.elapsed());
+        }
+        Ok(times)
+    }
+
     pub fn plugins(&self) -> Vec<PluginInfo> {
         read(&self.plugins).iter().map(|p| p.info()).collect()
     }
