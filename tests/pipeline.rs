@@ -56,9 +56,20 @@ async fn a_diamond_runs_each_step_once_and_returns_only_the_sink() {
     req.return_intermediate_results = true;
     let response = run(&node, req).await;
     assert_eq!(response.r, Some(json!({"d": "xbxc"})));
+    // MPREG's shapes: one intermediate result per level, accumulating.
     let intermediate = response.intermediate_results.expect("intermediate results");
-    assert_eq!(intermediate["b"], "xb");
+    assert_eq!(intermediate.len(), 3);
+    assert_eq!(
+        Value::Object(intermediate[1].level_results.clone()),
+        json!({"b": "xb", "c": "xc"})
+    );
+    assert_eq!(intermediate[2].accumulated_results.len(), 4);
+    assert_eq!(intermediate[2].completed_levels, 3);
     let summary = response.execution_summary.expect("summary");
+    assert_eq!(summary.total_levels, 3);
+    assert_eq!(summary.level_execution_times.len(), 3);
+    assert_eq!(summary.parallel_commands_executed, 4);
+    assert_eq!(summary.cross_cluster_hops, 0);
     let levels: Vec<(String, u32)> = summary
         .steps
         .iter()

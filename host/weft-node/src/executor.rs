@@ -4,12 +4,12 @@
 //! and cancels the commands still running (their tasks are aborted).
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
-use weft_proto::client::{ExecutionSummary, StepSummary};
+use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, Runtime};
 
@@ -152,17 +152,14 @@ impl Executor {
                 results[idx.0].clone().unwrap_or(Value::Null),
             );
         }
-        let mut response = Response::ok(req.u, Value::Object(r));
+        let levels = LevelTimes::new(&plan, &timings, started);
+        let mut response = Response::ok(req.u.clone(), Value::Object(r));
         if req.include_execution_summary {
-            response.execution_summary = Some(self.summary(&plan, &timings, started));
+            response.execution_summary =
+                Some(self.summary(&req.u, &plan, &timings, &levels, started));
         }
         if req.return_intermediate_results {
-            let all = plan
-                .steps()
-                .iter()
-                .zip(&results)
-                .map(|(s, v)| (s.name.clone(), v.clone().unwrap_or(Value::Null)));
-            response.intermediate_results = Some(all.collect());
+            response.intermediate_results = Some(intermediate(&req.u, &plan, &results, &levels));
         }
         Ok(response)
     }
@@ -203,12 +200,14 @@ impl Executor {
 
     fn summary(
         &self,
+        u: &str,
         plan: &Plan,
         timings: &[Option<(Instant, Duration)>],
+        levels: &LevelTimes,
         started: Instant,
     ) -> ExecutionSummary {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let steps = plan
+        let steps: Vec<StepSummary> = plan
             .steps()
             .iter()
             .zip(timings)
@@ -226,11 +225,103 @@ impl Executor {
                 }
             })
             .collect();
+        let times = &levels.span_ms;
+        let bottleneck = times
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
         ExecutionSummary {
-            total_us: micros(started.elapsed()),
+            request_id: u.to_owned(),
+            total_execution_time_ms: started.elapsed().as_secs_f64() * 1e3,
+            total_levels: times.len() as u32,
+            level_execution_times: times.clone(),
+            bottleneck_level_index: bottleneck as u32,
+            average_level_time_ms: times.iter().sum::<f64>() / times.len().max(1) as f64,
+            parallel_commands_executed: steps.len() as u32,
+            cross_cluster_hops: steps.iter().map(|s| s.hops).sum(),
             steps,
         }
     }
+}
+
+/// Per dependency level: when its first command started and its last one
+/// finished.
+struct LevelTimes {
+    span_ms: Vec<f64>,
+    finished: Vec<Instant>,
+}
+
+impl LevelTimes {
+    fn new(plan: &Plan, timings: &[Option<(Instant, Duration)>], started: Instant) -> Self {
+        let count = plan
+            .steps()
+            .iter()
+            .map(|s| s.level as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut bounds: Vec<Option<(Instant, Instant)>> = vec![None; count];
+        for (step, timing) in plan.steps().iter().zip(timings) {
+            let Some((begin, took)) = *timing else {
+                continue;
+            };
+            let end = begin + took;
+            let slot = &mut bounds[step.level as usize];
+            *slot = Some(slot.map_or((begin, end), |(b, e)| (b.min(begin), e.max(end))));
+        }
+        let bounds: Vec<(Instant, Instant)> = bounds
+            .into_iter()
+            .map(|b| b.unwrap_or((started, started)))
+            .collect();
+        Self {
+            span_ms: bounds
+                .iter()
+                .map(|(b, e)| e.saturating_duration_since(*b).as_secs_f64() * 1e3)
+                .collect(),
+            finished: bounds.iter().map(|(_, e)| *e).collect(),
+        }
+    }
+}
+
+/// MPREG-style intermediate results: per level, its results and everything so far.
+fn intermediate(
+    u: &str,
+    plan: &Plan,
+    results: &[Option<Value>],
+    levels: &LevelTimes,
+) -> Vec<IntermediateResult> {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let now = Instant::now();
+    let total = levels.span_ms.len() as u32;
+    let mut accumulated = Map::new();
+    (0..total)
+        .map(|level| {
+            let mut level_results = Map::new();
+            for (step, value) in plan
+                .steps()
+                .iter()
+                .zip(results)
+                .filter(|(s, _)| s.level == level)
+            {
+                level_results.insert(step.name.clone(), value.clone().unwrap_or(Value::Null));
+            }
+            accumulated.extend(level_results.clone());
+            let finished = levels.finished[level as usize];
+            IntermediateResult {
+                request_id: u.to_owned(),
+                level_index: level,
+                level_results,
+                accumulated_results: accumulated.clone(),
+                total_levels: total,
+                completed_levels: level + 1,
+                timestamp: now_unix - now.saturating_duration_since(finished).as_secs_f64(),
+                execution_time_ms: levels.span_ms[level as usize],
+            }
+        })
+        .collect()
 }
 
 /// Catalog entries for this node's plugins. Functions whose signatures use

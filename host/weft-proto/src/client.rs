@@ -128,24 +128,56 @@ impl Request {
     }
 }
 
-/// Optional per-command report, asked for with `include_execution_summary`.
+/// One command as run, inside an execution summary (Weft's addition to
+/// MPREG's summary).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepSummary {
     pub name: String,
+    /// `plugin/function@version`.
     pub function: String,
     pub node: String,
     pub cluster: String,
     /// Dependency depth: 0 for commands without references.
     pub level: u32,
+    /// Start, relative to the request's start.
     pub started_us: u64,
     pub duration_us: u64,
+    /// Cross-cluster hops this command took (0: ran in this cluster).
     pub hops: u32,
 }
 
+/// `include_execution_summary`: MPREG's `RPCExecutionSummary` fields plus
+/// `steps`. A level's time runs from the first start to the last finish of
+/// its commands (commands start as soon as their inputs are ready, so levels
+/// may overlap).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionSummary {
-    pub total_us: u64,
+    pub request_id: String,
+    pub total_execution_time_ms: f64,
+    pub total_levels: u32,
+    pub level_execution_times: Vec<f64>,
+    pub bottleneck_level_index: u32,
+    pub average_level_time_ms: f64,
+    pub parallel_commands_executed: u32,
+    pub cross_cluster_hops: u32,
     pub steps: Vec<StepSummary>,
+}
+
+/// `return_intermediate_results`: one entry per dependency level, shaped as
+/// MPREG's `RPCIntermediateResult`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntermediateResult {
+    pub request_id: String,
+    pub level_index: u32,
+    /// Results of the commands of this level.
+    pub level_results: Map<String, Value>,
+    /// Results of every command of this level and the ones below.
+    pub accumulated_results: Map<String, Value>,
+    pub total_levels: u32,
+    pub completed_levels: u32,
+    /// Unix time (seconds) when the level's last command finished.
+    pub timestamp: f64,
+    pub execution_time_ms: f64,
 }
 
 /// The reply to a request: results keyed by command name, or an error.
@@ -158,7 +190,7 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_summary: Option<ExecutionSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub intermediate_results: Option<Map<String, Value>>,
+    pub intermediate_results: Option<Vec<IntermediateResult>>,
 }
 
 impl Response {
@@ -210,6 +242,23 @@ mod tests {
         assert_eq!(req.u, "req-1");
         assert_eq!(req.cmds[1].function_id.as_deref(), Some("echo/concat"));
         assert_eq!(req.timeout_ms, Some(5000));
+    }
+
+    #[test]
+    fn mpreg_client_extras_are_accepted() {
+        // Fields MPREG's Python client adds (trace headers, debug flags,
+        // routing topics) are ignored, not rejected.
+        let req = Request::decode(
+            br#"{"role": "rpc", "u": "01J", "cmds": [{"name": "a", "fun": "echo", "args": ["x"],
+                  "kwargs": {}, "locs": [], "function_id": null, "version_constraint": null,
+                  "target_cluster": null, "routing_topic": null}],
+                 "return_intermediate_results": false, "intermediate_result_callback_topic": null,
+                 "include_execution_summary": false, "debug_mode": false,
+                 "headers": {"traceparent": "00-ab-cd-01"}, "traceparent": "00-ab-cd-01"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.cmds[0].fun, "echo");
+        assert_eq!(req.cmds[0].function_id, None);
     }
 
     #[test]
