@@ -226,8 +226,47 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::ErrorKind;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z$]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    "role|u|cmds|name|fun|args|kwargs|[a-z]{1,4}",
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        // The frame decoder is fed whatever a client sends: it must answer
+        // every input with a request or an error, never a panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Request::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_arbitrary_json_never_panics(value in arb_json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Ok(req) = Request::decode(&bytes) {
+                prop_assert_eq!(req.role, RPC_ROLE);
+            }
+        }
+    }
 
     #[test]
     fn decodes_the_spec_example() {
