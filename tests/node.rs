@@ -25,22 +25,10 @@ fn example_calls() -> Vec<(&'static str, Value, Value)> {
         ("echos", json!([["a", "b"]]), json!(["a", "b"])),
         ("concat", json!(["a", "b"]), json!("ab")),
         ("add", json!([40, 2]), json!(42)),
-        (
-            "add",
-            json!(["9007199254740993", 0]),
-            json!(9007199254740993i64),
-        ),
+        ("add", json!(["9007199254740993", 0]), json!(9007199254740993i64)),
         ("divide", json!([1.0, 4.0]), json!(0.25)),
-        (
-            "stats",
-            json!([[1.0, 2.0, 6.0]]),
-            json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}),
-        ),
-        (
-            "stats",
-            json!([[]]),
-            json!({"count": 0, "mean": "NaN", "min": "NaN", "max": "NaN"}),
-        ),
+        ("stats", json!([[1.0, 2.0, 6.0]]), json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0})),
+        ("stats", json!([[]]), json!({"count": 0, "mean": "NaN", "min": "NaN", "max": "NaN"})),
         ("word-count", json!(["the quick  brown fox"]), json!(4)),
         ("upper", json!(["straße"]), json!("STRASSE")),
         ("split", json!(["a,b,,c", ","]), json!(["a", "b", "", "c"])),
@@ -53,19 +41,11 @@ async fn every_example_function_answers_over_websocket_and_http() {
     let client = node.client().await;
     for (fun, args, expected) in example_calls() {
         let args: Vec<Value> = args.as_array().cloned().unwrap_or_default();
-        let got = client
-            .call(fun, args.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{fun}: {e}"));
+        let got = client.call(fun, args.clone()).await.unwrap_or_else(|e| panic!("{fun}: {e}"));
         assert_eq!(got, expected, "{fun} over websocket");
 
-        let body =
-            json!({"role": "rpc", "u": "h", "cmds": [{"name": "x", "fun": fun, "args": args}]});
-        let reply = node
-            .admin()
-            .post("/v1/call", body.to_string())
-            .await
-            .expect("http call");
+        let body = json!({"role": "rpc", "u": "h", "cmds": [{"name": "x", "fun": fun, "args": args}]});
+        let reply = node.admin().post("/v1/call", body.to_string()).await.expect("http call");
         assert_eq!(reply.status, 200, "{fun}: {}", reply.text);
         assert_eq!(reply.body["r"]["x"], expected, "{fun} over http");
     }
@@ -75,10 +55,7 @@ async fn every_example_function_answers_over_websocket_and_http() {
 async fn guest_errors_and_kwargs_follow_the_wit_mapping() {
     let node = node();
     let client = node.client().await;
-    let err = client
-        .call("divide", vec![json!(1), json!(0)])
-        .await
-        .unwrap_err();
+    let err = client.call("divide", vec![json!(1), json!(0)]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::GUEST_ERROR);
     assert_eq!(err.details["error"], json!("division by zero"));
     assert!(err.message.contains("math/divide"), "{}", err.message);
@@ -88,10 +65,7 @@ async fn guest_errors_and_kwargs_follow_the_wit_mapping() {
     cmd.kwargs.insert("a".into(), json!("1"));
     assert_eq!(client.call_command(cmd).await.unwrap(), json!("12"));
     // Plugin-qualified names work as well as bare ones.
-    assert_eq!(
-        client.call("text/upper", vec![json!("q")]).await.unwrap(),
-        json!("Q")
-    );
+    assert_eq!(client.call("text/upper", vec![json!("q")]).await.unwrap(), json!("Q"));
 }
 
 #[tokio::test]
@@ -106,29 +80,13 @@ async fn bad_arguments_are_rejected_before_the_guest_runs_naming_the_parameter()
         ("word-count", json!([5]), "'text'", "string"),
     ];
     for (fun, args, names, expected) in cases {
-        let err = client
-            .call(fun, args.as_array().cloned().unwrap_or_default())
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.kind,
-            ErrorKind::INVALID_ARGUMENTS,
-            "{fun} {args}: {}",
-            err.message
-        );
-        assert!(
-            err.message.contains(names) && err.message.contains(expected),
-            "{fun}: {}",
-            err.message
-        );
+        let err = client.call(fun, args.as_array().cloned().unwrap_or_default()).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::INVALID_ARGUMENTS, "{fun} {args}: {}", err.message);
+        assert!(err.message.contains(names) && err.message.contains(expected), "{fun}: {}", err.message);
     }
     let text = node.admin().get("/metrics").await.unwrap().text;
     // None of these reached a guest: no call of math/add was counted.
-    assert_eq!(
-        metric(&text, "weft_calls_total{function=\"math/add\""),
-        None,
-        "{text}"
-    );
+    assert_eq!(metric(&text, "weft_calls_total{function=\"math/add\""), None, "{text}");
     assert!(metric(&text, "weft_errors_total{kind=\"INVALID_ARGUMENTS\"}").unwrap_or(0.0) >= 5.0);
 }
 
@@ -137,20 +95,13 @@ async fn unknown_functions_are_function_not_found_with_a_hint() {
     let node = node();
     let err = node.client().await.call("nope", vec![]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND);
-    assert!(
-        err.message.contains("nope") && err.message.contains("weft catalog"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("nope") && err.message.contains("weft catalog"), "{}", err.message);
 }
 
 async fn raw_socket(
     node: &TestNode,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    tokio_tungstenite::connect_async(&node.ws)
-        .await
-        .expect("connect")
-        .0
+    tokio_tungstenite::connect_async(&node.ws).await.expect("connect").0
 }
 
 async fn next_json(
@@ -171,31 +122,11 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
     let mut ws = raw_socket(&node).await;
     let cases: [(&str, ErrorKind, &str); 6] = [
         ("{not json", ErrorKind::PARSE_ERROR, ""),
-        (
-            r#"{"role": "server", "u": "r1"}"#,
-            ErrorKind::INVALID_REQUEST,
-            "r1",
-        ),
-        (
-            r#"{"u": "r2", "cmds": []}"#,
-            ErrorKind::INVALID_REQUEST,
-            "r2",
-        ),
-        (
-            r#"{"role": "rpc", "u": "r3"}"#,
-            ErrorKind::INVALID_REQUEST,
-            "r3",
-        ),
-        (
-            r#"{"role": "rpc", "u": "r4", "cmds": [{"name": "a"}]}"#,
-            ErrorKind::INVALID_REQUEST,
-            "r4",
-        ),
-        (
-            r#"{"role": "rpc", "u": "r5", "cmds": []}"#,
-            ErrorKind::INVALID_REQUEST,
-            "r5",
-        ),
+        (r#"{"role": "server", "u": "r1"}"#, ErrorKind::INVALID_REQUEST, "r1"),
+        (r#"{"u": "r2", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r2"),
+        (r#"{"role": "rpc", "u": "r3"}"#, ErrorKind::INVALID_REQUEST, "r3"),
+        (r#"{"role": "rpc", "u": "r4", "cmds": [{"name": "a"}]}"#, ErrorKind::INVALID_REQUEST, "r4"),
+        (r#"{"role": "rpc", "u": "r5", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r5"),
     ];
     for (frame, kind, u) in cases {
         ws.send(Message::Text(frame.into())).await.unwrap();
@@ -206,8 +137,7 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
         assert!(!reply["error"]["message"].as_str().unwrap_or("").is_empty());
     }
     ws.send(Message::Text(
-        r#"{"role":"rpc","u":"ok","cmds":[{"name":"a","fun":"echo","args":["still here"]}]}"#
-            .into(),
+        r#"{"role":"rpc","u":"ok","cmds":[{"name":"a","fun":"echo","args":["still here"]}]}"#.into(),
     ))
     .await
     .unwrap();
@@ -220,9 +150,7 @@ async fn binary_requests_are_answered_in_binary_frames() {
     let node = node();
     let mut ws = raw_socket(&node).await;
     let req = r#"{"role":"rpc","u":"b1","cmds":[{"name":"a","fun":"upper","args":["mpreg"]}]}"#;
-    ws.send(Message::Binary(req.as_bytes().to_vec().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Binary(req.as_bytes().to_vec().into())).await.unwrap();
     let (reply, binary) = next_json(&mut ws).await;
     assert!(binary, "a binary request gets a binary reply");
     assert_eq!(reply["r"]["a"], "MPREG");
@@ -230,15 +158,10 @@ async fn binary_requests_are_answered_in_binary_frames() {
 
 #[tokio::test]
 async fn oversized_frames_close_the_connection_with_1009_and_the_node_serves_on() {
-    let node = TestNode::start(NodeSpec {
-        config: "[limits]\nmax_frame = \"64KiB\"\n".into(),
-        ..NodeSpec::default()
-    });
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_frame = \"64KiB\"\n".into(), ..NodeSpec::default() });
     let mut ws = raw_socket(&node).await;
     let big = "x".repeat(200 << 10);
-    let req = format!(
-        r#"{{"role":"rpc","u":"big","cmds":[{{"name":"a","fun":"echo","args":["{big}"]}}]}}"#
-    );
+    let req = format!(r#"{{"role":"rpc","u":"big","cmds":[{{"name":"a","fun":"echo","args":["{big}"]}}]}}"#);
     let _ = ws.send(Message::Text(req.into())).await;
     let close = loop {
         match ws.next().await {
@@ -252,23 +175,14 @@ async fn oversized_frames_close_the_connection_with_1009_and_the_node_serves_on(
     assert!(frame.reason.contains("max_frame"), "{}", frame.reason);
 
     // HTTP bodies have the same bound.
-    let body = format!(
-        r#"{{"role":"rpc","u":"big","cmds":[{{"name":"a","fun":"echo","args":["{big}"]}}]}}"#
-    );
+    let body = format!(r#"{{"role":"rpc","u":"big","cmds":[{{"name":"a","fun":"echo","args":["{big}"]}}]}}"#);
     let reply = node.admin().post("/v1/call", body).await.unwrap();
     assert_eq!(reply.status, 413, "{}", reply.text);
 
     let client = node.client().await;
-    assert_eq!(
-        client.call("echo", vec![json!("ok")]).await.unwrap(),
-        json!("ok")
-    );
+    assert_eq!(client.call("echo", vec![json!("ok")]).await.unwrap(), json!("ok"));
     let text = node.admin().get("/metrics").await.unwrap().text;
-    assert_eq!(
-        metric(&text, "weft_frames_rejected_total{kind=\"too_large\"}"),
-        Some(2.0),
-        "{text}"
-    );
+    assert_eq!(metric(&text, "weft_frames_rejected_total{kind=\"too_large\"}"), Some(2.0), "{text}");
 }
 
 #[tokio::test]
@@ -283,18 +197,13 @@ async fn many_requests_in_flight_on_one_connection_are_matched_by_u() {
     let mut calls = Vec::new();
     for i in 0..200 {
         let client = client.clone();
-        calls.push(tokio::spawn(async move {
-            (i, client.call("echo", vec![json!(format!("m{i}"))]).await)
-        }));
+        calls.push(tokio::spawn(async move { (i, client.call("echo", vec![json!(format!("m{i}"))]).await) }));
     }
     for call in calls {
         let (i, result) = call.await.unwrap();
         assert_eq!(result.unwrap(), json!(format!("m{i}")));
     }
-    assert!(
-        !slow.is_finished(),
-        "the echo calls finished while spin was still running"
-    );
+    assert!(!slow.is_finished(), "the echo calls finished while spin was still running");
     let err = slow.await.unwrap().unwrap_err();
     assert_eq!(err.kind, ErrorKind::GUEST_TRAP);
 }
@@ -313,12 +222,7 @@ async fn in_flight_limit_per_connection_is_enforced() {
     let (first, _) = next_json(&mut ws).await;
     assert_eq!(first["u"], "s3");
     assert_eq!(first["error"]["kind"], "RESOURCE_EXHAUSTED");
-    assert!(
-        first["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_in_flight_per_connection")
-    );
+    assert!(first["error"]["message"].as_str().unwrap().contains("max_in_flight_per_connection"));
 }
 
 #[tokio::test]
@@ -326,29 +230,22 @@ async fn a_client_that_disconnects_mid_call_costs_nothing_and_is_counted() {
     let node = node();
     {
         let mut ws = raw_socket(&node).await;
-        ws.send(Message::Text(
-            r#"{"role":"rpc","u":"gone","cmds":[{"name":"a","fun":"spin"}]}"#.into(),
-        ))
-        .await
-        .unwrap();
+        ws.send(Message::Text(r#"{"role":"rpc","u":"gone","cmds":[{"name":"a","fun":"spin"}]}"#.into())).await.unwrap();
         // Give the node the request, then vanish without a close handshake.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let admin = node.admin();
-    eventually(
-        "the abandoned request to be counted",
-        Duration::from_secs(10),
-        async || {
-            let text = admin.get("/metrics").await.ok()?.text;
-            (metric(&text, "weft_requests_abandoned_total")? >= 1.0).then_some(())
-        },
-    )
+    eventually("the abandoned request to be counted", Duration::from_secs(10), async || {
+        let text = admin.get("/metrics").await.ok()?.text;
+        (metric(&text, "weft_requests_abandoned_total")? >= 1.0).then_some(())
+    })
     .await;
     let client = node.client().await;
-    assert_eq!(
-        client.call("echo", vec![json!("alive")]).await.unwrap(),
-        json!("alive")
-    );
+    assert_eq!(client.call("echo", vec![json!("alive")]).await.unwrap(), json!("alive"));
+    let text = admin.get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&text, "weft_in_flight_requests"), Some(0.0), "the cancelled request left the gauge:\n{text}");
+    assert_eq!(metric(&text, "weft_requests_abandoned_total"), Some(1.0));
+    assert_eq!(metric(&text, "weft_frames_rejected_total"), None, "a vanished client is no protocol error");
 }
 
 #[tokio::test]
@@ -360,52 +257,26 @@ async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     assert_eq!(health.body["status"], "ok");
     assert_eq!(health.body["node"], node.id);
     assert_eq!(health.body["cluster"], "local");
-    assert_eq!(
-        admin.get("/readyz?verbose").await.unwrap().body["reason"],
-        "serving"
-    );
+    assert_eq!(admin.get("/readyz?verbose").await.unwrap().body["reason"], "serving");
 
     let plugins = admin.get("/v1/plugins").await.unwrap().body;
-    let names: Vec<&str> = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+    let names: Vec<&str> = plugins["plugins"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["echo", "hostile", "math", "text"]);
     let hostile = &plugins["plugins"][1];
     assert_eq!(hostile["limits"]["deadline_ms"], 1000);
     assert_eq!(hostile["limits"]["memory"], "32MiB");
 
     let catalog = admin.get("/v1/catalog").await.unwrap().body;
-    let stats = catalog["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["function_id"] == "math/stats")
-        .expect("math/stats");
+    let stats =
+        catalog["functions"].as_array().unwrap().iter().find(|f| f["function_id"] == "math/stats").expect("math/stats");
     assert_eq!(stats["signature"], "func(xs: list<f64>) -> summary");
     assert_eq!(stats["node"], node.id);
     assert_eq!(stats["cluster"], "local");
 
-    node.client()
-        .await
-        .call("echo", vec![json!("m")])
-        .await
-        .unwrap();
+    node.client().await.call("echo", vec![json!("m")]).await.unwrap();
     let text = admin.get("/metrics").await.unwrap().text;
-    assert_eq!(
-        metric(
-            &text,
-            "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    assert!(
-        text.contains("weft_call_duration_seconds_bucket{le="),
-        "{text}"
-    );
+    assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"), Some(1.0), "{text}");
+    assert!(text.contains("weft_call_duration_seconds_bucket{le="), "{text}");
     assert_eq!(metric(&text, "weft_plugins_loaded"), Some(4.0));
 
     let missing = admin.get("/v1/nothing").await.unwrap();
@@ -417,80 +288,57 @@ async fn admin_api_reports_health_plugins_catalog_and_metrics() {
 async fn an_invalid_plugin_file_is_skipped_with_its_reason_and_the_rest_serve() {
     let node = TestNode::start(NodeSpec {
         files: vec![
-            (
-                "broken.wasm".into(),
-                b"\0asm this is not a component".to_vec(),
-            ),
-            (
-                "bad-manifest.wasm".into(),
-                weft_bundle::get("echo").unwrap().to_vec(),
-            ),
+            ("broken.wasm".into(), b"\0asm this is not a component".to_vec()),
+            ("bad-manifest.wasm".into(), weft_bundle::get("echo").unwrap().to_vec()),
             ("bad-manifest.toml".into(), b"versoin = \"1\"\n".to_vec()),
         ],
         ..NodeSpec::default()
     });
     let plugins = node.admin().get("/v1/plugins").await.unwrap().body;
     let failed = plugins["failed"].as_array().unwrap();
-    let reason = |file: &str| {
-        failed
-            .iter()
-            .find(|f| f["file"] == file)
-            .map(|f| f["reason"].as_str().unwrap_or("").to_owned())
-    };
-    assert!(
-        reason("broken.wasm")
-            .expect("broken.wasm listed")
-            .contains("not a valid WebAssembly component")
-    );
-    assert!(
-        reason("bad-manifest.wasm")
-            .expect("bad manifest listed")
-            .contains("versoin")
-    );
-    assert!(
-        node.stderr().contains("broken.wasm"),
-        "the failure is logged"
-    );
+    let reason =
+        |file: &str| failed.iter().find(|f| f["file"] == file).map(|f| f["reason"].as_str().unwrap_or("").to_owned());
+    assert!(reason("broken.wasm").expect("broken.wasm listed").contains("not a valid WebAssembly component"));
+    assert!(reason("bad-manifest.wasm").expect("bad manifest listed").contains("versoin"));
+    assert!(node.stderr().contains("broken.wasm"), "the failure is logged");
     let client = node.client().await;
-    assert_eq!(
-        client.call("echo", vec![json!("fine")]).await.unwrap(),
-        json!("fine")
-    );
+    assert_eq!(client.call("echo", vec![json!("fine")]).await.unwrap(), json!("fine"));
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_before_exiting() {
     let mut node = TestNode::start(NodeSpec {
-        files: vec![(
-            "hostile.toml".into(),
-            b"[limits]\ndeadline = \"1500ms\"\n".to_vec(),
-        )],
+        files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"1500ms\"\n".to_vec())],
         ..NodeSpec::default()
     });
     let client = node.client().await;
     let req = Request::new(
         "slow",
-        vec![
-            weft_proto::Command::new("h", "hog", vec![json!(1)]),
-            weft_proto::Command::new("s", "spin", vec![]),
-        ],
+        vec![weft_proto::Command::new("h", "hog", vec![json!(1)]), weft_proto::Command::new("s", "spin", vec![])],
     );
     let pending = tokio::spawn(async move { client.request(req).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal_term();
+    // While draining, the admin API still answers and says so.
+    let admin = node.admin();
+    let health = eventually("health to report draining", Duration::from_secs(5), async || {
+        let reply = admin.get("/health").await.ok()?;
+        (reply.status == 503).then_some(reply.body)
+    })
+    .await;
+    assert_eq!(health["status"], "draining");
+    assert_eq!(
+        admin.get("/readyz?verbose").await.unwrap().body["reason"].as_str().map(|r| r.starts_with("draining")),
+        Some(true)
+    );
     let code = tokio::task::spawn_blocking(move || {
-        let code = node.terminate();
+        let code = node.wait();
         (code, node)
     })
     .await
     .unwrap();
     assert_eq!(code.0, Some(0), "drained within the grace period");
     // The in-flight request was answered (spin ends at its deadline), not cut off.
-    let response = pending
-        .await
-        .unwrap()
-        .expect("an answer before the node exited");
-    assert_eq!(
-        response.error.expect("spin traps").kind,
-        ErrorKind::GUEST_TRAP
-    );
+    let response = pending.await.unwrap().expect("an answer before the node exited");
+    assert_eq!(response.error.expect("spin traps").kind, ErrorKind::GUEST_TRAP);
 }

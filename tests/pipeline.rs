@@ -59,10 +59,7 @@ async fn a_diamond_runs_each_step_once_and_returns_only_the_sink() {
     // MPREG's shapes: one intermediate result per level, accumulating.
     let intermediate = response.intermediate_results.expect("intermediate results");
     assert_eq!(intermediate.len(), 3);
-    assert_eq!(
-        Value::Object(intermediate[1].level_results.clone()),
-        json!({"b": "xb", "c": "xc"})
-    );
+    assert_eq!(Value::Object(intermediate[1].level_results.clone()), json!({"b": "xb", "c": "xc"}));
     assert_eq!(intermediate[2].accumulated_results.len(), 4);
     assert_eq!(intermediate[2].completed_levels, 3);
     let summary = response.execution_summary.expect("summary");
@@ -70,47 +67,27 @@ async fn a_diamond_runs_each_step_once_and_returns_only_the_sink() {
     assert_eq!(summary.level_execution_times.len(), 3);
     assert_eq!(summary.parallel_commands_executed, 4);
     assert_eq!(summary.cross_cluster_hops, 0);
-    let levels: Vec<(String, u32)> = summary
-        .steps
-        .iter()
-        .map(|s| (s.name.clone(), s.level))
-        .collect();
-    assert_eq!(
-        levels,
-        [
-            ("a".into(), 0),
-            ("b".into(), 1),
-            ("c".into(), 1),
-            ("d".into(), 2)
-        ]
-    );
+    let levels: Vec<(String, u32)> = summary.steps.iter().map(|s| (s.name.clone(), s.level)).collect();
+    assert_eq!(levels, [("a".into(), 0), ("b".into(), 1), ("c".into(), 1), ("d".into(), 2)]);
     let d = &summary.steps[3];
     let b = &summary.steps[1];
-    assert!(
-        d.started_us >= b.started_us + b.duration_us,
-        "d starts after b finished"
-    );
-    assert!(
-        summary
-            .steps
-            .iter()
-            .all(|s| s.node == node.id && s.cluster == "local" && s.hops == 0)
-    );
+    assert!(d.started_us >= b.started_us + b.duration_us, "d starts after b finished");
+    assert!(summary.steps.iter().all(|s| s.node == node.id && s.cluster == "local" && s.hops == 0));
     assert_eq!(d.function, "echo/concat@0.1.0");
 }
 
 #[tokio::test]
 async fn wide_fan_out_and_deep_chains_complete() {
     let node = TestNode::start(NodeSpec::default());
-    let wide: Vec<Value> = (0..100)
-        .map(|i| json!({"name": format!("w{i}"), "fun": "add", "args": [i, i]}))
-        .collect();
+    let wide: Vec<Value> = (0..100).map(|i| json!({"name": format!("w{i}"), "fun": "add", "args": [i, i]})).collect();
     let r = ok(&node, Value::Array(wide)).await;
     assert_eq!(r.as_object().unwrap().len(), 100);
     assert_eq!(r["w99"], 198);
 
     let mut deep = vec![json!({"name": "s0", "fun": "add", "args": [0, 1]})];
-    deep.extend((1..100).map(|i| json!({"name": format!("s{i}"), "fun": "add", "args": [{"$ref": format!("s{}", i - 1)}, 1]})));
+    deep.extend(
+        (1..100).map(|i| json!({"name": format!("s{i}"), "fun": "add", "args": [{"$ref": format!("s{}", i - 1)}, 1]})),
+    );
     assert_eq!(ok(&node, Value::Array(deep)).await, json!({"s99": 100}));
 }
 
@@ -128,10 +105,7 @@ async fn references_reach_inside_arrays_objects_and_record_fields() {
         ]),
     )
     .await;
-    assert_eq!(
-        r["again"],
-        json!({"count": 3, "mean": 16.0 / 3.0, "min": 3.0, "max": 9.0})
-    );
+    assert_eq!(r["again"], json!({"count": 3, "mean": 16.0 / 3.0, "min": 3.0, "max": 9.0}));
     assert_eq!(r["joined"], json!(["7", "lit"]));
     assert_eq!(r["named"], json!("n7"));
 }
@@ -159,26 +133,14 @@ async fn every_validation_error_names_the_command_and_nothing_runs() {
             "INVALID_REQUEST",
             "a",
         ),
-        (
-            json!([{"name": "a", "fun": "echo", "args": [{"$ref": "zzz"}]}]),
-            "INVALID_REQUEST",
-            "zzz",
-        ),
+        (json!([{"name": "a", "fun": "echo", "args": [{"$ref": "zzz"}]}]), "INVALID_REQUEST", "zzz"),
         (
             json!([{"name": "a", "fun": "echo", "args": [{"$ref": "b"}]}, {"name": "b", "fun": "echo", "args": [{"$ref": "a"}]}]),
             "INVALID_REQUEST",
             "a -> b -> a",
         ),
-        (
-            json!([{"name": "a", "fun": "nosuch", "args": []}]),
-            "FUNCTION_NOT_FOUND",
-            "command a",
-        ),
-        (
-            json!([{"name": "a", "fun": "add", "args": [1, "x"]}]),
-            "INVALID_ARGUMENTS",
-            "command a",
-        ),
+        (json!([{"name": "a", "fun": "nosuch", "args": []}]), "FUNCTION_NOT_FOUND", "command a"),
+        (json!([{"name": "a", "fun": "add", "args": [1, "x"]}]), "INVALID_ARGUMENTS", "command a"),
         (
             json!([{"name": "s", "fun": "stats", "args": [[1.0]]}, {"name": "u", "fun": "upper", "args": [{"$ref": "s"}]}]),
             "INVALID_ARGUMENTS",
@@ -201,10 +163,7 @@ async fn every_validation_error_names_the_command_and_nothing_runs() {
         assert!(e.message.contains(needle), "{cmds}: {}", e.message);
     }
     let text = node.admin().get("/metrics").await.unwrap().text;
-    assert!(
-        !text.contains("weft_calls_total"),
-        "no function ran:\n{text}"
-    );
+    assert!(!text.contains("weft_calls_total"), "no function ran:\n{text}");
 }
 
 #[tokio::test]
@@ -235,11 +194,7 @@ async fn the_request_timeout_names_the_unfinished_commands() {
     req.timeout_ms = Some(300);
     let e = run(&node, req).await.error.expect("deadline error");
     assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED);
-    assert!(
-        e.message.contains("stuck") && !e.message.contains("quick"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("stuck") && !e.message.contains("quick"), "{}", e.message);
     assert_eq!(e.details["unfinished"], json!(["stuck"]));
 }
 
@@ -250,10 +205,7 @@ async fn versions_pick_the_highest_match_and_ambiguity_lists_candidates() {
         plugins: vec!["echo", "math"],
         files: vec![
             ("echo-v2.wasm".into(), echo.clone()),
-            (
-                "echo-v2.toml".into(),
-                b"name = \"echo\"\nversion = \"2.1.0\"\n".to_vec(),
-            ),
+            ("echo-v2.toml".into(), b"name = \"echo\"\nversion = \"2.1.0\"\n".to_vec()),
             ("parrot.wasm".into(), echo),
         ],
         ..NodeSpec::default()
@@ -263,44 +215,27 @@ async fn versions_pick_the_highest_match_and_ambiguity_lists_candidates() {
         req.include_execution_summary = true;
         let response = run(&node, req).await;
         assert!(response.error.is_none(), "{:?}", response.error);
-        response.execution_summary.expect("summary").steps[0]
-            .function
-            .clone()
+        response.execution_summary.expect("summary").steps[0].function.clone()
     };
     assert_eq!(
-        summary_function(
-            json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo"})
-        )
-        .await,
+        summary_function(json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo"})).await,
         "echo/echo@2.1.0"
     );
     assert_eq!(
-        summary_function(json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo", "version_constraint": "<1"})).await,
+        summary_function(
+            json!({"name": "a", "fun": "echo", "args": ["x"], "function_id": "echo/echo", "version_constraint": "<1"})
+        )
+        .await,
         "echo/echo@0.1.0"
     );
-    assert_eq!(
-        summary_function(json!({"name": "a", "fun": "parrot/echo", "args": ["x"]})).await,
-        "parrot/echo@0.1.0"
-    );
+    assert_eq!(summary_function(json!({"name": "a", "fun": "parrot/echo", "args": ["x"]})).await, "parrot/echo@0.1.0");
 
     let e = err(&node, json!([{"name": "a", "fun": "echo", "args": ["x"]}])).await;
     assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION);
-    assert!(
-        e.message.contains("echo/echo@2.1.0") && e.message.contains("parrot/echo@0.1.0"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("echo/echo@2.1.0") && e.message.contains("parrot/echo@0.1.0"), "{}", e.message);
     assert!(e.message.contains("function_id"), "{}", e.message);
 
-    let e = err(
-        &node,
-        json!([{"name": "a", "fun": "echo/echo", "args": ["x"], "version_constraint": "^3"}]),
-    )
-    .await;
+    let e = err(&node, json!([{"name": "a", "fun": "echo/echo", "args": ["x"], "version_constraint": "^3"}])).await;
     assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
-    assert!(
-        e.message.contains("2.1.0") && e.message.contains("0.1.0"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("2.1.0") && e.message.contains("0.1.0"), "{}", e.message);
 }

@@ -18,22 +18,14 @@ fn trap(e: &WeftError) -> &str {
 }
 
 async fn assert_still_serving(node: &TestNode) {
-    assert_eq!(
-        call(node, "echo", vec![json!("alive")]).await.unwrap(),
-        json!("alive")
-    );
+    assert_eq!(call(node, "echo", vec![json!("alive")]).await.unwrap(), json!("alive"));
 }
 
 #[tokio::test]
 async fn an_endless_loop_is_interrupted_at_its_deadline() {
     let node = TestNode::start(NodeSpec::default());
     let e = call(&node, "spin", vec![]).await.unwrap_err();
-    assert_eq!(
-        (e.kind, trap(&e)),
-        (ErrorKind::GUEST_TRAP, "interrupted"),
-        "{}",
-        e.message
-    );
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "interrupted"), "{}", e.message);
     assert!(e.message.contains("deadline"), "{}", e.message);
     assert_still_serving(&node).await;
 }
@@ -41,19 +33,11 @@ async fn an_endless_loop_is_interrupted_at_its_deadline() {
 #[tokio::test]
 async fn a_fuel_budget_stops_an_endless_loop() {
     let node = TestNode::start(NodeSpec {
-        files: vec![(
-            "hostile.toml".into(),
-            b"[limits]\nfuel = 5000000\n".to_vec(),
-        )],
+        files: vec![("hostile.toml".into(), b"[limits]\nfuel = 5000000\n".to_vec())],
         ..NodeSpec::default()
     });
     let e = call(&node, "spin", vec![]).await.unwrap_err();
-    assert_eq!(
-        (e.kind, trap(&e)),
-        (ErrorKind::GUEST_TRAP, "out_of_fuel"),
-        "{}",
-        e.message
-    );
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "out_of_fuel"), "{}", e.message);
     assert_still_serving(&node).await;
 }
 
@@ -62,12 +46,7 @@ async fn memory_is_capped_per_call_and_reported_as_memory_limit() {
     let node = TestNode::start(NodeSpec::default());
     assert_eq!(call(&node, "hog", vec![json!(8)]).await.unwrap(), json!(8));
     let e = call(&node, "hog", vec![json!(100)]).await.unwrap_err();
-    assert_eq!(
-        (e.kind, trap(&e)),
-        (ErrorKind::GUEST_TRAP, "memory_limit"),
-        "{}",
-        e.message
-    );
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "memory_limit"), "{}", e.message);
     assert!(e.message.contains("32MiB"), "{}", e.message);
     // A fresh instance per call: the next call starts from a clean slate.
     assert_eq!(call(&node, "hog", vec![json!(8)]).await.unwrap(), json!(8));
@@ -77,75 +56,36 @@ async fn memory_is_capped_per_call_and_reported_as_memory_limit() {
 #[tokio::test]
 async fn guests_see_no_files_and_no_environment() {
     let node = TestNode::start(NodeSpec::default());
-    let e = call(&node, "read-file", vec![json!("/etc/passwd")])
-        .await
-        .unwrap_err();
+    let e = call(&node, "read-file", vec![json!("/etc/passwd")]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::GUEST_ERROR);
-    assert!(
-        e.details["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("No such file"),
-        "{:?}",
-        e.details
-    );
-    let e = call(&node, "read-file", vec![json!("weft.toml")])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.kind,
-        ErrorKind::GUEST_ERROR,
-        "the node's own working directory is invisible too"
-    );
+    assert!(e.details["error"].as_str().unwrap_or("").contains("No such file"), "{:?}", e.details);
+    let e = call(&node, "read-file", vec![json!("weft.toml")]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::GUEST_ERROR, "the node's own working directory is invisible too");
     for var in ["HOME", "PATH", "WEFT_LOG"] {
-        assert_eq!(
-            call(&node, "env-var", vec![json!(var)]).await.unwrap(),
-            Value::Null,
-            "{var}"
-        );
+        assert_eq!(call(&node, "env-var", vec![json!(var)]).await.unwrap(), Value::Null, "{var}");
     }
 }
 
 #[tokio::test]
 async fn deep_recursion_overflows_the_guest_stack_not_the_node() {
     let node = TestNode::start(NodeSpec::default());
-    assert_eq!(
-        call(&node, "recurse", vec![json!(100)]).await.unwrap(),
-        json!(100)
-    );
-    let e = call(&node, "recurse", vec![json!(10_000_000)])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind, trap(&e)),
-        (ErrorKind::GUEST_TRAP, "stack_overflow"),
-        "{}",
-        e.message
-    );
+    assert_eq!(call(&node, "recurse", vec![json!(100)]).await.unwrap(), json!(100));
+    let e = call(&node, "recurse", vec![json!(10_000_000)]).await.unwrap_err();
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "stack_overflow"), "{}", e.message);
     assert_still_serving(&node).await;
 }
 
 #[tokio::test]
 async fn huge_results_are_refused_not_shipped() {
-    let node = TestNode::start(NodeSpec {
-        config: "[limits]\nmax_result = \"4MiB\"\n".into(),
-        ..NodeSpec::default()
-    });
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_result = \"4MiB\"\n".into(), ..NodeSpec::default() });
     let ok = call(&node, "big-output", vec![json!(1)]).await.unwrap();
     assert_eq!(ok.as_str().map(str::len), Some(1 << 20));
     let e = call(&node, "big-output", vec![json!(8)]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
     assert!(e.message.contains("result limit"), "{}", e.message);
     // Larger than the guest's own memory: it cannot even build it.
-    let e = call(&node, "big-output", vec![json!(64)])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind, trap(&e)),
-        (ErrorKind::GUEST_TRAP, "memory_limit"),
-        "{}",
-        e.message
-    );
+    let e = call(&node, "big-output", vec![json!(64)]).await.unwrap_err();
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "memory_limit"), "{}", e.message);
     assert_still_serving(&node).await;
 }
 
@@ -154,26 +94,17 @@ async fn hostile_calls_in_parallel_do_not_starve_other_tenants() {
     let node = TestNode::start(NodeSpec::default());
     let client = std::sync::Arc::new(node.client().await);
     let mut attacks = Vec::new();
-    for (fun, args) in [
-        ("spin", json!([])),
-        ("hog", json!([100])),
-        ("recurse", json!([10_000_000])),
-        ("spin", json!([])),
-    ] {
+    for (fun, args) in
+        [("spin", json!([])), ("hog", json!([100])), ("recurse", json!([10_000_000])), ("spin", json!([]))]
+    {
         let client = client.clone();
         let args = args.as_array().cloned().unwrap_or_default();
         attacks.push(tokio::spawn(async move { client.call(fun, args).await }));
     }
     for i in 0..20 {
-        assert_eq!(
-            client.call("add", vec![json!(i), json!(1)]).await.unwrap(),
-            json!(i + 1)
-        );
+        assert_eq!(client.call("add", vec![json!(i), json!(1)]).await.unwrap(), json!(i + 1));
     }
     for attack in attacks {
-        assert_eq!(
-            attack.await.unwrap().unwrap_err().kind,
-            ErrorKind::GUEST_TRAP
-        );
+        assert_eq!(attack.await.unwrap().unwrap_err().kind, ErrorKind::GUEST_TRAP);
     }
 }

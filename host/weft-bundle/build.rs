@@ -61,8 +61,7 @@ fn run() -> Result<(), String> {
     for name in PLUGINS {
         let from = built.join(format!("{name}.wasm"));
         let to = out_dir.join(format!("{name}.wasm"));
-        fs::copy(&from, &to)
-            .map_err(|err| format!("copying {} to {}: {err}", from.display(), to.display()))?;
+        fs::copy(&from, &to).map_err(|err| format!("copying {} to {}: {err}", from.display(), to.display()))?;
     }
     Ok(())
 }
@@ -73,14 +72,10 @@ fn run() -> Result<(), String> {
 /// script. Paths that do not exist are skipped too, for the same reason.
 fn watch_sources(workspace: &Path) -> Result<(), String> {
     println!("cargo::rerun-if-changed=build.rs");
-    println!(
-        "cargo::rerun-if-changed={}",
-        workspace.join("wit").display()
-    );
+    println!("cargo::rerun-if-changed={}", workspace.join("wit").display());
     for dir in ["plugins", "guest-sdk"] {
         let dir = workspace.join(dir);
-        let entries =
-            fs::read_dir(&dir).map_err(|err| format!("reading {}: {err}", dir.display()))?;
+        let entries = fs::read_dir(&dir).map_err(|err| format!("reading {}: {err}", dir.display()))?;
         for entry in entries {
             let entry = entry.map_err(|err| format!("reading {}: {err}", dir.display()))?;
             if entry.file_name() != "target" {
@@ -123,10 +118,9 @@ fn ensure_wasm_target() -> Result<(), String> {
     }
     let why = match rustup.stdout(Stdio::from(std::io::stderr())).status() {
         Ok(status) if status.success() && target_lib.is_dir() => return Ok(()),
-        Ok(status) if status.success() => format!(
-            "it succeeded, but {} is still missing: is this compiler managed by rustup?",
-            target_lib.display()
-        ),
+        Ok(status) if status.success() => {
+            format!("it succeeded, but {} is still missing: is this compiler managed by rustup?", target_lib.display())
+        }
         Ok(status) => format!("it exited with {status}"),
         Err(err) => format!("it could not run: {err}"),
     };
@@ -143,13 +137,7 @@ fn build_plugins(plugins_dir: &Path, target_dir: &Path) -> Result<(), String> {
     let manifest = plugins_dir.join("Cargo.toml");
     let mut build = Command::new(&cargo);
     build
-        .args([
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            "--manifest-path",
-        ])
+        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir);
@@ -157,9 +145,9 @@ fn build_plugins(plugins_dir: &Path, target_dir: &Path) -> Result<(), String> {
         build.arg("--locked");
     }
     for (key, _) in env::vars_os() {
-        let leaks = key.to_str().is_some_and(|key| {
-            LEAKING_VARS.contains(&key) || LEAKING_PREFIXES.iter().any(|p| key.starts_with(p))
-        });
+        let leaks = key
+            .to_str()
+            .is_some_and(|key| LEAKING_VARS.contains(&key) || LEAKING_PREFIXES.iter().any(|p| key.starts_with(p)));
         if leaks {
             build.env_remove(&key);
         }
@@ -168,9 +156,7 @@ fn build_plugins(plugins_dir: &Path, target_dir: &Path) -> Result<(), String> {
     // cargo's output on stderr, which cargo shows when the build fails.
     build.stdout(Stdio::from(std::io::stderr()));
 
-    let status = build
-        .status()
-        .map_err(|err| format!("running {}: {err}", cargo.display()))?;
+    let status = build.status().map_err(|err| format!("running {}: {err}", cargo.display()))?;
     if status.success() {
         Ok(())
     } else {

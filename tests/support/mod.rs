@@ -26,10 +26,7 @@ impl Default for NodeSpec {
     fn default() -> Self {
         Self {
             plugins: vec!["echo", "math", "text", "hostile"],
-            files: vec![(
-                "hostile.toml".into(),
-                b"[limits]\ndeadline = \"1s\"\nmemory = \"32MiB\"\n".to_vec(),
-            )],
+            files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"1s\"\nmemory = \"32MiB\"\n".to_vec())],
             config: String::new(),
         }
     }
@@ -58,10 +55,7 @@ impl TestNode {
             spec.config
         );
         std::fs::write(&config, text).expect("write config");
-        Self::spawn(
-            dir,
-            &["node", "--config", config.to_str().expect("utf-8 path")],
-        )
+        Self::spawn(dir, &["node", "--config", config.to_str().expect("utf-8 path")])
     }
 
     pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> TestNode {
@@ -77,9 +71,7 @@ impl TestNode {
             .expect("spawn weft");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
+        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
         let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
             let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
             panic!("node did not start ({e}): stdout {line:?}\nstderr:\n{log}")
@@ -116,9 +108,17 @@ impl TestNode {
 
     /// Sends SIGTERM and waits for the process; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal_term();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().ok().and_then(|s| s.code())
     }
 
@@ -136,11 +136,7 @@ impl Drop for TestNode {
 }
 
 /// Polls `check` until it returns Some or the deadline passes.
-pub async fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
@@ -154,10 +150,7 @@ pub async fn eventually<T>(
 /// Reads a counter/gauge sample from Prometheus text: the value of the first
 /// line starting with `prefix` (name plus labels as printed).
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
 pub fn write(path: &Path, text: &str) {

@@ -17,9 +17,7 @@ impl Samples {
     fn pct(&self, p: f64) -> Duration {
         let mut v = self.0.clone();
         v.sort();
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
     }
     fn median(&self) -> Duration {
         self.pct(0.5)
@@ -47,10 +45,7 @@ async fn bench_runtime(smoke: bool) -> Result<(), String> {
     let rounds = if smoke { 3 } else { 50 };
     let batch = if smoke { 20 } else { 400 };
     let cache = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = RuntimeConfig {
-        cache_dir: Some(cache.path().to_owned()),
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig { cache_dir: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
     let echo = weft_bundle::get("echo").ok_or("echo not bundled")?;
 
     // Compile cold (fresh cache folder each time) vs load from the cache.
@@ -58,41 +53,26 @@ async fn bench_runtime(smoke: bool) -> Result<(), String> {
     for _ in 0..if smoke { 1 } else { 5 } {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         for (into, _) in [(&mut cold, 0), (&mut cached, 1)] {
-            let rt = Runtime::new(RuntimeConfig {
-                cache_dir: Some(dir.path().to_owned()),
-                ..RuntimeConfig::default()
-            })
-            .map_err(|e| e.to_string())?;
-            rt.load_bytes("echo.wasm", "echo", echo, None)
+            let rt = Runtime::new(RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() })
                 .map_err(|e| e.to_string())?;
+            rt.load_bytes("echo.wasm", "echo", echo, None).map_err(|e| e.to_string())?;
             let ms = rt.plugins().first().map_or(0.0, |p| p.compile_ms);
             into.push(Duration::from_secs_f64(ms / 1e3));
         }
     }
 
     let rt = Runtime::new(config).map_err(|e| e.to_string())?;
-    rt.load_bytes("echo.wasm", "echo", echo, None)
-        .map_err(|e| e.to_string())?;
-    let target = || CallTarget {
-        plugin: "echo",
-        version: None,
-        function: "echo",
-    };
+    rt.load_bytes("echo.wasm", "echo", echo, None).map_err(|e| e.to_string())?;
+    let target = || CallTarget { plugin: "echo", version: None, function: "echo" };
     let args = [json!("hello")];
     let (mut fresh, mut reused, mut native) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         for _ in 0..batch {
             let started = Instant::now();
-            rt.call(target(), &args, Instant::now() + Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())?;
+            rt.call(target(), &args, Instant::now() + Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
             fresh.push(started.elapsed());
         }
-        reused.extend(
-            rt.time_reused_instance(target(), &args, batch)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        reused.extend(rt.time_reused_instance(target(), &args, batch).await.map_err(|e| e.to_string())?);
         for _ in 0..batch {
             let started = Instant::now();
             std::hint::black_box(native_echo(String::from("hello")));
@@ -100,10 +80,7 @@ async fn bench_runtime(smoke: bool) -> Result<(), String> {
         }
     }
     let (fresh, reused, native) = (Samples(fresh), Samples(reused), Samples(native));
-    println!(
-        "### Runtime: `echo(\"hello\")` ({} calls each, interleaved)\n",
-        rounds * batch
-    );
+    println!("### Runtime: `echo(\"hello\")` ({} calls each, interleaved)\n", rounds * batch);
     println!("| variant | median | p99 | vs reused |");
     println!("|---|---|---|---|");
     for (name, s) in [
@@ -111,24 +88,13 @@ async fn bench_runtime(smoke: bool) -> Result<(), String> {
         ("reused instance, call only (JSON in/out)", &reused),
         ("native Rust function", &native),
     ] {
-        println!(
-            "| {name} | {} | {} | {} |",
-            us(s.median()),
-            us(s.pct(0.99)),
-            ratio(s.median(), reused.median())
-        );
+        println!("| {name} | {} | {} | {} |", us(s.median()), us(s.pct(0.99)), ratio(s.median(), reused.median()));
     }
     let (cold, cached) = (Samples(cold), Samples(cached));
     println!("\n### Component load: echo.wasm\n");
     println!("| variant | median |\n|---|---|");
-    println!(
-        "| compile (Cranelift), cold cache | {} |",
-        ms(cold.median())
-    );
-    println!(
-        "| deserialize from data_dir cache | {} |",
-        ms(cached.median())
-    );
+    println!("| compile (Cranelift), cold cache | {} |", ms(cold.median()));
+    println!("| deserialize from data_dir cache | {} |", ms(cached.median()));
     println!("| ratio | {} |\n", ratio(cold.median(), cached.median()));
     Ok(())
 }
@@ -143,9 +109,7 @@ async fn timed(client: &Client, req: Request) -> Result<Duration, String> {
 }
 
 fn cmds(n: usize, fun: &str, args: impl Fn(usize) -> Vec<Value>) -> Vec<Command> {
-    (0..n)
-        .map(|i| Command::new(format!("c{i}"), fun, args(i)))
-        .collect()
+    (0..n).map(|i| Command::new(format!("c{i}"), fun, args(i))).collect()
 }
 
 async fn bench_pipeline(smoke: bool) -> Result<(), String> {
@@ -159,20 +123,14 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
     config.node.plugins = Some(plugins);
     config.node.data_dir = dir.path().join("data");
     let node = weft_node::start(config).await.map_err(|e| e.to_string())?;
-    let client = Client::connect(&node.ws_url())
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = Client::connect(&node.ws_url()).await.map_err(|e| e.to_string())?;
 
     let req = |cmds: Vec<Command>| Request::new("", cmds);
     let echo = |_| vec![json!("x")];
     let work = |_| vec![json!(2)];
     let chain: Vec<Command> = (0..10)
         .map(|i| {
-            let arg = if i == 0 {
-                json!("x")
-            } else {
-                json!({"$ref": format!("c{}", i - 1)})
-            };
+            let arg = if i == 0 { json!("x") } else { json!({"$ref": format!("c{}", i - 1)}) };
             Command::new(format!("c{i}"), "concat", vec![arg, json!("y")])
         })
         .collect();
@@ -187,24 +145,15 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
         let started = Instant::now();
         let mut value = json!("x");
         for _ in 0..10 {
-            value = client
-                .call("concat", vec![value, json!("y")])
-                .await
-                .map_err(|e| e.to_string())?;
+            value = client.call("concat", vec![value, json!("y")]).await.map_err(|e| e.to_string())?;
         }
         s[6].push(started.elapsed());
     }
     let [one, ten, hundred, hog1, hog10, chain10, seq10] = s.map(Samples);
-    println!(
-        "### Pipelines through a node over WebSocket (loopback, {rounds} rounds, interleaved)\n"
-    );
+    println!("### Pipelines through a node over WebSocket (loopback, {rounds} rounds, interleaved)\n");
     println!("| request | median | p99 | note |\n|---|---|---|---|");
     let per = |s: &Samples, n: u32| us((s.median().saturating_sub(one.median())) / (n - 1));
-    println!(
-        "| 1 × echo | {} | {} | baseline |",
-        us(one.median()),
-        us(one.pct(0.99))
-    );
+    println!("| 1 × echo | {} | {} | baseline |", us(one.median()), us(one.pct(0.99)));
     println!(
         "| 10 independent echo | {} | {} | +{} per extra command |",
         us(ten.median()),
@@ -217,22 +166,14 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
         us(hundred.pct(0.99)),
         per(&hundred, 100)
     );
-    println!(
-        "| 1 × hog(2 MiB) | {} | {} | one step |",
-        us(hog1.median()),
-        us(hog1.pct(0.99))
-    );
+    println!("| 1 × hog(2 MiB) | {} | {} | one step |", us(hog1.median()), us(hog1.pct(0.99)));
     println!(
         "| 10-wide fan-out of hog(2 MiB) | {} | {} | {} of one step |",
         us(hog10.median()),
         us(hog10.pct(0.99)),
         ratio(hog10.median(), hog1.median())
     );
-    println!(
-        "| 10-deep concat chain, one request | {} | {} | |",
-        us(chain10.median()),
-        us(chain10.pct(0.99))
-    );
+    println!("| 10-deep concat chain, one request | {} | {} | |", us(chain10.median()), us(chain10.pct(0.99)));
     println!(
         "| 10 sequential client calls | {} | {} | chain is {} of this |",
         us(seq10.median()),
@@ -248,10 +189,7 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
-    let what = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map_or("all", String::as_str);
+    let what = args.iter().find(|a| !a.starts_with("--")).map_or("all", String::as_str);
     println!(
         "<!-- weft-bench {what}{}: {} cores -->\n",
         if smoke { " --smoke" } else { "" },
@@ -264,9 +202,7 @@ async fn main() -> std::process::ExitCode {
             Ok(()) => bench_pipeline(smoke).await,
             e => e,
         },
-        other => Err(format!(
-            "unknown benchmark {other:?}; use runtime, pipeline or all"
-        )),
+        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline or all")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,20 +19,12 @@ pub struct BundledPlugin {
 
 macro_rules! bundled {
     ($name:literal) => {
-        BundledPlugin {
-            name: $name,
-            wasm: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".wasm")),
-        }
+        BundledPlugin { name: $name, wasm: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".wasm")) }
     };
 }
 
 /// Every bundled plugin, `hostile` included.
-pub const ALL: &[BundledPlugin] = &[
-    bundled!("echo"),
-    bundled!("math"),
-    bundled!("text"),
-    bundled!("hostile"),
-];
+pub const ALL: &[BundledPlugin] = &[bundled!("echo"), bundled!("math"), bundled!("text"), bundled!("hostile")];
 
 /// The plugins a node loads when it is given none: `hostile` misbehaves on
 /// purpose and is only for sandbox tests.
@@ -40,9 +32,7 @@ pub const DEFAULT_SET: &[&str] = &["echo", "math", "text"];
 
 /// The component bytes of the bundled plugin `name`.
 pub fn get(name: &str) -> Option<&'static [u8]> {
-    ALL.iter()
-        .find(|plugin| plugin.name == name)
-        .map(|plugin| plugin.wasm)
+    ALL.iter().find(|plugin| plugin.name == name).map(|plugin| plugin.wasm)
 }
 
 /// Writes `NAME.wasm` into `dir` (created if missing) for each of `names`.
@@ -58,10 +48,7 @@ pub fn write_to(dir: &Path, names: &[&str]) -> io::Result<()> {
                 let known: Vec<&str> = ALL.iter().map(|plugin| plugin.name).collect();
                 io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!(
-                        "no bundled plugin named {name:?}; the bundled ones are {}",
-                        known.join(", ")
-                    ),
+                    format!("no bundled plugin named {name:?}; the bundled ones are {}", known.join(", ")),
                 )
             })
         })
@@ -90,8 +77,7 @@ mod tests {
 
     impl ScratchDir {
         fn new(test: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("weft-bundle-{test}-{}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("weft-bundle-{test}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             Self(path)
         }
@@ -119,10 +105,7 @@ mod tests {
     #[test]
     fn default_set_is_bundled_and_leaves_out_hostile() {
         for name in DEFAULT_SET {
-            assert!(
-                get(name).is_some(),
-                "{name} is in DEFAULT_SET but not bundled"
-            );
+            assert!(get(name).is_some(), "{name} is in DEFAULT_SET but not bundled");
         }
         assert!(get("hostile").is_some());
         assert!(!DEFAULT_SET.contains(&"hostile"));
@@ -141,10 +124,7 @@ mod tests {
         written.sort();
         assert_eq!(written, ["echo.wasm", "math.wasm", "text.wasm"]);
         for name in DEFAULT_SET {
-            assert_eq!(
-                Some(fs::read(dir.join(format!("{name}.wasm")))?.as_slice()),
-                get(name)
-            );
+            assert_eq!(Some(fs::read(dir.join(format!("{name}.wasm")))?.as_slice()), get(name));
         }
         Ok(())
     }

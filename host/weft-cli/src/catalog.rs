@@ -15,10 +15,8 @@ pub struct CatalogArgs {
 }
 
 pub async fn run(a: CatalogArgs) -> anyhow::Result<ExitCode> {
-    let reply = Admin::new(&a.admin)
-        .get("/v1/catalog")
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let reply =
+        Admin::new(&a.admin).get("/v1/catalog").await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reply.body)?);
         return Ok(ExitCode::SUCCESS);

@@ -21,24 +21,15 @@ pub struct NewArgs {
 pub fn run(a: NewArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.as_str();
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!(
-            "plugin name {name:?}: use lowercase letters, digits and '-', starting with a letter"
-        );
+        bail!("plugin name {name:?}: use lowercase letters, digits and '-', starting with a letter");
     }
     let dir = a.dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
-        bail!(
-            "{} already exists; choose another name or --dir",
-            dir.display()
-        );
+        bail!("{} already exists; choose another name or --dir", dir.display());
     }
-    let sdk = a
-        .sdk
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk")));
+    let sdk = a.sdk.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk")));
     let sdk = sdk.canonicalize().unwrap_or(sdk);
     let crate_name = name.replace('-', "_");
     let files = [
@@ -96,20 +87,21 @@ export!(Plugin);
             ),
         ),
         (
-            &format!("{name}.toml"),
-            "# Copy beside the .wasm in the node's plugins folder.\nversion = \"0.1.0\"\ntenant = \"default\"\n".to_owned(),
+            &format!("{crate_name}.toml"),
+            format!(
+                "# Copy beside {crate_name}.wasm in the node's plugins folder.\nname = \"{name}\"\nversion = \"0.1.0\"\ntenant = \"default\"\n"
+            ),
         ),
     ];
     for (path, text) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!(
-        "created {dir}\nbuild:  cd {dir} && cargo build --release --target wasm32-wasip2\ndeploy: cp target/wasm32-wasip2/release/{crate_name}.wasm {name}.toml <node plugins folder>/",
+        "created {dir}\nbuild:  cd {dir} && cargo build --release --target wasm32-wasip2\ndeploy: cp target/wasm32-wasip2/release/{crate_name}.wasm {crate_name}.toml <node plugins folder>/",
         dir = dir.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -48,9 +48,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
-    let node = weft_node::start(config)
-        .await
-        .context("the node could not start")?;
+    let node = weft_node::start(config).await.context("the node could not start")?;
     // One machine-readable line on stdout: where the node listens (tests and
     // scripts start nodes on port 0 and read this).
     println!(
@@ -62,11 +60,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     );
     wait_for_signal().await;
     let drained = node.shutdown().await;
-    Ok(if drained {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 async fn wait_for_signal() {

@@ -27,17 +27,17 @@ pub enum PluginsCmd {
 pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginsCmd::Inspect { file, json } => {
-            let wasm =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let info = weft_runtime::describe_component(&wasm)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let info =
+                weft_runtime::describe_component(&wasm).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if json {
                 let functions: Vec<_> = info
                     .functions
                     .iter()
                     .map(|f| serde_json::json!({"name": f.name, "signature": f.sig.to_string(), "sig": f.sig}))
                     .collect();
-                let out = serde_json::json!({"functions": functions, "interfaces": info.interfaces, "imports": info.imports});
+                let out =
+                    serde_json::json!({"functions": functions, "interfaces": info.interfaces, "imports": info.imports});
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("{}", info.to_wit());

@@ -32,9 +32,7 @@ impl Client {
     /// Connects to `ws://HOST:PORT`.
     pub async fn connect(url: &str) -> Result<Client, WeftError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| {
-            unavailable(format!(
-                "cannot connect to {url}: {e}; is the node running (weft node) and is --node right?"
-            ))
+            unavailable(format!("cannot connect to {url}: {e}; is the node running (weft node) and is --node right?"))
         })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut rx) = mpsc::channel::<Message>(1024);
@@ -59,10 +57,7 @@ impl Client {
                 let Ok(response) = serde_json::from_slice::<Response>(&bytes) else {
                     continue;
                 };
-                let waiter = table
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&response.u);
+                let waiter = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&response.u);
                 if let Some(w) = waiter {
                     let _ = w.send(response);
                 }
@@ -70,11 +65,7 @@ impl Client {
             // Connection gone: every waiter learns it (their senders drop).
             table.lock().unwrap_or_else(|p| p.into_inner()).clear();
         });
-        Ok(Client {
-            outgoing,
-            pending,
-            next: AtomicU64::new(1),
-        })
+        Ok(Client { outgoing, pending, next: AtomicU64::new(1) })
     }
 
     /// Sends a whole request and waits for its response. The request's `u`
@@ -90,16 +81,9 @@ impl Client {
     /// Sends a raw frame expecting a response with `u` (for protocol tests).
     pub async fn send_raw(&self, u: &str, frame: Message) -> Result<Response, WeftError> {
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(u.to_owned(), tx);
-        self.outgoing
-            .send(frame)
-            .await
-            .map_err(|_| unavailable("the connection to the node is closed".into()))?;
-        rx.await
-            .map_err(|_| unavailable("the node closed the connection before answering".into()))
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(u.to_owned(), tx);
+        self.outgoing.send(frame).await.map_err(|_| unavailable("the connection to the node is closed".into()))?;
+        rx.await.map_err(|_| unavailable("the node closed the connection before answering".into()))
     }
 
     /// Calls one function with positional arguments and returns its result.
@@ -110,10 +94,7 @@ impl Client {
     /// Runs one command and returns its result.
     pub async fn call_command(&self, cmd: Command) -> Result<Value, WeftError> {
         let name = cmd.name.clone();
-        let r = self
-            .request(Request::new("", vec![cmd]))
-            .await?
-            .into_result()?;
+        let r = self.request(Request::new("", vec![cmd])).await?.into_result()?;
         Ok(r.get(&name).cloned().unwrap_or(Value::Null))
     }
 }
@@ -134,9 +115,7 @@ pub struct AdminReply {
 
 impl Admin {
     pub fn new(base: impl Into<String>) -> Self {
-        Self {
-            base: base.into().trim_end_matches('/').to_owned(),
-        }
+        Self { base: base.into().trim_end_matches('/').to_owned() }
     }
 
     pub async fn get(&self, path: &str) -> Result<AdminReply, WeftError> {
@@ -147,24 +126,16 @@ impl Admin {
         self.send(hyper::Method::POST, path, body.into()).await
     }
 
-    async fn send(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<AdminReply, WeftError> {
+    async fn send(&self, method: hyper::Method, path: &str, body: Bytes) -> Result<AdminReply, WeftError> {
         let url = format!("{}{path}", self.base);
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| WeftError::invalid_request(format!("bad URL {url}: {e}")))?;
+        let uri: hyper::Uri = url.parse().map_err(|e| WeftError::invalid_request(format!("bad URL {url}: {e}")))?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let stream = tokio::net::TcpStream::connect(&authority)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {authority}: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
         tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method(method)
@@ -173,10 +144,8 @@ impl Admin {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| WeftError::internal(e.to_string()))?;
-        let reply = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unavailable(format!("HTTP request to {url} failed: {e}")))?;
+        let reply =
+            sender.send_request(req).await.map_err(|e| unavailable(format!("HTTP request to {url} failed: {e}")))?;
         let status = reply.status().as_u16();
         let bytes = reply
             .into_body()

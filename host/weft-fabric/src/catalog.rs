@@ -44,10 +44,7 @@ const CATALOG_HINT: &str = "`weft catalog` lists the functions visible from this
 /// qualify, so `locs` or `target_cluster` alone may settle it. A `fun` that
 /// disagrees with `function_id` is rejected rather than silently ignored.
 pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, WeftError> {
-    let at = |e: WeftError| {
-        e.context(format_args!("command {}", cmd.name))
-            .with("command", cmd.name.as_str())
-    };
+    let at = |e: WeftError| e.context(format_args!("command {}", cmd.name)).with("command", cmd.name.as_str());
     let wanted = Wanted::of(cmd).map_err(at)?;
     let req = match cmd.version_constraint.as_deref() {
         None => None,
@@ -58,15 +55,9 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
         })?),
     };
 
-    let named: Vec<&CatalogEntry> = entries
-        .iter()
-        .filter(|e| wanted.matches(&e.function))
-        .collect();
+    let named: Vec<&CatalogEntry> = entries.iter().filter(|e| wanted.matches(&e.function)).collect();
     if named.is_empty() {
-        return Err(at(not_found(format!(
-            "function {wanted} is not in the catalog{}",
-            wanted.siblings(entries)
-        ))));
+        return Err(at(not_found(format!("function {wanted} is not in the catalog{}", wanted.siblings(entries)))));
     }
     // Each filter that empties the set explains the miss with what it removed.
     let left = narrow(
@@ -74,10 +65,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
         |e| req.as_ref().is_none_or(|r| r.matches(&e.version)),
         |before| {
             let req = req.as_ref().map(ToString::to_string).unwrap_or_default();
-            format!(
-                "function {wanted} exists but no version matches {req:?} (available: {})",
-                available(before)
-            )
+            format!("function {wanted} exists but no version matches {req:?} (available: {})", available(before))
         },
     )
     .map_err(at)?;
@@ -92,11 +80,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     .map_err(at)?;
     let left = narrow(
         left,
-        |e| {
-            cmd.target_cluster
-                .as_ref()
-                .is_none_or(|c| e.cluster.as_str() == c)
-        },
+        |e| cmd.target_cluster.as_ref().is_none_or(|c| e.cluster.as_str() == c),
         |before| {
             let clusters: BTreeSet<&str> = before.iter().map(|e| e.cluster.as_str()).collect();
             format!(
@@ -110,16 +94,9 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
 
     let plugins: BTreeSet<&FunctionId> = left.iter().map(|e| &e.function).collect();
     if plugins.len() > 1 {
-        let candidates: BTreeSet<String> = left
-            .iter()
-            .map(|e| format!("{}@{}", e.function, e.version))
-            .collect();
+        let candidates: BTreeSet<String> = left.iter().map(|e| format!("{}@{}", e.function, e.version)).collect();
         let candidates: Vec<String> = candidates.into_iter().collect();
-        let example = plugins
-            .iter()
-            .next()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let example = plugins.iter().next().map(ToString::to_string).unwrap_or_default();
         return Err(at(WeftError::new(
             ErrorKind::AMBIGUOUS_FUNCTION,
             format!(
@@ -133,17 +110,9 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     let Some(best) = left.iter().max_by(|a, b| a.version.cmp(&b.version)) else {
         return Err(at(WeftError::internal("resolution left no entry")));
     };
-    let candidates: Vec<CatalogEntry> = left
-        .iter()
-        .filter(|e| e.version == best.version)
-        .map(|e| (*e).clone())
-        .collect();
-    Ok(Resolved {
-        function: best.function.clone(),
-        version: best.version.clone(),
-        sig: best.sig.clone(),
-        candidates,
-    })
+    let candidates: Vec<CatalogEntry> =
+        left.iter().filter(|e| e.version == best.version).map(|e| (*e).clone()).collect();
+    Ok(Resolved { function: best.function.clone(), version: best.version.clone(), sig: best.sig.clone(), candidates })
 }
 
 /// What a command asks for: a pinned `plugin/function` or a bare function name.
@@ -155,9 +124,7 @@ enum Wanted {
 impl Wanted {
     fn of(cmd: &Command) -> Result<Wanted, WeftError> {
         if let Some(text) = &cmd.function_id {
-            let id: FunctionId = text
-                .parse()
-                .map_err(|e| WeftError::invalid_request(format!("function_id: {e}")))?;
+            let id: FunctionId = text.parse().map_err(|e| WeftError::invalid_request(format!("function_id: {e}")))?;
             if !(cmd.fun.is_empty() || cmd.fun == id.function || cmd.fun == id.to_string()) {
                 return Err(WeftError::invalid_request(format!(
                     "fun {:?} does not name function_id {id:?}; make them agree or leave fun empty",
@@ -172,11 +139,7 @@ impl Wanted {
             ));
         }
         if cmd.fun.contains('/') {
-            return cmd
-                .fun
-                .parse()
-                .map(Wanted::Pinned)
-                .map_err(|e| WeftError::invalid_request(format!("fun: {e}")));
+            return cmd.fun.parse().map(Wanted::Pinned).map_err(|e| WeftError::invalid_request(format!("fun: {e}")));
         }
         Ok(Wanted::Bare(cmd.fun.clone()))
     }
@@ -193,16 +156,9 @@ impl Wanted {
         let Wanted::Pinned(id) = self else {
             return String::new();
         };
-        let names: BTreeSet<&str> = entries
-            .iter()
-            .filter(|e| e.function.plugin == id.plugin)
-            .map(|e| e.function.function.as_str())
-            .collect();
-        if names.is_empty() {
-            String::new()
-        } else {
-            format!(" (plugin {} has: {})", id.plugin, join(names))
-        }
+        let names: BTreeSet<&str> =
+            entries.iter().filter(|e| e.function.plugin == id.plugin).map(|e| e.function.function.as_str()).collect();
+        if names.is_empty() { String::new() } else { format!(" (plugin {} has: {})", id.plugin, join(names)) }
     }
 }
 
@@ -221,43 +177,25 @@ fn narrow(
     why_none: impl FnOnce(&[&CatalogEntry]) -> String,
 ) -> Result<Vec<&CatalogEntry>, WeftError> {
     let kept: Vec<&CatalogEntry> = entries.iter().copied().filter(|e| keep(e)).collect();
-    if kept.is_empty() {
-        Err(not_found(why_none(&entries)))
-    } else {
-        Ok(kept)
-    }
+    if kept.is_empty() { Err(not_found(why_none(&entries))) } else { Ok(kept) }
 }
 
 fn not_found(why: String) -> WeftError {
-    WeftError::new(
-        ErrorKind::FUNCTION_NOT_FOUND,
-        format!("{why}; {CATALOG_HINT}"),
-    )
+    WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, format!("{why}; {CATALOG_HINT}"))
 }
 
 /// Versions on offer: bare versions for one plugin, `plugin/function@version` for several.
 fn available(entries: &[&CatalogEntry]) -> String {
     let ids: BTreeSet<&FunctionId> = entries.iter().map(|e| &e.function).collect();
-    let mut versions: Vec<(&FunctionId, &Version)> =
-        entries.iter().map(|e| (&e.function, &e.version)).collect();
+    let mut versions: Vec<(&FunctionId, &Version)> = entries.iter().map(|e| (&e.function, &e.version)).collect();
     versions.sort();
     versions.dedup();
-    let shown = versions.iter().map(|(id, v)| {
-        if ids.len() == 1 {
-            v.to_string()
-        } else {
-            format!("{id}@{v}")
-        }
-    });
+    let shown = versions.iter().map(|(id, v)| if ids.len() == 1 { v.to_string() } else { format!("{id}@{v}") });
     join(shown)
 }
 
 fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
-    items
-        .into_iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.into_iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -276,40 +214,22 @@ mod tests {
     #[test]
     fn bare_name_and_plugin_slash_function_both_resolve() {
         let cat = catalog();
-        assert_eq!(
-            resolve(&cmd("concat"), &cat).unwrap().function,
-            FunctionId::new("echo", "concat")
-        );
-        assert_eq!(
-            resolve(&cmd("math/add"), &cat).unwrap().function,
-            FunctionId::new("math", "add")
-        );
+        assert_eq!(resolve(&cmd("concat"), &cat).unwrap().function, FunctionId::new("echo", "concat"));
+        assert_eq!(resolve(&cmd("math/add"), &cat).unwrap().function, FunctionId::new("math", "add"));
         let mut c = cmd("add");
         c.function_id = Some("math/add".into());
-        assert_eq!(
-            resolve(&c, &cat).unwrap().function,
-            FunctionId::new("math", "add")
-        );
+        assert_eq!(resolve(&c, &cat).unwrap().function, FunctionId::new("math", "add"));
     }
 
     #[test]
     fn unknown_function_is_not_found_naming_command_and_function_and_pointing_at_the_catalog() {
         let e = resolve(&cmd("frob"), &catalog()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
-        assert!(
-            e.message
-                .starts_with("command c1: function frob is not in the catalog"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.starts_with("command c1: function frob is not in the catalog"), "{}", e.message);
         assert!(e.message.contains("weft catalog"), "{}", e.message);
         assert_eq!(e.details["command"], json!("c1"));
         let e = resolve(&cmd("echo/frob"), &catalog()).unwrap_err();
-        assert!(
-            e.message.contains("plugin echo has: concat, echo, echos"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("plugin echo has: concat, echo, echos"), "{}", e.message);
     }
 
     #[test]
@@ -318,23 +238,14 @@ mod tests {
         cat.push(entry(
             "echo/concat",
             "1.4.0",
-            sig(
-                &[("a", WitType::String), ("b", WitType::String)],
-                WitType::String,
-            ),
+            sig(&[("a", WitType::String), ("b", WitType::String)], WitType::String),
         ));
         cat.push(entry(
             "echo/concat",
             "2.0.0",
-            sig(
-                &[("a", WitType::String), ("b", WitType::String)],
-                WitType::String,
-            ),
+            sig(&[("a", WitType::String), ("b", WitType::String)], WitType::String),
         ));
-        assert_eq!(
-            resolve(&cmd("concat"), &cat).unwrap().version,
-            Version::new(2, 0, 0)
-        );
+        assert_eq!(resolve(&cmd("concat"), &cat).unwrap().version, Version::new(2, 0, 0));
         let mut c = cmd("concat");
         c.version_constraint = Some("^1".into());
         assert_eq!(resolve(&c, &cat).unwrap().version, Version::new(1, 4, 0));
@@ -346,12 +257,7 @@ mod tests {
         c.version_constraint = Some("^2".into());
         let e = resolve(&c, &catalog()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
-        assert!(
-            e.message
-                .contains("no version matches \"^2\" (available: 1.0.0)"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("no version matches \"^2\" (available: 1.0.0)"), "{}", e.message);
         assert!(e.message.starts_with("command c1:"), "{}", e.message);
     }
 
@@ -361,72 +267,40 @@ mod tests {
         c.version_constraint = Some("one point oh".into());
         let e = resolve(&c, &catalog()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
-        assert!(
-            e.message.starts_with("command c1: version_constraint"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.starts_with("command c1: version_constraint"), "{}", e.message);
     }
 
     #[test]
     fn locs_keep_only_entries_with_every_resource() {
         let mut cat = catalog();
-        let mut gpu = entry(
-            "math/add",
-            "1.0.0",
-            sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64),
-        );
+        let mut gpu = entry("math/add", "1.0.0", sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
         gpu.resources = vec!["gpu".into(), "ssd".into()];
         gpu.node = NodeId::new("g1");
         cat.push(gpu);
         let mut c = cmd("add");
         c.locs = vec!["gpu".into()];
         let r = resolve(&c, &cat).unwrap();
-        assert_eq!(
-            r.candidates
-                .iter()
-                .map(|e| e.node.as_str())
-                .collect::<Vec<_>>(),
-            ["g1"]
-        );
+        assert_eq!(r.candidates.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(), ["g1"]);
         c.locs = vec!["gpu".into(), "tpu".into()];
         let e = resolve(&c, &cat).unwrap_err();
         assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
-        assert!(
-            e.message
-                .contains("exists but not with resources [gpu, tpu]"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("exists but not with resources [gpu, tpu]"), "{}", e.message);
     }
 
     #[test]
     fn target_cluster_keeps_only_that_cluster_and_misses_say_where_it_is() {
         let mut cat = catalog();
-        let mut beta = entry(
-            "math/add",
-            "1.0.0",
-            sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64),
-        );
+        let mut beta = entry("math/add", "1.0.0", sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
         beta.cluster = ClusterId::new("beta");
         beta.node = NodeId::new("b1");
         cat.push(beta);
         let mut c = cmd("add");
         c.target_cluster = Some("beta".into());
         assert_eq!(resolve(&c, &cat).unwrap().candidates[0].node.as_str(), "b1");
-        assert_eq!(
-            resolve(&cmd("add"), &cat).unwrap().candidates.len(),
-            2,
-            "every node is a candidate"
-        );
+        assert_eq!(resolve(&cmd("add"), &cat).unwrap().candidates.len(), 2, "every node is a candidate");
         c.target_cluster = Some("gamma".into());
         let e = resolve(&c, &cat).unwrap_err();
-        assert!(
-            e.message
-                .contains("not in cluster gamma (it is in: alpha, beta)"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("not in cluster gamma (it is in: alpha, beta)"), "{}", e.message);
     }
 
     #[test]
@@ -435,22 +309,12 @@ mod tests {
         cat.push(entry(
             "text/concat",
             "3.1.0",
-            sig(
-                &[("a", WitType::String), ("b", WitType::String)],
-                WitType::String,
-            ),
+            sig(&[("a", WitType::String), ("b", WitType::String)], WitType::String),
         ));
         let e = resolve(&cmd("concat"), &cat).unwrap_err();
         assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION);
-        assert_eq!(
-            e.details["candidates"],
-            json!(["echo/concat@1.0.0", "text/concat@3.1.0"])
-        );
-        assert!(
-            e.message.contains("echo/concat@1.0.0, text/concat@3.1.0"),
-            "{}",
-            e.message
-        );
+        assert_eq!(e.details["candidates"], json!(["echo/concat@1.0.0", "text/concat@3.1.0"]));
+        assert!(e.message.contains("echo/concat@1.0.0, text/concat@3.1.0"), "{}", e.message);
         assert!(e.message.contains("function_id"), "{}", e.message);
         let mut c = cmd("concat");
         c.function_id = Some("text/concat".into());
@@ -460,32 +324,20 @@ mod tests {
     #[test]
     fn filters_may_settle_an_otherwise_ambiguous_name() {
         let mut cat = catalog();
-        let mut t = entry(
-            "text/concat",
-            "1.0.0",
-            sig(
-                &[("a", WitType::String), ("b", WitType::String)],
-                WitType::String,
-            ),
-        );
+        let mut t =
+            entry("text/concat", "1.0.0", sig(&[("a", WitType::String), ("b", WitType::String)], WitType::String));
         t.resources = vec!["gpu".into()];
         cat.push(t);
         let mut c = cmd("concat");
         c.locs = vec!["gpu".into()];
-        assert_eq!(
-            resolve(&c, &cat).unwrap().function,
-            FunctionId::new("text", "concat")
-        );
+        assert_eq!(resolve(&c, &cat).unwrap().function, FunctionId::new("text", "concat"));
     }
 
     #[test]
     fn fun_disagreeing_with_function_id_or_malformed_is_an_invalid_request() {
         let mut c = cmd("upper");
         c.function_id = Some("echo/concat".into());
-        assert_eq!(
-            resolve(&c, &catalog()).unwrap_err().kind,
-            ErrorKind::INVALID_REQUEST
-        );
+        assert_eq!(resolve(&c, &catalog()).unwrap_err().kind, ErrorKind::INVALID_REQUEST);
         for bad in ["", "a/b/c", "/x"] {
             let e = resolve(&cmd(bad), &catalog()).unwrap_err();
             assert_eq!(e.kind, ErrorKind::INVALID_REQUEST, "{bad}");

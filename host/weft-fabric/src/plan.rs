@@ -84,16 +84,8 @@ impl Plan {
 
         let mut templates = Vec::with_capacity(req.cmds.len());
         for (i, cmd) in req.cmds.iter().enumerate() {
-            let parser = TemplateParser {
-                index: &index,
-                cmds: &req.cmds,
-                this: i,
-            };
-            let args = cmd
-                .args
-                .iter()
-                .map(|v| parser.parse(v))
-                .collect::<Result<Vec<_>, _>>()?;
+            let parser = TemplateParser { index: &index, cmds: &req.cmds, this: i };
+            let args = cmd.args.iter().map(|v| parser.parse(v)).collect::<Result<Vec<_>, _>>()?;
             let kwargs = cmd
                 .kwargs
                 .iter()
@@ -105,9 +97,7 @@ impl Plan {
             .iter()
             .map(|(args, kwargs)| {
                 let mut deps = Vec::new();
-                args.iter()
-                    .chain(kwargs.iter().map(|(_, t)| t))
-                    .for_each(|t| t.collect_refs(&mut deps));
+                args.iter().chain(kwargs.iter().map(|(_, t)| t)).for_each(|t| t.collect_refs(&mut deps));
                 deps.sort_unstable();
                 deps.dedup();
                 deps
@@ -115,19 +105,15 @@ impl Plan {
             .collect();
         let levels = levels(&req.cmds, &deps)?;
 
-        let resolved: Vec<Resolved> = req
-            .cmds
-            .iter()
-            .map(|cmd| resolve(cmd).map_err(|e| at(&cmd.name, e)))
-            .collect::<Result<_, _>>()?;
+        let resolved: Vec<Resolved> =
+            req.cmds.iter().map(|cmd| resolve(cmd).map_err(|e| at(&cmd.name, e))).collect::<Result<_, _>>()?;
 
         let mut steps = Vec::with_capacity(req.cmds.len());
         for (i, (cmd, (args, kwargs))) in req.cmds.iter().zip(templates).enumerate() {
             let r = &resolved[i];
             let args = arrange(r, args, kwargs).map_err(|e| at(&cmd.name, e))?;
             for (param, template) in r.sig.params.iter().zip(&args) {
-                check_static(&r.function, param, template, &req.cmds, &resolved)
-                    .map_err(|e| at(&cmd.name, e))?;
+                check_static(&r.function, param, template, &req.cmds, &resolved).map_err(|e| at(&cmd.name, e))?;
             }
             steps.push(Step {
                 name: cmd.name.clone(),
@@ -141,19 +127,9 @@ impl Plan {
         }
 
         let mut referenced = vec![false; steps.len()];
-        steps
-            .iter()
-            .flat_map(|s| &s.deps)
-            .for_each(|d| referenced[d.0] = true);
-        let outputs = (0..steps.len())
-            .filter(|&i| !referenced[i])
-            .map(StepIdx)
-            .collect();
-        Ok(Plan {
-            steps,
-            outputs,
-            index,
-        })
+        steps.iter().flat_map(|s| &s.deps).for_each(|d| referenced[d.0] = true);
+        let outputs = (0..steps.len()).filter(|&i| !referenced[i]).map(StepIdx).collect();
+        Ok(Plan { steps, outputs, index })
     }
 
     pub fn steps(&self) -> &[Step] {
@@ -163,10 +139,7 @@ impl Plan {
     /// Names of the steps no other step references, in request order: the
     /// members of the response's `r`.
     pub fn outputs(&self) -> Vec<&str> {
-        self.outputs
-            .iter()
-            .map(|i| self.steps[i.0].name.as_str())
-            .collect()
+        self.outputs.iter().map(|i| self.steps[i.0].name.as_str()).collect()
     }
 
     /// The same steps as `outputs`, by index.
@@ -185,34 +158,23 @@ impl Plan {
     /// references nested in literals could not be checked at plan time.
     pub fn bind(&self, step: StepIdx, results: &[Option<Value>]) -> Result<Vec<Value>, WeftError> {
         let Some(s) = self.steps.get(step.0) else {
-            return Err(WeftError::internal(format!(
-                "step #{} is not part of this plan",
-                step.0
-            )));
+            return Err(WeftError::internal(format!("step #{} is not part of this plan", step.0)));
         };
         let function = &s.resolved.function;
         s.args
             .iter()
             .zip(&s.resolved.sig.params)
             .map(|(template, param)| {
-                let value = self.instantiate(template, results).map_err(|e| {
-                    at(
-                        &s.name,
-                        e.context(format_args!("argument '{}' of {function}", param.name)),
-                    )
-                })?;
-                from_json(&value, &param.ty, &param.name)
-                    .map_err(|m| at(&s.name, mismatch(function, m)))?;
+                let value = self
+                    .instantiate(template, results)
+                    .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
+                from_json(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
                 Ok(value)
             })
             .collect()
     }
 
-    fn instantiate(
-        &self,
-        template: &Template,
-        results: &[Option<Value>],
-    ) -> Result<Value, WeftError> {
+    fn instantiate(&self, template: &Template, results: &[Option<Value>]) -> Result<Value, WeftError> {
         Ok(match template {
             Template::Literal(v) => v.clone(),
             Template::Ref { step, path } => {
@@ -231,12 +193,9 @@ impl Plan {
                     })?
                     .clone()
             }
-            Template::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|t| self.instantiate(t, results))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Template::Array(items) => {
+                Value::Array(items.iter().map(|t| self.instantiate(t, results)).collect::<Result<_, _>>()?)
+            }
             Template::Object(fields) => Value::Object(
                 fields
                     .iter()
@@ -269,11 +228,7 @@ impl Template {
 /// command in the details for programs.
 fn at(cmd: &str, e: WeftError) -> WeftError {
     let prefix = format!("command {cmd}");
-    let e = if e.message.starts_with(&format!("{prefix}:")) {
-        e
-    } else {
-        e.context(prefix)
-    };
+    let e = if e.message.starts_with(&format!("{prefix}:")) { e } else { e.context(prefix) };
     e.with("command", cmd)
 }
 
@@ -321,39 +276,23 @@ impl TemplateParser<'_> {
                 }
             },
             Value::String(s) => match self.index.get(s) {
-                Some(&step) if step.0 != self.this => Template::Ref {
-                    step,
-                    path: Vec::new(),
-                },
+                Some(&step) if step.0 != self.this => Template::Ref { step, path: Vec::new() },
                 _ => Template::Literal(v.clone()),
             },
             Value::Array(items) => {
-                let parts = items
-                    .iter()
-                    .map(|x| self.parse(x))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let parts = items.iter().map(|x| self.parse(x)).collect::<Result<Vec<_>, _>>()?;
                 if parts.iter().all(|p| matches!(p, Template::Literal(_))) {
-                    Template::Literal(Value::Array(
-                        parts
-                            .into_iter()
-                            .filter_map(Template::into_literal)
-                            .collect(),
-                    ))
+                    Template::Literal(Value::Array(parts.into_iter().filter_map(Template::into_literal).collect()))
                 } else {
                     Template::Array(parts)
                 }
             }
             Value::Object(o) => {
-                let parts = o
-                    .iter()
-                    .map(|(k, x)| Ok((k.clone(), self.parse(x)?)))
-                    .collect::<Result<Vec<_>, WeftError>>()?;
+                let parts =
+                    o.iter().map(|(k, x)| Ok((k.clone(), self.parse(x)?))).collect::<Result<Vec<_>, WeftError>>()?;
                 if parts.iter().all(|(_, p)| matches!(p, Template::Literal(_))) {
                     Template::Literal(Value::Object(
-                        parts
-                            .into_iter()
-                            .filter_map(|(k, p)| Some((k, p.into_literal()?)))
-                            .collect(),
+                        parts.into_iter().filter_map(|(k, p)| Some((k, p.into_literal()?))).collect(),
                     ))
                 } else {
                     Template::Object(parts)
@@ -387,9 +326,7 @@ impl TemplateParser<'_> {
                 path
             }
             Some(_) => {
-                return Err(self.invalid(format!(
-                    "the path of {{\"$ref\": {target:?}}} must be a string"
-                )));
+                return Err(self.invalid(format!("the path of {{\"$ref\": {target:?}}} must be a string")));
             }
         };
         let Some(&step) = self.index.get(target) else {
@@ -405,19 +342,12 @@ impl TemplateParser<'_> {
     }
 
     fn invalid(&self, message: String) -> WeftError {
-        at(
-            &self.cmds[self.this].name,
-            WeftError::invalid_request(message),
-        )
+        at(&self.cmds[self.this].name, WeftError::invalid_request(message))
     }
 }
 
 fn other_keys(o: &Map<String, Value>, allowed: &[&str]) -> String {
-    let keys: Vec<String> = o
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .map(|k| format!("{k:?}"))
-        .collect();
+    let keys: Vec<String> = o.keys().filter(|k| !allowed.contains(&k.as_str())).map(|k| format!("{k:?}")).collect();
     keys.join(", ")
 }
 
@@ -425,11 +355,7 @@ fn other_keys(o: &Map<String, Value>, allowed: &[&str]) -> String {
 fn abbreviate(names: &[&str]) -> String {
     const SHOWN: usize = 20;
     let head = names[..names.len().min(SHOWN)].join(", ");
-    if names.len() > SHOWN {
-        format!("{head}, ... ({} in all)", names.len())
-    } else {
-        head
-    }
+    if names.len() > SHOWN { format!("{head}, ... ({} in all)", names.len()) } else { head }
 }
 
 /// Levels by Kahn's algorithm; whatever it cannot order lies on or behind a
@@ -477,19 +403,12 @@ fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError
     // Start the report at the cycle's earliest command so it reads the same
     // whatever step the search started from.
     let mut cycle = walk.split_off(cycle_start);
-    let first = cycle
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, i)| **i)
-        .map_or(0, |(pos, _)| pos);
+    let first = cycle.iter().enumerate().min_by_key(|(_, i)| **i).map_or(0, |(pos, _)| pos);
     cycle.rotate_left(first);
     cycle.push(cycle[0]);
     let names: Vec<&str> = cycle.iter().map(|&i| cmds[i].name.as_str()).collect();
     let message = if names.len() == 2 {
-        format!(
-            "it references its own result ({}); a command cannot use its own result",
-            names.join(" -> ")
-        )
+        format!("it references its own result ({}); a command cannot use its own result", names.join(" -> "))
     } else {
         format!(
             "dependency cycle {}; a command cannot use its own result, directly or through other commands",
@@ -500,11 +419,7 @@ fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError
 }
 
 /// Maps positional and named arguments onto the parameters, in parameter order.
-fn arrange(
-    r: &Resolved,
-    args: Vec<Template>,
-    kwargs: Vec<(String, Template)>,
-) -> Result<Vec<Template>, WeftError> {
+fn arrange(r: &Resolved, args: Vec<Template>, kwargs: Vec<(String, Template)>) -> Result<Vec<Template>, WeftError> {
     let params = &r.sig.params;
     let function = &r.function;
     if args.len() > params.len() {
@@ -565,38 +480,26 @@ fn check_static(
 ) -> Result<(), WeftError> {
     let (step, path) = match template {
         Template::Literal(v) => {
-            return from_json(v, &param.ty, &param.name)
-                .map(drop)
-                .map_err(|m| mismatch(function, m));
+            return from_json(v, &param.ty, &param.name).map(drop).map_err(|m| mismatch(function, m));
         }
         Template::Ref { step, path } => (step, path),
         Template::Array(_) | Template::Object(_) => return Ok(()),
     };
     let source = &resolved[step.0];
-    let reference = RefName {
-        cmd: &cmds[step.0].name,
-        path,
-    };
+    let reference = RefName { cmd: &cmds[step.0].name, path };
     let fail = |why: String| {
         WeftError::invalid_arguments(format!("argument '{}' of {function}: {why}", param.name))
             .with("parameter", param.name.as_str())
     };
     let Some(result) = source.sig.success_type() else {
-        return Err(fail(format!(
-            "{reference} has no value: {} returns nothing",
-            source.function
-        )));
+        return Err(fail(format!("{reference} has no value: {} returns nothing", source.function)));
     };
-    let ty = follow_type(result, path)
-        .map_err(|why| fail(format!("{reference} does not exist: {why}")))?;
+    let ty = follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}")))?;
     if fits_json(ty, &param.ty) {
         Ok(())
     } else {
-        Err(fail(format!(
-            "expected {}, but {reference} is {ty} (from {})",
-            param.ty, source.function
-        ))
-        .with("expected", param.ty.to_string()))
+        Err(fail(format!("expected {}, but {reference} is {ty} (from {})", param.ty, source.function))
+            .with("expected", param.ty.to_string()))
     }
 }
 
@@ -644,16 +547,11 @@ fn follow_type<'t>(mut ty: &'t WitType, path: &[String]) -> Result<&'t WitType, 
                 format!("{ty} has no field '{seg}' (fields: {})", names.join(", "))
             })?,
             WitType::List { element } if seg.parse::<usize>().is_ok() => element,
-            WitType::Tuple { elements } => seg
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| elements.get(i))
-                .ok_or_else(|| {
-                    format!(
-                        "'{seg}' is not an index of {ty} (0 to {})",
-                        elements.len().saturating_sub(1)
-                    )
-                })?,
+            WitType::Tuple { elements } => {
+                seg.parse::<usize>().ok().and_then(|i| elements.get(i)).ok_or_else(|| {
+                    format!("'{seg}' is not an index of {ty} (0 to {})", elements.len().saturating_sub(1))
+                })?
+            }
             _ => return Err(format!("'{seg}' cannot be taken from a value of type {ty}")),
         };
     }
@@ -663,9 +561,7 @@ fn follow_type<'t>(mut ty: &'t WitType, path: &[String]) -> Result<&'t WitType, 
 fn follow_value<'v>(mut value: &'v Value, path: &[String]) -> Result<&'v Value, String> {
     for seg in path {
         value = match value {
-            Value::Object(o) => o
-                .get(seg)
-                .ok_or_else(|| format!("the object has no field '{seg}'"))?,
+            Value::Object(o) => o.get(seg).ok_or_else(|| format!("the object has no field '{seg}'"))?,
             Value::Array(a) => seg
                 .parse::<usize>()
                 .ok()

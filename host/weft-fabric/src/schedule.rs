@@ -30,36 +30,16 @@ impl Scheduler {
         let steps = plan.steps();
         let mut dependents = vec![Vec::new(); steps.len()];
         for (i, step) in steps.iter().enumerate() {
-            step.deps
-                .iter()
-                .for_each(|d| dependents[d.0].push(StepIdx(i)));
+            step.deps.iter().for_each(|d| dependents[d.0].push(StepIdx(i)));
         }
         let waiting_on: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
-        let state = waiting_on
-            .iter()
-            .map(|&n| {
-                if n == 0 {
-                    State::Released
-                } else {
-                    State::Waiting
-                }
-            })
-            .collect();
-        Scheduler {
-            names: steps.iter().map(|s| s.name.clone()).collect(),
-            dependents,
-            waiting_on,
-            state,
-            done: 0,
-        }
+        let state = waiting_on.iter().map(|&n| if n == 0 { State::Released } else { State::Waiting }).collect();
+        Scheduler { names: steps.iter().map(|s| s.name.clone()).collect(), dependents, waiting_on, state, done: 0 }
     }
 
     /// The steps without dependencies, which may start at once.
     pub fn initial_ready(&self) -> Vec<StepIdx> {
-        (0..self.waiting_on.len())
-            .filter(|&i| self.waiting_on[i] == 0)
-            .map(StepIdx)
-            .collect()
+        (0..self.waiting_on.len()).filter(|&i| self.waiting_on[i] == 0).map(StepIdx).collect()
     }
 
     /// Records that `step` completed and returns the steps this released, in
@@ -89,12 +69,7 @@ impl Scheduler {
     /// Names of the steps not completed, in request order (for messages such
     /// as a DEADLINE_EXCEEDED saying what was still pending).
     pub fn unfinished(&self) -> Vec<&str> {
-        self.names
-            .iter()
-            .zip(&self.state)
-            .filter(|(_, s)| **s != State::Done)
-            .map(|(n, _)| n.as_str())
-            .collect()
+        self.names.iter().zip(&self.state).filter(|(_, s)| **s != State::Done).map(|(n, _)| n.as_str()).collect()
     }
 }
 
@@ -148,9 +123,7 @@ mod tests {
     fn completing_an_unreleased_or_finished_step_changes_nothing() {
         let p = diamond();
         let mut s = Scheduler::new(&p);
-        let [a, b, _, d] = idx(&p, &["a", "b", "c", "d"])[..] else {
-            panic!()
-        };
+        let [a, b, _, d] = idx(&p, &["a", "b", "c", "d"])[..] else { panic!() };
         assert_eq!(s.complete(d), []);
         assert_eq!(s.complete(b), []);
         assert_eq!(s.complete(StepIdx(99)), []);
@@ -179,18 +152,11 @@ mod tests {
 
     #[test]
     fn wide_fan_out_is_all_ready_at_once_and_deep_chain_one_at_a_time() {
-        let wide = plan(
-            (0..100)
-                .map(|i| Command::new(format!("w{i}"), "echo", vec![json!("v")]))
-                .collect(),
-        );
+        let wide = plan((0..100).map(|i| Command::new(format!("w{i}"), "echo", vec![json!("v")])).collect());
         assert_eq!(Scheduler::new(&wide).initial_ready().len(), 100);
 
         let mut cmds = vec![Command::new("s0", "echo", vec![json!("v")])];
-        cmds.extend(
-            (1..100)
-                .map(|i| Command::new(format!("s{i}"), "echo", vec![json!(format!("s{}", i - 1))])),
-        );
+        cmds.extend((1..100).map(|i| Command::new(format!("s{i}"), "echo", vec![json!(format!("s{}", i - 1))])));
         let deep = plan(cmds);
         let mut s = Scheduler::new(&deep);
         let mut ready = s.initial_ready();
@@ -227,20 +193,12 @@ mod tests {
                     let arg = if i == 0 {
                         lit.boxed()
                     } else {
-                        prop_oneof![
-                            lit,
-                            (0..i, any::<bool>()).prop_map(|(to, mpreg)| Arg::Ref { to, mpreg })
-                        ]
-                        .boxed()
+                        prop_oneof![lit, (0..i, any::<bool>()).prop_map(|(to, mpreg)| Arg::Ref { to, mpreg })].boxed()
                     };
                     (any::<bool>(), any::<bool>(), prop::collection::vec(arg, 2)).prop_map(
                         |(concat, by_name, mut args)| {
                             args.truncate(if concat { 2 } else { 1 });
-                            GenStep {
-                                concat,
-                                by_name,
-                                args,
-                            }
+                            GenStep { concat, by_name, args }
                         },
                     )
                 })

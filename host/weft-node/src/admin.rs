@@ -2,8 +2,8 @@
 //! `POST /v1/call` (the client protocol over HTTP).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -45,7 +45,8 @@ impl PhaseCell {
 }
 
 pub(crate) struct AdminContext {
-    pub executor: Arc<Executor>,
+    /// Set once plugins are loaded; until then the API answers 503.
+    pub executor: Arc<OnceLock<Arc<Executor>>>,
     pub metrics: Arc<Metrics>,
     pub phase: Arc<PhaseCell>,
     pub node: String,
@@ -77,8 +78,7 @@ pub(crate) async fn serve(
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -94,10 +94,7 @@ pub(crate) async fn serve(
 fn json_response(status: StatusCode, value: &Value) -> HttpResponse<Body> {
     let mut r = HttpResponse::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -123,29 +120,23 @@ fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
+fn starting() -> HttpResponse<Body> {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &WeftError::new(ErrorKind::UNAVAILABLE, "the node is starting (loading plugins); retry shortly"),
+    )
+}
+
 async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let path = req.uri().path().to_owned();
-    let verbose = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    let executor = ctx.executor.get();
+    let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => {
             let phase = ctx.phase.get();
-            let status = if phase == Phase::Ready {
-                "ok"
-            } else {
-                phase_name(phase)
-            };
-            let code = if phase == Phase::Ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json_response(
-                code,
-                &json!({ "status": status, "node": ctx.node, "cluster": ctx.cluster }),
-            )
+            let status = if phase == Phase::Ready { "ok" } else { phase_name(phase) };
+            let code = if phase == Phase::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(code, &json!({ "status": status, "node": ctx.node, "cluster": ctx.cluster }))
         }
         (&Method::GET, "/livez") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => {
@@ -159,36 +150,28 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                     Phase::Draining => "draining: shutting down, finishing in-flight calls",
                 });
             }
-            json_response(
-                if ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
-                &body,
-            )
+            json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
         }
         (&Method::GET, "/metrics") => {
             let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             r
         }
+        (&Method::GET, "/v1/plugins" | "/v1/catalog") if executor.is_none() => starting(),
         (&Method::GET, "/v1/plugins") => json_response(
             StatusCode::OK,
             &json!({
-                "plugins": ctx.executor.runtime().plugins(),
-                "failed": ctx.executor.runtime().load_failures(),
+                "plugins": executor.map(|e| e.runtime().plugins()).unwrap_or_default(),
+                "failed": executor.map(|e| e.runtime().load_failures()).unwrap_or_default(),
             }),
         ),
         (&Method::GET, "/v1/catalog") => {
-            let functions: Vec<Value> = ctx
-                .executor
-                .catalog()
+            let functions: Vec<Value> = executor
+                .map(|e| e.catalog())
+                .unwrap_or_default()
                 .into_iter()
                 .map(|e| {
                     json!({
@@ -204,10 +187,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                     })
                 })
                 .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }),
-            )
+            json_response(StatusCode::OK, &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }))
         }
         (&Method::POST, "/v1/call") => call(ctx, req).await,
         (_, "/v1/call") => error_response(
@@ -233,16 +213,11 @@ fn phase_name(p: Phase) -> &'static str {
 }
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
-    ctx.metrics
-        .requests
-        .get_or_create(&crate::metrics::TransportLabel { transport: "http" })
-        .inc();
+    ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
     let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
+            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
             let (status, err) = if too_large {
                 ctx.metrics.reject_frame("too_large");
                 (
@@ -253,28 +228,22 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
                     )),
                 )
             } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    WeftError::invalid_request(format!("cannot read the request body: {e}")),
-                )
+                (StatusCode::BAD_REQUEST, WeftError::invalid_request(format!("cannot read the request body: {e}")))
             };
             ctx.metrics.record_error(err.kind);
-            return json_response(
-                status,
-                &serde_json::to_value(Response::err("", &err)).unwrap_or_default(),
-            );
+            return json_response(status, &serde_json::to_value(Response::err("", &err)).unwrap_or_default());
         }
     };
     let response = match Request::decode(&body) {
-        Ok(request) => ctx.executor.execute(request).await,
+        Ok(request) => match ctx.executor.get() {
+            Some(executor) => executor.execute(request).await,
+            None => return starting(),
+        },
         Err((u, e)) => {
             ctx.metrics.record_error(e.kind);
             Response::err(u.unwrap_or_default(), &e)
         }
     };
-    let status = response
-        .error
-        .as_ref()
-        .map_or(StatusCode::OK, |e| status_of(e.kind));
+    let status = response.error.as_ref().map_or(StatusCode::OK, |e| status_of(e.kind));
     json_response(status, &serde_json::to_value(&response).unwrap_or_default())
 }

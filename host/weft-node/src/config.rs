@@ -115,8 +115,7 @@ pub struct LimitsSection {
 }
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse()
-        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    text.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 impl Default for NodeSection {
@@ -215,15 +214,11 @@ impl Config {
     /// is found its lines are blanked (line numbers stay put) and the text is
     /// parsed again, until it parses or nothing more can be blanked.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: file.to_owned(),
-            problems,
-        };
+        let fail = |problems| ConfigError { file: file.to_owned(), problems };
         let mut text = text.to_owned();
         let mut bad_values = Vec::new();
         for _ in 0..32 {
-            let de = toml::Deserializer::parse(&text)
-                .map_err(|e| fail(vec![e.to_string().trim().to_owned()]))?;
+            let de = toml::Deserializer::parse(&text).map_err(|e| fail(vec![e.to_string().trim().to_owned()]))?;
             let mut unknown = Vec::new();
             let parsed: Result<Config, toml::de::Error> =
                 serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
@@ -285,54 +280,22 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
-        check(
-            name_ok(&self.node.cluster),
-            "node.cluster: use letters, digits, '-', '_' or '.'",
-        );
-        check(
-            self.node.id.as_deref().is_none_or(name_ok),
-            "node.id: use letters, digits, '-', '_' or '.'",
-        );
-        check(
-            self.limits.max_concurrency > 0,
-            "limits.max_concurrency: must be at least 1",
-        );
-        check(
-            self.limits.memory >= 1 << 20,
-            "limits.memory: must be at least 1MiB",
-        );
-        check(
-            self.limits.deadline > Duration::ZERO,
-            "limits.deadline: must be more than 0",
-        );
-        check(
-            self.limits.max_frame >= 1024,
-            "limits.max_frame: must be at least 1KiB",
-        );
-        check(
-            self.limits.max_in_flight_per_connection > 0,
-            "limits.max_in_flight_per_connection: must be at least 1",
-        );
-        check(
-            self.routing.max_hops > 0,
-            "routing.max_hops: must be at least 1",
-        );
+        let name_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        check(name_ok(&self.node.cluster), "node.cluster: use letters, digits, '-', '_' or '.'");
+        check(self.node.id.as_deref().is_none_or(name_ok), "node.id: use letters, digits, '-', '_' or '.'");
+        check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
+        check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
+        check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
+        check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
+        check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
+        check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
+        check(self.limits.max_commands > 0, "limits.max_commands: must be at least 1");
+        check(self.limits.max_result >= 1024, "limits.max_result: must be at least 1KiB");
+        check(self.limits.max_plugin >= 1024, "limits.max_plugin: must be at least 1KiB");
         for seed in &self.node.seeds {
-            check(
-                seed.starts_with("ws://"),
-                &format!("node.seeds: {seed:?} is not a ws:// URL"),
-            );
+            check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
     /// The node id: configured, or derived from the host name and listen port.
@@ -341,11 +304,7 @@ impl Config {
             let host = std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
-                .or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .ok()
-                        .map(|h| h.trim().to_owned())
-                })
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
                 .unwrap_or_else(|| "node".into());
             format!("{host}-{listen_port}")
         })
@@ -386,19 +345,12 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
 /// Replaces the lines covering `span` with spaces (keeping newlines, so
 /// every other line keeps its number). False if there was nothing to blank.
 fn blank_lines(text: &mut String, span: std::ops::Range<usize>) -> bool {
-    let start = text[..span.start.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let end = text[span.end.min(text.len())..]
-        .find('\n')
-        .map_or(text.len(), |i| span.end + i);
+    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[span.end.min(text.len())..].find('\n').map_or(text.len(), |i| span.end + i);
     if text[start..end].trim().is_empty() {
         return false;
     }
-    let blank: String = text[start..end]
-        .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
-        .collect();
+    let blank: String = text[start..end].chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
     text.replace_range(start..end, &blank);
     true
 }
@@ -465,33 +417,20 @@ max_concurrency = 256
         let err = Config::parse("x.toml", text).unwrap_err();
         let all = err.to_string();
         assert!(all.contains("unknown key `node.lisen` at line 3"), "{all}");
-        assert!(
-            all.contains("unknown key `limits.memroy` at line 6"),
-            "{all}"
-        );
+        assert!(all.contains("unknown key `limits.memroy` at line 6"), "{all}");
         assert!(all.contains("nodez") && all.contains("line 9"), "{all}");
     }
 
     #[test]
     fn bad_values_name_the_key_and_line() {
-        let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("500ms"), "{err}");
-        let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("strict"), "{err}");
-        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         // Several bad values and unknown keys are all reported at once.
-        let err = Config::parse(
-            "x.toml",
-            "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n",
-        )
-        .unwrap_err();
+        let err = Config::parse("x.toml", "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n").unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
     }
 
@@ -500,17 +439,12 @@ max_concurrency = 256
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
         std::fs::write(&path, "[node]\ncluster = \"alpha\"\nplugins = \"p\"\n").unwrap();
-        let o = Overrides {
-            cluster: Some("beta".into()),
-            ..Overrides::default()
-        };
+        let o = Overrides { cluster: Some("beta".into()), ..Overrides::default() };
         let c = Config::load(Some(&path), &o).unwrap();
         assert_eq!(c.node.cluster, "beta");
         assert_eq!(c.node.plugins, Some(dir.path().join("p")));
         std::fs::write(&path, "[limits]\nmax_concurrency = 0\n").unwrap();
-        let err = Config::load(Some(&path), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("limits.max_concurrency"), "{err}");
     }
 }

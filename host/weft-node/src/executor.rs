@@ -43,23 +43,12 @@ impl Executor {
         default_timeout: Duration,
     ) -> Self {
         let catalog = local_catalog(&runtime, &node, &cluster, resources);
-        Self {
-            runtime,
-            catalog: RwLock::new(catalog),
-            node,
-            cluster,
-            metrics,
-            max_commands,
-            default_timeout,
-        }
+        Self { runtime, catalog: RwLock::new(catalog), node, cluster, metrics, max_commands, default_timeout }
     }
 
     /// Every function callable from this node.
     pub fn catalog(&self) -> Vec<CatalogEntry> {
-        self.catalog
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -67,22 +56,17 @@ impl Executor {
     }
 
     /// Executes a request and always produces a response (errors included).
+    /// If the future is dropped (the client left), the gauges still settle.
     pub async fn execute(&self, req: Request) -> Response {
-        let started = Instant::now();
-        self.metrics.in_flight.inc();
+        let _in_flight = InFlight::enter(&self.metrics);
         let u = req.u.clone();
-        let response = match self.run(req, started).await {
+        match self.run(req, Instant::now()).await {
             Ok(response) => response,
             Err(e) => {
                 self.metrics.record_error(e.kind);
                 Response::err(u, &e)
             }
-        };
-        self.metrics.in_flight.dec();
-        self.metrics
-            .request_seconds
-            .observe(started.elapsed().as_secs_f64());
-        response
+        }
     }
 
     async fn run(&self, req: Request, started: Instant) -> Result<Response, WeftError> {
@@ -97,9 +81,7 @@ impl Executor {
             let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
             Plan::build(&req, |cmd| resolve(cmd, &catalog))?
         };
-        let timeout = req
-            .timeout_ms
-            .map_or(self.default_timeout, Duration::from_millis);
+        let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
 
         let mut scheduler = Scheduler::new(&plan);
@@ -110,19 +92,21 @@ impl Executor {
             self.start(&plan, step, &results, deadline, &mut running)?;
         }
         while !scheduler.is_done() {
+            let deadline_exceeded = |scheduler: &Scheduler| {
+                let unfinished = scheduler.unfinished();
+                WeftError::new(
+                    ErrorKind::DEADLINE_EXCEEDED,
+                    format!(
+                        "the request did not finish within {timeout:?} (timeout_ms); unfinished commands: {}",
+                        unfinished.join(", ")
+                    ),
+                )
+                .with("unfinished", unfinished)
+            };
             let joined = match tokio::time::timeout_at(deadline.into(), running.join_next()).await {
-                Err(_) => {
-                    let unfinished = scheduler.unfinished().join(", ");
-                    return Err(WeftError::new(
-                        ErrorKind::DEADLINE_EXCEEDED,
-                        format!("the request did not finish within {timeout:?} (timeout_ms); unfinished commands: {unfinished}"),
-                    )
-                    .with("unfinished", scheduler.unfinished()));
-                }
+                Err(_) => return Err(deadline_exceeded(&scheduler)),
                 Ok(None) => {
-                    return Err(WeftError::internal(
-                        "the scheduler stalled with commands left",
-                    ));
+                    return Err(WeftError::internal("the scheduler stalled with commands left"));
                 }
                 Ok(Some(Err(e))) => {
                     return Err(WeftError::internal(format!("a command task failed: {e}")));
@@ -130,12 +114,14 @@ impl Executor {
                 Ok(Some(Ok(done))) => done,
             };
             let name = &plan.steps()[joined.step.0].name;
+            // A step interrupted because the request's own deadline passed
+            // (its sandbox deadline is the request's) is the request timing out.
+            let interrupted = |e: &WeftError| e.details.get("trap").and_then(Value::as_str) == Some("interrupted");
+            if matches!(&joined.result, Err(e) if interrupted(e)) && Instant::now() >= deadline {
+                return Err(deadline_exceeded(&scheduler));
+            }
             let value = joined.result.map_err(|e| {
-                let e = if e.message.starts_with("command ") {
-                    e
-                } else {
-                    e.context(format!("command {name}"))
-                };
+                let e = if e.message.starts_with("command ") { e } else { e.context(format!("command {name}")) };
                 e.with("command", name.clone())
             })?;
             results[joined.step.0] = Some(value);
@@ -147,16 +133,12 @@ impl Executor {
 
         let mut r = Map::new();
         for &idx in plan.output_steps() {
-            r.insert(
-                plan.steps()[idx.0].name.clone(),
-                results[idx.0].clone().unwrap_or(Value::Null),
-            );
+            r.insert(plan.steps()[idx.0].name.clone(), results[idx.0].clone().unwrap_or(Value::Null));
         }
         let levels = LevelTimes::new(&plan, &timings, started);
         let mut response = Response::ok(req.u.clone(), Value::Object(r));
         if req.include_execution_summary {
-            response.execution_summary =
-                Some(self.summary(&req.u, &plan, &timings, &levels, started));
+            response.execution_summary = Some(self.summary(&req.u, &plan, &timings, &levels, started));
         }
         if req.return_intermediate_results {
             response.intermediate_results = Some(intermediate(&req.u, &plan, &results, &levels));
@@ -180,20 +162,11 @@ impl Executor {
         let metrics = self.metrics.clone();
         running.spawn(async move {
             let started = Instant::now();
-            let target = CallTarget {
-                plugin: &function.plugin,
-                version: Some(&version),
-                function: &function.function,
-            };
+            let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
             let result = runtime.call(target, &args, deadline).await;
             let elapsed = started.elapsed();
             metrics.record_call(&function.to_string(), result.is_ok(), elapsed.as_secs_f64());
-            StepDone {
-                step: idx,
-                result,
-                started,
-                elapsed,
-            }
+            StepDone { step: idx, result, started, elapsed }
         });
         Ok(())
     }
@@ -226,11 +199,7 @@ impl Executor {
             })
             .collect();
         let times = &levels.span_ms;
-        let bottleneck = times
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
+        let bottleneck = times.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
         ExecutionSummary {
             request_id: u.to_owned(),
             total_execution_time_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -245,6 +214,27 @@ impl Executor {
     }
 }
 
+/// Counts a request in flight and observes its duration when it ends,
+/// whether it completed or was cancelled.
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self { metrics, started: Instant::now() }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        self.metrics.request_seconds.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// Per dependency level: when its first command started and its last one
 /// finished.
 struct LevelTimes {
@@ -254,12 +244,7 @@ struct LevelTimes {
 
 impl LevelTimes {
     fn new(plan: &Plan, timings: &[Option<(Instant, Duration)>], started: Instant) -> Self {
-        let count = plan
-            .steps()
-            .iter()
-            .map(|s| s.level as usize + 1)
-            .max()
-            .unwrap_or(0);
+        let count = plan.steps().iter().map(|s| s.level as usize + 1).max().unwrap_or(0);
         let mut bounds: Vec<Option<(Instant, Instant)>> = vec![None; count];
         for (step, timing) in plan.steps().iter().zip(timings) {
             let Some((begin, took)) = *timing else {
@@ -269,43 +254,24 @@ impl LevelTimes {
             let slot = &mut bounds[step.level as usize];
             *slot = Some(slot.map_or((begin, end), |(b, e)| (b.min(begin), e.max(end))));
         }
-        let bounds: Vec<(Instant, Instant)> = bounds
-            .into_iter()
-            .map(|b| b.unwrap_or((started, started)))
-            .collect();
+        let bounds: Vec<(Instant, Instant)> = bounds.into_iter().map(|b| b.unwrap_or((started, started))).collect();
         Self {
-            span_ms: bounds
-                .iter()
-                .map(|(b, e)| e.saturating_duration_since(*b).as_secs_f64() * 1e3)
-                .collect(),
+            span_ms: bounds.iter().map(|(b, e)| e.saturating_duration_since(*b).as_secs_f64() * 1e3).collect(),
             finished: bounds.iter().map(|(_, e)| *e).collect(),
         }
     }
 }
 
 /// MPREG-style intermediate results: per level, its results and everything so far.
-fn intermediate(
-    u: &str,
-    plan: &Plan,
-    results: &[Option<Value>],
-    levels: &LevelTimes,
-) -> Vec<IntermediateResult> {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+fn intermediate(u: &str, plan: &Plan, results: &[Option<Value>], levels: &LevelTimes) -> Vec<IntermediateResult> {
+    let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let now = Instant::now();
     let total = levels.span_ms.len() as u32;
     let mut accumulated = Map::new();
     (0..total)
         .map(|level| {
             let mut level_results = Map::new();
-            for (step, value) in plan
-                .steps()
-                .iter()
-                .zip(results)
-                .filter(|(s, _)| s.level == level)
-            {
+            for (step, value) in plan.steps().iter().zip(results).filter(|(s, _)| s.level == level) {
                 level_results.insert(step.name.clone(), value.clone().unwrap_or(Value::Null));
             }
             accumulated.extend(level_results.clone());

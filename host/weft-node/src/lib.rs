@@ -1,6 +1,7 @@
 //! The Weft node daemon: reads its config, loads plugins into the runtime,
 //! and wires the executor to the WebSocket and admin HTTP listeners. It is
-//! the only crate that opens sockets, spawns tasks and reads the clock.
+//! the only crate that opens sockets and spawns tasks (weft-runtime owns
+//! the one epoch-ticker thread and reads the clock for call deadlines).
 
 pub mod admin;
 pub mod config;

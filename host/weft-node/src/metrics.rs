@@ -48,17 +48,16 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    // 10 µs .. ~20 s
-    Histogram::new(exponential_buckets(1e-5, 2.5, 16))
+    // 10 µs .. ~58 s (above the 30 s default request timeout)
+    Histogram::new(exponential_buckets(1e-5, 2.5, 18))
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let calls = Family::<FunctionLabels, Counter>::default();
-        let call_seconds = Family::<FunctionLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let call_seconds =
+            Family::<FunctionLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let errors = Family::<KindLabel, Counter>::default();
         let requests = Family::<TransportLabel, Counter>::default();
         let request_seconds = latency_histogram();
@@ -68,56 +67,24 @@ impl Metrics {
         let abandoned = Counter::default();
         let plugins_loaded = Gauge::default();
         let plugin_load_failures = Counter::default();
-        registry.register(
-            "calls",
-            "Function calls run on this node, by function and outcome",
-            calls.clone(),
-        );
-        registry.register(
-            "call_duration_seconds",
-            "Time of one function call on this node",
-            call_seconds.clone(),
-        );
-        registry.register(
-            "errors",
-            "Errors returned to callers, by kind",
-            errors.clone(),
-        );
-        registry.register(
-            "requests",
-            "Client requests received, by transport",
-            requests.clone(),
-        );
+        registry.register("calls", "Function calls run on this node, by function and outcome", calls.clone());
+        registry.register("call_duration_seconds", "Time of one function call on this node", call_seconds.clone());
+        registry.register("errors", "Errors returned to callers, by kind", errors.clone());
+        registry.register("requests", "Client requests received, by transport", requests.clone());
         registry.register(
             "request_duration_seconds",
             "Time from request decoded to response ready",
             request_seconds.clone(),
         );
-        registry.register(
-            "connections",
-            "Open WebSocket connections",
-            connections.clone(),
-        );
-        registry.register(
-            "in_flight_requests",
-            "Requests being executed",
-            in_flight.clone(),
-        );
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        registry.register("in_flight_requests", "Requests being executed", in_flight.clone());
         registry.register(
             "frames_rejected",
             "Frames or bodies rejected before decoding, by reason",
             frames_rejected.clone(),
         );
-        registry.register(
-            "requests_abandoned",
-            "Requests cancelled because their client went away",
-            abandoned.clone(),
-        );
-        registry.register(
-            "plugins_loaded",
-            "Plugins loaded and ready",
-            plugins_loaded.clone(),
-        );
+        registry.register("requests_abandoned", "Requests cancelled because their client went away", abandoned.clone());
+        registry.register("plugins_loaded", "Plugins loaded and ready", plugins_loaded.clone());
         registry.register(
             "plugin_load_failures",
             "Plugin files that could not be loaded",
@@ -141,31 +108,16 @@ impl Metrics {
 
     pub fn record_call(&self, function: &str, ok: bool, seconds: f64) {
         let outcome = if ok { "ok" } else { "error" };
-        self.calls
-            .get_or_create(&FunctionLabels {
-                function: function.to_owned(),
-                outcome,
-            })
-            .inc();
-        self.call_seconds
-            .get_or_create(&FunctionLabel {
-                function: function.to_owned(),
-            })
-            .observe(seconds);
+        self.calls.get_or_create(&FunctionLabels { function: function.to_owned(), outcome }).inc();
+        self.call_seconds.get_or_create(&FunctionLabel { function: function.to_owned() }).observe(seconds);
     }
 
     pub fn record_error(&self, kind: ErrorKind) {
-        self.errors
-            .get_or_create(&KindLabel {
-                kind: kind.as_str(),
-            })
-            .inc();
+        self.errors.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
     }
 
     pub fn reject_frame(&self, reason: &'static str) {
-        self.frames_rejected
-            .get_or_create(&KindLabel { kind: reason })
-            .inc();
+        self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
     }
 
     /// Prometheus text exposition (OpenMetrics flavour).

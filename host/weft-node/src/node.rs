@@ -2,7 +2,7 @@
 //! and a drain bounded by the shutdown grace period.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,16 +23,9 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot listen on {addr} ({what}): {source}; pick a free port or use port 0")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
     #[error("cannot create data_dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("{0}")]
     Runtime(#[from] weft_runtime::RuntimeError),
 }
@@ -45,6 +38,8 @@ pub struct RunningNode {
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    admin_shutdown: CancellationToken,
+    admin_tracker: TaskTracker,
     phase: Arc<PhaseCell>,
     grace: Duration,
 }
@@ -66,12 +61,13 @@ impl RunningNode {
         tracing::info!(node = %self.id, grace = ?self.grace, "draining");
         self.shutdown.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok();
         if !drained {
             tracing::warn!(node = %self.id, "grace period over; cancelling the calls still running");
         }
+        self.admin_shutdown.cancel();
+        self.admin_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
         drained
     }
 }
@@ -94,9 +90,7 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Bind { addr, what, source })
+        TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, what, source })
     };
     let ws_listener = bind(config.node.listen, "node.listen").await?;
     let admin_listener = bind(config.node.admin, "node.admin").await?;
@@ -105,17 +99,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         what: "node.listen",
         source,
     })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| NodeError::Bind {
-            addr: config.node.admin,
-            what: "node.admin",
-            source,
-        })?;
-    std::fs::create_dir_all(&config.node.data_dir).map_err(|source| NodeError::DataDir {
-        path: config.node.data_dir.display().to_string(),
+    let admin_addr = admin_listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.node.admin,
+        what: "node.admin",
         source,
     })?;
+    std::fs::create_dir_all(&config.node.data_dir)
+        .map_err(|source| NodeError::DataDir { path: config.node.data_dir.display().to_string(), source })?;
 
     let id = NodeId::new(config.node_id(ws_addr.port()));
     let cluster = ClusterId::new(config.node.cluster.clone());
@@ -123,16 +113,35 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let phase = Arc::new(PhaseCell::default());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let max_frame = usize::try_from(config.limits.max_frame).unwrap_or(usize::MAX);
+
+    // The admin API serves from the start (503 while starting, and while
+    // draining) and stops last, so probes see every phase.
+    let executor_cell = Arc::new(OnceLock::new());
+    let admin_shutdown = CancellationToken::new();
+    let admin_tracker = TaskTracker::new();
+    let admin_ctx = Arc::new(AdminContext {
+        executor: executor_cell.clone(),
+        metrics: metrics.clone(),
+        phase: phase.clone(),
+        node: id.to_string(),
+        cluster: cluster.to_string(),
+        max_body: max_frame,
+    });
+    admin_tracker.spawn(admin::serve(admin_listener, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
     let runtime = Arc::new(Runtime::new(runtime_config(&config))?);
-    let report = match &config.node.plugins {
-        Some(dir) => runtime.load_dir(dir),
-        None => load_bundled(&runtime),
-    };
+    let loader = runtime.clone();
+    let plugins = config.node.plugins.clone();
+    // Compiling components is CPU work: keep it off the async workers.
+    let report = tokio::task::spawn_blocking(move || match plugins {
+        Some(dir) => loader.load_dir(&dir),
+        None => load_bundled(&loader),
+    })
+    .await
+    .map_err(|e| NodeError::Runtime(weft_runtime::RuntimeError::Engine(format!("plugin loading failed: {e}"))))?;
     metrics.plugins_loaded.set(report.loaded.len() as i64);
-    metrics
-        .plugin_load_failures
-        .inc_by(report.failed.len() as u64);
+    metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
     tracing::info!(node = %id, plugins = ?report.loaded, failed = report.failed.len(), "plugins loaded");
 
     let executor = Arc::new(Executor::new(
@@ -144,33 +153,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         config.limits.max_commands as usize,
         DEFAULT_REQUEST_TIMEOUT,
     ));
-    let max_frame = usize::try_from(config.limits.max_frame).unwrap_or(usize::MAX);
     let ws_ctx = Arc::new(WsContext {
         executor: executor.clone(),
         metrics: metrics.clone(),
         max_frame,
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
     });
-    let admin_ctx = Arc::new(AdminContext {
-        executor,
-        metrics,
-        phase: phase.clone(),
-        node: id.to_string(),
-        cluster: cluster.to_string(),
-        max_body: max_frame,
-    });
-    tracker.spawn(ws::serve(
-        ws_listener,
-        ws_ctx,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
-    tracker.spawn(admin::serve(
-        admin_listener,
-        admin_ctx,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    tracker.spawn(ws::serve(ws_listener, ws_ctx, shutdown.clone(), tracker.clone()));
+    let _ = executor_cell.set(executor);
     phase.set(Phase::Ready);
     tracing::info!(node = %id, %cluster, ws = %ws_addr, admin = %admin_addr, "node ready");
     Ok(RunningNode {
@@ -180,6 +170,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         admin_addr,
         shutdown,
         tracker,
+        admin_shutdown,
+        admin_tracker,
         phase,
         grace: config.node.shutdown_grace,
     })

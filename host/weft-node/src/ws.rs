@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -52,15 +52,8 @@ pub(crate) async fn serve(
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    ctx: Arc<WsContext>,
-    shutdown: CancellationToken,
-    peer: std::net::SocketAddr,
-) {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(ctx.max_frame))
-        .max_frame_size(Some(ctx.max_frame));
+async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
+    let config = WebSocketConfig::default().max_message_size(Some(ctx.max_frame)).max_frame_size(Some(ctx.max_frame));
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -102,14 +95,15 @@ async fn connection(
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
-                let reason =
-                    format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: reason.into(),
-                    })))
-                    .await;
+                let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
+                let _ =
+                    tx.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }))).await;
+                break;
+            }
+            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))
+            | Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                // A client that simply went away is not a protocol violation.
+                client_left = true;
                 break;
             }
             Some(Err(e)) => {
@@ -119,25 +113,16 @@ async fn connection(
                 break;
             }
         };
-        ctx.metrics
-            .requests
-            .get_or_create(&crate::metrics::TransportLabel { transport: "ws" })
-            .inc();
+        ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
         let reply = move |response: &Response| -> Message {
             let text = serde_json::to_string(response).unwrap_or_default();
-            if binary {
-                Message::Binary(text.into())
-            } else {
-                Message::Text(text.into())
-            }
+            if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
         };
         let request = match Request::decode(&bytes) {
             Ok(r) => r,
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
-                let _ = tx
-                    .send(reply(&Response::err(u.unwrap_or_default(), &e)))
-                    .await;
+                let _ = tx.send(reply(&Response::err(u.unwrap_or_default(), &e))).await;
                 continue;
             }
         };
@@ -163,7 +148,9 @@ async fn connection(
     }
 
     if client_left {
-        // Nobody is left to read the answers: cancel the work.
+        // Nobody is left to read the answers: cancel the work that is
+        // still running (answered calls are only reaped, not counted).
+        while calls.try_join_next().is_some() {}
         let abandoned = calls.len();
         calls.abort_all();
         ctx.metrics.abandoned.inc_by(abandoned as u64);
@@ -172,10 +159,7 @@ async fn connection(
         // node bounds this with its shutdown grace period).
         while calls.join_next().await.is_some() {}
         let _ = tx
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "node shutting down".into(),
-            })))
+            .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
             .await;
     }
     drop(tx);

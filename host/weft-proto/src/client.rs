@@ -89,18 +89,11 @@ impl Request {
     /// carries the request's `u` when it could be read, so the reply can be
     /// matched by the client.
     pub fn decode(bytes: &[u8]) -> Result<Request, (Option<String>, WeftError)> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            (
-                None,
-                WeftError::parse(format!("the message is not valid JSON: {e}")),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| (None, WeftError::parse(format!("the message is not valid JSON: {e}"))))?;
         let u = value.get("u").and_then(Value::as_str).map(str::to_owned);
         let Some(obj) = value.as_object() else {
-            return Err((
-                None,
-                WeftError::invalid_request("a request must be a JSON object"),
-            ));
+            return Err((None, WeftError::invalid_request("a request must be a JSON object")));
         };
         match obj.get("role").and_then(Value::as_str) {
             Some(RPC_ROLE) => {}
@@ -113,18 +106,10 @@ impl Request {
                 ));
             }
             None => {
-                return Err((
-                    u,
-                    WeftError::invalid_request("missing \"role\": clients send \"role\": \"rpc\""),
-                ));
+                return Err((u, WeftError::invalid_request("missing \"role\": clients send \"role\": \"rpc\"")));
             }
         }
-        serde_json::from_value(value).map_err(|e| {
-            (
-                u,
-                WeftError::invalid_request(format!("bad request shape: {e}")),
-            )
-        })
+        serde_json::from_value(value).map_err(|e| (u, WeftError::invalid_request(format!("bad request shape: {e}"))))
     }
 }
 
@@ -241,12 +226,8 @@ mod tests {
         leaf.prop_recursive(4, 32, 5, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map(
-                    "role|u|cmds|name|fun|args|kwargs|[a-z]{1,4}",
-                    inner,
-                    0..5
-                )
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map("role|u|cmds|name|fun|args|kwargs|[a-z]{1,4}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }
@@ -305,10 +286,7 @@ mod tests {
         let (u, e) = Request::decode(b"{nope").unwrap_err();
         assert_eq!((u, e.kind), (None, ErrorKind::PARSE_ERROR));
         let (u, e) = Request::decode(br#"{"role": "server", "u": "x"}"#).unwrap_err();
-        assert_eq!(
-            (u.as_deref(), e.kind),
-            (Some("x"), ErrorKind::INVALID_REQUEST)
-        );
+        assert_eq!((u.as_deref(), e.kind), (Some("x"), ErrorKind::INVALID_REQUEST));
         let (u, e) = Request::decode(br#"{"role": "rpc", "u": "y"}"#).unwrap_err();
         assert_eq!(u.as_deref(), Some("y"));
         assert!(e.message.contains("cmds"), "{}", e.message);

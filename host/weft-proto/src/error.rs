@@ -65,11 +65,7 @@ pub struct WeftError {
 
 impl WeftError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            details: Map::new(),
-        }
+        Self { kind, message: message.into(), details: Map::new() }
     }
 
     /// Adds one detail; details are for programs, the message is for people.
@@ -119,11 +115,7 @@ pub struct ErrorBody {
 
 impl From<ErrorBody> for WeftError {
     fn from(b: ErrorBody) -> Self {
-        Self {
-            kind: b.kind,
-            message: b.message,
-            details: b.details,
-        }
+        Self { kind: b.kind, message: b.message, details: b.details }
     }
 }
 

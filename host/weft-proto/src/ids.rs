@@ -48,10 +48,7 @@ pub struct FunctionId {
 
 impl FunctionId {
     pub fn new(plugin: impl Into<String>, function: impl Into<String>) -> Self {
-        Self {
-            plugin: plugin.into(),
-            function: function.into(),
-        }
+        Self { plugin: plugin.into(), function: function.into() }
     }
 }
 
@@ -65,12 +62,8 @@ impl FromStr for FunctionId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once('/') {
-            Some((p, f)) if !p.is_empty() && !f.is_empty() && !f.contains('/') => {
-                Ok(Self::new(p, f))
-            }
-            _ => Err(format!(
-                "function id {s:?} is not of the form \"plugin/function\""
-            )),
+            Some((p, f)) if !p.is_empty() && !f.is_empty() && !f.contains('/') => Ok(Self::new(p, f)),
+            _ => Err(format!("function id {s:?} is not of the form \"plugin/function\"")),
         }
     }
 }

@@ -91,11 +91,7 @@ impl FunctionSig {
     /// True when a value of this signature cannot travel as JSON, so the
     /// function stays local-only.
     pub fn uses_handles(&self) -> bool {
-        self.params
-            .iter()
-            .map(|p| &p.ty)
-            .chain(&self.result)
-            .any(WitType::uses_handles)
+        self.params.iter().map(|p| &p.ty).chain(&self.result).any(WitType::uses_handles)
     }
 
     /// The type a caller receives on success: `T` of a `result<T, E>`
@@ -115,10 +111,7 @@ impl WitType {
             WitType::List { element } | WitType::Option { some: element } => element.uses_handles(),
             WitType::Record { fields, .. } => fields.iter().any(|f| f.ty.uses_handles()),
             WitType::Tuple { elements } => elements.iter().any(WitType::uses_handles),
-            WitType::Variant { cases, .. } => cases
-                .iter()
-                .filter_map(|c| c.ty.as_ref())
-                .any(WitType::uses_handles),
+            WitType::Variant { cases, .. } => cases.iter().filter_map(|c| c.ty.as_ref()).any(WitType::uses_handles),
             WitType::Result { ok, err } => ok.iter().chain(err.iter()).any(|t| t.uses_handles()),
             _ => false,
         }
@@ -143,14 +136,10 @@ impl WitType {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.fits(y))
             }
             (T::Record { fields: a, .. }, T::Record { fields: b, .. }) => {
-                a.len() == b.len()
-                    && a.iter()
-                        .all(|f| b.iter().any(|g| g.name == f.name && f.ty.fits(&g.ty)))
+                a.len() == b.len() && a.iter().all(|f| b.iter().any(|g| g.name == f.name && f.ty.fits(&g.ty)))
             }
             (T::Enum { cases: a, .. }, T::Enum { cases: b, .. }) => a.iter().all(|c| b.contains(c)),
-            (T::Flags { flags: a, .. }, T::Flags { flags: b, .. }) => {
-                a.iter().all(|c| b.contains(c))
-            }
+            (T::Flags { flags: a, .. }, T::Flags { flags: b, .. }) => a.iter().all(|c| b.contains(c)),
             (T::Variant { cases: a, .. }, T::Variant { cases: b, .. }) => a.iter().all(|c| {
                 b.iter().any(|d| {
                     d.name == c.name
@@ -161,9 +150,7 @@ impl WitType {
                         }
                 })
             }),
-            (T::Result { ok: a, err: e }, T::Result { ok: b, err: f }) => {
-                opt_fits(a, b) && opt_fits(e, f)
-            }
+            (T::Result { ok: a, err: e }, T::Result { ok: b, err: f }) => opt_fits(a, b) && opt_fits(e, f),
             (a, b) if a.is_integer() && b.is_integer() => {
                 let (amin, amax) = a.int_range();
                 let (bmin, bmax) = b.int_range();
@@ -212,23 +199,14 @@ impl WitType {
             }
         }
         match self {
-            WitType::Record {
-                name: Some(n),
-                fields,
-            } => {
+            WitType::Record { name: Some(n), fields } => {
                 for f in fields {
                     f.ty.collect_definitions(out);
                 }
-                let body: Vec<String> = fields
-                    .iter()
-                    .map(|f| format!("{}: {}", f.name, f.ty))
-                    .collect();
+                let body: Vec<String> = fields.iter().map(|f| format!("{}: {}", f.name, f.ty)).collect();
                 push(out, format!("record {n} {{ {} }}", body.join(", ")));
             }
-            WitType::Variant {
-                name: Some(n),
-                cases,
-            } => {
+            WitType::Variant { name: Some(n), cases } => {
                 for t in cases.iter().filter_map(|c| c.ty.as_ref()) {
                     t.collect_definitions(out);
                 }
@@ -241,29 +219,15 @@ impl WitType {
                     .collect();
                 push(out, format!("variant {n} {{ {} }}", body.join(", ")));
             }
-            WitType::Enum {
-                name: Some(n),
-                cases,
-            } => push(out, format!("enum {n} {{ {} }}", cases.join(", "))),
-            WitType::Flags {
-                name: Some(n),
-                flags,
-            } => push(out, format!("flags {n} {{ {} }}", flags.join(", "))),
-            WitType::List { element } | WitType::Option { some: element } => {
-                element.collect_definitions(out)
-            }
+            WitType::Enum { name: Some(n), cases } => push(out, format!("enum {n} {{ {} }}", cases.join(", "))),
+            WitType::Flags { name: Some(n), flags } => push(out, format!("flags {n} {{ {} }}", flags.join(", "))),
+            WitType::List { element } | WitType::Option { some: element } => element.collect_definitions(out),
             WitType::Tuple { elements } => elements.iter().for_each(|t| t.collect_definitions(out)),
-            WitType::Result { ok, err } => ok
-                .iter()
-                .chain(err.iter())
-                .for_each(|t| t.collect_definitions(out)),
-            WitType::Record { name: None, fields } => {
-                fields.iter().for_each(|f| f.ty.collect_definitions(out))
+            WitType::Result { ok, err } => ok.iter().chain(err.iter()).for_each(|t| t.collect_definitions(out)),
+            WitType::Record { name: None, fields } => fields.iter().for_each(|f| f.ty.collect_definitions(out)),
+            WitType::Variant { name: None, cases } => {
+                cases.iter().filter_map(|c| c.ty.as_ref()).for_each(|t| t.collect_definitions(out))
             }
-            WitType::Variant { name: None, cases } => cases
-                .iter()
-                .filter_map(|c| c.ty.as_ref())
-                .for_each(|t| t.collect_definitions(out)),
             _ => {}
         }
     }
@@ -339,11 +303,7 @@ impl fmt::Display for WitType {
 
 impl fmt::Display for FunctionSig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let params: Vec<String> = self
-            .params
-            .iter()
-            .map(|p| format!("{}: {}", p.name, p.ty))
-            .collect();
+        let params: Vec<String> = self.params.iter().map(|p| format!("{}: {}", p.name, p.ty)).collect();
         write!(f, "func({})", params.join(", "))?;
         match &self.result {
             Some(t) => write!(f, " -> {t}"),
@@ -407,22 +367,14 @@ fn describe(v: &Value) -> String {
 /// Converts JSON to a WIT value of type `ty`; `path` names the place for
 /// error messages (e.g. the parameter name).
 pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismatch> {
-    let fail = |expected: String| Mismatch {
-        path: path.to_owned(),
-        expected,
-        found: describe(v),
-    };
+    let fail = |expected: String| Mismatch { path: path.to_owned(), expected, found: describe(v) };
     let int = |min: i128, max: i128| -> Result<i128, Mismatch> {
         let n = match v {
-            Value::Number(n) => n
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| n.as_u64().map(i128::from)),
+            Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
             Value::String(s) => s.trim().parse::<i128>().ok(),
             _ => None,
         };
-        n.filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| fail(format!("{ty} (an integer from {min} to {max})")))
+        n.filter(|n| (min..=max).contains(n)).ok_or_else(|| fail(format!("{ty} (an integer from {min} to {max})")))
     };
     let float = || -> Result<f64, Mismatch> {
         match v {
@@ -431,18 +383,12 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 "NaN" => Ok(f64::NAN),
                 "Infinity" => Ok(f64::INFINITY),
                 "-Infinity" => Ok(f64::NEG_INFINITY),
-                _ => Err(fail(format!(
-                    "{ty} (a number, or \"NaN\", \"Infinity\", \"-Infinity\")"
-                ))),
+                _ => Err(fail(format!("{ty} (a number, or \"NaN\", \"Infinity\", \"-Infinity\")"))),
             },
             _ => Err(fail(ty.to_string())),
         }
     };
-    let (lo, hi) = if ty.is_integer() {
-        ty.int_range()
-    } else {
-        (0, 0)
-    };
+    let (lo, hi) = if ty.is_integer() { ty.int_range() } else { (0, 0) };
     Ok(match ty {
         WitType::Bool => WitValue::Bool(v.as_bool().ok_or_else(|| fail("bool".into()))?),
         WitType::S8 => WitValue::S8(int(lo, hi)? as i8),
@@ -456,22 +402,16 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
         WitType::F32 => WitValue::F32(float()? as f32),
         WitType::F64 => WitValue::F64(float()?),
         WitType::Char => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| fail("char (a one-character string)".into()))?;
+            let s = v.as_str().ok_or_else(|| fail("char (a one-character string)".into()))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => WitValue::Char(c),
                 _ => return Err(fail("char (a one-character string)".into())),
             }
         }
-        WitType::String => {
-            WitValue::String(v.as_str().ok_or_else(|| fail("string".into()))?.to_owned())
-        }
+        WitType::String => WitValue::String(v.as_str().ok_or_else(|| fail("string".into()))?.to_owned()),
         WitType::List { element } => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| fail(format!("{ty} (an array)")))?;
+            let items = v.as_array().ok_or_else(|| fail(format!("{ty} (an array)")))?;
             WitValue::List(
                 items
                     .iter()
@@ -495,9 +435,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             )
         }
         WitType::Record { fields, .. } => {
-            let obj = v
-                .as_object()
-                .ok_or_else(|| fail(format!("{ty} (an object)")))?;
+            let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
             if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 return Err(Mismatch {
@@ -529,9 +467,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             _ => return Err(fail(format!("one of {}", quoted(cases)))),
         },
         WitType::Flags { flags, .. } => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
+            let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
             let mut set = Vec::new();
             for x in items {
                 match x.as_str() {
@@ -547,12 +483,8 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
         }
         WitType::Variant { cases, .. } => {
             let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
-            let expected = || {
-                format!(
-                    "a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}",
-                    quoted(&names)
-                )
-            };
+            let expected =
+                || format!("a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}", quoted(&names));
             let (name, payload) = match v {
                 Value::String(s) => (s.as_str(), None),
                 Value::Object(o) if o.len() == 1 => {
@@ -561,10 +493,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 }
                 _ => return Err(fail(expected())),
             };
-            let case = cases
-                .iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| fail(expected()))?;
+            let case = cases.iter().find(|c| c.name == name).ok_or_else(|| fail(expected()))?;
             let value = match (&case.ty, payload) {
                 (None, None) | (None, Some(Value::Null)) => None,
                 (Some(t), Some(x)) => Some(Box::new(from_json(x, t, &format!("{path}.{name}"))?)),
@@ -583,11 +512,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                     .filter(|o| o.len() == 1)
                     .and_then(|o| o.get("some"))
                     .ok_or_else(|| fail(format!("{ty} (null or {{\"some\": value}})")))?;
-                WitValue::Option(Some(Box::new(from_json(
-                    inner,
-                    some,
-                    &format!("{path}.some"),
-                )?)))
+                WitValue::Option(Some(Box::new(from_json(inner, some, &format!("{path}.some"))?)))
             }
             (_, t) => WitValue::Option(Some(Box::new(from_json(v, t, path)?))),
         },
@@ -601,16 +526,13 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 }
                 _ => return Err(fail(expected())),
             };
-            let convert =
-                |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<WitValue>>, Mismatch> {
-                    match (t, payload) {
-                        (None, None | Some(Value::Null)) => Ok(None),
-                        (Some(t), Some(x)) => {
-                            Ok(Some(Box::new(from_json(x, t, &format!("{path}.{sub}"))?)))
-                        }
-                        _ => Err(fail(expected())),
-                    }
-                };
+            let convert = |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<WitValue>>, Mismatch> {
+                match (t, payload) {
+                    (None, None | Some(Value::Null)) => Ok(None),
+                    (Some(t), Some(x)) => Ok(Some(Box::new(from_json(x, t, &format!("{path}.{sub}"))?))),
+                    _ => Err(fail(expected())),
+                }
+            };
             match case {
                 "ok" => WitValue::Result(Ok(convert(ok, "ok")?)),
                 "err" => WitValue::Result(Err(convert(err, "err")?)),
@@ -618,9 +540,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             }
         }
         WitType::Resource { name } => {
-            return Err(fail(format!(
-                "a handle to resource {name}, which cannot be passed as JSON"
-            )));
+            return Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON")));
         }
         WitType::Unsupported { name } => {
             return Err(fail(format!("{name}, which cannot be passed as JSON")));
@@ -629,11 +549,7 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
 }
 
 fn quoted(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn float_json(x: f64) -> Value {
@@ -661,15 +577,8 @@ pub fn to_json(v: &WitValue) -> Value {
         WitValue::F64(x) => float_json(*x),
         WitValue::Char(c) => Value::String(c.to_string()),
         WitValue::String(s) => Value::String(s.clone()),
-        WitValue::List(items) | WitValue::Tuple(items) => {
-            Value::Array(items.iter().map(to_json).collect())
-        }
-        WitValue::Record(fields) => Value::Object(
-            fields
-                .iter()
-                .map(|(k, x)| (k.clone(), to_json(x)))
-                .collect(),
-        ),
+        WitValue::List(items) | WitValue::Tuple(items) => Value::Array(items.iter().map(to_json).collect()),
+        WitValue::Record(fields) => Value::Object(fields.iter().map(|(k, x)| (k.clone(), to_json(x))).collect()),
         WitValue::Variant(name, None) | WitValue::Enum(name) => Value::String(name.clone()),
         WitValue::Variant(name, Some(x)) => single(name, to_json(x)),
         WitValue::Flags(flags) => Value::Array(flags.iter().cloned().map(Value::String).collect()),
@@ -701,28 +610,17 @@ impl WitValue {
         match self {
             WitValue::String(s) => s.len() + 2,
             WitValue::List(items) | WitValue::Tuple(items) => {
-                items
-                    .iter()
-                    .map(|x| x.approx_json_size() + 1)
-                    .sum::<usize>()
-                    + 2
+                items.iter().map(|x| x.approx_json_size() + 1).sum::<usize>() + 2
             }
             WitValue::Record(fields) => {
-                fields
-                    .iter()
-                    .map(|(k, x)| k.len() + 4 + x.approx_json_size())
-                    .sum::<usize>()
-                    + 2
+                fields.iter().map(|(k, x)| k.len() + 4 + x.approx_json_size()).sum::<usize>() + 2
             }
             WitValue::Variant(n, x) => n.len() + 6 + x.as_ref().map_or(0, |x| x.approx_json_size()),
             WitValue::Enum(n) => n.len() + 2,
             WitValue::Flags(f) => f.iter().map(|s| s.len() + 3).sum::<usize>() + 2,
             WitValue::Option(x) => x.as_ref().map_or(4, |x| x.approx_json_size() + 9),
             WitValue::Result(r) => {
-                8 + r
-                    .as_ref()
-                    .map_or_else(|e| e.as_ref(), |o| o.as_ref())
-                    .map_or(4, |x| x.approx_json_size())
+                8 + r.as_ref().map_or_else(|e| e.as_ref(), |o| o.as_ref()).map_or(4, |x| x.approx_json_size())
             }
             _ => 24,
         }

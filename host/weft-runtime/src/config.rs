@@ -14,11 +14,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            deadline: Duration::from_secs(5),
-            memory_bytes: 64 << 20,
-            fuel: 0,
-        }
+        Self { deadline: Duration::from_secs(5), memory_bytes: 64 << 20, fuel: 0 }
     }
 }
 

@@ -53,11 +53,9 @@ pub(crate) fn from_val(v: Val) -> Result<WitValue, String> {
         Val::Char(x) => WitValue::Char(x),
         Val::String(x) => WitValue::String(x),
         Val::List(xs) | Val::FixedLengthList(xs) => WitValue::List(all(xs)?),
-        Val::Record(fs) => WitValue::Record(
-            fs.into_iter()
-                .map(|(k, x)| from_val(x).map(|x| (k, x)))
-                .collect::<Result<_, _>>()?,
-        ),
+        Val::Record(fs) => {
+            WitValue::Record(fs.into_iter().map(|(k, x)| from_val(x).map(|x| (k, x))).collect::<Result<_, _>>()?)
+        }
         Val::Tuple(xs) => WitValue::Tuple(all(xs)?),
         Val::Variant(n, x) => WitValue::Variant(n, boxed(x)?),
         Val::Enum(n) => WitValue::Enum(n),

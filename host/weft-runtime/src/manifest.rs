@@ -75,16 +75,11 @@ pub struct ManifestError {
 
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError {
-            file: file.to_owned(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ManifestError { file: file.to_owned(), message: e.to_string() })
     }
 
     pub fn version(&self) -> semver::Version {
-        self.version
-            .clone()
-            .unwrap_or(semver::Version::new(0, 1, 0))
+        self.version.clone().unwrap_or(semver::Version::new(0, 1, 0))
     }
 
     pub fn tenant(&self) -> &str {
@@ -92,17 +87,12 @@ impl Manifest {
     }
 
     pub fn grants(&self, cap: Capability) -> bool {
-        self.capabilities
-            .as_ref()
-            .is_none_or(|caps| caps.contains(&cap))
+        self.capabilities.as_ref().is_none_or(|caps| caps.contains(&cap))
     }
 
     /// Whether `function` may be seen outside the cluster.
     pub fn exports(&self, function: &str) -> bool {
-        self.functions
-            .get(function)
-            .and_then(|f| f.export)
-            .unwrap_or(self.export.unwrap_or(true))
+        self.functions.get(function).and_then(|f| f.export).unwrap_or(self.export.unwrap_or(true))
     }
 
     /// The plugin's limits: the manifest may lower the node's, never raise them.
@@ -113,14 +103,8 @@ impl Manifest {
             (_, n) => n,
         };
         Limits {
-            deadline: self
-                .limits
-                .deadline
-                .map_or(node.deadline, |d| d.min(node.deadline)),
-            memory_bytes: self
-                .limits
-                .memory
-                .map_or(node.memory_bytes, |m| m.min(node.memory_bytes)),
+            deadline: self.limits.deadline.map_or(node.deadline, |d| d.min(node.deadline)),
+            memory_bytes: self.limits.memory.map_or(node.memory_bytes, |m| m.min(node.memory_bytes)),
             fuel,
         }
     }

@@ -53,10 +53,7 @@ impl Plugin {
                 memory: format_size(self.limits.memory_bytes),
                 fuel: self.limits.fuel,
             },
-            capabilities: [Capability::Log]
-                .into_iter()
-                .filter(|c| self.manifest.grants(*c))
-                .collect(),
+            capabilities: [Capability::Log].into_iter().filter(|c| self.manifest.grants(*c)).collect(),
             state: "ready",
             compiled_from: self.source,
             compile_ms: self.compile_ms,

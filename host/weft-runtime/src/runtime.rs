@@ -55,8 +55,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let (engine, pooled) =
-            build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let (engine, pooled) = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Ok(Self {
@@ -83,10 +82,9 @@ impl Runtime {
         let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
             Ok(d) => d,
             Err(e) => {
-                report.failed.push(self.fail(
-                    dir.display().to_string(),
-                    format!("cannot open the plugins folder: {e}"),
-                ));
+                report
+                    .failed
+                    .push(self.fail(dir.display().to_string(), format!("cannot open the plugins folder: {e}")));
                 return report;
             }
         };
@@ -97,10 +95,9 @@ impl Runtime {
                 .filter(|n| n.ends_with(".wasm"))
                 .collect(),
             Err(e) => {
-                report.failed.push(self.fail(
-                    dir.display().to_string(),
-                    format!("cannot list the plugins folder: {e}"),
-                ));
+                report
+                    .failed
+                    .push(self.fail(dir.display().to_string(), format!("cannot list the plugins folder: {e}")));
                 return report;
             }
         };
@@ -108,9 +105,7 @@ impl Runtime {
         for file in names {
             let stem = file.trim_end_matches(".wasm").to_owned();
             let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
-                .and_then(|(wasm, manifest)| {
-                    self.load_component(&file, &stem, &wasm, manifest.as_deref())
-                });
+                .and_then(|(wasm, manifest)| self.load_component(&file, &stem, &wasm, manifest.as_deref()));
             match result {
                 Ok(name) => report.loaded.push(name),
                 Err(reason) => report.failed.push(self.fail(file, reason)),
@@ -135,8 +130,7 @@ impl Runtime {
         wasm: &[u8],
         manifest: Option<&str>,
     ) -> Result<String, LoadFailure> {
-        self.load_component(file, stem, wasm, manifest)
-            .map_err(|reason| self.fail(file.to_owned(), reason))
+        self.load_component(file, stem, wasm, manifest).map_err(|reason| self.fail(file.to_owned(), reason))
     }
 
     fn load_component(
@@ -154,26 +148,20 @@ impl Runtime {
             ));
         }
         let manifest = match manifest_text {
-            Some(text) => {
-                Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?
-            }
+            Some(text) => Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?,
             None => Manifest::default(),
         };
         let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
         let version = manifest.version();
-        if read(&self.plugins)
-            .iter()
-            .any(|p| p.name == name && p.version == version)
-        {
+        if read(&self.plugins).iter().any(|p| p.name == name && p.version == version) {
             return Err(format!(
                 "plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"
             ));
         }
         let info = describe_component(wasm)?;
         let started = Instant::now();
-        let (component, source) =
-            cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
-                .map_err(|e| format!("cannot compile the component: {e:#}"))?;
+        let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
+            .map_err(|e| format!("cannot compile the component: {e:#}"))?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
@@ -183,12 +171,7 @@ impl Runtime {
             .into_iter()
             .map(|f| {
                 let index = export_index(&component, &f.name)?;
-                Ok(Function {
-                    local_only: f.sig.uses_handles(),
-                    name: f.name,
-                    sig: f.sig,
-                    index,
-                })
+                Ok(Function { local_only: f.sig.uses_handles(), name: f.name, sig: f.sig, index })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let label: Arc<str> = format!("{name}@{version}").into();
@@ -220,46 +203,28 @@ impl Runtime {
         iterations: usize,
     ) -> Result<Vec<Duration>, WeftError> {
         let plugin = self.find(&target)?;
-        let function = plugin.function(target.function).ok_or_else(|| {
-            WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, target.function.to_owned())
-        })?;
+        let function = plugin
+            .function(target.function)
+            .ok_or_else(|| WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, target.function.to_owned()))?;
         let params = convert_args(target.function, &function.sig, args)?;
         let deadline = Instant::now() + Duration::from_secs(3600);
-        let (state, _output) = SandboxState::new(
-            plugin.limits.memory_bytes,
-            deadline,
-            0,
-            false,
-            0,
-            plugin.label.clone(),
-        );
+        let (state, _output) =
+            SandboxState::new(plugin.limits.memory_bytes, deadline, 0, false, 0, plugin.label.clone());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let internal = |e: wasmtime::Error| WeftError::internal(format!("{e:#}"));
         store.set_fuel(u64::MAX).map_err(internal)?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        let instance = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(internal)?;
-        let func = instance
-            .get_func(&mut store, function.index)
-            .ok_or_else(|| WeftError::internal("export vanished"))?;
+        let instance = plugin.pre.instantiate_async(&mut store).await.map_err(internal)?;
+        let func =
+            instance.get_func(&mut store, function.index).ok_or_else(|| WeftError::internal("export vanished"))?;
         let mut results = vec![Val::Bool(false); usize::from(function.sig.result.is_some())];
         let mut times = Vec::with_capacity(iterations);
         for _ in 0..iterations {
             let started = Instant::now();
-            func.call_async(&mut store, &params, &mut results)
-                .await
-                .map_err(internal)?;
-            let value = results
-                .first()
-                .cloned()
-                .map(from_val)
-                .transpose()
-                .map_err(WeftError::internal)?;
+            func.call_async(&mut store, &params, &mut results).await.map_err(internal)?;
+            let value = results.first().cloned().map(from_val).transpose().map_err(WeftError::internal)?;
             std::hint::black_box(value.map(|v| wit::to_json(&v)));
             times.push(started.elapsed());
         }
@@ -292,20 +257,12 @@ impl Runtime {
     /// Calls a function in a fresh sandboxed instance. `args` are positional
     /// JSON values; `deadline` is the caller's remaining time (the plugin's
     /// own deadline applies if sooner).
-    pub async fn call(
-        &self,
-        target: CallTarget<'_>,
-        args: &[Value],
-        deadline: Instant,
-    ) -> Result<Value, WeftError> {
+    pub async fn call(&self, target: CallTarget<'_>, args: &[Value], deadline: Instant) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
             return Err(WeftError::new(
                 ErrorKind::FUNCTION_NOT_FOUND,
-                format!(
-                    "plugin {} has no function {}",
-                    plugin.label, target.function
-                ),
+                format!("plugin {} has no function {}", plugin.label, target.function),
             ));
         };
         let qualified = format!("{}/{}", plugin.name, function.name);
@@ -328,25 +285,15 @@ impl Runtime {
             self.config.max_log_lines,
             plugin.manifest.grants(Capability::Log),
             self.config.max_output_bytes,
-            plugin.label.clone(),
+            format!("{}/{}", plugin.label, function.name).into(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let fuel = if plugin.limits.fuel == 0 {
-            u64::MAX
-        } else {
-            plugin.limits.fuel
-        };
-        store
-            .set_fuel(fuel)
-            .map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
+        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
 
         let result_count = usize::from(function.sig.result.is_some());
@@ -361,8 +308,7 @@ impl Runtime {
         };
         // Second line of defence: the epoch interrupts a running guest; this
         // drops the call if it is stuck anywhere else (e.g. a host future).
-        let outcome =
-            tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
+        let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
         drop(store);
@@ -382,8 +328,7 @@ impl Runtime {
         let Some(result) = results.into_iter().next() else {
             return Ok(Value::Null);
         };
-        let value =
-            from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
+        let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
         let value = match (value, &function.sig.result) {
             (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => {
                 let detail = e.map_or(Value::Null, |e| wit::to_json(&e));
@@ -394,10 +339,7 @@ impl Runtime {
                 };
                 return Err(WeftError::new(
                     ErrorKind::GUEST_ERROR,
-                    format!(
-                        "{qualified} returned an error: {}",
-                        sandbox::truncate(&text, 1024)
-                    ),
+                    format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
                 )
                 .with("error", detail));
             }
@@ -437,14 +379,9 @@ fn read_plugin_files(
     stem: &str,
     max: u64,
 ) -> Result<(Vec<u8>, Option<String>), String> {
-    let meta = folder
-        .metadata(file)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = folder.metadata(file).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > max {
-        return Err(format!(
-            "{} bytes is over the plugin size limit of {max} bytes",
-            meta.len()
-        ));
+        return Err(format!("{} bytes is over the plugin size limit of {max} bytes", meta.len()));
     }
     let wasm = folder.read(file).map_err(|e| format!("cannot read: {e}"))?;
     let manifest_file = format!("{stem}.toml");
@@ -456,20 +393,13 @@ fn read_plugin_files(
     Ok((wasm, manifest))
 }
 
-fn export_index(
-    component: &Component,
-    name: &str,
-) -> Result<wasmtime::component::ComponentExportIndex, String> {
-    component.get_export_index(None, name).ok_or_else(|| {
-        format!("export {name} is described in the component's WIT but cannot be found")
-    })
+fn export_index(component: &Component, name: &str) -> Result<wasmtime::component::ComponentExportIndex, String> {
+    component
+        .get_export_index(None, name)
+        .ok_or_else(|| format!("export {name} is described in the component's WIT but cannot be found"))
 }
 
-fn convert_args(
-    qualified: &str,
-    sig: &weft_proto::FunctionSig,
-    args: &[Value],
-) -> Result<Vec<Val>, WeftError> {
+fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) -> Result<Vec<Val>, WeftError> {
     if args.len() != sig.params.len() {
         return Err(WeftError::invalid_arguments(format!(
             "{qualified} takes {} argument(s) ({sig}), got {}",
@@ -493,7 +423,7 @@ fn convert_args(
         .collect()
 }
 
-fn emit_output(label: &str, function: &str, output: &CallOutput, dropped_logs: u32) {
+fn emit_output(label: &str, function: &str, output: &CallOutput, (dropped_logs, denied): (u32, bool)) {
     for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let (text, dropped) = capture.take();
         for line in text.lines() {
@@ -503,19 +433,16 @@ fn emit_output(label: &str, function: &str, output: &CallOutput, dropped_logs: u
             tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped, "guest output over the per-call limit was dropped");
         }
     }
-    if dropped_logs > 0 {
+    if dropped_logs > 0 && denied {
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines dropped: the plugin's manifest does not grant the log capability");
+    } else if dropped_logs > 0 {
         tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines over the per-call limit were dropped");
     }
 }
 
 /// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
 /// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
-fn trap_error(
-    qualified: &str,
-    plugin: &Plugin,
-    e: wasmtime::Error,
-    memory_hit: Option<(usize, usize)>,
-) -> WeftError {
+fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: Option<(usize, usize)>) -> WeftError {
     let text = format!("{e:#}");
     let Some(trap) = e.downcast_ref::<Trap>().copied() else {
         if text.contains("maximum concurrent") || text.contains("pooling") {
@@ -540,23 +467,15 @@ fn trap_error(
         ),
         (Trap::Interrupt, _) => (
             "interrupted".to_owned(),
-            format!(
-                "ran past its deadline ({:?} at most for this plugin) and was interrupted",
-                plugin.limits.deadline
-            ),
+            format!("ran past its deadline ({:?} at most for this plugin) and was interrupted", plugin.limits.deadline),
         ),
-        (Trap::OutOfFuel, _) => (
-            "out_of_fuel".to_owned(),
-            format!("used up its fuel budget of {}", plugin.limits.fuel),
-        ),
-        (Trap::StackOverflow, _) => (
-            "stack_overflow".to_owned(),
-            "overflowed its call stack".to_owned(),
-        ),
-        (Trap::UnreachableCodeReached, None) => (
-            "unreachable".to_owned(),
-            "executed `unreachable` (a panic or abort in the guest)".to_owned(),
-        ),
+        (Trap::OutOfFuel, _) => {
+            ("out_of_fuel".to_owned(), format!("used up its fuel budget of {}", plugin.limits.fuel))
+        }
+        (Trap::StackOverflow, _) => ("stack_overflow".to_owned(), "overflowed its call stack".to_owned()),
+        (Trap::UnreachableCodeReached, None) => {
+            ("unreachable".to_owned(), "executed `unreachable` (a panic or abort in the guest)".to_owned())
+        }
         (other, _) => (snake_case(&format!("{other:?}")), other.to_string()),
     };
     WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} {why}"))

@@ -44,10 +44,7 @@ impl SandboxState {
         output_bytes: usize,
         who: Arc<str>,
     ) -> (Self, CallOutput) {
-        let out = CallOutput {
-            stdout: OutputCapture::new(output_bytes),
-            stderr: OutputCapture::new(output_bytes),
-        };
+        let out = CallOutput { stdout: OutputCapture::new(output_bytes), stderr: OutputCapture::new(output_bytes) };
         // No preopens, no env, no args, stdin empty, no sockets or name lookup.
         let wasi = WasiCtxBuilder::new()
             .stdout(out.stdout.clone())
@@ -61,29 +58,24 @@ impl SandboxState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+                used: 0,
                 hit: None,
             },
             deadline,
-            log: LogBudget {
-                who,
-                left: if log_allowed { log_lines } else { 0 },
-                dropped: 0,
-            },
+            log: LogBudget { who, allowed: log_allowed, left: log_lines, dropped: 0 },
         };
         (state, out)
     }
 
-    pub(crate) fn dropped_log_lines(&self) -> u32 {
-        self.log.dropped
+    /// Log lines dropped, and whether because the capability is not granted.
+    pub(crate) fn dropped_log_lines(&self) -> (u32, bool) {
+        (self.log.dropped, !self.log.allowed)
     }
 }
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -92,29 +84,24 @@ impl WasiView for SandboxState {
 /// `memory_limit` rather than a bare `unreachable`.
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
+    /// Bytes of all linear memories of the store together (wasmtime reports
+    /// each memory's creation as growth from 0, so the sum is exact).
+    used: usize,
     pub(crate) hit: Option<(usize, usize)>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = Some((current, desired));
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
@@ -131,6 +118,7 @@ impl ResourceLimiter for MemoryLimiter {
 
 struct LogBudget {
     who: Arc<str>,
+    allowed: bool,
     left: u32,
     dropped: u32,
 }
@@ -139,7 +127,7 @@ const MAX_LOG_LINE: usize = 4096;
 
 impl log::Host for SandboxState {
     fn log(&mut self, level: Level, message: String) {
-        if self.log.left == 0 {
+        if !self.log.allowed || self.log.left == 0 {
             self.log.dropped = self.log.dropped.saturating_add(1);
             return;
         }
@@ -147,11 +135,11 @@ impl log::Host for SandboxState {
         let message = truncate(&message, MAX_LOG_LINE);
         let who = &*self.log.who;
         match level {
-            Level::Trace => tracing::trace!(target: "weft::guest", plugin = who, "{message}"),
-            Level::Debug => tracing::debug!(target: "weft::guest", plugin = who, "{message}"),
-            Level::Info => tracing::info!(target: "weft::guest", plugin = who, "{message}"),
-            Level::Warn => tracing::warn!(target: "weft::guest", plugin = who, "{message}"),
-            Level::Error => tracing::error!(target: "weft::guest", plugin = who, "{message}"),
+            Level::Trace => tracing::trace!(target: "weft::guest", function = who, "{message}"),
+            Level::Debug => tracing::debug!(target: "weft::guest", function = who, "{message}"),
+            Level::Info => tracing::info!(target: "weft::guest", function = who, "{message}"),
+            Level::Warn => tracing::warn!(target: "weft::guest", function = who, "{message}"),
+            Level::Error => tracing::error!(target: "weft::guest", function = who, "{message}"),
         }
     }
 }
@@ -182,19 +170,13 @@ struct Captured {
 
 impl OutputCapture {
     fn new(cap: usize) -> Self {
-        Self {
-            inner: Arc::default(),
-            cap,
-        }
+        Self { inner: Arc::default(), cap }
     }
 
     /// The kept text and the number of bytes dropped.
     pub(crate) fn take(&self) -> (String, usize) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(),
-            c.dropped,
-        )
+        (String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(), c.dropped)
     }
 }
 
@@ -211,11 +193,7 @@ impl StdoutStream for OutputCapture {
 }
 
 impl AsyncWrite for OutputCapture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let keep = buf.len().min(self.cap.saturating_sub(c.bytes.len()));
         c.bytes.extend_from_slice(&buf[..keep]);

@@ -7,18 +7,15 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); use forms like \"500ms\", \"30s\", \"2m\"")
-    })
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use forms like \"500ms\", \"30s\", \"2m\""))
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
     text.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| {
-            format!("invalid size {text:?} ({e}); use forms like \"64MiB\", \"512KiB\", \"1GiB\"")
-        })
+        .map_err(|e| format!("invalid size {text:?} ({e}); use forms like \"64MiB\", \"512KiB\", \"1GiB\""))
 }
 
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -45,10 +42,7 @@ pub fn format_size(bytes: u64) -> String {
     UNITS
         .iter()
         .find(|(unit, _)| bytes >= *unit && bytes.is_multiple_of(*unit))
-        .map_or_else(
-            || format!("{bytes}B"),
-            |(unit, name)| format!("{}{name}", bytes / unit),
-        )
+        .map_or_else(|| format!("{bytes}B"), |(unit, name)| format!("{}{name}", bytes / unit))
 }
 
 #[cfg(test)]

@@ -34,16 +34,8 @@ impl ComponentInfo {
             }
         }
         let mut out: Vec<String> = defs;
-        out.extend(
-            self.functions
-                .iter()
-                .map(|f| format!("export {}: {};", f.name, f.sig)),
-        );
-        out.extend(
-            self.interfaces
-                .iter()
-                .map(|i| format!("export {i}; // interface: not callable through weft")),
-        );
+        out.extend(self.functions.iter().map(|f| format!("export {}: {};", f.name, f.sig)));
+        out.extend(self.interfaces.iter().map(|i| format!("export {i}; // interface: not callable through weft")));
         out.join("\n")
     }
 }
@@ -64,10 +56,7 @@ pub fn describe_component(wasm: &[u8]) -> Result<ComponentInfo, String> {
                     params: f
                         .params
                         .iter()
-                        .map(|p| Field {
-                            name: p.name.clone(),
-                            ty: convert(&resolve, &p.ty),
-                        })
+                        .map(|p| Field { name: p.name.clone(), ty: convert(&resolve, &p.ty) })
                         .collect(),
                     result: f.result.as_ref().map(|t| convert(&resolve, t)),
                 },
@@ -88,9 +77,7 @@ pub fn describe_component(wasm: &[u8]) -> Result<ComponentInfo, String> {
 fn key_name(resolve: &Resolve, key: &WorldKey) -> String {
     match key {
         WorldKey::Name(n) => n.clone(),
-        WorldKey::Interface(id) => resolve
-            .id_of(*id)
-            .unwrap_or_else(|| "<anonymous interface>".into()),
+        WorldKey::Interface(id) => resolve.id_of(*id).unwrap_or_else(|| "<anonymous interface>".into()),
     }
 }
 
@@ -109,9 +96,7 @@ fn convert(resolve: &Resolve, ty: &Type) -> WitType {
         Type::F64 => WitType::F64,
         Type::Char => WitType::Char,
         Type::String => WitType::String,
-        Type::ErrorContext => WitType::Unsupported {
-            name: "error-context".into(),
-        },
+        Type::ErrorContext => WitType::Unsupported { name: "error-context".into() },
         Type::Id(id) => {
             let def = &resolve.types[*id];
             let name = def.name.clone();
@@ -122,10 +107,7 @@ fn convert(resolve: &Resolve, ty: &Type) -> WitType {
                     fields: r
                         .fields
                         .iter()
-                        .map(|f| Field {
-                            name: f.name.clone(),
-                            ty: convert(resolve, &f.ty),
-                        })
+                        .map(|f| Field { name: f.name.clone(), ty: convert(resolve, &f.ty) })
                         .collect(),
                 },
                 TypeDefKind::Variant(v) => WitType::Variant {
@@ -133,46 +115,30 @@ fn convert(resolve: &Resolve, ty: &Type) -> WitType {
                     cases: v
                         .cases
                         .iter()
-                        .map(|c| Case {
-                            name: c.name.clone(),
-                            ty: c.ty.as_ref().map(|t| convert(resolve, t)),
-                        })
+                        .map(|c| Case { name: c.name.clone(), ty: c.ty.as_ref().map(|t| convert(resolve, t)) })
                         .collect(),
                 },
-                TypeDefKind::Enum(e) => WitType::Enum {
-                    name,
-                    cases: e.cases.iter().map(|c| c.name.clone()).collect(),
-                },
-                TypeDefKind::Flags(f) => WitType::Flags {
-                    name,
-                    flags: f.flags.iter().map(|c| c.name.clone()).collect(),
-                },
-                TypeDefKind::Tuple(t) => WitType::Tuple {
-                    elements: t.types.iter().map(|t| convert(resolve, t)).collect(),
-                },
+                TypeDefKind::Enum(e) => WitType::Enum { name, cases: e.cases.iter().map(|c| c.name.clone()).collect() },
+                TypeDefKind::Flags(f) => {
+                    WitType::Flags { name, flags: f.flags.iter().map(|c| c.name.clone()).collect() }
+                }
+                TypeDefKind::Tuple(t) => {
+                    WitType::Tuple { elements: t.types.iter().map(|t| convert(resolve, t)).collect() }
+                }
                 TypeDefKind::Option(t) => WitType::Option { some: boxed(t) },
-                TypeDefKind::Result(r) => WitType::Result {
-                    ok: r.ok.as_ref().map(boxed),
-                    err: r.err.as_ref().map(boxed),
-                },
+                TypeDefKind::Result(r) => {
+                    WitType::Result { ok: r.ok.as_ref().map(boxed), err: r.err.as_ref().map(boxed) }
+                }
                 TypeDefKind::List(t) => WitType::List { element: boxed(t) },
                 TypeDefKind::Type(t) => convert(resolve, t),
-                TypeDefKind::Resource | TypeDefKind::Handle(_) => WitType::Resource {
-                    name: name.unwrap_or_else(|| "resource".into()),
-                },
+                TypeDefKind::Resource | TypeDefKind::Handle(_) => {
+                    WitType::Resource { name: name.unwrap_or_else(|| "resource".into()) }
+                }
                 TypeDefKind::Map(..) => WitType::Unsupported { name: "map".into() },
-                TypeDefKind::FixedLengthList(..) => WitType::Unsupported {
-                    name: "fixed-length-list".into(),
-                },
-                TypeDefKind::Future(_) => WitType::Unsupported {
-                    name: "future".into(),
-                },
-                TypeDefKind::Stream(_) => WitType::Unsupported {
-                    name: "stream".into(),
-                },
-                TypeDefKind::Unknown => WitType::Unsupported {
-                    name: "unknown".into(),
-                },
+                TypeDefKind::FixedLengthList(..) => WitType::Unsupported { name: "fixed-length-list".into() },
+                TypeDefKind::Future(_) => WitType::Unsupported { name: "future".into() },
+                TypeDefKind::Stream(_) => WitType::Unsupported { name: "stream".into() },
+                TypeDefKind::Unknown => WitType::Unsupported { name: "unknown".into() },
             }
         }
     }

@@ -24,12 +24,7 @@ impl Guest for Math {
 
     fn stats(xs: Vec<f64>) -> Summary {
         if xs.is_empty() {
-            return Summary {
-                count: 0,
-                mean: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-            };
+            return Summary { count: 0, mean: f64::NAN, min: f64::NAN, max: f64::NAN };
         }
         let sum: f64 = xs.iter().sum();
         Summary {

@@ -7,16 +7,12 @@ use crate::catalog::resolve;
 use crate::testing::catalog;
 
 fn cmd(name: &str, fun: &str, args: Value) -> Command {
-    let Value::Array(args) = args else {
-        panic!("args must be an array")
-    };
+    let Value::Array(args) = args else { panic!("args must be an array") };
     Command::new(name, fun, args)
 }
 
 fn with_kwargs(mut c: Command, kwargs: Value) -> Command {
-    let Value::Object(kwargs) = kwargs else {
-        panic!("kwargs must be an object")
-    };
+    let Value::Object(kwargs) = kwargs else { panic!("kwargs must be an object") };
     c.kwargs = kwargs;
     c
 }
@@ -38,11 +34,7 @@ fn names(p: &Plan, idx: &[StepIdx]) -> Vec<String> {
 fn fails(cmds: Vec<Command>, kind: ErrorKind, command: &str) -> String {
     let e = build(cmds).unwrap_err();
     assert_eq!(e.kind, kind, "{}", e.message);
-    assert!(
-        e.message.starts_with(&format!("command {command}")),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with(&format!("command {command}")), "{}", e.message);
     e.message
 }
 
@@ -57,24 +49,12 @@ fn results(p: &Plan, named: &[(&str, Value)]) -> Vec<Option<Value>> {
 
 #[test]
 fn chain_binds_the_previous_result() {
-    let p = build(vec![
-        cmd("a", "echo", json!(["hi"])),
-        cmd("b", "concat", json!([{"$ref": "a"}, "!"])),
-    ])
-    .unwrap();
+    let p = build(vec![cmd("a", "echo", json!(["hi"])), cmd("b", "concat", json!([{"$ref": "a"}, "!"]))]).unwrap();
     assert_eq!((step(&p, "a").level, step(&p, "b").level), (0, 1));
     assert_eq!(names(&p, &step(&p, "b").deps), ["a"]);
     assert_eq!(p.outputs(), ["b"]);
-    assert_eq!(
-        step(&p, "b").resolved.function,
-        FunctionId::new("echo", "concat")
-    );
-    let args = p
-        .bind(
-            p.step_index("b").unwrap(),
-            &results(&p, &[("a", json!("hi"))]),
-        )
-        .unwrap();
+    assert_eq!(step(&p, "b").resolved.function, FunctionId::new("echo", "concat"));
+    let args = p.bind(p.step_index("b").unwrap(), &results(&p, &[("a", json!("hi"))])).unwrap();
     assert_eq!(args, [json!("hi"), json!("!")]);
 }
 
@@ -96,12 +76,7 @@ fn diamond_has_levels_0_1_1_2_and_only_the_sink_is_an_output() {
 
 #[test]
 fn wide_fan_out_of_100_independent_commands_are_all_level_0_outputs() {
-    let p = build(
-        (0..100)
-            .map(|i| cmd(&format!("w{i}"), "echo", json!([i.to_string()])))
-            .collect(),
-    )
-    .unwrap();
+    let p = build((0..100).map(|i| cmd(&format!("w{i}"), "echo", json!([i.to_string()]))).collect()).unwrap();
     assert!(p.steps().iter().all(|s| s.level == 0 && s.deps.is_empty()));
     assert_eq!(p.outputs().len(), 100);
 }
@@ -110,13 +85,7 @@ fn wide_fan_out_of_100_independent_commands_are_all_level_0_outputs() {
 fn deep_chain_of_100_levels_in_reverse_request_order() {
     // Listed last-first: request order need not be dependency order.
     let mut cmds = vec![cmd("s0", "echo", json!(["v"]))];
-    cmds.extend((1..100).map(|i| {
-        cmd(
-            &format!("s{i}"),
-            "echo",
-            json!([{"$ref": format!("s{}", i - 1)}]),
-        )
-    }));
+    cmds.extend((1..100).map(|i| cmd(&format!("s{i}"), "echo", json!([{"$ref": format!("s{}", i - 1)}]))));
     cmds.reverse();
     let p = build(cmds).unwrap();
     for i in 0..100 {
@@ -132,26 +101,20 @@ fn references_nested_in_arrays_and_objects_are_substituted_at_any_depth() {
         cmd("n", "word-count", json!(["one two"])),
         cmd("s", "stats", json!([[1.0, 2.0, 6.0]])),
         cmd("l", "echos", json!([[{"$ref": "a"}, "x", "a"]])),
-        cmd("d", "describe", json!([{"count": {"$ref": "n"}, "mean": 1.5, "min": 0, "max": {"$ref": "s", "path": "max"}}])),
+        cmd(
+            "d",
+            "describe",
+            json!([{"count": {"$ref": "n"}, "mean": 1.5, "min": 0, "max": {"$ref": "s", "path": "max"}}]),
+        ),
     ])
     .unwrap();
     assert_eq!(names(&p, &step(&p, "l").deps), ["a"]);
     assert_eq!(names(&p, &step(&p, "d").deps), ["n", "s"]);
     let r = results(
         &p,
-        &[
-            ("a", json!("hi")),
-            ("n", json!(2)),
-            (
-                "s",
-                json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}),
-            ),
-        ],
+        &[("a", json!("hi")), ("n", json!(2)), ("s", json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}))],
     );
-    assert_eq!(
-        p.bind(p.step_index("l").unwrap(), &r).unwrap(),
-        [json!(["hi", "x", "hi"])]
-    );
+    assert_eq!(p.bind(p.step_index("l").unwrap(), &r).unwrap(), [json!(["hi", "x", "hi"])]);
     assert_eq!(
         p.bind(p.step_index("d").unwrap(), &r).unwrap(),
         [json!({"count": 2, "mean": 1.5, "min": 0, "max": 6.0})]
@@ -165,17 +128,8 @@ fn record_field_path_feeds_an_f64_parameter() {
         cmd("half", "divide", json!([{"$ref": "s", "path": "mean"}, 2])),
     ])
     .unwrap();
-    let r = results(
-        &p,
-        &[(
-            "s",
-            json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}),
-        )],
-    );
-    assert_eq!(
-        p.bind(p.step_index("half").unwrap(), &r).unwrap(),
-        [json!(3.0), json!(2)]
-    );
+    let r = results(&p, &[("s", json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}))]);
+    assert_eq!(p.bind(p.step_index("half").unwrap(), &r).unwrap(), [json!(3.0), json!(2)]);
 }
 
 #[test]
@@ -186,37 +140,21 @@ fn list_index_path_selects_an_element_and_a_missing_one_fails_at_bind() {
     ])
     .unwrap();
     let second = p.step_index("second").unwrap();
-    assert_eq!(
-        p.bind(second, &results(&p, &[("sp", json!(["a", "b"]))]))
-            .unwrap(),
-        [json!("b")]
-    );
-    let e = p
-        .bind(second, &results(&p, &[("sp", json!(["a"]))]))
-        .unwrap_err();
+    assert_eq!(p.bind(second, &results(&p, &[("sp", json!(["a", "b"]))])).unwrap(), [json!("b")]);
+    let e = p.bind(second, &results(&p, &[("sp", json!(["a"]))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
-    assert!(
-        e.message
-            .starts_with("command second: argument 'value' of echo/echo: path \"1\""),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("command second: argument 'value' of echo/echo: path \"1\""), "{}", e.message);
 }
 
 #[test]
 fn unknown_field_in_path_is_invalid_arguments_listing_the_fields() {
     let m = fails(
-        vec![
-            cmd("s", "stats", json!([[1.0]])),
-            cmd("x", "divide", json!([{"$ref": "s", "path": "median"}, 1])),
-        ],
+        vec![cmd("s", "stats", json!([[1.0]])), cmd("x", "divide", json!([{"$ref": "s", "path": "median"}, 1]))],
         ErrorKind::INVALID_ARGUMENTS,
         "x",
     );
     assert!(
-        m.contains(
-            "s.median does not exist: summary has no field 'median' (fields: count, mean, min, max)"
-        ),
+        m.contains("s.median does not exist: summary has no field 'median' (fields: count, mean, min, max)"),
         "{m}"
     );
 }
@@ -224,22 +162,13 @@ fn unknown_field_in_path_is_invalid_arguments_listing_the_fields() {
 #[test]
 fn whole_reference_of_the_wrong_type_is_rejected_before_running() {
     let m = fails(
-        vec![
-            cmd("n", "add", json!([1, 2])),
-            cmd("e", "echo", json!([{"$ref": "n"}])),
-        ],
+        vec![cmd("n", "add", json!([1, 2])), cmd("e", "echo", json!([{"$ref": "n"}]))],
         ErrorKind::INVALID_ARGUMENTS,
         "e",
     );
-    assert_eq!(
-        m,
-        "command e: argument 'value' of echo/echo: expected string, but n is s64 (from math/add)"
-    );
+    assert_eq!(m, "command e: argument 'value' of echo/echo: expected string, but n is s64 (from math/add)");
     let m = fails(
-        vec![
-            cmd("s", "stats", json!([[1.0]])),
-            cmd("e", "echo", json!([{"$ref": "s", "path": "mean"}])),
-        ],
+        vec![cmd("s", "stats", json!([[1.0]])), cmd("e", "echo", json!([{"$ref": "s", "path": "mean"}]))],
         ErrorKind::INVALID_ARGUMENTS,
         "e",
     );
@@ -262,10 +191,7 @@ fn references_widen_by_fits_and_a_plain_value_fits_an_option_parameter() {
 #[test]
 fn referencing_a_function_without_result_is_invalid_arguments() {
     let m = fails(
-        vec![
-            cmd("s", "spin", json!([])),
-            cmd("e", "echo", json!([{"$ref": "s"}])),
-        ],
+        vec![cmd("s", "spin", json!([])), cmd("e", "echo", json!([{"$ref": "s"}]))],
         ErrorKind::INVALID_ARGUMENTS,
         "e",
     );
@@ -274,34 +200,18 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
 
 #[test]
 fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
-    let p = build(vec![
-        cmd("n", "word-count", json!(["a b"])),
-        cmd("l", "echos", json!([[{"$ref": "n"}]])),
-    ])
-    .unwrap();
-    let e = p
-        .bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))]))
-        .unwrap_err();
+    let p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
+    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
-    assert_eq!(
-        e.message,
-        "command l: argument 'values[0]' of echo/echos: expected string, got number 2"
-    );
+    assert_eq!(e.message, "command l: argument 'values[0]' of echo/echos: expected string, got number 2");
 }
 
 #[test]
 fn binding_before_a_dependency_completed_is_an_internal_error_not_a_panic() {
-    let p = build(vec![
-        cmd("a", "echo", json!(["x"])),
-        cmd("b", "echo", json!(["a"])),
-    ])
-    .unwrap();
+    let p = build(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!(["a"]))]).unwrap();
     let e = p.bind(p.step_index("b").unwrap(), &[]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INTERNAL);
-    assert_eq!(
-        p.bind(StepIdx(7), &[]).unwrap_err().kind,
-        ErrorKind::INTERNAL
-    );
+    assert_eq!(p.bind(StepIdx(7), &[]).unwrap_err().kind, ErrorKind::INTERNAL);
 }
 
 #[test]
@@ -315,32 +225,19 @@ fn lit_escape_passes_names_and_ref_objects_literally() {
     assert!(step(&p, "b").deps.is_empty() && step(&p, "c").deps.is_empty());
     assert_eq!(step(&p, "b").args, [Template::Literal(json!("a"))]);
     assert_eq!(p.outputs(), ["a", "b", "c"]);
-    assert_eq!(
-        p.bind(p.step_index("c").unwrap(), &[]).unwrap(),
-        [json!(["a", "b"])]
-    );
+    assert_eq!(p.bind(p.step_index("c").unwrap(), &[]).unwrap(), [json!(["a", "b"])]);
     // Inside $lit a {"$ref": ..} is just an object, so it does not fit a string.
     let m = fails(
-        vec![
-            cmd("a", "echo", json!(["hi"])),
-            cmd("b", "echo", json!([{"$lit": {"$ref": "a"}}])),
-        ],
+        vec![cmd("a", "echo", json!(["hi"])), cmd("b", "echo", json!([{"$lit": {"$ref": "a"}}]))],
         ErrorKind::INVALID_ARGUMENTS,
         "b",
     );
-    assert!(
-        m.ends_with("expected string, got object {\"$ref\":\"a\"}"),
-        "{m}"
-    );
+    assert!(m.ends_with("expected string, got object {\"$ref\":\"a\"}"), "{m}");
 }
 
 #[test]
 fn lit_object_with_other_keys_is_invalid_request() {
-    let m = fails(
-        vec![cmd("a", "echo", json!([{"$lit": "x", "extra": 1}]))],
-        ErrorKind::INVALID_REQUEST,
-        "a",
-    );
+    let m = fails(vec![cmd("a", "echo", json!([{"$lit": "x", "extra": 1}]))], ErrorKind::INVALID_REQUEST, "a");
     assert!(m.contains("\"extra\""), "{m}");
 }
 
@@ -352,39 +249,24 @@ fn mpreg_string_equal_to_another_command_name_is_a_reference_at_any_depth() {
         cmd("c", "echos", json!([["b", "z"]])),
     ])
     .unwrap();
-    assert!(
-        step(&p, "a").deps.is_empty(),
-        "a command's own name stays a string"
-    );
+    assert!(step(&p, "a").deps.is_empty(), "a command's own name stays a string");
     assert_eq!(names(&p, &step(&p, "b").deps), ["a"]);
     assert_eq!(names(&p, &step(&p, "c").deps), ["b"]);
     let r = results(&p, &[("a", json!("a")), ("b", json!("a!"))]);
-    assert_eq!(
-        p.bind(p.step_index("c").unwrap(), &r).unwrap(),
-        [json!(["a!", "z"])]
-    );
+    assert_eq!(p.bind(p.step_index("c").unwrap(), &r).unwrap(), [json!(["a!", "z"])]);
 }
 
 #[test]
 fn kwargs_map_by_parameter_name_into_parameter_order() {
     let p = build(vec![
         cmd("x", "echo", json!(["hi"])),
-        with_kwargs(
-            cmd("y", "concat", json!([])),
-            json!({"b": "!", "a": {"$ref": "x"}}),
-        ),
+        with_kwargs(cmd("y", "concat", json!([])), json!({"b": "!", "a": {"$ref": "x"}})),
         with_kwargs(cmd("z", "concat", json!(["<"])), json!({"b": ">"})),
     ])
     .unwrap();
     let r = results(&p, &[("x", json!("hi"))]);
-    assert_eq!(
-        p.bind(p.step_index("y").unwrap(), &r).unwrap(),
-        [json!("hi"), json!("!")]
-    );
-    assert_eq!(
-        p.bind(p.step_index("z").unwrap(), &r).unwrap(),
-        [json!("<"), json!(">")]
-    );
+    assert_eq!(p.bind(p.step_index("y").unwrap(), &r).unwrap(), [json!("hi"), json!("!")]);
+    assert_eq!(p.bind(p.step_index("z").unwrap(), &r).unwrap(), [json!("<"), json!(">")]);
 }
 
 #[test]
@@ -402,42 +284,19 @@ fn empty_request_is_invalid() {
 
 #[test]
 fn empty_and_duplicate_names_are_invalid_requests() {
-    let e = build(vec![
-        cmd("a", "echo", json!(["x"])),
-        cmd("", "echo", json!(["x"])),
-    ])
-    .unwrap_err();
+    let e = build(vec![cmd("a", "echo", json!(["x"])), cmd("", "echo", json!(["x"]))]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
-    assert!(
-        e.message.starts_with("command #2 has an empty name"),
-        "{}",
-        e.message
-    );
-    let m = fails(
-        vec![
-            cmd("a", "echo", json!(["x"])),
-            cmd("a", "echo", json!(["y"])),
-        ],
-        ErrorKind::INVALID_REQUEST,
-        "a",
-    );
+    assert!(e.message.starts_with("command #2 has an empty name"), "{}", e.message);
+    let m =
+        fails(vec![cmd("a", "echo", json!(["x"])), cmd("a", "echo", json!(["y"]))], ErrorKind::INVALID_REQUEST, "a");
     assert!(m.contains("#1 and #2"), "{m}");
 }
 
 #[test]
 fn unknown_reference_names_the_command_and_the_missing_name() {
-    let e = build(vec![
-        cmd("a", "echo", json!(["x"])),
-        cmd("b", "echo", json!([{"$ref": "nope"}])),
-    ])
-    .unwrap_err();
+    let e = build(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!([{"$ref": "nope"}]))]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
-    assert!(
-        e.message
-            .starts_with("command b: {\"$ref\": \"nope\"} names no command"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("command b: {\"$ref\": \"nope\"} names no command"), "{}", e.message);
     assert!(e.message.contains("its commands: a, b"), "{}", e.message);
     assert_eq!(e.details["reference"], json!("nope"));
 }
@@ -451,14 +310,7 @@ fn malformed_ref_objects_are_invalid_requests() {
         json!({"$ref": "a", "path": "x..y"}),
         json!({"$ref": "a", "$lit": "x"}),
     ] {
-        fails(
-            vec![
-                cmd("a", "echo", json!(["x"])),
-                cmd("b", "echo", json!([bad])),
-            ],
-            ErrorKind::INVALID_REQUEST,
-            "b",
-        );
+        fails(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!([bad]))], ErrorKind::INVALID_REQUEST, "b");
     }
 }
 
@@ -466,12 +318,7 @@ fn malformed_ref_objects_are_invalid_requests() {
 fn self_reference_is_a_cycle_of_one() {
     let e = build(vec![cmd("a", "echo", json!([{"$ref": "a"}]))]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
-    assert!(
-        e.message
-            .starts_with("command a: it references its own result (a -> a)"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("command a: it references its own result (a -> a)"), "{}", e.message);
 }
 
 #[test]
@@ -491,92 +338,50 @@ fn cycles_are_named_from_their_earliest_command() {
 
 #[test]
 fn resolution_errors_are_prefixed_with_the_command_once() {
-    let m = fails(
-        vec![cmd("a", "frob", json!([]))],
-        ErrorKind::FUNCTION_NOT_FOUND,
-        "a",
-    );
+    let m = fails(vec![cmd("a", "frob", json!([]))], ErrorKind::FUNCTION_NOT_FOUND, "a");
     assert!(!m.contains("command a: command a"), "{m}");
-    let e = Plan::build(
-        &Request::new("t", vec![cmd("a", "echo", json!([]))]),
-        |_| Err(WeftError::new(ErrorKind::NO_ROUTE, "catalog unavailable")),
-    )
+    let e = Plan::build(&Request::new("t", vec![cmd("a", "echo", json!([]))]), |_| {
+        Err(WeftError::new(ErrorKind::NO_ROUTE, "catalog unavailable"))
+    })
     .unwrap_err();
     assert_eq!(e.message, "command a: catalog unavailable");
 }
 
 #[test]
 fn too_many_positional_arguments_is_invalid_arguments() {
-    let m = fails(
-        vec![cmd("e", "echo", json!(["a", "b"]))],
-        ErrorKind::INVALID_ARGUMENTS,
-        "e",
-    );
-    assert!(
-        m.contains(
-            "echo/echo takes 1 argument(s) (func(value: string) -> string) but 2 were given"
-        ),
-        "{m}"
-    );
+    let m = fails(vec![cmd("e", "echo", json!(["a", "b"]))], ErrorKind::INVALID_ARGUMENTS, "e");
+    assert!(m.contains("echo/echo takes 1 argument(s) (func(value: string) -> string) but 2 were given"), "{m}");
 }
 
 #[test]
 fn unknown_kwarg_is_invalid_arguments_showing_the_signature() {
-    let m = fails(
-        vec![with_kwargs(
-            cmd("e", "echo", json!([])),
-            json!({"valeu": "x"}),
-        )],
-        ErrorKind::INVALID_ARGUMENTS,
-        "e",
-    );
-    assert!(
-        m.contains("no parameter 'valeu'; its signature is func(value: string) -> string"),
-        "{m}"
-    );
+    let m =
+        fails(vec![with_kwargs(cmd("e", "echo", json!([])), json!({"valeu": "x"}))], ErrorKind::INVALID_ARGUMENTS, "e");
+    assert!(m.contains("no parameter 'valeu'; its signature is func(value: string) -> string"), "{m}");
 }
 
 #[test]
 fn parameter_given_positionally_and_by_name_is_invalid_arguments() {
     let m = fails(
-        vec![with_kwargs(
-            cmd("c", "concat", json!(["x"])),
-            json!({"a": "y", "b": "z"}),
-        )],
+        vec![with_kwargs(cmd("c", "concat", json!(["x"])), json!({"a": "y", "b": "z"}))],
         ErrorKind::INVALID_ARGUMENTS,
         "c",
     );
-    assert!(
-        m.contains("argument 'a' of echo/concat (expected string) is given twice"),
-        "{m}"
-    );
+    assert!(m.contains("argument 'a' of echo/concat (expected string) is given twice"), "{m}");
 }
 
 #[test]
 fn missing_parameter_is_invalid_arguments_with_its_type() {
-    let m = fails(
-        vec![cmd("c", "concat", json!(["x"]))],
-        ErrorKind::INVALID_ARGUMENTS,
-        "c",
-    );
-    assert!(
-        m.contains("missing argument 'b' of echo/concat (expected string)"),
-        "{m}"
-    );
+    let m = fails(vec![cmd("c", "concat", json!(["x"]))], ErrorKind::INVALID_ARGUMENTS, "c");
+    assert!(m.contains("missing argument 'b' of echo/concat (expected string)"), "{m}");
 }
 
 #[test]
 fn literal_of_the_wrong_type_names_command_parameter_and_type() {
     let e = build(vec![cmd("b", "concat", json!([5, "x"]))]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
-    assert_eq!(
-        e.message,
-        "command b: argument 'a' of echo/concat: expected string, got number 5"
-    );
-    assert_eq!(
-        (&e.details["command"], &e.details["parameter"]),
-        (&json!("b"), &json!("a"))
-    );
+    assert_eq!(e.message, "command b: argument 'a' of echo/concat: expected string, got number 5");
+    assert_eq!((&e.details["command"], &e.details["parameter"]), (&json!("b"), &json!("a")));
 }
 
 #[test]

@@ -9,10 +9,7 @@ fn summary() -> WitType {
         fields: ["count", "mean"]
             .iter()
             .zip([WitType::U32, WitType::F64])
-            .map(|(n, ty)| Field {
-                name: n.to_string(),
-                ty,
-            })
+            .map(|(n, ty)| Field { name: n.to_string(), ty })
             .collect(),
     }
 }
@@ -20,16 +17,7 @@ fn summary() -> WitType {
 fn shape() -> WitType {
     WitType::Variant {
         name: Some("shape".into()),
-        cases: vec![
-            Case {
-                name: "circle".into(),
-                ty: Some(WitType::F64),
-            },
-            Case {
-                name: "none".into(),
-                ty: None,
-            },
-        ],
+        cases: vec![Case { name: "circle".into(), ty: Some(WitType::F64) }, Case { name: "none".into(), ty: None }],
     }
 }
 
@@ -48,69 +36,18 @@ fn every_value_kind_round_trips_through_json() {
         (json!("NaN"), WitType::F32),
         (json!("-Infinity"), WitType::F64),
         (json!("é"), WitType::Char),
-        (
-            json!(["a", "b"]),
-            WitType::List {
-                element: Box::new(WitType::String),
-            },
-        ),
-        (
-            json!([1, "x"]),
-            WitType::Tuple {
-                elements: vec![WitType::U8, WitType::String],
-            },
-        ),
+        (json!(["a", "b"]), WitType::List { element: Box::new(WitType::String) }),
+        (json!([1, "x"]), WitType::Tuple { elements: vec![WitType::U8, WitType::String] }),
         (json!({"count": 2, "mean": 0.5}), summary()),
         (json!({"circle": 2.0}), shape()),
         (json!("none"), shape()),
-        (
-            json!("b"),
-            WitType::Enum {
-                name: None,
-                cases: vec!["a".into(), "b".into()],
-            },
-        ),
-        (
-            json!(["r", "w"]),
-            WitType::Flags {
-                name: None,
-                flags: vec!["r".into(), "w".into(), "x".into()],
-            },
-        ),
-        (
-            json!(null),
-            WitType::Option {
-                some: Box::new(WitType::U32),
-            },
-        ),
-        (
-            json!(7),
-            WitType::Option {
-                some: Box::new(WitType::U32),
-            },
-        ),
-        (
-            json!({"some": null}),
-            WitType::Option {
-                some: Box::new(WitType::Option {
-                    some: Box::new(WitType::U32),
-                }),
-            },
-        ),
-        (
-            json!({"ok": 1}),
-            WitType::Result {
-                ok: Some(Box::new(WitType::U8)),
-                err: None,
-            },
-        ),
-        (
-            json!({"err": "bad"}),
-            WitType::Result {
-                ok: None,
-                err: Some(Box::new(WitType::String)),
-            },
-        ),
+        (json!("b"), WitType::Enum { name: None, cases: vec!["a".into(), "b".into()] }),
+        (json!(["r", "w"]), WitType::Flags { name: None, flags: vec!["r".into(), "w".into(), "x".into()] }),
+        (json!(null), WitType::Option { some: Box::new(WitType::U32) }),
+        (json!(7), WitType::Option { some: Box::new(WitType::U32) }),
+        (json!({"some": null}), WitType::Option { some: Box::new(WitType::Option { some: Box::new(WitType::U32) }) }),
+        (json!({"ok": 1}), WitType::Result { ok: Some(Box::new(WitType::U8)), err: None }),
+        (json!({"err": "bad"}), WitType::Result { ok: None, err: Some(Box::new(WitType::String)) }),
     ];
     for (v, ty) in cases {
         assert_eq!(roundtrip(v.clone(), &ty), v, "{ty}");
@@ -121,10 +58,7 @@ fn every_value_kind_round_trips_through_json() {
 fn sixty_four_bit_integers_may_come_as_decimal_strings() {
     let v = from_json(&json!("18446744073709551615"), &WitType::U64, "n").unwrap();
     assert_eq!(v, WitValue::U64(u64::MAX));
-    assert_eq!(
-        from_json(&json!("-5"), &WitType::S64, "n").unwrap(),
-        WitValue::S64(-5)
-    );
+    assert_eq!(from_json(&json!("-5"), &WitType::S64, "n").unwrap(), WitValue::S64(-5));
 }
 
 #[test]
@@ -140,9 +74,7 @@ fn mismatches_name_the_path_and_the_expected_type() {
     assert_eq!(err.path, "s.mean");
     let err = from_json(&json!({"count": 1, "mean": 1, "typo": 2}), &summary(), "s").unwrap_err();
     assert_eq!(err.path, "s.typo");
-    let list = WitType::List {
-        element: Box::new(WitType::F64),
-    };
+    let list = WitType::List { element: Box::new(WitType::F64) };
     let err = from_json(&json!([1, "two"]), &list, "xs").unwrap_err();
     assert_eq!(err.path, "xs[1]");
     assert!(from_json(&json!({"square": 1}), &shape(), "s").is_err());
@@ -153,18 +85,10 @@ fn mismatches_name_the_path_and_the_expected_type() {
 fn missing_optional_record_fields_are_none() {
     let ty = WitType::Record {
         name: None,
-        fields: vec![Field {
-            name: "o".into(),
-            ty: WitType::Option {
-                some: Box::new(WitType::U8),
-            },
-        }],
+        fields: vec![Field { name: "o".into(), ty: WitType::Option { some: Box::new(WitType::U8) } }],
     };
     let v = from_json(&json!({}), &ty, "r").unwrap();
-    assert_eq!(
-        v,
-        WitValue::Record(vec![("o".into(), WitValue::Option(None))])
-    );
+    assert_eq!(v, WitValue::Record(vec![("o".into(), WitValue::Option(None))]));
 }
 
 #[test]
@@ -175,9 +99,7 @@ fn fits_accepts_widening_and_rejects_narrowing() {
     assert!(WitType::S64.fits(&WitType::F64));
     assert!(!WitType::F64.fits(&WitType::S64));
     assert!(!WitType::String.fits(&WitType::F64));
-    let strings = WitType::List {
-        element: Box::new(WitType::String),
-    };
+    let strings = WitType::List { element: Box::new(WitType::String) };
     assert!(strings.fits(&strings.clone()));
     assert!(!strings.fits(&WitType::String));
     assert!(summary().fits(&WitType::Record {
@@ -192,12 +114,7 @@ fn fits_accepts_widening_and_rejects_narrowing() {
 #[test]
 fn signatures_print_as_wit() {
     let sig = FunctionSig {
-        params: vec![Field {
-            name: "xs".into(),
-            ty: WitType::List {
-                element: Box::new(WitType::F64),
-            },
-        }],
+        params: vec![Field { name: "xs".into(), ty: WitType::List { element: Box::new(WitType::F64) } }],
         result: Some(summary()),
     };
     assert_eq!(sig.to_string(), "func(xs: list<f64>) -> summary");
@@ -217,24 +134,12 @@ fn arb_type() -> impl Strategy<Value = WitType> {
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
-            inner.clone().prop_map(|t| WitType::List {
-                element: Box::new(t)
-            }),
-            inner
-                .clone()
-                .prop_map(|t| WitType::Option { some: Box::new(t) }),
-            prop::collection::vec(inner.clone(), 1..4)
-                .prop_map(|elements| WitType::Tuple { elements }),
+            inner.clone().prop_map(|t| WitType::List { element: Box::new(t) }),
+            inner.clone().prop_map(|t| WitType::Option { some: Box::new(t) }),
+            prop::collection::vec(inner.clone(), 1..4).prop_map(|elements| WitType::Tuple { elements }),
             prop::collection::vec(inner, 1..4).prop_map(|tys| WitType::Record {
                 name: None,
-                fields: tys
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, ty)| Field {
-                        name: format!("f{i}"),
-                        ty
-                    })
-                    .collect(),
+                fields: tys.into_iter().enumerate().map(|(i, ty)| Field { name: format!("f{i}"), ty }).collect(),
             }),
         ]
     })
@@ -245,24 +150,16 @@ fn arb_value(ty: &WitType) -> BoxedStrategy<WitValue> {
         WitType::Bool => any::<bool>().prop_map(WitValue::Bool).boxed(),
         WitType::S64 => any::<i64>().prop_map(WitValue::S64).boxed(),
         WitType::U8 => any::<u8>().prop_map(WitValue::U8).boxed(),
-        WitType::F64 => any::<f64>()
-            .prop_filter("nan != nan", |x| !x.is_nan())
-            .prop_map(WitValue::F64)
-            .boxed(),
+        WitType::F64 => any::<f64>().prop_filter("nan != nan", |x| !x.is_nan()).prop_map(WitValue::F64).boxed(),
         WitType::String => ".*".prop_map(WitValue::String).boxed(),
         WitType::Char => any::<char>().prop_map(WitValue::Char).boxed(),
-        WitType::List { element } => prop::collection::vec(arb_value(element), 0..4)
-            .prop_map(WitValue::List)
-            .boxed(),
-        WitType::Option { some } => prop::option::of(arb_value(some))
-            .prop_map(|o| WitValue::Option(o.map(Box::new)))
-            .boxed(),
-        WitType::Tuple { elements } => elements
-            .iter()
-            .map(arb_value)
-            .collect::<Vec<_>>()
-            .prop_map(WitValue::Tuple)
-            .boxed(),
+        WitType::List { element } => prop::collection::vec(arb_value(element), 0..4).prop_map(WitValue::List).boxed(),
+        WitType::Option { some } => {
+            prop::option::of(arb_value(some)).prop_map(|o| WitValue::Option(o.map(Box::new))).boxed()
+        }
+        WitType::Tuple { elements } => {
+            elements.iter().map(arb_value).collect::<Vec<_>>().prop_map(WitValue::Tuple).boxed()
+        }
         WitType::Record { fields, .. } => {
             let names: Vec<String> = fields.iter().map(|f| f.name.clone()).collect();
             fields
