@@ -215,22 +215,7 @@ mod tests {
 
     use super::*;
     use crate::ErrorKind;
-
-    fn arb_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            "[a-z$]{0,6}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 5, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map("role|u|cmds|name|fun|args|kwargs|[a-z]{1,4}", inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
+    use crate::test_support::arbitrary_json;
 
     proptest! {
         // The frame decoder is fed whatever a client sends: it must answer
@@ -241,7 +226,7 @@ mod tests {
         }
 
         #[test]
-        fn decoding_arbitrary_json_never_panics(value in arb_json()) {
+        fn decoding_arbitrary_json_never_panics(value in arbitrary_json("[a-z$]{0,6}", "role|u|cmds|name|fun|args|kwargs|[a-z]{1,4}")) {
             let bytes = serde_json::to_vec(&value).unwrap();
             if let Ok(req) = Request::decode(&bytes) {
                 prop_assert_eq!(req.role, RPC_ROLE);

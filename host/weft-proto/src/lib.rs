@@ -9,6 +9,9 @@ pub mod error;
 pub mod ids;
 pub mod wit;
 
+#[cfg(test)]
+mod test_support;
+
 pub use client::{Command, Request, Response};
 pub use error::{ErrorBody, ErrorKind, WeftError};
 pub use ids::{ClusterId, FunctionId, NodeId};

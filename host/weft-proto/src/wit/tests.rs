@@ -2,6 +2,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::test_support::arbitrary_json;
 
 fn summary() -> WitType {
     WitType::Record {
@@ -173,28 +174,11 @@ fn arb_value(ty: &WitType) -> BoxedStrategy<WitValue> {
     }
 }
 
-fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        ".{0,4}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("f[0-3]|some|ok|err|[a-z]{1,3}", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
 proptest! {
     // Clients send arbitrary JSON for any parameter type: conversion either
     // succeeds (and then round-trips) or reports a mismatch; it never panics.
     #[test]
-    fn arbitrary_json_against_any_type_converts_or_reports(ty in arb_type(), json in arb_json()) {
+    fn arbitrary_json_against_any_type_converts_or_reports(ty in arb_type(), json in arbitrary_json(".{0,4}", "f[0-3]|some|ok|err|[a-z]{1,3}")) {
         if let Ok(value) = from_json(&json, &ty, "p") {
             let again = from_json(&to_json(&value), &ty, "p").map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(again, value);
