@@ -9,11 +9,7 @@ use std::process::Command;
 use support::{NodeSpec, TestNode, WEFT, write};
 
 fn weft(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(WEFT)
-        .args(args)
-        .env("WEFT_LOG", "warn")
-        .output()
-        .expect("run weft");
+    let out = Command::new(WEFT).args(args).env("WEFT_LOG", "warn").output().expect("run weft");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,9 +24,7 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     assert_eq!((code, out.trim()), (0, "\"hi\""));
     let (code, out, _) = weft(&["call", "--node", &node.ws, "add", "40", "2"]);
     assert_eq!((code, out.trim()), (0, "42"));
-    let (code, out, _) = weft(&[
-        "call", "--node", &node.ws, "concat", "--kw", "a=\"x\"", "--kw", "b=y",
-    ]);
+    let (code, out, _) = weft(&["call", "--node", &node.ws, "concat", "--kw", "a=\"x\"", "--kw", "b=y"]);
     assert_eq!((code, out.trim()), (0, "\"xy\""));
     let (code, out, err) = weft(&["call", "--node", &node.ws, "divide", "1", "0"]);
     assert_ne!(code, 0);
@@ -42,49 +36,24 @@ fn weft_call_prints_the_result_or_the_error_kind() {
         &file,
         r#"{"cmds": [{"name": "a", "fun": "upper", "args": ["x"]}, {"name": "b", "fun": "concat", "args": [{"$ref": "a"}, "!"]}]}"#,
     );
-    let (code, out, _) = weft(&[
-        "call",
-        "--node",
-        &node.ws,
-        "--request",
-        file.to_str().unwrap(),
-    ]);
+    let (code, out, _) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
-        serde_json::json!({"b": "X!"})
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"b": "X!"}));
 
     let (code, _, err) = weft(&["call", "--node", "ws://127.0.0.1:1", "echo", "x"]);
     assert_ne!(code, 0);
-    assert!(
-        err.contains("UNAVAILABLE") && err.contains("is the node running"),
-        "{err}"
-    );
+    assert!(err.contains("UNAVAILABLE") && err.contains("is the node running"), "{err}");
 }
 
 #[test]
 fn plugins_inspect_prints_wit_signatures() {
     let dir = tempfile::tempdir().unwrap();
     weft_bundle::write_to(dir.path(), &["math"]).unwrap();
-    let (code, out, _) = weft(&[
-        "plugins",
-        "inspect",
-        dir.path().join("math.wasm").to_str().unwrap(),
-    ]);
+    let (code, out, _) = weft(&["plugins", "inspect", dir.path().join("math.wasm").to_str().unwrap()]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("record summary { count: u32, mean: f64, min: f64, max: f64 }"),
-        "{out}"
-    );
-    assert!(
-        out.contains("export divide: func(a: f64, b: f64) -> result<f64, string>;"),
-        "{out}"
-    );
-    assert!(
-        out.contains("export stats: func(xs: list<f64>) -> summary;"),
-        "{out}"
-    );
+    assert!(out.contains("record summary { count: u32, mean: f64, min: f64, max: f64 }"), "{out}");
+    assert!(out.contains("export divide: func(a: f64, b: f64) -> result<f64, string>;"), "{out}");
+    assert!(out.contains("export stats: func(xs: list<f64>) -> summary;"), "{out}");
 
     let junk = dir.path().join("junk.wasm");
     write(&junk, "junk");
@@ -97,10 +66,7 @@ fn plugins_inspect_prints_wit_signatures() {
 fn a_bad_config_lists_every_problem_with_its_line_and_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("weft.toml");
-    write(
-        &config,
-        "[node]\nlisten = \"127.0.0.1:0\"\nclustr = \"a\"\n[limits]\nmemory = \"lots\"\n",
-    );
+    write(&config, "[node]\nlisten = \"127.0.0.1:0\"\nclustr = \"a\"\n[limits]\nmemory = \"lots\"\n");
     let (code, out, err) = weft(&["node", "--config", config.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(out.is_empty(), "never ready: {out}");
@@ -119,10 +85,36 @@ fn weft_new_scaffolds_a_plugin_crate() {
         assert!(target.join(file).is_file(), "{file}");
     }
     let wit = std::fs::read_to_string(target.join("wit/world.wit")).unwrap();
-    assert!(
-        wit.contains("world greeter") && wit.contains("export greet: func(who: string) -> string;")
-    );
+    assert!(wit.contains("world greeter") && wit.contains("export greet: func(who: string) -> string;"));
     let (code, _, err) = weft(&["new", "Bad Name"]);
     assert_ne!(code, 0);
     assert!(err.contains("lowercase"), "{err}");
+}
+
+#[test]
+fn weft_bench_reports_throughput_latency_and_errors() {
+    let node = TestNode::start(NodeSpec::default());
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--node", node.ws.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = weft(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    let r = bench(&["--requests", "300", "--concurrency", "8", "echo", "hi"]);
+    assert_eq!(r["completed"], 300, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    let lat = |p: &str| r["latency_us"][p].as_u64().unwrap();
+    assert!(lat("p50") <= lat("p90") && lat("p90") <= lat("p99"), "{r}");
+    assert!(lat("p99") <= lat("max"), "{r}");
+    assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
+
+    let r = bench(&["--requests", "50", "divide", "1", "0"]);
+    assert_eq!(r["completed"], 50, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({"GUEST_ERROR": 50}), "{r}");
+
+    let (code, _, err) = weft(&["bench", "--node", "ws://127.0.0.1:1", "echo", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("UNAVAILABLE"), "{err}");
 }

@@ -342,3 +342,21 @@ async fn sigterm_drains_in_flight_calls_before_exiting() {
     let response = pending.await.unwrap().expect("an answer before the node exited");
     assert_eq!(response.error.expect("spin traps").kind, ErrorKind::GUEST_TRAP);
 }
+
+#[tokio::test]
+async fn a_node_that_dies_mid_call_gives_unavailable_not_a_hang() {
+    let mut node = node();
+    let client = std::sync::Arc::new(node.client().await);
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("spin", vec![]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.kill();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("no hang").unwrap();
+    assert_eq!(outcome.unwrap_err().kind, ErrorKind::UNAVAILABLE);
+    // Later calls on the dead connection fail at once.
+    let later =
+        tokio::time::timeout(Duration::from_secs(10), client.call("echo", vec![json!("x")])).await.expect("no hang");
+    assert_eq!(later.unwrap_err().kind, ErrorKind::UNAVAILABLE);
+}

@@ -112,6 +112,12 @@ impl TestNode {
         self.wait()
     }
 
+    /// SIGKILL: the node vanishes without a goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

@@ -21,7 +21,7 @@ pub struct CallArgs {
     #[arg(required_unless_present = "request")]
     function: Option<String>,
     /// Arguments, each parsed as JSON; text that is not JSON is a string.
-    #[arg(allow_hyphen_values = true)]
+    #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
     /// Named argument NAME=JSON (repeatable).
     #[arg(long = "kw", value_name = "NAME=JSON")]
@@ -41,7 +41,8 @@ pub struct CallArgs {
     json: bool,
 }
 
-fn parse_arg(text: &str) -> Value {
+/// A command-line argument as a JSON value; text that is not JSON is a string.
+pub(crate) fn parse_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
@@ -49,25 +50,21 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     let single = a.request.is_none();
     let request = match &a.request {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let mut req: Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut req: Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
             // Let files omit the envelope fields.
             if let Some(obj) = req.as_object_mut() {
                 obj.entry("role").or_insert("rpc".into());
                 obj.entry("u").or_insert("cli".into());
             }
-            serde_json::from_value::<Request>(req)
-                .with_context(|| format!("{} is not a request", path.display()))?
+            serde_json::from_value::<Request>(req).with_context(|| format!("{} is not a request", path.display()))?
         }
         None => {
             let fun = a.function.clone().unwrap_or_default();
             let mut cmd = Command::new("call", fun, a.args.iter().map(|s| parse_arg(s)).collect());
             for kw in &a.kwargs {
-                let (k, v) = kw
-                    .split_once('=')
-                    .with_context(|| format!("--kw {kw:?} is not NAME=JSON"))?;
+                let (k, v) = kw.split_once('=').with_context(|| format!("--kw {kw:?} is not NAME=JSON"))?;
                 cmd.kwargs.insert(k.to_owned(), parse_arg(v));
             }
             cmd.locs = a.locs.clone();
@@ -80,28 +77,15 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     if a.timeout_ms.is_some() {
         request.timeout_ms = a.timeout_ms;
     }
-    let client = Client::connect(&a.node)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let client = Client::connect(&a.node).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let response = client.request(request).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
-        return Ok(if response.error.is_some() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        });
+        return Ok(if response.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
     match response.into_result() {
         Ok(r) => {
-            let shown = if single {
-                r.get("call").cloned().unwrap_or(Value::Null)
-            } else {
-                r
-            };
+            let shown = if single { r.get("call").cloned().unwrap_or(Value::Null) } else { r };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(ExitCode::SUCCESS)
         }

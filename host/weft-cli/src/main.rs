@@ -1,6 +1,7 @@
 //! The `weft` command: one thin file per subcommand over weft-node,
 //! weft-client and weft-runtime.
 
+mod bench;
 mod call;
 mod catalog;
 mod new;
@@ -10,11 +11,7 @@ mod plugins;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "weft",
-    version,
-    about = "Weft: a federated WebAssembly function fabric"
-)]
+#[command(name = "weft", version, about = "Weft: a federated WebAssembly function fabric")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -26,6 +23,8 @@ enum Cmd {
     Node(node::NodeArgs),
     /// Call a function, or send a whole request with --request FILE.json.
     Call(call::CallArgs),
+    /// Generate load against a node and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Functions visible from a node.
     Catalog(catalog::CatalogArgs),
     /// Work with plugin files.
@@ -37,16 +36,9 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -57,6 +49,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Cmd::Node(args) => node::run(args).await,
             Cmd::Call(args) => call::run(args).await,
+            Cmd::Bench(args) => bench::run(args).await,
             Cmd::Catalog(args) => catalog::run(args).await,
             Cmd::Plugins(cmd) => plugins::run(cmd),
             Cmd::New(args) => new::run(args),

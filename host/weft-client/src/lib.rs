@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use weft_proto::{Command, ErrorKind, Request, Response, WeftError};
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Response>>>>;
+/// Waiters by `u`; `None` once the connection is gone, so a request made
+/// after that fails at once instead of waiting for an answer that cannot come.
+type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Response>>>>>;
 
 /// A WebSocket connection to one node. Cheap to share: calls may be made
 /// concurrently from many tasks.
@@ -36,10 +38,13 @@ impl Client {
         })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut rx) = mpsc::channel::<Message>(1024);
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let writer_table = pending.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 if sink.send(msg).await.is_err() {
+                    // Whoever waits learns it now (their senders drop).
+                    writer_table.lock().unwrap_or_else(|p| p.into_inner()).take();
                     break;
                 }
             }
@@ -57,13 +62,14 @@ impl Client {
                 let Ok(response) = serde_json::from_slice::<Response>(&bytes) else {
                     continue;
                 };
-                let waiter = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&response.u);
+                let waiter =
+                    table.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|t| t.remove(&response.u));
                 if let Some(w) = waiter {
                     let _ = w.send(response);
                 }
             }
             // Connection gone: every waiter learns it (their senders drop).
-            table.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            table.lock().unwrap_or_else(|p| p.into_inner()).take();
         });
         Ok(Client { outgoing, pending, next: AtomicU64::new(1) })
     }
@@ -81,7 +87,10 @@ impl Client {
     /// Sends a raw frame expecting a response with `u` (for protocol tests).
     pub async fn send_raw(&self, u: &str, frame: Message) -> Result<Response, WeftError> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(u.to_owned(), tx);
+        match self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(table) => table.insert(u.to_owned(), tx),
+            None => return Err(unavailable("the connection to the node is closed".into())),
+        };
         self.outgoing.send(frame).await.map_err(|_| unavailable("the connection to the node is closed".into()))?;
         rx.await.map_err(|_| unavailable("the node closed the connection before answering".into()))
     }

@@ -1,0 +1,211 @@
+//! `weft bench`: keep N calls in flight over a few connections and report
+//! throughput, latency percentiles and errors by kind.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::json;
+use tokio::task::JoinSet;
+use weft_client::Client;
+use weft_proto::{Command, ErrorKind, Request};
+use weft_runtime::units::parse_duration;
+
+use crate::call::parse_arg;
+
+/// Latency samples kept at most (4 bytes each); later responses still count.
+const MAX_SAMPLES: u64 = 5_000_000;
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Node WebSocket URL.
+    #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
+    node: String,
+    /// Requests in flight, in total over all connections.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Connections to open [default: min(concurrency, 4)].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: Option<u32>,
+    /// How long to run, e.g. "10s", "500ms", "2m" [default: 10s].
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// Stop after this many requests instead of after a duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// `function` or `plugin/function`.
+    function: String,
+    /// Arguments, each parsed as JSON; text that is not JSON is a string.
+    #[arg(allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Stop {
+    After(u64),
+    At(Instant),
+}
+
+#[derive(Default)]
+struct Counters {
+    issued: AtomicU64,
+    completed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What one in-flight slot saw.
+#[derive(Default)]
+struct Tally {
+    samples: Vec<u32>,
+    errors: BTreeMap<&'static str, u64>,
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let connections = a.connections.unwrap_or(4).min(a.concurrency);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let client = Client::connect(&a.node).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+        clients.push(Arc::new(client));
+    }
+    let args = a.args.iter().map(|s| parse_arg(s)).collect();
+    // `u` stays empty: the client gives each request its own.
+    let template = Request::new("", vec![Command::new("call", a.function.clone(), args)]);
+
+    let started = Instant::now();
+    let stop = match a.requests {
+        Some(n) => Stop::After(n),
+        None => Stop::At(started + a.duration.unwrap_or(Duration::from_secs(10))),
+    };
+    let counters = Arc::new(Counters::default());
+    let mut slots = JoinSet::new();
+    for i in 0..a.concurrency as usize {
+        let client = clients[i % clients.len()].clone();
+        slots.spawn(slot(client, template.clone(), stop, counters.clone()));
+    }
+
+    let mut total = Tally::default();
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+    let (mut last_at, mut last_done, mut shown) = (started, 0, false);
+    loop {
+        tokio::select! {
+            joined = slots.join_next() => match joined {
+                Some(tally) => {
+                    let tally = tally?;
+                    total.samples.extend(tally.samples);
+                    for (kind, n) in tally.errors {
+                        *total.errors.entry(kind).or_default() += n;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let done = counters.completed.load(Relaxed);
+                let now = Instant::now();
+                let rate = (done - last_done) as f64 / (now - last_at).as_secs_f64();
+                eprint!(
+                    "\r{:>5.0}s  {done} done  {rate:.0} req/s  {} errors    ",
+                    (now - started).as_secs_f64(),
+                    counters.errors.load(Relaxed),
+                );
+                let _ = std::io::stderr().flush();
+                (last_at, last_done, shown) = (now, done, true);
+            }
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let completed = counters.completed.load(Relaxed);
+    let error_count: u64 = total.errors.values().sum();
+    let throughput = completed as f64 / elapsed;
+    total.samples.sort_unstable();
+    let s = &total.samples;
+    let (p50, p90, p99, max) = (percentile(s, 50.0), percentile(s, 90.0), percentile(s, 99.0), s.last().copied());
+
+    if a.json {
+        let report = json!({
+            "function": a.function,
+            "concurrency": a.concurrency,
+            "connections": connections,
+            "elapsed_s": elapsed,
+            "completed": completed,
+            "ok": completed - error_count,
+            "errors": total.errors,
+            "throughput": throughput,
+            "latency_us": {"p50": p50, "p90": p90, "p99": p99, "max": max},
+            "samples": s.len(),
+        });
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}: {} in flight over {connections} connection(s), {elapsed:.2} s", a.function, a.concurrency);
+    println!("  requests    {completed} ({error_count} errors)");
+    println!("  throughput  {throughput:.0} req/s");
+    println!("  latency     p50 {}  p90 {}  p99 {}  max {}", fmt_us(p50), fmt_us(p90), fmt_us(p99), fmt_us(max));
+    if completed > MAX_SAMPLES {
+        println!("              (from the first {} responses)", s.len());
+    }
+    for (kind, n) in &total.errors {
+        println!("  {kind:<22}{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One in-flight slot: sends the next request as soon as the last answered.
+async fn slot(client: Arc<Client>, template: Request, stop: Stop, counters: Arc<Counters>) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let go = match stop {
+            Stop::After(n) => counters.issued.fetch_add(1, Relaxed) < n,
+            Stop::At(deadline) => Instant::now() < deadline,
+        };
+        if !go {
+            return tally;
+        }
+        let sent = Instant::now();
+        let outcome = client.request(template.clone()).await.ok();
+        let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let index = counters.completed.fetch_add(1, Relaxed);
+        let (kind, lost) = match outcome {
+            Some(response) => {
+                if index < MAX_SAMPLES {
+                    tally.samples.push(micros);
+                }
+                (response.error.map(|e| e.kind), false)
+            }
+            None => (Some(ErrorKind::UNAVAILABLE), true),
+        };
+        if let Some(kind) = kind {
+            counters.errors.fetch_add(1, Relaxed);
+            *tally.errors.entry(kind.as_str()).or_default() += 1;
+        }
+        // The connection is gone (the client does not reconnect): this slot
+        // stops, the ones on other connections carry on.
+        if lost {
+            return tally;
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+fn fmt_us(us: Option<u32>) -> String {
+    match us {
+        None => "-".into(),
+        Some(us) if us < 1_000 => format!("{us} µs"),
+        Some(us) if us < 1_000_000 => format!("{:.2} ms", f64::from(us) / 1e3),
+        Some(us) => format!("{:.2} s", f64::from(us) / 1e6),
+    }
+}
