@@ -207,15 +207,8 @@ impl Runtime {
             .function(target.function)
             .ok_or_else(|| WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, target.function.to_owned()))?;
         let params = convert_args(target.function, &function.sig, args)?;
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        let (state, _output) =
-            SandboxState::new(plugin.limits.memory_bytes, deadline, 0, false, 0, plugin.label.clone());
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let (mut store, _output) = self.sandbox(&plugin, function, Instant::now() + Duration::from_secs(3600))?;
         let internal = |e: wasmtime::Error| WeftError::internal(format!("{e:#}"));
-        store.set_fuel(u64::MAX).map_err(internal)?;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let instance = plugin.pre.instantiate_async(&mut store).await.map_err(internal)?;
         let func =
             instance.get_func(&mut store, function.index).ok_or_else(|| WeftError::internal("export vanished"))?;
@@ -229,6 +222,34 @@ impl Runtime {
             times.push(started.elapsed());
         }
         Ok(times)
+    }
+
+    /// A fresh store armed with the plugin's sandbox: memory and table
+    /// limits, fuel, and an epoch callback that yields every tick and
+    /// interrupts the guest at `deadline`.
+    fn sandbox(
+        &self,
+        plugin: &Plugin,
+        function: &Function,
+        deadline: Instant,
+    ) -> Result<(Store<SandboxState>, CallOutput), WeftError> {
+        let (state, output) = SandboxState::new(
+            plugin.limits.memory_bytes,
+            deadline,
+            self.config.max_log_lines,
+            plugin.manifest.grants(Capability::Log),
+            self.config.max_output_bytes,
+            format!("{}/{}", plugin.label, function.name).into(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
+        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        Ok((store, output))
     }
 
     pub fn plugins(&self) -> Vec<PluginInfo> {
@@ -279,22 +300,7 @@ impl Runtime {
             })?
             .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
 
-        let (state, output) = SandboxState::new(
-            plugin.limits.memory_bytes,
-            deadline,
-            self.config.max_log_lines,
-            plugin.manifest.grants(Capability::Log),
-            self.config.max_output_bytes,
-            format!("{}/{}", plugin.label, function.name).into(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
-        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-        });
+        let (mut store, output) = self.sandbox(&plugin, function, deadline)?;
 
         let result_count = usize::from(function.sig.result.is_some());
         let run = async {
