@@ -108,3 +108,27 @@ async fn hostile_calls_in_parallel_do_not_starve_other_tenants() {
         assert_eq!(attack.await.unwrap().unwrap_err().kind, ErrorKind::GUEST_TRAP);
     }
 }
+
+#[tokio::test]
+async fn guest_logs_reach_the_node_log_only_with_the_log_capability() {
+    let node = TestNode::start(NodeSpec::default());
+    assert_eq!(call(&node, "echo", vec![json!("abc")]).await.unwrap(), json!("abc"));
+    let log = support::eventually("the guest's log line", std::time::Duration::from_secs(5), async || {
+        let log = node.stderr();
+        log.contains("echo: 3 bytes").then_some(log)
+    })
+    .await;
+    assert!(log.contains("echo@0.1.0/echo"), "tagged with plugin and function:\n{log}");
+
+    let denied = TestNode::start(NodeSpec {
+        files: vec![("echo.toml".into(), b"capabilities = []\n".to_vec())],
+        ..NodeSpec::default()
+    });
+    assert_eq!(call(&denied, "echo", vec![json!("abcd")]).await.unwrap(), json!("abcd"));
+    let log = support::eventually("the dropped-line warning", std::time::Duration::from_secs(5), async || {
+        let log = denied.stderr();
+        log.contains("does not grant the log capability").then_some(log)
+    })
+    .await;
+    assert!(!log.contains("echo: 4 bytes"), "{log}");
+}
