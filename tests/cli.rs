@@ -40,6 +40,10 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"b": "X!"}));
 
+    let (code, out, _) = weft(&["catalog", "--node", &node.admin_url]);
+    assert_eq!(code, 0);
+    assert!(out.contains("math/stats@0.1.0  func(xs: list<f64>) -> summary"), "{out}");
+
     let (code, _, err) = weft(&["call", "--node", "ws://127.0.0.1:1", "echo", "x"]);
     assert_ne!(code, 0);
     assert!(err.contains("UNAVAILABLE") && err.contains("is the node running"), "{err}");

@@ -7,8 +7,9 @@ use weft_client::Admin;
 
 #[derive(Args)]
 pub struct CatalogArgs {
-    /// Node admin URL.
-    #[arg(long, env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
+    /// The node's admin HTTP URL (`--node` is accepted too; the catalog is
+    /// served by the admin API, not the WebSocket).
+    #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
     admin: String,
     #[arg(long)]
     json: bool,
