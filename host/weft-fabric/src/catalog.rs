@@ -22,6 +22,10 @@ pub struct CatalogEntry {
     pub resources: Vec<String>,
     pub node: NodeId,
     pub cluster: ClusterId,
+    /// The plugin's manifest allows the fabric to retry a call on another
+    /// node when the first one vanished mid-call.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 /// The function a command will call.

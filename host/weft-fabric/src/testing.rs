@@ -43,6 +43,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         resources: Vec::new(),
         node: NodeId::new("n1"),
         cluster: ClusterId::new("alpha"),
+        idempotent: false,
     }
 }
 

@@ -18,6 +18,7 @@ use weft_proto::{ErrorKind, Request, Response, WeftError};
 
 use crate::executor::Executor;
 use crate::metrics::Metrics;
+use crate::peer::Fabric;
 
 /// Lifecycle as readiness reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +161,17 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             );
             r
         }
-        (&Method::GET, "/v1/plugins" | "/v1/catalog") if executor.is_none() => starting(),
+        (&Method::GET, "/v1/plugins" | "/v1/catalog" | "/v1/peers" | "/v1/topology") if executor.is_none() => {
+            starting()
+        }
+        (&Method::GET, "/v1/peers") => match executor {
+            Some(e) => json_response(StatusCode::OK, &peers(e.fabric())),
+            None => starting(),
+        },
+        (&Method::GET, "/v1/topology") => match executor {
+            Some(e) => json_response(StatusCode::OK, &topology(e.fabric())),
+            None => starting(),
+        },
         (&Method::GET, "/v1/plugins") => json_response(
             StatusCode::OK,
             &json!({
@@ -172,7 +183,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             let functions: Vec<Value> = executor
                 .map(|e| e.catalog())
                 .unwrap_or_default()
-                .into_iter()
+                .iter()
                 .map(|e| {
                     json!({
                         "name": e.function.function,
@@ -202,6 +213,42 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             )),
         ),
     }
+}
+
+/// Live links and recent refusals, as `/v1/peers` shows them.
+fn peers(fabric: &Fabric) -> Value {
+    let links: Vec<Value> = fabric
+        .links()
+        .iter()
+        .map(|l| {
+            let since = l.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            json!({
+                "node": l.remote.node,
+                "cluster": l.remote.cluster,
+                "addr": l.remote.addr,
+                "incarnation": l.remote.incarnation,
+                "direction": l.direction,
+                "state": if l.is_closed() { "closing" } else { "up" },
+                "authorization": "accepted",
+                "since_unix_ms": since,
+                "in_flight": l.in_flight(),
+            })
+        })
+        .collect();
+    json!({ "node": fabric.me.node, "cluster": fabric.me.cluster, "links": links, "refused": fabric.refusals() })
+}
+
+/// This cluster as a graph: members (SWIM's view, this node included) and links.
+fn topology(fabric: &Fabric) -> Value {
+    let view = fabric.view();
+    let me = &fabric.me;
+    let mut nodes =
+        vec![json!({"node": me.node, "addr": me.addr, "incarnation": me.incarnation, "state": "alive", "self": true})];
+    nodes.extend(view.members.iter().map(
+        |m| json!({"node": m.node, "addr": m.addr, "incarnation": m.incarnation, "state": m.state, "self": false}),
+    ));
+    let links: Vec<Value> = view.links.iter().map(|(a, b)| json!({"a": a, "b": b})).collect();
+    json!({ "clusters": [{ "cluster": me.cluster, "nodes": nodes, "links": links }] })
 }
 
 fn phase_name(p: Phase) -> &'static str {

@@ -20,6 +20,37 @@ pub struct Config {
     pub federation: FederationSection,
     pub routing: RoutingSection,
     pub limits: LimitsSection,
+    pub cluster: ClusterSection,
+}
+
+/// Membership and the shared catalog inside one cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ClusterSection {
+    /// A member that stops answering is declared down (and its functions
+    /// withdrawn) within about this long.
+    #[serde(deserialize_with = "units::duration")]
+    pub failure_timeout: Duration,
+    /// How often a node tells its peers it is alive at its catalog version.
+    #[serde(deserialize_with = "units::duration")]
+    pub beat_interval: Duration,
+    /// A peer's catalog entries expire when not refreshed for this long.
+    #[serde(deserialize_with = "units::duration")]
+    pub catalog_ttl: Duration,
+    pub max_members: u32,
+    pub max_catalog_entries_per_node: u32,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            failure_timeout: Duration::from_secs(3),
+            beat_interval: Duration::from_secs(2),
+            catalog_ttl: Duration::from_secs(10),
+            max_members: 1024,
+            max_catalog_entries_per_node: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -31,6 +62,9 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub seeds: Vec<String>,
+    /// The URL other nodes dial to reach this one (default: ws:// + the
+    /// bound listen address; set it when listening on 0.0.0.0).
+    pub advertise: Option<String>,
     /// None: the bundled example plugins (echo, math, text).
     pub plugins: Option<PathBuf>,
     pub resources: Vec<String>,
@@ -126,6 +160,7 @@ impl Default for NodeSection {
             listen: addr("127.0.0.1:7700"),
             admin: addr("127.0.0.1:7701"),
             seeds: Vec::new(),
+            advertise: None,
             plugins: None,
             resources: Vec::new(),
             data_dir: PathBuf::from("data"),
@@ -292,6 +327,18 @@ impl Config {
         check(self.limits.max_commands > 0, "limits.max_commands: must be at least 1");
         check(self.limits.max_result >= 1024, "limits.max_result: must be at least 1KiB");
         check(self.limits.max_plugin >= 1024, "limits.max_plugin: must be at least 1KiB");
+        let c = &self.cluster;
+        check(c.failure_timeout >= Duration::from_millis(100), "cluster.failure_timeout: must be at least 100ms");
+        check(c.beat_interval > Duration::ZERO, "cluster.beat_interval: must be more than 0");
+        check(
+            c.catalog_ttl > c.beat_interval * 2,
+            "cluster.catalog_ttl: must be more than twice cluster.beat_interval, or entries expire between beats",
+        );
+        check(c.max_members >= 1, "cluster.max_members: must be at least 1");
+        check(
+            self.node.advertise.as_deref().is_none_or(|a| a.starts_with("ws://")),
+            "node.advertise: must be a ws:// URL",
+        );
         for seed in &self.node.seeds {
             check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
         }

@@ -2,8 +2,12 @@
 //! each command as soon as its inputs are ready, each in its own task so
 //! independent commands use every core. The first failure fails the request
 //! and cancels the commands still running (their tasks are aborted).
+//!
+//! A step whose function is on this node runs here; otherwise it is
+//! forwarded to the least loaded node that has it (random among equals),
+//! and, for idempotent plugins, retried elsewhere if that node vanishes.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -13,46 +17,43 @@ use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, Runtime};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::peer::{Fabric, ForwardCall, Link};
 
 pub struct Executor {
-    runtime: Arc<Runtime>,
-    catalog: RwLock<Vec<CatalogEntry>>,
-    node: NodeId,
-    cluster: ClusterId,
+    fabric: Arc<Fabric>,
     metrics: Arc<Metrics>,
     max_commands: usize,
     default_timeout: Duration,
+    default_hop_budget: u32,
 }
 
 struct StepDone {
     step: StepIdx,
     result: Result<Value, WeftError>,
+    /// Where the step ran (or was last tried).
+    node: NodeId,
     started: Instant,
     elapsed: Duration,
 }
 
 impl Executor {
-    pub fn new(
-        runtime: Arc<Runtime>,
-        node: NodeId,
-        cluster: ClusterId,
-        resources: &[String],
-        metrics: Arc<Metrics>,
-        max_commands: usize,
-        default_timeout: Duration,
-    ) -> Self {
-        let catalog = local_catalog(&runtime, &node, &cluster, resources);
-        Self { runtime, catalog: RwLock::new(catalog), node, cluster, metrics, max_commands, default_timeout }
+    pub fn new(fabric: Arc<Fabric>, max_commands: usize, default_timeout: Duration, default_hop_budget: u32) -> Self {
+        let metrics = fabric.metrics.clone();
+        Self { fabric, metrics, max_commands, default_timeout, default_hop_budget }
     }
 
     /// Every function callable from this node.
-    pub fn catalog(&self) -> Vec<CatalogEntry> {
-        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn catalog(&self) -> Arc<Vec<CatalogEntry>> {
+        self.fabric.entries()
     }
 
     pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+        &self.fabric.runtime
+    }
+
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
     }
 
     /// Executes a request and always produces a response (errors included).
@@ -77,19 +78,18 @@ impl Executor {
                 self.max_commands
             )));
         }
-        let plan = {
-            let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
-            Plan::build(&req, |cmd| resolve(cmd, &catalog))?
-        };
+        let catalog = self.fabric.entries();
+        let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
+        let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
         let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
 
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
-        let mut timings: Vec<Option<(Instant, Duration)>> = vec![None; plan.steps().len()];
+        let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = JoinSet::new();
         for step in scheduler.initial_ready() {
-            self.start(&plan, step, &results, deadline, &mut running)?;
+            self.start(&plan, step, &results, deadline, hop_budget, &mut running)?;
         }
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
@@ -125,9 +125,9 @@ impl Executor {
                 e.with("command", name.clone())
             })?;
             results[joined.step.0] = Some(value);
-            timings[joined.step.0] = Some((joined.started, joined.elapsed));
+            timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             for next in scheduler.complete(joined.step) {
-                self.start(&plan, next, &results, deadline, &mut running)?;
+                self.start(&plan, next, &results, deadline, hop_budget, &mut running)?;
             }
         }
 
@@ -152,21 +152,23 @@ impl Executor {
         idx: StepIdx,
         results: &[Option<Value>],
         deadline: Instant,
+        hop_budget: u32,
         running: &mut JoinSet<StepDone>,
     ) -> Result<(), WeftError> {
         let args = plan.bind(idx, results)?;
-        let step = &plan.steps()[idx.0];
-        let function: FunctionId = step.resolved.function.clone();
-        let version = step.resolved.version.clone();
-        let runtime = self.runtime.clone();
-        let metrics = self.metrics.clone();
+        let step = StepCall {
+            fabric: self.fabric.clone(),
+            candidates: plan.steps()[idx.0].resolved.candidates.clone(),
+            function: plan.steps()[idx.0].resolved.function.clone(),
+            version: plan.steps()[idx.0].resolved.version.clone(),
+            args,
+            deadline,
+            hop_budget,
+        };
         running.spawn(async move {
             let started = Instant::now();
-            let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
-            let result = runtime.call(target, &args, deadline).await;
-            let elapsed = started.elapsed();
-            metrics.record_call(&function.to_string(), result.is_ok(), elapsed.as_secs_f64());
-            StepDone { step: idx, result, started, elapsed }
+            let (result, node) = step.run().await;
+            StepDone { step: idx, result, node, started, elapsed: started.elapsed() }
         });
         Ok(())
     }
@@ -175,7 +177,7 @@ impl Executor {
         &self,
         u: &str,
         plan: &Plan,
-        timings: &[Option<(Instant, Duration)>],
+        timings: &[Option<Timing>],
         levels: &LevelTimes,
         started: Instant,
     ) -> ExecutionSummary {
@@ -185,12 +187,20 @@ impl Executor {
             .iter()
             .zip(timings)
             .map(|(s, t)| {
-                let (begin, took) = t.unwrap_or((started, Duration::ZERO));
+                let me = &self.fabric.me.node;
+                let (begin, took, node) =
+                    t.as_ref().map_or((started, Duration::ZERO, me), |t| (t.started, t.took, &t.node));
+                let cluster = s
+                    .resolved
+                    .candidates
+                    .iter()
+                    .find(|c| c.node == *node)
+                    .map_or(&self.fabric.me.cluster, |c| &c.cluster);
                 StepSummary {
                     name: s.name.clone(),
                     function: format!("{}@{}", s.resolved.function, s.resolved.version),
-                    node: self.node.to_string(),
-                    cluster: self.cluster.to_string(),
+                    node: node.to_string(),
+                    cluster: cluster.to_string(),
                     level: s.level,
                     started_us: micros(begin.saturating_duration_since(started)),
                     duration_us: micros(took),
@@ -212,6 +222,110 @@ impl Executor {
             steps,
         }
     }
+}
+
+#[derive(Clone)]
+struct Timing {
+    started: Instant,
+    took: Duration,
+    node: NodeId,
+}
+
+/// One step on its way to a node: here if the function is local, else the
+/// least loaded linked node that has it.
+struct StepCall {
+    fabric: Arc<Fabric>,
+    candidates: Vec<CatalogEntry>,
+    function: FunctionId,
+    version: semver::Version,
+    args: Vec<Value>,
+    deadline: Instant,
+    hop_budget: u32,
+}
+
+impl StepCall {
+    async fn run(self) -> (Result<Value, WeftError>, NodeId) {
+        let me = self.fabric.me.node.clone();
+        let metrics = &self.fabric.metrics;
+        if self.candidates.iter().any(|c| c.node == me) {
+            let f = &self.function;
+            let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
+            let started = Instant::now();
+            let result = self.fabric.runtime.call(target, &self.args, self.deadline).await;
+            metrics.record_call(&f.to_string(), result.is_ok(), started.elapsed().as_secs_f64());
+            return (result, me);
+        }
+        let idempotent = self.candidates.iter().all(|c| c.idempotent);
+        let mut tried: Vec<NodeId> = Vec::new();
+        loop {
+            let Some(link) = self.pick(&tried) else {
+                return (Err(self.unreachable(&tried)), tried.pop().unwrap_or(me));
+            };
+            let call = ForwardCall {
+                id: 0,
+                function: self.function.to_string(),
+                version: self.version.to_string(),
+                args: self.args.clone(),
+                deadline_ms: u64::try_from(self.deadline.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX),
+                routing_path: vec![me.clone()],
+                hop_budget: self.hop_budget,
+            };
+            let result = link.call(call).await;
+            let lost = matches!(&result, Err(e) if e.details.contains_key("link_lost"));
+            let outcome = if result.is_ok() {
+                "ok"
+            } else if lost {
+                "lost"
+            } else {
+                "error"
+            };
+            metrics.forwards.get_or_create(&OutcomeLabel { outcome }).inc();
+            tried.push(link.node().clone());
+            if lost && idempotent && Instant::now() < self.deadline {
+                tracing::info!(node = %link.node(), function = %self.function, "node lost mid-call; retrying the idempotent call elsewhere");
+                continue;
+            }
+            return (result, link.node().clone());
+        }
+    }
+
+    /// The least loaded candidate this node has a link to, not yet tried.
+    fn pick(&self, tried: &[NodeId]) -> Option<Arc<Link>> {
+        let links: Vec<Arc<Link>> = self
+            .candidates
+            .iter()
+            .filter(|c| !tried.contains(&c.node))
+            .filter_map(|c| self.fabric.link(&c.node))
+            .collect();
+        least_loaded(links, |l| l.in_flight(), &mut rand::rng())
+    }
+
+    fn unreachable(&self, tried: &[NodeId]) -> WeftError {
+        let nodes: Vec<String> = self.candidates.iter().map(|c| c.node.to_string()).collect();
+        let message = if tried.is_empty() {
+            format!(
+                "function {} is on node(s) {} but none is linked to this node right now; retry shortly",
+                self.function,
+                nodes.join(", ")
+            )
+        } else {
+            format!(
+                "function {}: every node that has it ({}) went away during the call",
+                self.function,
+                nodes.join(", ")
+            )
+        };
+        WeftError::new(ErrorKind::UNAVAILABLE, message).with("nodes", nodes)
+    }
+}
+
+/// The item with the least load; ties broken at random so equal nodes share work.
+fn least_loaded<T>(items: Vec<T>, load: impl Fn(&T) -> usize, rng: &mut impl rand::Rng) -> Option<T> {
+    let min = items.iter().map(&load).min()?;
+    let mut least: Vec<T> = items.into_iter().filter(|i| load(i) == min).collect();
+    let pick = rng.random_range(0..least.len());
+    Some(least.swap_remove(pick))
 }
 
 /// Counts a request in flight and observes its duration when it ends,
@@ -243,11 +357,11 @@ struct LevelTimes {
 }
 
 impl LevelTimes {
-    fn new(plan: &Plan, timings: &[Option<(Instant, Duration)>], started: Instant) -> Self {
+    fn new(plan: &Plan, timings: &[Option<Timing>], started: Instant) -> Self {
         let count = plan.steps().iter().map(|s| s.level as usize + 1).max().unwrap_or(0);
         let mut bounds: Vec<Option<(Instant, Instant)>> = vec![None; count];
         for (step, timing) in plan.steps().iter().zip(timings) {
-            let Some((begin, took)) = *timing else {
+            let Some(Timing { started: begin, took, .. }) = *timing else {
                 continue;
             };
             let end = begin + took;
@@ -292,7 +406,7 @@ fn intermediate(u: &str, plan: &Plan, results: &[Option<Value>], levels: &LevelT
 
 /// Catalog entries for this node's plugins. Functions whose signatures use
 /// resource handles are local-only and never listed.
-fn local_catalog(
+pub(crate) fn local_catalog(
     runtime: &Runtime,
     node: &NodeId,
     cluster: &ClusterId,
@@ -315,8 +429,30 @@ fn local_catalog(
                 resources: resources.clone(),
                 node: node.clone(),
                 cluster: cluster.clone(),
+                idempotent: plugin.idempotent,
             });
         }
     }
     entries
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::least_loaded;
+
+    #[test]
+    fn least_loaded_picks_the_minimum_and_spreads_ties() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        assert_eq!(least_loaded(vec![("a", 3), ("b", 1), ("c", 2)], |x| x.1, &mut rng), Some(("b", 1)));
+        assert_eq!(least_loaded(Vec::<(&str, usize)>::new(), |x| x.1, &mut rng), None);
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..200 {
+            let (name, _) = least_loaded(vec![("a", 0), ("b", 0), ("c", 5)], |x| x.1, &mut rng).unwrap();
+            *seen.entry(name).or_insert(0) += 1;
+        }
+        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(seen.values().all(|&n| n > 60), "ties are shared: {seen:?}");
+    }
 }

@@ -4,10 +4,12 @@
 //! the one epoch-ticker thread and reads the clock for call deadlines).
 
 pub mod admin;
+mod cluster;
 pub mod config;
 mod executor;
 pub mod metrics;
 mod node;
+pub mod peer;
 mod ws;
 
 pub use config::{Config, ConfigError, Overrides};

@@ -32,8 +32,33 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerMessageLabels {
+    pub direction: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerBytesLabels {
+    pub direction: &'static str,
+    /// "gossip" (membership, catalog, handshakes) or "calls".
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub peer_links: Gauge,
+    pub peer_messages: Family<PeerMessageLabels, Counter>,
+    pub peer_bytes: Family<PeerBytesLabels, Counter>,
+    pub links_refused: Family<KindLabel, Counter>,
+    pub members: Gauge,
+    pub catalog_entries: Gauge,
+    pub forwards: Family<OutcomeLabel, Counter>,
     pub calls: Family<FunctionLabels, Counter>,
     pub call_seconds: Family<FunctionLabel, Histogram>,
     pub errors: Family<KindLabel, Counter>,
@@ -67,6 +92,20 @@ impl Metrics {
         let abandoned = Counter::default();
         let plugins_loaded = Gauge::default();
         let plugin_load_failures = Counter::default();
+        let peer_links = Gauge::default();
+        let peer_messages = Family::<PeerMessageLabels, Counter>::default();
+        let peer_bytes = Family::<PeerBytesLabels, Counter>::default();
+        let links_refused = Family::<KindLabel, Counter>::default();
+        let members = Gauge::default();
+        let catalog_entries = Gauge::default();
+        let forwards = Family::<OutcomeLabel, Counter>::default();
+        registry.register("peer_links", "Live links to other nodes", peer_links.clone());
+        registry.register("peer_messages", "Peer messages, by direction and kind", peer_messages.clone());
+        registry.register("peer_bytes", "Peer message bytes, by direction and class", peer_bytes.clone());
+        registry.register("links_refused", "Peer links refused at the handshake, by reason", links_refused.clone());
+        registry.register("cluster_members", "Live members of this node's cluster, itself included", members.clone());
+        registry.register("catalog_entries", "Functions in this node's catalog", catalog_entries.clone());
+        registry.register("forwards", "Calls forwarded to other nodes, by outcome", forwards.clone());
         registry.register("calls", "Function calls run on this node, by function and outcome", calls.clone());
         registry.register("call_duration_seconds", "Time of one function call on this node", call_seconds.clone());
         registry.register("errors", "Errors returned to callers, by kind", errors.clone());
@@ -92,6 +131,13 @@ impl Metrics {
         );
         Self {
             registry,
+            peer_links,
+            peer_messages,
+            peer_bytes,
+            links_refused,
+            members,
+            catalog_entries,
+            forwards,
             calls,
             call_seconds,
             errors,
@@ -118,6 +164,12 @@ impl Metrics {
 
     pub fn reject_frame(&self, reason: &'static str) {
         self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    pub fn peer_message(&self, direction: &'static str, msg: &crate::peer::PeerMsg, bytes: usize) {
+        self.peer_messages.get_or_create(&PeerMessageLabels { direction, kind: msg.kind() }).inc();
+        let class = if msg.is_gossip() { "gossip" } else { "calls" };
+        self.peer_bytes.get_or_create(&PeerBytesLabels { direction, class }).inc_by(bytes as u64);
     }
 
     /// Prometheus text exposition (OpenMetrics flavour).

@@ -3,18 +3,21 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ClusterId, NodeId};
 use weft_runtime::{Limits, Runtime, RuntimeConfig};
 
 use crate::admin::{self, AdminContext, Phase, PhaseCell};
+use crate::cluster::{self, ClusterSettings, LeaveRequest};
 use crate::config::Config;
-use crate::executor::Executor;
+use crate::executor::{Executor, local_catalog};
 use crate::metrics::Metrics;
+use crate::peer::{Fabric, Hello, PROTOCOL_VERSION};
 use crate::ws::{self, WsContext};
 
 /// Requests without `timeout_ms` get this long.
@@ -42,6 +45,8 @@ pub struct RunningNode {
     admin_tracker: TaskTracker,
     phase: Arc<PhaseCell>,
     grace: Duration,
+    fabric: Arc<Fabric>,
+    leave: mpsc::Sender<LeaveRequest>,
 }
 
 impl RunningNode {
@@ -59,12 +64,19 @@ impl RunningNode {
     pub async fn shutdown(self) -> bool {
         self.phase.set(Phase::Draining);
         tracing::info!(node = %self.id, grace = ?self.grace, "draining");
+        // Say goodbye first, so peers stop sending calls here; links stay
+        // open until the drain is over so that replies still flow.
+        let (done, left) = oneshot::channel();
+        if self.leave.send(LeaveRequest(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), left).await;
+        }
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok();
         if !drained {
             tracing::warn!(node = %self.id, "grace period over; cancelling the calls still running");
         }
+        self.fabric.close_links().await;
         self.admin_shutdown.cancel();
         self.admin_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
@@ -144,14 +156,36 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
     tracing::info!(node = %id, plugins = ?report.loaded, failed = report.failed.len(), "plugins loaded");
 
+    let me = Hello {
+        proto: PROTOCOL_VERSION,
+        node: id.clone(),
+        cluster: cluster.clone(),
+        incarnation: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        addr: config.node.advertise.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
+        caps: vec!["swim".into(), "catalog".into(), "calls".into()],
+    };
+    let local = local_catalog(&runtime, &id, &cluster, &config.node.resources);
+    let max_members = config.cluster.max_members as usize;
+    let (fabric, events) = Fabric::new(me, runtime, metrics.clone(), max_frame, max_members, tracker.clone());
+    let settings = ClusterSettings {
+        failure_timeout: config.cluster.failure_timeout,
+        beat_interval: config.cluster.beat_interval,
+        catalog: weft_fabric::CatalogConfig {
+            max_entries_per_node: config.cluster.max_catalog_entries_per_node as usize,
+            max_members,
+            advert_ttl: config.cluster.catalog_ttl,
+            ..weft_fabric::CatalogConfig::default()
+        },
+        seeds: config.node.seeds.clone(),
+    };
+    let leave = cluster::start(fabric.clone(), events, local, settings, shutdown.clone());
     let executor = Arc::new(Executor::new(
-        runtime,
-        id.clone(),
-        cluster.clone(),
-        &config.node.resources,
-        metrics.clone(),
+        fabric.clone(),
         config.limits.max_commands as usize,
         DEFAULT_REQUEST_TIMEOUT,
+        config.routing.max_hops,
     ));
     let ws_ctx = Arc::new(WsContext {
         executor: executor.clone(),
@@ -174,6 +208,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         admin_tracker,
         phase,
         grace: config.node.shutdown_grace,
+        fabric,
+        leave,
     })
 }
 

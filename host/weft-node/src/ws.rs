@@ -18,6 +18,7 @@ use weft_proto::{ErrorKind, Request, Response, WeftError};
 
 use crate::executor::Executor;
 use crate::metrics::Metrics;
+use crate::peer::PeerMsg;
 
 pub(crate) struct WsContext {
     pub executor: Arc<Executor>,
@@ -54,15 +55,28 @@ pub(crate) async fn serve(
 
 async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
     let config = WebSocketConfig::default().max_message_size(Some(ctx.max_frame)).max_frame_size(Some(ctx.max_frame));
-    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+    let mut ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "websocket handshake failed");
             return;
         }
     };
+    // Peers and clients share the port: a connection whose first frame is a
+    // peer `hello` becomes a link; anything else is a client.
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        first = ws.next() => first,
+    };
+    if let Some(Ok(Message::Text(text))) = &first
+        && let Ok(PeerMsg::Hello(hello)) = serde_json::from_str::<PeerMsg>(text)
+    {
+        ctx.executor.fabric().accept(ws, hello).await;
+        return;
+    }
     ctx.metrics.connections.inc();
-    let (mut sink, mut incoming) = ws.split();
+    let (mut sink, incoming) = ws.split();
+    let mut incoming = futures_util::stream::iter(first).chain(incoming);
     // Responses flow through a bounded queue to the one writer.
     let (tx, mut rx) = mpsc::channel::<Message>(256);
     let writer = tokio::spawn(async move {

@@ -1,0 +1,432 @@
+//! The cluster task: membership (SWIM, by foca) and the replicated catalog
+//! (`weft_fabric::ClusterCatalog`), driven by link events, foca's timers and
+//! a periodic beat. It is the only writer of the cluster view the executor
+//! and the admin API read.
+//!
+//! Membership decides who is alive; the catalog follows it: a member that
+//! SWIM declares down, or that says goodbye, is withdrawn at once, and an
+//! advert that nobody refreshes expires. SWIM packets travel over the same
+//! peer links as everything else (foca is transport-agnostic); a member
+//! without a link is dialled.
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State, Timer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use weft_fabric::{Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh};
+use weft_proto::NodeId;
+
+use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg};
+
+/// A node as SWIM knows it. `renewal` grows when SWIM declared this process
+/// down by mistake and it rejoins; `incarnation` is the process (start time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub node: NodeId,
+    pub addr: String,
+    pub incarnation: u64,
+    pub renewal: u32,
+}
+
+impl foca::Identity for Member {
+    type Addr = NodeId;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Member { renewal: self.renewal.wrapping_add(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> NodeId {
+        self.node.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.incarnation, self.renewal) > (adversary.incarnation, adversary.renewal)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// A member that stops answering is declared down within about this long.
+    pub failure_timeout: Duration,
+    /// How often each node tells its peers it is alive at its catalog stamp.
+    pub beat_interval: Duration,
+    pub catalog: CatalogConfig,
+    pub seeds: Vec<String>,
+}
+
+/// Asks the cluster task to leave the cluster; answered once the goodbyes are queued.
+pub struct LeaveRequest(pub oneshot::Sender<()>);
+
+type Swim = Foca<Member, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+struct ClusterTask {
+    fabric: Arc<Fabric>,
+    foca: Swim,
+    rt: AccumulatingRuntime<Member>,
+    catalog: ClusterCatalog,
+    origin: Instant,
+    timers: mpsc::UnboundedSender<Timer<Member>>,
+    dials_done: mpsc::UnboundedSender<String>,
+    dialing: HashSet<String>,
+    /// Links each peer reported in its last beat.
+    reported: BTreeMap<NodeId, Vec<NodeId>>,
+    changed: bool,
+}
+
+/// Starts the cluster task and one dialler per seed.
+pub fn start(
+    fabric: Arc<Fabric>,
+    events: mpsc::UnboundedReceiver<Event>,
+    local: Vec<CatalogEntry>,
+    settings: ClusterSettings,
+    stop_dialling: CancellationToken,
+) -> mpsc::Sender<LeaveRequest> {
+    let me = &fabric.me;
+    let identity = Member { node: me.node.clone(), addr: me.addr.clone(), incarnation: me.incarnation, renewal: 0 };
+    let foca = Foca::new(identity, swim_config(&settings), StdRng::from_os_rng(), PostcardCodec);
+    let mut catalog =
+        ClusterCatalog::new(me.node.clone(), me.cluster.clone(), me.incarnation, settings.catalog.clone());
+    if let Err(e) = catalog.set_local(local) {
+        tracing::error!(error = %e, "this node's own catalog advert is refused; peers will not see its functions");
+    }
+    let (timers, timers_rx) = mpsc::unbounded_channel();
+    let (dials_done, dials_rx) = mpsc::unbounded_channel();
+    let (leave, leave_rx) = mpsc::channel(1);
+    let task = ClusterTask {
+        fabric: fabric.clone(),
+        foca,
+        rt: AccumulatingRuntime::new(),
+        catalog,
+        origin: Instant::now(),
+        timers,
+        dials_done,
+        dialing: HashSet::new(),
+        reported: BTreeMap::new(),
+        changed: false,
+    };
+    // Ready means callable: local functions are in the view before any peer shows up.
+    task.publish();
+    for seed in settings.seeds.iter().filter(|s| **s != fabric.me.addr) {
+        tokio::spawn(dial_seed(fabric.clone(), seed.clone(), stop_dialling.clone()));
+    }
+    tokio::spawn(task.run(events, timers_rx, dials_rx, leave_rx, settings.beat_interval));
+    leave
+}
+
+/// SWIM timing from the one knob operators set. A dead member is first
+/// probed within about a probe period, suspected after the probe round trip
+/// and indirect probes, and declared down after the suspicion timeout.
+fn swim_config(settings: &ClusterSettings) -> foca::Config {
+    let f = settings.failure_timeout;
+    let members = NonZeroU32::new(u32::try_from(settings.catalog.max_members.clamp(2, 64)).unwrap_or(64))
+        .unwrap_or(NonZeroU32::MIN);
+    let mut config = foca::Config::new_lan(members);
+    config.probe_period = f / 5;
+    config.probe_rtt = f / 10;
+    config.suspect_to_down_after = f / 3;
+    config.max_packet_size = std::num::NonZeroUsize::new(16 * 1024).unwrap_or(config.max_packet_size);
+    config
+}
+
+impl ClusterTask {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut timers: mpsc::UnboundedReceiver<Timer<Member>>,
+        mut dials: mpsc::UnboundedReceiver<String>,
+        mut leave: mpsc::Receiver<LeaveRequest>,
+        beat_interval: Duration,
+    ) {
+        let mut beat = tokio::time::interval(beat_interval);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(event) = events.recv() => self.on_event(event),
+                Some(timer) = timers.recv() => {
+                    if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
+                        tracing::debug!(error = %e, "swim timer");
+                    }
+                }
+                Some(addr) = dials.recv() => { self.dialing.remove(&addr); }
+                _ = beat.tick() => self.on_beat(),
+                Some(LeaveRequest(done)) = leave.recv() => {
+                    self.leave();
+                    let _ = done.send(());
+                    return;
+                }
+                else => return,
+            }
+            self.drain_swim();
+            if std::mem::take(&mut self.changed) {
+                self.publish();
+            }
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::LinkUp(link) => {
+                link.send(PeerMsg::Snapshot { snapshot: self.catalog.snapshot() });
+                let r = &link.remote;
+                let guess =
+                    Member { node: r.node.clone(), addr: r.addr.clone(), incarnation: r.incarnation, renewal: 0 };
+                if let Err(e) = self.foca.announce(guess, &mut self.rt) {
+                    tracing::debug!(error = %e, "swim announce");
+                }
+                self.changed = true;
+            }
+            Event::LinkDown(link) => {
+                tracing::info!(peer = %link.node(), "peer link down");
+                self.changed = true;
+            }
+            Event::Peer(link, msg) => self.on_message(&link, msg),
+        }
+    }
+
+    fn on_message(&mut self, link: &Arc<Link>, msg: PeerMsg) {
+        let now = self.now();
+        match msg {
+            PeerMsg::Swim { data } => match B64.decode(data.as_bytes()) {
+                Ok(bytes) => {
+                    if let Err(e) = self.foca.handle_data(&bytes, &mut self.rt) {
+                        tracing::debug!(peer = %link.node(), error = %e, "swim packet ignored");
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %link.node(), error = %e, "swim packet not base64"),
+            },
+            PeerMsg::Catalog { delta } => self.apply(link, now, delta),
+            PeerMsg::Snapshot { snapshot } => {
+                for delta in snapshot.deltas {
+                    self.apply(link, now, delta);
+                }
+            }
+            PeerMsg::CatalogPull => {
+                link.send(PeerMsg::Catalog { delta: self.catalog.local_advert() });
+            }
+            PeerMsg::Beat { incarnation, version, links } => {
+                if self.catalog.refresh(now, link.node(), incarnation, version) == Refresh::Missing {
+                    link.send(PeerMsg::CatalogPull);
+                }
+                if self.reported.get(link.node()) != Some(&links) {
+                    self.reported.insert(link.node().clone(), links);
+                    self.changed = true;
+                }
+            }
+            PeerMsg::Bye => {
+                tracing::info!(peer = %link.node(), "peer left the cluster");
+                let down: Vec<Member> =
+                    self.foca.iter_members().map(|m| m.id().clone()).filter(|m| m.node == *link.node()).collect();
+                let updates = down.into_iter().map(|m| foca::Member::new(m, 0, State::Down));
+                if let Err(e) = self.foca.apply_many(updates, true, &mut self.rt) {
+                    tracing::debug!(error = %e, "swim leave");
+                }
+                self.withdraw(link.node(), link.remote.incarnation);
+            }
+            // Handshakes are done by then; calls and replies never reach this task.
+            other => tracing::debug!(peer = %link.node(), kind = other.kind(), "unexpected peer message"),
+        }
+    }
+
+    fn apply(&mut self, link: &Link, now: Millis, delta: CatalogDelta) {
+        // Only this cluster's adverts are imported here.
+        if let CatalogDelta::Advert(a) = &delta
+            && a.cluster != self.fabric.me.cluster
+        {
+            return;
+        }
+        match self.catalog.apply(now, delta) {
+            Ok(Applied::Accepted) => self.changed = true,
+            Ok(Applied::Refuted) => {
+                // A peer thinks we are gone: our advert outranks its news now.
+                let advert = self.catalog.local_advert();
+                self.broadcast(&PeerMsg::Catalog { delta: advert });
+            }
+            Ok(Applied::Duplicate | Applied::Stale) => {}
+            Err(e) => tracing::warn!(peer = %link.node(), error = %e, "catalog delta refused"),
+        }
+    }
+
+    fn on_beat(&mut self) {
+        let now = self.now();
+        let advert = self.catalog.local_advert();
+        let CatalogDelta::Advert(advert) = advert else {
+            return;
+        };
+        let links: Vec<NodeId> = self.fabric.links().iter().map(|l| l.node().clone()).collect();
+        self.broadcast(&PeerMsg::Beat { incarnation: advert.incarnation, version: advert.version, links });
+        if !self.catalog.expire(now).is_empty() {
+            self.changed = true;
+        }
+        // Members SWIM knows but no link reaches yet (we may have missed
+        // their dial): try again.
+        let unlinked: Vec<Member> =
+            self.foca.iter_members().map(|m| m.id().clone()).filter(|m| self.fabric.link(&m.node).is_none()).collect();
+        for member in unlinked {
+            self.dial(member.addr);
+        }
+    }
+
+    fn withdraw(&mut self, node: &NodeId, incarnation: u64) {
+        // A newer process with the same id keeps its entries.
+        if self.catalog.advert(node).is_some_and(|a| a.incarnation > incarnation) {
+            return;
+        }
+        if let Some(delta) = self.catalog.withdraw(self.now(), node) {
+            self.broadcast(&PeerMsg::Catalog { delta });
+            self.changed = true;
+        }
+        self.reported.remove(node);
+    }
+
+    /// Sends foca's packets, schedules its timers and acts on its news.
+    fn drain_swim(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            match self.fabric.link(&to.node) {
+                Some(link) => {
+                    link.send(PeerMsg::Swim { data: B64.encode(&data) });
+                }
+                None => self.dial(to.addr.clone()),
+            }
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            let timers = self.timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        while let Some(notification) = self.rt.to_notify() {
+            match notification {
+                OwnedNotification::MemberUp(m) => {
+                    tracing::info!(member = %m.node, "member up");
+                    if self.fabric.link(&m.node).is_none() {
+                        self.dial(m.addr.clone());
+                    }
+                    self.changed = true;
+                }
+                OwnedNotification::MemberDown(m) => {
+                    tracing::info!(member = %m.node, "member down");
+                    self.withdraw(&m.node, m.incarnation);
+                    self.changed = true;
+                }
+                OwnedNotification::Rejoin(m) => {
+                    tracing::warn!(renewal = m.renewal, "declared down by the cluster; rejoined")
+                }
+                other => tracing::debug!(notification = ?other, "swim"),
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: String) {
+        if addr == self.fabric.me.addr || !self.dialing.insert(addr.clone()) {
+            return;
+        }
+        let (fabric, done) = (self.fabric.clone(), self.dials_done.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fabric.dial(&addr).await {
+                tracing::debug!(error = %e, "dial of a discovered member failed");
+            }
+            let _ = done.send(addr);
+        });
+    }
+
+    fn broadcast(&self, msg: &PeerMsg) {
+        for link in self.fabric.links().iter().filter(|l| l.remote.cluster == self.fabric.me.cluster) {
+            link.send(msg.clone());
+        }
+    }
+
+    fn publish(&self) {
+        let members = self
+            .foca
+            .iter_members()
+            .map(|m| MemberView {
+                node: m.id().node.clone(),
+                addr: m.id().addr.clone(),
+                incarnation: m.id().incarnation,
+                state: if m.state() == State::Suspect { "suspect" } else { "alive" },
+            })
+            .collect();
+        let me = &self.fabric.me.node;
+        let mut links: Vec<(NodeId, NodeId)> = self.fabric.links().iter().map(|l| pair(me, l.node())).collect();
+        for (node, peers) in &self.reported {
+            links.extend(peers.iter().map(|p| pair(node, p)));
+        }
+        links.sort();
+        links.dedup();
+        // Published entries are those this node can call now: its own and
+        // those of linked nodes. A node whose link dropped is skipped at once
+        // (calls fail over to replicas) while its advert waits for SWIM's verdict.
+        let mut entries = self.catalog.entries();
+        entries.retain(|e| e.node == *me || self.fabric.link(&e.node).is_some());
+        self.fabric.publish(ClusterView { entries: Arc::new(entries), members, links });
+    }
+
+    fn leave(&mut self) {
+        self.broadcast(&PeerMsg::Catalog { delta: self.catalog.leave() });
+        self.broadcast(&PeerMsg::Bye);
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::debug!(error = %e, "swim leave");
+        }
+        while let Some((to, data)) = self.rt.to_send() {
+            if let Some(link) = self.fabric.link(&to.node) {
+                link.send(PeerMsg::Swim { data: B64.encode(&data) });
+            }
+        }
+    }
+}
+
+fn pair(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
+    if a <= b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) }
+}
+
+/// Keeps a link to one configured seed: dials with backoff while there is
+/// none, stops for good if the seed is this node itself.
+async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    let mut backoff = FIRST;
+    let mut known: Option<NodeId> = None;
+    loop {
+        let linked = known.as_ref().is_some_and(|n| fabric.link(n).is_some())
+            || fabric.links().iter().any(|l| l.remote.addr == addr);
+        let wait = if linked {
+            backoff = FIRST;
+            Duration::from_millis(500)
+        } else {
+            match fabric.dial(&addr).await {
+                Ok(node) => {
+                    known = Some(node);
+                    backoff = FIRST;
+                    Duration::from_millis(500)
+                }
+                Err(e) => match e.reject_kind() {
+                    Some(crate::peer::RejectKind::SelfDial) => return,
+                    Some(crate::peer::RejectKind::DuplicateLink) => Duration::from_millis(500),
+                    _ => {
+                        tracing::debug!(error = %e, ?backoff, "seed dial failed");
+                        backoff = (backoff * 2).min(MAX);
+                        backoff
+                    }
+                },
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

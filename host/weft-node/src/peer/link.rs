@@ -1,0 +1,292 @@
+//! One live link to another node: a writer fed by a bounded queue, a reader
+//! that answers forwarded calls itself and hands membership and catalog
+//! messages to the cluster task, and the table of calls this node is
+//! waiting on. When the link ends, every waiting call fails with UNAVAILABLE
+//! and every call the peer asked for is cancelled.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use weft_proto::{ErrorKind, NodeId, WeftError};
+use weft_runtime::CallTarget;
+
+use super::wire::{ForwardCall, Hello, PeerMsg};
+use super::{Event, Fabric};
+
+/// Outbound messages waiting for the writer; gossip beyond this is dropped
+/// (SWIM and the catalog repair losses), calls wait for room.
+const QUEUE: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+type Waiter = oneshot::Sender<Result<Value, WeftError>>;
+
+pub struct Link {
+    pub remote: Hello,
+    pub direction: Direction,
+    pub since: SystemTime,
+    tx: mpsc::Sender<PeerMsg>,
+    /// Calls this node sent and awaits.
+    waiting: Mutex<HashMap<u64, Waiter>>,
+    /// Calls the peer sent that run here.
+    serving: Mutex<HashMap<u64, AbortHandle>>,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+    closed: CancellationToken,
+}
+
+impl Link {
+    pub(super) fn new(remote: Hello, direction: Direction) -> (Arc<Link>, mpsc::Receiver<PeerMsg>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let link = Link {
+            remote,
+            direction,
+            since: SystemTime::now(),
+            tx,
+            waiting: Mutex::default(),
+            serving: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+            closed: CancellationToken::new(),
+        };
+        (Arc::new(link), rx)
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.remote.node
+    }
+
+    /// Calls this node has in flight over the link: the load used to pick a node.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Queues a control message; false if the link is closed or its queue full.
+    pub fn send(&self, msg: PeerMsg) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+
+    /// Runs one call on the peer and waits for its answer. If this future is
+    /// dropped first (deadline, client gone), the peer is told to cancel.
+    pub async fn call(&self, mut call: ForwardCall) -> Result<Value, WeftError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        call.id = id;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(id, tx);
+        let mut pending = Pending { link: self, id, answered: false };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(PeerMsg::Call(call)).await.is_err() {
+            return Err(self.lost());
+        }
+        let result = rx.await.unwrap_or_else(|_| Err(self.lost()));
+        pending.answered = true;
+        result
+    }
+
+    fn lost(&self) -> WeftError {
+        WeftError::new(
+            ErrorKind::UNAVAILABLE,
+            format!(
+                "node {} went away before answering (its link closed); the call may or may not have run there, retry if it is safe",
+                self.remote.node
+            ),
+        )
+        .with("node", self.remote.node.to_string())
+        .with("link_lost", true)
+    }
+}
+
+/// Forgets a call this node stopped waiting for, and tells the peer.
+struct Pending<'a> {
+    link: &'a Link,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.link.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.answered && lock(&self.link.waiting).remove(&self.id).is_some() {
+            self.link.send(PeerMsg::Cancel { id: self.id });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves a registered link until either side closes it.
+pub(super) async fn run<S>(
+    fabric: Arc<Fabric>,
+    link: Arc<Link>,
+    ws: WebSocketStream<S>,
+    mut outbound: mpsc::Receiver<PeerMsg>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let metrics = fabric.metrics.clone();
+    let node_closing = {
+        let writer = async {
+            while let Some(msg) = outbound.recv().await {
+                if write(&mut sink, &metrics, &msg).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let reader = async {
+            while let Some(frame) = stream.next().await {
+                let bytes = match frame {
+                    Ok(Message::Text(t)) => t.as_bytes().to_vec(),
+                    Ok(Message::Binary(b)) => b.to_vec(),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                match serde_json::from_slice::<PeerMsg>(&bytes) {
+                    Ok(msg) => {
+                        metrics.peer_message("in", &msg, bytes.len());
+                        dispatch(&fabric, &link, msg);
+                    }
+                    Err(e) => {
+                        // A peer that speaks garbage is broken or hostile; drop the link.
+                        metrics.reject_frame("peer");
+                        tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => false,
+            _ = reader => false,
+            _ = link.closed.cancelled() => false,
+            _ = fabric.links_closing.cancelled() => true,
+        }
+    };
+    if node_closing {
+        // This node is stopping: what is queued (goodbyes, last replies) still goes out.
+        let flush = async {
+            while let Ok(msg) = outbound.try_recv() {
+                if write(&mut sink, &metrics, &msg).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+    }
+    link.close();
+    // Dropping the waiters fails every call still waiting with UNAVAILABLE.
+    lock(&link.waiting).clear();
+    for (_, task) in lock(&link.serving).drain() {
+        task.abort();
+    }
+    let _ = sink.close().await;
+    fabric.unregister(&link);
+    fabric.event(Event::LinkDown(link.clone()));
+}
+
+async fn write<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    metrics: &crate::metrics::Metrics,
+    msg: &PeerMsg,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let text = serde_json::to_string(msg).unwrap_or_default();
+    metrics.peer_message("out", msg, text.len());
+    sink.send(Message::Text(text.into())).await
+}
+
+fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
+    match msg {
+        PeerMsg::Call(call) => serve_call(fabric, link, call),
+        PeerMsg::Reply { id, value, error } => {
+            if let Some(waiter) = lock(&link.waiting).remove(&id) {
+                let result = match (value, error) {
+                    (_, Some(e)) => Err(WeftError::from(e)),
+                    (value, None) => Ok(value.unwrap_or(Value::Null)),
+                };
+                let _ = waiter.send(result);
+            }
+        }
+        PeerMsg::Cancel { id } => {
+            if let Some(task) = lock(&link.serving).remove(&id) {
+                task.abort();
+            }
+        }
+        msg => fabric.event(Event::Peer(link.clone(), msg)),
+    }
+}
+
+/// Runs a call a peer forwarded here, under this node's own sandbox limits.
+fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
+    let id = call.id;
+    let (fabric2, link2) = (fabric.clone(), link.clone());
+    let task = fabric.tracker.spawn(async move {
+        let result = run_forwarded(&fabric2, &call).await;
+        lock(&link2.serving).remove(&id);
+        link2.tx.send(PeerMsg::reply(id, result)).await.ok();
+    });
+    lock(&link.serving).insert(id, task.abort_handle());
+}
+
+async fn run_forwarded(fabric: &Fabric, call: &ForwardCall) -> Result<Value, WeftError> {
+    if call.routing_path.contains(&fabric.me.node) {
+        let path: Vec<&str> = call.routing_path.iter().map(NodeId::as_str).collect();
+        return Err(WeftError::new(
+            ErrorKind::NO_ROUTE,
+            format!(
+                "call to {} came back to node {} (routing path {})",
+                call.function,
+                fabric.me.node,
+                path.join(" -> ")
+            ),
+        ));
+    }
+    let Some((plugin, function)) = call.function.split_once('/') else {
+        return Err(WeftError::invalid_request(format!(
+            "forwarded function {:?} is not plugin/function",
+            call.function
+        )));
+    };
+    let version: semver::Version = call.version.parse().map_err(|e| {
+        WeftError::invalid_request(format!(
+            "forwarded version {:?} of {} is not semver: {e}",
+            call.version, call.function
+        ))
+    })?;
+    let deadline = Instant::now() + Duration::from_millis(call.deadline_ms);
+    let target = CallTarget { plugin, version: Some(&version), function };
+    let started = Instant::now();
+    let result = fabric.runtime.call(target, &call.args, deadline).await;
+    // Only functions that exist here become metric labels (a closed set).
+    if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
+        fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
+    }
+    result
+}

@@ -1,0 +1,379 @@
+//! Links between nodes: the handshake (both sides decide), the registry that
+//! keeps one link per pair of nodes, and the state the rest of the node reads
+//! (links, the published catalog, members). Membership and the catalog are
+//! driven by the cluster task (`crate::cluster`), which this module feeds with
+//! [`Event`]s.
+
+mod link;
+mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_fabric::CatalogEntry;
+use weft_proto::{NodeId, WeftError};
+use weft_runtime::Runtime;
+
+use crate::metrics::Metrics;
+pub use link::{Direction, Link};
+pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
+
+/// How long a dialled node has to answer `hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusals remembered for `/v1/peers`.
+const REFUSALS_KEPT: usize = 64;
+
+/// What links tell the cluster task.
+pub enum Event {
+    LinkUp(Arc<Link>),
+    LinkDown(Arc<Link>),
+    Peer(Arc<Link>, PeerMsg),
+}
+
+/// What the cluster task publishes for everyone else to read.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub entries: Arc<Vec<CatalogEntry>>,
+    pub members: Vec<MemberView>,
+    /// Links each member reported in its last beat (this node's own are live).
+    pub links: Vec<(NodeId, NodeId)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub node: NodeId,
+    pub addr: String,
+    pub incarnation: u64,
+    /// "alive" or "suspect" (SWIM's view).
+    pub state: &'static str,
+}
+
+/// A refused link attempt, as `/v1/peers` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    pub at_unix_ms: u64,
+    pub remote_node: Option<NodeId>,
+    pub remote_cluster: Option<String>,
+    pub addr: String,
+    pub direction: Direction,
+    /// Who refused: "local" or "remote".
+    pub by: &'static str,
+    pub kind: RejectKind,
+    pub reason: String,
+}
+
+/// The node's side of the cluster, shared by the listeners, the executor,
+/// the admin API and the cluster task.
+pub struct Fabric {
+    pub me: Hello,
+    pub runtime: Arc<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub max_frame: usize,
+    pub max_members: usize,
+    links: RwLock<HashMap<NodeId, Arc<Link>>>,
+    view: RwLock<ClusterView>,
+    refusals: Mutex<VecDeque<Refusal>>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Inbound forwarded calls: drained with the node's client calls.
+    pub(crate) tracker: TaskTracker,
+    /// Closes every link; cancelled after the drain, so replies still flow.
+    pub(crate) links_closing: CancellationToken,
+    pub(crate) link_tasks: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("{addr} refused the link ({}): {}", .reject.kind.as_str(), .reject.reason)]
+    Refused { addr: String, reject: Reject },
+    #[error("link to {addr} not made ({}): {}", .reject.kind.as_str(), .reject.reason)]
+    RefusedHere { addr: String, reject: Reject },
+}
+
+impl DialError {
+    pub fn reject_kind(&self) -> Option<RejectKind> {
+        match self {
+            DialError::Unreachable { .. } => None,
+            DialError::Refused { reject, .. } | DialError::RefusedHere { reject, .. } => Some(reject.kind),
+        }
+    }
+}
+
+impl Fabric {
+    pub fn new(
+        me: Hello,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        max_frame: usize,
+        max_members: usize,
+        tracker: TaskTracker,
+    ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let fabric = Fabric {
+            me,
+            runtime,
+            metrics,
+            max_frame,
+            max_members,
+            links: RwLock::default(),
+            view: RwLock::default(),
+            refusals: Mutex::default(),
+            events,
+            tracker,
+            links_closing: CancellationToken::new(),
+            link_tasks: TaskTracker::new(),
+        };
+        (Arc::new(fabric), rx)
+    }
+
+    pub(crate) fn event(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn link(&self, node: &NodeId) -> Option<Arc<Link>> {
+        read(&self.links).get(node).cloned()
+    }
+
+    pub fn links(&self) -> Vec<Arc<Link>> {
+        let mut links: Vec<Arc<Link>> = read(&self.links).values().cloned().collect();
+        links.sort_by(|a, b| a.node().cmp(b.node()));
+        links
+    }
+
+    pub fn view(&self) -> ClusterView {
+        read(&self.view).clone()
+    }
+
+    pub fn entries(&self) -> Arc<Vec<CatalogEntry>> {
+        read(&self.view).entries.clone()
+    }
+
+    pub(crate) fn publish(&self, view: ClusterView) {
+        self.metrics.catalog_entries.set(view.entries.len() as i64);
+        self.metrics.members.set(view.members.len() as i64 + 1);
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    pub fn refusals(&self) -> Vec<Refusal> {
+        lock(&self.refusals).iter().cloned().collect()
+    }
+
+    /// Both sides of a handshake run this on what the other side said.
+    fn admit(&self, remote: &Hello) -> Result<(), Reject> {
+        let refuse = |kind, reason: String| Err(Reject { kind, reason });
+        if remote.proto != PROTOCOL_VERSION {
+            return refuse(
+                RejectKind::Protocol,
+                format!(
+                    "node {} speaks peer protocol {}, this node speaks {PROTOCOL_VERSION}; run the same weft release on both",
+                    remote.node, remote.proto
+                ),
+            );
+        }
+        if remote.node == self.me.node {
+            return if remote.incarnation == self.me.incarnation {
+                refuse(RejectKind::SelfDial, format!("{} is this node's own address", self.me.addr))
+            } else {
+                refuse(
+                    RejectKind::DuplicateNodeId,
+                    format!(
+                        "node id {} is already used by the node at {}; give every node its own node.id",
+                        remote.node, self.me.addr
+                    ),
+                )
+            };
+        }
+        if remote.cluster != self.me.cluster {
+            return refuse(
+                RejectKind::Policy,
+                format!(
+                    "node {} is in cluster {}, and this node (cluster {}, federation.mode = strict) links only to its own cluster",
+                    remote.node, remote.cluster, self.me.cluster
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds a link after a successful handshake, keeping one link per pair.
+    /// Two links to one node resolve the same way on both sides: the link
+    /// dialled by the smaller node id stays. A different incarnation while the
+    /// old link lives is a second process with the same id.
+    fn register(&self, link: &Arc<Link>) -> Result<(), Reject> {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        if links.len() + 1 >= self.max_members && !links.contains_key(link.node()) {
+            return Err(Reject {
+                kind: RejectKind::ClusterFull,
+                reason: format!("node {} already links {} members (the limit)", self.me.node, self.max_members),
+            });
+        }
+        if let Some(old) = links.get(link.node()).filter(|old| !old.is_closed()) {
+            if old.remote.incarnation != link.remote.incarnation {
+                return Err(Reject {
+                    kind: RejectKind::DuplicateNodeId,
+                    reason: format!(
+                        "node id {} is already linked to {} (at {}, incarnation {}); give every node its own node.id, or wait until the old process is gone",
+                        link.node(),
+                        self.me.node,
+                        old.remote.addr,
+                        old.remote.incarnation
+                    ),
+                });
+            }
+            if self.dialer(old) <= self.dialer(link) {
+                return Err(Reject {
+                    kind: RejectKind::DuplicateLink,
+                    reason: format!("{} and {} are already linked", self.me.node, link.node()),
+                });
+            }
+            old.close();
+        }
+        links.insert(link.node().clone(), link.clone());
+        self.metrics.peer_links.set(links.len() as i64);
+        Ok(())
+    }
+
+    fn dialer<'a>(&'a self, link: &'a Link) -> &'a NodeId {
+        match link.direction {
+            Direction::Outbound => &self.me.node,
+            Direction::Inbound => link.node(),
+        }
+    }
+
+    pub(crate) fn unregister(&self, link: &Arc<Link>) {
+        let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
+        if links.get(link.node()).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            links.remove(link.node());
+        }
+        self.metrics.peer_links.set(links.len() as i64);
+    }
+
+    fn refused(&self, by: &'static str, direction: Direction, addr: &str, remote: Option<&Hello>, reject: &Reject) {
+        self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
+        let at_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut refusals = lock(&self.refusals);
+        // Log a refusal once per peer and reason, not once per retry.
+        let repeat = refusals
+            .iter()
+            .any(|r| r.addr == addr && r.kind == reject.kind && r.remote_node.as_ref() == remote.map(|h| &h.node));
+        if !repeat && reject.kind != RejectKind::DuplicateLink && reject.kind != RejectKind::SelfDial {
+            tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
+        }
+        refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
+        if refusals.len() >= REFUSALS_KEPT {
+            refusals.pop_front();
+        }
+        refusals.push_back(Refusal {
+            at_unix_ms,
+            remote_node: remote.map(|h| h.node.clone()),
+            remote_cluster: remote.map(|h| h.cluster.to_string()),
+            addr: addr.to_owned(),
+            direction,
+            by,
+            kind: reject.kind,
+            reason: reject.reason.clone(),
+        });
+    }
+
+    /// The accepting side: `hello` arrived as the first frame of a connection.
+    pub async fn accept<S>(self: &Arc<Self>, mut ws: WebSocketStream<S>, hello: Hello)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (link, rx) = Link::new(hello.clone(), Direction::Inbound);
+        if let Err(reject) = self.admit(&hello).and_then(|()| self.register(&link)) {
+            self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
+            let _ = send(&mut ws, &PeerMsg::Reject(reject)).await;
+            let _ = ws.close(None).await;
+            return;
+        }
+        if send(&mut ws, &PeerMsg::Welcome(self.me.clone())).await.is_err() {
+            self.unregister(&link);
+            return;
+        }
+        self.start(link, ws, rx);
+    }
+
+    /// The dialling side. Returns the remote node's id once the link is up
+    /// (it then runs in its own task).
+    pub async fn dial(self: &Arc<Self>, addr: &str) -> Result<NodeId, DialError> {
+        let unreachable = |reason: String| DialError::Unreachable { addr: addr.to_owned(), reason };
+        let config =
+            WebSocketConfig::default().max_message_size(Some(self.max_frame)).max_frame_size(Some(self.max_frame));
+        let connect = tokio_tungstenite::connect_async_with_config(addr, Some(config), true);
+        let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+            .await
+            .map_err(|_| unreachable("no answer within 5s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        send(&mut ws, &PeerMsg::Hello(self.me.clone())).await.map_err(|e| unreachable(e.to_string()))?;
+        let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| unreachable("no handshake answer within 5s".into()))?;
+        let remote = match answer {
+            Some(Ok(Message::Text(t))) => match serde_json::from_str::<PeerMsg>(&t) {
+                Ok(PeerMsg::Welcome(h)) => h,
+                Ok(PeerMsg::Reject(reject)) => {
+                    self.refused("remote", Direction::Outbound, addr, None, &reject);
+                    return Err(DialError::Refused { addr: addr.to_owned(), reject });
+                }
+                _ => return Err(unreachable("it did not answer the peer handshake; is it a weft node?".into())),
+            },
+            _ => return Err(unreachable("the connection closed during the handshake".into())),
+        };
+        let (link, rx) = Link::new(remote.clone(), Direction::Outbound);
+        if let Err(reject) = self.admit(&remote).and_then(|()| self.register(&link)) {
+            self.refused("local", Direction::Outbound, addr, Some(&remote), &reject);
+            let _ = send(&mut ws, &PeerMsg::Reject(reject.clone())).await;
+            let _ = ws.close(None).await;
+            return Err(DialError::RefusedHere { addr: addr.to_owned(), reject });
+        }
+        let node = remote.node.clone();
+        self.start(link, ws, rx);
+        Ok(node)
+    }
+
+    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: mpsc::Receiver<PeerMsg>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tracing::info!(peer = %link.node(), cluster = %link.remote.cluster, direction = ?link.direction, "peer link up");
+        self.event(Event::LinkUp(link.clone()));
+        self.link_tasks.spawn(link::run(self.clone(), link, ws, rx));
+    }
+
+    /// Closes every link (after the node drained).
+    pub(crate) async fn close_links(&self) {
+        self.links_closing.cancel();
+        self.link_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.link_tasks.wait()).await;
+    }
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, msg: &PeerMsg) -> Result<(), WeftError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|e| WeftError::internal(e.to_string()))?;
+    ws.send(Message::Text(text.into())).await.map_err(|e| WeftError::internal(e.to_string()))
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

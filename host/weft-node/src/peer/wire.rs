@@ -1,0 +1,184 @@
+//! The peer envelope: every message between two nodes, control and data, is
+//! one JSON text frame `{"t": KIND, ...}` on the link's WebSocket. A link
+//! starts with `hello` from the dialer, answered by `welcome` or `reject`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weft_fabric::{CatalogDelta, CatalogSnapshot};
+use weft_proto::{ClusterId, ErrorBody, NodeId, WeftError};
+
+/// Bumped on incompatible changes of this envelope; a peer speaking another
+/// version is refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What each side of a link says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub proto: u32,
+    pub node: NodeId,
+    pub cluster: ClusterId,
+    /// Grows across restarts of one node id (its start time in ms).
+    pub incarnation: u64,
+    /// The URL other nodes dial to reach this one.
+    pub addr: String,
+    #[serde(default)]
+    pub caps: Vec<String>,
+}
+
+/// Why a link was refused; both sides log it and `/v1/peers` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectKind {
+    /// The peer speaks another protocol version.
+    Protocol,
+    /// The dialled node is the dialler itself (a seed list naming this node).
+    SelfDial,
+    /// Another live node already uses this id.
+    DuplicateNodeId,
+    /// A link between the two nodes already exists; the older one stays.
+    DuplicateLink,
+    /// Federation policy does not accept the peer's cluster.
+    Policy,
+    /// The cluster is at its member limit.
+    ClusterFull,
+}
+
+impl RejectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Protocol => "protocol",
+            RejectKind::SelfDial => "self-dial",
+            RejectKind::DuplicateNodeId => "duplicate-node-id",
+            RejectKind::DuplicateLink => "duplicate-link",
+            RejectKind::Policy => "policy",
+            RejectKind::ClusterFull => "cluster-full",
+        }
+    }
+}
+
+/// A refusal: the kind for programs, the reason for people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    pub kind: RejectKind,
+    pub reason: String,
+}
+
+/// One step of a request, run on the node that has the function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardCall {
+    pub id: u64,
+    /// `plugin/function`.
+    pub function: String,
+    pub version: String,
+    pub args: Vec<Value>,
+    /// Time left of the caller's deadline when the call was sent.
+    pub deadline_ms: u64,
+    /// Nodes the call has passed through, origin first.
+    pub routing_path: Vec<NodeId>,
+    pub hop_budget: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "kebab-case")]
+pub enum PeerMsg {
+    Hello(Hello),
+    Welcome(Hello),
+    Reject(Reject),
+    /// A SWIM packet (foca, postcard-encoded), base64.
+    Swim {
+        data: String,
+    },
+    /// A change of one node's catalog advert, or its withdrawal.
+    Catalog {
+        delta: CatalogDelta,
+    },
+    /// Everything the sender's catalog knows; sent once when a link comes up.
+    Snapshot {
+        snapshot: CatalogSnapshot,
+    },
+    /// "Send me your current advert": the receiver answers with `catalog`.
+    CatalogPull,
+    /// Periodic: the sender's advert stamp (keeps its entries from expiring)
+    /// and the nodes it is linked to (for `/v1/topology`).
+    Beat {
+        incarnation: u64,
+        version: u64,
+        links: Vec<NodeId>,
+    },
+    Call(ForwardCall),
+    Reply {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+    /// The caller no longer wants call `id` (it timed out or its client left).
+    Cancel {
+        id: u64,
+    },
+    /// The sender is leaving the cluster.
+    Bye,
+}
+
+impl PeerMsg {
+    pub fn reply(id: u64, result: Result<Value, WeftError>) -> PeerMsg {
+        match result {
+            Ok(value) => PeerMsg::Reply { id, value: Some(value), error: None },
+            Err(e) => PeerMsg::Reply { id, value: None, error: Some(e.to_body()) },
+        }
+    }
+
+    /// The label of this message in metrics (a closed set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMsg::Hello(_) => "hello",
+            PeerMsg::Welcome(_) => "welcome",
+            PeerMsg::Reject(_) => "reject",
+            PeerMsg::Swim { .. } => "swim",
+            PeerMsg::Catalog { .. } => "catalog",
+            PeerMsg::Snapshot { .. } => "snapshot",
+            PeerMsg::CatalogPull => "catalog-pull",
+            PeerMsg::Beat { .. } => "beat",
+            PeerMsg::Call(_) => "call",
+            PeerMsg::Reply { .. } => "reply",
+            PeerMsg::Cancel { .. } => "cancel",
+            PeerMsg::Bye => "bye",
+        }
+    }
+
+    /// Gossip (membership and catalog upkeep), as opposed to call traffic.
+    pub fn is_gossip(&self) -> bool {
+        !matches!(self, PeerMsg::Call(_) | PeerMsg::Reply { .. } | PeerMsg::Cancel { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_their_tag() {
+        let hello = Hello {
+            proto: PROTOCOL_VERSION,
+            node: NodeId::new("a"),
+            cluster: ClusterId::new("c"),
+            incarnation: 7,
+            addr: "ws://127.0.0.1:1".into(),
+            caps: vec![],
+        };
+        let msgs = [
+            PeerMsg::Hello(hello.clone()),
+            PeerMsg::Reject(Reject { kind: RejectKind::DuplicateNodeId, reason: "x".into() }),
+            PeerMsg::reply(3, Ok(Value::from(1))),
+            PeerMsg::reply(4, Err(WeftError::internal("boom"))),
+            PeerMsg::CatalogPull,
+            PeerMsg::Bye,
+        ];
+        for msg in msgs {
+            let text = serde_json::to_string(&msg).unwrap();
+            assert!(text.starts_with(&format!("{{\"t\":\"{}\"", msg.kind())), "{text}");
+            assert_eq!(serde_json::from_str::<PeerMsg>(&text).unwrap(), msg);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Clusters of real nodes on loopback: discovery through one seed, the shared
+//! catalog, routing by resources and load, failure detection, graceful
+//! leave, restart, duplicate ids, and nodes vanishing mid-call.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{NodeSpec, TestNode, eventually, metric};
+use weft_proto::{Command, ErrorKind, Request};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A node of cluster `c1` with these plugins, dialling `seeds`.
+fn member(
+    id: &str,
+    plugins: Vec<&'static str>,
+    seeds: &[&TestNode],
+    node_keys: &str,
+    failure_timeout: &str,
+) -> TestNode {
+    member_with(id, plugins, vec![], seeds, node_keys, failure_timeout)
+}
+
+fn member_with(
+    id: &str,
+    plugins: Vec<&'static str>,
+    files: Vec<(String, Vec<u8>)>,
+    seeds: &[&TestNode],
+    node_keys: &str,
+    failure_timeout: &str,
+) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"c1\"\nseeds = [{}]\n{node_keys}\n[cluster]\nfailure_timeout = \"{failure_timeout}\"\nbeat_interval = \"200ms\"\ncatalog_ttl = \"3s\"\n",
+        seeds.join(", ")
+    );
+    TestNode::start(NodeSpec { plugins, files, config })
+}
+
+/// The nodes whose functions `node`'s catalog lists.
+async fn catalog_nodes(node: &TestNode) -> BTreeSet<String> {
+    let reply = node.admin().get("/v1/catalog").await.unwrap();
+    reply.body["functions"].as_array().unwrap().iter().map(|f| f["node"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Waits until every node's catalog lists exactly the functions of `expected`.
+async fn converged(nodes: &[&TestNode], expected: &[&str]) {
+    let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    for node in nodes {
+        eventually(&format!("catalog of {} to list {expected:?}", node.id), SETTLE, async || {
+            (catalog_nodes(node).await == expected).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Runs one command and returns its result and the node it ran on.
+async fn run_on(client: &weft_client::Client, cmd: Command) -> Result<(Value, String), weft_proto::WeftError> {
+    let name = cmd.name.clone();
+    let mut req = Request::new("where", vec![cmd]);
+    req.include_execution_summary = true;
+    let response = client.request(req).await?;
+    if let Some(e) = response.error {
+        return Err(e.into());
+    }
+    let summary = response.execution_summary.unwrap();
+    Ok((response.r.unwrap()[&name].clone(), summary.steps[0].node.clone()))
+}
+
+#[tokio::test]
+async fn three_nodes_share_one_catalog_and_run_a_pipeline_across_all_of_them() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["math"], &[&a], "", "1s");
+    let c = member("c", vec!["text"], &[&b], "", "1s");
+    converged(&[&a, &b, &c], &["a", "b", "c"]).await;
+
+    // Every function is callable from every node, wherever it lives.
+    for node in [&a, &b, &c] {
+        let client = node.client().await;
+        assert_eq!(client.call("echo", vec![json!("hi")]).await.unwrap(), json!("hi"), "echo from {}", node.id);
+        assert_eq!(client.call("add", vec![json!(2), json!(3)]).await.unwrap(), json!(5), "add from {}", node.id);
+        assert_eq!(client.call("upper", vec![json!("x")]).await.unwrap(), json!("X"), "upper from {}", node.id);
+    }
+
+    // One request whose steps live on three nodes, sent to the node with none of the later ones.
+    let req: Request = serde_json::from_value(json!({
+        "role": "rpc", "u": "p",
+        "cmds": [
+            {"name": "e", "fun": "echo", "args": ["hello big world"]},
+            {"name": "u", "fun": "upper", "args": [{"$ref": "e"}]},
+            {"name": "n", "fun": "word-count", "args": [{"$ref": "u"}]},
+            {"name": "s", "fun": "add", "args": [{"$ref": "n"}, 39]}
+        ],
+        "include_execution_summary": true
+    }))
+    .unwrap();
+    let response = a.client().await.request(req).await.unwrap();
+    assert_eq!(response.r.unwrap(), json!({"s": 42}));
+    let ran: Vec<(String, String)> =
+        response.execution_summary.unwrap().steps.into_iter().map(|s| (s.name, s.node)).collect();
+    let expected: Vec<(String, String)> =
+        [("e", "a"), ("u", "c"), ("n", "c"), ("s", "b")].iter().map(|(s, n)| ((*s).into(), (*n).into())).collect();
+    assert_eq!(ran, expected);
+
+    // Topology: three alive members, fully linked; /v1/peers shows the links.
+    // (Links between other nodes are learnt from their periodic beats.)
+    let topology = eventually("c to see all three links", SETTLE, async || {
+        let topology = c.admin().get("/v1/topology").await.unwrap().body;
+        (topology["clusters"][0]["links"].as_array().unwrap().len() == 3).then_some(topology)
+    })
+    .await;
+    let cluster = &topology["clusters"][0];
+    let nodes: BTreeSet<&str> =
+        cluster["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, BTreeSet::from(["a", "b", "c"]));
+    assert!(cluster["nodes"].as_array().unwrap().iter().all(|n| n["state"] == "alive"), "{topology}");
+    let peers = a.admin().get("/v1/peers").await.unwrap().body;
+    let linked: BTreeSet<&str> =
+        peers["links"].as_array().unwrap().iter().map(|l| l["node"].as_str().unwrap()).collect();
+    assert_eq!(linked, BTreeSet::from(["b", "c"]), "a learnt c through b: {peers}");
+    assert!(peers["links"].as_array().unwrap().iter().all(|l| l["cluster"] == "c1" && l["state"] == "up"));
+
+    let metrics = a.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_peer_links "), Some(2.0));
+    assert_eq!(metric(&metrics, "weft_cluster_members "), Some(3.0));
+    assert!(metric(&metrics, "weft_forwards_total{outcome=\"ok\"}").unwrap() >= 2.0);
+    assert!(metric(&metrics, "weft_peer_messages_total{direction=\"out\",kind=\"swim\"}").unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn five_nodes_route_by_resources_spread_load_and_survive_a_kill() {
+    let n1 = member("n1", vec!["echo"], &[], "", "1s");
+    let n2 = member("n2", vec!["math"], &[&n1], "resources = [\"gpu\"]", "1s");
+    let mut n3 = member("n3", vec!["math"], &[&n1], "", "1s");
+    let mut n4 = member("n4", vec!["text"], &[&n1], "", "1s");
+    let n5 = member("n5", vec![], &[&n1], "", "1s");
+    converged(&[&n1, &n2, &n3, &n4, &n5], &["n1", "n2", "n3", "n4"]).await;
+    // n5 knew only n1 and still links to every member.
+    let peers = n5.admin().get("/v1/peers").await.unwrap().body;
+    assert_eq!(peers["links"].as_array().unwrap().len(), 4, "only linked nodes' functions are listed: {peers}");
+
+    let client = n5.client().await;
+    // `locs` picks the only node with the resource, every time.
+    for _ in 0..10 {
+        let mut cmd = Command::new("x", "add", vec![json!(1), json!(2)]);
+        cmd.locs = vec!["gpu".into()];
+        assert_eq!(run_on(&client, cmd).await.unwrap(), (json!(3), "n2".to_owned()));
+    }
+    // Without locs, calls spread over both nodes that have the function.
+    let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..40 {
+        let (value, node) = run_on(&client, Command::new("x", "add", vec![json!(i), json!(1)])).await.unwrap();
+        assert_eq!(value, json!(i + 1));
+        *per_node.entry(node).or_default() += 1;
+    }
+    assert_eq!(per_node.keys().collect::<Vec<_>>(), ["n2", "n3"], "{per_node:?}");
+    assert!(per_node.values().all(|&n| n >= 5), "load is shared: {per_node:?}");
+
+    // kill -9 a replica: it leaves every catalog, and calls go to the other one.
+    n3.kill();
+    converged(&[&n1, &n2, &n4, &n5], &["n1", "n2", "n4"]).await;
+    for i in 0..10 {
+        let (_, node) = run_on(&client, Command::new("x", "add", vec![json!(i), json!(1)])).await.unwrap();
+        assert_eq!(node, "n2");
+    }
+    // kill -9 the only node with a function: it is gone, and says so.
+    n4.kill();
+    converged(&[&n1, &n2, &n5], &["n1", "n2"]).await;
+    let err = client.call("upper", vec![json!("x")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_is_removed_at_once_and_rejoins_after_a_restart() {
+    // A failure timeout far above the wait below: only the goodbye can explain a fast removal.
+    let a = member("a", vec!["echo"], &[], "", "20s");
+    let mut b = member("b", vec!["math"], &[&a], "", "20s");
+    converged(&[&a, &b], &["a", "b"]).await;
+
+    assert_eq!(b.terminate(), Some(0));
+    let gone = async || (catalog_nodes(&a).await == BTreeSet::from(["a".to_owned()])).then_some(());
+    eventually("a to drop b after its goodbye", Duration::from_secs(2), gone).await;
+    let members = a.admin().get("/v1/topology").await.unwrap().body["clusters"][0]["nodes"].clone();
+    assert_eq!(members.as_array().unwrap().len(), 1, "only a is left: {members}");
+
+    // The same id, a new process: it rejoins and its functions are back.
+    let b = member("b", vec!["math"], &[&a], "", "20s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    assert_eq!(a.client().await.call("add", vec![json!(1), json!(1)]).await.unwrap(), json!(2));
+}
+
+#[tokio::test]
+async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["math"], &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let impostor = member("b", vec!["text"], &[&a], "", "1s");
+
+    let refused = |node: &TestNode| {
+        let admin = node.admin();
+        async move {
+            let peers = admin.get("/v1/peers").await.unwrap().body;
+            peers["refused"].as_array().unwrap().iter().find(|r| r["kind"] == "duplicate-node-id").cloned()
+        }
+    };
+    let at_a = eventually("a to refuse the impostor", SETTLE, async || refused(&a).await).await;
+    assert_eq!(at_a["by"], "local");
+    assert!(at_a["reason"].as_str().unwrap().contains("node id b"), "{at_a}");
+    let at_impostor = eventually("the impostor to learn why", SETTLE, async || refused(&impostor).await).await;
+    assert_eq!(at_impostor["by"], "remote");
+    assert!(impostor.stderr().contains("duplicate-node-id"));
+    // The real b keeps its place; the impostor's functions never join.
+    converged(&[&a], &["a", "b"]).await;
+    assert!(a.client().await.call("upper", vec![json!("x")]).await.is_err());
+    let metrics = a.admin().get("/metrics").await.unwrap().text;
+    assert!(metric(&metrics, "weft_links_refused_total{kind=\"duplicate-node-id\"}").unwrap() >= 1.0);
+}
+
+/// A spinning call forwarded to a node that is then killed.
+async fn kill_mid_call(idempotent: bool) -> (weft_proto::WeftError, TestNode) {
+    let manifest = format!("idempotent = {idempotent}\n[limits]\ndeadline = \"1500ms\"\n");
+    let files = || vec![("hostile.toml".to_owned(), manifest.clone().into_bytes())];
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let mut b = member_with("b", vec!["hostile"], files(), &[&a], "", "1s");
+    let mut c = member_with("c", vec!["hostile"], files(), &[&a], "", "1s");
+    converged(&[&a], &["a", "b", "c"]).await;
+
+    let client = a.client().await;
+    let mut req = Request::new("spin", vec![Command::new("s", "spin", vec![])]);
+    req.timeout_ms = Some(20_000);
+    let call = tokio::spawn(async move { client.request(req).await });
+    // Kill whichever node got the call, once it is running there.
+    let busy = eventually("the call to be in flight", SETTLE, async || {
+        let peers = a.admin().get("/v1/peers").await.unwrap().body;
+        peers["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["in_flight"] == 1)
+            .map(|l| l["node"].as_str().unwrap().to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let survivor = if busy == "b" {
+        b.kill();
+        c
+    } else {
+        c.kill();
+        b
+    };
+    let response = call.await.unwrap().unwrap();
+    (response.error.map(Into::into).expect("the call failed"), survivor)
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_call_gives_unavailable_not_a_hang() {
+    let (err, survivor) = kill_mid_call(false).await;
+    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
+    assert!(err.message.contains("went away"), "{}", err.message);
+    // Not idempotent: never retried elsewhere.
+    let metrics = survivor.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_calls_total{function=\"hostile/spin\""), None);
+}
+
+#[tokio::test]
+async fn an_idempotent_call_is_retried_on_another_node_when_its_node_dies() {
+    let (err, survivor) = kill_mid_call(true).await;
+    // The retry ran (and spun until its own deadline) on the surviving node.
+    assert_eq!(err.kind, ErrorKind::GUEST_TRAP, "{err:?}");
+    assert_eq!(err.details["trap"], "interrupted");
+    let metrics = survivor.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_calls_total{function=\"hostile/spin\",outcome=\"error\"}"), Some(1.0));
+}
