@@ -1,8 +1,10 @@
-//! Weft benchmarks. `weft-bench [runtime|pipeline|all] [--smoke]` prints
+//! Weft benchmarks. `weft-bench [runtime|pipeline|cluster|all] [--smoke]` prints
 //! markdown tables of figures measured on this machine. Pairs that are
 //! compared are measured interleaved (A, B, A, B, ...) so drift of a shared
 //! machine hits both sides alike. `--smoke` runs a few iterations only (CI
 //! uses it so the benchmarks cannot rot); its figures mean nothing.
+
+mod cluster;
 
 use std::time::{Duration, Instant};
 
@@ -198,11 +200,15 @@ async fn main() -> std::process::ExitCode {
     let result = match what {
         "runtime" => bench_runtime(smoke).await,
         "pipeline" => bench_pipeline(smoke).await,
+        "cluster" => cluster::bench_cluster(smoke).await,
         "all" => match bench_runtime(smoke).await {
-            Ok(()) => bench_pipeline(smoke).await,
+            Ok(()) => match bench_pipeline(smoke).await {
+                Ok(()) => cluster::bench_cluster(smoke).await,
+                e => e,
+            },
             e => e,
         },
-        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline or all")),
+        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline, cluster or all")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

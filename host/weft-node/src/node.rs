@@ -58,6 +58,16 @@ impl RunningNode {
         format!("http://{}", self.admin_addr)
     }
 
+    /// Every function this node can call now (its own and its linked peers').
+    pub fn catalog(&self) -> Arc<Vec<weft_fabric::CatalogEntry>> {
+        self.fabric.entries()
+    }
+
+    /// This node's metrics in Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.fabric.metrics.encode()
+    }
+
     /// Stops accepting, lets in-flight calls finish for up to the grace
     /// period, then cancels what is left. Returns whether the drain finished
     /// in time.
