@@ -58,29 +58,34 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             "ws": node.ws_url(), "admin": node.admin_url(),
         })
     );
-    wait_for_signal().await;
+    wait_for_signal(&node).await;
     let drained = node.shutdown().await;
     Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT/SIGTERM; SIGHUP reloads the federation policy meanwhile.
+async fn wait_for_signal(node: &weft_node::RunningNode) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match node.reload_federation() {
+                    Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
+                    Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = node;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -26,6 +26,14 @@ pub struct CatalogEntry {
     /// node when the first one vanished mid-call.
     #[serde(default)]
     pub idempotent: bool,
+    /// False when the plugin's manifest says `export = false`: never offered
+    /// to, nor callable from, other clusters.
+    #[serde(default = "yes")]
+    pub exported: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The function a command will call.

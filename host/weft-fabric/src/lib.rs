@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod cluster_catalog;
 pub mod plan;
+pub mod policy;
 pub mod schedule;
 
 #[cfg(test)]
@@ -23,4 +24,5 @@ pub use cluster_catalog::{
     Stamp,
 };
 pub use plan::{Plan, Step, StepIdx, Template};
+pub use policy::{Policy, Rule, Verdict};
 pub use schedule::Scheduler;

@@ -44,6 +44,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         node: NodeId::new("n1"),
         cluster: ClusterId::new("alpha"),
         idempotent: false,
+        exported: true,
     }
 }
 

@@ -46,6 +46,8 @@ impl PhaseCell {
 }
 
 pub(crate) struct AdminContext {
+    /// The config file, read again by `POST /v1/federation/reload`.
+    pub config_source: Option<std::path::PathBuf>,
     /// Set once plugins are loaded; until then the API answers 503.
     pub executor: Arc<OnceLock<Arc<Executor>>>,
     pub metrics: Arc<Metrics>,
@@ -161,9 +163,24 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             );
             r
         }
-        (&Method::GET, "/v1/plugins" | "/v1/catalog" | "/v1/peers" | "/v1/topology") if executor.is_none() => {
-            starting()
-        }
+        (
+            _,
+            "/v1/plugins" | "/v1/catalog" | "/v1/peers" | "/v1/topology" | "/v1/federation" | "/v1/federation/reload",
+        ) if executor.is_none() => starting(),
+        (&Method::GET, "/v1/federation") => match executor {
+            Some(e) => json_response(StatusCode::OK, &federation(e.fabric())),
+            None => starting(),
+        },
+        (&Method::POST, "/v1/federation/reload") => match executor {
+            Some(e) => match crate::node::reload_federation(e.fabric(), ctx.config_source.as_deref()) {
+                Ok(summary) => json_response(StatusCode::OK, &summary),
+                Err(err) => error_response(
+                    StatusCode::BAD_REQUEST,
+                    &WeftError::invalid_request(format!("{err}; the old policy stays in force")),
+                ),
+            },
+            None => starting(),
+        },
         (&Method::GET, "/v1/peers") => match executor {
             Some(e) => json_response(StatusCode::OK, &peers(e.fabric())),
             None => starting(),
@@ -236,6 +253,32 @@ fn peers(fabric: &Fabric) -> Value {
         })
         .collect();
     json!({ "node": fabric.me.node, "cluster": fabric.me.cluster, "links": links, "refused": fabric.refusals() })
+}
+
+/// The effective federation policy and its decision counters.
+fn federation(fabric: &Fabric) -> Value {
+    let counters: Vec<Value> = fabric
+        .decisions()
+        .into_iter()
+        .map(
+            |((point, outcome, rule), count)| json!({"point": point, "outcome": outcome, "rule": rule, "count": count}),
+        )
+        .collect();
+    let bridges: Vec<Value> = fabric
+        .links()
+        .iter()
+        .filter(|l| l.remote.cluster != fabric.me.cluster)
+        .map(|l| json!({"node": l.remote.node, "cluster": l.remote.cluster, "direction": l.direction}))
+        .collect();
+    json!({
+        "node": fabric.me.node,
+        "cluster": fabric.me.cluster,
+        "policy": *fabric.policy(),
+        "rate_limit_per_minute": fabric.rate_limit_per_minute(),
+        "counters": counters,
+        "foreign_links": bridges,
+        "refused": fabric.refusals(),
+    })
 }
 
 /// This cluster as a graph: members (SWIM's view, this node included) and links.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use weft_fabric::{Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh};
 use weft_proto::NodeId;
 
-use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg};
+use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point};
 
 /// A node as SWIM knows it. `renewal` grows when SWIM declared this process
 /// down by mistake and it rejoins; `incarnation` is the process (start time).
@@ -79,6 +79,18 @@ struct ClusterTask {
     dialing: HashSet<String>,
     /// Links each peer reported in its last beat.
     reported: BTreeMap<NodeId, Vec<NodeId>>,
+    /// Foreign entries offered over each bridge link, by the linked node.
+    imports: BTreeMap<NodeId, Vec<CatalogEntry>>,
+    /// This cluster's entries as last offered over bridges.
+    offered: Vec<CatalogEntry>,
+    /// Foreign entries members reach over their bridges, by member.
+    relayed: BTreeMap<NodeId, Vec<CatalogEntry>>,
+    /// What this node last relayed to its members.
+    relaying: Vec<CatalogEntry>,
+    seeds: Vec<String>,
+    /// Addresses learnt from members' beats, and when they were last dialled.
+    gossip_dials: std::collections::HashMap<String, Instant>,
+    max_imports: usize,
     changed: bool,
 }
 
@@ -101,7 +113,7 @@ pub fn start(
     let (timers, timers_rx) = mpsc::unbounded_channel();
     let (dials_done, dials_rx) = mpsc::unbounded_channel();
     let (leave, leave_rx) = mpsc::channel(1);
-    let task = ClusterTask {
+    let mut task = ClusterTask {
         fabric: fabric.clone(),
         foca,
         rt: AccumulatingRuntime::new(),
@@ -111,6 +123,13 @@ pub fn start(
         dials_done,
         dialing: HashSet::new(),
         reported: BTreeMap::new(),
+        imports: BTreeMap::new(),
+        offered: Vec::new(),
+        relayed: BTreeMap::new(),
+        relaying: Vec::new(),
+        seeds: settings.seeds.clone(),
+        gossip_dials: std::collections::HashMap::new(),
+        max_imports: settings.catalog.max_entries_per_node,
         changed: false,
     };
     // Ready means callable: local functions are in the view before any peer shows up.
@@ -178,8 +197,12 @@ impl ClusterTask {
 
     fn on_event(&mut self, event: Event) {
         match event {
+            Event::LinkUp(link) if link.remote.cluster != self.fabric.me.cluster => {
+                link.send(PeerMsg::Foreign { entries: self.offer(&link) });
+            }
             Event::LinkUp(link) => {
                 link.send(PeerMsg::Snapshot { snapshot: self.catalog.snapshot() });
+                link.send(PeerMsg::Relay { entries: self.relaying.clone() });
                 let r = &link.remote;
                 let guess =
                     Member { node: r.node.clone(), addr: r.addr.clone(), incarnation: r.incarnation, renewal: 0 };
@@ -190,6 +213,18 @@ impl ClusterTask {
             }
             Event::LinkDown(link) => {
                 tracing::info!(peer = %link.node(), "peer link down");
+                if self.fabric.link(link.node()).is_none() {
+                    self.imports.remove(link.node());
+                    self.relayed.remove(link.node());
+                }
+                self.changed = true;
+            }
+            Event::PolicyChanged => {
+                // Closed links drop their imports when they go down; the
+                // others are offered what the new rules allow.
+                for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
+                    link.send(PeerMsg::Foreign { entries: self.offer(link) });
+                }
                 self.changed = true;
             }
             Event::Peer(link, msg) => self.on_message(&link, msg),
@@ -213,10 +248,17 @@ impl ClusterTask {
                     self.apply(link, now, delta);
                 }
             }
+            PeerMsg::Foreign { entries } => self.import(link, entries),
+            PeerMsg::Relay { mut entries } if link.remote.cluster == self.fabric.me.cluster => {
+                entries.retain(|e| e.cluster != self.fabric.me.cluster);
+                entries.truncate(self.max_imports);
+                self.relayed.insert(link.node().clone(), entries);
+                self.changed = true;
+            }
             PeerMsg::CatalogPull => {
                 link.send(PeerMsg::Catalog { delta: self.catalog.local_advert() });
             }
-            PeerMsg::Beat { incarnation, version, links } => {
+            PeerMsg::Beat { incarnation, version, links, known } if link.remote.cluster == self.fabric.me.cluster => {
                 if self.catalog.refresh(now, link.node(), incarnation, version) == Refresh::Missing {
                     link.send(PeerMsg::CatalogPull);
                 }
@@ -224,6 +266,7 @@ impl ClusterTask {
                     self.reported.insert(link.node().clone(), links);
                     self.changed = true;
                 }
+                self.dial_known(known);
             }
             PeerMsg::Bye => {
                 tracing::info!(peer = %link.node(), "peer left the cluster");
@@ -240,8 +283,41 @@ impl ClusterTask {
         }
     }
 
+    /// This cluster's entries that the policy offers to the link's cluster.
+    fn offer(&self, link: &Link) -> Vec<CatalogEntry> {
+        let policy = self.fabric.policy();
+        self.own_entries().into_iter().filter(|e| policy.exports(e, &link.remote.cluster)).collect()
+    }
+
+    /// Functions of this cluster reachable now: this node's and linked members'.
+    fn own_entries(&self) -> Vec<CatalogEntry> {
+        let mut entries = self.catalog.entries();
+        entries.retain(|e| e.node == self.fabric.me.node || self.fabric.link(&e.node).is_some());
+        entries
+    }
+
+    /// Takes a bridge peer's offer, as far as this node's policy imports it.
+    fn import(&mut self, link: &Link, mut entries: Vec<CatalogEntry>) {
+        let cluster = &link.remote.cluster;
+        if *cluster == self.fabric.me.cluster {
+            return;
+        }
+        let verdict = self.fabric.decide(Point::Import, self.fabric.policy().peer(cluster, Some(link.node())));
+        // Only the neighbour's own cluster: routes through it are path-vector business.
+        entries.retain(|e| e.cluster == *cluster);
+        if !verdict.allowed {
+            entries.clear();
+        }
+        entries.truncate(self.max_imports);
+        self.imports.insert(link.node().clone(), entries);
+        self.changed = true;
+    }
+
     fn apply(&mut self, link: &Link, now: Millis, delta: CatalogDelta) {
-        // Only this cluster's adverts are imported here.
+        // Members' adverts come only from members.
+        if link.remote.cluster != self.fabric.me.cluster {
+            return;
+        }
         if let CatalogDelta::Advert(a) = &delta
             && a.cluster != self.fabric.me.cluster
         {
@@ -265,8 +341,13 @@ impl ClusterTask {
         let CatalogDelta::Advert(advert) = advert else {
             return;
         };
-        let links: Vec<NodeId> = self.fabric.links().iter().map(|l| l.node().clone()).collect();
-        self.broadcast(&PeerMsg::Beat { incarnation: advert.incarnation, version: advert.version, links });
+        let all = self.fabric.links();
+        let links: Vec<NodeId> = all.iter().map(|l| l.node().clone()).collect();
+        let mut known: Vec<String> = self.seeds.clone();
+        known.extend(all.iter().filter(|l| l.remote.cluster != self.fabric.me.cluster).map(|l| l.remote.addr.clone()));
+        known.sort();
+        known.dedup();
+        self.broadcast(&PeerMsg::Beat { incarnation: advert.incarnation, version: advert.version, links, known });
         if !self.catalog.expire(now).is_empty() {
             self.changed = true;
         }
@@ -276,6 +357,25 @@ impl ClusterTask {
             self.foca.iter_members().map(|m| m.id().clone()).filter(|m| self.fabric.link(&m.node).is_none()).collect();
         for member in unlinked {
             self.dial(member.addr);
+        }
+    }
+
+    /// Dials addresses members know and this node has no link to: a node
+    /// that learns of another cluster's node by gossip meets it through the
+    /// same handshake and policy as one that was configured with it.
+    fn dial_known(&mut self, known: Vec<String>) {
+        const AGAIN: Duration = Duration::from_secs(10);
+        for addr in known {
+            let linked = self.fabric.links().iter().any(|l| l.remote.addr == addr);
+            let recent = self.gossip_dials.get(&addr).is_some_and(|t| t.elapsed() < AGAIN);
+            if linked || recent || addr == self.fabric.me.addr || self.fabric.refused_lately(&addr, POLICY_BACKOFF) {
+                continue;
+            }
+            if self.gossip_dials.len() >= 1024 {
+                self.gossip_dials.retain(|_, t| t.elapsed() < AGAIN);
+            }
+            self.gossip_dials.insert(addr.clone(), Instant::now());
+            self.dial(addr);
         }
     }
 
@@ -349,7 +449,7 @@ impl ClusterTask {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let members = self
             .foca
             .iter_members()
@@ -367,12 +467,47 @@ impl ClusterTask {
         }
         links.sort();
         links.dedup();
-        // Published entries are those this node can call now: its own and
-        // those of linked nodes. A node whose link dropped is skipped at once
-        // (calls fail over to replicas) while its advert waits for SWIM's verdict.
-        let mut entries = self.catalog.entries();
-        entries.retain(|e| e.node == *me || self.fabric.link(&e.node).is_some());
-        self.fabric.publish(ClusterView { entries: Arc::new(entries), members, links });
+        // Published entries are those this node can call now: its own,
+        // linked members' and those offered over live bridges. A node whose
+        // link dropped is skipped at once (calls fail over to replicas) while
+        // its advert waits for SWIM's verdict.
+        let own = self.own_entries();
+        if own != self.offered {
+            self.offered = own.clone();
+            for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
+                link.send(PeerMsg::Foreign { entries: self.offer(link) });
+            }
+        }
+        let mut entries = own;
+        let mut direct: Vec<CatalogEntry> = Vec::new();
+        for (node, imported) in &self.imports {
+            if self.fabric.link(node).is_some() {
+                direct.extend(imported.iter().filter(|e| !entries_has(&direct, e)).cloned().collect::<Vec<_>>());
+            }
+        }
+        if direct != self.relaying {
+            self.relaying = direct.clone();
+            self.broadcast(&PeerMsg::Relay { entries: direct.clone() });
+        }
+        entries.extend(direct);
+        // Members' bridges, as far as this node's own policy admits the cluster.
+        let policy = self.fabric.policy();
+        let mut relays: BTreeMap<weft_proto::ClusterId, Vec<NodeId>> = BTreeMap::new();
+        for (node, offered) in &self.relayed {
+            if self.fabric.link(node).is_none() {
+                continue;
+            }
+            for e in offered.iter().filter(|e| policy.peer(&e.cluster, None).allowed) {
+                let via = relays.entry(e.cluster.clone()).or_default();
+                if !via.contains(node) {
+                    via.push(node.clone());
+                }
+                if !entries_has(&entries, e) {
+                    entries.push(e.clone());
+                }
+            }
+        }
+        self.fabric.publish(ClusterView { entries: Arc::new(entries), members, links, relays });
     }
 
     fn leave(&mut self) {
@@ -389,9 +524,17 @@ impl ClusterTask {
     }
 }
 
+fn entries_has(entries: &[CatalogEntry], e: &CatalogEntry) -> bool {
+    entries.iter().any(|x| x.node == e.node && x.function == e.function && x.version == e.version)
+}
+
 fn pair(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
     if a <= b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) }
 }
+
+/// How long a seed that refused us (or that we refused) by policy waits
+/// before the next attempt; a policy reload on either side may change the answer.
+const POLICY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Keeps a link to one configured seed: dials with backoff while there is
 /// none, stops for good if the seed is this node itself.
@@ -416,6 +559,8 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
                 Err(e) => match e.reject_kind() {
                     Some(crate::peer::RejectKind::SelfDial) => return,
                     Some(crate::peer::RejectKind::DuplicateLink) => Duration::from_millis(500),
+                    // Policy answers do not change by asking again: no reconnect storm.
+                    Some(crate::peer::RejectKind::Policy) => POLICY_BACKOFF,
                     _ => {
                         tracing::debug!(error = %e, ?backoff, "seed dial failed");
                         backoff = (backoff * 2).min(MAX);

@@ -21,6 +21,9 @@ pub struct Config {
     pub routing: RoutingSection,
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
+    /// The file this came from, read again by a policy reload.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Membership and the shared catalog inside one cluster.
@@ -237,6 +240,7 @@ impl Config {
             }
         };
         config.apply(overrides);
+        config.source = path.map(Path::to_owned);
         config.validate().map_err(|problems| ConfigError {
             file: path.map_or("(defaults)".into(), |p| p.display().to_string()),
             problems,
@@ -343,6 +347,34 @@ impl Config {
             check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The federation section as the policy module takes it.
+    pub fn policy(&self) -> weft_fabric::Policy {
+        use weft_fabric::policy::{Bridge as PolicyBridge, Mode};
+        use weft_proto::{ClusterId, NodeId};
+        let f = &self.federation;
+        let clusters = |v: &[String]| v.iter().map(|c| ClusterId::new(c.clone())).collect();
+        weft_fabric::Policy {
+            cluster: ClusterId::new(self.node.cluster.clone()),
+            mode: match f.mode {
+                FederationMode::Strict => Mode::Strict,
+                FederationMode::Explicit => Mode::Explicit,
+                FederationMode::Permissive => Mode::Permissive,
+            },
+            allowed_clusters: clusters(&f.allowed_clusters),
+            blocked_clusters: clusters(&f.blocked_clusters),
+            bridges: f
+                .bridges
+                .iter()
+                .map(|b| PolicyBridge {
+                    cluster: ClusterId::new(b.cluster.clone()),
+                    nodes: b.nodes.iter().map(|n| NodeId::new(n.clone())).collect(),
+                })
+                .collect(),
+            allow_functions: f.functions.allow.clone(),
+            block_functions: f.functions.block.clone(),
+        }
     }
 
     /// The node id: configured, or derived from the host name and listen port.

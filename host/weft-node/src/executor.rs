@@ -18,7 +18,7 @@ use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, We
 use weft_runtime::{CallTarget, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::peer::{Fabric, ForwardCall, Link};
+use crate::peer::{Fabric, ForwardCall, Link, Point};
 
 pub struct Executor {
     fabric: Arc<Fabric>,
@@ -78,6 +78,7 @@ impl Executor {
                 self.max_commands
             )));
         }
+        self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -146,6 +147,49 @@ impl Executor {
         Ok(response)
     }
 
+    /// Fails fast on commands naming a foreign `target_cluster` that this
+    /// node's policy does not admit, or that no bridge leads to.
+    fn admit_targets(&self, req: &Request) -> Result<(), WeftError> {
+        let me = &self.fabric.me;
+        for cmd in &req.cmds {
+            let Some(target) = cmd.target_cluster.as_deref().filter(|c| *c != me.cluster.as_str()) else {
+                continue;
+            };
+            let target = ClusterId::new(target);
+            let at = |e: WeftError| e.context(format_args!("command {}", cmd.name)).with("command", cmd.name.as_str());
+            let verdict = self.fabric.decide(Point::CallOrigin, self.fabric.policy().peer(&target, None));
+            if !verdict.allowed {
+                return Err(at(verdict.to_error(&target)));
+            }
+            if !self.fabric.links().iter().any(|l| l.remote.cluster == target)
+                && self.fabric.relays_to(&target).is_empty()
+            {
+                if let Some(refusal) = self.fabric.policy_refusal(&target) {
+                    // The link was refused by policy, here or there: say which rule.
+                    let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
+                    return Err(at(WeftError::new(
+                        ErrorKind::POLICY_DENIED,
+                        format!(
+                            "cluster {who} refuses the bridge between {} and {target}: {}",
+                            me.cluster, refusal.reason
+                        ),
+                    )
+                    .with("rule", refusal.rule.unwrap_or_default())
+                    .with("cluster", who.as_str())));
+                }
+                return Err(at(WeftError::new(
+                    ErrorKind::NO_ROUTE,
+                    format!(
+                        "no bridge from node {} leads to cluster {target}; add one of its nodes to node.seeds (and a bridge to federation)",
+                        me.node
+                    ),
+                )
+                .with("cluster", target.as_str())));
+            }
+        }
+        Ok(())
+    }
+
     fn start(
         &self,
         plan: &Plan,
@@ -164,6 +208,8 @@ impl Executor {
             args,
             deadline,
             hop_budget,
+            routing_path: Vec::new(),
+            federation_path: Vec::new(),
         };
         running.spawn(async move {
             let started = Instant::now();
@@ -190,12 +236,17 @@ impl Executor {
                 let me = &self.fabric.me.node;
                 let (begin, took, node) =
                     t.as_ref().map_or((started, Duration::ZERO, me), |t| (t.started, t.took, &t.node));
-                let cluster = s
-                    .resolved
-                    .candidates
-                    .iter()
-                    .find(|c| c.node == *node)
-                    .map_or(&self.fabric.me.cluster, |c| &c.cluster);
+                // The cluster of the node that ran it; a step sent over a
+                // bridge ran in its candidates' cluster (one crossing).
+                let candidates = &s.resolved.candidates;
+                let here = &self.fabric.me.cluster;
+                let cluster = match candidates.iter().find(|c| c.node == *node) {
+                    Some(c) => &c.cluster,
+                    None if candidates.iter().all(|c| c.cluster != *here) => {
+                        candidates.first().map_or(here, |c| &c.cluster)
+                    }
+                    None => here,
+                };
                 StepSummary {
                     name: s.name.clone(),
                     function: format!("{}@{}", s.resolved.function, s.resolved.version),
@@ -204,7 +255,7 @@ impl Executor {
                     level: s.level,
                     started_us: micros(begin.saturating_duration_since(started)),
                     duration_us: micros(took),
-                    hops: 0,
+                    hops: u32::from(cluster != here),
                 }
             })
             .collect();
@@ -232,19 +283,23 @@ struct Timing {
 }
 
 /// One step on its way to a node: here if the function is local, else the
-/// least loaded linked node that has it.
-struct StepCall {
-    fabric: Arc<Fabric>,
-    candidates: Vec<CatalogEntry>,
-    function: FunctionId,
-    version: semver::Version,
-    args: Vec<Value>,
-    deadline: Instant,
-    hop_budget: u32,
+/// least loaded linked node that has it; a foreign function goes over a
+/// bridge to its cluster, which routes it on.
+pub(crate) struct StepCall {
+    pub fabric: Arc<Fabric>,
+    pub candidates: Vec<CatalogEntry>,
+    pub function: FunctionId,
+    pub version: semver::Version,
+    pub args: Vec<Value>,
+    pub deadline: Instant,
+    pub hop_budget: u32,
+    /// Nodes and clusters the call came through before this node.
+    pub routing_path: Vec<NodeId>,
+    pub federation_path: Vec<ClusterId>,
 }
 
 impl StepCall {
-    async fn run(self) -> (Result<Value, WeftError>, NodeId) {
+    pub async fn run(self) -> (Result<Value, WeftError>, NodeId) {
         let me = self.fabric.me.node.clone();
         let metrics = &self.fabric.metrics;
         if self.candidates.iter().any(|c| c.node == me) {
@@ -261,15 +316,9 @@ impl StepCall {
             let Some(link) = self.pick(&tried) else {
                 return (Err(self.unreachable(&tried)), tried.pop().unwrap_or(me));
             };
-            let call = ForwardCall {
-                id: 0,
-                function: self.function.to_string(),
-                version: self.version.to_string(),
-                args: self.args.clone(),
-                deadline_ms: u64::try_from(self.deadline.saturating_duration_since(Instant::now()).as_millis())
-                    .unwrap_or(u64::MAX),
-                routing_path: vec![me.clone()],
-                hop_budget: self.hop_budget,
+            let call = match self.forward_call(&link) {
+                Ok(call) => call,
+                Err(e) => return (Err(e), me),
             };
             let result = link.call(call).await;
             let lost = matches!(&result, Err(e) if e.details.contains_key("link_lost"));
@@ -290,14 +339,81 @@ impl StepCall {
         }
     }
 
-    /// The least loaded candidate this node has a link to, not yet tried.
+    /// The call as sent over `link`; crossing into another cluster takes one
+    /// hop of the budget and is checked against this node's policy first.
+    fn forward_call(&self, link: &Link) -> Result<ForwardCall, WeftError> {
+        let me = &self.fabric.me;
+        let mut federation_path = self.federation_path.clone();
+        let mut hop_budget = self.hop_budget;
+        if link.remote.cluster != me.cluster {
+            let verdict = self
+                .fabric
+                .decide(Point::CallOrigin, self.fabric.policy().peer(&link.remote.cluster, Some(link.node())));
+            if !verdict.allowed {
+                return Err(verdict.to_error(&link.remote.cluster));
+            }
+            federation_path.push(me.cluster.clone());
+            if hop_budget == 0 {
+                let path: Vec<&str> = federation_path.iter().map(ClusterId::as_str).collect();
+                return Err(WeftError::new(
+                    ErrorKind::HOP_BUDGET_EXHAUSTED,
+                    format!(
+                        "no hop budget left to enter cluster {} (path so far: {}); raise hop_budget or routing.max_hops",
+                        link.remote.cluster,
+                        path.join(" -> ")
+                    ),
+                )
+                .with("federation_path", path));
+            }
+            hop_budget -= 1;
+        }
+        let mut routing_path = self.routing_path.clone();
+        routing_path.push(me.node.clone());
+        Ok(ForwardCall {
+            id: 0,
+            function: self.function.to_string(),
+            version: self.version.to_string(),
+            args: self.args.clone(),
+            deadline_ms: u64::try_from(self.deadline.saturating_duration_since(Instant::now()).as_millis())
+                .unwrap_or(u64::MAX),
+            routing_path,
+            federation_path,
+            hop_budget,
+        })
+    }
+
+    /// The least loaded way to a candidate not yet tried: a link to the node
+    /// itself, or for a foreign node a bridge link into its cluster.
     fn pick(&self, tried: &[NodeId]) -> Option<Arc<Link>> {
-        let links: Vec<Arc<Link>> = self
-            .candidates
-            .iter()
-            .filter(|c| !tried.contains(&c.node))
-            .filter_map(|c| self.fabric.link(&c.node))
-            .collect();
+        let me = &self.fabric.me;
+        let avoid = |n: &NodeId| tried.contains(n) || self.routing_path.contains(n);
+        let mut links: Vec<Arc<Link>> = Vec::new();
+        for c in self.candidates.iter().filter(|c| !avoid(&c.node)) {
+            let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
+                Some(link) => vec![link],
+                None if c.cluster != me.cluster => {
+                    // A bridge of our own into that cluster, else a member's.
+                    let bridges: Vec<Arc<Link>> = self
+                        .fabric
+                        .links()
+                        .into_iter()
+                        .filter(|l| l.remote.cluster == c.cluster && !avoid(l.node()))
+                        .collect();
+                    if bridges.is_empty() {
+                        let relays = self.fabric.relays_to(&c.cluster);
+                        relays.iter().filter(|n| !avoid(n)).filter_map(|n| self.fabric.link(n)).collect()
+                    } else {
+                        bridges
+                    }
+                }
+                None => Vec::new(),
+            };
+            for way in ways {
+                if !links.iter().any(|l| Arc::ptr_eq(l, &way)) {
+                    links.push(way);
+                }
+            }
+        }
         least_loaded(links, |l| l.in_flight(), &mut rand::rng())
     }
 
@@ -430,6 +546,7 @@ pub(crate) fn local_catalog(
                 node: node.clone(),
                 cluster: cluster.clone(),
                 idempotent: plugin.idempotent,
+                exported: f.exported,
             });
         }
     }

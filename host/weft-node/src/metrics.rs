@@ -50,8 +50,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub point: &'static str,
+    pub outcome: &'static str,
+    pub rule: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub federation_decisions: Family<DecisionLabels, Counter>,
     pub peer_links: Gauge,
     pub peer_messages: Family<PeerMessageLabels, Counter>,
     pub peer_bytes: Family<PeerBytesLabels, Counter>,
@@ -99,6 +107,12 @@ impl Metrics {
         let members = Gauge::default();
         let catalog_entries = Gauge::default();
         let forwards = Family::<OutcomeLabel, Counter>::default();
+        let federation_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "federation_decisions",
+            "Federation policy decisions, by enforcement point, outcome and deciding rule",
+            federation_decisions.clone(),
+        );
         registry.register("peer_links", "Live links to other nodes", peer_links.clone());
         registry.register("peer_messages", "Peer messages, by direction and kind", peer_messages.clone());
         registry.register("peer_bytes", "Peer message bytes, by direction and class", peer_bytes.clone());
@@ -131,6 +145,7 @@ impl Metrics {
         );
         Self {
             registry,
+            federation_decisions,
             peer_links,
             peer_messages,
             peer_bytes,
@@ -164,6 +179,10 @@ impl Metrics {
 
     pub fn reject_frame(&self, reason: &'static str) {
         self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    pub fn federation_decision(&self, point: &'static str, outcome: &'static str, rule: &'static str) {
+        self.federation_decisions.get_or_create(&DecisionLabels { point, outcome, rule }).inc();
     }
 
     pub fn peer_message(&self, direction: &'static str, msg: &crate::peer::PeerMsg, bytes: usize) {

@@ -17,7 +17,7 @@ use crate::cluster::{self, ClusterSettings, LeaveRequest};
 use crate::config::Config;
 use crate::executor::{Executor, local_catalog};
 use crate::metrics::Metrics;
-use crate::peer::{Fabric, Hello, PROTOCOL_VERSION};
+use crate::peer::{Fabric, FabricLimits, Hello, PROTOCOL_VERSION};
 use crate::ws::{self, WsContext};
 
 /// Requests without `timeout_ms` get this long.
@@ -47,6 +47,31 @@ pub struct RunningNode {
     grace: Duration,
     fabric: Arc<Fabric>,
     leave: mpsc::Sender<LeaveRequest>,
+    config_source: Option<std::path::PathBuf>,
+}
+
+/// The policy reload of `RunningNode::reload_federation` and `POST /v1/federation/reload`.
+pub(crate) fn reload_federation(
+    fabric: &Fabric,
+    source: Option<&std::path::Path>,
+) -> Result<serde_json::Value, crate::ConfigError> {
+    let Some(path) = source else {
+        return Err(crate::ConfigError {
+            file: "(none)".into(),
+            problems: vec!["this node was started without a config file; there is nothing to reload".into()],
+        });
+    };
+    let config = Config::load(Some(path), &crate::Overrides::default())?;
+    let mut policy = config.policy();
+    policy.cluster = fabric.me.cluster.clone();
+    let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
+    for link in &refused {
+        tracing::warn!(peer = %link.node(), cluster = %link.remote.cluster, "link closed: the reloaded federation policy refuses it");
+        link.close();
+    }
+    fabric.event(crate::peer::Event::PolicyChanged);
+    let closed: Vec<String> = refused.iter().map(|l| l.node().to_string()).collect();
+    Ok(serde_json::json!({ "reloaded": path.display().to_string(), "links_closed": closed }))
 }
 
 impl RunningNode {
@@ -61,6 +86,13 @@ impl RunningNode {
     /// Every function this node can call now (its own and its linked peers').
     pub fn catalog(&self) -> Arc<Vec<weft_fabric::CatalogEntry>> {
         self.fabric.entries()
+    }
+
+    /// Reads the federation section of the config file again and applies it:
+    /// links the new policy refuses are closed, and what crosses bridges is
+    /// offered and imported anew.
+    pub fn reload_federation(&self) -> Result<serde_json::Value, crate::ConfigError> {
+        reload_federation(&self.fabric, self.config_source.as_deref())
     }
 
     /// This node's metrics in Prometheus text.
@@ -143,6 +175,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let admin_shutdown = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
     let admin_ctx = Arc::new(AdminContext {
+        config_source: config.source.clone(),
         executor: executor_cell.clone(),
         metrics: metrics.clone(),
         phase: phase.clone(),
@@ -178,7 +211,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     let local = local_catalog(&runtime, &id, &cluster, &config.node.resources);
     let max_members = config.cluster.max_members as usize;
-    let (fabric, events) = Fabric::new(me, runtime, metrics.clone(), max_frame, max_members, tracker.clone());
+    let (fabric, events) = Fabric::new(
+        me,
+        runtime,
+        metrics.clone(),
+        FabricLimits { max_frame, max_members },
+        (config.policy(), config.federation.functions.rate_limit_per_minute),
+        tracker.clone(),
+    );
     let settings = ClusterSettings {
         failure_timeout: config.cluster.failure_timeout,
         beat_interval: config.cluster.beat_interval,
@@ -220,6 +260,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         grace: config.node.shutdown_grace,
         fabric,
         leave,
+        config_source: config.source.clone(),
     })
 }
 

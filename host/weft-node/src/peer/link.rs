@@ -17,11 +17,13 @@ use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use weft_proto::{ErrorKind, NodeId, WeftError};
+use weft_fabric::CatalogEntry;
+use weft_proto::{ErrorKind, FunctionId, NodeId, WeftError};
 use weft_runtime::CallTarget;
 
 use super::wire::{ForwardCall, Hello, PeerMsg};
-use super::{Event, Fabric};
+use super::{Event, Fabric, Point};
+use crate::executor::StepCall;
 
 /// Outbound messages waiting for the writer; gossip beyond this is dropped
 /// (SWIM and the catalog repair losses), calls wait for room.
@@ -234,6 +236,11 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
                 let _ = waiter.send(result);
             }
         }
+        PeerMsg::Reject(reject) => {
+            // The dialler refused us after our welcome: its answer, recorded here too.
+            fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject);
+            link.close();
+        }
         PeerMsg::Cancel { id } => {
             if let Some(task) = lock(&link.serving).remove(&id) {
                 task.abort();
@@ -248,32 +255,31 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
     let task = fabric.tracker.spawn(async move {
-        let result = run_forwarded(&fabric2, &call).await;
+        let result = run_forwarded(&fabric2, &link2, call).await;
         lock(&link2.serving).remove(&id);
         link2.tx.send(PeerMsg::reply(id, result)).await.ok();
     });
     lock(&link.serving).insert(id, task.abort_handle());
 }
 
-async fn run_forwarded(fabric: &Fabric, call: &ForwardCall) -> Result<Value, WeftError> {
-    if call.routing_path.contains(&fabric.me.node) {
-        let path: Vec<&str> = call.routing_path.iter().map(NodeId::as_str).collect();
+/// A call from a member runs here (the member chose this node). A call from
+/// another cluster is admitted by this node's own policy, whatever the
+/// origin decided, and then runs here or on a member that has the function.
+async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Result<Value, WeftError> {
+    let me = &fabric.me;
+    let path = |call: &ForwardCall| call.routing_path.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> ");
+    if call.routing_path.contains(&me.node)
+        || (link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster))
+    {
         return Err(WeftError::new(
             ErrorKind::NO_ROUTE,
-            format!(
-                "call to {} came back to node {} (routing path {})",
-                call.function,
-                fabric.me.node,
-                path.join(" -> ")
-            ),
+            format!("call to {} came back to node {} (routing path {})", call.function, me.node, path(&call)),
         ));
     }
-    let Some((plugin, function)) = call.function.split_once('/') else {
-        return Err(WeftError::invalid_request(format!(
-            "forwarded function {:?} is not plugin/function",
-            call.function
-        )));
-    };
+    let function: FunctionId = call
+        .function
+        .parse()
+        .map_err(|e| WeftError::invalid_request(format!("forwarded function {:?}: {e}", call.function)))?;
     let version: semver::Version = call.version.parse().map_err(|e| {
         WeftError::invalid_request(format!(
             "forwarded version {:?} of {} is not semver: {e}",
@@ -281,12 +287,68 @@ async fn run_forwarded(fabric: &Fabric, call: &ForwardCall) -> Result<Value, Wef
         ))
     })?;
     let deadline = Instant::now() + Duration::from_millis(call.deadline_ms);
-    let target = CallTarget { plugin, version: Some(&version), function };
-    let started = Instant::now();
-    let result = fabric.runtime.call(target, &call.args, deadline).await;
-    // Only functions that exist here become metric labels (a closed set).
-    if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
-        fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
+    if link.remote.cluster == me.cluster {
+        // A member relays a foreign function through this node's bridge.
+        let entries = fabric.entries();
+        let foreign: Vec<CatalogEntry> = entries
+            .iter()
+            .filter(|e| e.cluster != me.cluster && e.function == function && e.version == version)
+            .cloned()
+            .collect();
+        let local = entries.iter().any(|e| e.node == me.node && e.function == function && e.version == version);
+        if !local && !foreign.is_empty() {
+            let step = StepCall {
+                fabric: fabric.clone(),
+                candidates: foreign,
+                function,
+                version,
+                args: call.args,
+                deadline,
+                hop_budget: call.hop_budget,
+                routing_path: call.routing_path,
+                federation_path: call.federation_path,
+            };
+            return step.run().await.0;
+        }
+        let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
+        let started = Instant::now();
+        let result = fabric.runtime.call(target, &call.args, deadline).await;
+        // Only functions that exist here become metric labels (a closed set).
+        if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
+            fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
+        }
+        return result;
     }
-    result
+
+    let entries = fabric.entries();
+    let candidates: Vec<CatalogEntry> = entries
+        .iter()
+        .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version)
+        .cloned()
+        .collect();
+    let exported = !candidates.is_empty() && candidates.iter().all(|e| e.exported);
+    let verdict = fabric
+        .decide(Point::CallTarget, fabric.policy().call(&link.remote.cluster, Some(link.node()), &function, exported));
+    if !verdict.allowed {
+        return Err(verdict.to_error(&link.remote.cluster));
+    }
+    if candidates.is_empty() {
+        return Err(WeftError::new(
+            ErrorKind::FUNCTION_NOT_FOUND,
+            format!("{function}@{version} is no longer in cluster {}", me.cluster),
+        ));
+    }
+    fabric.charge(&link.remote.cluster)?;
+    let step = StepCall {
+        fabric: fabric.clone(),
+        candidates,
+        function,
+        version,
+        args: call.args,
+        deadline,
+        hop_budget: call.hop_budget,
+        routing_path: call.routing_path,
+        federation_path: call.federation_path,
+    };
+    step.run().await.0
 }

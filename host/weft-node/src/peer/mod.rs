@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_fabric::CatalogEntry;
-use weft_proto::{NodeId, WeftError};
+use weft_fabric::{CatalogEntry, Policy, Verdict};
+use weft_proto::{ClusterId, ErrorKind, NodeId, WeftError};
 use weft_runtime::Runtime;
 
 use crate::metrics::Metrics;
@@ -38,6 +38,8 @@ pub enum Event {
     LinkUp(Arc<Link>),
     LinkDown(Arc<Link>),
     Peer(Arc<Link>, PeerMsg),
+    /// The federation policy was reloaded: offer and import anew.
+    PolicyChanged,
 }
 
 /// What the cluster task publishes for everyone else to read.
@@ -47,6 +49,8 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// Links each member reported in its last beat (this node's own are live).
     pub links: Vec<(NodeId, NodeId)>,
+    /// Members that relay functions of a foreign cluster, by cluster.
+    pub relays: std::collections::BTreeMap<ClusterId, Vec<NodeId>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -69,7 +73,14 @@ pub struct Refusal {
     /// Who refused: "local" or "remote".
     pub by: &'static str,
     pub kind: RejectKind,
+    /// For policy refusals: the rule that decided.
+    pub rule: Option<String>,
     pub reason: String,
+}
+
+pub struct FabricLimits {
+    pub max_frame: usize,
+    pub max_members: usize,
 }
 
 /// The node's side of the cluster, shared by the listeners, the executor,
@@ -83,6 +94,9 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
+    policy: RwLock<Arc<Policy>>,
+    rate: RwLock<Option<Arc<RateLimit>>>,
+    decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     events: mpsc::UnboundedSender<Event>,
     /// Inbound forwarded calls: drained with the node's client calls.
     pub(crate) tracker: TaskTracker,
@@ -110,15 +124,51 @@ impl DialError {
     }
 }
 
+/// Calls per minute accepted from each foreign cluster.
+pub struct RateLimit {
+    per_minute: u32,
+    limiter: governor::DefaultKeyedRateLimiter<ClusterId>,
+}
+
+impl RateLimit {
+    fn new(per_minute: u32) -> Option<RateLimit> {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(per_minute)?);
+        Some(RateLimit { per_minute, limiter: governor::RateLimiter::keyed(quota) })
+    }
+}
+
+/// Where a policy decision was taken (a closed set, for metrics).
+#[derive(Clone, Copy, Debug)]
+pub enum Point {
+    LinkIn,
+    LinkOut,
+    Import,
+    CallOrigin,
+    CallTarget,
+}
+
+impl Point {
+    fn as_str(self) -> &'static str {
+        match self {
+            Point::LinkIn => "link-in",
+            Point::LinkOut => "link-out",
+            Point::Import => "import",
+            Point::CallOrigin => "call-origin",
+            Point::CallTarget => "call-target",
+        }
+    }
+}
+
 impl Fabric {
     pub fn new(
         me: Hello,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
-        max_frame: usize,
-        max_members: usize,
+        limits: FabricLimits,
+        federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
+        let FabricLimits { max_frame, max_members } = limits;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -129,6 +179,9 @@ impl Fabric {
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
+            policy: RwLock::new(Arc::new(federation.0)),
+            rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
+            decisions: Mutex::default(),
             events,
             tracker,
             links_closing: CancellationToken::new(),
@@ -165,13 +218,95 @@ impl Fabric {
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
+    /// Members that offered to relay calls into `cluster`.
+    pub fn relays_to(&self, cluster: &ClusterId) -> Vec<NodeId> {
+        read(&self.view).relays.get(cluster).cloned().unwrap_or_default()
+    }
+
+    /// Whether `addr` refused a link (or was refused) by policy within `within`.
+    pub fn refused_lately(&self, addr: &str, within: Duration) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let window = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        lock(&self.refusals)
+            .iter()
+            .any(|r| r.addr == addr && r.kind == RejectKind::Policy && now.saturating_sub(r.at_unix_ms) < window)
+    }
+
+    /// The latest policy refusal between this node and a node of `cluster`
+    /// (either side refused), to explain to callers why no bridge leads there.
+    pub fn policy_refusal(&self, cluster: &ClusterId) -> Option<Refusal> {
+        lock(&self.refusals)
+            .iter()
+            .rev()
+            .find(|r| r.kind == RejectKind::Policy && r.remote_cluster.as_deref() == Some(cluster.as_str()))
+            .cloned()
+    }
+
     pub fn refusals(&self) -> Vec<Refusal> {
         lock(&self.refusals).iter().cloned().collect()
     }
 
+    pub fn policy(&self) -> Arc<Policy> {
+        read(&self.policy).clone()
+    }
+
+    /// Installs a new policy (reload) and returns the links it no longer
+    /// admits, which the caller closes.
+    pub fn set_policy(&self, policy: Policy, rate_limit_per_minute: u32) -> Vec<Arc<Link>> {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        *self.rate.write().unwrap_or_else(|p| p.into_inner()) = RateLimit::new(rate_limit_per_minute).map(Arc::new);
+        self.links()
+            .into_iter()
+            .filter(|l| !self.decide(Point::LinkIn, self.policy().peer(&l.remote.cluster, Some(l.node()))).allowed)
+            .collect()
+    }
+
+    /// Counts a policy decision (and warns about permissive acceptances).
+    pub fn decide(&self, point: Point, verdict: Verdict) -> Verdict {
+        let outcome = if verdict.allowed { "accepted" } else { "rejected" };
+        let key = (point.as_str(), outcome, verdict.rule.as_str());
+        *lock(&self.decisions).entry(key).or_default() += 1;
+        self.metrics.federation_decision(key.0, key.1, key.2);
+        verdict
+    }
+
+    /// Decision counters by (point, outcome, rule), for `/v1/federation`.
+    pub fn decisions(&self) -> Vec<((&'static str, &'static str, &'static str), u64)> {
+        lock(&self.decisions).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        read(&self.rate).as_ref().map_or(0, |r| r.per_minute)
+    }
+
+    /// Takes one call from a foreign cluster out of its per-minute budget.
+    pub fn charge(&self, cluster: &ClusterId) -> Result<(), WeftError> {
+        let Some(rate) = read(&self.rate).clone() else {
+            return Ok(());
+        };
+        rate.limiter.check_key(cluster).map_err(|not_until| {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            WeftError::new(
+                ErrorKind::RATE_LIMITED,
+                format!(
+                    "cluster {cluster} is over federation.functions.rate_limit_per_minute ({}) of cluster {}; retry in {} ms",
+                    rate.per_minute,
+                    self.me.cluster,
+                    wait.as_millis()
+                ),
+            )
+            .with("rule", "rate-limit")
+            .with("cluster", cluster.as_str())
+            .with("retry_after_ms", u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+        })
+    }
+
     /// Both sides of a handshake run this on what the other side said.
-    fn admit(&self, remote: &Hello) -> Result<(), Reject> {
-        let refuse = |kind, reason: String| Err(Reject { kind, reason });
+    fn admit(&self, remote: &Hello, inbound: bool) -> Result<(), Reject> {
+        let refuse = |kind, reason: String| Err(Reject::new(kind, reason));
         if remote.proto != PROTOCOL_VERSION {
             return refuse(
                 RejectKind::Protocol,
@@ -194,14 +329,18 @@ impl Fabric {
                 )
             };
         }
-        if remote.cluster != self.me.cluster {
-            return refuse(
-                RejectKind::Policy,
-                format!(
-                    "node {} is in cluster {}, and this node (cluster {}, federation.mode = strict) links only to its own cluster",
-                    remote.node, remote.cluster, self.me.cluster
-                ),
-            );
+        let point = if inbound { Point::LinkIn } else { Point::LinkOut };
+        let verdict = self.decide(point, self.policy().peer(&remote.cluster, Some(&remote.node)));
+        if !verdict.allowed {
+            return Err(Reject {
+                kind: RejectKind::Policy,
+                reason: format!("{} (rule {})", verdict.reason, verdict.rule.as_str()),
+                rule: Some(verdict.rule.as_str().to_owned()),
+                cluster: Some(self.me.cluster.clone()),
+            });
+        }
+        if verdict.rule == weft_fabric::Rule::Permissive {
+            tracing::warn!(peer = %remote.node, cluster = %remote.cluster, "foreign cluster accepted by federation.mode = permissive");
         }
         Ok(())
     }
@@ -213,29 +352,29 @@ impl Fabric {
     fn register(&self, link: &Arc<Link>) -> Result<(), Reject> {
         let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
         if links.len() + 1 >= self.max_members && !links.contains_key(link.node()) {
-            return Err(Reject {
-                kind: RejectKind::ClusterFull,
-                reason: format!("node {} already links {} members (the limit)", self.me.node, self.max_members),
-            });
+            return Err(Reject::new(
+                RejectKind::ClusterFull,
+                format!("node {} already links {} members (the limit)", self.me.node, self.max_members),
+            ));
         }
         if let Some(old) = links.get(link.node()).filter(|old| !old.is_closed()) {
             if old.remote.incarnation != link.remote.incarnation {
-                return Err(Reject {
-                    kind: RejectKind::DuplicateNodeId,
-                    reason: format!(
+                return Err(Reject::new(
+                    RejectKind::DuplicateNodeId,
+                    format!(
                         "node id {} is already linked to {} (at {}, incarnation {}); give every node its own node.id, or wait until the old process is gone",
                         link.node(),
                         self.me.node,
                         old.remote.addr,
                         old.remote.incarnation
                     ),
-                });
+                ));
             }
             if self.dialer(old) <= self.dialer(link) {
-                return Err(Reject {
-                    kind: RejectKind::DuplicateLink,
-                    reason: format!("{} and {} are already linked", self.me.node, link.node()),
-                });
+                return Err(Reject::new(
+                    RejectKind::DuplicateLink,
+                    format!("{} and {} are already linked", self.me.node, link.node()),
+                ));
             }
             old.close();
         }
@@ -259,7 +398,14 @@ impl Fabric {
         self.metrics.peer_links.set(links.len() as i64);
     }
 
-    fn refused(&self, by: &'static str, direction: Direction, addr: &str, remote: Option<&Hello>, reject: &Reject) {
+    pub(crate) fn refused(
+        &self,
+        by: &'static str,
+        direction: Direction,
+        addr: &str,
+        remote: Option<&Hello>,
+        reject: &Reject,
+    ) {
         self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
         let at_unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -279,11 +425,14 @@ impl Fabric {
         refusals.push_back(Refusal {
             at_unix_ms,
             remote_node: remote.map(|h| h.node.clone()),
-            remote_cluster: remote.map(|h| h.cluster.to_string()),
+            remote_cluster: remote
+                .map(|h| h.cluster.to_string())
+                .or_else(|| reject.cluster.as_ref().map(ToString::to_string)),
             addr: addr.to_owned(),
             direction,
             by,
             kind: reject.kind,
+            rule: reject.rule.clone(),
             reason: reject.reason.clone(),
         });
     }
@@ -294,7 +443,7 @@ impl Fabric {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (link, rx) = Link::new(hello.clone(), Direction::Inbound);
-        if let Err(reject) = self.admit(&hello).and_then(|()| self.register(&link)) {
+        if let Err(reject) = self.admit(&hello, true).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
             let _ = send(&mut ws, &PeerMsg::Reject(reject)).await;
             let _ = ws.close(None).await;
@@ -334,7 +483,7 @@ impl Fabric {
             _ => return Err(unreachable("the connection closed during the handshake".into())),
         };
         let (link, rx) = Link::new(remote.clone(), Direction::Outbound);
-        if let Err(reject) = self.admit(&remote).and_then(|()| self.register(&link)) {
+        if let Err(reject) = self.admit(&remote, false).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Outbound, addr, Some(&remote), &reject);
             let _ = send(&mut ws, &PeerMsg::Reject(reject.clone())).await;
             let _ = ws.close(None).await;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_fabric::{CatalogDelta, CatalogSnapshot};
+use weft_fabric::{CatalogDelta, CatalogEntry, CatalogSnapshot};
 use weft_proto::{ClusterId, ErrorBody, NodeId, WeftError};
 
 /// Bumped on incompatible changes of this envelope; a peer speaking another
@@ -61,6 +61,19 @@ impl RejectKind {
 pub struct Reject {
     pub kind: RejectKind,
     pub reason: String,
+    /// For policy refusals: the policy rule that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The cluster of the refusing node, so the other side can tell its
+    /// callers which cluster said no.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterId>,
+}
+
+impl Reject {
+    pub fn new(kind: RejectKind, reason: String) -> Reject {
+        Reject { kind, reason, rule: None, cluster: None }
+    }
 }
 
 /// One step of a request, run on the node that has the function.
@@ -75,6 +88,10 @@ pub struct ForwardCall {
     pub deadline_ms: u64,
     /// Nodes the call has passed through, origin first.
     pub routing_path: Vec<NodeId>,
+    /// Clusters the call has passed through, origin first.
+    #[serde(default)]
+    pub federation_path: Vec<ClusterId>,
+    /// Cluster crossings left; each one takes one.
     pub hop_budget: u32,
 }
 
@@ -98,12 +115,27 @@ pub enum PeerMsg {
     },
     /// "Send me your current advert": the receiver answers with `catalog`.
     CatalogPull,
-    /// Periodic: the sender's advert stamp (keeps its entries from expiring)
-    /// and the nodes it is linked to (for `/v1/topology`).
+    /// Over a bridge: the functions of the sender's cluster that its policy
+    /// offers to the receiver's cluster (the whole set, replacing the last).
+    Foreign {
+        entries: Vec<CatalogEntry>,
+    },
+    /// Periodic: the sender's advert stamp (keeps its entries from expiring),
+    /// the nodes it is linked to (for `/v1/topology`), and the addresses of
+    /// nodes outside the cluster it knows (seeds, bridges), which members may
+    /// dial; the handshake's policy check decides as for any other dial.
     Beat {
         incarnation: u64,
         version: u64,
         links: Vec<NodeId>,
+        #[serde(default)]
+        known: Vec<String>,
+    },
+    /// To members: the foreign functions the sender reaches over its own
+    /// bridges (the whole set, replacing the last), so that every member can
+    /// call them through it.
+    Relay {
+        entries: Vec<CatalogEntry>,
     },
     Call(ForwardCall),
     Reply {
@@ -139,6 +171,8 @@ impl PeerMsg {
             PeerMsg::Catalog { .. } => "catalog",
             PeerMsg::Snapshot { .. } => "snapshot",
             PeerMsg::CatalogPull => "catalog-pull",
+            PeerMsg::Foreign { .. } => "foreign",
+            PeerMsg::Relay { .. } => "relay",
             PeerMsg::Beat { .. } => "beat",
             PeerMsg::Call(_) => "call",
             PeerMsg::Reply { .. } => "reply",
@@ -169,7 +203,7 @@ mod tests {
         };
         let msgs = [
             PeerMsg::Hello(hello.clone()),
-            PeerMsg::Reject(Reject { kind: RejectKind::DuplicateNodeId, reason: "x".into() }),
+            PeerMsg::Reject(Reject::new(RejectKind::DuplicateNodeId, "x".into())),
             PeerMsg::reply(3, Ok(Value::from(1))),
             PeerMsg::reply(4, Err(WeftError::internal("boom"))),
             PeerMsg::CatalogPull,

@@ -1,0 +1,145 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn c(s: &str) -> ClusterId {
+    ClusterId::new(s)
+}
+
+fn n(s: &str) -> NodeId {
+    NodeId::new(s)
+}
+
+fn f(s: &str) -> FunctionId {
+    s.parse().unwrap()
+}
+
+fn policy(mode: Mode) -> Policy {
+    Policy { cluster: c("alpha"), mode, ..Policy::default() }
+}
+
+fn bridged(nodes: &[&str]) -> Policy {
+    Policy {
+        bridges: vec![Bridge { cluster: c("beta"), nodes: nodes.iter().map(|s| n(s)).collect() }],
+        ..policy(Mode::Explicit)
+    }
+}
+
+/// (policy, remote node) -> expected (allowed, rule) for a peer of cluster beta.
+#[test]
+fn the_peer_decision_table() {
+    let allowed = Policy { allowed_clusters: vec![c("beta")], ..policy(Mode::Explicit) };
+    let blocked_everywhere = Policy {
+        blocked_clusters: vec![c("beta")],
+        allowed_clusters: vec![c("beta")],
+        bridges: vec![Bridge { cluster: c("beta"), nodes: vec![] }],
+        ..policy(Mode::Explicit)
+    };
+    let blocked_permissive = Policy { blocked_clusters: vec![c("beta")], ..policy(Mode::Permissive) };
+    let cases: Vec<(&str, Policy, Option<&str>, bool, Rule)> = vec![
+        ("strict", policy(Mode::Strict), Some("b1"), false, Rule::StrictMode),
+        ("explicit, allowed", allowed.clone(), Some("b1"), true, Rule::AllowedCluster),
+        ("explicit, not allowed", policy(Mode::Explicit), Some("b1"), false, Rule::NotAllowed),
+        ("bridge, any node", bridged(&[]), Some("b1"), true, Rule::Bridge),
+        ("bridge, node listed", bridged(&["b1", "b2"]), Some("b2"), true, Rule::Bridge),
+        ("bridge, node not listed", bridged(&["b1"]), Some("b9"), false, Rule::BridgeNodes),
+        ("bridge, cluster as a whole", bridged(&["b1"]), None, true, Rule::Bridge),
+        ("permissive", policy(Mode::Permissive), Some("b1"), true, Rule::Permissive),
+        ("blocked beats bridge and allow list", blocked_everywhere, Some("b1"), false, Rule::BlockedCluster),
+        ("blocked beats permissive", blocked_permissive, None, false, Rule::BlockedCluster),
+    ];
+    for (name, p, node, allowed, rule) in cases {
+        let v = p.peer(&c("beta"), node.map(n).as_ref());
+        assert_eq!((v.allowed, v.rule), (allowed, rule), "{name}: {}", v.reason);
+        assert!(
+            v.reason.contains("beta") && v.reason.contains("alpha"),
+            "{name}: the reason names both clusters: {}",
+            v.reason
+        );
+    }
+}
+
+#[test]
+fn the_own_cluster_is_always_accepted_whatever_the_lists_say() {
+    for mode in [Mode::Strict, Mode::Explicit, Mode::Permissive] {
+        let p = Policy { blocked_clusters: vec![c("alpha")], block_functions: vec!["echo".into()], ..policy(mode) };
+        let v = p.call(&c("alpha"), Some(&n("a2")), &f("echo/echo"), false);
+        assert_eq!((v.allowed, v.rule), (true, Rule::SameCluster));
+    }
+}
+
+#[test]
+fn function_rules_apply_to_foreign_callers() {
+    let p = Policy {
+        allow_functions: vec!["echo".into(), "math/add".into()],
+        block_functions: vec!["math/add".into()],
+        ..policy(Mode::Permissive)
+    };
+    let call = |id: &str, exported| {
+        let v = p.call(&c("beta"), None, &f(id), exported);
+        (v.allowed, v.rule)
+    };
+    assert_eq!(call("echo/echo", true), (true, Rule::Permissive));
+    assert_eq!(call("math/add", true), (false, Rule::FunctionBlocked), "block wins over allow");
+    assert_eq!(call("text/upper", true), (false, Rule::FunctionNotAllowed));
+    assert_eq!(call("echo/echo", false), (false, Rule::NotExported));
+    // A denied cluster is denied before any function rule is looked at.
+    let strict = Policy { allow_functions: vec!["echo".into()], ..policy(Mode::Strict) };
+    assert_eq!(strict.call(&c("beta"), None, &f("echo/echo"), true).rule, Rule::StrictMode);
+}
+
+#[test]
+fn denials_become_policy_denied_errors_naming_rule_and_cluster() {
+    let v = policy(Mode::Strict).peer(&c("beta"), None);
+    let e = v.to_error(&c("beta"));
+    assert_eq!(e.kind, ErrorKind::POLICY_DENIED);
+    assert_eq!(e.details["rule"], "strict-mode");
+    assert_eq!(e.details["cluster"], "beta");
+    assert!(e.message.contains("federation.mode"), "{}", e.message);
+}
+
+fn arb_policy() -> impl Strategy<Value = Policy> {
+    let cluster = prop::sample::select(vec!["alpha", "beta", "gamma"]).prop_map(c);
+    let clusters = prop::collection::vec(cluster.clone(), 0..3);
+    let node = prop::sample::select(vec!["x1", "x2", "x3"]).prop_map(n);
+    let bridge = (cluster, prop::collection::vec(node, 0..2)).prop_map(|(cluster, nodes)| Bridge { cluster, nodes });
+    let mode = prop::sample::select(vec![Mode::Strict, Mode::Explicit, Mode::Permissive]);
+    let functions =
+        prop::collection::vec(prop::sample::select(vec!["echo", "p/add", "upper"]).prop_map(String::from), 0..2);
+    (mode, clusters.clone(), clusters, prop::collection::vec(bridge, 0..2), functions.clone(), functions).prop_map(
+        |(mode, allowed_clusters, blocked_clusters, bridges, allow_functions, block_functions)| Policy {
+            cluster: c("alpha"),
+            mode,
+            allowed_clusters,
+            blocked_clusters,
+            bridges,
+            allow_functions,
+            block_functions,
+        },
+    )
+}
+
+proptest! {
+    /// Invariants of every policy: blocked never passes, a call is never
+    /// allowed where the link is not, and a node-level yes implies the
+    /// cluster-level yes (the origin's fail-fast check never denies what the
+    /// target would accept).
+    #[test]
+    fn verdicts_are_consistent(
+        p in arb_policy(),
+        remote in prop::sample::select(vec!["beta", "gamma"]),
+        node in prop::sample::select(vec!["x1", "x2", "x3"]),
+        function in prop::sample::select(vec!["p/echo", "p/add", "q/upper"]),
+        exported: bool,
+    ) {
+        let (remote, node, function) = (c(remote), n(node), f(function));
+        let peer = p.peer(&remote, Some(&node));
+        let call = p.call(&remote, Some(&node), &function, exported);
+        if p.blocked_clusters.contains(&remote) || p.mode == Mode::Strict {
+            prop_assert!(!peer.allowed);
+        }
+        prop_assert!(!call.allowed || peer.allowed);
+        prop_assert!(!peer.allowed || p.peer(&remote, None).allowed);
+        prop_assert_eq!(p.peer(&remote, Some(&node)), peer, "deterministic");
+    }
+}

@@ -1,0 +1,352 @@
+//! Federation between two clusters of real nodes: the policy matrix (every
+//! mode, every way of meeting, one answer), bridges restricted to nodes,
+//! function rules, export, rate limits and policy reload.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{NodeSpec, TestNode, eventually, metric};
+use weft_proto::{Command, ErrorKind, Request, WeftError};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A node of `cluster` with `plugins`, dialling `seeds`, under `federation` (TOML).
+fn node(id: &str, cluster: &str, plugins: Vec<&'static str>, seeds: &[&TestNode], federation: &str) -> TestNode {
+    node_with(id, cluster, plugins, vec![], seeds, federation)
+}
+
+fn node_with(
+    id: &str,
+    cluster: &str,
+    plugins: Vec<&'static str>,
+    files: Vec<(String, Vec<u8>)>,
+    seeds: &[&TestNode],
+    federation: &str,
+) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[cluster]\nbeat_interval = \"100ms\"\ncatalog_ttl = \"3s\"\n{federation}\n",
+        seeds.join(", ")
+    );
+    TestNode::start(NodeSpec { plugins, files, config })
+}
+
+/// Replaces the federation part of a node's config file (for reloads).
+fn rewrite_federation(node: &TestNode, federation: &str) {
+    let path = node.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text.split("[federation]").next().unwrap();
+    support::write(&path, &format!("{head}{federation}\n"));
+}
+
+async fn peers(node: &TestNode) -> Value {
+    node.admin().get("/v1/peers").await.unwrap().body
+}
+
+async fn linked(node: &TestNode, other: &str) -> bool {
+    peers(node).await["links"].as_array().unwrap().iter().any(|l| l["node"] == other)
+}
+
+/// (cluster, function) pairs in a node's catalog.
+async fn catalog(node: &TestNode) -> BTreeSet<(String, String)> {
+    let body = node.admin().get("/v1/catalog").await.unwrap().body;
+    body["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["cluster"].as_str().unwrap().to_owned(), f["name"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+async fn sees(node: &TestNode, cluster: &str, function: &str) -> bool {
+    catalog(node).await.contains(&(cluster.to_owned(), function.to_owned()))
+}
+
+/// Calls `fun` in `cluster` from `node`.
+async fn call_in(node: &TestNode, cluster: &str, fun: &str, args: Vec<Value>) -> Result<Value, WeftError> {
+    let mut cmd = Command::new("x", fun, args);
+    cmd.target_cluster = Some(cluster.to_owned());
+    node.client().await.call_command(cmd).await
+}
+
+/// A policy refusal recorded by `node` (either side refused).
+async fn refusal(node: &TestNode) -> Option<Value> {
+    peers(node).await["refused"].as_array().unwrap().iter().find(|r| r["kind"] == "policy").cloned()
+}
+
+const STRICT: &str = "[federation]\nmode = \"strict\"";
+const PERMISSIVE: &str = "[federation]\nmode = \"permissive\"";
+
+fn allow(cluster: &str) -> String {
+    format!("[federation]\nmode = \"explicit\"\nallowed_clusters = [\"{cluster}\"]")
+}
+
+fn bridge(cluster: &str, nodes: &[&str]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
+    format!(
+        "[federation]\nmode = \"explicit\"\n[[federation.bridges]]\ncluster = \"{cluster}\"\nnodes = [{}]",
+        nodes.join(", ")
+    )
+}
+
+/// How the two clusters meet.
+#[derive(Clone, Copy, Debug)]
+enum Meeting {
+    /// a1 has b1 as a seed.
+    ADialsB,
+    /// b1 has a1 as a seed.
+    BDialsA,
+    /// a1 learns b1's address by gossip from a2, its cluster mate, whose seed b1 is.
+    Gossip,
+}
+
+/// What every way of meeting must agree on.
+#[derive(Debug)]
+struct Expected {
+    linked: bool,
+    /// For a denial: the rule in the POLICY_DENIED error a1 gets calling into beta.
+    denied_by: Option<&'static str>,
+}
+
+async fn meet(alpha: &str, beta: &str, meeting: Meeting) -> (TestNode, TestNode, Option<TestNode>) {
+    match meeting {
+        Meeting::ADialsB => {
+            let b1 = node("b1", "beta", vec!["text"], &[], beta);
+            let a1 = node("a1", "alpha", vec!["echo"], &[&b1], alpha);
+            (a1, b1, None)
+        }
+        Meeting::BDialsA => {
+            let a1 = node("a1", "alpha", vec!["echo"], &[], alpha);
+            let b1 = node("b1", "beta", vec!["text"], &[&a1], beta);
+            (a1, b1, None)
+        }
+        Meeting::Gossip => {
+            let b1 = node("b1", "beta", vec!["text"], &[], beta);
+            let a2 = node("a2", "alpha", vec!["math"], &[&b1], alpha);
+            let a1 = node("a1", "alpha", vec!["echo"], &[&a2], alpha);
+            (a1, b1, Some(a2))
+        }
+    }
+}
+
+async fn check_case(name: &str, alpha: &str, beta: &str, expected: Expected) {
+    for meeting in [Meeting::ADialsB, Meeting::BDialsA, Meeting::Gossip] {
+        let what = format!("{name}, {meeting:?}");
+        let (a1, b1, _a2) = meet(alpha, beta, meeting).await;
+        if expected.linked {
+            eventually(&format!("{what}: a1 to see beta's upper"), SETTLE, async || {
+                sees(&a1, "beta", "upper").await.then_some(())
+            })
+            .await;
+            eventually(&format!("{what}: b1 to see alpha's echo"), SETTLE, async || {
+                sees(&b1, "alpha", "echo").await.then_some(())
+            })
+            .await;
+            eventually(&format!("{what}: one link, seen from both sides"), SETTLE, async || {
+                (linked(&a1, "b1").await && linked(&b1, "a1").await).then_some(())
+            })
+            .await;
+            assert_eq!(call_in(&a1, "beta", "upper", vec![json!("x")]).await.unwrap(), json!("X"), "{what}");
+            assert_eq!(call_in(&b1, "alpha", "echo", vec![json!("y")]).await.unwrap(), json!("y"), "{what}");
+        } else {
+            // Both sides say why: the refusal is recorded on each.
+            let at_a1 =
+                eventually(&format!("{what}: a1 to record the refusal"), SETTLE, async || refusal(&a1).await).await;
+            let at_b1 =
+                eventually(&format!("{what}: b1 to record the refusal"), SETTLE, async || refusal(&b1).await).await;
+            assert!(at_a1["reason"].as_str().unwrap().contains("rule"), "{what}: {at_a1}");
+            assert_eq!(at_a1["rule"], at_b1["rule"], "{what}: one decision, seen from both sides");
+            assert!(!linked(&a1, "b1").await && !linked(&b1, "a1").await, "{what}: no link");
+            assert!(!sees(&a1, "beta", "upper").await, "{what}: beta's functions stay invisible");
+            assert!(!sees(&b1, "alpha", "echo").await, "{what}: alpha's functions stay invisible");
+            let err = call_in(&a1, "beta", "upper", vec![json!("x")]).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{what}: {err:?}");
+            assert_eq!(err.details["rule"], json!(expected.denied_by.unwrap()), "{what}: {}", err.message);
+            let metrics = a1.admin().get("/metrics").await.unwrap().text;
+            let rejected = metric(&metrics, "weft_links_refused_total{kind=\"policy\"}")
+                .or_else(|| metric(&metrics, "weft_federation_decisions_total{point=\"link"));
+            assert!(rejected.is_some(), "{what}: the refusal is counted:\n{metrics}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn strict_clusters_never_link_however_they_meet() {
+    check_case("strict", STRICT, STRICT, Expected { linked: false, denied_by: Some("strict-mode") }).await;
+}
+
+#[tokio::test]
+async fn explicitly_allowed_clusters_link_however_they_meet() {
+    check_case("explicit allowed", &allow("beta"), &allow("alpha"), Expected { linked: true, denied_by: None }).await;
+}
+
+#[tokio::test]
+async fn a_cluster_not_in_the_allow_list_is_refused_however_they_meet() {
+    let alpha = "[federation]\nmode = \"explicit\"\nallowed_clusters = [\"gamma\"]";
+    check_case(
+        "explicit not allowed",
+        alpha,
+        &allow("alpha"),
+        Expected { linked: false, denied_by: Some("not-allowed") },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bridge_with_a_node_list_admits_exactly_those_nodes() {
+    let matching = Expected { linked: true, denied_by: None };
+    check_case("bridge, node listed", &bridge("beta", &[]), &bridge("alpha", &["a1"]), matching).await;
+    let other = Expected { linked: false, denied_by: Some("bridge-nodes") };
+    check_case("bridge, node not listed", &bridge("beta", &[]), &bridge("alpha", &["a9"]), other).await;
+}
+
+#[tokio::test]
+async fn permissive_clusters_link_and_say_so() {
+    check_case("permissive", PERMISSIVE, PERMISSIVE, Expected { linked: true, denied_by: None }).await;
+    let a1 = node("a1", "alpha", vec!["echo"], &[], PERMISSIVE);
+    let b1 = node("b1", "beta", vec!["text"], &[&a1], PERMISSIVE);
+    eventually("link", SETTLE, async || linked(&a1, "b1").await.then_some(())).await;
+    let metrics = a1.admin().get("/metrics").await.unwrap().text;
+    assert!(
+        metric(&metrics, "weft_federation_decisions_total{point=\"link-in\",outcome=\"accepted\",rule=\"permissive\"}")
+            .is_some()
+    );
+    assert!(a1.stderr().contains("permissive"), "the acceptance is logged as a warning");
+    drop(b1);
+}
+
+#[tokio::test]
+async fn a_blocked_cluster_is_refused_even_by_a_permissive_one() {
+    let alpha = "[federation]\nmode = \"permissive\"\nblocked_clusters = [\"beta\"]";
+    check_case("blocked", alpha, PERMISSIVE, Expected { linked: false, denied_by: Some("blocked-cluster") }).await;
+}
+
+#[tokio::test]
+async fn asymmetric_policies_give_no_link_and_both_sides_say_why() {
+    // alpha would accept beta; beta accepts nobody.
+    check_case("asymmetric", &allow("beta"), STRICT, Expected { linked: false, denied_by: Some("strict-mode") }).await;
+}
+
+#[tokio::test]
+async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
+    // MPREG's three scenarios in one topology: a2 meets b1 by gossip (and is
+    // refused: not on beta's bridge list), a1 meets b1 directly, and a2 still
+    // calls beta through a1, its cluster mate.
+    let b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1"]));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
+    let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
+    for n in [&a1, &a2] {
+        eventually("beta's functions in alpha", SETTLE, async || sees(n, "beta", "upper").await.then_some(())).await;
+    }
+    let refused = eventually("a2's gossip-learnt dial to be refused", SETTLE, async || refusal(&a2).await).await;
+    assert_eq!(refused["rule"], "bridge-nodes");
+    assert!(!linked(&a2, "b1").await);
+
+    // A pipeline mixing clusters, sent to a2: echo on a1, upper in beta via a1, add on a2.
+    let req: Request = serde_json::from_value(json!({
+        "role": "rpc", "u": "mix",
+        "cmds": [
+            {"name": "e", "fun": "echo", "args": ["two words"]},
+            {"name": "u", "fun": "upper", "args": [{"$ref": "e"}], "target_cluster": "beta"},
+            {"name": "n", "fun": "word-count", "args": [{"$ref": "u"}]},
+            {"name": "s", "fun": "add", "args": [{"$ref": "n"}, 40]}
+        ],
+        "include_execution_summary": true
+    }))
+    .unwrap();
+    let response = a2.client().await.request(req).await.unwrap();
+    assert_eq!(response.r.unwrap(), json!({"s": 42}));
+    let clusters: Vec<String> = response.execution_summary.unwrap().steps.into_iter().map(|s| s.cluster).collect();
+    assert_eq!(clusters, ["alpha", "beta", "beta", "alpha"]);
+    // And beta reaches a2's math through a1.
+    assert_eq!(call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
+}
+
+#[tokio::test]
+async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
+    let federation = format!(
+        "{}\n[federation.functions]\nblock = [\"split\"]\nallow = [\"upper\", \"split\", \"secret\"]\nrate_limit_per_minute = 120",
+        allow("alpha")
+    );
+    let files = vec![("math.toml".to_owned(), b"export = false\n".to_vec())];
+    let b1 = node_with("b1", "beta", vec!["text", "math"], files, &[], &federation);
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
+    eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    // Only what beta offers alpha is visible there.
+    let seen = catalog(&a1).await;
+    assert!(!seen.contains(&("beta".into(), "split".into())), "blocked functions are not offered");
+    assert!(!seen.contains(&("beta".into(), "word-count".into())), "functions outside the allow list are not offered");
+    assert!(!seen.contains(&("beta".into(), "add".into())), "export = false stays home");
+    assert!(sees(&b1, "beta", "add").await, "but is in beta's own catalog");
+
+    // A function beta does not offer cannot even be named from alpha.
+    let mut cmd = Command::new("x", "", vec![json!("a,b"), json!(",")]);
+    cmd.function_id = Some("text/split".into());
+    cmd.target_cluster = Some("beta".into());
+    let err = a1.client().await.call_command(cmd).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "split is not visible from alpha: {err:?}");
+
+    // Rate limit: the budget runs out, says when to retry, and recovers.
+    let client = a1.client().await;
+    let mut limited = None;
+    for i in 0..200 {
+        let mut cmd = Command::new("x", "upper", vec![json!("r")]);
+        cmd.target_cluster = Some("beta".into());
+        match client.call_command(cmd).await {
+            Ok(v) => assert_eq!(v, json!("R")),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::RATE_LIMITED, "call {i}: {e:?}");
+                limited = Some(e);
+                break;
+            }
+        }
+    }
+    let limited = limited.expect("the per-minute budget ran out");
+    assert_eq!(limited.details["cluster"], "alpha");
+    assert!(limited.message.contains("rate_limit_per_minute"), "{}", limited.message);
+    let wait = limited.details["retry_after_ms"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    assert_eq!(call_in(&a1, "beta", "upper", vec![json!("r")]).await.unwrap(), json!("R"), "recovered");
+}
+
+#[tokio::test]
+async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
+    let b1 = node("b1", "beta", vec!["text"], &[], &allow("alpha"));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
+    eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+
+    // Block one function (SIGHUP): it is withdrawn from alpha, the rest stays.
+    rewrite_federation(&b1, &format!("{}\n[federation.functions]\nblock = [\"upper\"]", allow("alpha")));
+    let _ = std::process::Command::new("kill").args(["-HUP", &b1.pid().to_string()]).status();
+    eventually("upper withdrawn", SETTLE, async || (!sees(&a1, "beta", "upper").await).then_some(())).await;
+    assert!(sees(&a1, "beta", "split").await);
+
+    // Strict (POST /v1/federation/reload): the link goes, and stays gone.
+    rewrite_federation(&b1, STRICT);
+    let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["links_closed"], json!(["a1"]));
+    eventually("beta gone from alpha", SETTLE, async || (!sees(&a1, "beta", "split").await).then_some(())).await;
+    let err = eventually("the redial to be refused", SETTLE, async || {
+        call_in(&a1, "beta", "split", vec![json!("a"), json!(",")])
+            .await
+            .err()
+            .filter(|e| e.kind == ErrorKind::POLICY_DENIED)
+    })
+    .await;
+    assert_eq!(err.details["rule"], "strict-mode");
+    let federation = b1.admin().get("/v1/federation").await.unwrap().body;
+    assert_eq!(federation["policy"]["mode"], "strict");
+
+    // A broken file is refused and the policy in force stays.
+    rewrite_federation(&b1, "[federation]\nmode = \"wide-open\"");
+    let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 400);
+    assert!(reply.text.contains("mode"), "{}", reply.text);
+    assert_eq!(b1.admin().get("/v1/federation").await.unwrap().body["policy"]["mode"], "strict");
+}
