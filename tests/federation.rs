@@ -171,6 +171,14 @@ async fn check_case(name: &str, alpha: &str, beta: &str, expected: Expected) {
             let rejected = metric(&metrics, "weft_links_refused_total{kind=\"policy\"}")
                 .or_else(|| metric(&metrics, "weft_federation_decisions_total{point=\"link"));
             assert!(rejected.is_some(), "{what}: the refusal is counted:\n{metrics}");
+            // ... and raised as an alert on both sides, which an operator can acknowledge.
+            for n in [&a1, &b1] {
+                let alerts = n.admin().get("/v1/alerts").await.unwrap().body;
+                let alert = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "link-refused").cloned();
+                let alert = alert.unwrap_or_else(|| panic!("{what}: no link-refused alert on {}: {alerts}", n.id));
+                let ack = n.admin().post(&format!("/v1/alerts/{}/ack", alert["id"]), "").await.unwrap();
+                assert_eq!(ack.status, 200, "{what}");
+            }
         }
     }
 }
@@ -265,6 +273,16 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     assert_eq!(clusters, ["alpha", "beta", "beta", "alpha"]);
     // And beta reaches a2's math through a1.
     assert_eq!(call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
+
+    // Crossing into beta takes a hop; with none left the call says where it stopped.
+    let mut cmd = Command::new("x", "upper", vec![json!("x")]);
+    cmd.target_cluster = Some("beta".into());
+    let mut req = Request::new("h", vec![cmd]);
+    req.hop_budget = Some(0);
+    let response = a2.client().await.request(req).await.unwrap();
+    let err: WeftError = response.error.unwrap().into();
+    assert_eq!(err.kind, ErrorKind::HOP_BUDGET_EXHAUSTED, "{err:?}");
+    assert_eq!(err.details["federation_path"], json!(["alpha"]));
 }
 
 #[tokio::test]
@@ -312,6 +330,11 @@ async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     let wait = limited.details["retry_after_ms"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_millis(wait + 50)).await;
     assert_eq!(call_in(&a1, "beta", "upper", vec![json!("r")]).await.unwrap(), json!("R"), "recovered");
+    let alerts = b1.admin().get("/v1/alerts").await.unwrap().body;
+    assert!(
+        alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "rate-limited" && a["subject"] == "alpha"),
+        "{alerts}"
+    );
 }
 
 #[tokio::test]

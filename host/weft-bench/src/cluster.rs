@@ -15,12 +15,25 @@ struct Bench {
 
 impl Bench {
     async fn node(&self, id: &str, plugins: &[&str], seeds: &[&RunningNode]) -> Result<RunningNode, String> {
+        self.node_in("bench", id, plugins, seeds).await
+    }
+
+    /// A node of `cluster`; clusters other than "bench" are bridged to it both ways.
+    async fn node_in(
+        &self,
+        cluster: &str,
+        id: &str,
+        plugins: &[&str],
+        seeds: &[&RunningNode],
+    ) -> Result<RunningNode, String> {
         let root = self.dir.path().join(id);
         let folder = root.join("plugins");
         weft_bundle::write_to(&folder, plugins).map_err(|e| e.to_string())?;
         let mut config = weft_node::Config::default();
         config.node.id = Some(id.to_owned());
-        config.node.cluster = "bench".into();
+        config.node.cluster = cluster.into();
+        config.federation.mode = weft_node::config::FederationMode::Explicit;
+        config.federation.allowed_clusters = vec!["bench".into(), "far".into()];
         config.node.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
         config.node.admin = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
         config.node.plugins = Some(folder);
@@ -124,32 +137,69 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
     );
     stop(nodes).await;
 
-    // One forward vs a local call: `home` has echo, `edge` forwards to it.
+    // A local call, one intra-cluster forward, one bridge crossing: `home`
+    // has echo, `edge` (same cluster) and `far` (cluster "far") forward to it.
     let home = bench.node("home", &["echo"], &[]).await?;
     let edge = bench.node("edge", &["math"], &[&home]).await?;
-    wait("edge to see echo", || has(&edge, "echo")).await?;
-    let local = Client::connect(&home.ws_url()).await.map_err(|e| e.to_string())?;
-    let remote = Client::connect(&edge.ws_url()).await.map_err(|e| e.to_string())?;
+    let far = bench.node_in("far", "far", &["text"], &[&home]).await?;
+    wait("edge and far to see echo", || has(&edge, "echo") && has(&far, "echo")).await?;
     let rounds = if smoke { 20 } else { 2000 };
-    let (mut here, mut there) = (Vec::new(), Vec::new());
+    let mut clients = Vec::new();
+    for node in [&home, &edge, &far] {
+        clients.push(Client::connect(&node.ws_url()).await.map_err(|e| e.to_string())?);
+    }
+    let mut samples: [Vec<Duration>; 3] = Default::default();
     for _ in 0..rounds {
-        for (client, into) in [(&local, &mut here), (&remote, &mut there)] {
+        for (client, into) in clients.iter().zip(samples.iter_mut()) {
             let started = Instant::now();
             client.call("echo", vec![json!("x")]).await.map_err(|e| e.to_string())?;
             into.push(started.elapsed());
         }
     }
-    let (here, there) = (Samples(here), Samples(there));
-    println!("### Cluster: one intra-cluster forward ({rounds} calls each, interleaved)\n");
+    let [here, forward, bridge] = samples.map(Samples);
+    println!("### Cluster and federation: where a call runs ({rounds} calls each, interleaved)\n");
     println!("| call | median | p99 | note |\n|---|---|---|---|");
     println!("| echo on the node that has it | {} | {} | baseline |", us(here.median()), us(here.pct(0.99)));
     println!(
-        "| echo forwarded by another node | {} | {} | +{} ({}) |\n",
-        us(there.median()),
-        us(there.pct(0.99)),
-        us(there.median().saturating_sub(here.median())),
-        ratio(there.median(), here.median())
+        "| echo forwarded by a node of the same cluster | {} | {} | +{} over local |",
+        us(forward.median()),
+        us(forward.pct(0.99)),
+        us(forward.median().saturating_sub(here.median())),
     );
-    stop(vec![edge, home]).await;
+    println!(
+        "| echo from another cluster over one bridge | {} | {} | +{} over the intra-cluster forward ({}) |\n",
+        us(bridge.median()),
+        us(bridge.pct(0.99)),
+        us(bridge.median().saturating_sub(forward.median())),
+        ratio(bridge.median(), forward.median())
+    );
+    stop(vec![far, edge, home]).await;
+    policy_cost(smoke);
     Ok(())
+}
+
+/// The federation decision a bridged call pays at the target (cluster and
+/// function rules), timed in a tight loop.
+fn policy_cost(smoke: bool) {
+    use weft_fabric::policy::{Bridge, Mode, Policy};
+    use weft_proto::{ClusterId, FunctionId, NodeId};
+    let policy = Policy {
+        cluster: ClusterId::new("alpha"),
+        mode: Mode::Explicit,
+        allowed_clusters: (0..8).map(|i| ClusterId::new(format!("c{i}"))).collect(),
+        blocked_clusters: vec![ClusterId::new("evil")],
+        bridges: vec![Bridge { cluster: ClusterId::new("beta"), nodes: vec![NodeId::new("b1"), NodeId::new("b2")] }],
+        allow_functions: vec!["upper".into(), "echo/echo".into()],
+        block_functions: vec!["secret".into()],
+    };
+    let (cluster, node, function) = (ClusterId::new("beta"), NodeId::new("b2"), FunctionId::new("echo", "echo"));
+    let n = if smoke { 1_000 } else { 1_000_000 };
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(policy.call(std::hint::black_box(&cluster), Some(&node), &function, true));
+    }
+    let per = started.elapsed().as_secs_f64() * 1e9 / f64::from(n);
+    println!(
+        "Policy decision at the target (bridge with a node list, allow and block lists): {per:.0} ns per call ({n} decisions)\n"
+    );
 }

@@ -166,7 +166,12 @@ impl Policy {
             return peer;
         }
         let here = &self.cluster;
-        let named = |list: &[String]| list.iter().any(|f| *f == function.function || *f == function.to_string());
+        let named = |list: &[String]| {
+            list.iter().any(|f| match f.split_once('/') {
+                Some((plugin, name)) => plugin == function.plugin && name == function.function,
+                None => *f == function.function,
+            })
+        };
         if !exported {
             return Verdict::deny(
                 Rule::NotExported,

@@ -167,6 +167,23 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             _,
             "/v1/plugins" | "/v1/catalog" | "/v1/peers" | "/v1/topology" | "/v1/federation" | "/v1/federation/reload",
         ) if executor.is_none() => starting(),
+        (&Method::GET, "/v1/alerts") => match executor {
+            Some(e) => json_response(StatusCode::OK, &json!({ "alerts": e.fabric().alerts.list() })),
+            None => starting(),
+        },
+        (&Method::POST, p) if p.starts_with("/v1/alerts/") && p.ends_with("/ack") => {
+            let id = p.trim_start_matches("/v1/alerts/").trim_end_matches("/ack").parse::<u64>().ok();
+            match (executor, id) {
+                (Some(e), Some(id)) if e.fabric().alerts.ack(id) => {
+                    json_response(StatusCode::OK, &json!({ "acked": id }))
+                }
+                (None, _) => starting(),
+                _ => error_response(
+                    StatusCode::NOT_FOUND,
+                    &WeftError::invalid_request(format!("no alert {p}; GET /v1/alerts lists them with their ids")),
+                ),
+            }
+        }
         (&Method::GET, "/v1/federation") => match executor {
             Some(e) => json_response(StatusCode::OK, &federation(e.fabric())),
             None => starting(),

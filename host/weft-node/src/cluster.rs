@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use weft_fabric::{Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh};
 use weft_proto::NodeId;
 
+use crate::alerts::AlertKind;
 use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point};
 
 /// A node as SWIM knows it. `renewal` grows when SWIM declared this process
@@ -412,13 +413,15 @@ impl ClusterTask {
             match notification {
                 OwnedNotification::MemberUp(m) => {
                     tracing::info!(member = %m.node, "member up");
+                    self.fabric.alerts.resolve(AlertKind::MemberDown, m.node.as_str());
                     if self.fabric.link(&m.node).is_none() {
                         self.dial(m.addr.clone());
                     }
                     self.changed = true;
                 }
                 OwnedNotification::MemberDown(m) => {
-                    tracing::info!(member = %m.node, "member down");
+                    let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
+                    self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
                     self.withdraw(&m.node, m.incarnation);
                     self.changed = true;
                 }

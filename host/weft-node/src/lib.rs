@@ -4,6 +4,7 @@
 //! the one epoch-ticker thread and reads the clock for call deadlines).
 
 pub mod admin;
+pub mod alerts;
 mod cluster;
 pub mod config;
 mod executor;

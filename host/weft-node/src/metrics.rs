@@ -60,6 +60,7 @@ pub struct DecisionLabels {
 pub struct Metrics {
     registry: Registry,
     pub federation_decisions: Family<DecisionLabels, Counter>,
+    pub alerts: Family<KindLabel, Counter>,
     pub peer_links: Gauge,
     pub peer_messages: Family<PeerMessageLabels, Counter>,
     pub peer_bytes: Family<PeerBytesLabels, Counter>,
@@ -108,6 +109,8 @@ impl Metrics {
         let catalog_entries = Gauge::default();
         let forwards = Family::<OutcomeLabel, Counter>::default();
         let federation_decisions = Family::<DecisionLabels, Counter>::default();
+        let alerts = Family::<KindLabel, Counter>::default();
+        registry.register("alerts_raised", "Alerts raised (see GET /v1/alerts), by kind", alerts.clone());
         registry.register(
             "federation_decisions",
             "Federation policy decisions, by enforcement point, outcome and deciding rule",
@@ -146,6 +149,7 @@ impl Metrics {
         Self {
             registry,
             federation_decisions,
+            alerts,
             peer_links,
             peer_messages,
             peer_bytes,
@@ -179,6 +183,10 @@ impl Metrics {
 
     pub fn reject_frame(&self, reason: &'static str) {
         self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    pub fn alert(&self, kind: &'static str) {
+        self.alerts.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn federation_decision(&self, point: &'static str, outcome: &'static str, rule: &'static str) {

@@ -24,6 +24,7 @@ use weft_fabric::{CatalogEntry, Policy, Verdict};
 use weft_proto::{ClusterId, ErrorKind, NodeId, WeftError};
 use weft_runtime::Runtime;
 
+use crate::alerts::{AlertKind, Alerts};
 use crate::metrics::Metrics;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
@@ -94,6 +95,7 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
+    pub alerts: Alerts,
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
     decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
@@ -179,6 +181,7 @@ impl Fabric {
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
+            alerts: Alerts::default(),
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
             decisions: Mutex::default(),
@@ -287,6 +290,11 @@ impl Fabric {
             return Ok(());
         };
         rate.limiter.check_key(cluster).map_err(|not_until| {
+            self.alert(
+                AlertKind::RateLimited,
+                cluster.as_str(),
+                &format!("calls from cluster {cluster} hit federation.functions.rate_limit_per_minute ({})", rate.per_minute),
+            );
             use governor::clock::Clock;
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             WeftError::new(
@@ -302,6 +310,14 @@ impl Fabric {
             .with("cluster", cluster.as_str())
             .with("retry_after_ms", u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
         })
+    }
+
+    /// Raises an alert (logged and counted when new).
+    pub fn alert(&self, kind: AlertKind, subject: &str, message: &str) {
+        if self.alerts.raise(kind, subject, message) {
+            self.metrics.alert(kind.as_str());
+            tracing::warn!(alert = kind.as_str(), subject, message, "alert raised");
+        }
     }
 
     /// Both sides of a handshake run this on what the other side said.
@@ -417,6 +433,10 @@ impl Fabric {
             .any(|r| r.addr == addr && r.kind == reject.kind && r.remote_node.as_ref() == remote.map(|h| &h.node));
         if !repeat && reject.kind != RejectKind::DuplicateLink && reject.kind != RejectKind::SelfDial {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
+        }
+        if reject.kind == RejectKind::Policy {
+            let subject = remote.map_or_else(|| addr.to_owned(), |h| format!("{} ({})", h.node, h.addr));
+            self.alert(AlertKind::LinkRefused, &subject, &format!("refused by {by} policy: {}", reject.reason));
         }
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
