@@ -7,6 +7,7 @@ mod catalog;
 mod new;
 mod node;
 mod plugins;
+mod routes;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Functions visible from a node.
     Catalog(catalog::CatalogArgs),
+    /// The route table of a node (`--explain CLUSTER`: why one route wins)
+    Routes(routes::RoutesArgs),
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(plugins::PluginsCmd),
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Call(args) => call::run(args).await,
             Cmd::Bench(args) => bench::run(args).await,
             Cmd::Catalog(args) => catalog::run(args).await,
+            Cmd::Routes(args) => routes::run(args).await,
             Cmd::Plugins(cmd) => plugins::run(cmd),
             Cmd::New(args) => new::run(args),
         }

@@ -1,9 +1,9 @@
 //! Weft's control plane without I/O: the pure logic that decides what a
-//! request means and what may run where. Today that is function resolution
-//! against a catalog (`catalog`), the cluster-wide catalog replicated between
-//! nodes (`cluster_catalog`), the multi-command request planner (`plan`) and
-//! readiness scheduling (`schedule`); membership, policy and routes belong
-//! here too as they arrive.
+//! request means and what may run where: function resolution against a
+//! catalog (`catalog`), the cluster-wide catalog replicated between nodes
+//! (`cluster_catalog`), the multi-command request planner (`plan`),
+//! readiness scheduling (`schedule`), the federation policy (`policy`) and
+//! the path-vector route table (`routes`). Membership is foca's (in the node).
 //!
 //! Everything here is plain data in, decisions out: no sockets, no tokio, no
 //! wasmtime, no clock. The node drives these types and performs the I/O, which
@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cluster_catalog;
 pub mod plan;
 pub mod policy;
+pub mod routes;
 pub mod schedule;
 
 #[cfg(test)]
@@ -25,4 +26,5 @@ pub use cluster_catalog::{
 };
 pub use plan::{Plan, Step, StepIdx, Template};
 pub use policy::{Policy, Rule, Verdict};
+pub use routes::{Announcement, Explanation, Route, RouteConfig, RouteError, RouteTable};
 pub use schedule::Scheduler;

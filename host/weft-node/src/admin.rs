@@ -165,10 +165,42 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         }
         (
             _,
-            "/v1/plugins" | "/v1/catalog" | "/v1/peers" | "/v1/topology" | "/v1/federation" | "/v1/federation/reload",
+            "/v1/plugins"
+            | "/v1/catalog"
+            | "/v1/peers"
+            | "/v1/topology"
+            | "/v1/federation"
+            | "/v1/federation/reload"
+            | "/v1/routes"
+            | "/v1/routes/explain"
+            | "/v1/alerts",
         ) if executor.is_none() => starting(),
+        (&Method::GET, "/v1/routes") => match executor {
+            Some(e) => json_response(StatusCode::OK, &routes(e.fabric())),
+            None => starting(),
+        },
+        (&Method::GET, "/v1/routes/explain") => {
+            let cluster = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("cluster=")))
+                .map(str::to_owned);
+            match (executor, cluster) {
+                (Some(e), Some(c)) => json_response(StatusCode::OK, &explain(e.fabric(), &c)),
+                (None, _) => starting(),
+                (_, None) => error_response(
+                    StatusCode::BAD_REQUEST,
+                    &WeftError::invalid_request("name the destination: /v1/routes/explain?cluster=NAME"),
+                ),
+            }
+        }
         (&Method::GET, "/v1/alerts") => match executor {
-            Some(e) => json_response(StatusCode::OK, &json!({ "alerts": e.fabric().alerts.list() })),
+            Some(e) => {
+                // Active alerts; `?all` adds the resolved ones still remembered.
+                let all = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "all"));
+                let alerts: Vec<_> = e.fabric().alerts.list().into_iter().filter(|a| all || a.active).collect();
+                json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+            }
             None => starting(),
         },
         (&Method::POST, p) if p.starts_with("/v1/alerts/") && p.ends_with("/ack") => {
@@ -272,6 +304,67 @@ fn peers(fabric: &Fabric) -> Value {
     json!({ "node": fabric.me.node, "cluster": fabric.me.cluster, "links": links, "refused": fabric.refusals() })
 }
 
+fn route_json(r: &weft_fabric::Route, now: weft_fabric::Millis) -> Value {
+    json!({
+        "destination": r.destination,
+        "path": r.path,
+        "hops": r.hops,
+        "latency_us": r.latency_us,
+        "reliability": r.reliability,
+        "tags": r.tags,
+        "via": r.via,
+        "via_cluster": r.via_cluster,
+        "expires_in_ms": r.expires.0.saturating_sub(now.0),
+        "held_down": r.held_until.is_some_and(|t| now < t),
+    })
+}
+
+fn route_now(view: &crate::peer::ClusterView) -> weft_fabric::Millis {
+    weft_fabric::Millis(u64::try_from(view.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The route table: every route held, with the winner per destination marked.
+fn routes(fabric: &Fabric) -> Value {
+    let view = fabric.view();
+    let now = route_now(&view);
+    let winners = view.routes.winners(now);
+    let all: Vec<Value> = view
+        .routes
+        .all()
+        .iter()
+        .map(|r| {
+            let mut v = route_json(r, now);
+            v["best"] = json!(winners.get(&r.destination).is_some_and(|w| w.via == r.via));
+            v
+        })
+        .collect();
+    json!({ "cluster": fabric.me.cluster, "transit": fabric.transit(), "routes": all })
+}
+
+/// Which route to one cluster wins and why the others lose.
+fn explain(fabric: &Fabric, cluster: &str) -> Value {
+    let view = fabric.view();
+    let now = route_now(&view);
+    let e = view.routes.explain(now, &weft_proto::ClusterId::new(cluster));
+    let losers: Vec<Value> = e
+        .losers
+        .iter()
+        .map(|(r, why)| {
+            let mut v = route_json(r, now);
+            v["lost_because"] = json!(why);
+            v
+        })
+        .collect();
+    let rule = "fewest hops, then lowest latency, then highest reliability, then smallest advertiser id";
+    json!({
+        "destination": cluster,
+        "winner": e.winner.as_ref().map(|r| route_json(r, now)),
+        "losers": losers,
+        "selection": rule,
+        "reachable": e.winner.is_some(),
+    })
+}
+
 /// The effective federation policy and its decision counters.
 fn federation(fabric: &Fabric) -> Value {
     let counters: Vec<Value> = fabric
@@ -308,7 +401,19 @@ fn topology(fabric: &Fabric) -> Value {
         |m| json!({"node": m.node, "addr": m.addr, "incarnation": m.incarnation, "state": m.state, "self": false}),
     ));
     let links: Vec<Value> = view.links.iter().map(|(a, b)| json!({"a": a, "b": b})).collect();
-    json!({ "clusters": [{ "cluster": me.cluster, "nodes": nodes, "links": links }] })
+    // Other clusters as this node sees them: reachable ones and the way there.
+    let now = route_now(&view);
+    let mut clusters = vec![json!({ "cluster": me.cluster, "nodes": nodes, "links": links })];
+    for (dest, r) in view.routes.winners(now) {
+        clusters.push(json!({ "cluster": dest, "path": r.path, "hops": r.hops, "via": r.via }));
+    }
+    let bridges: Vec<Value> = fabric
+        .links()
+        .iter()
+        .filter(|l| l.remote.cluster != me.cluster)
+        .map(|l| json!({"a": me.node, "b": l.remote.node, "clusters": [me.cluster, l.remote.cluster.clone()]}))
+        .collect();
+    json!({ "clusters": clusters, "bridges": bridges })
 }
 
 fn phase_name(p: Phase) -> &'static str {

@@ -21,6 +21,10 @@ pub enum AlertKind {
     MemberDown,
     /// Calls from a foreign cluster hit its rate limit.
     RateLimited,
+    /// No route leads to a cluster that was reachable.
+    ClusterUnreachable,
+    /// A route flaps and is held down.
+    RouteFlapping,
 }
 
 impl AlertKind {
@@ -29,6 +33,8 @@ impl AlertKind {
             AlertKind::LinkRefused => "link-refused",
             AlertKind::MemberDown => "member-down",
             AlertKind::RateLimited => "rate-limited",
+            AlertKind::ClusterUnreachable => "cluster-unreachable",
+            AlertKind::RouteFlapping => "route-flapping",
         }
     }
 }
@@ -116,7 +122,7 @@ impl Alerts {
     pub fn list(&self) -> Vec<Alert> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<Alert> = inner.by_key.values().cloned().collect();
-        all.sort_by(|a, b| (b.active, b.last_unix_ms).cmp(&(a.active, a.last_unix_ms)));
+        all.sort_by_key(|a| std::cmp::Reverse((a.active, a.last_unix_ms)));
         all
     }
 

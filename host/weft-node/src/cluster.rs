@@ -22,8 +22,10 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weft_fabric::{Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh};
-use weft_proto::NodeId;
+use weft_fabric::{
+    Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig, RouteTable,
+};
+use weft_proto::{ClusterId, NodeId};
 
 use crate::alerts::AlertKind;
 use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point};
@@ -62,6 +64,11 @@ pub struct ClusterSettings {
     pub beat_interval: Duration,
     pub catalog: CatalogConfig,
     pub seeds: Vec<String>,
+    pub routes: RouteConfig,
+    /// How often routes are announced over bridges (besides triggered updates).
+    pub announce_interval: Duration,
+    /// Re-announce learnt routes to other bridges (carry transit traffic).
+    pub transit: bool,
 }
 
 /// Asks the cluster task to leave the cluster; answered once the goodbyes are queued.
@@ -82,16 +89,22 @@ struct ClusterTask {
     reported: BTreeMap<NodeId, Vec<NodeId>>,
     /// Foreign entries offered over each bridge link, by the linked node.
     imports: BTreeMap<NodeId, Vec<CatalogEntry>>,
-    /// This cluster's entries as last offered over bridges.
-    offered: Vec<CatalogEntry>,
     /// Foreign entries members reach over their bridges, by member.
     relayed: BTreeMap<NodeId, Vec<CatalogEntry>>,
     /// What this node last relayed to its members.
     relaying: Vec<CatalogEntry>,
     seeds: Vec<String>,
+    /// Members that said goodbye (their down notice is not a failure).
+    departed: HashSet<NodeId>,
     /// Addresses learnt from members' beats, and when they were last dialled.
     gossip_dials: std::collections::HashMap<String, Instant>,
     max_imports: usize,
+    routes: RouteTable,
+    transit: bool,
+    /// The epoch of the last route update sent (milliseconds, strictly growing).
+    route_epoch: u64,
+    /// What each bridge peer was last offered.
+    offers: BTreeMap<NodeId, Vec<CatalogEntry>>,
     changed: bool,
 }
 
@@ -125,12 +138,16 @@ pub fn start(
         dialing: HashSet::new(),
         reported: BTreeMap::new(),
         imports: BTreeMap::new(),
-        offered: Vec::new(),
         relayed: BTreeMap::new(),
         relaying: Vec::new(),
         seeds: settings.seeds.clone(),
+        departed: HashSet::new(),
         gossip_dials: std::collections::HashMap::new(),
         max_imports: settings.catalog.max_entries_per_node,
+        routes: RouteTable::new(me.cluster.clone(), settings.routes.clone()),
+        transit: settings.transit,
+        route_epoch: 0,
+        offers: BTreeMap::new(),
         changed: false,
     };
     // Ready means callable: local functions are in the view before any peer shows up.
@@ -138,7 +155,7 @@ pub fn start(
     for seed in settings.seeds.iter().filter(|s| **s != fabric.me.addr) {
         tokio::spawn(dial_seed(fabric.clone(), seed.clone(), stop_dialling.clone()));
     }
-    tokio::spawn(task.run(events, timers_rx, dials_rx, leave_rx, settings.beat_interval));
+    tokio::spawn(task.run(events, timers_rx, dials_rx, leave_rx, (settings.beat_interval, settings.announce_interval)));
     leave
 }
 
@@ -164,10 +181,12 @@ impl ClusterTask {
         mut timers: mpsc::UnboundedReceiver<Timer<Member>>,
         mut dials: mpsc::UnboundedReceiver<String>,
         mut leave: mpsc::Receiver<LeaveRequest>,
-        beat_interval: Duration,
+        (beat_interval, announce_interval): (Duration, Duration),
     ) {
         let mut beat = tokio::time::interval(beat_interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut announce = tokio::time::interval(announce_interval);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
@@ -178,6 +197,11 @@ impl ClusterTask {
                 }
                 Some(addr) = dials.recv() => { self.dialing.remove(&addr); }
                 _ = beat.tick() => self.on_beat(),
+                _ = announce.tick() => {
+                    let changed = self.routes.expire(self.now());
+                    self.routes_changed(&changed);
+                    self.announce_routes();
+                }
                 Some(LeaveRequest(done)) = leave.recv() => {
                     self.leave();
                     let _ = done.send(());
@@ -197,9 +221,16 @@ impl ClusterTask {
     }
 
     fn on_event(&mut self, event: Event) {
+        if let Event::LinkUp(link) = &event {
+            self.fabric.alerts.resolve(AlertKind::LinkRefused, &link.remote.addr);
+        }
         match event {
             Event::LinkUp(link) if link.remote.cluster != self.fabric.me.cluster => {
-                link.send(PeerMsg::Foreign { entries: self.offer(&link) });
+                let routes = self.routes.exports(self.now(), &link.remote.cluster, self.transit);
+                link.send(PeerMsg::Routes { epoch: self.next_epoch(), routes });
+                let offer = self.offer(&link);
+                self.offers.insert(link.node().clone(), offer.clone());
+                link.send(PeerMsg::Foreign { entries: offer });
             }
             Event::LinkUp(link) => {
                 link.send(PeerMsg::Snapshot { snapshot: self.catalog.snapshot() });
@@ -217,15 +248,17 @@ impl ClusterTask {
                 if self.fabric.link(link.node()).is_none() {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
+                    self.offers.remove(link.node());
+                    let changed = self.routes.drop_neighbour(self.now(), link.node());
+                    self.routes_changed(&changed);
                 }
                 self.changed = true;
             }
             Event::PolicyChanged => {
                 // Closed links drop their imports when they go down; the
                 // others are offered what the new rules allow.
-                for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
-                    link.send(PeerMsg::Foreign { entries: self.offer(link) });
-                }
+                self.offers.clear();
+                self.announce_routes();
                 self.changed = true;
             }
             Event::Peer(link, msg) => self.on_message(&link, msg),
@@ -235,6 +268,10 @@ impl ClusterTask {
     fn on_message(&mut self, link: &Arc<Link>, msg: PeerMsg) {
         let now = self.now();
         match msg {
+            // Membership is per cluster: SWIM and goodbyes only from members.
+            PeerMsg::Swim { .. } | PeerMsg::Bye if link.remote.cluster != self.fabric.me.cluster => {
+                tracing::debug!(peer = %link.node(), "membership message from another cluster ignored");
+            }
             PeerMsg::Swim { data } => match B64.decode(data.as_bytes()) {
                 Ok(bytes) => {
                     if let Err(e) = self.foca.handle_data(&bytes, &mut self.rt) {
@@ -250,6 +287,26 @@ impl ClusterTask {
                 }
             }
             PeerMsg::Foreign { entries } => self.import(link, entries),
+            PeerMsg::Routes { epoch, routes } if link.remote.cluster != self.fabric.me.cluster => {
+                let policy = self.fabric.policy();
+                let admit = |c: &ClusterId| {
+                    let v = policy.peer(c, None);
+                    if v.allowed { Ok(()) } else { Err(format!("{} (rule {})", v.reason, v.rule.as_str())) }
+                };
+                match self.routes.update(now, link.node(), &link.remote.cluster, epoch, routes, admit) {
+                    Ok(update) => {
+                        for d in &update.dropped {
+                            tracing::debug!(peer = %link.node(), destination = %d.destination, reason = %d.reason, "route not imported");
+                        }
+                        self.fabric.metrics.routes_dropped.inc_by(update.dropped.len() as u64);
+                        self.routes_changed(&update.changed);
+                    }
+                    Err(e) => {
+                        self.fabric.metrics.routes_dropped.inc();
+                        tracing::warn!(peer = %link.node(), error = %e, "route update refused");
+                    }
+                }
+            }
             PeerMsg::Relay { mut entries } if link.remote.cluster == self.fabric.me.cluster => {
                 entries.retain(|e| e.cluster != self.fabric.me.cluster);
                 entries.truncate(self.max_imports);
@@ -271,6 +328,7 @@ impl ClusterTask {
             }
             PeerMsg::Bye => {
                 tracing::info!(peer = %link.node(), "peer left the cluster");
+                self.departed.insert(link.node().clone());
                 let down: Vec<Member> =
                     self.foca.iter_members().map(|m| m.id().clone()).filter(|m| m.node == *link.node()).collect();
                 let updates = down.into_iter().map(|m| foca::Member::new(m, 0, State::Down));
@@ -287,7 +345,77 @@ impl ClusterTask {
     /// This cluster's entries that the policy offers to the link's cluster.
     fn offer(&self, link: &Link) -> Vec<CatalogEntry> {
         let policy = self.fabric.policy();
-        self.own_entries().into_iter().filter(|e| policy.exports(e, &link.remote.cluster)).collect()
+        let to = &link.remote.cluster;
+        let mut offer: Vec<CatalogEntry> = self.own_entries().into_iter().filter(|e| policy.exports(e, to)).collect();
+        if self.transit && policy.peer(to, Some(link.node())).allowed {
+            // Functions of clusters this one carries traffic to, on routes
+            // that do not come back through the receiver.
+            let now = self.now();
+            offer.extend(
+                self.relaying
+                    .iter()
+                    .filter(|e| {
+                        self.routes.best(now, &e.cluster).is_some_and(|r| r.via_cluster != *to && !r.path.contains(to))
+                    })
+                    .cloned(),
+            );
+        }
+        offer
+    }
+
+    fn next_epoch(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.route_epoch = now.max(self.route_epoch + 1);
+        self.route_epoch
+    }
+
+    /// Sends every bridge peer this cluster's routes (periodic, or triggered
+    /// by a change).
+    fn announce_routes(&mut self) {
+        let now = self.now();
+        let epoch = self.next_epoch();
+        for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
+            let routes = self.routes.exports(now, &link.remote.cluster, self.transit);
+            link.send(PeerMsg::Routes { epoch, routes });
+        }
+    }
+
+    /// Best routes changed: tell the neighbours at once, re-filter imports,
+    /// raise or clear unreachable alerts.
+    fn routes_changed(&mut self, changed: &[ClusterId]) {
+        let now = self.now();
+        for r in self.routes.all().iter().filter(|r| r.held_until.is_some_and(|t| now < t)) {
+            let message = format!("route to {} via {} flaps and is held down", r.destination, r.via);
+            self.fabric.alert(AlertKind::RouteFlapping, &format!("{} via {}", r.destination, r.via), &message);
+        }
+        if changed.is_empty() {
+            return;
+        }
+        for dest in changed {
+            match self.routes.best(now, dest) {
+                Some(r) => {
+                    self.fabric.alerts.resolve(AlertKind::ClusterUnreachable, dest.as_str());
+                    tracing::info!(cluster = %dest, via = %r.via, hops = r.hops, "route to cluster");
+                }
+                None => {
+                    let held = self.routes.all().iter().any(|r| r.destination == *dest);
+                    let why = if held {
+                        "its only routes are held down for flapping"
+                    } else {
+                        "every route to it was withdrawn"
+                    };
+                    self.fabric.alert(
+                        AlertKind::ClusterUnreachable,
+                        dest.as_str(),
+                        &format!("cluster {dest} is unreachable: {why}"),
+                    );
+                }
+            }
+        }
+        self.announce_routes();
+        self.changed = true;
     }
 
     /// Functions of this cluster reachable now: this node's and linked members'.
@@ -304,8 +432,8 @@ impl ClusterTask {
             return;
         }
         let verdict = self.fabric.decide(Point::Import, self.fabric.policy().peer(cluster, Some(link.node())));
-        // Only the neighbour's own cluster: routes through it are path-vector business.
-        entries.retain(|e| e.cluster == *cluster);
+        // Kept whole; `publish` takes what the routes say this neighbour leads to.
+        entries.retain(|e| e.cluster != self.fabric.me.cluster);
         if !verdict.allowed {
             entries.clear();
         }
@@ -420,8 +548,11 @@ impl ClusterTask {
                     self.changed = true;
                 }
                 OwnedNotification::MemberDown(m) => {
-                    let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
-                    self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
+                    // A goodbye is not a failure: no alert for members that left.
+                    if !self.departed.remove(&m.node) {
+                        let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
+                        self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
+                    }
                     self.withdraw(&m.node, m.incarnation);
                     self.changed = true;
                 }
@@ -475,18 +606,22 @@ impl ClusterTask {
         // link dropped is skipped at once (calls fail over to replicas) while
         // its advert waits for SWIM's verdict.
         let own = self.own_entries();
-        if own != self.offered {
-            self.offered = own.clone();
-            for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
-                link.send(PeerMsg::Foreign { entries: self.offer(link) });
-            }
-        }
         let mut entries = own;
         let mut direct: Vec<CatalogEntry> = Vec::new();
+        let now = self.now();
+        let policy = self.fabric.policy();
         for (node, imported) in &self.imports {
-            if self.fabric.link(node).is_some() {
-                direct.extend(imported.iter().filter(|e| !entries_has(&direct, e)).cloned().collect::<Vec<_>>());
-            }
+            let Some(link) = self.fabric.link(node) else {
+                continue;
+            };
+            // The neighbour's own functions, and those of clusters whose best
+            // route goes through this neighbour.
+            let leads = |e: &CatalogEntry| {
+                (e.cluster == link.remote.cluster || self.routes.best(now, &e.cluster).is_some_and(|r| r.via == *node))
+                    && policy.peer(&e.cluster, None).allowed
+            };
+            direct
+                .extend(imported.iter().filter(|e| leads(e) && !entries_has(&direct, e)).cloned().collect::<Vec<_>>());
         }
         if direct != self.relaying {
             self.relaying = direct.clone();
@@ -494,8 +629,7 @@ impl ClusterTask {
         }
         entries.extend(direct);
         // Members' bridges, as far as this node's own policy admits the cluster.
-        let policy = self.fabric.policy();
-        let mut relays: BTreeMap<weft_proto::ClusterId, Vec<NodeId>> = BTreeMap::new();
+        let mut relays: BTreeMap<ClusterId, Vec<NodeId>> = BTreeMap::new();
         for (node, offered) in &self.relayed {
             if self.fabric.link(node).is_none() {
                 continue;
@@ -510,7 +644,24 @@ impl ClusterTask {
                 }
             }
         }
-        self.fabric.publish(ClusterView { entries: Arc::new(entries), members, links, relays });
+        let next_hops = self.routes.winners(now).into_iter().map(|(d, r)| (d, r.via)).collect();
+        self.fabric.publish(ClusterView {
+            entries: Arc::new(entries),
+            members,
+            links,
+            relays,
+            next_hops,
+            routes: Arc::new(self.routes.clone()),
+            clock: self.origin,
+        });
+        // Offers over bridges follow what this node can reach.
+        for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
+            let offer = self.offer(link);
+            if self.offers.get(link.node()) != Some(&offer) {
+                self.offers.insert(link.node().clone(), offer.clone());
+                link.send(PeerMsg::Foreign { entries: offer });
+            }
+        }
     }
 
     fn leave(&mut self) {

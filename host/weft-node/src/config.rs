@@ -119,6 +119,9 @@ pub struct RoutingSection {
     pub announce_interval: Duration,
     #[serde(deserialize_with = "units::duration")]
     pub route_ttl: Duration,
+    /// Whether this cluster carries traffic between other clusters: it then
+    /// re-announces the routes it learnt to its other bridges.
+    pub transit: bool,
     pub security: RoutingSecurity,
 }
 
@@ -178,6 +181,7 @@ impl Default for RoutingSection {
             max_hops: 8,
             announce_interval: Duration::from_secs(1),
             route_ttl: Duration::from_secs(10),
+            transit: false,
             security: RoutingSecurity::default(),
         }
     }
@@ -328,6 +332,11 @@ impl Config {
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
         check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
+        check(self.routing.announce_interval > Duration::ZERO, "routing.announce_interval: must be more than 0");
+        check(
+            self.routing.route_ttl > self.routing.announce_interval * 2,
+            "routing.route_ttl: must be more than twice routing.announce_interval, or routes expire between announcements",
+        );
         check(self.limits.max_commands > 0, "limits.max_commands: must be at least 1");
         check(self.limits.max_result >= 1024, "limits.max_result: must be at least 1KiB");
         check(self.limits.max_plugin >= 1024, "limits.max_plugin: must be at least 1KiB");
@@ -339,6 +348,7 @@ impl Config {
             "cluster.catalog_ttl: must be more than twice cluster.beat_interval, or entries expire between beats",
         );
         check(c.max_members >= 1, "cluster.max_members: must be at least 1");
+        check(c.max_catalog_entries_per_node >= 1, "cluster.max_catalog_entries_per_node: must be at least 1");
         check(
             self.node.advertise.as_deref().is_none_or(|a| a.starts_with("ws://")),
             "node.advertise: must be a ws:// URL",

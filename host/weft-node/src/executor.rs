@@ -161,9 +161,10 @@ impl Executor {
             if !verdict.allowed {
                 return Err(at(verdict.to_error(&target)));
             }
-            if !self.fabric.links().iter().any(|l| l.remote.cluster == target)
-                && self.fabric.relays_to(&target).is_empty()
-            {
+            let reachable = self.fabric.links().iter().any(|l| l.remote.cluster == target)
+                || self.fabric.next_hop(&target).is_some()
+                || !self.fabric.relays_to(&target).is_empty();
+            if !reachable {
                 if let Some(refusal) = self.fabric.policy_refusal(&target) {
                     // The link was refused by policy, here or there: say which rule.
                     let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
@@ -180,7 +181,7 @@ impl Executor {
                 return Err(at(WeftError::new(
                     ErrorKind::NO_ROUTE,
                     format!(
-                        "no bridge from node {} leads to cluster {target}; add one of its nodes to node.seeds (and a bridge to federation)",
+                        "no bridge or route from node {} leads to cluster {target} (GET /v1/routes lists the reachable clusters); bridge to it or to a cluster that carries transit",
                         me.node
                     ),
                 )
@@ -255,7 +256,7 @@ impl Executor {
                     level: s.level,
                     started_us: micros(begin.saturating_duration_since(started)),
                     duration_us: micros(took),
-                    hops: u32::from(cluster != here),
+                    hops: if cluster == here { 0 } else { self.fabric.route_hops(cluster).unwrap_or(1) },
                 }
             })
             .collect();
@@ -386,28 +387,33 @@ impl StepCall {
     /// itself, or for a foreign node a bridge link into its cluster.
     fn pick(&self, tried: &[NodeId]) -> Option<Arc<Link>> {
         let me = &self.fabric.me;
-        let avoid = |n: &NodeId| tried.contains(n) || self.routing_path.contains(n);
+        // Never back through a node or into a cluster the call already passed.
+        let avoid = |l: &Link| {
+            tried.contains(l.node())
+                || self.routing_path.contains(l.node())
+                || (l.remote.cluster != me.cluster && self.federation_path.contains(&l.remote.cluster))
+        };
         let mut links: Vec<Arc<Link>> = Vec::new();
-        for c in self.candidates.iter().filter(|c| !avoid(&c.node)) {
+        for c in &self.candidates {
             let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
                 Some(link) => vec![link],
                 None if c.cluster != me.cluster => {
-                    // A bridge of our own into that cluster, else a member's.
-                    let bridges: Vec<Arc<Link>> = self
-                        .fabric
-                        .links()
-                        .into_iter()
-                        .filter(|l| l.remote.cluster == c.cluster && !avoid(l.node()))
-                        .collect();
-                    if bridges.is_empty() {
-                        let relays = self.fabric.relays_to(&c.cluster);
-                        relays.iter().filter(|n| !avoid(n)).filter_map(|n| self.fabric.link(n)).collect()
-                    } else {
-                        bridges
+                    // A bridge of our own into that cluster, else the next hop
+                    // of the best route there, else a member's bridge.
+                    let mut ways: Vec<Arc<Link>> =
+                        self.fabric.links().into_iter().filter(|l| l.remote.cluster == c.cluster).collect();
+                    if ways.is_empty() {
+                        ways.extend(self.fabric.next_hop(&c.cluster).and_then(|n| self.fabric.link(&n)));
                     }
+                    if ways.is_empty() {
+                        let relays = self.fabric.relays_to(&c.cluster);
+                        ways.extend(relays.iter().filter_map(|n| self.fabric.link(n)));
+                    }
+                    ways
                 }
                 None => Vec::new(),
             };
+            let ways: Vec<Arc<Link>> = ways.into_iter().filter(|l| !avoid(l)).collect();
             for way in ways {
                 if !links.iter().any(|l| Arc::ptr_eq(l, &way)) {
                     links.push(way);

@@ -61,6 +61,7 @@ pub struct Metrics {
     registry: Registry,
     pub federation_decisions: Family<DecisionLabels, Counter>,
     pub alerts: Family<KindLabel, Counter>,
+    pub routes_dropped: Counter,
     pub peer_links: Gauge,
     pub peer_messages: Family<PeerMessageLabels, Counter>,
     pub peer_bytes: Family<PeerBytesLabels, Counter>,
@@ -110,6 +111,12 @@ impl Metrics {
         let forwards = Family::<OutcomeLabel, Counter>::default();
         let federation_decisions = Family::<DecisionLabels, Counter>::default();
         let alerts = Family::<KindLabel, Counter>::default();
+        let routes_dropped = Counter::default();
+        registry.register(
+            "routes_refused",
+            "Route announcements not imported (loops, hop limit, policy, stale epochs, floods)",
+            routes_dropped.clone(),
+        );
         registry.register("alerts_raised", "Alerts raised (see GET /v1/alerts), by kind", alerts.clone());
         registry.register(
             "federation_decisions",
@@ -150,6 +157,7 @@ impl Metrics {
             registry,
             federation_decisions,
             alerts,
+            routes_dropped,
             peer_links,
             peer_messages,
             peer_bytes,

@@ -215,7 +215,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         me,
         runtime,
         metrics.clone(),
-        FabricLimits { max_frame, max_members },
+        FabricLimits { max_frame, max_members, transit: config.routing.transit },
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
@@ -229,6 +229,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             ..weft_fabric::CatalogConfig::default()
         },
         seeds: config.node.seeds.clone(),
+        routes: weft_fabric::RouteConfig {
+            max_hops: config.routing.max_hops,
+            route_ttl: config.routing.route_ttl,
+            ..weft_fabric::RouteConfig::default()
+        },
+        announce_interval: config.routing.announce_interval,
+        transit: config.routing.transit,
     };
     let leave = cluster::start(fabric.clone(), events, local, settings, shutdown.clone());
     let executor = Arc::new(Executor::new(

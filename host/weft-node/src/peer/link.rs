@@ -182,9 +182,15 @@ pub(super) async fn run<S>(
                 }
             }
         };
+        tokio::pin!(writer, reader);
         tokio::select! {
-            _ = writer => false,
-            _ = reader => false,
+            // The peer hung up on our writes: what it said last (a refusal,
+            // say) may still be waiting to be read.
+            _ = &mut writer => {
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut reader).await;
+                false
+            }
+            _ = &mut reader => false,
             _ = link.closed.cancelled() => false,
             _ = fabric.links_closing.cancelled() => true,
         }
@@ -326,7 +332,10 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version)
         .cloned()
         .collect();
-    let exported = !candidates.is_empty() && candidates.iter().all(|e| e.exported);
+    if candidates.is_empty() {
+        return transit(fabric, link, call, function, version, deadline, &entries).await;
+    }
+    let exported = candidates.iter().all(|e| e.exported);
     let verdict = fabric
         .decide(Point::CallTarget, fabric.policy().call(&link.remote.cluster, Some(link.node()), &function, exported));
     if !verdict.allowed {
@@ -342,6 +351,59 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
     let step = StepCall {
         fabric: fabric.clone(),
         candidates,
+        function,
+        version,
+        args: call.args,
+        deadline,
+        hop_budget: call.hop_budget,
+        routing_path: call.routing_path,
+        federation_path: call.federation_path,
+    };
+    step.run().await.0
+}
+
+/// A call from another cluster for a function of a third one: carried on if
+/// this cluster offers transit and its policy admits both ends.
+async fn transit(
+    fabric: &Arc<Fabric>,
+    link: &Link,
+    call: ForwardCall,
+    function: FunctionId,
+    version: semver::Version,
+    deadline: Instant,
+    entries: &[CatalogEntry],
+) -> Result<Value, WeftError> {
+    let me = &fabric.me;
+    let onward: Vec<CatalogEntry> = entries
+        .iter()
+        .filter(|e| e.cluster != me.cluster && e.cluster != link.remote.cluster)
+        .filter(|e| e.function == function && e.version == version && !call.federation_path.contains(&e.cluster))
+        .cloned()
+        .collect();
+    let Some(destination) = onward.first().map(|e| e.cluster.clone()) else {
+        return Err(WeftError::new(
+            ErrorKind::FUNCTION_NOT_FOUND,
+            format!("{function}@{version} is not in cluster {} nor reachable through it", me.cluster),
+        ));
+    };
+    if !fabric.transit() {
+        return Err(WeftError::new(
+            ErrorKind::NO_ROUTE,
+            format!("cluster {} does not carry traffic to {destination} (routing.transit = false)", me.cluster),
+        )
+        .with("cluster", me.cluster.as_str()));
+    }
+    let policy = fabric.policy();
+    for (cluster, node) in [(&link.remote.cluster, Some(link.node())), (&destination, None)] {
+        let verdict = fabric.decide(Point::CallTarget, policy.peer(cluster, node));
+        if !verdict.allowed {
+            return Err(verdict.to_error(cluster));
+        }
+    }
+    fabric.charge(&link.remote.cluster)?;
+    let step = StepCall {
+        fabric: fabric.clone(),
+        candidates: onward,
         function,
         version,
         args: call.args,

@@ -44,7 +44,7 @@ pub enum Event {
 }
 
 /// What the cluster task publishes for everyone else to read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClusterView {
     pub entries: Arc<Vec<CatalogEntry>>,
     pub members: Vec<MemberView>,
@@ -52,6 +52,25 @@ pub struct ClusterView {
     pub links: Vec<(NodeId, NodeId)>,
     /// Members that relay functions of a foreign cluster, by cluster.
     pub relays: std::collections::BTreeMap<ClusterId, Vec<NodeId>>,
+    /// The bridge peer each reachable cluster's best route leads through.
+    pub next_hops: std::collections::BTreeMap<ClusterId, NodeId>,
+    pub routes: Arc<weft_fabric::RouteTable>,
+    /// The origin of the route table's clock.
+    pub clock: std::time::Instant,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        ClusterView {
+            entries: Arc::default(),
+            members: Vec::new(),
+            links: Vec::new(),
+            relays: Default::default(),
+            next_hops: Default::default(),
+            routes: Arc::new(weft_fabric::RouteTable::new(ClusterId::default(), weft_fabric::RouteConfig::default())),
+            clock: std::time::Instant::now(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,6 +101,8 @@ pub struct Refusal {
 pub struct FabricLimits {
     pub max_frame: usize,
     pub max_members: usize,
+    /// `routing.transit`: calls between two other clusters may pass here.
+    pub transit: bool,
 }
 
 /// The node's side of the cluster, shared by the listeners, the executor,
@@ -92,6 +113,7 @@ pub struct Fabric {
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
     pub max_members: usize,
+    transit: bool,
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
@@ -170,7 +192,7 @@ impl Fabric {
         federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
-        let FabricLimits { max_frame, max_members } = limits;
+        let FabricLimits { max_frame, max_members, transit } = limits;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -178,6 +200,7 @@ impl Fabric {
             metrics,
             max_frame,
             max_members,
+            transit,
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
@@ -219,6 +242,22 @@ impl Fabric {
         self.metrics.catalog_entries.set(view.entries.len() as i64);
         self.metrics.members.set(view.members.len() as i64 + 1);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    pub fn transit(&self) -> bool {
+        self.transit
+    }
+
+    /// The bridge peer the best route to `cluster` leads through.
+    pub fn next_hop(&self, cluster: &ClusterId) -> Option<NodeId> {
+        read(&self.view).next_hops.get(cluster).cloned()
+    }
+
+    /// Cluster crossings of the best route to `cluster`.
+    pub fn route_hops(&self, cluster: &ClusterId) -> Option<u32> {
+        let view = read(&self.view);
+        let now = weft_fabric::Millis(u64::try_from(view.clock.elapsed().as_millis()).unwrap_or(u64::MAX));
+        view.routes.best(now, cluster).map(|r| r.hops)
     }
 
     /// Members that offered to relay calls into `cluster`.
@@ -435,8 +474,8 @@ impl Fabric {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
         }
         if reject.kind == RejectKind::Policy {
-            let subject = remote.map_or_else(|| addr.to_owned(), |h| format!("{} ({})", h.node, h.addr));
-            self.alert(AlertKind::LinkRefused, &subject, &format!("refused by {by} policy: {}", reject.reason));
+            let subject = remote.map_or(addr, |h| h.addr.as_str());
+            self.alert(AlertKind::LinkRefused, subject, &format!("refused by {by} policy: {}", reject.reason));
         }
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
@@ -465,8 +504,7 @@ impl Fabric {
         let (link, rx) = Link::new(hello.clone(), Direction::Inbound);
         if let Err(reject) = self.admit(&hello, true).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
-            let _ = send(&mut ws, &PeerMsg::Reject(reject)).await;
-            let _ = ws.close(None).await;
+            refuse(&mut ws, reject).await;
             return;
         }
         if send(&mut ws, &PeerMsg::Welcome(self.me.clone())).await.is_err() {
@@ -505,8 +543,7 @@ impl Fabric {
         let (link, rx) = Link::new(remote.clone(), Direction::Outbound);
         if let Err(reject) = self.admit(&remote, false).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Outbound, addr, Some(&remote), &reject);
-            let _ = send(&mut ws, &PeerMsg::Reject(reject.clone())).await;
-            let _ = ws.close(None).await;
+            refuse(&mut ws, reject.clone()).await;
             return Err(DialError::RefusedHere { addr: addr.to_owned(), reject });
         }
         let node = remote.node.clone();
@@ -529,6 +566,18 @@ impl Fabric {
         self.link_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.link_tasks.wait()).await;
     }
+}
+
+/// Sends a refusal and closes politely: waiting (briefly) for the other side
+/// to close too means the refusal is read, not lost to a reset connection.
+async fn refuse<S>(ws: &mut WebSocketStream<S>, reject: Reject)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = send(ws, &PeerMsg::Reject(reject)).await;
+    let _ = ws.close(None).await;
+    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 async fn send<S>(ws: &mut WebSocketStream<S>, msg: &PeerMsg) -> Result<(), WeftError>

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weft_fabric::{CatalogDelta, CatalogEntry, CatalogSnapshot};
+use weft_fabric::{Announcement, CatalogDelta, CatalogEntry, CatalogSnapshot};
 use weft_proto::{ClusterId, ErrorBody, NodeId, WeftError};
 
 /// Bumped on incompatible changes of this envelope; a peer speaking another
@@ -131,6 +131,13 @@ pub enum PeerMsg {
         #[serde(default)]
         known: Vec<String>,
     },
+    /// Over a bridge: the sender's whole route export set (its own cluster,
+    /// and with transit the routes it learnt). A destination missing from a
+    /// newer set is withdrawn; an older `epoch` is refused.
+    Routes {
+        epoch: u64,
+        routes: Vec<Announcement>,
+    },
     /// To members: the foreign functions the sender reaches over its own
     /// bridges (the whole set, replacing the last), so that every member can
     /// call them through it.
@@ -173,6 +180,7 @@ impl PeerMsg {
             PeerMsg::CatalogPull => "catalog-pull",
             PeerMsg::Foreign { .. } => "foreign",
             PeerMsg::Relay { .. } => "relay",
+            PeerMsg::Routes { .. } => "routes",
             PeerMsg::Beat { .. } => "beat",
             PeerMsg::Call(_) => "call",
             PeerMsg::Reply { .. } => "reply",

@@ -1,0 +1,62 @@
+//! `weft routes`: the route table of a node, or why one route wins.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::Value;
+use weft_client::Admin;
+
+#[derive(Args)]
+pub struct RoutesArgs {
+    /// The node's admin HTTP URL (routes are served by the admin API).
+    #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
+    admin: String,
+    /// Explain the selection of the route to this cluster.
+    #[arg(long, value_name = "CLUSTER")]
+    explain: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn line(r: &Value) -> String {
+    let path: Vec<&str> = r["path"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    format!(
+        "{}  hops={} latency={}µs reliability={}‰ via={} path={}{}",
+        r["destination"].as_str().unwrap_or(""),
+        r["hops"],
+        r["latency_us"],
+        r["reliability"],
+        r["via"].as_str().unwrap_or(""),
+        path.join(">"),
+        if r["held_down"] == true { "  [held down]" } else { "" }
+    )
+}
+
+pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
+    let admin = Admin::new(&a.admin);
+    let path = match &a.explain {
+        Some(c) => format!("/v1/routes/explain?cluster={c}"),
+        None => "/v1/routes".to_owned(),
+    };
+    let reply = admin.get(&path).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let body = &reply.body;
+    if a.explain.is_some() {
+        match body.get("winner").filter(|w| !w.is_null()) {
+            Some(w) => println!("best: {}", line(w)),
+            None => println!("{} is unreachable from this node", body["destination"].as_str().unwrap_or("")),
+        }
+        for l in body["losers"].as_array().into_iter().flatten() {
+            println!("lost: {}  ({})", line(l), l["lost_because"].as_str().unwrap_or(""));
+        }
+        println!("selection: {}", body["selection"].as_str().unwrap_or(""));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in body["routes"].as_array().into_iter().flatten() {
+        println!("{} {}", if r["best"] == true { "*" } else { " " }, line(r));
+    }
+    Ok(ExitCode::SUCCESS)
+}

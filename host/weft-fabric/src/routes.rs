@@ -1,0 +1,411 @@
+//! Path-vector routes between clusters: what each bridge neighbour
+//! announces, which route wins, and what this cluster announces onwards.
+//!
+//! Owns announcements, import checks (loops, hop limit, the path's clusters
+//! through the federation policy, stale epochs, the per-neighbour bound),
+//! deterministic selection with an explanation, expiry, and hold-down of
+//! flapping routes. It must not know how announcements travel or when they
+//! are sent: the node calls it with what arrived and asks what to send. Time
+//! is a value passed in.
+//!
+//! A neighbour sends its whole export set each time (periodically and when
+//! its best routes change); a destination missing from a newer set is
+//! withdrawn. Selection: fewest hops, then lowest latency, then highest
+//! reliability, then the smallest advertiser (neighbour node) id.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weft_proto::{ClusterId, NodeId};
+
+use crate::cluster_catalog::Millis;
+
+/// One route as announced: `path` runs from the announcing cluster (first)
+/// to the destination (last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub destination: ClusterId,
+    pub path: Vec<ClusterId>,
+    /// Cluster crossings from the announcer to the destination.
+    pub hops: u32,
+    pub latency_us: u64,
+    /// Delivery ratio in thousandths (1000: never lost).
+    pub reliability: u16,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Bounds and timers; defaults are the spec's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub max_hops: u32,
+    pub route_ttl: Duration,
+    pub max_routes_per_neighbour: usize,
+    /// Withdrawals of one route within `flap_window` that trigger hold-down.
+    pub flap_threshold: u32,
+    pub flap_window: Duration,
+    pub hold_down: Duration,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            max_hops: 8,
+            route_ttl: Duration::from_secs(10),
+            max_routes_per_neighbour: 1_000,
+            flap_threshold: 3,
+            flap_window: Duration::from_secs(30),
+            hold_down: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A route this node holds: an announcement, the neighbour it came from,
+/// and the metrics from here (one more hop).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub destination: ClusterId,
+    /// Clusters from the neighbour to the destination.
+    pub path: Vec<ClusterId>,
+    pub hops: u32,
+    pub latency_us: u64,
+    pub reliability: u16,
+    pub tags: Vec<String>,
+    /// The bridge peer (a node of `via_cluster`) that announced it: the next hop.
+    pub via: NodeId,
+    pub via_cluster: ClusterId,
+    pub learned: Millis,
+    pub expires: Millis,
+    /// Held down for flapping until this time (not eligible).
+    pub held_until: Option<Millis>,
+}
+
+impl Route {
+    /// The selection key: smaller is better.
+    fn rank(&self) -> (u32, u64, std::cmp::Reverse<u16>, &NodeId) {
+        (self.hops, self.latency_us, std::cmp::Reverse(self.reliability), &self.via)
+    }
+
+    fn held(&self, now: Millis) -> bool {
+        self.held_until.is_some_and(|t| now < t)
+    }
+}
+
+/// Why an update was refused as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "route update from {via} has epoch {epoch}, older than {seen} already seen (a replay or a reordered message)"
+    )]
+    StaleEpoch { via: NodeId, epoch: u64, seen: u64 },
+    #[error("node {via} of cluster {cluster} sent {count} routes, more than the limit of {max} per neighbour")]
+    TooMany { via: NodeId, cluster: ClusterId, count: usize, max: usize },
+}
+
+/// Why one announcement was not imported (counted, shown by `explain`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    pub destination: ClusterId,
+    pub reason: String,
+}
+
+/// What an update changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// Destinations whose best route changed (appeared, moved or vanished).
+    pub changed: Vec<ClusterId>,
+    pub dropped: Vec<Dropped>,
+}
+
+/// Why each candidate route to one destination won or lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub destination: ClusterId,
+    pub winner: Option<Route>,
+    pub losers: Vec<(Route, String)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Flaps {
+    count: u32,
+    first: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    local: ClusterId,
+    config: RouteConfig,
+    /// destination -> announcing neighbour node -> route
+    routes: BTreeMap<ClusterId, BTreeMap<NodeId, Route>>,
+    epochs: BTreeMap<NodeId, u64>,
+    flaps: BTreeMap<(ClusterId, NodeId), Flaps>,
+    holds: BTreeMap<(ClusterId, NodeId), Millis>,
+}
+
+impl RouteTable {
+    pub fn new(local: ClusterId, config: RouteConfig) -> Self {
+        RouteTable {
+            local,
+            config,
+            routes: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            flaps: BTreeMap::new(),
+            holds: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+
+    /// Takes neighbour `via`'s (of `via_cluster`) whole export set at `epoch`.
+    /// `admit` is the federation policy asked about each cluster on a path.
+    pub fn update(
+        &mut self,
+        now: Millis,
+        via: &NodeId,
+        via_cluster: &ClusterId,
+        epoch: u64,
+        announcements: Vec<Announcement>,
+        admit: impl Fn(&ClusterId) -> Result<(), String>,
+    ) -> Result<Update, RouteError> {
+        if let Some(&seen) = self.epochs.get(via)
+            && epoch < seen
+        {
+            return Err(RouteError::StaleEpoch { via: via.clone(), epoch, seen });
+        }
+        let max = self.config.max_routes_per_neighbour;
+        if announcements.len() > max {
+            return Err(RouteError::TooMany {
+                via: via.clone(),
+                cluster: via_cluster.clone(),
+                count: announcements.len(),
+                max,
+            });
+        }
+        self.epochs.insert(via.clone(), epoch);
+        let before = self.winners(now);
+        let mut update = Update::default();
+        let mut fresh: BTreeMap<ClusterId, Route> = BTreeMap::new();
+        for a in announcements {
+            match self.check(via_cluster, &a, &admit) {
+                Ok(()) => {
+                    let route = Route {
+                        destination: a.destination.clone(),
+                        path: a.path,
+                        hops: a.hops.saturating_add(1),
+                        latency_us: a.latency_us,
+                        reliability: a.reliability.min(1000),
+                        tags: a.tags,
+                        via: via.clone(),
+                        via_cluster: via_cluster.clone(),
+                        learned: now,
+                        expires: now.saturating_add(self.config.route_ttl),
+                        held_until: self.holds.get(&(a.destination.clone(), via.clone())).copied(),
+                    };
+                    fresh.insert(a.destination, route);
+                }
+                Err(reason) => update.dropped.push(Dropped { destination: a.destination, reason }),
+            }
+        }
+        // Destinations this neighbour no longer announces are withdrawn.
+        let gone: Vec<ClusterId> = self
+            .routes
+            .iter()
+            .filter(|(dest, by)| by.contains_key(via) && !fresh.contains_key(*dest))
+            .map(|(dest, _)| dest.clone())
+            .collect();
+        for dest in gone {
+            self.remove(now, &dest, via);
+        }
+        for (dest, route) in fresh {
+            self.routes.entry(dest).or_default().insert(via.clone(), route);
+        }
+        update.changed = self.diff(&before, now);
+        Ok(update)
+    }
+
+    fn check(
+        &self,
+        via_cluster: &ClusterId,
+        a: &Announcement,
+        admit: &impl Fn(&ClusterId) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if a.path.first() != Some(via_cluster) {
+            return Err(format!("its path does not start at the announcing cluster {via_cluster}"));
+        }
+        if a.path.last() != Some(&a.destination) {
+            return Err("its path does not end at its destination".into());
+        }
+        if a.path.contains(&self.local) {
+            return Err(format!("its path already holds this cluster {} (a loop)", self.local));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if !a.path.iter().all(|c| seen.insert(c)) {
+            return Err("its path holds a cluster twice".into());
+        }
+        if a.hops.saturating_add(1) > self.config.max_hops {
+            return Err(format!(
+                "it is {} hops away, over routing.max_hops ({})",
+                a.hops.saturating_add(1),
+                self.config.max_hops
+            ));
+        }
+        a.path.iter().try_for_each(|c| admit(c).map_err(|why| format!("cluster {c} on its path is refused: {why}")))
+    }
+
+    /// A bridge peer is gone: everything it announced is withdrawn.
+    pub fn drop_neighbour(&mut self, now: Millis, via: &NodeId) -> Vec<ClusterId> {
+        let before = self.winners(now);
+        let dests: Vec<ClusterId> =
+            self.routes.iter().filter(|(_, by)| by.contains_key(via)).map(|(d, _)| d.clone()).collect();
+        for dest in dests {
+            self.remove(now, &dest, via);
+        }
+        self.diff(&before, now)
+    }
+
+    /// Removes routes not refreshed within `route_ttl`, and ends hold-downs.
+    pub fn expire(&mut self, now: Millis) -> Vec<ClusterId> {
+        let before = self.winners(now);
+        let stale: Vec<(ClusterId, NodeId)> = self
+            .routes
+            .iter()
+            .flat_map(|(d, by)| by.iter().filter(|(_, r)| now >= r.expires).map(move |(v, _)| (d.clone(), v.clone())))
+            .collect();
+        for (dest, via) in stale {
+            self.remove(now, &dest, &via);
+        }
+        self.holds.retain(|_, until| now < *until);
+        for by in self.routes.values_mut() {
+            for r in by.values_mut() {
+                r.held_until = r.held_until.filter(|t| now < *t);
+            }
+        }
+        self.diff(&before, now)
+    }
+
+    /// Removes one route and counts the withdrawal as a flap.
+    fn remove(&mut self, now: Millis, dest: &ClusterId, via: &NodeId) {
+        if let Some(by) = self.routes.get_mut(dest) {
+            by.remove(via);
+            if by.is_empty() {
+                self.routes.remove(dest);
+            }
+        }
+        let key = (dest.clone(), via.clone());
+        let flaps = self.flaps.entry(key.clone()).or_default();
+        if now.saturating_since(flaps.first) > self.config.flap_window || flaps.count == 0 {
+            *flaps = Flaps { count: 0, first: now };
+        }
+        flaps.count += 1;
+        if flaps.count >= self.config.flap_threshold {
+            self.holds.insert(key, now.saturating_add(self.config.hold_down));
+        }
+        if self.flaps.len() > 4 * self.config.max_routes_per_neighbour {
+            let window = self.config.flap_window;
+            self.flaps.retain(|_, f| now.saturating_since(f.first) <= window);
+        }
+    }
+
+    /// The best eligible route to `destination`.
+    pub fn best(&self, now: Millis, destination: &ClusterId) -> Option<&Route> {
+        self.routes.get(destination)?.values().filter(|r| !r.held(now)).min_by(|a, b| a.rank().cmp(&b.rank()))
+    }
+
+    /// Every destination's best route.
+    pub fn winners(&self, now: Millis) -> BTreeMap<ClusterId, Route> {
+        self.routes.keys().filter_map(|d| self.best(now, d).map(|r| (d.clone(), r.clone()))).collect()
+    }
+
+    /// Every route held, winners and losers.
+    pub fn all(&self) -> Vec<Route> {
+        self.routes.values().flat_map(|by| by.values().cloned()).collect()
+    }
+
+    fn diff(&self, before: &BTreeMap<ClusterId, Route>, now: Millis) -> Vec<ClusterId> {
+        let after = self.winners(now);
+        let mut changed: Vec<ClusterId> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|d| {
+                before.get(*d).map(|r| (&r.via, &r.path, r.hops)) != after.get(*d).map(|r| (&r.via, &r.path, r.hops))
+            })
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
+    /// Which route to `destination` wins, and why each other one loses.
+    pub fn explain(&self, now: Millis, destination: &ClusterId) -> Explanation {
+        let winner = self.best(now, destination).cloned();
+        let losers = self
+            .routes
+            .get(destination)
+            .map(|by| {
+                by.values()
+                    .filter(|r| winner.as_ref().is_none_or(|w| w.via != r.via))
+                    .map(|r| (r.clone(), Self::why_lost(r, winner.as_ref(), now)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Explanation { destination: destination.clone(), winner, losers }
+    }
+
+    fn why_lost(r: &Route, winner: Option<&Route>, now: Millis) -> String {
+        if let Some(until) = r.held_until.filter(|_| r.held(now)) {
+            return format!("held down for flapping for another {:?}", until.saturating_since(now));
+        }
+        let Some(w) = winner else {
+            return "no winner".into();
+        };
+        if r.hops != w.hops {
+            format!("more hops ({} > {})", r.hops, w.hops)
+        } else if r.latency_us != w.latency_us {
+            format!("higher latency ({} µs > {} µs)", r.latency_us, w.latency_us)
+        } else if r.reliability != w.reliability {
+            format!("lower reliability ({}‰ < {}‰)", r.reliability, w.reliability)
+        } else {
+            format!("same metrics; advertiser {} sorts after {}", r.via, w.via)
+        }
+    }
+
+    /// What this cluster announces to a neighbour of cluster `to`: itself,
+    /// and with `transit`, its best routes that neither came from `to`'s
+    /// cluster nor pass through it.
+    pub fn exports(&self, now: Millis, to: &ClusterId, transit: bool) -> Vec<Announcement> {
+        let mut out = vec![Announcement {
+            destination: self.local.clone(),
+            path: vec![self.local.clone()],
+            hops: 0,
+            latency_us: 0,
+            reliability: 1000,
+            tags: Vec::new(),
+        }];
+        if transit {
+            for r in self.winners(now).into_values() {
+                if r.via_cluster == *to || r.path.contains(to) || r.destination == *to {
+                    continue;
+                }
+                let mut path = vec![self.local.clone()];
+                path.extend(r.path);
+                out.push(Announcement {
+                    destination: r.destination,
+                    path,
+                    hops: r.hops,
+                    latency_us: r.latency_us,
+                    reliability: r.reliability,
+                    tags: r.tags,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,188 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn c(s: &str) -> ClusterId {
+    ClusterId::new(s)
+}
+
+fn n(s: &str) -> NodeId {
+    NodeId::new(s)
+}
+
+fn ann(path: &[&str]) -> Announcement {
+    Announcement {
+        destination: c(path.last().unwrap()),
+        path: path.iter().map(|s| c(s)).collect(),
+        hops: path.len() as u32 - 1,
+        latency_us: 0,
+        reliability: 1000,
+        tags: vec![],
+    }
+}
+
+fn ok(_: &ClusterId) -> Result<(), String> {
+    Ok(())
+}
+
+fn table() -> RouteTable {
+    RouteTable::new(c("a"), RouteConfig::default())
+}
+
+const T0: Millis = Millis(1_000);
+
+#[test]
+fn routes_are_learnt_one_hop_further_and_exported_onwards_only_with_transit() {
+    let mut t = table();
+    let u = t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap();
+    assert_eq!(u.changed, [c("b"), c("c")]);
+    let to_c = t.best(T0, &c("c")).unwrap();
+    assert_eq!((to_c.hops, &to_c.via, &to_c.path), (2, &n("b1"), &vec![c("b"), c("c")]));
+
+    // To a neighbour in cluster d: ourselves, plus (with transit) b and c through us.
+    let plain = t.exports(T0, &c("d"), false);
+    assert_eq!(plain, vec![ann(&["a"])]);
+    let transit = t.exports(T0, &c("d"), true);
+    let paths: Vec<Vec<ClusterId>> = transit.iter().map(|a| a.path.clone()).collect();
+    assert_eq!(paths, vec![vec![c("a")], vec![c("a"), c("b")], vec![c("a"), c("b"), c("c")]]);
+    assert_eq!(transit[2].hops, 2);
+    // Split horizon: nothing learnt from b goes back to b.
+    assert_eq!(t.exports(T0, &c("b"), true), vec![ann(&["a"])]);
+}
+
+#[test]
+fn loops_foreign_paths_long_paths_and_refused_clusters_are_dropped() {
+    let mut t = RouteTable::new(c("a"), RouteConfig { max_hops: 3, ..RouteConfig::default() });
+    let deny_x = |cl: &ClusterId| if cl.as_str() == "x" { Err("blocked".to_owned()) } else { Ok(()) };
+    let u = t
+        .update(
+            T0,
+            &n("b1"),
+            &c("b"),
+            1,
+            vec![
+                ann(&["b", "a", "c"]),      // passes through us
+                ann(&["z", "c"]),           // does not start at the announcer
+                ann(&["b", "c", "d", "e"]), // 4 hops from here
+                ann(&["b", "x", "y"]),      // through a refused cluster
+                ann(&["b", "c", "b", "d"]), // a cluster twice
+                ann(&["b", "c"]),
+            ],
+            deny_x,
+        )
+        .unwrap();
+    let reasons: Vec<&str> = u.dropped.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert!(reasons[0].contains("loop") && reasons[1].contains("does not start"), "{reasons:?}");
+    assert!(reasons[2].contains("max_hops") && reasons[3].contains("cluster x") && reasons[4].contains("twice"));
+    assert_eq!(t.winners(T0).keys().cloned().collect::<Vec<_>>(), [c("c")]);
+}
+
+#[test]
+fn selection_is_by_hops_latency_reliability_then_advertiser_and_is_explained() {
+    let mut t = table();
+    let slow = Announcement { latency_us: 900, ..ann(&["b", "d"]) };
+    let fast = Announcement { latency_us: 100, ..ann(&["c", "d"]) };
+    let long = ann(&["e", "f", "d"]);
+    t.update(T0, &n("b1"), &c("b"), 1, vec![slow], ok).unwrap();
+    t.update(T0, &n("c1"), &c("c"), 1, vec![fast.clone()], ok).unwrap();
+    t.update(T0, &n("e1"), &c("e"), 1, vec![long], ok).unwrap();
+    t.update(T0, &n("c0"), &c("c"), 1, vec![fast], ok).unwrap();
+    let e = t.explain(T0, &c("d"));
+    assert_eq!(e.winner.unwrap().via, n("c0"), "same metrics: the smaller advertiser id wins");
+    let why: BTreeMap<String, String> = e.losers.into_iter().map(|(r, why)| (r.via.to_string(), why)).collect();
+    assert!(why["c1"].contains("advertiser"), "{why:?}");
+    assert!(why["b1"].contains("latency"), "{why:?}");
+    assert!(why["e1"].contains("more hops"), "{why:?}");
+
+    let less_reliable = Announcement { reliability: 900, ..ann(&["g", "h"]) };
+    t.update(T0, &n("g1"), &c("g"), 1, vec![less_reliable], ok).unwrap();
+    t.update(T0, &n("i1"), &c("i"), 1, vec![ann(&["i", "h"])], ok).unwrap();
+    assert_eq!(t.best(T0, &c("h")).unwrap().via, n("i1"));
+}
+
+#[test]
+fn omission_withdraws_and_stale_epochs_and_floods_are_refused() {
+    let mut t = table();
+    t.update(T0, &n("b1"), &c("b"), 5, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap();
+    let u = t.update(T0, &n("b1"), &c("b"), 6, vec![ann(&["b"])], ok).unwrap();
+    assert_eq!(u.changed, [c("c")], "c is no longer announced: withdrawn");
+    assert!(t.best(T0, &c("c")).is_none());
+    let stale = t.update(T0, &n("b1"), &c("b"), 4, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap_err();
+    assert!(matches!(stale, RouteError::StaleEpoch { epoch: 4, seen: 6, .. }));
+    let flood: Vec<Announcement> = (0..1001).map(|i| ann(&["b", &format!("x{i}")])).collect();
+    assert!(matches!(t.update(T0, &n("b1"), &c("b"), 7, flood, ok), Err(RouteError::TooMany { .. })));
+    assert!(t.best(T0, &c("b")).is_some(), "a refused update changes nothing");
+}
+
+#[test]
+fn a_lost_neighbour_or_silence_withdraws_its_routes_and_the_other_way_takes_over() {
+    let mut t = table();
+    t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b", "d"])], ok).unwrap();
+    t.update(T0, &n("c1"), &c("c"), 1, vec![ann(&["c", "e", "d"])], ok).unwrap();
+    assert_eq!(t.best(T0, &c("d")).unwrap().via, n("b1"));
+    assert_eq!(t.drop_neighbour(T0, &n("b1")), [c("d")]);
+    assert_eq!(t.best(T0, &c("d")).unwrap().via, n("c1"), "failover to the longer way");
+    let later = T0.saturating_add(Duration::from_secs(11));
+    assert_eq!(t.expire(later), [c("d")], "unrefreshed routes expire after route_ttl");
+    assert!(t.winners(later).is_empty());
+}
+
+#[test]
+fn a_flapping_route_is_held_down_then_released() {
+    let mut t = RouteTable::new(
+        c("a"),
+        RouteConfig { flap_threshold: 3, hold_down: Duration::from_secs(30), ..RouteConfig::default() },
+    );
+    t.update(T0, &n("c1"), &c("c"), 1, vec![ann(&["c", "x", "d"])], ok).unwrap();
+    let mut now = T0;
+    for epoch in 0..3 {
+        now = now.saturating_add(Duration::from_secs(1));
+        t.update(now, &n("b1"), &c("b"), 2 * epoch + 1, vec![ann(&["b", "d"])], ok).unwrap();
+        t.drop_neighbour(now, &n("b1"));
+    }
+    t.update(now, &n("b1"), &c("b"), 99, vec![ann(&["b", "d"])], ok).unwrap();
+    assert_eq!(t.best(now, &c("d")).unwrap().via, n("c1"), "the flapping short route is held down");
+    assert!(t.explain(now, &c("d")).losers[0].1.contains("held down"));
+    let released = now.saturating_add(Duration::from_secs(31));
+    t.update(released, &n("b1"), &c("b"), 100, vec![ann(&["b", "d"])], ok).unwrap();
+    t.update(released, &n("c1"), &c("c"), 2, vec![ann(&["c", "x", "d"])], ok).unwrap();
+    t.expire(released);
+    assert_eq!(t.best(released, &c("d")).unwrap().via, n("b1"), "released after the hold-down");
+}
+
+proptest! {
+    /// The winners depend on what was announced, not on the order neighbours' updates arrived in.
+    #[test]
+    fn selection_does_not_depend_on_arrival_order(
+        updates in prop::collection::vec((0usize..4, prop::collection::vec((0usize..4, 0u64..3, 0u16..3), 1..4)), 1..6),
+        seed in any::<u64>(),
+    ) {
+        let names = ["b", "c", "d", "e"];
+        let build = |order: &[usize]| {
+            let mut t = table();
+            for &i in order {
+                let (from, routes) = &updates[i];
+                let anns: Vec<Announcement> = routes.iter().map(|&(dest, lat, rel)| {
+                    let mut path = vec![names[*from]];
+                    if dest != *from { path.push(names[dest]); }
+                    Announcement { latency_us: lat, reliability: 998 + rel, ..ann(&path) }
+                }).collect();
+                let via = n(&format!("{}{}", names[*from], i));
+                t.update(T0, &via, &c(names[*from]), 1, anns, ok).unwrap();
+            }
+            t.winners(T0)
+        };
+        let forward: Vec<usize> = (0..updates.len()).collect();
+        let mut shuffled = forward.clone();
+        let mut s = seed;
+        for i in (1..shuffled.len()).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        let strip = |w: BTreeMap<ClusterId, Route>| -> Vec<(ClusterId, NodeId, u32)> {
+            w.into_values().map(|r| (r.destination, r.via, r.hops)).collect()
+        };
+        prop_assert_eq!(strip(build(&forward)), strip(build(&shuffled)));
+    }
+}

@@ -1,0 +1,195 @@
+//! Path-vector routes across several clusters of real nodes: a line with and
+//! without transit, a ring with failover and heal, hop budgets, withdrawal
+//! when the middle dies, and hold-down of a flapping route.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{NodeSpec, TestNode, eventually};
+use weft_proto::{Command, ErrorKind, Request, WeftError};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// One node per cluster (named after its cluster), permissive, fast announcements.
+fn cluster_node(cluster: &str, plugins: Vec<&'static str>, seeds: &[&TestNode], transit: bool) -> TestNode {
+    cluster_node_as(&format!("{cluster}1"), cluster, plugins, seeds, transit)
+}
+
+fn cluster_node_as(
+    id: &str,
+    cluster: &str,
+    plugins: Vec<&'static str>,
+    seeds: &[&TestNode],
+    transit: bool,
+) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        seeds.join(", ")
+    );
+    TestNode::start(NodeSpec { plugins, files: vec![], config })
+}
+
+async fn routes(node: &TestNode) -> Value {
+    node.admin().get("/v1/routes").await.unwrap().body
+}
+
+/// (next hop, hops) of the best route from `node` to `cluster`.
+async fn best(node: &TestNode, cluster: &str) -> Option<(String, u64)> {
+    let table = routes(node).await;
+    table["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["destination"] == cluster && r["best"] == true)
+        .map(|r| (r["via"].as_str().unwrap().to_owned(), r["hops"].as_u64().unwrap()))
+}
+
+async fn call_in(
+    node: &TestNode,
+    cluster: &str,
+    fun: &str,
+    hop_budget: Option<u32>,
+) -> Result<(Value, u32), WeftError> {
+    let mut cmd = Command::new("x", fun, vec![json!("abc")]);
+    cmd.target_cluster = Some(cluster.to_owned());
+    let mut req = Request::new("r", vec![cmd]);
+    req.hop_budget = hop_budget;
+    req.include_execution_summary = true;
+    let response = node.client().await.request(req).await?;
+    if let Some(e) = response.error {
+        return Err(e.into());
+    }
+    let hops = response.execution_summary.unwrap().cross_cluster_hops;
+    Ok((response.r.unwrap()["x"].clone(), hops))
+}
+
+#[tokio::test]
+async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
+    let b = cluster_node("beta", vec!["math"], &[], true);
+    let a = cluster_node("alpha", vec!["echo"], &[&b], false);
+    let c = cluster_node("gamma", vec!["text"], &[&b], false);
+    eventually("a route from alpha to gamma", SETTLE, async || best(&a, "gamma").await).await;
+    assert_eq!(best(&a, "gamma").await, Some(("beta1".into(), 2)));
+    let (value, hops) =
+        eventually("upper in gamma to answer alpha", SETTLE, async || call_in(&a, "gamma", "upper", None).await.ok())
+            .await;
+    assert_eq!((value, hops), (json!("ABC"), 2));
+    let explain = a.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
+    assert_eq!(explain["winner"]["path"], json!(["beta", "gamma"]), "{explain}");
+    // alpha and gamma never linked: the call crossed beta.
+    let peers = a.admin().get("/v1/peers").await.unwrap().body;
+    assert_eq!(peers["links"].as_array().unwrap().len(), 1, "{peers}");
+
+    // Too small a hop budget stops at beta and names the path.
+    let err = call_in(&a, "gamma", "upper", Some(1)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::HOP_BUDGET_EXHAUSTED, "{err:?}");
+    assert_eq!(err.details["federation_path"], json!(["alpha", "beta"]));
+
+    // The middle dies: the withdrawal reaches alpha and calls fail fast.
+    drop(b);
+    eventually("gamma withdrawn at alpha", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
+    let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    let alerts = a.admin().get("/v1/alerts").await.unwrap().body;
+    assert!(
+        alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["kind"] == "cluster-unreachable" && x["subject"] == "gamma")
+    );
+    drop(c);
+}
+
+#[tokio::test]
+async fn without_transit_the_middle_cluster_keeps_its_neighbours_apart() {
+    let b = cluster_node("beta", vec!["math"], &[], false);
+    let a = cluster_node("alpha", vec!["echo"], &[&b], false);
+    let c = cluster_node("gamma", vec!["text"], &[&b], false);
+    eventually("alpha to reach beta", SETTLE, async || best(&a, "beta").await).await;
+    eventually("gamma to reach beta", SETTLE, async || best(&c, "beta").await).await;
+    // Give beta a few announce intervals: gamma must still not appear.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(best(&a, "gamma").await, None);
+    let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_ring_takes_the_short_way_fails_over_and_comes_back() {
+    // alpha - beta - gamma - delta - alpha, every cluster offers transit.
+    let a = cluster_node("alpha", vec!["echo"], &[], true);
+    let b = cluster_node("beta", vec![], &[&a], true);
+    let c = cluster_node("gamma", vec!["text"], &[&b], true);
+    let d = cluster_node("delta", vec![], &[&c, &a], true);
+    // Two equal ways to gamma: the smaller advertiser (beta1) wins, never a loop.
+    eventually("two routes to gamma", SETTLE, async || {
+        let table = routes(&a).await;
+        let ways = table["routes"].as_array().unwrap().iter().filter(|r| r["destination"] == "gamma").count();
+        (ways == 2).then_some(())
+    })
+    .await;
+    assert_eq!(best(&a, "gamma").await, Some(("beta1".into(), 2)));
+    for r in routes(&a).await["routes"].as_array().unwrap() {
+        assert!(!r["path"].as_array().unwrap().contains(&json!("alpha")), "no route comes back through alpha: {r}");
+    }
+    let explain = a.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
+    assert!(explain["losers"][0]["lost_because"].as_str().unwrap().contains("advertiser"), "{explain}");
+    assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap().0, json!("ABC"));
+
+    // Cut beta: the other way round.
+    let b_id = b.id.clone();
+    drop(b);
+    eventually("failover through delta", SETTLE, async || {
+        (best(&a, "gamma").await == Some(("delta1".into(), 2))).then_some(())
+    })
+    .await;
+    assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
+
+    // Heal: beta is back, and so is the preferred route.
+    let _b = cluster_node_as(&b_id, "beta", vec![], &[&a, &c], true);
+    eventually("back through beta", SETTLE, async || {
+        (best(&a, "gamma").await == Some(("beta1".into(), 2))).then_some(())
+    })
+    .await;
+    drop(d);
+}
+
+#[tokio::test]
+async fn a_flapping_route_is_held_down_and_raises_an_alert() {
+    let b = cluster_node("beta", vec![], &[], true);
+    let a = cluster_node("alpha", vec!["echo"], &[&b], false);
+    // gamma comes and goes three times: each departure withdraws the route at alpha.
+    for _ in 0..3 {
+        let c = cluster_node("gamma", vec!["text"], &[&b], false);
+        eventually("gamma announced", SETTLE, async || best(&a, "gamma").await).await;
+        drop(c);
+        eventually("gamma withdrawn", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
+    }
+    // The fourth time, beta (next to the flapping link) holds the route down
+    // and does not pass it on: the federation beyond does not churn.
+    let _c = cluster_node("gamma", vec!["text"], &[&b], false);
+    let held = eventually("the route to be held down at beta", SETTLE, async || {
+        let table = routes(&b).await;
+        table["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["destination"] == "gamma" && r["held_down"] == true)
+            .cloned()
+    })
+    .await;
+    assert_eq!(held["best"], false, "a held-down route is not used: {held}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(best(&a, "gamma").await, None, "alpha is not offered the held-down route");
+    let alerts = b.admin().get("/v1/alerts").await.unwrap().body;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|x| x["kind"] == "route-flapping"), "{alerts}");
+    let explain = b.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
+    assert!(explain["losers"][0]["lost_because"].as_str().unwrap().contains("held down"), "{explain}");
+    assert_eq!(explain["reachable"], false);
+}
