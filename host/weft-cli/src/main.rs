@@ -4,6 +4,7 @@
 mod bench;
 mod call;
 mod catalog;
+mod keygen;
 mod new;
 mod node;
 mod plugins;
@@ -30,6 +31,8 @@ enum Cmd {
     Catalog(catalog::CatalogArgs),
     /// The route table of a node (`--explain CLUSTER`: why one route wins)
     Routes(routes::RoutesArgs),
+    /// Make an ed25519 key pair for signing this cluster's routes.
+    Keygen(keygen::KeygenArgs),
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(plugins::PluginsCmd),
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Bench(args) => bench::run(args).await,
             Cmd::Catalog(args) => catalog::run(args).await,
             Cmd::Routes(args) => routes::run(args).await,
+            Cmd::Keygen(args) => keygen::run(args),
             Cmd::Plugins(cmd) => plugins::run(cmd),
             Cmd::New(args) => new::run(args),
         }

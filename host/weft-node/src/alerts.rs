@@ -25,6 +25,8 @@ pub enum AlertKind {
     ClusterUnreachable,
     /// A route flaps and is held down.
     RouteFlapping,
+    /// A route update was unsigned, forged, replayed or from the wrong cluster.
+    RouteSignature,
 }
 
 impl AlertKind {
@@ -35,6 +37,7 @@ impl AlertKind {
             AlertKind::RateLimited => "rate-limited",
             AlertKind::ClusterUnreachable => "cluster-unreachable",
             AlertKind::RouteFlapping => "route-flapping",
+            AlertKind::RouteSignature => "route-signature",
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct ClusterSettings {
     pub announce_interval: Duration,
     /// Re-announce learnt routes to other bridges (carry transit traffic).
     pub transit: bool,
+    /// This cluster's route-signing key, and the keys trusted per cluster.
+    pub signer: Option<ed25519_dalek::SigningKey>,
+    pub trust: crate::signing::Trust,
 }
 
 /// Asks the cluster task to leave the cluster; answered once the goodbyes are queued.
@@ -105,6 +108,8 @@ struct ClusterTask {
     route_epoch: u64,
     /// What each bridge peer was last offered.
     offers: BTreeMap<NodeId, Vec<CatalogEntry>>,
+    signer: Option<ed25519_dalek::SigningKey>,
+    trust: crate::signing::Trust,
     changed: bool,
 }
 
@@ -148,6 +153,8 @@ pub fn start(
         transit: settings.transit,
         route_epoch: 0,
         offers: BTreeMap::new(),
+        signer: settings.signer.clone(),
+        trust: settings.trust.clone(),
         changed: false,
     };
     // Ready means callable: local functions are in the view before any peer shows up.
@@ -227,7 +234,8 @@ impl ClusterTask {
         match event {
             Event::LinkUp(link) if link.remote.cluster != self.fabric.me.cluster => {
                 let routes = self.routes.exports(self.now(), &link.remote.cluster, self.transit);
-                link.send(PeerMsg::Routes { epoch: self.next_epoch(), routes });
+                let epoch = self.next_epoch();
+                link.send(self.routes_msg(epoch, routes));
                 let offer = self.offer(&link);
                 self.offers.insert(link.node().clone(), offer.clone());
                 link.send(PeerMsg::Foreign { entries: offer });
@@ -287,7 +295,16 @@ impl ClusterTask {
                 }
             }
             PeerMsg::Foreign { entries } => self.import(link, entries),
-            PeerMsg::Routes { epoch, routes } if link.remote.cluster != self.fabric.me.cluster => {
+            PeerMsg::Routes { epoch, routes, sig } if link.remote.cluster != self.fabric.me.cluster => {
+                if let Err(e) = self.trust.verify(&link.remote.cluster, epoch, &routes, sig.as_ref()) {
+                    self.fabric.metrics.route_signature_failure(e.kind());
+                    self.fabric.alert(
+                        AlertKind::RouteSignature,
+                        link.node().as_str(),
+                        &format!("from node {}: {e}", link.node()),
+                    );
+                    return;
+                }
                 let policy = self.fabric.policy();
                 let admit = |c: &ClusterId| {
                     let v = policy.peer(c, None);
@@ -303,6 +320,14 @@ impl ClusterTask {
                     }
                     Err(e) => {
                         self.fabric.metrics.routes_dropped.inc();
+                        if matches!(e, weft_fabric::RouteError::StaleEpoch { .. }) {
+                            self.fabric.metrics.route_signature_failure("stale-epoch");
+                            self.fabric.alert(
+                                AlertKind::RouteSignature,
+                                link.node().as_str(),
+                                &format!("from node {}: {e}", link.node()),
+                            );
+                        }
                         tracing::warn!(peer = %link.node(), error = %e, "route update refused");
                     }
                 }
@@ -371,6 +396,12 @@ impl ClusterTask {
         self.route_epoch
     }
 
+    /// A route update, signed when this cluster has a key.
+    fn routes_msg(&self, epoch: u64, routes: Vec<weft_fabric::Announcement>) -> PeerMsg {
+        let sig = self.signer.as_ref().map(|k| crate::signing::sign(k, &self.fabric.me.cluster, epoch, &routes));
+        PeerMsg::Routes { epoch, routes, sig }
+    }
+
     /// Sends every bridge peer this cluster's routes (periodic, or triggered
     /// by a change).
     fn announce_routes(&mut self) {
@@ -378,7 +409,7 @@ impl ClusterTask {
         let epoch = self.next_epoch();
         for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
             let routes = self.routes.exports(now, &link.remote.cluster, self.transit);
-            link.send(PeerMsg::Routes { epoch, routes });
+            link.send(self.routes_msg(epoch, routes));
         }
     }
 

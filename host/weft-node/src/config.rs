@@ -240,6 +240,10 @@ impl Config {
                 let base = p.parent().unwrap_or(Path::new("."));
                 config.node.plugins = config.node.plugins.map(|d| base.join(d));
                 config.node.data_dir = base.join(&config.node.data_dir);
+                let key = &mut config.routing.security.signing_key;
+                if !key.is_empty() {
+                    *key = base.join(&*key).display().to_string();
+                }
                 config
             }
         };
@@ -318,6 +322,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        let mut problems_later = Vec::new();
         let mut check = |ok: bool, msg: &str| {
             if !ok {
                 problems.push(msg.to_owned());
@@ -340,6 +345,18 @@ impl Config {
         check(self.limits.max_commands > 0, "limits.max_commands: must be at least 1");
         check(self.limits.max_result >= 1024, "limits.max_result: must be at least 1KiB");
         check(self.limits.max_plugin >= 1024, "limits.max_plugin: must be at least 1KiB");
+        let sec = &self.routing.security;
+        check(
+            !sec.require_signatures || !sec.signing_key.is_empty(),
+            "routing.security.signing_key: required when require_signatures = true (make one with `weft keygen --out FILE`)",
+        );
+        for (cluster, keys) in &sec.trusted_keys {
+            for key in keys {
+                if let Err(e) = crate::signing::parse_public(key) {
+                    problems_later.push(format!("routing.security.trusted_keys.{cluster}: {e}"));
+                }
+            }
+        }
         let c = &self.cluster;
         check(c.failure_timeout >= Duration::from_millis(100), "cluster.failure_timeout: must be at least 100ms");
         check(c.beat_interval > Duration::ZERO, "cluster.beat_interval: must be more than 0");
@@ -356,7 +373,24 @@ impl Config {
         for seed in &self.node.seeds {
             check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
         }
+        problems.append(&mut problems_later);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The route-signing trust of `[routing.security]` (keys were checked by `load`).
+    pub fn trust(&self) -> crate::signing::Trust {
+        let sec = &self.routing.security;
+        crate::signing::Trust {
+            require: sec.require_signatures,
+            keys: sec
+                .trusted_keys
+                .iter()
+                .map(|(c, keys)| {
+                    let keys = keys.iter().filter_map(|k| crate::signing::parse_public(k).ok()).collect();
+                    (weft_proto::ClusterId::new(c.clone()), keys)
+                })
+                .collect(),
+        }
     }
 
     /// The federation section as the policy module takes it.

@@ -11,6 +11,7 @@ mod executor;
 pub mod metrics;
 mod node;
 pub mod peer;
+pub mod signing;
 mod ws;
 
 pub use config::{Config, ConfigError, Overrides};

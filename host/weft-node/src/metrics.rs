@@ -62,6 +62,7 @@ pub struct Metrics {
     pub federation_decisions: Family<DecisionLabels, Counter>,
     pub alerts: Family<KindLabel, Counter>,
     pub routes_dropped: Counter,
+    pub route_signatures: Family<KindLabel, Counter>,
     pub peer_links: Gauge,
     pub peer_messages: Family<PeerMessageLabels, Counter>,
     pub peer_bytes: Family<PeerBytesLabels, Counter>,
@@ -112,6 +113,12 @@ impl Metrics {
         let federation_decisions = Family::<DecisionLabels, Counter>::default();
         let alerts = Family::<KindLabel, Counter>::default();
         let routes_dropped = Counter::default();
+        let route_signatures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "route_updates_rejected",
+            "Route updates refused whole: unsigned, untrusted key, bad signature, stale epoch",
+            route_signatures.clone(),
+        );
         registry.register(
             "routes_refused",
             "Route announcements not imported (loops, hop limit, policy, stale epochs, floods)",
@@ -158,6 +165,7 @@ impl Metrics {
             federation_decisions,
             alerts,
             routes_dropped,
+            route_signatures,
             peer_links,
             peer_messages,
             peer_bytes,
@@ -191,6 +199,10 @@ impl Metrics {
 
     pub fn reject_frame(&self, reason: &'static str) {
         self.frames_rejected.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    pub fn route_signature_failure(&self, kind: &'static str) {
+        self.route_signatures.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn alert(&self, kind: &'static str) {

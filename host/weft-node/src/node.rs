@@ -31,6 +31,8 @@ pub enum NodeError {
     DataDir { path: String, source: std::io::Error },
     #[error("{0}")]
     Runtime(#[from] weft_runtime::RuntimeError),
+    #[error("routing.security.signing_key: {0}")]
+    SigningKey(String),
 }
 
 /// A started node. Dropping it does not stop it; call `shutdown`.
@@ -219,6 +221,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
+    let key = &config.routing.security.signing_key;
+    let signer = if key.is_empty() {
+        None
+    } else {
+        Some(crate::signing::load_signing_key(std::path::Path::new(key)).map_err(NodeError::SigningKey)?)
+    };
     let settings = ClusterSettings {
         failure_timeout: config.cluster.failure_timeout,
         beat_interval: config.cluster.beat_interval,
@@ -236,6 +244,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         },
         announce_interval: config.routing.announce_interval,
         transit: config.routing.transit,
+        signer,
+        trust: config.trust(),
     };
     let leave = cluster::start(fabric.clone(), events, local, settings, shutdown.clone());
     let executor = Arc::new(Executor::new(

@@ -137,6 +137,9 @@ pub enum PeerMsg {
     Routes {
         epoch: u64,
         routes: Vec<Announcement>,
+        /// The sending cluster's signature (routing.security).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sig: Option<crate::signing::RouteSig>,
     },
     /// To members: the foreign functions the sender reaches over its own
     /// bridges (the whole set, replacing the last), so that every member can
