@@ -122,3 +122,35 @@ fn weft_bench_reports_throughput_latency_and_errors() {
     assert_ne!(code, 0);
     assert!(err.contains("UNAVAILABLE"), "{err}");
 }
+
+#[test]
+fn weft_demo_runs_calls_across_three_clusters() {
+    let (code, out, err) = weft(&["demo", "--once"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Each showcase call ran where its function lives, across one and two bridges.
+    for expected in [
+        r#"{"e":"hello"}"#,
+        "ran s@alpha/a2",
+        r#"{"u":"WEFT"}"#,
+        "ran g@gamma/g1",
+        "ran e@alpha/a1, w@beta/b1, s@gamma/g1",
+        "POLICY_DENIED",
+        "gamma: 2 hop(s) via b1",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("alpha.key");
+    let (code, out, _) = weft(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let public = std::fs::read_to_string(dir.path().join("alpha.key.pub")).unwrap();
+    assert!(out.contains(public.trim()), "{out}");
+    assert!(weft_node::signing::load_signing_key(&key).is_ok());
+    let (code, _, err) = weft(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--force"), "{err}");
+}

@@ -26,6 +26,18 @@ impl Bench {
         plugins: &[&str],
         seeds: &[&RunningNode],
     ) -> Result<RunningNode, String> {
+        self.node_with(cluster, id, plugins, seeds, |_| {}).await
+    }
+
+    /// A node as `node_in` makes it, then adjusted by `tune`.
+    async fn node_with(
+        &self,
+        cluster: &str,
+        id: &str,
+        plugins: &[&str],
+        seeds: &[&RunningNode],
+        tune: impl FnOnce(&mut weft_node::Config),
+    ) -> Result<RunningNode, String> {
         let root = self.dir.path().join(id);
         let folder = root.join("plugins");
         weft_bundle::write_to(&folder, plugins).map_err(|e| e.to_string())?;
@@ -40,6 +52,7 @@ impl Bench {
         config.node.data_dir = root.join("data");
         config.node.seeds = seeds.iter().map(|n| n.ws_url()).collect();
         config.limits.max_concurrency = 16;
+        tune(&mut config);
         weft_node::start(config).await.map_err(|e| e.to_string())
     }
 }
@@ -175,6 +188,126 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
     );
     stop(vec![far, edge, home]).await;
     policy_cost(smoke);
+    bench_routes(&bench, smoke).await
+}
+
+/// A single-node cluster that carries transit and announces every `announce`.
+async fn transit_node(
+    bench: &Bench,
+    name: &str,
+    plugins: &[&str],
+    seeds: &[&RunningNode],
+    announce: Duration,
+) -> Result<RunningNode, String> {
+    bench
+        .node_with(name, &format!("{name}-n"), plugins, seeds, |c| {
+            c.federation.mode = weft_node::config::FederationMode::Permissive;
+            c.routing.transit = true;
+            c.routing.announce_interval = announce;
+            c.routing.route_ttl = announce * 10;
+        })
+        .await
+}
+
+/// Route convergence in a 6-cluster ring, per-hop latency on a line, and
+/// control-plane traffic of 10 clusters at rest.
+async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
+    let announce = Duration::from_secs(1);
+    let runs = if smoke { 1 } else { 5 };
+    let (mut cut, mut heal) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        // r0 .. r5 in a ring: r0 reaches r3 both ways in 3 hops and prefers
+        // the way through r1 (the smaller advertiser id).
+        let name = |i: usize| format!("ring{run}-r{i}");
+        let mut ring: Vec<RunningNode> = Vec::new();
+        for i in 0..6 {
+            let mut seeds: Vec<&RunningNode> = ring.last().into_iter().collect();
+            if i == 5 {
+                seeds.push(&ring[0]);
+            }
+            let node = transit_node(bench, &name(i), &[], &seeds, announce).await?;
+            ring.push(node);
+        }
+        let via = |node: &RunningNode, dest: &str| node.best_route(dest).map(|(n, _)| n.to_string());
+        let (far, short) = (name(3), format!("{}-n", name(1)));
+        wait("the ring to converge", || via(&ring[0], &far).as_deref() == Some(short.as_str())).await?;
+        let r1 = ring.remove(1);
+        let started = Instant::now();
+        r1.shutdown().await;
+        wait("failover the other way", || via(&ring[0], &far).is_some_and(|v| v != short)).await?;
+        cut.push(started.elapsed());
+        let started = Instant::now();
+        let back = transit_node(bench, &name(1), &[], &[&ring[0], &ring[1]], announce).await?;
+        wait("the short way back", || via(&ring[0], &far).as_deref() == Some(short.as_str())).await?;
+        heal.push(started.elapsed());
+        ring.push(back);
+        stop(ring).await;
+    }
+    let (cut, heal) = (Samples(cut), Samples(heal));
+    println!("### Routes: convergence in a ring of clusters ({runs} runs, announce_interval {announce:?})\n");
+    println!("| event | median | max | in announce intervals |\n|---|---|---|---|");
+    for (what, s) in
+        [("link cut (middle node stops): failover", &cut), ("heal (node back): the short way again", &heal)]
+    {
+        println!(
+            "| {what} | {} | {} | {:.2} |",
+            ms(s.median()),
+            ms(s.pct(1.0)),
+            s.median().as_secs_f64() / announce.as_secs_f64()
+        );
+    }
+
+    // A line l0 - l1 - l2: upper in l1 (one crossing) vs in l2 (two).
+    let l0 = transit_node(bench, "l0", &[], &[], announce).await?;
+    let l1 = transit_node(bench, "l1", &["text"], &[&l0], announce).await?;
+    let l2 = transit_node(bench, "l2", &["text"], &[&l1], announce).await?;
+    wait("l0 to reach l2", || l0.best_route("l2").is_some()).await?;
+    let client = Client::connect(&l0.ws_url()).await.map_err(|e| e.to_string())?;
+    let rounds = if smoke { 20 } else { 2000 };
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (cluster, into) in [("l1", &mut one), ("l2", &mut two)] {
+            let mut cmd = weft_proto::Command::new("x", "upper", vec![json!("x")]);
+            cmd.target_cluster = Some(cluster.into());
+            let started = Instant::now();
+            client.call_command(cmd).await.map_err(|e| e.to_string())?;
+            into.push(started.elapsed());
+        }
+    }
+    let (one, two) = (Samples(one), Samples(two));
+    println!("\n### Routes: per-hop latency on a line of three clusters ({rounds} calls each, interleaved)\n");
+    println!("| call from l0 | median | p99 |\n|---|---|---|");
+    println!("| upper in l1 (one bridge) | {} | {} |", us(one.median()), us(one.pct(0.99)));
+    println!("| upper in l2 (two bridges, through l1) | {} | {} |", us(two.median()), us(two.pct(0.99)));
+    println!("| extra hop | +{} | |\n", us(two.median().saturating_sub(one.median())));
+    stop(vec![l2, l1, l0]).await;
+
+    // Ten single-node clusters in a ring, at rest: bytes of control traffic.
+    let mut ten: Vec<RunningNode> = Vec::new();
+    for i in 0..10 {
+        let mut seeds: Vec<&RunningNode> = ten.last().into_iter().collect();
+        if i == 9 {
+            seeds.push(&ten[0]);
+        }
+        let node = transit_node(bench, &format!("t{i}"), &["echo"], &seeds, announce).await?;
+        ten.push(node);
+    }
+    wait("every cluster to reach every other", || {
+        ten.iter()
+            .enumerate()
+            .all(|(i, n)| (0..10).filter(|j| *j != i).all(|j| n.best_route(&format!("t{j}")).is_some()))
+    })
+    .await?;
+    let window = if smoke { Duration::from_millis(500) } else { Duration::from_secs(10) };
+    let before: Vec<f64> = ten.iter().map(gossip_out).collect();
+    tokio::time::sleep(window).await;
+    let rates: Vec<f64> = ten.iter().zip(&before).map(|(n, b)| (gossip_out(n) - b) / window.as_secs_f64()).collect();
+    println!(
+        "Control plane at rest, 10 single-node clusters in a ring (transit, announce 1 s): {:.0} B/s sent per node on average, {:.0} B/s at most (routes, catalog offers; WebSocket framing not counted)\n",
+        rates.iter().sum::<f64>() / rates.len() as f64,
+        rates.iter().copied().fold(0.0, f64::max)
+    );
+    stop(ten).await;
     Ok(())
 }
 

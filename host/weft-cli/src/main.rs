@@ -4,6 +4,7 @@
 mod bench;
 mod call;
 mod catalog;
+mod demo;
 mod keygen;
 mod new;
 mod node;
@@ -31,6 +32,8 @@ enum Cmd {
     Catalog(catalog::CatalogArgs),
     /// The route table of a node (`--explain CLUSTER`: why one route wins)
     Routes(routes::RoutesArgs),
+    /// Start a local federation of three clusters, run showcase calls, keep serving.
+    Demo(demo::DemoArgs),
     /// Make an ed25519 key pair for signing this cluster's routes.
     Keygen(keygen::KeygenArgs),
     /// Work with plugin files.
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Catalog(args) => catalog::run(args).await,
             Cmd::Routes(args) => routes::run(args).await,
             Cmd::Keygen(args) => keygen::run(args),
+            Cmd::Demo(args) => demo::run(args).await,
             Cmd::Plugins(cmd) => plugins::run(cmd),
             Cmd::New(args) => new::run(args),
         }

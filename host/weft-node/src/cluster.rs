@@ -417,6 +417,10 @@ impl ClusterTask {
     /// raise or clear unreachable alerts.
     fn routes_changed(&mut self, changed: &[ClusterId]) {
         let now = self.now();
+        if self.fabric.links_closing.is_cancelled() {
+            // This node is stopping: its links going down is no news.
+            return;
+        }
         for r in self.routes.all().iter().filter(|r| r.held_until.is_some_and(|t| now < t)) {
             let message = format!("route to {} via {} flaps and is held down", r.destination, r.via);
             self.fabric.alert(AlertKind::RouteFlapping, &format!("{} via {}", r.destination, r.via), &message);

@@ -321,7 +321,7 @@ impl StepCall {
                 Ok(call) => call,
                 Err(e) => return (Err(e), me),
             };
-            let result = link.call(call).await;
+            let (result, ran_on) = link.call(call).await;
             let lost = matches!(&result, Err(e) if e.details.contains_key("link_lost"));
             let outcome = if result.is_ok() {
                 "ok"
@@ -336,7 +336,7 @@ impl StepCall {
                 tracing::info!(node = %link.node(), function = %self.function, "node lost mid-call; retrying the idempotent call elsewhere");
                 continue;
             }
-            return (result, link.node().clone());
+            return (result, ran_on);
         }
     }
 

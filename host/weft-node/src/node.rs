@@ -97,6 +97,12 @@ impl RunningNode {
         reload_federation(&self.fabric, self.config_source.as_deref())
     }
 
+    /// The next hop and hops of this node's best route to `cluster`.
+    pub fn best_route(&self, cluster: &str) -> Option<(NodeId, u32)> {
+        let cluster = ClusterId::new(cluster);
+        Some((self.fabric.next_hop(&cluster)?, self.fabric.route_hops(&cluster)?))
+    }
+
     /// This node's metrics in Prometheus text.
     pub fn metrics_text(&self) -> String {
         self.fabric.metrics.encode()

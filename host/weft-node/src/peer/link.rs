@@ -36,7 +36,7 @@ pub enum Direction {
     Outbound,
 }
 
-type Waiter = oneshot::Sender<Result<Value, WeftError>>;
+type Waiter = oneshot::Sender<(Result<Value, WeftError>, NodeId)>;
 
 pub struct Link {
     pub remote: Hello,
@@ -91,9 +91,10 @@ impl Link {
         self.tx.try_send(msg).is_ok()
     }
 
-    /// Runs one call on the peer and waits for its answer. If this future is
+    /// Runs one call on the peer and waits for its answer and the node it
+    /// ran on (the peer, or a node the peer passed it to). If this future is
     /// dropped first (deadline, client gone), the peer is told to cancel.
-    pub async fn call(&self, mut call: ForwardCall) -> Result<Value, WeftError> {
+    pub async fn call(&self, mut call: ForwardCall) -> (Result<Value, WeftError>, NodeId) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         call.id = id;
         let (tx, rx) = oneshot::channel();
@@ -101,11 +102,11 @@ impl Link {
         let mut pending = Pending { link: self, id, answered: false };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(PeerMsg::Call(call)).await.is_err() {
-            return Err(self.lost());
+            return (Err(self.lost()), self.remote.node.clone());
         }
-        let result = rx.await.unwrap_or_else(|_| Err(self.lost()));
+        let answer = rx.await.unwrap_or_else(|_| (Err(self.lost()), self.remote.node.clone()));
         pending.answered = true;
-        result
+        answer
     }
 
     fn lost(&self) -> WeftError {
@@ -233,13 +234,13 @@ where
 fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
     match msg {
         PeerMsg::Call(call) => serve_call(fabric, link, call),
-        PeerMsg::Reply { id, value, error } => {
+        PeerMsg::Reply { id, value, error, node } => {
             if let Some(waiter) = lock(&link.waiting).remove(&id) {
                 let result = match (value, error) {
                     (_, Some(e)) => Err(WeftError::from(e)),
                     (value, None) => Ok(value.unwrap_or(Value::Null)),
                 };
-                let _ = waiter.send(result);
+                let _ = waiter.send((result, node.unwrap_or_else(|| link.remote.node.clone())));
             }
         }
         PeerMsg::Reject(reject) => {
@@ -261,9 +262,9 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
     let task = fabric.tracker.spawn(async move {
-        let result = run_forwarded(&fabric2, &link2, call).await;
+        let (result, ran_on) = run_forwarded(&fabric2, &link2, call).await;
         lock(&link2.serving).remove(&id);
-        link2.tx.send(PeerMsg::reply(id, result)).await.ok();
+        link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
     });
     lock(&link.serving).insert(id, task.abort_handle());
 }
@@ -271,7 +272,16 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
 /// A call from a member runs here (the member chose this node). A call from
 /// another cluster is admitted by this node's own policy, whatever the
 /// origin decided, and then runs here or on a member that has the function.
-async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Result<Value, WeftError> {
+/// Where a forwarded call ended up running, and with what result.
+type Ran = (Result<Value, WeftError>, NodeId);
+
+async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Ran {
+    admit_and_run(fabric, link, call).await.unwrap_or_else(|refused| (Err(refused), fabric.me.node.clone()))
+}
+
+/// `Err` is a refusal here; `Ok` carries the result of running the call,
+/// here or further on.
+async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Result<Ran, WeftError> {
     let me = &fabric.me;
     let path = |call: &ForwardCall| call.routing_path.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> ");
     if call.routing_path.contains(&me.node)
@@ -314,7 +324,7 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
                 routing_path: call.routing_path,
                 federation_path: call.federation_path,
             };
-            return step.run().await.0;
+            return Ok(step.run().await);
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
@@ -323,7 +333,7 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
             fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
         }
-        return result;
+        return Ok((result, me.node.clone()));
     }
 
     let entries = fabric.entries();
@@ -341,6 +351,7 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
     if !verdict.allowed {
         return Err(verdict.to_error(&link.remote.cluster));
     }
+    admit_path(fabric, &call.federation_path)?;
     if candidates.is_empty() {
         return Err(WeftError::new(
             ErrorKind::FUNCTION_NOT_FOUND,
@@ -359,7 +370,7 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         routing_path: call.routing_path,
         federation_path: call.federation_path,
     };
-    step.run().await.0
+    Ok(step.run().await)
 }
 
 /// A call from another cluster for a function of a third one: carried on if
@@ -372,7 +383,7 @@ async fn transit(
     version: semver::Version,
     deadline: Instant,
     entries: &[CatalogEntry],
-) -> Result<Value, WeftError> {
+) -> Result<Ran, WeftError> {
     let me = &fabric.me;
     let onward: Vec<CatalogEntry> = entries
         .iter()
@@ -400,6 +411,7 @@ async fn transit(
             return Err(verdict.to_error(cluster));
         }
     }
+    admit_path(fabric, &call.federation_path)?;
     fabric.charge(&link.remote.cluster)?;
     let step = StepCall {
         fabric: fabric.clone(),
@@ -412,5 +424,19 @@ async fn transit(
         routing_path: call.routing_path,
         federation_path: call.federation_path,
     };
-    step.run().await.0
+    Ok(step.run().await)
+}
+
+/// Every cluster a call came through (its origin first) must be one this
+/// cluster's policy admits: a neighbour cannot launder a caller it may not
+/// serve.
+fn admit_path(fabric: &Fabric, path: &[weft_proto::ClusterId]) -> Result<(), WeftError> {
+    let policy = fabric.policy();
+    for cluster in path.iter().filter(|c| **c != fabric.me.cluster) {
+        let verdict = policy.peer(cluster, None);
+        if !verdict.allowed {
+            return Err(fabric.decide(Point::CallTarget, verdict).to_error(cluster));
+        }
+    }
+    Ok(())
 }

@@ -154,6 +154,9 @@ pub enum PeerMsg {
         value: Option<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ErrorBody>,
+        /// The node the call ran on (it may have been passed on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<NodeId>,
     },
     /// The caller no longer wants call `id` (it timed out or its client left).
     Cancel {
@@ -164,10 +167,11 @@ pub enum PeerMsg {
 }
 
 impl PeerMsg {
-    pub fn reply(id: u64, result: Result<Value, WeftError>) -> PeerMsg {
+    pub fn reply(id: u64, result: Result<Value, WeftError>, ran_on: NodeId) -> PeerMsg {
+        let node = Some(ran_on);
         match result {
-            Ok(value) => PeerMsg::Reply { id, value: Some(value), error: None },
-            Err(e) => PeerMsg::Reply { id, value: None, error: Some(e.to_body()) },
+            Ok(value) => PeerMsg::Reply { id, value: Some(value), error: None, node },
+            Err(e) => PeerMsg::Reply { id, value: None, error: Some(e.to_body()), node },
         }
     }
 
@@ -215,8 +219,8 @@ mod tests {
         let msgs = [
             PeerMsg::Hello(hello.clone()),
             PeerMsg::Reject(Reject::new(RejectKind::DuplicateNodeId, "x".into())),
-            PeerMsg::reply(3, Ok(Value::from(1))),
-            PeerMsg::reply(4, Err(WeftError::internal("boom"))),
+            PeerMsg::reply(3, Ok(Value::from(1)), NodeId::new("b")),
+            PeerMsg::reply(4, Err(WeftError::internal("boom")), NodeId::new("b")),
             PeerMsg::CatalogPull,
             PeerMsg::Bye,
         ];
