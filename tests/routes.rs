@@ -49,12 +49,23 @@ async fn best(node: &TestNode, cluster: &str) -> Option<(String, u64)> {
         .map(|r| (r["via"].as_str().unwrap().to_owned(), r["hops"].as_u64().unwrap()))
 }
 
+/// Calls `fun` in `cluster` from `node`: the result and the cluster crossings.
 async fn call_in(
     node: &TestNode,
     cluster: &str,
     fun: &str,
     hop_budget: Option<u32>,
 ) -> Result<(Value, u32), WeftError> {
+    call_where(node, cluster, fun, hop_budget).await.map(|(v, hops, _)| (v, hops))
+}
+
+/// As `call_in`, plus the node the call ran on.
+async fn call_where(
+    node: &TestNode,
+    cluster: &str,
+    fun: &str,
+    hop_budget: Option<u32>,
+) -> Result<(Value, u32, String), WeftError> {
     let mut cmd = Command::new("x", fun, vec![json!("abc")]);
     cmd.target_cluster = Some(cluster.to_owned());
     let mut req = Request::new("r", vec![cmd]);
@@ -64,13 +75,14 @@ async fn call_in(
     if let Some(e) = response.error {
         return Err(e.into());
     }
-    let hops = response.execution_summary.unwrap().cross_cluster_hops;
-    Ok((response.r.unwrap()["x"].clone(), hops))
+    let summary = response.execution_summary.unwrap();
+    Ok((response.r.unwrap()["x"].clone(), summary.cross_cluster_hops, summary.steps[0].node.clone()))
 }
 
 #[tokio::test]
 async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
-    let b = cluster_node("beta", vec!["math"], &[], true);
+    // beta has `upper` too: a call meant for gamma must still run in gamma.
+    let b = cluster_node("beta", vec!["text"], &[], true);
     let a = cluster_node("alpha", vec!["echo"], &[&b], false);
     let c = cluster_node("gamma", vec!["text"], &[&b], false);
     eventually("a route from alpha to gamma", SETTLE, async || best(&a, "gamma").await).await;

@@ -1,10 +1,11 @@
-//! Weft benchmarks. `weft-bench [runtime|pipeline|cluster|all] [--smoke]` prints
+//! Weft benchmarks. `weft-bench [runtime|pipeline|transport|cluster|all] [--smoke]` prints
 //! markdown tables of figures measured on this machine. Pairs that are
 //! compared are measured interleaved (A, B, A, B, ...) so drift of a shared
 //! machine hits both sides alike. `--smoke` runs a few iterations only (CI
 //! uses it so the benchmarks cannot rot); its figures mean nothing.
 
 mod cluster;
+mod transport;
 
 use std::time::{Duration, Instant};
 
@@ -201,14 +202,23 @@ async fn main() -> std::process::ExitCode {
         "runtime" => bench_runtime(smoke).await,
         "pipeline" => bench_pipeline(smoke).await,
         "cluster" => cluster::bench_cluster(smoke).await,
-        "all" => match bench_runtime(smoke).await {
-            Ok(()) => match bench_pipeline(smoke).await {
-                Ok(()) => cluster::bench_cluster(smoke).await,
-                e => e,
-            },
-            e => e,
-        },
-        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline, cluster or all")),
+        "transport" => transport::bench_transport(smoke).await,
+        "all" => {
+            let mut result = Ok(());
+            for step in ["runtime", "pipeline", "transport", "cluster"] {
+                result = match step {
+                    "runtime" => bench_runtime(smoke).await,
+                    "pipeline" => bench_pipeline(smoke).await,
+                    "transport" => transport::bench_transport(smoke).await,
+                    _ => cluster::bench_cluster(smoke).await,
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        }
+        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline, transport, cluster or all")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -380,7 +380,16 @@ impl StepCall {
             routing_path,
             federation_path,
             hop_budget,
+            target_cluster: self.target_cluster(),
         })
+    }
+
+    /// The one foreign cluster every candidate is in, if so: carried with the
+    /// call so that no cluster on the way runs a same-named function instead.
+    fn target_cluster(&self) -> Option<ClusterId> {
+        let first = &self.candidates.first()?.cluster;
+        let one = self.candidates.iter().all(|c| c.cluster == *first);
+        (one && *first != self.fabric.me.cluster).then(|| first.clone())
     }
 
     /// The least loaded way to a candidate not yet tried: a link to the node

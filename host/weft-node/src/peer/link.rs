@@ -303,16 +303,19 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         ))
     })?;
     let deadline = Instant::now() + Duration::from_millis(call.deadline_ms);
+    // Meant for another cluster: never run a same-named function of this one.
+    let elsewhere = call.target_cluster.as_ref().filter(|c| **c != me.cluster).cloned();
     if link.remote.cluster == me.cluster {
         // A member relays a foreign function through this node's bridge.
         let entries = fabric.entries();
         let foreign: Vec<CatalogEntry> = entries
             .iter()
             .filter(|e| e.cluster != me.cluster && e.function == function && e.version == version)
+            .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c))
             .cloned()
             .collect();
         let local = entries.iter().any(|e| e.node == me.node && e.function == function && e.version == version);
-        if !local && !foreign.is_empty() {
+        if (elsewhere.is_some() || !local) && !foreign.is_empty() {
             let step = StepCall {
                 fabric: fabric.clone(),
                 candidates: foreign,
@@ -342,7 +345,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version)
         .cloned()
         .collect();
-    if candidates.is_empty() {
+    if candidates.is_empty() || elsewhere.is_some() {
         return transit(fabric, link, call, function, version, deadline, &entries).await;
     }
     let exported = candidates.iter().all(|e| e.exported);
@@ -389,6 +392,7 @@ async fn transit(
         .iter()
         .filter(|e| e.cluster != me.cluster && e.cluster != link.remote.cluster)
         .filter(|e| e.function == function && e.version == version && !call.federation_path.contains(&e.cluster))
+        .filter(|e| call.target_cluster.as_ref().is_none_or(|c| e.cluster == *c))
         .cloned()
         .collect();
     let Some(destination) = onward.first().map(|e| e.cluster.clone()) else {

@@ -93,6 +93,11 @@ pub struct ForwardCall {
     pub federation_path: Vec<ClusterId>,
     /// Cluster crossings left; each one takes one.
     pub hop_budget: u32,
+    /// The cluster the caller chose the function in, when not the
+    /// receiver's own: the receiver passes the call on rather than run a
+    /// same-named function of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cluster: Option<ClusterId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

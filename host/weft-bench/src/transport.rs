@@ -1,0 +1,275 @@
+//! Weft against the physical limit of its transports, interleaved in one
+//! run: the same raw client sends the same echo request to a Weft node and
+//! to a minimal echo server written here (tokio-tungstenite for WebSocket,
+//! hyper for HTTP), which answers each message with its own bytes. Plus the
+//! memory of a node process, idle and busy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Samples, ratio, us};
+
+const REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"echo","args":["hello"]}]}"#;
+
+/// A WebSocket server that sends every text frame straight back.
+async fn bare_ws() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// An HTTP server that answers every request with its body.
+async fn bare_http() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(url: &str) -> Result<Ws, String> {
+    tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+}
+
+async fn ws_round_trip(ws: &mut Ws) -> Result<(), String> {
+    ws.send(Message::Text(REQUEST.into())).await.map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Text(_))) => Ok(()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+type Http = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn http_connect(addr: SocketAddr) -> Result<Http, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn http_round_trip(http: &mut Http, addr: SocketAddr, path: &str) -> Result<(), String> {
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::from_static(REQUEST.as_bytes())))
+        .map_err(|e| e.to_string())?;
+    let response = http.send_request(req).await.map_err(|e| e.to_string())?;
+    response.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Requests per second with `conns` connections, each with one request in flight, for `time`.
+async fn ws_throughput(url: &str, conns: usize, time: Duration) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut ws = ws_connect(url).await?;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                if ws_round_trip(&mut ws).await.is_err() {
+                    break;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / time.as_secs_f64())
+}
+
+async fn http_throughput(addr: SocketAddr, path: &str, conns: usize, time: Duration) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let mut http = http_connect(addr).await?;
+        let (done, path) = (done.clone(), path.to_owned());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                if http_round_trip(&mut http, addr, &path).await.is_err() {
+                    break;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / time.as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `weft node` process of this build (next to this binary), on port 0.
+struct NodeProcess {
+    child: std::process::Child,
+    ws: String,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    fn start() -> Result<NodeProcess, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let weft = exe.with_file_name("weft");
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        weft_bundle::write_to(&dir.path().join("plugins"), &["echo", "math", "text", "hostile"])
+            .map_err(|e| e.to_string())?;
+        let config = dir.path().join("weft.toml");
+        std::fs::write(
+            &config,
+            "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = \"plugins\"\n[limits]\ndeadline = \"30s\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(&weft)
+            .args(["node", "--config", &config.display().to_string()])
+            .env("WEFT_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e} (build the weft binary first)", weft.display()))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        let ready: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
+        let field = |k: &str| ready[k].as_str().unwrap_or_default().to_owned();
+        let admin = field("admin").trim_start_matches("http://").parse().map_err(|e| format!("{e}"))?;
+        Ok(NodeProcess { child, ws: field("ws"), admin, _dir: dir })
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn bench_transport(smoke: bool) -> Result<(), String> {
+    let node = NodeProcess::start()?;
+    let bare_ws = format!("ws://{}", bare_ws().await.map_err(|e| e.to_string())?);
+    let bare_http = bare_http().await.map_err(|e| e.to_string())?;
+    let rounds = if smoke { 50 } else { 5000 };
+
+    // Latency at concurrency 1, interleaved.
+    let (mut weft_conn, mut bare_conn) = (ws_connect(&node.ws).await?, ws_connect(&bare_ws).await?);
+    let (mut weft_http, mut bare_http_conn) = (http_connect(node.admin).await?, http_connect(bare_http).await?);
+    let mut s: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        ws_round_trip(&mut weft_conn).await?;
+        s[0].push(t.elapsed());
+        let t = Instant::now();
+        ws_round_trip(&mut bare_conn).await?;
+        s[1].push(t.elapsed());
+        let t = Instant::now();
+        http_round_trip(&mut weft_http, node.admin, "/v1/call").await?;
+        s[2].push(t.elapsed());
+        let t = Instant::now();
+        http_round_trip(&mut bare_http_conn, bare_http, "/").await?;
+        s[3].push(t.elapsed());
+    }
+    let [weft_ws, bare_ws_lat, weft_h, bare_h] = s.map(Samples);
+
+    // Throughput at concurrency 64, alternating short windows.
+    let window = if smoke { Duration::from_millis(200) } else { Duration::from_secs(2) };
+    let reps = if smoke { 1 } else { 5 };
+    let (mut tw, mut tb, mut th, mut thb) = (0.0, 0.0, 0.0, 0.0);
+    let idle_rss = rss_kib(node.child.id()).unwrap_or(0);
+    let mut busy_rss = idle_rss;
+    for _ in 0..reps {
+        tw += ws_throughput(&node.ws, 64, window).await?;
+        busy_rss = busy_rss.max(rss_kib(node.child.id()).unwrap_or(0));
+        tb += ws_throughput(&bare_ws, 64, window).await?;
+        th += http_throughput(node.admin, "/v1/call", 64, window).await?;
+        thb += http_throughput(bare_http, "/", 64, window).await?;
+    }
+    let reps = f64::from(reps);
+    let (tw, tb, th, thb) = (tw / reps, tb / reps, th / reps, thb / reps);
+
+    println!("### Transport: Weft vs a bare echo server (same client, interleaved; {rounds} calls for latency)\n");
+    println!("| measure | Weft (echo plugin) | bare echo server | Weft / bare |\n|---|---|---|---|");
+    println!(
+        "| WebSocket p50 latency, concurrency 1 | {} | {} | {} |",
+        us(weft_ws.median()),
+        us(bare_ws_lat.median()),
+        ratio(weft_ws.median(), bare_ws_lat.median())
+    );
+    println!("| WebSocket throughput, 64 connections | {tw:.0} req/s | {tb:.0} req/s | {:.2}x |", tw / tb.max(1.0));
+    println!(
+        "| HTTP p50 latency, concurrency 1 | {} | {} | {} |",
+        us(weft_h.median()),
+        us(bare_h.median()),
+        ratio(weft_h.median(), bare_h.median())
+    );
+    println!("| HTTP throughput, 64 connections | {th:.0} req/s | {thb:.0} req/s | {:.2}x |\n", th / thb.max(1.0));
+
+    // Memory of the node process: idle, under the load above, and per in-flight call.
+    let inflight = if smoke { 8 } else { 100 };
+    let before = rss_kib(node.child.id()).unwrap_or(0);
+    let mut conns = Vec::new();
+    for _ in 0..inflight {
+        let mut ws = ws_connect(&node.ws).await?;
+        let spin = r#"{"role":"rpc","u":"s","cmds":[{"name":"s","fun":"spin","args":[]}],"timeout_ms":3000}"#;
+        ws.send(Message::Text(spin.into())).await.map_err(|e| e.to_string())?;
+        conns.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(node.child.id()).unwrap_or(0);
+    drop(conns);
+    println!(
+        "Node process memory (RSS): idle {} MiB with echo, math, text, hostile loaded; {} MiB at most under the load above; {inflight} calls in flight add {} MiB ({:.0} KiB per call)\n",
+        idle_rss / 1024,
+        busy_rss / 1024,
+        during.saturating_sub(before) / 1024,
+        during.saturating_sub(before) as f64 / f64::from(inflight)
+    );
+    Ok(())
+}
