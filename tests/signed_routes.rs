@@ -50,24 +50,26 @@ fn routes_to(clusters: &[&str]) -> Vec<Announcement> {
 struct FakePeer {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     cluster: String,
+    node: String,
 }
 
 impl FakePeer {
     async fn join(target: &TestNode, node: &str, cluster: &str) -> FakePeer {
+        let name = node.to_owned();
         let (mut ws, _) = tokio_tungstenite::connect_async(&target.ws).await.unwrap();
         let hello = json!({"t": "hello", "proto": 1, "node": node, "cluster": cluster, "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": []});
         ws.send(Message::Text(hello.to_string().into())).await.unwrap();
         let answer = ws.next().await.unwrap().unwrap();
         let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
         assert_eq!(answer["t"], "welcome", "{answer}");
-        FakePeer { ws, cluster: cluster.to_owned() }
+        FakePeer { ws, cluster: cluster.to_owned(), node: name }
     }
 
     async fn announce(&mut self, epoch: u64, routes: &[Announcement], key: Option<&Key>, as_cluster: Option<&str>) {
         let signed_as = weft_proto::ClusterId::new(as_cluster.unwrap_or(&self.cluster));
         let sig = key.map(|k| {
             let signer = signing::load_signing_key(&k.file).unwrap();
-            signing::sign(&signer, &signed_as, epoch, routes)
+            signing::sign(&signer, &signed_as, &weft_proto::NodeId::new(self.node.clone()), epoch, routes)
         });
         let msg = json!({"t": "routes", "epoch": epoch, "routes": routes, "sig": sig});
         self.ws.send(Message::Text(msg.to_string().into())).await.unwrap();

@@ -34,6 +34,9 @@ pub struct NodeArgs {
     resources: Option<Vec<String>>,
     #[arg(long, env = "WEFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The URL other nodes dial to reach this one (default: ws:// + the bound listen address).
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -46,6 +49,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         plugins: args.plugins,
         resources: args.resources,
         data_dir: args.data_dir,
+        advertise: args.advertise,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     let node = weft_node::start(config).await.context("the node could not start")?;

@@ -141,6 +141,8 @@ pub struct RouteTable {
     epochs: BTreeMap<NodeId, u64>,
     flaps: BTreeMap<(ClusterId, NodeId), Flaps>,
     holds: BTreeMap<(ClusterId, NodeId), Millis>,
+    /// When `expire` last ran: hold-downs that ended since then change winners.
+    checked: Millis,
 }
 
 impl RouteTable {
@@ -152,6 +154,7 @@ impl RouteTable {
             epochs: BTreeMap::new(),
             flaps: BTreeMap::new(),
             holds: BTreeMap::new(),
+            checked: Millis::default(),
         }
     }
 
@@ -268,7 +271,10 @@ impl RouteTable {
 
     /// Removes routes not refreshed within `route_ttl`, and ends hold-downs.
     pub fn expire(&mut self, now: Millis) -> Vec<ClusterId> {
-        let before = self.winners(now);
+        // Winners as they were at the last check, so that a hold-down ending
+        // in between shows up as a change.
+        let before = self.winners(self.checked);
+        self.checked = now;
         let stale: Vec<(ClusterId, NodeId)> = self
             .routes
             .iter()

@@ -208,6 +208,8 @@ impl ClusterTask {
                     let changed = self.routes.expire(self.now());
                     self.routes_changed(&changed);
                     self.announce_routes();
+                    // Keeps the published table's expiry times current.
+                    self.changed = true;
                 }
                 Some(LeaveRequest(done)) = leave.recv() => {
                     self.leave();
@@ -296,7 +298,7 @@ impl ClusterTask {
             }
             PeerMsg::Foreign { entries } => self.import(link, entries),
             PeerMsg::Routes { epoch, routes, sig } if link.remote.cluster != self.fabric.me.cluster => {
-                if let Err(e) = self.trust.verify(&link.remote.cluster, epoch, &routes, sig.as_ref()) {
+                if let Err(e) = self.trust.verify(&link.remote.cluster, link.node(), epoch, &routes, sig.as_ref()) {
                     self.fabric.metrics.route_signature_failure(e.kind());
                     self.fabric.alert(
                         AlertKind::RouteSignature,
@@ -398,7 +400,8 @@ impl ClusterTask {
 
     /// A route update, signed when this cluster has a key.
     fn routes_msg(&self, epoch: u64, routes: Vec<weft_fabric::Announcement>) -> PeerMsg {
-        let sig = self.signer.as_ref().map(|k| crate::signing::sign(k, &self.fabric.me.cluster, epoch, &routes));
+        let me = &self.fabric.me;
+        let sig = self.signer.as_ref().map(|k| crate::signing::sign(k, &me.cluster, &me.node, epoch, &routes));
         PeerMsg::Routes { epoch, routes, sig }
     }
 

@@ -214,6 +214,7 @@ pub struct Overrides {
     pub plugins: Option<PathBuf>,
     pub resources: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
+    pub advertise: Option<String>,
 }
 
 /// Every problem found in a config file, each with its key path and line.
@@ -317,6 +318,9 @@ impl Config {
         }
         if let Some(v) = &o.data_dir {
             n.data_dir = v.clone();
+        }
+        if let Some(v) = &o.advertise {
+            n.advertise = Some(v.clone());
         }
     }
 

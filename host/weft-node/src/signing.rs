@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use weft_fabric::Announcement;
-use weft_proto::ClusterId;
+use weft_proto::{ClusterId, NodeId};
 
 /// A signature and the public key that made it, both base64.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,14 +70,16 @@ pub fn parse_public(text: &str) -> Result<VerifyingKey, String> {
 }
 
 /// The bytes an update signs: a fixed prefix, then JSON of the sending
-/// cluster, the epoch and the announcements.
-fn signed_bytes(cluster: &ClusterId, epoch: u64, routes: &[Announcement]) -> Vec<u8> {
-    let body = serde_json::to_vec(&(cluster, epoch, routes)).unwrap_or_default();
-    [b"weft-routes-v1\n".as_slice(), &body].concat()
+/// cluster and node, the epoch and the announcements. The node is covered so
+/// that an update cannot be replayed under another node's name (epochs are
+/// kept per sending node).
+fn signed_bytes(cluster: &ClusterId, node: &NodeId, epoch: u64, routes: &[Announcement]) -> Vec<u8> {
+    let body = serde_json::to_vec(&(cluster, node, epoch, routes)).unwrap_or_default();
+    [b"weft-routes-v2\n".as_slice(), &body].concat()
 }
 
-pub fn sign(key: &SigningKey, cluster: &ClusterId, epoch: u64, routes: &[Announcement]) -> RouteSig {
-    let sig = key.sign(&signed_bytes(cluster, epoch, routes));
+pub fn sign(key: &SigningKey, cluster: &ClusterId, node: &NodeId, epoch: u64, routes: &[Announcement]) -> RouteSig {
+    let sig = key.sign(&signed_bytes(cluster, node, epoch, routes));
     RouteSig { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(sig.to_bytes()) }
 }
 
@@ -89,18 +91,21 @@ pub struct Trust {
 }
 
 impl Trust {
-    /// Checks an update from `cluster`. Unsigned updates pass only when
-    /// signatures are not required; a signature, when present, must verify
-    /// with a key trusted for that very cluster.
+    /// Checks an update from node `node` of `cluster`. Unsigned updates pass
+    /// only when signatures are not required and no key is listed for that
+    /// cluster (listing keys means "this cluster signs"); a signature, when
+    /// present, must verify with a key trusted for that very cluster.
     pub fn verify(
         &self,
         cluster: &ClusterId,
+        node: &NodeId,
         epoch: u64,
         routes: &[Announcement],
         sig: Option<&RouteSig>,
     ) -> Result<(), SigError> {
         let Some(sig) = sig else {
-            return if self.require { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
+            let expected = self.require || self.keys.contains_key(cluster);
+            return if expected { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
         };
         let untrusted = || SigError::UntrustedKey { cluster: cluster.clone(), key: sig.key.clone() };
         let key = parse_public(&sig.key).map_err(|_| untrusted())?;
@@ -115,7 +120,7 @@ impl Trust {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| SigError::BadSignature(cluster.clone()))?;
-        key.verify(&signed_bytes(cluster, epoch, routes), &Signature::from_bytes(&bytes))
+        key.verify(&signed_bytes(cluster, node, epoch, routes), &Signature::from_bytes(&bytes))
             .map_err(|_| SigError::BadSignature(cluster.clone()))
     }
 }
@@ -145,34 +150,33 @@ mod tests {
     }
 
     #[test]
-    fn signatures_bind_cluster_epoch_and_routes_and_rotation_overlaps() {
+    fn signatures_bind_cluster_node_epoch_and_routes_and_rotation_overlaps() {
         let beta = ClusterId::new("beta");
         let (old, old_pub) = key();
         let (new, new_pub) = key();
         let (rogue, _) = key();
         let trust = Trust { require: true, keys: BTreeMap::from([(beta.clone(), vec![old_pub, new_pub])]) };
         let routes = vec![ann(&["beta"]), ann(&["beta", "gamma"])];
-        let good = sign(&old, &beta, 7, &routes);
-        assert_eq!(trust.verify(&beta, 7, &routes, Some(&good)), Ok(()));
-        assert_eq!(
-            trust.verify(&beta, 7, &routes, Some(&sign(&new, &beta, 7, &routes))),
-            Ok(()),
-            "both keys of a rotation"
-        );
-        assert_eq!(trust.verify(&beta, 7, &routes, None), Err(SigError::Unsigned(beta.clone())));
-        assert_eq!(
-            trust.verify(&beta, 8, &routes, Some(&good)),
-            Err(SigError::BadSignature(beta.clone())),
-            "epoch bound"
-        );
-        assert_eq!(trust.verify(&beta, 7, &routes[..1], Some(&good)), Err(SigError::BadSignature(beta.clone())));
-        let forged = sign(&rogue, &beta, 7, &routes);
-        assert!(matches!(trust.verify(&beta, 7, &routes, Some(&forged)), Err(SigError::UntrustedKey { .. })));
+        let b1 = NodeId::new("b1");
+        let good = sign(&old, &beta, &b1, 7, &routes);
+        assert_eq!(trust.verify(&beta, &b1, 7, &routes, Some(&good)), Ok(()));
+        let rotated = sign(&new, &beta, &b1, 7, &routes);
+        assert_eq!(trust.verify(&beta, &b1, 7, &routes, Some(&rotated)), Ok(()), "both keys of a rotation");
+        assert_eq!(trust.verify(&beta, &b1, 7, &routes, None), Err(SigError::Unsigned(beta.clone())));
+        let bad = Err(SigError::BadSignature(beta.clone()));
+        assert_eq!(trust.verify(&beta, &b1, 8, &routes, Some(&good)), bad, "epoch bound");
+        assert_eq!(trust.verify(&beta, &b1, 7, &routes[..1], Some(&good)), bad, "routes bound");
+        assert_eq!(trust.verify(&beta, &NodeId::new("b9"), 7, &routes, Some(&good)), bad, "node bound");
+        let forged = sign(&rogue, &beta, &b1, 7, &routes);
+        assert!(matches!(trust.verify(&beta, &b1, 7, &routes, Some(&forged)), Err(SigError::UntrustedKey { .. })));
         // Beta's genuine signature does not make it gamma's.
         let gamma = ClusterId::new("gamma");
-        assert!(matches!(trust.verify(&gamma, 7, &routes, Some(&good)), Err(SigError::UntrustedKey { .. })));
+        assert!(matches!(trust.verify(&gamma, &b1, 7, &routes, Some(&good)), Err(SigError::UntrustedKey { .. })));
+        // Listing keys for a cluster means it signs, required or not.
+        let listed = Trust { require: false, ..trust.clone() };
+        assert_eq!(listed.verify(&beta, &b1, 7, &routes, None), Err(SigError::Unsigned(beta.clone())));
         let relaxed = Trust { require: false, keys: BTreeMap::new() };
-        assert_eq!(relaxed.verify(&beta, 7, &routes, None), Ok(()));
+        assert_eq!(relaxed.verify(&beta, &b1, 7, &routes, None), Ok(()));
     }
 
     #[test]

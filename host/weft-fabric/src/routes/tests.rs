@@ -144,10 +144,11 @@ fn a_flapping_route_is_held_down_then_released() {
     t.update(now, &n("b1"), &c("b"), 99, vec![ann(&["b", "d"])], ok).unwrap();
     assert_eq!(t.best(now, &c("d")).unwrap().via, n("c1"), "the flapping short route is held down");
     assert!(t.explain(now, &c("d")).losers[0].1.contains("held down"));
+    t.expire(now);
     let released = now.saturating_add(Duration::from_secs(31));
     t.update(released, &n("b1"), &c("b"), 100, vec![ann(&["b", "d"])], ok).unwrap();
     t.update(released, &n("c1"), &c("c"), 2, vec![ann(&["c", "x", "d"])], ok).unwrap();
-    t.expire(released);
+    assert_eq!(t.expire(released), [c("d")], "the end of a hold-down is a change to announce");
     assert_eq!(t.best(released, &c("d")).unwrap().via, n("b1"), "released after the hold-down");
 }
 

@@ -406,7 +406,10 @@ impl Fabric {
     /// old link lives is a second process with the same id.
     fn register(&self, link: &Arc<Link>) -> Result<(), Reject> {
         let mut links = self.links.write().unwrap_or_else(|p| p.into_inner());
-        if links.len() + 1 >= self.max_members && !links.contains_key(link.node()) {
+        // Members and bridge peers are bounded separately, each by max_members.
+        let same = link.remote.cluster == self.me.cluster;
+        let alike = links.values().filter(|l| (l.remote.cluster == self.me.cluster) == same).count();
+        if alike + 1 >= self.max_members && !links.contains_key(link.node()) {
             return Err(Reject::new(
                 RejectKind::ClusterFull,
                 format!("node {} already links {} members (the limit)", self.me.node, self.max_members),
