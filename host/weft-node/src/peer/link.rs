@@ -316,17 +316,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
             .collect();
         let local = entries.iter().any(|e| e.node == me.node && e.function == function && e.version == version);
         if (elsewhere.is_some() || !local) && !foreign.is_empty() {
-            let step = StepCall {
-                fabric: fabric.clone(),
-                candidates: foreign,
-                function,
-                version,
-                args: call.args,
-                deadline,
-                hop_budget: call.hop_budget,
-                routing_path: call.routing_path,
-                federation_path: call.federation_path,
-            };
+            let step = pass_on(fabric, call, foreign, function, version, deadline);
             return Ok(step.run().await);
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
@@ -362,17 +352,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         ));
     }
     fabric.charge(&link.remote.cluster)?;
-    let step = StepCall {
-        fabric: fabric.clone(),
-        candidates,
-        function,
-        version,
-        args: call.args,
-        deadline,
-        hop_budget: call.hop_budget,
-        routing_path: call.routing_path,
-        federation_path: call.federation_path,
-    };
+    let step = pass_on(fabric, call, candidates, function, version, deadline);
     Ok(step.run().await)
 }
 
@@ -417,17 +397,7 @@ async fn transit(
     }
     admit_path(fabric, &call.federation_path)?;
     fabric.charge(&link.remote.cluster)?;
-    let step = StepCall {
-        fabric: fabric.clone(),
-        candidates: onward,
-        function,
-        version,
-        args: call.args,
-        deadline,
-        hop_budget: call.hop_budget,
-        routing_path: call.routing_path,
-        federation_path: call.federation_path,
-    };
+    let step = pass_on(fabric, call, onward, function, version, deadline);
     Ok(step.run().await)
 }
 
@@ -443,4 +413,27 @@ fn admit_path(fabric: &Fabric, path: &[weft_proto::ClusterId]) -> Result<(), Wef
         }
     }
     Ok(())
+}
+
+/// The rest of a forwarded call's way: these candidates, the call's budget
+/// and paths.
+fn pass_on(
+    fabric: &Arc<Fabric>,
+    call: ForwardCall,
+    candidates: Vec<CatalogEntry>,
+    function: FunctionId,
+    version: semver::Version,
+    deadline: Instant,
+) -> StepCall {
+    StepCall {
+        fabric: fabric.clone(),
+        candidates,
+        function,
+        version,
+        args: call.args,
+        deadline,
+        hop_budget: call.hop_budget,
+        routing_path: call.routing_path,
+        federation_path: call.federation_path,
+    }
 }
