@@ -373,3 +373,40 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     assert!(reply.text.contains("mode"), "{}", reply.text);
     assert_eq!(b1.admin().get("/v1/federation").await.unwrap().body["policy"]["mode"], "strict");
 }
+
+#[tokio::test]
+async fn locs_are_honoured_on_the_far_side_of_a_bridge() {
+    let b1 = node("b1", "beta", vec!["math"], &[], &allow("alpha"));
+    let config = |id: &str| {
+        format!(
+            "id = \"{id}\"\ncluster = \"beta\"\nseeds = [{:?}]\nresources = [\"gpu\"]\n[cluster]\nbeat_interval = \"100ms\"\ncatalog_ttl = \"3s\"\n{}\n",
+            b1.ws,
+            allow("alpha")
+        )
+    };
+    let b2 = TestNode::start(NodeSpec { plugins: vec!["math"], files: vec![], config: config("b2") });
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
+    eventually("both of beta's math nodes known in alpha", SETTLE, async || {
+        let body = a1.admin().get("/v1/catalog").await.unwrap().body;
+        let nodes: BTreeSet<String> = body["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["name"] == "add")
+            .map(|f| f["node"].as_str().unwrap().to_owned())
+            .collect();
+        (nodes.len() == 2).then_some(())
+    })
+    .await;
+    // a1 reaches beta through b1 only; b1 must still pick b2, the gpu node.
+    for _ in 0..8 {
+        let mut cmd = Command::new("x", "add", vec![json!(1), json!(2)]);
+        cmd.locs = vec!["gpu".into()];
+        let mut req = Request::new("l", vec![cmd]);
+        req.include_execution_summary = true;
+        let response = a1.client().await.request(req).await.unwrap();
+        assert_eq!(response.r.unwrap()["x"], json!(3));
+        assert_eq!(response.execution_summary.unwrap().steps[0].node, "b2");
+    }
+    drop(b2);
+}

@@ -45,6 +45,9 @@ pub struct Resolved {
     /// Every entry (one per node) of the chosen plugin version that satisfies
     /// the command's `locs` and `target_cluster`, in catalog order.
     pub candidates: Vec<CatalogEntry>,
+    /// The command's `locs`: a cluster the call is passed on to must honour
+    /// them too when it picks one of its nodes.
+    pub locs: Vec<String>,
 }
 
 const CATALOG_HINT: &str = "`weft catalog` lists the functions visible from this node";
@@ -124,7 +127,13 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     };
     let candidates: Vec<CatalogEntry> =
         left.iter().filter(|e| e.version == best.version).map(|e| (*e).clone()).collect();
-    Ok(Resolved { function: best.function.clone(), version: best.version.clone(), sig: best.sig.clone(), candidates })
+    Ok(Resolved {
+        function: best.function.clone(),
+        version: best.version.clone(),
+        sig: best.sig.clone(),
+        candidates,
+        locs: cmd.locs.clone(),
+    })
 }
 
 /// What a command asks for: a pinned `plugin/function` or a bare function name.

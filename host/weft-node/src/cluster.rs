@@ -230,7 +230,11 @@ impl ClusterTask {
     }
 
     fn on_event(&mut self, event: Event) {
-        if let Event::LinkUp(link) = &event {
+        // A link that is up (and still up: the far side may refuse right
+        // after our welcome) ends the refusal alert for its address.
+        if let Event::LinkUp(link) = &event
+            && !link.is_closed()
+        {
             self.fabric.alerts.resolve(AlertKind::LinkRefused, &link.remote.addr);
         }
         match event {

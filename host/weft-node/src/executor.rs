@@ -211,6 +211,7 @@ impl Executor {
             hop_budget,
             routing_path: Vec::new(),
             federation_path: Vec::new(),
+            locs: plan.steps()[idx.0].resolved.locs.clone(),
         };
         running.spawn(async move {
             let started = Instant::now();
@@ -297,6 +298,8 @@ pub(crate) struct StepCall {
     /// Nodes and clusters the call came through before this node.
     pub routing_path: Vec<NodeId>,
     pub federation_path: Vec<ClusterId>,
+    /// Resources the running node must have.
+    pub locs: Vec<String>,
 }
 
 impl StepCall {
@@ -381,6 +384,7 @@ impl StepCall {
             federation_path,
             hop_budget,
             target_cluster: self.target_cluster(),
+            locs: self.locs.clone(),
         })
     }
 
@@ -402,8 +406,10 @@ impl StepCall {
                 || self.routing_path.contains(l.node())
                 || (l.remote.cluster != me.cluster && self.federation_path.contains(&l.remote.cluster))
         };
-        let mut links: Vec<Arc<Link>> = Vec::new();
+        // Nodes of this cluster first: a function here is not looked for abroad.
+        let (mut home, mut away): (Vec<Arc<Link>>, Vec<Arc<Link>>) = (Vec::new(), Vec::new());
         for c in &self.candidates {
+            let links = if c.cluster == me.cluster { &mut home } else { &mut away };
             let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
                 Some(link) => vec![link],
                 None if c.cluster != me.cluster => {
@@ -429,6 +435,7 @@ impl StepCall {
                 }
             }
         }
+        let links = if home.is_empty() { away } else { home };
         least_loaded(links, |l| l.in_flight(), &mut rand::rng())
     }
 

@@ -1,9 +1,10 @@
 //! Signed route announcements: ed25519 keys (`weft keygen`), the exact bytes
 //! a route update signs, and verification against the keys trusted per
 //! cluster. An update is signed by the key of the cluster that sends it; the
-//! signature covers that cluster, the epoch and every announcement, so it
-//! cannot be replayed under another cluster's name, and the route table's
-//! epoch check refuses an old one replayed as is.
+//! signature covers that cluster, the sending node, the epoch and every
+//! announcement, so it cannot be replayed under another cluster's or node's
+//! name, and the route table's per-node epoch check refuses an old one
+//! replayed as is.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +25,9 @@ pub struct RouteSig {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SigError {
-    #[error("the route update from cluster {0} is unsigned and routing.security.require_signatures is on")]
+    #[error(
+        "the route update from cluster {0} is unsigned, and this node expects it signed (routing.security.require_signatures, or keys listed for {0} in trusted_keys)"
+    )]
     Unsigned(ClusterId),
     #[error(
         "the route update from cluster {cluster} is signed by key {key}, which is not in routing.security.trusted_keys for {cluster}"

@@ -245,8 +245,8 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
         }
         PeerMsg::Reject(reject) => {
             // The dialler refused us after our welcome: its answer, recorded here too.
-            fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject);
             link.close();
+            fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject);
         }
         PeerMsg::Cancel { id } => {
             if let Some(task) = lock(&link.serving).remove(&id) {
@@ -303,6 +303,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         ))
     })?;
     let deadline = Instant::now() + Duration::from_millis(call.deadline_ms);
+    let has_locs = |e: &CatalogEntry| call.locs.iter().all(|l| e.resources.contains(l));
     // Meant for another cluster: never run a same-named function of this one.
     let elsewhere = call.target_cluster.as_ref().filter(|c| **c != me.cluster).cloned();
     if link.remote.cluster == me.cluster {
@@ -311,7 +312,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         let foreign: Vec<CatalogEntry> = entries
             .iter()
             .filter(|e| e.cluster != me.cluster && e.function == function && e.version == version)
-            .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c))
+            .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c) && has_locs(e))
             .cloned()
             .collect();
         let local = entries.iter().any(|e| e.node == me.node && e.function == function && e.version == version);
@@ -332,7 +333,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
     let entries = fabric.entries();
     let candidates: Vec<CatalogEntry> = entries
         .iter()
-        .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version)
+        .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version && has_locs(e))
         .cloned()
         .collect();
     if candidates.is_empty() || elsewhere.is_some() {
@@ -373,6 +374,7 @@ async fn transit(
         .filter(|e| e.cluster != me.cluster && e.cluster != link.remote.cluster)
         .filter(|e| e.function == function && e.version == version && !call.federation_path.contains(&e.cluster))
         .filter(|e| call.target_cluster.as_ref().is_none_or(|c| e.cluster == *c))
+        .filter(|e| call.locs.iter().all(|l| e.resources.contains(l)))
         .cloned()
         .collect();
     let Some(destination) = onward.first().map(|e| e.cluster.clone()) else {
@@ -435,5 +437,6 @@ fn pass_on(
         hop_budget: call.hop_budget,
         routing_path: call.routing_path,
         federation_path: call.federation_path,
+        locs: call.locs,
     }
 }

@@ -412,7 +412,12 @@ impl Fabric {
         if alike + 1 >= self.max_members && !links.contains_key(link.node()) {
             return Err(Reject::new(
                 RejectKind::ClusterFull,
-                format!("node {} already links {} members (the limit)", self.me.node, self.max_members),
+                format!(
+                    "node {} already has {} {} links (cluster.max_members)",
+                    self.me.node,
+                    self.max_members,
+                    if same { "member" } else { "bridge" }
+                ),
             ));
         }
         if let Some(old) = links.get(link.node()).filter(|old| !old.is_closed()) {

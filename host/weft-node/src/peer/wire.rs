@@ -98,6 +98,9 @@ pub struct ForwardCall {
     /// same-named function of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_cluster: Option<ClusterId>,
+    /// Resources the node that runs the call must have (the command's `locs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
