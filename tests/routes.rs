@@ -93,6 +93,16 @@ async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
     assert_eq!((value, hops), (json!("ABC"), 2));
     let explain = a.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
     assert_eq!(explain["winner"]["path"], json!(["beta", "gamma"]), "{explain}");
+    // Bridge links are measured by pings: the route carries the latency of
+    // both links on its way and a delivery ratio.
+    let measured = eventually("a measured route to gamma", SETTLE, async || {
+        let table = routes(&a).await;
+        let r = table["routes"].as_array().unwrap().iter().find(|r| r["destination"] == "gamma").cloned()?;
+        (r["latency_us"].as_u64()? > 0).then_some(r)
+    })
+    .await;
+    let reliability = measured["reliability"].as_u64().unwrap();
+    assert!((1..=1000).contains(&reliability), "{measured}");
     // alpha and gamma never linked: the call crossed beta.
     let peers = a.admin().get("/v1/peers").await.unwrap().body;
     assert_eq!(peers["links"].as_array().unwrap().len(), 1, "{peers}");

@@ -10,8 +10,9 @@
 //!
 //! A neighbour sends its whole export set each time (periodically and when
 //! its best routes change); a destination missing from a newer set is
-//! withdrawn. Selection: fewest hops, then lowest latency, then highest
-//! reliability, then the smallest advertiser (neighbour node) id.
+//! withdrawn. Selection: fewest hops, then lowest latency (in whole
+//! milliseconds), then highest reliability, then the smallest advertiser
+//! (neighbour node) id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use weft_proto::{ClusterId, NodeId};
 
 use crate::cluster_catalog::Millis;
+
+/// Latencies within the same millisecond rank alike.
+pub const LATENCY_BUCKET_US: u64 = 1_000;
 
 /// One route as announced: `path` runs from the announcing cluster (first)
 /// to the destination (last).
@@ -82,9 +86,15 @@ pub struct Route {
 }
 
 impl Route {
-    /// The selection key: smaller is better.
+    /// The selection key: smaller is better. Latency counts in whole
+    /// buckets so that jitter between two equal links does not flip the
+    /// choice back and forth (and churn announcements).
     fn rank(&self) -> (u32, u64, std::cmp::Reverse<u16>, &NodeId) {
-        (self.hops, self.latency_us, std::cmp::Reverse(self.reliability), &self.via)
+        (self.hops, self.latency_bucket(), std::cmp::Reverse(self.reliability), &self.via)
+    }
+
+    fn latency_bucket(&self) -> u64 {
+        self.latency_us / LATENCY_BUCKET_US
     }
 
     fn held(&self, now: Millis) -> bool {
@@ -143,6 +153,8 @@ pub struct RouteTable {
     holds: BTreeMap<(ClusterId, NodeId), Millis>,
     /// When `expire` last ran: hold-downs that ended since then change winners.
     checked: Millis,
+    /// Measured (one-way latency µs, delivery ‰) of the link to each neighbour.
+    links: BTreeMap<NodeId, (u64, u16)>,
 }
 
 impl RouteTable {
@@ -155,11 +167,24 @@ impl RouteTable {
             flaps: BTreeMap::new(),
             holds: BTreeMap::new(),
             checked: Millis::default(),
+            links: BTreeMap::new(),
         }
     }
 
     pub fn config(&self) -> &RouteConfig {
         &self.config
+    }
+
+    /// Records what the link to neighbour `via` measures; routes learnt from
+    /// it from then on add this latency and multiply by this reliability.
+    pub fn set_link(&mut self, via: &NodeId, latency_us: u64, reliability: u16) {
+        self.links.insert(via.clone(), (latency_us, reliability.min(1000)));
+    }
+
+    /// Forgets a neighbour's link measurements (its link is gone). Its last
+    /// epoch is kept, so an old update replayed later is still refused.
+    pub fn forget_link(&mut self, via: &NodeId) {
+        self.links.remove(via);
     }
 
     /// Takes neighbour `via`'s (of `via_cluster`) whole export set at `epoch`.
@@ -188,6 +213,7 @@ impl RouteTable {
             });
         }
         self.epochs.insert(via.clone(), epoch);
+        let (link_latency, link_reliability) = self.links.get(via).copied().unwrap_or((0, 1000));
         let before = self.winners(now);
         let mut update = Update::default();
         let mut fresh: BTreeMap<ClusterId, Route> = BTreeMap::new();
@@ -198,8 +224,11 @@ impl RouteTable {
                         destination: a.destination.clone(),
                         path: a.path,
                         hops: a.hops.saturating_add(1),
-                        latency_us: a.latency_us,
-                        reliability: a.reliability.min(1000),
+                        latency_us: a.latency_us.saturating_add(link_latency),
+                        reliability: u16::try_from(
+                            u32::from(a.reliability.min(1000)) * u32::from(link_reliability) / 1000,
+                        )
+                        .unwrap_or(1000),
                         tags: a.tags,
                         via: via.clone(),
                         via_cluster: via_cluster.clone(),
@@ -370,7 +399,7 @@ impl RouteTable {
         };
         if r.hops != w.hops {
             format!("more hops ({} > {})", r.hops, w.hops)
-        } else if r.latency_us != w.latency_us {
+        } else if r.latency_bucket() != w.latency_bucket() {
             format!("higher latency ({} µs > {} µs)", r.latency_us, w.latency_us)
         } else if r.reliability != w.reliability {
             format!("lower reliability ({}‰ < {}‰)", r.reliability, w.reliability)

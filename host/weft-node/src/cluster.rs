@@ -205,6 +205,13 @@ impl ClusterTask {
                 Some(addr) = dials.recv() => { self.dialing.remove(&addr); }
                 _ = beat.tick() => self.on_beat(),
                 _ = announce.tick() => {
+                    // Measure each bridge link; routes learnt over it carry the result.
+                    for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
+                        if let Some((latency, reliability)) = link.measured() {
+                            self.routes.set_link(link.node(), latency, reliability);
+                        }
+                        link.probe();
+                    }
                     let changed = self.routes.expire(self.now());
                     self.routes_changed(&changed);
                     self.announce_routes();
@@ -264,6 +271,7 @@ impl ClusterTask {
                     self.relayed.remove(link.node());
                     self.offers.remove(link.node());
                     let changed = self.routes.drop_neighbour(self.now(), link.node());
+                    self.routes.forget_link(link.node());
                     self.routes_changed(&changed);
                 }
                 self.changed = true;

@@ -81,8 +81,8 @@ fn loops_foreign_paths_long_paths_and_refused_clusters_are_dropped() {
 #[test]
 fn selection_is_by_hops_latency_reliability_then_advertiser_and_is_explained() {
     let mut t = table();
-    let slow = Announcement { latency_us: 900, ..ann(&["b", "d"]) };
-    let fast = Announcement { latency_us: 100, ..ann(&["c", "d"]) };
+    let slow = Announcement { latency_us: 9_000, ..ann(&["b", "d"]) };
+    let fast = Announcement { latency_us: 1_000, ..ann(&["c", "d"]) };
     let long = ann(&["e", "f", "d"]);
     t.update(T0, &n("b1"), &c("b"), 1, vec![slow], ok).unwrap();
     t.update(T0, &n("c1"), &c("c"), 1, vec![fast.clone()], ok).unwrap();
@@ -150,6 +150,34 @@ fn a_flapping_route_is_held_down_then_released() {
     t.update(released, &n("c1"), &c("c"), 2, vec![ann(&["c", "x", "d"])], ok).unwrap();
     assert_eq!(t.expire(released), [c("d")], "the end of a hold-down is a change to announce");
     assert_eq!(t.best(released, &c("d")).unwrap().via, n("b1"), "released after the hold-down");
+}
+
+#[test]
+fn measured_links_add_latency_and_scale_reliability() {
+    let mut t = table();
+    t.set_link(&n("b1"), 3_000, 900);
+    t.set_link(&n("c1"), 1_000, 1000);
+    t.update(
+        T0,
+        &n("b1"),
+        &c("b"),
+        1,
+        vec![Announcement { latency_us: 500, reliability: 500, ..ann(&["b", "d"]) }],
+        ok,
+    )
+    .unwrap();
+    t.update(T0, &n("c1"), &c("c"), 1, vec![ann(&["c", "d"])], ok).unwrap();
+    let via_b = t.all().into_iter().find(|r| r.via == n("b1")).unwrap();
+    assert_eq!((via_b.latency_us, via_b.reliability), (3_500, 450));
+    assert_eq!(t.best(T0, &c("d")).unwrap().via, n("c1"), "same hops: the faster link wins");
+    // Exported onwards, a route carries what was measured on the way.
+    assert_eq!(t.exports(T0, &c("e"), true).iter().find(|a| a.destination == c("d")).unwrap().latency_us, 1_000);
+    // Jitter within a millisecond does not change the choice.
+    t.set_link(&n("e1"), 1_200, 1000);
+    t.update(T0, &n("e1"), &c("e"), 1, vec![ann(&["e", "d"])], ok).unwrap();
+    assert_eq!(t.best(T0, &c("d")).unwrap().via, n("c1"));
+    let why = t.explain(T0, &c("d")).losers.into_iter().find(|(r, _)| r.via == n("e1")).unwrap().1;
+    assert!(why.contains("advertiser"), "{why}");
 }
 
 proptest! {

@@ -50,6 +50,19 @@ pub struct Link {
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     closed: CancellationToken,
+    probes: Mutex<Probes>,
+}
+
+/// Round trips of pings on this link: the measured latency and delivery
+/// ratio that routes learnt over it carry.
+#[derive(Default)]
+struct Probes {
+    /// The ping in flight: nonce and when it was sent.
+    out: Option<(u64, Instant)>,
+    /// Smoothed one-way latency (half the round trip), µs.
+    latency_us: Option<u64>,
+    /// Smoothed delivery ratio, ‰.
+    reliability: u16,
 }
 
 impl Link {
@@ -65,6 +78,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            probes: Mutex::new(Probes { reliability: 1000, ..Probes::default() }),
         };
         (Arc::new(link), rx)
     }
@@ -84,6 +98,38 @@ impl Link {
 
     pub fn close(&self) {
         self.closed.cancel();
+    }
+
+    /// Sends a ping. A previous ping still unanswered counts as lost.
+    pub fn probe(&self) {
+        let nonce = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut p = lock(&self.probes);
+        if p.out.take().is_some() {
+            p.reliability = smooth(p.reliability.into(), 0) as u16;
+        }
+        p.out = Some((nonce, Instant::now()));
+        drop(p);
+        self.send(PeerMsg::Ping { nonce });
+    }
+
+    fn answered(&self, nonce: u64) {
+        let mut p = lock(&self.probes);
+        let Some((sent, at)) = p.out else {
+            return;
+        };
+        if sent != nonce {
+            return;
+        }
+        p.out = None;
+        let one_way = u64::try_from(at.elapsed().as_micros() / 2).unwrap_or(u64::MAX);
+        p.latency_us = Some(p.latency_us.map_or(one_way, |l| smooth(l, one_way)));
+        p.reliability = smooth(p.reliability.into(), 1000) as u16;
+    }
+
+    /// (one-way latency µs, delivery ‰) measured so far; None before the first answer.
+    pub fn measured(&self) -> Option<(u64, u16)> {
+        let p = lock(&self.probes);
+        p.latency_us.map(|l| (l, p.reliability))
     }
 
     /// Queues a control message; false if the link is closed or its queue full.
@@ -120,6 +166,11 @@ impl Link {
         .with("node", self.remote.node.to_string())
         .with("link_lost", true)
     }
+}
+
+/// An exponentially weighted moving average, new samples weighing 1/4.
+fn smooth(old: u64, sample: u64) -> u64 {
+    (old * 3 + sample) / 4
 }
 
 /// Forgets a call this node stopped waiting for, and tells the peer.
@@ -248,6 +299,10 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
             link.close();
             fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject);
         }
+        PeerMsg::Ping { nonce } => {
+            link.send(PeerMsg::Pong { nonce });
+        }
+        PeerMsg::Pong { nonce } => link.answered(nonce),
         PeerMsg::Cancel { id } => {
             if let Some(task) = lock(&link.serving).remove(&id) {
                 task.abort();

@@ -172,6 +172,13 @@ pub enum PeerMsg {
     },
     /// The sender is leaving the cluster.
     Bye,
+    /// Link measurement over bridges: answered at once with `pong`.
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 impl PeerMsg {
@@ -201,6 +208,8 @@ impl PeerMsg {
             PeerMsg::Reply { .. } => "reply",
             PeerMsg::Cancel { .. } => "cancel",
             PeerMsg::Bye => "bye",
+            PeerMsg::Ping { .. } => "ping",
+            PeerMsg::Pong { .. } => "pong",
         }
     }
 
