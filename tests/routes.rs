@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually};
+use support::{NodeSpec, TestNode, eventually, metric};
 use weft_proto::{Command, ErrorKind, Request, WeftError};
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -26,9 +26,21 @@ fn cluster_node_as(
     seeds: &[&TestNode],
     transit: bool,
 ) -> TestNode {
+    cluster_node_with(id, cluster, plugins, seeds, transit, "")
+}
+
+/// As `cluster_node_as`, with more `[routing]` TOML (tags, neighbour rules).
+fn cluster_node_with(
+    id: &str,
+    cluster: &str,
+    plugins: Vec<&'static str>,
+    seeds: &[&TestNode],
+    transit: bool,
+    routing: &str,
+) -> TestNode {
     let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
     let config = format!(
-        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n{routing}\n",
         seeds.join(", ")
     );
     TestNode::start(NodeSpec { plugins, files: vec![], config })
@@ -214,4 +226,22 @@ async fn a_flapping_route_is_held_down_and_raises_an_alert() {
     let explain = b.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
     assert!(explain["losers"][0]["lost_because"].as_str().unwrap().contains("held down"), "{explain}");
     assert_eq!(explain["reachable"], false);
+}
+
+#[tokio::test]
+async fn neighbour_rules_and_tags_shape_what_is_learnt() {
+    // gamma tags its route "eu"; beta carries it on. alpha wants only
+    // tagged routes from beta (beta's own is untagged) and refuses any
+    // path through delta.
+    let b = cluster_node("beta", vec!["math"], &[], true);
+    let _c = cluster_node_with("gamma1", "gamma", vec!["text"], &[&b], false, "tags = [\"eu\"]");
+    let _d = cluster_node("delta", vec!["echo"], &[&b], false);
+    let rules = "[routing.neighbours.beta]\nrequire_tags = [\"eu\"]\ndeny_on_path = [\"delta\"]";
+    let a = cluster_node_with("alpha1", "alpha", vec![], &[&b], false, rules);
+    eventually("gamma learnt through beta", SETTLE, async || best(&a, "gamma").await).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(best(&a, "beta").await, None, "beta's own route carries no eu tag");
+    assert_eq!(best(&a, "delta").await, None, "routes through delta are refused");
+    let refused = metric(&a.admin().get("/metrics").await.unwrap().text, "weft_routes_refused_total").unwrap_or(0.0);
+    assert!(refused >= 2.0, "{refused}");
 }

@@ -26,5 +26,5 @@ pub use cluster_catalog::{
 };
 pub use plan::{Plan, Step, StepIdx, Template};
 pub use policy::{Policy, Rule, Verdict};
-pub use routes::{Announcement, Explanation, Route, RouteConfig, RouteError, RouteTable};
+pub use routes::{Announcement, Explanation, NeighbourRules, Route, RouteConfig, RouteError, RouteTable};
 pub use schedule::Scheduler;

@@ -38,6 +38,10 @@ pub struct Announcement {
     pub reliability: u16,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// How long the announcer wants the route kept without a refresh; the
+    /// receiver keeps it for the shorter of this and its own `route_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// Bounds and timers; defaults are the spec's.
@@ -45,6 +49,10 @@ pub struct Announcement {
 pub struct RouteConfig {
     pub max_hops: u32,
     pub route_ttl: Duration,
+    /// Tags this cluster puts on the route to itself.
+    pub tags: Vec<String>,
+    /// Import and export rules for one neighbouring cluster.
+    pub neighbours: BTreeMap<ClusterId, NeighbourRules>,
     pub max_routes_per_neighbour: usize,
     /// Withdrawals of one route within `flap_window` that trigger hold-down.
     pub flap_threshold: u32,
@@ -57,12 +65,29 @@ impl Default for RouteConfig {
         RouteConfig {
             max_hops: 8,
             route_ttl: Duration::from_secs(10),
+            tags: Vec::new(),
+            neighbours: BTreeMap::new(),
             max_routes_per_neighbour: 1_000,
             flap_threshold: 3,
             flap_window: Duration::from_secs(30),
             hold_down: Duration::from_secs(30),
         }
     }
+}
+
+/// Rules for the routes exchanged with one neighbouring cluster, on top of
+/// the global ones (hop limit, federation policy, transit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourRules {
+    /// A lower hop limit for routes learnt from this neighbour.
+    pub max_hops: Option<u32>,
+    /// Routes from this neighbour through any of these clusters are refused.
+    pub deny_on_path: Vec<ClusterId>,
+    /// Routes from this neighbour must carry every one of these tags.
+    pub require_tags: Vec<String>,
+    /// Destinations offered to this neighbour besides this cluster itself
+    /// (None: every route transit allows).
+    pub export: Option<Vec<ClusterId>>,
 }
 
 /// A route this node holds: an announcement, the neighbour it came from,
@@ -233,7 +258,10 @@ impl RouteTable {
                         via: via.clone(),
                         via_cluster: via_cluster.clone(),
                         learned: now,
-                        expires: now.saturating_add(self.config.route_ttl),
+                        expires: now
+                            .saturating_add(a.ttl_ms.map_or(self.config.route_ttl, |t| {
+                                self.config.route_ttl.min(Duration::from_millis(t))
+                            })),
                         held_until: self.holds.get(&(a.destination.clone(), via.clone())).copied(),
                     };
                     fresh.insert(a.destination, route);
@@ -277,12 +305,25 @@ impl RouteTable {
         if !a.path.iter().all(|c| seen.insert(c)) {
             return Err("its path holds a cluster twice".into());
         }
-        if a.hops.saturating_add(1) > self.config.max_hops {
+        let rules = self.config.neighbours.get(via_cluster);
+        let max_hops = rules.and_then(|r| r.max_hops).map_or(self.config.max_hops, |m| m.min(self.config.max_hops));
+        if a.hops.saturating_add(1) > max_hops {
             return Err(format!(
-                "it is {} hops away, over routing.max_hops ({})",
-                a.hops.saturating_add(1),
-                self.config.max_hops
+                "it is {} hops away, over the hop limit for routes from {via_cluster} ({max_hops})",
+                a.hops.saturating_add(1)
             ));
+        }
+        if let Some(rules) = rules {
+            if let Some(c) = a.path.iter().find(|c| rules.deny_on_path.contains(c)) {
+                return Err(format!(
+                    "its path goes through {c}, which routing.neighbours.{via_cluster}.deny_on_path refuses"
+                ));
+            }
+            if let Some(t) = rules.require_tags.iter().find(|t| !a.tags.contains(t)) {
+                return Err(format!(
+                    "it lacks tag {t:?}, which routing.neighbours.{via_cluster}.require_tags asks for"
+                ));
+            }
         }
         a.path.iter().try_for_each(|c| admit(c).map_err(|why| format!("cluster {c} on its path is refused: {why}")))
     }
@@ -412,17 +453,23 @@ impl RouteTable {
     /// and with `transit`, its best routes that neither came from `to`'s
     /// cluster nor pass through it.
     pub fn exports(&self, now: Millis, to: &ClusterId, transit: bool) -> Vec<Announcement> {
+        let ttl_ms = Some(u64::try_from(self.config.route_ttl.as_millis()).unwrap_or(u64::MAX));
         let mut out = vec![Announcement {
             destination: self.local.clone(),
             path: vec![self.local.clone()],
             hops: 0,
             latency_us: 0,
             reliability: 1000,
-            tags: Vec::new(),
+            tags: self.config.tags.clone(),
+            ttl_ms,
         }];
+        let offered = self.config.neighbours.get(to).and_then(|r| r.export.as_ref());
         if transit {
             for r in self.winners(now).into_values() {
                 if r.via_cluster == *to || r.path.contains(to) || r.destination == *to {
+                    continue;
+                }
+                if offered.is_some_and(|list| !list.contains(&r.destination)) {
                     continue;
                 }
                 let mut path = vec![self.local.clone()];
@@ -434,6 +481,7 @@ impl RouteTable {
                     latency_us: r.latency_us,
                     reliability: r.reliability,
                     tags: r.tags,
+                    ttl_ms,
                 });
             }
         }

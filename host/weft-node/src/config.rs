@@ -122,7 +122,21 @@ pub struct RoutingSection {
     /// Whether this cluster carries traffic between other clusters: it then
     /// re-announces the routes it learnt to its other bridges.
     pub transit: bool,
+    /// Tags put on the route to this cluster.
+    pub tags: Vec<String>,
+    /// Per neighbouring cluster: extra import and export rules.
+    pub neighbours: BTreeMap<String, NeighbourSection>,
     pub security: RoutingSecurity,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct NeighbourSection {
+    pub max_hops: Option<u32>,
+    pub deny_on_path: Vec<String>,
+    pub require_tags: Vec<String>,
+    /// Destinations offered to this neighbour besides this cluster (absent: all).
+    pub export: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -182,6 +196,8 @@ impl Default for RoutingSection {
             announce_interval: Duration::from_secs(1),
             route_ttl: Duration::from_secs(10),
             transit: false,
+            tags: Vec::new(),
+            neighbours: BTreeMap::new(),
             security: RoutingSecurity::default(),
         }
     }
@@ -381,6 +397,32 @@ impl Config {
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
+    /// The route table's settings from `[routing]`.
+    pub fn route_config(&self) -> weft_fabric::RouteConfig {
+        use weft_proto::ClusterId;
+        let r = &self.routing;
+        let clusters = |v: &[String]| v.iter().map(|c| ClusterId::new(c.clone())).collect::<Vec<_>>();
+        weft_fabric::RouteConfig {
+            max_hops: r.max_hops,
+            route_ttl: r.route_ttl,
+            tags: r.tags.clone(),
+            neighbours: r
+                .neighbours
+                .iter()
+                .map(|(c, n)| {
+                    let rules = weft_fabric::NeighbourRules {
+                        max_hops: n.max_hops,
+                        deny_on_path: clusters(&n.deny_on_path),
+                        require_tags: n.require_tags.clone(),
+                        export: n.export.as_deref().map(clusters),
+                    };
+                    (ClusterId::new(c.clone()), rules)
+                })
+                .collect(),
+            ..weft_fabric::RouteConfig::default()
+        }
+    }
+
     /// The route-signing trust of `[routing.security]` (keys were checked by `load`).
     pub fn trust(&self) -> crate::signing::Trust {
         let sec = &self.routing.security;
@@ -536,6 +578,19 @@ max_concurrency = 256
         assert_eq!(c.federation.bridges[0].cluster, "beta");
         assert_eq!(c.limits.memory, 64 << 20);
         assert_eq!(c.routing.route_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn neighbour_route_rules_parse_into_the_route_config() {
+        let text = "[routing]\ntags = [\"eu\"]\n[routing.neighbours.beta]\nmax_hops = 2\ndeny_on_path = [\"x\"]\nrequire_tags = [\"eu\"]\nexport = [\"gamma\"]\n";
+        let c = Config::parse("w.toml", text).unwrap();
+        let r = c.route_config();
+        assert_eq!(r.tags, ["eu"]);
+        let beta = &r.neighbours[&weft_proto::ClusterId::new("beta")];
+        assert_eq!((beta.max_hops, beta.require_tags.clone()), (Some(2), vec!["eu".to_owned()]));
+        assert_eq!(beta.export.as_ref().map(Vec::len), Some(1));
+        let err = Config::parse("w.toml", "[routing.neighbours.beta]\nmax_hop = 2\n").unwrap_err().to_string();
+        assert!(err.contains("routing.neighbours.beta.max_hop") && err.contains("line 2"), "{err}");
     }
 
     #[test]

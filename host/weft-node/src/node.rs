@@ -243,11 +243,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             ..weft_fabric::CatalogConfig::default()
         },
         seeds: config.node.seeds.clone(),
-        routes: weft_fabric::RouteConfig {
-            max_hops: config.routing.max_hops,
-            route_ttl: config.routing.route_ttl,
-            ..weft_fabric::RouteConfig::default()
-        },
+        routes: config.route_config(),
         announce_interval: config.routing.announce_interval,
         transit: config.routing.transit,
         signer,

@@ -141,6 +141,7 @@ mod tests {
             latency_us: 0,
             reliability: 1000,
             tags: vec![],
+            ttl_ms: None,
         }
     }
 

@@ -18,6 +18,7 @@ fn ann(path: &[&str]) -> Announcement {
         latency_us: 0,
         reliability: 1000,
         tags: vec![],
+        ttl_ms: None,
     }
 }
 
@@ -40,14 +41,15 @@ fn routes_are_learnt_one_hop_further_and_exported_onwards_only_with_transit() {
     assert_eq!((to_c.hops, &to_c.via, &to_c.path), (2, &n("b1"), &vec![c("b"), c("c")]));
 
     // To a neighbour in cluster d: ourselves, plus (with transit) b and c through us.
+    let own = Announcement { ttl_ms: Some(10_000), ..ann(&["a"]) };
     let plain = t.exports(T0, &c("d"), false);
-    assert_eq!(plain, vec![ann(&["a"])]);
+    assert_eq!(plain, vec![own.clone()]);
     let transit = t.exports(T0, &c("d"), true);
     let paths: Vec<Vec<ClusterId>> = transit.iter().map(|a| a.path.clone()).collect();
     assert_eq!(paths, vec![vec![c("a")], vec![c("a"), c("b")], vec![c("a"), c("b"), c("c")]]);
     assert_eq!(transit[2].hops, 2);
     // Split horizon: nothing learnt from b goes back to b.
-    assert_eq!(t.exports(T0, &c("b"), true), vec![ann(&["a"])]);
+    assert_eq!(t.exports(T0, &c("b"), true), vec![own]);
 }
 
 #[test]
@@ -74,7 +76,7 @@ fn loops_foreign_paths_long_paths_and_refused_clusters_are_dropped() {
     let reasons: Vec<&str> = u.dropped.iter().map(|d| d.reason.as_str()).collect();
     assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(reasons[0].contains("loop") && reasons[1].contains("does not start"), "{reasons:?}");
-    assert!(reasons[2].contains("max_hops") && reasons[3].contains("cluster x") && reasons[4].contains("twice"));
+    assert!(reasons[2].contains("hop limit") && reasons[3].contains("cluster x") && reasons[4].contains("twice"));
     assert_eq!(t.winners(T0).keys().cloned().collect::<Vec<_>>(), [c("c")]);
 }
 
@@ -150,6 +152,40 @@ fn a_flapping_route_is_held_down_then_released() {
     t.update(released, &n("c1"), &c("c"), 2, vec![ann(&["c", "x", "d"])], ok).unwrap();
     assert_eq!(t.expire(released), [c("d")], "the end of a hold-down is a change to announce");
     assert_eq!(t.best(released, &c("d")).unwrap().via, n("b1"), "released after the hold-down");
+}
+
+#[test]
+fn neighbour_rules_filter_imports_and_exports_and_ttls_are_honoured() {
+    let rules = NeighbourRules {
+        max_hops: Some(2),
+        deny_on_path: vec![c("x")],
+        require_tags: vec!["eu".into()],
+        export: Some(vec![c("d")]),
+    };
+    let config = RouteConfig {
+        tags: vec!["home".into()],
+        neighbours: BTreeMap::from([(c("b"), rules)]),
+        ..RouteConfig::default()
+    };
+    let mut t = RouteTable::new(c("a"), config);
+    let eu = |path: &[&str]| Announcement { tags: vec!["eu".into()], ..ann(path) };
+    let u = t
+        .update(T0, &n("b1"), &c("b"), 1, vec![eu(&["b"]), eu(&["b", "c", "d"]), eu(&["b", "x"]), ann(&["b", "e"])], ok)
+        .unwrap();
+    let reasons: Vec<&str> = u.dropped.iter().map(|d| d.reason.as_str()).collect();
+    assert!(reasons[0].contains("hop limit for routes from b (2)"), "{reasons:?}");
+    assert!(reasons[1].contains("deny_on_path") && reasons[2].contains("require_tags"), "{reasons:?}");
+    assert_eq!(t.winners(T0).keys().cloned().collect::<Vec<_>>(), [c("b")]);
+    // Other neighbours are not bound by b's rules; exports to b offer only d.
+    t.update(T0, &n("f1"), &c("f"), 1, vec![ann(&["f", "d"]), ann(&["f", "g"])], ok).unwrap();
+    let to_b: Vec<ClusterId> = t.exports(T0, &c("b"), true).into_iter().map(|a| a.destination).collect();
+    assert_eq!(to_b, [c("a"), c("d")]);
+    let own = &t.exports(T0, &c("f"), true)[0];
+    assert_eq!((own.tags.clone(), own.ttl_ms), (vec!["home".to_owned()], Some(10_000)));
+    // An announcer's shorter TTL wins over ours.
+    let short = Announcement { ttl_ms: Some(2_000), ..ann(&["h"]) };
+    t.update(T0, &n("h1"), &c("h"), 1, vec![short], ok).unwrap();
+    assert_eq!(t.expire(T0.saturating_add(Duration::from_secs(3))), [c("h")]);
 }
 
 #[test]
