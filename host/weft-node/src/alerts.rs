@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -69,16 +68,12 @@ struct Inner {
     by_key: BTreeMap<(AlertKind, String), Alert>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 impl Alerts {
     /// Raises (or refreshes) the alert for `subject`. Returns true when it
     /// is new or was inactive, so the caller logs it once.
     pub fn raise(&self, kind: AlertKind, subject: &str, message: &str) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
+        let now = crate::unix_ms();
         let key = (kind, subject.to_owned());
         if let Some(alert) = inner.by_key.get_mut(&key) {
             let fresh = !alert.active;

@@ -403,10 +403,7 @@ impl ClusterTask {
     }
 
     fn next_epoch(&mut self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.route_epoch = now.max(self.route_epoch + 1);
+        self.route_epoch = crate::unix_ms().max(self.route_epoch + 1);
         self.route_epoch
     }
 

@@ -15,4 +15,12 @@ pub mod signing;
 mod ws;
 
 pub use config::{Config, ConfigError, Overrides};
+
+/// Wall-clock milliseconds since the Unix epoch (0 before it): incarnations,
+/// route epochs and the timestamps operators read.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 pub use node::{NodeError, RunningNode, start};

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -211,9 +211,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         proto: PROTOCOL_VERSION,
         node: id.clone(),
         cluster: cluster.clone(),
-        incarnation: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        incarnation: crate::unix_ms(),
         addr: config.node.advertise.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
     };

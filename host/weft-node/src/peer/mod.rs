@@ -9,7 +9,7 @@ mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -267,9 +267,7 @@ impl Fabric {
 
     /// Whether `addr` refused a link (or was refused) by policy within `within`.
     pub fn refused_lately(&self, addr: &str, within: Duration) -> bool {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = crate::unix_ms();
         let window = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
         lock(&self.refusals)
             .iter()
@@ -470,9 +468,7 @@ impl Fabric {
         reject: &Reject,
     ) {
         self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
-        let at_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at_unix_ms = crate::unix_ms();
         let mut refusals = lock(&self.refusals);
         // Log a refusal once per peer and reason, not once per retry.
         let repeat = refusals
