@@ -80,9 +80,20 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
     // Responses flow through a bounded queue to the one writer.
     let (tx, mut rx) = mpsc::channel::<Message>(256);
     let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
+        // Replies that are ready together go out in one write (one syscall
+        // for many pipelined answers instead of one each).
+        'replies: while let Some(mut msg) = rx.recv().await {
+            loop {
+                let closing = matches!(msg, Message::Close(_));
+                if sink.feed(msg).await.is_err() || closing {
+                    break 'replies;
+                }
+                match rx.try_recv() {
+                    Ok(next) => msg = next,
+                    Err(_) => break,
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
