@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -77,29 +80,15 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
     ctx.metrics.connections.inc();
     let (mut sink, incoming) = ws.split();
     let mut incoming = futures_util::stream::iter(first).chain(incoming);
-    // Responses flow through a bounded queue to the one writer.
-    let (tx, mut rx) = mpsc::channel::<Message>(256);
-    let writer = tokio::spawn(async move {
-        // Replies that are ready together go out in one write (one syscall
-        // for many pipelined answers instead of one each).
-        'replies: while let Some(mut msg) = rx.recv().await {
-            loop {
-                let closing = matches!(msg, Message::Close(_));
-                if sink.feed(msg).await.is_err() || closing {
-                    break 'replies;
-                }
-                match rx.try_recv() {
-                    Ok(next) => msg = next,
-                    Err(_) => break,
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
+    // This task reads requests and writes every reply. A request that
+    // arrives while none is in flight runs right here (no task to spawn, no
+    // other worker to wake: the usual one-at-a-time client); one that
+    // arrives while another runs gets a task of its own so a connection
+    // with many requests in flight uses every core. Replies of spawned
+    // calls come back through `replies` (only this task awaits sending
+    // nothing into it: it is the one reader).
+    let (tx, mut replies) = mpsc::channel::<Message>(256);
+    let mut inline: Option<BoxFuture<'static, Message>> = None;
     let permits = Arc::new(Semaphore::new(ctx.max_in_flight));
     let mut calls = JoinSet::new();
     let mut client_left = false;
@@ -107,6 +96,21 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+            reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
+                inline = None;
+                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
+                    client_left = true;
+                    break;
+                }
+                continue;
+            }
+            Some(reply) = replies.recv() => {
+                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
+                    client_left = true;
+                    break;
+                }
+                continue;
+            }
             msg = incoming.next() => msg,
         };
         let (bytes, binary) = match msg {
@@ -122,7 +126,7 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
                 let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
                 let _ =
-                    tx.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }))).await;
+                    sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }))).await;
                 break;
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))
@@ -147,7 +151,11 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
             Ok(r) => r,
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
-                let _ = tx.send(reply(&Response::err(u.unwrap_or_default(), &e))).await;
+                let answer = reply(&Response::err(u.unwrap_or_default(), &e));
+                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
+                    client_left = true;
+                    break;
+                }
                 continue;
             }
         };
@@ -160,34 +168,64 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
                 ),
             );
             ctx.metrics.record_error(e.kind);
-            let _ = tx.send(reply(&Response::err(request.u, &e))).await;
+            if write_replies(&mut sink, reply(&Response::err(request.u, &e)), &mut replies).await.is_err() {
+                client_left = true;
+                break;
+            }
             continue;
         };
         let executor = ctx.executor.clone();
-        let tx = tx.clone();
-        calls.spawn(async move {
+        let call = async move {
             let response = executor.execute(request).await;
             drop(permit);
-            let _ = tx.send(reply(&response)).await;
-        });
+            reply(&response)
+        };
+        if inline.is_none() && calls.is_empty() {
+            inline = Some(Box::pin(call));
+        } else {
+            let tx = tx.clone();
+            calls.spawn(async move {
+                let _ = tx.send(call.await).await;
+            });
+        }
     }
 
     if client_left {
         // Nobody is left to read the answers: cancel the work that is
         // still running (answered calls are only reaped, not counted).
         while calls.try_join_next().is_some() {}
-        let abandoned = calls.len();
+        let abandoned = calls.len() + usize::from(inline.is_some());
         calls.abort_all();
         ctx.metrics.abandoned.inc_by(abandoned as u64);
     } else {
         // Draining or closing: let in-flight calls finish and answer (the
         // node bounds this with its shutdown grace period).
+        if let Some(call) = inline.take() {
+            let _ = sink.feed(call.await).await;
+        }
         while calls.join_next().await.is_some() {}
-        let _ = tx
+        drop(tx);
+        while let Some(reply) = replies.recv().await {
+            let _ = sink.feed(reply).await;
+        }
+        let _ = sink
             .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
             .await;
     }
-    drop(tx);
-    let _ = writer.await;
+    let _ = sink.close().await;
     ctx.metrics.connections.dec();
+}
+
+/// Writes `first` and every reply already waiting, then flushes once: replies
+/// that are ready together go out in one write.
+async fn write_replies(
+    sink: &mut SplitSink<WebSocketStream<TcpStream>, Message>,
+    first: Message,
+    waiting: &mut mpsc::Receiver<Message>,
+) -> Result<(), WsError> {
+    sink.feed(first).await?;
+    while let Ok(next) = waiting.try_recv() {
+        sink.feed(next).await?;
+    }
+    sink.flush().await
 }
