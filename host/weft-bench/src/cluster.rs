@@ -7,6 +7,7 @@ use serde_json::json;
 use weft_client::Client;
 use weft_node::RunningNode;
 
+use crate::report::Report;
 use crate::{Samples, ms, ratio, us};
 
 struct Bench {
@@ -110,7 +111,7 @@ async fn stop(nodes: Vec<RunningNode>) {
     }
 }
 
-pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
+pub async fn bench_cluster(smoke: bool, report: &mut Report) -> Result<(), String> {
     let bench = Bench { dir: tempfile::tempdir().map_err(|e| e.to_string())? };
     let runs = if smoke { 1 } else { 5 };
 
@@ -129,6 +130,7 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
             }
         }
         let s = Samples(times);
+        report.millis(if size == 3 { "cluster.convergence_3_ms" } else { "cluster.convergence_10_ms" }, s.median());
         println!(
             "| {size} nodes | {} | {} | from the new node ready to its function listed on every other node |",
             ms(s.median()),
@@ -144,6 +146,7 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
     let rates: Vec<f64> = nodes.iter().zip(&before).map(|(n, b)| (gossip_out(n) - b) / window.as_secs_f64()).collect();
     let mean = rates.iter().sum::<f64>() / rates.len() as f64;
     let max = rates.iter().copied().fold(0.0, f64::max);
+    report.record("cluster.idle_gossip_bytes_per_s", mean, "B/s");
     println!(
         "\nIdle gossip, 10 nodes, over {window:?}: {:.0} B/s sent per node on average, {:.0} B/s at most (SWIM, beats; WebSocket framing not counted)\n",
         mean, max
@@ -170,6 +173,9 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
         }
     }
     let [here, forward, bridge] = samples.map(Samples);
+    report.micros("cluster.local_us", here.median());
+    report.micros("cluster.forward_us", forward.median());
+    report.micros("cluster.bridge_us", bridge.median());
     println!("### Cluster and federation: where a call runs ({rounds} calls each, interleaved)\n");
     println!("| call | median | p99 | note |\n|---|---|---|---|");
     println!("| echo on the node that has it | {} | {} | baseline |", us(here.median()), us(here.pct(0.99)));
@@ -187,8 +193,8 @@ pub async fn bench_cluster(smoke: bool) -> Result<(), String> {
         ratio(bridge.median(), forward.median())
     );
     stop(vec![far, edge, home]).await;
-    policy_cost(smoke);
-    bench_routes(&bench, smoke).await
+    report.record("cluster.policy_decision_ns", policy_cost(smoke), "ns");
+    bench_routes(&bench, smoke, report).await
 }
 
 /// A single-node cluster that carries transit and announces every `announce`.
@@ -211,7 +217,7 @@ async fn transit_node(
 
 /// Route convergence in a 6-cluster ring, per-hop latency on a line, and
 /// control-plane traffic of 10 clusters at rest.
-async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
+async fn bench_routes(bench: &Bench, smoke: bool, report: &mut Report) -> Result<(), String> {
     let announce = Duration::from_secs(1);
     let runs = if smoke { 1 } else { 5 };
     let (mut cut, mut heal) = (Vec::new(), Vec::new());
@@ -244,6 +250,8 @@ async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
         stop(ring).await;
     }
     let (cut, heal) = (Samples(cut), Samples(heal));
+    report.millis("routes.failover_ms", cut.median());
+    report.millis("routes.heal_ms", heal.median());
     println!("### Routes: convergence in a ring of clusters ({runs} runs, announce_interval {announce:?})\n");
     println!("| event | median | max | in announce intervals |\n|---|---|---|---|");
     for (what, s) in
@@ -275,6 +283,8 @@ async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
         }
     }
     let (one, two) = (Samples(one), Samples(two));
+    report.micros("routes.one_bridge_us", one.median());
+    report.micros("routes.two_bridges_us", two.median());
     println!("\n### Routes: per-hop latency on a line of three clusters ({rounds} calls each, interleaved)\n");
     println!("| call from l0 | median | p99 |\n|---|---|---|");
     println!("| upper in l1 (one bridge) | {} | {} |", us(one.median()), us(one.pct(0.99)));
@@ -302,6 +312,7 @@ async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
     let before: Vec<f64> = ten.iter().map(gossip_out).collect();
     tokio::time::sleep(window).await;
     let rates: Vec<f64> = ten.iter().zip(&before).map(|(n, b)| (gossip_out(n) - b) / window.as_secs_f64()).collect();
+    report.record("routes.control_plane_bytes_per_s", rates.iter().sum::<f64>() / rates.len() as f64, "B/s");
     println!(
         "Control plane at rest, 10 single-node clusters in a ring (transit, announce 1 s): {:.0} B/s sent per node on average, {:.0} B/s at most (routes, catalog offers; WebSocket framing not counted)\n",
         rates.iter().sum::<f64>() / rates.len() as f64,
@@ -313,7 +324,7 @@ async fn bench_routes(bench: &Bench, smoke: bool) -> Result<(), String> {
 
 /// The federation decision a bridged call pays at the target (cluster and
 /// function rules), timed in a tight loop.
-fn policy_cost(smoke: bool) {
+fn policy_cost(smoke: bool) -> f64 {
     use weft_fabric::policy::{Bridge, Mode, Policy};
     use weft_proto::{ClusterId, FunctionId, NodeId};
     let policy = Policy {
@@ -335,4 +346,5 @@ fn policy_cost(smoke: bool) {
     println!(
         "Policy decision at the target (bridge with a node list, allow and block lists): {per:.0} ns per call ({n} decisions)\n"
     );
+    per
 }

@@ -5,6 +5,7 @@
 //! uses it so the benchmarks cannot rot); its figures mean nothing.
 
 mod cluster;
+mod report;
 mod transport;
 
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ use serde_json::{Value, json};
 use weft_client::Client;
 use weft_proto::{Command, Request};
 use weft_runtime::{CallTarget, Runtime, RuntimeConfig};
+
+use crate::report::Report;
 
 struct Samples(Vec<Duration>);
 
@@ -44,7 +47,7 @@ fn native_echo(s: String) -> String {
     std::hint::black_box(s)
 }
 
-async fn bench_runtime(smoke: bool) -> Result<(), String> {
+async fn bench_runtime(smoke: bool, report: &mut Report) -> Result<(), String> {
     let rounds = if smoke { 3 } else { 50 };
     let batch = if smoke { 20 } else { 400 };
     let cache = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -93,7 +96,12 @@ async fn bench_runtime(smoke: bool) -> Result<(), String> {
     ] {
         println!("| {name} | {} | {} | {} |", us(s.median()), us(s.pct(0.99)), ratio(s.median(), reused.median()));
     }
+    report.micros("runtime.fresh_echo_us", fresh.median());
+    report.micros("runtime.reused_echo_us", reused.median());
+    report.micros("runtime.native_echo_us", native.median());
     let (cold, cached) = (Samples(cold), Samples(cached));
+    report.millis("runtime.compile_ms", cold.median());
+    report.millis("runtime.cache_load_ms", cached.median());
     println!("\n### Component load: echo.wasm\n");
     println!("| variant | median |\n|---|---|");
     println!("| compile (Cranelift), cold cache | {} |", ms(cold.median()));
@@ -115,7 +123,7 @@ fn cmds(n: usize, fun: &str, args: impl Fn(usize) -> Vec<Value>) -> Vec<Command>
     (0..n).map(|i| Command::new(format!("c{i}"), fun, args(i))).collect()
 }
 
-async fn bench_pipeline(smoke: bool) -> Result<(), String> {
+async fn bench_pipeline(smoke: bool, report: &mut Report) -> Result<(), String> {
     let rounds = if smoke { 3 } else { 200 };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let plugins = dir.path().join("plugins");
@@ -153,6 +161,17 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
         s[6].push(started.elapsed());
     }
     let [one, ten, hundred, hog1, hog10, chain10, seq10] = s.map(Samples);
+    for (name, s) in [
+        ("pipeline.echo1_us", &one),
+        ("pipeline.echo10_us", &ten),
+        ("pipeline.echo100_us", &hundred),
+        ("pipeline.one_hog_us", &hog1),
+        ("pipeline.fanout10_hog_us", &hog10),
+        ("pipeline.chain10_us", &chain10),
+        ("pipeline.sequential10_us", &seq10),
+    ] {
+        report.micros(name, s.median());
+    }
     println!("### Pipelines through a node over WebSocket (loopback, {rounds} rounds, interleaved)\n");
     println!("| request | median | p99 | note |\n|---|---|---|---|");
     let per = |s: &Samples, n: u32| us((s.median().saturating_sub(one.median())) / (n - 1));
@@ -188,38 +207,72 @@ async fn bench_pipeline(smoke: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `weft-bench [runtime|pipeline|transport|cluster|all] [--smoke] [--json FILE]`
+struct Args {
+    what: String,
+    smoke: bool,
+    json: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    fn parse() -> Result<Self, String> {
+        let mut args = Self { what: "all".into(), smoke: false, json: None };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--smoke" => args.smoke = true,
+                "--json" => args.json = Some(it.next().ok_or("--json needs a file name")?.into()),
+                flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+                what => args.what = what.to_owned(),
+            }
+        }
+        Ok(args)
+    }
+}
+
+async fn run(what: &str, smoke: bool, report: &mut Report) -> Result<(), String> {
+    match what {
+        "runtime" => bench_runtime(smoke, report).await,
+        "pipeline" => bench_pipeline(smoke, report).await,
+        "cluster" => cluster::bench_cluster(smoke, report).await,
+        "transport" => transport::bench_transport(smoke, report).await,
+        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline, transport, cluster or all")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let what = args.iter().find(|a| !a.starts_with("--")).map_or("all", String::as_str);
-    println!(
-        "<!-- weft-bench {what}{}: {} cores -->\n",
-        if smoke { " --smoke" } else { "" },
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let result = match what {
-        "runtime" => bench_runtime(smoke).await,
-        "pipeline" => bench_pipeline(smoke).await,
-        "cluster" => cluster::bench_cluster(smoke).await,
-        "transport" => transport::bench_transport(smoke).await,
-        "all" => {
-            let mut result = Ok(());
-            for step in ["runtime", "pipeline", "transport", "cluster"] {
-                result = match step {
-                    "runtime" => bench_runtime(smoke).await,
-                    "pipeline" => bench_pipeline(smoke).await,
-                    "transport" => transport::bench_transport(smoke).await,
-                    _ => cluster::bench_cluster(smoke).await,
-                };
-                if result.is_err() {
-                    break;
-                }
-            }
-            result
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}\nusage: weft-bench [runtime|pipeline|transport|cluster|all] [--smoke] [--json FILE]");
+            return std::process::ExitCode::from(2);
         }
-        other => Err(format!("unknown benchmark {other:?}; use runtime, pipeline, transport, cluster or all")),
     };
+    let machine = report::machine();
+    println!(
+        "<!-- weft-bench {}{}: {} cores, {}, {} MiB -->\n",
+        args.what,
+        if args.smoke { " --smoke" } else { "" },
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("unknown CPU"),
+        machine["memory_mib"]
+    );
+    let mut report = Report::default();
+    let steps: &[&str] =
+        if args.what == "all" { &["runtime", "pipeline", "transport", "cluster"] } else { &[args.what.as_str()] };
+    let mut result = Ok(());
+    for step in steps {
+        result = run(step, args.smoke, &mut report).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    print!("{}", report.summary_markdown());
+    if let (Ok(()), Some(path)) = (&result, &args.json) {
+        let text = serde_json::to_string_pretty(&report.to_json(&args.what, args.smoke)).unwrap_or_default();
+        result = std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()));
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

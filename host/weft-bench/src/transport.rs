@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::report::Report;
 use crate::{Samples, ratio, us};
 
 const REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"echo","args":["hello"]}]}"#;
@@ -192,7 +193,7 @@ impl Drop for NodeProcess {
     }
 }
 
-pub async fn bench_transport(smoke: bool) -> Result<(), String> {
+pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), String> {
     let node = NodeProcess::start()?;
     let bare_ws = format!("ws://{}", bare_ws().await.map_err(|e| e.to_string())?);
     let bare_http = bare_http().await.map_err(|e| e.to_string())?;
@@ -247,6 +248,14 @@ pub async fn bench_transport(smoke: bool) -> Result<(), String> {
     let reps = f64::from(reps);
     let (tw, tb, th, thb) = (tw / reps, tb / reps, th / reps, thb / reps);
 
+    report.micros("transport.ws_p50_us", weft_ws.median());
+    report.micros("transport.bare_ws_p50_us", bare_ws_lat.median());
+    report.micros("transport.http_p50_us", weft_h.median());
+    report.micros("transport.bare_http_p50_us", bare_h.median());
+    report.record("transport.ws_req_per_s", tw, "req/s");
+    report.record("transport.bare_ws_req_per_s", tb, "req/s");
+    report.record("transport.http_req_per_s", th, "req/s");
+    report.record("transport.bare_http_req_per_s", thb, "req/s");
     println!("### Transport: Weft vs a bare echo server (same client, interleaved; {rounds} calls for latency)\n");
     println!("| measure | Weft (echo plugin) | bare echo server | Weft / bare |\n|---|---|---|---|");
     println!(
@@ -278,12 +287,16 @@ pub async fn bench_transport(smoke: bool) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let during = rss_kib(node.child.id()).unwrap_or(0);
     drop(conns);
+    let per_call = during.saturating_sub(before) as f64 / f64::from(inflight);
+    report.record("memory.idle_rss_kib", idle_rss as f64, "KiB");
+    report.record("memory.busy_rss_kib", busy_rss as f64, "KiB");
+    report.record("memory.per_in_flight_call_kib", per_call, "KiB");
     println!(
         "Node process memory (RSS): idle {} MiB with echo, math, text, hostile loaded; {} MiB at most under the load above; {inflight} calls in flight add {} MiB ({:.0} KiB per call)\n",
         idle_rss / 1024,
         busy_rss / 1024,
         during.saturating_sub(before) / 1024,
-        during.saturating_sub(before) as f64 / f64::from(inflight)
+        per_call
     );
     Ok(())
 }
