@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use weft_proto::{Command, ErrorKind, Request, Response, WeftError};
 
 /// Waiters by `u`; `None` once the connection is gone, so a request made
@@ -33,7 +34,9 @@ fn unavailable(message: String) -> WeftError {
 impl Client {
     /// Connects to `ws://HOST:PORT`.
     pub async fn connect(url: &str) -> Result<Client, WeftError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| {
+        // Small read chunks: tungstenite zeroes the whole chunk before each read.
+        let config = WebSocketConfig::default().read_buffer_size(16 << 10);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| {
             unavailable(format!("cannot connect to {url}: {e}; is the node running (weft node) and is --node right?"))
         })?;
         let (mut sink, mut stream) = ws.split();
@@ -41,8 +44,13 @@ impl Client {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let writer_table = pending.clone();
         tokio::spawn(async move {
+            // Requests queued together go out in one write.
             while let Some(msg) = rx.recv().await {
-                if sink.send(msg).await.is_err() {
+                let mut sent = sink.feed(msg).await;
+                while let (Ok(()), Ok(next)) = (&sent, rx.try_recv()) {
+                    sent = sink.feed(next).await;
+                }
+                if sent.is_err() || sink.flush().await.is_err() {
                     // Whoever waits learns it now (their senders drop).
                     writer_table.lock().unwrap_or_else(|p| p.into_inner()).take();
                     break;

@@ -17,7 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_fabric::{CatalogEntry, Policy, Verdict};
@@ -522,9 +521,8 @@ impl Fabric {
     /// (it then runs in its own task).
     pub async fn dial(self: &Arc<Self>, addr: &str) -> Result<NodeId, DialError> {
         let unreachable = |reason: String| DialError::Unreachable { addr: addr.to_owned(), reason };
-        let config =
-            WebSocketConfig::default().max_message_size(Some(self.max_frame)).max_frame_size(Some(self.max_frame));
-        let connect = tokio_tungstenite::connect_async_with_config(addr, Some(config), true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(addr, Some(crate::ws::ws_config(self.max_frame)), true);
         let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
