@@ -249,6 +249,21 @@ async fn a_client_that_disconnects_mid_call_costs_nothing_and_is_counted() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_upgrades_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let node = node();
+    let addr = node.ws.trim_start_matches("ws://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the node should close a silent socket, got {read:?}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "closed too early: {:?}", started.elapsed());
+    let client = node.client().await;
+    assert_eq!(client.call("echo", vec![json!("still serving")]).await.unwrap(), json!("still serving"));
+}
+
+#[tokio::test]
 async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     let node = node();
     let admin = node.admin();

@@ -30,6 +30,10 @@ pub(crate) struct WsContext {
     pub max_in_flight: usize,
 }
 
+/// A connection that has not finished its WebSocket upgrade by then is
+/// closed, so silent sockets cannot pile up on the public port.
+pub(crate) const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// WebSocket settings of every connection, client or peer. Frames are
 /// bounded by `limits.max_frame`. Reads go into 16 KiB at a time: tungstenite
 /// zeroes its whole read chunk before every read, and its default of
@@ -68,10 +72,15 @@ pub(crate) async fn serve(
 }
 
 async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
-    let mut ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(ctx.max_frame))).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(ctx.max_frame)));
+    let mut ws = match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "websocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no websocket upgrade within {UPGRADE_TIMEOUT:?}; closing");
             return;
         }
     };
