@@ -283,7 +283,8 @@ impl ClusterTask {
                 self.announce_routes();
                 self.changed = true;
             }
-            Event::Peer(link, msg) => self.on_message(&link, msg),
+            // The message's budget goes back to its link once handled.
+            Event::Peer(link, msg, _queued) => self.on_message(&link, msg),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -51,6 +51,16 @@ pub struct Link {
     in_flight: AtomicUsize,
     closed: CancellationToken,
     probes: Mutex<Probes>,
+    /// Bytes of this peer's messages waiting for the cluster task. When it is
+    /// spent the link stops reading, so TCP pushes back on a peer that sends
+    /// faster than this node handles, instead of the queue growing.
+    inbound: Arc<Semaphore>,
+}
+
+/// A message's share of its link's inbound budget, given back when the
+/// cluster task has handled it.
+pub struct Queued {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Round trips of pings on this link: the measured latency and delivery
@@ -66,7 +76,26 @@ struct Probes {
 }
 
 impl Link {
-    pub(super) fn new(remote: Hello, direction: Direction) -> (Arc<Link>, mpsc::Receiver<PeerMsg>) {
+    /// Takes `bytes` of the inbound budget, waiting while the cluster task
+    /// catches up; `None` once the link is closed.
+    async fn take_inbound(&self, bytes: usize) -> Option<Queued> {
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.inbound.clone().try_acquire_many_owned(bytes) {
+            return Some(Queued { _permit: permit });
+        }
+        tracing::debug!(peer = %self.remote.node, "peer sends faster than this node handles; reading from it paused");
+        tokio::select! {
+            permit = self.inbound.clone().acquire_many_owned(bytes) => permit.ok().map(|p| Queued { _permit: p }),
+            _ = self.closed.cancelled() => None,
+        }
+    }
+
+    /// `inbound_budget` must be at least the largest frame a peer may send.
+    pub(super) fn new(
+        remote: Hello,
+        direction: Direction,
+        inbound_budget: usize,
+    ) -> (Arc<Link>, mpsc::Receiver<PeerMsg>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let link = Link {
             remote,
@@ -79,6 +108,7 @@ impl Link {
             in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
             probes: Mutex::new(Probes { reliability: 1000, ..Probes::default() }),
+            inbound: Arc::new(Semaphore::new(inbound_budget)),
         };
         (Arc::new(link), rx)
     }
@@ -220,10 +250,11 @@ pub(super) async fn run<S>(
                     Ok(Message::Close(_)) | Err(_) => break,
                     Ok(_) => continue,
                 };
+                let Some(queued) = link.take_inbound(bytes.len()).await else { break };
                 match serde_json::from_slice::<PeerMsg>(&bytes) {
                     Ok(msg) => {
                         metrics.peer_message("in", &msg, bytes.len());
-                        dispatch(&fabric, &link, msg);
+                        dispatch(&fabric, &link, msg, queued);
                     }
                     Err(e) => {
                         // A peer that speaks garbage is broken or hostile; drop the link.
@@ -282,7 +313,7 @@ where
     sink.send(Message::Text(text.into())).await
 }
 
-fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
+fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued) {
     match msg {
         PeerMsg::Call(call) => serve_call(fabric, link, call),
         PeerMsg::Reply { id, value, error, node } => {
@@ -308,7 +339,7 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg) {
                 task.abort();
             }
         }
-        msg => fabric.event(Event::Peer(link.clone(), msg)),
+        msg => fabric.event(Event::Peer(link.clone(), msg, queued)),
     }
 }
 
@@ -493,5 +524,49 @@ fn pass_on(
         routing_path: call.routing_path,
         federation_path: call.federation_path,
         locs: call.locs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_proto::ClusterId;
+
+    use super::*;
+
+    fn link(budget: usize) -> Arc<Link> {
+        let hello = Hello {
+            proto: 1,
+            node: NodeId::new("peer"),
+            cluster: ClusterId::new("c"),
+            incarnation: 1,
+            addr: "ws://127.0.0.1:1".into(),
+            caps: Vec::new(),
+        };
+        Link::new(hello, Direction::Inbound, budget).0
+    }
+
+    #[tokio::test]
+    async fn reading_pauses_while_the_inbound_budget_is_spent_and_resumes_when_handled() {
+        let link = link(100);
+        let first = link.take_inbound(60).await.expect("within the budget");
+        let second = tokio::time::timeout(Duration::from_millis(50), link.take_inbound(60)).await;
+        assert!(second.is_err(), "a second message over the budget must wait");
+        drop(first); // the cluster task handled it
+        let second = tokio::time::timeout(Duration::from_secs(5), link.take_inbound(60)).await;
+        assert!(matches!(second, Ok(Some(_))), "the budget came back");
+    }
+
+    #[tokio::test]
+    async fn a_closed_link_stops_waiting_for_budget() {
+        let link = link(10);
+        let _held = link.take_inbound(10).await.expect("within the budget");
+        let waiting = tokio::spawn({
+            let link = link.clone();
+            async move { link.take_inbound(10).await.is_none() }
+        });
+        link.close();
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("stops").expect("task"));
     }
 }

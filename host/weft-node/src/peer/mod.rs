@@ -37,7 +37,8 @@ const REFUSALS_KEPT: usize = 64;
 pub enum Event {
     LinkUp(Arc<Link>),
     LinkDown(Arc<Link>),
-    Peer(Arc<Link>, PeerMsg),
+    /// A peer's message, holding its share of the link's inbound budget.
+    Peer(Arc<Link>, PeerMsg, link::Queued),
     /// The federation policy was reloaded: offer and import anew.
     PolicyChanged,
 }
@@ -213,6 +214,12 @@ impl Fabric {
             link_tasks: TaskTracker::new(),
         };
         (Arc::new(fabric), rx)
+    }
+
+    /// Bytes of one link's messages that may wait for the cluster task: two
+    /// frames of the largest size.
+    fn inbound_budget(&self) -> usize {
+        self.max_frame.saturating_mul(2).min(u32::MAX as usize)
     }
 
     pub(crate) fn event(&self, event: Event) {
@@ -504,7 +511,7 @@ impl Fabric {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (link, rx) = Link::new(hello.clone(), Direction::Inbound);
+        let (link, rx) = Link::new(hello.clone(), Direction::Inbound, self.inbound_budget());
         if let Err(reject) = self.admit(&hello, true).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
             refuse(&mut ws, reject).await;
@@ -542,7 +549,7 @@ impl Fabric {
             },
             _ => return Err(unreachable("the connection closed during the handshake".into())),
         };
-        let (link, rx) = Link::new(remote.clone(), Direction::Outbound);
+        let (link, rx) = Link::new(remote.clone(), Direction::Outbound, self.inbound_budget());
         if let Err(reject) = self.admit(&remote, false).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Outbound, addr, Some(&remote), &reject);
             refuse(&mut ws, reject.clone()).await;
