@@ -284,7 +284,7 @@ impl ClusterTask {
                 self.changed = true;
             }
             // The message's budget goes back to its link once handled.
-            Event::Peer(link, msg, _queued) => self.on_message(&link, msg),
+            Event::Peer(link, msg, _queued) => self.on_message(&link, *msg),
         }
     }
 

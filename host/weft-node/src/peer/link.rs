@@ -339,7 +339,7 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
                 task.abort();
             }
         }
-        msg => fabric.event(Event::Peer(link.clone(), msg, queued)),
+        msg => fabric.event(Event::Peer(link.clone(), Box::new(msg), queued)),
     }
 }
 

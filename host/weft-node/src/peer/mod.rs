@@ -38,7 +38,7 @@ pub enum Event {
     LinkUp(Arc<Link>),
     LinkDown(Arc<Link>),
     /// A peer's message, holding its share of the link's inbound budget.
-    Peer(Arc<Link>, PeerMsg, link::Queued),
+    Peer(Arc<Link>, Box<PeerMsg>, link::Queued),
     /// The federation policy was reloaded: offer and import anew.
     PolicyChanged,
 }
