@@ -51,11 +51,16 @@ pub(crate) fn build_engine(cfg: &RuntimeConfig) -> Result<(Engine, bool), wasmti
         // the next instance neither page-faults them back in nor makes the
         // kernel flush TLBs on every core. PAGEMAP_SCAN (Linux 6.7+) finds
         // the dirty pages wherever they are (a Rust guest's stack and data
-        // sit around 1 MiB, not at the start); older kernels reset the
-        // first `keep_resident` bytes instead. Fresh echo 15.3 -> 9.3 µs,
-        // node throughput +40% (docs/BENCHMARKS.md).
+        // sit around 1 MiB, not at the start): fresh echo 15.3 -> 9.3 µs,
+        // node throughput +40%. Without it the first `keep_resident` bytes
+        // are zeroed on every call, and 64 KiB measured best (see
+        // docs/BENCHMARKS.md for both sweeps).
         .pagemap_scan(wasmtime::Enabled::Auto)
-        .linear_memory_keep_resident(256 << 10)
+        .linear_memory_keep_resident(if PoolingAllocationConfig::is_pagemap_scan_available() {
+            256 << 10
+        } else {
+            64 << 10
+        })
         .table_keep_resident(16 << 10)
         .async_stack_keep_resident(16 << 10)
         // Return freed slots to the kernel in batches: one madvise and TLB
