@@ -276,3 +276,54 @@ async fn an_idempotent_call_is_retried_on_another_node_when_its_node_dies() {
     let metrics = survivor.admin().get("/metrics").await.unwrap().text;
     assert_eq!(metric(&metrics, "weft_calls_total{function=\"hostile/spin\",outcome=\"error\"}"), Some(1.0));
 }
+
+/// The functions `node`'s catalog lists for `plugin`, with the nodes that have them.
+async fn plugin_nodes(node: &TestNode, plugin: &str) -> BTreeSet<String> {
+    let reply = node.admin().get("/v1/catalog").await.unwrap();
+    reply.body["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["plugin"] == plugin)
+        .map(|f| f["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plugin_dropped_into_the_folder_is_served_across_the_cluster_after_a_reload() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["echo"], &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let client = b.client().await;
+    let err = client.call("add", vec![json!(40), json!(2)]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND);
+
+    // Drop math.wasm into a's folder and reload: b calls it through a.
+    std::fs::write(a.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["loaded"], json!(["math@0.1.0"]), "{}", reply.text);
+    assert_eq!(reply.body["unchanged"], 1, "{}", reply.text);
+    eventually("b to see math on a", SETTLE, async || {
+        (plugin_nodes(&b, "math").await == BTreeSet::from(["a".to_owned()])).then_some(())
+    })
+    .await;
+    let (sum, ran_on) = run_on(&client, Command::new("s", "add", vec![json!(40), json!(2)])).await.unwrap();
+    assert_eq!((sum, ran_on.as_str()), (json!(42), "a"));
+
+    // A broken file is reported and changes nothing else; reloading again
+    // with nothing changed loads nothing.
+    std::fs::write(a.plugins_dir().join("broken.wasm"), b"not wasm").unwrap();
+    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reply.body["loaded"], json!([]), "{}", reply.text);
+    assert_eq!(reply.body["failed"][0]["file"], "broken.wasm", "{}", reply.text);
+    assert_eq!(reply.body["unchanged"], 2, "{}", reply.text);
+
+    // Remove the file and reload: the function is withdrawn everywhere.
+    std::fs::remove_file(a.plugins_dir().join("math.wasm")).unwrap();
+    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reply.body["unloaded"], json!(["math@0.1.0"]), "{}", reply.text);
+    eventually("b to forget math", SETTLE, async || plugin_nodes(&b, "math").await.is_empty().then_some(())).await;
+    let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);
+}

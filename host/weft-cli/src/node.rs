@@ -67,7 +67,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
-/// Waits for SIGINT/SIGTERM; SIGHUP reloads the federation policy meanwhile.
+/// Waits for SIGINT/SIGTERM; SIGHUP reloads the plugins folder and the
+/// federation policy meanwhile.
 async fn wait_for_signal(node: &weft_node::RunningNode) {
     #[cfg(unix)]
     {
@@ -80,10 +81,16 @@ async fn wait_for_signal(node: &weft_node::RunningNode) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => match node.reload_federation() {
-                    Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
-                    Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
-                },
+                _ = hup.recv() => {
+                    match node.reload_plugins().await {
+                        Ok(report) => tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, "plugins reloaded (SIGHUP)"),
+                        Err(e) => tracing::info!(reason = %e, "plugins not reloaded"),
+                    }
+                    match node.reload_federation() {
+                        Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
+                        Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
+                    }
+                }
             }
         }
     }

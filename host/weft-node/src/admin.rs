@@ -48,6 +48,8 @@ impl PhaseCell {
 pub(crate) struct AdminContext {
     /// The config file, read again by `POST /v1/federation/reload`.
     pub config_source: Option<std::path::PathBuf>,
+    /// Read again by `POST /v1/plugins/reload`.
+    pub plugins: crate::node::PluginSource,
     /// Set once plugins are loaded; until then the API answers 503.
     pub executor: Arc<OnceLock<Arc<Executor>>>,
     pub metrics: Arc<Metrics>,
@@ -227,6 +229,13 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                     StatusCode::BAD_REQUEST,
                     &WeftError::invalid_request(format!("{err}; the old policy stays in force")),
                 ),
+            },
+            None => starting(),
+        },
+        (&Method::POST, "/v1/plugins/reload") => match executor {
+            Some(e) => match crate::node::reload_plugins(e.fabric(), &ctx.plugins).await {
+                Ok(report) => json_response(StatusCode::OK, &json!(report)),
+                Err(err) => error_response(StatusCode::BAD_REQUEST, &WeftError::invalid_request(err)),
             },
             None => starting(),
         },

@@ -283,6 +283,16 @@ impl ClusterTask {
                 self.announce_routes();
                 self.changed = true;
             }
+            Event::LocalCatalog(entries) => match self.catalog.set_local(entries) {
+                Ok(Some(delta)) => {
+                    self.broadcast(&PeerMsg::Catalog { delta });
+                    self.changed = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "this node's new catalog advert is refused; peers keep the old one")
+                }
+            },
             // The message's budget goes back to its link once handled.
             Event::Peer(link, msg, _queued) => self.on_message(&link, *msg),
         }

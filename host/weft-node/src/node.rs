@@ -50,6 +50,42 @@ pub struct RunningNode {
     fabric: Arc<Fabric>,
     leave: mpsc::Sender<LeaveRequest>,
     config_source: Option<std::path::PathBuf>,
+    plugins: PluginSource,
+}
+
+/// Where this node's plugins come from, for reloads.
+#[derive(Clone, Debug)]
+pub(crate) struct PluginSource {
+    /// `[node] plugins`; `None` serves the bundled plugins, which never change.
+    pub dir: Option<std::path::PathBuf>,
+    /// `[node] resources`, added to every local catalog entry.
+    pub resources: Vec<String>,
+}
+
+/// The plugin reload of `RunningNode::reload_plugins` and `POST /v1/plugins/reload`:
+/// the runtime catches up with the folder, and the cluster learns the new
+/// local catalog.
+pub(crate) async fn reload_plugins(
+    fabric: &Fabric,
+    source: &PluginSource,
+) -> Result<weft_runtime::ReloadReport, String> {
+    let Some(dir) = source.dir.clone() else {
+        return Err(
+            "this node serves the bundled plugins (no [node] plugins folder is configured); there is nothing to reload"
+                .into(),
+        );
+    };
+    let runtime = fabric.runtime.clone();
+    // Compiling components is CPU work: keep it off the async workers.
+    let report = tokio::task::spawn_blocking(move || runtime.reload_dir(&dir))
+        .await
+        .map_err(|e| format!("the plugin reload failed: {e}"))?;
+    fabric.metrics.plugins_loaded.set(fabric.runtime.plugins().len() as i64);
+    fabric.metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
+    let local = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, &source.resources);
+    fabric.event(crate::peer::Event::LocalCatalog(local));
+    tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, unchanged = report.unchanged, failed = report.failed.len(), "plugins reloaded");
+    Ok(report)
 }
 
 /// The policy reload of `RunningNode::reload_federation` and `POST /v1/federation/reload`.
@@ -95,6 +131,12 @@ impl RunningNode {
     /// offered and imported anew.
     pub fn reload_federation(&self) -> Result<serde_json::Value, crate::ConfigError> {
         reload_federation(&self.fabric, self.config_source.as_deref())
+    }
+
+    /// Reads the plugins folder again: new and changed files are loaded,
+    /// plugins whose file is gone are unloaded, and the cluster is told.
+    pub async fn reload_plugins(&self) -> Result<weft_runtime::ReloadReport, String> {
+        reload_plugins(&self.fabric, &self.plugins).await
     }
 
     /// The next hop and hops of this node's best route to `cluster`.
@@ -182,8 +224,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let executor_cell = Arc::new(OnceLock::new());
     let admin_shutdown = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
+    let plugin_source = PluginSource { dir: config.node.plugins.clone(), resources: config.node.resources.clone() };
     let admin_ctx = Arc::new(AdminContext {
         config_source: config.source.clone(),
+        plugins: plugin_source.clone(),
         executor: executor_cell.clone(),
         metrics: metrics.clone(),
         phase: phase.clone(),
@@ -278,6 +322,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         fabric,
         leave,
         config_source: config.source.clone(),
+        plugins: plugin_source,
     })
 }
 

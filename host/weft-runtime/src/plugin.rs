@@ -25,6 +25,8 @@ pub(crate) struct Plugin {
     pub(crate) compile_ms: f64,
     /// "plugin@version", used in logs.
     pub(crate) label: Arc<str>,
+    /// Digest of the wasm and manifest files it was loaded from.
+    pub(crate) fingerprint: [u8; 32],
 }
 
 pub(crate) struct Function {

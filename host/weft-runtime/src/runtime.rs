@@ -42,6 +42,15 @@ pub struct LoadReport {
     pub failed: Vec<LoadFailure>,
 }
 
+/// What a reload of the plugins folder did ("name@version" labels).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReloadReport {
+    pub loaded: Vec<String>,
+    pub unloaded: Vec<String>,
+    pub unchanged: usize,
+    pub failed: Vec<LoadFailure>,
+}
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<SandboxState>,
@@ -140,6 +149,23 @@ impl Runtime {
         wasm: &[u8],
         manifest_text: Option<&str>,
     ) -> Result<String, String> {
+        let plugin = self.build(file, stem, wasm, manifest_text, None)?;
+        let label = plugin.label.to_string();
+        write(&self.plugins).push(Arc::new(plugin));
+        Ok(label)
+    }
+
+    /// Compiles and checks one plugin without registering it. `replacing`
+    /// names the file of a loaded plugin this one will take the place of
+    /// (its name@version does not count as taken).
+    fn build(
+        &self,
+        file: &str,
+        stem: &str,
+        wasm: &[u8],
+        manifest_text: Option<&str>,
+        replacing: Option<&str>,
+    ) -> Result<Plugin, String> {
         if wasm.len() as u64 > self.config.max_plugin_bytes {
             return Err(format!(
                 "{} bytes is over the plugin size limit of {} bytes",
@@ -153,7 +179,10 @@ impl Runtime {
         };
         let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
         let version = manifest.version();
-        if read(&self.plugins).iter().any(|p| p.name == name && p.version == version) {
+        if read(&self.plugins)
+            .iter()
+            .any(|p| p.name == name && p.version == version && Some(p.file.as_str()) != replacing)
+        {
             return Err(format!(
                 "plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"
             ));
@@ -186,10 +215,89 @@ impl Runtime {
             source,
             compile_ms,
             label: label.clone(),
+            fingerprint: fingerprint(wasm, manifest_text),
         };
         tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
-        write(&self.plugins).push(Arc::new(plugin));
-        Ok(label.to_string())
+        Ok(plugin)
+    }
+
+    /// Brings the loaded plugins in line with the folder: files that are new
+    /// or changed (wasm or manifest) are loaded, plugins whose file is gone
+    /// are unloaded, the rest stay as they are. A changed file that fails to
+    /// load leaves its previous version serving. Calls already running keep
+    /// the plugin they started with.
+    pub fn reload_dir(&self, dir: &Path) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
+            Ok(d) => d,
+            Err(e) => {
+                let reason = format!("cannot open the plugins folder: {e}; nothing was changed");
+                report.failed.push(self.fail(dir.display().to_string(), reason));
+                return report;
+            }
+        };
+        let files: Vec<String> = match folder.entries() {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".wasm"))
+                    .collect();
+                names.sort();
+                names
+            }
+            Err(e) => {
+                let reason = format!("cannot list the plugins folder: {e}; nothing was changed");
+                report.failed.push(self.fail(dir.display().to_string(), reason));
+                return report;
+            }
+        };
+        // Failures describe the folder as it is now.
+        write(&self.failures).clear();
+        write(&self.plugins).retain(|p| {
+            let keep = files.contains(&p.file);
+            if !keep {
+                tracing::info!(plugin = %p.label, file = %p.file, "plugin unloaded: its file is gone");
+                report.unloaded.push(p.label.to_string());
+            }
+            keep
+        });
+        for file in files {
+            let stem = file.trim_end_matches(".wasm").to_owned();
+            let (wasm, manifest) = match read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes) {
+                Ok(read) => read,
+                Err(reason) => {
+                    report.failed.push(self.fail(file, reason));
+                    continue;
+                }
+            };
+            let print = fingerprint(&wasm, manifest.as_deref());
+            let current = read(&self.plugins).iter().find(|p| p.file == file).cloned();
+            if current.as_ref().is_some_and(|p| p.fingerprint == print) {
+                report.unchanged += 1;
+                continue;
+            }
+            match self.build(&file, &stem, &wasm, manifest.as_deref(), current.as_ref().map(|p| p.file.as_str())) {
+                Ok(plugin) => {
+                    report.loaded.push(plugin.label.to_string());
+                    let mut plugins = write(&self.plugins);
+                    if let Some(old) = &current {
+                        tracing::info!(plugin = %old.label, file = %file, "plugin replaced by its changed file");
+                        plugins.retain(|p| p.file != file);
+                        report.unloaded.push(old.label.to_string());
+                    }
+                    plugins.push(Arc::new(plugin));
+                }
+                Err(reason) => {
+                    let reason = match &current {
+                        Some(old) => format!("{reason}; {} keeps serving", old.label),
+                        None => reason,
+                    };
+                    report.failed.push(self.fail(file, reason));
+                }
+            }
+        }
+        report
     }
 
     /// Benchmark support (weft-bench): instantiates `target` once, then times
@@ -399,6 +507,17 @@ fn read_plugin_files(
     Ok((wasm, manifest))
 }
 
+/// Identifies a plugin's files: a reload skips a file whose wasm and
+/// manifest are unchanged.
+fn fingerprint(wasm: &[u8], manifest: Option<&str>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(wasm);
+    h.update([u8::from(manifest.is_some())]);
+    h.update(manifest.unwrap_or_default());
+    h.finalize().into()
+}
+
 fn export_index(component: &Component, name: &str) -> Result<wasmtime::component::ComponentExportIndex, String> {
     component
         .get_export_index(None, name)
@@ -502,4 +621,50 @@ fn snake_case(name: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(rt: &Runtime) -> Vec<String> {
+        rt.plugins().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect()
+    }
+
+    #[test]
+    fn a_reload_replaces_changed_files_and_keeps_the_old_version_when_the_new_one_fails() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = tempfile::tempdir().expect("temp dir");
+        let config = RuntimeConfig { cache_dir: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+        let rt = Runtime::new(config).expect("runtime");
+        let echo = weft_bundle::get("echo").expect("echo bundled");
+        std::fs::write(dir.path().join("echo.wasm"), echo).expect("write");
+        assert!(rt.load_dir(dir.path()).failed.is_empty());
+        assert_eq!(versions(&rt), ["echo@0.1.0"]);
+
+        // A new manifest is a change: the plugin is loaded again under its new version.
+        std::fs::write(dir.path().join("echo.toml"), "version = \"2.0.0\"\n").expect("write");
+        let report = rt.reload_dir(dir.path());
+        assert_eq!((report.loaded, report.unloaded), (vec!["echo@2.0.0".to_owned()], vec!["echo@0.1.0".to_owned()]));
+        assert_eq!(versions(&rt), ["echo@2.0.0"]);
+
+        // A broken replacement leaves 2.0.0 serving and says so.
+        std::fs::write(dir.path().join("echo.wasm"), b"not a component").expect("write");
+        let report = rt.reload_dir(dir.path());
+        assert!(report.loaded.is_empty() && report.unloaded.is_empty(), "{report:?}");
+        assert!(report.failed[0].reason.contains("echo@2.0.0 keeps serving"), "{:?}", report.failed);
+        assert_eq!(versions(&rt), ["echo@2.0.0"]);
+        assert_eq!(rt.load_failures().len(), 1, "failures describe the folder now");
+
+        // Restored: the files are what 2.0.0 was loaded from, so nothing to do.
+        std::fs::write(dir.path().join("echo.wasm"), echo).expect("write");
+        let report = rt.reload_dir(dir.path());
+        assert_eq!((report.loaded.len(), report.unchanged), (0, 1), "{report:?}");
+        assert!(rt.load_failures().is_empty());
+
+        // Gone: unloaded.
+        std::fs::remove_file(dir.path().join("echo.wasm")).expect("remove");
+        assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@2.0.0"]);
+        assert!(rt.plugins().is_empty());
+    }
 }

@@ -41,6 +41,8 @@ pub enum Event {
     Peer(Arc<Link>, Box<PeerMsg>, link::Queued),
     /// The federation policy was reloaded: offer and import anew.
     PolicyChanged,
+    /// The plugins were reloaded: this node's own catalog entries now.
+    LocalCatalog(Vec<CatalogEntry>),
 }
 
 /// What the cluster task publishes for everyone else to read.
