@@ -154,3 +154,28 @@ fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
     assert_ne!(code, 0);
     assert!(err.contains("--force"), "{err}");
 }
+
+#[test]
+fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_file() {
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], ..NodeSpec::default() });
+    std::fs::write(node.plugins_dir().join("text.wasm"), weft_bundle::get("text").unwrap()).unwrap();
+    let (code, out, err) = weft(&["plugins", "reload", "--admin", &node.admin_url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loaded: text@0.1.0") && out.contains("unchanged: 1"), "{out}");
+    let (code, out, _) = weft(&["call", "--node", &node.ws, "upper", "reloaded"]);
+    assert_eq!((code, out.trim()), (0, "\"RELOADED\""));
+
+    std::fs::write(node.plugins_dir().join("bad.wasm"), b"junk").unwrap();
+    let (code, out, _) = weft(&["plugins", "reload", "--admin", &node.admin_url]);
+    assert_eq!(code, 1, "a file that fails makes the command fail");
+    assert!(out.contains("failed: bad.wasm: "), "{out}");
+
+    // A node serving the bundled plugins has nothing to reload.
+    let bundled = TestNode::spawn(
+        tempfile::tempdir().unwrap(),
+        &["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir", "data"],
+    );
+    let (code, _, err) = weft(&["plugins", "reload", "--admin", &bundled.admin_url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bundled plugins"), "{err}");
+}

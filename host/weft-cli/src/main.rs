@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Routes(args) => routes::run(args).await,
             Cmd::Keygen(args) => keygen::run(args),
             Cmd::Demo(args) => demo::run(args).await,
-            Cmd::Plugins(cmd) => plugins::run(cmd),
+            Cmd::Plugins(cmd) => plugins::run(cmd).await,
             Cmd::New(args) => new::run(args),
         }
     });

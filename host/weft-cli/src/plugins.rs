@@ -1,4 +1,5 @@
-//! `weft plugins inspect FILE.wasm` and `weft plugins export DIR`.
+//! `weft plugins inspect FILE.wasm`, `weft plugins export DIR` and
+//! `weft plugins reload`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,9 +23,18 @@ pub enum PluginsCmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Make a running node read its plugins folder again (new, changed and removed files).
+    Reload {
+        /// The node's admin HTTP URL.
+        #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
+        admin: String,
+        /// Print the node's JSON report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginsCmd::Inspect { file, json } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -57,6 +67,34 @@ pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write plugins into {}", dir.display()))?;
             println!("wrote {} into {}", names.join(", "), dir.display());
             Ok(ExitCode::SUCCESS)
+        }
+        PluginsCmd::Reload { admin, json } => {
+            let reply = weft_client::Admin::new(&admin)
+                .post("/v1/plugins/reload", "")
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+            let body = &reply.body;
+            if reply.status != 200 {
+                let message = body["error"]["message"].as_str().unwrap_or(&reply.text);
+                anyhow::bail!("the node refused the reload ({}): {message}", reply.status);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(body)?);
+            } else {
+                let list = |key: &str| -> String {
+                    let names: Vec<&str> =
+                        body[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                    if names.is_empty() { "-".into() } else { names.join(", ") }
+                };
+                println!("loaded: {}", list("loaded"));
+                println!("unloaded: {}", list("unloaded"));
+                println!("unchanged: {}", body["unchanged"]);
+                for f in body["failed"].as_array().into_iter().flatten() {
+                    println!("failed: {}: {}", f["file"].as_str().unwrap_or("?"), f["reason"].as_str().unwrap_or("?"));
+                }
+            }
+            let failed = body["failed"].as_array().is_some_and(|f| !f.is_empty());
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }
