@@ -198,6 +198,11 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     let bare_ws = format!("ws://{}", bare_ws().await.map_err(|e| e.to_string())?);
     let bare_http = bare_http().await.map_err(|e| e.to_string())?;
     let rounds = if smoke { 50 } else { 5000 };
+    let idle_rss = rss_kib(node.child.id()).unwrap_or(0);
+    // First, while no pool slot has been used yet: what a call in flight
+    // holds (its slot's pages count only the first time a slot is used).
+    let inflight = if smoke { 8 } else { 100 };
+    let per_call = in_flight_kib(&node, inflight).await?;
 
     // Latency at concurrency 1, interleaved.
     let (mut weft_conn, mut bare_conn) = (ws_connect(&node.ws).await?, ws_connect(&bare_ws).await?);
@@ -236,7 +241,6 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     let window = if smoke { Duration::from_millis(200) } else { Duration::from_secs(2) };
     let reps = if smoke { 1 } else { 5 };
     let (mut tw, mut tb, mut th, mut thb) = (0.0, 0.0, 0.0, 0.0);
-    let idle_rss = rss_kib(node.child.id()).unwrap_or(0);
     let mut busy_rss = idle_rss;
     for _ in 0..reps {
         tw += ws_throughput(&node.ws, 64, window).await?;
@@ -274,11 +278,23 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     println!("| HTTP throughput, 64 connections | {th:.0} req/s | {thb:.0} req/s | {:.2}x |", th / thb.max(1.0));
     println!("\n({http_errors} HTTP exchanges of the latency run failed and were retried on a new connection.)\n");
 
-    // Memory of the node process: idle, under the load above, and per in-flight call.
-    let inflight = if smoke { 8 } else { 100 };
+    report.record("memory.idle_rss_kib", idle_rss as f64, "KiB");
+    report.record("memory.busy_rss_kib", busy_rss as f64, "KiB");
+    report.record("memory.per_in_flight_call_kib", per_call, "KiB");
+    println!(
+        "Node process memory (RSS): idle {} MiB with echo, math, text, hostile loaded; {} MiB at most under the load above; {inflight} calls in flight (on fresh pool slots) add {:.0} KiB per call\n",
+        idle_rss / 1024,
+        busy_rss / 1024,
+        per_call
+    );
+    Ok(())
+}
+
+/// RSS the node gains per call while `n` `spin` calls are in flight, in KiB.
+async fn in_flight_kib(node: &NodeProcess, n: u32) -> Result<f64, String> {
     let before = rss_kib(node.child.id()).unwrap_or(0);
     let mut conns = Vec::new();
-    for _ in 0..inflight {
+    for _ in 0..n {
         let mut ws = ws_connect(&node.ws).await?;
         let spin = r#"{"role":"rpc","u":"s","cmds":[{"name":"s","fun":"spin","args":[]}],"timeout_ms":3000}"#;
         ws.send(Message::Text(spin.into())).await.map_err(|e| e.to_string())?;
@@ -286,17 +302,5 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let during = rss_kib(node.child.id()).unwrap_or(0);
-    drop(conns);
-    let per_call = during.saturating_sub(before) as f64 / f64::from(inflight);
-    report.record("memory.idle_rss_kib", idle_rss as f64, "KiB");
-    report.record("memory.busy_rss_kib", busy_rss as f64, "KiB");
-    report.record("memory.per_in_flight_call_kib", per_call, "KiB");
-    println!(
-        "Node process memory (RSS): idle {} MiB with echo, math, text, hostile loaded; {} MiB at most under the load above; {inflight} calls in flight add {} MiB ({:.0} KiB per call)\n",
-        idle_rss / 1024,
-        busy_rss / 1024,
-        during.saturating_sub(before) / 1024,
-        per_call
-    );
-    Ok(())
+    Ok(during.saturating_sub(before) as f64 / f64::from(n))
 }
