@@ -20,46 +20,49 @@ use crate::{Samples, ratio, us};
 
 const REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"echo","args":["hello"]}]}"#;
 
-/// A WebSocket server that sends every text frame straight back.
-async fn bare_ws() -> std::io::Result<SocketAddr> {
+/// Listens on a free loopback port and runs `serve` for each connection.
+async fn serve_each<F, Fut>(serve: F) -> std::io::Result<SocketAddr>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            tokio::spawn(serve(stream));
         }
     });
     Ok(addr)
 }
 
+/// A WebSocket server that sends every text frame straight back.
+async fn bare_ws() -> std::io::Result<SocketAddr> {
+    serve_each(|stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
 /// An HTTP server that answers every request with its body.
 async fn bare_http() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
-        }
-    });
-    Ok(addr)
+    serve_each(|stream| async move {
+        let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+        });
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+    })
+    .await
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
