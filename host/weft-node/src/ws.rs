@@ -104,8 +104,9 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
     // other worker to wake: the usual one-at-a-time client); one that
     // arrives while another runs gets a task of its own so a connection
     // with many requests in flight uses every core. Replies of spawned
-    // calls come back through `replies` (only this task awaits sending
-    // nothing into it: it is the one reader).
+    // calls come back through `replies`. This task is that queue's only
+    // reader, so it never waits to send into it: its own answers go
+    // straight to the socket.
     let (tx, mut replies) = mpsc::channel::<Message>(256);
     let mut inline: Option<BoxFuture<'static, Message>> = None;
     let permits = Arc::new(Semaphore::new(ctx.max_in_flight));
