@@ -88,29 +88,13 @@ impl Runtime {
     /// that fails is logged with its reason and skipped; the rest load.
     pub fn load_dir(&self, dir: &Path) -> LoadReport {
         let mut report = LoadReport::default();
-        let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
-            Ok(d) => d,
-            Err(e) => {
-                report
-                    .failed
-                    .push(self.fail(dir.display().to_string(), format!("cannot open the plugins folder: {e}")));
+        let (folder, names) = match wasm_files(dir) {
+            Ok(found) => found,
+            Err(reason) => {
+                report.failed.push(self.fail(dir.display().to_string(), reason));
                 return report;
             }
         };
-        let mut names: Vec<String> = match folder.entries() {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.ends_with(".wasm"))
-                .collect(),
-            Err(e) => {
-                report
-                    .failed
-                    .push(self.fail(dir.display().to_string(), format!("cannot list the plugins folder: {e}")));
-                return report;
-            }
-        };
-        names.sort();
         for file in names {
             let stem = file.trim_end_matches(".wasm").to_owned();
             let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
@@ -228,27 +212,10 @@ impl Runtime {
     /// the plugin they started with.
     pub fn reload_dir(&self, dir: &Path) -> ReloadReport {
         let mut report = ReloadReport::default();
-        let folder = match cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()) {
-            Ok(d) => d,
-            Err(e) => {
-                let reason = format!("cannot open the plugins folder: {e}; nothing was changed");
-                report.failed.push(self.fail(dir.display().to_string(), reason));
-                return report;
-            }
-        };
-        let files: Vec<String> = match folder.entries() {
-            Ok(entries) => {
-                let mut names: Vec<String> = entries
-                    .filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.ends_with(".wasm"))
-                    .collect();
-                names.sort();
-                names
-            }
-            Err(e) => {
-                let reason = format!("cannot list the plugins folder: {e}; nothing was changed");
-                report.failed.push(self.fail(dir.display().to_string(), reason));
+        let (folder, files) = match wasm_files(dir) {
+            Ok(found) => found,
+            Err(reason) => {
+                report.failed.push(self.fail(dir.display().to_string(), format!("{reason}; nothing was changed")));
                 return report;
             }
         };
@@ -485,6 +452,21 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The plugins folder and the names of its `*.wasm` files, sorted.
+fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
+    let folder = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open the plugins folder: {e}"))?;
+    let mut names: Vec<String> = folder
+        .entries()
+        .map_err(|e| format!("cannot list the plugins folder: {e}"))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".wasm"))
+        .collect();
+    names.sort();
+    Ok((folder, names))
 }
 
 fn read_plugin_files(
