@@ -90,6 +90,24 @@ async fn huge_results_are_refused_not_shipped() {
 }
 
 #[tokio::test]
+async fn results_that_alias_guest_memory_are_refused_before_they_are_copied() {
+    // 1 MiB of guest memory claimed 100,000 times would be 100 GiB on the host.
+    let node = TestNode::start(NodeSpec::default());
+    let e = call(&node, "alias-bomb", vec![json!(100_000), json!(1)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("host memory to copy out"), "{}", e.message);
+    assert_eq!(e.details["limit"], json!(8 * (16 << 20)), "the budget is 8 x the default max_result");
+    assert_still_serving(&node).await;
+
+    // The budget follows max_result: 16 entries of 1 MiB pass wasmtime's own
+    // 128 MiB default but not 8 x 1 MiB.
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_result = \"1MiB\"\n".into(), ..NodeSpec::default() });
+    let e = call(&node, "alias-bomb", vec![json!(16), json!(1)]).await.unwrap_err();
+    assert_eq!((e.kind, e.details["limit"].clone()), (ErrorKind::RESOURCE_EXHAUSTED, json!(8 << 20)), "{}", e.message);
+    assert_still_serving(&node).await;
+}
+
+#[tokio::test]
 async fn hostile_calls_in_parallel_do_not_starve_other_tenants() {
     let node = TestNode::start(NodeSpec::default());
     let client = std::sync::Arc::new(node.client().await);

@@ -35,6 +35,18 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl RuntimeConfig {
+    /// Host bytes one call may make wasmtime allocate while it copies the
+    /// result out of the guest (and the arguments of each host call in).
+    /// The result limit is checked only after that copy, and a guest can
+    /// make it far larger than its memory (list entries that alias one
+    /// string), so the copy itself is bounded; 8x leaves room for wasmtime's
+    /// per-value overhead on lists of small values.
+    pub fn lift_budget(&self) -> usize {
+        self.max_result_bytes.saturating_mul(8)
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {

@@ -320,6 +320,7 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
         store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        store.set_hostcall_fuel(self.config.lift_budget());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
@@ -402,6 +403,16 @@ impl Runtime {
                     format!("{qualified} did not finish by its deadline and was dropped"),
                 )
                 .with("trap", "interrupted"));
+            }
+            Ok(Err(e)) if is_lift_budget_error(&e) => {
+                let limit = self.config.lift_budget();
+                return Err(WeftError::new(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    format!(
+                        "{qualified} returned a result that needs more than {limit} bytes of host memory to copy out (8 x limits.max_result); return less data or page it"
+                    ),
+                )
+                .with("limit", limit));
             }
             Ok(Err(e)) => return Err(trap_error(&qualified, &plugin, e, memory_hit)),
             Ok(Ok(results)) => results,
@@ -549,6 +560,13 @@ fn emit_output(label: &str, function: &str, output: &CallOutput, (dropped_logs, 
 
 /// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
 /// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
+/// wasmtime's "hostcall fuel" error: copying data out of the guest would
+/// pass the store's budget. Its type is private, so the text is matched; the
+/// sandbox tests catch a wasmtime upgrade that changes it.
+fn is_lift_budget_error(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<Trap>().is_none() && format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted")
+}
+
 fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: Option<(usize, usize)>) -> WeftError {
     let text = format!("{e:#}");
     let Some(trap) = e.downcast_ref::<Trap>().copied() else {

@@ -1,7 +1,7 @@
 //! Plugin `hostile` (world `weft:hostile/hostile`): misbehaves on purpose so
 //! tests can prove the sandbox holds (deadlines, memory limits, no ambient
-//! filesystem or environment, stack overflow, result size caps). Not loaded
-//! by default; never deploy it.
+//! filesystem or environment, stack overflow, result size caps, results
+//! that alias guest memory). Not loaded by default; never deploy it.
 //!
 //! `std::hint::black_box` keeps the optimiser from removing the misbehaviour.
 
@@ -56,6 +56,15 @@ impl Guest for Hostile {
         // Saturating: an impossible size fails the allocation (a trap), it
         // does not wrap around to a small string.
         "x".repeat((mib as usize).saturating_mul(MIB))
+    }
+
+    fn alias_bomb(count: u32, mib: u32) -> Vec<String> {
+        let shared = std::mem::ManuallyDrop::new("x".repeat((mib as usize).saturating_mul(MIB)));
+        let (ptr, len) = (shared.as_ptr().cast_mut(), shared.len());
+        // Deliberately unsound: every entry claims the same buffer, which is
+        // exactly the shape of result a hostile guest can hand the host. The
+        // host must refuse to copy it before the (double-freeing) post-return.
+        (0..count).map(|_| unsafe { String::from_raw_parts(ptr, len, len) }).collect()
     }
 }
 
