@@ -59,7 +59,7 @@ impl Bench {
 }
 
 fn has(node: &RunningNode, function: &str) -> bool {
-    node.catalog().iter().any(|e| e.function.function == function)
+    node.catalog().iter().any(|e| &*e.function.function == function)
 }
 
 fn linked_to_all(nodes: &[RunningNode]) -> bool {

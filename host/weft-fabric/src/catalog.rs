@@ -8,6 +8,7 @@
 //! suitable node to the router as `Resolved::candidates`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,8 @@ use weft_proto::{ClusterId, Command, ErrorKind, FunctionId, FunctionSig, NodeId,
 pub struct CatalogEntry {
     pub function: FunctionId,
     pub version: Version,
-    pub sig: FunctionSig,
+    /// Shared: entries are cloned into every plan that resolves them.
+    pub sig: Arc<FunctionSig>,
     pub resources: Vec<String>,
     pub node: NodeId,
     pub cluster: ClusterId,
@@ -41,10 +43,11 @@ fn yes() -> bool {
 pub struct Resolved {
     pub function: FunctionId,
     pub version: Version,
-    pub sig: FunctionSig,
+    pub sig: Arc<FunctionSig>,
     /// Every entry (one per node) of the chosen plugin version that satisfies
-    /// the command's `locs` and `target_cluster`, in catalog order.
-    pub candidates: Vec<CatalogEntry>,
+    /// the command's `locs` and `target_cluster`, in catalog order; shared
+    /// with the step that runs the command.
+    pub candidates: Arc<[CatalogEntry]>,
     /// The command's `locs`: a cluster the call is passed on to must honour
     /// them too when it picks one of its nodes.
     pub locs: Vec<String>,
@@ -125,7 +128,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     let Some(best) = left.iter().max_by(|a, b| a.version.cmp(&b.version)) else {
         return Err(at(WeftError::internal("resolution left no entry")));
     };
-    let candidates: Vec<CatalogEntry> =
+    let candidates: Arc<[CatalogEntry]> =
         left.iter().filter(|e| e.version == best.version).map(|e| (*e).clone()).collect();
     Ok(Resolved {
         function: best.function.clone(),
@@ -146,7 +149,7 @@ impl Wanted {
     fn of(cmd: &Command) -> Result<Wanted, WeftError> {
         if let Some(text) = &cmd.function_id {
             let id: FunctionId = text.parse().map_err(|e| WeftError::invalid_request(format!("function_id: {e}")))?;
-            if !(cmd.fun.is_empty() || cmd.fun == id.function || cmd.fun == id.to_string()) {
+            if !(cmd.fun.is_empty() || *cmd.fun == *id.function || cmd.fun == id.to_string()) {
                 return Err(WeftError::invalid_request(format!(
                     "fun {:?} does not name function_id {id:?}; make them agree or leave fun empty",
                     cmd.fun
@@ -168,7 +171,7 @@ impl Wanted {
     fn matches(&self, id: &FunctionId) -> bool {
         match self {
             Wanted::Pinned(p) => p == id,
-            Wanted::Bare(name) => &id.function == name,
+            Wanted::Bare(name) => *id.function == **name,
         }
     }
 
@@ -178,7 +181,7 @@ impl Wanted {
             return String::new();
         };
         let names: BTreeSet<&str> =
-            entries.iter().filter(|e| e.function.plugin == id.plugin).map(|e| e.function.function.as_str()).collect();
+            entries.iter().filter(|e| e.function.plugin == id.plugin).map(|e| &*e.function.function).collect();
         if names.is_empty() { String::new() } else { format!(" (plugin {} has: {})", id.plugin, join(names)) }
     }
 }

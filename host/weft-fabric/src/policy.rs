@@ -168,8 +168,8 @@ impl Policy {
         let here = &self.cluster;
         let named = |list: &[String]| {
             list.iter().any(|f| match f.split_once('/') {
-                Some((plugin, name)) => plugin == function.plugin && name == function.function,
-                None => *f == function.function,
+                Some((plugin, name)) => plugin == &*function.plugin && name == &*function.function,
+                None => **f == *function.function,
             })
         };
         if !exported {

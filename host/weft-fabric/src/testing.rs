@@ -39,7 +39,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
     CatalogEntry {
         function: id.parse().unwrap_or_else(|e| panic!("{e}")),
         version: version.parse().unwrap_or_else(|e| panic!("{version}: {e}")),
-        sig,
+        sig: sig.into(),
         resources: Vec::new(),
         node: NodeId::new("n1"),
         cluster: ClusterId::new("alpha"),

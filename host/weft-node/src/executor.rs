@@ -289,7 +289,7 @@ struct Timing {
 /// bridge to its cluster, which routes it on.
 pub(crate) struct StepCall {
     pub fabric: Arc<Fabric>,
-    pub candidates: Vec<CatalogEntry>,
+    pub candidates: Arc<[CatalogEntry]>,
     pub function: FunctionId,
     pub version: semver::Version,
     pub args: Vec<Value>,
@@ -408,7 +408,7 @@ impl StepCall {
         };
         // Nodes of this cluster first: a function here is not looked for abroad.
         let (mut home, mut away): (Vec<Arc<Link>>, Vec<Arc<Link>>) = (Vec::new(), Vec::new());
-        for c in &self.candidates {
+        for c in self.candidates.iter() {
             let links = if c.cluster == me.cluster { &mut home } else { &mut away };
             let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
                 Some(link) => vec![link],
@@ -563,7 +563,7 @@ pub(crate) fn local_catalog(
             entries.push(CatalogEntry {
                 function: FunctionId::new(plugin.name.clone(), f.name.clone()),
                 version: version.clone(),
-                sig: f.sig.clone(),
+                sig: Arc::new(f.sig.clone()),
                 resources: resources.clone(),
                 node: node.clone(),
                 cluster: cluster.clone(),

@@ -2,19 +2,22 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// Ids are shared (`Arc<str>`): they are cloned into every catalog entry,
+/// plan step and message that names a node or cluster.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(Arc<str>);
 
         impl $name {
-            pub fn new(id: impl Into<String>) -> Self {
-                Self(id.into())
+            pub fn new(id: impl AsRef<str>) -> Self {
+                Self(Arc::from(id.as_ref()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -42,13 +45,13 @@ string_id!(
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FunctionId {
-    pub plugin: String,
-    pub function: String,
+    pub plugin: Arc<str>,
+    pub function: Arc<str>,
 }
 
 impl FunctionId {
-    pub fn new(plugin: impl Into<String>, function: impl Into<String>) -> Self {
-        Self { plugin: plugin.into(), function: function.into() }
+    pub fn new(plugin: impl AsRef<str>, function: impl AsRef<str>) -> Self {
+        Self { plugin: Arc::from(plugin.as_ref()), function: Arc::from(function.as_ref()) }
     }
 }
 

@@ -23,13 +23,17 @@ use bindings::weft::host::log::{self, Level};
 
 /// What the host remembers about one call's guest.
 pub(crate) struct SandboxState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most calls make none, and
+    /// building one costs a dozen allocations and a random seed.
+    wasi: Option<WasiCtx>,
+    output: CallOutput,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Instant,
     log: LogBudget,
 }
 
+#[derive(Clone)]
 pub(crate) struct CallOutput {
     pub(crate) stdout: OutputCapture,
     pub(crate) stderr: OutputCapture,
@@ -45,16 +49,9 @@ impl SandboxState {
         who: Arc<str>,
     ) -> (Self, CallOutput) {
         let out = CallOutput { stdout: OutputCapture::new(output_bytes), stderr: OutputCapture::new(output_bytes) };
-        // No preopens, no env, no args, stdin empty, no sockets or name lookup.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(out.stdout.clone())
-            .stderr(out.stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let state = Self {
-            wasi,
+            wasi: None,
+            output: out.clone(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
@@ -75,7 +72,18 @@ impl SandboxState {
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let output = &self.output;
+        // No preopens, no env, no args, stdin empty, no sockets or name lookup.
+        let ctx = self.wasi.get_or_insert_with(|| {
+            WasiCtxBuilder::new()
+                .stdout(output.stdout.clone())
+                .stderr(output.stderr.clone())
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
+        WasiCtxView { ctx, table: &mut self.table }
     }
 }
 

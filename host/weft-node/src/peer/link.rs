@@ -515,7 +515,7 @@ fn pass_on(
 ) -> StepCall {
     StepCall {
         fabric: fabric.clone(),
-        candidates,
+        candidates: candidates.into(),
         function,
         version,
         args: call.args,
