@@ -157,7 +157,8 @@ fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
 
 #[test]
 fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_file() {
-    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], ..NodeSpec::default() });
+    let node =
+        TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config: "watch_plugins = false\n".into() });
     std::fs::write(node.plugins_dir().join("text.wasm"), weft_bundle::get("text").unwrap()).unwrap();
     let (code, out, err) = weft(&["plugins", "reload", "--admin", &node.admin_url]);
     assert_eq!(code, 0, "{err}");

@@ -291,7 +291,8 @@ async fn plugin_nodes(node: &TestNode, plugin: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn a_plugin_dropped_into_the_folder_is_served_across_the_cluster_after_a_reload() {
-    let a = member("a", vec!["echo"], &[], "", "1s");
+    // Not watching, so every change waits for the explicit reload below.
+    let a = member("a", vec!["echo"], &[], "watch_plugins = false", "1s");
     let b = member("b", vec!["echo"], &[&a], "", "1s");
     converged(&[&a, &b], &["a", "b"]).await;
     let client = b.client().await;
@@ -323,6 +324,36 @@ async fn a_plugin_dropped_into_the_folder_is_served_across_the_cluster_after_a_r
     std::fs::remove_file(a.plugins_dir().join("math.wasm")).unwrap();
     let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
     assert_eq!(reply.body["unloaded"], json!(["math@0.1.0"]), "{}", reply.text);
+    eventually("b to forget math", SETTLE, async || plugin_nodes(&b, "math").await.is_empty().then_some(())).await;
+    let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);
+}
+
+#[tokio::test]
+async fn a_watched_folder_serves_a_dropped_plugin_across_the_cluster_without_a_reload() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["echo"], &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let client = b.client().await;
+
+    std::fs::write(a.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    eventually("b to see math on a", SETTLE, async || {
+        (plugin_nodes(&b, "math").await == BTreeSet::from(["a".to_owned()])).then_some(())
+    })
+    .await;
+    let (sum, ran_on) = run_on(&client, Command::new("s", "add", vec![json!(40), json!(2)])).await.unwrap();
+    assert_eq!((sum, ran_on.as_str()), (json!(42), "a"));
+
+    // A file that is not a plugin is reported by the node and serves nothing.
+    std::fs::write(a.plugins_dir().join("broken.wasm"), b"not wasm").unwrap();
+    eventually("a to report broken.wasm", SETTLE, async || {
+        let reply = a.admin().get("/v1/plugins").await.ok()?;
+        (reply.body["failed"][0]["file"] == "broken.wasm").then_some(())
+    })
+    .await;
+    assert_eq!(client.call("add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
+
+    std::fs::remove_file(a.plugins_dir().join("math.wasm")).unwrap();
     eventually("b to forget math", SETTLE, async || plugin_nodes(&b, "math").await.is_empty().then_some(())).await;
     let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);

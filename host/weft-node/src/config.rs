@@ -70,6 +70,8 @@ pub struct NodeSection {
     pub advertise: Option<String>,
     /// None: the bundled example plugins (echo, math, text).
     pub plugins: Option<PathBuf>,
+    /// Reload the plugins folder by itself when its files change.
+    pub watch_plugins: bool,
     pub resources: Vec<String>,
     pub data_dir: PathBuf,
     /// How long in-flight calls may take to finish after SIGINT/SIGTERM.
@@ -182,6 +184,7 @@ impl Default for NodeSection {
             seeds: Vec::new(),
             advertise: None,
             plugins: None,
+            watch_plugins: true,
             resources: Vec::new(),
             data_dir: PathBuf::from("data"),
             shutdown_grace: Duration::from_secs(10),

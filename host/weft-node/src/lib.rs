@@ -12,6 +12,7 @@ pub mod metrics;
 mod node;
 pub mod peer;
 pub mod signing;
+mod watch;
 mod ws;
 
 pub use config::{Config, ConfigError, Overrides};

@@ -305,6 +305,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
     });
     tracker.spawn(ws::serve(ws_listener, ws_ctx, shutdown.clone(), tracker.clone()));
+    if config.node.watch_plugins {
+        crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
+    }
     let _ = executor_cell.set(executor);
     phase.set(Phase::Ready);
     tracing::info!(node = %id, %cluster, ws = %ws_addr, admin = %admin_addr, "node ready");

@@ -58,6 +58,8 @@ pub struct Runtime {
     pooled: bool,
     plugins: RwLock<Vec<Arc<Plugin>>>,
     failures: RwLock<Vec<LoadFailure>>,
+    /// One reload at a time (the folder watcher and an operator may overlap).
+    reloading: std::sync::Mutex<()>,
     permits: Semaphore,
     _ticker: EpochTicker,
 }
@@ -76,6 +78,7 @@ impl Runtime {
             pooled,
             plugins: RwLock::default(),
             failures: RwLock::default(),
+            reloading: std::sync::Mutex::default(),
         })
     }
 
@@ -211,6 +214,7 @@ impl Runtime {
     /// load leaves its previous version serving. Calls already running keep
     /// the plugin they started with.
     pub fn reload_dir(&self, dir: &Path) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = ReloadReport::default();
         let (folder, files) = match wasm_files(dir) {
             Ok(found) => found,

@@ -1,0 +1,113 @@
+//! Watches the plugins folder: when `*.wasm` or `*.toml` files are created,
+//! changed or removed, and then left alone for a moment, the node reloads
+//! the folder exactly as `POST /v1/plugins/reload` does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::node::{PluginSource, reload_plugins};
+use crate::peer::Fabric;
+
+/// How long the folder must be quiet before a reload: a file being copied in
+/// produces many writes, and loading it half-written would only log a failure.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Starts watching `source.dir` (if any). A watcher that cannot be set up
+/// (e.g. the inotify watch limit) is logged; explicit reloads still work.
+pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: CancellationToken, tracker: &TaskTracker) {
+    let Some(dir) = source.dir.clone() else {
+        return;
+    };
+    // One pending signal is enough: the reload reads the whole folder.
+    let (changed, mut signals) = mpsc::channel::<()>(1);
+    let handler = move |event: notify::Result<Event>| {
+        if event.is_ok_and(|e| is_plugin_change(&e)) {
+            let _ = changed.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the plugins folder; reload it with `weft plugins reload`");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, folder = %dir.display(), "cannot watch the plugins folder; reload it with `weft plugins reload`");
+        return;
+    }
+    tracing::info!(folder = %dir.display(), "watching the plugins folder");
+    tracker.spawn(async move {
+        let _watcher = watcher; // dropping it stops the watch
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                signal = signals.recv() => if signal.is_none() { return },
+            }
+            // Wait until the folder has been quiet for SETTLE.
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    more = tokio::time::timeout(SETTLE, signals.recv()) => match more {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    },
+                }
+            }
+            if let Err(e) = reload_plugins(&fabric, &source).await {
+                tracing::warn!(error = %e, "reloading the watched plugins folder failed");
+            }
+        }
+    });
+}
+
+/// A create, write, rename or removal of a plugin or manifest file. Reads
+/// (the reload's own included) and other files (editor swap files) are not.
+fn is_plugin_change(event: &Event) -> bool {
+    let relevant = match event.kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    };
+    relevant && event.paths.iter().any(|p| is_plugin_file(p))
+}
+
+fn is_plugin_file(path: &Path) -> bool {
+    let visible = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
+    visible && path.extension().is_some_and(|e| e == "wasm" || e == "toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn only_writes_to_plugin_and_manifest_files_count() {
+        let write = EventKind::Modify(ModifyKind::Any);
+        assert!(is_plugin_change(&event(write, "/p/math.wasm")));
+        assert!(is_plugin_change(&event(EventKind::Create(CreateKind::File), "/p/math.toml")));
+        assert!(is_plugin_change(&event(EventKind::Remove(RemoveKind::File), "/p/math.wasm")));
+        assert!(is_plugin_change(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/p/m.wasm")));
+        // The reload reading the files must not trigger another reload.
+        assert!(!is_plugin_change(&event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/p/m.wasm")));
+        assert!(!is_plugin_change(&event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/p/m.wasm")));
+        // Other files, and hidden editor or copy temporaries, do not count.
+        assert!(!is_plugin_change(&event(write, "/p/notes.txt")));
+        assert!(!is_plugin_change(&event(write, "/p/.math.wasm.swp")));
+        assert!(!is_plugin_change(&event(write, "/p/.math.wasm")));
+    }
+}
