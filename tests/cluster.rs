@@ -291,20 +291,38 @@ async fn plugin_nodes(node: &TestNode, plugin: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn a_plugin_dropped_into_the_folder_is_served_across_the_cluster_after_a_reload() {
-    // Not watching, so every change waits for the explicit reload below.
-    let a = member("a", vec!["echo"], &[], "watch_plugins = false", "1s");
+    plugin_changes_reach_the_cluster(false).await;
+}
+
+#[tokio::test]
+async fn a_watched_folder_serves_a_dropped_plugin_across_the_cluster_without_a_reload() {
+    plugin_changes_reach_the_cluster(true).await;
+}
+
+/// Two members: a plugin dropped into a's folder serves b, a broken file is
+/// reported and serves nothing, and removing the plugin withdraws it
+/// everywhere. With `watch` a notices each change by itself; without, each
+/// change waits for `POST /v1/plugins/reload`, whose report is checked.
+async fn plugin_changes_reach_the_cluster(watch: bool) {
+    let a = member("a", vec!["echo"], &[], if watch { "" } else { "watch_plugins = false" }, "1s");
     let b = member("b", vec!["echo"], &[&a], "", "1s");
     converged(&[&a, &b], &["a", "b"]).await;
     let client = b.client().await;
     let err = client.call("add", vec![json!(40), json!(2)]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND);
+    let reload = async || {
+        if watch {
+            return None;
+        }
+        let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        Some(reply.body)
+    };
 
-    // Drop math.wasm into a's folder and reload: b calls it through a.
     std::fs::write(a.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
-    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.body["loaded"], json!(["math@0.1.0"]), "{}", reply.text);
-    assert_eq!(reply.body["unchanged"], 1, "{}", reply.text);
+    if let Some(report) = reload().await {
+        assert_eq!((&report["loaded"], &report["unchanged"]), (&json!(["math@0.1.0"]), &json!(1)), "{report}");
+    }
     eventually("b to see math on a", SETTLE, async || {
         (plugin_nodes(&b, "math").await == BTreeSet::from(["a".to_owned()])).then_some(())
     })
@@ -312,40 +330,10 @@ async fn a_plugin_dropped_into_the_folder_is_served_across_the_cluster_after_a_r
     let (sum, ran_on) = run_on(&client, Command::new("s", "add", vec![json!(40), json!(2)])).await.unwrap();
     assert_eq!((sum, ran_on.as_str()), (json!(42), "a"));
 
-    // A broken file is reported and changes nothing else; reloading again
-    // with nothing changed loads nothing.
     std::fs::write(a.plugins_dir().join("broken.wasm"), b"not wasm").unwrap();
-    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
-    assert_eq!(reply.body["loaded"], json!([]), "{}", reply.text);
-    assert_eq!(reply.body["failed"][0]["file"], "broken.wasm", "{}", reply.text);
-    assert_eq!(reply.body["unchanged"], 2, "{}", reply.text);
-
-    // Remove the file and reload: the function is withdrawn everywhere.
-    std::fs::remove_file(a.plugins_dir().join("math.wasm")).unwrap();
-    let reply = a.admin().post("/v1/plugins/reload", "").await.unwrap();
-    assert_eq!(reply.body["unloaded"], json!(["math@0.1.0"]), "{}", reply.text);
-    eventually("b to forget math", SETTLE, async || plugin_nodes(&b, "math").await.is_empty().then_some(())).await;
-    let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);
-}
-
-#[tokio::test]
-async fn a_watched_folder_serves_a_dropped_plugin_across_the_cluster_without_a_reload() {
-    let a = member("a", vec!["echo"], &[], "", "1s");
-    let b = member("b", vec!["echo"], &[&a], "", "1s");
-    converged(&[&a, &b], &["a", "b"]).await;
-    let client = b.client().await;
-
-    std::fs::write(a.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
-    eventually("b to see math on a", SETTLE, async || {
-        (plugin_nodes(&b, "math").await == BTreeSet::from(["a".to_owned()])).then_some(())
-    })
-    .await;
-    let (sum, ran_on) = run_on(&client, Command::new("s", "add", vec![json!(40), json!(2)])).await.unwrap();
-    assert_eq!((sum, ran_on.as_str()), (json!(42), "a"));
-
-    // A file that is not a plugin is reported by the node and serves nothing.
-    std::fs::write(a.plugins_dir().join("broken.wasm"), b"not wasm").unwrap();
+    if let Some(report) = reload().await {
+        assert_eq!((&report["loaded"], &report["unchanged"]), (&json!([]), &json!(2)), "{report}");
+    }
     eventually("a to report broken.wasm", SETTLE, async || {
         let reply = a.admin().get("/v1/plugins").await.ok()?;
         (reply.body["failed"][0]["file"] == "broken.wasm").then_some(())
@@ -354,6 +342,9 @@ async fn a_watched_folder_serves_a_dropped_plugin_across_the_cluster_without_a_r
     assert_eq!(client.call("add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
 
     std::fs::remove_file(a.plugins_dir().join("math.wasm")).unwrap();
+    if let Some(report) = reload().await {
+        assert_eq!(report["unloaded"], json!(["math@0.1.0"]), "{report}");
+    }
     eventually("b to forget math", SETTLE, async || plugin_nodes(&b, "math").await.is_empty().then_some(())).await;
     let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);
