@@ -141,6 +141,24 @@ async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
 }
 
 #[tokio::test]
+async fn rate_limits_charge_the_cluster_a_call_started_in_not_the_transit_cluster() {
+    let b = cluster_node("beta", vec!["echo"], &[], true);
+    let a = cluster_node("alpha", vec!["echo"], &[&b], false);
+    let limited = "[federation.functions]\nrate_limit_per_minute = 2";
+    let c = cluster_node_with("gamma1", "gamma", vec!["text"], &[&b], false, limited);
+    eventually("upper in gamma to answer alpha", SETTLE, async || call_in(&a, "gamma", "upper", None).await.ok()).await;
+    call_in(&a, "gamma", "upper", None).await.unwrap();
+    let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
+    assert_eq!((err.kind, &err.details["cluster"]), (ErrorKind::RATE_LIMITED, &json!("alpha")), "{err:?}");
+    // alpha's calls all came through beta, yet beta's own budget is whole.
+    for _ in 0..2 {
+        assert_eq!(call_in(&b, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 1));
+    }
+    assert_eq!(call_in(&b, "gamma", "upper", None).await.unwrap_err().kind, ErrorKind::RATE_LIMITED);
+    drop(c);
+}
+
+#[tokio::test]
 async fn without_transit_the_middle_cluster_keeps_its_neighbours_apart() {
     let b = cluster_node("beta", vec!["math"], &[], false);
     let a = cluster_node("alpha", vec!["echo"], &[&b], false);

@@ -438,7 +438,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
             format!("{function}@{version} is no longer in cluster {}", me.cluster),
         ));
     }
-    fabric.charge(&link.remote.cluster)?;
+    fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, candidates, function, version, deadline);
     Ok(step.run().await)
 }
@@ -484,9 +484,16 @@ async fn transit(
         }
     }
     admit_path(fabric, &call.federation_path)?;
-    fabric.charge(&link.remote.cluster)?;
+    fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, onward, function, version, deadline);
     Ok(step.run().await)
+}
+
+/// The cluster a forwarded call started in, which the rate limit charges:
+/// the first of its federation path (each cluster appends itself as the call
+/// leaves it), else the neighbour that handed it over.
+fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a weft_proto::ClusterId {
+    call.federation_path.first().unwrap_or(&link.remote.cluster)
 }
 
 /// Every cluster a call came through (its origin first) must be one this
