@@ -375,3 +375,22 @@ async fn a_node_that_dies_mid_call_gives_unavailable_not_a_hang() {
         tokio::time::timeout(Duration::from_secs(10), client.call("echo", vec![json!("x")])).await.expect("no hang");
     assert_eq!(later.unwrap_err().kind, ErrorKind::UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_replaced_plugins_folder_is_watched_again() {
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config: String::new() });
+    let client = node.client().await;
+    assert_eq!(client.call("echo", vec![json!("hi")]).await.unwrap(), json!("hi"));
+    // A deploy swaps the whole folder: the watch on the old one is gone.
+    std::fs::remove_dir_all(node.plugins_dir()).unwrap();
+    std::fs::create_dir(node.plugins_dir()).unwrap();
+    std::fs::write(node.plugins_dir().join("text.wasm"), weft_bundle::get("text").unwrap()).unwrap();
+    let settle = Duration::from_secs(10);
+    eventually("upper from the new folder", settle, async || client.call("upper", vec![json!("a")]).await.ok()).await;
+    // Later changes inside the new folder are seen too.
+    std::fs::write(node.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    let sum = eventually("add", settle, async || client.call("add", vec![json!(1), json!(2)]).await.ok()).await;
+    assert_eq!(sum, json!(3));
+    let err = client.call("echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "echo left with the old folder");
+}

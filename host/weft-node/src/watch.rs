@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -19,6 +20,9 @@ use crate::peer::Fabric;
 /// produces many writes, and loading it half-written would only log a failure.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// How often to look for a removed plugins folder to come back.
+const REARM: Duration = Duration::from_secs(1);
+
 /// Starts watching `source.dir` (if any). A watcher that cannot be set up
 /// (e.g. the inotify watch limit) is logged; explicit reloads still work.
 pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: CancellationToken, tracker: &TaskTracker) {
@@ -27,9 +31,19 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
     };
     // One pending signal is enough: the reload reads the whole folder.
     let (changed, mut signals) = mpsc::channel::<()>(1);
-    let handler = move |event: notify::Result<Event>| {
-        if event.is_ok_and(|e| is_plugin_change(&e)) {
-            let _ = changed.try_send(());
+    // Set when the folder itself is removed: the watch went with it.
+    let lost = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (dir, lost) = (dir.clone(), lost.clone());
+        move |event: notify::Result<Event>| {
+            let Ok(event) = event else { return };
+            let folder_gone = matches!(event.kind, EventKind::Remove(_)) && event.paths.iter().any(|p| *p == dir);
+            if folder_gone {
+                lost.store(true, Ordering::Relaxed);
+            }
+            if folder_gone || is_plugin_change(&event) {
+                let _ = changed.try_send(());
+            }
         }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
@@ -45,7 +59,6 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
     }
     tracing::info!(folder = %dir.display(), "watching the plugins folder");
     tracker.spawn(async move {
-        let _watcher = watcher; // dropping it stops the watch
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -61,6 +74,19 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
                         Err(_) => break,
                     },
                 }
+            }
+            if lost.swap(false, Ordering::Relaxed) {
+                // A replaced folder is a new one: watch it once it exists
+                // (until then the loaded plugins keep serving).
+                tracing::warn!(folder = %dir.display(), "the plugins folder was removed; waiting for it to come back");
+                let _ = watcher.unwatch(&dir);
+                while watcher.watch(&dir, RecursiveMode::NonRecursive).is_err() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(REARM) => {}
+                    }
+                }
+                tracing::info!(folder = %dir.display(), "watching the plugins folder again");
             }
             if let Err(e) = reload_plugins(&fabric, &source).await {
                 tracing::warn!(error = %e, "reloading the watched plugins folder failed");
