@@ -37,7 +37,7 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
         let (dir, lost) = (dir.clone(), lost.clone());
         move |event: notify::Result<Event>| {
             let Ok(event) = event else { return };
-            let folder_gone = matches!(event.kind, EventKind::Remove(_)) && event.paths.iter().any(|p| *p == dir);
+            let folder_gone = matches!(event.kind, EventKind::Remove(_)) && event.paths.contains(&dir);
             if folder_gone {
                 lost.store(true, Ordering::Relaxed);
             }
