@@ -478,7 +478,9 @@ fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
         .map_err(|e| format!("cannot list the plugins folder: {e}"))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".wasm"))
+        // Hidden files are left alone: the way to drop a large plugin in is
+        // to copy it under a hidden name and rename it into place.
+        .filter(|n| n.ends_with(".wasm") && !n.starts_with('.'))
         .collect();
     names.sort();
     Ok((folder, names))
@@ -661,7 +663,9 @@ mod tests {
         assert_eq!(rt.load_failures().len(), 1, "failures describe the folder now");
 
         // Restored: the files are what 2.0.0 was loaded from, so nothing to do.
+        // A hidden file (one being copied in before a rename) is not a plugin.
         std::fs::write(dir.path().join("echo.wasm"), echo).expect("write");
+        std::fs::write(dir.path().join(".math.wasm"), b"half a file").expect("write");
         let report = rt.reload_dir(dir.path());
         assert_eq!((report.loaded.len(), report.unchanged), (0, 1), "{report:?}");
         assert!(rt.load_failures().is_empty());
