@@ -2,7 +2,6 @@
 //! changed or removed, and then left alone for a moment, the node reloads
 //! the folder exactly as `POST /v1/plugins/reload` does.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weft_runtime::is_plugin_file;
 
 use crate::node::{PluginSource, reload_plugins};
 use crate::peer::Fabric;
@@ -46,17 +46,15 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
             }
         }
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
+    let watching =
+        notify::recommended_watcher(handler).and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    let mut watcher = match watching {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the plugins folder; reload it with `weft plugins reload`");
+            tracing::warn!(error = %e, folder = %dir.display(), "cannot watch the plugins folder; reload it with `weft plugins reload`");
             return;
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, folder = %dir.display(), "cannot watch the plugins folder; reload it with `weft plugins reload`");
-        return;
-    }
     tracing::info!(folder = %dir.display(), "watching the plugins folder");
     tracker.spawn(async move {
         loop {
@@ -103,12 +101,7 @@ fn is_plugin_change(event: &Event) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     };
-    relevant && event.paths.iter().any(|p| is_plugin_file(p))
-}
-
-fn is_plugin_file(path: &Path) -> bool {
-    let visible = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.'));
-    visible && path.extension().is_some_and(|e| e == "wasm" || e == "toml")
+    relevant && event.paths.iter().any(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_plugin_file))
 }
 
 #[cfg(test)]

@@ -19,5 +19,5 @@ mod wit_types;
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{Manifest, ManifestError};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};
-pub use runtime::{CallTarget, LoadReport, ReloadReport, Runtime, RuntimeError};
+pub use runtime::{CallTarget, LoadReport, ReloadReport, Runtime, RuntimeError, is_plugin_file};
 pub use wit_types::{ComponentInfo, ExportedFunction, describe_component};

@@ -469,6 +469,14 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a file of the plugins folder is one the runtime reads: a plugin
+/// (`*.wasm`) or its manifest (`*.toml`). Hidden files are left alone: the
+/// way to drop a large plugin in is to copy it under a hidden name and
+/// rename it into place.
+pub fn is_plugin_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".wasm") || name.ends_with(".toml"))
+}
+
 /// The plugins folder and the names of its `*.wasm` files, sorted.
 fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
     let folder = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
@@ -478,9 +486,7 @@ fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
         .map_err(|e| format!("cannot list the plugins folder: {e}"))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        // Hidden files are left alone: the way to drop a large plugin in is
-        // to copy it under a hidden name and rename it into place.
-        .filter(|n| n.ends_with(".wasm") && !n.starts_with('.'))
+        .filter(|n| is_plugin_file(n) && n.ends_with(".wasm"))
         .collect();
     names.sort();
     Ok((folder, names))
