@@ -91,6 +91,32 @@ async fn wide_fan_out_and_deep_chains_complete() {
     assert_eq!(ok(&node, Value::Array(deep)).await, json!({"s99": 100}));
 }
 
+/// Commands start in the request's task; one that runs long (past a slice
+/// of fuel) moves to a task of its own, so the commands beside it start
+/// without waiting for it to finish.
+#[tokio::test]
+async fn a_long_command_does_not_hold_up_the_ones_beside_it() {
+    let node = TestNode::start(NodeSpec::default());
+    let text = "lorem ipsum ".repeat(30_000);
+    let mut req = request(json!([
+        {"name": "long", "fun": "word-count", "args": [text]},
+        {"name": "beside", "fun": "word-count", "args": [text]},
+    ]));
+    req.include_execution_summary = true;
+    let response = run(&node, req).await;
+    assert_eq!(response.r, Some(json!({"long": 60_000, "beside": 60_000})));
+    let steps = response.execution_summary.expect("summary").steps;
+    let step = |name: &str| steps.iter().find(|s| s.name == name).expect("step in summary");
+    let (long, beside) = (step("long"), step("beside"));
+    assert!(
+        beside.started_us < long.started_us + long.duration_us,
+        "beside started at {} µs, after long ran {}..{} µs",
+        beside.started_us,
+        long.started_us,
+        long.started_us + long.duration_us
+    );
+}
+
 #[tokio::test]
 async fn references_reach_inside_arrays_objects_and_record_fields() {
     let node = TestNode::start(NodeSpec::default());

@@ -1,13 +1,19 @@
 //! Runs client requests: plan (weft-fabric) against the catalog, then start
-//! each command as soon as its inputs are ready, each in its own task so
-//! independent commands use every core. The first failure fails the request
-//! and cancels the commands still running (their tasks are aborted).
+//! each command as soon as its inputs are ready. A command runs in the
+//! request's task until it first has to wait (a forward on the network, a
+//! guest that yields after its slice of fuel); only then does it move to a
+//! task of its own, so cheap commands cost no thread hand-off and long ones
+//! still use every core. The first failure fails the request and cancels the
+//! commands still running (their tasks are aborted).
 //!
 //! A step whose function is on this node runs here; otherwise it is
 //! forwarded to the least loaded node that has it (random among equals),
 //! and, for idempotent plugins, retried elsewhere if that node vanishes.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -88,7 +94,7 @@ impl Executor {
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = JoinSet::new();
+        let mut running = Steps::default();
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, deadline, hop_budget, &mut running)?;
         }
@@ -104,7 +110,7 @@ impl Executor {
                 )
                 .with("unfinished", unfinished)
             };
-            let joined = match tokio::time::timeout_at(deadline.into(), running.join_next()).await {
+            let joined = match tokio::time::timeout_at(deadline.into(), running.next()).await {
                 Err(_) => return Err(deadline_exceeded(&scheduler)),
                 Ok(None) => {
                     return Err(WeftError::internal("the scheduler stalled with commands left"));
@@ -198,7 +204,7 @@ impl Executor {
         results: &[Option<Value>],
         deadline: Instant,
         hop_budget: u32,
-        running: &mut JoinSet<StepDone>,
+        running: &mut Steps,
     ) -> Result<(), WeftError> {
         let args = plan.bind(idx, results)?;
         let step = StepCall {
@@ -213,7 +219,7 @@ impl Executor {
             federation_path: Vec::new(),
             locs: plan.steps()[idx.0].resolved.locs.clone(),
         };
-        running.spawn(async move {
+        running.start(async move {
             let started = Instant::now();
             let (result, node) = step.run().await;
             StepDone { step: idx, result, node, started, elapsed: started.elapsed() }
@@ -273,6 +279,37 @@ impl Executor {
             parallel_commands_executed: steps.len() as u32,
             cross_cluster_hops: steps.iter().map(|s| s.hops).sum(),
             steps,
+        }
+    }
+}
+
+/// The commands of one request that have started: those that finished on
+/// their first poll, and those that had to wait and now run as tasks.
+#[derive(Default)]
+struct Steps {
+    finished: VecDeque<StepDone>,
+    running: JoinSet<StepDone>,
+}
+
+impl Steps {
+    /// Polls the step once here; if it has to wait, it moves to a task of its
+    /// own, whose first poll registers the real waker (the no-op one used
+    /// here is never needed: the spawn itself schedules that poll).
+    fn start(&mut self, step: impl Future<Output = StepDone> + Send + 'static) {
+        let mut step = Box::pin(step);
+        match step.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(done) => self.finished.push_back(done),
+            Poll::Pending => {
+                self.running.spawn(step);
+            }
+        }
+    }
+
+    /// The next finished step; `None` once nothing is left.
+    async fn next(&mut self) -> Option<Result<StepDone, tokio::task::JoinError>> {
+        match self.finished.pop_front() {
+            Some(done) => Some(Ok(done)),
+            None => self.running.join_next().await,
         }
     }
 }

@@ -14,6 +14,14 @@ use crate::config::RuntimeConfig;
 /// to within about one tick.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Fuel a guest burns between voluntary yields, about 0.2 ms of guest code
+/// here. A caller that polls a call in its own task (a request's commands
+/// do) gets control back that soon and can move a long call to a task of its
+/// own, while a short call finishes in that first poll. Each yield costs a
+/// few microseconds (the task is rescheduled), so a smaller slice taxes long
+/// CPU-bound calls: 100k cost them 2-4% (docs/BENCHMARKS.md).
+pub(crate) const FUEL_SLICE: u64 = 200_000;
+
 /// Table elements a guest may grow to (bounds host memory held by tables).
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 

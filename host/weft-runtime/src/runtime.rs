@@ -14,7 +14,7 @@ use weft_proto::{ErrorKind, WeftError};
 use crate::cache;
 use crate::config::RuntimeConfig;
 use crate::convert::{from_val, to_val};
-use crate::engine::{EpochTicker, build_engine};
+use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
@@ -304,7 +304,7 @@ impl Runtime {
     }
 
     /// A fresh store armed with the plugin's sandbox: memory and table
-    /// limits, fuel, and an epoch callback that yields every tick and
+    /// limits, fuel (yielding every `FUEL_SLICE`), and an epoch callback that yields every tick and
     /// interrupts the guest at `deadline`.
     fn sandbox(
         &self,
@@ -324,6 +324,9 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
         store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        store
+            .fuel_async_yield_interval(Some(FUEL_SLICE))
+            .map_err(|e| WeftError::internal(format!("cannot set the fuel slice: {e}")))?;
         store.set_hostcall_fuel(self.config.lift_budget());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
