@@ -140,6 +140,45 @@ async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
     drop(c);
 }
 
+/// A node of `cluster` that bridges only to node `via` of beta and admits
+/// calls from `far` (which reach it through beta).
+fn edge_node(cluster: &str, plugins: Vec<&'static str>, via: &TestNode, via_id: &str, far: &str) -> TestNode {
+    let config = format!(
+        "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{:?}]\n[federation]\nmode = \"explicit\"\nallowed_clusters = [\"{far}\"]\n[[federation.bridges]]\ncluster = \"beta\"\nnodes = [\"{via_id}\"]\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        via.ws
+    );
+    TestNode::start(NodeSpec { plugins, files: vec![], config })
+}
+
+#[tokio::test]
+async fn transit_spans_two_nodes_of_the_middle_cluster() {
+    // beta1 bridges alpha and beta2 bridges gamma, and alpha and gamma each
+    // accept only that one node of beta: no node of beta links both.
+    let b1 = cluster_node_as("beta1", "beta", vec!["echo"], &[], true);
+    let b2 = cluster_node_as("beta2", "beta", vec!["echo"], &[&b1], true);
+    let a = edge_node("alpha", vec!["echo"], &b1, "beta1", "gamma");
+    let c = edge_node("gamma", vec!["text"], &b2, "beta2", "alpha");
+    eventually("a route from alpha to gamma", SETTLE, async || best(&a, "gamma").await).await;
+    assert_eq!(best(&a, "gamma").await, Some(("beta1".into(), 2)));
+    let (value, hops, node) = eventually("upper in gamma to answer alpha", SETTLE, async || {
+        call_where(&a, "gamma", "upper", None).await.ok()
+    })
+    .await;
+    assert_eq!((value, hops, node.as_str()), (json!("ABC"), 2, "gamma1"));
+    // And the other way: gamma reaches alpha through beta2, then beta1.
+    eventually("a route from gamma to alpha", SETTLE, async || best(&c, "alpha").await).await;
+    assert_eq!(best(&c, "alpha").await, Some(("beta2".into(), 2)));
+    let peers = b1.admin().get("/v1/peers").await.unwrap().body;
+    let linked: Vec<&str> = peers["links"].as_array().unwrap().iter().filter_map(|l| l["cluster"].as_str()).collect();
+    assert!(!linked.contains(&"gamma"), "{peers}");
+
+    // beta2 goes: its routes go with it, and alpha learns at once.
+    drop(b2);
+    eventually("gamma withdrawn at alpha", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
+    let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+}
+
 #[tokio::test]
 async fn rate_limits_charge_the_cluster_a_call_started_in_not_the_transit_cluster() {
     let b = cluster_node("beta", vec!["echo"], &[], true);

@@ -10,7 +10,9 @@
 //!
 //! A neighbour sends its whole export set each time (periodically and when
 //! its best routes change); a destination missing from a newer set is
-//! withdrawn. Selection: fewest hops, then lowest latency (in whole
+//! withdrawn. Members of this cluster share their own best routes
+//! (`shared`, `set_member_routes`), so that a node carrying transit exports
+//! routes that leave the cluster over another member's bridge. Selection: fewest hops, then lowest latency (in whole
 //! milliseconds), then highest reliability, then the smallest advertiser
 //! (neighbour node) id.
 
@@ -180,6 +182,8 @@ pub struct RouteTable {
     checked: Millis,
     /// Measured (one-way latency µs, delivery ‰) of the link to each neighbour.
     links: BTreeMap<NodeId, (u64, u16)>,
+    /// Each member's own best routes, as it shares them (paths start here).
+    members: BTreeMap<NodeId, Vec<Announcement>>,
 }
 
 impl RouteTable {
@@ -193,6 +197,7 @@ impl RouteTable {
             holds: BTreeMap::new(),
             checked: Millis::default(),
             links: BTreeMap::new(),
+            members: BTreeMap::new(),
         }
     }
 
@@ -449,9 +454,49 @@ impl RouteTable {
         }
     }
 
+    /// This node's best routes as announcements from this cluster, for its
+    /// members. Only routes learnt over this node's own bridges: passing
+    /// members' routes on would let two members keep feeding each other a
+    /// route after the bridge behind it is gone.
+    /// Latency goes in whole buckets (what selection compares), so jitter
+    /// of a measured link does not make the node share its set again.
+    pub fn shared(&self, now: Millis) -> Vec<Announcement> {
+        let bucketed =
+            |a: Announcement| Announcement { latency_us: a.latency_us - a.latency_us % LATENCY_BUCKET_US, ..a };
+        self.winners(now).into_values().map(|r| bucketed(self.onwards(r, None))).collect()
+    }
+
+    /// Takes member `member`'s shared routes (its whole set, replacing the
+    /// last); says whether anything changed. Routes that do not start here,
+    /// lead here or come back here are left out, as are those over the
+    /// per-neighbour bound.
+    pub fn set_member_routes(&mut self, member: &NodeId, mut routes: Vec<Announcement>) -> bool {
+        routes.retain(|a| {
+            a.path.first() == Some(&self.local)
+                && a.path.last() == Some(&a.destination)
+                && a.path.iter().filter(|c| **c == self.local).count() == 1
+                && a.hops < self.config.max_hops
+        });
+        routes.truncate(self.config.max_routes_per_neighbour);
+        if routes.is_empty() {
+            return self.forget_member(member);
+        }
+        if self.members.get(member) == Some(&routes) {
+            return false;
+        }
+        self.members.insert(member.clone(), routes);
+        true
+    }
+
+    /// A member is gone: its shared routes are no longer offered.
+    pub fn forget_member(&mut self, member: &NodeId) -> bool {
+        self.members.remove(member).is_some()
+    }
+
     /// What this cluster announces to a neighbour of cluster `to`: itself,
-    /// and with `transit`, its best routes that neither came from `to`'s
-    /// cluster nor pass through it.
+    /// and with `transit`, for each other destination the best of this
+    /// node's and its members' routes that neither lead to `to`'s cluster
+    /// nor pass through it (this node's own on a tie).
     pub fn exports(&self, now: Millis, to: &ClusterId, transit: bool) -> Vec<Announcement> {
         let ttl_ms = Some(u64::try_from(self.config.route_ttl.as_millis()).unwrap_or(u64::MAX));
         let mut out = vec![Announcement {
@@ -463,29 +508,42 @@ impl RouteTable {
             tags: self.config.tags.clone(),
             ttl_ms,
         }];
+        if !transit {
+            return out;
+        }
         let offered = self.config.neighbours.get(to).and_then(|r| r.export.as_ref());
-        if transit {
-            for r in self.winners(now).into_values() {
-                if r.via_cluster == *to || r.path.contains(to) || r.destination == *to {
-                    continue;
+        let own = self.winners(now).into_values().map(|r| self.onwards(r, ttl_ms));
+        let members = self.members.values().flatten().map(|a| Announcement { ttl_ms, ..a.clone() });
+        let mut best: BTreeMap<ClusterId, Announcement> = BTreeMap::new();
+        for a in own.chain(members) {
+            if a.path.contains(to) || offered.is_some_and(|list| !list.contains(&a.destination)) {
+                continue;
+            }
+            let rank = |a: &Announcement| (a.hops, a.latency_us / LATENCY_BUCKET_US, std::cmp::Reverse(a.reliability));
+            match best.get(&a.destination) {
+                Some(held) if rank(held) <= rank(&a) => {}
+                _ => {
+                    best.insert(a.destination.clone(), a);
                 }
-                if offered.is_some_and(|list| !list.contains(&r.destination)) {
-                    continue;
-                }
-                let mut path = vec![self.local.clone()];
-                path.extend(r.path);
-                out.push(Announcement {
-                    destination: r.destination,
-                    path,
-                    hops: r.hops,
-                    latency_us: r.latency_us,
-                    reliability: r.reliability,
-                    tags: r.tags,
-                    ttl_ms,
-                });
             }
         }
+        out.extend(best.into_values());
         out
+    }
+
+    /// A route of this node as this cluster announces it.
+    fn onwards(&self, r: Route, ttl_ms: Option<u64>) -> Announcement {
+        let mut path = vec![self.local.clone()];
+        path.extend(r.path);
+        Announcement {
+            destination: r.destination,
+            path,
+            hops: r.hops,
+            latency_us: r.latency_us,
+            reliability: r.reliability,
+            tags: r.tags,
+            ttl_ms,
+        }
     }
 }
 

@@ -94,8 +94,10 @@ struct ClusterTask {
     imports: BTreeMap<NodeId, Vec<CatalogEntry>>,
     /// Foreign entries members reach over their bridges, by member.
     relayed: BTreeMap<NodeId, Vec<CatalogEntry>>,
-    /// What this node last relayed to its members.
+    /// What this node last relayed to its members: foreign entries, and
+    /// (with transit) its own best routes.
     relaying: Vec<CatalogEntry>,
+    sharing: Vec<weft_fabric::Announcement>,
     seeds: Vec<String>,
     /// Members that said goodbye (their down notice is not a failure).
     departed: HashSet<NodeId>,
@@ -145,6 +147,7 @@ pub fn start(
         imports: BTreeMap::new(),
         relayed: BTreeMap::new(),
         relaying: Vec::new(),
+        sharing: Vec::new(),
         seeds: settings.seeds.clone(),
         departed: HashSet::new(),
         gossip_dials: std::collections::HashMap::new(),
@@ -255,7 +258,7 @@ impl ClusterTask {
             }
             Event::LinkUp(link) => {
                 link.send(PeerMsg::Snapshot { snapshot: self.catalog.snapshot() });
-                link.send(PeerMsg::Relay { entries: self.relaying.clone() });
+                link.send(PeerMsg::Relay { entries: self.relaying.clone(), routes: self.sharing.clone() });
                 let r = &link.remote;
                 let guess =
                     Member { node: r.node.clone(), addr: r.addr.clone(), incarnation: r.incarnation, renewal: 0 };
@@ -270,6 +273,9 @@ impl ClusterTask {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
                     self.offers.remove(link.node());
+                    if self.routes.forget_member(link.node()) {
+                        self.announce_routes();
+                    }
                     let changed = self.routes.drop_neighbour(self.now(), link.node());
                     self.routes.forget_link(link.node());
                     self.routes_changed(&changed);
@@ -357,10 +363,13 @@ impl ClusterTask {
                     }
                 }
             }
-            PeerMsg::Relay { mut entries } if link.remote.cluster == self.fabric.me.cluster => {
+            PeerMsg::Relay { mut entries, routes } if link.remote.cluster == self.fabric.me.cluster => {
                 entries.retain(|e| e.cluster != self.fabric.me.cluster);
                 entries.truncate(self.max_imports);
                 self.relayed.insert(link.node().clone(), entries);
+                if self.routes.set_member_routes(link.node(), routes) && self.transit {
+                    self.announce_routes();
+                }
                 self.changed = true;
             }
             PeerMsg::CatalogPull => {
@@ -398,17 +407,16 @@ impl ClusterTask {
         let to = &link.remote.cluster;
         let mut offer: Vec<CatalogEntry> = self.own_entries().into_iter().filter(|e| policy.exports(e, to)).collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
-            // Functions of clusters this one carries traffic to, on routes
-            // that do not come back through the receiver.
-            let now = self.now();
-            offer.extend(
-                self.relaying
-                    .iter()
-                    .filter(|e| {
-                        self.routes.best(now, &e.cluster).is_some_and(|r| r.via_cluster != *to && !r.path.contains(to))
-                    })
-                    .cloned(),
-            );
+            // Functions of the clusters the routes announced to the receiver
+            // lead to, reached over this node's bridges or a linked member's.
+            let leads: Vec<ClusterId> =
+                self.routes.exports(self.now(), to, true).into_iter().map(|a| a.destination).collect();
+            let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
+            for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
+                if leads.contains(&e.cluster) && !entries_has(&offer, e) {
+                    offer.push(e.clone());
+                }
+            }
         }
         offer
     }
@@ -681,9 +689,11 @@ impl ClusterTask {
             direct
                 .extend(imported.iter().filter(|e| leads(e) && !entries_has(&direct, e)).cloned().collect::<Vec<_>>());
         }
-        if direct != self.relaying {
+        let shared = if self.transit { self.routes.shared(now) } else { Vec::new() };
+        if direct != self.relaying || shared != self.sharing {
             self.relaying = direct.clone();
-            self.broadcast(&PeerMsg::Relay { entries: direct.clone() });
+            self.sharing = shared.clone();
+            self.broadcast(&PeerMsg::Relay { entries: direct.clone(), routes: shared });
         }
         entries.extend(direct);
         // Members' bridges, as far as this node's own policy admits the cluster.

@@ -131,6 +131,44 @@ fn a_lost_neighbour_or_silence_withdraws_its_routes_and_the_other_way_takes_over
 }
 
 #[test]
+fn members_routes_are_exported_with_transit_so_transit_can_span_two_nodes() {
+    // a1 bridges b; its member a2 bridges c (and d behind c).
+    let mut a2 = table();
+    a2.update(T0, &n("c1"), &c("c"), 1, vec![ann(&["c"]), ann(&["c", "d"])], ok).unwrap();
+    let shared = a2.shared(T0);
+    let paths: Vec<Vec<ClusterId>> = shared.iter().map(|a| a.path.clone()).collect();
+    assert_eq!(paths, [vec![c("a"), c("c")], vec![c("a"), c("c"), c("d")]]);
+
+    let mut a1 = table();
+    a1.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"])], ok).unwrap();
+    assert!(a1.set_member_routes(&n("a2"), shared.clone()));
+    assert!(!a1.set_member_routes(&n("a2"), shared.clone()), "the same set again changes nothing");
+    let to_b: Vec<(ClusterId, u32)> =
+        a1.exports(T0, &c("b"), true).into_iter().map(|a| (a.destination, a.hops)).collect();
+    assert_eq!(to_b, [(c("a"), 0), (c("c"), 1), (c("d"), 2)]);
+    assert_eq!(a1.exports(T0, &c("b"), false).len(), 1, "without transit only this cluster");
+    // Members' routes are never shared on (only a node's own), nor sent back
+    // into the cluster they lead to.
+    assert_eq!(a1.shared(T0).len(), 1);
+    let to_c: Vec<ClusterId> = a1.exports(T0, &c("c"), true).into_iter().map(|a| a.destination).collect();
+    assert_eq!(to_c, [c("a"), c("b")]);
+
+    // This node's own route wins a tie; a member's shorter one wins.
+    a1.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b"]), ann(&["b", "d"])], ok).unwrap();
+    let to_e = a1.exports(T0, &c("e"), true);
+    assert_eq!(to_e.iter().find(|a| a.destination == c("d")).unwrap().path, [c("a"), c("b"), c("d")]);
+    a1.update(T0, &n("b1"), &c("b"), 3, vec![ann(&["b"]), ann(&["b", "x", "d"])], ok).unwrap();
+    let to_e = a1.exports(T0, &c("e"), true);
+    assert_eq!(to_e.iter().find(|a| a.destination == c("d")).unwrap().path, [c("a"), c("c"), c("d")]);
+
+    // Routes that do not start here or come back here are left out; a
+    // member that is gone takes its routes with it.
+    let odd = vec![ann(&["c", "d"]), ann(&["a", "c", "a"])];
+    assert!(!a1.set_member_routes(&n("a3"), odd) && a1.forget_member(&n("a2")));
+    assert_eq!(a1.exports(T0, &c("e"), true).len(), 3, "a, b and d through b");
+}
+
+#[test]
 fn a_flapping_route_is_held_down_then_released() {
     let mut t = RouteTable::new(
         c("a"),

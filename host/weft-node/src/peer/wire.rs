@@ -151,9 +151,12 @@ pub enum PeerMsg {
     },
     /// To members: the foreign functions the sender reaches over its own
     /// bridges (the whole set, replacing the last), so that every member can
-    /// call them through it.
+    /// call them through it, and (with transit) the sender's own best routes,
+    /// paths starting at this cluster, for members to announce onwards.
     Relay {
         entries: Vec<CatalogEntry>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes: Vec<Announcement>,
     },
     Call(ForwardCall),
     Reply {
