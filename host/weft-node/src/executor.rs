@@ -1,9 +1,9 @@
 //! Runs client requests: plan (weft-fabric) against the catalog, then start
-//! each command as soon as its inputs are ready. A command runs in the
-//! request's task until it first has to wait (a forward on the network, a
-//! guest that yields after its slice of fuel); only then does it move to a
-//! task of its own, so cheap commands cost no thread hand-off and long ones
-//! still use every core. The first failure fails the request and cancels the
+//! each command as soon as its inputs are ready. In a request of several
+//! commands, a command runs in the request's task until it first has to wait
+//! (a forward on the network, a guest that yields after its slice of fuel);
+//! only then does it move to a task of its own, so cheap commands cost no
+//! thread hand-off and long ones still use every core. The first failure fails the request and cancels the
 //! commands still running (their tasks are aborted).
 //!
 //! A step whose function is on this node runs here; otherwise it is
@@ -94,7 +94,7 @@ impl Executor {
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = Steps::default();
+        let mut running = Steps::new(plan.steps().len() > 1);
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, deadline, hop_budget, &mut running)?;
         }
@@ -285,18 +285,32 @@ impl Executor {
 
 /// The commands of one request that have started: those that finished on
 /// their first poll, and those that had to wait and now run as tasks.
-#[derive(Default)]
+///
+/// Only a request of several commands polls them here first: that saves a
+/// spawn and a wake-up per command (a 10-wide fan-out took a third less
+/// CPU). A lone command goes straight to a task, which an idle worker can
+/// steal from the connection's: run in place, it cost 20% of HTTP
+/// throughput at 64 connections (docs/BENCHMARKS.md).
 struct Steps {
+    inline: bool,
     finished: VecDeque<StepDone>,
     running: JoinSet<StepDone>,
 }
 
 impl Steps {
-    /// Polls the step once here; if it has to wait, it moves to a task of its
-    /// own, whose first poll registers the real waker (the no-op one used
-    /// here is never needed: the spawn itself schedules that poll).
+    fn new(inline: bool) -> Self {
+        Steps { inline, finished: VecDeque::new(), running: JoinSet::new() }
+    }
+
+    /// Polls the step once here (if inline); if it has to wait, it moves to
+    /// a task of its own, whose first poll registers the real waker (the
+    /// no-op one used here is never needed: the spawn schedules that poll).
     fn start(&mut self, step: impl Future<Output = StepDone> + Send + 'static) {
         let mut step = Box::pin(step);
+        if !self.inline {
+            self.running.spawn(step);
+            return;
+        }
         match step.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(done) => self.finished.push_back(done),
             Poll::Pending => {
