@@ -147,6 +147,11 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     eventually("the replay to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 1.0).then_some(()))
         .await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
+    // So is the latest update presented again: an equal epoch is a copy.
+    beta.announce(20, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    eventually("the copy to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 2.0).then_some(()))
+        .await;
+    assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     // Rotation: the new key is trusted alongside the old one; nothing drops.
     beta.announce(21, &routes_to(&["beta", "gamma"]), Some(&beta_new), None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -133,7 +133,7 @@ impl Route {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error(
-        "route update from {via} has epoch {epoch}, older than {seen} already seen (a replay or a reordered message)"
+        "route update from {via} has epoch {epoch}, not newer than {seen} already seen (a replay or a reordered message)"
     )]
     StaleEpoch { via: NodeId, epoch: u64, seen: u64 },
     #[error("node {via} of cluster {cluster} sent {count} routes, more than the limit of {max} per neighbour")]
@@ -228,8 +228,11 @@ impl RouteTable {
         announcements: Vec<Announcement>,
         admit: impl Fn(&ClusterId) -> Result<(), String>,
     ) -> Result<Update, RouteError> {
+        // Strictly newer: every update a node sends has a larger epoch than
+        // its last, so an equal one is a copy (a replay of the latest update
+        // would otherwise keep alive a route its sender has since withdrawn).
         if let Some(&seen) = self.epochs.get(via)
-            && epoch < seen
+            && epoch <= seen
         {
             return Err(RouteError::StaleEpoch { via: via.clone(), epoch, seen });
         }

@@ -112,6 +112,9 @@ fn omission_withdraws_and_stale_epochs_and_floods_are_refused() {
     assert!(t.best(T0, &c("c")).is_none());
     let stale = t.update(T0, &n("b1"), &c("b"), 4, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap_err();
     assert!(matches!(stale, RouteError::StaleEpoch { epoch: 4, seen: 6, .. }));
+    let again = t.update(T0, &n("b1"), &c("b"), 6, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap_err();
+    assert!(matches!(again, RouteError::StaleEpoch { epoch: 6, seen: 6, .. }), "an equal epoch is a copy");
+    assert!(t.best(T0, &c("c")).is_none());
     let flood: Vec<Announcement> = (0..1001).map(|i| ann(&["b", &format!("x{i}")])).collect();
     assert!(matches!(t.update(T0, &n("b1"), &c("b"), 7, flood, ok), Err(RouteError::TooMany { .. })));
     assert!(t.best(T0, &c("b")).is_some(), "a refused update changes nothing");
