@@ -51,6 +51,8 @@ struct FakePeer {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     cluster: String,
     node: String,
+    /// The cluster its updates are signed for (the target's, unless a test changes it).
+    to: String,
 }
 
 impl FakePeer {
@@ -62,14 +64,16 @@ impl FakePeer {
         let answer = ws.next().await.unwrap().unwrap();
         let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
         assert_eq!(answer["t"], "welcome", "{answer}");
-        FakePeer { ws, cluster: cluster.to_owned(), node: name }
+        let to = answer["cluster"].as_str().unwrap().to_owned();
+        FakePeer { ws, cluster: cluster.to_owned(), node: name, to }
     }
 
     async fn announce(&mut self, epoch: u64, routes: &[Announcement], key: Option<&Key>, as_cluster: Option<&str>) {
         let signed_as = weft_proto::ClusterId::new(as_cluster.unwrap_or(&self.cluster));
         let sig = key.map(|k| {
             let signer = signing::load_signing_key(&k.file).unwrap();
-            signing::sign(&signer, &signed_as, &weft_proto::NodeId::new(self.node.clone()), epoch, routes)
+            let (node, to) = (weft_proto::NodeId::new(&self.node), weft_proto::ClusterId::new(&self.to));
+            signing::sign(&signer, &signing::Envelope { from: &signed_as, node: &node, to: &to, epoch }, routes)
         });
         let msg = json!({"t": "routes", "epoch": epoch, "routes": routes, "sig": sig});
         self.ws.send(Message::Text(msg.to_string().into())).await.unwrap();
@@ -152,11 +156,20 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     eventually("the copy to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 2.0).then_some(()))
         .await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
+    // So is a genuine newer update that beta made for another cluster.
+    beta.to = "gamma".into();
+    beta.announce(22, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    eventually("the update for gamma to be refused", SETTLE, async || {
+        (rejected(&a, "bad-signature").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(destinations(&a).await, ["beta", "gamma"]);
+    beta.to = "alpha".into();
     // Rotation: the new key is trusted alongside the old one; nothing drops.
     beta.announce(21, &routes_to(&["beta", "gamma"]), Some(&beta_new), None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
-    assert_eq!(rejected(&a, "bad-signature").await, 0.0);
+    assert_eq!(rejected(&a, "bad-signature").await, 1.0);
 
     // Beta's genuine key does not speak for gamma.
     let mut gamma = FakePeer::join(&a, "g1", "gamma").await;

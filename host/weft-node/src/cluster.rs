@@ -251,7 +251,7 @@ impl ClusterTask {
             Event::LinkUp(link) if link.remote.cluster != self.fabric.me.cluster => {
                 let routes = self.routes.exports(self.now(), &link.remote.cluster, self.transit);
                 let epoch = self.next_epoch();
-                link.send(self.routes_msg(epoch, routes));
+                link.send(self.routes_msg(&link.remote.cluster, epoch, routes));
                 let offer = self.offer(&link);
                 self.offers.insert(link.node().clone(), offer.clone());
                 link.send(PeerMsg::Foreign { entries: offer });
@@ -327,7 +327,13 @@ impl ClusterTask {
             }
             PeerMsg::Foreign { entries } => self.import(link, entries),
             PeerMsg::Routes { epoch, routes, sig } if link.remote.cluster != self.fabric.me.cluster => {
-                if let Err(e) = self.trust.verify(&link.remote.cluster, link.node(), epoch, &routes, sig.as_ref()) {
+                let env = crate::signing::Envelope {
+                    from: &link.remote.cluster,
+                    node: link.node(),
+                    to: &self.fabric.me.cluster,
+                    epoch,
+                };
+                if let Err(e) = self.trust.verify(&env, &routes, sig.as_ref()) {
                     self.fabric.metrics.route_signature_failure(e.kind());
                     self.fabric.alert(
                         AlertKind::RouteSignature,
@@ -426,10 +432,12 @@ impl ClusterTask {
         self.route_epoch
     }
 
-    /// A route update, signed when this cluster has a key.
-    fn routes_msg(&self, epoch: u64, routes: Vec<weft_fabric::Announcement>) -> PeerMsg {
+    /// A route update for a neighbour in cluster `to`, signed when this
+    /// cluster has a key.
+    fn routes_msg(&self, to: &ClusterId, epoch: u64, routes: Vec<weft_fabric::Announcement>) -> PeerMsg {
         let me = &self.fabric.me;
-        let sig = self.signer.as_ref().map(|k| crate::signing::sign(k, &me.cluster, &me.node, epoch, &routes));
+        let env = crate::signing::Envelope { from: &me.cluster, node: &me.node, to, epoch };
+        let sig = self.signer.as_ref().map(|k| crate::signing::sign(k, &env, &routes));
         PeerMsg::Routes { epoch, routes, sig }
     }
 
@@ -440,7 +448,7 @@ impl ClusterTask {
         let epoch = self.next_epoch();
         for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
             let routes = self.routes.exports(now, &link.remote.cluster, self.transit);
-            link.send(self.routes_msg(epoch, routes));
+            link.send(self.routes_msg(&link.remote.cluster, epoch, routes));
         }
     }
 

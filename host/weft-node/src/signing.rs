@@ -1,10 +1,10 @@
 //! Signed route announcements: ed25519 keys (`weft keygen`), the exact bytes
 //! a route update signs, and verification against the keys trusted per
 //! cluster. An update is signed by the key of the cluster that sends it; the
-//! signature covers that cluster, the sending node, the epoch and every
-//! announcement, so it cannot be replayed under another cluster's or node's
-//! name, and the route table's per-node epoch check refuses an old one
-//! replayed as is.
+//! signature covers that cluster, the sending node, the cluster the update
+//! is for, the epoch and every announcement, so it cannot be replayed under
+//! another cluster's or node's name nor presented to another cluster, and
+//! the route table's per-node epoch check refuses an old one (or a copy).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,17 +72,28 @@ pub fn parse_public(text: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&bytes).map_err(|e| format!("{text:?} is not an ed25519 public key: {e}"))
 }
 
-/// The bytes an update signs: a fixed prefix, then JSON of the sending
-/// cluster and node, the epoch and the announcements. The node is covered so
-/// that an update cannot be replayed under another node's name (epochs are
-/// kept per sending node).
-fn signed_bytes(cluster: &ClusterId, node: &NodeId, epoch: u64, routes: &[Announcement]) -> Vec<u8> {
-    let body = serde_json::to_vec(&(cluster, node, epoch, routes)).unwrap_or_default();
-    [b"weft-routes-v2\n".as_slice(), &body].concat()
+/// What a signature binds besides the announcements: the sending cluster
+/// and node, the cluster the update is for, and its epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'a> {
+    pub from: &'a ClusterId,
+    pub node: &'a NodeId,
+    pub to: &'a ClusterId,
+    pub epoch: u64,
 }
 
-pub fn sign(key: &SigningKey, cluster: &ClusterId, node: &NodeId, epoch: u64, routes: &[Announcement]) -> RouteSig {
-    let sig = key.sign(&signed_bytes(cluster, node, epoch, routes));
+/// The bytes an update signs: a fixed prefix, then JSON of the envelope and
+/// the announcements. The node is covered so that an update cannot be
+/// replayed under another node's name (epochs are kept per sending node),
+/// and the receiving cluster so that one sent to a neighbour cannot be
+/// presented to another.
+fn signed_bytes(env: &Envelope<'_>, routes: &[Announcement]) -> Vec<u8> {
+    let body = serde_json::to_vec(&(env.from, env.node, env.to, env.epoch, routes)).unwrap_or_default();
+    [b"weft-routes-v3\n".as_slice(), &body].concat()
+}
+
+pub fn sign(key: &SigningKey, env: &Envelope<'_>, routes: &[Announcement]) -> RouteSig {
+    let sig = key.sign(&signed_bytes(env, routes));
     RouteSig { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(sig.to_bytes()) }
 }
 
@@ -94,18 +105,13 @@ pub struct Trust {
 }
 
 impl Trust {
-    /// Checks an update from node `node` of `cluster`. Unsigned updates pass
-    /// only when signatures are not required and no key is listed for that
-    /// cluster (listing keys means "this cluster signs"); a signature, when
-    /// present, must verify with a key trusted for that very cluster.
-    pub fn verify(
-        &self,
-        cluster: &ClusterId,
-        node: &NodeId,
-        epoch: u64,
-        routes: &[Announcement],
-        sig: Option<&RouteSig>,
-    ) -> Result<(), SigError> {
+    /// Checks an update from node `env.node` of cluster `env.from`. Unsigned
+    /// updates pass only when signatures are not required and no key is
+    /// listed for that cluster (listing keys means "this cluster signs"); a
+    /// signature, when present, must verify with a key trusted for that very
+    /// cluster.
+    pub fn verify(&self, env: &Envelope<'_>, routes: &[Announcement], sig: Option<&RouteSig>) -> Result<(), SigError> {
+        let cluster = env.from;
         let Some(sig) = sig else {
             let expected = self.require || self.keys.contains_key(cluster);
             return if expected { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
@@ -123,7 +129,7 @@ impl Trust {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| SigError::BadSignature(cluster.clone()))?;
-        key.verify(&signed_bytes(cluster, node, epoch, routes), &Signature::from_bytes(&bytes))
+        key.verify(&signed_bytes(env, routes), &Signature::from_bytes(&bytes))
             .map_err(|_| SigError::BadSignature(cluster.clone()))
     }
 }
@@ -154,33 +160,56 @@ mod tests {
     }
 
     #[test]
-    fn signatures_bind_cluster_node_epoch_and_routes_and_rotation_overlaps() {
-        let beta = ClusterId::new("beta");
+    fn signatures_bind_cluster_node_receiver_epoch_and_routes_and_rotation_overlaps() {
+        let (beta, alpha, gamma) = (ClusterId::new("beta"), ClusterId::new("alpha"), ClusterId::new("gamma"));
         let (old, old_pub) = key();
         let (new, new_pub) = key();
         let (rogue, _) = key();
         let trust = Trust { require: true, keys: BTreeMap::from([(beta.clone(), vec![old_pub, new_pub])]) };
         let routes = vec![ann(&["beta"]), ann(&["beta", "gamma"])];
         let b1 = NodeId::new("b1");
-        let good = sign(&old, &beta, &b1, 7, &routes);
-        assert_eq!(trust.verify(&beta, &b1, 7, &routes, Some(&good)), Ok(()));
-        let rotated = sign(&new, &beta, &b1, 7, &routes);
-        assert_eq!(trust.verify(&beta, &b1, 7, &routes, Some(&rotated)), Ok(()), "both keys of a rotation");
-        assert_eq!(trust.verify(&beta, &b1, 7, &routes, None), Err(SigError::Unsigned(beta.clone())));
+        let env = Envelope { from: &beta, node: &b1, to: &alpha, epoch: 7 };
+        let good = sign(&old, &env, &routes);
+        assert_eq!(trust.verify(&env, &routes, Some(&good)), Ok(()));
+        let rotated = sign(&new, &env, &routes);
+        assert_eq!(trust.verify(&env, &routes, Some(&rotated)), Ok(()), "both keys of a rotation");
+        assert_eq!(trust.verify(&env, &routes, None), Err(SigError::Unsigned(beta.clone())));
         let bad = Err(SigError::BadSignature(beta.clone()));
-        assert_eq!(trust.verify(&beta, &b1, 8, &routes, Some(&good)), bad, "epoch bound");
-        assert_eq!(trust.verify(&beta, &b1, 7, &routes[..1], Some(&good)), bad, "routes bound");
-        assert_eq!(trust.verify(&beta, &NodeId::new("b9"), 7, &routes, Some(&good)), bad, "node bound");
-        let forged = sign(&rogue, &beta, &b1, 7, &routes);
-        assert!(matches!(trust.verify(&beta, &b1, 7, &routes, Some(&forged)), Err(SigError::UntrustedKey { .. })));
+        assert_eq!(trust.verify(&Envelope { epoch: 8, ..env }, &routes, Some(&good)), bad, "epoch bound");
+        assert_eq!(trust.verify(&env, &routes[..1], Some(&good)), bad, "routes bound");
+        let b9 = NodeId::new("b9");
+        assert_eq!(trust.verify(&Envelope { node: &b9, ..env }, &routes, Some(&good)), bad, "node bound");
+        assert_eq!(trust.verify(&Envelope { to: &gamma, ..env }, &routes, Some(&good)), bad, "receiver bound");
+        let forged = sign(&rogue, &env, &routes);
+        assert!(matches!(trust.verify(&env, &routes, Some(&forged)), Err(SigError::UntrustedKey { .. })));
         // Beta's genuine signature does not make it gamma's.
-        let gamma = ClusterId::new("gamma");
-        assert!(matches!(trust.verify(&gamma, &b1, 7, &routes, Some(&good)), Err(SigError::UntrustedKey { .. })));
+        let as_gamma = Envelope { from: &gamma, ..env };
+        assert!(matches!(trust.verify(&as_gamma, &routes, Some(&good)), Err(SigError::UntrustedKey { .. })));
         // Listing keys for a cluster means it signs, required or not.
         let listed = Trust { require: false, ..trust.clone() };
-        assert_eq!(listed.verify(&beta, &b1, 7, &routes, None), Err(SigError::Unsigned(beta.clone())));
+        assert_eq!(listed.verify(&env, &routes, None), Err(SigError::Unsigned(beta.clone())));
         let relaxed = Trust { require: false, keys: BTreeMap::new() };
-        assert_eq!(relaxed.verify(&beta, &b1, 7, &routes, None), Ok(()));
+        assert_eq!(relaxed.verify(&env, &routes, None), Ok(()));
+    }
+
+    /// The signed update shown in docs/PROTOCOL.md ("What is signed").
+    #[test]
+    fn the_documented_example_verifies() {
+        let (beta, alpha, b1) = (ClusterId::new("beta"), ClusterId::new("alpha"), NodeId::new("b1"));
+        let public = "rZu8fWJZayA6VX9sHFkTS0Fb6z0PMrPLxpEAJymr3dQ=";
+        let sig = RouteSig {
+            key: public.into(),
+            sig: "MpO7JZBpT09xPtO/bPDH26sxjQGa8TP6X81eRDZFgzIwOnbimx+ukUq7PEn0z62ruRdPxNaqAiM5SWrEgXHmAg==".into(),
+        };
+        let trust =
+            Trust { require: true, keys: BTreeMap::from([(beta.clone(), vec![parse_public(public).unwrap()])]) };
+        let env = Envelope { from: &beta, node: &b1, to: &alpha, epoch: 1_795_660_519_353 };
+        let bytes = signed_bytes(&env, &[ann(&["beta"])]);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "weft-routes-v3\n[\"beta\",\"b1\",\"alpha\",1795660519353,[{\"destination\":\"beta\",\"path\":[\"beta\"],\"hops\":0,\"latency_us\":0,\"reliability\":1000,\"tags\":[]}]]"
+        );
+        assert_eq!(trust.verify(&env, &[ann(&["beta"])], Some(&sig)), Ok(()));
     }
 
     #[test]
