@@ -180,6 +180,26 @@ async fn transit_spans_two_nodes_of_the_middle_cluster() {
 }
 
 #[tokio::test]
+async fn a_member_does_not_carry_routes_its_own_policy_refuses() {
+    // beta1 blocks gamma; beta2, which bridges gamma, shares its route anyway.
+    let config = "id = \"beta1\"\ncluster = \"beta\"\n[federation]\nmode = \"permissive\"\nblocked_clusters = [\"gamma\"]\n[routing]\ntransit = true\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n";
+    let b1 = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config: config.into() });
+    let b2 = cluster_node_as("beta2", "beta", vec!["echo"], &[&b1], true);
+    let a = edge_node("alpha", vec!["echo"], &b1, "beta1", "gamma");
+    let c = edge_node("gamma", vec!["text"], &b2, "beta2", "alpha");
+    eventually("beta2 to reach gamma", SETTLE, async || best(&b2, "gamma").await).await;
+    eventually("alpha to reach beta", SETTLE, async || best(&a, "beta").await).await;
+    // A few announce intervals: gamma must still not appear at alpha.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(best(&a, "gamma").await, None);
+    let catalog = a.admin().get("/v1/catalog").await.unwrap().body;
+    let clusters: Vec<&str> =
+        catalog["functions"].as_array().unwrap().iter().filter_map(|f| f["cluster"].as_str()).collect();
+    assert!(!clusters.contains(&"gamma"), "{catalog}");
+    drop(c);
+}
+
+#[tokio::test]
 async fn rate_limits_charge_the_cluster_a_call_started_in_not_the_transit_cluster() {
     let b = cluster_node("beta", vec!["echo"], &[], true);
     let a = cluster_node("alpha", vec!["echo"], &[&b], false);

@@ -98,6 +98,9 @@ struct ClusterTask {
     /// (with transit) its own best routes.
     relaying: Vec<CatalogEntry>,
     sharing: Vec<weft_fabric::Announcement>,
+    /// The routes each member shares, as sent (the route table holds those
+    /// this node's policy admits).
+    shared_by: BTreeMap<NodeId, Vec<weft_fabric::Announcement>>,
     seeds: Vec<String>,
     /// Members that said goodbye (their down notice is not a failure).
     departed: HashSet<NodeId>,
@@ -148,6 +151,7 @@ pub fn start(
         relayed: BTreeMap::new(),
         relaying: Vec::new(),
         sharing: Vec::new(),
+        shared_by: BTreeMap::new(),
         seeds: settings.seeds.clone(),
         departed: HashSet::new(),
         gossip_dials: std::collections::HashMap::new(),
@@ -273,6 +277,7 @@ impl ClusterTask {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
                     self.offers.remove(link.node());
+                    self.shared_by.remove(link.node());
                     if self.routes.forget_member(link.node()) {
                         self.announce_routes();
                     }
@@ -286,6 +291,10 @@ impl ClusterTask {
                 // Closed links drop their imports when they go down; the
                 // others are offered what the new rules allow.
                 self.offers.clear();
+                let members: Vec<NodeId> = self.shared_by.keys().cloned().collect();
+                for member in &members {
+                    self.admit_member_routes(member);
+                }
                 self.announce_routes();
                 self.changed = true;
             }
@@ -373,7 +382,8 @@ impl ClusterTask {
                 entries.retain(|e| e.cluster != self.fabric.me.cluster);
                 entries.truncate(self.max_imports);
                 self.relayed.insert(link.node().clone(), entries);
-                if self.routes.set_member_routes(link.node(), routes) && self.transit {
+                self.shared_by.insert(link.node().clone(), routes);
+                if self.admit_member_routes(link.node()) && self.transit {
                     self.announce_routes();
                 }
                 self.changed = true;
@@ -407,6 +417,22 @@ impl ClusterTask {
         }
     }
 
+    /// Takes a member's shared routes into the table as far as this node's
+    /// policy admits every cluster on their paths; says whether that changed.
+    fn admit_member_routes(&mut self, member: &NodeId) -> bool {
+        let policy = self.fabric.policy();
+        let me = &self.fabric.me.cluster;
+        let admitted: Vec<weft_fabric::Announcement> = self
+            .shared_by
+            .get(member)
+            .into_iter()
+            .flatten()
+            .filter(|a| a.path.iter().all(|c| c == me || policy.peer(c, None).allowed))
+            .cloned()
+            .collect();
+        self.routes.set_member_routes(member, admitted)
+    }
+
     /// This cluster's entries that the policy offers to the link's cluster.
     fn offer(&self, link: &Link) -> Vec<CatalogEntry> {
         let policy = self.fabric.policy();
@@ -419,7 +445,8 @@ impl ClusterTask {
                 self.routes.exports(self.now(), to, true).into_iter().map(|a| a.destination).collect();
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
-                if leads.contains(&e.cluster) && !entries_has(&offer, e) {
+                let admitted = policy.peer(&e.cluster, None).allowed;
+                if admitted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     offer.push(e.clone());
                 }
             }
