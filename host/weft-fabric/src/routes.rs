@@ -10,11 +10,13 @@
 //!
 //! A neighbour sends its whole export set each time (periodically and when
 //! its best routes change); a destination missing from a newer set is
-//! withdrawn. Members of this cluster share their own best routes
-//! (`shared`, `set_member_routes`), so that a node carrying transit exports
-//! routes that leave the cluster over another member's bridge. Selection: fewest hops, then lowest latency (in whole
+//! withdrawn. Selection: fewest hops, then lowest latency (in whole
 //! milliseconds), then highest reliability, then the smallest advertiser
 //! (neighbour node) id.
+//!
+//! Members of this cluster share their own best routes (`shared`,
+//! `set_member_routes`), so that a node carrying transit also exports
+//! routes that leave the cluster over another member's bridge.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -461,6 +463,7 @@ impl RouteTable {
     /// members. Only routes learnt over this node's own bridges: passing
     /// members' routes on would let two members keep feeding each other a
     /// route after the bridge behind it is gone.
+    ///
     /// Latency goes in whole buckets (what selection compares), so jitter
     /// of a measured link does not make the node share its set again.
     pub fn shared(&self, now: Millis) -> Vec<Announcement> {
@@ -517,12 +520,12 @@ impl RouteTable {
         let offered = self.config.neighbours.get(to).and_then(|r| r.export.as_ref());
         let own = self.winners(now).into_values().map(|r| self.onwards(r, ttl_ms));
         let members = self.members.values().flatten().map(|a| Announcement { ttl_ms, ..a.clone() });
+        let rank = |a: &Announcement| (a.hops, a.latency_us / LATENCY_BUCKET_US, std::cmp::Reverse(a.reliability));
         let mut best: BTreeMap<ClusterId, Announcement> = BTreeMap::new();
         for a in own.chain(members) {
             if a.path.contains(to) || offered.is_some_and(|list| !list.contains(&a.destination)) {
                 continue;
             }
-            let rank = |a: &Announcement| (a.hops, a.latency_us / LATENCY_BUCKET_US, std::cmp::Reverse(a.reliability));
             match best.get(&a.destination) {
                 Some(held) if rank(held) <= rank(&a) => {}
                 _ => {
