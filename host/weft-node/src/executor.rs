@@ -3,8 +3,9 @@
 //! commands, a command runs in the request's task until it first has to wait
 //! (a forward on the network, a guest that yields after its slice of fuel);
 //! only then does it move to a task of its own, so cheap commands cost no
-//! thread hand-off and long ones still use every core. The first failure fails the request and cancels the
-//! commands still running (their tasks are aborted).
+//! thread hand-off and long ones still use every core. The first failure
+//! fails the request and cancels the commands still running (their tasks
+//! are aborted).
 //!
 //! A step whose function is on this node runs here; otherwise it is
 //! forwarded to the least loaded node that has it (random among equals),

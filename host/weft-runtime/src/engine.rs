@@ -19,7 +19,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// do) gets control back that soon and can move a long call to a task of its
 /// own, while a short call finishes in that first poll. Each yield costs a
 /// few microseconds (the task is rescheduled), so a smaller slice taxes long
-/// CPU-bound calls: 100k cost them 2-4% (docs/BENCHMARKS.md).
+/// CPU-bound calls: 3-5% at 100k, 1-4% at 200k (docs/BENCHMARKS.md).
 pub(crate) const FUEL_SLICE: u64 = 200_000;
 
 /// Table elements a guest may grow to (bounds host memory held by tables).

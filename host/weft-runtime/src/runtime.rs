@@ -304,8 +304,8 @@ impl Runtime {
     }
 
     /// A fresh store armed with the plugin's sandbox: memory and table
-    /// limits, fuel (yielding every `FUEL_SLICE`), and an epoch callback that yields every tick and
-    /// interrupts the guest at `deadline`.
+    /// limits, fuel (yielding every `FUEL_SLICE`), and an epoch callback
+    /// that yields every tick and interrupts the guest at `deadline`.
     fn sandbox(
         &self,
         plugin: &Plugin,
