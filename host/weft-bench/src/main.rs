@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_client::Client;
-use weft_proto::{Command, Request};
+use weft_proto::{Caller, Command, Request};
 use weft_runtime::{CallTarget, Runtime, RuntimeConfig};
 
 use crate::report::Report;
@@ -69,14 +69,22 @@ async fn bench_runtime(smoke: bool, report: &mut Report) -> Result<(), String> {
 
     let rt = Runtime::new(config).map_err(|e| e.to_string())?;
     rt.load_bytes("echo.wasm", "echo", echo, None).map_err(|e| e.to_string())?;
+    // The same component again, opted in to warm instances by its manifest.
+    rt.load_bytes("warm.wasm", "warm", echo, Some("warm = 1\n")).map_err(|e| e.to_string())?;
     let target = || CallTarget { plugin: "echo", version: None, function: "echo" };
+    let warm_target = || CallTarget { plugin: "warm", version: None, function: "echo" };
     let args = [json!("hello")];
-    let (mut fresh, mut reused, mut native) = (Vec::new(), Vec::new(), Vec::new());
+    let caller = Caller::Anonymous;
+    let (mut fresh, mut warm, mut reused, mut native) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        for _ in 0..batch {
-            let started = Instant::now();
-            rt.call(target(), &args, Instant::now() + Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
-            fresh.push(started.elapsed());
+        for (into, target) in [(&mut fresh, target()), (&mut warm, warm_target())] {
+            for _ in 0..batch {
+                let started = Instant::now();
+                rt.call(target.clone(), &args, Instant::now() + Duration::from_secs(5), &caller)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                into.push(started.elapsed());
+            }
         }
         reused.extend(rt.time_reused_instance(target(), &args, batch).await.map_err(|e| e.to_string())?);
         for _ in 0..batch {
@@ -85,18 +93,20 @@ async fn bench_runtime(smoke: bool, report: &mut Report) -> Result<(), String> {
             native.push(started.elapsed());
         }
     }
-    let (fresh, reused, native) = (Samples(fresh), Samples(reused), Samples(native));
+    let (fresh, warm, reused, native) = (Samples(fresh), Samples(warm), Samples(reused), Samples(native));
     println!("### Runtime: `echo(\"hello\")` ({} calls each, interleaved)\n", rounds * batch);
     println!("| variant | median | p99 | vs reused |");
     println!("|---|---|---|---|");
     for (name, s) in [
         ("fresh sandboxed instance + call (JSON in/out)", &fresh),
+        ("warm instance (manifest `warm`) + call, same caller", &warm),
         ("reused instance, call only (JSON in/out)", &reused),
         ("native Rust function", &native),
     ] {
         println!("| {name} | {} | {} | {} |", us(s.median()), us(s.pct(0.99)), ratio(s.median(), reused.median()));
     }
     report.micros("runtime.fresh_echo_us", fresh.median());
+    report.micros("runtime.warm_echo_us", warm.median());
     report.micros("runtime.reused_echo_us", reused.median());
     report.micros("runtime.native_echo_us", native.median());
     let (cold, cached) = (Samples(cold), Samples(cached));

@@ -45,6 +45,12 @@ const COMPARISONS: &[Comparison] = &[
         target: Target::RatioAtMost(5.0),
     },
     Comparison {
+        what: "warm instance (manifest `warm`) + echo vs reused instance",
+        weft: "runtime.warm_echo_us",
+        baseline: "runtime.reused_echo_us",
+        target: Target::None,
+    },
+    Comparison {
         what: "fresh sandboxed instance + echo, median",
         weft: "runtime.fresh_echo_us",
         baseline: "runtime.native_echo_us",

@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Bearer token naming the tenant the requests are made for.
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// `function` or `plugin/function`.
     function: String,
     /// Arguments, each parsed as JSON; text that is not JSON is a string.
@@ -75,7 +78,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let args = a.args.iter().map(|s| parse_arg(s)).collect();
     // `u` stays empty: the client gives each request its own.
-    let template = Request::new("", vec![Command::new("call", a.function.clone(), args)]);
+    let mut template = Request::new("", vec![Command::new("call", a.function.clone(), args)]);
+    template.token = a.token.clone();
 
     let started = Instant::now();
     let stop = match a.requests {

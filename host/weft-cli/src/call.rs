@@ -36,6 +36,9 @@ pub struct CallArgs {
     version: Option<String>,
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Bearer token naming the tenant the requests are made for.
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the whole response as JSON.
     #[arg(long)]
     json: bool,
@@ -76,6 +79,9 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     let mut request = request;
     if a.timeout_ms.is_some() {
         request.timeout_ms = a.timeout_ms;
+    }
+    if a.token.is_some() {
+        request.token.clone_from(&a.token);
     }
     let client = Client::connect(&a.node).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     let response = client.request(request).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;

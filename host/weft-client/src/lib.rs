@@ -126,6 +126,7 @@ pub struct Admin {
 #[derive(Debug)]
 pub struct AdminReply {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Value,
     pub text: String,
 }
@@ -136,14 +137,30 @@ impl Admin {
     }
 
     pub async fn get(&self, path: &str) -> Result<AdminReply, WeftError> {
-        self.send(hyper::Method::GET, path, Bytes::new()).await
+        self.send(hyper::Method::GET, path, Bytes::new(), &[]).await
     }
 
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Result<AdminReply, WeftError> {
-        self.send(hyper::Method::POST, path, body.into()).await
+        self.send(hyper::Method::POST, path, body.into(), &[]).await
     }
 
-    async fn send(&self, method: hyper::Method, path: &str, body: Bytes) -> Result<AdminReply, WeftError> {
+    /// A POST with extra headers, e.g. `("authorization", "Bearer TOKEN")`.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<AdminReply, WeftError> {
+        self.send(hyper::Method::POST, path, body.into(), headers).await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<AdminReply, WeftError> {
         let url = format!("{}{path}", self.base);
         let uri: hyper::Uri = url.parse().map_err(|e| WeftError::invalid_request(format!("bad URL {url}: {e}")))?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -154,16 +171,19 @@ impl Admin {
             .await
             .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
         tokio::spawn(conn);
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(hyper::header::HOST, &authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| WeftError::internal(e.to_string()))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| WeftError::internal(e.to_string()))?;
         let reply =
             sender.send_request(req).await.map_err(|e| unavailable(format!("HTTP request to {url} failed: {e}")))?;
         let status = reply.status().as_u16();
+        let headers = reply.headers().clone();
         let bytes = reply
             .into_body()
             .collect()
@@ -172,6 +192,6 @@ impl Admin {
             .to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(AdminReply { status, body, text })
+        Ok(AdminReply { status, headers, body, text })
     }
 }

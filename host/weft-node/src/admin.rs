@@ -435,6 +435,7 @@ fn phase_name(p: Phase) -> &'static str {
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
+    let bearer = crate::tenants::bearer(req.headers());
     let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -456,8 +457,12 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
         }
     };
     let response = match Request::decode(&body) {
-        Ok(request) => match ctx.executor.get() {
-            Some(executor) => executor.execute(request).await,
+        Ok(mut request) => match ctx.executor.get() {
+            Some(executor) => {
+                // A token in the body wins over the header.
+                request.token = request.token.or(bearer);
+                executor.execute(request).await
+            }
             None => return starting(),
         },
         Err((u, e)) => {
@@ -466,5 +471,10 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
         }
     };
     let status = response.error.as_ref().map_or(StatusCode::OK, |e| status_of(e.kind));
-    json_response(status, &serde_json::to_value(&response).unwrap_or_default())
+    let mut reply = json_response(status, &serde_json::to_value(&response).unwrap_or_default());
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750: the scheme a token goes in.
+        reply.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    }
+    reply
 }

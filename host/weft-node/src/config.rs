@@ -21,9 +21,35 @@ pub struct Config {
     pub routing: RoutingSection,
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
+    pub auth: AuthSection,
+    /// Tenants by name: their tokens, quotas and plugin limits.
+    pub tenants: BTreeMap<String, TenantSection>,
     /// The file this came from, read again by a policy reload.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// Who may send client requests.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthSection {
+    /// Every client request must carry a token of a `[tenants]` entry.
+    pub required: bool,
+}
+
+/// One tenant: the bearer tokens that name it, what its requests may use on
+/// each node, and the sandbox of the plugins it owns.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TenantSection {
+    /// Bearer tokens, each as text or as "sha256:" + the hex digest of it.
+    pub tokens: Vec<String>,
+    /// Commands per minute this tenant may start on a node (0: no limit).
+    pub calls_per_minute: u32,
+    /// Requests this tenant may have running on a node at once (0: no limit).
+    pub max_in_flight: u32,
+    /// Sandbox of this tenant's plugins; may only lower `[limits]`.
+    pub limits: weft_runtime::ManifestLimits,
 }
 
 /// Membership and the shared catalog inside one cluster.
@@ -158,6 +184,8 @@ pub struct LimitsSection {
     pub memory: u64,
     pub fuel: u64,
     pub max_concurrency: u32,
+    /// Idle warm instances a node keeps, all plugins together.
+    pub max_warm_instances: u32,
     /// Largest WebSocket frame or HTTP body accepted.
     #[serde(deserialize_with = "units::size")]
     pub max_frame: u64,
@@ -213,6 +241,7 @@ impl Default for LimitsSection {
             memory: 64 << 20,
             fuel: 0,
             max_concurrency: 256,
+            max_warm_instances: 64,
             max_frame: 16 << 20,
             max_result: 16 << 20,
             max_plugin: 64 << 20,
@@ -351,7 +380,6 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        let name_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         check(name_ok(&self.node.cluster), "node.cluster: use letters, digits, '-', '_' or '.'");
         check(self.node.id.as_deref().is_none_or(name_ok), "node.id: use letters, digits, '-', '_' or '.'");
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
@@ -396,8 +424,51 @@ impl Config {
         for seed in &self.node.seeds {
             check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
         }
+        problems.extend(self.tenant_problems());
         problems.append(&mut problems_later);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    fn tenant_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.auth.required && self.tenants.is_empty() {
+            problems
+                .push("auth.required: no [tenants.NAME] with tokens is configured, so no request could be made".into());
+        }
+        let mut owners: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        for (name, tenant) in &self.tenants {
+            if !name_ok(name) {
+                problems.push(format!("tenants.{name}: use letters, digits, '-', '_' or '.' in tenant names"));
+            }
+            for (i, token) in tenant.tokens.iter().enumerate() {
+                match crate::tenants::token_digest(token) {
+                    Err(why) => problems.push(format!("tenants.{name}.tokens[{i}]: {why}")),
+                    Ok(digest) => {
+                        if let Some(other) = owners.insert(digest, name) {
+                            problems.push(format!(
+                                "tenants.{name}.tokens[{i}]: the same token is given to tenant {other}; a token names one tenant"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// The sandbox limits of each tenant's plugins (each within `[limits]`).
+    pub fn tenant_limits(&self) -> BTreeMap<String, weft_runtime::Limits> {
+        let node = self.sandbox_limits();
+        self.tenants.iter().map(|(name, t)| (name.clone(), node.lowered_by(&t.limits))).collect()
+    }
+
+    /// `[limits]` as the runtime takes them.
+    pub fn sandbox_limits(&self) -> weft_runtime::Limits {
+        weft_runtime::Limits {
+            deadline: self.limits.deadline,
+            memory_bytes: self.limits.memory,
+            fuel: self.limits.fuel,
+        }
     }
 
     /// The route table's settings from `[routing]`.
@@ -481,6 +552,11 @@ impl Config {
             format!("{host}-{listen_port}")
         })
     }
+}
+
+/// Cluster, node and tenant names: letters, digits, '-', '_' and '.'.
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Line (1-based) of a dotted key path such as `federation.bridges.0.clustr`;

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
-use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
+use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -85,6 +85,9 @@ impl Executor {
                 self.max_commands
             )));
         }
+        // Held until the request ends: its place among its tenant's in flight.
+        let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len())?;
+        let caller = &admission.caller;
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
@@ -97,7 +100,7 @@ impl Executor {
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = Steps::new(plan.steps().len() > 1);
         for step in scheduler.initial_ready() {
-            self.start(&plan, step, &results, deadline, hop_budget, &mut running)?;
+            self.start(&plan, step, &results, (deadline, hop_budget, caller), &mut running)?;
         }
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
@@ -135,7 +138,7 @@ impl Executor {
             results[joined.step.0] = Some(value);
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             for next in scheduler.complete(joined.step) {
-                self.start(&plan, next, &results, deadline, hop_budget, &mut running)?;
+                self.start(&plan, next, &results, (deadline, hop_budget, caller), &mut running)?;
             }
         }
 
@@ -203,8 +206,7 @@ impl Executor {
         plan: &Plan,
         idx: StepIdx,
         results: &[Option<Value>],
-        deadline: Instant,
-        hop_budget: u32,
+        (deadline, hop_budget, caller): (Instant, u32, &Caller),
         running: &mut Steps,
     ) -> Result<(), WeftError> {
         let args = plan.bind(idx, results)?;
@@ -219,6 +221,7 @@ impl Executor {
             routing_path: Vec::new(),
             federation_path: Vec::new(),
             locs: plan.steps()[idx.0].resolved.locs.clone(),
+            caller: caller.clone(),
         };
         running.start(async move {
             let started = Instant::now();
@@ -352,6 +355,7 @@ pub(crate) struct StepCall {
     pub federation_path: Vec<ClusterId>,
     /// Resources the running node must have.
     pub locs: Vec<String>,
+    pub caller: Caller,
 }
 
 impl StepCall {
@@ -362,7 +366,7 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let started = Instant::now();
-            let result = self.fabric.runtime.call(target, &self.args, self.deadline).await;
+            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller).await;
             metrics.record_call(&f.to_string(), result.is_ok(), started.elapsed().as_secs_f64());
             return (result, me);
         }
@@ -401,7 +405,8 @@ impl StepCall {
         let me = &self.fabric.me;
         let mut federation_path = self.federation_path.clone();
         let mut hop_budget = self.hop_budget;
-        if link.remote.cluster != me.cluster {
+        let crossing = link.remote.cluster != me.cluster;
+        if crossing {
             let verdict = self
                 .fabric
                 .decide(Point::CallOrigin, self.fabric.policy().peer(&link.remote.cluster, Some(link.node())));
@@ -437,6 +442,8 @@ impl StepCall {
             hop_budget,
             target_cluster: self.target_cluster(),
             locs: self.locs.clone(),
+            // A tenant is this cluster's: its name stays here.
+            caller: if crossing { Caller::Anonymous } else { self.caller.clone() },
         })
     }
 

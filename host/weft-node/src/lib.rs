@@ -12,6 +12,7 @@ pub mod metrics;
 mod node;
 pub mod peer;
 pub mod signing;
+pub mod tenants;
 mod watch;
 mod ws;
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ClusterId, NodeId};
-use weft_runtime::{Limits, Runtime, RuntimeConfig};
+use weft_runtime::{Runtime, RuntimeConfig};
 
 use crate::admin::{self, AdminContext, Phase, PhaseCell};
 use crate::cluster::{self, ClusterSettings, LeaveRequest};
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::executor::{Executor, local_catalog};
 use crate::metrics::Metrics;
 use crate::peer::{Fabric, FabricLimits, Hello, PROTOCOL_VERSION};
+use crate::tenants::Tenants;
 use crate::ws::{self, WsContext};
 
 /// Requests without `timeout_ms` get this long.
@@ -103,13 +104,18 @@ pub(crate) fn reload_federation(
     let mut policy = config.policy();
     policy.cluster = fabric.me.cluster.clone();
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
+    fabric.set_tenants(Tenants::new(config.auth.required, &config.tenants));
     for link in &refused {
         tracing::warn!(peer = %link.node(), cluster = %link.remote.cluster, "link closed: the reloaded federation policy refuses it");
         link.close();
     }
     fabric.event(crate::peer::Event::PolicyChanged);
     let closed: Vec<String> = refused.iter().map(|l| l.node().to_string()).collect();
-    Ok(serde_json::json!({ "reloaded": path.display().to_string(), "links_closed": closed }))
+    Ok(serde_json::json!({
+        "reloaded": path.display().to_string(),
+        "links_closed": closed,
+        "tenants": config.tenants.len(),
+    }))
 }
 
 impl RunningNode {
@@ -178,12 +184,10 @@ impl RunningNode {
 
 fn runtime_config(config: &Config) -> RuntimeConfig {
     RuntimeConfig {
-        limits: Limits {
-            deadline: config.limits.deadline,
-            memory_bytes: config.limits.memory,
-            fuel: config.limits.fuel,
-        },
+        limits: config.sandbox_limits(),
+        tenant_limits: config.tenant_limits(),
         max_concurrency: config.limits.max_concurrency,
+        max_warm_instances: config.limits.max_warm_instances,
         max_result_bytes: usize::try_from(config.limits.max_result).unwrap_or(usize::MAX),
         max_plugin_bytes: config.limits.max_plugin,
         cache_dir: Some(config.node.data_dir.join("cache")),
@@ -269,6 +273,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
+    fabric.set_tenants(Tenants::new(config.auth.required, &config.tenants));
     let key = &config.routing.security.signing_key;
     let signer = if key.is_empty() {
         None

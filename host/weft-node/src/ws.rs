@@ -72,7 +72,14 @@ pub(crate) async fn serve(
 }
 
 async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
-    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(ctx.max_frame)));
+    // A bearer token on the upgrade is the token of requests that carry none.
+    let mut bearer = None;
+    #[expect(clippy::result_large_err, reason = "the handshake callback's type is tungstenite's")]
+    let read_token = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+        bearer = crate::tenants::bearer(req.headers());
+        Ok(resp)
+    };
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, read_token, Some(ws_config(ctx.max_frame)));
     let mut ws = match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -168,7 +175,12 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
             if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
         };
         let request = match Request::decode(&bytes) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if r.token.is_none() {
+                    r.token.clone_from(&bearer);
+                }
+                r
+            }
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
                 let answer = reply(&Response::err(u.unwrap_or_default(), &e));

@@ -4,6 +4,7 @@
 //! This crate owns shapes only. It knows nothing of sockets, wasmtime or
 //! clusters; every other crate speaks in these types.
 
+pub mod caller;
 pub mod client;
 pub mod error;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod wit;
 #[cfg(test)]
 mod test_support;
 
+pub use caller::Caller;
 pub use client::{Command, Request, Response};
 pub use error::{ErrorBody, ErrorKind, WeftError};
 pub use ids::{ClusterId, FunctionId, NodeId};

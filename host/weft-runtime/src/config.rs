@@ -1,7 +1,10 @@
 //! What the runtime needs from the node's configuration.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::manifest::ManifestLimits;
 
 /// The sandbox armed for every call (node defaults; a manifest may lower them).
 #[derive(Clone, Debug, PartialEq)]
@@ -10,6 +13,23 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// 0 = no fuel budget.
     pub fuel: u64,
+}
+
+impl Limits {
+    /// These limits, lowered where `by` sets a smaller value (fuel 0 here
+    /// means none, so any budget in `by` is lower).
+    pub fn lowered_by(&self, by: &ManifestLimits) -> Limits {
+        let fuel = match (by.fuel, self.fuel) {
+            (Some(m), 0) => m,
+            (Some(m), n) if m > 0 => m.min(n),
+            (_, n) => n,
+        };
+        Limits {
+            deadline: by.deadline.map_or(self.deadline, |d| d.min(self.deadline)),
+            memory_bytes: by.memory.map_or(self.memory_bytes, |m| m.min(self.memory_bytes)),
+            fuel,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -21,8 +41,14 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub limits: Limits,
+    /// The sandbox of each named tenant's plugins (within `limits`); a
+    /// tenant not listed gets `limits`.
+    pub tenant_limits: BTreeMap<String, Limits>,
     /// Calls executing at once; also sizes the pooling allocator.
     pub max_concurrency: u32,
+    /// Idle warm instances kept, all plugins together (each holds a slot
+    /// of the pooling allocator, which is sized for them too).
+    pub max_warm_instances: u32,
     /// Largest result (as JSON) a call may return.
     pub max_result_bytes: usize,
     /// Plugin files larger than this are refused before compiling.
@@ -51,7 +77,9 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
+            tenant_limits: BTreeMap::new(),
             max_concurrency: 256,
+            max_warm_instances: 64,
             max_result_bytes: 16 << 20,
             max_plugin_bytes: 64 << 20,
             max_output_bytes: 64 << 10,

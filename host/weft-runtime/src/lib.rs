@@ -14,10 +14,11 @@ mod plugin;
 mod runtime;
 mod sandbox;
 pub mod units;
+mod warm;
 mod wit_types;
 
 pub use config::{Limits, RuntimeConfig};
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};
 pub use runtime::{CallTarget, LoadReport, ReloadReport, Runtime, RuntimeError, is_plugin_file};
 pub use wit_types::{ComponentInfo, ExportedFunction, describe_component};

@@ -4,6 +4,11 @@
 //! name = "math"            # default: the file stem
 //! version = "1.2.0"        # semver, default "0.1.0"
 //! tenant = "acme"          # default "default"
+//! callers = ["acme", "ops"] # tenants that may call it; "*" = anyone, foreign
+//!                           # clusters included (default: "*" for tenant
+//!                           # "default", else the owner only)
+//! warm = 4                  # keep up to 4 used instances per caller for reuse
+//!                           # (0, the default: a fresh instance every call)
 //! resources = ["gpu"]      # labels a call's `locs` can require
 //! idempotent = false       # the fabric may retry a call on another node
 //! export = true            # false: no function leaves the cluster
@@ -21,8 +26,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use weft_proto::Caller;
+
 use crate::config::Limits;
 use crate::units;
+
+/// The owner of plugins whose manifest names none: the operator's.
+pub const DEFAULT_TENANT: &str = "default";
+/// In `callers`: every caller, anonymous and foreign ones included.
+const ANYONE: &str = "*";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +42,9 @@ pub struct Manifest {
     pub name: Option<String>,
     pub version: Option<semver::Version>,
     pub tenant: Option<String>,
+    pub callers: Option<Vec<String>>,
+    #[serde(default)]
+    pub warm: u32,
     #[serde(default)]
     pub resources: Vec<String>,
     #[serde(default)]
@@ -42,6 +57,7 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionManifest>,
 }
 
+/// Limits that may only lower others: a manifest's `[limits]`, a tenant's.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestLimits {
@@ -83,7 +99,30 @@ impl Manifest {
     }
 
     pub fn tenant(&self) -> &str {
-        self.tenant.as_deref().unwrap_or("default")
+        self.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
+    }
+
+    /// Who may call the plugin's functions: `callers`, else anyone for the
+    /// operator's own plugins (tenant "default") and the owner for a tenant's.
+    pub fn callers(&self) -> Vec<String> {
+        match &self.callers {
+            Some(list) => list.clone(),
+            None if self.tenant() == DEFAULT_TENANT => vec![ANYONE.to_owned()],
+            None => vec![self.tenant().to_owned()],
+        }
+    }
+
+    /// Whether `caller` may call this plugin. Anonymous and foreign callers
+    /// pass only "*"; a tenant passes "*" or its name.
+    pub fn admits(&self, caller: &Caller) -> bool {
+        let allowed = |name: &str| match &self.callers {
+            Some(list) => list.iter().any(|c| c == ANYONE || c == name),
+            None => self.tenant() == DEFAULT_TENANT || self.tenant() == name,
+        };
+        match caller {
+            Caller::Tenant(t) => allowed(t),
+            Caller::Anonymous | Caller::Cluster(_) => allowed(ANYONE),
+        }
     }
 
     pub fn grants(&self, cap: Capability) -> bool {
@@ -95,18 +134,10 @@ impl Manifest {
         self.functions.get(function).and_then(|f| f.export).unwrap_or(self.export.unwrap_or(true))
     }
 
-    /// The plugin's limits: the manifest may lower the node's, never raise them.
-    pub fn effective_limits(&self, node: &Limits) -> Limits {
-        let fuel = match (self.limits.fuel, node.fuel) {
-            (Some(m), 0) => m,
-            (Some(m), n) if m > 0 => m.min(n),
-            (_, n) => n,
-        };
-        Limits {
-            deadline: self.limits.deadline.map_or(node.deadline, |d| d.min(node.deadline)),
-            memory_bytes: self.limits.memory.map_or(node.memory_bytes, |m| m.min(node.memory_bytes)),
-            fuel,
-        }
+    /// The plugin's limits: the manifest may lower `base` (the node's or
+    /// its tenant's), never raise it.
+    pub fn effective_limits(&self, base: &Limits) -> Limits {
+        base.lowered_by(&self.limits)
     }
 }
 
@@ -129,6 +160,22 @@ mod tests {
         assert_eq!(m.version().to_string(), "1.2.0");
         assert!(!m.exports("f"));
         assert!(m.exports("g"));
+    }
+
+    #[test]
+    fn a_tenants_plugin_is_its_own_unless_shared() {
+        let acme = Caller::Tenant("acme".into());
+        let bob = Caller::Tenant("bob".into());
+        let foreign = Caller::Cluster(weft_proto::ClusterId::new("beta"));
+        let who = |text: &str| {
+            let m = Manifest::parse("m.toml", text).unwrap();
+            [&acme, &bob, &Caller::Anonymous, &foreign].map(|c| m.admits(c))
+        };
+        assert_eq!(who(""), [true; 4], "the operator's plugins are open to all");
+        assert_eq!(who("tenant = \"acme\""), [true, false, false, false]);
+        assert_eq!(who("tenant = \"acme\"\ncallers = [\"acme\", \"bob\"]"), [true, true, false, false]);
+        assert_eq!(who("tenant = \"acme\"\ncallers = [\"*\"]"), [true; 4]);
+        assert_eq!(who("callers = [\"bob\"]"), [false, true, false, false], "callers replaces the default");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::config::Limits;
 use crate::manifest::{Capability, Manifest};
 use crate::sandbox::SandboxState;
 use crate::units::format_size;
+use crate::warm::WarmPool;
 
 pub(crate) struct Plugin {
     pub(crate) name: String,
@@ -27,6 +28,8 @@ pub(crate) struct Plugin {
     pub(crate) label: Arc<str>,
     /// Digest of the wasm and manifest files it was loaded from.
     pub(crate) fingerprint: [u8; 32],
+    /// Idle instances kept for reuse (manifest `warm`); they go with the plugin.
+    pub(crate) warm: WarmPool,
 }
 
 pub(crate) struct Function {
@@ -48,6 +51,9 @@ impl Plugin {
             version: self.version.to_string(),
             file: self.file.clone(),
             tenant: self.manifest.tenant().to_owned(),
+            callers: self.manifest.callers(),
+            warm: self.manifest.warm,
+            warm_idle: self.warm.len(),
             resources: self.manifest.resources.clone(),
             idempotent: self.manifest.idempotent,
             limits: LimitsInfo {
@@ -81,6 +87,12 @@ pub struct PluginInfo {
     pub version: String,
     pub file: String,
     pub tenant: String,
+    /// Tenants that may call it ("*": anyone).
+    pub callers: Vec<String>,
+    /// Instances kept per caller for reuse (0: a fresh one every call).
+    pub warm: u32,
+    /// Instances idle in its warm pool now.
+    pub warm_idle: usize,
     pub resources: Vec<String>,
     pub idempotent: bool,
     pub limits: LimitsInfo,

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, Val};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType, WitValue};
-use weft_proto::{ErrorKind, WeftError};
+use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::cache;
 use crate::config::RuntimeConfig;
@@ -18,6 +18,8 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
+use crate::warm::WarmPool;
+use crate::warm::{WarmBudget, WarmInstance};
 use crate::wit_types::describe_component;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,7 @@ pub struct Runtime {
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: std::sync::Mutex<()>,
     permits: Semaphore,
+    warm_budget: WarmBudget,
     _ticker: EpochTicker,
 }
 
@@ -72,6 +75,7 @@ impl Runtime {
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
             permits: Semaphore::new(config.max_concurrency.max(1) as usize),
+            warm_budget: WarmBudget::new(config.max_warm_instances),
             engine,
             linker,
             config,
@@ -194,7 +198,8 @@ impl Runtime {
         let plugin = Plugin {
             name,
             file: file.to_owned(),
-            limits: manifest.effective_limits(&self.config.limits),
+            limits: manifest
+                .effective_limits(self.config.tenant_limits.get(manifest.tenant()).unwrap_or(&self.config.limits)),
             manifest,
             version,
             pre,
@@ -203,6 +208,7 @@ impl Runtime {
             compile_ms,
             label: label.clone(),
             fingerprint: fingerprint(wasm, manifest_text),
+            warm: WarmPool::default(),
         };
         tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
         Ok(plugin)
@@ -272,8 +278,8 @@ impl Runtime {
     }
 
     /// Benchmark support (weft-bench): instantiates `target` once, then times
-    /// `iterations` calls on that one instance. Products never reuse an
-    /// instance; this measures what the fresh-instance sandbox costs.
+    /// `iterations` calls on that one instance, without the per-call set-up
+    /// a warm instance gets: the floor that reuse approaches.
     #[doc(hidden)]
     pub async fn time_reused_instance(
         &self,
@@ -318,12 +324,11 @@ impl Runtime {
             self.config.max_log_lines,
             plugin.manifest.grants(Capability::Log),
             self.config.max_output_bytes,
-            format!("{}/{}", plugin.label, function.name).into(),
+            who(plugin, function),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
-        store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))?;
+        set_fuel(&mut store, plugin)?;
         store
             .fuel_async_yield_interval(Some(FUEL_SLICE))
             .map_err(|e| WeftError::internal(format!("cannot set the fuel slice: {e}")))?;
@@ -358,10 +363,17 @@ impl Runtime {
             })
     }
 
-    /// Calls a function in a fresh sandboxed instance. `args` are positional
-    /// JSON values; `deadline` is the caller's remaining time (the plugin's
-    /// own deadline applies if sooner).
-    pub async fn call(&self, target: CallTarget<'_>, args: &[Value], deadline: Instant) -> Result<Value, WeftError> {
+    /// Calls a function for `caller` in a sandboxed instance: a fresh one,
+    /// or for a plugin with `warm` in its manifest one this caller used
+    /// before. `args` are positional JSON values; `deadline` is the caller's
+    /// remaining time (the plugin's own deadline applies if sooner).
+    pub async fn call(
+        &self,
+        target: CallTarget<'_>,
+        args: &[Value],
+        deadline: Instant,
+        caller: &Caller,
+    ) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
             return Err(WeftError::new(
@@ -370,6 +382,17 @@ impl Runtime {
             ));
         };
         let qualified = format!("{}/{}", plugin.name, function.name);
+        if !plugin.manifest.admits(caller) {
+            let tenant = plugin.manifest.tenant();
+            return Err(WeftError::new(
+                ErrorKind::POLICY_DENIED,
+                format!(
+                    "{qualified} belongs to tenant {tenant} and is not open to {caller}; the plugin's manifest `callers` lists who may call it"
+                ),
+            )
+            .with("rule", "callers")
+            .with("tenant", tenant));
+        }
         let params = convert_args(&qualified, &function.sig, args)?;
         let deadline = deadline.min(Instant::now() + plugin.limits.deadline);
 
@@ -383,26 +406,49 @@ impl Runtime {
             })?
             .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
 
-        let (mut store, output) = self.sandbox(&plugin, function, deadline)?;
+        let warm = plugin.manifest.warm > 0;
+        let (mut store, instance, output) = match warm.then(|| plugin.warm.take(caller)).flatten() {
+            Some(mut w) => {
+                w.store.data_mut().rearm(deadline, self.config.max_log_lines, who(&plugin, function));
+                set_fuel(&mut w.store, &plugin)?;
+                (w.store, Some(w.instance), w.output)
+            }
+            None => {
+                let (store, output) = self.sandbox(&plugin, function, deadline)?;
+                (store, None, output)
+            }
+        };
 
         let result_count = usize::from(function.sig.result.is_some());
         let run = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let instance = match instance {
+                Some(instance) => instance,
+                None => plugin.pre.instantiate_async(&mut store).await?,
+            };
             let func = instance
                 .get_func(&mut store, function.index)
                 .ok_or_else(|| wasmtime::Error::msg("export vanished from the instance"))?;
             let mut results = vec![Val::Bool(false); result_count];
             func.call_async(&mut store, &params, &mut results).await?;
-            Ok::<_, wasmtime::Error>(results)
+            Ok::<_, wasmtime::Error>((instance, results))
         };
         // Second line of defence: the epoch interrupts a running guest; this
         // drops the call if it is stuck anywhere else (e.g. a host future).
         let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
-        drop(store);
         emit_output(&plugin.label, &function.name, &output, dropped_logs);
-
+        // Only an instance whose call finished cleanly is kept; the rest
+        // (traps, timeouts) go back to the pool with their store here.
+        let outcome = outcome.map(|ran| {
+            ran.map(|(instance, results)| {
+                if warm {
+                    let kept = WarmInstance { store, instance, output };
+                    plugin.warm.put(caller, kept, plugin.manifest.warm, &self.warm_budget);
+                }
+                results
+            })
+        });
         let results = match outcome {
             Err(_) => {
                 return Err(WeftError::new(
@@ -462,6 +508,17 @@ impl Runtime {
         }
         Ok(wit::to_json(&value))
     }
+}
+
+/// "plugin@version/function", naming a guest in its log lines.
+fn who(plugin: &Plugin, function: &Function) -> Arc<str> {
+    format!("{}/{}", plugin.label, function.name).into()
+}
+
+/// A call's fuel: the plugin's budget, or unmetered without one.
+fn set_fuel(store: &mut Store<SandboxState>, plugin: &Plugin) -> Result<(), WeftError> {
+    let fuel = if plugin.limits.fuel == 0 { u64::MAX } else { plugin.limits.fuel };
+    store.set_fuel(fuel).map_err(|e| WeftError::internal(format!("cannot set fuel: {e}")))
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -644,6 +701,73 @@ mod tests {
 
     fn versions(rt: &Runtime) -> Vec<String> {
         rt.plugins().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect()
+    }
+
+    /// A runtime with the hostile plugin under `manifest`.
+    fn hostile(manifest: &str, max_warm_instances: u32) -> (Runtime, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hostile.wasm"), weft_bundle::get("hostile").expect("bundled")).expect("write");
+        std::fs::write(dir.path().join("hostile.toml"), manifest).expect("write");
+        let config = RuntimeConfig { max_warm_instances, ..RuntimeConfig::default() };
+        let rt = Runtime::new(config).expect("runtime");
+        assert!(rt.load_dir(dir.path()).failed.is_empty());
+        (rt, dir)
+    }
+
+    async fn snoop(rt: &Runtime, caller: &Caller, value: &str) -> Value {
+        let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        rt.call(target, &[Value::from(value)], deadline, caller).await.expect("snoop")
+    }
+
+    #[tokio::test]
+    async fn a_warm_instance_serves_only_the_caller_that_used_it() {
+        let (rt, _dir) = hostile("warm = 1\ncallers = [\"*\"]\n", 64);
+        let (acme, bob) = (Caller::Tenant("acme".into()), Caller::Tenant("bob".into()));
+        assert_eq!(snoop(&rt, &acme, "a1").await, Value::Null, "the first call is fresh");
+        assert_eq!(snoop(&rt, &acme, "a2").await, "a1", "the second reuses acme's instance");
+        assert_eq!(snoop(&rt, &bob, "b1").await, Value::Null, "bob never sees acme's instance");
+        assert_eq!(snoop(&rt, &Caller::Anonymous, "n1").await, Value::Null);
+        assert_eq!(snoop(&rt, &acme, "a3").await, "a2");
+        assert_eq!(snoop(&rt, &bob, "b2").await, "b1");
+
+        // A trap discards the instance: acme's next call starts afresh.
+        let target = CallTarget { plugin: "hostile", version: None, function: "recurse" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let trap = rt.call(target, &[Value::from(10_000_000)], deadline, &acme).await.unwrap_err();
+        assert_eq!(trap.details["trap"], "stack_overflow", "{trap}");
+        assert_eq!(snoop(&rt, &acme, "a4").await, Value::Null);
+    }
+
+    #[tokio::test]
+    async fn warm_instances_are_off_by_default_and_bounded_node_wide() {
+        let (rt, _dir) = hostile("callers = [\"*\"]\n", 64);
+        let acme = Caller::Tenant("acme".into());
+        snoop(&rt, &acme, "a1").await;
+        assert_eq!(snoop(&rt, &acme, "a2").await, Value::Null, "no manifest `warm`: fresh every call");
+
+        // Room for one idle instance on the node: acme's is kept, bob's not.
+        let (rt, _dir) = hostile("warm = 4\ncallers = [\"*\"]\n", 1);
+        let bob = Caller::Tenant("bob".into());
+        snoop(&rt, &acme, "a1").await;
+        snoop(&rt, &bob, "b1").await;
+        assert_eq!(snoop(&rt, &bob, "b2").await, Value::Null, "the budget was spent on acme's");
+        assert_eq!(snoop(&rt, &acme, "a2").await, "a1");
+    }
+
+    #[tokio::test]
+    async fn a_tenants_plugin_refuses_other_callers_before_it_runs() {
+        let (rt, _dir) = hostile("tenant = \"acme\"\n", 64);
+        assert_eq!(snoop(&rt, &Caller::Tenant("acme".into()), "a").await, Value::Null);
+        let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for caller in
+            [Caller::Tenant("bob".into()), Caller::Anonymous, Caller::Cluster(weft_proto::ClusterId::new("beta"))]
+        {
+            let e = rt.call(target.clone(), &[Value::from("x")], deadline, &caller).await.unwrap_err();
+            assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+            assert!(e.message.contains("tenant acme") && e.message.contains("callers"), "{e}");
+        }
     }
 
     #[test]

@@ -64,6 +64,16 @@ impl SandboxState {
         (state, out)
     }
 
+    /// Readies a warm instance's state for its next call: that call's
+    /// deadline and function, a full log budget, no memory-limit hit.
+    pub(crate) fn rearm(&mut self, deadline: Instant, log_lines: u32, who: Arc<str>) {
+        self.deadline = deadline;
+        self.limiter.hit = None;
+        self.log.who = who;
+        self.log.left = log_lines;
+        self.log.dropped = 0;
+    }
+
     /// Log lines dropped, and whether because the capability is not granted.
     pub(crate) fn dropped_log_lines(&self) -> (u32, bool) {
         (self.log.dropped, !self.log.allowed)

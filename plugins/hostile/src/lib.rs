@@ -5,6 +5,7 @@
 //!
 //! `std::hint::black_box` keeps the optimiser from removing the misbehaviour.
 
+use std::cell::RefCell;
 use std::hint::black_box;
 
 wit_bindgen::generate!({
@@ -16,6 +17,11 @@ const MIB: usize = 1 << 20;
 /// Host page size: writing one byte per page makes the host commit the memory.
 const PAGE: usize = 4096;
 struct Hostile;
+
+thread_local! {
+    /// What `snoop` was last given; lives as long as the instance.
+    static KEPT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 impl Guest for Hostile {
     fn spin() {
@@ -65,6 +71,10 @@ impl Guest for Hostile {
         // exactly the shape of result a hostile guest can hand the host. The
         // host must refuse to copy it before the (double-freeing) post-return.
         (0..count).map(|_| unsafe { String::from_raw_parts(ptr, len, len) }).collect()
+    }
+
+    fn snoop(value: String) -> Option<String> {
+        KEPT.with(|kept| kept.replace(Some(value)))
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use weft_fabric::CatalogEntry;
-use weft_proto::{ErrorKind, FunctionId, NodeId, WeftError};
+use weft_proto::{Caller, ErrorKind, FunctionId, NodeId, WeftError};
 use weft_runtime::CallTarget;
 
 use super::wire::{ForwardCall, Hello, PeerMsg};
@@ -367,8 +367,12 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
 
 /// `Err` is a refusal here; `Ok` carries the result of running the call,
 /// here or further on.
-async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Result<Ran, WeftError> {
+async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall) -> Result<Ran, WeftError> {
     let me = &fabric.me;
+    if link.remote.cluster != me.cluster {
+        // Another cluster's caller is that cluster, whatever the call says.
+        call.caller = Caller::Cluster(origin(link, &call).clone());
+    }
     let path = |call: &ForwardCall| call.routing_path.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> ");
     if call.routing_path.contains(&me.node)
         || (link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster))
@@ -408,7 +412,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
-        let result = fabric.runtime.call(target, &call.args, deadline).await;
+        let result = fabric.runtime.call(target, &call.args, deadline, &call.caller).await;
         // Only functions that exist here become metric labels (a closed set).
         if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
             fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
@@ -531,6 +535,7 @@ fn pass_on(
         routing_path: call.routing_path,
         federation_path: call.federation_path,
         locs: call.locs,
+        caller: call.caller,
     }
 }
 

@@ -25,6 +25,7 @@ use weft_runtime::Runtime;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::metrics::Metrics;
+use crate::tenants::Tenants;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
 
@@ -122,6 +123,7 @@ pub struct Fabric {
     pub alerts: Alerts,
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
+    tenants: RwLock<Arc<Tenants>>,
     decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     events: mpsc::UnboundedSender<Event>,
     /// Inbound forwarded calls: drained with the node's client calls.
@@ -209,6 +211,7 @@ impl Fabric {
             alerts: Alerts::default(),
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
+            tenants: RwLock::default(),
             decisions: Mutex::default(),
             events,
             tracker,
@@ -294,6 +297,15 @@ impl Fabric {
 
     pub fn refusals(&self) -> Vec<Refusal> {
         lock(&self.refusals).iter().cloned().collect()
+    }
+
+    /// The tenants client requests are admitted as (set at start and by a reload).
+    pub fn tenants(&self) -> Arc<Tenants> {
+        read(&self.tenants).clone()
+    }
+
+    pub fn set_tenants(&self, tenants: Tenants) {
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenants);
     }
 
     pub fn policy(&self) -> Arc<Policy> {

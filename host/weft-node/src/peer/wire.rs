@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weft_fabric::{Announcement, CatalogDelta, CatalogEntry, CatalogSnapshot};
-use weft_proto::{ClusterId, ErrorBody, NodeId, WeftError};
+use weft_proto::{Caller, ClusterId, ErrorBody, NodeId, WeftError};
 
 /// Bumped on incompatible changes of this envelope; a peer speaking another
 /// version is refused at the handshake.
@@ -101,6 +101,10 @@ pub struct ForwardCall {
     /// Resources the node that runs the call must have (the command's `locs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locs: Vec<String>,
+    /// Who the call is made for. Only a member's word is taken: a call from
+    /// another cluster is that cluster's, and none is sent over a bridge.
+    #[serde(default, skip_serializing_if = "Caller::is_anonymous")]
+    pub caller: Caller,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

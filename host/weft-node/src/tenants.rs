@@ -1,0 +1,246 @@
+//! Tenants: a client request's bearer token names the tenant it is made for,
+//! and that tenant's requests are held to its quotas on this node (commands
+//! per minute, requests running at once). The tenant then travels with each
+//! of the request's calls as its `Caller`, which the plugin that runs the
+//! call checks against its manifest's `callers`.
+//!
+//! Tokens are kept as SHA-256 digests, so a config file may hold digests
+//! only, and a lookup compares digests rather than the secret itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use weft_proto::{Caller, ErrorKind, WeftError};
+
+use crate::config::TenantSection;
+
+/// Plain tokens shorter than this are refused by the config check.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// The digest a config token stands for: "sha256:" + 64 hex digits, or the
+/// digest of the text itself.
+pub(crate) fn token_digest(token: &str) -> Result<[u8; 32], String> {
+    let Some(hex) = token.strip_prefix("sha256:") else {
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(format!(
+                "a token of fewer than {MIN_TOKEN_CHARS} characters is easy to guess; use a long random one (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        return Ok(Sha256::digest(token.as_bytes()).into());
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("a \"sha256:\" token needs the 64 hex digits of the digest after it".into());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(digest)
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (HTTP calls, and
+/// the WebSocket upgrade, where it is the connection's default token).
+pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// The tenants of `[tenants]` and whether a token is required.
+#[derive(Default)]
+pub struct Tenants {
+    required: bool,
+    by_token: HashMap<[u8; 32], Arc<Tenant>>,
+    count: usize,
+}
+
+struct Tenant {
+    name: Arc<str>,
+    calls_per_minute: u32,
+    calls: Option<governor::DefaultDirectRateLimiter>,
+    max_in_flight: u32,
+    in_flight: Arc<Semaphore>,
+}
+
+/// A request let in: who it is for, and its place among its tenant's
+/// requests in flight (given back when the request ends).
+pub struct Admission {
+    pub caller: Caller,
+    _in_flight: Option<OwnedSemaphorePermit>,
+}
+
+impl Tenants {
+    /// From a checked config (`Config::load` refused bad tokens already;
+    /// one that still fails here is skipped).
+    pub fn new(required: bool, sections: &BTreeMap<String, TenantSection>) -> Self {
+        let mut by_token = HashMap::new();
+        for (name, section) in sections {
+            let quota = NonZeroU32::new(section.calls_per_minute).map(governor::Quota::per_minute);
+            let tenant = Arc::new(Tenant {
+                name: name.as_str().into(),
+                calls_per_minute: section.calls_per_minute,
+                calls: quota.map(governor::RateLimiter::direct),
+                max_in_flight: section.max_in_flight,
+                in_flight: Arc::new(Semaphore::new(section.max_in_flight as usize)),
+            });
+            for token in &section.tokens {
+                if let Ok(digest) = token_digest(token) {
+                    by_token.insert(digest, tenant.clone());
+                }
+            }
+        }
+        Self { required, by_token, count: sections.len() }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Lets a request of `commands` commands in, or says why not:
+    /// UNAUTHENTICATED for a missing (when required) or unknown token,
+    /// RESOURCE_EXHAUSTED over the tenant's requests in flight, RATE_LIMITED
+    /// over its commands per minute.
+    pub fn admit(&self, token: Option<&str>, commands: usize) -> Result<Admission, WeftError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            if self.required {
+                return Err(WeftError::new(
+                    ErrorKind::UNAUTHENTICATED,
+                    "this node takes requests only with a bearer token (auth.required); send it as the request's `token` (or in an HTTP `Authorization: Bearer` header)",
+                ));
+            }
+            return Ok(Admission { caller: Caller::Anonymous, _in_flight: None });
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let Some(tenant) = self.by_token.get(&digest) else {
+            return Err(WeftError::new(
+                ErrorKind::UNAUTHENTICATED,
+                "the request's token is not one this node knows; check it, or ask the operator for one ([tenants.NAME] tokens)",
+            ));
+        };
+        let in_flight = tenant.enter()?;
+        tenant.charge(commands)?;
+        Ok(Admission { caller: Caller::Tenant(tenant.name.clone()), _in_flight: in_flight })
+    }
+}
+
+impl Tenant {
+    fn enter(&self) -> Result<Option<OwnedSemaphorePermit>, WeftError> {
+        if self.max_in_flight == 0 {
+            return Ok(None);
+        }
+        self.in_flight.clone().try_acquire_owned().map(Some).map_err(|_| {
+            WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "tenant {} already has {} requests running on this node (tenants.{}.max_in_flight); wait for one to finish",
+                    self.name, self.max_in_flight, self.name
+                ),
+            )
+            .with("tenant", &*self.name)
+            .with("limit", self.max_in_flight)
+        })
+    }
+
+    fn charge(&self, commands: usize) -> Result<(), WeftError> {
+        let Some(calls) = &self.calls else {
+            return Ok(());
+        };
+        let n = NonZeroU32::new(u32::try_from(commands.max(1)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let over = |message: String| {
+            WeftError::new(ErrorKind::RATE_LIMITED, message)
+                .with("tenant", &*self.name)
+                .with("limit", self.calls_per_minute)
+        };
+        match calls.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                Err(over(format!(
+                    "tenant {} is over its {} commands per minute (tenants.{}.calls_per_minute); retry in {ms} ms",
+                    self.name, self.calls_per_minute, self.name
+                ))
+                .with("retry_after_ms", ms))
+            }
+            Err(_) => Err(over(format!(
+                "a request of {commands} commands is more than tenant {} may start in a minute ({}, tenants.{}.calls_per_minute); split it",
+                self.name, self.calls_per_minute, self.name
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACME: &str = "acme-token-0123456789";
+    const BOB: &str = "bob-token-0123456789";
+
+    fn tenants(required: bool, acme: TenantSection) -> Tenants {
+        let bob_digest: String = Sha256::digest(BOB.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let bob = TenantSection { tokens: vec![format!("sha256:{bob_digest}")], ..TenantSection::default() };
+        let acme = TenantSection { tokens: vec![ACME.into()], ..acme };
+        Tenants::new(required, &BTreeMap::from([("acme".into(), acme), ("bob".into(), bob)]))
+    }
+
+    #[test]
+    fn a_token_names_its_tenant_and_a_missing_one_is_anonymous_unless_required() {
+        let open = tenants(false, TenantSection::default());
+        assert_eq!(open.admit(Some(ACME), 1).unwrap().caller, Caller::Tenant("acme".into()));
+        assert_eq!(open.admit(Some(BOB), 1).unwrap().caller, Caller::Tenant("bob".into()), "by digest");
+        assert_eq!(open.admit(None, 1).unwrap().caller, Caller::Anonymous);
+        let wrong = open.admit(Some("not-a-token-of-anyone"), 1).err().unwrap();
+        assert_eq!(wrong.kind, ErrorKind::UNAUTHENTICATED, "a wrong token is never anonymous");
+
+        let closed = tenants(true, TenantSection::default());
+        for token in [None, Some("")] {
+            let e = closed.admit(token, 1).err().unwrap();
+            assert!(e.kind == ErrorKind::UNAUTHENTICATED && e.message.contains("auth.required"), "{e}");
+        }
+        assert!(closed.admit(Some(ACME), 1).is_ok());
+    }
+
+    #[test]
+    fn requests_in_flight_are_bounded_per_tenant_and_freed_when_they_end() {
+        let t = tenants(false, TenantSection { max_in_flight: 2, ..TenantSection::default() });
+        let first = t.admit(Some(ACME), 1).unwrap();
+        let _second = t.admit(Some(ACME), 1).unwrap();
+        let e = t.admit(Some(ACME), 1).err().unwrap();
+        assert!(e.kind == ErrorKind::RESOURCE_EXHAUSTED && e.message.contains("tenants.acme.max_in_flight"), "{e}");
+        assert!(t.admit(Some(BOB), 1).is_ok(), "another tenant is not held up");
+        drop(first);
+        assert!(t.admit(Some(ACME), 1).is_ok());
+    }
+
+    #[test]
+    fn commands_per_minute_are_charged_per_command() {
+        let t = tenants(false, TenantSection { calls_per_minute: 5, ..TenantSection::default() });
+        assert!(t.admit(Some(ACME), 3).is_ok());
+        assert!(t.admit(Some(ACME), 2).is_ok());
+        let e = t.admit(Some(ACME), 1).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::RATE_LIMITED);
+        assert!(e.message.contains("tenants.acme.calls_per_minute") && e.details.contains_key("retry_after_ms"), "{e}");
+        let e = t.admit(Some(ACME), 6).err().unwrap();
+        assert!(e.message.contains("split it"), "{e}");
+        assert!(t.admit(Some(BOB), 100).is_ok(), "bob has no quota");
+    }
+
+    #[test]
+    fn config_tokens_are_long_texts_or_sha256_digests() {
+        assert!(token_digest("short").unwrap_err().contains("easy to guess"));
+        assert_eq!(token_digest(ACME).unwrap(), <[u8; 32]>::from(Sha256::digest(ACME.as_bytes())));
+        assert!(token_digest(&format!("sha256:{}", "ab".repeat(32))).is_ok());
+        for bad in ["sha256:abc", "sha256:", &format!("sha256:{}", "zz".repeat(32))] {
+            assert!(token_digest(bad).unwrap_err().contains("64 hex digits"), "{bad}");
+        }
+    }
+}

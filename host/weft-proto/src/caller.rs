@@ -1,0 +1,66 @@
+//! Who a call is made for: the identity a plugin's `callers` rule is checked
+//! against, and the key that keeps warm instances apart.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ClusterId;
+
+/// The caller of a function. Inside a cluster a forwarded call carries it
+/// (members trust each other); a call from another cluster is always taken
+/// as that cluster's, whatever it says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Caller {
+    /// No token: allowed while `[auth] required` is false.
+    #[default]
+    Anonymous,
+    /// A tenant, named by the bearer token the request carried.
+    Tenant(Arc<str>),
+    /// A call that came over a bridge from this cluster.
+    Cluster(ClusterId),
+}
+
+impl Caller {
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Caller::Anonymous)
+    }
+
+    /// The tenant, if the caller is one.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Caller::Tenant(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Anonymous => f.write_str("an anonymous caller"),
+            Caller::Tenant(t) => write!(f, "tenant {t}"),
+            Caller::Cluster(c) => write!(f, "a caller from cluster {c}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_travel_as_small_json() {
+        let shapes = [
+            (Caller::Anonymous, r#""anonymous""#),
+            (Caller::Tenant("acme".into()), r#"{"tenant":"acme"}"#),
+            (Caller::Cluster(ClusterId::new("beta")), r#"{"cluster":"beta"}"#),
+        ];
+        for (caller, json) in shapes {
+            assert_eq!(serde_json::to_string(&caller).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Caller>(json).unwrap(), caller);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Warm instances: a plugin whose manifest sets `warm = N` keeps up to N
+//! instances per caller after calls that succeed, and that caller's next
+//! call reuses one instead of instantiating afresh. An instance is never
+//! handed to another caller (the spec's "never across tenants"), one that
+//! trapped or timed out is never kept, and every idle one holds a budget
+//! place node-wide (`limits.max_warm_instances`), so the pooling allocator
+//! always has slots for running calls.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::Store;
+use wasmtime::component::Instance;
+use weft_proto::Caller;
+
+use crate::sandbox::{CallOutput, SandboxState};
+
+/// An instance between two calls of one caller.
+pub(crate) struct WarmInstance {
+    pub(crate) store: Store<SandboxState>,
+    pub(crate) instance: Instance,
+    pub(crate) output: CallOutput,
+}
+
+struct Idle {
+    caller: Caller,
+    warm: WarmInstance,
+    _place: Place,
+}
+
+/// One plugin's idle instances.
+#[derive(Default)]
+pub(crate) struct WarmPool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl WarmPool {
+    /// The caller's most recently used instance, if one is idle.
+    pub(crate) fn take(&self, caller: &Caller) -> Option<WarmInstance> {
+        let mut idle = self.lock();
+        let at = idle.iter().rposition(|i| i.caller == *caller)?;
+        Some(idle.remove(at).warm)
+    }
+
+    /// Keeps `warm` for `caller` if the caller has fewer than `per_caller`
+    /// idle here and the node-wide budget has room; else it is dropped.
+    pub(crate) fn put(&self, caller: &Caller, warm: WarmInstance, per_caller: u32, budget: &WarmBudget) {
+        let mut idle = self.lock();
+        if idle.iter().filter(|i| i.caller == *caller).count() >= per_caller as usize {
+            return;
+        }
+        if let Some(place) = budget.reserve() {
+            idle.push(Idle { caller: caller.clone(), warm, _place: place });
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Idle warm instances node-wide, at most `max`.
+#[derive(Clone)]
+pub(crate) struct WarmBudget {
+    idle: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl WarmBudget {
+    pub(crate) fn new(max: u32) -> Self {
+        Self { idle: Arc::default(), max: max as usize }
+    }
+
+    fn reserve(&self) -> Option<Place> {
+        self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
+        Some(Place(self.idle.clone()))
+    }
+}
+
+/// A place in the budget, given back when the idle instance leaves the pool
+/// (taken for a call, or dropped with its plugin).
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,150 @@
+//! Tenants on real nodes: bearer tokens over WebSocket, HTTP and the CLI,
+//! a tenant's plugin refused to other tenants and to foreign clusters on
+//! every path (local, forwarded inside the cluster, over a bridge), and warm
+//! instances kept apart per caller.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{NodeSpec, TestNode, eventually};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use weft_proto::{Command, ErrorKind, Request, WeftError};
+
+const ACME: &str = "acme-secret-0123456789";
+const BOB: &str = "bob-secret-0123456789";
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Tenants acme and bob; acme may start 40 commands a minute.
+fn tenants() -> String {
+    format!(
+        "[auth]\nrequired = true\n[tenants.acme]\ntokens = [\"{ACME}\"]\ncalls_per_minute = 40\n[tenants.bob]\ntokens = [\"{BOB}\"]\n"
+    )
+}
+
+/// A node of `cluster`; with `hostile` it serves acme's copy of the hostile
+/// plugin, warm (two instances per caller).
+fn node(id: &str, cluster: &str, hostile: bool, seeds: &[&TestNode], extra: &str) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[cluster]\nbeat_interval = \"100ms\"\ncatalog_ttl = \"3s\"\n{extra}\n",
+        seeds.join(", ")
+    );
+    let (plugins, files) = if hostile {
+        (vec!["echo", "hostile"], vec![("hostile.toml".to_owned(), b"tenant = \"acme\"\nwarm = 2\n".to_vec())])
+    } else {
+        (vec!["echo"], vec![])
+    };
+    TestNode::start(NodeSpec { plugins, files, config })
+}
+
+async fn call_as(node: &TestNode, token: Option<&str>, fun: &str, args: Vec<Value>) -> Result<Value, WeftError> {
+    let mut req = Request::new("", vec![Command::new("x", fun, args)]);
+    req.token = token.map(str::to_owned);
+    let r = node.client().await.request(req).await?.into_result()?;
+    Ok(r["x"].clone())
+}
+
+async fn sees(node: &TestNode, function: &str) -> bool {
+    let body = node.admin().get("/v1/catalog").await.unwrap().body;
+    body["functions"].as_array().unwrap().iter().any(|f| f["name"] == function)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_path() {
+    let allow = |c: &str| format!("[federation]\nmode = \"explicit\"\nallowed_clusters = [\"{c}\"]\n");
+    let alpha = format!("{}{}", allow("beta"), tenants());
+    let a1 = node("a1", "alpha", true, &[], &alpha);
+    let a2 = node("a2", "alpha", false, &[&a1], &alpha);
+    let b1 = node("b1", "beta", false, &[&a1], &allow("alpha"));
+    eventually("snoop reaches a2", SETTLE, async || sees(&a2, "snoop").await.then_some(())).await;
+
+    // No token, or a wrong one: refused before anything runs.
+    for token in [None, Some("not-a-token-of-anyone")] {
+        let e = call_as(&a1, token, "echo", vec![json!("hi")]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UNAUTHENTICATED, "{e}");
+    }
+    assert_eq!(call_as(&a1, Some(BOB), "echo", vec![json!("hi")]).await.unwrap(), "hi", "echo is the operator's");
+
+    // acme's plugin: acme's on the node that has it and through a member,
+    // where the warm instance it used before still holds its last value.
+    assert_eq!(call_as(&a1, Some(ACME), "snoop", vec![json!("one")]).await.unwrap(), Value::Null);
+    assert_eq!(call_as(&a2, Some(ACME), "snoop", vec![json!("two")]).await.unwrap(), "one");
+    for via in [&a1, &a2] {
+        let e = call_as(via, Some(BOB), "snoop", vec![json!("peek")]).await.unwrap_err();
+        assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+        assert!(e.message.contains("tenant acme") && e.message.contains("tenant bob"), "{e}");
+    }
+    assert_eq!(call_as(&a1, Some(ACME), "snoop", vec![json!("three")]).await.unwrap(), "two", "bob saw nothing");
+    let plugins = a1.admin().get("/v1/plugins").await.unwrap().body;
+    let hostile = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
+    assert_eq!((hostile["tenant"].as_str(), hostile["callers"].clone()), (Some("acme"), json!(["acme"])));
+    assert_eq!(hostile["warm_idle"], 1);
+
+    // HTTP: the token in an Authorization header; 401 without one.
+    let body = json!({"role": "rpc", "u": "h", "cmds": [{"name": "x", "fun": "echo", "args": ["web"]}]}).to_string();
+    let reply = a1.admin().post("/v1/call", body.clone()).await.unwrap();
+    assert_eq!((reply.status, reply.body["error"]["kind"].as_str()), (401, Some("UNAUTHENTICATED")), "{}", reply.text);
+    assert_eq!(reply.headers.get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    let bearer = format!("Bearer {BOB}");
+    let reply = a1.admin().post_with_headers("/v1/call", body, &[("authorization", &bearer)]).await.unwrap();
+    assert_eq!((reply.status, reply.body["r"]["x"].as_str()), (200, Some("web")), "{}", reply.text);
+
+    // WebSocket: a token on the upgrade serves requests that carry none.
+    let mut upgrade = a1.ws.as_str().into_client_request().unwrap();
+    upgrade.headers_mut().insert("authorization", format!("Bearer {ACME}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(upgrade).await.unwrap();
+    let request = json!({"role": "rpc", "u": "w", "cmds": [{"name": "x", "fun": "snoop", "args": ["four"]}]});
+    ws.send(Message::Text(request.to_string().into())).await.unwrap();
+    let Some(Ok(Message::Text(reply))) = ws.next().await else { panic!("no reply") };
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["r"]["x"], "three", "acme's warm instance: {reply}");
+
+    // From another cluster the caller is that cluster: acme's plugin is not
+    // open to it, the operator's echo is.
+    eventually("beta sees alpha's functions", SETTLE, async || sees(&b1, "snoop").await.then_some(())).await;
+    let mut cmd = Command::new("x", "snoop", vec![json!("from beta")]);
+    cmd.target_cluster = Some("alpha".into());
+    let e = b1.client().await.call_command(cmd).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::POLICY_DENIED, "{e}");
+    assert!(e.message.contains("cluster beta"), "{e}");
+    let mut cmd = Command::new("x", "echo", vec![json!("hi")]);
+    cmd.target_cluster = Some("alpha".into());
+    assert_eq!(b1.client().await.call_command(cmd).await.unwrap(), "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
+    let a1 = node("a1", "alpha", false, &[], &tenants());
+    let cmds: Vec<Command> =
+        (0..40).map(|i| Command::new(format!("c{i}"), "echo", vec![json!(i.to_string())])).collect();
+    let mut req = Request::new("", cmds);
+    req.token = Some(ACME.into());
+    let client = a1.client().await;
+    assert!(client.request(req.clone()).await.unwrap().into_result().is_ok(), "40 commands fit the minute");
+    let e = client.request(req).await.unwrap().into_result().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RATE_LIMITED, "{e}");
+    assert!(
+        e.message.contains("tenants.acme.calls_per_minute") && e.details["retry_after_ms"].as_u64() > Some(0),
+        "{e}"
+    );
+    assert_eq!(call_as(&a1, Some(BOB), "echo", vec![json!("b")]).await.unwrap(), "b", "bob has his own budget");
+
+    // The CLI takes the token from --token or WEFT_TOKEN.
+    let out = std::process::Command::new(support::WEFT)
+        .args(["call", "--node", &a1.ws, "echo", "cli"])
+        .env("WEFT_TOKEN", BOB)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"cli\"");
+    let out =
+        std::process::Command::new(support::WEFT).args(["call", "--node", &a1.ws, "echo", "cli"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
+}
