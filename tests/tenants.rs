@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually};
+use support::{NodeSpec, TestNode, eventually, metric};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use weft_proto::{Command, ErrorKind, Request, WeftError};
@@ -120,7 +120,15 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
-    let a1 = node("a1", "alpha", false, &[], &tenants());
+    // `weft token` makes a token and the config line naming it by digest.
+    let out = std::process::Command::new(support::WEFT).args(["token", "--tenant", "carol"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_owned();
+    let entry = text.lines().find_map(|l| l.trim().strip_prefix("tokens = ")).unwrap().to_owned();
+    assert!(entry.contains("sha256:") && !entry.contains(&token), "the config holds the digest only: {text}");
+    let a1 = node("a1", "alpha", false, &[], &format!("{}[tenants.carol]\ntokens = {entry}\n", tenants()));
+    assert_eq!(call_as(&a1, Some(&token), "echo", vec![json!("c")]).await.unwrap(), "c");
+
     let cmds: Vec<Command> =
         (0..40).map(|i| Command::new(format!("c{i}"), "echo", vec![json!(i.to_string())])).collect();
     let mut req = Request::new("", cmds);
@@ -134,6 +142,11 @@ async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
         "{e}"
     );
     assert_eq!(call_as(&a1, Some(BOB), "echo", vec![json!("b")]).await.unwrap(), "b", "bob has his own budget");
+    let metrics = a1.admin().get("/metrics").await.unwrap().text;
+    let commands = |outcome: &str| {
+        metric(&metrics, &format!("weft_tenant_commands_total{{tenant=\"acme\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!((commands("admitted"), commands("over_calls_per_minute")), (Some(40.0), Some(40.0)), "{metrics}");
 
     // The CLI takes the token from --token or WEFT_TOKEN.
     let out = std::process::Command::new(support::WEFT)

@@ -69,6 +69,18 @@ const COMPARISONS: &[Comparison] = &[
         target: Target::RatioAtLeast(0.6),
     },
     Comparison {
+        what: "WebSocket p50 at concurrency 1, echo with manifest `warm`, vs bare",
+        weft: "transport.ws_warm_p50_us",
+        baseline: "transport.bare_ws_p50_us",
+        target: Target::None,
+    },
+    Comparison {
+        what: "WebSocket throughput, 64 connections, echo with manifest `warm`, vs bare",
+        weft: "transport.ws_warm_req_per_s",
+        baseline: "transport.bare_ws_req_per_s",
+        target: Target::None,
+    },
+    Comparison {
         what: "HTTP p50 at concurrency 1 vs bare hyper",
         weft: "transport.http_p50_us",
         baseline: "transport.bare_http_p50_us",

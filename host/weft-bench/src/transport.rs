@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::report::Report;
 use crate::{Samples, ratio, us};
 
-const REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"echo","args":["hello"]}]}"#;
+const REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"echo/echo","args":["hello"]}]}"#;
+/// The same call to a copy of echo whose manifest keeps warm instances.
+const WARM_REQUEST: &str = r#"{"role":"rpc","u":"b","cmds":[{"name":"e","fun":"warm/echo","args":["hello"]}]}"#;
 
 /// Listens on a free loopback port and runs `serve` for each connection.
 async fn serve_each<F, Fut>(serve: F) -> std::io::Result<SocketAddr>
@@ -71,8 +73,8 @@ async fn ws_connect(url: &str) -> Result<Ws, String> {
     tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
 }
 
-async fn ws_round_trip(ws: &mut Ws) -> Result<(), String> {
-    ws.send(Message::Text(REQUEST.into())).await.map_err(|e| e.to_string())?;
+async fn ws_round_trip(ws: &mut Ws, request: &'static str) -> Result<(), String> {
+    ws.send(Message::Text(request.into())).await.map_err(|e| e.to_string())?;
     match ws.next().await {
         Some(Ok(Message::Text(_))) => Ok(()),
         other => Err(format!("unexpected answer {other:?}")),
@@ -100,8 +102,8 @@ async fn http_round_trip(http: &mut Http, addr: SocketAddr, path: &str) -> Resul
     Ok(())
 }
 
-/// Requests per second with `conns` connections, each with one request in flight, for `time`.
-async fn ws_throughput(url: &str, conns: usize, time: Duration) -> Result<f64, String> {
+/// Requests per second with `conns` connections, each with one `request` in flight, for `time`.
+async fn ws_throughput(url: &str, request: &'static str, conns: usize, time: Duration) -> Result<f64, String> {
     let done = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + time;
     let mut tasks = Vec::new();
@@ -110,7 +112,7 @@ async fn ws_throughput(url: &str, conns: usize, time: Duration) -> Result<f64, S
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < end {
-                if ws_round_trip(&mut ws).await.is_err() {
+                if ws_round_trip(&mut ws, request).await.is_err() {
                     break;
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -164,8 +166,11 @@ impl NodeProcess {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let weft = exe.with_file_name("weft");
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        weft_bundle::write_to(&dir.path().join("plugins"), &["echo", "math", "text", "hostile"])
-            .map_err(|e| e.to_string())?;
+        let plugins = dir.path().join("plugins");
+        weft_bundle::write_to(&plugins, &["echo", "math", "text", "hostile"]).map_err(|e| e.to_string())?;
+        // Enough warm instances for every connection of the throughput run.
+        std::fs::copy(plugins.join("echo.wasm"), plugins.join("warm.wasm")).map_err(|e| e.to_string())?;
+        std::fs::write(plugins.join("warm.toml"), "warm = 64\n").map_err(|e| e.to_string())?;
         let config = dir.path().join("weft.toml");
         std::fs::write(
             &config,
@@ -210,17 +215,19 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     // Latency at concurrency 1, interleaved.
     let (mut weft_conn, mut bare_conn) = (ws_connect(&node.ws).await?, ws_connect(&bare_ws).await?);
     let (mut weft_http, mut bare_http_conn) = (http_connect(node.admin).await?, http_connect(bare_http).await?);
-    let mut s: [Vec<Duration>; 4] = Default::default();
+    let mut warm_conn = ws_connect(&node.ws).await?;
+    let mut s: [Vec<Duration>; 5] = Default::default();
     // A failed HTTP exchange (the connection went away) is counted and the
     // connection opened again, as a load generator would; too many fail the run.
     let mut http_errors = 0;
     for _ in 0..rounds {
-        let t = Instant::now();
-        ws_round_trip(&mut weft_conn).await?;
-        s[0].push(t.elapsed());
-        let t = Instant::now();
-        ws_round_trip(&mut bare_conn).await?;
-        s[1].push(t.elapsed());
+        for (conn, request, into) in
+            [(&mut weft_conn, REQUEST, 0), (&mut bare_conn, REQUEST, 1), (&mut warm_conn, WARM_REQUEST, 4)]
+        {
+            let t = Instant::now();
+            ws_round_trip(conn, request).await?;
+            s[into].push(t.elapsed());
+        }
         for (conn, addr, path, into) in
             [(&mut weft_http, node.admin, "/v1/call", 2), (&mut bare_http_conn, bare_http, "/", 3)]
         {
@@ -238,28 +245,31 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     if http_errors * 10 > rounds {
         return Err(format!("{http_errors} of {rounds} HTTP exchanges failed"));
     }
-    let [weft_ws, bare_ws_lat, weft_h, bare_h] = s.map(Samples);
+    let [weft_ws, bare_ws_lat, weft_h, bare_h, warm_ws] = s.map(Samples);
 
     // Throughput at concurrency 64, alternating short windows.
     let window = if smoke { Duration::from_millis(200) } else { Duration::from_secs(2) };
     let reps = if smoke { 1 } else { 5 };
-    let (mut tw, mut tb, mut th, mut thb) = (0.0, 0.0, 0.0, 0.0);
+    let (mut tw, mut tb, mut th, mut thb, mut tww) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut busy_rss = idle_rss;
     for _ in 0..reps {
-        tw += ws_throughput(&node.ws, 64, window).await?;
+        tw += ws_throughput(&node.ws, REQUEST, 64, window).await?;
         busy_rss = busy_rss.max(rss_kib(node.child.id()).unwrap_or(0));
-        tb += ws_throughput(&bare_ws, 64, window).await?;
+        tb += ws_throughput(&bare_ws, REQUEST, 64, window).await?;
+        tww += ws_throughput(&node.ws, WARM_REQUEST, 64, window).await?;
         th += http_throughput(node.admin, "/v1/call", 64, window).await?;
         thb += http_throughput(bare_http, "/", 64, window).await?;
     }
     let reps = f64::from(reps);
-    let (tw, tb, th, thb) = (tw / reps, tb / reps, th / reps, thb / reps);
+    let (tw, tb, th, thb, tww) = (tw / reps, tb / reps, th / reps, thb / reps, tww / reps);
 
     report.micros("transport.ws_p50_us", weft_ws.median());
     report.micros("transport.bare_ws_p50_us", bare_ws_lat.median());
     report.micros("transport.http_p50_us", weft_h.median());
     report.micros("transport.bare_http_p50_us", bare_h.median());
+    report.micros("transport.ws_warm_p50_us", warm_ws.median());
     report.record("transport.ws_req_per_s", tw, "req/s");
+    report.record("transport.ws_warm_req_per_s", tww, "req/s");
     report.record("transport.bare_ws_req_per_s", tb, "req/s");
     report.record("transport.http_req_per_s", th, "req/s");
     report.record("transport.bare_http_req_per_s", thb, "req/s");
@@ -272,6 +282,16 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         ratio(weft_ws.median(), bare_ws_lat.median())
     );
     println!("| WebSocket throughput, 64 connections | {tw:.0} req/s | {tb:.0} req/s | {:.2}x |", tw / tb.max(1.0));
+    println!(
+        "| WebSocket p50 latency, concurrency 1, warm echo (manifest `warm`) | {} | {} | {} |",
+        us(warm_ws.median()),
+        us(bare_ws_lat.median()),
+        ratio(warm_ws.median(), bare_ws_lat.median())
+    );
+    println!(
+        "| WebSocket throughput, 64 connections, warm echo (manifest `warm`) | {tww:.0} req/s | {tb:.0} req/s | {:.2}x |",
+        tww / tb.max(1.0)
+    );
     println!(
         "| HTTP p50 latency, concurrency 1 | {} | {} | {} |",
         us(weft_h.median()),

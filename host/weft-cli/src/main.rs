@@ -10,6 +10,7 @@ mod new;
 mod node;
 mod plugins;
 mod routes;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Make an ed25519 key pair for signing this cluster's routes.
     Keygen(keygen::KeygenArgs),
+    /// Make a bearer token for a tenant, and its config line.
+    Token(token::TokenArgs),
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(plugins::PluginsCmd),
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Plugins(cmd) => plugins::run(cmd).await,
             Cmd::New(args) => new::run(args),
+            Cmd::Token(args) => token::run(args),
         }
     });
     match result {

@@ -86,7 +86,7 @@ impl Executor {
             )));
         }
         // Held until the request ends: its place among its tenant's in flight.
-        let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len())?;
+        let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len(), &self.metrics)?;
         let caller = &admission.caller;
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();

@@ -50,6 +50,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A tenant of `[tenants]` (a closed set: names come from the config).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub point: &'static str,
@@ -81,6 +88,7 @@ pub struct Metrics {
     pub abandoned: Counter,
     pub plugins_loaded: Gauge,
     pub plugin_load_failures: Counter,
+    pub tenant_commands: Family<TenantLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,6 +122,12 @@ impl Metrics {
         let alerts = Family::<KindLabel, Counter>::default();
         let routes_dropped = Counter::default();
         let route_signatures = Family::<KindLabel, Counter>::default();
+        let tenant_commands = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "tenant_commands",
+            "Commands of tenants' requests: admitted, or refused over calls_per_minute or max_in_flight",
+            tenant_commands.clone(),
+        );
         registry.register(
             "route_updates_rejected",
             "Route updates refused whole: unsigned, untrusted key, bad signature, stale epoch",
@@ -184,6 +198,7 @@ impl Metrics {
             abandoned,
             plugins_loaded,
             plugin_load_failures,
+            tenant_commands,
         }
     }
 
@@ -191,6 +206,12 @@ impl Metrics {
         let outcome = if ok { "ok" } else { "error" };
         self.calls.get_or_create(&FunctionLabels { function: function.to_owned(), outcome }).inc();
         self.call_seconds.get_or_create(&FunctionLabel { function: function.to_owned() }).observe(seconds);
+    }
+
+    /// Counts a tenant request's commands by what became of them.
+    pub fn tenant_commands(&self, tenant: &str, outcome: &'static str, commands: usize) {
+        let labels = TenantLabels { tenant: tenant.to_owned(), outcome };
+        self.tenant_commands.get_or_create(&labels).inc_by(commands as u64);
     }
 
     pub fn record_error(&self, kind: ErrorKind) {

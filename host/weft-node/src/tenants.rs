@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::config::TenantSection;
+use crate::metrics::Metrics;
 
 /// Plain tokens shorter than this are refused by the config check.
 const MIN_TOKEN_CHARS: usize = 16;
@@ -40,6 +41,19 @@ pub(crate) fn token_digest(token: &str) -> Result<[u8; 32], String> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
     }
     Ok(digest)
+}
+
+/// A new random token (64 hex digits) and the `tokens` entry that names it
+/// by digest ("sha256:..."), for `weft token`.
+pub fn new_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let token = hex(&bytes);
+    let entry = format!("sha256:{}", hex(&Sha256::digest(token.as_bytes())));
+    (token, entry)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header (HTTP calls, and
@@ -108,7 +122,7 @@ impl Tenants {
     /// UNAUTHENTICATED for a missing (when required) or unknown token,
     /// RESOURCE_EXHAUSTED over the tenant's requests in flight, RATE_LIMITED
     /// over its commands per minute.
-    pub fn admit(&self, token: Option<&str>, commands: usize) -> Result<Admission, WeftError> {
+    pub fn admit(&self, token: Option<&str>, commands: usize, metrics: &Metrics) -> Result<Admission, WeftError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             if self.required {
                 return Err(WeftError::new(
@@ -125,8 +139,10 @@ impl Tenants {
                 "the request's token is not one this node knows; check it, or ask the operator for one ([tenants.NAME] tokens)",
             ));
         };
-        let in_flight = tenant.enter()?;
-        tenant.charge(commands)?;
+        let count = |outcome| metrics.tenant_commands(&tenant.name, outcome, commands);
+        let in_flight = tenant.enter().inspect_err(|_| count("over_max_in_flight"))?;
+        tenant.charge(commands).inspect_err(|_| count("over_calls_per_minute"))?;
+        count("admitted");
         Ok(Admission { caller: Caller::Tenant(tenant.name.clone()), _in_flight: in_flight })
     }
 }
@@ -185,8 +201,12 @@ mod tests {
     const ACME: &str = "acme-token-0123456789";
     const BOB: &str = "bob-token-0123456789";
 
+    fn admit(t: &Tenants, token: Option<&str>, commands: usize) -> Result<Admission, WeftError> {
+        t.admit(token, commands, &Metrics::new())
+    }
+
     fn tenants(required: bool, acme: TenantSection) -> Tenants {
-        let bob_digest: String = Sha256::digest(BOB.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let bob_digest = hex(&Sha256::digest(BOB.as_bytes()));
         let bob = TenantSection { tokens: vec![format!("sha256:{bob_digest}")], ..TenantSection::default() };
         let acme = TenantSection { tokens: vec![ACME.into()], ..acme };
         Tenants::new(required, &BTreeMap::from([("acme".into(), acme), ("bob".into(), bob)]))
@@ -195,43 +215,51 @@ mod tests {
     #[test]
     fn a_token_names_its_tenant_and_a_missing_one_is_anonymous_unless_required() {
         let open = tenants(false, TenantSection::default());
-        assert_eq!(open.admit(Some(ACME), 1).unwrap().caller, Caller::Tenant("acme".into()));
-        assert_eq!(open.admit(Some(BOB), 1).unwrap().caller, Caller::Tenant("bob".into()), "by digest");
-        assert_eq!(open.admit(None, 1).unwrap().caller, Caller::Anonymous);
-        let wrong = open.admit(Some("not-a-token-of-anyone"), 1).err().unwrap();
+        assert_eq!(admit(&open, Some(ACME), 1).unwrap().caller, Caller::Tenant("acme".into()));
+        assert_eq!(admit(&open, Some(BOB), 1).unwrap().caller, Caller::Tenant("bob".into()), "by digest");
+        assert_eq!(admit(&open, None, 1).unwrap().caller, Caller::Anonymous);
+        let wrong = admit(&open, Some("not-a-token-of-anyone"), 1).err().unwrap();
         assert_eq!(wrong.kind, ErrorKind::UNAUTHENTICATED, "a wrong token is never anonymous");
 
         let closed = tenants(true, TenantSection::default());
         for token in [None, Some("")] {
-            let e = closed.admit(token, 1).err().unwrap();
+            let e = admit(&closed, token, 1).err().unwrap();
             assert!(e.kind == ErrorKind::UNAUTHENTICATED && e.message.contains("auth.required"), "{e}");
         }
-        assert!(closed.admit(Some(ACME), 1).is_ok());
+        assert!(admit(&closed, Some(ACME), 1).is_ok());
     }
 
     #[test]
     fn requests_in_flight_are_bounded_per_tenant_and_freed_when_they_end() {
         let t = tenants(false, TenantSection { max_in_flight: 2, ..TenantSection::default() });
-        let first = t.admit(Some(ACME), 1).unwrap();
-        let _second = t.admit(Some(ACME), 1).unwrap();
-        let e = t.admit(Some(ACME), 1).err().unwrap();
+        let first = admit(&t, Some(ACME), 1).unwrap();
+        let _second = admit(&t, Some(ACME), 1).unwrap();
+        let e = admit(&t, Some(ACME), 1).err().unwrap();
         assert!(e.kind == ErrorKind::RESOURCE_EXHAUSTED && e.message.contains("tenants.acme.max_in_flight"), "{e}");
-        assert!(t.admit(Some(BOB), 1).is_ok(), "another tenant is not held up");
+        assert!(admit(&t, Some(BOB), 1).is_ok(), "another tenant is not held up");
         drop(first);
-        assert!(t.admit(Some(ACME), 1).is_ok());
+        assert!(admit(&t, Some(ACME), 1).is_ok());
     }
 
     #[test]
     fn commands_per_minute_are_charged_per_command() {
         let t = tenants(false, TenantSection { calls_per_minute: 5, ..TenantSection::default() });
-        assert!(t.admit(Some(ACME), 3).is_ok());
-        assert!(t.admit(Some(ACME), 2).is_ok());
-        let e = t.admit(Some(ACME), 1).err().unwrap();
+        assert!(admit(&t, Some(ACME), 3).is_ok());
+        assert!(admit(&t, Some(ACME), 2).is_ok());
+        let e = admit(&t, Some(ACME), 1).err().unwrap();
         assert_eq!(e.kind, ErrorKind::RATE_LIMITED);
         assert!(e.message.contains("tenants.acme.calls_per_minute") && e.details.contains_key("retry_after_ms"), "{e}");
-        let e = t.admit(Some(ACME), 6).err().unwrap();
+        let e = admit(&t, Some(ACME), 6).err().unwrap();
         assert!(e.message.contains("split it"), "{e}");
-        assert!(t.admit(Some(BOB), 100).is_ok(), "bob has no quota");
+        assert!(admit(&t, Some(BOB), 100).is_ok(), "bob has no quota");
+    }
+
+    #[test]
+    fn a_new_token_is_named_by_its_entry() {
+        let (token, entry) = new_token();
+        assert_eq!(token.len(), 64);
+        assert_eq!(token_digest(&entry).unwrap(), token_digest(&token).unwrap());
+        assert_ne!(new_token().0, token);
     }
 
     #[test]

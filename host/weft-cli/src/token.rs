@@ -1,0 +1,21 @@
+//! `weft token`: a new bearer token for a tenant, and the config line that
+//! names it by digest (so the node's config never holds the secret).
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The tenant the token is for (shown in the config snippet).
+    #[arg(long, default_value = "NAME")]
+    tenant: String,
+}
+
+pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    let (token, entry) = weft_node::tenants::new_token();
+    println!("token: {token}");
+    println!("(give it to the tenant; it is shown once and stored nowhere)");
+    println!("add to the config of every node the tenant calls:\n  [tenants.{}]\n  tokens = [\"{entry}\"]", a.tenant);
+    Ok(ExitCode::SUCCESS)
+}
