@@ -207,3 +207,67 @@ async fn real_nodes_sign_their_routes_and_survive_a_key_rotation() {
     .await;
     drop((b, c));
 }
+
+/// A node of `cluster` that requires every link to prove its cluster's key.
+fn authenticating_node(id: &str, cluster: &str, seeds: &[&TestNode], own: &Key, trusted: &str) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[routing.security]\nauthenticate_links = true\nsigning_key = {:?}\ntrusted_keys = {{ {trusted} }}\n",
+        seeds.join(", "),
+        own.file.display().to_string()
+    );
+    TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config })
+}
+
+/// Sends a hand-made hello to `node` and returns its answer.
+async fn hello_answer(node: &TestNode, hello: Value) -> Value {
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+    ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    serde_json::from_str(answer.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authenticate_links_only_holders_of_a_cluster_key_link_as_that_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alpha, beta, rogue) = (keygen(dir.path(), "alpha"), keygen(dir.path(), "beta"), keygen(dir.path(), "rogue"));
+    let a1 = authenticating_node("a1", "alpha", &[], &alpha, &format!("beta = [{:?}]", beta.public));
+    let a2 = authenticating_node("a2", "alpha", &[&a1], &alpha, "");
+    let b1 = authenticating_node("b1", "beta", &[&a1], &beta, &format!("alpha = [{:?}]", alpha.public));
+    let linked = async |node: &TestNode| {
+        let peers = node.admin().get("/v1/peers").await.unwrap().body;
+        let mut ids: Vec<String> =
+            peers["links"].as_array().unwrap().iter().map(|l| l["node"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    eventually("a member and a bridge peer with the right keys link", SETTLE, async || {
+        (linked(&a1).await == ["a2", "b1"]).then_some(())
+    })
+    .await;
+    let _ = (&a2, &b1);
+
+    // A client posing as a member: no proof, then a proof by a key alpha does not hold.
+    let claim = json!({"t": "hello", "proto": 1, "node": "x1", "cluster": "alpha", "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": [], "nonce": "n"});
+    let answer = hello_answer(&a1, claim.clone()).await;
+    assert_eq!((answer["t"].as_str(), answer["kind"].as_str()), (Some("reject"), Some("unauthenticated")), "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("authenticate_links"), "{answer}");
+    let signer = signing::load_signing_key(&rogue.file).unwrap();
+    let auth = signing::LinkAuth { require: false, key: Some(signer), keys: Default::default() };
+    let (x1, cluster) = (weft_proto::NodeId::new("x1"), weft_proto::ClusterId::new("alpha"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let proof = auth.prove(&signing::LinkClaim { node: &x1, cluster: &cluster, incarnation: 1, nonce: "n" }, Some(now));
+    let mut forged = claim;
+    forged["proof"] = serde_json::to_value(proof).unwrap();
+    let answer = hello_answer(&a1, forged).await;
+    assert_eq!(answer["kind"], "unauthenticated", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("not trusted"), "{answer}");
+
+    // Both refusals are on record and alerted; the impostor never became a member.
+    let peers = a1.admin().get("/v1/peers").await.unwrap().body;
+    let refused = peers["refused"].as_array().unwrap();
+    assert!(refused.iter().any(|r| r["kind"] == "unauthenticated" && r["remote_node"] == "x1"), "{peers}");
+    let alerts = a1.admin().get("/v1/alerts").await.unwrap().text;
+    assert!(alerts.contains("link authentication"), "{alerts}");
+    assert_eq!(linked(&a1).await, ["a2", "b1"]);
+}

@@ -171,6 +171,9 @@ pub struct NeighbourSection {
 #[serde(default)]
 pub struct RoutingSecurity {
     pub require_signatures: bool,
+    /// Every link (members and bridges) must prove its cluster's key at the
+    /// handshake, and this node proves its own.
+    pub authenticate_links: bool,
     pub signing_key: String,
     pub trusted_keys: BTreeMap<String, Vec<String>>,
 }
@@ -400,6 +403,10 @@ impl Config {
         check(
             !sec.require_signatures || !sec.signing_key.is_empty(),
             "routing.security.signing_key: required when require_signatures = true (make one with `weft keygen --out FILE`)",
+        );
+        check(
+            !sec.authenticate_links || !sec.signing_key.is_empty(),
+            "routing.security.signing_key: required when authenticate_links = true (every node of a cluster holds the cluster's key; make one with `weft keygen --out FILE`)",
         );
         for (cluster, keys) in &sec.trusted_keys {
             for key in keys {

@@ -195,6 +195,16 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
     }
 }
 
+/// How links prove their cluster: this cluster's key, trusted for it along
+/// with the keys configured for the others.
+fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::SigningKey>) -> crate::signing::LinkAuth {
+    let mut keys = config.trust().keys;
+    if let Some(key) = &key {
+        keys.entry(cluster.clone()).or_default().push(key.verifying_key());
+    }
+    crate::signing::LinkAuth { require: config.routing.security.authenticate_links, key, keys }
+}
+
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -262,6 +272,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         incarnation: crate::unix_ms(),
         addr: config.node.advertise.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
+        nonce: None,
+        proof: None,
     };
     let local = local_catalog(&runtime, &id, &cluster, &config.node.resources);
     let max_members = config.cluster.max_members as usize;
@@ -280,6 +292,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     } else {
         Some(crate::signing::load_signing_key(std::path::Path::new(key)).map_err(NodeError::SigningKey)?)
     };
+    fabric.set_link_auth(link_auth(&config, &cluster, signer.clone()));
     let settings = ClusterSettings {
         failure_timeout: config.cluster.failure_timeout,
         beat_interval: config.cluster.beat_interval,

@@ -134,6 +134,107 @@ impl Trust {
     }
 }
 
+/// How far a dialler's clock may be from ours before its link proof is
+/// refused as stale (a copied hello stops working after this long).
+const LINK_PROOF_WINDOW_MS: u64 = 120_000;
+
+/// A node's proof on a link that it holds its cluster's key: a signature
+/// over its own hello and either the time (the dialler, whose hello comes
+/// first) or the dialler's nonce (the acceptor, whose welcome answers it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkProof {
+    pub key: String,
+    pub sig: String,
+    /// Unix ms when the dialler signed; absent in a welcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+}
+
+/// Who a proof speaks for, and what it answers.
+#[derive(Clone, Copy)]
+pub struct LinkClaim<'a> {
+    pub node: &'a NodeId,
+    pub cluster: &'a ClusterId,
+    pub incarnation: u64,
+    /// The dialler's own nonce (in a hello) or the one it sent (in a welcome).
+    pub nonce: &'a str,
+}
+
+fn link_bytes(claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Vec<u8> {
+    let role = if at_ms.is_some() { "hello" } else { "welcome" };
+    let body = serde_json::to_vec(&(role, claim.node, claim.cluster, claim.incarnation, claim.nonce, at_ms))
+        .unwrap_or_default();
+    [b"weft-link-v1\n".as_slice(), &body].concat()
+}
+
+/// `routing.security.authenticate_links`: this node's key, the keys it
+/// trusts per cluster (its own cluster's public key included), and whether
+/// a peer must prove its cluster before a link comes up.
+#[derive(Default)]
+pub struct LinkAuth {
+    pub require: bool,
+    pub key: Option<SigningKey>,
+    pub keys: BTreeMap<ClusterId, Vec<VerifyingKey>>,
+}
+
+impl LinkAuth {
+    /// This node's proof for `claim`, if it has a key; `at_ms` for a hello.
+    pub fn prove(&self, claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Option<LinkProof> {
+        let key = self.key.as_ref()?;
+        let sig = key.sign(&link_bytes(claim, at_ms));
+        Some(LinkProof { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(sig.to_bytes()), at_ms })
+    }
+
+    /// Checks a peer's proof when links must be authenticated: signed by a
+    /// key trusted for the cluster it claims, over its claim, and for a
+    /// hello (`welcome == false`) signed within the window around `now_ms`.
+    pub fn check(
+        &self,
+        claim: &LinkClaim<'_>,
+        proof: Option<&LinkProof>,
+        welcome: bool,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if !self.require {
+            return Ok(());
+        }
+        let (node, cluster) = (claim.node, claim.cluster);
+        let Some(proof) = proof else {
+            return Err(format!(
+                "node {node} did not prove it holds cluster {cluster}'s key, and this node requires it (routing.security.authenticate_links)"
+            ));
+        };
+        let key = parse_public(&proof.key).ok().filter(|k| self.keys.get(cluster).is_some_and(|keys| keys.contains(k)));
+        let Some(key) = key else {
+            return Err(format!(
+                "node {node} proved a key that is not trusted for cluster {cluster} (routing.security.trusted_keys, or this cluster's own signing_key)"
+            ));
+        };
+        let at_ms = if welcome { None } else { proof.at_ms };
+        if !welcome {
+            let Some(at) = at_ms else {
+                return Err(format!("node {node}'s link proof has no time"));
+            };
+            if at.abs_diff(now_ms) > LINK_PROOF_WINDOW_MS {
+                return Err(format!(
+                    "node {node}'s link proof was made {} s away from this node's clock (at most {} s); check both clocks (NTP)",
+                    at.abs_diff(now_ms) / 1000,
+                    LINK_PROOF_WINDOW_MS / 1000
+                ));
+            }
+        }
+        let sig: Option<[u8; 64]> = B64.decode(proof.sig.as_bytes()).ok().and_then(|b| b.try_into().ok());
+        sig.and_then(|sig| key.verify(&link_bytes(claim, at_ms), &Signature::from_bytes(&sig)).ok()).ok_or_else(|| {
+            format!("node {node}'s link proof for cluster {cluster} does not verify (forged, or made for another link)")
+        })
+    }
+}
+
+/// A fresh random nonce for a link handshake.
+pub fn nonce() -> String {
+    B64.encode(rand::random::<[u8; 16]>())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -210,6 +311,41 @@ mod tests {
             "weft-routes-v3\n[\"beta\",\"b1\",\"alpha\",1795660519353,[{\"destination\":\"beta\",\"path\":[\"beta\"],\"hops\":0,\"latency_us\":0,\"reliability\":1000,\"tags\":[]}]]"
         );
         assert_eq!(trust.verify(&env, &[ann(&["beta"])], Some(&sig)), Ok(()));
+    }
+
+    #[test]
+    fn link_proofs_bind_node_cluster_nonce_and_time() {
+        let (alpha, beta) = (ClusterId::new("alpha"), ClusterId::new("beta"));
+        let (a_key, a_pub) = key();
+        let (rogue, _) = key();
+        let (a1, a2) = (NodeId::new("a1"), NodeId::new("a2"));
+        let auth = |key: SigningKey| LinkAuth {
+            require: true,
+            key: Some(key),
+            keys: BTreeMap::from([(alpha.clone(), vec![a_pub])]),
+        };
+        let (me, impostor) = (auth(a_key.clone()), auth(rogue));
+        let claim = LinkClaim { node: &a1, cluster: &alpha, incarnation: 3, nonce: "n1" };
+        let now = 1_000_000_000;
+
+        let hello = me.prove(&claim, Some(now)).unwrap();
+        assert_eq!(me.check(&claim, Some(&hello), false, now + 5_000), Ok(()));
+        let welcome = me.prove(&claim, None).unwrap();
+        assert_eq!(me.check(&claim, Some(&welcome), true, now), Ok(()));
+
+        let refused = |r: Result<(), String>, what: &str| assert!(r.unwrap_err().contains(what));
+        refused(me.check(&claim, None, false, now), "did not prove");
+        refused(me.check(&claim, impostor.prove(&claim, Some(now)).as_ref(), false, now), "not trusted");
+        refused(me.check(&claim, Some(&hello), false, now + 200_000), "clock");
+        refused(me.check(&claim, Some(&hello), true, now), "does not verify"); // a hello is no welcome
+        let other_nonce = LinkClaim { nonce: "n2", ..claim };
+        refused(me.check(&other_nonce, Some(&welcome), true, now), "does not verify");
+        let other_node = LinkClaim { node: &a2, ..claim };
+        refused(me.check(&other_node, Some(&hello), false, now), "does not verify");
+        let other_cluster = LinkClaim { cluster: &beta, ..claim };
+        refused(me.check(&other_cluster, Some(&hello), false, now), "not trusted");
+        let relaxed = LinkAuth { require: false, ..LinkAuth::default() };
+        assert_eq!(relaxed.check(&claim, None, false, now), Ok(()), "off unless required");
     }
 
     #[test]

@@ -555,6 +555,8 @@ mod tests {
             incarnation: 1,
             addr: "ws://127.0.0.1:1".into(),
             caps: Vec::new(),
+            nonce: None,
+            proof: None,
         };
         Link::new(hello, Direction::Inbound, budget).0
     }

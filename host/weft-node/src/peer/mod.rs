@@ -25,6 +25,7 @@ use weft_runtime::Runtime;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::metrics::Metrics;
+use crate::signing::{LinkAuth, LinkClaim};
 use crate::tenants::Tenants;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
@@ -124,6 +125,7 @@ pub struct Fabric {
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
     tenants: RwLock<Arc<Tenants>>,
+    link_auth: RwLock<Arc<LinkAuth>>,
     decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     events: mpsc::UnboundedSender<Event>,
     /// Inbound forwarded calls: drained with the node's client calls.
@@ -212,6 +214,7 @@ impl Fabric {
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
             tenants: RwLock::default(),
+            link_auth: RwLock::default(),
             decisions: Mutex::default(),
             events,
             tracker,
@@ -299,6 +302,11 @@ impl Fabric {
         lock(&self.refusals).iter().cloned().collect()
     }
 
+    /// How links prove their cluster (set at start, before any link).
+    pub fn set_link_auth(&self, auth: LinkAuth) {
+        *self.link_auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+    }
+
     /// The tenants client requests are admitted as (set at start and by a reload).
     pub fn tenants(&self) -> Arc<Tenants> {
         read(&self.tenants).clone()
@@ -377,8 +385,10 @@ impl Fabric {
         }
     }
 
-    /// Both sides of a handshake run this on what the other side said.
-    fn admit(&self, remote: &Hello, inbound: bool) -> Result<(), Reject> {
+    /// Both sides of a handshake run this on what the other side said. The
+    /// acceptor checks a hello (`sent_nonce` None: the dialler's own nonce is
+    /// in it); the dialler checks a welcome against the nonce it sent.
+    fn admit(&self, remote: &Hello, sent_nonce: Option<&str>) -> Result<(), Reject> {
         let refuse = |kind, reason: String| Err(Reject::new(kind, reason));
         if remote.proto != PROTOCOL_VERSION {
             return refuse(
@@ -388,6 +398,12 @@ impl Fabric {
                     remote.node, remote.proto
                 ),
             );
+        }
+        let inbound = sent_nonce.is_none();
+        let nonce = sent_nonce.or(remote.nonce.as_deref()).unwrap_or_default();
+        let claim = LinkClaim { node: &remote.node, cluster: &remote.cluster, incarnation: remote.incarnation, nonce };
+        if let Err(reason) = read(&self.link_auth).check(&claim, remote.proof.as_ref(), !inbound, crate::unix_ms()) {
+            return refuse(RejectKind::Unauthenticated, reason);
         }
         if remote.node == self.me.node {
             return if remote.incarnation == self.me.incarnation {
@@ -497,9 +513,10 @@ impl Fabric {
         if !repeat && reject.kind != RejectKind::DuplicateLink && reject.kind != RejectKind::SelfDial {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
         }
-        if reject.kind == RejectKind::Policy {
+        if matches!(reject.kind, RejectKind::Policy | RejectKind::Unauthenticated) {
             let subject = remote.map_or(addr, |h| h.addr.as_str());
-            self.alert(AlertKind::LinkRefused, subject, &format!("refused by {by} policy: {}", reject.reason));
+            let why = if reject.kind == RejectKind::Policy { "policy" } else { "link authentication" };
+            self.alert(AlertKind::LinkRefused, subject, &format!("refused by {by} {why}: {}", reject.reason));
         }
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
@@ -526,12 +543,17 @@ impl Fabric {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (link, rx) = Link::new(hello.clone(), Direction::Inbound, self.inbound_budget());
-        if let Err(reject) = self.admit(&hello, true).and_then(|()| self.register(&link)) {
+        if let Err(reject) = self.admit(&hello, None).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
             refuse(&mut ws, reject).await;
             return;
         }
-        if send(&mut ws, &PeerMsg::Welcome(self.me.clone())).await.is_err() {
+        // The welcome answers the dialler's nonce, so it cannot be replayed.
+        let me = &self.me;
+        let nonce = hello.nonce.as_deref().unwrap_or_default();
+        let claim = LinkClaim { node: &me.node, cluster: &me.cluster, incarnation: me.incarnation, nonce };
+        let welcome = Hello { proof: read(&self.link_auth).prove(&claim, None), ..me.clone() };
+        if send(&mut ws, &PeerMsg::Welcome(welcome)).await.is_err() {
             self.unregister(&link);
             return;
         }
@@ -548,7 +570,12 @@ impl Fabric {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        send(&mut ws, &PeerMsg::Hello(self.me.clone())).await.map_err(|e| unreachable(e.to_string()))?;
+        let me = &self.me;
+        let nonce = crate::signing::nonce();
+        let claim = LinkClaim { node: &me.node, cluster: &me.cluster, incarnation: me.incarnation, nonce: &nonce };
+        let proof = read(&self.link_auth).prove(&claim, Some(crate::unix_ms()));
+        let hello = Hello { nonce: Some(nonce.clone()), proof, ..me.clone() };
+        send(&mut ws, &PeerMsg::Hello(hello)).await.map_err(|e| unreachable(e.to_string()))?;
         let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())
             .await
             .map_err(|_| unreachable("no handshake answer within 5s".into()))?;
@@ -564,7 +591,7 @@ impl Fabric {
             _ => return Err(unreachable("the connection closed during the handshake".into())),
         };
         let (link, rx) = Link::new(remote.clone(), Direction::Outbound, self.inbound_budget());
-        if let Err(reject) = self.admit(&remote, false).and_then(|()| self.register(&link)) {
+        if let Err(reject) = self.admit(&remote, Some(&nonce)).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Outbound, addr, Some(&remote), &reject);
             refuse(&mut ws, reject.clone()).await;
             return Err(DialError::RefusedHere { addr: addr.to_owned(), reject });

@@ -7,6 +7,8 @@ use serde_json::Value;
 use weft_fabric::{Announcement, CatalogDelta, CatalogEntry, CatalogSnapshot};
 use weft_proto::{Caller, ClusterId, ErrorBody, NodeId, WeftError};
 
+use crate::signing::LinkProof;
+
 /// Bumped on incompatible changes of this envelope; a peer speaking another
 /// version is refused at the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -23,6 +25,12 @@ pub struct Hello {
     pub addr: String,
     #[serde(default)]
     pub caps: Vec<String>,
+    /// The dialler's challenge, which the acceptor's `proof` signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// That the sender holds its cluster's key (see `signing::LinkAuth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<LinkProof>,
 }
 
 /// Why a link was refused; both sides log it and `/v1/peers` shows it.
@@ -41,6 +49,8 @@ pub enum RejectKind {
     Policy,
     /// The cluster is at its member limit.
     ClusterFull,
+    /// The peer did not prove it holds its cluster's key.
+    Unauthenticated,
 }
 
 impl RejectKind {
@@ -52,6 +62,7 @@ impl RejectKind {
             RejectKind::DuplicateLink => "duplicate-link",
             RejectKind::Policy => "policy",
             RejectKind::ClusterFull => "cluster-full",
+            RejectKind::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -239,6 +250,8 @@ mod tests {
             incarnation: 7,
             addr: "ws://127.0.0.1:1".into(),
             caps: vec![],
+            nonce: None,
+            proof: None,
         };
         let msgs = [
             PeerMsg::Hello(hello.clone()),
