@@ -86,6 +86,16 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
     assert_eq!((hostile["tenant"].as_str(), hostile["callers"].clone()), (Some("acme"), json!(["acme"])));
     assert_eq!(hostile["warm_idle"], 1);
 
+    // The operator's view: names and quotas, never the tokens.
+    let listed = a1.admin().get("/v1/tenants").await.unwrap();
+    assert_eq!(listed.body["required"], true);
+    let acme = &listed.body["tenants"][0];
+    assert_eq!(
+        (acme["name"].as_str(), acme["tokens"].as_u64(), acme["calls_per_minute"].as_u64()),
+        (Some("acme"), Some(1), Some(40))
+    );
+    assert!(!listed.text.contains(ACME) && !listed.text.contains(BOB), "{}", listed.text);
+
     // HTTP: the token in an Authorization header; 401 without one.
     let body = json!({"role": "rpc", "u": "h", "cmds": [{"name": "x", "fun": "echo", "args": ["web"]}]}).to_string();
     let reply = a1.admin().post("/v1/call", body.clone()).await.unwrap();

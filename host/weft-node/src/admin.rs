@@ -175,7 +175,8 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             | "/v1/federation/reload"
             | "/v1/routes"
             | "/v1/routes/explain"
-            | "/v1/alerts",
+            | "/v1/alerts"
+            | "/v1/tenants",
         ) if executor.is_none() => starting(),
         (&Method::GET, "/v1/routes") => match executor {
             Some(e) => json_response(StatusCode::OK, &routes(e.fabric())),
@@ -218,6 +219,13 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                 ),
             }
         }
+        (&Method::GET, "/v1/tenants") => match executor {
+            Some(e) => {
+                let tenants = e.fabric().tenants();
+                json_response(StatusCode::OK, &json!({ "required": tenants.required(), "tenants": tenants.list() }))
+            }
+            None => starting(),
+        },
         (&Method::GET, "/v1/federation") => match executor {
             Some(e) => json_response(StatusCode::OK, &federation(e.fabric())),
             None => starting(),

@@ -10,8 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use governor::clock::{Clock, DefaultClock};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weft_proto::{Caller, ErrorKind, WeftError};
@@ -69,11 +71,13 @@ pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
 pub struct Tenants {
     required: bool,
     by_token: HashMap<[u8; 32], Arc<Tenant>>,
-    count: usize,
 }
 
 struct Tenant {
     name: Arc<str>,
+    tokens: usize,
+    /// Requests of this tenant running on this node now.
+    running: AtomicUsize,
     calls_per_minute: u32,
     calls: Option<governor::DefaultDirectRateLimiter>,
     max_in_flight: u32,
@@ -85,6 +89,25 @@ struct Tenant {
 pub struct Admission {
     pub caller: Caller,
     _in_flight: Option<OwnedSemaphorePermit>,
+    tenant: Option<Arc<Tenant>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tenant {
+            t.running.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One tenant as `GET /v1/tenants` shows it (never its tokens).
+#[derive(Debug, Serialize)]
+pub struct TenantInfo {
+    pub name: String,
+    pub tokens: usize,
+    pub calls_per_minute: u32,
+    pub max_in_flight: u32,
+    pub in_flight: usize,
 }
 
 impl Tenants {
@@ -96,6 +119,8 @@ impl Tenants {
             let quota = NonZeroU32::new(section.calls_per_minute).map(governor::Quota::per_minute);
             let tenant = Arc::new(Tenant {
                 name: name.as_str().into(),
+                tokens: section.tokens.len(),
+                running: AtomicUsize::new(0),
                 calls_per_minute: section.calls_per_minute,
                 calls: quota.map(governor::RateLimiter::direct),
                 max_in_flight: section.max_in_flight,
@@ -107,15 +132,28 @@ impl Tenants {
                 }
             }
         }
-        Self { required, by_token, count: sections.len() }
+        Self { required, by_token }
     }
 
     pub fn required(&self) -> bool {
         self.required
     }
 
-    pub fn count(&self) -> usize {
-        self.count
+    /// Every tenant, by name, with its quotas and requests running now.
+    pub fn list(&self) -> Vec<TenantInfo> {
+        let mut seen: BTreeMap<&str, &Tenant> = BTreeMap::new();
+        for t in self.by_token.values() {
+            seen.insert(&t.name, t);
+        }
+        seen.into_values()
+            .map(|t| TenantInfo {
+                name: t.name.to_string(),
+                tokens: t.tokens,
+                calls_per_minute: t.calls_per_minute,
+                max_in_flight: t.max_in_flight,
+                in_flight: t.running.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Lets a request of `commands` commands in, or says why not:
@@ -130,7 +168,7 @@ impl Tenants {
                     "this node takes requests only with a bearer token (auth.required); send it as the request's `token` (or in an HTTP `Authorization: Bearer` header)",
                 ));
             }
-            return Ok(Admission { caller: Caller::Anonymous, _in_flight: None });
+            return Ok(Admission { caller: Caller::Anonymous, _in_flight: None, tenant: None });
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let Some(tenant) = self.by_token.get(&digest) else {
@@ -143,7 +181,12 @@ impl Tenants {
         let in_flight = tenant.enter().inspect_err(|_| count("over_max_in_flight"))?;
         tenant.charge(commands).inspect_err(|_| count("over_calls_per_minute"))?;
         count("admitted");
-        Ok(Admission { caller: Caller::Tenant(tenant.name.clone()), _in_flight: in_flight })
+        tenant.running.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission {
+            caller: Caller::Tenant(tenant.name.clone()),
+            _in_flight: in_flight,
+            tenant: Some(tenant.clone()),
+        })
     }
 }
 
@@ -237,7 +280,10 @@ mod tests {
         let e = admit(&t, Some(ACME), 1).err().unwrap();
         assert!(e.kind == ErrorKind::RESOURCE_EXHAUSTED && e.message.contains("tenants.acme.max_in_flight"), "{e}");
         assert!(admit(&t, Some(BOB), 1).is_ok(), "another tenant is not held up");
+        let running = |t: &Tenants| t.list().iter().map(|i| (i.name.clone(), i.in_flight)).collect::<Vec<_>>();
+        assert_eq!(running(&t), [("acme".to_owned(), 2), ("bob".to_owned(), 0)]);
         drop(first);
+        assert_eq!(running(&t)[0], ("acme".to_owned(), 1));
         assert!(admit(&t, Some(ACME), 1).is_ok());
     }
 
