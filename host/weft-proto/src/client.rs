@@ -217,6 +217,40 @@ mod tests {
     use crate::ErrorKind;
     use crate::test_support::arbitrary_json;
 
+    /// Valid frames for the mutation fuzzer to start from: the spec's
+    /// example and the shapes MPREG's client sends.
+    fn frames() -> Vec<Vec<u8>> {
+        [
+            r#"{"role": "rpc", "u": "req-1", "cmds": [{"name": "a", "fun": "echo", "args": ["hi"]}, {"name": "b", "fun": "concat", "args": [{"$ref": "a"}, "!"], "locs": ["gpu"], "target_cluster": "beta", "function_id": "echo/concat", "version_constraint": "^1"}], "timeout_ms": 5000, "hop_budget": 4, "token": "t"}"#,
+            r#"{"role":"rpc","u":"x","cmds":[{"name":"s","fun":"stats","args":[[1.5,2,-3e2]],"kwargs":{"xs":[0]}}],"include_execution_summary":true,"return_intermediate_results":true}"#,
+            r#"{"role":"rpc","u":"m","cmds":[{"name":"a","fun":"echo","args":["a"]},{"name":"b","fun":"echos","args":[["a",{"$lit":"a"}]]}]}"#,
+        ]
+        .map(|f| f.as_bytes().to_vec())
+        .to_vec()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzzing::cases()))]
+        // Mutated frames get through the JSON parser far more often than
+        // random bytes: each must decode to a request that survives its own
+        // encoding, or fail with a client error that keeps `u` when it could
+        // be read.
+        #[test]
+        fn fuzz_mutated_frames_decode_or_fail_cleanly(bytes in crate::fuzzing::mutated(frames())) {
+            match Request::decode(&bytes) {
+                Ok(req) => {
+                    let again = Request::decode(&serde_json::to_vec(&req).unwrap()).map_err(|(_, e)| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(again, req);
+                }
+                Err((u, e)) => {
+                    prop_assert!(matches!(e.kind, ErrorKind::PARSE_ERROR | ErrorKind::INVALID_REQUEST), "{:?}", e.kind);
+                    let readable = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("u").and_then(Value::as_str).map(str::to_owned));
+                    prop_assert_eq!(u, readable);
+                }
+            }
+        }
+    }
+
     proptest! {
         // The frame decoder is fed whatever a client sends: it must answer
         // every input with a request or an error, never a panic.

@@ -7,6 +7,8 @@
 pub mod caller;
 pub mod client;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ids;
 pub mod wit;
 
