@@ -18,8 +18,7 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
-use crate::warm::WarmPool;
-use crate::warm::{WarmBudget, WarmInstance};
+use crate::warm::{WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
 #[derive(Debug, thiserror::Error)]
@@ -407,15 +406,15 @@ impl Runtime {
             .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
 
         let warm = plugin.manifest.warm > 0;
-        let (mut store, instance, output) = match warm.then(|| plugin.warm.take(caller)).flatten() {
+        let (mut store, instance, output, uses) = match warm.then(|| plugin.warm.take(caller)).flatten() {
             Some(mut w) => {
                 w.store.data_mut().rearm(deadline, self.config.max_log_lines, who(&plugin, function));
                 set_fuel(&mut w.store, &plugin)?;
-                (w.store, Some(w.instance), w.output)
+                (w.store, Some(w.instance), w.output, w.uses)
             }
             None => {
                 let (store, output) = self.sandbox(&plugin, function, deadline)?;
-                (store, None, output)
+                (store, None, output, 0)
             }
         };
 
@@ -443,7 +442,7 @@ impl Runtime {
         let outcome = outcome.map(|ran| {
             ran.map(|(instance, results)| {
                 if warm {
-                    let kept = WarmInstance { store, instance, output };
+                    let kept = WarmInstance { store, instance, output, uses: uses + 1 };
                     plugin.warm.put(caller, kept, plugin.manifest.warm, &self.warm_budget);
                 }
                 results

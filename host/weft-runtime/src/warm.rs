@@ -2,9 +2,10 @@
 //! instances per caller after calls that succeed, and that caller's next
 //! call reuses one instead of instantiating afresh. An instance is never
 //! handed to another caller (the spec's "never across tenants"), one that
-//! trapped or timed out is never kept, and every idle one holds a budget
-//! place node-wide (`limits.max_warm_instances`), so the pooling allocator
-//! always has slots for running calls.
+//! trapped or timed out is never kept, nor one that has served `MAX_USES`
+//! calls, and every idle one holds a budget place node-wide
+//! (`limits.max_warm_instances`), so the pooling allocator always has slots
+//! for running calls.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +16,18 @@ use weft_proto::Caller;
 
 use crate::sandbox::{CallOutput, SandboxState};
 
+/// Calls one warm instance serves before it is dropped: whatever a guest
+/// leaks on the host's side between calls (WASI handles it never closes)
+/// stays bounded, and a long-lived instance's memory is given back.
+const MAX_USES: u32 = 10_000;
+
 /// An instance between two calls of one caller.
 pub(crate) struct WarmInstance {
     pub(crate) store: Store<SandboxState>,
     pub(crate) instance: Instance,
     pub(crate) output: CallOutput,
+    /// Calls it has served.
+    pub(crate) uses: u32,
 }
 
 struct Idle {
@@ -45,6 +53,9 @@ impl WarmPool {
     /// Keeps `warm` for `caller` if the caller has fewer than `per_caller`
     /// idle here and the node-wide budget has room; else it is dropped.
     pub(crate) fn put(&self, caller: &Caller, warm: WarmInstance, per_caller: u32, budget: &WarmBudget) {
+        if warm.uses >= MAX_USES {
+            return;
+        }
         let mut idle = self.lock();
         if idle.iter().filter(|i| i.caller == *caller).count() >= per_caller as usize {
             return;
