@@ -739,6 +739,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_instance_retires_after_its_last_use() {
+        let (rt, _dir) = hostile("warm = 1\ncallers = [\"*\"]\n", 64);
+        let acme = Caller::Tenant("acme".into());
+        let last = crate::warm::MAX_USES;
+        for i in 1..last {
+            snoop(&rt, &acme, &i.to_string()).await;
+        }
+        let before = (last - 1).to_string();
+        assert_eq!(snoop(&rt, &acme, "last").await, before.as_str(), "call {last} is still warm");
+        assert_eq!(snoop(&rt, &acme, "fresh").await, Value::Null, "then the instance is retired");
+    }
+
+    #[tokio::test]
     async fn warm_instances_are_off_by_default_and_bounded_node_wide() {
         let (rt, _dir) = hostile("callers = [\"*\"]\n", 64);
         let acme = Caller::Tenant("acme".into());

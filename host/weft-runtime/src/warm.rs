@@ -19,7 +19,7 @@ use crate::sandbox::{CallOutput, SandboxState};
 /// Calls one warm instance serves before it is dropped: whatever a guest
 /// leaks on the host's side between calls (WASI handles it never closes)
 /// stays bounded, and a long-lived instance's memory is given back.
-const MAX_USES: u32 = 10_000;
+pub(crate) const MAX_USES: u32 = 10_000;
 
 /// An instance between two calls of one caller.
 pub(crate) struct WarmInstance {
