@@ -70,6 +70,8 @@ pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
 #[derive(Default)]
 pub struct Tenants {
     required: bool,
+    /// By name (the config's order).
+    all: Vec<Arc<Tenant>>,
     by_token: HashMap<[u8; 32], Arc<Tenant>>,
 }
 
@@ -114,7 +116,7 @@ impl Tenants {
     /// From a checked config (`Config::load` refused bad tokens already;
     /// one that still fails here is skipped).
     pub fn new(required: bool, sections: &BTreeMap<String, TenantSection>) -> Self {
-        let mut by_token = HashMap::new();
+        let (mut all, mut by_token) = (Vec::new(), HashMap::new());
         for (name, section) in sections {
             let quota = NonZeroU32::new(section.calls_per_minute).map(governor::Quota::per_minute);
             let tenant = Arc::new(Tenant {
@@ -131,8 +133,9 @@ impl Tenants {
                     by_token.insert(digest, tenant.clone());
                 }
             }
+            all.push(tenant);
         }
-        Self { required, by_token }
+        Self { required, all, by_token }
     }
 
     pub fn required(&self) -> bool {
@@ -141,11 +144,8 @@ impl Tenants {
 
     /// Every tenant, by name, with its quotas and requests running now.
     pub fn list(&self) -> Vec<TenantInfo> {
-        let mut seen: BTreeMap<&str, &Tenant> = BTreeMap::new();
-        for t in self.by_token.values() {
-            seen.insert(&t.name, t);
-        }
-        seen.into_values()
+        self.all
+            .iter()
             .map(|t| TenantInfo {
                 name: t.name.to_string(),
                 tokens: t.tokens,
@@ -285,6 +285,15 @@ mod tests {
         drop(first);
         assert_eq!(running(&t)[0], ("acme".to_owned(), 1));
         assert!(admit(&t, Some(ACME), 1).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_without_tokens_is_listed_and_never_admitted() {
+        let owner = TenantSection { max_in_flight: 3, ..TenantSection::default() };
+        let t = Tenants::new(true, &BTreeMap::from([("owner".into(), owner)]));
+        let listed = t.list();
+        assert_eq!((listed[0].name.as_str(), listed[0].tokens, listed[0].max_in_flight), ("owner", 0, 3));
+        assert_eq!(admit(&t, Some(ACME), 1).err().unwrap().kind, ErrorKind::UNAUTHENTICATED);
     }
 
     #[test]
