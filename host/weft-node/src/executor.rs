@@ -87,20 +87,20 @@ impl Executor {
         }
         // Held until the request ends: its place among its tenant's in flight.
         let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len(), &self.metrics)?;
-        let caller = &admission.caller;
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
         let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
+        let scope = Scope { deadline, hop_budget, caller: &admission.caller };
 
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = Steps::new(plan.steps().len() > 1);
         for step in scheduler.initial_ready() {
-            self.start(&plan, step, &results, (deadline, hop_budget, caller), &mut running)?;
+            self.start(&plan, step, &results, &scope, &mut running)?;
         }
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
@@ -138,7 +138,7 @@ impl Executor {
             results[joined.step.0] = Some(value);
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             for next in scheduler.complete(joined.step) {
-                self.start(&plan, next, &results, (deadline, hop_budget, caller), &mut running)?;
+                self.start(&plan, next, &results, &scope, &mut running)?;
             }
         }
 
@@ -206,7 +206,7 @@ impl Executor {
         plan: &Plan,
         idx: StepIdx,
         results: &[Option<Value>],
-        (deadline, hop_budget, caller): (Instant, u32, &Caller),
+        scope: &Scope<'_>,
         running: &mut Steps,
     ) -> Result<(), WeftError> {
         let args = plan.bind(idx, results)?;
@@ -216,12 +216,12 @@ impl Executor {
             function: plan.steps()[idx.0].resolved.function.clone(),
             version: plan.steps()[idx.0].resolved.version.clone(),
             args,
-            deadline,
-            hop_budget,
+            deadline: scope.deadline,
+            hop_budget: scope.hop_budget,
             routing_path: Vec::new(),
             federation_path: Vec::new(),
             locs: plan.steps()[idx.0].resolved.locs.clone(),
-            caller: caller.clone(),
+            caller: scope.caller.clone(),
         };
         running.start(async move {
             let started = Instant::now();
@@ -330,6 +330,13 @@ impl Steps {
             None => self.running.join_next().await,
         }
     }
+}
+
+/// What every step of one request shares.
+struct Scope<'a> {
+    deadline: Instant,
+    hop_budget: u32,
+    caller: &'a Caller,
 }
 
 #[derive(Clone)]

@@ -400,8 +400,7 @@ impl Fabric {
             );
         }
         let inbound = sent_nonce.is_none();
-        let nonce = sent_nonce.or(remote.nonce.as_deref()).unwrap_or_default();
-        let claim = LinkClaim { node: &remote.node, cluster: &remote.cluster, incarnation: remote.incarnation, nonce };
+        let claim = claim(remote, sent_nonce.or(remote.nonce.as_deref()).unwrap_or_default());
         if let Err(reason) = read(&self.link_auth).check(&claim, remote.proof.as_ref(), !inbound, crate::unix_ms()) {
             return refuse(RejectKind::Unauthenticated, reason);
         }
@@ -549,10 +548,8 @@ impl Fabric {
             return;
         }
         // The welcome answers the dialler's nonce, so it cannot be replayed.
-        let me = &self.me;
-        let nonce = hello.nonce.as_deref().unwrap_or_default();
-        let claim = LinkClaim { node: &me.node, cluster: &me.cluster, incarnation: me.incarnation, nonce };
-        let welcome = Hello { proof: read(&self.link_auth).prove(&claim, None), ..me.clone() };
+        let answered = claim(&self.me, hello.nonce.as_deref().unwrap_or_default());
+        let welcome = Hello { proof: read(&self.link_auth).prove(&answered, None), ..self.me.clone() };
         if send(&mut ws, &PeerMsg::Welcome(welcome)).await.is_err() {
             self.unregister(&link);
             return;
@@ -570,11 +567,9 @@ impl Fabric {
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let me = &self.me;
         let nonce = crate::signing::nonce();
-        let claim = LinkClaim { node: &me.node, cluster: &me.cluster, incarnation: me.incarnation, nonce: &nonce };
-        let proof = read(&self.link_auth).prove(&claim, Some(crate::unix_ms()));
-        let hello = Hello { nonce: Some(nonce.clone()), proof, ..me.clone() };
+        let proof = read(&self.link_auth).prove(&claim(&self.me, &nonce), Some(crate::unix_ms()));
+        let hello = Hello { nonce: Some(nonce.clone()), proof, ..self.me.clone() };
         send(&mut ws, &PeerMsg::Hello(hello)).await.map_err(|e| unreachable(e.to_string()))?;
         let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())
             .await
@@ -616,6 +611,11 @@ impl Fabric {
         self.link_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.link_tasks.wait()).await;
     }
+}
+
+/// What a link proof by (or for) the node of `hello` covers, with `nonce`.
+fn claim<'a>(hello: &'a Hello, nonce: &'a str) -> LinkClaim<'a> {
+    LinkClaim { node: &hello.node, cluster: &hello.cluster, incarnation: hello.incarnation, nonce }
 }
 
 /// Sends a refusal and closes politely: waiting (briefly) for the other side
