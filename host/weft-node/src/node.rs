@@ -104,7 +104,7 @@ pub(crate) fn reload_federation(
     let mut policy = config.policy();
     policy.cluster = fabric.me.cluster.clone();
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
-    fabric.set_tenants(Tenants::new(config.auth.required, &config.tenants));
+    fabric.set_tenants(Tenants::from_config(&config));
     for link in &refused {
         tracing::warn!(peer = %link.node(), cluster = %link.remote.cluster, "link closed: the reloaded federation policy refuses it");
         link.close();
@@ -285,7 +285,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
-    fabric.set_tenants(Tenants::new(config.auth.required, &config.tenants));
+    fabric.set_tenants(Tenants::from_config(&config));
     let key = &config.routing.security.signing_key;
     let signer = if key.is_empty() {
         None

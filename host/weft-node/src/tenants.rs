@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
-use crate::config::TenantSection;
+use crate::config::{Config, TenantSection};
 use crate::metrics::Metrics;
 
 /// Plain tokens shorter than this are refused by the config check.
@@ -113,6 +113,11 @@ pub struct TenantInfo {
 }
 
 impl Tenants {
+    /// `[auth]` and `[tenants]` of a loaded config.
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(config.auth.required, &config.tenants)
+    }
+
     /// From a checked config (`Config::load` refused bad tokens already;
     /// one that still fails here is skipped).
     pub fn new(required: bool, sections: &BTreeMap<String, TenantSection>) -> Self {
