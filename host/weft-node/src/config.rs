@@ -703,6 +703,37 @@ max_concurrency = 256
     }
 
     #[test]
+    fn tenant_and_link_settings_are_checked_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        let problems = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default()).map_or_else(|e| e.problems, |_| Vec::new())
+        };
+        let found = problems("[auth]\nrequired = true\n[routing.security]\nauthenticate_links = true\n");
+        assert!(found.iter().any(|p| p.starts_with("auth.required")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("required when authenticate_links")), "{found:?}");
+        let token = "a-token-of-twenty-chars";
+        let found = problems(&format!(
+            "[tenants.\"bad name\"]\ntokens = [\"short\"]\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.b]\ntokens = [\"{token}\", \"sha256:xyz\"]\n"
+        ));
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found.iter().any(|p| p.contains("tenants.bad name: use letters")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("tokens[0]: a token of fewer than 16")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.contains("tenants.b.tokens[0]: the same token is given to tenant a")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|p| p.contains("tenants.b.tokens[1]: a \"sha256:\" token needs")), "{found:?}");
+        let fine = format!(
+            "[auth]\nrequired = true\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.a.limits]\nmemory = \"8MiB\"\n"
+        );
+        assert_eq!(problems(&fine), Vec::<String>::new());
+        let config = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.tenant_limits()["a"].memory_bytes, 8 << 20, "a tenant's limits lower the node's");
+    }
+
+    #[test]
     fn overrides_win_over_the_file_and_validation_catches_bad_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
