@@ -85,6 +85,8 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
     let hostile = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
     assert_eq!((hostile["tenant"].as_str(), hostile["callers"].clone()), (Some("acme"), json!(["acme"])));
     assert_eq!(hostile["warm_idle"], 1);
+    let metrics = a1.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_warm_instances_idle"), Some(1.0), "{metrics}");
 
     // The operator's view: names and quotas, never the tokens.
     let listed = a1.admin().get("/v1/tenants").await.unwrap();

@@ -158,6 +158,10 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
         }
         (&Method::GET, "/metrics") => {
+            if let Some(e) = executor {
+                // Read at scrape time: the pool changes on every warm call.
+                ctx.metrics.warm_idle.set(e.runtime().warm_idle() as i64);
+            }
             let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub frames_rejected: Family<KindLabel, Counter>,
     pub abandoned: Counter,
     pub plugins_loaded: Gauge,
+    pub warm_idle: Gauge,
     pub plugin_load_failures: Counter,
     pub tenant_commands: Family<TenantLabels, Counter>,
 }
@@ -110,6 +111,7 @@ impl Metrics {
         let frames_rejected = Family::<KindLabel, Counter>::default();
         let abandoned = Counter::default();
         let plugins_loaded = Gauge::default();
+        let warm_idle = Gauge::default();
         let plugin_load_failures = Counter::default();
         let peer_links = Gauge::default();
         let peer_messages = Family::<PeerMessageLabels, Counter>::default();
@@ -170,6 +172,11 @@ impl Metrics {
         registry.register("requests_abandoned", "Requests cancelled because their client went away", abandoned.clone());
         registry.register("plugins_loaded", "Plugins loaded and ready", plugins_loaded.clone());
         registry.register(
+            "warm_instances_idle",
+            "Warm instances kept for reuse, all plugins together (at most limits.max_warm_instances)",
+            warm_idle.clone(),
+        );
+        registry.register(
             "plugin_load_failures",
             "Plugin files that could not be loaded",
             plugin_load_failures.clone(),
@@ -197,6 +204,7 @@ impl Metrics {
             frames_rejected,
             abandoned,
             plugins_loaded,
+            warm_idle,
             plugin_load_failures,
             tenant_commands,
         }

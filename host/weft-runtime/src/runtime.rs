@@ -339,6 +339,11 @@ impl Runtime {
         Ok((store, output))
     }
 
+    /// Idle warm instances on the node now (at most `max_warm_instances`).
+    pub fn warm_idle(&self) -> usize {
+        self.warm_budget.idle()
+    }
+
     pub fn plugins(&self) -> Vec<PluginInfo> {
         read(&self.plugins).iter().map(|p| p.info()).collect()
     }
@@ -764,6 +769,7 @@ mod tests {
         snoop(&rt, &acme, "a1").await;
         snoop(&rt, &bob, "b1").await;
         assert_eq!(snoop(&rt, &bob, "b2").await, Value::Null, "the budget was spent on acme's");
+        assert_eq!(rt.warm_idle(), 1);
         assert_eq!(snoop(&rt, &acme, "a2").await, "a1");
     }
 

@@ -86,6 +86,11 @@ impl WarmBudget {
         Self { idle: Arc::default(), max: max as usize }
     }
 
+    /// Idle warm instances on the node now.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Ordering::Acquire)
+    }
+
     fn reserve(&self) -> Option<Place> {
         self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
         Some(Place(self.idle.clone()))
