@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use governor::clock::{Clock, DefaultClock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::config::{Config, TenantSection};
@@ -78,26 +77,25 @@ pub struct Tenants {
 struct Tenant {
     name: Arc<str>,
     tokens: usize,
-    /// Requests of this tenant running on this node now.
+    /// Requests of this tenant running on this node now (at most
+    /// `max_in_flight` when that is not 0).
     running: AtomicUsize,
     calls_per_minute: u32,
     calls: Option<governor::DefaultDirectRateLimiter>,
     max_in_flight: u32,
-    in_flight: Arc<Semaphore>,
 }
 
 /// A request let in: who it is for, and its place among its tenant's
-/// requests in flight (given back when the request ends).
+/// requests running (given back when the request ends).
 pub struct Admission {
     pub caller: Caller,
-    _in_flight: Option<OwnedSemaphorePermit>,
     tenant: Option<Arc<Tenant>>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(t) = &self.tenant {
-            t.running.fetch_sub(1, Ordering::Relaxed);
+            t.running.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -131,7 +129,6 @@ impl Tenants {
                 calls_per_minute: section.calls_per_minute,
                 calls: quota.map(governor::RateLimiter::direct),
                 max_in_flight: section.max_in_flight,
-                in_flight: Arc::new(Semaphore::new(section.max_in_flight as usize)),
             });
             for token in &section.tokens {
                 if let Ok(digest) = token_digest(token) {
@@ -156,7 +153,7 @@ impl Tenants {
                 tokens: t.tokens,
                 calls_per_minute: t.calls_per_minute,
                 max_in_flight: t.max_in_flight,
-                in_flight: t.running.load(Ordering::Relaxed),
+                in_flight: t.running.load(Ordering::Acquire),
             })
             .collect()
     }
@@ -173,7 +170,7 @@ impl Tenants {
                     "this node takes requests only with a bearer token (auth.required); send it as the request's `token` (or in an HTTP `Authorization: Bearer` header)",
                 ));
             }
-            return Ok(Admission { caller: Caller::Anonymous, _in_flight: None, tenant: None });
+            return Ok(Admission { caller: Caller::Anonymous, tenant: None });
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let Some(tenant) = self.by_token.get(&digest) else {
@@ -183,24 +180,21 @@ impl Tenants {
             ));
         };
         let count = |outcome| metrics.tenant_commands(&tenant.name, outcome, commands);
-        let in_flight = tenant.enter().inspect_err(|_| count("over_max_in_flight"))?;
+        tenant.enter().inspect_err(|_| count("over_max_in_flight"))?;
+        // From here on, dropping the admission gives the place back.
+        let admission = Admission { caller: Caller::Tenant(tenant.name.clone()), tenant: Some(tenant.clone()) };
         tenant.charge(commands).inspect_err(|_| count("over_calls_per_minute"))?;
         count("admitted");
-        tenant.running.fetch_add(1, Ordering::Relaxed);
-        Ok(Admission {
-            caller: Caller::Tenant(tenant.name.clone()),
-            _in_flight: in_flight,
-            tenant: Some(tenant.clone()),
-        })
+        Ok(admission)
     }
 }
 
 impl Tenant {
-    fn enter(&self) -> Result<Option<OwnedSemaphorePermit>, WeftError> {
-        if self.max_in_flight == 0 {
-            return Ok(None);
-        }
-        self.in_flight.clone().try_acquire_owned().map(Some).map_err(|_| {
+    /// Takes a place among the tenant's requests running.
+    fn enter(&self) -> Result<(), WeftError> {
+        let max = self.max_in_flight as usize;
+        let room = |n: usize| (max == 0 || n < max).then_some(n + 1);
+        self.running.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).map(drop).map_err(|_| {
             WeftError::new(
                 ErrorKind::RESOURCE_EXHAUSTED,
                 format!(
@@ -311,6 +305,7 @@ mod tests {
         assert!(e.message.contains("tenants.acme.calls_per_minute") && e.details.contains_key("retry_after_ms"), "{e}");
         let e = admit(&t, Some(ACME), 6).err().unwrap();
         assert!(e.message.contains("split it"), "{e}");
+        assert_eq!(t.list()[0].in_flight, 0, "a refused request gives its place back");
         assert!(admit(&t, Some(BOB), 100).is_ok(), "bob has no quota");
     }
 

@@ -75,7 +75,6 @@ impl WarmPool {
 }
 
 /// Idle warm instances node-wide, at most `max`.
-#[derive(Clone)]
 pub(crate) struct WarmBudget {
     idle: Arc<AtomicUsize>,
     max: usize,
