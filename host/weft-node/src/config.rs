@@ -438,7 +438,7 @@ impl Config {
 
     fn tenant_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.auth.required && self.tenants.is_empty() {
+        if self.auth.required && self.tenants.values().all(|t| t.tokens.is_empty()) {
             problems
                 .push("auth.required: no [tenants.NAME] with tokens is configured, so no request could be made".into());
         }
@@ -710,7 +710,9 @@ max_concurrency = 256
             std::fs::write(&path, text).unwrap();
             Config::load(Some(&path), &Overrides::default()).map_or_else(|e| e.problems, |_| Vec::new())
         };
-        let found = problems("[auth]\nrequired = true\n[routing.security]\nauthenticate_links = true\n");
+        let found = problems(
+            "[auth]\nrequired = true\n[tenants.owner]\nmax_in_flight = 1\n[routing.security]\nauthenticate_links = true\n",
+        );
         assert!(found.iter().any(|p| p.starts_with("auth.required")), "{found:?}");
         assert!(found.iter().any(|p| p.contains("required when authenticate_links")), "{found:?}");
         let token = "a-token-of-twenty-chars";
