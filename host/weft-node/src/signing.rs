@@ -93,8 +93,18 @@ fn signed_bytes(env: &Envelope<'_>, routes: &[Announcement]) -> Vec<u8> {
 }
 
 pub fn sign(key: &SigningKey, env: &Envelope<'_>, routes: &[Announcement]) -> RouteSig {
-    let sig = key.sign(&signed_bytes(env, routes));
-    RouteSig { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(sig.to_bytes()) }
+    signature(key, &signed_bytes(env, routes))
+}
+
+/// `bytes` signed by `key`: the public key and the signature, base64.
+fn signature(key: &SigningKey, bytes: &[u8]) -> RouteSig {
+    RouteSig { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(key.sign(bytes).to_bytes()) }
+}
+
+/// Whether the base64 signature `sig` is `key`'s over `bytes`.
+fn verifies(key: &VerifyingKey, bytes: &[u8], sig: &str) -> bool {
+    let sig: Option<[u8; 64]> = B64.decode(sig.as_bytes()).ok().and_then(|b| b.try_into().ok());
+    sig.is_some_and(|sig| key.verify(bytes, &Signature::from_bytes(&sig)).is_ok())
 }
 
 /// The keys trusted for each cluster, and whether signatures are required.
@@ -124,13 +134,11 @@ impl Trust {
             // a signature cannot be checked and is not needed.
             return if !self.require && !self.keys.contains_key(cluster) { Ok(()) } else { Err(untrusted()) };
         }
-        let bytes: [u8; 64] = B64
-            .decode(sig.sig.as_bytes())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| SigError::BadSignature(cluster.clone()))?;
-        key.verify(&signed_bytes(env, routes), &Signature::from_bytes(&bytes))
-            .map_err(|_| SigError::BadSignature(cluster.clone()))
+        if verifies(&key, &signed_bytes(env, routes), &sig.sig) {
+            Ok(())
+        } else {
+            Err(SigError::BadSignature(cluster.clone()))
+        }
     }
 }
 
@@ -180,9 +188,8 @@ pub struct LinkAuth {
 impl LinkAuth {
     /// This node's proof for `claim`, if it has a key; `at_ms` for a hello.
     pub fn prove(&self, claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Option<LinkProof> {
-        let key = self.key.as_ref()?;
-        let sig = key.sign(&link_bytes(claim, at_ms));
-        Some(LinkProof { key: B64.encode(key.verifying_key().as_bytes()), sig: B64.encode(sig.to_bytes()), at_ms })
+        let RouteSig { key, sig } = signature(self.key.as_ref()?, &link_bytes(claim, at_ms));
+        Some(LinkProof { key, sig, at_ms })
     }
 
     /// Checks a peer's proof when links must be authenticated: signed by a
@@ -223,10 +230,13 @@ impl LinkAuth {
                 ));
             }
         }
-        let sig: Option<[u8; 64]> = B64.decode(proof.sig.as_bytes()).ok().and_then(|b| b.try_into().ok());
-        sig.and_then(|sig| key.verify(&link_bytes(claim, at_ms), &Signature::from_bytes(&sig)).ok()).ok_or_else(|| {
-            format!("node {node}'s link proof for cluster {cluster} does not verify (forged, or made for another link)")
-        })
+        if verifies(&key, &link_bytes(claim, at_ms), &proof.sig) {
+            Ok(())
+        } else {
+            Err(format!(
+                "node {node}'s link proof for cluster {cluster} does not verify (forged, or made for another link)"
+            ))
+        }
     }
 }
 
