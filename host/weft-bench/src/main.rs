@@ -259,6 +259,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.what == "bare-servers" {
+        // Internal: the transport benchmark's baseline servers (see transport.rs).
+        return match transport::serve_bare().await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bare servers failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let machine = report::machine();
     println!(
         "<!-- weft-bench {}{}: {} cores, {}, {} MiB -->\n",

@@ -1,7 +1,10 @@
 //! Weft against the physical limit of its transports, interleaved in one
 //! run: the same raw client sends the same echo request to a Weft node and
 //! to a minimal echo server written here (tokio-tungstenite for WebSocket,
-//! hyper for HTTP), which answers each message with its own bytes. Plus the
+//! hyper for HTTP), which answers each message with its own bytes. Both
+//! servers run in processes of their own, as a node does: a server inside the
+//! client's process would share its threads, and each round trip would skip
+//! the wake-up of another process that every real client pays. Plus the
 //! memory of a node process, idle and busy.
 
 use std::net::SocketAddr;
@@ -154,7 +157,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// A `weft node` process of this build (next to this binary), on port 0.
 struct NodeProcess {
-    child: std::process::Child,
+    child: Child,
     ws: String,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
@@ -162,9 +165,6 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start() -> Result<NodeProcess, String> {
-        use std::io::BufRead;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let weft = exe.with_file_name("weft");
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let plugins = dir.path().join("plugins");
         weft_bundle::write_to(&plugins, &["echo", "math", "text", "hostile"]).map_err(|e| e.to_string())?;
@@ -177,36 +177,83 @@ impl NodeProcess {
             "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = \"plugins\"\n[limits]\ndeadline = \"30s\"\n",
         )
         .map_err(|e| e.to_string())?;
-        let mut child = std::process::Command::new(&weft)
-            .args(["node", "--config", &config.display().to_string()])
-            .env("WEFT_LOG", "error")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e} (build the weft binary first)", weft.display()))?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
-        let ready: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
+        let mut weft = std::process::Command::new(sibling("weft")?);
+        weft.args(["node", "--config", &config.display().to_string()]).env("WEFT_LOG", "error");
+        let (child, ready) = spawn_ready(weft)?;
         let field = |k: &str| ready[k].as_str().unwrap_or_default().to_owned();
         let admin = field("admin").trim_start_matches("http://").parse().map_err(|e| format!("{e}"))?;
-        Ok(NodeProcess { child, ws: field("ws"), admin, _dir: dir })
+        Ok(NodeProcess { child: Child(child), ws: field("ws"), admin, _dir: dir })
     }
 }
 
-impl Drop for NodeProcess {
+/// The bare echo servers, in a `weft-bench bare-servers` process of their own.
+struct BareProcess {
+    _child: Child,
+    ws: String,
+    http: SocketAddr,
+}
+
+impl BareProcess {
+    fn start() -> Result<BareProcess, String> {
+        let mut bare = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        bare.arg("bare-servers");
+        let (child, ready) = spawn_ready(bare)?;
+        let http = ready["http"].as_str().unwrap_or_default().parse().map_err(|e| format!("{e}: {ready}"))?;
+        Ok(BareProcess { _child: Child(child), ws: ready["ws"].as_str().unwrap_or_default().to_owned(), http })
+    }
+}
+
+/// `weft-bench bare-servers`: starts both bare servers, prints their
+/// addresses as one JSON line and serves until its stdin closes (the bench
+/// that started it has gone).
+pub async fn serve_bare() -> Result<(), String> {
+    let ws = bare_ws().await.map_err(|e| e.to_string())?;
+    let http = bare_http().await.map_err(|e| e.to_string())?;
+    println!("{}", serde_json::json!({ "ws": format!("ws://{ws}"), "http": http.to_string() }));
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
+    Ok(())
+}
+
+/// A program built next to this one.
+fn sibling(name: &str) -> Result<std::path::PathBuf, String> {
+    Ok(std::env::current_exe().map_err(|e| e.to_string())?.with_file_name(name))
+}
+
+/// Starts `command` and reads the JSON line it prints once it listens.
+fn spawn_ready(mut command: std::process::Command) -> Result<(std::process::Child, serde_json::Value), String> {
+    use std::io::BufRead;
+    let program = command.get_program().to_owned();
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e} (build the workspace first)", program.display()))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+    let ready = serde_json::from_str(&line).map_err(|e| format!("{}: {e}: {line:?}", program.display()))?;
+    Ok((child, ready))
+}
+
+/// A child process, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), String> {
     let node = NodeProcess::start()?;
-    let bare_ws = format!("ws://{}", bare_ws().await.map_err(|e| e.to_string())?);
-    let bare_http = bare_http().await.map_err(|e| e.to_string())?;
+    let bare = BareProcess::start()?;
+    let (bare_ws, bare_http) = (bare.ws.clone(), bare.http);
     let rounds = if smoke { 50 } else { 5000 };
-    let idle_rss = rss_kib(node.child.id()).unwrap_or(0);
+    let idle_rss = rss_kib(node.child.0.id()).unwrap_or(0);
     // First, while no pool slot has been used yet: what a call in flight
     // holds (its slot's pages count only the first time a slot is used).
     let inflight = if smoke { 8 } else { 100 };
@@ -254,7 +301,7 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     let mut busy_rss = idle_rss;
     for _ in 0..reps {
         tw += ws_throughput(&node.ws, REQUEST, 64, window).await?;
-        busy_rss = busy_rss.max(rss_kib(node.child.id()).unwrap_or(0));
+        busy_rss = busy_rss.max(rss_kib(node.child.0.id()).unwrap_or(0));
         tb += ws_throughput(&bare_ws, REQUEST, 64, window).await?;
         tww += ws_throughput(&node.ws, WARM_REQUEST, 64, window).await?;
         th += http_throughput(node.admin, "/v1/call", 64, window).await?;
@@ -315,7 +362,7 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
 
 /// RSS the node gains per call while `n` `spin` calls are in flight, in KiB.
 async fn in_flight_kib(node: &NodeProcess, n: u32) -> Result<f64, String> {
-    let before = rss_kib(node.child.id()).unwrap_or(0);
+    let before = rss_kib(node.child.0.id()).unwrap_or(0);
     let mut conns = Vec::new();
     for _ in 0..n {
         let mut ws = ws_connect(&node.ws).await?;
@@ -324,6 +371,6 @@ async fn in_flight_kib(node: &NodeProcess, n: u32) -> Result<f64, String> {
         conns.push(ws);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let during = rss_kib(node.child.id()).unwrap_or(0);
+    let during = rss_kib(node.child.0.id()).unwrap_or(0);
     Ok(during.saturating_sub(before) as f64 / f64::from(n))
 }
