@@ -24,6 +24,8 @@ pub struct BenchArgs {
     /// Node WebSocket URL.
     #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
     node: String,
+    #[command(flatten)]
+    trust: crate::trust::Trust,
     /// Requests in flight, in total over all connections.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
@@ -72,8 +74,10 @@ struct Tally {
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let connections = a.connections.unwrap_or(4).min(a.concurrency);
     let mut clients = Vec::new();
+    let roots = a.trust.roots()?;
     for _ in 0..connections {
-        let client = Client::connect(&a.node).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+        let client =
+            Client::connect_with(&a.node, &roots).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
         clients.push(Arc::new(client));
     }
     let args = a.args.iter().map(|s| parse_arg(s)).collect();

@@ -14,6 +14,8 @@ pub struct CallArgs {
     /// Node WebSocket URL.
     #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
     node: String,
+    #[command(flatten)]
+    trust: crate::trust::Trust,
     /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...].
     #[arg(long, conflicts_with_all = ["function", "args"])]
     request: Option<PathBuf>,
@@ -83,7 +85,9 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     if a.token.is_some() {
         request.token.clone_from(&a.token);
     }
-    let client = Client::connect(&a.node).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let client = Client::connect_with(&a.node, &a.trust.roots()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     let response = client.request(request).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);

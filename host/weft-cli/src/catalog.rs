@@ -11,13 +11,18 @@ pub struct CatalogArgs {
     /// served by the admin API, not the WebSocket).
     #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
     admin: String,
+    #[command(flatten)]
+    trust: crate::trust::Trust,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(a: CatalogArgs) -> anyhow::Result<ExitCode> {
-    let reply =
-        Admin::new(&a.admin).get("/v1/catalog").await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let reply = Admin::new(&a.admin)
+        .with_roots(a.trust.roots()?)
+        .get("/v1/catalog")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reply.body)?);
         return Ok(ExitCode::SUCCESS);

@@ -11,6 +11,7 @@ mod node;
 mod plugins;
 mod routes;
 mod token;
+mod trust;
 
 use clap::{Parser, Subcommand};
 

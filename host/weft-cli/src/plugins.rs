@@ -28,6 +28,8 @@ pub enum PluginsCmd {
         /// The node's admin HTTP URL.
         #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
         admin: String,
+        #[command(flatten)]
+        trust: crate::trust::Trust,
         /// Print the node's JSON report.
         #[arg(long)]
         json: bool,
@@ -68,8 +70,9 @@ pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             println!("wrote {} into {}", names.join(", "), dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        PluginsCmd::Reload { admin, json } => {
+        PluginsCmd::Reload { admin, trust, json } => {
             let reply = weft_client::Admin::new(&admin)
+                .with_roots(trust.roots()?)
                 .post("/v1/plugins/reload", "")
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;

@@ -11,6 +11,8 @@ pub struct RoutesArgs {
     /// The node's admin HTTP URL (routes are served by the admin API).
     #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
     admin: String,
+    #[command(flatten)]
+    trust: crate::trust::Trust,
     /// Explain the selection of the route to this cluster.
     #[arg(long, value_name = "CLUSTER")]
     explain: Option<String>,
@@ -33,7 +35,7 @@ fn line(r: &Value) -> String {
 }
 
 pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
-    let admin = Admin::new(&a.admin);
+    let admin = Admin::new(&a.admin).with_roots(a.trust.roots()?);
     let path = match &a.explain {
         Some(c) => format!("/v1/routes/explain?cluster={c}"),
         None => "/v1/routes".to_owned(),

@@ -1,6 +1,9 @@
 //! Rust client for Weft nodes: calls over the node's WebSocket (many in
 //! flight on one connection, matched by `u`) and JSON requests to the admin
-//! HTTP API. Used by the `weft` CLI and the integration tests.
+//! HTTP API, plain or over TLS (`wss://`, `https://`). Used by the `weft`
+//! CLI and the integration tests.
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use weft_proto::{Command, ErrorKind, Request, Response, WeftError};
+
+pub use crate::tls::Roots;
 
 /// Waiters by `u`; `None` once the connection is gone, so a request made
 /// after that fails at once instead of waiting for an answer that cannot come.
@@ -32,12 +37,22 @@ fn unavailable(message: String) -> WeftError {
 }
 
 impl Client {
-    /// Connects to `ws://HOST:PORT`.
+    /// Connects to `ws://HOST:PORT`, or `wss://` trusting the public authorities.
     pub async fn connect(url: &str) -> Result<Client, WeftError> {
+        Self::connect_with(url, &Roots::public()).await
+    }
+
+    /// Connects to `ws://HOST:PORT` or `wss://HOST:PORT`, trusting `roots`
+    /// for the node's certificate.
+    pub async fn connect_with(url: &str, roots: &Roots) -> Result<Client, WeftError> {
         // Small read chunks: tungstenite zeroes the whole chunk before each read.
         let config = WebSocketConfig::default().read_buffer_size(16 << 10);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| {
-            unavailable(format!("cannot connect to {url}: {e}; is the node running (weft node) and is --node right?"))
+        let tls = tokio_tungstenite::Connector::Rustls(roots.client_config());
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(tls));
+        let (ws, _) = connect.await.map_err(|e| {
+            unavailable(format!(
+                "cannot connect to {url}: {e}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
+            ))
         })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut rx) = mpsc::channel::<Message>(1024);
@@ -116,10 +131,11 @@ impl Client {
     }
 }
 
-/// The admin HTTP API of one node (`http://HOST:PORT`).
+/// The admin HTTP API of one node (`http://HOST:PORT` or `https://HOST:PORT`).
 #[derive(Clone, Debug)]
 pub struct Admin {
     base: String,
+    roots: Roots,
 }
 
 /// Status and JSON body of an admin reply.
@@ -132,8 +148,14 @@ pub struct AdminReply {
 }
 
 impl Admin {
+    /// An `https://` base trusts the public authorities; see `with_roots`.
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into().trim_end_matches('/').to_owned() }
+        Self { base: base.into().trim_end_matches('/').to_owned(), roots: Roots::public() }
+    }
+
+    /// Trusts `roots` for the node's certificate.
+    pub fn with_roots(self, roots: Roots) -> Self {
+        Self { roots, ..self }
     }
 
     pub async fn get(&self, path: &str) -> Result<AdminReply, WeftError> {
@@ -167,10 +189,18 @@ impl Admin {
         let stream = tokio::net::TcpStream::connect(&authority)
             .await
             .map_err(|e| unavailable(format!("cannot connect to {authority}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
-        tokio::spawn(conn);
+        let mut sender = if uri.scheme_str() == Some("https") {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| WeftError::invalid_request(format!("bad host in {url}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(self.roots.client_config())
+                .connect(name, stream)
+                .await
+                .map_err(|e| unavailable(format!("TLS handshake with {authority} failed: {e}")))?;
+            http1(tls, &authority).await?
+        } else {
+            http1(stream, &authority).await?
+        };
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
@@ -180,8 +210,10 @@ impl Admin {
             req = req.header(*name, *value);
         }
         let req = req.body(Full::new(body)).map_err(|e| WeftError::internal(e.to_string()))?;
-        let reply =
-            sender.send_request(req).await.map_err(|e| unavailable(format!("HTTP request to {url} failed: {e}")))?;
+        let reply = sender.send_request(req).await.map_err(|e| {
+            let hint = if uri.scheme_str() == Some("http") { " (a node with [tls] answers https:// only)" } else { "" };
+            unavailable(format!("HTTP request to {url} failed: {e}{hint}"))
+        })?;
         let status = reply.status().as_u16();
         let headers = reply.headers().clone();
         let bytes = reply
@@ -194,4 +226,16 @@ impl Admin {
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(AdminReply { status, headers, body, text })
     }
+}
+
+/// An HTTP/1 connection over `io`, driven by a task of its own.
+async fn http1<S>(io: S, authority: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, WeftError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| unavailable(format!("HTTP handshake with {authority} failed: {e}")))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }

@@ -63,6 +63,7 @@ type Body = Full<Bytes>;
 
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<AdminContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -72,27 +73,43 @@ pub(crate) async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
+        let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let Some(tls) = tls else {
+                return serve_connection(stream, ctx, shutdown).await;
+            };
+            match tokio::time::timeout(crate::ws::UPGRADE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown).await,
+                Ok(Err(e)) => {
+                    ctx.metrics.tls_failures.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake on the admin port failed");
                 }
+                Err(_) => tracing::debug!(%peer, "no TLS handshake on the admin port in time; closing"),
             }
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, ctx: Arc<AdminContext>, shutdown: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

@@ -794,11 +794,14 @@ fn pair(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
 const POLICY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Keeps a link to one configured seed: dials with backoff while there is
-/// none, stops for good if the seed is this node itself.
+/// none, stops for good if the seed is this node itself. The first failure
+/// in a row is a warning (a wrong address or certificate is the operator's
+/// to fix); retries after it are debug lines.
 async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
     let mut backoff = FIRST;
+    let mut failing = false;
     let mut known: Option<NodeId> = None;
     loop {
         let linked = known.as_ref().is_some_and(|n| fabric.link(n).is_some())
@@ -809,6 +812,9 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
         } else {
             match fabric.dial(&addr).await {
                 Ok(node) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(seed = %addr, "seed reachable again");
+                    }
                     known = Some(node);
                     backoff = FIRST;
                     Duration::from_millis(500)
@@ -819,7 +825,11 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
                     // Policy answers do not change by asking again: no reconnect storm.
                     Some(crate::peer::RejectKind::Policy) => POLICY_BACKOFF,
                     _ => {
-                        tracing::debug!(error = %e, ?backoff, "seed dial failed");
+                        if std::mem::replace(&mut failing, true) {
+                            tracing::debug!(error = %e, ?backoff, "seed dial failed");
+                        } else {
+                            tracing::warn!(error = %e, "seed dial failed; retrying with backoff");
+                        }
                         backoff = (backoff * 2).min(MAX);
                         backoff
                     }

@@ -22,6 +22,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
     pub auth: AuthSection,
+    pub tls: TlsSection,
     /// Tenants by name: their tokens, quotas and plugin limits.
     pub tenants: BTreeMap<String, TenantSection>,
     /// The file this came from, read again by a policy reload.
@@ -35,6 +36,27 @@ pub struct Config {
 pub struct AuthSection {
     /// Every client request must carry a token of a `[tenants]` entry.
     pub required: bool,
+}
+
+/// TLS for everything the node serves and for the links it dials.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsSection {
+    /// PEM certificate chain of this node; with `key`, the listen and admin
+    /// ports speak only TLS (`wss://`, `https://`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM file of the authorities this node trusts when it dials a
+    /// `wss://` peer (default: the public web's authorities).
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// Whether this node serves TLS.
+    pub fn serves(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// One tenant: the bearer tokens that name it, what its requests may use on
@@ -91,8 +113,9 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub seeds: Vec<String>,
-    /// The URL other nodes dial to reach this one (default: ws:// + the
-    /// bound listen address; set it when listening on 0.0.0.0).
+    /// The URL other nodes dial to reach this one (default: ws://, or
+    /// wss:// with [tls], and the bound listen address; set it when
+    /// listening on 0.0.0.0).
     pub advertise: Option<String>,
     /// None: the bundled example plugins (echo, math, text).
     pub plugins: Option<PathBuf>,
@@ -292,6 +315,9 @@ impl Config {
                 let base = p.parent().unwrap_or(Path::new("."));
                 config.node.plugins = config.node.plugins.map(|d| base.join(d));
                 config.node.data_dir = base.join(&config.node.data_dir);
+                for path in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.ca] {
+                    *path = path.take().map(|p| base.join(p));
+                }
                 let key = &mut config.routing.security.signing_key;
                 if !key.is_empty() {
                     *key = base.join(&*key).display().to_string();
@@ -424,13 +450,15 @@ impl Config {
         );
         check(c.max_members >= 1, "cluster.max_members: must be at least 1");
         check(c.max_catalog_entries_per_node >= 1, "cluster.max_catalog_entries_per_node: must be at least 1");
-        check(
-            self.node.advertise.as_deref().is_none_or(|a| a.starts_with("ws://")),
-            "node.advertise: must be a ws:// URL",
-        );
+        let ws_url = |url: &str| url.starts_with("ws://") || url.starts_with("wss://");
+        check(self.node.advertise.as_deref().is_none_or(ws_url), "node.advertise: must be a ws:// or wss:// URL");
         for seed in &self.node.seeds {
-            check(seed.starts_with("ws://"), &format!("node.seeds: {seed:?} is not a ws:// URL"));
+            check(ws_url(seed), &format!("node.seeds: {seed:?} is not a ws:// or wss:// URL"));
         }
+        check(
+            self.tls.cert.is_some() == self.tls.key.is_some(),
+            "tls: give both cert and key (the node's certificate chain and its private key, PEM files), or neither",
+        );
         problems.extend(self.tenant_problems());
         problems.append(&mut problems_later);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
@@ -739,11 +767,17 @@ max_concurrency = 256
     fn overrides_win_over_the_file_and_validation_catches_bad_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
-        std::fs::write(&path, "[node]\ncluster = \"alpha\"\nplugins = \"p\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[node]\ncluster = \"alpha\"\nplugins = \"p\"\n[tls]\ncert = \"c.pem\"\nkey = \"/k.pem\"\nca = \"ca/ca.pem\"\n",
+        )
+        .unwrap();
         let o = Overrides { cluster: Some("beta".into()), ..Overrides::default() };
         let c = Config::load(Some(&path), &o).unwrap();
         assert_eq!(c.node.cluster, "beta");
         assert_eq!(c.node.plugins, Some(dir.path().join("p")));
+        let tls = [c.tls.cert, c.tls.key, c.tls.ca];
+        assert_eq!(tls, [Some(dir.path().join("c.pem")), Some("/k.pem".into()), Some(dir.path().join("ca/ca.pem"))]);
         std::fs::write(&path, "[limits]\nmax_concurrency = 0\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("limits.max_concurrency"), "{err}");

@@ -13,6 +13,7 @@ mod node;
 pub mod peer;
 pub mod signing;
 pub mod tenants;
+mod tls;
 mod watch;
 mod ws;
 

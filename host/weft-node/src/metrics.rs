@@ -86,6 +86,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub frames_rejected: Family<KindLabel, Counter>,
     pub abandoned: Counter,
+    pub tls_failures: Counter,
     pub plugins_loaded: Gauge,
     pub warm_idle: Gauge,
     pub plugin_load_failures: Counter,
@@ -110,6 +111,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         let frames_rejected = Family::<KindLabel, Counter>::default();
         let abandoned = Counter::default();
+        let tls_failures = Counter::default();
         let plugins_loaded = Gauge::default();
         let warm_idle = Gauge::default();
         let plugin_load_failures = Counter::default();
@@ -170,6 +172,11 @@ impl Metrics {
             frames_rejected.clone(),
         );
         registry.register("requests_abandoned", "Requests cancelled because their client went away", abandoned.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "Connections to the listen or admin port whose TLS handshake failed",
+            tls_failures.clone(),
+        );
         registry.register("plugins_loaded", "Plugins loaded and ready", plugins_loaded.clone());
         registry.register(
             "warm_instances_idle",
@@ -203,6 +210,7 @@ impl Metrics {
             in_flight,
             frames_rejected,
             abandoned,
+            tls_failures,
             plugins_loaded,
             warm_idle,
             plugin_load_failures,

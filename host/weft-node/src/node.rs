@@ -17,7 +17,7 @@ use crate::cluster::{self, ClusterSettings, LeaveRequest};
 use crate::config::Config;
 use crate::executor::{Executor, local_catalog};
 use crate::metrics::Metrics;
-use crate::peer::{Fabric, FabricLimits, Hello, PROTOCOL_VERSION};
+use crate::peer::{Fabric, FabricSettings, Hello, PROTOCOL_VERSION};
 use crate::tenants::Tenants;
 use crate::ws::{self, WsContext};
 
@@ -34,6 +34,8 @@ pub enum NodeError {
     Runtime(#[from] weft_runtime::RuntimeError),
     #[error("routing.security.signing_key: {0}")]
     SigningKey(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A started node. Dropping it does not stop it; call `shutdown`.
@@ -42,6 +44,8 @@ pub struct RunningNode {
     pub cluster: ClusterId,
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Whether both ports speak TLS (`[tls]`).
+    pub tls: bool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     admin_shutdown: CancellationToken,
@@ -120,11 +124,11 @@ pub(crate) fn reload_federation(
 
 impl RunningNode {
     pub fn ws_url(&self) -> String {
-        format!("ws://{}", self.ws_addr)
+        format!("{}://{}", if self.tls { "wss" } else { "ws" }, self.ws_addr)
     }
 
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin_addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.admin_addr)
     }
 
     /// Every function this node can call now (its own and its linked peers').
@@ -207,6 +211,12 @@ fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::Si
 
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).map_err(NodeError::Tls)?),
+        _ => None,
+    };
+    let roots =
+        weft_client::Roots::load(config.tls.ca.as_deref()).map_err(|e| NodeError::Tls(format!("tls.ca: {e}")))?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, what, source })
     };
@@ -249,7 +259,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster: cluster.to_string(),
         max_body: max_frame,
     });
-    admin_tracker.spawn(admin::serve(admin_listener, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
+    admin_tracker.spawn(admin::serve(
+        admin_listener,
+        tls.clone(),
+        admin_ctx,
+        admin_shutdown.clone(),
+        admin_tracker.clone(),
+    ));
 
     let runtime = Arc::new(Runtime::new(runtime_config(&config))?);
     let loader = runtime.clone();
@@ -270,7 +286,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         node: id.clone(),
         cluster: cluster.clone(),
         incarnation: crate::unix_ms(),
-        addr: config.node.advertise.clone().unwrap_or_else(|| format!("ws://{ws_addr}")),
+        addr: config
+            .node
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("{}://{ws_addr}", if tls.is_some() { "wss" } else { "ws" })),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
         nonce: None,
         proof: None,
@@ -281,7 +301,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         me,
         runtime,
         metrics.clone(),
-        FabricLimits { max_frame, max_members, transit: config.routing.transit },
+        FabricSettings { max_frame, max_members, transit: config.routing.transit, roots },
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
@@ -316,7 +336,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         DEFAULT_REQUEST_TIMEOUT,
         config.routing.max_hops,
     ));
+    let serves_tls = tls.is_some();
     let ws_ctx = Arc::new(WsContext {
+        tls,
         executor: executor.clone(),
         metrics: metrics.clone(),
         max_frame,
@@ -334,6 +356,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster,
         ws_addr,
         admin_addr,
+        tls: serves_tls,
         shutdown,
         tracker,
         admin_shutdown,

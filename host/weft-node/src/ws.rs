@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -24,14 +25,17 @@ use crate::metrics::Metrics;
 use crate::peer::PeerMsg;
 
 pub(crate) struct WsContext {
+    /// Set with `[tls]`: every connection starts with a TLS handshake.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
     pub max_in_flight: usize,
 }
 
-/// A connection that has not finished its WebSocket upgrade by then is
-/// closed, so silent sockets cannot pile up on the public port.
+/// A connection that has not finished its TLS handshake and WebSocket
+/// upgrade by then is closed, so silent sockets cannot pile up on the
+/// public port.
 pub(crate) const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// WebSocket settings of every connection, client or peer. Frames are
@@ -72,6 +76,23 @@ pub(crate) async fn serve(
 }
 
 async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
+    let Some(tls) = &ctx.tls else {
+        return serve_connection(stream, ctx, shutdown, peer).await;
+    };
+    match tokio::time::timeout(UPGRADE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown, peer).await,
+        Ok(Err(e)) => {
+            ctx.metrics.tls_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => tracing::debug!(%peer, "no TLS handshake within {UPGRADE_TIMEOUT:?}; closing"),
+    }
+}
+
+async fn serve_connection<S>(stream: S, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // A bearer token on the upgrade is the token of requests that carry none.
     let mut bearer = None;
     #[expect(clippy::result_large_err, reason = "the handshake callback's type is tungstenite's")]
@@ -250,8 +271,8 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
 /// that are ready together go out in one write.
-async fn write_replies(
-    sink: &mut SplitSink<WebSocketStream<TcpStream>, Message>,
+async fn write_replies<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
     first: Message,
     waiting: &mut mpsc::Receiver<Message>,
 ) -> Result<(), WsError> {

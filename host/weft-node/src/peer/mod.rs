@@ -102,11 +102,13 @@ pub struct Refusal {
     pub reason: String,
 }
 
-pub struct FabricLimits {
+pub struct FabricSettings {
     pub max_frame: usize,
     pub max_members: usize,
     /// `routing.transit`: calls between two other clusters may pass here.
     pub transit: bool,
+    /// Authorities trusted when dialling a `wss://` peer.
+    pub roots: weft_client::Roots,
 }
 
 /// The node's side of the cluster, shared by the listeners, the executor,
@@ -118,6 +120,7 @@ pub struct Fabric {
     pub max_frame: usize,
     pub max_members: usize,
     transit: bool,
+    roots: weft_client::Roots,
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
@@ -194,11 +197,11 @@ impl Fabric {
         me: Hello,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
-        limits: FabricLimits,
+        settings: FabricSettings,
         federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
-        let FabricLimits { max_frame, max_members, transit } = limits;
+        let FabricSettings { max_frame, max_members, transit, roots } = settings;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -207,6 +210,7 @@ impl Fabric {
             max_frame,
             max_members,
             transit,
+            roots,
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
@@ -561,8 +565,9 @@ impl Fabric {
     /// (it then runs in its own task).
     pub async fn dial(self: &Arc<Self>, addr: &str) -> Result<NodeId, DialError> {
         let unreachable = |reason: String| DialError::Unreachable { addr: addr.to_owned(), reason };
-        let connect =
-            tokio_tungstenite::connect_async_with_config(addr, Some(crate::ws::ws_config(self.max_frame)), true);
+        let tls = tokio_tungstenite::Connector::Rustls(self.roots.client_config());
+        let config = Some(crate::ws::ws_config(self.max_frame));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(addr, config, true, Some(tls));
         let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?

@@ -1,0 +1,71 @@
+//! Whom a connection to a node trusts: the certificate authorities that may
+//! vouch for a `wss://` or `https://` node. Used by the CLI and by nodes
+//! dialling their peers. TLS comes from rustls with its ring provider.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Trusted certificate authorities, ready as a rustls client config.
+#[derive(Clone)]
+pub struct Roots {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Roots")
+    }
+}
+
+static PUBLIC: LazyLock<Roots> = LazyLock::new(|| {
+    let store = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    Roots::from_store(store).expect("ring supports rustls' default protocol versions")
+});
+
+impl Roots {
+    /// The authorities of the public web (Mozilla's list).
+    pub fn public() -> Roots {
+        PUBLIC.clone()
+    }
+
+    /// The certificates of a PEM file (typically one private CA), trusted
+    /// instead of the public authorities.
+    pub fn from_pem_file(path: &Path) -> Result<Roots, String> {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read CA certificates from {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{shown} holds no CERTIFICATE block; give the PEM file of the CA that signed the nodes' certificates"
+            ));
+        }
+        let mut store = rustls::RootCertStore::empty();
+        for cert in certs {
+            store.add(cert).map_err(|e| format!("{shown}: a certificate cannot be used as a CA: {e}"))?;
+        }
+        Self::from_store(store).map_err(|e| format!("{shown}: {e}"))
+    }
+
+    /// `ca` if given, else the public authorities.
+    pub fn load(ca: Option<&Path>) -> Result<Roots, String> {
+        ca.map_or_else(|| Ok(Self::public()), Self::from_pem_file)
+    }
+
+    fn from_store(store: rustls::RootCertStore) -> Result<Roots, rustls::Error> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        Ok(Roots { config: Arc::new(config) })
+    }
+
+    /// The rustls client config that trusts these authorities.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+}

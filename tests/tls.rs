@@ -1,0 +1,181 @@
+//! TLS on real nodes: a cluster and a bridge whose links are `wss://`,
+//! clients and the CLI that trust the cluster's CA over WebSocket and HTTPS,
+//! and what a client or a node sees when it does not trust the certificate
+//! or does not speak TLS.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::json;
+use support::{NodeSpec, TestNode, eventually, metric};
+use weft_client::{Admin, Client, Roots};
+use weft_proto::ErrorKind;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A CA and a certificate it signed for 127.0.0.1 and localhost, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap().signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn roots(&self) -> Roots {
+        Roots::from_pem_file(&self.path("ca.pem")).unwrap()
+    }
+
+    /// The `[tls]` section of a node serving this certificate and trusting `ca`.
+    fn section(&self, ca: &Path) -> String {
+        format!("[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n", self.path("node.pem"), self.path("node.key"), ca)
+    }
+}
+
+fn node(id: &str, cluster: &str, plugins: Vec<&'static str>, seeds: &[&TestNode], extra: &str) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[cluster]\nbeat_interval = \"100ms\"\ncatalog_ttl = \"3s\"\n{extra}\n",
+        seeds.join(", ")
+    );
+    TestNode::start(NodeSpec { plugins, files: vec![], config })
+}
+
+async fn client(node: &TestNode, pki: &Pki) -> Client {
+    Client::connect_with(&node.ws, &pki.roots()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_and_a_bridge_over_tls_serve_calls_to_clients_that_trust_the_ca() {
+    let pki = Pki::new();
+    let tls = pki.section(&pki.path("ca.pem"));
+    let allow = |c: &str| format!("[federation]\nmode = \"explicit\"\nallowed_clusters = [\"{c}\"]\n{tls}");
+    let a1 = node("a1", "alpha", vec!["echo"], &[], &allow("beta"));
+    let a2 = node("a2", "alpha", vec!["text"], &[&a1], &allow("beta"));
+    let b1 = node("b1", "beta", vec!["math"], &[&a1], &allow("alpha"));
+    for n in [&a1, &a2, &b1] {
+        assert!(n.ws.starts_with("wss://127.0.0.1:"), "{}", n.ws);
+        assert!(n.admin_url.starts_with("https://127.0.0.1:"), "{}", n.admin_url);
+    }
+
+    // a2 reaches echo on its member a1 and add on b1 over a bridge: every
+    // link is TLS, dialled to the peers' advertised wss:// addresses.
+    let c = client(&a2, &pki).await;
+    let add = eventually("add reaches a2 over the bridge", SETTLE, async || {
+        c.call("add", vec![json!(2), json!(3)]).await.ok()
+    })
+    .await;
+    assert_eq!(add, json!(5));
+    assert_eq!(c.call("echo", vec![json!("over tls")]).await.unwrap(), json!("over tls"));
+    let peers = Admin::new(&a2.admin_url).with_roots(pki.roots()).get("/v1/peers").await.unwrap();
+    assert_eq!(peers.status, 200);
+    let links: Vec<&str> =
+        peers.body["links"].as_array().unwrap().iter().map(|l| l["addr"].as_str().unwrap_or_default()).collect();
+    assert!(links.iter().all(|a| a.starts_with("wss://")), "{links:?}");
+
+    // The CLI over WebSocket and HTTPS, trusting the CA through --ca.
+    let ca = pki.path("ca.pem");
+    let out = Command::new(support::WEFT)
+        .args(["call", "--node", &a1.ws, "--ca", ca.to_str().unwrap(), "echo", "hello"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hello\"");
+    let out = Command::new(support::WEFT)
+        .args(["catalog", "--admin", &a1.admin_url, "--json"])
+        .env("WEFT_CA", &ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"add\""));
+
+    // Without the CA (public authorities only) the certificate is refused,
+    // with an error that says so; the CLI exits non-zero.
+    let e = Client::connect(&a1.ws).await.err().unwrap();
+    assert_eq!(e.kind, ErrorKind::UNAVAILABLE);
+    assert!(e.message.contains("certificate"), "{e}");
+    let e = Admin::new(&a1.admin_url).get("/health").await.unwrap_err();
+    assert!(e.message.contains("TLS handshake") && e.message.contains("certificate"), "{e}");
+    let out = Command::new(support::WEFT).args(["call", "--node", &a1.ws, "echo", "x"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Plain WebSocket to a TLS port: no connection, and the node counts it.
+    let plain = a1.ws.replace("wss://", "ws://");
+    assert!(Client::connect(&plain).await.is_err());
+    let admin = Admin::new(&a1.admin_url).with_roots(pki.roots());
+    let failures = eventually("the failed handshake is counted", SETTLE, async || {
+        let text = admin.get("/metrics").await.unwrap().text;
+        metric(&text, "weft_tls_handshake_failures_total").filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert!(failures >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_trust_its_seeds_certificate_does_not_link_and_says_why() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let a1 = node("a1", "alpha", vec!["echo"], &[], &pki.section(&pki.path("ca.pem")));
+    // a2 serves a certificate of its own CA and trusts only that CA.
+    let a2 = node("a2", "alpha", vec!["text"], &[&a1], &other.section(&other.path("ca.pem")));
+    let why = eventually("a2 reports the refused certificate", SETTLE, async || {
+        a2.stderr().lines().find(|l| l.contains("seed dial failed")).map(str::to_owned)
+    })
+    .await;
+    assert!(why.contains(&a1.ws) && why.contains("certificate"), "{why}");
+    let peers = Admin::new(&a2.admin_url).with_roots(other.roots()).get("/v1/peers").await.unwrap().body;
+    assert_eq!(peers["links"].as_array().unwrap().len(), 0, "{peers}");
+}
+
+#[test]
+fn tls_settings_that_cannot_work_stop_the_node_with_the_reason() {
+    let pki = Pki::new();
+    let not_pem = pki.path("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let stranger = pki.path("stranger.key");
+    std::fs::write(&stranger, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let cases = [
+        (format!("[tls]\ncert = {:?}\n", pki.path("node.pem")), "give both cert and key"),
+        (format!("[tls]\ncert = {:?}\nkey = {:?}\n", not_pem, pki.path("node.key")), "tls.cert"),
+        (format!("[tls]\ncert = {:?}\nkey = {:?}\n", pki.path("node.pem"), not_pem), "tls.key"),
+        (format!("[tls]\ncert = {:?}\nkey = {:?}\n", pki.path("node.pem"), stranger), "the key does not fit"),
+        (format!("[tls]\nca = {:?}\n", pki.path("missing.pem")), "tls.ca"),
+        ("[node]\nseeds = [\"https://127.0.0.1:1\"]\n".to_owned(), "not a ws:// or wss:// URL"),
+    ];
+    for (section, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weft.toml");
+        let text = if section.starts_with("[node]") {
+            format!("{section}listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n")
+        } else {
+            format!("[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{section}")
+        };
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(support::WEFT).args(["node", "--config", config.to_str().unwrap()]).output().unwrap();
+        assert!(!out.status.success(), "{section}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{section}: {stderr}");
+    }
+}
