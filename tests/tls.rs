@@ -179,3 +179,49 @@ fn tls_settings_that_cannot_work_stop_the_node_with_the_reason() {
         assert!(stderr.contains(expected), "{section}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_a_new_certificate_to_new_connections_and_refuses_one_that_cannot_work() {
+    let old = Pki::new();
+    let live = tempfile::tempdir().unwrap();
+    let install = |pki: &Pki| {
+        for file in ["node.pem", "node.key", "ca.pem"] {
+            std::fs::copy(pki.path(file), live.path().join(file)).unwrap();
+        }
+    };
+    install(&old);
+    let section = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        live.path().join("node.pem"),
+        live.path().join("node.key"),
+        live.path().join("ca.pem")
+    );
+    let a1 = node("a1", "alpha", vec!["echo"], &[], &section);
+    let before = client(&a1, &old).await;
+
+    // A certificate of another CA: new connections get it, open ones keep going.
+    let new = Pki::new();
+    install(&new);
+    let reload = Admin::new(&a1.admin_url).with_roots(old.roots()).post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!((reload.status, &reload.body["tls"]), (200, &json!(true)), "{}", reload.text);
+    assert_eq!(client(&a1, &new).await.call("echo", vec![json!("new")]).await.unwrap(), json!("new"));
+    let e = Client::connect_with(&a1.ws, &old.roots()).await.err().unwrap();
+    assert!(e.message.contains("certificate"), "{e}");
+    assert_eq!(before.call("echo", vec![json!("still")]).await.unwrap(), json!("still"));
+
+    // A key that is not PEM, or turning TLS off: refused whole, the
+    // certificate in force stays.
+    let admin = Admin::new(&a1.admin_url).with_roots(new.roots());
+    std::fs::write(live.path().join("node.key"), "not a key").unwrap();
+    let refused = admin.post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(refused.status, 400);
+    assert!(refused.text.contains("tls.key") && refused.text.contains("nothing was applied"), "{}", refused.text);
+    install(&new);
+    let config = a1.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&section, "")).unwrap();
+    let refused = admin.post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(refused.status, 400);
+    assert!(refused.text.contains("turning TLS off needs a restart"), "{}", refused.text);
+    assert_eq!(client(&a1, &new).await.call("echo", vec![json!("kept")]).await.unwrap(), json!("kept"));
+}

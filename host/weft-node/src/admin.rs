@@ -63,7 +63,7 @@ type Body = Full<Bytes>;
 
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     ctx: Arc<AdminContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -82,7 +82,7 @@ pub(crate) async fn serve(
             let Some(tls) = tls else {
                 return serve_connection(stream, ctx, shutdown).await;
             };
-            match tokio::time::timeout(crate::ws::UPGRADE_TIMEOUT, tls.accept(stream)).await {
+            match tokio::time::timeout(crate::ws::UPGRADE_TIMEOUT, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown).await,
                 Ok(Err(e)) => {
                     ctx.metrics.tls_failures.inc();
@@ -256,7 +256,9 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                 Ok(summary) => json_response(StatusCode::OK, &summary),
                 Err(err) => error_response(
                     StatusCode::BAD_REQUEST,
-                    &WeftError::invalid_request(format!("{err}; the old policy stays in force")),
+                    &WeftError::invalid_request(format!(
+                        "{err}; nothing was applied: the old policy, tenants and certificate stay in force"
+                    )),
                 ),
             },
             None => starting(),

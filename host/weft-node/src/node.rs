@@ -105,10 +105,18 @@ pub(crate) fn reload_federation(
         });
     };
     let config = Config::load(Some(path), &crate::Overrides::default())?;
+    // TLS is read first: a file that cannot be used stops the whole reload,
+    // so a node never ends up with half of a new configuration.
+    let (acceptor, roots) = tls_reload(fabric, &config)
+        .map_err(|problem| crate::ConfigError { file: path.display().to_string(), problems: vec![problem] })?;
     let mut policy = config.policy();
     policy.cluster = fabric.me.cluster.clone();
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
     fabric.set_tenants(Tenants::from_config(&config));
+    fabric.set_roots(roots);
+    if let (Some(server), Some(acceptor)) = (&fabric.tls, acceptor) {
+        server.replace(acceptor);
+    }
     for link in &refused {
         tracing::warn!(peer = %link.node(), cluster = %link.remote.cluster, "link closed: the reloaded federation policy refuses it");
         link.close();
@@ -119,7 +127,29 @@ pub(crate) fn reload_federation(
         "reloaded": path.display().to_string(),
         "links_closed": closed,
         "tenants": config.tenants.len(),
+        "tls": fabric.tls.is_some(),
     }))
+}
+
+/// The certificate and trusted authorities of a reloaded config, read but
+/// not yet applied. TLS cannot be turned on or off without a restart: the
+/// ports would change scheme under their clients.
+fn tls_reload(
+    fabric: &Fabric,
+    config: &Config,
+) -> Result<(Option<tokio_rustls::TlsAcceptor>, weft_client::Roots), String> {
+    if config.tls.serves() != fabric.tls.is_some() {
+        return Err(format!(
+            "tls: turning TLS {} needs a restart (the ports would change between ws:// and wss://)",
+            if config.tls.serves() { "on" } else { "off" }
+        ));
+    }
+    let acceptor = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let roots = weft_client::Roots::load(config.tls.ca.as_deref()).map_err(|e| format!("tls.ca: {e}"))?;
+    Ok((acceptor, roots))
 }
 
 impl RunningNode {
@@ -212,7 +242,9 @@ fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::Si
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).map_err(NodeError::Tls)?),
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(crate::tls::ServerTls::new(crate::tls::acceptor(cert, key).map_err(NodeError::Tls)?)))
+        }
         _ => None,
     };
     let roots =
@@ -301,7 +333,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         me,
         runtime,
         metrics.clone(),
-        FabricSettings { max_frame, max_members, transit: config.routing.transit, roots },
+        FabricSettings { max_frame, max_members, transit: config.routing.transit, roots, tls: tls.clone() },
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );

@@ -1,13 +1,35 @@
 //! The node's side of TLS: its certificate and key, read from PEM files,
-//! as the acceptor of both listeners. Whom the node trusts when it dials is
+//! as the acceptor of both listeners, replaced by a reload for the
+//! connections that come after it. Whom the node trusts when it dials is
 //! `weft_client::Roots`.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+
+/// The certificate both listeners serve now.
+pub struct ServerTls {
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl ServerTls {
+    pub(crate) fn new(acceptor: TlsAcceptor) -> Self {
+        Self { acceptor: RwLock::new(acceptor) }
+    }
+
+    /// The acceptor for a new connection.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves `acceptor` to the connections from now on; open ones keep theirs.
+    pub(crate) fn replace(&self, acceptor: TlsAcceptor) {
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+    }
+}
 
 /// A TLS acceptor serving the certificate chain `cert` with its key `key`.
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {

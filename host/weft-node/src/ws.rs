@@ -26,7 +26,7 @@ use crate::peer::PeerMsg;
 
 pub(crate) struct WsContext {
     /// Set with `[tls]`: every connection starts with a TLS handshake.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
@@ -79,7 +79,7 @@ async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: Cancellati
     let Some(tls) = &ctx.tls else {
         return serve_connection(stream, ctx, shutdown, peer).await;
     };
-    match tokio::time::timeout(UPGRADE_TIMEOUT, tls.accept(stream)).await {
+    match tokio::time::timeout(UPGRADE_TIMEOUT, tls.acceptor().accept(stream)).await {
         Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown, peer).await,
         Ok(Err(e)) => {
             ctx.metrics.tls_failures.inc();

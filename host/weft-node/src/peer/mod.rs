@@ -109,6 +109,8 @@ pub struct FabricSettings {
     pub transit: bool,
     /// Authorities trusted when dialling a `wss://` peer.
     pub roots: weft_client::Roots,
+    /// The certificate this node serves, with `[tls]`.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// The node's side of the cluster, shared by the listeners, the executor,
@@ -120,7 +122,9 @@ pub struct Fabric {
     pub max_frame: usize,
     pub max_members: usize,
     transit: bool,
-    roots: weft_client::Roots,
+    roots: RwLock<weft_client::Roots>,
+    /// The certificate both listeners serve, with `[tls]`.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
@@ -201,7 +205,7 @@ impl Fabric {
         federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
-        let FabricSettings { max_frame, max_members, transit, roots } = settings;
+        let FabricSettings { max_frame, max_members, transit, roots, tls } = settings;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -210,7 +214,8 @@ impl Fabric {
             max_frame,
             max_members,
             transit,
-            roots,
+            roots: RwLock::new(roots),
+            tls,
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
@@ -314,6 +319,11 @@ impl Fabric {
     /// The tenants client requests are admitted as (set at start and by a reload).
     pub fn tenants(&self) -> Arc<Tenants> {
         read(&self.tenants).clone()
+    }
+
+    /// Whom links dialled from now on trust (`tls.ca`, set at start and by a reload).
+    pub fn set_roots(&self, roots: weft_client::Roots) {
+        *self.roots.write().unwrap_or_else(|p| p.into_inner()) = roots;
     }
 
     pub fn set_tenants(&self, tenants: Tenants) {
@@ -565,7 +575,7 @@ impl Fabric {
     /// (it then runs in its own task).
     pub async fn dial(self: &Arc<Self>, addr: &str) -> Result<NodeId, DialError> {
         let unreachable = |reason: String| DialError::Unreachable { addr: addr.to_owned(), reason };
-        let tls = tokio_tungstenite::Connector::Rustls(self.roots.client_config());
+        let tls = tokio_tungstenite::Connector::Rustls(read(&self.roots).client_config());
         let config = Some(crate::ws::ws_config(self.max_frame));
         let connect = tokio_tungstenite::connect_async_tls_with_config(addr, config, true, Some(tls));
         let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
