@@ -128,6 +128,18 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
     let mut cmd = Command::new("x", "echo", vec![json!("hi")]);
     cmd.target_cluster = Some("alpha".into());
     assert_eq!(b1.client().await.call_command(cmd).await.unwrap(), "hi");
+
+    // acme shares its plugin with cluster beta by name: beta's calls pass,
+    // other tenants of alpha still do not.
+    let manifest = "tenant = \"acme\"\nwarm = 2\ncallers = [\"acme\", \"cluster:beta\"]\n";
+    support::write(&a1.plugins_dir().join("hostile.toml"), manifest);
+    let reload = a1.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text);
+    let mut cmd = Command::new("x", "snoop", vec![json!("from beta")]);
+    cmd.target_cluster = Some("alpha".into());
+    assert_eq!(b1.client().await.call_command(cmd).await.unwrap(), Value::Null, "beta's own instance");
+    let e = call_as(&a1, Some(BOB), "snoop", vec![json!("peek")]).await.unwrap_err();
+    assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,10 @@
 //! name = "math"            # default: the file stem
 //! version = "1.2.0"        # semver, default "0.1.0"
 //! tenant = "acme"          # default "default"
-//! callers = ["acme", "ops"] # tenants that may call it; "*" = anyone, foreign
-//!                           # clusters included (default: "*" for tenant
-//!                           # "default", else the owner only)
+//! callers = ["acme", "cluster:beta"] # tenants, and whole other clusters
+//!                           # ("cluster:NAME"), that may call it; "*" = anyone,
+//!                           # foreign clusters included (default: "*" for
+//!                           # tenant "default", else the owner only)
 //! warm = 4                  # keep up to 4 used instances per caller for reuse
 //!                           # (0, the default: a fresh instance every call)
 //! resources = ["gpu"]      # labels a call's `locs` can require
@@ -35,6 +36,8 @@ use crate::units;
 pub const DEFAULT_TENANT: &str = "default";
 /// In `callers`: every caller, anonymous and foreign ones included.
 const ANYONE: &str = "*";
+/// In `callers`: the prefix naming another cluster, whose calls all pass.
+const CLUSTER: &str = "cluster:";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,8 +115,9 @@ impl Manifest {
         }
     }
 
-    /// Whether `caller` may call this plugin. Anonymous and foreign callers
-    /// pass only "*"; a tenant passes "*" or its name.
+    /// Whether `caller` may call this plugin. Anonymous callers pass only
+    /// "*"; a tenant passes "*" or its name; a call from another cluster
+    /// passes "*" or "cluster:" + that cluster.
     pub fn admits(&self, caller: &Caller) -> bool {
         let allowed = |name: &str| match &self.callers {
             Some(list) => list.iter().any(|c| c == ANYONE || c == name),
@@ -121,7 +125,11 @@ impl Manifest {
         };
         match caller {
             Caller::Tenant(t) => allowed(t),
-            Caller::Anonymous | Caller::Cluster(_) => allowed(ANYONE),
+            Caller::Anonymous => allowed(ANYONE),
+            Caller::Cluster(c) => {
+                let named = |e: &String| e.strip_prefix(CLUSTER) == Some(c.as_str());
+                allowed(ANYONE) || self.callers.as_ref().is_some_and(|list| list.iter().any(named))
+            }
         }
     }
 
@@ -176,6 +184,10 @@ mod tests {
         assert_eq!(who("tenant = \"acme\"\ncallers = [\"acme\", \"bob\"]"), [true, true, false, false]);
         assert_eq!(who("tenant = \"acme\"\ncallers = [\"*\"]"), [true; 4]);
         assert_eq!(who("callers = [\"bob\"]"), [false, true, false, false], "callers replaces the default");
+        let shared = "tenant = \"acme\"\ncallers = [\"acme\", \"cluster:beta\"]";
+        assert_eq!(who(shared), [true, false, false, true], "beta's calls, and only those, pass");
+        assert_eq!(who("callers = [\"cluster:gamma\"]"), [false; 4]);
+        assert_eq!(who("callers = [\"beta\"]"), [false; 4], "a tenant named like a cluster is not that cluster");
     }
 
     #[test]
