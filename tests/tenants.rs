@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -184,4 +185,79 @@ async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
         std::process::Command::new(support::WEFT).args(["call", "--node", &a1.ws, "echo", "cli"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
+}
+
+/// A node of `cluster` in permissive federation with tenants acme and bob;
+/// `keys` (its own key file, and the other cluster and its public key) turn
+/// on authenticated links. With `partner`, it serves globex's snoop, open
+/// to acme of that cluster only.
+fn federated(
+    id: &str,
+    cluster: &str,
+    seeds: &[&TestNode],
+    keys: Option<(&Path, &str, &str)>,
+    partner: Option<&str>,
+) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let mut config = format!(
+        "id = \"{id}\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[tenants.acme]\ntokens = [\"{ACME}\"]\n[tenants.bob]\ntokens = [\"{BOB}\"]\n",
+        seeds.join(", ")
+    );
+    if let Some((own, other, public)) = keys {
+        config += &format!(
+            "[routing.security]\nauthenticate_links = true\nsigning_key = {own:?}\ntrusted_keys = {{ {other} = [{public:?}] }}\n"
+        );
+    }
+    let (plugins, files) = match partner {
+        Some(p) => (
+            vec!["echo", "hostile"],
+            vec![("hostile.toml".to_owned(), format!("tenant = \"globex\"\ncallers = [\"acme@{p}\"]\n").into_bytes())],
+        ),
+        None => (vec!["echo"], vec![]),
+    };
+    TestNode::start(NodeSpec { plugins, files, config })
+}
+
+async fn snoop_in(node: &TestNode, cluster: &str, token: Option<&str>) -> Result<Value, WeftError> {
+    let mut cmd = Command::new("x", "snoop", vec![json!("hi")]);
+    cmd.target_cluster = Some(cluster.into());
+    let mut req = Request::new("", vec![cmd]);
+    req.token = token.map(str::to_owned);
+    Ok(node.client().await.request(req).await?.into_result()?["x"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let (private, public) = weft_node::signing::generate();
+        let file = dir.path().join(name);
+        std::fs::write(&file, private).unwrap();
+        (file, public)
+    };
+    let ((alpha_key, alpha_pub), (beta_key, beta_pub)) = (key("alpha"), key("beta"));
+    let a1 = federated("a1", "alpha", &[], Some((&alpha_key, "beta", &beta_pub)), None);
+    let b1 = federated("b1", "beta", &[&a1], Some((&beta_key, "alpha", &alpha_pub)), Some("alpha"));
+    // The same pair without authenticated links.
+    let g1 = federated("g1", "gamma", &[], None, None);
+    let d1 = federated("d1", "delta", &[&g1], None, Some("gamma"));
+    for (node, cluster) in [(&a1, "alpha"), (&g1, "gamma")] {
+        eventually(&format!("{cluster} sees snoop"), SETTLE, async || sees(node, "snoop").await.then_some(())).await;
+    }
+
+    // alpha vouches for its tenant over a link that proved its key: beta
+    // runs globex's plugin for acme of alpha, and only for acme.
+    assert_eq!(snoop_in(&a1, "beta", Some(ACME)).await.unwrap(), Value::Null);
+    let e = snoop_in(&a1, "beta", Some(BOB)).await.unwrap_err();
+    assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+    assert!(e.message.contains("tenant bob of cluster alpha"), "{e}");
+    let e = snoop_in(&a1, "beta", None).await.unwrap_err();
+    assert!(e.message.contains("a caller from cluster alpha"), "{e}");
+
+    // Without authenticated links no tenant name crosses: acme of gamma is
+    // just gamma to delta, which its manifest does not admit.
+    let e = snoop_in(&g1, "delta", Some(ACME)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::POLICY_DENIED, "{e}");
+    assert!(e.message.contains("a caller from cluster gamma"), "{e}");
+    drop((b1, d1));
 }

@@ -449,9 +449,19 @@ impl StepCall {
             hop_budget,
             target_cluster: self.target_cluster(),
             locs: self.locs.clone(),
-            // A tenant is this cluster's: its name stays here.
-            caller: if crossing { Caller::Anonymous } else { self.caller.clone() },
+            caller: if crossing { self.caller_across() } else { self.caller.clone() },
         })
+    }
+
+    /// The caller a call names when it enters another cluster: one of this
+    /// cluster's own tenants, and only over links that proved both clusters'
+    /// keys (the receiver believes it only then); anyone else is sent as
+    /// anonymous, and the receiver takes the call as the origin cluster's.
+    fn caller_across(&self) -> Caller {
+        match &self.caller {
+            Caller::Tenant(_) if self.fabric.links_authenticated() => self.caller.clone(),
+            _ => Caller::Anonymous,
+        }
     }
 
     /// The one foreign cluster every candidate is in, if so: carried with the

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::ClusterId;
 
 /// The caller of a function. Inside a cluster a forwarded call carries it
-/// (members trust each other); a call from another cluster is always taken
-/// as that cluster's, whatever it says.
+/// (members trust each other). A call from another cluster is that
+/// cluster's, whatever it says, except that a cluster whose link proved its
+/// key may name one of its own tenants.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Caller {
@@ -21,6 +22,9 @@ pub enum Caller {
     Tenant(Arc<str>),
     /// A call that came over a bridge from this cluster.
     Cluster(ClusterId),
+    /// A tenant of another cluster, as that cluster vouched over an
+    /// authenticated link.
+    ForeignTenant { cluster: ClusterId, tenant: Arc<str> },
 }
 
 impl Caller {
@@ -43,6 +47,7 @@ impl fmt::Display for Caller {
             Caller::Anonymous => f.write_str("an anonymous caller"),
             Caller::Tenant(t) => write!(f, "tenant {t}"),
             Caller::Cluster(c) => write!(f, "a caller from cluster {c}"),
+            Caller::ForeignTenant { cluster, tenant } => write!(f, "tenant {tenant} of cluster {cluster}"),
         }
     }
 }
@@ -57,6 +62,10 @@ mod tests {
             (Caller::Anonymous, r#""anonymous""#),
             (Caller::Tenant("acme".into()), r#"{"tenant":"acme"}"#),
             (Caller::Cluster(ClusterId::new("beta")), r#"{"cluster":"beta"}"#),
+            (
+                Caller::ForeignTenant { cluster: ClusterId::new("beta"), tenant: "acme".into() },
+                r#"{"foreign_tenant":{"cluster":"beta","tenant":"acme"}}"#,
+            ),
         ];
         for (caller, json) in shapes {
             assert_eq!(serde_json::to_string(&caller).unwrap(), json);

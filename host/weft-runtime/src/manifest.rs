@@ -4,10 +4,10 @@
 //! name = "math"            # default: the file stem
 //! version = "1.2.0"        # semver, default "0.1.0"
 //! tenant = "acme"          # default "default"
-//! callers = ["acme", "cluster:beta"] # tenants, and whole other clusters
-//!                           # ("cluster:NAME"), that may call it; "*" = anyone,
-//!                           # foreign clusters included (default: "*" for
-//!                           # tenant "default", else the owner only)
+//! callers = ["acme", "cluster:beta", "ops@gamma"] # who may call it: tenants,
+//!                           # whole other clusters ("cluster:NAME"), tenants of
+//!                           # other clusters ("TENANT@CLUSTER"); "*" = anyone
+//!                           # (default: "*" for tenant "default", else the owner)
 //! warm = 4                  # keep up to 4 used instances per caller for reuse
 //!                           # (0, the default: a fresh instance every call)
 //! resources = ["gpu"]      # labels a call's `locs` can require
@@ -117,7 +117,8 @@ impl Manifest {
 
     /// Whether `caller` may call this plugin. Anonymous callers pass only
     /// "*"; a tenant passes "*" or its name; a call from another cluster
-    /// passes "*" or "cluster:" + that cluster.
+    /// passes "*" or "cluster:" + that cluster, and a tenant of that
+    /// cluster also "TENANT@CLUSTER".
     pub fn admits(&self, caller: &Caller) -> bool {
         let allowed = |name: &str| match &self.callers {
             Some(list) => list.iter().any(|c| c == ANYONE || c == name),
@@ -126,11 +127,20 @@ impl Manifest {
         match caller {
             Caller::Tenant(t) => allowed(t),
             Caller::Anonymous => allowed(ANYONE),
-            Caller::Cluster(c) => {
-                let named = |e: &String| e.strip_prefix(CLUSTER) == Some(c.as_str());
-                allowed(ANYONE) || self.callers.as_ref().is_some_and(|list| list.iter().any(named))
+            Caller::Cluster(c) => allowed(ANYONE) || self.listed(|e| e.strip_prefix(CLUSTER) == Some(c.as_str())),
+            Caller::ForeignTenant { cluster, tenant } => {
+                let named = |e: &str| {
+                    e.strip_prefix(CLUSTER) == Some(cluster.as_str())
+                        || e.split_once('@') == Some((&**tenant, cluster.as_str()))
+                };
+                allowed(ANYONE) || self.listed(named)
             }
         }
+    }
+
+    /// Whether an entry of an explicit `callers` list satisfies `named`.
+    fn listed(&self, named: impl Fn(&str) -> bool) -> bool {
+        self.callers.as_ref().is_some_and(|list| list.iter().any(|e| named(e)))
     }
 
     pub fn grants(&self, cap: Capability) -> bool {
@@ -188,6 +198,19 @@ mod tests {
         assert_eq!(who(shared), [true, false, false, true], "beta's calls, and only those, pass");
         assert_eq!(who("callers = [\"cluster:gamma\"]"), [false; 4]);
         assert_eq!(who("callers = [\"beta\"]"), [false; 4], "a tenant named like a cluster is not that cluster");
+
+        let of = |tenant: &str, cluster: &str| Caller::ForeignTenant {
+            cluster: weft_proto::ClusterId::new(cluster),
+            tenant: tenant.into(),
+        };
+        let partners = |text: &str| {
+            let m = Manifest::parse("m.toml", text).unwrap();
+            [of("ops", "beta"), of("dev", "beta"), of("ops", "gamma")].map(|c| m.admits(&c))
+        };
+        assert_eq!(partners("tenant = \"acme\"\ncallers = [\"ops@beta\"]"), [true, false, false]);
+        assert_eq!(partners("tenant = \"acme\"\ncallers = [\"cluster:beta\"]"), [true, true, false]);
+        assert_eq!(partners("tenant = \"acme\"\ncallers = [\"ops\"]"), [false; 3], "not this cluster's ops");
+        assert_eq!(partners("callers = [\"*\"]"), [true; 3]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use weft_fabric::CatalogEntry;
-use weft_proto::{Caller, ErrorKind, FunctionId, NodeId, WeftError};
+use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
 use weft_runtime::CallTarget;
 
 use super::wire::{ForwardCall, Hello, PeerMsg};
@@ -370,8 +370,8 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
 async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall) -> Result<Ran, WeftError> {
     let me = &fabric.me;
     if link.remote.cluster != me.cluster {
-        // Another cluster's caller is that cluster, whatever the call says.
-        call.caller = Caller::Cluster(origin(link, &call).clone());
+        let authenticated = fabric.links_authenticated();
+        call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
     }
     let path = |call: &ForwardCall| call.routing_path.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> ");
     if call.routing_path.contains(&me.node)
@@ -496,14 +496,27 @@ async fn transit(
 /// The cluster a forwarded call started in, which the rate limit charges:
 /// the first of its federation path (each cluster appends itself as the call
 /// leaves it), else the neighbour that handed it over.
-fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a weft_proto::ClusterId {
+/// Who a call from another cluster is made for: a tenant of the neighbour
+/// when the call started in the neighbour's cluster and the link proved
+/// that cluster's key; else the cluster it started in, whatever the call
+/// says.
+fn foreign_caller(said: &Caller, origin: &ClusterId, neighbour: &ClusterId, authenticated: bool) -> Caller {
+    match said {
+        Caller::Tenant(tenant) if origin == neighbour && authenticated && !tenant.contains('@') => {
+            Caller::ForeignTenant { cluster: origin.clone(), tenant: tenant.clone() }
+        }
+        _ => Caller::Cluster(origin.clone()),
+    }
+}
+
+fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a ClusterId {
     call.federation_path.first().unwrap_or(&link.remote.cluster)
 }
 
 /// Every cluster a call came through (its origin first) must be one this
 /// cluster's policy admits: a neighbour cannot launder a caller it may not
 /// serve.
-fn admit_path(fabric: &Fabric, path: &[weft_proto::ClusterId]) -> Result<(), WeftError> {
+fn admit_path(fabric: &Fabric, path: &[ClusterId]) -> Result<(), WeftError> {
     let policy = fabric.policy();
     for cluster in path.iter().filter(|c| **c != fabric.me.cluster) {
         let verdict = policy.peer(cluster, None);
@@ -543,8 +556,6 @@ fn pass_on(
 mod tests {
     use std::time::Duration;
 
-    use weft_proto::ClusterId;
-
     use super::*;
 
     fn link(budget: usize) -> Arc<Link> {
@@ -559,6 +570,22 @@ mod tests {
             proof: None,
         };
         Link::new(hello, Direction::Inbound, budget).0
+    }
+
+    #[test]
+    fn only_an_authenticated_neighbour_names_its_own_tenants() {
+        let (alpha, beta) = (ClusterId::new("alpha"), ClusterId::new("beta"));
+        let acme = Caller::Tenant("acme".into());
+        let of_alpha = Caller::ForeignTenant { cluster: alpha.clone(), tenant: "acme".into() };
+        assert_eq!(foreign_caller(&acme, &alpha, &alpha, true), of_alpha);
+        let cluster = Caller::Cluster(alpha.clone());
+        assert_eq!(foreign_caller(&acme, &alpha, &alpha, false), cluster, "no proof, no tenant");
+        assert_eq!(foreign_caller(&acme, &alpha, &beta, true), cluster, "beta cannot vouch for alpha's tenants");
+        let sneaky = Caller::Tenant("acme@gamma".into());
+        assert_eq!(foreign_caller(&sneaky, &alpha, &alpha, true), cluster);
+        let relayed = Caller::ForeignTenant { cluster: beta.clone(), tenant: "acme".into() };
+        assert_eq!(foreign_caller(&relayed, &alpha, &alpha, true), cluster, "only its own tenants");
+        assert_eq!(foreign_caller(&Caller::Anonymous, &alpha, &alpha, true), cluster);
     }
 
     #[tokio::test]

@@ -321,6 +321,12 @@ impl Fabric {
         read(&self.tenants).clone()
     }
 
+    /// Whether every link of this node proved its cluster's key at the
+    /// handshake (`routing.security.authenticate_links`).
+    pub fn links_authenticated(&self) -> bool {
+        read(&self.link_auth).require
+    }
+
     /// Whom links dialled from now on trust (`tls.ca`, set at start and by a reload).
     pub fn set_roots(&self, roots: weft_client::Roots) {
         *self.roots.write().unwrap_or_else(|p| p.into_inner()) = roots;
