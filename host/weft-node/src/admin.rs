@@ -73,22 +73,19 @@ pub(crate) async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
         tracker.spawn(async move {
-            let Some(tls) = tls else {
-                return serve_connection(stream, ctx, shutdown).await;
-            };
-            match tokio::time::timeout(crate::ws::UPGRADE_TIMEOUT, tls.acceptor().accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown).await,
-                Ok(Err(e)) => {
-                    ctx.metrics.tls_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake on the admin port failed");
+            match tls {
+                None => serve_connection(stream, ctx, shutdown).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.accept(stream, "admin", &ctx.metrics).await {
+                        serve_connection(stream, ctx, shutdown).await;
+                    }
                 }
-                Err(_) => tracing::debug!(%peer, "no TLS handshake on the admin port in time; closing"),
             }
         });
     }

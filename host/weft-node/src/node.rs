@@ -144,12 +144,7 @@ fn tls_reload(
             if config.tls.serves() { "on" } else { "off" }
         ));
     }
-    let acceptor = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-        _ => None,
-    };
-    let roots = weft_client::Roots::load(config.tls.ca.as_deref()).map_err(|e| format!("tls.ca: {e}"))?;
-    Ok((acceptor, roots))
+    crate::tls::load(&config.tls)
 }
 
 impl RunningNode {
@@ -241,14 +236,8 @@ fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::Si
 
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
-    let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => {
-            Some(Arc::new(crate::tls::ServerTls::new(crate::tls::acceptor(cert, key).map_err(NodeError::Tls)?)))
-        }
-        _ => None,
-    };
-    let roots =
-        weft_client::Roots::load(config.tls.ca.as_deref()).map_err(|e| NodeError::Tls(format!("tls.ca: {e}")))?;
+    let (acceptor, roots) = crate::tls::load(&config.tls).map_err(NodeError::Tls)?;
+    let tls = acceptor.map(|a| Arc::new(crate::tls::ServerTls::new(a)));
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, what, source })
     };

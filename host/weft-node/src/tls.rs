@@ -8,7 +8,13 @@ use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use weft_client::Roots;
+
+use crate::config::TlsSection;
+use crate::metrics::Metrics;
 
 /// The certificate both listeners serve now.
 pub struct ServerTls {
@@ -20,9 +26,28 @@ impl ServerTls {
         Self { acceptor: RwLock::new(acceptor) }
     }
 
-    /// The acceptor for a new connection.
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The TLS handshake of a new connection on `port`, within the time a
+    /// connection has to start talking; a failure is counted and logged.
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        port: &str,
+        metrics: &Metrics,
+    ) -> Option<TlsStream<TcpStream>> {
+        let peer = stream.peer_addr().ok();
+        let acceptor = self.acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match tokio::time::timeout(crate::ws::UPGRADE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                metrics.tls_failures.inc();
+                tracing::debug!(?peer, port, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(?peer, port, "no TLS handshake in time; closing");
+                None
+            }
+        }
     }
 
     /// Serves `acceptor` to the connections from now on; open ones keep theirs.
@@ -31,8 +56,19 @@ impl ServerTls {
     }
 }
 
+/// What `[tls]` asks for: the acceptor of both ports (with `cert` and
+/// `key`) and the authorities trusted when dialling.
+pub(crate) fn load(section: &TlsSection) -> Result<(Option<TlsAcceptor>, Roots), String> {
+    let acceptor = match (&section.cert, &section.key) {
+        (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
+        _ => None,
+    };
+    let roots = Roots::load(section.ca.as_deref()).map_err(|e| format!("tls.ca: {e}"))?;
+    Ok((acceptor, roots))
+}
+
 /// A TLS acceptor serving the certificate chain `cert` with its key `key`.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()

@@ -76,16 +76,13 @@ pub(crate) async fn serve(
 }
 
 async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
-    let Some(tls) = &ctx.tls else {
-        return serve_connection(stream, ctx, shutdown, peer).await;
-    };
-    match tokio::time::timeout(UPGRADE_TIMEOUT, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => serve_connection(stream, ctx, shutdown, peer).await,
-        Ok(Err(e)) => {
-            ctx.metrics.tls_failures.inc();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    match &ctx.tls {
+        None => serve_connection(stream, ctx, shutdown, peer).await,
+        Some(tls) => {
+            if let Some(stream) = tls.accept(stream, "listen", &ctx.metrics).await {
+                serve_connection(stream, ctx, shutdown, peer).await;
+            }
         }
-        Err(_) => tracing::debug!(%peer, "no TLS handshake within {UPGRADE_TIMEOUT:?}; closing"),
     }
 }
 
