@@ -225,3 +225,35 @@ async fn a_reload_serves_a_new_certificate_to_new_connections_and_refuses_one_th
     assert!(refused.text.contains("turning TLS off needs a restart"), "{}", refused.text);
     assert_eq!(client(&a1, &new).await.call("echo", vec![json!("kept")]).await.unwrap(), json!("kept"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_cert_makes_a_ca_once_and_certificates_nodes_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let cert = |node: &str| {
+        let args = ["cert", "--out", out.to_str().unwrap(), "--host", "127.0.0.1", "--node", node];
+        Command::new(support::WEFT).args(args).output().unwrap()
+    };
+    let first = cert("n1");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("made a CA"));
+    // The second certificate is signed by the CA the first run made.
+    let second = cert("n2");
+    assert!(second.status.success() && !String::from_utf8_lossy(&second.stdout).contains("made a CA"));
+    let again = cert("n2");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let section = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+        out.join("n2.pem"),
+        out.join("n2.key"),
+        out.join("ca.pem")
+    );
+    let n2 = node("n2", "alpha", vec!["echo"], &[], &section);
+    let n1_section = section.replace("n2.pem", "n1.pem").replace("n2.key", "n1.key");
+    let n1 = node("n1", "alpha", vec!["text"], &[&n2], &n1_section);
+    let c = Client::connect_with(&n1.ws, &Roots::from_pem_file(&out.join("ca.pem")).unwrap()).await.unwrap();
+    let echoed =
+        eventually("n1 links to n2", SETTLE, async || c.call("echo", vec![json!("made here")]).await.ok()).await;
+    assert_eq!(echoed, json!("made here"));
+}

@@ -36,7 +36,7 @@ pub fn run(a: KeygenArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The private key file is readable by its owner only.
-fn write_private(path: &PathBuf, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::io::Write;

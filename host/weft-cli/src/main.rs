@@ -4,6 +4,7 @@
 mod bench;
 mod call;
 mod catalog;
+mod cert;
 mod demo;
 mod keygen;
 mod new;
@@ -38,6 +39,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Make an ed25519 key pair for signing this cluster's routes.
     Keygen(keygen::KeygenArgs),
+    /// Make a TLS certificate for a node, signed by a CA made in the same folder on first use.
+    Cert(cert::CertArgs),
     /// Make a bearer token for a tenant, and its config line.
     Token(token::TokenArgs),
     /// Work with plugin files.
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Catalog(args) => catalog::run(args).await,
             Cmd::Routes(args) => routes::run(args).await,
             Cmd::Keygen(args) => keygen::run(args),
+            Cmd::Cert(args) => cert::run(args),
             Cmd::Demo(args) => demo::run(args).await,
             Cmd::Plugins(cmd) => plugins::run(cmd).await,
             Cmd::New(args) => new::run(args),
