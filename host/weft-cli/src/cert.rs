@@ -34,6 +34,10 @@ const CA_NAME: &str = "weft CA";
 pub fn run(a: CertArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let node = a.node.clone().unwrap_or_else(|| a.hosts[0].clone());
+    anyhow::ensure!(
+        !node.contains(['/', '\\']) && !node.starts_with('.'),
+        "--node {node:?} names the files NODE.pem and NODE.key; use a plain name"
+    );
     let (cert_path, key_path) = (a.out.join(format!("{node}.pem")), a.out.join(format!("{node}.key")));
     for path in [&cert_path, &key_path] {
         if path.exists() && !a.force {
