@@ -44,8 +44,6 @@ pub struct RunningNode {
     pub cluster: ClusterId,
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    /// Whether both ports speak TLS (`[tls]`).
-    pub tls: bool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     admin_shutdown: CancellationToken,
@@ -149,11 +147,11 @@ fn tls_reload(
 
 impl RunningNode {
     pub fn ws_url(&self) -> String {
-        format!("{}://{}", if self.tls { "wss" } else { "ws" }, self.ws_addr)
+        ws_url(self.ws_addr, self.fabric.tls.is_some())
     }
 
     pub fn admin_url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.admin_addr)
+        format!("{}://{}", if self.fabric.tls.is_some() { "https" } else { "http" }, self.admin_addr)
     }
 
     /// Every function this node can call now (its own and its linked peers').
@@ -234,6 +232,11 @@ fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::Si
     crate::signing::LinkAuth { require: config.routing.security.authenticate_links, key, keys }
 }
 
+/// The WebSocket URL of a listener at `addr`.
+fn ws_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "wss" } else { "ws" })
+}
+
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let (acceptor, roots) = crate::tls::load(&config.tls).map_err(NodeError::Tls)?;
@@ -307,11 +310,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         node: id.clone(),
         cluster: cluster.clone(),
         incarnation: crate::unix_ms(),
-        addr: config
-            .node
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("{}://{ws_addr}", if tls.is_some() { "wss" } else { "ws" })),
+        addr: config.node.advertise.clone().unwrap_or_else(|| ws_url(ws_addr, tls.is_some())),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
         nonce: None,
         proof: None,
@@ -357,7 +356,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         DEFAULT_REQUEST_TIMEOUT,
         config.routing.max_hops,
     ));
-    let serves_tls = tls.is_some();
     let ws_ctx = Arc::new(WsContext {
         tls,
         executor: executor.clone(),
@@ -377,7 +375,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster,
         ws_addr,
         admin_addr,
-        tls: serves_tls,
         shutdown,
         tracker,
         admin_shutdown,
