@@ -34,6 +34,10 @@ pub(crate) struct Plugin {
 
 pub(crate) struct Function {
     pub(crate) name: String,
+    /// "plugin/function", naming it in errors.
+    pub(crate) qualified: String,
+    /// "plugin@version/function", naming the guest in its log lines.
+    pub(crate) who: Arc<str>,
     pub(crate) sig: FunctionSig,
     pub(crate) index: ComponentExportIndex,
     /// The signature uses resource handles: callable only inside the node, never exported.

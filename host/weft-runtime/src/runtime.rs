@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, Val};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType, WitValue};
@@ -61,7 +61,7 @@ pub struct Runtime {
     failures: RwLock<Vec<LoadFailure>>,
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: std::sync::Mutex<()>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     warm_budget: WarmBudget,
     _ticker: EpochTicker,
 }
@@ -73,7 +73,7 @@ impl Runtime {
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
-            permits: Semaphore::new(config.max_concurrency.max(1) as usize),
+            permits: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
             warm_budget: WarmBudget::new(config.max_warm_instances),
             engine,
             linker,
@@ -185,15 +185,22 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
         })?;
+        let label: Arc<str> = format!("{name}@{version}").into();
         let functions = info
             .functions
             .into_iter()
             .map(|f| {
                 let index = export_index(&component, &f.name)?;
-                Ok(Function { local_only: f.sig.uses_handles(), name: f.name, sig: f.sig, index })
+                Ok(Function {
+                    local_only: f.sig.uses_handles(),
+                    qualified: format!("{name}/{}", f.name),
+                    who: format!("{label}/{}", f.name).into(),
+                    name: f.name,
+                    sig: f.sig,
+                    index,
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let label: Arc<str> = format!("{name}@{version}").into();
         let plugin = Plugin {
             name,
             file: file.to_owned(),
@@ -323,7 +330,7 @@ impl Runtime {
             self.config.max_log_lines,
             plugin.manifest.grants(Capability::Log),
             self.config.max_output_bytes,
-            who(plugin, function),
+            function.who.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -337,6 +344,30 @@ impl Runtime {
             Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
         Ok((store, output))
+    }
+
+    /// Tears a spent store down. Returning an instance's slot to the pool
+    /// (zeroing the pages it dirtied) is about a third of a fresh call, and
+    /// the caller's answer does not depend on it. When this is the only
+    /// call running, the teardown goes to a task of its own, which an idle
+    /// worker picks up while the answer is on its way; under load every
+    /// worker is busy anyway and the extra task only costs, so the store is
+    /// dropped here. The permit goes with the store: slots in teardown
+    /// count against `max_concurrency`, so the pool cannot run out.
+    fn retire(&self, store: Store<SandboxState>, permit: OwnedSemaphorePermit) {
+        let alone = self.permits.available_permits() + 1 >= self.config.max_concurrency.max(1) as usize;
+        if alone && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                drop(store);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Waits until no call is running and no spent instance is still being
+    /// torn down (see `retire`).
+    pub async fn settled(&self) {
+        let _all = self.permits.acquire_many(self.config.max_concurrency.max(1)).await;
     }
 
     /// Idle warm instances on the node now (at most `max_warm_instances`).
@@ -385,7 +416,7 @@ impl Runtime {
                 format!("plugin {} has no function {}", plugin.label, target.function),
             ));
         };
-        let qualified = format!("{}/{}", plugin.name, function.name);
+        let qualified = &function.qualified;
         if !plugin.manifest.admits(caller) {
             let tenant = plugin.manifest.tenant();
             return Err(WeftError::new(
@@ -397,10 +428,10 @@ impl Runtime {
             .with("rule", "callers")
             .with("tenant", tenant));
         }
-        let params = convert_args(&qualified, &function.sig, args)?;
+        let params = convert_args(qualified, &function.sig, args)?;
         let deadline = deadline.min(Instant::now() + plugin.limits.deadline);
 
-        let _permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+        let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
             .await
             .map_err(|_| {
                 WeftError::new(
@@ -413,7 +444,7 @@ impl Runtime {
         let warm = plugin.manifest.warm > 0;
         let (mut store, instance, output, uses) = match warm.then(|| plugin.warm.take(caller)).flatten() {
             Some(mut w) => {
-                w.store.data_mut().rearm(deadline, self.config.max_log_lines, who(&plugin, function));
+                w.store.data_mut().rearm(deadline, self.config.max_log_lines, function.who.clone());
                 set_fuel(&mut w.store, &plugin)?;
                 (w.store, Some(w.instance), w.output, w.uses)
             }
@@ -444,16 +475,18 @@ impl Runtime {
         emit_output(&plugin.label, &function.name, &output, dropped_logs);
         // Only an instance whose call finished cleanly is kept; the rest
         // (traps, timeouts) go back to the pool with their store here.
-        let outcome = outcome.map(|ran| {
-            ran.map(|(instance, results)| {
-                if warm {
-                    let kept = WarmInstance { store, instance, output, uses: uses + 1 };
-                    plugin.warm.put(caller, kept, plugin.manifest.warm, &self.warm_budget);
-                }
-                results
-            })
-        });
         let results = match outcome {
+            Ok(Ok((instance, results))) if warm => {
+                let kept = WarmInstance { store, instance, output, uses: uses + 1 };
+                plugin.warm.put(caller, kept, plugin.manifest.warm, &self.warm_budget);
+                Ok(Ok(results))
+            }
+            other => {
+                self.retire(store, permit);
+                other.map(|ran| ran.map(|(_, results)| results))
+            }
+        };
+        let results = match results {
             Err(_) => {
                 return Err(WeftError::new(
                     ErrorKind::GUEST_TRAP,
@@ -471,7 +504,7 @@ impl Runtime {
                 )
                 .with("limit", limit));
             }
-            Ok(Err(e)) => return Err(trap_error(&qualified, &plugin, e, memory_hit)),
+            Ok(Err(e)) => return Err(trap_error(qualified, &plugin, e, memory_hit)),
             Ok(Ok(results)) => results,
         };
         let Some(result) = results.into_iter().next() else {
@@ -512,11 +545,6 @@ impl Runtime {
         }
         Ok(wit::to_json(&value))
     }
-}
-
-/// "plugin@version/function", naming a guest in its log lines.
-fn who(plugin: &Plugin, function: &Function) -> Arc<str> {
-    format!("{}/{}", plugin.label, function.name).into()
 }
 
 /// A call's fuel: the plugin's budget, or unmetered without one.
@@ -754,6 +782,35 @@ mod tests {
         let before = (last - 1).to_string();
         assert_eq!(snoop(&rt, &acme, "last").await, before.as_str(), "call {last} is still warm");
         assert_eq!(snoop(&rt, &acme, "fresh").await, Value::Null, "then the instance is retired");
+    }
+
+    #[tokio::test]
+    async fn a_lone_calls_instance_is_torn_down_after_the_answer_and_holds_its_slot_until_then() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hostile.wasm"), weft_bundle::get("hostile").expect("bundled")).expect("write");
+        std::fs::write(dir.path().join("hostile.toml"), "callers = [\"*\"]\n").expect("write");
+        let rt = Runtime::new(RuntimeConfig { max_concurrency: 2, ..RuntimeConfig::default() }).expect("runtime");
+        assert!(rt.load_dir(dir.path()).failed.is_empty());
+
+        // On this single-threaded runtime the teardown task cannot run before
+        // the test yields: the answer came first, the slot is still held.
+        snoop(&rt, &Caller::Anonymous, "x").await;
+        assert_eq!(rt.permits.available_permits(), 1, "the spent instance still holds its sandbox slot");
+        rt.settled().await;
+        assert_eq!(rt.permits.available_permits(), 2, "torn down, the slot is free again");
+
+        // With another call running, a call tears its instance down itself.
+        let running = rt.permits.clone().acquire_owned().await.expect("permit");
+        snoop(&rt, &Caller::Anonymous, "y").await;
+        assert_eq!(rt.permits.available_permits(), 1, "only the held permit is taken");
+        drop(running);
+
+        // Back to back on one slot: each call waits for the last teardown.
+        let rt = Runtime::new(RuntimeConfig { max_concurrency: 1, ..RuntimeConfig::default() }).expect("runtime");
+        assert!(rt.load_dir(dir.path()).failed.is_empty());
+        for i in 0..50 {
+            assert_eq!(snoop(&rt, &Caller::Anonymous, &i.to_string()).await, Value::Null, "every call is fresh");
+        }
     }
 
     #[tokio::test]
