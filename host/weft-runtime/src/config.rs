@@ -62,6 +62,11 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// Calls that may execute at once (`max_concurrency`, at least one).
+    pub(crate) fn call_slots(&self) -> u32 {
+        self.max_concurrency.max(1)
+    }
+
     /// Host bytes one call may make wasmtime allocate while it copies the
     /// result out of the guest (and the arguments of each host call in).
     /// The result limit is checked only after that copy, and a guest can

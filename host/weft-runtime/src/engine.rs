@@ -47,7 +47,7 @@ fn base_config() -> Config {
 /// on-demand allocation (with a warning) where the pool's virtual memory
 /// cannot be reserved.
 pub(crate) fn build_engine(cfg: &RuntimeConfig) -> Result<(Engine, bool), wasmtime::Error> {
-    let slots = cfg.max_concurrency.max(1) + cfg.max_warm_instances + 8;
+    let slots = cfg.call_slots() + cfg.max_warm_instances + 8;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
         .total_core_instances(slots * 8)

@@ -73,7 +73,7 @@ impl Runtime {
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
-            permits: Arc::new(Semaphore::new(config.max_concurrency.max(1) as usize)),
+            permits: Arc::new(Semaphore::new(config.call_slots() as usize)),
             warm_budget: WarmBudget::new(config.max_warm_instances),
             engine,
             linker,
@@ -355,7 +355,7 @@ impl Runtime {
     /// dropped here. The permit goes with the store: slots in teardown
     /// count against `max_concurrency`, so the pool cannot run out.
     fn retire(&self, store: Store<SandboxState>, permit: OwnedSemaphorePermit) {
-        let alone = self.permits.available_permits() + 1 >= self.config.max_concurrency.max(1) as usize;
+        let alone = self.permits.available_permits() + 1 >= self.config.call_slots() as usize;
         if alone && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 drop(store);
@@ -367,7 +367,7 @@ impl Runtime {
     /// Waits until no call is running and no spent instance is still being
     /// torn down (see `retire`).
     pub async fn settled(&self) {
-        let _all = self.permits.acquire_many(self.config.max_concurrency.max(1)).await;
+        let _all = self.permits.acquire_many(self.config.call_slots()).await;
     }
 
     /// Idle warm instances on the node now (at most `max_warm_instances`).
@@ -474,7 +474,7 @@ impl Runtime {
         let dropped_logs = store.data().dropped_log_lines();
         emit_output(&plugin.label, &function.name, &output, dropped_logs);
         // Only an instance whose call finished cleanly is kept; the rest
-        // (traps, timeouts) go back to the pool with their store here.
+        // (traps, timeouts) go back to the pool with their store (`retire`).
         let results = match outcome {
             Ok(Ok((instance, results))) if warm => {
                 let kept = WarmInstance { store, instance, output, uses: uses + 1 };
