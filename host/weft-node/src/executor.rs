@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
-use weft_runtime::{CallTarget, Runtime};
+use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::peer::{Fabric, ForwardCall, Link, Point};
@@ -373,7 +373,8 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let started = Instant::now();
-            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller).await;
+            let load = if metrics.in_flight.get() <= 1 { NodeLoad::Idle } else { NodeLoad::Busy };
+            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, load).await;
             metrics.record_call(&f.to_string(), result.is_ok(), started.elapsed().as_secs_f64());
             return (result, me);
         }

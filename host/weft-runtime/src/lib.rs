@@ -20,5 +20,5 @@ mod wit_types;
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};
-pub use runtime::{CallTarget, LoadReport, ReloadReport, Runtime, RuntimeError, is_plugin_file};
+pub use runtime::{CallTarget, LoadReport, NodeLoad, ReloadReport, Runtime, RuntimeError, is_plugin_file};
 pub use wit_types::{ComponentInfo, ExportedFunction, describe_component};

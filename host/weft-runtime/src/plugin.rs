@@ -12,7 +12,7 @@ use crate::config::Limits;
 use crate::manifest::{Capability, Manifest};
 use crate::sandbox::SandboxState;
 use crate::units::format_size;
-use crate::warm::WarmPool;
+use crate::warm::{Spare, WarmPool};
 
 pub(crate) struct Plugin {
     pub(crate) name: String,
@@ -30,6 +30,7 @@ pub(crate) struct Plugin {
     pub(crate) fingerprint: [u8; 32],
     /// Idle instances kept for reuse (manifest `warm`); they go with the plugin.
     pub(crate) warm: WarmPool,
+    pub(crate) spare: Spare,
 }
 
 pub(crate) struct Function {

@@ -18,7 +18,7 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
-use crate::warm::{WarmBudget, WarmInstance, WarmPool};
+use crate::warm::{Spare, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,16 @@ pub struct CallTarget<'a> {
     pub plugin: &'a str,
     pub version: Option<&'a semver::Version>,
     pub function: &'a str,
+}
+
+/// What else the node is doing when a call ends, as its caller sees it.
+/// On an idle node a call's teardown and the plugin's next spare instance
+/// are built after the answer, on a core that has nothing else to do; on a
+/// busy one that extra task only costs, so the call tears down in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeLoad {
+    Idle,
+    Busy,
 }
 
 /// What a folder load did.
@@ -215,6 +225,7 @@ impl Runtime {
             label: label.clone(),
             fingerprint: fingerprint(wasm, manifest_text),
             warm: WarmPool::default(),
+            spare: Spare::default(),
         };
         tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
         Ok(plugin)
@@ -347,21 +358,40 @@ impl Runtime {
     }
 
     /// Tears a spent store down. Returning an instance's slot to the pool
-    /// (zeroing the pages it dirtied) is about a third of a fresh call, and
-    /// the caller's answer does not depend on it. When this is the only
-    /// call running, the teardown goes to a task of its own, which an idle
-    /// worker picks up while the answer is on its way; under load every
-    /// worker is busy anyway and the extra task only costs, so the store is
-    /// dropped here. The permit goes with the store: slots in teardown
-    /// count against `max_concurrency`, so the pool cannot run out.
-    fn retire(&self, store: Store<SandboxState>, permit: OwnedSemaphorePermit) {
-        let alone = self.permits.available_permits() + 1 >= self.config.call_slots() as usize;
-        if alone && let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                drop(store);
-                drop(permit);
-            });
-        }
+    /// (zeroing the pages it dirtied) is about a third of a fresh call and
+    /// instantiating is most of the rest; the caller's answer needs
+    /// neither. When the caller says the node is idle and this is the only
+    /// call running, a task of its own
+    /// (which an idle worker picks up while the answer is on its way) drops
+    /// the store and builds the plugin's next spare instance. Under load
+    /// every worker is busy anyway and the extra task only costs, so the
+    /// store is dropped here and no spare is built. The permit goes with
+    /// the task: slots in teardown count against `max_concurrency`, so the
+    /// pool cannot run out.
+    fn retire(
+        &self,
+        store: Store<SandboxState>,
+        permit: OwnedSemaphorePermit,
+        plugin: &Arc<Plugin>,
+        function: &Function,
+        load: NodeLoad,
+    ) {
+        let alone = load == NodeLoad::Idle && self.permits.available_permits() + 1 >= self.config.call_slots() as usize;
+        let Some(rt) = alone.then(|| tokio::runtime::Handle::try_current().ok()).flatten() else {
+            return;
+        };
+        let next =
+            plugin.spare.is_empty().then(|| self.sandbox(plugin, function, Instant::now() + plugin.limits.deadline));
+        let (plugin, budget) = (plugin.clone(), self.warm_budget.clone());
+        rt.spawn(async move {
+            drop(store);
+            if let Some(Ok((mut store, output))) = next
+                && let Ok(instance) = plugin.pre.instantiate_async(&mut store).await
+            {
+                plugin.spare.put(WarmInstance { store, instance, output, uses: 0 }, &budget);
+            }
+            drop(permit);
+        });
     }
 
     /// Waits until no call is running and no spent instance is still being
@@ -408,6 +438,7 @@ impl Runtime {
         args: &[Value],
         deadline: Instant,
         caller: &Caller,
+        load: NodeLoad,
     ) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
@@ -442,7 +473,8 @@ impl Runtime {
             .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
 
         let warm = plugin.manifest.warm > 0;
-        let (mut store, instance, output, uses) = match warm.then(|| plugin.warm.take(caller)).flatten() {
+        let kept = warm.then(|| plugin.warm.take(caller)).flatten().or_else(|| plugin.spare.take());
+        let (mut store, instance, output, uses) = match kept {
             Some(mut w) => {
                 w.store.data_mut().rearm(deadline, self.config.max_log_lines, function.who.clone());
                 set_fuel(&mut w.store, &plugin)?;
@@ -482,7 +514,7 @@ impl Runtime {
                 Ok(Ok(results))
             }
             other => {
-                self.retire(store, permit);
+                self.retire(store, permit, &plugin, function, load);
                 other.map(|ran| ran.map(|(_, results)| results))
             }
         };
@@ -749,7 +781,7 @@ mod tests {
     async fn snoop(rt: &Runtime, caller: &Caller, value: &str) -> Value {
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
         let deadline = Instant::now() + Duration::from_secs(5);
-        rt.call(target, &[Value::from(value)], deadline, caller).await.expect("snoop")
+        rt.call(target, &[Value::from(value)], deadline, caller, NodeLoad::Idle).await.expect("snoop")
     }
 
     #[tokio::test]
@@ -766,7 +798,7 @@ mod tests {
         // A trap discards the instance: acme's next call starts afresh.
         let target = CallTarget { plugin: "hostile", version: None, function: "recurse" };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let trap = rt.call(target, &[Value::from(10_000_000)], deadline, &acme).await.unwrap_err();
+        let trap = rt.call(target, &[Value::from(10_000_000)], deadline, &acme, NodeLoad::Idle).await.unwrap_err();
         assert_eq!(trap.details["trap"], "stack_overflow", "{trap}");
         assert_eq!(snoop(&rt, &acme, "a4").await, Value::Null);
     }
@@ -785,24 +817,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_calls_instance_is_torn_down_after_the_answer_and_holds_its_slot_until_then() {
+    async fn a_lone_call_tears_down_and_builds_a_spare_after_the_answer_holding_its_slot() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("hostile.wasm"), weft_bundle::get("hostile").expect("bundled")).expect("write");
         std::fs::write(dir.path().join("hostile.toml"), "callers = [\"*\"]\n").expect("write");
         let rt = Runtime::new(RuntimeConfig { max_concurrency: 2, ..RuntimeConfig::default() }).expect("runtime");
         assert!(rt.load_dir(dir.path()).failed.is_empty());
 
+        let plugin = rt.find(&CallTarget { plugin: "hostile", version: None, function: "snoop" }).expect("loaded");
+
         // On this single-threaded runtime the teardown task cannot run before
         // the test yields: the answer came first, the slot is still held.
-        snoop(&rt, &Caller::Anonymous, "x").await;
+        assert_eq!(snoop(&rt, &Caller::Anonymous, "x").await, Value::Null);
         assert_eq!(rt.permits.available_permits(), 1, "the spent instance still holds its sandbox slot");
+        assert!(plugin.spare.is_empty());
         rt.settled().await;
         assert_eq!(rt.permits.available_permits(), 2, "torn down, the slot is free again");
+        assert!(!plugin.spare.is_empty(), "and a spare instance is ready");
+        assert_eq!(rt.warm_idle(), 1, "the spare holds a place in the idle budget");
 
-        // With another call running, a call tears its instance down itself.
+        // The spare was never called: another caller starts from a clean instance.
+        assert_eq!(snoop(&rt, &Caller::Tenant("acme".into()), "y").await, Value::Null, "no state of x");
+        rt.settled().await;
+
+        // A caller that says the node is busy gets the teardown in place.
+        let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        rt.call(target, &[Value::from("b")], deadline, &Caller::Anonymous, NodeLoad::Busy).await.expect("snoop");
+        assert_eq!(rt.permits.available_permits(), 2, "torn down before the answer");
+        assert!(plugin.spare.is_empty(), "the call took the spare and none was built");
+        assert_eq!(snoop(&rt, &Caller::Anonymous, "c").await, Value::Null, "no state of b");
+        rt.settled().await;
+
+        // With another call running, a call tears its instance down itself
+        // and builds no spare.
         let running = rt.permits.clone().acquire_owned().await.expect("permit");
-        snoop(&rt, &Caller::Anonymous, "y").await;
+        assert_eq!(snoop(&rt, &Caller::Anonymous, "z").await, Value::Null, "no state of y");
         assert_eq!(rt.permits.available_permits(), 1, "only the held permit is taken");
+        assert!(plugin.spare.is_empty(), "the call took the spare and none was built");
         drop(running);
 
         // Back to back on one slot: each call waits for the last teardown.
@@ -839,7 +891,7 @@ mod tests {
         for caller in
             [Caller::Tenant("bob".into()), Caller::Anonymous, Caller::Cluster(weft_proto::ClusterId::new("beta"))]
         {
-            let e = rt.call(target.clone(), &[Value::from("x")], deadline, &caller).await.unwrap_err();
+            let e = rt.call(target.clone(), &[Value::from("x")], deadline, &caller, NodeLoad::Idle).await.unwrap_err();
             assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
             assert!(e.message.contains("tenant acme") && e.message.contains("callers"), "{e}");
         }

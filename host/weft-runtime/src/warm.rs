@@ -74,7 +74,41 @@ impl WarmPool {
     }
 }
 
-/// Idle warm instances node-wide, at most `max`.
+/// One plugin's spare: an instance built while the node was idle and never
+/// called, so the next fresh call of the plugin (any caller's) skips
+/// instantiation and still starts from a clean instance. It holds a budget
+/// place like an idle warm instance.
+#[derive(Default)]
+pub(crate) struct Spare {
+    slot: Mutex<Option<(WarmInstance, Place)>>,
+}
+
+impl Spare {
+    pub(crate) fn take(&self) -> Option<WarmInstance> {
+        self.lock().take().map(|(spare, _place)| spare)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Keeps `spare` if the slot is empty and the budget has room for it.
+    pub(crate) fn put(&self, spare: WarmInstance, budget: &WarmBudget) {
+        let mut slot = self.lock();
+        if slot.is_none()
+            && let Some(place) = budget.reserve_spare()
+        {
+            *slot = Some((spare, place));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(WarmInstance, Place)>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Idle instances (warm and spare) node-wide, at most `max`.
+#[derive(Clone)]
 pub(crate) struct WarmBudget {
     idle: Arc<AtomicUsize>,
     max: usize,
@@ -85,13 +119,23 @@ impl WarmBudget {
         Self { idle: Arc::default(), max: max as usize }
     }
 
-    /// Idle warm instances on the node now.
+    /// Idle instances on the node now.
     pub(crate) fn idle(&self) -> usize {
         self.idle.load(Ordering::Acquire)
     }
 
     fn reserve(&self) -> Option<Place> {
-        self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
+        self.reserve_below(self.max)
+    }
+
+    /// A place for a spare: spares fill at most half the budget, so a node
+    /// with many plugins keeps room for the warm instances plugins ask for.
+    fn reserve_spare(&self) -> Option<Place> {
+        self.reserve_below(self.max / 2)
+    }
+
+    fn reserve_below(&self, limit: usize) -> Option<Place> {
+        self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
         Some(Place(self.idle.clone()))
     }
 }
