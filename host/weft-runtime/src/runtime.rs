@@ -400,9 +400,9 @@ impl Runtime {
         let _all = self.permits.acquire_many(self.config.call_slots()).await;
     }
 
-    /// Idle warm instances on the node now (at most `max_warm_instances`).
+    /// Idle warm instances on the node now (spares not counted).
     pub fn warm_idle(&self) -> usize {
-        self.warm_budget.idle()
+        read(&self.plugins).iter().map(|p| p.warm.len()).sum()
     }
 
     pub fn plugins(&self) -> Vec<PluginInfo> {
@@ -834,7 +834,7 @@ mod tests {
         rt.settled().await;
         assert_eq!(rt.permits.available_permits(), 2, "torn down, the slot is free again");
         assert!(!plugin.spare.is_empty(), "and a spare instance is ready");
-        assert_eq!(rt.warm_idle(), 1, "the spare holds a place in the idle budget");
+        assert_eq!(rt.warm_idle(), 0, "a spare is not a warm instance");
 
         // The spare was never called: another caller starts from a clean instance.
         assert_eq!(snoop(&rt, &Caller::Tenant("acme".into()), "y").await, Value::Null, "no state of x");
@@ -856,6 +856,13 @@ mod tests {
         assert_eq!(rt.permits.available_permits(), 1, "only the held permit is taken");
         assert!(plugin.spare.is_empty(), "the call took the spare and none was built");
         drop(running);
+
+        // Spares fill at most half of the idle budget: with one place, none.
+        let (small, _small_dir) = hostile("callers = [\"*\"]\n", 1);
+        snoop(&small, &Caller::Anonymous, "s").await;
+        small.settled().await;
+        let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
+        assert!(small.find(&target).expect("loaded").spare.is_empty(), "the place is kept for warm instances");
 
         // Back to back on one slot: each call waits for the last teardown.
         let rt = Runtime::new(RuntimeConfig { max_concurrency: 1, ..RuntimeConfig::default() }).expect("runtime");

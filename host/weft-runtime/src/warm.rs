@@ -119,11 +119,6 @@ impl WarmBudget {
         Self { idle: Arc::default(), max: max as usize }
     }
 
-    /// Idle instances on the node now.
-    pub(crate) fn idle(&self) -> usize {
-        self.idle.load(Ordering::Acquire)
-    }
-
     fn reserve(&self) -> Option<Place> {
         self.reserve_below(self.max)
     }
