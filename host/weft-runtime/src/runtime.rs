@@ -478,6 +478,9 @@ impl Runtime {
             Some(mut w) => {
                 w.store.data_mut().rearm(deadline, self.config.max_log_lines, function.who.clone());
                 set_fuel(&mut w.store, &plugin)?;
+                // An idle instance's epoch deadline passed long ago; left
+                // alone, the guest's first epoch check would yield at once.
+                w.store.set_epoch_deadline(1);
                 (w.store, Some(w.instance), w.output, w.uses)
             }
             None => {
