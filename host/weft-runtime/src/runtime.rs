@@ -361,9 +361,9 @@ impl Runtime {
     /// (zeroing the pages it dirtied) is about a third of a fresh call and
     /// instantiating is most of the rest; the caller's answer needs
     /// neither. When the caller says the node is idle and this is the only
-    /// call running, a task of its own
-    /// (which an idle worker picks up while the answer is on its way) drops
-    /// the store and builds the plugin's next spare instance. Under load
+    /// call running, a task of its own (which an idle worker picks up while
+    /// the answer is on its way) drops the store and builds the plugin's
+    /// next spare instance. Under load
     /// every worker is busy anyway and the extra task only costs, so the
     /// store is dropped here and no spare is built. The permit goes with
     /// the task: slots in teardown count against `max_concurrency`, so the
