@@ -293,6 +293,13 @@ async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"), Some(1.0), "{text}");
     assert!(text.contains("weft_call_duration_seconds_bucket{le="), "{text}");
     assert_eq!(metric(&text, "weft_plugins_loaded"), Some(4.0));
+    // The node was idle: after the answer, a spare replaced the call's instance.
+    eventually("a spare echo instance", Duration::from_secs(10), async || {
+        let text = admin.get("/metrics").await.ok()?.text;
+        (metric(&text, "weft_spare_instances_idle")? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(admin.get("/v1/plugins").await.unwrap().body["plugins"][0]["spares_idle"], 1);
 
     let missing = admin.get("/v1/nothing").await.unwrap();
     assert_eq!(missing.status, 404);

@@ -156,15 +156,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// A `weft node` process of this build (next to this binary), on port 0.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     child: Child,
-    ws: String,
+    pub(crate) ws: String,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl NodeProcess {
-    fn start() -> Result<NodeProcess, String> {
+    pub(crate) fn start() -> Result<NodeProcess, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let plugins = dir.path().join("plugins");
         weft_bundle::write_to(&plugins, &["echo", "math", "text", "hostile"]).map_err(|e| e.to_string())?;

@@ -175,6 +175,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             if let Some(e) = executor {
                 // Read at scrape time: the pool changes on every warm call.
                 ctx.metrics.warm_idle.set(e.runtime().warm_idle() as i64);
+                ctx.metrics.spares_idle.set(e.runtime().spares_idle() as i64);
             }
             let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
             r.headers_mut().insert(

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub tls_failures: Counter,
     pub plugins_loaded: Gauge,
     pub warm_idle: Gauge,
+    pub spares_idle: Gauge,
     pub plugin_load_failures: Counter,
     pub tenant_commands: Family<TenantLabels, Counter>,
 }
@@ -114,6 +115,7 @@ impl Metrics {
         let tls_failures = Counter::default();
         let plugins_loaded = Gauge::default();
         let warm_idle = Gauge::default();
+        let spares_idle = Gauge::default();
         let plugin_load_failures = Counter::default();
         let peer_links = Gauge::default();
         let peer_messages = Family::<PeerMessageLabels, Counter>::default();
@@ -184,6 +186,11 @@ impl Metrics {
             warm_idle.clone(),
         );
         registry.register(
+            "spare_instances_idle",
+            "Spare instances built on an idle node and never called, all plugins together (at most half of limits.max_warm_instances)",
+            spares_idle.clone(),
+        );
+        registry.register(
             "plugin_load_failures",
             "Plugin files that could not be loaded",
             plugin_load_failures.clone(),
@@ -213,6 +220,7 @@ impl Metrics {
             tls_failures,
             plugins_loaded,
             warm_idle,
+            spares_idle,
             plugin_load_failures,
             tenant_commands,
         }

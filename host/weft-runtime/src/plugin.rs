@@ -12,7 +12,7 @@ use crate::config::Limits;
 use crate::manifest::{Capability, Manifest};
 use crate::sandbox::SandboxState;
 use crate::units::format_size;
-use crate::warm::{Spare, WarmPool};
+use crate::warm::{Spares, WarmPool};
 
 pub(crate) struct Plugin {
     pub(crate) name: String,
@@ -30,7 +30,7 @@ pub(crate) struct Plugin {
     pub(crate) fingerprint: [u8; 32],
     /// Idle instances kept for reuse (manifest `warm`); they go with the plugin.
     pub(crate) warm: WarmPool,
-    pub(crate) spare: Spare,
+    pub(crate) spares: Spares,
 }
 
 pub(crate) struct Function {
@@ -59,6 +59,7 @@ impl Plugin {
             callers: self.manifest.callers(),
             warm: self.manifest.warm,
             warm_idle: self.warm.len(),
+            spares_idle: self.spares.len(),
             resources: self.manifest.resources.clone(),
             idempotent: self.manifest.idempotent,
             limits: LimitsInfo {
@@ -98,6 +99,9 @@ pub struct PluginInfo {
     pub warm: u32,
     /// Instances idle in its warm pool now.
     pub warm_idle: usize,
+    /// Spare instances ready now: never called, the next calls of any
+    /// caller take them instead of instantiating.
+    pub spares_idle: usize,
     pub resources: Vec<String>,
     pub idempotent: bool,
     pub limits: LimitsInfo,

@@ -1,6 +1,7 @@
 //! The runtime: loads plugins and runs sandboxed calls.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
-use crate::warm::{Spare, WarmBudget, WarmInstance, WarmPool};
+use crate::warm::{Spares, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,11 @@ pub struct Runtime {
     failures: RwLock<Vec<LoadFailure>>,
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: std::sync::Mutex<()>,
+    stores: StoreMaker,
     permits: Arc<Semaphore>,
+    /// Calls between taking a sandbox slot and giving back their instance
+    /// (slots held by teardowns in the background are not counted).
+    running: AtomicUsize,
     warm_budget: WarmBudget,
     _ticker: EpochTicker,
 }
@@ -83,7 +88,9 @@ impl Runtime {
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
+            stores: StoreMaker::new(&engine, &config),
             permits: Arc::new(Semaphore::new(config.call_slots() as usize)),
+            running: AtomicUsize::new(0),
             warm_budget: WarmBudget::new(config.max_warm_instances),
             engine,
             linker,
@@ -225,7 +232,7 @@ impl Runtime {
             label: label.clone(),
             fingerprint: fingerprint(wasm, manifest_text),
             warm: WarmPool::default(),
-            spare: Spare::default(),
+            spares: Spares::default(),
         };
         tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
         Ok(plugin)
@@ -309,7 +316,8 @@ impl Runtime {
             .function(target.function)
             .ok_or_else(|| WeftError::new(ErrorKind::FUNCTION_NOT_FOUND, target.function.to_owned()))?;
         let params = convert_args(target.function, &function.sig, args)?;
-        let (mut store, _output) = self.sandbox(&plugin, function, Instant::now() + Duration::from_secs(3600))?;
+        let (mut store, _output) =
+            self.stores.sandbox(&plugin, function.who.clone(), Instant::now() + Duration::from_secs(3600))?;
         let internal = |e: wasmtime::Error| WeftError::internal(format!("{e:#}"));
         let instance = plugin.pre.instantiate_async(&mut store).await.map_err(internal)?;
         let func =
@@ -326,48 +334,19 @@ impl Runtime {
         Ok(times)
     }
 
-    /// A fresh store armed with the plugin's sandbox: memory and table
-    /// limits, fuel (yielding every `FUEL_SLICE`), and an epoch callback
-    /// that yields every tick and interrupts the guest at `deadline`.
-    fn sandbox(
-        &self,
-        plugin: &Plugin,
-        function: &Function,
-        deadline: Instant,
-    ) -> Result<(Store<SandboxState>, CallOutput), WeftError> {
-        let (state, output) = SandboxState::new(
-            plugin.limits.memory_bytes,
-            deadline,
-            self.config.max_log_lines,
-            plugin.manifest.grants(Capability::Log),
-            self.config.max_output_bytes,
-            function.who.clone(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        set_fuel(&mut store, plugin)?;
-        store
-            .fuel_async_yield_interval(Some(FUEL_SLICE))
-            .map_err(|e| WeftError::internal(format!("cannot set the fuel slice: {e}")))?;
-        store.set_hostcall_fuel(self.config.lift_budget());
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
-        });
-        Ok((store, output))
-    }
-
     /// Tears a spent store down. Returning an instance's slot to the pool
     /// (zeroing the pages it dirtied) is about a third of a fresh call and
     /// instantiating is most of the rest; the caller's answer needs
-    /// neither. When the caller says the node is idle and this is the only
-    /// call running, a task of its own (which an idle worker picks up while
-    /// the answer is on its way) drops the store and builds the plugin's
-    /// next spare instance. Under load
-    /// every worker is busy anyway and the extra task only costs, so the
-    /// store is dropped here and no spare is built. The permit goes with
-    /// the task: slots in teardown count against `max_concurrency`, so the
-    /// pool cannot run out.
+    /// neither. When the caller says the node is idle and no other call is
+    /// in the sandbox, a task of its own (which an idle worker picks up
+    /// while the answer is on its way) drops the store and builds a spare
+    /// instance to replace it, if the budget has room. The commands of one
+    /// request run one after another here, so each of a fan-out's instances
+    /// is replaced this way and the next fan-out finds its spares. Under
+    /// load every worker is busy anyway and the extra task only costs, so
+    /// the store is dropped here and no spare is built. The permit goes
+    /// with the task: slots in teardown count against `max_concurrency`,
+    /// so the pool cannot run out.
     fn retire(
         &self,
         store: Store<SandboxState>,
@@ -376,19 +355,19 @@ impl Runtime {
         function: &Function,
         load: NodeLoad,
     ) {
-        let alone = load == NodeLoad::Idle && self.permits.available_permits() + 1 >= self.config.call_slots() as usize;
+        let alone = load == NodeLoad::Idle && self.running.load(Ordering::Acquire) == 1;
         let Some(rt) = alone.then(|| tokio::runtime::Handle::try_current().ok()).flatten() else {
             return;
         };
-        let next =
-            plugin.spare.is_empty().then(|| self.sandbox(plugin, function, Instant::now() + plugin.limits.deadline));
-        let (plugin, budget) = (plugin.clone(), self.warm_budget.clone());
+        let next = self.warm_budget.reserve_spare();
+        let (plugin, stores, who) = (plugin.clone(), self.stores.clone(), function.who.clone());
         rt.spawn(async move {
             drop(store);
-            if let Some(Ok((mut store, output))) = next
+            if let Some(place) = next
+                && let Ok((mut store, output)) = stores.sandbox(&plugin, who, Instant::now() + plugin.limits.deadline)
                 && let Ok(instance) = plugin.pre.instantiate_async(&mut store).await
             {
-                plugin.spare.put(WarmInstance { store, instance, output, uses: 0 }, &budget);
+                plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place);
             }
             drop(permit);
         });
@@ -403,6 +382,11 @@ impl Runtime {
     /// Idle warm instances on the node now (spares not counted).
     pub fn warm_idle(&self) -> usize {
         read(&self.plugins).iter().map(|p| p.warm.len()).sum()
+    }
+
+    /// Spare instances ready on the node now.
+    pub fn spares_idle(&self) -> usize {
+        read(&self.plugins).iter().map(|p| p.spares.len()).sum()
     }
 
     pub fn plugins(&self) -> Vec<PluginInfo> {
@@ -471,9 +455,10 @@ impl Runtime {
                 )
             })?
             .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
+        let _running = Running::enter(&self.running);
 
         let warm = plugin.manifest.warm > 0;
-        let kept = warm.then(|| plugin.warm.take(caller)).flatten().or_else(|| plugin.spare.take());
+        let kept = warm.then(|| plugin.warm.take(caller)).flatten().or_else(|| plugin.spares.take());
         let (mut store, instance, output, uses) = match kept {
             Some(mut w) => {
                 w.store.data_mut().rearm(deadline, self.config.max_log_lines, function.who.clone());
@@ -484,7 +469,7 @@ impl Runtime {
                 (w.store, Some(w.instance), w.output, w.uses)
             }
             None => {
-                let (store, output) = self.sandbox(&plugin, function, deadline)?;
+                let (store, output) = self.stores.sandbox(&plugin, function.who.clone(), deadline)?;
                 (store, None, output, 0)
             }
         };
@@ -579,6 +564,74 @@ impl Runtime {
             .with("size", size));
         }
         Ok(wit::to_json(&value))
+    }
+}
+
+/// Builds the stores of a node's calls: cheap to clone into the task that
+/// builds a spare after a call's answer.
+#[derive(Clone)]
+struct StoreMaker {
+    engine: Engine,
+    log_lines: u32,
+    output_bytes: usize,
+    lift_budget: usize,
+}
+
+impl StoreMaker {
+    fn new(engine: &Engine, config: &RuntimeConfig) -> Self {
+        Self {
+            engine: engine.clone(),
+            log_lines: config.max_log_lines,
+            output_bytes: config.max_output_bytes,
+            lift_budget: config.lift_budget(),
+        }
+    }
+
+    /// A fresh store armed with the plugin's sandbox: memory and table
+    /// limits, fuel (yielding every `FUEL_SLICE`), and an epoch callback
+    /// that yields every tick and interrupts the guest at `deadline`.
+    fn sandbox(
+        &self,
+        plugin: &Plugin,
+        who: Arc<str>,
+        deadline: Instant,
+    ) -> Result<(Store<SandboxState>, CallOutput), WeftError> {
+        let (state, output) = SandboxState::new(
+            plugin.limits.memory_bytes,
+            deadline,
+            self.log_lines,
+            plugin.manifest.grants(Capability::Log),
+            self.output_bytes,
+            who,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        set_fuel(&mut store, plugin)?;
+        store
+            .fuel_async_yield_interval(Some(FUEL_SLICE))
+            .map_err(|e| WeftError::internal(format!("cannot set the fuel slice: {e}")))?;
+        store.set_hostcall_fuel(self.lift_budget);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        Ok((store, output))
+    }
+}
+
+/// A call counted in `Runtime::running` until it ends.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -820,52 +873,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_call_tears_down_and_builds_a_spare_after_the_answer_holding_its_slot() {
+    async fn on_an_idle_node_each_call_tears_down_after_the_answer_and_leaves_a_spare() {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("hostile.wasm"), weft_bundle::get("hostile").expect("bundled")).expect("write");
         std::fs::write(dir.path().join("hostile.toml"), "callers = [\"*\"]\n").expect("write");
-        let rt = Runtime::new(RuntimeConfig { max_concurrency: 2, ..RuntimeConfig::default() }).expect("runtime");
+        let rt = Runtime::new(RuntimeConfig { max_concurrency: 3, ..RuntimeConfig::default() }).expect("runtime");
         assert!(rt.load_dir(dir.path()).failed.is_empty());
 
         let plugin = rt.find(&CallTarget { plugin: "hostile", version: None, function: "snoop" }).expect("loaded");
 
-        // On this single-threaded runtime the teardown task cannot run before
-        // the test yields: the answer came first, the slot is still held.
+        // On this single-threaded runtime the teardown tasks cannot run
+        // before the test yields: the answers came first, the slots are
+        // still held. Two calls back to back (a request's commands) each
+        // hand their instance to a task.
         assert_eq!(snoop(&rt, &Caller::Anonymous, "x").await, Value::Null);
-        assert_eq!(rt.permits.available_permits(), 1, "the spent instance still holds its sandbox slot");
-        assert!(plugin.spare.is_empty());
+        assert_eq!(snoop(&rt, &Caller::Anonymous, "w").await, Value::Null, "no state of x");
+        assert_eq!(rt.permits.available_permits(), 1, "the spent instances still hold their sandbox slots");
+        assert_eq!(plugin.spares.len(), 0);
         rt.settled().await;
-        assert_eq!(rt.permits.available_permits(), 2, "torn down, the slot is free again");
-        assert!(!plugin.spare.is_empty(), "and a spare instance is ready");
+        assert_eq!(rt.permits.available_permits(), 3, "torn down, the slots are free again");
+        assert_eq!(plugin.spares.len(), 2, "and a spare replaces each");
         assert_eq!(rt.warm_idle(), 0, "a spare is not a warm instance");
 
-        // The spare was never called: another caller starts from a clean instance.
-        assert_eq!(snoop(&rt, &Caller::Tenant("acme".into()), "y").await, Value::Null, "no state of x");
+        // A spare was never called: another caller starts from a clean instance.
+        assert_eq!(snoop(&rt, &Caller::Tenant("acme".into()), "y").await, Value::Null, "no state of x or w");
         rt.settled().await;
+        assert_eq!(plugin.spares.len(), 2, "the spare taken was replaced");
 
         // A caller that says the node is busy gets the teardown in place.
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
         let deadline = Instant::now() + Duration::from_secs(5);
         rt.call(target, &[Value::from("b")], deadline, &Caller::Anonymous, NodeLoad::Busy).await.expect("snoop");
-        assert_eq!(rt.permits.available_permits(), 2, "torn down before the answer");
-        assert!(plugin.spare.is_empty(), "the call took the spare and none was built");
+        assert_eq!(rt.permits.available_permits(), 3, "torn down before the answer");
+        assert_eq!(plugin.spares.len(), 1, "the call took a spare and none was built");
         assert_eq!(snoop(&rt, &Caller::Anonymous, "c").await, Value::Null, "no state of b");
         rt.settled().await;
 
-        // With another call running, a call tears its instance down itself
-        // and builds no spare.
-        let running = rt.permits.clone().acquire_owned().await.expect("permit");
+        // With another call in the sandbox, a call tears its instance down
+        // itself and builds no spare.
+        let other = Running::enter(&rt.running);
         assert_eq!(snoop(&rt, &Caller::Anonymous, "z").await, Value::Null, "no state of y");
-        assert_eq!(rt.permits.available_permits(), 1, "only the held permit is taken");
-        assert!(plugin.spare.is_empty(), "the call took the spare and none was built");
-        drop(running);
+        assert_eq!(rt.permits.available_permits(), 3, "torn down before the answer");
+        assert_eq!(plugin.spares.len(), 0, "the call took the last spare and none was built");
+        drop(other);
 
         // Spares fill at most half of the idle budget: with one place, none.
         let (small, _small_dir) = hostile("callers = [\"*\"]\n", 1);
         snoop(&small, &Caller::Anonymous, "s").await;
         small.settled().await;
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
-        assert!(small.find(&target).expect("loaded").spare.is_empty(), "the place is kept for warm instances");
+        assert_eq!(small.find(&target).expect("loaded").spares.len(), 0, "the place is kept for warm instances");
 
         // Back to back on one slot: each call waits for the last teardown.
         let rt = Runtime::new(RuntimeConfig { max_concurrency: 1, ..RuntimeConfig::default() }).expect("runtime");

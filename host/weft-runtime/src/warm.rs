@@ -74,36 +74,32 @@ impl WarmPool {
     }
 }
 
-/// One plugin's spare: an instance built while the node was idle and never
-/// called, so the next fresh call of the plugin (any caller's) skips
-/// instantiation and still starts from a clean instance. It holds a budget
-/// place like an idle warm instance.
+/// One plugin's spares: instances built while the node was idle and never
+/// called, so the plugin's next fresh calls (any caller's) skip
+/// instantiation and still start from a clean instance. Each holds a budget
+/// place like an idle warm instance. A spare replaces each instance retired
+/// on an idle node, so a plugin keeps about as many as its last idle burst
+/// used at once (a 10-wide fan-out finds ten).
 #[derive(Default)]
-pub(crate) struct Spare {
-    slot: Mutex<Option<(WarmInstance, Place)>>,
+pub(crate) struct Spares {
+    idle: Mutex<Vec<(WarmInstance, Place)>>,
 }
 
-impl Spare {
+impl Spares {
     pub(crate) fn take(&self) -> Option<WarmInstance> {
-        self.lock().take().map(|(spare, _place)| spare)
+        self.lock().pop().map(|(spare, _place)| spare)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().is_none()
+    pub(crate) fn put(&self, spare: WarmInstance, place: Place) {
+        self.lock().push((spare, place));
     }
 
-    /// Keeps `spare` if the slot is empty and the budget has room for it.
-    pub(crate) fn put(&self, spare: WarmInstance, budget: &WarmBudget) {
-        let mut slot = self.lock();
-        if slot.is_none()
-            && let Some(place) = budget.reserve_spare()
-        {
-            *slot = Some((spare, place));
-        }
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(WarmInstance, Place)>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(WarmInstance, Place)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -125,7 +121,7 @@ impl WarmBudget {
 
     /// A place for a spare: spares fill at most half the budget, so a node
     /// with many plugins keeps room for the warm instances plugins ask for.
-    fn reserve_spare(&self) -> Option<Place> {
+    pub(crate) fn reserve_spare(&self) -> Option<Place> {
         self.reserve_below(self.max / 2)
     }
 
@@ -137,7 +133,7 @@ impl WarmBudget {
 
 /// A place in the budget, given back when the idle instance leaves the pool
 /// (taken for a call, or dropped with its plugin).
-struct Place(Arc<AtomicUsize>);
+pub(crate) struct Place(Arc<AtomicUsize>);
 
 impl Drop for Place {
     fn drop(&mut self) {
