@@ -359,7 +359,7 @@ impl Runtime {
         let Some(rt) = alone.then(|| tokio::runtime::Handle::try_current().ok()).flatten() else {
             return;
         };
-        let next = self.warm_budget.reserve_spare();
+        let next = plugin.spares.reserve(&self.warm_budget);
         let (plugin, stores, who) = (plugin.clone(), self.stores.clone(), function.who.clone());
         rt.spawn(async move {
             drop(store);
@@ -924,6 +924,15 @@ mod tests {
         small.settled().await;
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
         assert_eq!(small.find(&target).expect("loaded").spares.len(), 0, "the place is kept for warm instances");
+
+        // A plugin holds at most half of the spare places: of 8 in the
+        // budget, 4 may be spares and 2 one plugin's.
+        let (capped, _capped_dir) = hostile("callers = [\"*\"]\n", 8);
+        for i in 0..3 {
+            assert_eq!(snoop(&capped, &Caller::Anonymous, &i.to_string()).await, Value::Null);
+        }
+        capped.settled().await;
+        assert_eq!(capped.find(&target).expect("loaded").spares.len(), 2, "three retired, two replaced");
 
         // Back to back on one slot: each call waits for the last teardown.
         let rt = Runtime::new(RuntimeConfig { max_concurrency: 1, ..RuntimeConfig::default() }).expect("runtime");

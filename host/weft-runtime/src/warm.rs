@@ -79,10 +79,14 @@ impl WarmPool {
 /// instantiation and still start from a clean instance. Each holds a budget
 /// place like an idle warm instance. A spare replaces each instance retired
 /// on an idle node, so a plugin keeps about as many as its last idle burst
-/// used at once (a 10-wide fan-out finds ten).
+/// used at once (a 10-wide fan-out finds ten), but never more than half of
+/// the spare places, so one plugin's fan-outs cannot take every spare from
+/// the rest.
 #[derive(Default)]
 pub(crate) struct Spares {
-    idle: Mutex<Vec<(WarmInstance, Place)>>,
+    idle: Mutex<Vec<(WarmInstance, SparePlace)>>,
+    /// Spares ready or being built.
+    held: Arc<AtomicUsize>,
 }
 
 impl Spares {
@@ -90,20 +94,36 @@ impl Spares {
         self.lock().pop().map(|(spare, _place)| spare)
     }
 
-    pub(crate) fn put(&self, spare: WarmInstance, place: Place) {
+    /// Room for one more spare of this plugin, if it and the node have it;
+    /// taken before the spare is built, so builds in flight count.
+    pub(crate) fn reserve(&self, budget: &WarmBudget) -> Option<SparePlace> {
+        let mine = reserve_below(&self.held, (budget.max / 4).max(1))?;
+        Some(SparePlace { _node: budget.reserve_below(budget.max / 2)?, _mine: mine })
+    }
+
+    pub(crate) fn put(&self, spare: WarmInstance, place: SparePlace) {
         self.lock().push((spare, place));
     }
 
+    /// Spares ready now.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(WarmInstance, Place)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(WarmInstance, SparePlace)>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Idle instances (warm and spare) node-wide, at most `max`.
+/// A spare's places: in the node's budget and among its plugin's spares.
+pub(crate) struct SparePlace {
+    _node: Place,
+    _mine: Place,
+}
+
+/// Idle instances (warm and spare) node-wide, at most `max`; spares fill at
+/// most half of it, so a node with many plugins keeps room for the warm
+/// instances plugins ask for.
 #[derive(Clone)]
 pub(crate) struct WarmBudget {
     idle: Arc<AtomicUsize>,
@@ -119,21 +139,20 @@ impl WarmBudget {
         self.reserve_below(self.max)
     }
 
-    /// A place for a spare: spares fill at most half the budget, so a node
-    /// with many plugins keeps room for the warm instances plugins ask for.
-    pub(crate) fn reserve_spare(&self) -> Option<Place> {
-        self.reserve_below(self.max / 2)
-    }
-
     fn reserve_below(&self, limit: usize) -> Option<Place> {
-        self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
-        Some(Place(self.idle.clone()))
+        reserve_below(&self.idle, limit)
     }
 }
 
-/// A place in the budget, given back when the idle instance leaves the pool
+/// Counts one more in `count` if it is below `limit`.
+fn reserve_below(count: &Arc<AtomicUsize>, limit: usize) -> Option<Place> {
+    count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
+    Some(Place(count.clone()))
+}
+
+/// A place in a count, given back when the idle instance leaves the pool
 /// (taken for a call, or dropped with its plugin).
-pub(crate) struct Place(Arc<AtomicUsize>);
+struct Place(Arc<AtomicUsize>);
 
 impl Drop for Place {
     fn drop(&mut self) {
