@@ -97,8 +97,8 @@ impl Spares {
     /// Room for one more spare of this plugin, if it and the node have it;
     /// taken before the spare is built, so builds in flight count.
     pub(crate) fn reserve(&self, budget: &WarmBudget) -> Option<SparePlace> {
-        let mine = reserve_below(&self.held, (budget.max / 4).max(1))?;
-        Some(SparePlace { _node: budget.reserve_below(budget.max / 2)?, _mine: mine })
+        let mine = reserve_below(&self.held, budget.spares_per_plugin())?;
+        Some(SparePlace { _node: budget.reserve_spare()?, _mine: mine })
     }
 
     pub(crate) fn put(&self, spare: WarmInstance, place: SparePlace) {
@@ -137,6 +137,15 @@ impl WarmBudget {
 
     fn reserve(&self) -> Option<Place> {
         self.reserve_below(self.max)
+    }
+
+    fn reserve_spare(&self) -> Option<Place> {
+        self.reserve_below(self.max / 2)
+    }
+
+    /// Spares one plugin may hold: half of the spare places.
+    fn spares_per_plugin(&self) -> usize {
+        (self.max / 4).max(1)
     }
 
     fn reserve_below(&self, limit: usize) -> Option<Place> {
