@@ -136,20 +136,16 @@ impl WarmBudget {
     }
 
     fn reserve(&self) -> Option<Place> {
-        self.reserve_below(self.max)
+        reserve_below(&self.idle, self.max)
     }
 
     fn reserve_spare(&self) -> Option<Place> {
-        self.reserve_below(self.max / 2)
+        reserve_below(&self.idle, self.max / 2)
     }
 
     /// Spares one plugin may hold: half of the spare places.
     fn spares_per_plugin(&self) -> usize {
         (self.max / 4).max(1)
-    }
-
-    fn reserve_below(&self, limit: usize) -> Option<Place> {
-        reserve_below(&self.idle, limit)
     }
 }
 
