@@ -98,7 +98,7 @@ impl Executor {
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = Steps::new(plan.steps().len() > 1);
+        let mut running = Steps::default();
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, &scope, &mut running)?;
         }
@@ -290,31 +290,23 @@ impl Executor {
 /// The commands of one request that have started: those that finished on
 /// their first poll, and those that had to wait and now run as tasks.
 ///
-/// Only a request of several commands polls them here first: that saves a
-/// spawn and a wake-up per command (a 10-wide fan-out took a third less
-/// CPU). A lone command goes straight to a task, which an idle worker can
-/// steal from the connection's: run in place, it cost 20% of HTTP
-/// throughput at 64 connections (docs/BENCHMARKS.md).
+/// Every command is polled here first, in the request's own task. A local
+/// call on a spare instance finishes in that poll, so it costs no spawn and,
+/// above all, no wake-up of the request's task by another worker: handing a
+/// lone command to a task of its own put such a wake-up (about 12 µs here)
+/// between the guest's answer and the reply (docs/BENCHMARKS.md).
+#[derive(Default)]
 struct Steps {
-    inline: bool,
     finished: VecDeque<StepDone>,
     running: JoinSet<StepDone>,
 }
 
 impl Steps {
-    fn new(inline: bool) -> Self {
-        Steps { inline, finished: VecDeque::new(), running: JoinSet::new() }
-    }
-
-    /// Polls the step once here (if inline); if it has to wait, it moves to
-    /// a task of its own, whose first poll registers the real waker (the
-    /// no-op one used here is never needed: the spawn schedules that poll).
+    /// Polls the step once here; if it has to wait, it moves to a task of
+    /// its own, whose first poll registers the real waker (the no-op one
+    /// used here is never needed: the spawn schedules that poll).
     fn start(&mut self, step: impl Future<Output = StepDone> + Send + 'static) {
         let mut step = Box::pin(step);
-        if !self.inline {
-            self.running.spawn(step);
-            return;
-        }
         match step.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(done) => self.finished.push_back(done),
             Poll::Pending => {
