@@ -291,6 +291,12 @@ async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     node.client().await.call("echo", vec![json!("m")]).await.unwrap();
     let text = admin.get("/metrics").await.unwrap().text;
     assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"), Some(1.0), "{text}");
+    // Both outcomes' series exist from a function's first call, so an error
+    // ratio has a denominator and a numerator before the first error.
+    assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"error\"}"), Some(0.0), "{text}");
+    node.client().await.call("echo", vec![json!("m")]).await.unwrap();
+    let text = admin.get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"), Some(2.0), "{text}");
     assert!(text.contains("weft_call_duration_seconds_bucket{le="), "{text}");
     assert_eq!(metric(&text, "weft_plugins_loaded"), Some(4.0));
     // The node was idle: after the answer, a spare replaced the call's instance.

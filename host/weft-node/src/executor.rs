@@ -98,7 +98,7 @@ impl Executor {
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = Steps::default();
+        let mut running = Steps::new(plan.steps().len() > 1 || node_load(&self.metrics) == NodeLoad::Idle);
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, &scope, &mut running)?;
         }
@@ -290,23 +290,34 @@ impl Executor {
 /// The commands of one request that have started: those that finished on
 /// their first poll, and those that had to wait and now run as tasks.
 ///
-/// Every command is polled here first, in the request's own task. A local
-/// call on a spare instance finishes in that poll, so it costs no spawn and,
-/// above all, no wake-up of the request's task by another worker: handing a
-/// lone command to a task of its own put such a wake-up (about 12 µs here)
-/// between the guest's answer and the reply (docs/BENCHMARKS.md).
-#[derive(Default)]
+/// A request of several commands, or any request on an idle node, polls
+/// each command here first, in the request's own task. A local call on a
+/// spare instance finishes in that poll: no spawn and, at concurrency 1
+/// above all, no wake-up of the request's task by another worker between
+/// the guest's answer and the reply (about 12 µs). A lone command on a busy
+/// node goes straight to a task, which an idle worker can steal: run in
+/// place, it cost a quarter of HTTP throughput at 64 connections
+/// (docs/BENCHMARKS.md).
 struct Steps {
+    inline: bool,
     finished: VecDeque<StepDone>,
     running: JoinSet<StepDone>,
 }
 
 impl Steps {
-    /// Polls the step once here; if it has to wait, it moves to a task of
-    /// its own, whose first poll registers the real waker (the no-op one
-    /// used here is never needed: the spawn schedules that poll).
+    fn new(inline: bool) -> Self {
+        Steps { inline, finished: VecDeque::new(), running: JoinSet::new() }
+    }
+
+    /// Polls the step once here (if inline); if it has to wait, it moves to
+    /// a task of its own, whose first poll registers the real waker (the
+    /// no-op one used here is never needed: the spawn schedules that poll).
     fn start(&mut self, step: impl Future<Output = StepDone> + Send + 'static) {
         let mut step = Box::pin(step);
+        if !self.inline {
+            self.running.spawn(step);
+            return;
+        }
         match step.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(done) => self.finished.push_back(done),
             Poll::Pending => {
@@ -322,6 +333,11 @@ impl Steps {
             None => self.running.join_next().await,
         }
     }
+}
+
+/// Idle when the request asking is the only one in flight on this node.
+fn node_load(metrics: &Metrics) -> NodeLoad {
+    if metrics.in_flight.get() <= 1 { NodeLoad::Idle } else { NodeLoad::Busy }
 }
 
 /// What every step of one request shares.
@@ -365,9 +381,9 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let started = Instant::now();
-            let load = if metrics.in_flight.get() <= 1 { NodeLoad::Idle } else { NodeLoad::Busy };
+            let load = node_load(metrics);
             let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, load).await;
-            metrics.record_call(&f.to_string(), result.is_ok(), started.elapsed().as_secs_f64());
+            metrics.record_call(f, result.is_ok(), started.elapsed().as_secs_f64());
             return (result, me);
         }
         let idempotent = self.candidates.iter().all(|c| c.idempotent);

@@ -3,13 +3,16 @@
 //! labels are functions this node resolved from its catalog, never
 //! caller-supplied text).
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use weft_proto::ErrorKind;
+use weft_proto::{ErrorKind, FunctionId};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
@@ -64,6 +67,21 @@ pub struct DecisionLabels {
     pub rule: &'static str,
 }
 
+/// The series one function's calls are counted in (handles that share their
+/// values with the families they came from).
+struct CallSeries {
+    ok: Counter,
+    error: Counter,
+    seconds: Histogram,
+}
+
+impl CallSeries {
+    fn record(&self, ok: bool, seconds: f64) {
+        if ok { &self.ok } else { &self.error }.inc();
+        self.seconds.observe(seconds);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub federation_decisions: Family<DecisionLabels, Counter>,
@@ -77,8 +95,12 @@ pub struct Metrics {
     pub members: Gauge,
     pub catalog_entries: Gauge,
     pub forwards: Family<OutcomeLabel, Counter>,
-    pub calls: Family<FunctionLabels, Counter>,
-    pub call_seconds: Family<FunctionLabel, Histogram>,
+    calls: Family<FunctionLabels, Counter>,
+    call_seconds: Family<FunctionLabel, Histogram>,
+    /// Each function's series of `calls` and `call_seconds`, found once:
+    /// a call then records without formatting its name or looking it up in
+    /// the families (three allocations and two hashes of the name per call).
+    call_series: RwLock<HashMap<FunctionId, CallSeries>>,
     pub errors: Family<KindLabel, Counter>,
     pub requests: Family<TransportLabel, Counter>,
     pub request_seconds: Histogram,
@@ -210,6 +232,7 @@ impl Metrics {
             forwards,
             calls,
             call_seconds,
+            call_series: RwLock::default(),
             errors,
             requests,
             request_seconds,
@@ -226,10 +249,20 @@ impl Metrics {
         }
     }
 
-    pub fn record_call(&self, function: &str, ok: bool, seconds: f64) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.calls.get_or_create(&FunctionLabels { function: function.to_owned(), outcome }).inc();
-        self.call_seconds.get_or_create(&FunctionLabel { function: function.to_owned() }).observe(seconds);
+    pub fn record_call(&self, function: &FunctionId, ok: bool, seconds: f64) {
+        if let Some(series) = self.call_series.read().unwrap_or_else(PoisonError::into_inner).get(function) {
+            series.record(ok, seconds);
+            return;
+        }
+        let name = function.to_string();
+        let calls = |outcome| self.calls.get_or_create(&FunctionLabels { function: name.clone(), outcome }).clone();
+        let series = CallSeries {
+            ok: calls("ok"),
+            error: calls("error"),
+            seconds: self.call_seconds.get_or_create(&FunctionLabel { function: name.clone() }).clone(),
+        };
+        series.record(ok, seconds);
+        self.call_series.write().unwrap_or_else(PoisonError::into_inner).insert(function.clone(), series);
     }
 
     /// Counts a tenant request's commands by what became of them.

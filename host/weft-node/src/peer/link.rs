@@ -417,7 +417,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
         // Only functions that exist here become metric labels (a closed set).
         if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
-            fabric.metrics.record_call(&call.function, result.is_ok(), started.elapsed().as_secs_f64());
+            fabric.metrics.record_call(&function, result.is_ok(), started.elapsed().as_secs_f64());
         }
         return Ok((result, me.node.clone()));
     }
