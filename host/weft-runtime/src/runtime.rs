@@ -19,7 +19,7 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
-use crate::warm::{Spares, WarmBudget, WarmInstance, WarmPool};
+use crate::warm::{SparePlace, Spares, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,7 @@ pub struct Runtime {
     /// (slots held by teardowns in the background are not counted).
     running: AtomicUsize,
     warm_budget: WarmBudget,
+    janitor: Arc<Janitor>,
     _ticker: EpochTicker,
 }
 
@@ -92,6 +93,7 @@ impl Runtime {
             permits: Arc::new(Semaphore::new(config.call_slots() as usize)),
             running: AtomicUsize::new(0),
             warm_budget: WarmBudget::new(config.max_warm_instances),
+            janitor: Arc::default(),
             engine,
             linker,
             config,
@@ -338,15 +340,14 @@ impl Runtime {
     /// (zeroing the pages it dirtied) is about a third of a fresh call and
     /// instantiating is most of the rest; the caller's answer needs
     /// neither. When the caller says the node is idle and no other call is
-    /// in the sandbox, a task of its own (which an idle worker picks up
-    /// while the answer is on its way) drops the store and builds a spare
-    /// instance to replace it, if the budget has room. The commands of one
-    /// request run one after another here, so each of a fan-out's instances
-    /// is replaced this way and the next fan-out finds its spares. Under
-    /// load every worker is busy anyway and the extra task only costs, so
-    /// the store is dropped here and no spare is built. The permit goes
-    /// with the task: slots in teardown count against `max_concurrency`,
-    /// so the pool cannot run out.
+    /// in the sandbox, the store goes to the node's `Janitor`, whose task
+    /// drops it after the answer and builds a spare instance to replace it,
+    /// if the budget has room. The commands of one request run one after
+    /// another here, so each of a fan-out's instances is replaced this way
+    /// and the next fan-out finds its spares. Under load every worker is
+    /// busy anyway and the extra work only costs, so the store is dropped
+    /// here and no spare is built. The permit goes with the store: slots in
+    /// teardown count against `max_concurrency`, so the pool cannot run out.
     fn retire(
         &self,
         store: Store<SandboxState>,
@@ -359,18 +360,9 @@ impl Runtime {
         let Some(rt) = alone.then(|| tokio::runtime::Handle::try_current().ok()).flatten() else {
             return;
         };
-        let next = plugin.spares.reserve(&self.warm_budget);
-        let (plugin, stores, who) = (plugin.clone(), self.stores.clone(), function.who.clone());
-        rt.spawn(async move {
-            drop(store);
-            if let Some(place) = next
-                && let Ok((mut store, output)) = stores.sandbox(&plugin, who, Instant::now() + plugin.limits.deadline)
-                && let Ok(instance) = plugin.pre.instantiate_async(&mut store).await
-            {
-                plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place);
-            }
-            drop(permit);
-        });
+        let spare = plugin.spares.reserve(&self.warm_budget);
+        let spent = Spent { store, permit, plugin: plugin.clone(), who: function.who.clone(), spare };
+        self.janitor.hand(spent, &self.stores, &rt);
     }
 
     /// Waits until no call is running and no spent instance is still being
@@ -564,6 +556,92 @@ impl Runtime {
             .with("size", size));
         }
         Ok(wit::to_json(&value))
+    }
+}
+
+/// A call's store on its way out, with what replacing it takes.
+struct Spent {
+    store: Store<SandboxState>,
+    permit: OwnedSemaphorePermit,
+    plugin: Arc<Plugin>,
+    who: Arc<str>,
+    /// The spare's place in the budget, if it had room.
+    spare: Option<SparePlace>,
+}
+
+impl Spent {
+    /// Drops the store, builds the spare, and only then frees the slot.
+    async fn finish(self, stores: &StoreMaker) {
+        let Spent { store, permit, plugin, who, spare } = self;
+        drop(store);
+        if let Some(place) = spare
+            && let Ok((mut store, output)) = stores.sandbox(&plugin, who, Instant::now() + plugin.limits.deadline)
+            && let Ok(instance) = plugin.pre.instantiate_async(&mut store).await
+        {
+            plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place);
+        }
+        drop(permit);
+    }
+}
+
+/// Works through spent stores one after another in a single task, started
+/// when the first arrives: the ten instances of a fan-out cost one spawn,
+/// not ten, and their teardown does not wake the other worker onto the core
+/// the request and its client need while the request is still running.
+#[derive(Default)]
+struct Janitor {
+    queue: std::sync::Mutex<JanitorQueue>,
+}
+
+#[derive(Default)]
+struct JanitorQueue {
+    spent: std::collections::VecDeque<Spent>,
+    working: bool,
+}
+
+impl Janitor {
+    fn hand(self: &Arc<Self>, spent: Spent, stores: &StoreMaker, rt: &tokio::runtime::Handle) {
+        let start = {
+            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.spent.push_back(spent);
+            !std::mem::replace(&mut queue.working, true)
+        };
+        if start {
+            let (mut shift, stores) = (Shift { janitor: self.clone(), over: false }, stores.clone());
+            rt.spawn(async move { shift.work(&stores).await });
+        }
+    }
+
+    /// The next spent store; `None` (and the task ends) once none is left.
+    fn next(&self) -> Option<Spent> {
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = queue.spent.pop_front();
+        queue.working = next.is_some();
+        next
+    }
+}
+
+/// The janitor's task. If its runtime drops it midway (shutting down), the
+/// queue is marked idle, so the next spent store starts a new task.
+struct Shift {
+    janitor: Arc<Janitor>,
+    over: bool,
+}
+
+impl Shift {
+    async fn work(&mut self, stores: &StoreMaker) {
+        while let Some(spent) = self.janitor.next() {
+            spent.finish(stores).await;
+        }
+        self.over = true;
+    }
+}
+
+impl Drop for Shift {
+    fn drop(&mut self) {
+        if !self.over {
+            self.janitor.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).working = false;
+        }
     }
 }
 
@@ -940,6 +1018,38 @@ mod tests {
         for i in 0..50 {
             assert_eq!(snoop(&rt, &Caller::Anonymous, &i.to_string()).await, Value::Null, "every call is fresh");
         }
+    }
+
+    #[test]
+    fn one_task_retires_the_spent_stores_and_one_its_runtime_dropped_is_replaced() {
+        let (rt, _dir) = hostile("callers = [\"*\"]\n", 64);
+        let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
+        let plugin = rt.find(&target).expect("loaded");
+        let single = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        let queued = |rt: &Runtime| {
+            let queue = rt.janitor.queue.lock().expect("queue");
+            (queue.spent.len(), queue.working)
+        };
+
+        // Two calls before the test yields: both stores wait for one task.
+        let first = single();
+        first.block_on(async {
+            snoop(&rt, &Caller::Anonymous, "a").await;
+            snoop(&rt, &Caller::Anonymous, "b").await;
+        });
+        assert_eq!(queued(&rt), (2, true), "one task started for both");
+        // Its runtime goes away before that task ever ran.
+        drop(first);
+        assert_eq!(queued(&rt), (2, false), "the dropped task left the queue idle");
+        assert_eq!(rt.permits.available_permits(), 254, "the spent stores still hold their slots");
+
+        // The next spent store starts a new task, which retires all three.
+        single().block_on(async {
+            snoop(&rt, &Caller::Anonymous, "c").await;
+            tokio::time::timeout(Duration::from_secs(10), rt.settled()).await.expect("every slot comes back");
+        });
+        assert_eq!(queued(&rt), (0, false));
+        assert_eq!(plugin.spares.len(), 3, "and a spare replaces each");
     }
 
     #[tokio::test]
