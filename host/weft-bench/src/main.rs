@@ -48,8 +48,8 @@ fn native_echo(s: String) -> String {
 }
 
 /// The runtime figures come from a single-threaded runtime of their own, so
-/// the task that tears a lone call's instance down and builds the next spare
-/// (see `Runtime::settled`) runs on the calling thread and is counted,
+/// the janitor task that tears a lone call's instance down and builds the
+/// next spare (see `Runtime::settled`) runs on the calling thread and is counted,
 /// instead of hiding on an idle worker.
 fn bench_runtime(smoke: bool, report: &mut Report) -> Result<(), String> {
     std::thread::scope(|s| {

@@ -1,6 +1,7 @@
 //! Runs client requests: plan (weft-fabric) against the catalog, then start
 //! each command as soon as its inputs are ready. In a request of several
-//! commands, a command runs in the request's task until it first has to wait
+//! commands, or any request on an idle node, a command runs in the
+//! request's task until it first has to wait
 //! (a forward on the network, a guest that yields after its slice of fuel);
 //! only then does it move to a task of its own, so cheap commands cost no
 //! thread hand-off and long ones still use every core. The first failure

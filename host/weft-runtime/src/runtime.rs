@@ -960,7 +960,7 @@ mod tests {
 
         let plugin = rt.find(&CallTarget { plugin: "hostile", version: None, function: "snoop" }).expect("loaded");
 
-        // On this single-threaded runtime the teardown task cannot run
+        // On this single-threaded runtime the janitor's task cannot run
         // before the test yields: the answer came first, the slot is still
         // held.
         assert_eq!(snoop(&rt, &Caller::Anonymous, "x").await, Value::Null);
