@@ -1,8 +1,9 @@
 //! The runtime: loads plugins and runs sandboxed calls.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -71,7 +72,7 @@ pub struct Runtime {
     plugins: RwLock<Vec<Arc<Plugin>>>,
     failures: RwLock<Vec<LoadFailure>>,
     /// One reload at a time (the folder watcher and an operator may overlap).
-    reloading: std::sync::Mutex<()>,
+    reloading: Mutex<()>,
     stores: StoreMaker,
     permits: Arc<Semaphore>,
     /// Calls between taking a sandbox slot and giving back their instance
@@ -100,7 +101,7 @@ impl Runtime {
             pooled,
             plugins: RwLock::default(),
             failures: RwLock::default(),
-            reloading: std::sync::Mutex::default(),
+            reloading: Mutex::default(),
         })
     }
 
@@ -590,19 +591,23 @@ impl Spent {
 /// the request and its client need while the request is still running.
 #[derive(Default)]
 struct Janitor {
-    queue: std::sync::Mutex<JanitorQueue>,
+    queue: Mutex<JanitorQueue>,
 }
 
 #[derive(Default)]
 struct JanitorQueue {
-    spent: std::collections::VecDeque<Spent>,
+    spent: VecDeque<Spent>,
     working: bool,
 }
 
 impl Janitor {
+    fn queue(&self) -> MutexGuard<'_, JanitorQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn hand(self: &Arc<Self>, spent: Spent, stores: &StoreMaker, rt: &tokio::runtime::Handle) {
         let start = {
-            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut queue = self.queue();
             queue.spent.push_back(spent);
             !std::mem::replace(&mut queue.working, true)
         };
@@ -614,7 +619,7 @@ impl Janitor {
 
     /// The next spent store; `None` (and the task ends) once none is left.
     fn next(&self) -> Option<Spent> {
-        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queue = self.queue();
         let next = queue.spent.pop_front();
         queue.working = next.is_some();
         next
@@ -640,7 +645,7 @@ impl Shift {
 impl Drop for Shift {
     fn drop(&mut self) {
         if !self.over {
-            self.janitor.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).working = false;
+            self.janitor.queue().working = false;
         }
     }
 }
@@ -1027,7 +1032,7 @@ mod tests {
         let plugin = rt.find(&target).expect("loaded");
         let single = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
         let queued = |rt: &Runtime| {
-            let queue = rt.janitor.queue.lock().expect("queue");
+            let queue = rt.janitor.queue();
             (queue.spent.len(), queue.working)
         };
 
