@@ -293,6 +293,21 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         return Err(format!("{http_errors} of {rounds} HTTP exchanges failed"));
     }
     let [weft_ws, bare_ws_lat, weft_h, bare_h, warm_ws] = s.map(Samples);
+    // The same pair again, alternating blocks of requests instead of single
+    // ones: one request to one server right after one to the other couples
+    // the two figures through this machine's idle states (docs/BENCHMARKS.md).
+    let block = if smoke { 10 } else { 250 };
+    let mut blocks: [Vec<Duration>; 2] = Default::default();
+    for _ in 0..rounds / block {
+        for (conn, into) in [(&mut weft_conn, 0), (&mut bare_conn, 1)] {
+            for _ in 0..block {
+                let t = Instant::now();
+                ws_round_trip(conn, REQUEST).await?;
+                blocks[into].push(t.elapsed());
+            }
+        }
+    }
+    let [weft_blocks, bare_blocks] = blocks.map(Samples);
 
     // Throughput at concurrency 64, alternating short windows.
     let window = if smoke { Duration::from_millis(200) } else { Duration::from_secs(2) };
@@ -315,6 +330,8 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     report.micros("transport.http_p50_us", weft_h.median());
     report.micros("transport.bare_http_p50_us", bare_h.median());
     report.micros("transport.ws_warm_p50_us", warm_ws.median());
+    report.micros("transport.ws_blocks_p50_us", weft_blocks.median());
+    report.micros("transport.bare_ws_blocks_p50_us", bare_blocks.median());
     report.record("transport.ws_req_per_s", tw, "req/s");
     report.record("transport.ws_warm_req_per_s", tww, "req/s");
     report.record("transport.bare_ws_req_per_s", tb, "req/s");
@@ -329,6 +346,12 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         ratio(weft_ws.median(), bare_ws_lat.median())
     );
     println!("| WebSocket throughput, 64 connections | {tw:.0} req/s | {tb:.0} req/s | {:.2}x |", tw / tb.max(1.0));
+    println!(
+        "| WebSocket p50 latency, concurrency 1, in blocks of {block} requests | {} | {} | {} |",
+        us(weft_blocks.median()),
+        us(bare_blocks.median()),
+        ratio(weft_blocks.median(), bare_blocks.median())
+    );
     println!(
         "| WebSocket p50 latency, concurrency 1, warm echo (manifest `warm`) | {} | {} | {} |",
         us(warm_ws.median()),
