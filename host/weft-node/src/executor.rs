@@ -99,7 +99,7 @@ impl Executor {
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = Steps::new(plan.steps().len() > 1 || node_load(&self.metrics) == NodeLoad::Idle);
+        let mut running = Steps::new(plan.steps().len() > 1 || self.metrics.load(1) == NodeLoad::Idle);
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, &scope, &mut running)?;
         }
@@ -336,11 +336,6 @@ impl Steps {
     }
 }
 
-/// Idle when the request asking is the only one in flight on this node.
-fn node_load(metrics: &Metrics) -> NodeLoad {
-    if metrics.in_flight.get() <= 1 { NodeLoad::Idle } else { NodeLoad::Busy }
-}
-
 /// What every step of one request shares.
 struct Scope<'a> {
     deadline: Instant,
@@ -382,7 +377,8 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let started = Instant::now();
-            let load = node_load(metrics);
+            // The request asking is in flight itself.
+            let load = metrics.load(1);
             let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, load).await;
             metrics.record_call(f, result.is_ok(), started.elapsed().as_secs_f64());
             return (result, me);

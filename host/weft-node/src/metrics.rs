@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use weft_proto::{ErrorKind, FunctionId};
+use weft_runtime::NodeLoad;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
@@ -249,6 +250,12 @@ impl Metrics {
         }
     }
 
+    /// Idle when no requests are in flight on this node besides the asker's
+    /// `own` (1 for a client request, 0 for a call a peer forwarded here).
+    pub fn load(&self, own: i64) -> NodeLoad {
+        if self.in_flight.get() <= own { NodeLoad::Idle } else { NodeLoad::Busy }
+    }
+
     pub fn record_call(&self, function: &FunctionId, ok: bool, seconds: f64) {
         if let Some(series) = self.call_series.read().unwrap_or_else(PoisonError::into_inner).get(function) {
             series.record(ok, seconds);
@@ -259,7 +266,7 @@ impl Metrics {
         let series = CallSeries {
             ok: calls("ok"),
             error: calls("error"),
-            seconds: self.call_seconds.get_or_create(&FunctionLabel { function: name.clone() }).clone(),
+            seconds: self.call_seconds.get_or_create(&FunctionLabel { function: name }).clone(),
         };
         series.record(ok, seconds);
         self.call_series.write().unwrap_or_else(PoisonError::into_inner).insert(function.clone(), series);

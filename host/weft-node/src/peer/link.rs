@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use weft_fabric::CatalogEntry;
 use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
-use weft_runtime::{CallTarget, NodeLoad};
+use weft_runtime::CallTarget;
 
 use super::wire::{ForwardCall, Hello, PeerMsg};
 use super::{Event, Fabric, Point};
@@ -413,7 +413,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
         // A call from a peer on a node with no request of its own in flight.
-        let load = if fabric.metrics.in_flight.get() == 0 { NodeLoad::Idle } else { NodeLoad::Busy };
+        let load = fabric.metrics.load(0);
         let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
         // Only functions that exist here become metric labels (a closed set).
         if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
