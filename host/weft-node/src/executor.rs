@@ -94,12 +94,14 @@ impl Executor {
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
         let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
-        let scope = Scope { deadline, hop_budget, caller: &admission.caller };
+        // Judged once, before this request's own steps keep workers busy.
+        let load = self.metrics.load(1);
+        let scope = Scope { deadline, hop_budget, caller: &admission.caller, load };
 
         let mut scheduler = Scheduler::new(&plan);
         let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
-        let mut running = Steps::new(plan.steps().len() > 1 || self.metrics.load(1) == NodeLoad::Idle);
+        let mut running = Steps::new(plan.steps().len() > 1 || load == NodeLoad::Idle);
         for step in scheduler.initial_ready() {
             self.start(&plan, step, &results, &scope, &mut running)?;
         }
@@ -223,6 +225,7 @@ impl Executor {
             federation_path: Vec::new(),
             locs: plan.steps()[idx.0].resolved.locs.clone(),
             caller: scope.caller.clone(),
+            load: scope.load,
         };
         running.start(async move {
             let started = Instant::now();
@@ -341,6 +344,7 @@ struct Scope<'a> {
     deadline: Instant,
     hop_budget: u32,
     caller: &'a Caller,
+    load: NodeLoad,
 }
 
 #[derive(Clone)]
@@ -367,6 +371,9 @@ pub(crate) struct StepCall {
     /// Resources the running node must have.
     pub locs: Vec<String>,
     pub caller: Caller,
+    /// The node's load when the call arrived, which decides where its
+    /// instance is torn down (`Runtime::call`).
+    pub load: NodeLoad,
 }
 
 impl StepCall {
@@ -377,9 +384,7 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let started = Instant::now();
-            // The request asking is in flight itself.
-            let load = metrics.load(1);
-            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, load).await;
+            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, self.load).await;
             metrics.record_call(f, result.is_ok(), started.elapsed().as_secs_f64());
             return (result, me);
         }

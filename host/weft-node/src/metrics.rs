@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::runtime::RuntimeMetrics;
 use weft_proto::{ErrorKind, FunctionId};
 use weft_runtime::NodeLoad;
 
@@ -115,6 +116,8 @@ pub struct Metrics {
     pub spares_idle: Gauge,
     pub plugin_load_failures: Counter,
     pub tenant_commands: Family<TenantLabels, Counter>,
+    /// The node's tokio runtime (absent outside one), for `load`.
+    runtime: Option<RuntimeMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -247,13 +250,24 @@ impl Metrics {
             spares_idle,
             plugin_load_failures,
             tenant_commands,
+            runtime: tokio::runtime::Handle::try_current().ok().map(|rt| rt.metrics()),
         }
     }
 
     /// Idle when no requests are in flight on this node besides the asker's
-    /// `own` (1 for a client request, 0 for a call a peer forwarded here).
+    /// `own` (1 for a client request, 0 for a call a peer forwarded here)
+    /// and every other worker of the runtime is parked. The gauge alone
+    /// misjudged load: a request usually runs start to finish in one poll,
+    /// so under load another one is seldom *executing* at that moment while
+    /// dozens wait in the run queue and in socket buffers, and those keep
+    /// the other worker awake.
     pub fn load(&self, own: i64) -> NodeLoad {
-        if self.in_flight.get() <= own { NodeLoad::Idle } else { NodeLoad::Busy }
+        let others_parked = self.runtime.as_ref().is_none_or(|rt| {
+            // tokio's encoding: an odd count means the worker is parked.
+            let parked = (0..rt.num_workers()).filter(|&w| rt.worker_park_unpark_count(w) % 2 == 1).count();
+            parked + 1 >= rt.num_workers()
+        });
+        if others_parked && self.in_flight.get() <= own { NodeLoad::Idle } else { NodeLoad::Busy }
     }
 
     pub fn record_call(&self, function: &FunctionId, ok: bool, seconds: f64) {

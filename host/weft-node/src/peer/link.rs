@@ -412,7 +412,6 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
-        // A call from a peer on a node with no request of its own in flight.
         let load = fabric.metrics.load(0);
         let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
         // Only functions that exist here become metric labels (a closed set).
@@ -551,6 +550,8 @@ fn pass_on(
         federation_path: call.federation_path,
         locs: call.locs,
         caller: call.caller,
+        // A call from a peer: no request of this node's own is in flight.
+        load: fabric.metrics.load(0),
     }
 }
 
