@@ -76,6 +76,13 @@ const COMPARISONS: &[Comparison] = &[
         baseline: "transport.bare_ws_req_per_s",
         target: Target::RatioAtLeast(0.6),
     },
+    // What the throughput ratio is made of: the client shares the two cores.
+    Comparison {
+        what: "server CPU per request over those 64 connections",
+        weft: "transport.ws_cpu_per_req_us",
+        baseline: "transport.bare_ws_cpu_per_req_us",
+        target: Target::None,
+    },
     Comparison {
         what: "WebSocket p50 at concurrency 1, echo with manifest `warm`, vs bare",
         weft: "transport.ws_warm_p50_us",
@@ -86,6 +93,12 @@ const COMPARISONS: &[Comparison] = &[
         what: "WebSocket throughput, 64 connections, echo with manifest `warm`, vs bare",
         weft: "transport.ws_warm_req_per_s",
         baseline: "transport.bare_ws_req_per_s",
+        target: Target::None,
+    },
+    Comparison {
+        what: "server CPU per request, echo with manifest `warm`",
+        weft: "transport.ws_warm_cpu_per_req_us",
+        baseline: "transport.bare_ws_cpu_per_req_us",
         target: Target::None,
     },
     Comparison {

@@ -150,6 +150,47 @@ async fn http_throughput(addr: SocketAddr, path: &str, conns: usize, time: Durat
     Ok(done.load(Ordering::Relaxed) as f64 / time.as_secs_f64())
 }
 
+/// CPU time (user and system) a process has used so far, from
+/// `/proc/PID/stat` in clock ticks of 10 ms (Linux's USER_HZ on x86).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces; utime and
+    // stime are the 12th and 13th of them.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    Some(Duration::from_millis((ticks()? + ticks()?) * 10))
+}
+
+/// A server's CPU time per request over throughput windows.
+#[derive(Default)]
+struct CpuPerRequest {
+    cpu: Duration,
+    requests: f64,
+}
+
+impl CpuPerRequest {
+    /// Runs `window` (which returns requests per second over `time`) and
+    /// adds the CPU time `pid` spent meanwhile.
+    async fn measure(
+        &mut self,
+        pid: u32,
+        time: Duration,
+        window: impl Future<Output = Result<f64, String>>,
+    ) -> Result<f64, String> {
+        let before = cpu_time(pid);
+        let rate = window.await?;
+        if let (Some(before), Some(after)) = (before, cpu_time(pid)) {
+            self.cpu += after.saturating_sub(before);
+            self.requests += rate * time.as_secs_f64();
+        }
+        Ok(rate)
+    }
+
+    fn micros(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.requests.max(1.0)
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
@@ -188,7 +229,7 @@ impl NodeProcess {
 
 /// The bare echo servers, in a `weft-bench bare-servers` process of their own.
 struct BareProcess {
-    _child: Child,
+    child: Child,
     ws: String,
     http: SocketAddr,
 }
@@ -199,7 +240,7 @@ impl BareProcess {
         bare.arg("bare-servers");
         let (child, ready) = spawn_ready(bare)?;
         let http = ready["http"].as_str().unwrap_or_default().parse().map_err(|e| format!("{e}: {ready}"))?;
-        Ok(BareProcess { _child: Child(child), ws: ready["ws"].as_str().unwrap_or_default().to_owned(), http })
+        Ok(BareProcess { child: Child(child), ws: ready["ws"].as_str().unwrap_or_default().to_owned(), http })
     }
 }
 
@@ -314,11 +355,13 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     let reps = if smoke { 1 } else { 5 };
     let (mut tw, mut tb, mut th, mut thb, mut tww) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut busy_rss = idle_rss;
+    let (node_pid, bare_pid) = (node.child.0.id(), bare.child.0.id());
+    let (mut cw, mut cb, mut cww) = (CpuPerRequest::default(), CpuPerRequest::default(), CpuPerRequest::default());
     for _ in 0..reps {
-        tw += ws_throughput(&node.ws, REQUEST, 64, window).await?;
-        busy_rss = busy_rss.max(rss_kib(node.child.0.id()).unwrap_or(0));
-        tb += ws_throughput(&bare_ws, REQUEST, 64, window).await?;
-        tww += ws_throughput(&node.ws, WARM_REQUEST, 64, window).await?;
+        tw += cw.measure(node_pid, window, ws_throughput(&node.ws, REQUEST, 64, window)).await?;
+        busy_rss = busy_rss.max(rss_kib(node_pid).unwrap_or(0));
+        tb += cb.measure(bare_pid, window, ws_throughput(&bare_ws, REQUEST, 64, window)).await?;
+        tww += cww.measure(node_pid, window, ws_throughput(&node.ws, WARM_REQUEST, 64, window)).await?;
         th += http_throughput(node.admin, "/v1/call", 64, window).await?;
         thb += http_throughput(bare_http, "/", 64, window).await?;
     }
@@ -336,6 +379,9 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     report.record("transport.ws_warm_req_per_s", tww, "req/s");
     report.record("transport.bare_ws_req_per_s", tb, "req/s");
     report.record("transport.http_req_per_s", th, "req/s");
+    report.record("transport.ws_cpu_per_req_us", cw.micros(), "us");
+    report.record("transport.ws_warm_cpu_per_req_us", cww.micros(), "us");
+    report.record("transport.bare_ws_cpu_per_req_us", cb.micros(), "us");
     report.record("transport.bare_http_req_per_s", thb, "req/s");
     println!("### Transport: Weft vs a bare echo server (same client, interleaved; {rounds} calls for latency)\n");
     println!("| measure | Weft (echo plugin) | bare echo server | Weft / bare |\n|---|---|---|---|");
@@ -346,6 +392,13 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         ratio(weft_ws.median(), bare_ws_lat.median())
     );
     println!("| WebSocket throughput, 64 connections | {tw:.0} req/s | {tb:.0} req/s | {:.2}x |", tw / tb.max(1.0));
+    let per_request = |c: &CpuPerRequest| c.micros() / cb.micros().max(0.01);
+    println!(
+        "| server CPU per request over those connections | {:.1} µs | {:.1} µs | {:.2}x |",
+        cw.micros(),
+        cb.micros(),
+        per_request(&cw)
+    );
     println!(
         "| WebSocket p50 latency, concurrency 1, in blocks of {block} requests | {} | {} | {} |",
         us(weft_blocks.median()),
@@ -361,6 +414,12 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
     println!(
         "| WebSocket throughput, 64 connections, warm echo (manifest `warm`) | {tww:.0} req/s | {tb:.0} req/s | {:.2}x |",
         tww / tb.max(1.0)
+    );
+    println!(
+        "| server CPU per request, warm echo | {:.1} µs | {:.1} µs | {:.2}x |",
+        cww.micros(),
+        cb.micros(),
+        per_request(&cww)
     );
     println!(
         "| HTTP p50 latency, concurrency 1 | {} | {} | {} |",
