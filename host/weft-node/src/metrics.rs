@@ -333,3 +333,69 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Polls `load` (blocking this worker, as a request's poll does) until
+    /// it says `want`; false if it never does within five seconds.
+    fn becomes(metrics: &Metrics, own: i64, want: NodeLoad) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if metrics.load(own) == want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_is_busy_while_another_request_or_another_worker_runs() {
+        // On a worker, as the executor is.
+        let judged = tokio::spawn(async {
+            let metrics = Metrics::new();
+            metrics.in_flight.set(1);
+            assert!(becomes(&metrics, 1, NodeLoad::Idle), "only the asker's own request, the other worker parked");
+            metrics.in_flight.set(2);
+            assert_eq!(metrics.load(1), NodeLoad::Busy, "another request in flight");
+            assert_eq!(metrics.load(2), NodeLoad::Idle, "both are the asker's");
+            metrics.in_flight.set(1);
+
+            // A task that keeps the other worker awake, as connections
+            // waiting to be served do under load. Spawned from outside the
+            // runtime: a task spawned here would wait in this worker's
+            // LIFO slot, which no other worker takes.
+            let stop = Arc::new(AtomicBool::new(false));
+            let spin = {
+                let stop = stop.clone();
+                async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            };
+            let rt = tokio::runtime::Handle::current();
+            let spinner = std::thread::spawn(move || rt.spawn(spin)).join().expect("spawning thread");
+            let busy = becomes(&metrics, 1, NodeLoad::Busy);
+            stop.store(true, Ordering::Relaxed);
+            spinner.await.expect("spinner");
+            assert!(busy, "the other worker is running a task");
+            assert!(becomes(&metrics, 1, NodeLoad::Idle), "the other worker parked again");
+        });
+        judged.await.expect("judged on a worker");
+    }
+
+    #[test]
+    fn outside_a_runtime_only_requests_in_flight_count() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.load(0), NodeLoad::Idle);
+        metrics.in_flight.set(1);
+        assert_eq!(metrics.load(0), NodeLoad::Busy);
+    }
+}

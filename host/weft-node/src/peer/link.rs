@@ -412,6 +412,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
+        // A call from a peer: no request of this node's own is in flight.
         let load = fabric.metrics.load(0);
         let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
         // Only functions that exist here become metric labels (a closed set).
