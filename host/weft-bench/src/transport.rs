@@ -392,13 +392,11 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         ratio(weft_ws.median(), bare_ws_lat.median())
     );
     println!("| WebSocket throughput, 64 connections | {tw:.0} req/s | {tb:.0} req/s | {:.2}x |", tw / tb.max(1.0));
-    let per_request = |c: &CpuPerRequest| c.micros() / cb.micros().max(0.01);
-    println!(
-        "| server CPU per request over those connections | {:.1} µs | {:.1} µs | {:.2}x |",
-        cw.micros(),
-        cb.micros(),
-        per_request(&cw)
-    );
+    let cpu_row = |what: &str, c: &CpuPerRequest| {
+        let (weft, bare) = (c.micros(), cb.micros());
+        println!("| {what} | {weft:.1} µs | {bare:.1} µs | {:.2}x |", weft / bare.max(0.01));
+    };
+    cpu_row("server CPU per request over those connections", &cw);
     println!(
         "| WebSocket p50 latency, concurrency 1, in blocks of {block} requests | {} | {} | {} |",
         us(weft_blocks.median()),
@@ -415,12 +413,7 @@ pub async fn bench_transport(smoke: bool, report: &mut Report) -> Result<(), Str
         "| WebSocket throughput, 64 connections, warm echo (manifest `warm`) | {tww:.0} req/s | {tb:.0} req/s | {:.2}x |",
         tww / tb.max(1.0)
     );
-    println!(
-        "| server CPU per request, warm echo | {:.1} µs | {:.1} µs | {:.2}x |",
-        cww.micros(),
-        cb.micros(),
-        per_request(&cww)
-    );
+    cpu_row("server CPU per request, warm echo", &cww);
     println!(
         "| HTTP p50 latency, concurrency 1 | {} | {} | {} |",
         us(weft_h.median()),
