@@ -11,12 +11,12 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
 
 use crate::executor::Executor;
+use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
 use crate::peer::Fabric;
 
@@ -61,40 +61,16 @@ pub(crate) struct AdminContext {
 
 type Body = Full<Bytes>;
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<crate::tls::ServerTls>>,
-    ctx: Arc<AdminContext>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
-        tracker.spawn(async move {
-            match tls {
-                None => serve_connection(stream, ctx, shutdown).await,
-                Some(tls) => {
-                    if let Some(stream) = tls.accept(stream, "admin", &ctx.metrics).await {
-                        serve_connection(stream, ctx, shutdown).await;
-                    }
-                }
-            }
-        });
-    }
+/// Serves the admin API on `port` until `shutdown`; each connection is a
+/// task of `tracker`.
+pub(crate) async fn serve(port: Port, ctx: Arc<AdminContext>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let metrics = ctx.metrics.clone();
+    let stop = shutdown.clone();
+    accept_each(port, metrics, shutdown, tracker, move |conn, _| serve_connection(conn, ctx.clone(), stop.clone()))
+        .await;
 }
 
-async fn serve_connection<S>(stream: S, ctx: Arc<AdminContext>, shutdown: CancellationToken)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_connection(stream: Conn, ctx: Arc<AdminContext>, shutdown: CancellationToken) {
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(&ctx, req).await) }

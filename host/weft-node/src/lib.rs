@@ -8,6 +8,7 @@ pub mod alerts;
 mod cluster;
 pub mod config;
 mod executor;
+mod listen;
 pub mod metrics;
 mod node;
 pub mod peer;

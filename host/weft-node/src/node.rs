@@ -16,6 +16,7 @@ use crate::admin::{self, AdminContext, Phase, PhaseCell};
 use crate::cluster::{self, ClusterSettings, LeaveRequest};
 use crate::config::Config;
 use crate::executor::{Executor, local_catalog};
+use crate::listen::Port;
 use crate::metrics::Metrics;
 use crate::peer::{Fabric, FabricSettings, Hello, PROTOCOL_VERSION};
 use crate::tenants::Tenants;
@@ -283,13 +284,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster: cluster.to_string(),
         max_body: max_frame,
     });
-    admin_tracker.spawn(admin::serve(
-        admin_listener,
-        tls.clone(),
-        admin_ctx,
-        admin_shutdown.clone(),
-        admin_tracker.clone(),
-    ));
+    let admin_port = Port { name: "admin", listener: admin_listener, tls: tls.clone() };
+    admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
     let runtime = Arc::new(Runtime::new(runtime_config(&config))?);
     let loader = runtime.clone();
@@ -357,13 +353,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         config.routing.max_hops,
     ));
     let ws_ctx = Arc::new(WsContext {
-        tls,
         executor: executor.clone(),
         metrics: metrics.clone(),
         max_frame,
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
     });
-    tracker.spawn(ws::serve(ws_listener, ws_ctx, shutdown.clone(), tracker.clone()));
+    let ws_port = Port { name: "listen", listener: ws_listener, tls };
+    tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
     if config.node.watch_plugins {
         crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
     }

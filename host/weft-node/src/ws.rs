@@ -7,8 +7,6 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -21,12 +19,11 @@ use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
 
 use crate::executor::Executor;
+use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
 use crate::peer::PeerMsg;
 
 pub(crate) struct WsContext {
-    /// Set with `[tls]`: every connection starts with a TLS handshake.
-    pub tls: Option<Arc<crate::tls::ServerTls>>,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
@@ -49,47 +46,18 @@ pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
         .read_buffer_size(16 << 10)
 }
 
-/// Accepts connections until `shutdown`; each connection is a task of `tracker`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    ctx: Arc<WsContext>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tracker.spawn(connection(stream, ctx.clone(), shutdown.clone(), peer));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+/// Serves WebSocket clients (and peers, whose first frame says so) on
+/// `port` until `shutdown`; each connection is a task of `tracker`.
+pub(crate) async fn serve(port: Port, ctx: Arc<WsContext>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let metrics = ctx.metrics.clone();
+    let stop = shutdown.clone();
+    accept_each(port, metrics, shutdown, tracker, move |conn, peer| {
+        serve_connection(conn, ctx.clone(), stop.clone(), peer)
+    })
+    .await;
 }
 
-async fn connection(stream: TcpStream, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
-    match &ctx.tls {
-        None => serve_connection(stream, ctx, shutdown, peer).await,
-        Some(tls) => {
-            if let Some(stream) = tls.accept(stream, "listen", &ctx.metrics).await {
-                serve_connection(stream, ctx, shutdown, peer).await;
-            }
-        }
-    }
-}
-
-async fn serve_connection<S>(stream: S, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: CancellationToken, peer: std::net::SocketAddr) {
     // A bearer token on the upgrade is the token of requests that carry none.
     let mut bearer = None;
     #[expect(clippy::result_large_err, reason = "the handshake callback's type is tungstenite's")]
@@ -268,8 +236,8 @@ where
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
 /// that are ready together go out in one write.
-async fn write_replies<S: AsyncRead + AsyncWrite + Unpin>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+async fn write_replies(
+    sink: &mut SplitSink<WebSocketStream<Conn>, Message>,
     first: Message,
     waiting: &mut mpsc::Receiver<Message>,
 ) -> Result<(), WsError> {
