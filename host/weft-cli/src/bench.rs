@@ -76,8 +76,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut clients = Vec::new();
     let roots = a.trust.roots()?;
     for _ in 0..connections {
-        let client =
-            Client::connect_with(&a.node, &roots).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+        let client = Client::connect_with(&a.node, &roots).await?;
         clients.push(Arc::new(client));
     }
     let args = a.args.iter().map(|s| parse_arg(s)).collect();

@@ -28,6 +28,8 @@ pub struct CallArgs {
     /// Named argument NAME=JSON (repeatable).
     #[arg(long = "kw", value_name = "NAME=JSON")]
     kwargs: Vec<String>,
+    /// Only this cluster's functions qualify; another cluster is reached over
+    /// a bridge or a route, if this node's federation policy admits it.
     #[arg(long)]
     cluster: Option<String>,
     /// Required resources, comma-separated.
@@ -36,6 +38,7 @@ pub struct CallArgs {
     /// Semver requirement on the plugin version, e.g. "^1".
     #[arg(long)]
     version: Option<String>,
+    /// Deadline of the whole request in milliseconds [default: the node's, 30 s].
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Bearer token naming the tenant the requests are made for.
@@ -85,10 +88,8 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     if a.token.is_some() {
         request.token.clone_from(&a.token);
     }
-    let client = Client::connect_with(&a.node, &a.trust.roots()?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
-    let response = client.request(request).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let client = Client::connect_with(&a.node, &a.trust.roots()?).await?;
+    let response = client.request(request).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(if response.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });

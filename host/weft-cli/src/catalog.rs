@@ -3,26 +3,18 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use weft_client::Admin;
 
 #[derive(Args)]
 pub struct CatalogArgs {
-    /// The node's admin HTTP URL (`--node` is accepted too; the catalog is
-    /// served by the admin API, not the WebSocket).
-    #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
-    admin: String,
     #[command(flatten)]
-    trust: crate::trust::Trust,
+    node: crate::trust::AdminTarget,
+    /// Print the node's JSON reply.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(a: CatalogArgs) -> anyhow::Result<ExitCode> {
-    let reply = Admin::new(&a.admin)
-        .with_roots(a.trust.roots()?)
-        .get("/v1/catalog")
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let reply = a.node.client()?.get("/v1/catalog").await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reply.body)?);
         return Ok(ExitCode::SUCCESS);

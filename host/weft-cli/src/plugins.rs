@@ -25,11 +25,8 @@ pub enum PluginsCmd {
     },
     /// Make a running node read its plugins folder again (new, changed and removed files).
     Reload {
-        /// The node's admin HTTP URL.
-        #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
-        admin: String,
         #[command(flatten)]
-        trust: crate::trust::Trust,
+        node: crate::trust::AdminTarget,
         /// Print the node's JSON report.
         #[arg(long)]
         json: bool,
@@ -70,12 +67,8 @@ pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             println!("wrote {} into {}", names.join(", "), dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        PluginsCmd::Reload { admin, trust, json } => {
-            let reply = weft_client::Admin::new(&admin)
-                .with_roots(trust.roots()?)
-                .post("/v1/plugins/reload", "")
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+        PluginsCmd::Reload { node, json } => {
+            let reply = node.client()?.post("/v1/plugins/reload", "").await?;
             let body = &reply.body;
             if reply.status != 200 {
                 let message = body["error"]["message"].as_str().unwrap_or(&reply.text);

@@ -4,18 +4,15 @@ use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::Value;
-use weft_client::Admin;
 
 #[derive(Args)]
 pub struct RoutesArgs {
-    /// The node's admin HTTP URL (routes are served by the admin API).
-    #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
-    admin: String,
     #[command(flatten)]
-    trust: crate::trust::Trust,
+    node: crate::trust::AdminTarget,
     /// Explain the selection of the route to this cluster.
     #[arg(long, value_name = "CLUSTER")]
     explain: Option<String>,
+    /// Print the node's JSON reply.
     #[arg(long)]
     json: bool,
 }
@@ -35,12 +32,11 @@ fn line(r: &Value) -> String {
 }
 
 pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
-    let admin = Admin::new(&a.admin).with_roots(a.trust.roots()?);
     let path = match &a.explain {
         Some(c) => format!("/v1/routes/explain?cluster={c}"),
         None => "/v1/routes".to_owned(),
     };
-    let reply = admin.get(&path).await.map_err(|e| anyhow::anyhow!("{}: {}", e.kind, e.message))?;
+    let reply = a.node.client()?.get(&path).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reply.body)?);
         return Ok(ExitCode::SUCCESS);
