@@ -413,3 +413,50 @@ async fn a_replaced_plugins_folder_is_watched_again() {
     let err = client.call("echo", vec![json!("hi")]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "echo left with the old folder");
 }
+
+/// A node whose plugins folder is given relative to where it runs.
+fn node_with_relative_plugins(setup: impl FnOnce(&std::path::Path)) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let args =
+        ["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir", "data", "--plugins", "plugins"];
+    TestNode::spawn(dir, &args)
+}
+
+#[tokio::test]
+async fn a_plugins_folder_swapped_by_renaming_is_watched_again() {
+    let node = node_with_relative_plugins(|dir| weft_bundle::write_to(&dir.join("plugins"), &["echo"]).unwrap());
+    let client = node.client().await;
+    assert_eq!(client.call("echo", vec![json!("hi")]).await.unwrap(), json!("hi"));
+    // Build the new folder beside the old one and swap them: the watch
+    // follows the old directory to its new name.
+    let (plugins, next, old) = (node.plugins_dir(), node.dir.path().join("next"), node.dir.path().join("old"));
+    weft_bundle::write_to(&next, &["text"]).unwrap();
+    std::fs::rename(&plugins, &old).unwrap();
+    std::fs::rename(&next, &plugins).unwrap();
+    let settle = Duration::from_secs(10);
+    eventually("upper from the new folder", settle, async || client.call("upper", vec![json!("a")]).await.ok()).await;
+    let err = client.call("echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "echo left with the old folder");
+    std::fs::write(plugins.join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    let sum = eventually("add", settle, async || client.call("add", vec![json!(1), json!(2)]).await.ok()).await;
+    assert_eq!(sum, json!(3));
+    assert!(node.stderr().contains("the plugins folder was replaced"), "{}", node.stderr());
+}
+
+#[tokio::test]
+async fn a_plugins_folder_created_after_the_node_started_is_loaded_and_watched() {
+    let node = node_with_relative_plugins(|_| {});
+    assert!(node.stderr().contains("the plugins folder is not there"), "{}", node.stderr());
+    let client = node.client().await;
+    let err = client.call("echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND);
+    weft_bundle::write_to(&node.plugins_dir(), &["echo"]).unwrap();
+    let settle = Duration::from_secs(10);
+    let echoed = eventually("echo", settle, async || client.call("echo", vec![json!("hi")]).await.ok()).await;
+    assert_eq!(echoed, json!("hi"));
+    // Watched from then on.
+    std::fs::write(node.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    let sum = eventually("add", settle, async || client.call("add", vec![json!(1), json!(2)]).await.ok()).await;
+    assert_eq!(sum, json!(3));
+}

@@ -1,13 +1,16 @@
 //! Watches the plugins folder: when `*.wasm` or `*.toml` files are created,
 //! changed or removed, and then left alone for a moment, the node reloads
-//! the folder exactly as `POST /v1/plugins/reload` does.
+//! the folder exactly as `POST /v1/plugins/reload` does. A deploy may also
+//! swap the whole folder (remove or rename it, create a new one), or create
+//! it after the node started: the folder's path is looked up every second,
+//! and a different directory there is watched and loaded.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +23,7 @@ use crate::peer::Fabric;
 /// produces many writes, and loading it half-written would only log a failure.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// How often to look for a removed plugins folder to come back.
+/// How often to check which directory the folder's path names.
 const REARM: Duration = Duration::from_secs(1);
 
 /// Starts watching `source.dir` (if any). A watcher that cannot be set up
@@ -31,36 +34,34 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
     };
     // One pending signal is enough: the reload reads the whole folder.
     let (changed, mut signals) = mpsc::channel::<()>(1);
-    // Set when the folder itself is removed: the watch went with it.
-    let lost = Arc::new(AtomicBool::new(false));
-    let handler = {
-        let (dir, lost) = (dir.clone(), lost.clone());
-        move |event: notify::Result<Event>| {
-            let Ok(event) = event else { return };
-            let folder_gone = matches!(event.kind, EventKind::Remove(_)) && event.paths.contains(&dir);
-            if folder_gone {
-                lost.store(true, Ordering::Relaxed);
-            }
-            if folder_gone || is_plugin_change(&event) {
-                let _ = changed.try_send(());
-            }
+    let handler = move |event: notify::Result<Event>| {
+        if event.is_ok_and(|e| is_plugin_change(&e)) {
+            let _ = changed.try_send(());
         }
     };
-    let watching =
-        notify::recommended_watcher(handler).and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    let mut watcher = match watching {
+    let watcher = match notify::recommended_watcher(handler) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, folder = %dir.display(), "cannot watch the plugins folder; reload it with `weft plugins reload`");
             return;
         }
     };
-    tracing::info!(folder = %dir.display(), "watching the plugins folder");
+    // The node loaded the folder as it started: the first look reloads nothing.
+    let mut folder = WatchedFolder::new(dir, watcher);
     tracker.spawn(async move {
+        let mut look = tokio::time::interval_at(tokio::time::Instant::now() + REARM, REARM);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let files_changed = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                signal = signals.recv() => if signal.is_none() { return },
+                signal = signals.recv() => match signal {
+                    Some(()) => true,
+                    None => return,
+                },
+                _ = look.tick() => false,
+            };
+            if !(folder.rearm() || files_changed) {
+                continue;
             }
             // Wait until the folder has been quiet for SETTLE.
             loop {
@@ -73,24 +74,93 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
                     },
                 }
             }
-            if lost.swap(false, Ordering::Relaxed) {
-                // A replaced folder is a new one: watch it once it exists
-                // (until then the loaded plugins keep serving).
-                tracing::warn!(folder = %dir.display(), "the plugins folder was removed; waiting for it to come back");
-                let _ = watcher.unwatch(&dir);
-                while watcher.watch(&dir, RecursiveMode::NonRecursive).is_err() {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(REARM) => {}
-                    }
-                }
-                tracing::info!(folder = %dir.display(), "watching the plugins folder again");
-            }
             if let Err(e) = reload_plugins(&fabric, &source).await {
                 tracing::warn!(error = %e, "reloading the watched plugins folder failed");
             }
         }
     });
+}
+
+/// The plugins folder's path and the directories under it, known by device
+/// and inode: a folder removed, renamed away or replaced leaves a watch on
+/// a directory that is no longer at the path.
+struct WatchedFolder {
+    dir: PathBuf,
+    watcher: RecommendedWatcher,
+    /// The directory at the path at the last look.
+    seen: Option<DirId>,
+    /// The directory watched now.
+    watching: Option<DirId>,
+    /// Whether the last attempt to watch failed (logged once, retried).
+    failed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct DirId {
+    dev: u64,
+    ino: u64,
+}
+
+impl DirId {
+    fn of(path: &Path) -> Option<DirId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_dir)?;
+        Some(DirId { dev: meta.dev(), ino: meta.ino() })
+    }
+}
+
+impl WatchedFolder {
+    fn new(dir: PathBuf, watcher: RecommendedWatcher) -> Self {
+        let seen = DirId::of(&dir);
+        if seen.is_none() {
+            tracing::warn!(folder = %dir.display(), "the plugins folder is not there; it is loaded when it appears");
+        }
+        let mut folder = WatchedFolder { dir, watcher, seen, watching: None, failed: false };
+        folder.rearm();
+        folder
+    }
+
+    /// Looks at the path again and watches the directory there if it is
+    /// not the one watched; true if a directory appeared there or replaced
+    /// the one before, so the plugins should be reloaded (a folder that is
+    /// gone changes nothing: the loaded plugins keep serving).
+    fn rearm(&mut self) -> bool {
+        let now = DirId::of(&self.dir);
+        let folder = self.dir.display();
+        let changed = now != self.seen;
+        if changed {
+            match (self.seen, now) {
+                (_, None) => {
+                    tracing::warn!(%folder, "the plugins folder was removed; serving what was loaded and waiting for it to come back")
+                }
+                (None, Some(_)) => tracing::info!(%folder, "the plugins folder appeared"),
+                (Some(_), Some(_)) => tracing::info!(%folder, "the plugins folder was replaced"),
+            }
+            self.seen = now;
+        }
+        if self.watching != now {
+            if self.watching.take().is_some() {
+                // The watch may already be gone with its directory.
+                let _ = self.watcher.unwatch(&self.dir);
+            }
+            if now.is_some() {
+                match self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        tracing::info!(%folder, "watching the plugins folder");
+                        self.watching = now;
+                        self.failed = false;
+                    }
+                    Err(e) => {
+                        if !self.failed {
+                            tracing::warn!(error = %e, %folder, "cannot watch the plugins folder (trying again every second); reload it with `weft plugins reload`");
+                        }
+                        self.failed = true;
+                    }
+                }
+            }
+        }
+        changed && now.is_some()
+    }
 }
 
 /// A create, write, rename or removal of a plugin or manifest file. Reads
