@@ -335,9 +335,10 @@ impl Config {
     }
 
     /// Parses TOML text and reports every unknown key and every bad value,
-    /// each with its line. serde stops at the first bad value, so after one
-    /// is found its lines are blanked (line numbers stay put) and the text is
-    /// parsed again, until it parses or nothing more can be blanked.
+    /// each with its line, and what validation finds in the rest. serde
+    /// stops at the first bad value, so after one is found its lines are
+    /// blanked (line numbers stay put) and the text is parsed again, until
+    /// it parses or nothing more can be blanked.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError { file: file.to_owned(), problems };
         let mut text = text.to_owned();
@@ -355,7 +356,7 @@ impl Config {
                     }
                 }
                 Ok(config) if unknown.is_empty() && bad_values.is_empty() => return Ok(config),
-                Ok(_) => {}
+                Ok(config) => bad_values.extend(config.validate().err().unwrap_or_default()),
             }
             let mut problems: Vec<String> = unknown
                 .iter()
@@ -450,16 +451,25 @@ impl Config {
         );
         check(c.max_members >= 1, "cluster.max_members: must be at least 1");
         check(c.max_catalog_entries_per_node >= 1, "cluster.max_catalog_entries_per_node: must be at least 1");
-        let ws_url = |url: &str| url.starts_with("ws://") || url.starts_with("wss://");
-        check(self.node.advertise.as_deref().is_none_or(ws_url), "node.advertise: must be a ws:// or wss:// URL");
+        check(
+            self.node.advertise.as_deref().is_none_or(ws_url_ok),
+            "node.advertise: must be a ws:// or wss:// URL with a host, e.g. ws://10.0.0.5:7700",
+        );
         for seed in &self.node.seeds {
-            check(ws_url(seed), &format!("node.seeds: {seed:?} is not a ws:// or wss:// URL"));
+            check(ws_url_ok(seed), &format!("node.seeds: {seed:?} is not a ws:// or wss:// URL with a host"));
+        }
+        for label in &self.node.resources {
+            check(
+                name_ok(label),
+                &format!("node.resources: {label:?} is not a label; use letters, digits, '-', '_' or '.'"),
+            );
         }
         check(
             self.tls.cert.is_some() == self.tls.key.is_some(),
             "tls: give both cert and key (the node's certificate chain and its private key, PEM files), or neither",
         );
         problems.extend(self.tenant_problems());
+        problems.extend(self.federation_problems());
         problems.append(&mut problems_later);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -486,6 +496,44 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+        problems
+    }
+
+    /// Names in `[federation]` that could never match, and bridges that
+    /// contradict each other. (A cluster both bridged or allowed and
+    /// blocked, or bridges under `mode = "strict"`, are not errors: blocking
+    /// and strict mode are how an operator cuts federation off for a while.)
+    fn federation_problems(&self) -> Vec<String> {
+        const NAME_RULE: &str = "use letters, digits, '-', '_' or '.'";
+        let f = &self.federation;
+        let mut problems = Vec::new();
+        for (key, list) in [("allowed_clusters", &f.allowed_clusters), ("blocked_clusters", &f.blocked_clusters)] {
+            for c in list.iter().filter(|c| !name_ok(c)) {
+                problems.push(format!("federation.{key}: {c:?} is not a cluster name; {NAME_RULE}"));
+            }
+        }
+        for (i, b) in f.bridges.iter().enumerate() {
+            let key = format!("federation.bridges[{i}]");
+            if !name_ok(&b.cluster) {
+                problems.push(format!("{key}.cluster: {:?} is not a cluster name; {NAME_RULE}", b.cluster));
+            } else if b.cluster == self.node.cluster {
+                problems.push(format!(
+                    "{key}.cluster: {} is this node's own cluster; a bridge links to another one",
+                    b.cluster
+                ));
+            } else if f.bridges[..i].iter().any(|earlier| earlier.cluster == b.cluster) {
+                problems
+                    .push(format!("{key}.cluster: a second bridge to {}; list all its nodes in one bridge", b.cluster));
+            }
+            for n in b.nodes.iter().filter(|n| !name_ok(n)) {
+                problems.push(format!("{key}.nodes: {n:?} is not a node id; {NAME_RULE}"));
+            }
+        }
+        for (key, list) in [("allow", &f.functions.allow), ("block", &f.functions.block)] {
+            for name in list.iter().filter(|name| !name.split('/').all(name_ok) || name.matches('/').count() > 1) {
+                problems.push(format!("federation.functions.{key}: {name:?} is not FUNCTION or PLUGIN/FUNCTION"));
             }
         }
         problems
@@ -594,6 +642,12 @@ fn name_ok(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// A ws:// or wss:// URL with a host.
+fn ws_url_ok(url: &str) -> bool {
+    let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"));
+    rest.is_some_and(|rest| !rest.starts_with([':', '/']) && !rest.is_empty())
+}
+
 /// Line (1-based) of a dotted key path such as `federation.bridges.0.clustr`;
 /// the deepest part of the path that can be found gives the line.
 fn line_of(text: &str, path: &str) -> Option<usize> {
@@ -645,6 +699,11 @@ fn line_at(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What parsing and validating `text` finds wrong.
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse("w.toml", text).map_or_else(|e| e.problems, |c| c.validate().err().unwrap_or_default())
+    }
 
     #[test]
     fn the_spec_example_parses_with_every_key() {
@@ -728,6 +787,67 @@ max_concurrency = 256
         // Several bad values and unknown keys are all reported at once.
         let err = Config::parse("x.toml", "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n").unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_values_out_of_range_are_reported_together() {
+        let err =
+            Config::parse("x.toml", "[node]\nclustr = \"a\"\n[limits]\nmax_concurrency = 0\nmax_frame = \"1B\"\n")
+                .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.problems[0].contains("node.clustr"), "{err}");
+        assert!(err.problems.iter().any(|p| p.starts_with("limits.max_frame")), "{err}");
+    }
+
+    #[test]
+    fn federation_names_that_could_never_match_are_errors() {
+        let text = r#"
+[node]
+cluster = "alpha"
+[federation]
+mode = "explicit"
+allowed_clusters = ["bad name!"]
+blocked_clusters = ["gamma"]
+[[federation.bridges]]
+cluster = "alpha"
+[[federation.bridges]]
+cluster = "beta"
+nodes = ["b1", ""]
+[[federation.bridges]]
+cluster = "beta"
+[federation.functions]
+allow = ["echo", "math/add", "a/b/c", ""]
+block = ["/x"]
+"#;
+        let found = problems(text);
+        let expected = [
+            "federation.allowed_clusters: \"bad name!\" is not a cluster name",
+            "federation.bridges[0].cluster: alpha is this node's own cluster",
+            "federation.bridges[1].nodes: \"\" is not a node id",
+            "federation.bridges[2].cluster: a second bridge to beta",
+            "federation.functions.allow: \"a/b/c\" is not FUNCTION or PLUGIN/FUNCTION",
+            "federation.functions.allow: \"\" is not FUNCTION or PLUGIN/FUNCTION",
+            "federation.functions.block: \"/x\" is not FUNCTION or PLUGIN/FUNCTION",
+        ];
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        for (problem, start) in found.iter().zip(expected) {
+            assert!(problem.starts_with(start), "{problem} (expected {start})");
+        }
+        // Blocking a bridged cluster, or strict mode with bridges, is how
+        // federation is cut off for a while: not an error.
+        let kill_switch = "[federation]\nmode = \"strict\"\nblocked_clusters = [\"beta\"]\n[[federation.bridges]]\ncluster = \"beta\"\n";
+        assert_eq!(problems(kill_switch), Vec::<String>::new());
+    }
+
+    #[test]
+    fn seeds_and_advertised_urls_need_a_host_and_resources_a_name() {
+        let found = problems(
+            "[node]\nadvertise = \"ws://\"\nseeds = [\"wss://:7700\", \"ws://10.0.0.1:7700\"]\nresources = [\"gpu\", \"\"]\n",
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("node.advertise"), "{found:?}");
+        assert!(found[1].contains("\"wss://:7700\""), "{found:?}");
+        assert!(found[2].starts_with("node.resources: \"\""), "{found:?}");
     }
 
     #[test]
