@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use weft_proto::{NAME_RULE, is_valid_name};
 use weft_runtime::units;
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -410,8 +411,8 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        check(name_ok(&self.node.cluster), "node.cluster: use letters, digits, '-', '_' or '.'");
-        check(self.node.id.as_deref().is_none_or(name_ok), "node.id: use letters, digits, '-', '_' or '.'");
+        check(is_valid_name(&self.node.cluster), &format!("node.cluster: {NAME_RULE}"));
+        check(self.node.id.as_deref().is_none_or(is_valid_name), &format!("node.id: {NAME_RULE}"));
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
         check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
         check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
@@ -459,10 +460,7 @@ impl Config {
             check(ws_url_ok(seed), &format!("node.seeds: {seed:?} is not a ws:// or wss:// URL with a host"));
         }
         for label in &self.node.resources {
-            check(
-                name_ok(label),
-                &format!("node.resources: {label:?} is not a label; use letters, digits, '-', '_' or '.'"),
-            );
+            check(is_valid_name(label), &format!("node.resources: {label:?} is not a label; {NAME_RULE}"));
         }
         check(
             self.tls.cert.is_some() == self.tls.key.is_some(),
@@ -482,8 +480,8 @@ impl Config {
         }
         let mut owners: BTreeMap<[u8; 32], &str> = BTreeMap::new();
         for (name, tenant) in &self.tenants {
-            if !name_ok(name) {
-                problems.push(format!("tenants.{name}: use letters, digits, '-', '_' or '.' in tenant names"));
+            if !is_valid_name(name) {
+                problems.push(format!("tenants.{name}: {NAME_RULE} in tenant names"));
             }
             for (i, token) in tenant.tokens.iter().enumerate() {
                 match crate::tenants::token_digest(token) {
@@ -506,17 +504,16 @@ impl Config {
     /// blocked, or bridges under `mode = "strict"`, are not errors: blocking
     /// and strict mode are how an operator cuts federation off for a while.)
     fn federation_problems(&self) -> Vec<String> {
-        const NAME_RULE: &str = "use letters, digits, '-', '_' or '.'";
         let f = &self.federation;
         let mut problems = Vec::new();
         for (key, list) in [("allowed_clusters", &f.allowed_clusters), ("blocked_clusters", &f.blocked_clusters)] {
-            for c in list.iter().filter(|c| !name_ok(c)) {
+            for c in list.iter().filter(|c| !is_valid_name(c)) {
                 problems.push(format!("federation.{key}: {c:?} is not a cluster name; {NAME_RULE}"));
             }
         }
         for (i, b) in f.bridges.iter().enumerate() {
             let key = format!("federation.bridges[{i}]");
-            if !name_ok(&b.cluster) {
+            if !is_valid_name(&b.cluster) {
                 problems.push(format!("{key}.cluster: {:?} is not a cluster name; {NAME_RULE}", b.cluster));
             } else if b.cluster == self.node.cluster {
                 problems.push(format!(
@@ -527,12 +524,13 @@ impl Config {
                 problems
                     .push(format!("{key}.cluster: a second bridge to {}; list all its nodes in one bridge", b.cluster));
             }
-            for n in b.nodes.iter().filter(|n| !name_ok(n)) {
+            for n in b.nodes.iter().filter(|n| !is_valid_name(n)) {
                 problems.push(format!("{key}.nodes: {n:?} is not a node id; {NAME_RULE}"));
             }
         }
         for (key, list) in [("allow", &f.functions.allow), ("block", &f.functions.block)] {
-            for name in list.iter().filter(|name| !name.split('/').all(name_ok) || name.matches('/').count() > 1) {
+            for name in list.iter().filter(|name| !name.split('/').all(is_valid_name) || name.matches('/').count() > 1)
+            {
                 problems.push(format!("federation.functions.{key}: {name:?} is not FUNCTION or PLUGIN/FUNCTION"));
             }
         }
@@ -635,11 +633,6 @@ impl Config {
             format!("{host}-{listen_port}")
         })
     }
-}
-
-/// Cluster, node and tenant names: letters, digits, '-', '_' and '.'.
-fn name_ok(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A ws:// or wss:// URL with a host.

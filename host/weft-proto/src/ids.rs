@@ -32,6 +32,15 @@ macro_rules! string_id {
     };
 }
 
+/// What a cluster, node, tenant or plugin name may hold: letters, digits,
+/// '-', '_' and '.', at least one. (Function names are WIT's kebab-case.)
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The rule `is_valid_name` checks, for error messages.
+pub const NAME_RULE: &str = "use letters, digits, '-', '_' or '.'";
+
 string_id!(
     /// The `id` of one `weft node` process.
     NodeId

@@ -27,10 +27,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use weft_proto::Caller;
+use weft_proto::{Caller, NAME_RULE, is_valid_name};
 
 use crate::config::Limits;
 use crate::units;
+
+/// An entry of `callers`: "*", TENANT, "cluster:CLUSTER" or "TENANT@CLUSTER".
+fn caller_ok(entry: &str) -> bool {
+    entry == ANYONE
+        || entry
+            .strip_prefix(CLUSTER)
+            .map_or_else(|| entry.split('@').count() <= 2 && entry.split('@').all(is_valid_name), is_valid_name)
+}
 
 /// The owner of plugins whose manifest names none: the operator's.
 pub const DEFAULT_TENANT: &str = "default";
@@ -94,7 +102,35 @@ pub struct ManifestError {
 
 impl Manifest {
     pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError { file: file.to_owned(), message: e.to_string() })
+        let fail = |message: String| ManifestError { file: file.to_owned(), message };
+        let manifest: Manifest = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        let problems = manifest.problems();
+        if problems.is_empty() { Ok(manifest) } else { Err(fail(problems.join("; "))) }
+    }
+
+    /// Values that parse but could never work.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, name) in [("name", &self.name), ("tenant", &self.tenant)] {
+            if let Some(name) = name.as_deref().filter(|n| !is_valid_name(n)) {
+                problems.push(format!("{key} {name:?}: {NAME_RULE}"));
+            }
+        }
+        for caller in self.callers.iter().flatten().filter(|c| !caller_ok(c)) {
+            problems
+                .push(format!("callers: {caller:?} is not \"*\", a tenant, \"cluster:NAME\" or \"TENANT@CLUSTER\""));
+        }
+        for label in self.resources.iter().filter(|l| !is_valid_name(l)) {
+            problems.push(format!("resources: {label:?} is not a label; {NAME_RULE}"));
+        }
+        if self.limits.memory.is_some_and(|m| m < 1 << 20) {
+            problems
+                .push("limits.memory: must be at least 1MiB (a guest's stack and data alone take about that)".into());
+        }
+        if self.limits.deadline.is_some_and(|d| d.is_zero()) {
+            problems.push("limits.deadline: must be more than 0".into());
+        }
+        problems
     }
 
     pub fn version(&self) -> semver::Version {
@@ -211,6 +247,30 @@ mod tests {
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"cluster:beta\"]"), [true, true, false]);
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"ops\"]"), [false; 3], "not this cluster's ops");
         assert_eq!(partners("callers = [\"*\"]"), [true; 3]);
+    }
+
+    #[test]
+    fn values_that_could_never_work_are_errors() {
+        let problems = |text: &str| Manifest::parse("m.toml", text).map_or_else(|e| e.message, |_| String::new());
+        assert_eq!(
+            problems("name = \"math\"\ntenant = \"acme\"\ncallers = [\"*\", \"bob\", \"cluster:beta\", \"ops@beta\"]"),
+            ""
+        );
+        let found = problems(
+            "name = \"a/b\"\ntenant = \"\"\ncallers = [\"\", \"cluster:\", \"a@b@c\"]\nresources = [\" \"]\n[limits]\nmemory = \"0B\"\ndeadline = \"0s\"\n",
+        );
+        for part in [
+            "name \"a/b\": use letters",
+            "tenant \"\": use letters",
+            "callers: \"\" is not",
+            "callers: \"cluster:\" is not",
+            "callers: \"a@b@c\" is not",
+            "resources: \" \" is not a label",
+            "limits.memory: must be at least 1MiB",
+            "limits.deadline: must be more than 0",
+        ] {
+            assert!(found.contains(part), "{part:?} not in {found}");
+        }
     }
 
     #[test]

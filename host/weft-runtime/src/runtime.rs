@@ -188,6 +188,12 @@ impl Runtime {
             None => Manifest::default(),
         };
         let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
+        if !weft_proto::is_valid_name(&name) {
+            return Err(format!(
+                "plugin name {name:?} (the file name, or `name` in its manifest): {}",
+                weft_proto::NAME_RULE
+            ));
+        }
         let version = manifest.version();
         if read(&self.plugins)
             .iter()
@@ -198,6 +204,13 @@ impl Runtime {
             ));
         }
         let info = describe_component(wasm)?;
+        if let Some(unknown) = manifest.functions.keys().find(|f| !info.functions.iter().any(|e| &e.name == *f)) {
+            let exported: Vec<&str> = info.functions.iter().map(|f| f.name.as_str()).collect();
+            return Err(format!(
+                "manifest {stem}.toml: [functions.{unknown}] names no function of the component (it exports {})",
+                exported.join(", ")
+            ));
+        }
         let started = Instant::now();
         let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
             .map_err(|e| format!("cannot compile the component: {e:#}"))?;
@@ -221,11 +234,13 @@ impl Runtime {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let tenant_limits = self.config.tenant_limits.get(manifest.tenant());
+        let limits = manifest.effective_limits(tenant_limits.unwrap_or(&self.config.limits));
+        warn_of_manifest_overreach(&label, &manifest, &limits, tenant_limits.is_some());
         let plugin = Plugin {
             name,
             file: file.to_owned(),
-            limits: manifest
-                .effective_limits(self.config.tenant_limits.get(manifest.tenant()).unwrap_or(&self.config.limits)),
+            limits,
             manifest,
             version,
             pre,
@@ -702,6 +717,29 @@ impl StoreMaker {
     }
 }
 
+/// Logs what a plugin's manifest asks for and does not get: limits above
+/// the node's or its tenant's (the lower one applies), and a tenant without
+/// a `[tenants]` entry whose plugin, open only to its owner, nobody can call.
+fn warn_of_manifest_overreach(label: &str, manifest: &Manifest, limits: &crate::Limits, tenant_known: bool) {
+    let asked = &manifest.limits;
+    if asked.deadline.is_some_and(|d| d > limits.deadline) || asked.memory.is_some_and(|m| m > limits.memory_bytes) {
+        tracing::warn!(
+            plugin = label,
+            deadline = ?limits.deadline,
+            memory = limits.memory_bytes,
+            "the manifest's [limits] ask for more than the node (or the plugin's tenant) allows; the lower limits apply"
+        );
+    }
+    let tenant = manifest.tenant();
+    if tenant != crate::manifest::DEFAULT_TENANT && !tenant_known && manifest.callers.is_none() {
+        tracing::warn!(
+            plugin = label,
+            tenant,
+            "the plugin's tenant has no [tenants] entry on this node and its manifest sets no `callers`, so no request can call it"
+        );
+    }
+}
+
 /// A call counted in `Runtime::running` until it ends.
 struct Running<'a>(&'a AtomicUsize);
 
@@ -1087,6 +1125,23 @@ mod tests {
             assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
             assert!(e.message.contains("tenant acme") && e.message.contains("callers"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_plugin_whose_name_or_functions_table_could_never_work_does_not_load() {
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let echo = weft_bundle::get("echo").expect("bundled");
+        let fails = |file: &str, stem: &str, manifest: Option<&str>| {
+            rt.load_bytes(file, stem, echo, manifest).expect_err("must not load").to_string()
+        };
+        let e = fails("my echo.wasm", "my echo", None);
+        assert!(e.contains("plugin name \"my echo\"") && e.contains("use letters"), "{e}");
+        let e = fails("echo.wasm", "echo", Some("name = \"a/b\"\n"));
+        assert!(e.contains("name \"a/b\"") && e.contains("use letters"), "{e}");
+        let e = fails("echo.wasm", "echo", Some("[functions.ehco]\nexport = false\n"));
+        assert!(e.contains("[functions.ehco] names no function") && e.contains("echo, echos, concat"), "{e}");
+        assert!(rt.plugins().is_empty());
+        rt.load_bytes("echo.wasm", "echo", echo, Some("[functions.echo]\nexport = false\n")).expect("loads");
     }
 
     #[test]
