@@ -263,6 +263,39 @@ async fn a_connection_that_never_upgrades_is_closed() {
     assert_eq!(client.call("echo", vec![json!("still serving")]).await.unwrap(), json!("still serving"));
 }
 
+/// Sends `head` (an HTTP/1.1 request without its body) to the admin port
+/// and returns the response as text, waiting at most five seconds.
+async fn raw_admin_request(node: &TestNode, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = node.admin_url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer)).await.expect("an answer").unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn admin_endpoints_name_their_method_and_refuse_a_declared_oversized_body_at_once() {
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], ..NodeSpec::default() });
+    let admin = node.admin();
+    for (path, allowed) in [("/health", "GET"), ("/v1/plugins/reload", "POST"), ("/v1/call", "POST")] {
+        let wrong = if allowed == "GET" { admin.post(path, "").await } else { admin.get(path).await }.unwrap();
+        assert_eq!(wrong.status, 405, "{path}: {}", wrong.text);
+        assert_eq!(wrong.headers["allow"], allowed);
+        assert!(wrong.body["error"]["message"].as_str().unwrap().contains(&format!("answers {allowed} only")));
+    }
+    assert_eq!(admin.get("/nowhere").await.unwrap().status, 404);
+    assert_eq!(admin.get("/v1/routes/explain?cluster=").await.unwrap().status, 400);
+    let head = raw_admin_request(&node, "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Headers that announce a body over limits.max_frame get 413 before
+    // the body is sent.
+    let big = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n";
+    let answer = raw_admin_request(&node, big).await;
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("limits.max_frame"), "{answer}");
+}
+
 #[tokio::test]
 async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     let node = node();

@@ -122,11 +122,25 @@ fn starting() -> HttpResponse<Body> {
     )
 }
 
+/// The method each endpoint answers (HEAD is served as GET).
+fn method_of(path: &str) -> Option<&'static str> {
+    match path {
+        "/health" | "/livez" | "/readyz" | "/metrics" | "/v1/plugins" | "/v1/catalog" | "/v1/peers"
+        | "/v1/topology" | "/v1/federation" | "/v1/routes" | "/v1/routes/explain" | "/v1/alerts" | "/v1/tenants" => {
+            Some("GET")
+        }
+        "/v1/call" | "/v1/plugins/reload" | "/v1/federation/reload" => Some("POST"),
+        p if p.starts_with("/v1/alerts/") && p.ends_with("/ack") => Some("POST"),
+        _ => None,
+    }
+}
+
 async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let path = req.uri().path().to_owned();
     let executor = ctx.executor.get();
     let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
-    match (req.method(), path.as_str()) {
+    let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
+    match (&method, path.as_str()) {
         (&Method::GET, "/health") => {
             let phase = ctx.phase.get();
             let status = if phase == Phase::Ready { "ok" } else { phase_name(phase) };
@@ -182,6 +196,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                 .uri()
                 .query()
                 .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("cluster=")))
+                .filter(|c| !c.is_empty())
                 .map(str::to_owned);
             match (executor, cluster) {
                 (Some(e), Some(c)) => json_response(StatusCode::OK, &explain(e.fabric(), &c)),
@@ -281,17 +296,23 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             json_response(StatusCode::OK, &json!({ "node": ctx.node, "cluster": ctx.cluster, "functions": functions }))
         }
         (&Method::POST, "/v1/call") => call(ctx, req).await,
-        (_, "/v1/call") => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &WeftError::invalid_request("use POST /v1/call with a JSON request body"),
-        ),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            &WeftError::invalid_request(format!(
-                "no such endpoint {} {path}; see docs/OPERATIONS.md for the admin API",
-                req.method()
-            )),
-        ),
+        _ => match method_of(&path) {
+            Some(allowed) => {
+                let mut r = error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &WeftError::invalid_request(format!("{path} answers {allowed} only, not {}", req.method())),
+                );
+                r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allowed));
+                r
+            }
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                &WeftError::invalid_request(format!(
+                    "no such endpoint {} {path}; see docs/OPERATIONS.md for the admin API",
+                    req.method()
+                )),
+            ),
+        },
     }
 }
 
@@ -438,27 +459,40 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
+/// How long a `POST /v1/call` body may take to arrive after its headers
+/// (hyper bounds the headers themselves), so a client that stops sending
+/// cannot hold a connection and its buffer.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
     let bearer = crate::tenants::bearer(req.headers());
-    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            let (status, err) = if too_large {
-                ctx.metrics.reject_frame("too_large");
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    WeftError::invalid_request(format!(
-                        "request body is over limits.max_frame ({} bytes)",
-                        ctx.max_body
-                    )),
-                )
-            } else {
-                (StatusCode::BAD_REQUEST, WeftError::invalid_request(format!("cannot read the request body: {e}")))
-            };
-            ctx.metrics.record_error(err.kind);
-            return json_response(status, &serde_json::to_value(Response::err("", &err)).unwrap_or_default());
+    let reject = |status, err: WeftError| {
+        ctx.metrics.record_error(err.kind);
+        json_response(status, &serde_json::to_value(Response::err("", &err)).unwrap_or_default())
+    };
+    let too_large = || {
+        ctx.metrics.reject_frame("too_large");
+        let message = format!("request body is over limits.max_frame ({} bytes)", ctx.max_body);
+        reject(StatusCode::PAYLOAD_TOO_LARGE, WeftError::invalid_request(message))
+    };
+    // A Content-Length over the limit is refused before any of the body is read.
+    if hyper::body::Body::size_hint(req.body()).lower() > ctx.max_body as u64 {
+        return too_large();
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), ctx.max_body).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                WeftError::invalid_request(format!("cannot read the request body: {e}")),
+            );
+        }
+        Err(_) => {
+            let message =
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}; send the whole body at once");
+            return reject(StatusCode::REQUEST_TIMEOUT, WeftError::invalid_request(message));
         }
     };
     let response = match Request::decode(&body) {
