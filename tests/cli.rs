@@ -18,6 +18,30 @@ fn weft(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
+fn a_port_in_use_stops_the_node_with_the_reason_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, out, err) =
+        weft(&["node", "--listen", &addr, "--admin", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr} (node.listen)")), "{err}");
+    assert!(err.contains("another process has that port"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "the OS error is said once: {err}");
+}
+
+#[test]
+fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
+    let (code, _, err) = weft(&["call", "--node", "http://127.0.0.1:7701", "echo", "hi"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ws:// or wss://") && err.contains("weft catalog"), "{err}");
+    let (code, _, err) = weft(&["catalog", "--node", "ws://127.0.0.1:7700"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("http:// or https://") && err.contains("weft call"), "{err}");
+}
+
+#[test]
 fn weft_call_prints_the_result_or_the_error_kind() {
     let node = TestNode::start(NodeSpec::default());
     let (code, out, _) = weft(&["call", "--node", &node.ws, "echo", "hi"]);
@@ -63,7 +87,14 @@ fn plugins_inspect_prints_wit_signatures() {
     write(&junk, "junk");
     let (code, _, err) = weft(&["plugins", "inspect", junk.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+    assert!(err.contains("not a WebAssembly file") && err.contains("--target wasm32-wasip2"), "{err}");
+    // The header of a core module, as wasm32-wasip1 builds.
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let (code, _, err) = weft(&["plugins", "inspect", core.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a core WebAssembly module, not a component"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
 
 #[test]
@@ -93,6 +124,11 @@ fn weft_new_scaffolds_a_plugin_crate() {
     let (code, _, err) = weft(&["new", "Bad Name"]);
     assert_ne!(code, 0);
     assert!(err.contains("lowercase"), "{err}");
+    let elsewhere = dir.path().join("other");
+    let (code, _, err) = weft(&["new", "other", "--dir", elsewhere.to_str().unwrap(), "--sdk", "/nonexistent"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--sdk /nonexistent: no Cargo.toml there"), "{err}");
+    assert!(!elsewhere.exists(), "nothing is written");
 }
 
 #[test]
@@ -144,10 +180,10 @@ fn weft_demo_runs_calls_across_three_clusters() {
 #[test]
 fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("alpha.key");
-    let (code, out, _) = weft(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_eq!(code, 0);
-    let public = std::fs::read_to_string(dir.path().join("alpha.key.pub")).unwrap();
+    let key = dir.path().join("keys/alpha.key");
+    let (code, out, err) = weft(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "the folder is made: {err}");
+    let public = std::fs::read_to_string(dir.path().join("keys/alpha.key.pub")).unwrap();
     assert!(out.contains(public.trim()), "{out}");
     assert!(weft_node::signing::load_signing_key(&key).is_ok());
     let (code, _, err) = weft(&["keygen", "--out", key.to_str().unwrap()]);

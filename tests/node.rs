@@ -120,13 +120,18 @@ async fn next_json(
 async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
     let node = node();
     let mut ws = raw_socket(&node).await;
-    let cases: [(&str, ErrorKind, &str); 6] = [
+    let cases: [(&str, ErrorKind, &str); 7] = [
         ("{not json", ErrorKind::PARSE_ERROR, ""),
         (r#"{"role": "server", "u": "r1"}"#, ErrorKind::INVALID_REQUEST, "r1"),
         (r#"{"u": "r2", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r2"),
         (r#"{"role": "rpc", "u": "r3"}"#, ErrorKind::INVALID_REQUEST, "r3"),
         (r#"{"role": "rpc", "u": "r4", "cmds": [{"name": "a"}]}"#, ErrorKind::INVALID_REQUEST, "r4"),
         (r#"{"role": "rpc", "u": "r5", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r5"),
+        (
+            r#"{"role": "rpc", "u": "r6", "timeout_ms": 0, "cmds": [{"name": "a", "fun": "echo", "args": ["x"]}]}"#,
+            ErrorKind::INVALID_REQUEST,
+            "r6",
+        ),
     ];
     for (frame, kind, u) in cases {
         ws.send(Message::Text(frame.into())).await.unwrap();

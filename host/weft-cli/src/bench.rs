@@ -75,6 +75,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let connections = a.connections.unwrap_or(4).min(a.concurrency);
     let mut clients = Vec::new();
     let roots = a.trust.roots()?;
+    crate::trust::ws_url(&a.node)?;
     for _ in 0..connections {
         let client = Client::connect_with(&a.node, &roots).await?;
         clients.push(Arc::new(client));

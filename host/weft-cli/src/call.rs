@@ -88,7 +88,7 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     if a.token.is_some() {
         request.token.clone_from(&a.token);
     }
-    let client = Client::connect_with(&a.node, &a.trust.roots()?).await?;
+    let client = Client::connect_with(crate::trust::ws_url(&a.node)?, &a.trust.roots()?).await?;
     let response = client.request(request).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);

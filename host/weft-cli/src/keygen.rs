@@ -23,6 +23,9 @@ pub fn run(a: KeygenArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} exists; pass --force to replace it (the old key stops being usable)", path.display());
         }
     }
+    if let Some(folder) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    }
     let (private, public) = weft_node::signing::generate();
     write_private(&a.out, &private).with_context(|| format!("cannot write {}", a.out.display()))?;
     std::fs::write(&public_path, format!("{public}\n"))

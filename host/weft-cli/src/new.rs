@@ -30,6 +30,9 @@ pub fn run(a: NewArgs) -> anyhow::Result<ExitCode> {
         bail!("{} already exists; choose another name or --dir", dir.display());
     }
     let sdk = a.sdk.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk")));
+    if !sdk.join("Cargo.toml").is_file() {
+        bail!("--sdk {}: no Cargo.toml there; point --sdk at the guest-sdk folder of a Weft checkout", sdk.display());
+    }
     let sdk = sdk.canonicalize().unwrap_or(sdk);
     let crate_name = name.replace('-', "_");
     let files = [

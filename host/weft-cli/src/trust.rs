@@ -1,5 +1,6 @@
-//! `--ca`: whom the commands that reach a node trust for its certificate;
-//! `--admin`: where the commands that read the admin API find it.
+//! How the client commands reach a node: `--ca`, whom they trust for its
+//! certificate; `--admin`, where the admin API is; and the check that a
+//! `--node` URL is the WebSocket's.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,22 @@ pub struct AdminTarget {
 
 impl AdminTarget {
     pub fn client(&self) -> anyhow::Result<Admin> {
+        if !(self.admin.starts_with("http://") || self.admin.starts_with("https://")) {
+            anyhow::bail!(
+                "--admin {}: this command reads the node's admin API, whose URL is http:// or https:// (port 7701 by default); ws:// URLs are for `weft call`",
+                self.admin
+            );
+        }
         Ok(Admin::new(&self.admin).with_roots(self.trust.roots()?))
     }
+}
+
+/// Checks that `--node` names the node's WebSocket, not its admin API.
+pub fn ws_url(url: &str) -> anyhow::Result<&str> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        return Ok(url);
+    }
+    anyhow::bail!(
+        "--node {url}: calls go to the node's WebSocket, whose URL is ws:// or wss:// (port 7700 by default); http:// URLs are the admin API's, for `weft catalog`"
+    )
 }

@@ -151,7 +151,7 @@ impl Wanted {
             let id: FunctionId = text.parse().map_err(|e| WeftError::invalid_request(format!("function_id: {e}")))?;
             if !(cmd.fun.is_empty() || *cmd.fun == *id.function || cmd.fun == id.to_string()) {
                 return Err(WeftError::invalid_request(format!(
-                    "fun {:?} does not name function_id {id:?}; make them agree or leave fun empty",
+                    "fun {:?} does not name function_id \"{id}\"; make them agree or leave fun empty",
                     cmd.fun
                 )));
             }

@@ -413,6 +413,10 @@ impl Config {
         };
         check(is_valid_name(&self.node.cluster), &format!("node.cluster: {NAME_RULE}"));
         check(self.node.id.as_deref().is_none_or(is_valid_name), &format!("node.id: {NAME_RULE}"));
+        check(
+            self.node.listen != self.node.admin || self.node.listen.port() == 0,
+            "node.admin: the same address as node.listen; the admin API needs a port of its own",
+        );
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
         check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
         check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");

@@ -86,6 +86,12 @@ impl Executor {
                 self.max_commands
             )));
         }
+        if req.timeout_ms == Some(0) {
+            return Err(WeftError::invalid_request(format!(
+                "timeout_ms must be at least 1; leave it out for the node's default of {:?}",
+                self.default_timeout
+            )));
+        }
         // Held until the request ends: its place among its tenant's in flight.
         let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len(), &self.metrics)?;
         self.admit_targets(&req)?;

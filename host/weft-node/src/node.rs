@@ -27,16 +27,30 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot listen on {addr} ({what}): {source}; pick a free port or use port 0")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
-    #[error("cannot create data_dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    // The io errors are in the message and not `source`s, so a report that
+    // prints the error chain does not repeat them.
+    #[error("cannot listen on {addr} ({what}): {error}; {}", bind_advice(error))]
+    Bind { addr: SocketAddr, what: &'static str, error: std::io::Error },
+    #[error("cannot create data_dir {path}: {error}")]
+    DataDir { path: String, error: std::io::Error },
     #[error("{0}")]
     Runtime(#[from] weft_runtime::RuntimeError),
     #[error("routing.security.signing_key: {0}")]
     SigningKey(String),
     #[error("{0}")]
     Tls(String),
+}
+
+/// What to do when a port cannot be bound.
+fn bind_advice(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => "another process has that port: pick a free one, or port 0 for any",
+        std::io::ErrorKind::AddrNotAvailable => {
+            "that address is not one of this machine's: use one of its addresses, 127.0.0.1 or 0.0.0.0"
+        }
+        std::io::ErrorKind::PermissionDenied => "ports under 1024 need privileges: pick a higher one",
+        _ => "check the address",
+    }
 }
 
 /// A started node. Dropping it does not stop it; call `shutdown`.
@@ -243,22 +257,22 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let (acceptor, roots) = crate::tls::load(&config.tls).map_err(NodeError::Tls)?;
     let tls = acceptor.map(|a| Arc::new(crate::tls::ServerTls::new(a)));
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr, what, source })
+        TcpListener::bind(addr).await.map_err(|error| NodeError::Bind { addr, what, error })
     };
     let ws_listener = bind(config.node.listen, "node.listen").await?;
     let admin_listener = bind(config.node.admin, "node.admin").await?;
-    let ws_addr = ws_listener.local_addr().map_err(|source| NodeError::Bind {
+    let ws_addr = ws_listener.local_addr().map_err(|error| NodeError::Bind {
         addr: config.node.listen,
         what: "node.listen",
-        source,
+        error,
     })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| NodeError::Bind {
+    let admin_addr = admin_listener.local_addr().map_err(|error| NodeError::Bind {
         addr: config.node.admin,
         what: "node.admin",
-        source,
+        error,
     })?;
     std::fs::create_dir_all(&config.node.data_dir)
-        .map_err(|source| NodeError::DataDir { path: config.node.data_dir.display().to_string(), source })?;
+        .map_err(|error| NodeError::DataDir { path: config.node.data_dir.display().to_string(), error })?;
 
     let id = NodeId::new(config.node_id(ws_addr.port()));
     let cluster = ClusterId::new(config.node.cluster.clone());

@@ -42,7 +42,20 @@ impl ComponentInfo {
 
 /// Decodes a component binary. Errors say why the bytes are not a usable component.
 pub fn describe_component(wasm: &[u8]) -> Result<ComponentInfo, String> {
-    let decoded = decode(wasm).map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
+    const BUILD: &str = "build plugins with `cargo build --release --target wasm32-wasip2`";
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err(format!(
+                "a core WebAssembly module, not a component (wasm32-wasip1 and wasm32-unknown-unknown build those); {BUILD}"
+            ));
+        }
+        Some([0, b'a', b's', b'm', ..]) => {}
+        _ => return Err(format!("not a WebAssembly file (it does not start with the \\0asm header); {BUILD}")),
+    }
+    let decoded = decode(wasm).map_err(|e| {
+        let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        format!("not a valid WebAssembly component: {why}")
+    })?;
     let DecodedWasm::Component(resolve, world) = decoded else {
         return Err("this is a WIT package, not a component".into());
     };
