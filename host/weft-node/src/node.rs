@@ -320,7 +320,16 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         node: id.clone(),
         cluster: cluster.clone(),
         incarnation: crate::unix_ms(),
-        addr: config.node.advertise.clone().unwrap_or_else(|| ws_url(ws_addr, tls.is_some())),
+        addr: config.node.advertise.clone().unwrap_or_else(|| {
+            if ws_addr.ip().is_unspecified() {
+                tracing::warn!(
+                    listen = %ws_addr,
+                    "node.advertise is unset, so peers are told to dial {}, which reaches only this machine; set node.advertise to an address they can reach",
+                    ws_url(ws_addr, tls.is_some())
+                );
+            }
+            ws_url(ws_addr, tls.is_some())
+        }),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
         nonce: None,
         proof: None,
