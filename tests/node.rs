@@ -268,11 +268,12 @@ async fn a_connection_that_never_upgrades_is_closed() {
     assert_eq!(client.call("echo", vec![json!("still serving")]).await.unwrap(), json!("still serving"));
 }
 
-/// Sends `head` (an HTTP/1.1 request without its body) to the admin port
-/// and returns the response as text, waiting at most five seconds.
-async fn raw_admin_request(node: &TestNode, head: &str) -> String {
+/// Sends `head` (an HTTP/1.1 request, with or without its body) to a
+/// node's port at `url` and returns the response as text, waiting at most
+/// five seconds.
+async fn raw_http(url: &str, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = node.admin_url.trim_start_matches("http://");
+    let addr = url.split_once("://").map_or(url, |(_, rest)| rest);
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut answer = vec![0; 4096];
@@ -292,13 +293,25 @@ async fn admin_endpoints_name_their_method_and_refuse_a_declared_oversized_body_
     }
     assert_eq!(admin.get("/nowhere").await.unwrap().status, 404);
     assert_eq!(admin.get("/v1/routes/explain?cluster=").await.unwrap().status, 400);
-    let head = raw_admin_request(&node, "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = raw_http(&node.admin_url, "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Headers that announce a body over limits.max_frame get 413 before
     // the body is sent.
     let big = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n";
-    let answer = raw_admin_request(&node, big).await;
+    let answer = raw_http(&node.admin_url, big).await;
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("limits.max_frame"), "{answer}");
+}
+
+#[tokio::test]
+async fn plain_http_on_the_websocket_port_is_told_where_to_go() {
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], ..NodeSpec::default() });
+    let body = r#"{"role":"rpc","u":"1","cmds":[{"name":"a","fun":"echo","args":["hi"]}]}"#;
+    let request = format!("POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let answer = raw_http(&node.ws, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+    assert!(answer.contains("WebSocket port") && answer.contains("admin port"), "{answer}");
+    // WebSocket clients on the same port are served as before.
+    assert_eq!(node.client().await.call("echo", vec![json!("hi")]).await.unwrap(), json!("hi"));
 }
 
 #[tokio::test]

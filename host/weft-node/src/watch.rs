@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,11 +33,23 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
     let Some(dir) = source.dir.clone() else {
         return;
     };
+    // notify reports absolute paths: so is the one it is compared with.
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     // One pending signal is enough: the reload reads the whole folder.
     let (changed, mut signals) = mpsc::channel::<()>(1);
-    let handler = move |event: notify::Result<Event>| {
-        if event.is_ok_and(|e| is_plugin_change(&e)) {
-            let _ = changed.try_send(());
+    let lost = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (dir, lost) = (dir.clone(), lost.clone());
+        move |event: notify::Result<Event>| {
+            let Ok(event) = event else { return };
+            let folder_went = matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)))
+                && event.paths.contains(&dir);
+            if folder_went {
+                lost.store(true, Ordering::Relaxed);
+            }
+            if folder_went || is_plugin_change(&event) {
+                let _ = changed.try_send(());
+            }
         }
     };
     let watcher = match notify::recommended_watcher(handler) {
@@ -47,7 +60,7 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
         }
     };
     // The node loaded the folder as it started: the first look reloads nothing.
-    let mut folder = WatchedFolder::new(dir, watcher);
+    let mut folder = WatchedFolder::new(dir, watcher, lost);
     tracker.spawn(async move {
         let mut look = tokio::time::interval_at(tokio::time::Instant::now() + REARM, REARM);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,10 +73,11 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
                 },
                 _ = look.tick() => false,
             };
-            if !(folder.rearm() || files_changed) {
+            if !(files_changed || folder.moved()) {
                 continue;
             }
-            // Wait until the folder has been quiet for SETTLE.
+            // Wait until the folder has been quiet for SETTLE (which also
+            // lets notify finish with the watch of a folder that went).
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -74,6 +88,10 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
                     },
                 }
             }
+            let replaced = folder.rearm();
+            if !(replaced || files_changed) || folder.seen.is_none() {
+                continue;
+            }
             if let Err(e) = reload_plugins(&fabric, &source).await {
                 tracing::warn!(error = %e, "reloading the watched plugins folder failed");
             }
@@ -81,12 +99,16 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
     });
 }
 
-/// The plugins folder's path and the directories under it, known by device
-/// and inode: a folder removed, renamed away or replaced leaves a watch on
-/// a directory that is no longer at the path.
+/// The plugins folder's path and the directories under it. A folder
+/// removed, renamed away or replaced leaves a watch on a directory no longer
+/// at the path: the watch says so when it sees the folder go, and a look at
+/// the path's device and inode finds what the watch cannot see (a folder
+/// created after the start, or replaced while no watch was set).
 struct WatchedFolder {
     dir: PathBuf,
     watcher: RecommendedWatcher,
+    /// Set by the watch when the watched folder itself was removed or renamed.
+    lost: Arc<AtomicBool>,
     /// The directory at the path at the last look.
     seen: Option<DirId>,
     /// The directory watched now.
@@ -110,14 +132,20 @@ impl DirId {
 }
 
 impl WatchedFolder {
-    fn new(dir: PathBuf, watcher: RecommendedWatcher) -> Self {
+    fn new(dir: PathBuf, watcher: RecommendedWatcher, lost: Arc<AtomicBool>) -> Self {
         let seen = DirId::of(&dir);
         if seen.is_none() {
             tracing::warn!(folder = %dir.display(), "the plugins folder is not there; it is loaded when it appears");
         }
-        let mut folder = WatchedFolder { dir, watcher, seen, watching: None, failed: false };
+        let mut folder = WatchedFolder { dir, watcher, lost, seen, watching: None, failed: false };
         folder.rearm();
         folder
+    }
+
+    /// Whether the folder went, or the path names another directory (or
+    /// none), since the last look.
+    fn moved(&self) -> bool {
+        self.lost.load(Ordering::Relaxed) || DirId::of(&self.dir) != self.seen
     }
 
     /// Looks at the path again and watches the directory there if it is
@@ -125,9 +153,12 @@ impl WatchedFolder {
     /// the one before, so the plugins should be reloaded (a folder that is
     /// gone changes nothing: the loaded plugins keep serving).
     fn rearm(&mut self) -> bool {
+        // A directory made right after another was removed may get its inode
+        // number: only the watch can tell that it is a new one.
+        let lost = self.lost.swap(false, Ordering::Relaxed);
         let now = DirId::of(&self.dir);
         let folder = self.dir.display();
-        let changed = now != self.seen;
+        let changed = lost || now != self.seen;
         if changed {
             match (self.seen, now) {
                 (_, None) => {
@@ -138,7 +169,7 @@ impl WatchedFolder {
             }
             self.seen = now;
         }
-        if self.watching != now {
+        if changed || self.watching != now {
             if self.watching.take().is_some() {
                 // The watch may already be gone with its directory.
                 let _ = self.watcher.unwatch(&self.dir);

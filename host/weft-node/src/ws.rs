@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -65,10 +66,18 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         bearer = crate::tenants::bearer(req.headers());
         Ok(resp)
     };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, read_token, Some(ws_config(ctx.max_frame)));
+    let mut stream = BufReader::new(stream);
+    let upgrade = async {
+        if refused_plain_http(&mut stream).await {
+            return None;
+        }
+        let config = Some(ws_config(ctx.max_frame));
+        Some(tokio_tungstenite::accept_hdr_async_with_config(stream, read_token, config).await)
+    };
     let mut ws = match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
+        Ok(None) => return,
+        Ok(Some(Ok(ws))) => ws,
+        Ok(Some(Err(e))) => {
             tracing::debug!(%peer, error = %e, "websocket handshake failed");
             return;
         }
@@ -234,10 +243,35 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     ctx.metrics.connections.dec();
 }
 
+/// Answers a whole HTTP request that does not ask for a WebSocket (a client
+/// that meant the admin port) with 426 and where to go, instead of a
+/// closed connection; true if it did. Looks only at what the first read
+/// brought: anything else is left to the WebSocket handshake.
+async fn refused_plain_http(stream: &mut BufReader<Conn>) -> bool {
+    let Ok(head) = stream.fill_buf().await else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if !head.contains("\r\n\r\n") || head.contains("websocket") {
+        return false;
+    }
+    let e = WeftError::invalid_request(
+        "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port (POST /v1/call)",
+    );
+    let body = serde_json::json!({ "error": e.to_body() }).to_string();
+    let answer = format!(
+        "HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+    let _ = stream.get_mut().shutdown().await;
+    true
+}
+
 /// Writes `first` and every reply already waiting, then flushes once: replies
 /// that are ready together go out in one write.
 async fn write_replies(
-    sink: &mut SplitSink<WebSocketStream<Conn>, Message>,
+    sink: &mut SplitSink<WebSocketStream<BufReader<Conn>>, Message>,
     first: Message,
     waiting: &mut mpsc::Receiver<Message>,
 ) -> Result<(), WsError> {
