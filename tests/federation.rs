@@ -365,6 +365,12 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     assert_eq!(err.details["rule"], "strict-mode");
     let federation = b1.admin().get("/v1/federation").await.unwrap().body;
     assert_eq!(federation["policy"]["mode"], "strict");
+    assert_eq!(reply.body["needs_restart"], json!([]));
+
+    // A section read only at the start is named, not applied.
+    rewrite_federation(&b1, &format!("{STRICT}\n[limits]\nmemory = \"32MiB\""));
+    let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!((reply.status, &reply.body["needs_restart"]), (200, &json!(["limits"])), "{}", reply.text);
 
     // A broken file is refused and the policy in force stays.
     rewrite_federation(&b1, "[federation]\nmode = \"wide-open\"");

@@ -47,7 +47,7 @@ impl PhaseCell {
 
 pub(crate) struct AdminContext {
     /// The config file, read again by `POST /v1/federation/reload`.
-    pub config_source: Option<std::path::PathBuf>,
+    pub start_config: Arc<crate::node::StartConfig>,
     /// Read again by `POST /v1/plugins/reload`.
     pub plugins: crate::node::PluginSource,
     /// Set once plugins are loaded; until then the API answers 503.
@@ -241,7 +241,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             None => starting(),
         },
         (&Method::POST, "/v1/federation/reload") => match executor {
-            Some(e) => match crate::node::reload_federation(e.fabric(), ctx.config_source.as_deref()) {
+            Some(e) => match crate::node::reload_federation(e.fabric(), &ctx.start_config) {
                 Ok(summary) => json_response(StatusCode::OK, &summary),
                 Err(err) => error_response(
                     StatusCode::BAD_REQUEST,

@@ -29,6 +29,9 @@ pub struct Config {
     /// The file this came from, read again by a policy reload.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The flags and variables applied over the file, applied again by a reload.
+    #[serde(skip)]
+    pub overrides: Overrides,
 }
 
 /// Who may send client requests.
@@ -328,6 +331,7 @@ impl Config {
         };
         config.apply(overrides);
         config.source = path.map(Path::to_owned);
+        config.overrides = overrides.clone();
         config.validate().map_err(|problems| ConfigError {
             file: path.map_or("(defaults)".into(), |p| p.display().to_string()),
             problems,
@@ -539,6 +543,17 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// The sections a running node reads only at its start, each as text
+    /// to compare: a reload that finds them changed says they need a restart.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("node", format!("{:?}", self.node)),
+            ("routing", format!("{:?}", self.routing)),
+            ("limits", format!("{:?}", self.limits)),
+            ("cluster", format!("{:?}", self.cluster)),
+        ]
     }
 
     /// The sandbox limits of each tenant's plugins (each within `[limits]`).

@@ -67,7 +67,7 @@ pub struct RunningNode {
     grace: Duration,
     fabric: Arc<Fabric>,
     leave: mpsc::Sender<LeaveRequest>,
-    config_source: Option<std::path::PathBuf>,
+    start_config: Arc<StartConfig>,
     plugins: PluginSource,
 }
 
@@ -106,18 +106,35 @@ pub(crate) async fn reload_plugins(
     Ok(report)
 }
 
+/// What a federation reload needs of the config the node started with.
+pub(crate) struct StartConfig {
+    /// The config file, if there was one.
+    source: Option<std::path::PathBuf>,
+    /// Flags and variables, which win over the file on a reload too.
+    overrides: crate::Overrides,
+    /// `Config::restart_only` as the node started.
+    restart_only: Vec<(&'static str, String)>,
+}
+
+impl StartConfig {
+    fn of(config: &Config) -> Arc<Self> {
+        Arc::new(StartConfig {
+            source: config.source.clone(),
+            overrides: config.overrides.clone(),
+            restart_only: config.restart_only(),
+        })
+    }
+}
+
 /// The policy reload of `RunningNode::reload_federation` and `POST /v1/federation/reload`.
-pub(crate) fn reload_federation(
-    fabric: &Fabric,
-    source: Option<&std::path::Path>,
-) -> Result<serde_json::Value, crate::ConfigError> {
-    let Some(path) = source else {
+pub(crate) fn reload_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::Value, crate::ConfigError> {
+    let Some(path) = start.source.as_deref() else {
         return Err(crate::ConfigError {
             file: "(none)".into(),
             problems: vec!["this node was started without a config file; there is nothing to reload".into()],
         });
     };
-    let config = Config::load(Some(path), &crate::Overrides::default())?;
+    let config = Config::load(Some(path), &start.overrides)?;
     // TLS is read first: a file that cannot be used stops the whole reload,
     // so a node never ends up with half of a new configuration.
     let (acceptor, roots) = tls_reload(fabric, &config)
@@ -136,11 +153,22 @@ pub(crate) fn reload_federation(
     }
     fabric.event(crate::peer::Event::PolicyChanged);
     let closed: Vec<String> = refused.iter().map(|l| l.node().to_string()).collect();
+    let needs_restart: Vec<&str> = config
+        .restart_only()
+        .iter()
+        .zip(&start.restart_only)
+        .filter(|(now, then)| now != then)
+        .map(|((section, _), _)| *section)
+        .collect();
+    if !needs_restart.is_empty() {
+        tracing::warn!(sections = ?needs_restart, "the config file changed sections that a reload does not apply; restart the node for them");
+    }
     Ok(serde_json::json!({
         "reloaded": path.display().to_string(),
         "links_closed": closed,
         "tenants": config.tenants.len(),
         "tls": fabric.tls.is_some(),
+        "needs_restart": needs_restart,
     }))
 }
 
@@ -178,7 +206,7 @@ impl RunningNode {
     /// links the new policy refuses are closed, and what crosses bridges is
     /// offered and imported anew.
     pub fn reload_federation(&self) -> Result<serde_json::Value, crate::ConfigError> {
-        reload_federation(&self.fabric, self.config_source.as_deref())
+        reload_federation(&self.fabric, &self.start_config)
     }
 
     /// Reads the plugins folder again: new and changed files are loaded,
@@ -288,8 +316,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let admin_shutdown = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
     let plugin_source = PluginSource { dir: config.node.plugins.clone(), resources: config.node.resources.clone() };
+    let start_config = StartConfig::of(&config);
     let admin_ctx = Arc::new(AdminContext {
-        config_source: config.source.clone(),
+        start_config: start_config.clone(),
         plugins: plugin_source.clone(),
         executor: executor_cell.clone(),
         metrics: metrics.clone(),
@@ -402,7 +431,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         grace: config.node.shutdown_grace,
         fabric,
         leave,
-        config_source: config.source.clone(),
+        start_config: start_config.clone(),
         plugins: plugin_source,
     })
 }
