@@ -75,7 +75,8 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
                 let (k, v) = kw.split_once('=').with_context(|| format!("--kw {kw:?} is not NAME=JSON"))?;
                 cmd.kwargs.insert(k.to_owned(), parse_arg(v));
             }
-            cmd.locs = a.locs.clone();
+            // `--locs ''` requires nothing, not a resource named "".
+            cmd.locs = a.locs.iter().filter(|l| !l.is_empty()).cloned().collect();
             cmd.target_cluster = a.cluster.clone();
             cmd.version_constraint = a.version.clone();
             Request::new("cli", vec![cmd])

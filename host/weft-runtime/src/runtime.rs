@@ -718,8 +718,9 @@ impl StoreMaker {
 }
 
 /// Logs what a plugin's manifest asks for and does not get: limits above
-/// the node's or its tenant's (the lower one applies), and a tenant without
-/// a `[tenants]` entry whose plugin, open only to its owner, nobody can call.
+/// the node's or its tenant's (the lower one applies), and callers that
+/// cannot exist (an empty list, or only the owner when it is a tenant
+/// without a `[tenants]` entry).
 fn warn_of_manifest_overreach(label: &str, manifest: &Manifest, limits: &crate::Limits, tenant_known: bool) {
     let asked = &manifest.limits;
     if asked.deadline.is_some_and(|d| d > limits.deadline) || asked.memory.is_some_and(|m| m > limits.memory_bytes) {
@@ -737,6 +738,9 @@ fn warn_of_manifest_overreach(label: &str, manifest: &Manifest, limits: &crate::
             tenant,
             "the plugin's tenant has no [tenants] entry on this node and its manifest sets no `callers`, so no request can call it"
         );
+    }
+    if manifest.callers.as_ref().is_some_and(Vec::is_empty) {
+        tracing::warn!(plugin = label, "the manifest's `callers` is empty, so no request can call the plugin");
     }
 }
 
