@@ -162,6 +162,25 @@ async fn binary_requests_are_answered_in_binary_frames() {
 }
 
 #[tokio::test]
+async fn text_that_is_not_utf8_closes_the_connection_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], ..NodeSpec::default() });
+    let mut ws = raw_socket(&node).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Invalid, "{}", close.reason);
+    assert_eq!(node.client().await.call("echo", vec![json!("ok")]).await.unwrap(), json!("ok"));
+}
+
+#[tokio::test]
 async fn oversized_frames_close_the_connection_with_1009_and_the_node_serves_on() {
     let node = TestNode::start(NodeSpec { config: "[limits]\nmax_frame = \"64KiB\"\n".into(), ..NodeSpec::default() });
     let mut ws = raw_socket(&node).await;

@@ -160,6 +160,14 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Some(Err(e)) => {
                 ctx.metrics.reject_frame("protocol");
                 tracing::debug!(%peer, error = %e, "websocket error; closing the connection");
+                // Say why, as RFC 6455 asks: 1007 for text that is not
+                // UTF-8, 1002 for other violations (reasons fit in 123 bytes).
+                let code = if matches!(e, WsError::Utf8(_)) { CloseCode::Invalid } else { CloseCode::Protocol };
+                let mut reason = e.to_string();
+                while reason.len() > 120 {
+                    reason.pop();
+                }
+                let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                 client_left = true;
                 break;
             }
