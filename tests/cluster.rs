@@ -221,8 +221,16 @@ async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
     assert!(metric(&metrics, "weft_links_refused_total{kind=\"duplicate-node-id\"}").unwrap() >= 1.0);
 }
 
-/// A spinning call forwarded to a node that is then killed.
-async fn kill_mid_call(idempotent: bool) -> (weft_proto::WeftError, TestNode) {
+/// What happens to the node running a call.
+enum Fault {
+    /// It dies (SIGKILL): its link drops at once.
+    Killed,
+    /// It hangs (SIGSTOP): its link stays open until SWIM declares it down.
+    Frozen,
+}
+
+/// A spinning call forwarded to a node that then dies or hangs.
+async fn fault_mid_call(idempotent: bool, fault: Fault) -> (weft_proto::WeftError, TestNode) {
     let manifest = format!("idempotent = {idempotent}\n[limits]\ndeadline = \"1500ms\"\n");
     let files = || vec![("hostile.toml".to_owned(), manifest.clone().into_bytes())];
     let a = member("a", vec!["echo"], &[], "", "1s");
@@ -246,20 +254,20 @@ async fn kill_mid_call(idempotent: bool) -> (weft_proto::WeftError, TestNode) {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let survivor = if busy == "b" {
-        b.kill();
-        c
-    } else {
-        c.kill();
-        b
-    };
+    let (victim, survivor) = if busy == "b" { (&mut b, c) } else { (&mut c, b) };
+    match fault {
+        Fault::Killed => victim.kill(),
+        Fault::Frozen => {
+            let _ = std::process::Command::new("kill").args(["-STOP", &victim.pid().to_string()]).status();
+        }
+    }
     let response = call.await.unwrap().unwrap();
     (response.error.map(Into::into).expect("the call failed"), survivor)
 }
 
 #[tokio::test]
 async fn a_node_killed_mid_call_gives_unavailable_not_a_hang() {
-    let (err, survivor) = kill_mid_call(false).await;
+    let (err, survivor) = fault_mid_call(false, Fault::Killed).await;
     assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
     assert!(err.message.contains("went away"), "{}", err.message);
     // Not idempotent: never retried elsewhere.
@@ -268,8 +276,17 @@ async fn a_node_killed_mid_call_gives_unavailable_not_a_hang() {
 }
 
 #[tokio::test]
+async fn a_node_that_hangs_mid_call_gives_unavailable_once_declared_down_not_at_the_deadline() {
+    // The request's deadline is 20 s; the hung node is declared down
+    // after about failure_timeout (1 s), and its calls fail then.
+    let (err, _survivor) = fault_mid_call(false, Fault::Frozen).await;
+    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
+    assert!(err.message.contains("went away"), "{}", err.message);
+}
+
+#[tokio::test]
 async fn an_idempotent_call_is_retried_on_another_node_when_its_node_dies() {
-    let (err, survivor) = kill_mid_call(true).await;
+    let (err, survivor) = fault_mid_call(true, Fault::Killed).await;
     // The retry ran (and spun until its own deadline) on the surviving node.
     assert_eq!(err.kind, ErrorKind::GUEST_TRAP, "{err:?}");
     assert_eq!(err.details["trap"], "interrupted");

@@ -655,6 +655,12 @@ impl ClusterTask {
                         self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
                     }
                     self.withdraw(&m.node, m.incarnation);
+                    // A member declared down may be hung rather than gone,
+                    // with its link still open and calls waiting on it until
+                    // their deadlines: closing the link fails them now.
+                    if let Some(link) = self.fabric.link(&m.node) {
+                        link.close();
+                    }
                     self.changed = true;
                 }
                 OwnedNotification::Rejoin(m) => {
