@@ -378,6 +378,14 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     assert_eq!(reply.status, 400);
     assert!(reply.text.contains("mode"), "{}", reply.text);
     assert_eq!(b1.admin().get("/v1/federation").await.unwrap().body["policy"]["mode"], "strict");
+
+    // Opened again: until alpha redials, nothing leads there, and b1's own
+    // refusals, made by the strict policy, no longer explain why.
+    assert!(refusal(&b1).await.is_some_and(|r| r["by"] == "local"), "b1 refused a1's redials");
+    rewrite_federation(&b1, &allow("alpha"));
+    assert_eq!(b1.admin().post("/v1/federation/reload", "").await.unwrap().status, 200);
+    let err = call_in(&b1, "alpha", "echo", vec![json!("x")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
 }
 
 #[tokio::test]

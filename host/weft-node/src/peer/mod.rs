@@ -8,6 +8,7 @@ mod link;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -128,6 +129,12 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// When a link to each other cluster last came up: refusals before it
+    /// no longer explain a missing bridge.
+    linked_at: Mutex<HashMap<ClusterId, u64>>,
+    /// When the policy in force was set: this node's refusals before it
+    /// were made by another policy.
+    policy_set_at: AtomicU64,
     pub alerts: Alerts,
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
@@ -219,6 +226,8 @@ impl Fabric {
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
+            linked_at: Mutex::default(),
+            policy_set_at: AtomicU64::new(crate::unix_ms()),
             alerts: Alerts::default(),
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
@@ -298,11 +307,16 @@ impl Fabric {
     }
 
     /// The latest policy refusal between this node and a node of `cluster`
-    /// (either side refused), to explain to callers why no bridge leads there.
+    /// (either side refused), to explain to callers why no bridge leads
+    /// there; not one that a later link, or for this node's refusals a later
+    /// policy, has overtaken.
     pub fn policy_refusal(&self, cluster: &ClusterId) -> Option<Refusal> {
+        let linked = lock(&self.linked_at).get(cluster).copied().unwrap_or(0);
+        let policy_set = self.policy_set_at.load(Ordering::Relaxed);
         lock(&self.refusals)
             .iter()
             .rev()
+            .filter(|r| r.at_unix_ms > linked && (r.by != "local" || r.at_unix_ms >= policy_set))
             .find(|r| r.kind == RejectKind::Policy && r.remote_cluster.as_deref() == Some(cluster.as_str()))
             .cloned()
     }
@@ -344,6 +358,7 @@ impl Fabric {
     /// admits, which the caller closes.
     pub fn set_policy(&self, policy: Policy, rate_limit_per_minute: u32) -> Vec<Arc<Link>> {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.policy_set_at.store(crate::unix_ms(), Ordering::Relaxed);
         *self.rate.write().unwrap_or_else(|p| p.into_inner()) = RateLimit::new(rate_limit_per_minute).map(Arc::new);
         self.links()
             .into_iter()
@@ -496,6 +511,7 @@ impl Fabric {
         }
         links.insert(link.node().clone(), link.clone());
         self.metrics.peer_links.set(links.len() as i64);
+        lock(&self.linked_at).insert(link.remote.cluster.clone(), crate::unix_ms());
         Ok(())
     }
 
