@@ -32,6 +32,17 @@ fn a_port_in_use_stops_the_node_with_the_reason_said_once() {
 }
 
 #[test]
+fn a_client_command_whose_output_pipe_is_closed_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(WEFT).args(["token", "--tenant", "acme"]).stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as Unix tools are: {:?}", out.status);
+}
+
+#[test]
 fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
     let (code, _, err) = weft(&["call", "--node", "http://127.0.0.1:7701", "echo", "hi"]);
     assert_eq!(code, 1);

@@ -50,8 +50,24 @@ enum Cmd {
     New(new::NewArgs),
 }
 
+/// Client commands end quietly when their output pipe closes (`weft call
+/// ... | head`), as Unix tools do: Rust ignores SIGPIPE, so every print
+/// after that would panic instead. A node, and the demo's nodes, keep
+/// ignoring it, so a log reader that goes away cannot stop them.
+#[allow(unsafe_code)]
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default action of one signal before any other
+    // thread exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Node(_) | Cmd::Demo(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     // notify logs at info when it cannot remove the watch of a folder that
     // is already gone, which the plugins watcher expects.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info,notify=warn".into());

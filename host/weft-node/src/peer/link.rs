@@ -374,13 +374,19 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
     }
     let path = |call: &ForwardCall| call.routing_path.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" -> ");
-    if call.routing_path.contains(&me.node)
-        || (link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster))
-    {
+    if call.routing_path.contains(&me.node) {
         return Err(WeftError::new(
             ErrorKind::NO_ROUTE,
             format!("call to {} came back to node {} (routing path {})", call.function, me.node, path(&call)),
         ));
+    }
+    if link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster) {
+        let clusters = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
+        return Err(WeftError::new(
+            ErrorKind::NO_ROUTE,
+            format!("call to {} came back to cluster {} (federation path {clusters})", call.function, me.cluster),
+        )
+        .with("federation_path", clusters));
     }
     let function: FunctionId = call
         .function
