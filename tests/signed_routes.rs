@@ -14,6 +14,7 @@ use support::{NodeSpec, TestNode, eventually, metric};
 use tokio_tungstenite::tungstenite::Message;
 use weft_fabric::Announcement;
 use weft_node::signing;
+use weft_proto::ErrorKind;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -270,4 +271,13 @@ async fn with_authenticate_links_only_holders_of_a_cluster_key_link_as_that_clus
     let alerts = a1.admin().get("/v1/alerts").await.unwrap().text;
     assert!(alerts.contains("link authentication"), "{alerts}");
     assert_eq!(linked(&a1).await, ["a2", "b1"]);
+    // A node of a cluster whose key a1 does not trust is refused too; a
+    // call into that cluster then says why no bridge leads there.
+    let stranger = json!({"t": "hello", "proto": 1, "node": "g1", "cluster": "gamma", "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": [], "nonce": "n"});
+    assert_eq!(hello_answer(&a1, stranger).await["kind"], "unauthenticated");
+    let mut cmd = weft_proto::Command::new("x", "echo", vec![json!("hi")]);
+    cmd.target_cluster = Some("gamma".into());
+    let err = a1.client().await.call_command(cmd).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    assert!(err.message.contains("was refused (unauthenticated, local side)"), "{}", err.message);
 }

@@ -26,7 +26,7 @@ use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Resp
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::peer::{Fabric, ForwardCall, Link, Point};
+use crate::peer::{Fabric, ForwardCall, Link, Point, RejectKind};
 
 pub struct Executor {
     fabric: Arc<Fabric>,
@@ -184,7 +184,8 @@ impl Executor {
                 || self.fabric.next_hop(&target).is_some()
                 || !self.fabric.relays_to(&target).is_empty();
             if !reachable {
-                if let Some(refusal) = self.fabric.policy_refusal(&target) {
+                let refusal = self.fabric.link_refusal(&target);
+                if let Some(refusal) = refusal.clone().filter(|r| r.kind == RejectKind::Policy) {
                     // The link was refused by policy, here or there: say which rule.
                     let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
                     return Err(at(WeftError::new(
@@ -197,10 +198,19 @@ impl Executor {
                     .with("rule", refusal.rule.unwrap_or_default())
                     .with("cluster", who.as_str())));
                 }
+                // Another refusal (keys, a full cluster, ...) is the likely cause.
+                let why = refusal.map_or_else(String::new, |r| {
+                    format!(
+                        "; the last link with a node of {target} was refused ({}, {} side): {}",
+                        r.kind.as_str(),
+                        r.by,
+                        r.reason
+                    )
+                });
                 return Err(at(WeftError::new(
                     ErrorKind::NO_ROUTE,
                     format!(
-                        "no bridge or route from node {} leads to cluster {target} (GET /v1/routes lists the reachable clusters); bridge to it or to a cluster that carries transit",
+                        "no bridge or route from node {} leads to cluster {target} (GET /v1/routes lists the reachable clusters); bridge to it or to a cluster that carries transit{why}",
                         me.node
                     ),
                 )

@@ -306,18 +306,18 @@ impl Fabric {
             .any(|r| r.addr == addr && r.kind == RejectKind::Policy && now.saturating_sub(r.at_unix_ms) < window)
     }
 
-    /// The latest policy refusal between this node and a node of `cluster`
+    /// The latest refused link between this node and a node of `cluster`
     /// (either side refused), to explain to callers why no bridge leads
     /// there; not one that a later link, or for this node's refusals a later
     /// policy, has overtaken.
-    pub fn policy_refusal(&self, cluster: &ClusterId) -> Option<Refusal> {
+    pub fn link_refusal(&self, cluster: &ClusterId) -> Option<Refusal> {
         let linked = lock(&self.linked_at).get(cluster).copied().unwrap_or(0);
         let policy_set = self.policy_set_at.load(Ordering::Relaxed);
         lock(&self.refusals)
             .iter()
             .rev()
             .filter(|r| r.at_unix_ms > linked && (r.by != "local" || r.at_unix_ms >= policy_set))
-            .find(|r| r.kind == RejectKind::Policy && r.remote_cluster.as_deref() == Some(cluster.as_str()))
+            .find(|r| r.remote_cluster.as_deref() == Some(cluster.as_str()))
             .cloned()
     }
 
