@@ -316,7 +316,7 @@ impl Fabric {
         lock(&self.refusals)
             .iter()
             .rev()
-            .filter(|r| r.at_unix_ms > linked && (r.by != "local" || r.at_unix_ms >= policy_set))
+            .filter(|r| r.at_unix_ms >= linked && (r.by != "local" || r.at_unix_ms >= policy_set))
             .find(|r| r.remote_cluster.as_deref() == Some(cluster.as_str()))
             .cloned()
     }
