@@ -306,19 +306,25 @@ impl Fabric {
             .any(|r| r.addr == addr && r.kind == RejectKind::Policy && now.saturating_sub(r.at_unix_ms) < window)
     }
 
-    /// The latest refused link between this node and a node of `cluster`
-    /// (either side refused), to explain to callers why no bridge leads
-    /// there; not one that a later link, or for this node's refusals a later
-    /// policy, has overtaken.
+    /// The refused link between this node and a node of `cluster` (either
+    /// side refused) that explains why no bridge leads there: the latest by
+    /// policy, else the latest for another cause that keeps a link down
+    /// (keys, a full cluster, a protocol or id clash). Not one that a later
+    /// link, or for this node's refusals a later policy, has overtaken.
     pub fn link_refusal(&self, cluster: &ClusterId) -> Option<Refusal> {
         let linked = lock(&self.linked_at).get(cluster).copied().unwrap_or(0);
         let policy_set = self.policy_set_at.load(Ordering::Relaxed);
-        lock(&self.refusals)
-            .iter()
-            .rev()
-            .filter(|r| r.at_unix_ms >= linked && (r.by != "local" || r.at_unix_ms >= policy_set))
-            .find(|r| r.remote_cluster.as_deref() == Some(cluster.as_str()))
-            .cloned()
+        let refusals = lock(&self.refusals);
+        let current = || {
+            refusals.iter().rev().filter(|r| {
+                r.remote_cluster.as_deref() == Some(cluster.as_str())
+                    && r.at_unix_ms >= linked
+                    && (r.by != "local" || r.at_unix_ms >= policy_set)
+            })
+        };
+        // A duplicate link or a self-dial says nothing about reachability.
+        let benign = |r: &&Refusal| matches!(r.kind, RejectKind::DuplicateLink | RejectKind::SelfDial);
+        current().find(|r| r.kind == RejectKind::Policy).or_else(|| current().find(|r| !benign(r))).cloned()
     }
 
     pub fn refusals(&self) -> Vec<Refusal> {
