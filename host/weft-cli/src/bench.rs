@@ -21,11 +21,8 @@ use crate::call::parse_arg;
 const MAX_SAMPLES: u64 = 5_000_000;
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Node WebSocket URL.
-    #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
-    node: String,
     #[command(flatten)]
-    trust: crate::trust::Trust,
+    target: crate::trust::WsTarget,
     /// Requests in flight, in total over all connections.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
@@ -74,10 +71,9 @@ struct Tally {
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let connections = a.connections.unwrap_or(4).min(a.concurrency);
     let mut clients = Vec::new();
-    let roots = a.trust.roots()?;
-    crate::trust::ws_url(&a.node)?;
+    let (url, roots) = a.target.url_and_roots()?;
     for _ in 0..connections {
-        let client = Client::connect_with(&a.node, &roots).await?;
+        let client = Client::connect_with(url, &roots).await?;
         clients.push(Arc::new(client));
     }
     let args = a.args.iter().map(|s| parse_arg(s)).collect();

@@ -11,11 +11,8 @@ use weft_proto::{Command, Request};
 
 #[derive(Args)]
 pub struct CallArgs {
-    /// Node WebSocket URL.
-    #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
-    node: String,
     #[command(flatten)]
-    trust: crate::trust::Trust,
+    target: crate::trust::WsTarget,
     /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...].
     #[arg(long, conflicts_with_all = ["function", "args"])]
     request: Option<PathBuf>,
@@ -89,7 +86,8 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     if a.token.is_some() {
         request.token.clone_from(&a.token);
     }
-    let client = Client::connect_with(crate::trust::ws_url(&a.node)?, &a.trust.roots()?).await?;
+    let (url, roots) = a.target.url_and_roots()?;
+    let client = Client::connect_with(url, &roots).await?;
     let response = client.request(request).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);

@@ -1,6 +1,6 @@
 //! How the client commands reach a node: `--ca`, whom they trust for its
-//! certificate; `--admin`, where the admin API is; and the check that a
-//! `--node` URL is the WebSocket's.
+//! certificate; `--node`, where its WebSocket is; `--admin`, where its
+//! admin API is. Each URL is checked to be of its port's kind.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use clap::Args;
 use weft_client::{Admin, Roots};
 
 #[derive(Args)]
-pub struct Trust {
+struct Trust {
     /// PEM file of the CA that signed the node's certificate, for wss:// and
     /// https:// URLs [default: the public web's authorities].
     #[arg(long, env = "WEFT_CA")]
@@ -16,11 +16,12 @@ pub struct Trust {
 }
 
 impl Trust {
-    pub fn roots(&self) -> anyhow::Result<Roots> {
+    fn roots(&self) -> anyhow::Result<Roots> {
         Roots::load(self.ca.as_deref()).map_err(|e| anyhow::anyhow!("--ca: {e}"))
     }
 }
 
+/// Where a command reaches a node's admin API, and whom it trusts there.
 #[derive(Args)]
 pub struct AdminTarget {
     /// The node's admin HTTP URL (`--node` is accepted too: this command
@@ -43,12 +44,26 @@ impl AdminTarget {
     }
 }
 
-/// Checks that `--node` names the node's WebSocket, not its admin API.
-pub fn ws_url(url: &str) -> anyhow::Result<&str> {
-    if url.starts_with("ws://") || url.starts_with("wss://") {
-        return Ok(url);
+/// Where a command reaches a node's WebSocket, and whom it trusts there.
+#[derive(Args)]
+pub struct WsTarget {
+    /// Node WebSocket URL.
+    #[arg(long, env = "WEFT_NODE", default_value = "ws://127.0.0.1:7700")]
+    node: String,
+    #[command(flatten)]
+    trust: Trust,
+}
+
+impl WsTarget {
+    /// The URL to dial, checked to be the WebSocket's and not the admin
+    /// API's, and the authorities to trust there.
+    pub fn url_and_roots(&self) -> anyhow::Result<(&str, Roots)> {
+        let url = self.node.as_str();
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            anyhow::bail!(
+                "--node {url}: calls go to the node's WebSocket, whose URL is ws:// or wss:// (port 7700 by default); http:// URLs are the admin API's, for `weft catalog`"
+            );
+        }
+        Ok((url, self.trust.roots()?))
     }
-    anyhow::bail!(
-        "--node {url}: calls go to the node's WebSocket, whose URL is ws:// or wss:// (port 7700 by default); http:// URLs are the admin API's, for `weft catalog`"
-    )
 }

@@ -174,19 +174,10 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             );
             r
         }
-        (
-            _,
-            "/v1/plugins"
-            | "/v1/catalog"
-            | "/v1/peers"
-            | "/v1/topology"
-            | "/v1/federation"
-            | "/v1/federation/reload"
-            | "/v1/routes"
-            | "/v1/routes/explain"
-            | "/v1/alerts"
-            | "/v1/tenants",
-        ) if executor.is_none() => starting(),
+        // `/v1/call` says so itself, once it has read its request.
+        (_, p) if executor.is_none() && p.starts_with("/v1/") && p != "/v1/call" && method_of(p).is_some() => {
+            starting()
+        }
         (&Method::GET, "/v1/routes") => match executor {
             Some(e) => json_response(StatusCode::OK, &routes(e.fabric())),
             None => starting(),

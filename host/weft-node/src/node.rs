@@ -350,14 +350,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cluster: cluster.clone(),
         incarnation: crate::unix_ms(),
         addr: config.node.advertise.clone().unwrap_or_else(|| {
+            let url = ws_url(ws_addr, tls.is_some());
             if ws_addr.ip().is_unspecified() {
                 tracing::warn!(
                     listen = %ws_addr,
-                    "node.advertise is unset, so peers are told to dial {}, which reaches only this machine; set node.advertise to an address they can reach",
-                    ws_url(ws_addr, tls.is_some())
+                    "node.advertise is unset, so peers are told to dial {url}, which reaches only this machine; set node.advertise to an address they can reach"
                 );
             }
-            ws_url(ws_addr, tls.is_some())
+            url
         }),
         caps: vec!["swim".into(), "catalog".into(), "calls".into()],
         nonce: None,
@@ -431,7 +431,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         grace: config.node.shutdown_grace,
         fabric,
         leave,
-        start_config: start_config.clone(),
+        start_config,
         plugins: plugin_source,
     })
 }
