@@ -187,10 +187,11 @@ impl Runtime {
             Some(text) => Manifest::parse(&format!("{stem}.toml"), text).map_err(|e| e.to_string())?,
             None => Manifest::default(),
         };
+        // A manifest's `name` was checked with the manifest; a file name is checked here.
         let name = manifest.name.clone().unwrap_or_else(|| stem.to_owned());
         if !weft_proto::is_valid_name(&name) {
             return Err(format!(
-                "plugin name {name:?} (the file name, or `name` in its manifest): {}",
+                "plugin name {name:?} (from the file name; rename the file or set `name` in its manifest): {}",
                 weft_proto::NAME_RULE
             ));
         }
