@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually, metric};
+use support::{FakePeer, NodeSpec, TestNode, eventually, metric};
 use weft_proto::{Command, ErrorKind, Request, WeftError};
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -423,4 +423,30 @@ async fn locs_are_honoured_on_the_far_side_of_a_bridge() {
         assert_eq!(response.execution_summary.unwrap().steps[0].node, "b2");
     }
     drop(b2);
+}
+
+/// A member relays a call for another cluster through this node's bridges;
+/// if this node cannot take it there (its member's view was older, or its
+/// own policy is tighter), it says why and never runs its own same-named
+/// function instead.
+#[tokio::test]
+async fn a_call_relayed_for_a_cluster_out_of_reach_fails_and_never_runs_a_local_namesake() {
+    let federation = "[federation]\nmode = \"permissive\"\nblocked_clusters = [\"beta\"]";
+    let a1 = node("a1", "alpha", vec!["echo"], &[], federation);
+    let mut member = FakePeer::join(&a1, "a9", "alpha").await;
+    for (id, cluster, kind) in [(1, "beta", "POLICY_DENIED"), (2, "gamma", "NO_ROUTE")] {
+        let call = json!({"t": "call", "id": id, "function": "echo/echo", "version": "0.1.0", "args": ["hi"],
+            "deadline_ms": 5000, "routing_path": ["a9"], "hop_budget": 2, "target_cluster": cluster});
+        member.send(&call).await;
+        let reply = member.next_of("reply").await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert!(reply.get("value").is_none(), "ran in alpha instead of {cluster}: {reply}");
+        assert_eq!(reply["error"]["kind"], kind, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(cluster), "{reply}");
+    }
+    // Without a target cluster the same call runs here.
+    let call = json!({"t": "call", "id": 3, "function": "echo/echo", "version": "0.1.0", "args": ["hi"],
+        "deadline_ms": 5000, "routing_path": ["a9"], "hop_budget": 2});
+    member.send(&call).await;
+    assert_eq!(member.next_of("reply").await["value"], "hi");
 }

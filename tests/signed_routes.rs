@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually, metric};
+use support::{FakePeer, NodeSpec, TestNode, eventually, metric};
 use tokio_tungstenite::tungstenite::Message;
 use weft_fabric::Announcement;
 use weft_node::signing;
@@ -47,28 +47,7 @@ fn routes_to(clusters: &[&str]) -> Vec<Announcement> {
         .collect()
 }
 
-/// A hand-made peer: says hello as `node` of `cluster`, then sends what the test says.
-struct FakePeer {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    cluster: String,
-    node: String,
-    /// The cluster its updates are signed for (the target's, unless a test changes it).
-    to: String,
-}
-
 impl FakePeer {
-    async fn join(target: &TestNode, node: &str, cluster: &str) -> FakePeer {
-        let name = node.to_owned();
-        let (mut ws, _) = tokio_tungstenite::connect_async(&target.ws).await.unwrap();
-        let hello = json!({"t": "hello", "proto": 1, "node": node, "cluster": cluster, "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": []});
-        ws.send(Message::Text(hello.to_string().into())).await.unwrap();
-        let answer = ws.next().await.unwrap().unwrap();
-        let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
-        assert_eq!(answer["t"], "welcome", "{answer}");
-        let to = answer["cluster"].as_str().unwrap().to_owned();
-        FakePeer { ws, cluster: cluster.to_owned(), node: name, to }
-    }
-
     async fn announce(&mut self, epoch: u64, routes: &[Announcement], key: Option<&Key>, as_cluster: Option<&str>) {
         let signed_as = weft_proto::ClusterId::new(as_cluster.unwrap_or(&self.cluster));
         let sig = key.map(|k| {
@@ -76,8 +55,7 @@ impl FakePeer {
             let (node, to) = (weft_proto::NodeId::new(&self.node), weft_proto::ClusterId::new(&self.to));
             signing::sign(&signer, &signing::Envelope { from: &signed_as, node: &node, to: &to, epoch }, routes)
         });
-        let msg = json!({"t": "routes", "epoch": epoch, "routes": routes, "sig": sig});
-        self.ws.send(Message::Text(msg.to_string().into())).await.unwrap();
+        self.send(&json!({"t": "routes", "epoch": epoch, "routes": routes, "sig": sig})).await;
     }
 }
 
@@ -137,16 +115,26 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
         (rejected(&a, "unsigned").await >= 1.0).then_some(())
     })
     .await;
-    beta.announce(11, &routes_to(&["beta"]), Some(&rogue), None).await;
+    beta.announce(11, &routes_to(&["beta", "gamma"]), Some(&rogue), None).await;
     eventually("the forged update to be refused", SETTLE, async || {
         (rejected(&a, "untrusted-key").await >= 1.0).then_some(())
     })
     .await;
     assert!(destinations(&a).await.is_empty(), "nothing was imported");
+    // A caller of gamma is told why there is no route.
+    let mut cmd = weft_proto::Command::new("x", "echo", vec![json!("hi")]);
+    cmd.target_cluster = Some("gamma".into());
+    let e = a.client().await.call_command(cmd.clone()).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NO_ROUTE, "{e}");
+    assert!(e.message.contains("node b1 announced a route there that was refused"), "{e}");
+    assert!(e.message.contains("which is not in routing.security.trusted_keys for beta"), "{e}");
 
     // Genuine, signed with beta's (old) key: accepted.
     beta.announce(20, &routes_to(&["beta", "gamma"]), Some(&beta_old), None).await;
     eventually("beta's routes", SETTLE, async || (destinations(&a).await == ["beta", "gamma"]).then_some(())).await;
+    // Gamma is reachable now, and echo is simply not offered there.
+    let e = a.client().await.call_command(cmd).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
     // A genuine but older update replayed: refused, the table stays.
     beta.announce(15, &routes_to(&["beta"]), Some(&beta_old), None).await;
     eventually("the replay to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 1.0).then_some(()))

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 use weft_client::{Admin, Client};
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -161,4 +163,44 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
 
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
+}
+
+/// A hand-made peer: says hello as `node` of `cluster`, then sends what the
+/// test says, to provoke exactly what real nodes would only do by chance.
+pub struct FakePeer {
+    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub cluster: String,
+    pub node: String,
+    /// The cluster its updates are signed for (the target's, unless a test changes it).
+    pub to: String,
+}
+
+impl FakePeer {
+    pub async fn join(target: &TestNode, node: &str, cluster: &str) -> FakePeer {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&target.ws).await.unwrap();
+        let hello = serde_json::json!({"t": "hello", "proto": 1, "node": node, "cluster": cluster, "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": []});
+        ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+        assert_eq!(answer["t"], "welcome", "{answer}");
+        let to = answer["cluster"].as_str().unwrap().to_owned();
+        FakePeer { ws, cluster: cluster.to_owned(), node: node.to_owned(), to }
+    }
+
+    pub async fn send(&mut self, msg: &Value) {
+        self.ws.send(Message::Text(msg.to_string().into())).await.unwrap();
+    }
+
+    /// The next message of kind `t`; the others (beats, membership) pass.
+    pub async fn next_of(&mut self, t: &str) -> Value {
+        loop {
+            let msg = self.ws.next().await.expect("the link stays open").unwrap();
+            if let Message::Text(text) = msg {
+                let msg: Value = serde_json::from_str(&text).unwrap();
+                if msg["t"] == t {
+                    return msg;
+                }
+            }
+        }
+    }
 }

@@ -28,7 +28,7 @@ use weft_fabric::{
 use weft_proto::{ClusterId, NodeId};
 
 use crate::alerts::AlertKind;
-use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point};
+use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point, RefusedRoutes};
 
 /// A node as SWIM knows it. `renewal` grows when SWIM declared this process
 /// down by mistake and it rejoins; `incarnation` is the process (start time).
@@ -344,6 +344,9 @@ impl ClusterTask {
                 };
                 if let Err(e) = self.trust.verify(&env, &routes, sig.as_ref()) {
                     self.fabric.metrics.route_signature_failure(e.kind());
+                    let destinations = routes.iter().map(|r| r.destination.clone()).collect();
+                    self.fabric
+                        .routes_refused(link.node(), Some(RefusedRoutes { destinations, reason: e.to_string() }));
                     self.fabric.alert(
                         AlertKind::RouteSignature,
                         link.node().as_str(),
@@ -351,6 +354,7 @@ impl ClusterTask {
                     );
                     return;
                 }
+                self.fabric.routes_refused(link.node(), None);
                 let policy = self.fabric.policy();
                 let admit = |c: &ClusterId| {
                     let v = policy.peer(c, None);

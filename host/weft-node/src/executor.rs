@@ -26,7 +26,7 @@ use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Resp
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::peer::{Fabric, ForwardCall, Link, Point, RejectKind};
+use crate::peer::{Fabric, ForwardCall, Link, Point};
 
 pub struct Executor {
     fabric: Arc<Fabric>,
@@ -180,42 +180,7 @@ impl Executor {
             if !verdict.allowed {
                 return Err(at(verdict.to_error(&target)));
             }
-            let reachable = self.fabric.links().iter().any(|l| l.remote.cluster == target)
-                || self.fabric.next_hop(&target).is_some()
-                || !self.fabric.relays_to(&target).is_empty();
-            if !reachable {
-                let refusal = self.fabric.link_refusal(&target);
-                if let Some(refusal) = refusal.clone().filter(|r| r.kind == RejectKind::Policy) {
-                    // The link was refused by policy, here or there: say which rule.
-                    let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
-                    return Err(at(WeftError::new(
-                        ErrorKind::POLICY_DENIED,
-                        format!(
-                            "cluster {who} refuses the bridge between {} and {target}: {}",
-                            me.cluster, refusal.reason
-                        ),
-                    )
-                    .with("rule", refusal.rule.unwrap_or_default())
-                    .with("cluster", who.as_str())));
-                }
-                // Another refusal (keys, a full cluster, ...) is the likely cause.
-                let why = refusal.map_or_else(String::new, |r| {
-                    format!(
-                        "; the last link with a node of {target} was refused ({}, {} side): {}",
-                        r.kind.as_str(),
-                        r.by,
-                        r.reason
-                    )
-                });
-                return Err(at(WeftError::new(
-                    ErrorKind::NO_ROUTE,
-                    format!(
-                        "no bridge or route from node {} leads to cluster {target} (GET /v1/routes lists the reachable clusters); bridge to it or to a cluster that carries transit{why}",
-                        me.node
-                    ),
-                )
-                .with("cluster", target.as_str())));
-            }
+            self.fabric.reach(&target).map_err(at)?;
         }
         Ok(())
     }

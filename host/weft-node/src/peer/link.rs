@@ -416,6 +416,19 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             let step = pass_on(fabric, call, foreign, function, version, deadline);
             return Ok(step.run().await);
         }
+        if let Some(cluster) = &elsewhere {
+            // The member's view was older or its policy differs: say why
+            // this node cannot carry the call there.
+            let verdict = fabric.decide(Point::CallOrigin, fabric.policy().peer(cluster, None));
+            if !verdict.allowed {
+                return Err(verdict.to_error(cluster));
+            }
+            fabric.reach(cluster)?;
+            return Err(WeftError::new(
+                ErrorKind::FUNCTION_NOT_FOUND,
+                format!("{function}@{version} is not offered by cluster {cluster} as node {} sees it", me.node),
+            ));
+        }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         let started = Instant::now();
         // A call from a peer: no request of this node's own is in flight.

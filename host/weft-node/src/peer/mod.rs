@@ -36,6 +36,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusals remembered for `/v1/peers`.
 const REFUSALS_KEPT: usize = 64;
 
+/// A bridge peer's route update that failed its signature check.
+pub struct RefusedRoutes {
+    pub destinations: Vec<ClusterId>,
+    pub reason: String,
+}
+
 /// What links tell the cluster task.
 pub enum Event {
     LinkUp(Arc<Link>),
@@ -135,6 +141,9 @@ pub struct Fabric {
     /// When the policy in force was set: this node's refusals before it
     /// were made by another policy.
     policy_set_at: AtomicU64,
+    /// Each bridge peer's last route update refused for its signature, until
+    /// one of its updates is accepted: a missing route may be why.
+    unsigned_routes: Mutex<HashMap<NodeId, RefusedRoutes>>,
     pub alerts: Alerts,
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
@@ -228,6 +237,7 @@ impl Fabric {
             refusals: Mutex::default(),
             linked_at: Mutex::default(),
             policy_set_at: AtomicU64::new(crate::unix_ms()),
+            unsigned_routes: Mutex::default(),
             alerts: Alerts::default(),
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
@@ -325,6 +335,60 @@ impl Fabric {
         // A duplicate link or a self-dial says nothing about reachability.
         let benign = |r: &&Refusal| matches!(r.kind, RejectKind::DuplicateLink | RejectKind::SelfDial);
         current().find(|r| r.kind == RejectKind::Policy).or_else(|| current().find(|r| !benign(r))).cloned()
+    }
+
+    /// `Ok` when a link, a route or a member's bridge leads to `target`;
+    /// else why not: the policy refusal of the last link attempt (here or
+    /// there) as `POLICY_DENIED`, or `NO_ROUTE` naming any other refusal.
+    pub fn reach(&self, target: &ClusterId) -> Result<(), WeftError> {
+        let me = &self.me;
+        if self.links().iter().any(|l| l.remote.cluster == *target)
+            || self.next_hop(target).is_some()
+            || !self.relays_to(target).is_empty()
+        {
+            return Ok(());
+        }
+        let refusal = self.link_refusal(target);
+        if let Some(refusal) = refusal.clone().filter(|r| r.kind == RejectKind::Policy) {
+            let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
+            return Err(WeftError::new(
+                ErrorKind::POLICY_DENIED,
+                format!("cluster {who} refuses the bridge between {} and {target}: {}", me.cluster, refusal.reason),
+            )
+            .with("rule", refusal.rule.unwrap_or_default())
+            .with("cluster", who.as_str()));
+        }
+        let mut why = refusal.map_or_else(String::new, |r| {
+            format!(
+                "; the last link with a node of {target} was refused ({}, {} side): {}",
+                r.kind.as_str(),
+                r.by,
+                r.reason
+            )
+        });
+        for (node, refused) in lock(&self.unsigned_routes).iter() {
+            if refused.destinations.contains(target) && self.link(node).is_some() {
+                why.push_str(&format!("; node {node} announced a route there that was refused: {}", refused.reason));
+            }
+        }
+        Err(WeftError::new(
+            ErrorKind::NO_ROUTE,
+            format!(
+                "no bridge or route from node {} leads to cluster {target} (GET /v1/routes lists the reachable clusters); bridge to it or to a cluster that carries transit{why}",
+                me.node
+            ),
+        )
+        .with("cluster", target.as_str()))
+    }
+
+    /// Notes that `node`'s route update, announcing `destinations`, was
+    /// refused for its signature (`None`: one of its updates was accepted).
+    pub fn routes_refused(&self, node: &NodeId, refused: Option<RefusedRoutes>) {
+        let mut all = lock(&self.unsigned_routes);
+        match refused {
+            Some(r) => all.insert(node.clone(), r),
+            None => all.remove(node),
+        };
     }
 
     pub fn refusals(&self) -> Vec<Refusal> {
