@@ -366,3 +366,30 @@ async fn plugin_changes_reach_the_cluster(watch: bool) {
     let err = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", err.message);
 }
+
+/// A step whose arguments or result would not fit one frame between nodes
+/// fails alone with RESOURCE_EXHAUSTED: the link, and every other call on
+/// it, stays up (a frame over the peer's limit would close the link).
+#[tokio::test]
+async fn a_call_or_result_too_big_for_a_frame_between_nodes_fails_alone() {
+    let limits = "[limits]\nmax_frame = \"64KiB\"";
+    let a = member("a", vec!["text"], &[], limits, "1s");
+    let b = member("b", vec!["echo", "hostile"], &[&a], limits, "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let client = a.client().await;
+
+    // 40 KB made on a, sent twice to b: 80 KB of arguments.
+    let mut req = Request::new("big", vec![Command::new("s", "upper", vec![json!("x".repeat(40_000))])]);
+    req.cmds.push(Command::new("c", "concat", vec![json!({"$ref": "s"}), json!({"$ref": "s"})]));
+    let e = client.request(req).await.unwrap().error.expect("an error");
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("the call's arguments would be"), "{}", e.message);
+    // A 1 MiB result on b, under max_result but over the frame.
+    let e = client.call("big-output", vec![json!(1)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("the result would be"), "{}", e.message);
+
+    assert_eq!(client.call("concat", vec![json!("still "), json!("linked")]).await.unwrap(), "still linked");
+    let metrics = a.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_forwards_total{outcome=\"lost\"}").unwrap_or(0.0), 0.0, "no link was lost");
+}

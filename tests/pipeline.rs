@@ -265,3 +265,44 @@ async fn versions_pick_the_highest_match_and_ambiguity_lists_candidates() {
     assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
     assert!(e.message.contains("2.1.0") && e.message.contains("0.1.0"), "{}", e.message);
 }
+
+/// No reply is bigger than `limits.max_frame`: a response that would be is
+/// the request's failure (over WebSocket and HTTP alike), counted before
+/// anything is copied when it is the intermediate results that grow with
+/// every level, and the connection goes on serving.
+#[tokio::test]
+async fn a_response_over_max_frame_fails_the_request_and_the_connection_serves_on() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_frame = \"64KiB\"\n".into(), ..NodeSpec::default() });
+    let big = "x".repeat(40_000);
+    let two_outputs = json!([
+        {"name": "a", "fun": "echo", "args": [big]},
+        {"name": "b", "fun": "upper", "args": [{"$ref": "a"}]},
+        {"name": "c", "fun": "echo", "args": [{"$ref": "a"}]},
+    ]);
+    let client = node.client().await;
+    let response = client.request(request(two_outputs.clone())).await.unwrap();
+    let e = response.error.expect("an error");
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("the response would be") && e.message.contains("limits.max_frame"), "{}", e.message);
+    assert_eq!(e.details["limit"], 65536);
+    assert_eq!(client.call("echo", vec![json!("still here")]).await.unwrap(), "still here");
+
+    let http =
+        node.admin().post("/v1/call", json!({"role": "rpc", "u": "h", "cmds": two_outputs}).to_string()).await.unwrap();
+    assert_eq!((http.status, http.body["error"]["kind"].as_str()), (429, Some("RESOURCE_EXHAUSTED")), "{}", http.text);
+
+    // Five levels of 10 KB: 200 KB of intermediate results, refused before
+    // they are built; the same request without them is small.
+    let chain: Vec<Value> = (0..5)
+        .map(|i| match i {
+            0 => json!({"name": "s0", "fun": "echo", "args": ["y".repeat(10_000)]}),
+            _ => json!({"name": format!("s{i}"), "fun": "echo", "args": [{"$ref": format!("s{}", i - 1)}]}),
+        })
+        .collect();
+    let mut req = request(Value::Array(chain));
+    assert!(client.request(req.clone()).await.unwrap().error.is_none());
+    req.return_intermediate_results = true;
+    let e = client.request(req).await.unwrap().error.expect("an error");
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("return_intermediate_results would be"), "{}", e.message);
+}

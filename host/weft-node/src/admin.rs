@@ -87,7 +87,11 @@ async fn serve_connection(stream: Conn, ctx: Arc<AdminContext>, shutdown: Cancel
 }
 
 fn json_response(status: StatusCode, value: &Value) -> HttpResponse<Body> {
-    let mut r = HttpResponse::new(Full::new(Bytes::from(value.to_string())));
+    json_text(status, value.to_string())
+}
+
+fn json_text(status: StatusCode, text: String) -> HttpResponse<Body> {
+    let mut r = HttpResponse::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
@@ -500,8 +504,9 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             Response::err(u.unwrap_or_default(), &e)
         }
     };
-    let status = response.error.as_ref().map_or(StatusCode::OK, |e| status_of(e.kind));
-    let mut reply = json_response(status, &serde_json::to_value(&response).unwrap_or_default());
+    let (text, error) = crate::executor::encode(response, ctx.max_body, &ctx.metrics);
+    let status = error.map_or(StatusCode::OK, status_of);
+    let mut reply = json_text(status, text);
     if status == StatusCode::UNAUTHORIZED {
         // RFC 6750: the scheme a token goes in.
         reply.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));

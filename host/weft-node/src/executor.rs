@@ -135,9 +135,12 @@ impl Executor {
             };
             let name = &plan.steps()[joined.step.0].name;
             // A step interrupted because the request's own deadline passed
-            // (its sandbox deadline is the request's) is the request timing out.
-            let interrupted = |e: &WeftError| e.details.get("trap").and_then(Value::as_str) == Some("interrupted");
-            if matches!(&joined.result, Err(e) if interrupted(e)) && Instant::now() >= deadline {
+            // (here or on the node it was forwarded to) is the request timing out.
+            let timed_out = |e: &WeftError| {
+                e.details.get("trap").and_then(Value::as_str) == Some("interrupted")
+                    && (e.kind == ErrorKind::DEADLINE_EXCEEDED || Instant::now() >= deadline)
+            };
+            if matches!(&joined.result, Err(e) if timed_out(e)) {
                 return Err(deadline_exceeded(&scheduler));
             }
             let value = joined.result.map_err(|e| {
@@ -161,7 +164,8 @@ impl Executor {
             response.execution_summary = Some(self.summary(&req.u, &plan, &timings, &levels, started));
         }
         if req.return_intermediate_results {
-            response.intermediate_results = Some(intermediate(&req.u, &plan, &results, &levels));
+            response.intermediate_results =
+                Some(intermediate(&req.u, &plan, &results, &levels, self.fabric.max_frame)?);
         }
         Ok(response)
     }
@@ -583,12 +587,31 @@ impl LevelTimes {
 }
 
 /// MPREG-style intermediate results: per level, its results and everything so far.
-fn intermediate(u: &str, plan: &Plan, results: &[Option<Value>], levels: &LevelTimes) -> Vec<IntermediateResult> {
+fn intermediate(
+    u: &str,
+    plan: &Plan,
+    results: &[Option<Value>],
+    levels: &LevelTimes,
+    max_frame: usize,
+) -> Result<Vec<IntermediateResult>, WeftError> {
+    let total = levels.span_ms.len() as u32;
+    // Each level repeats every result before it: count before copying.
+    let size: usize = plan
+        .steps()
+        .iter()
+        .zip(results)
+        .map(|(step, value)| {
+            let copies = 1 + (total - step.level) as usize;
+            (step.name.len() + 4 + value.as_ref().map_or(4, json_len)) * copies
+        })
+        .sum();
+    if size > max_frame {
+        return Err(too_big("return_intermediate_results", size, max_frame));
+    }
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let now = Instant::now();
-    let total = levels.span_ms.len() as u32;
     let mut accumulated = Map::new();
-    (0..total)
+    let out = (0..total)
         .map(|level| {
             let mut level_results = Map::new();
             for (step, value) in plan.steps().iter().zip(results).filter(|(s, _)| s.level == level) {
@@ -607,7 +630,50 @@ fn intermediate(u: &str, plan: &Plan, results: &[Option<Value>], levels: &LevelT
                 execution_time_ms: levels.span_ms[level as usize],
             }
         })
-        .collect()
+        .collect();
+    Ok(out)
+}
+
+/// `response` as JSON text, with the kind of its error if it has one. A
+/// response over `max_frame` (more than this node would take, so more than
+/// a client is bound to read) becomes the request's failure instead.
+pub fn encode(response: Response, max_frame: usize, metrics: &Metrics) -> (String, Option<ErrorKind>) {
+    let text = serde_json::to_string(&response).unwrap_or_default();
+    if text.len() <= max_frame {
+        return (text, response.error.map(|e| e.kind));
+    }
+    let e = too_big("the response", text.len(), max_frame);
+    metrics.record_error(e.kind);
+    (serde_json::to_string(&Response::err(response.u, &e)).unwrap_or_default(), Some(e.kind))
+}
+
+/// RESOURCE_EXHAUSTED for a reply of `size` bytes that would not fit a frame.
+fn too_big(what: &str, size: usize, max_frame: usize) -> WeftError {
+    WeftError::new(
+        ErrorKind::RESOURCE_EXHAUSTED,
+        format!(
+            "{what} would be {size} bytes, over limits.max_frame ({max_frame} bytes); ask for less: smaller results, fewer commands whose results are returned, or no return_intermediate_results"
+        ),
+    )
+    .with("size", size)
+    .with("limit", max_frame)
+}
+
+/// Bytes of `value` as JSON text, counted without keeping the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Catalog entries for this node's plugins. Functions whose signatures use

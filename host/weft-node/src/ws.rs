@@ -173,8 +173,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
         };
         ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
-        let reply = move |response: &Response| -> Message {
-            let text = serde_json::to_string(response).unwrap_or_default();
+        let (max_frame, metrics) = (ctx.max_frame, ctx.metrics.clone());
+        let reply = move |response: Response| -> Message {
+            let (text, _) = crate::executor::encode(response, max_frame, &metrics);
             if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
         };
         let request = match Request::decode(&bytes) {
@@ -186,7 +187,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
-                let answer = reply(&Response::err(u.unwrap_or_default(), &e));
+                let answer = reply(Response::err(u.unwrap_or_default(), &e));
                 if write_replies(&mut sink, answer, &mut replies).await.is_err() {
                     client_left = true;
                     break;
@@ -203,7 +204,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ),
             );
             ctx.metrics.record_error(e.kind);
-            if write_replies(&mut sink, reply(&Response::err(request.u, &e)), &mut replies).await.is_err() {
+            if write_replies(&mut sink, reply(Response::err(request.u, &e)), &mut replies).await.is_err() {
                 client_left = true;
                 break;
             }
@@ -213,7 +214,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let call = async move {
             let response = executor.execute(request).await;
             drop(permit);
-            reply(&response)
+            reply(response)
         };
         if inline.is_none() && calls.is_empty() {
             inline = Some(Box::pin(call));

@@ -597,6 +597,21 @@ pub fn to_json(v: &WitValue) -> Value {
     }
 }
 
+/// Bytes of `s` as a JSON string the way serde_json writes it: quotes,
+/// two-byte escapes for `"`, `\\` and the common controls, six bytes
+/// (`\u00XX`) for the other control characters, and UTF-8 as is.
+fn json_string_size(s: &str) -> usize {
+    let escapes: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..0x20 => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() + escapes + 2
+}
+
 fn single(key: &str, value: Value) -> Value {
     let mut m = Map::new();
     m.insert(key.to_owned(), value);
@@ -604,23 +619,24 @@ fn single(key: &str, value: Value) -> Value {
 }
 
 impl WitValue {
-    /// Approximate size in bytes once encoded as JSON; used to refuse huge
-    /// results before they are serialized.
-    pub fn approx_json_size(&self) -> usize {
+    /// At least the size in bytes once encoded as JSON (strings exactly,
+    /// escapes included; numbers as 24); used to refuse huge results before
+    /// they are serialized.
+    pub fn json_size_bound(&self) -> usize {
         match self {
-            WitValue::String(s) => s.len() + 2,
+            WitValue::String(s) => json_string_size(s),
             WitValue::List(items) | WitValue::Tuple(items) => {
-                items.iter().map(|x| x.approx_json_size() + 1).sum::<usize>() + 2
+                items.iter().map(|x| x.json_size_bound() + 1).sum::<usize>() + 2
             }
             WitValue::Record(fields) => {
-                fields.iter().map(|(k, x)| k.len() + 4 + x.approx_json_size()).sum::<usize>() + 2
+                fields.iter().map(|(k, x)| k.len() + 4 + x.json_size_bound()).sum::<usize>() + 2
             }
-            WitValue::Variant(n, x) => n.len() + 6 + x.as_ref().map_or(0, |x| x.approx_json_size()),
+            WitValue::Variant(n, x) => n.len() + 6 + x.as_ref().map_or(0, |x| x.json_size_bound()),
             WitValue::Enum(n) => n.len() + 2,
             WitValue::Flags(f) => f.iter().map(|s| s.len() + 3).sum::<usize>() + 2,
-            WitValue::Option(x) => x.as_ref().map_or(4, |x| x.approx_json_size() + 9),
+            WitValue::Option(x) => x.as_ref().map_or(4, |x| x.json_size_bound() + 9),
             WitValue::Result(r) => {
-                8 + r.as_ref().map_or_else(|e| e.as_ref(), |o| o.as_ref()).map_or(4, |x| x.approx_json_size())
+                8 + r.as_ref().map_or_else(|e| e.as_ref(), |o| o.as_ref()).map_or(4, |x| x.json_size_bound())
             }
             _ => 24,
         }

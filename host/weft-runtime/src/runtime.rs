@@ -83,6 +83,9 @@ pub struct Runtime {
     _ticker: EpochTicker,
 }
 
+/// Bytes of function names and signature text one plugin may advertise.
+const MAX_CATALOG_TEXT: usize = 256 << 10;
+
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let (engine, pooled) = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -178,7 +181,7 @@ impl Runtime {
     ) -> Result<Plugin, String> {
         if wasm.len() as u64 > self.config.max_plugin_bytes {
             return Err(format!(
-                "{} bytes is over the plugin size limit of {} bytes",
+                "{} bytes is over the plugin size limit of {} bytes (limits.max_plugin)",
                 wasm.len(),
                 self.config.max_plugin_bytes
             ));
@@ -205,6 +208,14 @@ impl Runtime {
             ));
         }
         let info = describe_component(wasm)?;
+        // Every node of the cluster (and of bridged ones) keeps and gossips
+        // these in its catalog, so their size is bounded like a file's.
+        let catalog_bytes: usize = info.functions.iter().map(|f| f.name.len() + f.sig.to_string().len()).sum();
+        if catalog_bytes > MAX_CATALOG_TEXT {
+            return Err(format!(
+                "its function names and signatures take {catalog_bytes} bytes of text, over the limit of {MAX_CATALOG_TEXT} bytes a plugin may put in the catalog; use shorter names, fewer fields or fewer functions"
+            ));
+        }
         if let Some(unknown) = manifest.functions.keys().find(|f| !info.functions.iter().any(|e| &e.name == *f)) {
             let exported: Vec<&str> = info.functions.iter().map(|f| f.name.as_str()).collect();
             return Err(format!(
@@ -453,7 +464,11 @@ impl Runtime {
             .with("tenant", tenant));
         }
         let params = convert_args(qualified, &function.sig, args)?;
-        let deadline = deadline.min(Instant::now() + plugin.limits.deadline);
+        let own_deadline = Instant::now() + plugin.limits.deadline;
+        // Whose deadline an interrupt enforces: the caller's is a timeout,
+        // the plugin's own a fault of the guest.
+        let stop = if deadline < own_deadline { Stop::Caller } else { Stop::Plugin(plugin.limits.deadline) };
+        let deadline = deadline.min(own_deadline);
 
         let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
             .await
@@ -516,13 +531,7 @@ impl Runtime {
             }
         };
         let results = match results {
-            Err(_) => {
-                return Err(WeftError::new(
-                    ErrorKind::GUEST_TRAP,
-                    format!("{qualified} did not finish by its deadline and was dropped"),
-                )
-                .with("trap", "interrupted"));
-            }
+            Err(_) => return Err(stop.error(qualified, "did not finish by then and was dropped")),
             Ok(Err(e)) if is_lift_budget_error(&e) => {
                 let limit = self.config.lift_budget();
                 return Err(WeftError::new(
@@ -533,7 +542,7 @@ impl Runtime {
                 )
                 .with("limit", limit));
             }
-            Ok(Err(e)) => return Err(trap_error(qualified, &plugin, e, memory_hit)),
+            Ok(Err(e)) => return Err(trap_error(qualified, &plugin, e, memory_hit, stop)),
             Ok(Ok(results)) => results,
         };
         let Some(result) = results.into_iter().next() else {
@@ -560,7 +569,7 @@ impl Runtime {
         let Some(value) = value else {
             return Ok(Value::Null);
         };
-        let size = value.approx_json_size();
+        let size = value.json_size_bound();
         if size > self.config.max_result_bytes {
             return Err(WeftError::new(
                 ErrorKind::RESOURCE_EXHAUSTED,
@@ -885,7 +894,38 @@ fn is_lift_budget_error(e: &wasmtime::Error) -> bool {
     e.downcast_ref::<Trap>().is_none() && format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted")
 }
 
-fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: Option<(usize, usize)>) -> WeftError {
+/// The deadline a call runs under: the caller's, or the plugin's own when
+/// that comes first.
+#[derive(Clone, Copy)]
+enum Stop {
+    Caller,
+    Plugin(Duration),
+}
+
+impl Stop {
+    /// The call stopped at this deadline; `how` says how it was stopped.
+    fn error(self, qualified: &str, how: &str) -> WeftError {
+        let e = match self {
+            Stop::Caller => WeftError::new(
+                ErrorKind::DEADLINE_EXCEEDED,
+                format!("{qualified} was still running at the caller's deadline (timeout_ms) and {how}"),
+            ),
+            Stop::Plugin(limit) => WeftError::new(
+                ErrorKind::GUEST_TRAP,
+                format!("{qualified} ran past its deadline ({limit:?} at most for this plugin) and {how}"),
+            ),
+        };
+        e.with("trap", "interrupted")
+    }
+}
+
+fn trap_error(
+    qualified: &str,
+    plugin: &Plugin,
+    e: wasmtime::Error,
+    memory_hit: Option<(usize, usize)>,
+    stop: Stop,
+) -> WeftError {
     let text = format!("{e:#}");
     let Some(trap) = e.downcast_ref::<Trap>().copied() else {
         if text.contains("maximum concurrent") || text.contains("pooling") {
@@ -908,10 +948,9 @@ fn trap_error(qualified: &str, plugin: &Plugin, e: wasmtime::Error, memory_hit: 
                 crate::units::format_size(plugin.limits.memory_bytes)
             ),
         ),
-        (Trap::Interrupt, _) => (
-            "interrupted".to_owned(),
-            format!("ran past its deadline ({:?} at most for this plugin) and was interrupted", plugin.limits.deadline),
-        ),
+        (Trap::Interrupt, _) => {
+            return stop.error(qualified, "was interrupted").with("backtrace", sandbox::truncate(&text, 2048));
+        }
         (Trap::OutOfFuel, _) => {
             ("out_of_fuel".to_owned(), format!("used up its fuel budget of {}", plugin.limits.fuel))
         }
@@ -1115,6 +1154,23 @@ mod tests {
         assert_eq!(snoop(&rt, &bob, "b2").await, Value::Null, "the budget was spent on acme's");
         assert_eq!(rt.warm_idle(), 1);
         assert_eq!(snoop(&rt, &acme, "a2").await, "a1");
+    }
+
+    /// An interrupt at the caller's deadline is a timeout; at the plugin's
+    /// own, a fault of the guest. Both say `interrupted`.
+    #[tokio::test]
+    async fn whose_deadline_stopped_a_call_decides_its_error() {
+        let (rt, _dir) = hostile("callers = [\"*\"]\n[limits]\ndeadline = \"300ms\"\n", 64);
+        let target = CallTarget { plugin: "hostile", version: None, function: "spin" };
+        for (caller_ms, kind, says) in [
+            (100, ErrorKind::DEADLINE_EXCEEDED, "caller's deadline"),
+            (5000, ErrorKind::GUEST_TRAP, "300ms at most for this plugin"),
+        ] {
+            let deadline = Instant::now() + Duration::from_millis(caller_ms);
+            let e = rt.call(target.clone(), &[], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
+            assert_eq!((e.kind, e.details["trap"].as_str()), (kind, Some("interrupted")), "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[tokio::test]

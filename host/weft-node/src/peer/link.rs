@@ -237,7 +237,7 @@ pub(super) async fn run<S>(
     let node_closing = {
         let writer = async {
             while let Some(msg) = outbound.recv().await {
-                if write(&mut sink, &metrics, &msg).await.is_err() {
+                if write(&mut sink, &fabric, &link, msg).await.is_err() {
                     break;
                 }
             }
@@ -247,7 +247,16 @@ pub(super) async fn run<S>(
                 let bytes = match frame {
                     Ok(Message::Text(t)) => t.as_bytes().to_vec(),
                     Ok(Message::Binary(b)) => b.to_vec(),
-                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(Message::Close(_)) => break,
+                    Err(e @ tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                        metrics.reject_frame("too_large");
+                        tracing::warn!(peer = %link.remote.node, error = %e, "peer frame over limits.max_frame (do the nodes have the same limit?); closing the link");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %link.remote.node, error = %e, "peer link failed");
+                        break;
+                    }
                     Ok(_) => continue,
                 };
                 let Some(queued) = link.take_inbound(bytes.len()).await else { break };
@@ -282,7 +291,7 @@ pub(super) async fn run<S>(
         // This node is stopping: what is queued (goodbyes, last replies) still goes out.
         let flush = async {
             while let Ok(msg) = outbound.try_recv() {
-                if write(&mut sink, &metrics, &msg).await.is_err() {
+                if write(&mut sink, &fabric, &link, msg).await.is_err() {
                     break;
                 }
             }
@@ -302,15 +311,55 @@ pub(super) async fn run<S>(
 
 async fn write<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    metrics: &crate::metrics::Metrics,
-    msg: &PeerMsg,
+    fabric: &Fabric,
+    link: &Link,
+    msg: PeerMsg,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let text = serde_json::to_string(msg).unwrap_or_default();
-    metrics.peer_message("out", msg, text.len());
+    let Some((msg, text)) = fitted(fabric.max_frame, link, msg) else { return Ok(()) };
+    fabric.metrics.peer_message("out", &msg, text.len());
     sink.send(Message::Text(text.into())).await
+}
+
+/// `msg` and its frame, if that fits `max_frame`: the peer closes the link
+/// on a bigger one, failing every call on it. Instead only the call fails:
+/// a reply too big is answered with RESOURCE_EXHAUSTED, and a call too big
+/// fails here. Anything else too big is dropped with a warning.
+fn fitted(max_frame: usize, link: &Link, msg: PeerMsg) -> Option<(PeerMsg, String)> {
+    let text = serde_json::to_string(&msg).unwrap_or_default();
+    if text.len() <= max_frame {
+        return Some((msg, text));
+    }
+    let too_big = |what: &str| {
+        WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "{what} would be {} bytes between nodes, over limits.max_frame ({max_frame} bytes); pass less data",
+                text.len()
+            ),
+        )
+        .with("size", text.len())
+        .with("limit", max_frame)
+    };
+    match msg {
+        PeerMsg::Reply { id, node, .. } => {
+            let msg = PeerMsg::Reply { id, value: None, error: Some(too_big("the result").to_body()), node };
+            let text = serde_json::to_string(&msg).unwrap_or_default();
+            Some((msg, text))
+        }
+        PeerMsg::Call(call) => {
+            if let Some(waiter) = lock(&link.waiting).remove(&call.id) {
+                let _ = waiter.send((Err(too_big("the call's arguments")), link.remote.node.clone()));
+            }
+            None
+        }
+        other => {
+            tracing::warn!(peer = %link.remote.node, kind = other.kind(), bytes = text.len(), max_frame, "peer message over limits.max_frame not sent");
+            None
+        }
+    }
 }
 
 fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued) {

@@ -193,4 +193,19 @@ proptest! {
         let back = from_json(&json, &ty, "v").map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back, value);
     }
+
+    // The result limit is judged on this bound, so it must never be under
+    // what is sent (escaped control characters are six bytes each).
+    #[test]
+    fn the_json_size_bound_is_never_under_the_encoded_size(
+        (_, value) in arb_type().prop_flat_map(|t| { let v = arb_value(&t); (Just(t), v) })
+    ) {
+        let encoded = serde_json::to_string(&to_json(&value)).unwrap();
+        prop_assert!(value.json_size_bound() >= encoded.len(), "{} < {encoded}", value.json_size_bound());
+    }
+
+    #[test]
+    fn a_string_s_json_size_is_exact(s in "(\\PC|[\\x00-\\x1f\"\\\\])*") {
+        prop_assert_eq!(WitValue::String(s.clone()).json_size_bound(), serde_json::to_string(&s).unwrap().len());
+    }
 }
