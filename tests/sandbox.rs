@@ -150,3 +150,24 @@ async fn guest_logs_reach_the_node_log_only_with_the_log_capability() {
     .await;
     assert!(!log.contains("echo: 4 bytes"), "{log}");
 }
+
+/// A flood of output lines is cut at the log budget, and newlines in a
+/// guest's text never start a record that could pass for the node's own.
+#[tokio::test]
+async fn guest_output_floods_are_bounded_and_guest_text_cannot_forge_log_records() {
+    let node = TestNode::start(NodeSpec::default());
+    let text = "flood\nFAKE ERROR weft_node::node: forged\r\n";
+    assert_eq!(call(&node, "shout", vec![json!(text), json!(500)]).await.unwrap(), Value::Null);
+    let log = support::eventually("the dropped-output warning", std::time::Duration::from_secs(5), async || {
+        let log = node.stderr();
+        log.contains("dropped_lines").then_some(log)
+    })
+    .await;
+    let forged: Vec<&str> = log.lines().filter(|l| l.contains("FAKE ERROR")).collect();
+    // 50 of the 100 stdout lines kept, and the one log-import record.
+    assert_eq!(forged.len(), 51, "{log}");
+    assert!(forged.iter().all(|l| l.contains("weft::guest")), "a record not marked as the guest's: {forged:?}");
+    assert!(forged.iter().any(|l| l.contains(r"flood\nFAKE ERROR") && l.contains(r"forged\r\n")), "{forged:?}");
+    assert!(log.contains("dropped_lines=900"), "{log}");
+    assert_still_serving(&node).await;
+}

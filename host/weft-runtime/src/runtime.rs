@@ -516,7 +516,7 @@ impl Runtime {
         let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
-        emit_output(&plugin.label, &function.name, &output, dropped_logs);
+        emit_output(&plugin.label, &function.name, &output, dropped_logs, self.config.max_log_lines);
         // Only an instance whose call finished cleanly is kept; the rest
         // (traps, timeouts) go back to the pool with their store (`retire`).
         let results = match outcome {
@@ -868,14 +868,20 @@ fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) 
         .collect()
 }
 
-fn emit_output(label: &str, function: &str, output: &CallOutput, (dropped_logs, denied): (u32, bool)) {
+/// Logs a call's captured stdout and stderr, each line a record, at most
+/// `max_lines` of each (the budget of the log import): 64 KiB of newlines
+/// would otherwise be 65,536 records.
+fn emit_output(label: &str, function: &str, output: &CallOutput, (dropped_logs, denied): (u32, bool), max_lines: u32) {
     for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let (text, dropped) = capture.take();
-        for line in text.lines() {
+        let mut lines = text.lines();
+        for line in lines.by_ref().take(max_lines as usize) {
+            let line = sandbox::log_line(line);
             tracing::info!(target: "weft::guest", plugin = label, function, stream, "{line}");
         }
-        if dropped > 0 {
-            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped, "guest output over the per-call limit was dropped");
+        let dropped_lines = lines.count();
+        if dropped > 0 || dropped_lines > 0 {
+            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped_bytes = dropped, dropped_lines, "guest output over the per-call limit was dropped");
         }
     }
     if dropped_logs > 0 && denied {

@@ -150,7 +150,7 @@ impl log::Host for SandboxState {
             return;
         }
         self.log.left -= 1;
-        let message = truncate(&message, MAX_LOG_LINE);
+        let message = log_line(&message);
         let who = &*self.log.who;
         match level {
             Level::Trace => tracing::trace!(target: "weft::guest", function = who, "{message}"),
@@ -159,6 +159,18 @@ impl log::Host for SandboxState {
             Level::Warn => tracing::warn!(target: "weft::guest", function = who, "{message}"),
             Level::Error => tracing::error!(target: "weft::guest", function = who, "{message}"),
         }
+    }
+}
+
+/// A guest's text as one log record of at most `MAX_LOG_LINE` bytes, its
+/// control characters escaped: a guest cannot forge records of the node's
+/// own with a newline or a carriage return.
+pub(crate) fn log_line(s: &str) -> std::borrow::Cow<'_, str> {
+    let s = truncate(s, MAX_LOG_LINE);
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
+    } else {
+        s.into()
     }
 }
 
@@ -194,7 +206,8 @@ impl OutputCapture {
     /// The kept text and the number of bytes dropped.
     pub(crate) fn take(&self) -> (String, usize) {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        (String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(), c.dropped)
+        let text = String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned();
+        (text, std::mem::take(&mut c.dropped))
     }
 }
 
@@ -223,5 +236,31 @@ impl AsyncWrite for OutputCapture {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A warm instance's capture is taken after each call: what one call
+    /// dropped is not reported again after the next.
+    #[tokio::test]
+    async fn each_take_starts_the_count_afresh() {
+        let capture = OutputCapture::new(4);
+        let mut w = capture.clone();
+        w.write_all(b"abcdef").await.expect("write");
+        assert_eq!(capture.take(), ("abcd".to_owned(), 2));
+        w.write_all(b"xy").await.expect("write");
+        assert_eq!(capture.take(), ("xy".to_owned(), 0));
+    }
+
+    #[test]
+    fn a_log_line_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(log_line("plain"), "plain");
+        assert_eq!(log_line("a\nb\rc\u{1b}"), r"a\nb\rc\u{1b}");
+        assert_eq!(log_line(&"é".repeat(MAX_LOG_LINE)).len(), MAX_LOG_LINE);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::hint::black_box;
+use std::io::Write;
 
 wit_bindgen::generate!({
     world: "hostile",
@@ -75,6 +76,15 @@ impl Guest for Hostile {
 
     fn snoop(value: String) -> Option<String> {
         KEPT.with(|kept| kept.replace(Some(value)))
+    }
+
+    fn shout(text: String, times: u32) {
+        weft_guest::log::info(&text);
+        let mut out = std::io::stdout().lock();
+        for _ in 0..times {
+            let _ = out.write_all(text.as_bytes());
+        }
+        let _ = out.flush();
     }
 }
 
