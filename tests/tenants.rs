@@ -261,3 +261,28 @@ async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
     assert!(e.message.contains("a caller from cluster gamma"), "{e}");
     drop((b1, d1));
 }
+
+/// A tenant's limits, changed in the config file, apply to its plugins at
+/// the reload: nothing has to restart, and other tenants' plugins stay.
+#[tokio::test]
+async fn a_reload_applies_changed_tenant_limits_to_the_tenants_plugins() {
+    let limits = |deadline: &str| format!("{}[tenants.acme.limits]\ndeadline = \"{deadline}\"\n", tenants());
+    let n = node("a1", "alpha", true, &[], &limits("2s"));
+    let deadline_of = async |plugin: &str| {
+        let body = n.admin().get("/v1/plugins").await.unwrap().body;
+        let p = body["plugins"].as_array().unwrap().iter().find(|p| p["name"] == plugin).unwrap().clone();
+        p["limits"]["deadline_ms"].as_u64().unwrap()
+    };
+    assert_eq!(deadline_of("hostile").await, 2000);
+
+    let path = n.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("deadline = \"2s\"", "deadline = \"300ms\"");
+    support::write(&path, &text);
+    let reply = n.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["plugins_relimited"], json!(["hostile@0.1.0"]), "{}", reply.text);
+    assert_eq!(reply.body["needs_restart"], json!([]), "{}", reply.text);
+    assert_eq!((deadline_of("hostile").await, deadline_of("echo").await), (300, 5000));
+    let e = call_as(&n, Some(ACME), "spin", vec![]).await.unwrap_err();
+    assert!(e.message.contains("300ms at most for this plugin"), "{e}");
+}

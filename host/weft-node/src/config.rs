@@ -491,6 +491,7 @@ impl Config {
             if !is_valid_name(name) {
                 problems.push(format!("tenants.{name}: {NAME_RULE} in tenant names"));
             }
+            problems.extend(tenant.limits.problems().into_iter().map(|p| format!("tenants.{name}.limits.{p}")));
             for (i, token) in tenant.tokens.iter().enumerate() {
                 match crate::tenants::token_digest(token) {
                     Err(why) => problems.push(format!("tenants.{name}.tokens[{i}]: {why}")),
@@ -887,6 +888,9 @@ block = ["/x"]
             "{found:?}"
         );
         assert!(found.iter().any(|p| p.contains("tenants.b.tokens[1]: a \"sha256:\" token needs")), "{found:?}");
+        let found = problems("[tenants.a.limits]\ndeadline = \"0s\"\nmemory = \"512KiB\"\n");
+        assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0"), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("tenants.a.limits.memory: must be at least 1MiB")), "{found:?}");
         let fine = format!(
             "[auth]\nrequired = true\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.a.limits]\nmemory = \"8MiB\"\n"
         );

@@ -143,6 +143,7 @@ pub(crate) fn reload_federation(fabric: &Fabric, start: &StartConfig) -> Result<
     policy.cluster = fabric.me.cluster.clone();
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
     fabric.set_tenants(Tenants::from_config(&config));
+    let relimited = fabric.runtime.set_tenant_limits(config.tenant_limits());
     fabric.set_roots(roots);
     if let (Some(server), Some(acceptor)) = (&fabric.tls, acceptor) {
         server.replace(acceptor);
@@ -167,6 +168,7 @@ pub(crate) fn reload_federation(fabric: &Fabric, start: &StartConfig) -> Result<
         "reloaded": path.display().to_string(),
         "links_closed": closed,
         "tenants": config.tenants.len(),
+        "plugins_relimited": relimited,
         "tls": fabric.tls.is_some(),
         "needs_restart": needs_restart,
     }))

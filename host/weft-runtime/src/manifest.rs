@@ -79,6 +79,20 @@ pub struct ManifestLimits {
     pub fuel: Option<u64>,
 }
 
+impl ManifestLimits {
+    /// Values that parse but could never work, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.memory.is_some_and(|m| m < 1 << 20) {
+            problems.push("memory: must be at least 1MiB (a guest's stack and data alone take about that)".into());
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            problems.push("deadline: must be more than 0".into());
+        }
+        problems
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionManifest {
@@ -123,13 +137,7 @@ impl Manifest {
         for label in self.resources.iter().filter(|l| !is_valid_name(l)) {
             problems.push(format!("resources: {label:?} is not a label; {NAME_RULE}"));
         }
-        if self.limits.memory.is_some_and(|m| m < 1 << 20) {
-            problems
-                .push("limits.memory: must be at least 1MiB (a guest's stack and data alone take about that)".into());
-        }
-        if self.limits.deadline.is_some_and(|d| d.is_zero()) {
-            problems.push("limits.deadline: must be more than 0".into());
-        }
+        problems.extend(self.limits.problems().into_iter().map(|p| format!("limits.{p}")));
         problems
     }
 

@@ -33,6 +33,7 @@ pub(crate) struct Plugin {
     pub(crate) spares: Spares,
 }
 
+#[derive(Clone)]
 pub(crate) struct Function {
     pub(crate) name: String,
     /// "plugin/function", naming it in errors.
@@ -46,6 +47,25 @@ pub(crate) struct Function {
 }
 
 impl Plugin {
+    /// The same plugin under other limits, with no idle instances.
+    pub(crate) fn relimited(&self, limits: Limits) -> Plugin {
+        Plugin {
+            name: self.name.clone(),
+            file: self.file.clone(),
+            manifest: self.manifest.clone(),
+            version: self.version.clone(),
+            limits,
+            pre: self.pre.clone(),
+            functions: self.functions.clone(),
+            source: self.source,
+            compile_ms: self.compile_ms,
+            label: self.label.clone(),
+            fingerprint: self.fingerprint,
+            warm: WarmPool::default(),
+            spares: Spares::default(),
+        }
+    }
+
     pub(crate) fn function(&self, name: &str) -> Option<&Function> {
         self.functions.iter().find(|f| f.name == name)
     }

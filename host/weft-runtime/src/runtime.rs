@@ -1,6 +1,6 @@
 //! The runtime: loads plugins and runs sandboxed calls.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -14,7 +14,7 @@ use weft_proto::wit::{self, WitType, WitValue};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::cache;
-use crate::config::RuntimeConfig;
+use crate::config::{Limits, RuntimeConfig};
 use crate::convert::{from_val, to_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
@@ -73,6 +73,8 @@ pub struct Runtime {
     failures: RwLock<Vec<LoadFailure>>,
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: Mutex<()>,
+    /// Each tenant's limits (`RuntimeConfig::tenant_limits`, then as reloaded).
+    tenant_limits: RwLock<BTreeMap<String, Limits>>,
     stores: StoreMaker,
     permits: Arc<Semaphore>,
     /// Calls between taking a sandbox slot and giving back their instance
@@ -87,7 +89,8 @@ pub struct Runtime {
 const MAX_CATALOG_TEXT: usize = 256 << 10;
 
 impl Runtime {
-    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+    pub fn new(mut config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let tenant_limits = RwLock::new(std::mem::take(&mut config.tenant_limits));
         let (engine, pooled) = build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -105,7 +108,36 @@ impl Runtime {
             plugins: RwLock::default(),
             failures: RwLock::default(),
             reloading: Mutex::default(),
+            tenant_limits,
         })
+    }
+
+    /// The limits a plugin with `manifest` runs under: its tenant's (or the
+    /// node's), lowered by the manifest.
+    fn limits_for(&self, manifest: &Manifest) -> (Limits, bool) {
+        let tenants = read(&self.tenant_limits);
+        let tenant = tenants.get(manifest.tenant());
+        (manifest.effective_limits(tenant.unwrap_or(&self.config.limits)), tenant.is_some())
+    }
+
+    /// Applies reloaded tenant limits: each plugin whose limits change is
+    /// replaced by a copy under the new ones (its idle instances, made under
+    /// the old, go with it; calls running finish under the old). Returns the
+    /// plugins replaced.
+    pub fn set_tenant_limits(&self, limits: BTreeMap<String, Limits>) -> Vec<String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        *write(&self.tenant_limits) = limits;
+        let mut plugins = write(&self.plugins);
+        let mut changed = Vec::new();
+        for plugin in plugins.iter_mut() {
+            let (limits, _) = self.limits_for(&plugin.manifest);
+            if limits != plugin.limits {
+                tracing::info!(plugin = %plugin.label, ?limits, "plugin limits changed with its tenant's");
+                changed.push(plugin.label.to_string());
+                *plugin = Arc::new(plugin.relimited(limits));
+            }
+        }
+        changed
     }
 
     /// Whether instances come from the pooling allocator.
@@ -246,9 +278,8 @@ impl Runtime {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let tenant_limits = self.config.tenant_limits.get(manifest.tenant());
-        let limits = manifest.effective_limits(tenant_limits.unwrap_or(&self.config.limits));
-        warn_of_manifest_overreach(&label, &manifest, &limits, tenant_limits.is_some());
+        let (limits, by_tenant) = self.limits_for(&manifest);
+        warn_of_manifest_overreach(&label, &manifest, &limits, by_tenant);
         let plugin = Plugin {
             name,
             file: file.to_owned(),
@@ -304,7 +335,7 @@ impl Runtime {
             };
             let print = fingerprint(&wasm, manifest.as_deref());
             let current = read(&self.plugins).iter().find(|p| p.file == file).cloned();
-            if current.as_ref().is_some_and(|p| p.fingerprint == print) {
+            if current.as_ref().is_some_and(|p| p.fingerprint == print && p.limits == self.limits_for(&p.manifest).0) {
                 report.unchanged += 1;
                 continue;
             }
