@@ -269,7 +269,11 @@ async fn a_client_that_disconnects_mid_call_costs_nothing_and_is_counted() {
     let text = admin.get("/metrics").await.unwrap().text;
     assert_eq!(metric(&text, "weft_in_flight_requests"), Some(0.0), "the cancelled request left the gauge:\n{text}");
     assert_eq!(metric(&text, "weft_requests_abandoned_total"), Some(1.0));
-    assert_eq!(metric(&text, "weft_frames_rejected_total"), None, "a vanished client is no protocol error");
+    assert_eq!(
+        metric(&text, "weft_frames_rejected_total{kind=\"protocol\"}"),
+        Some(0.0),
+        "a vanished client is no protocol error"
+    );
 }
 
 #[tokio::test]
@@ -369,6 +373,16 @@ async fn admin_api_reports_health_plugins_catalog_and_metrics() {
     assert_eq!(metric(&text, "weft_calls_total{function=\"echo/echo\",outcome=\"ok\"}"), Some(2.0), "{text}");
     assert!(text.contains("weft_call_duration_seconds_bucket{le="), "{text}");
     assert_eq!(metric(&text, "weft_plugins_loaded"), Some(4.0));
+    // Closed label sets are exported at 0 before their first event.
+    for series in [
+        "weft_errors_total{kind=\"INTERNAL\"}",
+        "weft_alerts_raised_total{kind=\"member-down\"}",
+        "weft_links_refused_total{kind=\"cluster-full\"}",
+        "weft_route_updates_rejected_total{kind=\"bad-signature\"}",
+        "weft_forwards_total{outcome=\"lost\"}",
+    ] {
+        assert_eq!(metric(&text, series), Some(0.0), "{series}");
+    }
     // On an idle node a spare replaces a call's instance after the answer.
     // Idle also means the node's other workers are parked, which a busy
     // test machine can deny a call now and then: then call again.
@@ -407,6 +421,17 @@ async fn an_invalid_plugin_file_is_skipped_with_its_reason_and_the_rest_serve() 
     assert!(node.stderr().contains("broken.wasm"), "the failure is logged");
     let client = node.client().await;
     assert_eq!(client.call("echo", vec![json!("fine")]).await.unwrap(), json!("fine"));
+    let failing = async || {
+        let text = node.admin().get("/metrics").await.unwrap().text;
+        (metric(&text, "weft_plugins_failed"), metric(&text, "weft_plugin_load_failures_total"))
+    };
+    assert_eq!(failing().await, (Some(2.0), Some(2.0)));
+    // Fixed: the gauge (and its alert) clears; the counter keeps the history.
+    for file in ["broken.wasm", "bad-manifest.toml"] {
+        std::fs::remove_file(node.plugins_dir().join(file)).unwrap();
+    }
+    assert_eq!(node.admin().post("/v1/plugins/reload", "").await.unwrap().status, 200);
+    assert_eq!(failing().await, (Some(0.0), Some(2.0)));
 }
 
 #[tokio::test]

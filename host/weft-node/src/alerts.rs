@@ -29,6 +29,15 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::LinkRefused,
+        AlertKind::MemberDown,
+        AlertKind::RateLimited,
+        AlertKind::ClusterUnreachable,
+        AlertKind::RouteFlapping,
+        AlertKind::RouteSignature,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::LinkRefused => "link-refused",

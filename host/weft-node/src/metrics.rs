@@ -16,6 +16,9 @@ use tokio::runtime::RuntimeMetrics;
 use weft_proto::{ErrorKind, FunctionId};
 use weft_runtime::NodeLoad;
 
+use crate::alerts::AlertKind;
+use crate::peer::RejectKind;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
     pub function: String,
@@ -111,10 +114,11 @@ pub struct Metrics {
     pub frames_rejected: Family<KindLabel, Counter>,
     pub abandoned: Counter,
     pub tls_failures: Counter,
-    pub plugins_loaded: Gauge,
+    plugins_loaded: Gauge,
     pub warm_idle: Gauge,
     pub spares_idle: Gauge,
-    pub plugin_load_failures: Counter,
+    plugin_load_failures: Counter,
+    plugins_failed: Gauge,
     pub tenant_commands: Family<TenantLabels, Counter>,
     /// The node's tokio runtime (absent outside one), for `load`.
     runtime: Option<RuntimeMetrics>,
@@ -143,6 +147,7 @@ impl Metrics {
         let warm_idle = Gauge::default();
         let spares_idle = Gauge::default();
         let plugin_load_failures = Counter::default();
+        let plugins_failed = Gauge::default();
         let peer_links = Gauge::default();
         let peer_messages = Family::<PeerMessageLabels, Counter>::default();
         let peer_bytes = Family::<PeerBytesLabels, Counter>::default();
@@ -155,6 +160,23 @@ impl Metrics {
         let routes_dropped = Counter::default();
         let route_signatures = Family::<KindLabel, Counter>::default();
         let tenant_commands = Family::<TenantLabels, Counter>::default();
+        // Each series of a closed label set exists from the start, at 0: one
+        // that first appears at 1 shows an alert rule's increase() nothing.
+        let kinds = [
+            (&errors, ErrorKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+            (&alerts, AlertKind::ALL.iter().map(|k| k.as_str()).collect()),
+            (&links_refused, RejectKind::ALL.iter().map(|k| k.as_str()).collect()),
+            (&route_signatures, crate::signing::UPDATE_REJECTIONS.to_vec()),
+            (&frames_rejected, vec!["too_large", "protocol", "peer"]),
+        ];
+        for (family, kinds) in kinds {
+            for kind in kinds {
+                let _ = family.get_or_create(&KindLabel { kind });
+            }
+        }
+        for outcome in ["ok", "lost", "error"] {
+            let _ = forwards.get_or_create(&OutcomeLabel { outcome });
+        }
         registry.register(
             "tenant_commands",
             "Commands of tenants' requests: admitted, or refused over calls_per_minute or max_in_flight",
@@ -218,8 +240,13 @@ impl Metrics {
         );
         registry.register(
             "plugin_load_failures",
-            "Plugin files that could not be loaded",
+            "Failed loads of plugin files (a broken file counts again at each reload)",
             plugin_load_failures.clone(),
+        );
+        registry.register(
+            "plugins_failed",
+            "Plugin files that fail to load now (as of the last load or reload)",
+            plugins_failed.clone(),
         );
         Self {
             registry,
@@ -249,9 +276,17 @@ impl Metrics {
             warm_idle,
             spares_idle,
             plugin_load_failures,
+            plugins_failed,
             tenant_commands,
             runtime: tokio::runtime::Handle::try_current().ok().map(|rt| rt.metrics()),
         }
+    }
+
+    /// The outcome of loading the plugins folder (at start or a reload).
+    pub fn plugins_reported(&self, loaded: usize, failed: usize) {
+        self.plugins_loaded.set(loaded as i64);
+        self.plugins_failed.set(failed as i64);
+        self.plugin_load_failures.inc_by(failed as u64);
     }
 
     /// Idle when no requests are in flight on this node besides the asker's

@@ -98,8 +98,7 @@ pub(crate) async fn reload_plugins(
     let report = tokio::task::spawn_blocking(move || runtime.reload_dir(&dir))
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
-    fabric.metrics.plugins_loaded.set(fabric.runtime.plugins().len() as i64);
-    fabric.metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
+    fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
     let local = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, &source.resources);
     fabric.event(crate::peer::Event::LocalCatalog(local));
     tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, unchanged = report.unchanged, failed = report.failed.len(), "plugins reloaded");
@@ -342,8 +341,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })
     .await
     .map_err(|e| NodeError::Runtime(weft_runtime::RuntimeError::Engine(format!("plugin loading failed: {e}"))))?;
-    metrics.plugins_loaded.set(report.loaded.len() as i64);
-    metrics.plugin_load_failures.inc_by(report.failed.len() as u64);
+    metrics.plugins_reported(report.loaded.len(), report.failed.len());
     tracing::info!(node = %id, plugins = ?report.loaded, failed = report.failed.len(), "plugins loaded");
 
     let me = Hello {

@@ -37,8 +37,11 @@ pub enum SigError {
     BadSignature(ClusterId),
 }
 
+/// Why a route update is refused whole: `SigError::kind`, or a replay.
+pub const UPDATE_REJECTIONS: [&str; 4] = ["unsigned", "untrusted-key", "bad-signature", "stale-epoch"];
+
 impl SigError {
-    /// A closed label for metrics.
+    /// A closed label for metrics (one of `UPDATE_REJECTIONS`).
     pub fn kind(&self) -> &'static str {
         match self {
             SigError::Unsigned(_) => "unsigned",

@@ -54,6 +54,16 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
+    pub const ALL: [RejectKind; 7] = [
+        RejectKind::Protocol,
+        RejectKind::SelfDial,
+        RejectKind::DuplicateNodeId,
+        RejectKind::DuplicateLink,
+        RejectKind::Policy,
+        RejectKind::ClusterFull,
+        RejectKind::Unauthenticated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectKind::Protocol => "protocol",
