@@ -145,13 +145,14 @@ fn weft_new_scaffolds_a_plugin_crate() {
 #[test]
 fn weft_bench_reports_throughput_latency_and_errors() {
     let node = TestNode::start(NodeSpec::default());
-    let bench = |extra: &[&str]| {
+    let bench_exit = |extra: &[&str], want: i32| {
         let mut args = vec!["bench", "--node", node.ws.as_str(), "--json"];
         args.extend_from_slice(extra);
         let (code, out, err) = weft(&args);
-        assert_eq!(code, 0, "{err}");
+        assert_eq!(code, want, "{err}");
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
+    let bench = |extra: &[&str]| bench_exit(extra, 0);
 
     let r = bench(&["--requests", "300", "--concurrency", "8", "echo", "hi"]);
     assert_eq!(r["completed"], 300, "{r}");
@@ -161,9 +162,16 @@ fn weft_bench_reports_throughput_latency_and_errors() {
     assert!(lat("p99") <= lat("max"), "{r}");
     assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
 
-    let r = bench(&["--requests", "50", "divide", "1", "0"]);
+    // Every request failed: the numbers are reported, and the exit code says so.
+    let r = bench_exit(&["--requests", "50", "divide", "1", "0"], 1);
     assert_eq!(r["completed"], 50, "{r}");
     assert_eq!(r["errors"], serde_json::json!({"GUEST_ERROR": 50}), "{r}");
+    // No more slots than requests, however many are asked for.
+    let r = bench(&["--requests", "3", "--concurrency", "100000", "echo", "hi"]);
+    assert_eq!((r["completed"].as_u64(), r["concurrency"].as_u64()), (Some(3), Some(3)), "{r}");
+    let (code, _, err) = weft(&["bench", "--node", node.ws.as_str(), "--concurrency", "100001", "echo", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--concurrency"), "{err}");
 
     let (code, _, err) = weft(&["bench", "--node", "ws://127.0.0.1:1", "echo", "x"]);
     assert_ne!(code, 0);

@@ -17,14 +17,18 @@ use weft_runtime::units::parse_duration;
 
 use crate::call::parse_arg;
 
+/// In flight at most: a node answers more than 1024 per connection
+/// (`max_in_flight_per_connection`) with RESOURCE_EXHAUSTED anyway.
+const MAX_CONCURRENCY: i64 = 100_000;
 /// Latency samples kept at most (4 bytes each); later responses still count.
 const MAX_SAMPLES: u64 = 5_000_000;
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     target: crate::trust::WsTarget,
-    /// Requests in flight, in total over all connections.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Requests in flight, in total over all connections (at most the
+    /// number of --requests).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENCY))]
     concurrency: u32,
     /// Connections to open [default: min(concurrency, 4)].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -68,7 +72,9 @@ struct Tally {
     errors: BTreeMap<&'static str, u64>,
 }
 
-pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
+    // More slots than requests would only sit idle.
+    a.concurrency = a.concurrency.min(a.requests.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)));
     let connections = a.connections.unwrap_or(4).min(a.concurrency);
     let mut clients = Vec::new();
     let (url, roots) = a.target.url_and_roots()?;
@@ -148,7 +154,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             "samples": s.len(),
         });
         println!("{report}");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(outcome(completed, error_count));
     }
     println!("{}: {} in flight over {connections} connection(s), {elapsed:.2} s", a.function, a.concurrency);
     println!("  requests    {completed} ({error_count} errors)");
@@ -160,7 +166,18 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     for (kind, n) in &total.errors {
         println!("  {kind:<22}{n}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome(completed, error_count))
+}
+
+/// Failure when nothing succeeded: a script running a benchmark learns that
+/// it measured only errors.
+fn outcome(completed: u64, errors: u64) -> ExitCode {
+    if completed > 0 && errors == completed {
+        eprintln!("every request failed; see the errors above");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// One in-flight slot: sends the next request as soon as the last answered.
