@@ -378,7 +378,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let signer = if key.is_empty() {
         None
     } else {
-        Some(crate::signing::load_signing_key(std::path::Path::new(key)).map_err(NodeError::SigningKey)?)
+        let signer = crate::signing::load_signing_key(std::path::Path::new(key)).map_err(NodeError::SigningKey)?;
+        let public = crate::signing::public_of(&signer);
+        tracing::info!(key = %public, "routes and link proofs are signed with this key; the other clusters' trusted_keys must list it for {cluster}");
+        Some(signer)
     };
     fabric.set_link_auth(link_auth(&config, &cluster, signer.clone()));
     let settings = ClusterSettings {

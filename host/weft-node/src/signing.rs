@@ -55,11 +55,23 @@ impl SigError {
 pub fn generate() -> (String, String) {
     let seed: [u8; 32] = rand::random();
     let key = SigningKey::from_bytes(&seed);
-    (B64.encode(seed), B64.encode(key.verifying_key().as_bytes()))
+    (B64.encode(seed), public_of(&key))
+}
+
+/// The public key of `key`, base64, as `trusted_keys` lists it.
+pub fn public_of(key: &SigningKey) -> String {
+    B64.encode(key.verifying_key().as_bytes())
 }
 
 /// Reads a private key written by `weft keygen`.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
+    // A public key is 32 bytes of base64 too: only its name tells them apart.
+    if path.extension().is_some_and(|e| e == "pub") {
+        return Err(format!(
+            "{} is a public key (`weft keygen` writes the private key beside it, without .pub); point signing_key at the private key",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let bytes = B64.decode(text.trim()).map_err(|e| format!("{} is not base64: {e}", path.display()))?;
     let seed: [u8; 32] = bytes
@@ -370,5 +382,9 @@ mod tests {
         std::fs::write(&path, B64.encode([1u8; 5])).unwrap();
         assert!(load_signing_key(&path).unwrap_err().contains("weft keygen"));
         assert!(parse_public("AAAA").is_err());
+        let (_, public) = generate();
+        let path = dir.path().join("k.pub");
+        std::fs::write(&path, public).unwrap();
+        assert!(load_signing_key(&path).unwrap_err().contains("is a public key"));
     }
 }
