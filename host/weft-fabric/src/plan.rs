@@ -154,8 +154,9 @@ impl Plan {
     /// The positional arguments of `step`, in parameter order, with every
     /// reference replaced by (the `path` into) the result of its step.
     /// `results[i]` is the success value of step `i` once it completed.
-    /// Every argument is checked against its parameter's WIT type, since
-    /// references nested in literals could not be checked at plan time.
+    /// Every argument holding a reference is checked against its
+    /// parameter's WIT type, since references nested in literals could not
+    /// be checked at plan time (plain literals were).
     pub fn bind(&self, step: StepIdx, results: &[Option<Value>]) -> Result<Vec<Value>, WeftError> {
         let Some(s) = self.steps.get(step.0) else {
             return Err(WeftError::internal(format!("step #{} is not part of this plan", step.0)));
@@ -168,7 +169,9 @@ impl Plan {
                 let value = self
                     .instantiate(template, results)
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
-                from_json(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
+                if !matches!(template, Template::Literal(_)) {
+                    from_json(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
+                }
                 Ok(value)
             })
             .collect()

@@ -78,7 +78,7 @@ impl Executor {
         }
     }
 
-    async fn run(&self, req: Request, started: Instant) -> Result<Response, WeftError> {
+    async fn run(&self, mut req: Request, started: Instant) -> Result<Response, WeftError> {
         if req.cmds.len() > self.max_commands {
             return Err(WeftError::invalid_request(format!(
                 "{} commands is over the limit of {} per request (limits.max_commands); split the request",
@@ -97,6 +97,8 @@ impl Executor {
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
+        // The plan holds the arguments now; a large request is not kept twice.
+        drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
         let timeout = req.timeout_ms.map_or(self.default_timeout, Duration::from_millis);
         let deadline = started + timeout;
