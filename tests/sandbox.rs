@@ -171,3 +171,17 @@ async fn guest_output_floods_are_bounded_and_guest_text_cannot_forge_log_records
     assert!(log.contains("dropped_lines=900"), "{log}");
     assert_still_serving(&node).await;
 }
+
+/// A guest that hands back a value the host cannot read, or exits instead
+/// of returning, is the guest's fault, and the error says which.
+#[tokio::test]
+async fn a_malformed_result_and_an_exit_are_the_guests_faults() {
+    let node = TestNode::start(NodeSpec::default());
+    let e = call(&node, "bad-char", vec![]).await.unwrap_err();
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "guest_fault"), "{}", e.message);
+    assert!(e.message.contains("a value it cannot read"), "{}", e.message);
+    let e = call(&node, "quit", vec![json!(3)]).await.unwrap_err();
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "exit"), "{}", e.message);
+    assert!(e.message.contains("called exit (status"), "{}", e.message);
+    assert_still_serving(&node).await;
+}

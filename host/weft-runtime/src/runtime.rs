@@ -533,7 +533,7 @@ impl Runtime {
         let run = async {
             let instance = match instance {
                 Some(instance) => instance,
-                None => plugin.pre.instantiate_async(&mut store).await?,
+                None => plugin.pre.instantiate_async(&mut store).await.map_err(|e| e.context(Instantiating))?,
             };
             let func = instance
                 .get_func(&mut store, function.index)
@@ -931,6 +931,16 @@ fn is_lift_budget_error(e: &wasmtime::Error) -> bool {
     e.downcast_ref::<Trap>().is_none() && format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted")
 }
 
+/// Marks a failure to instantiate, which is not the guest's doing.
+#[derive(Debug)]
+struct Instantiating;
+
+impl std::fmt::Display for Instantiating {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("instantiating the component")
+    }
+}
+
 /// The deadline a call runs under: the caller's, or the plugin's own when
 /// that comes first.
 #[derive(Clone, Copy)]
@@ -971,11 +981,19 @@ fn trap_error(
                 format!("{qualified}: no sandbox slot is free: {text}"),
             );
         }
-        return WeftError::new(
-            ErrorKind::GUEST_TRAP,
-            format!("{qualified} failed: {}", sandbox::truncate(&text, 2048)),
-        )
-        .with("trap", "host_error");
+        let (detail, why) = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            ("exit", format!("called exit (status {}) instead of returning", exit.0))
+        } else if e.downcast_ref::<Instantiating>().is_some() {
+            ("host_error", "could not be instantiated".to_owned())
+        } else {
+            // Not a trap, during the call: the host could not read what the
+            // guest handed it (invalid UTF-8, a char out of range, a pointer
+            // out of bounds), which is the guest's fault.
+            ("guest_fault", "handed the host a value it cannot read".to_owned())
+        };
+        return WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} {why}"))
+            .with("trap", detail)
+            .with("backtrace", sandbox::truncate(&text, 2048));
     };
     let (detail, why) = match (trap, memory_hit) {
         (Trap::UnreachableCodeReached, Some((_, desired))) => (

@@ -78,6 +78,16 @@ impl Guest for Hostile {
         KEPT.with(|kept| kept.replace(Some(value)))
     }
 
+    fn bad_char() -> char {
+        // Deliberately invalid: the canonical ABI passes it as a plain u32,
+        // and the host must refuse to read it, not trust it.
+        unsafe { char::from_u32_unchecked(black_box(0xD800)) }
+    }
+
+    fn quit(status: u32) {
+        std::process::exit(status as i32);
+    }
+
     fn shout(text: String, times: u32) {
         weft_guest::log::info(&text);
         let mut out = std::io::stdout().lock();
