@@ -235,3 +235,18 @@ fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_file() {
     assert_eq!(code, 1);
     assert!(err.contains("bundled plugins"), "{err}");
 }
+
+#[test]
+fn routes_and_call_refuse_what_they_would_misread() {
+    let node = TestNode::start(NodeSpec::default());
+    let (code, out, err) = weft(&["routes", "--node", &node.admin_url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no routes"), "an empty table says so: {out:?}");
+    let (code, _, err) = weft(&["routes", "--node", &node.admin_url, "--explain", "bad name"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not a cluster name"), "{err}");
+    // A request file's commands carry their own options; flags would be lost.
+    let (code, _, err) = weft(&["call", "--node", &node.ws, "--request", "r.json", "--cluster", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--cluster"), "{err}");
+}

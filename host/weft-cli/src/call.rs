@@ -13,8 +13,9 @@ use weft_proto::{Command, Request};
 pub struct CallArgs {
     #[command(flatten)]
     target: crate::trust::WsTarget,
-    /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...].
-    #[arg(long, conflicts_with_all = ["function", "args"])]
+    /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...]
+    /// (its commands say their own --kw, --cluster, --locs and --version).
+    #[arg(long, conflicts_with_all = ["function", "args", "kwargs", "cluster", "locs", "version"])]
     request: Option<PathBuf>,
     /// `function` or `plugin/function`.
     #[arg(required_unless_present = "request")]

@@ -13,8 +13,10 @@ pub struct NodeArgs {
     /// Config file (TOML); without it the embedded default is used.
     #[arg(long, env = "WEFT_CONFIG")]
     config: Option<PathBuf>,
+    /// This node's id, unique in its cluster [default: HOST-PORT].
     #[arg(long, env = "WEFT_ID")]
     id: Option<String>,
+    /// The cluster this node joins [default: local].
     #[arg(long, env = "WEFT_CLUSTER")]
     cluster: Option<String>,
     /// WebSocket address for clients and peers (port 0: any free port).
@@ -32,6 +34,7 @@ pub struct NodeArgs {
     /// Resource labels of this node (comma-separated).
     #[arg(long, env = "WEFT_RESOURCES", value_delimiter = ',')]
     resources: Option<Vec<String>>,
+    /// Folder for the node's own files (the compiled-component cache).
     #[arg(long, env = "WEFT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The URL other nodes dial to reach this one (default: ws:// + the bound listen address).

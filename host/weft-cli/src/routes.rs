@@ -33,6 +33,9 @@ fn line(r: &Value) -> String {
 
 pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
     let path = match &a.explain {
+        Some(c) if !weft_proto::is_valid_name(c) => {
+            anyhow::bail!("--explain {c:?} is not a cluster name: {}", weft_proto::NAME_RULE)
+        }
         Some(c) => format!("/v1/routes/explain?cluster={c}"),
         None => "/v1/routes".to_owned(),
     };
@@ -53,7 +56,11 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         println!("selection: {}", body["selection"].as_str().unwrap_or(""));
         return Ok(ExitCode::SUCCESS);
     }
-    for r in body["routes"].as_array().into_iter().flatten() {
+    let routes = body["routes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if routes.is_empty() {
+        println!("no routes: this node reaches no other cluster (bridges and [routing] make them)");
+    }
+    for r in routes {
         println!("{} {}", if r["best"] == true { "*" } else { " " }, line(r));
     }
     Ok(ExitCode::SUCCESS)

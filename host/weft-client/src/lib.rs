@@ -30,6 +30,8 @@ pub struct Client {
     outgoing: mpsc::Sender<Message>,
     pending: Pending,
     next: AtomicU64,
+    /// Why the connection ended, when the node or the socket said.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 fn unavailable(message: String) -> WeftError {
@@ -74,13 +76,25 @@ impl Client {
             let _ = sink.close().await;
         });
         let table = pending.clone();
+        let ended = Arc::new(Mutex::new(None));
+        let why = ended.clone();
         tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                let bytes: Vec<u8> = match msg {
-                    Message::Text(t) => t.as_bytes().to_vec(),
-                    Message::Binary(b) => b.to_vec(),
-                    Message::Close(_) => break,
-                    _ => continue,
+            loop {
+                let bytes: Vec<u8> = match stream.next().await {
+                    Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        let code = u16::from(frame.code);
+                        *why.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("it closed it with code {code}: {}", frame.reason));
+                        break;
+                    }
+                    Some(Ok(Message::Close(None))) | None => break,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        break;
+                    }
                 };
                 let Ok(response) = serde_json::from_slice::<Response>(&bytes) else {
                     continue;
@@ -94,7 +108,7 @@ impl Client {
             // Connection gone: every waiter learns it (their senders drop).
             table.lock().unwrap_or_else(|p| p.into_inner()).take();
         });
-        Ok(Client { outgoing, pending, next: AtomicU64::new(1) })
+        Ok(Client { outgoing, pending, next: AtomicU64::new(1), ended })
     }
 
     /// Sends a whole request and waits for its response. The request's `u`
@@ -115,7 +129,11 @@ impl Client {
             None => return Err(unavailable("the connection to the node is closed".into())),
         };
         self.outgoing.send(frame).await.map_err(|_| unavailable("the connection to the node is closed".into()))?;
-        rx.await.map_err(|_| unavailable("the node closed the connection before answering".into()))
+        rx.await.map_err(|_| {
+            let why = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let why = why.map_or_else(String::new, |w| format!(" ({w})"));
+            unavailable(format!("the node closed the connection before answering{why}"))
+        })
     }
 
     /// Calls one function with positional arguments and returns its result.
@@ -196,7 +214,11 @@ impl Admin {
             let tls = tokio_rustls::TlsConnector::from(self.roots.client_config())
                 .connect(name, stream)
                 .await
-                .map_err(|e| unavailable(format!("TLS handshake with {authority} failed: {e}")))?;
+                .map_err(|e| {
+                    unavailable(format!(
+                        "TLS handshake with {authority} failed: {e} (--ca or WEFT_CA names the CA that signed the node's certificate)"
+                    ))
+                })?;
             http1(tls, &authority).await?
         } else {
             http1(stream, &authority).await?

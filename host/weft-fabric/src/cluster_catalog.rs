@@ -136,7 +136,7 @@ pub enum Refresh {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
     #[error(
-        "node {node} advertises {count} catalog entries, more than the limit of {max}; load fewer plugins on {node} or raise the catalog entries limit"
+        "node {node} advertises {count} catalog entries, more than the limit of {max}; load fewer plugins on {node} or raise cluster.max_catalog_entries_per_node"
     )]
     TooManyEntries { node: NodeId, count: usize, max: usize },
     #[error(

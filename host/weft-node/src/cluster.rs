@@ -132,7 +132,7 @@ pub fn start(
     let mut catalog =
         ClusterCatalog::new(me.node.clone(), me.cluster.clone(), me.incarnation, settings.catalog.clone());
     if let Err(e) = catalog.set_local(local) {
-        tracing::error!(error = %e, "this node's own catalog advert is refused; peers will not see its functions");
+        tracing::error!(error = %e, "this node's own catalog advert is refused; neither its clients nor its peers will see its functions");
     }
     let (timers, timers_rx) = mpsc::unbounded_channel();
     let (dials_done, dials_rx) = mpsc::unbounded_channel();

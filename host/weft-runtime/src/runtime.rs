@@ -605,7 +605,7 @@ impl Runtime {
             return Err(WeftError::new(
                 ErrorKind::RESOURCE_EXHAUSTED,
                 format!(
-                    "{qualified} returned about {size} bytes, over the result limit of {} bytes; return less data or page it",
+                    "{qualified} returned about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
                     self.config.max_result_bytes
                 ),
             )

@@ -551,10 +551,10 @@ impl Fabric {
             return Err(Reject::new(
                 RejectKind::ClusterFull,
                 format!(
-                    "node {} already has {} {} links (cluster.max_members)",
+                    "node {} already has {alike} {} links, as many as cluster.max_members ({}, this node included) allows; raise it on every node",
                     self.me.node,
+                    if same { "member" } else { "bridge" },
                     self.max_members,
-                    if same { "member" } else { "bridge" }
                 ),
             ));
         }
