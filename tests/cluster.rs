@@ -393,3 +393,24 @@ async fn a_call_or_result_too_big_for_a_frame_between_nodes_fails_alone() {
     let metrics = a.admin().get("/metrics").await.unwrap().text;
     assert_eq!(metric(&metrics, "weft_forwards_total{outcome=\"lost\"}").unwrap_or(0.0), 0.0, "no link was lost");
 }
+
+/// A node told to stop drains its requests, including those running on
+/// other members: they answer it before it closes its links.
+#[tokio::test]
+async fn a_draining_node_still_gets_the_answers_of_calls_it_forwarded() {
+    let files = vec![("hostile.toml".to_owned(), b"[limits]\ndeadline = \"1500ms\"\n".to_vec())];
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member_with("b", vec!["hostile"], files, &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let client = a.client().await;
+    let call = tokio::spawn(async move { client.call("spin", vec![]).await });
+    eventually("the call to be running on b", SETTLE, async || {
+        let peers = a.admin().get("/v1/peers").await.unwrap().body;
+        peers["links"].as_array().unwrap().iter().any(|l| l["in_flight"] == 1).then_some(())
+    })
+    .await;
+    a.signal_term();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!((e.kind, e.details["trap"].as_str()), (ErrorKind::GUEST_TRAP, Some("interrupted")), "{e}");
+    drop(b);
+}

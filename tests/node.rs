@@ -449,7 +449,10 @@ async fn sigterm_drains_in_flight_calls_before_exiting() {
         "slow",
         vec![weft_proto::Command::new("h", "hog", vec![json!(1)]), weft_proto::Command::new("s", "spin", vec![])],
     );
+    let over_http = serde_json::to_string(&req).unwrap();
     let pending = tokio::spawn(async move { client.request(req).await });
+    let admin = node.admin();
+    let pending_http = tokio::spawn(async move { admin.post("/v1/call", over_http).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     node.signal_term();
     // While draining, the admin API still answers and says so.
@@ -474,6 +477,9 @@ async fn sigterm_drains_in_flight_calls_before_exiting() {
     // The in-flight request was answered (spin ends at its deadline), not cut off.
     let response = pending.await.unwrap().expect("an answer before the node exited");
     assert_eq!(response.error.expect("spin traps").kind, ErrorKind::GUEST_TRAP);
+    // So was the one over HTTP.
+    let reply = pending_http.await.unwrap().expect("an HTTP answer before the node exited");
+    assert_eq!(reply.body["error"]["kind"], "GUEST_TRAP", "{}", reply.text);
 }
 
 #[tokio::test]

@@ -57,6 +57,8 @@ pub(crate) struct AdminContext {
     pub node: String,
     pub cluster: String,
     pub max_body: usize,
+    /// The node's drain waits for these, as for calls over WebSocket.
+    pub calls: TaskTracker,
 }
 
 type Body = Full<Bytes>;
@@ -495,7 +497,7 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             Some(executor) => {
                 // A token in the body wins over the header.
                 request.token = request.token.or(bearer);
-                executor.execute(request).await
+                ctx.calls.track_future(executor.execute(request)).await
             }
             None => return starting(),
         },

@@ -653,17 +653,19 @@ impl ClusterTask {
                     self.changed = true;
                 }
                 OwnedNotification::MemberDown(m) => {
-                    // A goodbye is not a failure: no alert for members that left.
+                    self.withdraw(&m.node, m.incarnation);
+                    // A goodbye is not a failure: no alert, and the link stays
+                    // open while the member drains, so that the answers to
+                    // its calls in flight still reach it.
                     if !self.departed.remove(&m.node) {
                         let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
                         self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
-                    }
-                    self.withdraw(&m.node, m.incarnation);
-                    // A member declared down may be hung rather than gone,
-                    // with its link still open and calls waiting on it until
-                    // their deadlines: closing the link fails them now.
-                    if let Some(link) = self.fabric.link(&m.node) {
-                        link.close();
+                        // A member declared down may be hung rather than
+                        // gone, with its link still open and calls waiting
+                        // on it until their deadlines: closing it fails them now.
+                        if let Some(link) = self.fabric.link(&m.node) {
+                            link.close();
+                        }
                     }
                     self.changed = true;
                 }

@@ -327,6 +327,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         node: id.to_string(),
         cluster: cluster.to_string(),
         max_body: max_frame,
+        calls: tracker.clone(),
     });
     let admin_port = Port { name: "admin", listener: admin_listener, tls: tls.clone() };
     admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
