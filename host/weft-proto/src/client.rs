@@ -71,6 +71,29 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
+/// Where in `request` its shape is wrong, when it is in a command: serde's
+/// own message does not say which command, nor which field of it.
+fn shape_error_at(request: &Value) -> String {
+    let cmds = request.get("cmds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    for (i, cmd) in cmds.iter().enumerate() {
+        if serde_json::from_value::<Command>(cmd.clone()).is_err() {
+            let name = cmd.get("name").and_then(Value::as_str).map_or_else(String::new, |n| format!(" ({n})"));
+            let field = cmd.as_object().into_iter().flatten().find_map(|(key, _)| {
+                let mut probe = cmd.clone();
+                probe.as_object_mut()?.remove(key);
+                // The field whose removal fixes the command (or makes it miss only that field).
+                match serde_json::from_value::<Command>(probe) {
+                    Ok(_) => Some(key.clone()),
+                    Err(e) if e.to_string().contains(&format!("missing field `{key}`")) => Some(key.clone()),
+                    Err(_) => None,
+                }
+            });
+            return format!(" in cmds[{i}]{name}{}", field.map_or_else(String::new, |f| format!(", field {f:?}")));
+        }
+    }
+    String::new()
+}
+
 impl Request {
     pub fn new(u: impl Into<String>, cmds: Vec<Command>) -> Self {
         Self {
@@ -99,7 +122,9 @@ impl Request {
         }
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| (None, WeftError::parse(format!("the message is not valid JSON: {e}"))))?;
-        let u = value.get("u").and_then(Value::as_str).map(str::to_owned);
+        // A `u` of another type is echoed as its text, so that a client with
+        // several requests in flight can still tell which one was refused.
+        let u = value.get("u").map(|u| u.as_str().map_or_else(|| u.to_string(), str::to_owned));
         let Some(obj) = value.as_object() else {
             return Err((None, WeftError::invalid_request("a request must be a JSON object")));
         };
@@ -117,7 +142,12 @@ impl Request {
                 return Err((u, WeftError::invalid_request("missing \"role\": clients send \"role\": \"rpc\"")));
             }
         }
-        serde_json::from_value(value).map_err(|e| (u, WeftError::invalid_request(format!("bad request shape: {e}"))))
+        if value.get("u").is_some_and(|u| !u.is_string()) {
+            return Err((u, WeftError::invalid_request("\"u\" must be a string (the request's id)")));
+        }
+        let where_ = shape_error_at(&value);
+        serde_json::from_value(value)
+            .map_err(|e| (u, WeftError::invalid_request(format!("bad request shape{where_}: {e}"))))
     }
 }
 
@@ -322,5 +352,14 @@ mod tests {
         assert!(e.message.contains("cmds"), "{}", e.message);
         let (_, e) = Request::decode(b"[1]").unwrap_err();
         assert_eq!(e.kind, ErrorKind::INVALID_REQUEST);
+        // Which command, and which of its fields, is wrong.
+        let frame = br#"{"role": "rpc", "u": "w", "cmds": [{"name": "a", "fun": "echo"}, {"name": "b", "fun": "echo", "args": {"x": 1}}]}"#;
+        let (u, e) = Request::decode(frame).unwrap_err();
+        assert_eq!(u.as_deref(), Some("w"));
+        assert!(e.message.contains("in cmds[1] (b), field \"args\""), "{}", e.message);
+        // A `u` that is not a string comes back as its text.
+        let (u, e) = Request::decode(br#"{"role": "rpc", "u": 7, "cmds": []}"#).unwrap_err();
+        assert_eq!(u.as_deref(), Some("7"));
+        assert!(e.message.contains("\"u\" must be a string"), "{}", e.message);
     }
 }
