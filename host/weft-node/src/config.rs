@@ -476,6 +476,7 @@ impl Config {
         );
         problems.extend(self.tenant_problems());
         problems.extend(self.federation_problems());
+        problems.extend(self.routing_problems());
         problems.append(&mut problems_later);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -541,6 +542,32 @@ impl Config {
             for name in list.iter().filter(|name| !name.split('/').all(is_valid_name) || name.matches('/').count() > 1)
             {
                 problems.push(format!("federation.functions.{key}: {name:?} is not FUNCTION or PLUGIN/FUNCTION"));
+            }
+        }
+        problems
+    }
+
+    /// Names in `[routing]` that no cluster or tag could have.
+    fn routing_problems(&self) -> Vec<String> {
+        let r = &self.routing;
+        let mut problems = Vec::new();
+        let mut names = |key: String, what: &str, list: &[String]| {
+            for name in list.iter().filter(|n| !is_valid_name(n)) {
+                problems.push(format!("{key}: {name:?} is not a {what}; {NAME_RULE}"));
+            }
+        };
+        names("routing.tags".into(), "tag", &r.tags);
+        let clusters: Vec<String> = r.neighbours.keys().chain(r.security.trusted_keys.keys()).cloned().collect();
+        names("routing.neighbours / routing.security.trusted_keys".into(), "cluster name", &clusters);
+        for (cluster, n) in &r.neighbours {
+            let key = format!("routing.neighbours.{cluster}");
+            names(format!("{key}.deny_on_path"), "cluster name", &n.deny_on_path);
+            names(format!("{key}.require_tags"), "tag", &n.require_tags);
+            names(format!("{key}.export"), "cluster name", n.export.as_deref().unwrap_or_default());
+        }
+        for (cluster, n) in &r.neighbours {
+            if n.max_hops == Some(0) {
+                problems.push(format!("routing.neighbours.{cluster}.max_hops: must be at least 1"));
             }
         }
         problems
@@ -775,6 +802,17 @@ max_concurrency = 256
         let beta = &r.neighbours[&weft_proto::ClusterId::new("beta")];
         assert_eq!((beta.max_hops, beta.require_tags.clone()), (Some(2), vec!["eu".to_owned()]));
         assert_eq!(beta.export.as_ref().map(Vec::len), Some(1));
+        let bad = "[routing]\ntags = [\"a b\"]\n[routing.neighbours.\"bad cl\"]\nmax_hops = 0\ndeny_on_path = [\"x/y\"]\n[routing.security]\ntrusted_keys = { \"c d\" = [] }\n";
+        let err = problems(bad).join("\n");
+        for want in [
+            "routing.tags: \"a b\" is not a tag",
+            "\"bad cl\" is not a cluster name",
+            "\"c d\" is not a cluster name",
+            "routing.neighbours.bad cl.deny_on_path: \"x/y\"",
+            "routing.neighbours.bad cl.max_hops: must be at least 1",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
         let err = Config::parse("w.toml", "[routing.neighbours.beta]\nmax_hop = 2\n").unwrap_err().to_string();
         assert!(err.contains("routing.neighbours.beta.max_hop") && err.contains("line 2"), "{err}");
     }
