@@ -278,6 +278,25 @@ async fn a_client_that_disconnects_mid_call_costs_nothing_and_is_counted() {
         Some(0.0),
         "a vanished client is no protocol error"
     );
+    // The guest that was cancelled counts as a failed call.
+    let spin = "weft_calls_total{function=\"hostile/spin\",outcome=\"error\"}";
+    assert_eq!(metric(&text, spin), Some(1.0), "{text}");
+
+    // The same over HTTP: a client that leaves before the answer.
+    {
+        use tokio::io::AsyncWriteExt;
+        let addr = node.admin_url.trim_start_matches("http://").to_owned();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let body = r#"{"role":"rpc","u":"gone","cmds":[{"name":"a","fun":"spin"}]}"#;
+        let head = format!("POST /v1/call HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
+        tcp.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the abandoned HTTP request to be counted", Duration::from_secs(10), async || {
+        let text = admin.get("/metrics").await.ok()?.text;
+        (metric(&text, "weft_requests_abandoned_total")? >= 2.0 && metric(&text, spin)? >= 2.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

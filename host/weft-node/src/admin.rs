@@ -456,6 +456,17 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
+/// Counts a request in `weft_requests_abandoned_total` if dropped unanswered.
+struct Abandoned<'a>(Option<&'a Metrics>);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.abandoned.inc();
+        }
+    }
+}
+
 /// How long a `POST /v1/call` body may take to arrive after its headers
 /// (hyper bounds the headers themselves), so a client that stops sending
 /// cannot hold a connection and its buffer.
@@ -497,7 +508,11 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             Some(executor) => {
                 // A token in the body wins over the header.
                 request.token = request.token.or(bearer);
-                ctx.calls.track_future(executor.execute(request)).await
+                // hyper drops this future when the client goes away: count it then.
+                let mut waiting = Abandoned(Some(&ctx.metrics));
+                let response = ctx.calls.track_future(executor.execute(request)).await;
+                waiting.0 = None;
+                response
             }
             None => return starting(),
         },

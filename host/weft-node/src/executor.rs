@@ -370,9 +370,9 @@ impl StepCall {
         if self.candidates.iter().any(|c| c.node == me) {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
-            let started = Instant::now();
+            let timer = metrics.call_timer(f);
             let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, self.load).await;
-            metrics.record_call(f, result.is_ok(), started.elapsed().as_secs_f64());
+            timer.finish(result.is_ok());
             return (result, me);
         }
         let idempotent = self.candidates.iter().all(|c| c.idempotent);

@@ -129,6 +129,29 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 2.5, 18))
 }
 
+/// A call of one function being timed (`Metrics::call_timer`).
+pub struct CallTimer<'a> {
+    metrics: &'a Metrics,
+    function: &'a FunctionId,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl CallTimer<'_> {
+    pub fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.metrics.record_call(self.function, ok, self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.record_call(self.function, false, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
@@ -305,7 +328,14 @@ impl Metrics {
         if others_parked && self.in_flight.get() <= own { NodeLoad::Idle } else { NodeLoad::Busy }
     }
 
-    pub fn record_call(&self, function: &FunctionId, ok: bool, seconds: f64) {
+    /// Times a call of `function` on this node; it is recorded when the
+    /// timer is finished, or as an error if the call is dropped first
+    /// (cancelled by its request's deadline or a failing sibling).
+    pub fn call_timer<'a>(&'a self, function: &'a FunctionId) -> CallTimer<'a> {
+        CallTimer { metrics: self, function, started: std::time::Instant::now(), done: false }
+    }
+
+    fn record_call(&self, function: &FunctionId, ok: bool, seconds: f64) {
         if let Some(series) = self.call_series.read().unwrap_or_else(PoisonError::into_inner).get(function) {
             series.record(ok, seconds);
             return;

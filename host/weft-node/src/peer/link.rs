@@ -479,13 +479,13 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             ));
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
-        let started = Instant::now();
+        // Only functions that exist here become metric labels (a closed set).
+        let timer = local.then(|| fabric.metrics.call_timer(&function));
         // A call from a peer: no request of this node's own is in flight.
         let load = fabric.metrics.load(0);
         let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
-        // Only functions that exist here become metric labels (a closed set).
-        if !matches!(&result, Err(e) if e.kind == ErrorKind::FUNCTION_NOT_FOUND) {
-            fabric.metrics.record_call(&function, result.is_ok(), started.elapsed().as_secs_f64());
+        if let Some(timer) = timer {
+            timer.finish(result.is_ok());
         }
         return Ok((result, me.node.clone()));
     }
