@@ -242,6 +242,11 @@ async fn weft_cert_makes_a_ca_once_and_certificates_nodes_serve() {
     assert!(second.status.success() && !String::from_utf8_lossy(&second.stdout).contains("made a CA"));
     let again = cert("n2");
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let args = ["cert", "--out", out.to_str().unwrap(), "--host", "bad host!"];
+    let bad = Command::new(support::WEFT).args(args).output().unwrap();
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("neither an IP address nor a DNS name")
+    );
 
     let section = format!(
         "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",

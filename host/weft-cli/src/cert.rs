@@ -33,6 +33,9 @@ const CA_NAME: &str = "weft CA";
 
 pub fn run(a: CertArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    if let Some(bad) = a.hosts.iter().find(|h| !host_ok(h)) {
+        anyhow::bail!("--host {bad:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')");
+    }
     let node = a.node.clone().unwrap_or_else(|| a.hosts[0].clone());
     anyhow::ensure!(
         !node.contains(['/', '\\']) && !node.starts_with('.'),
@@ -64,7 +67,20 @@ pub fn run(a: CertArgs) -> anyhow::Result<ExitCode> {
     }
     println!("certificate of {node} for {}, valid until 1 January {}:", a.hosts.join(", "), this_year() + 2);
     println!("  [tls]\n  cert = {:?}\n  key = {:?}\n  ca = {:?}", cert_path, key_path, ca_pem);
+    println!("(paths from here; copy the files to the node, and in its config give them relative to the config file)");
     Ok(ExitCode::SUCCESS)
+}
+
+/// An IP address, or a DNS name (a leading `*.` for a wildcard).
+fn host_ok(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 /// The folder's CA as an issuer, made first if the folder has none; and
