@@ -109,6 +109,28 @@ pub struct CatalogSnapshot {
     pub deltas: Vec<CatalogDelta>,
 }
 
+impl CatalogSnapshot {
+    /// The snapshot in parts of at most about `max_bytes` of JSON each, in
+    /// order (a delta bigger than that is a part alone), so that a large
+    /// cluster's catalog never needs one frame bigger than a link takes.
+    /// Applying the parts one after another is applying the whole.
+    pub fn split(self, max_bytes: usize) -> Vec<CatalogSnapshot> {
+        let mut parts = vec![CatalogSnapshot::default()];
+        let mut size = 0;
+        for delta in self.deltas {
+            let len = serde_json::to_vec(&delta).map_or(0, |v| v.len()) + 1;
+            let last = parts.last_mut().expect("never empty");
+            if size + len > max_bytes && !last.deltas.is_empty() {
+                parts.push(CatalogSnapshot::default());
+                size = 0;
+            }
+            size += len;
+            parts.last_mut().expect("never empty").deltas.push(delta);
+        }
+        parts
+    }
+}
+
 /// What `apply` did with a delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {

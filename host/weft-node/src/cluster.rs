@@ -261,7 +261,10 @@ impl ClusterTask {
                 link.send(PeerMsg::Foreign { entries: offer });
             }
             Event::LinkUp(link) => {
-                link.send(PeerMsg::Snapshot { snapshot: self.catalog.snapshot() });
+                // In parts, each well inside the link's frame limit.
+                for snapshot in self.catalog.snapshot().split(self.fabric.max_frame / 2) {
+                    link.send(PeerMsg::Snapshot { snapshot });
+                }
                 link.send(PeerMsg::Relay { entries: self.relaying.clone(), routes: self.sharing.clone() });
                 let r = &link.remote;
                 let guess =

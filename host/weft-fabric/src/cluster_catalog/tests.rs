@@ -240,6 +240,24 @@ fn snapshot_applied_to_an_empty_catalog_yields_the_same_entries_and_digest() {
 }
 
 #[test]
+fn a_snapshot_split_into_parts_under_a_size_applies_as_the_whole() {
+    let mut full = catalog();
+    for n in 0..20 {
+        apply(&mut full, &advert(&format!("n{n}"), 1, 1, &["echo/echo", "text/upper", "math/add"]));
+    }
+    let whole = full.snapshot();
+    let largest = whole.deltas.iter().map(|d| serde_json::to_vec(d).unwrap().len()).max().unwrap();
+    let budget = largest * 3 + 10;
+    let parts = whole.clone().split(budget);
+    assert!((7..=8).contains(&parts.len()), "about 3 deltas a part: {}", parts.len());
+    assert!(parts.iter().all(|p| serde_json::to_vec(p).unwrap().len() <= budget + 20));
+    assert_eq!(parts.iter().flat_map(|p| p.deltas.clone()).collect::<Vec<_>>(), whole.deltas);
+    // A delta over the size is a part of its own; nothing is lost.
+    assert_eq!(whole.clone().split(1).len(), whole.deltas.len());
+    assert_eq!(CatalogSnapshot::default().split(100), vec![CatalogSnapshot::default()]);
+}
+
+#[test]
 fn missing_from_sends_what_the_peer_lacks_and_withdrawals_only_to_holders() {
     let mut cat = catalog();
     apply(&mut cat, &advert("b", 1, 3, &["math/add"]));
