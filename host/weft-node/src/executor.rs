@@ -64,6 +64,11 @@ impl Executor {
         &self.fabric
     }
 
+    /// `response` as JSON text for a client (see [`encode`]).
+    pub fn encode(&self, response: Response) -> (String, Option<ErrorKind>) {
+        encode(response, self.fabric.max_frame, &self.metrics)
+    }
+
     /// Executes a request and always produces a response (errors included).
     /// If the future is dropped (the client left), the gauges still settle.
     pub async fn execute(&self, req: Request) -> Response {

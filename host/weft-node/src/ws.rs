@@ -173,9 +173,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
         };
         ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
-        let (max_frame, metrics) = (ctx.max_frame, ctx.metrics.clone());
-        let reply = move |response: Response| -> Message {
-            let (text, _) = crate::executor::encode(response, max_frame, &metrics);
+        let reply = move |executor: &Executor, response: Response| -> Message {
+            let (text, _) = executor.encode(response);
             if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
         };
         let request = match Request::decode(&bytes) {
@@ -187,7 +186,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
-                let answer = reply(Response::err(u.unwrap_or_default(), &e));
+                let answer = reply(&ctx.executor, Response::err(u.unwrap_or_default(), &e));
                 if write_replies(&mut sink, answer, &mut replies).await.is_err() {
                     client_left = true;
                     break;
@@ -204,7 +203,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ),
             );
             ctx.metrics.record_error(e.kind);
-            if write_replies(&mut sink, reply(Response::err(request.u, &e)), &mut replies).await.is_err() {
+            if write_replies(&mut sink, reply(&ctx.executor, Response::err(request.u, &e)), &mut replies).await.is_err()
+            {
                 client_left = true;
                 break;
             }
@@ -214,7 +214,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let call = async move {
             let response = executor.execute(request).await;
             drop(permit);
-            reply(response)
+            reply(&executor, response)
         };
         if inline.is_none() && calls.is_empty() {
             inline = Some(Box::pin(call));
