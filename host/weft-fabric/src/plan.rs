@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
-use weft_proto::wit::{Field, Mismatch, from_json};
+use weft_proto::wit::{Field, Mismatch, check};
 use weft_proto::{ClusterId, Command, FunctionId, Request, WeftError, WitType};
 
 use crate::catalog::Resolved;
@@ -156,30 +156,38 @@ impl Plan {
     /// `results[i]` is the success value of step `i` once it completed.
     /// Every argument holding a reference is checked against its
     /// parameter's WIT type, since references nested in literals could not
-    /// be checked at plan time (plain literals were).
-    pub fn bind(&self, step: StepIdx, results: &[Option<Value>]) -> Result<Vec<Value>, WeftError> {
-        let Some(s) = self.steps.get(step.0) else {
+    /// be checked at plan time (plain literals were). A step is bound once:
+    /// its literals move out of the plan rather than being copied, so a
+    /// large argument is not held twice.
+    pub fn bind(&mut self, step: StepIdx, results: &[Option<Value>]) -> Result<Vec<Value>, WeftError> {
+        let Some(s) = self.steps.get_mut(step.0) else {
             return Err(WeftError::internal(format!("step #{} is not part of this plan", step.0)));
         };
-        let function = &s.resolved.function;
-        s.args
-            .iter()
-            .zip(&s.resolved.sig.params)
+        let templates = std::mem::take(&mut s.args);
+        let s = &self.steps[step.0];
+        let (function, params) = (&s.resolved.function, &s.resolved.sig.params);
+        if templates.len() != params.len() {
+            return Err(WeftError::internal(format!("{} was bound already; a step is bound once", s.name)));
+        }
+        templates
+            .into_iter()
+            .zip(params)
             .map(|(template, param)| {
+                let literal = matches!(template, Template::Literal(_));
                 let value = self
                     .instantiate(template, results)
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
-                if !matches!(template, Template::Literal(_)) {
-                    from_json(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
+                if !literal {
+                    check(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
                 }
                 Ok(value)
             })
             .collect()
     }
 
-    fn instantiate(&self, template: &Template, results: &[Option<Value>]) -> Result<Value, WeftError> {
+    fn instantiate(&self, template: Template, results: &[Option<Value>]) -> Result<Value, WeftError> {
         Ok(match template {
-            Template::Literal(v) => v.clone(),
+            Template::Literal(v) => v,
             Template::Ref { step, path } => {
                 let name = &self.steps[step.0].name;
                 let Some(result) = results.get(step.0).and_then(Option::as_ref) else {
@@ -187,7 +195,7 @@ impl Plan {
                         "the result of {name} is not available; a step may only be bound once its dependencies completed"
                     )));
                 };
-                follow_value(result, path)
+                follow_value(result, &path)
                     .map_err(|why| {
                         WeftError::invalid_arguments(format!(
                             "path {:?} does not exist in the result of {name}: {why}",
@@ -197,12 +205,12 @@ impl Plan {
                     .clone()
             }
             Template::Array(items) => {
-                Value::Array(items.iter().map(|t| self.instantiate(t, results)).collect::<Result<_, _>>()?)
+                Value::Array(items.into_iter().map(|t| self.instantiate(t, results)).collect::<Result<_, _>>()?)
             }
             Template::Object(fields) => Value::Object(
                 fields
-                    .iter()
-                    .map(|(k, t)| Ok((k.clone(), self.instantiate(t, results)?)))
+                    .into_iter()
+                    .map(|(k, t)| Ok((k, self.instantiate(t, results)?)))
                     .collect::<Result<Map<_, _>, WeftError>>()?,
             ),
         })
@@ -483,7 +491,7 @@ fn check_static(
 ) -> Result<(), WeftError> {
     let (step, path) = match template {
         Template::Literal(v) => {
-            return from_json(v, &param.ty, &param.name).map(drop).map_err(|m| mismatch(function, m));
+            return check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m));
         }
         Template::Ref { step, path } => (step, path),
         Template::Array(_) | Template::Object(_) => return Ok(()),

@@ -258,7 +258,7 @@ mod tests {
             choices in prop::collection::vec(any::<usize>(), 1..64),
         ) {
             let cat = catalog();
-            let plan = Plan::build(&to_request(&steps, &order), |c| resolve(c, &cat)).unwrap();
+            let mut plan = Plan::build(&to_request(&steps, &order), |c| resolve(c, &cat)).unwrap();
             for s in plan.steps() {
                 let expected = s.deps.iter().map(|d| plan.steps()[d.0].level + 1).max().unwrap_or(0);
                 prop_assert_eq!(s.level, expected);

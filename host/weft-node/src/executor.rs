@@ -101,7 +101,7 @@ impl Executor {
         let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len(), &self.metrics)?;
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
-        let plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
+        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
         // The plan holds the arguments now; a large request is not kept twice.
         drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -116,7 +116,7 @@ impl Executor {
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = Steps::new(plan.steps().len() > 1 || load == NodeLoad::Idle);
         for step in scheduler.initial_ready() {
-            self.start(&plan, step, &results, &scope, &mut running)?;
+            self.start(&mut plan, step, &results, &scope, &mut running)?;
         }
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
@@ -157,7 +157,7 @@ impl Executor {
             results[joined.step.0] = Some(value);
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             for next in scheduler.complete(joined.step) {
-                self.start(&plan, next, &results, &scope, &mut running)?;
+                self.start(&mut plan, next, &results, &scope, &mut running)?;
             }
         }
 
@@ -198,7 +198,7 @@ impl Executor {
 
     fn start(
         &self,
-        plan: &Plan,
+        plan: &mut Plan,
         idx: StepIdx,
         results: &[Option<Value>],
         scope: &Scope<'_>,

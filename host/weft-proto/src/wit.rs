@@ -1,6 +1,7 @@
 //! WIT types and values as plain data, and the one JSON <-> WIT mapping of the
-//! spec. The runtime turns `WitValue` into wasmtime values one to one; the
-//! planner uses `WitType` to check references before anything runs. Keeping
+//! spec. JSON arguments are checked and converted by one walk (`convert`)
+//! into whatever a `Build` makes of them: wasmtime values in the runtime,
+//! nothing in the planner's checks. Results come back as `WitValue`. Keeping
 //! the mapping here (pure, no wasmtime) gives it one implementation that is
 //! unit- and property-tested on its own.
 
@@ -364,10 +365,88 @@ fn describe(v: &Value) -> String {
     }
 }
 
-/// Converts JSON to a WIT value of type `ty`; `path` names the place for
-/// error messages (e.g. the parameter name).
-pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismatch> {
-    let fail = |expected: String| Mismatch { path: path.to_owned(), expected, found: describe(v) };
+/// A WIT value read from JSON, before it is built: the leaves of `Build`.
+#[derive(Clone, Copy, Debug)]
+pub enum Scalar<'a> {
+    Bool(bool),
+    S8(i8),
+    S16(i16),
+    S32(i32),
+    S64(i64),
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    Char(char),
+    String(&'a str),
+    Enum(&'a str),
+}
+
+/// What a conversion of JSON builds once a value fits its WIT type: the
+/// runtime builds wasmtime's `Val`s, the planner nothing at all (`Check`).
+/// One walk validates for every target, so JSON goes straight to the
+/// value the caller needs, without an intermediate tree.
+pub trait Build {
+    type Out;
+    fn scalar(&self, x: Scalar<'_>) -> Self::Out;
+    fn list(&self, items: Vec<Self::Out>) -> Self::Out;
+    fn tuple(&self, items: Vec<Self::Out>) -> Self::Out;
+    fn record(&self, fields: Vec<(&str, Self::Out)>) -> Self::Out;
+    fn variant(&self, case: &str, payload: Option<Self::Out>) -> Self::Out;
+    fn flags(&self, set: Vec<&str>) -> Self::Out;
+    fn option(&self, x: Option<Self::Out>) -> Self::Out;
+    fn result(&self, r: Result<Option<Self::Out>, Option<Self::Out>>) -> Self::Out;
+}
+
+/// Builds nothing: checks that JSON fits a type without allocating values.
+pub struct Check;
+
+impl Build for Check {
+    type Out = ();
+    fn scalar(&self, _: Scalar<'_>) {}
+    fn list(&self, _: Vec<()>) {}
+    fn tuple(&self, _: Vec<()>) {}
+    fn record(&self, _: Vec<(&str, ())>) {}
+    fn variant(&self, _: &str, _: Option<()>) {}
+    fn flags(&self, _: Vec<&str>) {}
+    fn option(&self, _: Option<()>) {}
+    fn result(&self, _: Result<Option<()>, Option<()>>) {}
+}
+
+/// Checks that JSON fits a WIT type; `path` names the place for messages.
+pub fn check(v: &Value, ty: &WitType, path: &str) -> Result<(), Mismatch> {
+    convert(v, ty, path, &Check)
+}
+
+/// Converts JSON that fits `ty` into what `build` makes of it; `path` names
+/// the place for error messages (e.g. the parameter name).
+pub fn convert<B: Build>(v: &Value, ty: &WitType, path: &str, build: &B) -> Result<B::Out, Mismatch> {
+    walk(v, ty, At::Root(path), build)
+}
+
+/// Where a value sits inside an argument. Rendered only for a mismatch, so a
+/// long list costs no path string per element.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root(&'a str),
+    Index(&'a At<'a>, usize),
+    Field(&'a At<'a>, &'a str),
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Root(path) => f.write_str(path),
+            At::Index(up, i) => write!(f, "{up}[{i}]"),
+            At::Field(up, name) => write!(f, "{up}.{name}"),
+        }
+    }
+}
+
+fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, Mismatch> {
+    let fail = |expected: String| Mismatch { path: at.to_string(), expected, found: describe(v) };
     let int = |min: i128, max: i128| -> Result<i128, Mismatch> {
         let n = match v {
             Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
@@ -389,82 +468,72 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
         }
     };
     let (lo, hi) = if ty.is_integer() { ty.int_range() } else { (0, 0) };
-    Ok(match ty {
-        WitType::Bool => WitValue::Bool(v.as_bool().ok_or_else(|| fail("bool".into()))?),
-        WitType::S8 => WitValue::S8(int(lo, hi)? as i8),
-        WitType::S16 => WitValue::S16(int(lo, hi)? as i16),
-        WitType::S32 => WitValue::S32(int(lo, hi)? as i32),
-        WitType::S64 => WitValue::S64(int(lo, hi)? as i64),
-        WitType::U8 => WitValue::U8(int(lo, hi)? as u8),
-        WitType::U16 => WitValue::U16(int(lo, hi)? as u16),
-        WitType::U32 => WitValue::U32(int(lo, hi)? as u32),
-        WitType::U64 => WitValue::U64(int(lo, hi)? as u64),
-        WitType::F32 => WitValue::F32(float()? as f32),
-        WitType::F64 => WitValue::F64(float()?),
+    let scalar = |x: Scalar<'_>| Ok(b.scalar(x));
+    match ty {
+        WitType::Bool => scalar(Scalar::Bool(v.as_bool().ok_or_else(|| fail("bool".into()))?)),
+        WitType::S8 => scalar(Scalar::S8(int(lo, hi)? as i8)),
+        WitType::S16 => scalar(Scalar::S16(int(lo, hi)? as i16)),
+        WitType::S32 => scalar(Scalar::S32(int(lo, hi)? as i32)),
+        WitType::S64 => scalar(Scalar::S64(int(lo, hi)? as i64)),
+        WitType::U8 => scalar(Scalar::U8(int(lo, hi)? as u8)),
+        WitType::U16 => scalar(Scalar::U16(int(lo, hi)? as u16)),
+        WitType::U32 => scalar(Scalar::U32(int(lo, hi)? as u32)),
+        WitType::U64 => scalar(Scalar::U64(int(lo, hi)? as u64)),
+        WitType::F32 => scalar(Scalar::F32(float()? as f32)),
+        WitType::F64 => scalar(Scalar::F64(float()?)),
         WitType::Char => {
             let s = v.as_str().ok_or_else(|| fail("char (a one-character string)".into()))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
-                (Some(c), None) => WitValue::Char(c),
-                _ => return Err(fail("char (a one-character string)".into())),
+                (Some(c), None) => scalar(Scalar::Char(c)),
+                _ => Err(fail("char (a one-character string)".into())),
             }
         }
-        WitType::String => WitValue::String(v.as_str().ok_or_else(|| fail("string".into()))?.to_owned()),
+        WitType::String => scalar(Scalar::String(v.as_str().ok_or_else(|| fail("string".into()))?)),
         WitType::List { element } => {
             let items = v.as_array().ok_or_else(|| fail(format!("{ty} (an array)")))?;
-            WitValue::List(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| from_json(x, element, &format!("{path}[{i}]")))
-                    .collect::<Result<_, _>>()?,
-            )
+            let items = items.iter().enumerate().map(|(i, x)| walk(x, element, At::Index(&at, i), b));
+            Ok(b.list(items.collect::<Result<_, _>>()?))
         }
         WitType::Tuple { elements } => {
             let items = v
                 .as_array()
                 .filter(|a| a.len() == elements.len())
                 .ok_or_else(|| fail(format!("{ty} (an array of {} elements)", elements.len())))?;
-            WitValue::Tuple(
-                items
-                    .iter()
-                    .zip(elements)
-                    .enumerate()
-                    .map(|(i, (x, t))| from_json(x, t, &format!("{path}[{i}]")))
-                    .collect::<Result<_, _>>()?,
-            )
+            let items = items.iter().zip(elements).enumerate().map(|(i, (x, t))| walk(x, t, At::Index(&at, i), b));
+            Ok(b.tuple(items.collect::<Result<_, _>>()?))
         }
         WitType::Record { fields, .. } => {
             let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
             if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 return Err(Mismatch {
-                    path: format!("{path}.{extra}"),
+                    path: At::Field(&at, extra).to_string(),
                     expected: format!("no such field (fields of {ty}: {})", names.join(", ")),
                     found: describe(&obj[extra]),
                 });
             }
             let mut out = Vec::with_capacity(fields.len());
             for f in fields {
-                let fpath = format!("{path}.{}", f.name);
+                let here = At::Field(&at, &f.name);
                 let value = match (obj.get(&f.name), &f.ty) {
-                    (Some(x), t) => from_json(x, t, &fpath)?,
-                    (None, WitType::Option { .. }) => WitValue::Option(None),
+                    (Some(x), t) => walk(x, t, here, b)?,
+                    (None, WitType::Option { .. }) => b.option(None),
                     (None, t) => {
                         return Err(Mismatch {
-                            path: fpath,
+                            path: here.to_string(),
                             expected: t.to_string(),
                             found: "nothing (missing field)".into(),
                         });
                     }
                 };
-                out.push((f.name.clone(), value));
+                out.push((f.name.as_str(), value));
             }
-            WitValue::Record(out)
+            Ok(b.record(out))
         }
         WitType::Enum { cases, .. } => match v.as_str() {
-            Some(s) if cases.iter().any(|c| c == s) => WitValue::Enum(s.to_owned()),
-            _ => return Err(fail(format!("one of {}", quoted(cases)))),
+            Some(s) if cases.iter().any(|c| c == s) => scalar(Scalar::Enum(s)),
+            _ => Err(fail(format!("one of {}", quoted(cases)))),
         },
         WitType::Flags { flags, .. } => {
             let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
@@ -472,14 +541,14 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             for x in items {
                 match x.as_str() {
                     Some(s) if flags.iter().any(|f| f == s) => {
-                        if !set.iter().any(|y| y == s) {
-                            set.push(s.to_owned());
+                        if !set.contains(&s) {
+                            set.push(s);
                         }
                     }
                     _ => return Err(fail(format!("an array of flags from {}", quoted(flags)))),
                 }
             }
-            WitValue::Flags(set)
+            Ok(b.flags(set))
         }
         WitType::Variant { cases, .. } => {
             let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
@@ -496,25 +565,23 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
             let case = cases.iter().find(|c| c.name == name).ok_or_else(|| fail(expected()))?;
             let value = match (&case.ty, payload) {
                 (None, None) | (None, Some(Value::Null)) => None,
-                (Some(t), Some(x)) => Some(Box::new(from_json(x, t, &format!("{path}.{name}"))?)),
+                (Some(t), Some(x)) => Some(walk(x, t, At::Field(&at, name), b)?),
                 (Some(t), None) => return Err(fail(format!("{{\"{name}\": {t}}}"))),
-                (None, Some(_)) => {
-                    return Err(fail(format!("\"{name}\" (this case has no payload)")));
-                }
+                (None, Some(_)) => return Err(fail(format!("\"{name}\" (this case has no payload)"))),
             };
-            WitValue::Variant(name.to_owned(), value)
+            Ok(b.variant(name, value))
         }
         WitType::Option { some } => match (v, some.as_ref()) {
-            (Value::Null, _) => WitValue::Option(None),
+            (Value::Null, _) => Ok(b.option(None)),
             (_, WitType::Option { .. }) => {
                 let inner = v
                     .as_object()
                     .filter(|o| o.len() == 1)
                     .and_then(|o| o.get("some"))
                     .ok_or_else(|| fail(format!("{ty} (null or {{\"some\": value}})")))?;
-                WitValue::Option(Some(Box::new(from_json(inner, some, &format!("{path}.some"))?)))
+                Ok(b.option(Some(walk(inner, some, At::Field(&at, "some"), b)?)))
             }
-            (_, t) => WitValue::Option(Some(Box::new(from_json(v, t, path)?))),
+            (_, t) => Ok(b.option(Some(walk(v, t, at, b)?))),
         },
         WitType::Result { ok, err } => {
             let expected = || format!("{ty} ({{\"ok\": ..}} or {{\"err\": ..}})");
@@ -526,26 +593,22 @@ pub fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismat
                 }
                 _ => return Err(fail(expected())),
             };
-            let convert = |t: &Option<Box<WitType>>, sub: &str| -> Result<Option<Box<WitValue>>, Mismatch> {
+            let payload = |t: &Option<Box<WitType>>| -> Result<Option<B::Out>, Mismatch> {
                 match (t, payload) {
                     (None, None | Some(Value::Null)) => Ok(None),
-                    (Some(t), Some(x)) => Ok(Some(Box::new(from_json(x, t, &format!("{path}.{sub}"))?))),
+                    (Some(t), Some(x)) => Ok(Some(walk(x, t, At::Field(&at, case), b)?)),
                     _ => Err(fail(expected())),
                 }
             };
             match case {
-                "ok" => WitValue::Result(Ok(convert(ok, "ok")?)),
-                "err" => WitValue::Result(Err(convert(err, "err")?)),
-                _ => return Err(fail(expected())),
+                "ok" => Ok(b.result(Ok(payload(ok)?))),
+                "err" => Ok(b.result(Err(payload(err)?))),
+                _ => Err(fail(expected())),
             }
         }
-        WitType::Resource { name } => {
-            return Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON")));
-        }
-        WitType::Unsupported { name } => {
-            return Err(fail(format!("{name}, which cannot be passed as JSON")));
-        }
-    })
+        WitType::Resource { name } => Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON"))),
+        WitType::Unsupported { name } => Err(fail(format!("{name}, which cannot be passed as JSON"))),
+    }
 }
 
 fn quoted(items: &[String]) -> String {

@@ -1,32 +1,52 @@
-//! `WitValue` (plain data, from weft-proto) <-> wasmtime `Val`, one to one.
+//! Request JSON -> wasmtime `Val`, and `Val` -> `WitValue` (plain data, from weft-proto) for results.
 
 use wasmtime::component::Val;
-use weft_proto::wit::WitValue;
+use weft_proto::wit::{Build, Scalar, WitValue};
 
-pub(crate) fn to_val(v: WitValue) -> Val {
-    let boxed = |x: Option<Box<WitValue>>| x.map(|x| Box::new(to_val(*x)));
-    match v {
-        WitValue::Bool(x) => Val::Bool(x),
-        WitValue::S8(x) => Val::S8(x),
-        WitValue::S16(x) => Val::S16(x),
-        WitValue::S32(x) => Val::S32(x),
-        WitValue::S64(x) => Val::S64(x),
-        WitValue::U8(x) => Val::U8(x),
-        WitValue::U16(x) => Val::U16(x),
-        WitValue::U32(x) => Val::U32(x),
-        WitValue::U64(x) => Val::U64(x),
-        WitValue::F32(x) => Val::Float32(x),
-        WitValue::F64(x) => Val::Float64(x),
-        WitValue::Char(x) => Val::Char(x),
-        WitValue::String(x) => Val::String(x),
-        WitValue::List(xs) => Val::List(xs.into_iter().map(to_val).collect()),
-        WitValue::Record(fs) => Val::Record(fs.into_iter().map(|(k, x)| (k, to_val(x))).collect()),
-        WitValue::Tuple(xs) => Val::Tuple(xs.into_iter().map(to_val).collect()),
-        WitValue::Variant(n, x) => Val::Variant(n, boxed(x)),
-        WitValue::Enum(n) => Val::Enum(n),
-        WitValue::Flags(f) => Val::Flags(f),
-        WitValue::Option(x) => Val::Option(boxed(x)),
-        WitValue::Result(r) => Val::Result(r.map(boxed).map_err(boxed)),
+/// Builds wasmtime values straight from request JSON (weft-proto's one
+/// walk checks it against the parameter's WIT type on the way).
+pub(crate) struct ToVal;
+
+impl Build for ToVal {
+    type Out = Val;
+    fn scalar(&self, x: Scalar<'_>) -> Val {
+        match x {
+            Scalar::Bool(x) => Val::Bool(x),
+            Scalar::S8(x) => Val::S8(x),
+            Scalar::S16(x) => Val::S16(x),
+            Scalar::S32(x) => Val::S32(x),
+            Scalar::S64(x) => Val::S64(x),
+            Scalar::U8(x) => Val::U8(x),
+            Scalar::U16(x) => Val::U16(x),
+            Scalar::U32(x) => Val::U32(x),
+            Scalar::U64(x) => Val::U64(x),
+            Scalar::F32(x) => Val::Float32(x),
+            Scalar::F64(x) => Val::Float64(x),
+            Scalar::Char(x) => Val::Char(x),
+            Scalar::String(x) => Val::String(x.to_owned()),
+            Scalar::Enum(x) => Val::Enum(x.to_owned()),
+        }
+    }
+    fn list(&self, items: Vec<Val>) -> Val {
+        Val::List(items)
+    }
+    fn tuple(&self, items: Vec<Val>) -> Val {
+        Val::Tuple(items)
+    }
+    fn record(&self, fields: Vec<(&str, Val)>) -> Val {
+        Val::Record(fields.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
+    }
+    fn variant(&self, case: &str, payload: Option<Val>) -> Val {
+        Val::Variant(case.to_owned(), payload.map(Box::new))
+    }
+    fn flags(&self, set: Vec<&str>) -> Val {
+        Val::Flags(set.into_iter().map(str::to_owned).collect())
+    }
+    fn option(&self, x: Option<Val>) -> Val {
+        Val::Option(x.map(Box::new))
+    }
+    fn result(&self, r: Result<Option<Val>, Option<Val>>) -> Val {
+        Val::Result(r.map(|x| x.map(Box::new)).map_err(|x| x.map(Box::new)))
     }
 }
 

@@ -15,7 +15,7 @@ use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::cache;
 use crate::config::{Limits, RuntimeConfig};
-use crate::convert::{from_val, to_val};
+use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
@@ -887,7 +887,7 @@ fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) 
         .iter()
         .zip(args)
         .map(|(p, a)| {
-            wit::from_json(a, &p.ty, &p.name).map(to_val).map_err(|m| {
+            wit::convert(a, &p.ty, &p.name, &ToVal).map_err(|m| {
                 WeftError::invalid_arguments(format!(
                     "argument '{}' of {qualified}: expected {}, got {}",
                     m.path, m.expected, m.found

@@ -49,7 +49,7 @@ fn results(p: &Plan, named: &[(&str, Value)]) -> Vec<Option<Value>> {
 
 #[test]
 fn chain_binds_the_previous_result() {
-    let p = build(vec![cmd("a", "echo", json!(["hi"])), cmd("b", "concat", json!([{"$ref": "a"}, "!"]))]).unwrap();
+    let mut p = build(vec![cmd("a", "echo", json!(["hi"])), cmd("b", "concat", json!([{"$ref": "a"}, "!"]))]).unwrap();
     assert_eq!((step(&p, "a").level, step(&p, "b").level), (0, 1));
     assert_eq!(names(&p, &step(&p, "b").deps), ["a"]);
     assert_eq!(p.outputs(), ["b"]);
@@ -96,7 +96,7 @@ fn deep_chain_of_100_levels_in_reverse_request_order() {
 
 #[test]
 fn references_nested_in_arrays_and_objects_are_substituted_at_any_depth() {
-    let p = build(vec![
+    let mut p = build(vec![
         cmd("a", "echo", json!(["hi"])),
         cmd("n", "word-count", json!(["one two"])),
         cmd("s", "stats", json!([[1.0, 2.0, 6.0]])),
@@ -123,7 +123,7 @@ fn references_nested_in_arrays_and_objects_are_substituted_at_any_depth() {
 
 #[test]
 fn record_field_path_feeds_an_f64_parameter() {
-    let p = build(vec![
+    let mut p = build(vec![
         cmd("s", "stats", json!([[1.0, 2.0, 6.0]])),
         cmd("half", "divide", json!([{"$ref": "s", "path": "mean"}, 2])),
     ])
@@ -140,8 +140,8 @@ fn list_index_path_selects_an_element_and_a_missing_one_fails_at_bind() {
     ])
     .unwrap();
     let second = p.step_index("second").unwrap();
-    assert_eq!(p.bind(second, &results(&p, &[("sp", json!(["a", "b"]))])).unwrap(), [json!("b")]);
-    let e = p.bind(second, &results(&p, &[("sp", json!(["a"]))])).unwrap_err();
+    assert_eq!(p.clone().bind(second, &results(&p, &[("sp", json!(["a", "b"]))])).unwrap(), [json!("b")]);
+    let e = p.clone().bind(second, &results(&p, &[("sp", json!(["a"]))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
     assert!(e.message.starts_with("command second: argument 'value' of echo/echo: path \"1\""), "{}", e.message);
 }
@@ -200,7 +200,7 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
 
 #[test]
 fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
-    let p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
+    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
     let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
     assert_eq!(e.message, "command l: argument 'values[0]' of echo/echos: expected string, got number 2");
@@ -208,15 +208,26 @@ fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
 
 #[test]
 fn binding_before_a_dependency_completed_is_an_internal_error_not_a_panic() {
-    let p = build(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!(["a"]))]).unwrap();
+    let mut p = build(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!(["a"]))]).unwrap();
     let e = p.bind(p.step_index("b").unwrap(), &[]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INTERNAL);
     assert_eq!(p.bind(StepIdx(7), &[]).unwrap_err().kind, ErrorKind::INTERNAL);
 }
 
 #[test]
+fn a_step_is_bound_once_its_literals_move_out_of_the_plan() {
+    let mut p = build(vec![cmd("a", "echo", json!(["x"]))]).unwrap();
+    let a = p.step_index("a").unwrap();
+    assert_eq!(p.bind(a, &[]).unwrap(), [json!("x")]);
+    assert!(p.steps()[0].args.is_empty(), "the plan keeps no copy");
+    let e = p.bind(a, &[]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::INTERNAL);
+    assert!(e.message.contains("bound already"), "{}", e.message);
+}
+
+#[test]
 fn lit_escape_passes_names_and_ref_objects_literally() {
-    let p = build(vec![
+    let mut p = build(vec![
         cmd("a", "echo", json!(["hi"])),
         cmd("b", "echo", json!([{"$lit": "a"}])),
         cmd("c", "echos", json!([{"$lit": ["a", "b"]}])),
@@ -243,7 +254,7 @@ fn lit_object_with_other_keys_is_invalid_request() {
 
 #[test]
 fn mpreg_string_equal_to_another_command_name_is_a_reference_at_any_depth() {
-    let p = build(vec![
+    let mut p = build(vec![
         cmd("a", "echo", json!(["a"])),
         cmd("b", "concat", json!(["a", "!"])),
         cmd("c", "echos", json!([["b", "z"]])),
@@ -258,7 +269,7 @@ fn mpreg_string_equal_to_another_command_name_is_a_reference_at_any_depth() {
 
 #[test]
 fn kwargs_map_by_parameter_name_into_parameter_order() {
-    let p = build(vec![
+    let mut p = build(vec![
         cmd("x", "echo", json!(["hi"])),
         with_kwargs(cmd("y", "concat", json!([])), json!({"b": "!", "a": {"$ref": "x"}})),
         with_kwargs(cmd("z", "concat", json!(["<"])), json!({"b": ">"})),
@@ -271,7 +282,7 @@ fn kwargs_map_by_parameter_name_into_parameter_order() {
 
 #[test]
 fn omitted_option_parameter_is_null() {
-    let p = build(vec![cmd("p", "pad", json!(["x"]))]).unwrap();
+    let mut p = build(vec![cmd("p", "pad", json!(["x"]))]).unwrap();
     assert_eq!(p.bind(StepIdx(0), &[]).unwrap(), [json!("x"), Value::Null]);
 }
 

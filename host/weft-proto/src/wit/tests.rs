@@ -22,6 +22,56 @@ fn shape() -> WitType {
     }
 }
 
+/// Builds `WitValue`s, so that a conversion can be compared with `to_json`.
+struct Plain;
+
+impl Build for Plain {
+    type Out = WitValue;
+    fn scalar(&self, x: Scalar<'_>) -> WitValue {
+        match x {
+            Scalar::Bool(x) => WitValue::Bool(x),
+            Scalar::S8(x) => WitValue::S8(x),
+            Scalar::S16(x) => WitValue::S16(x),
+            Scalar::S32(x) => WitValue::S32(x),
+            Scalar::S64(x) => WitValue::S64(x),
+            Scalar::U8(x) => WitValue::U8(x),
+            Scalar::U16(x) => WitValue::U16(x),
+            Scalar::U32(x) => WitValue::U32(x),
+            Scalar::U64(x) => WitValue::U64(x),
+            Scalar::F32(x) => WitValue::F32(x),
+            Scalar::F64(x) => WitValue::F64(x),
+            Scalar::Char(x) => WitValue::Char(x),
+            Scalar::String(x) => WitValue::String(x.to_owned()),
+            Scalar::Enum(x) => WitValue::Enum(x.to_owned()),
+        }
+    }
+    fn list(&self, items: Vec<WitValue>) -> WitValue {
+        WitValue::List(items)
+    }
+    fn tuple(&self, items: Vec<WitValue>) -> WitValue {
+        WitValue::Tuple(items)
+    }
+    fn record(&self, fields: Vec<(&str, WitValue)>) -> WitValue {
+        WitValue::Record(fields.into_iter().map(|(k, x)| (k.to_owned(), x)).collect())
+    }
+    fn variant(&self, case: &str, payload: Option<WitValue>) -> WitValue {
+        WitValue::Variant(case.to_owned(), payload.map(Box::new))
+    }
+    fn flags(&self, set: Vec<&str>) -> WitValue {
+        WitValue::Flags(set.into_iter().map(str::to_owned).collect())
+    }
+    fn option(&self, x: Option<WitValue>) -> WitValue {
+        WitValue::Option(x.map(Box::new))
+    }
+    fn result(&self, r: Result<Option<WitValue>, Option<WitValue>>) -> WitValue {
+        WitValue::Result(r.map(|x| x.map(Box::new)).map_err(|x| x.map(Box::new)))
+    }
+}
+
+fn from_json(v: &Value, ty: &WitType, path: &str) -> Result<WitValue, Mismatch> {
+    convert(v, ty, path, &Plain)
+}
+
 fn roundtrip(v: Value, ty: &WitType) -> Value {
     to_json(&from_json(&v, ty, "x").unwrap_or_else(|e| panic!("{v} as {ty}: {e}")))
 }
@@ -78,6 +128,11 @@ fn mismatches_name_the_path_and_the_expected_type() {
     let list = WitType::List { element: Box::new(WitType::F64) };
     let err = from_json(&json!([1, "two"]), &list, "xs").unwrap_err();
     assert_eq!(err.path, "xs[1]");
+    let nested = WitType::Result { ok: Some(Box::new(WitType::List { element: Box::new(summary()) })), err: None };
+    let err = from_json(&json!({"ok": [{"count": 1, "mean": 2}, {"count": -1, "mean": 2}]}), &nested, "r").unwrap_err();
+    assert_eq!(err.path, "r.ok[1].count");
+    let err = from_json(&json!({"circle": "big"}), &shape(), "s").unwrap_err();
+    assert_eq!(err.path, "s.circle");
     assert!(from_json(&json!({"square": 1}), &shape(), "s").is_err());
     assert!(from_json(&json!(1), &WitType::Resource { name: "r".into() }, "h").is_err());
 }
@@ -183,6 +238,13 @@ proptest! {
             let again = from_json(&to_json(&value), &ty, "p").map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(again, value);
         }
+    }
+
+    // The planner's check and the runtime's conversion are one walk: they
+    // accept the same JSON and report the same mismatch.
+    #[test]
+    fn checking_agrees_with_converting(ty in arb_type(), json in arbitrary_json(".{0,4}", "f[0-3]|some|ok|err|[a-z]{1,3}")) {
+        prop_assert_eq!(check(&json, &ty, "p"), from_json(&json, &ty, "p").map(drop));
     }
 
     #[test]
