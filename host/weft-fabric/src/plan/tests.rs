@@ -200,7 +200,8 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
 
 #[test]
 fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
-    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
+    let mut p =
+        build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
     let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
     assert_eq!(e.message, "command l: argument 'values[0]' of echo/echos: expected string, got number 2");
