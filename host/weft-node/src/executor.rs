@@ -537,10 +537,13 @@ impl StepCall {
     }
 }
 
-/// The item with the least load; ties broken at random so equal nodes share work.
+/// The item with the least load; ties broken at random so equal nodes share
+/// work. Each load is read once: it is a live counter that other calls move,
+/// and a second reading could leave no item at the minimum of the first.
 fn least_loaded<T>(items: Vec<T>, load: impl Fn(&T) -> usize, rng: &mut impl rand::Rng) -> Option<T> {
-    let min = items.iter().map(&load).min()?;
-    let mut least: Vec<T> = items.into_iter().filter(|i| load(i) == min).collect();
+    let loads: Vec<(usize, T)> = items.into_iter().map(|i| (load(&i), i)).collect();
+    let min = loads.iter().map(|(l, _)| *l).min()?;
+    let mut least: Vec<T> = loads.into_iter().filter(|(l, _)| *l == min).map(|(_, i)| i).collect();
     let pick = rng.random_range(0..least.len());
     Some(least.swap_remove(pick))
 }
@@ -734,5 +737,19 @@ mod tests {
         }
         assert_eq!(seen.keys().copied().collect::<Vec<_>>(), ["a", "b"]);
         assert!(seen.values().all(|&n| n > 60), "ties are shared: {seen:?}");
+    }
+
+    #[test]
+    fn least_loaded_reads_each_load_once_while_other_calls_move_it() {
+        // A link's in-flight count changes between readings under load; read
+        // twice, no link was left at the first minimum and the pick panicked.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let reads = std::cell::Cell::new(0);
+        let falling = |_: &&str| {
+            reads.set(reads.get() + 1);
+            10 - reads.get()
+        };
+        assert_eq!(least_loaded(vec!["a", "b"], falling, &mut rng), Some("b"));
+        assert_eq!(reads.get(), 2);
     }
 }

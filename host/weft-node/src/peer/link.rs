@@ -5,11 +5,12 @@
 //! and every call the peer asked for is cancelled.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -177,7 +178,9 @@ impl Link {
         lock(&self.waiting).insert(id, tx);
         let mut pending = Pending { link: self, id, answered: false };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(PeerMsg::Call(call)).await.is_err() {
+        // `run` closes the link before it fails the waiters; a call
+        // registered after that would wait on a writer that is gone.
+        if self.is_closed() || self.tx.send(PeerMsg::Call(call)).await.is_err() {
             return (Err(self.lost()), self.remote.node.clone());
         }
         let answer = rx.await.unwrap_or_else(|_| (Err(self.lost()), self.remote.node.clone()));
@@ -397,11 +400,19 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
     let task = fabric.tracker.spawn(async move {
-        let (result, ran_on) = run_forwarded(&fabric2, &link2, call).await;
+        let (result, ran_on) = answered(run_forwarded(&fabric2, &link2, call), &fabric2.me.node).await;
         lock(&link2.serving).remove(&id);
         link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
     });
     lock(&link.serving).insert(id, task.abort_handle());
+}
+
+/// Runs a forwarded call to its answer. A panic becomes an INTERNAL answer:
+/// without one the caller would wait for its deadline on a call long gone.
+async fn answered(run: impl Future<Output = Ran>, me: &NodeId) -> Ran {
+    AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(|_| {
+        (Err(WeftError::internal("the call failed on this node (a bug: its log has the panic)")), me.clone())
+    })
 }
 
 /// A call from a member runs here (the member chose this node). A call from
@@ -669,6 +680,39 @@ mod tests {
         drop(first); // the cluster task handled it
         let second = tokio::time::timeout(Duration::from_secs(5), link.take_inbound(60)).await;
         assert!(matches!(second, Ok(Some(_))), "the budget came back");
+    }
+
+    #[tokio::test]
+    async fn a_call_on_a_link_that_closed_fails_at_once() {
+        // The writer is gone but its queue is still open: `run` closed the
+        // link and failed the waiters, and this call comes after that.
+        let (link, _queue) = Link::new(link(10).remote.clone(), Direction::Outbound, 10);
+        link.close();
+        lock(&link.waiting).clear();
+        let call = ForwardCall {
+            id: 0,
+            function: "echo/echo".into(),
+            version: "0.1.0".into(),
+            args: Vec::new(),
+            deadline_ms: 60_000,
+            routing_path: Vec::new(),
+            federation_path: Vec::new(),
+            hop_budget: 1,
+            target_cluster: None,
+            locs: Vec::new(),
+            caller: Caller::Anonymous,
+        };
+        let (result, _) = tokio::time::timeout(Duration::from_secs(5), link.call(call)).await.expect("no wait");
+        assert_eq!(result.unwrap_err().kind, ErrorKind::UNAVAILABLE);
+        assert!(lock(&link.waiting).is_empty(), "the waiter is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_call_that_panics_is_answered() {
+        let me = NodeId::new("n1");
+        let (result, ran_on) = answered(async { panic!("a bug") }, &me).await;
+        assert_eq!(result.unwrap_err().kind, ErrorKind::INTERNAL);
+        assert_eq!(ran_on, me);
     }
 
     #[tokio::test]
