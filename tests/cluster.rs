@@ -414,3 +414,33 @@ async fn a_draining_node_still_gets_the_answers_of_calls_it_forwarded() {
     assert_eq!((e.kind, e.details["trap"].as_str()), (ErrorKind::GUEST_TRAP, Some("interrupted")), "{e}");
     drop(b);
 }
+
+#[tokio::test]
+async fn a_peer_that_sends_more_calls_than_a_connection_may_have_in_flight_is_answered_busy() {
+    let node = TestNode::start(NodeSpec {
+        config: "[limits]\nmax_in_flight_per_connection = 2\n".into(),
+        ..NodeSpec::default()
+    });
+    let mut peer = support::FakePeer::join(&node, "m9", "local").await;
+    let call = |id: u64, function: &str| {
+        json!({"t": "call", "id": id, "function": function, "version": "0.1.0", "args": [],
+            "deadline_ms": 5000, "routing_path": ["m9"], "hop_budget": 1})
+    };
+    peer.send(&call(1, "hostile/spin")).await;
+    peer.send(&call(2, "hostile/spin")).await;
+    peer.send(&call(3, "hostile/spin")).await;
+    // The third is refused at once; the two spinning calls end at their 1 s deadline.
+    let first = peer.next_of("reply").await;
+    assert_eq!(first["id"], 3, "{first}");
+    assert_eq!(first["error"]["kind"], "RESOURCE_EXHAUSTED", "{first}");
+    assert!(first["error"]["message"].as_str().unwrap().contains("limits.max_in_flight_per_connection"), "{first}");
+    for _ in 0..2 {
+        let reply = peer.next_of("reply").await;
+        assert_ne!(reply["error"]["kind"], "RESOURCE_EXHAUSTED", "{reply}");
+    }
+    // With room again, a call runs.
+    peer.send(&json!({"t": "call", "id": 4, "function": "echo/echo", "version": "0.1.0", "args": ["hi"],
+        "deadline_ms": 5000, "routing_path": ["m9"], "hop_budget": 1}))
+        .await;
+    assert_eq!(peer.next_of("reply").await["value"], "hi");
+}

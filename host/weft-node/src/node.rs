@@ -370,7 +370,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         me,
         runtime,
         metrics.clone(),
-        FabricSettings { max_frame, max_members, transit: config.routing.transit, roots, tls: tls.clone() },
+        FabricSettings {
+            max_frame,
+            max_members,
+            max_serving: config.limits.max_in_flight_per_connection as usize,
+            transit: config.routing.transit,
+            roots,
+            tls: tls.clone(),
+        },
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );

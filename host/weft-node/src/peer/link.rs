@@ -399,6 +399,22 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
 fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
+    let serving = lock(&link.serving).len();
+    if serving >= fabric.max_serving {
+        // Answered, not dropped: the caller is waiting on this id.
+        let busy = WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "node {} already runs {serving} calls from node {} (limits.max_in_flight_per_connection); retry shortly or call another node",
+                fabric.me.node, link.remote.node
+            ),
+        )
+        .with("limit", serving);
+        fabric.tracker.spawn(async move {
+            link2.tx.send(PeerMsg::reply(id, Err(busy), fabric2.me.node.clone())).await.ok();
+        });
+        return;
+    }
     let task = fabric.tracker.spawn(async move {
         let (result, ran_on) = answered(run_forwarded(&fabric2, &link2, call), &fabric2.me.node).await;
         lock(&link2.serving).remove(&id);

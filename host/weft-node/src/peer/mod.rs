@@ -112,6 +112,9 @@ pub struct Refusal {
 pub struct FabricSettings {
     pub max_frame: usize,
     pub max_members: usize,
+    /// Calls one peer may have running here at once
+    /// (`limits.max_in_flight_per_connection`, as for a client).
+    pub max_serving: usize,
     /// `routing.transit`: calls between two other clusters may pass here.
     pub transit: bool,
     /// Authorities trusted when dialling a `wss://` peer.
@@ -128,6 +131,7 @@ pub struct Fabric {
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
     pub max_members: usize,
+    pub(crate) max_serving: usize,
     transit: bool,
     roots: RwLock<weft_client::Roots>,
     /// The certificate both listeners serve, with `[tls]`.
@@ -221,7 +225,7 @@ impl Fabric {
         federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
-        let FabricSettings { max_frame, max_members, transit, roots, tls } = settings;
+        let FabricSettings { max_frame, max_members, max_serving, transit, roots, tls } = settings;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -229,6 +233,7 @@ impl Fabric {
             metrics,
             max_frame,
             max_members,
+            max_serving,
             transit,
             roots: RwLock::new(roots),
             tls,
