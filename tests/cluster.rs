@@ -444,3 +444,32 @@ async fn a_peer_that_sends_more_calls_than_a_connection_may_have_in_flight_is_an
         .await;
     assert_eq!(peer.next_of("reply").await["value"], "hi");
 }
+
+#[tokio::test]
+async fn a_malformed_handshake_is_refused_and_nothing_of_it_is_kept() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start(NodeSpec::default());
+    let huge = "a".repeat(1 << 20);
+    for (node_id, cluster, addr) in [
+        (huge.as_str(), "local", "ws://127.0.0.1:9"),
+        ("m9", huge.as_str(), "ws://127.0.0.1:9"),
+        ("m9", "local", "javascript:alert(1)"),
+        ("m9\n", "local", "ws://127.0.0.1:9"),
+    ] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+        let hello = json!({"t": "hello", "proto": 1, "node": node_id, "cluster": cluster, "incarnation": 1, "addr": addr, "caps": []});
+        ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        let answer: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+        assert_eq!((answer["t"].as_str(), answer["kind"].as_str()), (Some("reject"), Some("protocol")), "{answer}");
+        let reason = answer["reason"].as_str().unwrap();
+        assert!(reason.starts_with("malformed handshake") && reason.len() < 300, "{reason}");
+    }
+    let peers = node.admin().get("/v1/peers").await.unwrap().body.to_string();
+    assert!(peers.len() < 4096 && !peers.contains("javascript"), "{peers}");
+    let alerts = node.admin().get("/v1/alerts?all").await.unwrap().body.to_string();
+    assert!(alerts.len() < 4096, "{alerts}");
+    let metrics = node.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&metrics, "weft_links_refused_total{kind=\"protocol\"}"), Some(4.0));
+}

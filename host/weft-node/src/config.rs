@@ -539,12 +539,36 @@ impl Config {
             }
         }
         for (key, list) in [("allow", &f.functions.allow), ("block", &f.functions.block)] {
-            for name in list.iter().filter(|name| !name.split('/').all(is_valid_name) || name.matches('/').count() > 1)
-            {
-                problems.push(format!("federation.functions.{key}: {name:?} is not FUNCTION or PLUGIN/FUNCTION"));
+            for name in list.iter().filter(|name| !is_function_entry(name)) {
+                problems.push(format!(
+                    "federation.functions.{key}: {name:?} is not FUNCTION or PLUGIN/FUNCTION (a WIT function name: words joined by '-', each all lowercase or all uppercase)"
+                ));
             }
         }
         problems
+    }
+
+    /// Settings that are allowed but probably not what was meant; the node
+    /// logs each at its start.
+    pub fn warnings(&self) -> Vec<String> {
+        let f = &self.federation;
+        let mut warnings = Vec::new();
+        if self.auth.required && !self.routing.security.authenticate_links {
+            warnings.push("auth.required is on but routing.security.authenticate_links is off: anything that can reach node.listen can join as a member and pass calls without a token; give the cluster a key (weft keygen) and turn authenticate_links on".to_owned());
+        }
+        if matches!(f.mode, FederationMode::Strict) && !(f.bridges.is_empty() && f.allowed_clusters.is_empty()) {
+            warnings.push(
+                "federation.mode is strict: its bridges and allowed_clusters are not used until the mode is explicit"
+                    .to_owned(),
+            );
+        }
+        for c in f.allowed_clusters.iter().chain(f.bridges.iter().map(|b| &b.cluster)) {
+            if f.blocked_clusters.contains(c) {
+                warnings
+                    .push(format!("federation: cluster {c} is both allowed (or bridged) and blocked; blocked wins"));
+            }
+        }
+        warnings
     }
 
     /// Names in `[routing]` that no cluster or tag could have.
@@ -736,6 +760,19 @@ fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// `FUNCTION` or `PLUGIN/FUNCTION` with a WIT function name (words joined
+/// by '-', each all lowercase or all uppercase, starting with a letter),
+/// which is all a policy entry can ever match.
+fn is_function_entry(entry: &str) -> bool {
+    let (plugin, function) = entry.split_once('/').map_or((None, entry), |(p, f)| (Some(p), f));
+    let wit_word = |w: &str| {
+        let lower = w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let upper = w.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        w.starts_with(|c: char| c.is_ascii_alphabetic()) && (lower || upper)
+    };
+    plugin.is_none_or(is_valid_name) && function.split('-').all(wit_word)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -867,8 +904,8 @@ nodes = ["b1", ""]
 [[federation.bridges]]
 cluster = "beta"
 [federation.functions]
-allow = ["echo", "math/add", "a/b/c", ""]
-block = ["/x"]
+allow = ["echo", "math/add", "a/b/c", "", "get-URL", "word-count"]
+block = ["/x", "Upper", "text/snake_case"]
 "#;
         let found = problems(text);
         let expected = [
@@ -879,6 +916,8 @@ block = ["/x"]
             "federation.functions.allow: \"a/b/c\" is not FUNCTION or PLUGIN/FUNCTION",
             "federation.functions.allow: \"\" is not FUNCTION or PLUGIN/FUNCTION",
             "federation.functions.block: \"/x\" is not FUNCTION or PLUGIN/FUNCTION",
+            "federation.functions.block: \"Upper\" is not FUNCTION or PLUGIN/FUNCTION (a WIT function name",
+            "federation.functions.block: \"text/snake_case\" is not FUNCTION or PLUGIN/FUNCTION",
         ];
         assert_eq!(found.len(), expected.len(), "{found:#?}");
         for (problem, start) in found.iter().zip(expected) {
@@ -888,6 +927,19 @@ block = ["/x"]
         // federation is cut off for a while: not an error.
         let kill_switch = "[federation]\nmode = \"strict\"\nblocked_clusters = [\"beta\"]\n[[federation.bridges]]\ncluster = \"beta\"\n";
         assert_eq!(problems(kill_switch), Vec::<String>::new());
+        // But the node says so when it starts.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            format!("[auth]\nrequired = true\n[tenants.a]\ntokens = [\"a-token-of-twenty-chars\"]\n{kill_switch}"),
+        )
+        .unwrap();
+        let warnings = Config::load(Some(&path), &Overrides::default()).unwrap().warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].starts_with("auth.required is on but routing.security.authenticate_links is off"));
+        assert!(warnings[1].contains("mode is strict"));
+        assert!(warnings[2].contains("cluster beta is both allowed (or bridged) and blocked"));
     }
 
     #[test]
@@ -919,7 +971,7 @@ block = ["/x"]
             "[tenants.\"bad name\"]\ntokens = [\"short\"]\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.b]\ntokens = [\"{token}\", \"sha256:xyz\"]\n"
         ));
         assert_eq!(found.len(), 4, "{found:?}");
-        assert!(found.iter().any(|p| p.contains("tenants.bad name: use letters")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("tenants.bad name: use 1 to 128 letters")), "{found:?}");
         assert!(found.iter().any(|p| p.contains("tokens[0]: a token of fewer than 16")), "{found:?}");
         assert!(
             found.iter().any(|p| p.contains("tenants.b.tokens[0]: the same token is given to tenant a")),

@@ -283,6 +283,9 @@ fn ws_url(addr: SocketAddr, tls: bool) -> String {
 
 /// Starts a node: binds both listeners, loads plugins, then serves.
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let (acceptor, roots) = crate::tls::load(&config.tls).map_err(NodeError::Tls)?;
     let tls = acceptor.map(|a| Arc::new(crate::tls::ServerTls::new(a)));
     let bind = |addr: SocketAddr, what: &'static str| async move {

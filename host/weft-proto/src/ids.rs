@@ -32,14 +32,18 @@ macro_rules! string_id {
     };
 }
 
-/// What a cluster, node, tenant or plugin name may hold: letters, digits,
-/// '-', '_' and '.', at least one. (Function names are WIT's kebab-case.)
+/// The longest cluster, node, tenant or plugin name: names travel in every
+/// catalog entry, route and log line, and a peer's are taken from the wire.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// What a cluster, node, tenant or plugin name may hold: 1 to 128 letters,
+/// digits, '-', '_' and '.'. (Function names are WIT's kebab-case.)
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    (1..=MAX_NAME_LEN).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The rule `is_valid_name` checks, for error messages.
-pub const NAME_RULE: &str = "use letters, digits, '-', '_' or '.'";
+pub const NAME_RULE: &str = "use 1 to 128 letters, digits, '-', '_' or '.'";
 
 string_id!(
     /// The `id` of one `weft node` process.
@@ -105,5 +109,15 @@ mod tests {
         for bad in ["add", "/add", "math/", "a/b/c"] {
             assert!(bad.parse::<FunctionId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_are_short_and_plain() {
+        assert!(is_valid_name("alpha-1.b_2"));
+        assert!(is_valid_name(&"a".repeat(MAX_NAME_LEN)));
+        for bad in ["", "a b", "a\n", "é", "a/b"] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+        assert!(!is_valid_name(&"a".repeat(MAX_NAME_LEN + 1)));
     }
 }

@@ -18,5 +18,5 @@ mod test_support;
 pub use caller::Caller;
 pub use client::{Command, Request, Response};
 pub use error::{ErrorBody, ErrorKind, WeftError};
-pub use ids::{ClusterId, FunctionId, NAME_RULE, NodeId, is_valid_name};
+pub use ids::{ClusterId, FunctionId, MAX_NAME_LEN, NAME_RULE, NodeId, is_valid_name};
 pub use wit::{FunctionSig, WitType};

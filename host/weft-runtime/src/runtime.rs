@@ -1251,9 +1251,9 @@ mod tests {
             rt.load_bytes(file, stem, echo, manifest).expect_err("must not load").to_string()
         };
         let e = fails("my echo.wasm", "my echo", None);
-        assert!(e.contains("plugin name \"my echo\"") && e.contains("use letters"), "{e}");
+        assert!(e.contains("plugin name \"my echo\"") && e.contains("use 1 to 128 letters"), "{e}");
         let e = fails("echo.wasm", "echo", Some("name = \"a/b\"\n"));
-        assert!(e.contains("name \"a/b\"") && e.contains("use letters"), "{e}");
+        assert!(e.contains("name \"a/b\"") && e.contains("use 1 to 128 letters"), "{e}");
         let e = fails("echo.wasm", "echo", Some("[functions.ehco]\nexport = false\n"));
         assert!(e.contains("[functions.ehco] names no function") && e.contains("echo, echos, concat"), "{e}");
         assert!(rt.plugins().is_empty());

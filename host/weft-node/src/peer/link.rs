@@ -380,7 +380,7 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
         PeerMsg::Reject(reject) => {
             // The dialler refused us after our welcome: its answer, recorded here too.
             link.close();
-            fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject);
+            fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject.bounded());
         }
         PeerMsg::Ping { nonce } => {
             link.send(PeerMsg::Pong { nonce });

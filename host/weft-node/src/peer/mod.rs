@@ -139,6 +139,9 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// Bounds the log lines of refusals: handshakes from ever new addresses
+    /// would each log one (they are all counted in the metrics).
+    refusal_logs: governor::DefaultDirectRateLimiter,
     /// When a link to each other cluster last came up: refusals before it
     /// no longer explain a missing bridge.
     linked_at: Mutex<HashMap<ClusterId, u64>>,
@@ -240,6 +243,9 @@ impl Fabric {
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
+            refusal_logs: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(60).expect("non-zero"),
+            )),
             linked_at: Mutex::default(),
             policy_set_at: AtomicU64::new(crate::unix_ms()),
             unsigned_routes: Mutex::default(),
@@ -620,7 +626,8 @@ impl Fabric {
         let repeat = refusals
             .iter()
             .any(|r| r.addr == addr && r.kind == reject.kind && r.remote_node.as_ref() == remote.map(|h| &h.node));
-        if !repeat && reject.kind != RejectKind::DuplicateLink && reject.kind != RejectKind::SelfDial {
+        let quiet = matches!(reject.kind, RejectKind::DuplicateLink | RejectKind::SelfDial);
+        if !repeat && !quiet && self.refusal_logs.check().is_ok() {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
         }
         if matches!(reject.kind, RejectKind::Policy | RejectKind::Unauthenticated) {
@@ -652,6 +659,14 @@ impl Fabric {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if let Some(problem) = hello.problem() {
+            // Nothing of it is logged or kept: it came from whoever connected.
+            let reject = Reject::new(RejectKind::Protocol, format!("malformed handshake: {problem}"));
+            self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
+            tracing::debug!(%problem, "malformed peer handshake refused");
+            refuse(&mut ws, reject).await;
+            return;
+        }
         let (link, rx) = Link::new(hello.clone(), Direction::Inbound, self.inbound_budget());
         if let Err(reject) = self.admit(&hello, None).and_then(|()| self.register(&link)) {
             self.refused("local", Direction::Inbound, &hello.addr, Some(&hello), &reject);
@@ -688,8 +703,12 @@ impl Fabric {
             .map_err(|_| unreachable("no handshake answer within 5s".into()))?;
         let remote = match answer {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<PeerMsg>(&t) {
-                Ok(PeerMsg::Welcome(h)) => h,
+                Ok(PeerMsg::Welcome(h)) => match h.problem() {
+                    None => h,
+                    Some(problem) => return Err(unreachable(format!("it sent a malformed handshake ({problem})"))),
+                },
                 Ok(PeerMsg::Reject(reject)) => {
+                    let reject = reject.bounded();
                     self.refused("remote", Direction::Outbound, addr, None, &reject);
                     return Err(DialError::Refused { addr: addr.to_owned(), reject });
                 }

@@ -33,6 +33,50 @@ pub struct Hello {
     pub proof: Option<LinkProof>,
 }
 
+/// The longest `addr`, nonce or key a hello may carry, and how many
+/// capabilities: everything in it comes from whoever opened the connection,
+/// and refusals, alerts and logs keep some of it.
+const MAX_HELLO_TEXT: usize = 512;
+const MAX_CAPS: usize = 16;
+
+impl Hello {
+    /// What is malformed in a hello or welcome, if anything, checked before
+    /// any of it is logged or kept. A weft node never sends one: its own
+    /// names and address were checked when its config was.
+    pub fn problem(&self) -> Option<String> {
+        let name = |what: &str, name: &str| {
+            (!weft_proto::is_valid_name(name)).then(|| format!("{what} {}: {}", shown(name), weft_proto::NAME_RULE))
+        };
+        let url = self.addr.strip_prefix("wss://").or_else(|| self.addr.strip_prefix("ws://"));
+        let text = |s: &str| s.len() > MAX_HELLO_TEXT || s.chars().any(char::is_control);
+        name("node id", self.node.as_str())
+            .or_else(|| name("cluster", self.cluster.as_str()))
+            .or_else(|| match url {
+                _ if text(&self.addr) => {
+                    Some(format!("addr {}: over {MAX_HELLO_TEXT} bytes or with control characters", shown(&self.addr)))
+                }
+                Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => None,
+                _ => Some(format!("addr {}: not a ws:// or wss:// URL", shown(&self.addr))),
+            })
+            .or_else(|| {
+                (self.caps.len() > MAX_CAPS || self.caps.iter().any(|c| !weft_proto::is_valid_name(c)))
+                    .then(|| format!("caps: at most {MAX_CAPS} names"))
+            })
+            .or_else(|| {
+                let proof = self.proof.iter().flat_map(|p| [&p.key, &p.sig]);
+                (self.nonce.iter().chain(proof).any(|s| text(s)))
+                    .then(|| format!("nonce or proof over {MAX_HELLO_TEXT} bytes or with control characters"))
+            })
+    }
+}
+
+/// A value from the wire as a message shows it: quoted, escaped, cut short.
+fn shown(s: &str) -> String {
+    let cut = &s[..s.floor_char_boundary(40)];
+    let more = if cut.len() < s.len() { format!("... ({} bytes)", s.len()) } else { String::new() };
+    format!("{cut:?}{more}")
+}
+
 /// Why a link was refused; both sides log it and `/v1/peers` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +138,15 @@ pub struct Reject {
 impl Reject {
     pub fn new(kind: RejectKind, reason: String) -> Reject {
         Reject { kind, reason, rule: None, cluster: None }
+    }
+
+    /// A refusal as received, cut to what a weft node sends (a reason of a
+    /// few hundred bytes, a rule name, a valid cluster), before it is kept.
+    pub fn bounded(mut self) -> Reject {
+        self.reason.truncate(self.reason.floor_char_boundary(1024));
+        self.rule = self.rule.filter(|r| weft_proto::is_valid_name(r));
+        self.cluster = self.cluster.filter(|c| weft_proto::is_valid_name(c.as_str()));
+        self
     }
 }
 
@@ -262,6 +315,51 @@ mod tests {
                 proptest::prop_assert_eq!(again, msg);
             }
         }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            proto: 1,
+            node: NodeId::new("a1"),
+            cluster: ClusterId::new("alpha"),
+            incarnation: 7,
+            addr: "wss://a1.example:7700".into(),
+            caps: vec!["swim".into()],
+            nonce: Some("bg==".into()),
+            proof: None,
+        }
+    }
+
+    #[test]
+    fn a_hello_carries_names_and_a_url_of_bounded_size_or_is_refused() {
+        assert_eq!(hello().problem(), None);
+        let bad = [
+            Hello { node: NodeId::new("a".repeat(1 << 20)), ..hello() },
+            Hello { node: NodeId::new("a b\n"), ..hello() },
+            Hello { cluster: ClusterId::new(""), ..hello() },
+            Hello { addr: "javascript:alert(1)".into(), ..hello() },
+            Hello { addr: "ws://".into(), ..hello() },
+            Hello { addr: format!("ws://{}", "h".repeat(3 << 20)), ..hello() },
+            Hello { caps: vec!["x".into(); 17], ..hello() },
+            Hello { nonce: Some("n".repeat(4096)), ..hello() },
+        ];
+        for h in bad {
+            let problem = h.problem().expect("refused");
+            assert!(problem.len() < 200, "the problem does not repeat the value: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_received_refusal_is_cut_to_size_before_it_is_kept() {
+        let huge = Reject {
+            kind: RejectKind::Policy,
+            reason: "é".repeat(1 << 20),
+            rule: Some("no such rule".into()),
+            cluster: Some(ClusterId::new("x".repeat(1 << 20))),
+        };
+        let kept = huge.bounded();
+        assert!(kept.reason.len() <= 1024);
+        assert_eq!((kept.rule, kept.cluster), (None, None));
     }
 
     /// One valid frame of each kind the fuzzer starts from.
