@@ -584,3 +584,53 @@ async fn a_plugins_folder_created_after_the_node_started_is_loaded_and_watched()
     let sum = eventually("add", settle, async || client.call("add", vec![json!(1), json!(2)]).await.ok()).await;
     assert_eq!(sum, json!(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losing_a_reader_s_replies() {
+    let node = TestNode::start(NodeSpec {
+        config: "[limits]\nmax_frame = \"4MiB\"\nwrite_timeout = \"2s\"\n".into(),
+        ..NodeSpec::default()
+    });
+    let request = |i: usize| {
+        json!({"role": "rpc", "u": format!("r{i}"), "cmds": [{"name": "a", "fun": "big-output", "args": [1]}]})
+            .to_string()
+    };
+    let read_so_far = async || {
+        let text = node.admin().get("/metrics").await.unwrap().text;
+        metric(&text, "weft_requests_total{transport=\"ws\"}").unwrap_or(0.0)
+    };
+    // A client asks for 1 MiB replies and reads none: once the socket is
+    // full and 4 MiB of replies wait, the node reads no more of its requests.
+    let (mut stalled, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+    for i in 0..60 {
+        stalled.send(Message::Text(request(i).into())).await.unwrap();
+        if i == 19 {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let read = read_so_far().await;
+    assert!(read < 60.0, "the node read all {read} requests of a client that reads nothing");
+    // After write_timeout it lets the client go, and its replies with it.
+    let connections = async || metric(&node.admin().get("/metrics").await.unwrap().text, "weft_connections ");
+    assert_eq!(connections().await, Some(1.0));
+    eventually("the stalled client to be let go", Duration::from_secs(20), async || {
+        (connections().await == Some(0.0)).then_some(())
+    })
+    .await;
+    // A client that reads, however slowly, gets every reply.
+    let before = read_so_far().await;
+    let (mut slow, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+    for i in 0..60 {
+        slow.send(Message::Text(request(i).into())).await.unwrap();
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let Message::Text(text) = slow.next().await.expect("open").unwrap() else { continue };
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply["r"]["a"].as_str().map(str::len), Some(1 << 20), "{}", &text[..200]);
+        answered.insert(reply["u"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(read_so_far().await - before, 60.0);
+}

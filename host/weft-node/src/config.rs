@@ -226,6 +226,10 @@ pub struct LimitsSection {
     pub max_in_flight_per_connection: u32,
     /// Commands in one request.
     pub max_commands: u32,
+    /// How long a WebSocket client may leave its replies unread before it is
+    /// disconnected and its calls cancelled.
+    #[serde(deserialize_with = "units::duration")]
+    pub write_timeout: Duration,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -277,6 +281,7 @@ impl Default for LimitsSection {
             max_plugin: 64 << 20,
             max_in_flight_per_connection: 1024,
             max_commands: 1024,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -426,6 +431,7 @@ impl Config {
         check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
+        check(!self.limits.write_timeout.is_zero(), "limits.write_timeout: must be more than 0");
         check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
         check(self.routing.announce_interval > Duration::ZERO, "routing.announce_interval: must be more than 0");
         check(

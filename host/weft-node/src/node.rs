@@ -423,6 +423,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         metrics: metrics.clone(),
         max_frame,
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
+        write_timeout: config.limits.write_timeout,
     });
     let ws_port = Port { name: "listen", listener: ws_listener, tls };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));

@@ -3,6 +3,7 @@
 //! came in, matched by `u`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
@@ -29,6 +30,10 @@ pub(crate) struct WsContext {
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
     pub max_in_flight: usize,
+    /// A client that leaves a batch of replies unread this long is taken to
+    /// be gone (`limits.write_timeout`): its connection closes and its calls
+    /// are cancelled, so it cannot hold replies on the node for ever.
+    pub write_timeout: Duration,
 }
 
 /// A connection that has not finished its TLS handshake and WebSocket
@@ -120,14 +125,14 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
             reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
                 inline = None;
-                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
+                if write_replies(&mut sink, reply, &mut replies, ctx.write_timeout).await.is_err() {
                     client_left = true;
                     break;
                 }
                 continue;
             }
             Some(reply) = replies.recv() => {
-                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
+                if write_replies(&mut sink, reply, &mut replies, ctx.write_timeout).await.is_err() {
                     client_left = true;
                     break;
                 }
@@ -147,8 +152,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
                 let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
-                let _ =
-                    sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }))).await;
+                let close = Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }));
+                let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
                 break;
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))
@@ -167,7 +172,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 while reason.len() > 120 {
                     reason.pop();
                 }
-                let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
                 client_left = true;
                 break;
             }
@@ -187,7 +193,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Err((u, e)) => {
                 ctx.metrics.record_error(e.kind);
                 let answer = reply(&ctx.executor, Response::err(u.unwrap_or_default(), &e));
-                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
+                if write_replies(&mut sink, answer, &mut replies, ctx.write_timeout).await.is_err() {
                     client_left = true;
                     break;
                 }
@@ -203,7 +209,14 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ),
             );
             ctx.metrics.record_error(e.kind);
-            if write_replies(&mut sink, reply(&ctx.executor, Response::err(request.u, &e)), &mut replies).await.is_err()
+            if write_replies(
+                &mut sink,
+                reply(&ctx.executor, Response::err(request.u, &e)),
+                &mut replies,
+                ctx.write_timeout,
+            )
+            .await
+            .is_err()
             {
                 client_left = true;
                 break;
@@ -248,7 +261,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
             .await;
     }
-    let _ = sink.close().await;
+    // A client that reads nothing would keep even the close frame waiting.
+    let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
     ctx.metrics.connections.dec();
 }
 
@@ -278,15 +292,25 @@ async fn refused_plain_http(stream: &mut BufReader<Conn>) -> bool {
 }
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
-/// that are ready together go out in one write.
+/// that are ready together go out in one write. Fails when the client has
+/// not taken them all within `timeout`.
 async fn write_replies(
     sink: &mut SplitSink<WebSocketStream<BufReader<Conn>>, Message>,
     first: Message,
     waiting: &mut mpsc::Receiver<Message>,
+    timeout: Duration,
 ) -> Result<(), WsError> {
-    sink.feed(first).await?;
-    while let Ok(next) = waiting.try_recv() {
-        sink.feed(next).await?;
-    }
-    sink.flush().await
+    let write = async {
+        sink.feed(first).await?;
+        while let Ok(next) = waiting.try_recv() {
+            sink.feed(next).await?;
+        }
+        sink.flush().await
+    };
+    tokio::time::timeout(timeout, write).await.unwrap_or_else(|_| {
+        tracing::debug!(
+            "the client left its replies unread for {timeout:?} (limits.write_timeout); closing its connection"
+        );
+        Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))
+    })
 }
