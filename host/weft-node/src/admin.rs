@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_proto::{ErrorKind, Request, Response, WeftError};
+use weft_proto::{ErrorKind, Response, WeftError};
 
 use crate::executor::Executor;
 use crate::listen::{Conn, Port, accept_each};
@@ -57,6 +57,7 @@ pub(crate) struct AdminContext {
     pub node: String,
     pub cluster: String,
     pub max_body: usize,
+    pub large: crate::executor::LargeRequests,
     /// The node's drain waits for these, as for calls over WebSocket.
     pub calls: TaskTracker,
 }
@@ -503,7 +504,8 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             return reject(StatusCode::REQUEST_TIMEOUT, WeftError::invalid_request(message));
         }
     };
-    let response = match Request::decode(&body) {
+    let (decoded, turn) = ctx.large.decode(body.into()).await;
+    let response = match decoded {
         Ok(mut request) => match ctx.executor.get() {
             Some(executor) => {
                 // A token in the body wins over the header.
@@ -512,6 +514,7 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
                 let mut waiting = Abandoned(Some(&ctx.metrics));
                 let response = ctx.calls.track_future(executor.execute(request)).await;
                 waiting.0 = None;
+                drop(turn);
                 response
             }
             None => return starting(),

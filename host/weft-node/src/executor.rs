@@ -19,6 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
@@ -644,6 +645,39 @@ fn intermediate(
     Ok(out)
 }
 
+/// Requests over this many bytes are large: parsed on the blocking pool and
+/// run one at a time per node (`LargeRequests`).
+pub(crate) const LARGE_REQUEST: usize = 1 << 20;
+
+/// A decoded request and, for a large one, its turn.
+pub(crate) type Decoded = (Result<Request, (Option<String>, WeftError)>, Option<OwnedSemaphorePermit>);
+
+/// The node's turn for large requests. Parsing, checking and converting a
+/// request of many megabytes keeps a thread busy for a second or more; on a
+/// node with few cores two of them at once would leave no worker for
+/// anyone else. So a large request is parsed off the workers, and its turn
+/// (the permit returned with it) is held until it has run; the next one
+/// waits, and its connection with it.
+#[derive(Clone)]
+pub(crate) struct LargeRequests(Arc<Semaphore>);
+
+impl LargeRequests {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(Semaphore::new(1)))
+    }
+
+    pub(crate) async fn decode(&self, bytes: Vec<u8>) -> Decoded {
+        if bytes.len() <= LARGE_REQUEST {
+            return (Request::decode(&bytes), None);
+        }
+        let turn = self.0.clone().acquire_owned().await.ok();
+        let decoded = tokio::task::spawn_blocking(move || Request::decode(&bytes))
+            .await
+            .unwrap_or_else(|e| Err((None, WeftError::internal(format!("decoding the request failed: {e}")))));
+        (decoded, turn)
+    }
+}
+
 /// `response` as JSON text, with the kind of its error if it has one. A
 /// response over `max_frame` (more than this node would take, so more than
 /// a client is bound to read) becomes the request's failure instead.
@@ -721,6 +755,32 @@ pub(crate) fn local_catalog(
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn large_requests_take_turns_and_small_ones_never_wait() {
+        use super::{LARGE_REQUEST, LargeRequests};
+        let large = || {
+            let mut frame = br#"{"role":"rpc","u":"big","cmds":[{"name":"a","fun":"echo","args":[""#.to_vec();
+            frame.resize(frame.len() + LARGE_REQUEST, b'x');
+            frame.extend_from_slice(br#""]}]}"#);
+            frame
+        };
+        let gate = LargeRequests::new();
+        let (first, turn) = gate.decode(large()).await;
+        assert_eq!(first.expect("decodes").u, "big");
+        assert!(turn.is_some(), "a large request holds the turn");
+        let second = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.decode(large()).await }
+        });
+        let small = gate.decode(br#"{"role":"rpc","u":"s","cmds":[]}"#.to_vec()).await;
+        assert!(small.1.is_none(), "a small request takes no turn");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "the second large request waits for the first");
+        drop(turn);
+        let (second, _) = second.await.expect("task");
+        assert_eq!(second.expect("decodes").u, "big");
+    }
+
     use rand::SeedableRng;
 
     use super::least_loaded;

@@ -321,6 +321,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let admin_tracker = TaskTracker::new();
     let plugin_source = PluginSource { dir: config.node.plugins.clone(), resources: config.node.resources.clone() };
     let start_config = StartConfig::of(&config);
+    let large = crate::executor::LargeRequests::new();
     let admin_ctx = Arc::new(AdminContext {
         start_config: start_config.clone(),
         plugins: plugin_source.clone(),
@@ -330,6 +331,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         node: id.to_string(),
         cluster: cluster.to_string(),
         max_body: max_frame,
+        large: large.clone(),
         calls: tracker.clone(),
     });
     let admin_port = Port { name: "admin", listener: admin_listener, tls: tls.clone() };
@@ -424,6 +426,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         max_frame,
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
         write_timeout: config.limits.write_timeout,
+        large,
     });
     let ws_port = Port { name: "listen", listener: ws_listener, tls };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_proto::{ErrorKind, Request, Response, WeftError};
+use weft_proto::{ErrorKind, Response, WeftError};
 
 use crate::executor::Executor;
 use crate::listen::{Conn, Port, accept_each};
@@ -30,6 +30,7 @@ pub(crate) struct WsContext {
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
     pub max_in_flight: usize,
+    pub large: crate::executor::LargeRequests,
     /// A client that leaves a batch of replies unread this long is taken to
     /// be gone (`limits.write_timeout`): its connection closes and its calls
     /// are cancelled, so it cannot hold replies on the node for ever.
@@ -183,7 +184,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             let (text, _) = executor.encode(response);
             if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
         };
-        let request = match Request::decode(&bytes) {
+        let (decoded, turn) = ctx.large.decode(bytes).await;
+        let request = match decoded {
             Ok(mut r) => {
                 if r.token.is_none() {
                     r.token.clone_from(&bearer);
@@ -226,7 +228,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let executor = ctx.executor.clone();
         let call = async move {
             let response = executor.execute(request).await;
-            drop(permit);
+            drop((permit, turn));
             reply(&executor, response)
         };
         if inline.is_none() && calls.is_empty() {
