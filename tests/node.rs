@@ -634,3 +634,34 @@ async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losi
     }
     assert_eq!(read_so_far().await - before, 60.0);
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connections_time_out() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
+    let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
+    // Sixteen connections that never send a request fill the node.
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(tokio::net::TcpStream::connect(&admin_addr).await.unwrap());
+    }
+    let refused = eventually("a connection over the limit to be refused", Duration::from_secs(5), async || {
+        tokio_tungstenite::connect_async(&node.ws).await.is_err().then_some(())
+    });
+    refused.await;
+    // The admin port closes connections that send no headers within 10 s,
+    // which frees their places.
+    let mut client = None;
+    for _ in 0..40 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&node.ws).await {
+            client = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(client.is_some(), "the idle admin connections were never closed");
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle[0].peek(&mut buf)).await.expect("closed by now");
+    assert_eq!(read.unwrap_or(0), 0, "an idle admin connection is closed");
+    let metrics = node.admin().get("/metrics").await.unwrap().text;
+    assert!(metric(&metrics, "weft_connections_refused_total").unwrap() >= 1.0, "{metrics}");
+}

@@ -78,7 +78,13 @@ async fn serve_connection(stream: Conn, ctx: Arc<AdminContext>, shutdown: Cancel
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(&ctx, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // A client must send each request's headers within HEADER_TIMEOUT of
+    // connecting or of the last response, so idle and half-sent
+    // connections cannot pile up on the admin port.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -469,9 +475,13 @@ impl Drop for Abandoned<'_> {
 }
 
 /// How long a `POST /v1/call` body may take to arrive after its headers
-/// (hyper bounds the headers themselves), so a client that stops sending
+/// (`HEADER_TIMEOUT` bounds the headers), so a client that stops sending
 /// cannot hold a connection and its buffer.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a client has to send a request's headers, counted from the
+/// connection or from the last response on it.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();

@@ -226,6 +226,9 @@ pub struct LimitsSection {
     pub max_in_flight_per_connection: u32,
     /// Commands in one request.
     pub max_commands: u32,
+    /// Connections open on the listen and admin ports together (clients and
+    /// peer links).
+    pub max_connections: u32,
     /// How long a WebSocket client may leave its replies unread before it is
     /// disconnected and its calls cancelled.
     #[serde(deserialize_with = "units::duration")]
@@ -281,6 +284,7 @@ impl Default for LimitsSection {
             max_plugin: 64 << 20,
             max_in_flight_per_connection: 1024,
             max_commands: 1024,
+            max_connections: 10_000,
             write_timeout: Duration::from_secs(30),
         }
     }
@@ -432,6 +436,7 @@ impl Config {
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
         check(!self.limits.write_timeout.is_zero(), "limits.write_timeout: must be more than 0");
+        check(self.limits.max_connections >= 16, "limits.max_connections: must be at least 16");
         check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");
         check(self.routing.announce_interval > Duration::ZERO, "routing.announce_interval: must be more than 0");
         check(

@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,13 @@ pub(crate) struct Port {
     pub name: &'static str,
     pub listener: TcpListener,
     pub tls: Option<Arc<ServerTls>>,
+    /// Connections the node may have open on both ports together
+    /// (`limits.max_connections`); one over it is closed at once.
+    pub open: Arc<Semaphore>,
 }
+
+/// A refused connection is logged at most this often (all are counted).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `port` until `shutdown`; each becomes a task of
 /// `tracker` that hands the connection to `serve` once it is ready.
@@ -41,6 +48,7 @@ pub(crate) async fn accept_each<F, Fut>(
     F: Fn(Conn, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut refusal_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -54,9 +62,20 @@ pub(crate) async fn accept_each<F, Fut>(
                 continue;
             }
         };
+        let Ok(slot) = port.open.clone().try_acquire_owned() else {
+            // Closed rather than left in the backlog: the client learns at once.
+            drop(stream);
+            metrics.connections_refused.inc();
+            if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                refusal_logged = Some(Instant::now());
+                tracing::warn!(port = port.name, %peer, "connection closed: limits.max_connections are open (weft_connections_refused_total counts them all)");
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (tls, metrics, serve, name) = (port.tls.clone(), metrics.clone(), serve.clone(), port.name);
         tracker.spawn(async move {
+            let _slot = slot;
             let conn = match tls {
                 None => Either::Left(stream),
                 Some(tls) => match tls.accept(stream, name, &metrics).await {

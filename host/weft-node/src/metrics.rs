@@ -113,6 +113,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub frames_rejected: Family<KindLabel, Counter>,
     pub abandoned: Counter,
+    pub connections_refused: Counter,
     pub tls_failures: Counter,
     plugins_loaded: Gauge,
     pub warm_idle: Gauge,
@@ -165,6 +166,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         let frames_rejected = Family::<KindLabel, Counter>::default();
         let abandoned = Counter::default();
+        let connections_refused = Counter::default();
         let tls_failures = Counter::default();
         let plugins_loaded = Gauge::default();
         let warm_idle = Gauge::default();
@@ -246,6 +248,11 @@ impl Metrics {
         );
         registry.register("requests_abandoned", "Requests cancelled because their client went away", abandoned.clone());
         registry.register(
+            "connections_refused",
+            "Connections to the listen or admin port closed at once: limits.max_connections were open",
+            connections_refused.clone(),
+        );
+        registry.register(
             "tls_handshake_failures",
             "Connections to the listen or admin port whose TLS handshake failed",
             tls_failures.clone(),
@@ -294,6 +301,7 @@ impl Metrics {
             in_flight,
             frames_rejected,
             abandoned,
+            connections_refused,
             tls_failures,
             plugins_loaded,
             warm_idle,

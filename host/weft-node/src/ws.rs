@@ -92,6 +92,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             return;
         }
     };
+    // Counted from the upgrade, so connections that never send show too.
+    let open = Open::counted(&ctx.metrics.connections);
     // Peers and clients share the port: a connection whose first frame is a
     // peer `hello` becomes a link; anything else is a client.
     let first = tokio::select! {
@@ -101,10 +103,10 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     if let Some(Ok(Message::Text(text))) = &first
         && let Ok(PeerMsg::Hello(hello)) = serde_json::from_str::<PeerMsg>(text)
     {
+        drop(open);
         ctx.executor.fabric().accept(ws, hello).await;
         return;
     }
-    ctx.metrics.connections.inc();
     let (mut sink, incoming) = ws.split();
     let mut incoming = futures_util::stream::iter(first).chain(incoming);
     // This task reads requests and writes every reply. A request that
@@ -265,7 +267,22 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
-    ctx.metrics.connections.dec();
+}
+
+/// One client connection in the `connections` gauge while it lives.
+struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Open<'a> {
+    fn counted(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Answers a whole HTTP request that does not ask for a WebSocket (a client
