@@ -60,9 +60,17 @@ fn hex(bytes: &[u8]) -> String {
 /// The token of an `Authorization: Bearer TOKEN` header (HTTP calls, and
 /// the WebSocket upgrade, where it is the connection's default token).
 pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
-    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    let mut all = headers.get_all(hyper::header::AUTHORIZATION).iter();
+    let value = all.next()?;
+    // Present but unusable (another scheme, no token, two headers) is an
+    // empty token, which `admit` refuses: a credential that was meant is
+    // never taken as none.
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()));
+    Some(token.filter(|_| all.next().is_none()).unwrap_or_default())
 }
 
 /// The tenants of `[tenants]` and whether a token is required.
@@ -163,7 +171,13 @@ impl Tenants {
     /// RESOURCE_EXHAUSTED over the tenant's requests in flight, RATE_LIMITED
     /// over its commands per minute.
     pub fn admit(&self, token: Option<&str>, commands: usize, metrics: &Metrics) -> Result<Admission, WeftError> {
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
+        if token == Some("") {
+            return Err(WeftError::new(
+                ErrorKind::UNAUTHENTICATED,
+                "the request's token is empty, or its Authorization header is not one `Bearer TOKEN`; send a tenant's token, or none at all to call anonymously where the node allows it",
+            ));
+        }
+        let Some(token) = token else {
             if self.required {
                 return Err(WeftError::new(
                     ErrorKind::UNAUTHENTICATED,
@@ -255,6 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn an_authorization_header_that_is_not_one_bearer_token_is_an_empty_token_never_none() {
+        let headers = |values: &[&str]| {
+            let mut h = hyper::HeaderMap::new();
+            for v in values {
+                h.append(hyper::header::AUTHORIZATION, hyper::header::HeaderValue::from_str(v).unwrap());
+            }
+            bearer(&h)
+        };
+        assert_eq!(headers(&[]), None);
+        assert_eq!(headers(&[&format!("Bearer {ACME}")]).as_deref(), Some(ACME));
+        assert_eq!(headers(&[&format!("bearer  {ACME} ")]).as_deref(), Some(ACME));
+        for bad in [&["Basic dXNlcjpwdw=="][..], &["Bearer "], &["Bearer"], &[&format!("Bearer {ACME}"), "Bearer x"]] {
+            assert_eq!(headers(bad).as_deref(), Some(""), "{bad:?}");
+        }
+        let open = tenants(false, TenantSection::default());
+        let e = admit(&open, Some(""), 1).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::UNAUTHENTICATED);
+        assert!(e.message.contains("token is empty"), "{e}");
+    }
+
+    #[test]
     fn a_token_names_its_tenant_and_a_missing_one_is_anonymous_unless_required() {
         let open = tenants(false, TenantSection::default());
         assert_eq!(admit(&open, Some(ACME), 1).unwrap().caller, Caller::Tenant("acme".into()));
@@ -264,10 +299,8 @@ mod tests {
         assert_eq!(wrong.kind, ErrorKind::UNAUTHENTICATED, "a wrong token is never anonymous");
 
         let closed = tenants(true, TenantSection::default());
-        for token in [None, Some("")] {
-            let e = admit(&closed, token, 1).err().unwrap();
-            assert!(e.kind == ErrorKind::UNAUTHENTICATED && e.message.contains("auth.required"), "{e}");
-        }
+        let e = admit(&closed, None, 1).err().unwrap();
+        assert!(e.kind == ErrorKind::UNAUTHENTICATED && e.message.contains("auth.required"), "{e}");
         assert!(admit(&closed, Some(ACME), 1).is_ok());
     }
 
