@@ -416,9 +416,10 @@ async fn a_draining_node_still_gets_the_answers_of_calls_it_forwarded() {
 }
 
 #[tokio::test]
-async fn a_peer_that_sends_more_calls_than_a_connection_may_have_in_flight_is_answered_busy() {
+async fn a_peer_that_sends_more_calls_than_a_link_may_have_in_flight_is_answered_busy() {
+    // A link may have 16 x max_in_flight_per_connection calls: here 16.
     let node = TestNode::start(NodeSpec {
-        config: "[limits]\nmax_in_flight_per_connection = 2\n".into(),
+        config: "[limits]\nmax_in_flight_per_connection = 1\nmax_concurrency = 32\n".into(),
         ..NodeSpec::default()
     });
     let mut peer = support::FakePeer::join(&node, "m9", "local").await;
@@ -426,15 +427,15 @@ async fn a_peer_that_sends_more_calls_than_a_connection_may_have_in_flight_is_an
         json!({"t": "call", "id": id, "function": function, "version": "0.1.0", "args": [],
             "deadline_ms": 5000, "routing_path": ["m9"], "hop_budget": 1})
     };
-    peer.send(&call(1, "hostile/spin")).await;
-    peer.send(&call(2, "hostile/spin")).await;
-    peer.send(&call(3, "hostile/spin")).await;
-    // The third is refused at once; the two spinning calls end at their 1 s deadline.
+    for id in 1..=17 {
+        peer.send(&call(id, "hostile/spin")).await;
+    }
+    // The 17th is refused at once; the spinning calls end at their 1 s deadline.
     let first = peer.next_of("reply").await;
-    assert_eq!(first["id"], 3, "{first}");
+    assert_eq!(first["id"], 17, "{first}");
     assert_eq!(first["error"]["kind"], "RESOURCE_EXHAUSTED", "{first}");
     assert!(first["error"]["message"].as_str().unwrap().contains("limits.max_in_flight_per_connection"), "{first}");
-    for _ in 0..2 {
+    for _ in 0..16 {
         let reply = peer.next_of("reply").await;
         assert_ne!(reply["error"]["kind"], "RESOURCE_EXHAUSTED", "{reply}");
     }

@@ -379,7 +379,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         FabricSettings {
             max_frame,
             max_members,
-            max_serving: config.limits.max_in_flight_per_connection as usize,
+            max_serving: crate::peer::PEER_CALLS_PER_CONNECTION * config.limits.max_in_flight_per_connection as usize,
             transit: config.routing.transit,
             roots,
             tls: tls.clone(),

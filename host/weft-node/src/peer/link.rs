@@ -26,9 +26,37 @@ use super::wire::{ForwardCall, Hello, PeerMsg};
 use super::{Event, Fabric, Point};
 use crate::executor::StepCall;
 
-/// Outbound messages waiting for the writer; gossip beyond this is dropped
-/// (SWIM and the catalog repair losses), calls wait for room.
+/// Outbound messages waiting for the writer, in each of its two lanes:
+/// gossip beyond this is dropped (SWIM and the catalog repair losses),
+/// calls and replies wait for room.
 const QUEUE: usize = 1024;
+
+/// A peer that takes no frame for this long is taken to be gone: a node
+/// that stops reading would otherwise hold every reply queued for it.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// What a link's writer sends: gossip (membership, catalog, routes, pings)
+/// goes first, in a lane of its own, so that a queue of calls under load
+/// never delays or drops the probes that tell a live member from a dead one.
+pub(super) struct Outbound {
+    gossip: mpsc::Receiver<PeerMsg>,
+    data: mpsc::Receiver<PeerMsg>,
+}
+
+impl Outbound {
+    async fn next(&mut self) -> Option<PeerMsg> {
+        tokio::select! {
+            biased;
+            Some(msg) = self.gossip.recv() => Some(msg),
+            Some(msg) = self.data.recv() => Some(msg),
+            else => None,
+        }
+    }
+
+    fn try_next(&mut self) -> Option<PeerMsg> {
+        self.gossip.try_recv().or_else(|_| self.data.try_recv()).ok()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +71,9 @@ pub struct Link {
     pub remote: Hello,
     pub direction: Direction,
     pub since: SystemTime,
+    /// Gossip lane (`Outbound`).
+    gossip: mpsc::Sender<PeerMsg>,
+    /// Calls, replies and cancels, in order.
     tx: mpsc::Sender<PeerMsg>,
     /// Calls this node sent and awaits.
     waiting: Mutex<HashMap<u64, Waiter>>,
@@ -92,16 +123,14 @@ impl Link {
     }
 
     /// `inbound_budget` must be at least the largest frame a peer may send.
-    pub(super) fn new(
-        remote: Hello,
-        direction: Direction,
-        inbound_budget: usize,
-    ) -> (Arc<Link>, mpsc::Receiver<PeerMsg>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    pub(super) fn new(remote: Hello, direction: Direction, inbound_budget: usize) -> (Arc<Link>, Outbound) {
+        let (tx, data) = mpsc::channel(QUEUE);
+        let (gossip_tx, gossip) = mpsc::channel(QUEUE);
         let link = Link {
             remote,
             direction,
             since: SystemTime::now(),
+            gossip: gossip_tx,
             tx,
             waiting: Mutex::default(),
             serving: Mutex::default(),
@@ -111,7 +140,7 @@ impl Link {
             probes: Mutex::new(Probes { reliability: 1000, ..Probes::default() }),
             inbound: Arc::new(Semaphore::new(inbound_budget)),
         };
-        (Arc::new(link), rx)
+        (Arc::new(link), Outbound { gossip, data })
     }
 
     pub fn node(&self) -> &NodeId {
@@ -163,9 +192,11 @@ impl Link {
         p.latency_us.map(|l| (l, p.reliability))
     }
 
-    /// Queues a control message; false if the link is closed or its queue full.
+    /// Queues a message without waiting, gossip in its own lane; false if
+    /// the link is closed or that lane is full.
     pub fn send(&self, msg: PeerMsg) -> bool {
-        self.tx.try_send(msg).is_ok()
+        let lane = if msg.is_gossip() { &self.gossip } else { &self.tx };
+        lane.try_send(msg).is_ok()
     }
 
     /// Runs one call on the peer and waits for its answer and the node it
@@ -227,19 +258,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves a registered link until either side closes it.
-pub(super) async fn run<S>(
-    fabric: Arc<Fabric>,
-    link: Arc<Link>,
-    ws: WebSocketStream<S>,
-    mut outbound: mpsc::Receiver<PeerMsg>,
-) where
+pub(super) async fn run<S>(fabric: Arc<Fabric>, link: Arc<Link>, ws: WebSocketStream<S>, mut outbound: Outbound)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
     let metrics = fabric.metrics.clone();
     let node_closing = {
         let writer = async {
-            while let Some(msg) = outbound.recv().await {
+            while let Some(msg) = outbound.next().await {
                 if write(&mut sink, &fabric, &link, msg).await.is_err() {
                     break;
                 }
@@ -293,7 +320,7 @@ pub(super) async fn run<S>(
     if node_closing {
         // This node is stopping: what is queued (goodbyes, last replies) still goes out.
         let flush = async {
-            while let Ok(msg) = outbound.try_recv() {
+            while let Some(msg) = outbound.try_next() {
                 if write(&mut sink, &fabric, &link, msg).await.is_err() {
                     break;
                 }
@@ -323,7 +350,10 @@ where
 {
     let Some((msg, text)) = fitted(fabric.max_frame, link, msg) else { return Ok(()) };
     fabric.metrics.peer_message("out", &msg, text.len());
-    sink.send(Message::Text(text.into())).await
+    tokio::time::timeout(WRITE_STALL, sink.send(Message::Text(text.into()))).await.unwrap_or_else(|_| {
+        tracing::warn!(peer = %link.remote.node, "the peer read nothing for {WRITE_STALL:?}; closing the link");
+        Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+    })
 }
 
 /// `msg` and its frame, if that fits `max_frame`: the peer closes the link
@@ -405,7 +435,7 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
         let busy = WeftError::new(
             ErrorKind::RESOURCE_EXHAUSTED,
             format!(
-                "node {} already runs {serving} calls from node {} (limits.max_in_flight_per_connection); retry shortly or call another node",
+                "node {} already has {serving} calls from node {} running or waiting (16 x limits.max_in_flight_per_connection); retry shortly or call another node",
                 fabric.me.node, link.remote.node
             ),
         )
@@ -705,8 +735,14 @@ mod tests {
         let (link, _queue) = Link::new(link(10).remote.clone(), Direction::Outbound, 10);
         link.close();
         lock(&link.waiting).clear();
-        let call = ForwardCall {
-            id: 0,
+        let (result, _) = tokio::time::timeout(Duration::from_secs(5), link.call(call(0))).await.expect("no wait");
+        assert_eq!(result.unwrap_err().kind, ErrorKind::UNAVAILABLE);
+        assert!(lock(&link.waiting).is_empty(), "the waiter is forgotten");
+    }
+
+    fn call(id: u64) -> ForwardCall {
+        ForwardCall {
+            id,
             function: "echo/echo".into(),
             version: "0.1.0".into(),
             args: Vec::new(),
@@ -717,10 +753,20 @@ mod tests {
             target_cluster: None,
             locs: Vec::new(),
             caller: Caller::Anonymous,
-        };
-        let (result, _) = tokio::time::timeout(Duration::from_secs(5), link.call(call)).await.expect("no wait");
-        assert_eq!(result.unwrap_err().kind, ErrorKind::UNAVAILABLE);
-        assert!(lock(&link.waiting).is_empty(), "the waiter is forgotten");
+        }
+    }
+
+    #[tokio::test]
+    async fn gossip_overtakes_queued_calls_and_is_not_dropped_when_they_fill_their_lane() {
+        let (link, mut out) = Link::new(link(10).remote.clone(), Direction::Outbound, 10);
+        for id in 0..QUEUE as u64 {
+            link.tx.try_send(PeerMsg::Call(call(id))).expect("room for calls");
+        }
+        assert!(!link.send(PeerMsg::Cancel { id: 1 }), "the call lane is full");
+        assert!(link.send(PeerMsg::Ping { nonce: 7 }), "a probe still goes");
+        assert!(matches!(out.next().await, Some(PeerMsg::Ping { nonce: 7 })));
+        assert!(matches!(out.next().await, Some(PeerMsg::Call(c)) if c.id == 0), "then calls, in order");
+        assert!(matches!(out.try_next(), Some(PeerMsg::Call(c)) if c.id == 1));
     }
 
     #[tokio::test]

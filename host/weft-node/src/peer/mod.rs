@@ -109,11 +109,15 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A peer link carries the calls of all the clients of the node at its
+/// other end, so it may have this many times a client connection's
+/// `limits.max_in_flight_per_connection` running or waiting here at once.
+pub const PEER_CALLS_PER_CONNECTION: usize = 16;
+
 pub struct FabricSettings {
     pub max_frame: usize,
     pub max_members: usize,
-    /// Calls one peer may have running here at once
-    /// (`limits.max_in_flight_per_connection`, as for a client).
+    /// Calls one peer may have running or waiting here at once.
     pub max_serving: usize,
     /// `routing.transit`: calls between two other clusters may pass here.
     pub transit: bool,
@@ -727,7 +731,7 @@ impl Fabric {
         Ok(node)
     }
 
-    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: mpsc::Receiver<PeerMsg>)
+    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: link::Outbound)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
