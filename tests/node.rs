@@ -638,30 +638,30 @@ async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losi
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connections_time_out() {
     let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
-    let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
-    // Sixteen connections that never send a request fill the node.
-    let mut idle = Vec::new();
+    // Sixteen upgraded connections that never send a request fill the node.
+    let mut open = Vec::new();
     for _ in 0..16 {
-        idle.push(tokio::net::TcpStream::connect(&admin_addr).await.unwrap());
+        open.push(tokio_tungstenite::connect_async(&node.ws).await.expect("within the limit").0);
     }
-    let refused = eventually("a connection over the limit to be refused", Duration::from_secs(5), async || {
-        tokio_tungstenite::connect_async(&node.ws).await.is_err().then_some(())
-    });
-    refused.await;
-    // The admin port closes connections that send no headers within 10 s,
-    // which frees their places.
-    let mut client = None;
-    for _ in 0..40 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&node.ws).await {
-            client = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(client.is_some(), "the idle admin connections were never closed");
+    assert!(tokio_tungstenite::connect_async(&node.ws).await.is_err(), "the 17th is refused");
+    // Two places again: one for this check (its client may keep the
+    // connection), one for the idle connection below.
+    open.truncate(14);
+    eventually("places to be free again", Duration::from_secs(10), async || node.admin().get("/health").await.ok())
+        .await;
+    // The admin port closes a connection that sends no headers within 10 s.
+    let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&admin_addr).await.unwrap();
     let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), idle[0].peek(&mut buf)).await.expect("closed by now");
+    let early = tokio::time::timeout(Duration::from_secs(3), idle.peek(&mut buf)).await;
+    assert!(early.is_err(), "the connection had a place and was kept for a while");
+    let read = tokio::time::timeout(Duration::from_secs(20), idle.peek(&mut buf)).await.expect("closed by the node");
     assert_eq!(read.unwrap_or(0), 0, "an idle admin connection is closed");
     let metrics = node.admin().get("/metrics").await.unwrap().text;
     assert!(metric(&metrics, "weft_connections_refused_total").unwrap() >= 1.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "weft_connections "),
+        Some(14.0),
+        "upgraded connections count before their first frame"
+    );
 }
