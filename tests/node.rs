@@ -651,7 +651,7 @@ async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connection
         .await;
     // The admin port closes a connection that sends no headers within 10 s.
     let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
-    let mut idle = tokio::net::TcpStream::connect(&admin_addr).await.unwrap();
+    let idle = tokio::net::TcpStream::connect(&admin_addr).await.unwrap();
     let mut buf = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_secs(3), idle.peek(&mut buf)).await;
     assert!(early.is_err(), "the connection had a place and was kept for a while");

@@ -322,3 +322,27 @@ async fn neighbour_rules_and_tags_shape_what_is_learnt() {
     let refused = metric(&a.admin().get("/metrics").await.unwrap().text, "weft_routes_refused_total").unwrap_or(0.0);
     assert!(refused >= 2.0, "{refused}");
 }
+
+#[tokio::test]
+async fn a_cluster_lists_no_function_behind_a_transit_cluster_that_would_refuse_it() {
+    // gamma blocks alpha: beta (transit) may call gamma's math and lists it,
+    // alpha neither lists nor reaches it, though it has a route to gamma.
+    let b = cluster_node("beta", vec!["text"], &[], true);
+    let a = cluster_node("alpha", vec!["echo"], &[&b], false);
+    let config = format!(
+        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[federation]\nmode = \"permissive\"\nblocked_clusters = [\"alpha\"]\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        b.ws
+    );
+    let c = TestNode::start(NodeSpec { plugins: vec!["math"], files: vec![], config });
+    let lists = async |node: &TestNode, name: &str, cluster: &str| {
+        let body = node.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == name && f["cluster"] == cluster)
+    };
+    eventually("beta to list gamma's add", SETTLE, async || lists(&b, "add", "gamma").await.then_some(())).await;
+    eventually("alpha to list beta's upper", SETTLE, async || lists(&a, "upper", "beta").await.then_some(())).await;
+    eventually("a route from alpha to gamma", SETTLE, async || best(&a, "gamma").await).await;
+    assert!(!lists(&a, "add", "gamma").await, "alpha lists a function gamma would refuse it");
+    let err = call_in(&a, "gamma", "add", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
+    drop(c);
+}

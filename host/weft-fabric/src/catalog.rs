@@ -32,10 +32,52 @@ pub struct CatalogEntry {
     /// to, nor callable from, other clusters.
     #[serde(default = "yes")]
     pub exported: bool,
+    /// The other clusters whose callers may call it, as far as its own
+    /// cluster knows: its manifest's `callers`, narrowed by that cluster's
+    /// federation policy when offered. Clusters that pass the entry on offer
+    /// it only within this, so no cluster lists what it could not call.
+    #[serde(default, skip_serializing_if = "Audience::is_everyone")]
+    pub audience: Audience,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A set of clusters, kept small either way: everyone, only some, or all
+/// but some.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Audience {
+    #[default]
+    Everyone,
+    Only(BTreeSet<ClusterId>),
+    AllBut(BTreeSet<ClusterId>),
+}
+
+impl Audience {
+    pub fn is_everyone(&self) -> bool {
+        *self == Audience::Everyone
+    }
+
+    pub fn admits(&self, cluster: &ClusterId) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::Only(set) => set.contains(cluster),
+            Audience::AllBut(set) => !set.contains(cluster),
+        }
+    }
+
+    /// The clusters in both.
+    pub fn narrowed(&self, other: &Audience) -> Audience {
+        use Audience::{AllBut, Everyone, Only};
+        match (self, other) {
+            (Everyone, x) | (x, Everyone) => x.clone(),
+            (Only(a), Only(b)) => Only(a.intersection(b).cloned().collect()),
+            (Only(a), AllBut(b)) | (AllBut(b), Only(a)) => Only(a.difference(b).cloned().collect()),
+            (AllBut(a), AllBut(b)) => AllBut(a.union(b).cloned().collect()),
+        }
+    }
 }
 
 /// The function a command will call.

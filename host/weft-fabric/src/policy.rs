@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
 
-use crate::catalog::CatalogEntry;
+use std::collections::BTreeSet;
+
+use crate::catalog::{Audience, CatalogEntry};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -194,9 +196,24 @@ impl Policy {
     }
 
     /// Whether a local entry is offered to `cluster` at all (the export side
-    /// of the catalog): what its callers would be allowed to call.
+    /// of the catalog): what its callers would be allowed to call, by this
+    /// policy and by the entry's own audience (its manifest's `callers`).
     pub fn exports(&self, entry: &CatalogEntry, cluster: &ClusterId) -> bool {
-        self.call(cluster, None, &entry.function, entry.exported).allowed
+        entry.audience.admits(cluster) && self.call(cluster, None, &entry.function, entry.exported).allowed
+    }
+
+    /// The other clusters this policy admits at all, for entries offered
+    /// under it: a cluster that passes them on then offers them only there.
+    pub fn audience(&self) -> Audience {
+        let blocked: BTreeSet<ClusterId> = self.blocked_clusters.iter().cloned().collect();
+        match self.mode {
+            Mode::Strict => Audience::Only(BTreeSet::new()),
+            Mode::Permissive => Audience::AllBut(blocked),
+            Mode::Explicit => {
+                let named = self.allowed_clusters.iter().chain(self.bridges.iter().map(|b| &b.cluster));
+                Audience::Only(named.filter(|c| !blocked.contains(*c)).cloned().collect())
+            }
+        }
     }
 }
 

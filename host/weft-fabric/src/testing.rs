@@ -45,6 +45,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         cluster: ClusterId::new("alpha"),
         idempotent: false,
         exported: true,
+        audience: crate::Audience::Everyone,
     }
 }
 

@@ -444,7 +444,15 @@ impl ClusterTask {
     fn offer(&self, link: &Link) -> Vec<CatalogEntry> {
         let policy = self.fabric.policy();
         let to = &link.remote.cluster;
-        let mut offer: Vec<CatalogEntry> = self.own_entries().into_iter().filter(|e| policy.exports(e, to)).collect();
+        // Own entries go with who may call them, so that a cluster passing
+        // them on offers them only there.
+        let audience = policy.audience();
+        let mut offer: Vec<CatalogEntry> = self
+            .own_entries()
+            .into_iter()
+            .filter(|e| policy.exports(e, to))
+            .map(|e| CatalogEntry { audience: e.audience.narrowed(&audience), ..e })
+            .collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
             // Functions of the clusters the routes announced to the receiver
             // lead to, reached over this node's bridges or a linked member's.
@@ -453,7 +461,7 @@ impl ClusterTask {
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
-                if admitted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
+                if admitted && e.audience.admits(to) && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     offer.push(e.clone());
                 }
             }
@@ -541,7 +549,8 @@ impl ClusterTask {
         }
         let verdict = self.fabric.decide(Point::Import, self.fabric.policy().peer(cluster, Some(link.node())));
         // Kept whole; `publish` takes what the routes say this neighbour leads to.
-        entries.retain(|e| e.cluster != self.fabric.me.cluster);
+        let me = &self.fabric.me.cluster;
+        entries.retain(|e| e.cluster != *me && e.audience.admits(me));
         if !verdict.allowed {
             entries.clear();
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use weft_fabric::{CatalogEntry, Plan, Scheduler, StepIdx, resolve};
+use weft_fabric::{Audience, CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
@@ -737,6 +737,10 @@ pub(crate) fn local_catalog(
         resources.extend(node_resources.iter().cloned());
         resources.sort();
         resources.dedup();
+        let audience = plugin
+            .foreign_clusters
+            .as_ref()
+            .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()));
         for f in plugin.functions.iter().filter(|f| !f.local_only) {
             entries.push(CatalogEntry {
                 function: FunctionId::new(plugin.name.clone(), f.name.clone()),
@@ -747,6 +751,7 @@ pub(crate) fn local_catalog(
                 cluster: cluster.clone(),
                 idempotent: plugin.idempotent,
                 exported: f.exported,
+                audience: audience.clone(),
             });
         }
     }

@@ -159,6 +159,19 @@ impl Manifest {
         }
     }
 
+    /// The other clusters some of whose callers this plugin admits
+    /// (`cluster:C` or `TENANT@C` in `callers`); None for every cluster
+    /// (`"*"`, which a plugin of the default tenant has without `callers`).
+    pub fn foreign_clusters(&self) -> Option<Vec<String>> {
+        let callers = self.callers();
+        if callers.iter().any(|c| c == ANYONE) {
+            return None;
+        }
+        let cluster =
+            |e: &String| e.strip_prefix(CLUSTER).or_else(|| e.split_once('@').map(|(_, c)| c)).map(str::to_owned);
+        Some(callers.iter().filter_map(cluster).collect())
+    }
+
     /// Whether `caller` may call this plugin. Anonymous callers pass only
     /// "*"; a tenant passes "*" or its name; a call from another cluster
     /// passes "*" or "cluster:" + that cluster, and a tenant of that
@@ -255,6 +268,16 @@ mod tests {
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"cluster:beta\"]"), [true, true, false]);
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"ops\"]"), [false; 3], "not this cluster's ops");
         assert_eq!(partners("callers = [\"*\"]"), [true; 3]);
+    }
+
+    #[test]
+    fn the_clusters_a_plugin_is_open_to_follow_its_callers() {
+        let open = |text: &str| Manifest::parse("m.toml", text).unwrap().foreign_clusters();
+        assert_eq!(open(""), None, "the default tenant's plugin: every cluster");
+        assert_eq!(open("callers = [\"*\"]"), None);
+        assert_eq!(open("tenant = \"acme\""), Some(vec![]), "a tenant's plugin: none");
+        let named = "tenant = \"acme\"\ncallers = [\"acme\", \"cluster:beta\", \"bob@gamma\"]";
+        assert_eq!(open(named), Some(vec!["beta".to_owned(), "gamma".to_owned()]));
     }
 
     #[test]

@@ -143,3 +143,36 @@ proptest! {
         prop_assert_eq!(p.peer(&remote, Some(&node)), peer, "deterministic");
     }
 }
+
+#[test]
+fn audiences_narrow_to_the_clusters_in_both() {
+    let set = |names: &[&str]| names.iter().map(|s| c(s)).collect::<BTreeSet<_>>();
+    let only = |names: &[&str]| Audience::Only(set(names));
+    let all_but = |names: &[&str]| Audience::AllBut(set(names));
+    assert_eq!(Audience::Everyone.narrowed(&only(&["x"])), only(&["x"]));
+    assert_eq!(only(&["x", "y"]).narrowed(&only(&["y", "z"])), only(&["y"]));
+    assert_eq!(only(&["x", "y"]).narrowed(&all_but(&["x"])), only(&["y"]));
+    assert_eq!(all_but(&["x"]).narrowed(&all_but(&["y"])), all_but(&["x", "y"]));
+    assert!(all_but(&["x"]).admits(&c("y")) && !all_but(&["x"]).admits(&c("x")));
+
+    let mut explicit = policy(Mode::Explicit);
+    explicit.allowed_clusters = vec![c("x"), c("y")];
+    explicit.bridges = vec![Bridge { cluster: c("z"), nodes: vec![] }];
+    explicit.blocked_clusters = vec![c("y")];
+    assert_eq!(explicit.audience(), only(&["x", "z"]));
+    let mut permissive = policy(Mode::Permissive);
+    permissive.blocked_clusters = vec![c("y")];
+    assert_eq!(permissive.audience(), all_but(&["y"]));
+    assert_eq!(policy(Mode::Strict).audience(), only(&[]));
+}
+
+#[test]
+fn an_entry_is_offered_only_to_clusters_in_its_audience() {
+    let mut open = policy(Mode::Permissive);
+    open.blocked_clusters = vec![c("blocked")];
+    let mut e = crate::testing::entry("math/add", "1.0.0", crate::testing::sig(&[], weft_proto::wit::WitType::S64));
+    assert!(open.exports(&e, &c("beta")));
+    e.audience = Audience::Only([c("gamma")].into());
+    assert!(!open.exports(&e, &c("beta")), "its manifest does not open it to beta");
+    assert!(open.exports(&e, &c("gamma")));
+}
