@@ -665,3 +665,14 @@ async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connection
         "upgraded connections count before their first frame"
     );
 }
+
+#[tokio::test]
+async fn a_manifest_without_its_plugin_is_reported() {
+    let mut spec = NodeSpec::default();
+    spec.files.push(("hello-world.toml".into(), b"warm = 1\n".to_vec()));
+    let node = TestNode::start(spec);
+    eventually("the warning", Duration::from_secs(5), async || {
+        node.stderr().contains("a manifest without hello-world.wasm beside it is not used").then_some(())
+    })
+    .await;
+}

@@ -20,10 +20,10 @@ pub struct NodeArgs {
     #[arg(long, env = "WEFT_CLUSTER")]
     cluster: Option<String>,
     /// WebSocket address for clients and peers (port 0: any free port).
-    #[arg(long, env = "WEFT_LISTEN")]
+    #[arg(long, env = "WEFT_LISTEN", value_parser = weft_node::config::parse_addr)]
     listen: Option<SocketAddr>,
     /// Admin HTTP address (port 0: any free port).
-    #[arg(long, env = "WEFT_ADMIN")]
+    #[arg(long, env = "WEFT_ADMIN", value_parser = weft_node::config::parse_addr)]
     admin: Option<SocketAddr>,
     /// Nodes to dial (repeat, or comma-separated in WEFT_SEEDS).
     #[arg(long = "seed", env = "WEFT_SEEDS", value_delimiter = ',')]

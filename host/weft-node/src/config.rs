@@ -114,7 +114,9 @@ pub struct NodeSection {
     /// Default: derived from the host name and the listen port.
     pub id: Option<String>,
     pub cluster: String,
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    #[serde(deserialize_with = "socket_addr")]
     pub admin: SocketAddr,
     pub seeds: Vec<String>,
     /// The URL other nodes dial to reach this one (default: ws://, or
@@ -233,6 +235,18 @@ pub struct LimitsSection {
     /// disconnected and its calls cancelled.
     #[serde(deserialize_with = "units::duration")]
     pub write_timeout: Duration,
+}
+
+/// A listen address: numeric, since a node binds before anything resolves
+/// names, and a host name would hide which interface it listens on.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("invalid address {text:?}: use a numeric IP:PORT such as \"127.0.0.1:7700\" or \"0.0.0.0:7700\" (host names are not resolved; port 0 picks a free port)")
+    })
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -881,8 +895,8 @@ max_concurrency = 256
         assert!(err.contains("line 2") && err.contains("500ms"), "{err}");
         let err = Config::parse("x.toml", "[federation]\nmode = \"open\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("strict"), "{err}");
-        let err = Config::parse("x.toml", "[node]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
-        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("x.toml", "[node]\nlisten = \"localhost:7700\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("use a numeric IP:PORT"), "{err}");
         // Several bad values and unknown keys are all reported at once.
         let err = Config::parse("x.toml", "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n").unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");

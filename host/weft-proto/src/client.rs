@@ -76,17 +76,26 @@ fn is_false(b: &bool) -> bool {
 fn shape_error_at(request: &Value) -> String {
     let cmds = request.get("cmds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, cmd) in cmds.iter().enumerate() {
-        if serde_json::from_value::<Command>(cmd.clone()).is_err() {
+        if let Err(e) = serde_json::from_value::<Command>(cmd.clone()) {
             let name = cmd.get("name").and_then(Value::as_str).map_or_else(String::new, |n| format!(" ({n})"));
-            let field = cmd.as_object().into_iter().flatten().find_map(|(key, _)| {
-                let mut probe = cmd.clone();
-                probe.as_object_mut()?.remove(key);
-                // The field whose removal fixes the command (or makes it miss only that field).
-                match serde_json::from_value::<Command>(probe) {
-                    Ok(_) => Some(key.clone()),
-                    Err(e) if e.to_string().contains(&format!("missing field `{key}`")) => Some(key.clone()),
-                    Err(_) => None,
-                }
+            // A missing field is named by serde itself; a field of the wrong
+            // shape is found by taking fields out one at a time.
+            let missing = e
+                .to_string()
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            let field = missing.or_else(|| {
+                cmd.as_object().into_iter().flatten().find_map(|(key, _)| {
+                    let mut probe = cmd.clone();
+                    probe.as_object_mut()?.remove(key);
+                    // The field whose removal fixes the command (or makes it miss only that field).
+                    match serde_json::from_value::<Command>(probe) {
+                        Ok(_) => Some(key.clone()),
+                        Err(e) if e.to_string().contains(&format!("missing field `{key}`")) => Some(key.clone()),
+                        Err(_) => None,
+                    }
+                })
             });
             return format!(" in cmds[{i}]{name}{}", field.map_or_else(String::new, |f| format!(", field {f:?}")));
         }
@@ -358,6 +367,10 @@ mod tests {
         let (u, e) = Request::decode(frame).unwrap_err();
         assert_eq!(u.as_deref(), Some("w"));
         assert!(e.message.contains("in cmds[1] (b), field \"args\""), "{}", e.message);
+        // A missing field is the one named, not one present.
+        let frame = br#"{"role": "rpc", "u": "w", "cmds": [{"name": "a", "function": "echo", "args": []}]}"#;
+        let (_, e) = Request::decode(frame).unwrap_err();
+        assert!(e.message.contains("in cmds[0] (a), field \"fun\": missing field `fun`"), "{}", e.message);
         // A `u` that is not a string comes back as its text.
         let (u, e) = Request::decode(br#"{"role": "rpc", "u": 7, "cmds": []}"#).unwrap_err();
         assert_eq!(u.as_deref(), Some("7"));

@@ -507,10 +507,14 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
             let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
             if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                // WIT names are kebab-case; JSON habits are snake_case or camelCase.
+                let kebab = extra.replace('_', "-").to_lowercase();
+                let hint =
+                    names.iter().find(|n| **n == kebab).map_or_else(String::new, |n| format!("; did you mean {n:?}?"));
                 return Err(Mismatch {
                     path: At::Field(&at, extra).to_string(),
-                    expected: format!("no such field (fields of {ty}: {})", names.join(", ")),
-                    found: describe(&obj[extra]),
+                    expected: format!("one of the fields of {ty} ({}){hint}", names.join(", ")),
+                    found: format!("a field {extra:?} it does not have"),
                 });
             }
             let mut out = Vec::with_capacity(fields.len());
@@ -538,14 +542,20 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         WitType::Flags { flags, .. } => {
             let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
             let mut set = Vec::new();
-            for x in items {
+            for (i, x) in items.iter().enumerate() {
                 match x.as_str() {
                     Some(s) if flags.iter().any(|f| f == s) => {
                         if !set.contains(&s) {
                             set.push(s);
                         }
                     }
-                    _ => return Err(fail(format!("an array of flags from {}", quoted(flags)))),
+                    _ => {
+                        return Err(Mismatch {
+                            path: At::Index(&at, i).to_string(),
+                            expected: format!("one of the flags {}", quoted(flags)),
+                            found: describe(x),
+                        });
+                    }
                 }
             }
             Ok(b.flags(set))

@@ -263,6 +263,9 @@ impl Runtime {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
         })?;
         let label: Arc<str> = format!("{name}@{version}").into();
+        if info.functions.is_empty() && !info.interfaces.is_empty() {
+            tracing::warn!(plugin = %label, interfaces = ?info.interfaces, "the plugin exports interfaces only, which Weft does not call: export its functions from the world itself (`export greet: func(...)`, not `export greeter;`)");
+        }
         let functions = info
             .functions
             .into_iter()
@@ -827,14 +830,22 @@ pub fn is_plugin_file(name: &str) -> bool {
 fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
     let folder = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
         .map_err(|e| format!("cannot open the plugins folder: {e}"))?;
-    let mut names: Vec<String> = folder
+    let files: Vec<String> = folder
         .entries()
         .map_err(|e| format!("cannot list the plugins folder: {e}"))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| is_plugin_file(n) && n.ends_with(".wasm"))
+        .filter(|n| is_plugin_file(n))
         .collect();
+    let mut names: Vec<String> = files.iter().filter(|n| n.ends_with(".wasm")).cloned().collect();
     names.sort();
+    // A manifest applies to the .wasm of its own name: one without is a typo
+    // (`hello-world.toml` beside `hello_world.wasm`) that would go unnoticed.
+    for manifest in files.iter().filter_map(|n| n.strip_suffix(".toml")) {
+        if !names.iter().any(|n| n.strip_suffix(".wasm") == Some(manifest)) {
+            tracing::warn!(file = %format!("{manifest}.toml"), "a manifest without {manifest}.wasm beside it is not used; name it after the plugin's .wasm file");
+        }
+    }
     Ok((folder, names))
 }
 

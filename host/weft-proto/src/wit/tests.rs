@@ -125,6 +125,16 @@ fn mismatches_name_the_path_and_the_expected_type() {
     assert_eq!(err.path, "s.mean");
     let err = from_json(&json!({"count": 1, "mean": 1, "typo": 2}), &summary(), "s").unwrap_err();
     assert_eq!(err.path, "s.typo");
+    assert_eq!(err.found, "a field \"typo\" it does not have");
+    let kebab = WitType::Record {
+        name: Some("item".into()),
+        fields: vec![Field { name: "price-cents".into(), ty: WitType::U32 }],
+    };
+    let err = from_json(&json!({"price_cents": 1}), &kebab, "i").unwrap_err();
+    assert!(err.expected.ends_with("did you mean \"price-cents\"?"), "{err}");
+    let flags = WitType::Flags { name: None, flags: vec!["r".into(), "w".into()] };
+    let err = from_json(&json!(["r", "x"]), &flags, "f").unwrap_err();
+    assert_eq!((err.path.as_str(), err.found.as_str()), ("f[1]", "string \"x\""));
     let list = WitType::List { element: Box::new(WitType::F64) };
     let err = from_json(&json!([1, "two"]), &list, "xs").unwrap_err();
     assert_eq!(err.path, "xs[1]");
