@@ -467,10 +467,34 @@ async fn a_malformed_handshake_is_refused_and_nothing_of_it_is_kept() {
         let reason = answer["reason"].as_str().unwrap();
         assert!(reason.starts_with("malformed handshake") && reason.len() < 300, "{reason}");
     }
+    // A hello that cannot be read at all is a peer's too, not a client's request.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+    ws.send(Message::Text(json!({"t": "hello", "proto": 1, "node": "m9"}).to_string().into())).await.unwrap();
+    let answer: Value = serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(answer["t"], "reject", "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("missing field"), "{answer}");
     let peers = node.admin().get("/v1/peers").await.unwrap().body.to_string();
     assert!(peers.len() < 4096 && !peers.contains("javascript"), "{peers}");
     let alerts = node.admin().get("/v1/alerts?all").await.unwrap().body.to_string();
     assert!(alerts.len() < 4096, "{alerts}");
     let metrics = node.admin().get("/metrics").await.unwrap().text;
-    assert_eq!(metric(&metrics, "weft_links_refused_total{kind=\"protocol\"}"), Some(4.0));
+    assert_eq!(metric(&metrics, "weft_links_refused_total{kind=\"protocol\"}"), Some(5.0));
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_garbage_is_told_why_its_link_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let node = TestNode::start(NodeSpec::default());
+    let mut peer = support::FakePeer::join(&node, "m9", "local").await;
+    peer.ws.send(Message::Text("{\"t\": \"no-such-message\"}".into())).await.unwrap();
+    let close = loop {
+        match peer.ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a reason"),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1002);
+    assert!(close.reason.starts_with("malformed peer message"), "{}", close.reason);
 }

@@ -100,12 +100,23 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         _ = shutdown.cancelled() => return,
         first = ws.next() => first,
     };
-    if let Some(Ok(Message::Text(text))) = &first
-        && let Ok(PeerMsg::Hello(hello)) = serde_json::from_str::<PeerMsg>(text)
-    {
-        drop(open);
-        ctx.executor.fabric().accept(ws, hello).await;
-        return;
+    if let Some(Ok(Message::Text(text))) = &first {
+        match serde_json::from_str::<PeerMsg>(text) {
+            Ok(PeerMsg::Hello(hello)) => {
+                drop(open);
+                ctx.executor.fabric().accept(ws, hello).await;
+                return;
+            }
+            // A peer's hello it cannot read gets a peer's refusal, not a
+            // client's error about a missing "role".
+            Err(e) if is_hello(text) => {
+                drop(open);
+                let problem = e.to_string();
+                ctx.executor.fabric().refuse_malformed(ws, &problem[..problem.floor_char_boundary(200)]).await;
+                return;
+            }
+            _ => {}
+        }
     }
     let (mut sink, incoming) = ws.split();
     let mut incoming = futures_util::stream::iter(first).chain(incoming);
@@ -267,6 +278,13 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+}
+
+/// Whether a first frame is meant as a peer's `hello` (`"t": "hello"`).
+fn is_hello(text: &str) -> bool {
+    text.contains("\"hello\"")
+        && serde_json::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v.get("t").and_then(|t| t.as_str()) == Some("hello"))
 }
 
 /// One client connection in the `connections` gauge while it lives.

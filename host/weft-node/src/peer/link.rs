@@ -17,6 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use weft_fabric::CatalogEntry;
 use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
@@ -264,6 +266,8 @@ where
 {
     let (mut sink, mut stream) = ws.split();
     let metrics = fabric.metrics.clone();
+    // Why this side closes the link, told to the peer in the close frame.
+    let mut why: Option<CloseFrame> = None;
     let node_closing = {
         let writer = async {
             while let Some(msg) = outbound.next().await {
@@ -281,7 +285,7 @@ where
                     Err(e @ tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
                         metrics.reject_frame("too_large");
                         tracing::warn!(peer = %link.remote.node, error = %e, "peer frame over limits.max_frame (do the nodes have the same limit?); closing the link");
-                        break;
+                        return Some(closing(CloseCode::Size, "frame over limits.max_frame"));
                     }
                     Err(e) => {
                         tracing::debug!(peer = %link.remote.node, error = %e, "peer link failed");
@@ -299,10 +303,11 @@ where
                         // A peer that speaks garbage is broken or hostile; drop the link.
                         metrics.reject_frame("peer");
                         tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
-                        break;
+                        return Some(closing(CloseCode::Protocol, &format!("malformed peer message: {e}")));
                     }
                 }
             }
+            None
         };
         tokio::pin!(writer, reader);
         tokio::select! {
@@ -312,7 +317,10 @@ where
                 let _ = tokio::time::timeout(Duration::from_millis(500), &mut reader).await;
                 false
             }
-            _ = &mut reader => false,
+            closed = &mut reader => {
+                why = closed;
+                false
+            }
             _ = link.closed.cancelled() => false,
             _ = fabric.links_closing.cancelled() => true,
         }
@@ -334,7 +342,14 @@ where
     for (_, task) in lock(&link.serving).drain() {
         task.abort();
     }
-    let _ = sink.close().await;
+    // A peer that reads nothing would keep even the close frame waiting.
+    let close = async {
+        match why {
+            Some(frame) => sink.send(Message::Close(Some(frame))).await,
+            None => sink.close().await,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     fabric.unregister(&link);
     fabric.event(Event::LinkDown(link.clone()));
 }
@@ -451,6 +466,11 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
         link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
     });
     lock(&link.serving).insert(id, task.abort_handle());
+}
+
+/// A close frame with a reason cut to the 123 bytes a close frame holds.
+fn closing(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }
 
 /// Runs a forwarded call to its answer. A panic becomes an INTERNAL answer:

@@ -664,11 +664,7 @@ impl Fabric {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if let Some(problem) = hello.problem() {
-            // Nothing of it is logged or kept: it came from whoever connected.
-            let reject = Reject::new(RejectKind::Protocol, format!("malformed handshake: {problem}"));
-            self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
-            tracing::debug!(%problem, "malformed peer handshake refused");
-            refuse(&mut ws, reject).await;
+            self.refuse_malformed(ws, &problem).await;
             return;
         }
         let (link, rx) = Link::new(hello.clone(), Direction::Inbound, self.inbound_budget());
@@ -685,6 +681,18 @@ impl Fabric {
             return;
         }
         self.start(link, ws, rx);
+    }
+
+    /// Refuses a `hello` that is malformed or cannot be read at all. Nothing
+    /// of it is logged (but at debug) or kept: it came from whoever connected.
+    pub async fn refuse_malformed<S>(&self, mut ws: WebSocketStream<S>, problem: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let reject = Reject::new(RejectKind::Protocol, format!("malformed handshake: {problem}"));
+        self.metrics.links_refused.get_or_create(&crate::metrics::KindLabel { kind: reject.kind.as_str() }).inc();
+        tracing::debug!(%problem, "malformed peer handshake refused");
+        refuse(&mut ws, reject).await;
     }
 
     /// The dialling side. Returns the remote node's id once the link is up
