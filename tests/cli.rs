@@ -50,6 +50,11 @@ fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
     let (code, _, err) = weft(&["catalog", "--node", "ws://127.0.0.1:7700"]);
     assert_eq!(code, 1);
     assert!(err.contains("http:// or https://") && err.contains("weft call"), "{err}");
+    // Nothing listening: where to look.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (code, _, err) = weft(&["catalog", "--node", &format!("http://{free}")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect") && err.contains("is this its admin address"), "{err}");
 }
 
 #[test]
@@ -61,6 +66,8 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     assert_eq!((code, out.trim()), (0, "42"));
     let (code, out, _) = weft(&["call", "--node", &node.ws, "concat", "--kw", "a=\"x\"", "--kw", "b=y"]);
     assert_eq!((code, out.trim()), (0, "\"xy\""));
+    let (code, _, err) = weft(&["call", "--node", &node.ws, "concat", "--kw", "a=x", "--kw", "a=y", "--kw", "b=z"]);
+    assert!(code != 0 && err.contains("--kw a is given twice"), "{err}");
     let (code, out, err) = weft(&["call", "--node", &node.ws, "divide", "1", "0"]);
     assert_ne!(code, 0);
     assert!(out.is_empty());

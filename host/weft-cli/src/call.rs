@@ -71,7 +71,9 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
             let mut cmd = Command::new("call", fun, a.args.iter().map(|s| parse_arg(s)).collect());
             for kw in &a.kwargs {
                 let (k, v) = kw.split_once('=').with_context(|| format!("--kw {kw:?} is not NAME=JSON"))?;
-                cmd.kwargs.insert(k.to_owned(), parse_arg(v));
+                if cmd.kwargs.insert(k.to_owned(), parse_arg(v)).is_some() {
+                    anyhow::bail!("--kw {k} is given twice; give each argument once");
+                }
             }
             // `--locs ''` requires nothing, not a resource named "".
             cmd.locs = a.locs.iter().filter(|l| !l.is_empty()).cloned().collect();

@@ -206,7 +206,11 @@ impl Admin {
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let stream = tokio::net::TcpStream::connect(&authority)
             .await
-            .map_err(|e| unavailable(format!("cannot connect to {authority}: {e}")))?;
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot connect to {authority}: {e}; is the node running (weft node) and is this its admin address (--admin, or WEFT_ADMIN_URL; https:// for a node with [tls])?"
+                ))
+            })?;
         let mut sender = if uri.scheme_str() == Some("https") {
             let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
             let name = rustls::pki_types::ServerName::try_from(host)
