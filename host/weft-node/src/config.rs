@@ -356,7 +356,7 @@ impl Config {
         config.source = path.map(Path::to_owned);
         config.overrides = overrides.clone();
         config.validate().map_err(|problems| ConfigError {
-            file: path.map_or("(defaults)".into(), |p| p.display().to_string()),
+            file: path.map_or("(flags and WEFT_* variables over the defaults)".into(), |p| p.display().to_string()),
             problems,
         })?;
         Ok(config)
@@ -438,8 +438,9 @@ impl Config {
                 problems.push(msg.to_owned());
             }
         };
-        check(is_valid_name(&self.node.cluster), &format!("node.cluster: {NAME_RULE}"));
-        check(self.node.id.as_deref().is_none_or(is_valid_name), &format!("node.id: {NAME_RULE}"));
+        check(is_valid_name(&self.node.cluster), &format!("node.cluster {:?}: {NAME_RULE}", self.node.cluster));
+        let id = self.node.id.as_deref().unwrap_or_default();
+        check(self.node.id.as_deref().is_none_or(is_valid_name), &format!("node.id {id:?}: {NAME_RULE}"));
         check(
             self.node.listen != self.node.admin || self.node.listen.port() == 0,
             "node.admin: the same address as node.listen; the admin API needs a port of its own",
