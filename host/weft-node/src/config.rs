@@ -732,8 +732,8 @@ impl Config {
     }
 }
 
-/// A ws:// or wss:// URL with a host.
-fn ws_url_ok(url: &str) -> bool {
+/// A ws:// or wss:// URL with a host (config, and a peer's `hello`).
+pub(crate) fn ws_url_ok(url: &str) -> bool {
     let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"));
     rest.is_some_and(|rest| !rest.starts_with([':', '/']) && !rest.is_empty())
 }

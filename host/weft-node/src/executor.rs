@@ -760,9 +760,12 @@ pub(crate) fn local_catalog(
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
+    use super::{LARGE_REQUEST, LargeRequests, least_loaded};
+
     #[tokio::test]
     async fn large_requests_take_turns_and_small_ones_never_wait() {
-        use super::{LARGE_REQUEST, LargeRequests};
         let large = || {
             let mut frame = br#"{"role":"rpc","u":"big","cmds":[{"name":"a","fun":"echo","args":[""#.to_vec();
             frame.resize(frame.len() + LARGE_REQUEST, b'x');
@@ -785,10 +788,6 @@ mod tests {
         let (second, _) = second.await.expect("task");
         assert_eq!(second.expect("decodes").u, "big");
     }
-
-    use rand::SeedableRng;
-
-    use super::least_loaded;
 
     #[test]
     fn least_loaded_picks_the_minimum_and_spreads_ties() {

@@ -166,7 +166,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
                 let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
-                let close = Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() }));
+                let close = Message::Close(Some(close_frame(CloseCode::Size, &reason)));
                 let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
                 break;
             }
@@ -182,11 +182,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 // Say why, as RFC 6455 asks: 1007 for text that is not
                 // UTF-8, 1002 for other violations (reasons fit in 123 bytes).
                 let code = if matches!(e, WsError::Utf8(_)) { CloseCode::Invalid } else { CloseCode::Protocol };
-                let mut reason = e.to_string();
-                while reason.len() > 120 {
-                    reason.pop();
-                }
-                let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+                let close = Message::Close(Some(close_frame(code, &e.to_string())));
                 let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
                 client_left = true;
                 break;
@@ -278,6 +274,12 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+}
+
+/// A close frame whose reason is cut to fit: a close frame's payload holds
+/// 125 bytes, two of them the code.
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }
 
 /// Whether a first frame is meant as a peer's `hello` (`"t": "hello"`).

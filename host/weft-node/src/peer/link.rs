@@ -27,6 +27,7 @@ use weft_runtime::CallTarget;
 use super::wire::{ForwardCall, Hello, PeerMsg};
 use super::{Event, Fabric, Point};
 use crate::executor::StepCall;
+use crate::ws::close_frame;
 
 /// Outbound messages waiting for the writer, in each of its two lanes:
 /// gossip beyond this is dropped (SWIM and the catalog repair losses),
@@ -285,7 +286,7 @@ where
                     Err(e @ tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
                         metrics.reject_frame("too_large");
                         tracing::warn!(peer = %link.remote.node, error = %e, "peer frame over limits.max_frame (do the nodes have the same limit?); closing the link");
-                        return Some(closing(CloseCode::Size, "frame over limits.max_frame"));
+                        return Some(close_frame(CloseCode::Size, "frame over limits.max_frame"));
                     }
                     Err(e) => {
                         tracing::debug!(peer = %link.remote.node, error = %e, "peer link failed");
@@ -303,7 +304,7 @@ where
                         // A peer that speaks garbage is broken or hostile; drop the link.
                         metrics.reject_frame("peer");
                         tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
-                        return Some(closing(CloseCode::Protocol, &format!("malformed peer message: {e}")));
+                        return Some(close_frame(CloseCode::Protocol, &format!("malformed peer message: {e}")));
                     }
                 }
             }
@@ -466,11 +467,6 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
         link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
     });
     lock(&link.serving).insert(id, task.abort_handle());
-}
-
-/// A close frame with a reason cut to the 123 bytes a close frame holds.
-fn closing(code: CloseCode, reason: &str) -> CloseFrame {
-    CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }
 
 /// Runs a forwarded call to its answer. A panic becomes an INTERNAL answer:

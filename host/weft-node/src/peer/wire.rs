@@ -47,16 +47,16 @@ impl Hello {
         let name = |what: &str, name: &str| {
             (!weft_proto::is_valid_name(name)).then(|| format!("{what} {}: {}", shown(name), weft_proto::NAME_RULE))
         };
-        let url = self.addr.strip_prefix("wss://").or_else(|| self.addr.strip_prefix("ws://"));
         let text = |s: &str| s.len() > MAX_HELLO_TEXT || s.chars().any(char::is_control);
         name("node id", self.node.as_str())
             .or_else(|| name("cluster", self.cluster.as_str()))
-            .or_else(|| match url {
-                _ if text(&self.addr) => {
+            .or_else(|| {
+                if text(&self.addr) {
                     Some(format!("addr {}: over {MAX_HELLO_TEXT} bytes or with control characters", shown(&self.addr)))
+                } else {
+                    let url = crate::config::ws_url_ok(&self.addr) && !self.addr.contains(char::is_whitespace);
+                    (!url).then(|| format!("addr {}: not a ws:// or wss:// URL", shown(&self.addr)))
                 }
-                Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => None,
-                _ => Some(format!("addr {}: not a ws:// or wss:// URL", shown(&self.addr))),
             })
             .or_else(|| {
                 (self.caps.len() > MAX_CAPS || self.caps.iter().any(|c| !weft_proto::is_valid_name(c)))
