@@ -193,6 +193,34 @@ async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
 }
 
+/// Sandbox slots go to the waiting caller that holds the fewest, not first
+/// come, first served: acme's calls queued for the node's one slot do not
+/// make bob wait behind all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_queued_calls_do_not_hold_up_another_caller() {
+    let a1 = node("a1", "alpha", true, &[], &format!("[limits]\nmax_concurrency = 1\n{}", tenants()));
+    // Forty requests of acme's, each a spin until its deadline: 0.1 s, 0.2 s
+    // ... 4 s. In arrival order they keep the slot busy for 4 s.
+    let client = std::sync::Arc::new(a1.client().await);
+    let flood: Vec<_> = (1..=40)
+        .map(|i| {
+            let mut req = Request::new("", vec![Command::new("x", "spin", vec![])]);
+            (req.token, req.timeout_ms) = (Some(ACME.into()), Some(100 * i));
+            let client = client.clone();
+            tokio::spawn(async move { client.request(req).await.unwrap().into_result().unwrap_err() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    let mut req = Request::new("", vec![Command::new("x", "echo", vec![json!("bob")])]);
+    (req.token, req.timeout_ms) = (Some(BOB.into()), Some(2000));
+    let answer = a1.client().await.request(req).await.unwrap().into_result();
+    assert_eq!(answer.unwrap()["x"], "bob", "bob's call gets the next free slot, not the one after acme's 4 s");
+    for spin in flood {
+        assert_eq!(spin.await.unwrap().kind, ErrorKind::DEADLINE_EXCEEDED, "each of acme's spins ran to its deadline");
+    }
+}
+
 /// A node of `cluster` in permissive federation with tenants acme and bob;
 /// `keys` (its own key file, and the other cluster and its public key) turn
 /// on authenticated links. With `partner`, it serves globex's snoop, open

@@ -13,6 +13,7 @@ mod manifest;
 mod plugin;
 mod runtime;
 mod sandbox;
+mod slots;
 pub mod units;
 mod warm;
 mod wit_types;

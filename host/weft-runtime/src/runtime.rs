@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, Val};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType, WitValue};
@@ -20,6 +19,7 @@ use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, SandboxState};
+use crate::slots::{Slot, Slots};
 use crate::warm::{SparePlace, Spares, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
@@ -76,7 +76,7 @@ pub struct Runtime {
     /// Each tenant's limits (`RuntimeConfig::tenant_limits`, then as reloaded).
     tenant_limits: RwLock<BTreeMap<String, Limits>>,
     stores: StoreMaker,
-    permits: Arc<Semaphore>,
+    slots: Slots,
     /// Calls between taking a sandbox slot and giving back their instance
     /// (slots held by teardowns in the background are not counted).
     running: AtomicUsize,
@@ -97,7 +97,7 @@ impl Runtime {
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
             stores: StoreMaker::new(&engine, &config),
-            permits: Arc::new(Semaphore::new(config.call_slots() as usize)),
+            slots: Slots::new(config.call_slots() as usize),
             running: AtomicUsize::new(0),
             warm_budget: WarmBudget::new(config.max_warm_instances),
             janitor: Arc::default(),
@@ -408,12 +408,12 @@ impl Runtime {
     /// another here, so each of a fan-out's instances is replaced this way
     /// and the next fan-out finds its spares. Under load every worker is
     /// busy anyway and the extra work only costs, so the store is dropped
-    /// here and no spare is built. The permit goes with the store: slots in
+    /// here and no spare is built. The slot goes with the store: slots in
     /// teardown count against `max_concurrency`, so the pool cannot run out.
     fn retire(
         &self,
         store: Store<SandboxState>,
-        permit: OwnedSemaphorePermit,
+        slot: Slot,
         plugin: &Arc<Plugin>,
         function: &Function,
         load: NodeLoad,
@@ -423,14 +423,14 @@ impl Runtime {
             return;
         };
         let spare = plugin.spares.reserve(&self.warm_budget);
-        let spent = Spent { store, permit, plugin: plugin.clone(), who: function.who.clone(), spare };
+        let spent = Spent { store, slot, plugin: plugin.clone(), who: function.who.clone(), spare };
         self.janitor.hand(spent, &self.stores, &rt);
     }
 
     /// Waits until no call is running and no spent instance is still being
     /// torn down (see `retire`).
     pub async fn settled(&self) {
-        let _all = self.permits.acquire_many(self.config.call_slots()).await;
+        self.slots.settled().await;
     }
 
     /// Idle warm instances on the node now (spares not counted).
@@ -504,15 +504,12 @@ impl Runtime {
         let stop = if deadline < own_deadline { Stop::Caller } else { Stop::Plugin(plugin.limits.deadline) };
         let deadline = deadline.min(own_deadline);
 
-        let permit = tokio::time::timeout_at(deadline.into(), self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                WeftError::new(
-                    ErrorKind::DEADLINE_EXCEEDED,
-                    format!("{qualified}: the deadline passed while waiting for a free sandbox slot (limits.max_concurrency = {})", self.config.max_concurrency),
-                )
-            })?
-            .map_err(|_| WeftError::new(ErrorKind::UNAVAILABLE, "the node is shutting down"))?;
+        let slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire(caller)).await.map_err(|_| {
+            WeftError::new(
+                ErrorKind::DEADLINE_EXCEEDED,
+                format!("{qualified}: the deadline passed while waiting for a free sandbox slot (limits.max_concurrency = {})", self.config.max_concurrency),
+            )
+        })?;
         let _running = Running::enter(&self.running);
 
         let warm = plugin.manifest.warm > 0;
@@ -560,7 +557,7 @@ impl Runtime {
                 Ok(Ok(results))
             }
             other => {
-                self.retire(store, permit, &plugin, function, load);
+                self.retire(store, slot, &plugin, function, load);
                 other.map(|ran| ran.map(|(_, results)| results))
             }
         };
@@ -622,7 +619,7 @@ impl Runtime {
 /// A call's store on its way out, with what replacing it takes.
 struct Spent {
     store: Store<SandboxState>,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     plugin: Arc<Plugin>,
     who: Arc<str>,
     /// The spare's place in the budget, if it had room.
@@ -632,7 +629,7 @@ struct Spent {
 impl Spent {
     /// Drops the store, builds the spare, and only then frees the slot.
     async fn finish(self, stores: &StoreMaker) {
-        let Spent { store, permit, plugin, who, spare } = self;
+        let Spent { store, slot, plugin, who, spare } = self;
         drop(store);
         if let Some(place) = spare
             && let Ok((mut store, output)) = stores.sandbox(&plugin, who, Instant::now() + plugin.limits.deadline)
@@ -640,7 +637,7 @@ impl Spent {
         {
             plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place);
         }
-        drop(permit);
+        drop(slot);
     }
 }
 
@@ -1117,13 +1114,13 @@ mod tests {
         // before the test yields: the answer came first, the slot is still
         // held.
         assert_eq!(snoop(&rt, &Caller::Anonymous, "x").await, Value::Null);
-        assert_eq!(rt.permits.available_permits(), 2, "the spent instance still holds its sandbox slot");
+        assert_eq!(rt.slots.free(), 2, "the spent instance still holds its sandbox slot");
         assert_eq!(plugin.spares.len(), 0);
         // A second call at once (a request's next command), while the
         // first teardown still holds its slot, hands its instance on too.
         assert_eq!(snoop(&rt, &Caller::Anonymous, "w").await, Value::Null, "no state of x");
         rt.settled().await;
-        assert_eq!(rt.permits.available_permits(), 3, "torn down, the slots are free again");
+        assert_eq!(rt.slots.free(), 3, "torn down, the slots are free again");
         assert_eq!(plugin.spares.len(), 2, "and a spare replaces each");
         assert_eq!(rt.warm_idle(), 0, "a spare is not a warm instance");
 
@@ -1136,7 +1133,7 @@ mod tests {
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
         let deadline = Instant::now() + Duration::from_secs(5);
         rt.call(target, &[Value::from("b")], deadline, &Caller::Anonymous, NodeLoad::Busy).await.expect("snoop");
-        assert_eq!(rt.permits.available_permits(), 3, "torn down before the answer");
+        assert_eq!(rt.slots.free(), 3, "torn down before the answer");
         assert_eq!(plugin.spares.len(), 1, "the call took a spare and none was built");
         assert_eq!(snoop(&rt, &Caller::Anonymous, "c").await, Value::Null, "no state of b");
         rt.settled().await;
@@ -1145,7 +1142,7 @@ mod tests {
         // itself and builds no spare.
         let other = Running::enter(&rt.running);
         assert_eq!(snoop(&rt, &Caller::Anonymous, "z").await, Value::Null, "no state of y");
-        assert_eq!(rt.permits.available_permits(), 3, "torn down before the answer");
+        assert_eq!(rt.slots.free(), 3, "torn down before the answer");
         assert_eq!(plugin.spares.len(), 0, "the call took the last spare and none was built");
         drop(other);
 
@@ -1194,7 +1191,7 @@ mod tests {
         // Its runtime goes away before that task ever ran.
         drop(first);
         assert_eq!(queued(&rt), (2, false), "the dropped task left the queue idle");
-        assert_eq!(rt.permits.available_permits(), 254, "the spent stores still hold their slots");
+        assert_eq!(rt.slots.free(), 254, "the spent stores still hold their slots");
 
         // The next spent store starts a new task, which retires all three.
         single().block_on(async {
