@@ -170,15 +170,31 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     let Some(best) = left.iter().max_by(|a, b| a.version.cmp(&b.version)) else {
         return Err(at(WeftError::internal("resolution left no entry")));
     };
-    let candidates: Arc<[CatalogEntry]> =
-        left.iter().filter(|e| e.version == best.version).map(|e| (*e).clone()).collect();
-    Ok(Resolved {
-        function: best.function.clone(),
-        version: best.version.clone(),
-        sig: best.sig.clone(),
-        candidates,
-        locs: cmd.locs.clone(),
-    })
+    let newest: Vec<&CatalogEntry> = left.iter().copied().filter(|e| e.version == best.version).collect();
+    let sig = agreed_signature(&newest).unwrap_or_else(|| best.sig.clone());
+    let candidates: Arc<[CatalogEntry]> = newest.iter().filter(|e| e.sig == sig).map(|e| (*e).clone()).collect();
+    Ok(Resolved { function: best.function.clone(), version: best.version.clone(), sig, candidates, locs: cmd.locs.clone() })
+}
+
+/// The signature a plugin version is called with. Nodes should agree, but a
+/// changed plugin deployed without a new version gives one `name@version`
+/// two signatures; then the one most nodes have is used (on a tie, that of
+/// the first node by id), and only those nodes are candidates, so that a
+/// call never runs against a signature other than the one its arguments
+/// were checked against. `weft catalog` lists both.
+fn agreed_signature(entries: &[&CatalogEntry]) -> Option<Arc<FunctionSig>> {
+    let mut sigs: Vec<(&Arc<FunctionSig>, usize, &NodeId)> = Vec::new();
+    for e in entries {
+        match sigs.iter_mut().find(|(sig, ..)| **sig == e.sig) {
+            Some((_, count, first)) => {
+                *count += 1;
+                *first = (*first).min(&e.node);
+            }
+            None => sigs.push((&e.sig, 1, &e.node)),
+        }
+    }
+    let best = sigs.into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.2.cmp(a.2)));
+    best.map(|(sig, ..)| sig.clone())
 }
 
 /// What a command asks for: a pinned `plugin/function` or a bare function name.
@@ -296,6 +312,27 @@ mod tests {
         assert_eq!(e.details["command"], json!("c1"));
         let e = resolve(&cmd("echo/frob"), &catalog()).unwrap_err();
         assert!(e.message.contains("plugin echo has: concat, echo, echos"), "{}", e.message);
+    }
+
+    #[test]
+    fn one_version_with_two_signatures_is_called_only_where_the_most_nodes_agree() {
+        let on = |node: &str, result: WitType| {
+            let mut e = entry("shapes/zero", "0.1.0", sig(&[], result));
+            e.node = NodeId::new(node);
+            e
+        };
+        let cat = vec![on("n1", WitType::U32), on("n2", WitType::String), on("n3", WitType::String)];
+        let r = resolve(&cmd("zero"), &cat).unwrap();
+        assert_eq!(r.sig.result, Some(WitType::String));
+        let nodes: Vec<&str> = r.candidates.iter().map(|e| e.node.as_str()).collect();
+        assert_eq!(nodes, ["n2", "n3"], "n1 would answer with another type");
+
+        // A tie goes to the signature of the first node by id, on every node.
+        for cat in [&cat[..2], &[cat[1].clone(), cat[0].clone()][..]] {
+            let r = resolve(&cmd("zero"), cat).unwrap();
+            assert_eq!(r.sig.result, Some(WitType::U32));
+            assert_eq!(r.candidates.len(), 1);
+        }
     }
 
     #[test]
