@@ -263,5 +263,5 @@ fn a_bad_flag_is_reported_with_its_value_and_where_it_came_from() {
     let (code, _, err) = weft(&["node", "--id", "my node"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("invalid config (flags and WEFT_* variables over the defaults)"), "{err}");
-    assert!(err.contains("node.id \"my node\": use 1 to 128 letters"), "{err}");
+    assert!(err.contains("node.id \"my node\": use 1 to 128 ASCII letters"), "{err}");
 }

@@ -173,7 +173,13 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
     let newest: Vec<&CatalogEntry> = left.iter().copied().filter(|e| e.version == best.version).collect();
     let sig = agreed_signature(&newest).unwrap_or_else(|| best.sig.clone());
     let candidates: Arc<[CatalogEntry]> = newest.iter().filter(|e| e.sig == sig).map(|e| (*e).clone()).collect();
-    Ok(Resolved { function: best.function.clone(), version: best.version.clone(), sig, candidates, locs: cmd.locs.clone() })
+    Ok(Resolved {
+        function: best.function.clone(),
+        version: best.version.clone(),
+        sig,
+        candidates,
+        locs: cmd.locs.clone(),
+    })
 }
 
 /// The signature a plugin version is called with. Nodes should agree, but a

@@ -506,7 +506,7 @@ fn check_static(
         return Err(fail(format!("{reference} has no value: {} returns nothing", source.function)));
     };
     let ty = follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}")))?;
-    if fits_json(ty, &param.ty) {
+    if ty.fits(&param.ty) {
         Ok(())
     } else {
         Err(fail(format!("expected {}, but {reference} is {ty} (from {})", param.ty, source.function))
@@ -534,15 +534,6 @@ impl fmt::Display for RefName<'_> {
         f.write_str(self.cmd)?;
         self.path.iter().try_for_each(|seg| write!(f, ".{seg}"))
     }
-}
-
-/// `WitType::fits`, plus what the JSON mapping adds: a `T` is a valid
-/// `option<T>` (it is `some`), unless T is itself an option (then `some` is
-/// spelled `{"some": ..}`).
-fn fits_json(source: &WitType, target: &WitType) -> bool {
-    source.fits(target)
-        || matches!(target, WitType::Option { some }
-            if !matches!(**some, WitType::Option { .. }) && !matches!(source, WitType::Option { .. }) && source.fits(some))
 }
 
 /// The type at `path` inside a value of type `ty`. An option is looked

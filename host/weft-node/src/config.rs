@@ -997,7 +997,7 @@ block = ["/x", "Upper", "text/snake_case"]
             "[tenants.\"bad name\"]\ntokens = [\"short\"]\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.b]\ntokens = [\"{token}\", \"sha256:xyz\"]\n"
         ));
         assert_eq!(found.len(), 4, "{found:?}");
-        assert!(found.iter().any(|p| p.contains("tenants.bad name: use 1 to 128 letters")), "{found:?}");
+        assert!(found.iter().any(|p| p.contains("tenants.bad name: use 1 to 128 ASCII letters")), "{found:?}");
         assert!(found.iter().any(|p| p.contains("tokens[0]: a token of fewer than 16")), "{found:?}");
         assert!(
             found.iter().any(|p| p.contains("tenants.b.tokens[0]: the same token is given to tenant a")),

@@ -36,14 +36,14 @@ macro_rules! string_id {
 /// catalog entry, route and log line, and a peer's are taken from the wire.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// What a cluster, node, tenant or plugin name may hold: 1 to 128 letters,
+/// What a cluster, node, tenant or plugin name may hold: 1 to 128 ASCII letters,
 /// digits, '-', '_' and '.'. (Function names are WIT's kebab-case.)
 pub fn is_valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// The rule `is_valid_name` checks, for error messages.
-pub const NAME_RULE: &str = "use 1 to 128 letters, digits, '-', '_' or '.'";
+pub const NAME_RULE: &str = "use 1 to 128 ASCII letters, digits, '-', '_' or '.'";
 
 string_id!(
     /// The `id` of one `weft node` process.

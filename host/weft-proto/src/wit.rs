@@ -132,7 +132,13 @@ impl WitType {
         use WitType as T;
         match (self, target) {
             (T::List { element: a }, T::List { element: b }) => a.fits(b),
-            (T::Option { some: a }, T::Option { some: b }) => a.fits(b),
+            // `some(x)` travels as x, unless x is itself an option (then as
+            // `{"some": x}`): a `T` is a valid `option<T>`, but an
+            // `option<T>` is no `option<option<T>>`.
+            (T::Option { some: a }, T::Option { some: b }) => {
+                a.fits(b) && (matches!(**a, T::Option { .. }) || !matches!(**b, T::Option { .. }))
+            }
+            (a, T::Option { some: b }) if !matches!(**b, T::Option { .. }) => a.fits(b),
             (T::Tuple { elements: a }, T::Tuple { elements: b }) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.fits(y))
             }
@@ -445,6 +451,24 @@ impl fmt::Display for At<'_> {
     }
 }
 
+/// WIT names are kebab-case; JSON habits are snake_case or camelCase.
+fn kebab_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        match c {
+            '_' => out.push('-'),
+            c if c.is_ascii_uppercase() => {
+                if i > 0 && !out.ends_with('-') {
+                    out.push('-');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, Mismatch> {
     let fail = |expected: String| Mismatch { path: at.to_string(), expected, found: describe(v) };
     let int = |min: i128, max: i128| -> Result<i128, Mismatch> {
@@ -479,13 +503,23 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         WitType::U16 => scalar(Scalar::U16(int(lo, hi)? as u16)),
         WitType::U32 => scalar(Scalar::U32(int(lo, hi)? as u32)),
         WitType::U64 => scalar(Scalar::U64(int(lo, hi)? as u64)),
-        WitType::F32 => scalar(Scalar::F32(float()? as f32)),
+        WitType::F32 => {
+            let x = float()?;
+            if x.is_finite() && !(x as f32).is_finite() {
+                return Err(fail("f32 (a number no larger than 3.4028235e38 either way)".into()));
+            }
+            scalar(Scalar::F32(x as f32))
+        }
         WitType::F64 => scalar(Scalar::F64(float()?)),
         WitType::Char => {
             let s = v.as_str().ok_or_else(|| fail("char (a one-character string)".into()))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => scalar(Scalar::Char(c)),
+                (Some(_), Some(_)) => Err(fail(format!(
+                    "char (a one-character string; this one has {} Unicode scalar values)",
+                    s.chars().count()
+                ))),
                 _ => Err(fail("char (a one-character string)".into())),
             }
         }
@@ -507,14 +541,13 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
             let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
             if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-                // WIT names are kebab-case; JSON habits are snake_case or camelCase.
-                let kebab = extra.replace('_', "-").to_lowercase();
+                let kebab = kebab_case(extra);
                 let hint =
                     names.iter().find(|n| **n == kebab).map_or_else(String::new, |n| format!("; did you mean {n:?}?"));
                 return Err(Mismatch {
                     path: At::Field(&at, extra).to_string(),
-                    expected: format!("one of the fields of {ty} ({}){hint}", names.join(", ")),
-                    found: format!("a field {extra:?} it does not have"),
+                    expected: format!("one of the fields of {ty} ({})", names.join(", ")),
+                    found: format!("a field {extra:?} it does not have{hint}"),
                 });
             }
             let mut out = Vec::with_capacity(fields.len());
@@ -646,6 +679,9 @@ pub fn to_json(v: &WitValue) -> Value {
         WitValue::U16(x) => (*x).into(),
         WitValue::U32(x) => (*x).into(),
         WitValue::U64(x) => (*x).into(),
+        // The f64 nearest the f32's shortest decimal form: 0.1, not
+        // 0.10000000149011612.
+        WitValue::F32(x) if x.is_finite() => float_json(x.to_string().parse().unwrap_or(f64::from(*x))),
         WitValue::F32(x) => float_json(f64::from(*x)),
         WitValue::F64(x) => float_json(*x),
         WitValue::Char(c) => Value::String(c.to_string()),
@@ -692,9 +728,9 @@ fn single(key: &str, value: Value) -> Value {
 }
 
 impl WitValue {
-    /// At least the size in bytes once encoded as JSON (strings exactly,
-    /// escapes included; numbers as 24); used to refuse huge results before
-    /// they are serialized.
+    /// At least the size in bytes once encoded as JSON (strings and
+    /// integers exactly, escapes included; floats as 24, chars as 8); used
+    /// to refuse huge results before they are serialized.
     pub fn json_size_bound(&self) -> usize {
         match self {
             WitValue::String(s) => json_string_size(s),
@@ -711,9 +747,27 @@ impl WitValue {
             WitValue::Result(r) => {
                 8 + r.as_ref().map_or_else(|e| e.as_ref(), |o| o.as_ref()).map_or(4, |x| x.json_size_bound())
             }
-            _ => 24,
+            WitValue::Bool(_) => 5,
+            WitValue::S8(n) => int_json_size(i64::from(*n)),
+            WitValue::S16(n) => int_json_size(i64::from(*n)),
+            WitValue::S32(n) => int_json_size(i64::from(*n)),
+            WitValue::S64(n) => int_json_size(*n),
+            WitValue::U8(n) => digits(u64::from(*n)),
+            WitValue::U16(n) => digits(u64::from(*n)),
+            WitValue::U32(n) => digits(u64::from(*n)),
+            WitValue::U64(n) => digits(*n),
+            WitValue::Char(_) => 8,
+            WitValue::F32(_) | WitValue::F64(_) => 24,
         }
     }
+}
+
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+fn int_json_size(n: i64) -> usize {
+    usize::from(n < 0) + digits(n.unsigned_abs())
 }
 
 #[cfg(test)]

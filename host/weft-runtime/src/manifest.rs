@@ -291,8 +291,8 @@ mod tests {
             "name = \"a/b\"\ntenant = \"\"\ncallers = [\"\", \"cluster:\", \"a@b@c\"]\nresources = [\" \"]\n[limits]\nmemory = \"0B\"\ndeadline = \"0s\"\n",
         );
         for part in [
-            "name \"a/b\": use 1 to 128 letters",
-            "tenant \"\": use 1 to 128 letters",
+            "name \"a/b\": use 1 to 128 ASCII letters",
+            "tenant \"\": use 1 to 128 ASCII letters",
             "callers: \"\" is not",
             "callers: \"cluster:\" is not",
             "callers: \"a@b@c\" is not",

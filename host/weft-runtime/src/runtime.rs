@@ -283,6 +283,7 @@ impl Runtime {
             .collect::<Result<Vec<_>, String>>()?;
         let (limits, by_tenant) = self.limits_for(&manifest);
         warn_of_manifest_overreach(&label, &manifest, &limits, by_tenant);
+        fits_memory_limit(&component, &limits)?;
         let plugin = Plugin {
             name,
             file: file.to_owned(),
@@ -762,6 +763,22 @@ impl StoreMaker {
 /// the node's or its tenant's (the lower one applies), and callers that
 /// cannot exist (an empty list, or only the owner when it is a tenant
 /// without a `[tenants]` entry).
+/// A component whose memory starts larger than its sandbox's limit could
+/// never be instantiated: refused at load, rather than every call failing.
+fn fits_memory_limit(component: &Component, limits: &Limits) -> Result<(), String> {
+    let pages = component.resources_required().and_then(|r| r.max_initial_memory_size).unwrap_or(0);
+    let start = pages.saturating_mul(64 << 10);
+    if start <= limits.memory_bytes {
+        return Ok(());
+    }
+    Err(format!(
+        "its linear memory starts at {} KiB, over its sandbox memory limit of {} KiB (the smallest of [limits] memory, its tenant's and its manifest's); raise that limit to at least {} KiB",
+        start >> 10,
+        limits.memory_bytes >> 10,
+        start >> 10
+    ))
+}
+
 fn warn_of_manifest_overreach(label: &str, manifest: &Manifest, limits: &crate::Limits, tenant_known: bool) {
     let asked = &manifest.limits;
     if asked.deadline.is_some_and(|d| d > limits.deadline) || asked.memory.is_some_and(|m| m > limits.memory_bytes) {
@@ -1259,11 +1276,14 @@ mod tests {
             rt.load_bytes(file, stem, echo, manifest).expect_err("must not load").to_string()
         };
         let e = fails("my echo.wasm", "my echo", None);
-        assert!(e.contains("plugin name \"my echo\"") && e.contains("use 1 to 128 letters"), "{e}");
+        assert!(e.contains("plugin name \"my echo\"") && e.contains("use 1 to 128 ASCII letters"), "{e}");
         let e = fails("echo.wasm", "echo", Some("name = \"a/b\"\n"));
-        assert!(e.contains("name \"a/b\"") && e.contains("use 1 to 128 letters"), "{e}");
+        assert!(e.contains("name \"a/b\"") && e.contains("use 1 to 128 ASCII letters"), "{e}");
         let e = fails("echo.wasm", "echo", Some("[functions.ehco]\nexport = false\n"));
         assert!(e.contains("[functions.ehco] names no function") && e.contains("echo, echos, concat"), "{e}");
+        // The manifest's minimum is 1 MiB; a Rust guest's memory starts larger.
+        let e = fails("echo.wasm", "echo", Some("[limits]\nmemory = \"1MiB\"\n"));
+        assert!(e.contains("memory starts at") && e.contains("limit of 1024 KiB") && e.contains("raise"), "{e}");
         assert!(rt.plugins().is_empty());
         rt.load_bytes("echo.wasm", "echo", echo, Some("[functions.echo]\nexport = false\n")).expect("loads");
     }

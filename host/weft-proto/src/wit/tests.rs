@@ -119,19 +119,29 @@ fn mismatches_name_the_path_and_the_expected_type() {
     assert!(err.expected.starts_with("s64"), "{err}");
     assert!(from_json(&json!(256), &WitType::U8, "a").is_err());
     assert!(from_json(&json!(1.5), &WitType::S32, "a").is_err());
-    assert!(from_json(&json!("ab"), &WitType::Char, "c").is_err());
+    let err = from_json(&json!("e\u{301}"), &WitType::Char, "c").unwrap_err();
+    assert!(err.expected.contains("this one has 2 Unicode scalar values"), "{err}");
+    let err = from_json(&json!(1e39), &WitType::F32, "x").unwrap_err();
+    assert!(err.expected.contains("no larger than 3.4028235e38"), "{err}");
+    assert_eq!(from_json(&json!(3.4028235e38), &WitType::F32, "x").unwrap(), WitValue::F32(f32::MAX));
 
     let err = from_json(&json!({"count": 1}), &summary(), "s").unwrap_err();
     assert_eq!(err.path, "s.mean");
     let err = from_json(&json!({"count": 1, "mean": 1, "typo": 2}), &summary(), "s").unwrap_err();
     assert_eq!(err.path, "s.typo");
     assert_eq!(err.found, "a field \"typo\" it does not have");
+    let camel = WitType::Record {
+        name: Some("person".into()),
+        fields: vec![Field { name: "first-name".into(), ty: WitType::String }],
+    };
+    let err = from_json(&json!({"firstName": "A"}), &camel, "p").unwrap_err();
+    assert_eq!(err.found, "a field \"firstName\" it does not have; did you mean \"first-name\"?");
     let kebab = WitType::Record {
         name: Some("item".into()),
         fields: vec![Field { name: "price-cents".into(), ty: WitType::U32 }],
     };
     let err = from_json(&json!({"price_cents": 1}), &kebab, "i").unwrap_err();
-    assert!(err.expected.ends_with("did you mean \"price-cents\"?"), "{err}");
+    assert!(err.found.ends_with("did you mean \"price-cents\"?"), "{err}");
     let flags = WitType::Flags { name: None, flags: vec!["r".into(), "w".into()] };
     let err = from_json(&json!(["r", "x"]), &flags, "f").unwrap_err();
     assert_eq!((err.path.as_str(), err.found.as_str()), ("f[1]", "string \"x\""));
@@ -168,6 +178,15 @@ fn fits_accepts_widening_and_rejects_narrowing() {
     let strings = WitType::List { element: Box::new(WitType::String) };
     assert!(strings.fits(&strings.clone()));
     assert!(!strings.fits(&WitType::String));
+    // A `T` travels as a valid `option<T>`, at any depth; an `option<T>` is
+    // no `option<option<T>>`, whose `some` is spelled `{"some": ..}`.
+    let option = |t: WitType| WitType::Option { some: Box::new(t) };
+    let list = |t: WitType| WitType::List { element: Box::new(t) };
+    assert!(WitType::String.fits(&option(WitType::String)));
+    assert!(strings.fits(&list(option(WitType::String))));
+    assert!(!option(WitType::String).fits(&option(option(WitType::String))));
+    assert!(option(option(WitType::U8)).fits(&option(option(WitType::U32))));
+    assert!(!option(WitType::String).fits(&WitType::String));
     assert!(summary().fits(&WitType::Record {
         name: None,
         fields: match summary() {
@@ -193,7 +212,10 @@ fn arb_type() -> impl Strategy<Value = WitType> {
     let leaf = prop_oneof![
         Just(WitType::Bool),
         Just(WitType::S64),
+        Just(WitType::S8),
         Just(WitType::U8),
+        Just(WitType::U32),
+        Just(WitType::F32),
         Just(WitType::F64),
         Just(WitType::String),
         Just(WitType::Char),
@@ -215,7 +237,10 @@ fn arb_value(ty: &WitType) -> BoxedStrategy<WitValue> {
     match ty {
         WitType::Bool => any::<bool>().prop_map(WitValue::Bool).boxed(),
         WitType::S64 => any::<i64>().prop_map(WitValue::S64).boxed(),
+        WitType::S8 => any::<i8>().prop_map(WitValue::S8).boxed(),
         WitType::U8 => any::<u8>().prop_map(WitValue::U8).boxed(),
+        WitType::U32 => any::<u32>().prop_map(WitValue::U32).boxed(),
+        WitType::F32 => any::<f32>().prop_filter("nan != nan", |x| !x.is_nan()).prop_map(WitValue::F32).boxed(),
         WitType::F64 => any::<f64>().prop_filter("nan != nan", |x| !x.is_nan()).prop_map(WitValue::F64).boxed(),
         WitType::String => ".*".prop_map(WitValue::String).boxed(),
         WitType::Char => any::<char>().prop_map(WitValue::Char).boxed(),
@@ -274,6 +299,19 @@ proptest! {
     ) {
         let encoded = serde_json::to_string(&to_json(&value)).unwrap();
         prop_assert!(value.json_size_bound() >= encoded.len(), "{} < {encoded}", value.json_size_bound());
+    }
+
+    #[test]
+    fn an_integer_s_json_size_is_exact(n in any::<i64>(), u in any::<u64>()) {
+        prop_assert_eq!(WitValue::S64(n).json_size_bound(), n.to_string().len());
+        prop_assert_eq!(WitValue::U64(u).json_size_bound(), u.to_string().len());
+    }
+
+    #[test]
+    fn an_f32_is_written_in_its_shortest_form(x in any::<f32>().prop_filter("finite", |x| x.is_finite())) {
+        let json = to_json(&WitValue::F32(x));
+        prop_assert_eq!(json.as_f64().map(|y| y as f32), Some(x));
+        prop_assert_eq!(json.as_f64().map(|y| (y as f32).to_string()), Some(x.to_string()));
     }
 
     #[test]
