@@ -450,3 +450,26 @@ async fn a_call_relayed_for_a_cluster_out_of_reach_fails_and_never_runs_a_local_
     member.send(&call).await;
     assert_eq!(member.next_of("reply").await["value"], "hi");
 }
+
+/// A bridge peer that hangs (SIGSTOP, or a cut cable) is taken to be gone
+/// once it has sent nothing for five announce intervals (2 s at least):
+/// its link closes and its functions leave the catalog, instead of a link
+/// that swallows calls until their deadline.
+#[tokio::test]
+async fn a_hung_bridge_peer_is_dropped_with_its_functions() {
+    let fast = "\n[routing]\nannounce_interval = \"200ms\"";
+    let b1 = node("b1", "beta", vec!["text"], &[], &format!("{}{fast}", allow("alpha")));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &format!("{}{fast}", allow("beta")));
+    eventually("a1 sees beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    assert_eq!(call_in(&a1, "beta", "upper", vec![json!("x")]).await.unwrap(), "X");
+
+    let _ = std::process::Command::new("kill").args(["-STOP", &b1.pid().to_string()]).status();
+    eventually("a1 drops the silent link", SETTLE, async || (!linked(&a1, "b1").await).then_some(())).await;
+    eventually("beta's functions leave a1's catalog", SETTLE, async || {
+        (!sees(&a1, "beta", "upper").await).then_some(())
+    })
+    .await;
+    let e = call_in(&a1, "beta", "upper", vec![json!("x")]).await.unwrap_err();
+    assert_ne!(e.kind, ErrorKind::DEADLINE_EXCEEDED, "refused at once: {e}");
+    let _ = std::process::Command::new("kill").args(["-CONT", &b1.pid().to_string()]).status();
+}

@@ -381,6 +381,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             max_members,
             max_serving: crate::peer::PEER_CALLS_PER_CONNECTION * config.limits.max_in_flight_per_connection as usize,
             transit: config.routing.transit,
+            bridge_silence: (5 * config.routing.announce_interval).max(Duration::from_secs(2)),
             roots,
             tls: tls.clone(),
         },

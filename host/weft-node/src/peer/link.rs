@@ -277,8 +277,23 @@ where
                 }
             }
         };
+        // A bridge peer pings every announce interval; one silent for
+        // longer than `bridge_silence` is hung or cut off (members are
+        // watched by SWIM instead).
+        let silence = (link.remote.cluster != fabric.me.cluster).then_some(fabric.bridge_silence);
         let reader = async {
-            while let Some(frame) = stream.next().await {
+            loop {
+                let next = match silence {
+                    Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::warn!(peer = %link.remote.node, "the bridge peer sent nothing for {limit:?}; taking it to be gone and closing the link");
+                            return Some(close_frame(CloseCode::Away, "no frame within the bridge's silence limit"));
+                        }
+                    },
+                    None => stream.next().await,
+                };
+                let Some(frame) = next else { break };
                 let bytes = match frame {
                     Ok(Message::Text(t)) => t.as_bytes().to_vec(),
                     Ok(Message::Binary(b)) => b.to_vec(),
@@ -445,8 +460,11 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
 fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
-    let serving = lock(&link.serving).len();
-    if serving >= fabric.max_serving {
+    // Held until the task is registered: a task that ends first would find
+    // no entry to remove and leave one behind for good.
+    let mut serving = lock(&link.serving);
+    if serving.len() >= fabric.max_serving {
+        let serving = serving.len();
         // Answered, not dropped: the caller is waiting on this id.
         let busy = WeftError::new(
             ErrorKind::RESOURCE_EXHAUSTED,
@@ -466,7 +484,7 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
         lock(&link2.serving).remove(&id);
         link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
     });
-    lock(&link.serving).insert(id, task.abort_handle());
+    serving.insert(id, task.abort_handle());
 }
 
 /// Runs a forwarded call to its answer. A panic becomes an INTERNAL answer:

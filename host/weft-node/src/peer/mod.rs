@@ -121,6 +121,9 @@ pub struct FabricSettings {
     pub max_serving: usize,
     /// `routing.transit`: calls between two other clusters may pass here.
     pub transit: bool,
+    /// How long a bridge link may stay silent before the peer is taken to
+    /// be gone (both sides ping every `routing.announce_interval`).
+    pub bridge_silence: Duration,
     /// Authorities trusted when dialling a `wss://` peer.
     pub roots: weft_client::Roots,
     /// The certificate this node serves, with `[tls]`.
@@ -136,6 +139,7 @@ pub struct Fabric {
     pub max_frame: usize,
     pub max_members: usize,
     pub(crate) max_serving: usize,
+    pub(crate) bridge_silence: Duration,
     transit: bool,
     roots: RwLock<weft_client::Roots>,
     /// The certificate both listeners serve, with `[tls]`.
@@ -232,7 +236,7 @@ impl Fabric {
         federation: (Policy, u32),
         tracker: TaskTracker,
     ) -> (Arc<Fabric>, mpsc::UnboundedReceiver<Event>) {
-        let FabricSettings { max_frame, max_members, max_serving, transit, roots, tls } = settings;
+        let FabricSettings { max_frame, max_members, max_serving, transit, bridge_silence, roots, tls } = settings;
         let (events, rx) = mpsc::unbounded_channel();
         let fabric = Fabric {
             me,
@@ -241,6 +245,7 @@ impl Fabric {
             max_frame,
             max_members,
             max_serving,
+            bridge_silence,
             transit,
             roots: RwLock::new(roots),
             tls,
