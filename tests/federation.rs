@@ -473,3 +473,50 @@ async fn a_hung_bridge_peer_is_dropped_with_its_functions() {
     assert_ne!(e.kind, ErrorKind::DEADLINE_EXCEEDED, "refused at once: {e}");
     let _ = std::process::Command::new("kill").args(["-CONT", &b1.pid().to_string()]).status();
 }
+
+/// A bridge node that drains says goodbye to the other cluster as well, and
+/// a call it was carrying when its links closed comes back marked lost, so
+/// the calling cluster retries an idempotent call through another bridge.
+#[tokio::test]
+async fn a_draining_bridge_hands_its_idempotent_calls_back_for_a_retry() {
+    let member = |id: &str, seeds: &[&TestNode], extra: &str, plugins, files| {
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        let config = format!(
+            "id = \"{id}\"\ncluster = \"beta\"\nseeds = [{}]\n{extra}\n[cluster]\nbeat_interval = \"100ms\"\ncatalog_ttl = \"3s\"\n{}\n",
+            seeds.join(", "),
+            allow("alpha")
+        );
+        TestNode::start(NodeSpec { plugins, files, config })
+    };
+    let manifest = b"idempotent = true\n".to_vec();
+    let b3 = member("b3", &[], "", vec!["hostile"], vec![("hostile.toml".to_owned(), manifest)]);
+    let mut b1 = member("b1", &[&b3], "shutdown_grace = \"500ms\"", vec![], vec![]);
+    let mut b2 = member("b2", &[&b3], "shutdown_grace = \"500ms\"", vec![], vec![]);
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1, &b2], &allow("beta"));
+    eventually("a1 links to both bridges and sees spin", SETTLE, async || {
+        (linked(&a1, "b1").await && linked(&a1, "b2").await && sees(&a1, "beta", "spin").await).then_some(())
+    })
+    .await;
+
+    let client = a1.client().await;
+    let mut req = Request::new("", vec![Command::new("s", "spin", vec![])]);
+    req.timeout_ms = Some(4000);
+    let call = tokio::spawn(async move { client.request(req).await });
+    let carrier = eventually("the call to be in flight", SETTLE, async || {
+        peers(&a1).await["links"].as_array().unwrap().iter().find(|l| l["in_flight"] == 1).map(|l| l["node"].clone())
+    })
+    .await;
+    let (draining, other) = if carrier == "b1" { (&mut b1, "b2") } else { (&mut b2, "b1") };
+    draining.signal_term();
+    assert!(draining.wait().is_some(), "the bridge stops after its grace");
+
+    let e = call.await.unwrap().unwrap().into_result().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED, "the retry through {other} spun to the deadline: {e}");
+    let metrics = b3.admin().get("/metrics").await.unwrap().text;
+    let spins: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_calls_total{function=\"hostile/spin\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(spins, 2.0, "b3 ran the call twice: first through the draining bridge, then through {other}\n{metrics}");
+}

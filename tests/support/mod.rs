@@ -52,8 +52,9 @@ impl TestNode {
             std::fs::write(plugins.join(name), bytes).expect("write plugin file");
         }
         let config = dir.path().join("weft.toml");
+        let grace = if spec.config.contains("shutdown_grace") { "" } else { "shutdown_grace = \"5s\"\n" };
         let text = format!(
-            "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = \"plugins\"\ndata_dir = \"data\"\nshutdown_grace = \"5s\"\n{}",
+            "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = \"plugins\"\ndata_dir = \"data\"\n{grace}{}",
             spec.config
         );
         std::fs::write(&config, text).expect("write config");

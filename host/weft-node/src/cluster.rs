@@ -320,7 +320,12 @@ impl ClusterTask {
         let now = self.now();
         match msg {
             // Membership is per cluster: SWIM and goodbyes only from members.
-            PeerMsg::Swim { .. } | PeerMsg::Bye if link.remote.cluster != self.fabric.me.cluster => {
+            // A bridge peer's goodbye only stops new calls over its link
+            // (`Link::is_leaving`).
+            PeerMsg::Bye if link.remote.cluster != self.fabric.me.cluster => {
+                tracing::info!(peer = %link.node(), cluster = %link.remote.cluster, "bridge peer is leaving");
+            }
+            PeerMsg::Swim { .. } if link.remote.cluster != self.fabric.me.cluster => {
                 tracing::debug!(peer = %link.node(), "membership message from another cluster ignored");
             }
             PeerMsg::Swim { data } => match B64.decode(data.as_bytes()) {
@@ -793,7 +798,10 @@ impl ClusterTask {
 
     fn leave(&mut self) {
         self.broadcast(&PeerMsg::Catalog { delta: self.catalog.leave() });
-        self.broadcast(&PeerMsg::Bye);
+        // Bridge peers too, so that they send no new calls this way.
+        for link in self.fabric.links() {
+            link.send(PeerMsg::Bye);
+        }
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             tracing::debug!(error = %e, "swim leave");
         }

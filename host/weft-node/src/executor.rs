@@ -482,7 +482,8 @@ impl StepCall {
         let me = &self.fabric.me;
         // Never back through a node or into a cluster the call already passed.
         let avoid = |l: &Link| {
-            tried.contains(l.node())
+            l.is_leaving()
+                || tried.contains(l.node())
                 || self.routing_path.contains(l.node())
                 || (l.remote.cluster != me.cluster && self.federation_path.contains(&l.remote.cluster))
         };
@@ -527,14 +528,22 @@ impl StepCall {
                 self.function,
                 nodes.join(", ")
             )
+        } else if self.fabric.links_closing.is_cancelled() {
+            format!(
+                "function {}: this node ({}) is stopping and closed its links during the call, which may or may not have run; retry if it is safe",
+                self.function, self.fabric.me.node
+            )
         } else {
             format!(
-                "function {}: every node that has it ({}) went away during the call",
+                "function {}: every node that has it ({}) went away during the call, which may or may not have run; retry if it is safe",
                 self.function,
                 nodes.join(", ")
             )
         };
-        WeftError::new(ErrorKind::UNAVAILABLE, message).with("nodes", nodes)
+        let error = WeftError::new(ErrorKind::UNAVAILABLE, message).with("nodes", nodes);
+        // Only a lost link leads here: the node that passed the call on may
+        // retry it on another way in, as it would for a link of its own.
+        if tried.is_empty() { error } else { error.with("link_lost", true) }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +85,9 @@ pub struct Link {
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     closed: CancellationToken,
+    /// The peer said goodbye (it is draining): no new calls go to it,
+    /// while the replies of those running still come back.
+    leaving: AtomicBool,
     probes: Mutex<Probes>,
     /// Bytes of this peer's messages waiting for the cluster task. When it is
     /// spent the link stops reading, so TCP pushes back on a peer that sends
@@ -140,6 +143,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            leaving: AtomicBool::new(false),
             probes: Mutex::new(Probes { reliability: 1000, ..Probes::default() }),
             inbound: Arc::new(Semaphore::new(inbound_budget)),
         };
@@ -161,6 +165,11 @@ impl Link {
 
     pub fn close(&self) {
         self.closed.cancel();
+    }
+
+    /// Whether the peer said goodbye; a leaving peer takes no new calls.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
     }
 
     /// Sends a ping. A previous ping still unanswered counts as lost.
@@ -451,6 +460,10 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
             if let Some(task) = lock(&link.serving).remove(&id) {
                 task.abort();
             }
+        }
+        PeerMsg::Bye => {
+            link.leaving.store(true, Ordering::Relaxed);
+            fabric.event(Event::Peer(link.clone(), Box::new(PeerMsg::Bye), queued));
         }
         msg => fabric.event(Event::Peer(link.clone(), Box::new(msg), queued)),
     }
