@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
-const PLUGINS: [&str; 4] = ["echo", "math", "text", "hostile"];
+const PLUGINS: [&str; 5] = ["echo", "math", "text", "hostile", "stall"];
 
 /// Environment that cargo hands a build script (or that a user set for the host
 /// build) and that a nested cargo would obey: flags, target, output location,

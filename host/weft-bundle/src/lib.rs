@@ -23,11 +23,12 @@ macro_rules! bundled {
     };
 }
 
-/// Every bundled plugin, `hostile` included.
-pub const ALL: &[BundledPlugin] = &[bundled!("echo"), bundled!("math"), bundled!("text"), bundled!("hostile")];
+/// Every bundled plugin, the test plugins `hostile` and `stall` included.
+pub const ALL: &[BundledPlugin] =
+    &[bundled!("echo"), bundled!("math"), bundled!("text"), bundled!("hostile"), bundled!("stall")];
 
-/// The plugins a node loads when it is given none: `hostile` misbehaves on
-/// purpose and is only for sandbox tests.
+/// The plugins a node loads when it is given none: `hostile` and `stall`
+/// misbehave on purpose and are only for sandbox tests.
 pub const DEFAULT_SET: &[&str] = &["echo", "math", "text"];
 
 /// The component bytes of the bundled plugin `name`.
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn every_bundled_plugin_is_a_component() {
-        assert_eq!(ALL.len(), 4);
+        assert_eq!(ALL.len(), 5);
         for plugin in ALL {
             assert!(
                 plugin.wasm.starts_with(&COMPONENT_HEADER),

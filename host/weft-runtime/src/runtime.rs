@@ -632,11 +632,21 @@ impl Spent {
     async fn finish(self, stores: &StoreMaker) {
         let Spent { store, slot, plugin, who, spare } = self;
         drop(store);
+        let deadline = Instant::now() + plugin.limits.deadline;
         if let Some(place) = spare
-            && let Ok((mut store, output)) = stores.sandbox(&plugin, who, Instant::now() + plugin.limits.deadline)
-            && let Ok(instance) = plugin.pre.instantiate_async(&mut store).await
+            && let Ok((mut store, output)) = stores.sandbox(&plugin, who, deadline)
         {
-            plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place);
+            // The epoch deadline stops guest code, not a start-up that waits
+            // in a host call; this bounds that, as for a call.
+            let limit = (deadline + Duration::from_millis(200)).into();
+            match tokio::time::timeout_at(limit, plugin.pre.instantiate_async(&mut store)).await {
+                Ok(Ok(instance)) => plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(plugin = %plugin.label, deadline = ?plugin.limits.deadline, "making an instance of the plugin outlasted its deadline (its start-up waits or loops); it gets no spare instances");
+                    plugin.spares.stop();
+                }
+            }
         }
         drop(slot);
     }
@@ -1185,6 +1195,28 @@ mod tests {
         for i in 0..50 {
             assert_eq!(snoop(&rt, &Caller::Anonymous, &i.to_string()).await, Value::Null, "every call is fresh");
         }
+    }
+
+    #[tokio::test]
+    async fn a_start_up_that_never_ends_holds_no_slot_past_the_plugin_s_deadline() {
+        let rt = Runtime::new(RuntimeConfig { max_concurrency: 2, ..RuntimeConfig::default() }).expect("runtime");
+        let manifest = Some("[limits]\ndeadline = \"200ms\"\n");
+        rt.load_bytes("stall.wasm", "stall", weft_bundle::get("stall").expect("bundled"), manifest).expect("loads");
+        rt.load_bytes("echo.wasm", "echo", weft_bundle::get("echo").expect("bundled"), None).expect("loads");
+        let stall = CallTarget { plugin: "stall", version: None, function: "ready" };
+        // Each call fails at the deadline; on an idle node its store goes to
+        // the janitor, whose spare for it would wait for ever too.
+        for _ in 0..3 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let e = rt.call(stall.clone(), &[], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
+            assert!(e.message.contains("deadline"), "{e}");
+            tokio::time::timeout(Duration::from_secs(5), rt.settled()).await.expect("every slot comes back");
+        }
+        assert_eq!(rt.find(&stall).expect("loaded").spares.len(), 0);
+        let echo = CallTarget { plugin: "echo", version: None, function: "echo" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let answer = rt.call(echo, &[Value::from("x")], deadline, &Caller::Anonymous, NodeLoad::Idle).await;
+        assert_eq!(answer.expect("echo still runs"), "x");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! (`limits.max_warm_instances`), so the pooling allocator always has slots
 //! for running calls.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
@@ -87,9 +87,15 @@ pub(crate) struct Spares {
     idle: Mutex<Vec<(WarmInstance, SparePlace)>>,
     /// Spares ready or being built.
     held: Arc<AtomicUsize>,
+    /// No more spares: making one outlasted the plugin's deadline.
+    stopped: AtomicBool,
 }
 
 impl Spares {
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn take(&self) -> Option<WarmInstance> {
         self.lock().pop().map(|(spare, _place)| spare)
     }
@@ -97,6 +103,9 @@ impl Spares {
     /// Room for one more spare of this plugin, if it and the node have it;
     /// taken before the spare is built, so builds in flight count.
     pub(crate) fn reserve(&self, budget: &WarmBudget) -> Option<SparePlace> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
         let mine = reserve_below(&self.held, budget.spares_per_plugin())?;
         Some(SparePlace { _node: budget.reserve_spare()?, _mine: mine })
     }
