@@ -287,6 +287,13 @@ async fn a_response_over_max_frame_fails_the_request_and_the_connection_serves_o
     assert_eq!(e.details["limit"], 65536);
     assert_eq!(client.call("echo", vec![json!("still here")]).await.unwrap(), "still here");
 
+    // Refused once the results in hand are too many, not after a slower
+    // command (one that spins until its 1 s deadline) has ended too.
+    let mut with_spin = two_outputs.as_array().unwrap().clone();
+    with_spin.push(json!({"name": "d", "fun": "spin", "args": []}));
+    let e = client.request(request(Value::Array(with_spin))).await.unwrap().error.expect("an error");
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+
     let http =
         node.admin().post("/v1/call", json!({"role": "rpc", "u": "h", "cmds": two_outputs}).to_string()).await.unwrap();
     assert_eq!((http.status, http.body["error"]["kind"].as_str()), (429, Some("RESOURCE_EXHAUSTED")), "{}", http.text);

@@ -113,11 +113,11 @@ impl Executor {
         let scope = Scope { deadline, hop_budget, caller: &admission.caller, load };
 
         let mut scheduler = Scheduler::new(&plan);
-        let mut results: Vec<Option<Value>> = vec![None; plan.steps().len()];
+        let mut results = Results::new(&plan, req.return_intermediate_results, self.fabric.max_frame);
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = Steps::new(plan.steps().len() > 1 || load == NodeLoad::Idle);
         for step in scheduler.initial_ready() {
-            self.start(&mut plan, step, &results, &scope, &mut running)?;
+            self.start(&mut plan, step, &mut results, &scope, &mut running)?;
         }
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
@@ -155,16 +155,19 @@ impl Executor {
                 let e = if e.message.starts_with("command ") { e } else { e.context(format!("command {name}")) };
                 e.with("command", name.clone())
             })?;
-            results[joined.step.0] = Some(value);
+            results.store(joined.step, value)?;
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             for next in scheduler.complete(joined.step) {
-                self.start(&mut plan, next, &results, &scope, &mut running)?;
+                self.start(&mut plan, next, &mut results, &scope, &mut running)?;
             }
         }
 
         let mut r = Map::new();
         for &idx in plan.output_steps() {
-            r.insert(plan.steps()[idx.0].name.clone(), results[idx.0].clone().unwrap_or(Value::Null));
+            let value = &mut results.values[idx.0];
+            // Moved out, unless the intermediate results repeat it.
+            let value = if req.return_intermediate_results { value.clone() } else { value.take() };
+            r.insert(plan.steps()[idx.0].name.clone(), value.unwrap_or(Value::Null));
         }
         let levels = LevelTimes::new(&plan, &timings, started);
         let mut response = Response::ok(req.u.clone(), Value::Object(r));
@@ -173,7 +176,7 @@ impl Executor {
         }
         if req.return_intermediate_results {
             response.intermediate_results =
-                Some(intermediate(&req.u, &plan, &results, &levels, self.fabric.max_frame)?);
+                Some(intermediate(&req.u, &plan, &results.values, &levels, self.fabric.max_frame)?);
         }
         Ok(response)
     }
@@ -201,11 +204,12 @@ impl Executor {
         &self,
         plan: &mut Plan,
         idx: StepIdx,
-        results: &[Option<Value>],
+        results: &mut Results,
         scope: &Scope<'_>,
         running: &mut Steps,
     ) -> Result<(), WeftError> {
-        let args = plan.bind(idx, results)?;
+        let args = plan.bind(idx, &results.values)?;
+        results.bound(&plan.steps()[idx.0].deps);
         let step = StepCall {
             fabric: self.fabric.clone(),
             candidates: plan.steps()[idx.0].resolved.candidates.clone(),
@@ -602,6 +606,61 @@ impl LevelTimes {
         Self {
             span_ms: bounds.iter().map(|(b, e)| e.saturating_duration_since(*b).as_secs_f64() * 1e3).collect(),
             finished: bounds.iter().map(|(_, e)| *e).collect(),
+        }
+    }
+}
+
+/// The results a request holds while it runs. Each is dropped once every
+/// command that uses it has been bound, unless the response carries it; the
+/// ones it carries may not add up to more than `max_frame`, which the
+/// response could not exceed anyway. Without this a chain of commands each
+/// passing on a large result kept every copy until the request ended.
+struct Results {
+    values: Vec<Option<Value>>,
+    /// Commands that use each result and are not bound yet.
+    uses: Vec<usize>,
+    /// Whether the response carries each result.
+    carried: Vec<bool>,
+    /// Bytes of the carried results so far, counted when more than one is.
+    carried_bytes: Option<usize>,
+    max_frame: usize,
+}
+
+impl Results {
+    fn new(plan: &Plan, intermediate: bool, max_frame: usize) -> Self {
+        let n = plan.steps().len();
+        let mut uses = vec![0; n];
+        for dep in plan.steps().iter().flat_map(|s| &s.deps) {
+            uses[dep.0] += 1;
+        }
+        let mut carried = vec![intermediate; n];
+        for out in plan.output_steps() {
+            carried[out.0] = true;
+        }
+        let counted = carried.iter().filter(|c| **c).count() > 1;
+        Self { values: vec![None; n], uses, carried, carried_bytes: counted.then_some(0), max_frame }
+    }
+
+    fn store(&mut self, step: StepIdx, value: Value) -> Result<(), WeftError> {
+        if self.carried[step.0]
+            && let Some(bytes) = &mut self.carried_bytes
+        {
+            *bytes += json_len(&value);
+            if *bytes > self.max_frame {
+                return Err(too_big("the response", *bytes, self.max_frame));
+            }
+        }
+        self.values[step.0] = Some(value);
+        Ok(())
+    }
+
+    /// A command using `deps` was bound: results no longer needed go.
+    fn bound(&mut self, deps: &[StepIdx]) {
+        for dep in deps {
+            self.uses[dep.0] -= 1;
+            if self.uses[dep.0] == 0 && !self.carried[dep.0] {
+                self.values[dep.0] = None;
+            }
         }
     }
 }
