@@ -676,3 +676,23 @@ async fn a_manifest_without_its_plugin_is_reported() {
     })
     .await;
 }
+
+/// A node's catalog keeps to `cluster.max_catalog_entries_per_node`: the
+/// plugins with the fewest functions first, a plugin that does not fit left
+/// out whole, and the others still listed and callable.
+#[tokio::test]
+async fn a_plugin_that_does_not_fit_the_catalog_leaves_the_others_listed() {
+    let node = TestNode::start(NodeSpec {
+        plugins: vec!["echo", "math", "hostile"],
+        config: "[cluster]\nmax_catalog_entries_per_node = 7\n".into(),
+        ..NodeSpec::default()
+    });
+    let listed = node.admin().get("/v1/catalog").await.unwrap().body;
+    let mut plugins: Vec<&str> =
+        listed["functions"].as_array().unwrap().iter().map(|f| f["plugin"].as_str().unwrap()).collect();
+    plugins.sort();
+    plugins.dedup();
+    assert_eq!(plugins, ["echo", "math"], "hostile's 12 functions do not fit: {listed}");
+    assert_eq!(node.client().await.call("add", vec![json!(2), json!(3)]).await.unwrap(), 5);
+    assert!(node.stderr().contains("does not fit this node's catalog"), "{}", node.stderr());
+}

@@ -790,19 +790,30 @@ fn json_len(value: &Value) -> usize {
 
 /// Catalog entries for this node's plugins. Functions whose signatures use
 /// resource handles are local-only and never listed.
+/// At most `source.max_entries` of them, which the cluster's catalog takes
+/// from one node: plugins with the fewest functions first, and one that does
+/// not fit is left out whole (and logged), so that a plugin with very many
+/// functions cannot take the others out of the catalog with it.
 pub(crate) fn local_catalog(
     runtime: &Runtime,
     node: &NodeId,
     cluster: &ClusterId,
-    node_resources: &[String],
+    source: &crate::node::PluginSource,
 ) -> Vec<CatalogEntry> {
+    let mut plugins = runtime.plugins();
+    let listed = |p: &weft_runtime::PluginInfo| p.functions.iter().filter(|f| !f.local_only).count();
+    plugins.sort_by_key(listed);
     let mut entries = Vec::new();
-    for plugin in runtime.plugins() {
+    for plugin in plugins {
         let Ok(version) = plugin.version.parse::<semver::Version>() else {
             continue;
         };
+        if entries.len() + listed(&plugin) > source.max_entries {
+            tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin does not fit this node's catalog (cluster.max_catalog_entries_per_node) and is not listed, so no client can call it");
+            continue;
+        }
         let mut resources = plugin.resources.clone();
-        resources.extend(node_resources.iter().cloned());
+        resources.extend(source.resources.iter().cloned());
         resources.sort();
         resources.dedup();
         let audience = plugin

@@ -78,6 +78,8 @@ pub(crate) struct PluginSource {
     pub dir: Option<std::path::PathBuf>,
     /// `[node] resources`, added to every local catalog entry.
     pub resources: Vec<String>,
+    /// `cluster.max_catalog_entries_per_node`, which the local catalog keeps to.
+    pub max_entries: usize,
 }
 
 /// The plugin reload of `RunningNode::reload_plugins` and `POST /v1/plugins/reload`:
@@ -99,7 +101,7 @@ pub(crate) async fn reload_plugins(
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
     fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
-    let local = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, &source.resources);
+    let local = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
     fabric.event(crate::peer::Event::LocalCatalog(local));
     tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, unchanged = report.unchanged, failed = report.failed.len(), "plugins reloaded");
     Ok(report)
@@ -319,7 +321,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let executor_cell = Arc::new(OnceLock::new());
     let admin_shutdown = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
-    let plugin_source = PluginSource { dir: config.node.plugins.clone(), resources: config.node.resources.clone() };
+    let plugin_source = PluginSource {
+        dir: config.node.plugins.clone(),
+        resources: config.node.resources.clone(),
+        max_entries: config.cluster.max_catalog_entries_per_node as usize,
+    };
     let start_config = StartConfig::of(&config);
     let large = crate::executor::LargeRequests::new();
     let admin_ctx = Arc::new(AdminContext {
@@ -370,7 +376,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         nonce: None,
         proof: None,
     };
-    let local = local_catalog(&runtime, &id, &cluster, &config.node.resources);
+    let local = local_catalog(&runtime, &id, &cluster, &plugin_source);
     let max_members = config.cluster.max_members as usize;
     let (fabric, events) = Fabric::new(
         me,
