@@ -164,14 +164,27 @@ impl log::Host for SandboxState {
 
 /// A guest's text as one log record of at most `MAX_LOG_LINE` bytes, its
 /// control characters escaped: a guest cannot forge records of the node's
-/// own with a newline or a carriage return.
+/// own with a newline or a carriage return. The limit holds after escaping,
+/// which makes a control character up to six bytes (`\u{1}`).
 pub(crate) fn log_line(s: &str) -> std::borrow::Cow<'_, str> {
-    let s = truncate(s, MAX_LOG_LINE);
-    if s.chars().any(char::is_control) {
-        s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
-    } else {
-        s.into()
+    let head = truncate(s, MAX_LOG_LINE);
+    if !head.chars().any(char::is_control) {
+        return head.into();
     }
+    let mut out = String::with_capacity(MAX_LOG_LINE);
+    for c in head.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+        if out.len() > MAX_LOG_LINE {
+            out.truncate(before);
+            break;
+        }
+    }
+    out.into()
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
@@ -262,5 +275,9 @@ mod tests {
         assert_eq!(log_line("plain"), "plain");
         assert_eq!(log_line("a\nb\rc\u{1b}"), r"a\nb\rc\u{1b}");
         assert_eq!(log_line(&"é".repeat(MAX_LOG_LINE)).len(), MAX_LOG_LINE);
+        let text = "\u{1}".repeat(MAX_LOG_LINE);
+        let controls = log_line(&text);
+        assert!(controls.len() <= MAX_LOG_LINE && controls.len() > MAX_LOG_LINE - 6, "{}", controls.len());
+        assert!(controls.ends_with(r"\u{1}"), "escapes are never cut in half");
     }
 }
