@@ -1023,8 +1023,16 @@ fn trap_error(
         } else {
             // Not a trap, during the call: the host could not read what the
             // guest handed it (invalid UTF-8, a char out of range, a pointer
-            // out of bounds), which is the guest's fault.
-            ("guest_fault", "handed the host a value it cannot read".to_owned())
+            // out of bounds) or refused what it asked for (over a host
+            // limit), which is the guest's fault. The cause says which.
+            let cause = e.root_cause().to_string();
+            (
+                "guest_fault",
+                format!(
+                    "handed the host a value it cannot read, or asked it for more than it allows: {}",
+                    sandbox::truncate(&cause, 300)
+                ),
+            )
         };
         return WeftError::new(ErrorKind::GUEST_TRAP, format!("{qualified} {why}"))
             .with("trap", detail)

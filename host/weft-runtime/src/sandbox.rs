@@ -39,6 +39,18 @@ pub(crate) struct CallOutput {
     pub(crate) stderr: OutputCapture,
 }
 
+/// WASI resources (streams, pollables) a guest may hold at once. Their host
+/// memory is outside `[limits] memory`: wasmtime's default of 100,000 let a
+/// guest that opened streams and never closed them take tens of MB, kept
+/// for as long as a warm instance lives.
+const MAX_HOST_HANDLES: usize = 1024;
+
+fn host_handles() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_HANDLES);
+    table
+}
+
 impl SandboxState {
     pub(crate) fn new(
         memory_bytes: u64,
@@ -52,7 +64,7 @@ impl SandboxState {
         let state = Self {
             wasi: None,
             output: out.clone(),
-            table: ResourceTable::new(),
+            table: host_handles(),
             limiter: MemoryLimiter {
                 max_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
                 used: 0,
