@@ -1,5 +1,6 @@
 //! `weft node`: run a node until SIGINT/SIGTERM, then drain.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,51 +56,72 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         advertise: args.advertise,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
+    // Taken over before the (possibly long) start: a SIGHUP or SIGTERM that
+    // arrives while plugins compile waits for the node instead of killing it.
+    let mut signals = Signals::install();
     let node = weft_node::start(config).await.context("the node could not start")?;
     // One machine-readable line on stdout: where the node listens (tests and
-    // scripts start nodes on port 0 and read this).
-    println!(
-        "{}",
-        serde_json::json!({
-            "event": "ready", "node": node.id, "cluster": node.cluster,
-            "ws": node.ws_url(), "admin": node.admin_url(),
-        })
-    );
-    wait_for_signal(&node).await;
+    // scripts start nodes on port 0 and read this). A closed stdout does not
+    // stop the node.
+    let ready = serde_json::json!({
+        "event": "ready", "node": node.id, "cluster": node.cluster,
+        "ws": node.ws_url(), "admin": node.admin_url(),
+    });
+    let _ = writeln!(std::io::stdout(), "{ready}");
+    signals.wait(&node).await;
     let drained = node.shutdown().await;
     Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
-/// Waits for SIGINT/SIGTERM; SIGHUP reloads the plugins folder and the
-/// federation policy meanwhile.
-async fn wait_for_signal(node: &weft_node::RunningNode) {
+/// SIGINT and SIGTERM stop the node; SIGHUP reloads the plugins folder and
+/// the federation policy meanwhile.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => {
-                    match node.reload_plugins().await {
-                        Ok(report) => tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, "plugins reloaded (SIGHUP)"),
-                        Err(e) => tracing::info!(reason = %e, "plugins not reloaded"),
-                    }
-                    match node.reload_federation() {
-                        Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
-                        Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
-                    }
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = (|| {
+                Some([
+                    signal(SignalKind::interrupt()).ok()?,
+                    signal(SignalKind::terminate()).ok()?,
+                    signal(SignalKind::hangup()).ok()?,
+                ])
+            })();
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn wait(&mut self, node: &weft_node::RunningNode) {
+        #[cfg(unix)]
+        if let Some([int, term, hup]) = &mut self.streams {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => reload(node).await,
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = node;
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(unix)]
+async fn reload(node: &weft_node::RunningNode) {
+    match node.reload_plugins().await {
+        Ok(report) => tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, "plugins reloaded (SIGHUP)"),
+        Err(e) => tracing::info!(reason = %e, "plugins not reloaded"),
+    }
+    match node.reload_federation() {
+        Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
+        Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
     }
 }

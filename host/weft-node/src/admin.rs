@@ -485,6 +485,14 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
+    if ctx.phase.get() == Phase::Draining {
+        let e = WeftError::new(
+            ErrorKind::UNAVAILABLE,
+            "the node is draining (shutting down); send the request to another node",
+        );
+        ctx.metrics.record_error(e.kind);
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &e);
+    }
     let bearer = crate::tenants::bearer(req.headers());
     let reject = |status, err: WeftError| {
         ctx.metrics.record_error(err.kind);
