@@ -486,6 +486,15 @@ async fn sigterm_drains_in_flight_calls_before_exiting() {
         admin.get("/readyz?verbose").await.unwrap().body["reason"].as_str().map(|r| r.starts_with("draining")),
         Some(true)
     );
+    // New work is refused, so that it goes to another node.
+    let late = r#"{"role": "rpc", "u": "late", "cmds": [{"name": "a", "fun": "echo", "args": ["late"]}]}"#;
+    let refused = admin.post("/v1/call", late).await.unwrap();
+    assert_eq!(
+        (refused.status, refused.body["error"]["kind"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{}",
+        refused.text
+    );
     let code = tokio::task::spawn_blocking(move || {
         let code = node.wait();
         (code, node)

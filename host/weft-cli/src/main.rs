@@ -70,10 +70,19 @@ fn main() -> std::process::ExitCode {
     }
     // notify logs at info when it cannot remove the watch of a folder that
     // is already gone, which the plugins watcher expects.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info,notify=warn".into());
+    const DEFAULT_LOG: &str = "info,notify=warn";
+    let asked = std::env::var("WEFT_LOG").ok();
+    let parsed = asked.as_deref().map(tracing_subscriber::EnvFilter::try_new);
+    let filter = match &parsed {
+        Some(Ok(filter)) => filter.clone(),
+        _ => DEFAULT_LOG.into(),
+    };
     // Colours only on a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    if let Some(Err(e)) = parsed {
+        tracing::warn!(WEFT_LOG = asked.as_deref().unwrap_or_default(), error = %e, "WEFT_LOG is not a valid filter; logging with the default ({DEFAULT_LOG})");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

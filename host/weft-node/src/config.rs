@@ -14,6 +14,10 @@ use serde::Deserialize;
 use weft_proto::{NAME_RULE, is_valid_name};
 use weft_runtime::units;
 
+/// The longest sandbox deadline: a call that runs a day is a mistake, and a
+/// far larger one would overflow the clock.
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -448,6 +452,7 @@ impl Config {
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
         check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
         check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
+        check(self.limits.deadline <= MAX_DEADLINE, "limits.deadline: must be at most 24h");
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
         check(!self.limits.write_timeout.is_zero(), "limits.write_timeout: must be more than 0");
@@ -1004,6 +1009,7 @@ block = ["/x", "Upper", "text/snake_case"]
             "{found:?}"
         );
         assert!(found.iter().any(|p| p.contains("tenants.b.tokens[1]: a \"sha256:\" token needs")), "{found:?}");
+        assert_eq!(problems("[limits]\ndeadline = \"25h\"\n"), ["limits.deadline: must be at most 24h"]);
         let found = problems("[tenants.a.limits]\ndeadline = \"0s\"\nmemory = \"512KiB\"\n");
         assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0"), "{found:?}");
         assert!(found.iter().any(|p| p.starts_with("tenants.a.limits.memory: must be at least 1MiB")), "{found:?}");
