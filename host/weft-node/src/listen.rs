@@ -31,7 +31,14 @@ pub(crate) struct Port {
     /// Connections the node may have open on both ports together
     /// (`limits.max_connections`); one over it is closed at once.
     pub open: Arc<Semaphore>,
+    /// Places of `open` this port leaves to the other: the listen port
+    /// keeps `ADMIN_RESERVE`, so that idle clients cannot lock health
+    /// checks and metrics scrapes out.
+    pub keep_free: usize,
 }
+
+/// Connections only the admin port may take.
+pub(crate) const ADMIN_RESERVE: usize = 8;
 
 /// A refused connection is logged at most this often (all are counted).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -62,7 +69,8 @@ pub(crate) async fn accept_each<F, Fut>(
                 continue;
             }
         };
-        let Ok(slot) = port.open.clone().try_acquire_owned() else {
+        let room = port.open.available_permits() > port.keep_free;
+        let Some(slot) = room.then(|| port.open.clone().try_acquire_owned().ok()).flatten() else {
             // Closed rather than left in the backlog: the client learns at once.
             drop(stream);
             metrics.connections_refused.inc();
