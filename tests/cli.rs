@@ -139,9 +139,14 @@ fn weft_new_scaffolds_a_plugin_crate() {
     }
     let wit = std::fs::read_to_string(target.join("wit/world.wit")).unwrap();
     assert!(wit.contains("world greeter") && wit.contains("export greet: func(who: string) -> string;"));
-    let (code, _, err) = weft(&["new", "Bad Name"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("lowercase"), "{err}");
+    // Names that would make a crate whose WIT does not parse are refused.
+    for (bad, why) in
+        [("Bad Name", "lowercase"), ("a--b", "single '-'"), ("ab-", "single '-'"), ("type", "WIT keyword")]
+    {
+        let (code, _, err) = weft(&["new", bad]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
     let elsewhere = dir.path().join("other");
     let (code, _, err) = weft(&["new", "other", "--dir", elsewhere.to_str().unwrap(), "--sdk", "/nonexistent"]);
     assert_ne!(code, 0);

@@ -665,11 +665,7 @@ async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connection
     assert_eq!(read.unwrap_or(0), 0, "an idle admin connection is closed");
     let metrics = node.admin().get("/metrics").await.unwrap().text;
     assert!(metric(&metrics, "weft_connections_refused_total").unwrap() >= 1.0, "{metrics}");
-    assert_eq!(
-        metric(&metrics, "weft_connections "),
-        Some(8.0),
-        "upgraded connections count before their first frame"
-    );
+    assert_eq!(metric(&metrics, "weft_connections "), Some(8.0), "upgraded connections count before their first frame");
 }
 
 #[tokio::test]

@@ -18,12 +18,68 @@ pub struct NewArgs {
     sdk: Option<PathBuf>,
 }
 
+/// Words WIT reserves, which cannot name a world.
+const WIT_KEYWORDS: &[&str] = &[
+    "as",
+    "async",
+    "bool",
+    "borrow",
+    "char",
+    "constructor",
+    "enum",
+    "export",
+    "f32",
+    "f64",
+    "flags",
+    "float32",
+    "float64",
+    "from",
+    "func",
+    "future",
+    "import",
+    "include",
+    "interface",
+    "list",
+    "option",
+    "own",
+    "package",
+    "record",
+    "resource",
+    "result",
+    "s16",
+    "s32",
+    "s64",
+    "s8",
+    "static",
+    "stream",
+    "string",
+    "tuple",
+    "type",
+    "u16",
+    "u32",
+    "u64",
+    "u8",
+    "use",
+    "variant",
+    "with",
+    "world",
+];
+
 pub fn run(a: NewArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.as_str();
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    // The name is also the WIT world's: kebab-case words, each starting
+    // with a letter, and no WIT keyword.
+    let valid = name.split('-').all(|word| {
+        word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
     if !valid {
-        bail!("plugin name {name:?}: use lowercase letters, digits and '-', starting with a letter");
+        bail!(
+            "plugin name {name:?}: use words of lowercase letters and digits, each starting with a letter, joined by single '-' (e.g. \"my-plugin\")"
+        );
+    }
+    if WIT_KEYWORDS.contains(&name) {
+        bail!("plugin name {name:?} is a WIT keyword; choose another, e.g. \"my-{name}\"");
     }
     let dir = a.dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {

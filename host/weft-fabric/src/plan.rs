@@ -435,7 +435,7 @@ fn arrange(r: &Resolved, args: Vec<Template>, kwargs: Vec<(String, Template)>) -
     let function = &r.function;
     if args.len() > params.len() {
         return Err(WeftError::invalid_arguments(format!(
-            "{function} takes {} argument(s) ({}) but {} were given",
+            "{function} takes {} argument(s) ({}) but {} given",
             params.len(),
             r.sig,
             args.len()

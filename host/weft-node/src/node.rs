@@ -341,7 +341,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         calls: tracker.clone(),
     });
     let open = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections as usize));
-    let admin_port = Port { name: "admin", listener: admin_listener, tls: tls.clone(), open: open.clone(), keep_free: 0 };
+    let admin_port =
+        Port { name: "admin", listener: admin_listener, tls: tls.clone(), open: open.clone(), keep_free: 0 };
     admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
     let runtime = Arc::new(Runtime::new(runtime_config(&config))?);

@@ -257,7 +257,14 @@ impl Runtime {
         }
         let started = Instant::now();
         let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
-            .map_err(|e| format!("cannot compile the component: {e:#}"))?;
+            .map_err(|e| {
+                let e = format!("{e:#}");
+                if e.contains("component model async") {
+                    format!("it uses `stream`, `future` or `error-context`, which Weft does not support; export functions without them ({e})")
+                } else {
+                    format!("cannot compile the component: {e}")
+                }
+            })?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
@@ -881,7 +888,7 @@ fn read_plugin_files(
 ) -> Result<(Vec<u8>, Option<String>), String> {
     let meta = folder.metadata(file).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > max {
-        return Err(format!("{} bytes is over the plugin size limit of {max} bytes", meta.len()));
+        return Err(format!("{} bytes is over the plugin size limit of {max} bytes (limits.max_plugin)", meta.len()));
     }
     let wasm = folder.read(file).map_err(|e| format!("cannot read: {e}"))?;
     let manifest_file = format!("{stem}.toml");

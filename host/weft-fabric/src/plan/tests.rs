@@ -362,7 +362,7 @@ fn resolution_errors_are_prefixed_with_the_command_once() {
 #[test]
 fn too_many_positional_arguments_is_invalid_arguments() {
     let m = fails(vec![cmd("e", "echo", json!(["a", "b"]))], ErrorKind::INVALID_ARGUMENTS, "e");
-    assert!(m.contains("echo/echo takes 1 argument(s) (func(value: string) -> string) but 2 were given"), "{m}");
+    assert!(m.contains("echo/echo takes 1 argument(s) (func(value: string) -> string) but 2 given"), "{m}");
 }
 
 #[test]
