@@ -43,6 +43,18 @@ pub enum Template {
     Object(Vec<(String, Template)>),
 }
 
+impl Template {
+    /// The steps whose results this template takes, in order of appearance.
+    fn refs(&self, out: &mut Vec<StepIdx>) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Ref { step, .. } => out.push(*step),
+            Template::Array(items) => items.iter().for_each(|t| t.refs(out)),
+            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.refs(out)),
+        }
+    }
+}
+
 /// One command of a validated plan.
 #[derive(Clone, Debug)]
 pub struct Step {
@@ -174,11 +186,23 @@ impl Plan {
             .zip(params)
             .map(|(template, param)| {
                 let literal = matches!(template, Template::Literal(_));
+                let mut sources = Vec::new();
+                template.refs(&mut sources);
                 let value = self
                     .instantiate(template, results)
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
                 if !literal {
-                    check(&value, &param.ty, &param.name).map_err(|m| at(&s.name, mismatch(function, m)))?;
+                    check(&value, &param.ty, &param.name).map_err(|m| {
+                        let names: Vec<&str> = sources.iter().map(|i| self.steps[i.0].name.as_str()).collect();
+                        let e = mismatch(function, m);
+                        let hint = format!(
+                            "; it holds the result of {} (a string that names a command stands for its result: write {{\"$lit\": \"{}\"}} for the text itself)",
+                            names.join(", "),
+                            names.first().copied().unwrap_or_default()
+                        );
+                        let message = format!("{}{hint}", e.message);
+                        at(&s.name, WeftError { message, ..e })
+                    })?;
                 }
                 Ok(value)
             })

@@ -204,7 +204,19 @@ fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
         build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
     let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
-    assert_eq!(e.message, "command l: argument 'values[0]' of echo/echos: expected string, got number 2");
+    assert!(
+        e.message.starts_with(
+            "command l: argument 'values[0]' of echo/echos: expected string, got number 2; it holds the result of n"
+        ),
+        "{}",
+        e.message
+    );
+
+    // A plain string that names a command is such a reference too: the
+    // message says so, and how to pass the text instead.
+    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([["x", "n"]]))]).unwrap();
+    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
+    assert!(e.message.contains("values[1]") && e.message.contains(r#"{"$lit": "n"}"#), "{}", e.message);
 }
 
 #[test]
