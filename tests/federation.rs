@@ -488,11 +488,14 @@ async fn a_draining_bridge_hands_its_idempotent_calls_back_for_a_retry() {
         );
         TestNode::start(NodeSpec { plugins, files, config })
     };
-    let manifest = b"idempotent = true\n".to_vec();
+    // The first attempt spins until the drain cuts it off; the retry until
+    // its own deadline.
+    let manifest = b"idempotent = true\n[limits]\ndeadline = \"4s\"\n".to_vec();
     let b3 = member("b3", &[], "", vec!["hostile"], vec![("hostile.toml".to_owned(), manifest)]);
     let mut b1 = member("b1", &[&b3], "shutdown_grace = \"500ms\"", vec![], vec![]);
     let mut b2 = member("b2", &[&b3], "shutdown_grace = \"500ms\"", vec![], vec![]);
-    let a1 = node("a1", "alpha", vec!["echo"], &[&b1, &b2], &allow("beta"));
+    // Only b1 and b2 bridge: a1 refuses b3, which learns a1's address.
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1, &b2], &bridge("beta", &["b1", "b2"]));
     eventually("a1 links to both bridges and sees spin", SETTLE, async || {
         (linked(&a1, "b1").await && linked(&a1, "b2").await && sees(&a1, "beta", "spin").await).then_some(())
     })
@@ -500,23 +503,27 @@ async fn a_draining_bridge_hands_its_idempotent_calls_back_for_a_retry() {
 
     let client = a1.client().await;
     let mut req = Request::new("", vec![Command::new("s", "spin", vec![])]);
-    req.timeout_ms = Some(4000);
+    req.timeout_ms = Some(12_000);
     let call = tokio::spawn(async move { client.request(req).await });
     let carrier = eventually("the call to be in flight", SETTLE, async || {
         peers(&a1).await["links"].as_array().unwrap().iter().find(|l| l["in_flight"] == 1).map(|l| l["node"].clone())
     })
     .await;
-    let (draining, other) = if carrier == "b1" { (&mut b1, "b2") } else { (&mut b2, "b1") };
+    let (draining, other) = match carrier.as_str() {
+        Some("b1") => (&mut b1, "b2"),
+        Some("b2") => (&mut b2, "b1"),
+        _ => panic!("the call went through {carrier}, not a bridge node"),
+    };
     draining.signal_term();
     assert!(draining.wait().is_some(), "the bridge stops after its grace");
 
     let e = call.await.unwrap().unwrap().into_result().unwrap_err();
-    assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED, "the retry through {other} spun to the deadline: {e}");
+    assert_eq!(e.kind, ErrorKind::GUEST_TRAP, "the retry through {other} spun to its deadline: {e}");
     let metrics = b3.admin().get("/metrics").await.unwrap().text;
     let spins: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("weft_calls_total{function=\"hostile/spin\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(spins, 2.0, "b3 ran the call twice: first through the draining bridge, then through {other}\n{metrics}");
+    assert_eq!(spins, 2.0, "b3 ran the call twice: first through the draining bridge, then through {other}: {e}");
 }
