@@ -269,4 +269,21 @@ fn a_bad_flag_is_reported_with_its_value_and_where_it_came_from() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("invalid config (flags and WEFT_* variables over the defaults)"), "{err}");
     assert!(err.contains("node.id \"my node\": use 1 to 128 ASCII letters"), "{err}");
+
+    // Over a file, a flag's problem is named as the flag's; an empty
+    // variable (`WEFT_SEEDS=` in an env file) leaves its setting alone.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weft.toml");
+    std::fs::write(&file, "[node]\nid = \"fine\"\n").unwrap();
+    let out = Command::new(WEFT)
+        .args(["node", "--config", file.to_str().unwrap(), "--advertise", "ws://:1"])
+        .env("WEFT_SEEDS", "")
+        .env("WEFT_ID", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("(with flags and WEFT_* variables over it)"), "{err}");
+    assert!(err.contains("node.advertise") && err.contains("(set by a flag or WEFT_* variable)"), "{err}");
+    assert!(!err.contains("node.seeds") && !err.contains("node.id"), "{err}");
 }

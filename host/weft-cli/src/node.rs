@@ -44,16 +44,21 @@ pub struct NodeArgs {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    // An empty value (`WEFT_SEEDS=` in an env file) leaves the setting alone.
+    let text = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let list = |v: Option<Vec<String>>| v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
+    let list = |v| list(v).filter(|v: &Vec<String>| !v.is_empty());
+    let path = |v: Option<PathBuf>| v.filter(|v| !v.as_os_str().is_empty());
     let overrides = Overrides {
-        id: args.id,
-        cluster: args.cluster,
+        id: text(args.id),
+        cluster: text(args.cluster),
         listen: args.listen,
         admin: args.admin,
-        seeds: args.seeds,
-        plugins: args.plugins,
-        resources: args.resources,
-        data_dir: args.data_dir,
-        advertise: args.advertise,
+        seeds: list(args.seeds),
+        plugins: path(args.plugins),
+        resources: list(args.resources),
+        data_dir: path(args.data_dir),
+        advertise: text(args.advertise),
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Taken over before the (possibly long) start: a SIGHUP or SIGTERM that

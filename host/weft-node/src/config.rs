@@ -322,6 +322,24 @@ pub struct Overrides {
     pub advertise: Option<String>,
 }
 
+impl Overrides {
+    /// The config keys these set, as problems name them.
+    fn keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("node.id", self.id.is_some()),
+            ("node.cluster", self.cluster.is_some()),
+            ("node.listen", self.listen.is_some()),
+            ("node.admin", self.admin.is_some()),
+            ("node.seeds", self.seeds.is_some()),
+            ("node.plugins", self.plugins.is_some()),
+            ("node.resources", self.resources.is_some()),
+            ("node.data_dir", self.data_dir.is_some()),
+            ("node.advertise", self.advertise.is_some()),
+        ];
+        set.into_iter().filter(|(_, on)| *on).map(|(key, _)| key).collect()
+    }
+}
+
 /// Every problem found in a config file, each with its key path and line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config {file}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -359,9 +377,22 @@ impl Config {
         config.apply(overrides);
         config.source = path.map(Path::to_owned);
         config.overrides = overrides.clone();
-        config.validate().map_err(|problems| ConfigError {
-            file: path.map_or("(flags and WEFT_* variables over the defaults)".into(), |p| p.display().to_string()),
-            problems,
+        config.validate().map_err(|problems| {
+            let overridden = overrides.keys();
+            let file = match path {
+                None => "(flags and WEFT_* variables over the defaults)".to_owned(),
+                Some(p) if overridden.is_empty() => p.display().to_string(),
+                Some(p) => format!("{} (with flags and WEFT_* variables over it)", p.display()),
+            };
+            // Say which problems came from a flag or variable, not the file.
+            let problems = problems
+                .into_iter()
+                .map(|p| match overridden.iter().find(|key| p.starts_with(*key)) {
+                    Some(_) => format!("{p} (set by a flag or WEFT_* variable)"),
+                    None => p,
+                })
+                .collect();
+            ConfigError { file, problems }
         })?;
         Ok(config)
     }
