@@ -43,18 +43,6 @@ pub enum Template {
     Object(Vec<(String, Template)>),
 }
 
-impl Template {
-    /// The steps whose results this template takes, in order of appearance.
-    fn refs(&self, out: &mut Vec<StepIdx>) {
-        match self {
-            Template::Literal(_) => {}
-            Template::Ref { step, .. } => out.push(*step),
-            Template::Array(items) => items.iter().for_each(|t| t.refs(out)),
-            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.refs(out)),
-        }
-    }
-}
-
 /// One command of a validated plan.
 #[derive(Clone, Debug)]
 pub struct Step {
@@ -187,7 +175,7 @@ impl Plan {
             .map(|(template, param)| {
                 let literal = matches!(template, Template::Literal(_));
                 let mut sources = Vec::new();
-                template.refs(&mut sources);
+                template.collect_refs(&mut sources);
                 let value = self
                     .instantiate(template, results)
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
