@@ -790,6 +790,7 @@ fn json_len(value: &Value) -> usize {
 
 /// Catalog entries for this node's plugins. Functions whose signatures use
 /// resource handles are local-only and never listed.
+///
 /// At most `source.max_entries` of them, which the cluster's catalog takes
 /// from one node: plugins with the fewest functions first, and one that does
 /// not fit is left out whole (and logged), so that a plugin with very many
