@@ -762,10 +762,19 @@ impl Config {
                 .ok()
                 .filter(|h| !h.is_empty())
                 .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
-                .unwrap_or_else(|| "node".into());
-            format!("{host}-{listen_port}")
+                .unwrap_or_default();
+            default_id(&host, listen_port)
         })
     }
+}
+
+/// `HOST-PORT`, kept to the name rules whatever the host name holds: other
+/// characters become '-', and the host is cut so the id fits 128 bytes.
+fn default_id(host: &str, port: u16) -> String {
+    let host: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).take(120).collect();
+    let host = if host.is_empty() { "node" } else { &host };
+    format!("{host}-{port}")
 }
 
 /// A ws:// or wss:// URL with a host (config, and a peer's `hello`).
@@ -842,6 +851,15 @@ mod tests {
     /// What parsing and validating `text` finds wrong.
     fn problems(text: &str) -> Vec<String> {
         Config::parse("w.toml", text).map_or_else(|e| e.problems, |c| c.validate().err().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_default_id_keeps_to_the_name_rules_whatever_the_host_name() {
+        assert_eq!(default_id("vm", 7700), "vm-7700");
+        assert_eq!(default_id("bad host/x", 7700), "bad-host-x-7700");
+        assert_eq!(default_id("", 7700), "node-7700");
+        let long = default_id(&"h".repeat(300), 65535);
+        assert!(is_valid_name(&long) && long.len() <= 128, "{long}");
     }
 
     #[test]
