@@ -71,17 +71,18 @@ fn main() -> std::process::ExitCode {
     // notify logs at info when it cannot remove the watch of a folder that
     // is already gone, which the plugins watcher expects.
     const DEFAULT_LOG: &str = "info,notify=warn";
-    let asked = std::env::var("WEFT_LOG").ok();
-    let parsed = asked.as_deref().map(tracing_subscriber::EnvFilter::try_new);
-    let filter = match &parsed {
-        Some(Ok(filter)) => filter.clone(),
-        _ => DEFAULT_LOG.into(),
+    let (filter, invalid) = match std::env::var("WEFT_LOG") {
+        Ok(text) => match tracing_subscriber::EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (DEFAULT_LOG.into(), Some((text, e))),
+        },
+        Err(_) => (DEFAULT_LOG.into(), None),
     };
     // Colours only on a terminal: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-    if let Some(Err(e)) = parsed {
-        tracing::warn!(WEFT_LOG = asked.as_deref().unwrap_or_default(), error = %e, "WEFT_LOG is not a valid filter; logging with the default ({DEFAULT_LOG})");
+    if let Some((text, e)) = invalid {
+        tracing::warn!(WEFT_LOG = text, error = %e, "WEFT_LOG is not a valid filter; logging with the default ({DEFAULT_LOG})");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -46,8 +46,9 @@ pub struct NodeArgs {
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     // An empty value (`WEFT_SEEDS=` in an env file) leaves the setting alone.
     let text = |v: Option<String>| v.filter(|v| !v.is_empty());
-    let list = |v: Option<Vec<String>>| v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
-    let list = |v| list(v).filter(|v: &Vec<String>| !v.is_empty());
+    let list = |v: Option<Vec<String>>| {
+        v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>()).filter(|v| !v.is_empty())
+    };
     let path = |v: Option<PathBuf>| v.filter(|v| !v.as_os_str().is_empty());
     let overrides = Overrides {
         id: text(args.id),

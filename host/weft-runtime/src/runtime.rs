@@ -85,6 +85,10 @@ pub struct Runtime {
     _ticker: EpochTicker,
 }
 
+/// How long past its deadline an instance is waited for when it is stuck
+/// outside guest code (a host call), where the epoch cannot interrupt it.
+const BACKSTOP: Duration = Duration::from_millis(200);
+
 /// Bytes of function names and signature text one plugin may advertise.
 const MAX_CATALOG_TEXT: usize = 256 << 10;
 
@@ -552,7 +556,7 @@ impl Runtime {
         };
         // Second line of defence: the epoch interrupts a running guest; this
         // drops the call if it is stuck anywhere else (e.g. a host future).
-        let outcome = tokio::time::timeout_at((deadline + Duration::from_millis(200)).into(), run).await;
+        let outcome = tokio::time::timeout_at((deadline + BACKSTOP).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
         emit_output(&plugin.label, &function.name, &output, dropped_logs, self.config.max_log_lines);
@@ -644,9 +648,9 @@ impl Spent {
             && let Ok((mut store, output)) = stores.sandbox(&plugin, who, deadline)
         {
             // The epoch deadline stops guest code, not a start-up that waits
-            // in a host call; this bounds that, as for a call.
-            let limit = (deadline + Duration::from_millis(200)).into();
-            match tokio::time::timeout_at(limit, plugin.pre.instantiate_async(&mut store)).await {
+            // in a host call; the backstop bounds that, as for a call.
+            match tokio::time::timeout_at((deadline + BACKSTOP).into(), plugin.pre.instantiate_async(&mut store)).await
+            {
                 Ok(Ok(instance)) => plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place),
                 Ok(Err(_)) => {}
                 Err(_) => {
@@ -776,10 +780,6 @@ impl StoreMaker {
     }
 }
 
-/// Logs what a plugin's manifest asks for and does not get: limits above
-/// the node's or its tenant's (the lower one applies), and callers that
-/// cannot exist (an empty list, or only the owner when it is a tenant
-/// without a `[tenants]` entry).
 /// A component whose memory starts larger than its sandbox's limit could
 /// never be instantiated: refused at load, rather than every call failing.
 fn fits_memory_limit(component: &Component, limits: &Limits) -> Result<(), String> {
@@ -796,6 +796,10 @@ fn fits_memory_limit(component: &Component, limits: &Limits) -> Result<(), Strin
     ))
 }
 
+/// Logs what a plugin's manifest asks for and does not get: limits above
+/// the node's or its tenant's (the lower one applies), and callers that
+/// cannot exist (an empty list, or only the owner when it is a tenant
+/// without a `[tenants]` entry).
 fn warn_of_manifest_overreach(label: &str, manifest: &Manifest, limits: &crate::Limits, tenant_known: bool) {
     let asked = &manifest.limits;
     if asked.deadline.is_some_and(|d| d > limits.deadline) || asked.memory.is_some_and(|m| m > limits.memory_bytes) {

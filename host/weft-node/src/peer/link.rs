@@ -293,14 +293,12 @@ where
         let reader = async {
             loop {
                 let next = match silence {
-                    Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            tracing::warn!(peer = %link.remote.node, "the bridge peer sent nothing for {limit:?}; taking it to be gone and closing the link");
-                            return Some(close_frame(CloseCode::Away, "no frame within the bridge's silence limit"));
-                        }
-                    },
-                    None => stream.next().await,
+                    Some(limit) => tokio::time::timeout(limit, stream.next()).await,
+                    None => Ok(stream.next().await),
+                };
+                let Ok(next) = next else {
+                    tracing::warn!(peer = %link.remote.node, "the bridge peer sent nothing for {:?}; taking it to be gone and closing the link", fabric.bridge_silence);
+                    return Some(close_frame(CloseCode::Away, "no frame within the bridge's silence limit"));
                 };
                 let Some(frame) = next else { break };
                 let bytes = match frame {
