@@ -200,17 +200,25 @@ async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
 async fn a_callers_queued_calls_do_not_hold_up_another_caller() {
     let a1 = node("a1", "alpha", true, &[], &format!("[limits]\nmax_concurrency = 1\n{}", tenants()));
     // Forty requests of acme's, each a spin until its deadline: 0.1 s, 0.2 s
-    // ... 4 s. In arrival order they keep the slot busy for 4 s.
+    // ... 4 s. Served in arrival order they keep the slot busy for 4 s, so
+    // each is sent once the one before is in flight: out of order, a late
+    // deadline could take the slot first and hold it past bob's.
     let client = std::sync::Arc::new(a1.client().await);
-    let flood: Vec<_> = (1..=40)
-        .map(|i| {
-            let mut req = Request::new("", vec![Command::new("x", "spin", vec![])]);
-            (req.token, req.timeout_ms) = (Some(ACME.into()), Some(100 * i));
-            let client = client.clone();
-            tokio::spawn(async move { client.request(req).await.unwrap().into_result().unwrap_err() })
+    let admin = a1.admin();
+    let mut flood = Vec::new();
+    for i in 1..=40 {
+        let mut req = Request::new("", vec![Command::new("x", "spin", vec![])]);
+        (req.token, req.timeout_ms) = (Some(ACME.into()), Some(100 * i));
+        let client = client.clone();
+        flood.push(tokio::spawn(async move { client.request(req).await.unwrap().into_result().unwrap_err() }));
+        eventually("acme's request in flight", Duration::from_secs(10), async || {
+            let metrics = admin.get("/metrics").await.ok()?.text;
+            // Requests that ran to their deadline are no longer counted.
+            let ended = flood.iter().filter(|spin| spin.is_finished()).count();
+            (metric(&metrics, "weft_in_flight_requests")? + ended as f64 >= i as f64).then_some(())
         })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+        .await;
+    }
 
     let mut req = Request::new("", vec![Command::new("x", "echo", vec![json!("bob")])]);
     (req.token, req.timeout_ms) = (Some(BOB.into()), Some(2000));
