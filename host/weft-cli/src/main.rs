@@ -64,6 +64,9 @@ fn end_quietly_on_a_closed_pipe() {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = weft_runtime::compile::child_main() {
+        return code;
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Cmd::Node(_) | Cmd::Demo(_)) {
         end_quietly_on_a_closed_pipe();

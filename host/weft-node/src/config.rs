@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weft_proto::{NAME_RULE, is_valid_name};
-use weft_runtime::units;
+use weft_runtime::{CompileLimits, units};
 
 /// The longest sandbox deadline: a call that runs a day is a mistake, and a
 /// far larger one would overflow the clock.
@@ -239,6 +239,12 @@ pub struct LimitsSection {
     /// disconnected and its calls cancelled.
     #[serde(deserialize_with = "units::duration")]
     pub write_timeout: Duration,
+    /// How long one plugin may take to compile.
+    #[serde(deserialize_with = "units::duration")]
+    pub compile_timeout: Duration,
+    /// The memory compiling one plugin may take.
+    #[serde(deserialize_with = "units::size")]
+    pub compile_memory: u64,
 }
 
 /// A listen address: numeric, since a node binds before anything resolves
@@ -304,6 +310,8 @@ impl Default for LimitsSection {
             max_commands: 1024,
             max_connections: 10_000,
             write_timeout: Duration::from_secs(30),
+            compile_timeout: CompileLimits::default().timeout,
+            compile_memory: CompileLimits::default().memory_bytes,
         }
     }
 }
@@ -497,6 +505,11 @@ impl Config {
         check(self.limits.max_commands > 0, "limits.max_commands: must be at least 1");
         check(self.limits.max_result >= 1024, "limits.max_result: must be at least 1KiB");
         check(self.limits.max_plugin >= 1024, "limits.max_plugin: must be at least 1KiB");
+        check(
+            self.limits.compile_timeout >= Duration::from_millis(100),
+            "limits.compile_timeout: must be at least 100ms",
+        );
+        check(self.limits.compile_memory >= 64 << 20, "limits.compile_memory: must be at least 64MiB");
         let sec = &self.routing.security;
         check(
             !sec.require_signatures || !sec.signing_key.is_empty(),

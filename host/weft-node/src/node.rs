@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ClusterId, NodeId};
-use weft_runtime::{Runtime, RuntimeConfig};
+use weft_runtime::{CompileLimits, Runtime, RuntimeConfig};
 
 use crate::admin::{self, AdminContext, Phase, PhaseCell};
 use crate::cluster::{self, ClusterSettings, LeaveRequest};
@@ -264,6 +264,7 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
         max_result_bytes: usize::try_from(config.limits.max_result).unwrap_or(usize::MAX),
         max_plugin_bytes: config.limits.max_plugin,
         cache_dir: Some(config.node.data_dir.join("cache")),
+        compile: CompileLimits { timeout: config.limits.compile_timeout, memory_bytes: config.limits.compile_memory },
         ..RuntimeConfig::default()
     }
 }

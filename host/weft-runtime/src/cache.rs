@@ -7,11 +7,13 @@
 //! operator's data_dir for that reason.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::compile::{self, CompileLimits};
 
 struct Sha256Hasher(Sha256);
 
@@ -40,46 +42,53 @@ pub enum CompileSource {
 }
 
 /// Loads the component from the cache or compiles it (and stores it).
-/// Cache problems are logged and never fail a load.
+/// Cache problems are logged and never fail a load; compile errors do.
 pub(crate) fn load_or_compile(
     engine: &Engine,
     cache_dir: Option<&Path>,
     wasm: &[u8],
-) -> Result<(Component, CompileSource), wasmtime::Error> {
-    let Some(dir) = cache_dir else {
-        return Ok((Component::new(engine, wasm)?, CompileSource::Compiled));
-    };
-    let path = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
-    if path.exists() {
-        match deserialize(engine, &path) {
+    limits: &CompileLimits,
+) -> Result<(Component, CompileSource), String> {
+    let path = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, wasm))));
+    if let Some(path) = path.as_ref().filter(|p| p.exists()) {
+        match deserialize_file(engine, path) {
             Ok(c) => return Ok((c, CompileSource::Cache)),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component")
             }
         }
     }
-    let component = Component::new(engine, wasm)?;
-    if let Err(e) = store(&component, dir, &path) {
+    let artifact = compile::compile(engine, wasm, limits)?;
+    let component = deserialize(engine, &artifact).map_err(|e| format!("cannot load the compiled component: {e:#}"))?;
+    if let Some(path) = path
+        && let Err(e) = store(&artifact, &path)
+    {
         tracing::warn!(path = %path.display(), error = %e, "could not cache compiled component");
     }
     Ok((component, CompileSource::Compiled))
 }
 
+// SAFETY (both): the artifacts come from `Engine::precompile_component` of
+// this engine's configuration, in this process or in a compile child of
+// the same binary, or from the cache it wrote (the key includes the
+// compatibility hash, and wasmtime re-checks its header); the cache folder
+// is trusted as described in the module comment.
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> Result<Component, wasmtime::Error> {
-    // SAFETY: the file was written by `store` below from `Component::serialize`
-    // of this engine configuration (the key includes the compatibility hash,
-    // and wasmtime re-checks its header); the cache folder is trusted as
-    // described in the module comment.
+fn deserialize_file(engine: &Engine, path: &Path) -> Result<Component, wasmtime::Error> {
     unsafe { Component::deserialize_file(engine, path) }
 }
 
-fn store(component: &Component, dir: &Path, path: &PathBuf) -> Result<(), wasmtime::Error> {
-    std::fs::create_dir_all(dir)?;
-    let bytes = component.serialize()?;
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, wasmtime::Error> {
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+fn store(artifact: &[u8], path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     // Write then rename so a concurrent reader never sees half a file.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    std::fs::write(&tmp, artifact)?;
+    std::fs::rename(&tmp, path)
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::compile::CompileLimits;
 use crate::manifest::ManifestLimits;
 
 /// The sandbox armed for every call (node defaults; a manifest may lower them).
@@ -59,6 +60,8 @@ pub struct RuntimeConfig {
     pub max_log_lines: u32,
     /// Where precompiled components are cached; None = compile every time.
     pub cache_dir: Option<PathBuf>,
+    /// Bounds on compiling one plugin (where it happens in a child process).
+    pub compile: CompileLimits,
 }
 
 impl RuntimeConfig {
@@ -90,6 +93,7 @@ impl Default for RuntimeConfig {
             max_output_bytes: 64 << 10,
             max_log_lines: 100,
             cache_dir: None,
+            compile: CompileLimits::default(),
         }
     }
 }

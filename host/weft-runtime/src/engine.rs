@@ -42,6 +42,12 @@ fn base_config() -> Config {
     c
 }
 
+/// An engine that only compiles (in a compile child): its artifacts load
+/// into the node's engine, whose allocator settings do not change the code.
+pub(crate) fn compiler() -> Result<Engine, wasmtime::Error> {
+    Engine::new(&base_config())
+}
+
 /// Builds the engine with the pooling allocator sized for `max_concurrency`
 /// running instances and `max_warm_instances` idle ones; falls back to
 /// on-demand allocation (with a warning) where the pool's virtual memory

@@ -6,6 +6,7 @@
 //! routing or the wire protocol beyond the value mapping of `weft-proto`.
 
 mod cache;
+pub mod compile;
 mod config;
 mod convert;
 mod engine;
@@ -18,6 +19,7 @@ pub mod units;
 mod warm;
 mod wit_types;
 
+pub use compile::CompileLimits;
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};

@@ -260,10 +260,10 @@ impl Runtime {
             ));
         }
         let started = Instant::now();
-        let (component, source) = cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm)
-            .map_err(|e| {
-                let e = format!("{e:#}");
-                if e.contains("component model async") {
+        let (component, source) =
+            cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm, &self.config.compile)
+                .map_err(|e| {
+                    if e.contains("component model async") {
                     format!("it uses `stream`, `future` or `error-context`, which Weft does not support; export functions without them ({e})")
                 } else {
                     format!("cannot compile the component: {e}")
