@@ -236,6 +236,64 @@ async fn many_requests_in_flight_on_one_connection_are_matched_by_u() {
     assert_eq!(err.kind, ErrorKind::GUEST_TRAP);
 }
 
+/// Large requests (over 1 MiB) take turns node-wide, each holding the turn
+/// until it has run. A connection whose large request waits for the turn
+/// still answers its other requests meanwhile, and one with no place free
+/// for a large request waits for one rather than refusing it.
+#[tokio::test]
+async fn a_large_request_waiting_for_its_turn_holds_up_nothing_else_on_its_connection() {
+    let node = TestNode::start(NodeSpec {
+        files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"3s\"\n".to_vec())],
+        config: "[limits]\nmax_in_flight_per_connection = 2\n".into(),
+        ..NodeSpec::default()
+    });
+    let admin = node.admin();
+    let in_flight = async |n: f64| {
+        eventually("requests in flight", Duration::from_secs(10), async || {
+            let text = admin.get("/metrics").await.ok()?.text;
+            (metric(&text, "weft_in_flight_requests")? >= n).then_some(())
+        })
+        .await
+    };
+    let large = |u: &str, spin: bool| {
+        let mut cmds = vec![json!({"name": "big", "fun": "echo", "args": ["x".repeat(1 << 20)]})];
+        if spin {
+            cmds.push(json!({"name": "slow", "fun": "spin"}));
+        }
+        Message::Text(json!({"role": "rpc", "u": u, "cmds": cmds}).to_string().into())
+    };
+    // Another client's large request holds the turn for 3 s (its spin).
+    let mut holder = raw_socket(&node).await;
+    holder.send(large("holder", true)).await.unwrap();
+    in_flight(1.0).await;
+    let held = tokio::spawn(async move { next_json(&mut holder).await.0 });
+
+    let mut ws = raw_socket(&node).await;
+    let spin = |u: &str, ms: u64| {
+        Message::Text(
+            json!({"role": "rpc", "u": u, "timeout_ms": ms, "cmds": [{"name": "a", "fun": "spin"}]}).to_string().into(),
+        )
+    };
+    ws.send(spin("short", 300)).await.unwrap();
+    ws.send(large("waits", false)).await.unwrap();
+    // No place is free now: this one waits for "short" to end.
+    ws.send(large("parked", false)).await.unwrap();
+    let (first, _) = next_json(&mut ws).await;
+    assert_eq!(first["u"], "short", "{first}");
+    assert_eq!(first["error"]["kind"], "DEADLINE_EXCEEDED", "{first}");
+    assert!(!held.is_finished(), "answered while the other large request still held the turn");
+    let held = held.await.unwrap();
+    assert_eq!((held["u"].as_str(), held["error"]["kind"].as_str()), (Some("holder"), Some("GUEST_TRAP")), "{held}");
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        let (reply, _) = next_json(&mut ws).await;
+        assert_eq!(reply["r"]["big"].as_str().map(str::len), Some(1 << 20), "{}", reply["error"]);
+        rest.push(reply["u"].as_str().unwrap_or_default().to_owned());
+    }
+    rest.sort();
+    assert_eq!(rest, ["parked", "waits"]);
+}
+
 #[tokio::test]
 async fn in_flight_limit_per_connection_is_enforced() {
     let node = TestNode::start(NodeSpec {

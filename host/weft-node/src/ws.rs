@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,9 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_proto::{ErrorKind, Response, WeftError};
+use weft_proto::{ErrorKind, Request, Response, WeftError};
 
-use crate::executor::Executor;
+use crate::executor::{Executor, LARGE_REQUEST};
 use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
 use crate::peer::PeerMsg;
@@ -132,11 +132,20 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     let mut inline: Option<BoxFuture<'static, Message>> = None;
     let permits = Arc::new(Semaphore::new(ctx.max_in_flight));
     let mut calls = JoinSet::new();
+    // A large request that came while the connection had no place free:
+    // nothing more is read until one is (its `u` is not known before it is
+    // parsed, so it cannot be refused like a small one).
+    let mut parked: Option<(Vec<u8>, bool)> = None;
     let mut client_left = false;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+            Ok(permit) = permits.clone().acquire_owned(), if parked.is_some() => {
+                let (bytes, binary) = parked.take().expect("guarded by the condition");
+                calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), permit, tx.clone()));
+                continue;
+            }
             reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
                 inline = None;
                 if write_replies(&mut sink, reply, &mut replies, ctx.write_timeout).await.is_err() {
@@ -152,7 +161,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 continue;
             }
-            msg = incoming.next() => msg,
+            msg = incoming.next(), if parked.is_none() => msg,
         };
         let (bytes, binary) = match msg {
             Some(Ok(Message::Text(t))) => (t.as_bytes().to_vec(), false),
@@ -189,12 +198,19 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
         };
         ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
-        let reply = move |executor: &Executor, response: Response| -> Message {
-            let (text, _) = executor.encode(response);
-            if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
-        };
-        let (decoded, turn) = ctx.large.decode(bytes).await;
-        let request = match decoded {
+        if bytes.len() > LARGE_REQUEST {
+            // Its turn is awaited in a task of its own, so that the calls
+            // running on this connection are answered meanwhile.
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), permit, tx.clone()));
+                }
+                Err(_) => parked = Some((bytes, binary)),
+            }
+            continue;
+        }
+        let reply = move |executor: &Executor, response: Response| -> Message { reply(executor, response, binary) };
+        let request = match Request::decode(&bytes) {
             Ok(mut r) => {
                 if r.token.is_none() {
                     r.token.clone_from(&bearer);
@@ -237,7 +253,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let executor = ctx.executor.clone();
         let call = async move {
             let response = executor.execute(request).await;
-            drop((permit, turn));
+            drop(permit);
             reply(&executor, response)
         };
         if inline.is_none() && calls.is_empty() {
@@ -274,6 +290,40 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+}
+
+/// `response` as a frame of the type its request came in.
+fn reply(executor: &Executor, response: Response, binary: bool) -> Message {
+    let (text, _) = executor.encode(response);
+    if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
+}
+
+/// Runs one large request of a connection: waits for the node's turn,
+/// parses it off the workers, executes it and sends the reply back to the
+/// connection's task.
+async fn large_request(
+    ctx: Arc<WsContext>,
+    bytes: Vec<u8>,
+    binary: bool,
+    bearer: Option<String>,
+    permit: OwnedSemaphorePermit,
+    replies: mpsc::Sender<Message>,
+) {
+    let (decoded, turn) = ctx.large.decode(bytes).await;
+    let response = match decoded {
+        Ok(mut request) => {
+            if request.token.is_none() {
+                request.token = bearer;
+            }
+            ctx.executor.execute(request).await
+        }
+        Err((u, e)) => {
+            ctx.metrics.record_error(e.kind);
+            Response::err(u.unwrap_or_default(), &e)
+        }
+    };
+    drop((permit, turn));
+    let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 
 /// A close frame whose reason is cut to fit: a close frame's payload holds
