@@ -346,3 +346,68 @@ async fn a_cluster_lists_no_function_behind_a_transit_cluster_that_would_refuse_
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
     drop(c);
 }
+
+/// A node of `cluster` (id `CLUSTER1`) in permissive federation under
+/// `federation` rules, with fast announcements.
+fn ruled_node(cluster: &str, plugins: Vec<&'static str>, seeds: &[&TestNode], federation: &str) -> TestNode {
+    let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+    let config = format!(
+        "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n{federation}\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        seeds.join(", ")
+    );
+    TestNode::start(NodeSpec { plugins, files: vec![], config })
+}
+
+/// alpha calls `upper`, which delta (behind beta, transit) and epsilon
+/// (bridged directly) offer, and gamma too, behind beta, but alpha blocks
+/// gamma. Beta carries each call to the cluster alpha chose, never to
+/// another it has the function in; it carries none to a cluster it does
+/// not offer alpha a route to; and a peer of alpha's cluster cannot hide
+/// where its call started from beta by sending no federation path.
+#[tokio::test]
+async fn a_transit_cluster_carries_a_call_only_where_the_origin_sent_it() {
+    let offer = "[routing.neighbours.alpha]\nexport = [\"delta\", \"epsilon\"]";
+    let b = cluster_node_with("beta1", "beta", vec![], &[], true, offer);
+    let g = cluster_node("gamma", vec!["text"], &[&b], false);
+    let _d = cluster_node("delta", vec!["text"], &[&b], false);
+    let e = cluster_node("epsilon", vec!["text"], &[], false);
+    let a = ruled_node("alpha", vec![], &[&b, &e], "blocked_clusters = [\"gamma\"]");
+    let upper_in = async |cluster: &str| {
+        let body = a.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == "upper" && f["cluster"] == cluster)
+    };
+    eventually("alpha to list upper in delta and epsilon", SETTLE, async || {
+        (upper_in("delta").await && upper_in("epsilon").await).then_some(())
+    })
+    .await;
+    assert!(!upper_in("gamma").await);
+    let client = a.client().await;
+    let mut ran_in = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let mut req = Request::new("", vec![Command::new("x", "upper", vec![json!("abc")])]);
+        req.include_execution_summary = true;
+        let response = client.request(req).await.unwrap();
+        let step = response.execution_summary.clone().unwrap().steps[0].clone();
+        assert_eq!(response.into_result().unwrap()["x"], "ABC");
+        assert_eq!(step.node, format!("{}1", step.cluster), "the summary names where it ran");
+        ran_in.insert(step.cluster.clone());
+    }
+    assert!(!ran_in.contains("gamma"), "{ran_in:?}");
+    let ran = metric(&g.admin().get("/metrics").await.unwrap().text, "weft_calls_total{function=\"text/upper\"");
+    assert_eq!(ran, None, "gamma ran alpha's calls");
+
+    let mut peer = support::FakePeer::join(&b, "alpha9", "alpha").await;
+    for (id, path, target, answer) in [
+        (1, json!([]), "delta", "INVALID_REQUEST"),
+        (2, json!(["alpha"]), "gamma", "NO_ROUTE"),
+        (3, json!(["alpha"]), "delta", "HI"),
+    ] {
+        let call = json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["hi"],
+            "deadline_ms": 5000, "routing_path": ["alpha9"], "federation_path": path, "hop_budget": 4,
+            "target_cluster": target});
+        peer.send(&call).await;
+        let reply = peer.next_of("reply").await;
+        let got = reply.get("value").unwrap_or(&reply["error"]["kind"]);
+        assert_eq!(got, answer, "{reply}");
+    }
+}

@@ -358,14 +358,10 @@ fn route_json(r: &weft_fabric::Route, now: weft_fabric::Millis) -> Value {
     })
 }
 
-fn route_now(view: &crate::peer::ClusterView) -> weft_fabric::Millis {
-    weft_fabric::Millis(u64::try_from(view.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The route table: every route held, with the winner per destination marked.
 fn routes(fabric: &Fabric) -> Value {
     let view = fabric.view();
-    let now = route_now(&view);
+    let now = view.now();
     let winners = view.routes.winners(now);
     let all: Vec<Value> = view
         .routes
@@ -383,7 +379,7 @@ fn routes(fabric: &Fabric) -> Value {
 /// Which route to one cluster wins and why the others lose.
 fn explain(fabric: &Fabric, cluster: &str) -> Value {
     let view = fabric.view();
-    let now = route_now(&view);
+    let now = view.now();
     let e = view.routes.explain(now, &weft_proto::ClusterId::new(cluster));
     let losers: Vec<Value> = e
         .losers
@@ -441,7 +437,7 @@ fn topology(fabric: &Fabric) -> Value {
     ));
     let links: Vec<Value> = view.links.iter().map(|(a, b)| json!({"a": a, "b": b})).collect();
     // Other clusters as this node sees them: reachable ones and the way there.
-    let now = route_now(&view);
+    let now = view.now();
     let mut clusters = vec![json!({ "cluster": me.cluster, "nodes": nodes, "links": links })];
     for (dest, r) in view.routes.winners(now) {
         clusters.push(json!({ "cluster": dest, "path": r.path, "hops": r.hops, "via": r.via }));

@@ -388,10 +388,10 @@ impl StepCall {
         let idempotent = self.candidates.iter().all(|c| c.idempotent);
         let mut tried: Vec<NodeId> = Vec::new();
         loop {
-            let Some(link) = self.pick(&tried) else {
+            let Some((link, destination)) = self.pick(&tried) else {
                 return (Err(self.unreachable(&tried)), tried.pop().unwrap_or(me));
             };
-            let call = match self.forward_call(&link) {
+            let call = match self.forward_call(&link, destination) {
                 Ok(call) => call,
                 Err(e) => return (Err(e), me),
             };
@@ -414,19 +414,29 @@ impl StepCall {
         }
     }
 
-    /// The call as sent over `link`; crossing into another cluster takes one
-    /// hop of the budget and is checked against this node's policy first.
-    fn forward_call(&self, link: &Link) -> Result<ForwardCall, WeftError> {
+    /// The call as sent over `link` on its way to cluster `destination`.
+    /// Crossing into another cluster takes one hop of the budget and is
+    /// checked first against this node's policy: the neighbour, the
+    /// destination and every cluster the route there crosses (the policy
+    /// may have changed since the call was planned, and since the routes
+    /// were announced).
+    fn forward_call(&self, link: &Link, destination: ClusterId) -> Result<ForwardCall, WeftError> {
         let me = &self.fabric.me;
         let mut federation_path = self.federation_path.clone();
         let mut hop_budget = self.hop_budget;
         let crossing = link.remote.cluster != me.cluster;
         if crossing {
-            let verdict = self
-                .fabric
-                .decide(Point::CallOrigin, self.fabric.policy().peer(&link.remote.cluster, Some(link.node())));
+            let policy = self.fabric.policy();
+            let verdict = self.fabric.decide(Point::CallOrigin, policy.peer(&link.remote.cluster, Some(link.node())));
             if !verdict.allowed {
                 return Err(verdict.to_error(&link.remote.cluster));
+            }
+            let beyond = self.fabric.route_path(&destination).unwrap_or_default();
+            for cluster in beyond.iter().chain([&destination]).filter(|c| **c != link.remote.cluster) {
+                let verdict = policy.peer(cluster, None);
+                if !verdict.allowed {
+                    return Err(self.fabric.decide(Point::CallOrigin, verdict).to_error(cluster));
+                }
             }
             federation_path.push(me.cluster.clone());
             if hop_budget == 0 {
@@ -455,7 +465,7 @@ impl StepCall {
             routing_path,
             federation_path,
             hop_budget,
-            target_cluster: self.target_cluster(),
+            target_cluster: (destination != me.cluster).then_some(destination),
             locs: self.locs.clone(),
             caller: if crossing { self.caller_across() } else { self.caller.clone() },
         })
@@ -472,17 +482,12 @@ impl StepCall {
         }
     }
 
-    /// The one foreign cluster every candidate is in, if so: carried with the
-    /// call so that no cluster on the way runs a same-named function instead.
-    fn target_cluster(&self) -> Option<ClusterId> {
-        let first = &self.candidates.first()?.cluster;
-        let one = self.candidates.iter().all(|c| c.cluster == *first);
-        (one && *first != self.fabric.me.cluster).then(|| first.clone())
-    }
-
     /// The least loaded way to a candidate not yet tried: a link to the node
-    /// itself, or for a foreign node a bridge link into its cluster.
-    fn pick(&self, tried: &[NodeId]) -> Option<Arc<Link>> {
+    /// itself, or for a foreign node a bridge link into its cluster; with
+    /// the candidate's cluster, which the call names as its target so that
+    /// no cluster on the way sends it elsewhere or runs a same-named
+    /// function instead.
+    fn pick(&self, tried: &[NodeId]) -> Option<(Arc<Link>, ClusterId)> {
         let me = &self.fabric.me;
         // Never back through a node or into a cluster the call already passed.
         let avoid = |l: &Link| {
@@ -492,7 +497,8 @@ impl StepCall {
                 || (l.remote.cluster != me.cluster && self.federation_path.contains(&l.remote.cluster))
         };
         // Nodes of this cluster first: a function here is not looked for abroad.
-        let (mut home, mut away): (Vec<Arc<Link>>, Vec<Arc<Link>>) = (Vec::new(), Vec::new());
+        type Way = (Arc<Link>, ClusterId);
+        let (mut home, mut away): (Vec<Way>, Vec<Way>) = (Vec::new(), Vec::new());
         for c in self.candidates.iter() {
             let links = if c.cluster == me.cluster { &mut home } else { &mut away };
             let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
@@ -515,13 +521,13 @@ impl StepCall {
             };
             let ways: Vec<Arc<Link>> = ways.into_iter().filter(|l| !avoid(l)).collect();
             for way in ways {
-                if !links.iter().any(|l| Arc::ptr_eq(l, &way)) {
-                    links.push(way);
+                if !links.iter().any(|(l, _)| Arc::ptr_eq(l, &way)) {
+                    links.push((way, c.cluster.clone()));
                 }
             }
         }
         let links = if home.is_empty() { away } else { home };
-        least_loaded(links, |l| l.in_flight(), &mut rand::rng())
+        least_loaded(links, |(l, _)| l.in_flight(), &mut rand::rng())
     }
 
     fn unreachable(&self, tried: &[NodeId]) -> WeftError {

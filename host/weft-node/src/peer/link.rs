@@ -521,6 +521,16 @@ async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> 
 async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall) -> Result<Ran, WeftError> {
     let me = &fabric.me;
     if link.remote.cluster != me.cluster {
+        // Each cluster appends itself as a call leaves it, so the path must
+        // end with the neighbour's: otherwise the neighbour hides where the
+        // call started, and so who may make it.
+        if call.federation_path.last() != Some(&link.remote.cluster) {
+            let said = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
+            return Err(WeftError::invalid_request(format!(
+                "a call from cluster {} must carry a federation path that ends with it (got [{said}])",
+                link.remote.cluster
+            )));
+        }
         let authenticated = fabric.links_authenticated();
         call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
     }
@@ -645,6 +655,9 @@ async fn transit(
             format!("{function}@{version} is not in cluster {} nor reachable through it", me.cluster),
         ));
     };
+    // One destination, the one checked below: the others it has are not
+    // candidates (a call that names none goes to the first).
+    let onward: Vec<CatalogEntry> = onward.into_iter().filter(|e| e.cluster == destination).collect();
     if !fabric.transit() {
         return Err(WeftError::new(
             ErrorKind::NO_ROUTE,
@@ -658,6 +671,18 @@ async fn transit(
         if !verdict.allowed {
             return Err(verdict.to_error(cluster));
         }
+    }
+    // The routes this cluster offers the neighbour are the transit it
+    // carries for it: `neighbours.NAME.export` decides both.
+    if !fabric.offers(&link.remote.cluster, &destination) {
+        return Err(WeftError::new(
+            ErrorKind::NO_ROUTE,
+            format!(
+                "cluster {} does not offer cluster {} a route to {destination} (routing.neighbours.{}.export)",
+                me.cluster, link.remote.cluster, link.remote.cluster
+            ),
+        )
+        .with("cluster", me.cluster.as_str()));
     }
     admit_path(fabric, &call.federation_path)?;
     fabric.charge(origin(link, &call))?;

@@ -70,6 +70,13 @@ pub struct ClusterView {
     pub clock: std::time::Instant,
 }
 
+impl ClusterView {
+    /// Now on the route table's clock.
+    pub(crate) fn now(&self) -> weft_fabric::Millis {
+        weft_fabric::Millis(u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 impl Default for ClusterView {
     fn default() -> Self {
         ClusterView {
@@ -317,9 +324,24 @@ impl Fabric {
 
     /// Cluster crossings of the best route to `cluster`.
     pub fn route_hops(&self, cluster: &ClusterId) -> Option<u32> {
+        self.best_route(cluster, |r| r.hops)
+    }
+
+    /// The clusters the best route to `cluster` crosses, `cluster` last.
+    pub fn route_path(&self, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
+        self.best_route(cluster, |r| r.path.clone())
+    }
+
+    fn best_route<T>(&self, cluster: &ClusterId, read_it: impl FnOnce(&weft_fabric::Route) -> T) -> Option<T> {
         let view = read(&self.view);
-        let now = weft_fabric::Millis(u64::try_from(view.clock.elapsed().as_millis()).unwrap_or(u64::MAX));
-        view.routes.best(now, cluster).map(|r| r.hops)
+        view.routes.best(view.now(), cluster).map(read_it)
+    }
+
+    /// Whether this cluster announces a route to `destination` to its
+    /// neighbour `to`, and so carries `to`'s calls there.
+    pub fn offers(&self, to: &ClusterId, destination: &ClusterId) -> bool {
+        let view = read(&self.view);
+        view.routes.exports(view.now(), to, self.transit).iter().any(|a| a.destination == *destination)
     }
 
     /// Members that offered to relay calls into `cluster`.
