@@ -40,6 +40,8 @@ fn a_client_command_whose_output_pipe_is_closed_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as Unix tools are: {:?}", out.status);
+    let (code, _, err) = weft(&["token", "--tenant", "bad name!"]);
+    assert_eq!(code, 2, "a name no config could hold is refused: {err}");
 }
 
 #[test]
@@ -64,6 +66,10 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     assert_eq!((code, out.trim()), (0, "\"hi\""));
     let (code, out, _) = weft(&["call", "--node", &node.ws, "add", "40", "2"]);
     assert_eq!((code, out.trim()), (0, "42"));
+    // An empty variable counts as unset: no token, not an empty one.
+    let out =
+        Command::new(WEFT).args(["call", "--node", &node.ws, "echo", "x"]).env("WEFT_TOKEN", "").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (code, out, _) = weft(&["call", "--node", &node.ws, "concat", "--kw", "a=\"x\"", "--kw", "b=y"]);
     assert_eq!((code, out.trim()), (0, "\"xy\""));
     let (code, _, err) = weft(&["call", "--node", &node.ws, "concat", "--kw", "a=x", "--kw", "a=y", "--kw", "b=z"]);
@@ -85,6 +91,10 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     let (code, out, _) = weft(&["catalog", "--node", &node.admin_url]);
     assert_eq!(code, 0);
     assert!(out.contains("math/stats@0.1.0  func(xs: list<f64>) -> summary"), "{out}");
+    // An admin URL that answers with an error is an error, not an empty list.
+    let (code, _, err) = weft(&["catalog", "--node", &format!("{}/v1", node.admin_url)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("INVALID_REQUEST") && err.contains("HTTP 404"), "{err}");
 
     let (code, _, err) = weft(&["call", "--node", "ws://127.0.0.1:1", "echo", "x"]);
     assert_ne!(code, 0);
@@ -174,10 +184,15 @@ fn weft_bench_reports_throughput_latency_and_errors() {
     assert!(lat("p99") <= lat("max"), "{r}");
     assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
 
-    // Every request failed: the numbers are reported, and the exit code says so.
-    let r = bench_exit(&["--requests", "50", "divide", "1", "0"], 1);
+    // Every request failed: the numbers are reported with the first
+    // message of each kind, and the exit code says so. Options may follow
+    // the arguments.
+    let r = bench_exit(&["divide", "1", "0", "--requests", "50"], 1);
     assert_eq!(r["completed"], 50, "{r}");
     assert_eq!(r["errors"], serde_json::json!({"GUEST_ERROR": 50}), "{r}");
+    assert!(r["error_examples"]["GUEST_ERROR"].as_str().unwrap().contains("zero"), "{r}");
+    let r = bench(&["add", "-1", "2", "--requests", "5"]);
+    assert_eq!((r["completed"].as_u64(), r["ok"].as_u64()), (Some(5), Some(5)), "{r}");
     // No more slots than requests, however many are asked for.
     let r = bench(&["--requests", "3", "--concurrency", "100000", "echo", "hi"]);
     assert_eq!((r["completed"].as_u64(), r["concurrency"].as_u64()), (Some(3), Some(3)), "{r}");
@@ -220,6 +235,12 @@ fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
     let (code, _, err) = weft(&["keygen", "--out", key.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("--force"), "{err}");
+    // A key written over a file anyone may read is kept from them too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = weft(&["keygen", "--out", key.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[test]

@@ -292,6 +292,16 @@ async fn a_large_request_waiting_for_its_turn_holds_up_nothing_else_on_its_conne
     }
     rest.sort();
     assert_eq!(rest, ["parked", "waits"]);
+
+    // Two large requests back to back on an idle connection: the second
+    // waits for the first's turn, which the first does not wait for.
+    let mut ws = raw_socket(&node).await;
+    ws.send(large("one", false)).await.unwrap();
+    ws.send(large("two", false)).await.unwrap();
+    for _ in 0..2 {
+        let (reply, _) = next_json(&mut ws).await;
+        assert_eq!(reply["r"]["big"].as_str().map(str::len), Some(1 << 20), "{}", reply["error"]);
+    }
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     connections: Option<u32>,
     /// How long to run, e.g. "10s", "500ms", "2m" [default: 10s].
-    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
     duration: Option<Duration>,
     /// Stop after this many requests instead of after a duration.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -48,7 +48,8 @@ pub struct BenchArgs {
     /// `function` or `plugin/function`.
     function: String,
     /// Arguments, each parsed as JSON; text that is not JSON is a string.
-    #[arg(allow_hyphen_values = true)]
+    /// Options may come after them, as with `weft call`.
+    #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
 }
 
@@ -70,6 +71,15 @@ struct Counters {
 struct Tally {
     samples: Vec<u32>,
     errors: BTreeMap<&'static str, u64>,
+    /// The message of the first error of each kind, to say why.
+    example: BTreeMap<&'static str, String>,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +122,9 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
                     for (kind, n) in tally.errors {
                         *total.errors.entry(kind).or_default() += n;
                     }
+                    for (kind, message) in tally.example {
+                        total.example.entry(kind).or_insert(message);
+                    }
                 }
                 None => break,
             },
@@ -149,6 +162,7 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
             "completed": completed,
             "ok": completed - error_count,
             "errors": total.errors,
+            "error_examples": total.example,
             "throughput": throughput,
             "latency_us": {"p50": p50, "p90": p90, "p99": p99, "max": max},
             "samples": s.len(),
@@ -164,7 +178,8 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("              (from the first {} responses)", s.len());
     }
     for (kind, n) in &total.errors {
-        println!("  {kind:<22}{n}");
+        let example = total.example.get(kind).map_or_else(String::new, |m| format!("  (first: {m})"));
+        println!("  {kind:<22}{n}{example}");
     }
     Ok(outcome(completed, error_count))
 }
@@ -192,21 +207,22 @@ async fn slot(client: Arc<Client>, template: Request, stop: Stop, counters: Arc<
             return tally;
         }
         let sent = Instant::now();
-        let outcome = client.request(template.clone()).await.ok();
+        let outcome = client.request(template.clone()).await;
         let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
         let index = counters.completed.fetch_add(1, Relaxed);
-        let (kind, lost) = match outcome {
-            Some(response) => {
+        let (error, lost) = match outcome {
+            Ok(response) => {
                 if index < MAX_SAMPLES {
                     tally.samples.push(micros);
                 }
-                (response.error.map(|e| e.kind), false)
+                (response.error.map(|e| (e.kind, e.message)), false)
             }
-            None => (Some(ErrorKind::UNAVAILABLE), true),
+            Err(e) => (Some((ErrorKind::UNAVAILABLE, e.message)), true),
         };
-        if let Some(kind) = kind {
+        if let Some((kind, message)) = error {
             counters.errors.fetch_add(1, Relaxed);
             *tally.errors.entry(kind.as_str()).or_default() += 1;
+            tally.example.entry(kind.as_str()).or_insert(message);
         }
         // The connection is gone (the client does not reconnect): this slot
         // stops, the ones on other connections carry on.

@@ -14,12 +14,12 @@ pub struct CatalogArgs {
 }
 
 pub async fn run(a: CatalogArgs) -> anyhow::Result<ExitCode> {
-    let reply = a.node.client()?.get("/v1/catalog").await?;
+    let body = a.node.get("/v1/catalog").await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for f in reply.body["functions"].as_array().into_iter().flatten() {
+    for f in body["functions"].as_array().into_iter().flatten() {
         println!(
             "{}@{}  {}  node={} cluster={}",
             f["function_id"].as_str().unwrap_or(""),

@@ -38,13 +38,15 @@ pub fn run(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The private key file is readable by its owner only.
+/// The private key file is readable by its owner only, a file it replaces
+/// too (`--force`): `mode` applies only to a file the open creates.
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(format!("{text}\n").as_bytes())
     }
     #[cfg(not(unix))]

@@ -63,10 +63,25 @@ fn end_quietly_on_a_closed_pipe() {
     }
 }
 
+/// An empty `WEFT_*` variable (`WEFT_TOKEN=` in an env file) counts as
+/// unset for every command, so the flag's default applies.
+#[allow(unsafe_code)]
+fn forget_empty_weft_variables() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(key, value)| value.is_empty() && key.to_string_lossy().starts_with("WEFT_"))
+        .map(|(key, _)| key)
+        .collect();
+    for key in empty {
+        // SAFETY: called first in main, before any other thread exists.
+        unsafe { std::env::remove_var(key) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
     if let Some(code) = weft_runtime::compile::child_main() {
         return code;
     }
+    forget_empty_weft_variables();
     let cli = Cli::parse();
     if !matches!(cli.command, Cmd::Node(_) | Cmd::Demo(_)) {
         end_quietly_on_a_closed_pipe();

@@ -16,7 +16,8 @@ pub enum PluginsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write the bundled example plugins (echo, math, text, hostile) into a folder.
+    /// Write the bundled plugins (echo, math, text, and hostile and stall for
+    /// testing the sandbox) into a folder, replacing files of the same names.
     Export {
         dir: PathBuf,
         /// Which plugins (default: all).

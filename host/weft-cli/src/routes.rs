@@ -39,12 +39,11 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         Some(c) => format!("/v1/routes/explain?cluster={c}"),
         None => "/v1/routes".to_owned(),
     };
-    let reply = a.node.client()?.get(&path).await?;
+    let body = &a.node.get(&path).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        println!("{}", serde_json::to_string_pretty(body)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let body = &reply.body;
     if a.explain.is_some() {
         match body.get("winner").filter(|w| !w.is_null()) {
             Some(w) => println!("best: {}", line(w)),

@@ -8,8 +8,12 @@ use clap::Args;
 #[derive(Args)]
 pub struct TokenArgs {
     /// The tenant the token is for (shown in the config snippet).
-    #[arg(long, default_value = "NAME")]
+    #[arg(long, default_value = "NAME", value_parser = tenant_name)]
     tenant: String,
+}
+
+fn tenant_name(name: &str) -> Result<String, String> {
+    if weft_proto::is_valid_name(name) { Ok(name.to_owned()) } else { Err(weft_proto::NAME_RULE.to_owned()) }
 }
 
 pub fn run(a: TokenArgs) -> anyhow::Result<ExitCode> {

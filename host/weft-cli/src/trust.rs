@@ -42,6 +42,23 @@ impl AdminTarget {
         }
         Ok(Admin::new(&self.admin).with_roots(self.trust.roots()?))
     }
+
+    /// GETs `path`, failing with the node's error unless it answers 200.
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let reply = self.client()?.get(path).await?;
+        if reply.status != 200 {
+            let error = &reply.body["error"];
+            match (error["kind"].as_str(), error["message"].as_str()) {
+                (Some(kind), Some(message)) => anyhow::bail!("{kind}: {message} (HTTP {})", reply.status),
+                _ => anyhow::bail!(
+                    "{} answered HTTP {} to GET {path}; is --admin the node's admin address?",
+                    self.admin,
+                    reply.status
+                ),
+            }
+        }
+        Ok(reply.body)
+    }
 }
 
 /// Where a command reaches a node's WebSocket, and whom it trusts there.

@@ -38,7 +38,12 @@ pub struct StepIdx(pub usize);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Template {
     Literal(Value),
-    Ref { step: StepIdx, path: Vec<String> },
+    /// `by_name`: written as MPREG's bare string, not as `{"$ref": ..}`.
+    Ref {
+        step: StepIdx,
+        path: Vec<String>,
+        by_name: bool,
+    },
     Array(Vec<Template>),
     Object(Vec<(String, Template)>),
 }
@@ -84,6 +89,7 @@ impl Plan {
 
         let mut templates = Vec::with_capacity(req.cmds.len());
         for (i, cmd) in req.cmds.iter().enumerate() {
+            check_names(cmd)?;
             let parser = TemplateParser { index: &index, cmds: &req.cmds, this: i };
             let args = cmd.args.iter().map(|v| parser.parse(v)).collect::<Result<Vec<_>, _>>()?;
             let kwargs = cmd
@@ -96,8 +102,9 @@ impl Plan {
         let deps: Vec<Vec<StepIdx>> = templates
             .iter()
             .map(|(args, kwargs)| {
-                let mut deps = Vec::new();
-                args.iter().chain(kwargs.iter().map(|(_, t)| t)).for_each(|t| t.collect_refs(&mut deps));
+                let mut refs = Vec::new();
+                args.iter().chain(kwargs.iter().map(|(_, t)| t)).for_each(|t| t.collect_refs(&mut refs));
+                let mut deps: Vec<StepIdx> = refs.into_iter().map(|(step, _)| step).collect();
                 deps.sort_unstable();
                 deps.dedup();
                 deps
@@ -181,13 +188,15 @@ impl Plan {
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
                 if !literal {
                     check(&value, &param.ty, &param.name).map_err(|m| {
-                        let names: Vec<&str> = sources.iter().map(|i| self.steps[i.0].name.as_str()).collect();
+                        let names: Vec<&str> = sources.iter().map(|(i, _)| self.steps[i.0].name.as_str()).collect();
                         let e = mismatch(function, m);
-                        let hint = format!(
-                            "; it holds the result of {} (a string that names a command stands for its result: write {{\"$lit\": \"{}\"}} for the text itself)",
-                            names.join(", "),
-                            names.first().copied().unwrap_or_default()
-                        );
+                        let mut hint = format!("; it holds the result of {}", names.join(", "));
+                        if let Some((by_name, _)) = sources.iter().find(|(_, by_name)| *by_name) {
+                            let name = &self.steps[by_name.0].name;
+                            hint += &format!(
+                                " (a string that names a command stands for its result: write {{\"$lit\": \"{name}\"}} for the text itself)"
+                            );
+                        }
                         let message = format!("{}{hint}", e.message);
                         at(&s.name, WeftError { message, ..e })
                     })?;
@@ -200,7 +209,7 @@ impl Plan {
     fn instantiate(&self, template: Template, results: &[Option<Value>]) -> Result<Value, WeftError> {
         Ok(match template {
             Template::Literal(v) => v,
-            Template::Ref { step, path } => {
+            Template::Ref { step, path, .. } => {
                 let name = &self.steps[step.0].name;
                 let Some(result) = results.get(step.0).and_then(Option::as_ref) else {
                     return Err(WeftError::internal(format!(
@@ -230,10 +239,10 @@ impl Plan {
 }
 
 impl Template {
-    fn collect_refs(&self, out: &mut Vec<StepIdx>) {
+    fn collect_refs(&self, out: &mut Vec<(StepIdx, bool)>) {
         match self {
             Template::Literal(_) => {}
-            Template::Ref { step, .. } => out.push(*step),
+            Template::Ref { step, by_name, .. } => out.push((*step, *by_name)),
             Template::Array(items) => items.iter().for_each(|t| t.collect_refs(out)),
             Template::Object(fields) => fields.iter().for_each(|(_, t)| t.collect_refs(out)),
         }
@@ -253,6 +262,27 @@ fn at(cmd: &str, e: WeftError) -> WeftError {
     let prefix = format!("command {cmd}");
     let e = if e.message.starts_with(&format!("{prefix}:")) { e } else { e.context(prefix) };
     e.with("command", cmd)
+}
+
+/// The clusters and resources a command names must be names a cluster or
+/// node could have.
+fn check_names(cmd: &Command) -> Result<(), WeftError> {
+    if let Some(cluster) = cmd.target_cluster.as_deref().filter(|c| !weft_proto::is_valid_name(c)) {
+        return Err(at(
+            &cmd.name,
+            WeftError::invalid_request(format!(
+                "target_cluster {cluster:?} is not a cluster name: {}",
+                weft_proto::NAME_RULE
+            )),
+        ));
+    }
+    if let Some(label) = cmd.locs.iter().find(|l| !weft_proto::is_valid_name(l)) {
+        return Err(at(
+            &cmd.name,
+            WeftError::invalid_request(format!("locs: {label:?} is not a resource label: {}", weft_proto::NAME_RULE)),
+        ));
+    }
+    Ok(())
 }
 
 fn index_names(cmds: &[Command]) -> Result<HashMap<String, StepIdx>, WeftError> {
@@ -299,7 +329,7 @@ impl TemplateParser<'_> {
                 }
             },
             Value::String(s) => match self.index.get(s) {
-                Some(&step) if step.0 != self.this => Template::Ref { step, path: Vec::new() },
+                Some(&step) if step.0 != self.this => Template::Ref { step, path: Vec::new(), by_name: true },
                 _ => Template::Literal(v.clone()),
             },
             Value::Array(items) => {
@@ -361,7 +391,7 @@ impl TemplateParser<'_> {
                 ))
                 .with("reference", target.as_str()));
         };
-        Ok(Template::Ref { step, path })
+        Ok(Template::Ref { step, path, by_name: false })
     }
 
     fn invalid(&self, message: String) -> WeftError {
@@ -505,7 +535,7 @@ fn check_static(
         Template::Literal(v) => {
             return check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m));
         }
-        Template::Ref { step, path } => (step, path),
+        Template::Ref { step, path, .. } => (step, path),
         Template::Array(_) | Template::Object(_) => return Ok(()),
     };
     let source = &resolved[step.0];

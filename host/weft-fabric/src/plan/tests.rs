@@ -211,6 +211,7 @@ fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
         "{}",
         e.message
     );
+    assert!(!e.message.contains("$lit"), "an explicit $ref needs no hint about bare names: {}", e.message);
 
     // A plain string that names a command is such a reference too: the
     // message says so, and how to pass the text instead.
@@ -472,4 +473,16 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_target_cluster_or_resource_label_that_no_cluster_could_have_is_invalid() {
+    let mut c = cmd("a", "echo", json!(["x"]));
+    c.target_cluster = Some(String::new());
+    let m = fails(vec![c], ErrorKind::INVALID_REQUEST, "a");
+    assert!(m.contains("target_cluster \"\" is not a cluster name"), "{m}");
+    let mut c = cmd("a", "echo", json!(["x"]));
+    c.locs = vec!["gpu".into(), String::new()];
+    let m = fails(vec![c], ErrorKind::INVALID_REQUEST, "a");
+    assert!(m.contains("locs: \"\" is not a resource label"), "{m}");
 }
