@@ -527,3 +527,36 @@ async fn a_draining_bridge_hands_its_idempotent_calls_back_for_a_retry() {
         .sum();
     assert_eq!(spins, 2.0, "b3 ran the call twice: first through the draining bridge, then through {other}: {e}");
 }
+
+/// During a rollout two nodes may hold one version with different manifests:
+/// g2's copy of `text` is not exported, g1's is. Other clusters are offered
+/// g1's copy, and their calls run there, wherever they enter the cluster.
+#[tokio::test]
+async fn a_copy_that_is_not_exported_leaves_the_exported_one_callable() {
+    let g1 = node("g1", "gamma", vec!["text"], &[], &allow("alpha"));
+    let private = vec![("text.toml".to_owned(), b"export = false\n".to_vec())];
+    let g2 = node_with("g2", "gamma", vec!["text"], private, &[&g1], &allow("alpha"));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&g1, &g2], &allow("gamma"));
+    eventually("a1 linked to both", SETTLE, async || {
+        (linked(&a1, "g1").await && linked(&a1, "g2").await).then_some(())
+    })
+    .await;
+    eventually("upper in gamma", SETTLE, async || sees(&a1, "gamma", "upper").await.then_some(())).await;
+    let listed = a1.admin().get("/v1/catalog").await.unwrap().body;
+    let nodes: BTreeSet<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["name"] == "upper")
+        .filter_map(|f| f["node"].as_str())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["g1"]), "only the exported copy is offered");
+    let client = a1.client().await;
+    for _ in 0..10 {
+        let mut req = Request::new("", vec![Command::new("x", "upper", vec![json!("abc")])]);
+        req.include_execution_summary = true;
+        let response = client.request(req).await.unwrap();
+        assert_eq!(response.execution_summary.clone().unwrap().steps[0].node, "g1");
+        assert_eq!(response.into_result().unwrap()["x"], "ABC");
+    }
+}

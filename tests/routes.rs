@@ -411,3 +411,38 @@ async fn a_transit_cluster_carries_a_call_only_where_the_origin_sent_it() {
         assert_eq!(got, answer, "{reply}");
     }
 }
+
+/// A reload that blocks a cluster withdraws at once every route across it,
+/// with what lies behind, and calls there are refused, without waiting for
+/// the neighbour's next update (20 s away here: routes go out at once only
+/// when they change).
+#[tokio::test]
+async fn a_reload_blocking_a_cluster_withdraws_the_routes_across_it_at_once() {
+    let slow = |cluster: &str, plugins: Vec<&'static str>, seeds: &[&TestNode]| {
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        let config = format!(
+            "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[routing]\ntransit = true\nannounce_interval = \"20s\"\nroute_ttl = \"60s\"\n[federation]\nmode = \"permissive\"\n",
+            seeds.join(", ")
+        );
+        TestNode::start(NodeSpec { plugins, files: vec![], config })
+    };
+    let b = slow("beta", vec![], &[]);
+    let g = slow("gamma", vec![], &[&b]);
+    let _d = slow("delta", vec!["text"], &[&g]);
+    let a = slow("alpha", vec![], &[&b]);
+    eventually("upper in delta to answer alpha", SETTLE, async || call_in(&a, "delta", "upper", None).await.ok()).await;
+
+    let path = a.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    support::write(&path, &format!("{text}blocked_clusters = [\"gamma\"]\n"));
+    assert_eq!(a.admin().post("/v1/federation/reload", "").await.unwrap().status, 200);
+    let gone = eventually("routes across gamma withdrawn", Duration::from_secs(5), async || {
+        (best(&a, "gamma").await.is_none() && best(&a, "delta").await.is_none()).then_some(())
+    });
+    gone.await;
+    assert_eq!(best(&a, "beta").await, Some(("beta1".into(), 1)));
+    let err = call_in(&a, "delta", "upper", None).await.unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::NO_ROUTE | ErrorKind::POLICY_DENIED), "{err:?}");
+    let catalog = a.admin().get("/v1/catalog").await.unwrap().body;
+    assert!(!catalog.to_string().contains("\"delta\""), "{catalog}");
+}

@@ -349,6 +349,18 @@ impl RouteTable {
         self.diff(&before, now)
     }
 
+    /// Withdraws the routes whose path crosses a cluster `admit` now refuses
+    /// (a reloaded policy), without waiting for their neighbours' next
+    /// update; not counted as flaps.
+    pub fn refuse(&mut self, now: Millis, admit: impl Fn(&ClusterId) -> bool) -> Vec<ClusterId> {
+        let before = self.winners(now);
+        for by in self.routes.values_mut() {
+            by.retain(|_, r| r.path.iter().all(&admit));
+        }
+        self.routes.retain(|_, by| !by.is_empty());
+        self.diff(&before, now)
+    }
+
     /// Removes routes not refreshed within `route_ttl`, and ends hold-downs.
     pub fn expire(&mut self, now: Millis) -> Vec<ClusterId> {
         // Winners as they were at the last check, so that a hold-down ending
@@ -495,6 +507,13 @@ impl RouteTable {
     }
 
     /// A member is gone: its shared routes are no longer offered.
+    /// The path of the route to `destination` that `member` shares, as far
+    /// as this node's policy admitted it.
+    pub fn member_path(&self, member: &NodeId, destination: &ClusterId) -> Option<&[ClusterId]> {
+        let shared = self.members.get(member)?;
+        shared.iter().find(|a| a.destination == *destination).map(|a| a.path.as_slice())
+    }
+
     pub fn forget_member(&mut self, member: &NodeId) -> bool {
         self.members.remove(member).is_some()
     }

@@ -298,6 +298,10 @@ impl ClusterTask {
                 for member in &members {
                     self.admit_member_routes(member);
                 }
+                let policy = self.fabric.policy();
+                let me = self.fabric.me.cluster.clone();
+                let changed = self.routes.refuse(self.now(), |c| *c == me || policy.peer(c, None).allowed);
+                self.routes_changed(&changed);
                 self.announce_routes();
                 self.changed = true;
             }
@@ -467,7 +471,9 @@ impl ClusterTask {
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
                 if admitted && e.audience.admits(to) && leads.contains(&e.cluster) && !entries_has(&offer, e) {
-                    offer.push(e.clone());
+                    // Callers this cluster would not carry further are not
+                    // offered it either.
+                    offer.push(CatalogEntry { audience: e.audience.narrowed(&audience), ..e.clone() });
                 }
             }
         }

@@ -415,29 +415,41 @@ impl StepCall {
     }
 
     /// The call as sent over `link` on its way to cluster `destination`.
-    /// Crossing into another cluster takes one hop of the budget and is
-    /// checked first against this node's policy: the neighbour, the
-    /// destination and every cluster the route there crosses (the policy
-    /// may have changed since the call was planned, and since the routes
-    /// were announced).
+    /// A call bound for another cluster is checked first against this
+    /// node's policy: the neighbour it crosses to, the destination and every
+    /// cluster the route there crosses (this node's route, or the relaying
+    /// member's), since the policy may have changed since the call was
+    /// planned and the routes announced. Crossing takes one hop of the
+    /// budget.
     fn forward_call(&self, link: &Link, destination: ClusterId) -> Result<ForwardCall, WeftError> {
         let me = &self.fabric.me;
         let mut federation_path = self.federation_path.clone();
         let mut hop_budget = self.hop_budget;
         let crossing = link.remote.cluster != me.cluster;
+        let policy = self.fabric.policy();
         if crossing {
-            let policy = self.fabric.policy();
             let verdict = self.fabric.decide(Point::CallOrigin, policy.peer(&link.remote.cluster, Some(link.node())));
             if !verdict.allowed {
                 return Err(verdict.to_error(&link.remote.cluster));
             }
-            let beyond = self.fabric.route_path(&destination).unwrap_or_default();
-            for cluster in beyond.iter().chain([&destination]).filter(|c| **c != link.remote.cluster) {
+        }
+        if destination != me.cluster {
+            let route = if crossing {
+                self.fabric.route_path(&destination)
+            } else {
+                self.fabric.relay_path(link.node(), &destination)
+            };
+            let beyond = route.unwrap_or_default();
+            let others =
+                beyond.iter().chain([&destination]).filter(|c| **c != link.remote.cluster && **c != me.cluster);
+            for cluster in others {
                 let verdict = policy.peer(cluster, None);
                 if !verdict.allowed {
                     return Err(self.fabric.decide(Point::CallOrigin, verdict).to_error(cluster));
                 }
             }
+        }
+        if crossing {
             federation_path.push(me.cluster.clone());
             if hop_budget == 0 {
                 let path: Vec<&str> = federation_path.iter().map(ClusterId::as_str).collect();
@@ -823,9 +835,7 @@ pub(crate) fn local_catalog(
         resources.extend(source.resources.iter().cloned());
         resources.sort();
         resources.dedup();
-        let audience = plugin
-            .foreign_clusters
-            .as_ref()
+        let audience = weft_runtime::foreign_clusters(&plugin.callers, source.foreign_tenants)
             .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()));
         for f in plugin.functions.iter().filter(|f| !f.local_only) {
             entries.push(CatalogEntry {

@@ -80,6 +80,9 @@ pub(crate) struct PluginSource {
     pub resources: Vec<String>,
     /// `cluster.max_catalog_entries_per_node`, which the local catalog keeps to.
     pub max_entries: usize,
+    /// `routing.security.authenticate_links`: calls may name another
+    /// cluster's tenants, so `TENANT@CLUSTER` callers open a plugin to it.
+    pub foreign_tenants: bool,
 }
 
 /// The plugin reload of `RunningNode::reload_plugins` and `POST /v1/plugins/reload`:
@@ -326,6 +329,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         dir: config.node.plugins.clone(),
         resources: config.node.resources.clone(),
         max_entries: config.cluster.max_catalog_entries_per_node as usize,
+        foreign_tenants: config.routing.security.authenticate_links,
     };
     let start_config = StartConfig::of(&config);
     let large = crate::executor::LargeRequests::new();

@@ -159,19 +159,6 @@ impl Manifest {
         }
     }
 
-    /// The other clusters some of whose callers this plugin admits
-    /// (`cluster:C` or `TENANT@C` in `callers`); None for every cluster
-    /// (`"*"`, which a plugin of the default tenant has without `callers`).
-    pub fn foreign_clusters(&self) -> Option<Vec<String>> {
-        let callers = self.callers();
-        if callers.iter().any(|c| c == ANYONE) {
-            return None;
-        }
-        let cluster =
-            |e: &String| e.strip_prefix(CLUSTER).or_else(|| e.split_once('@').map(|(_, c)| c)).map(str::to_owned);
-        Some(callers.iter().filter_map(cluster).collect())
-    }
-
     /// Whether `caller` may call this plugin. Anonymous callers pass only
     /// "*"; a tenant passes "*" or its name; a call from another cluster
     /// passes "*" or "cluster:" + that cluster, and a tenant of that
@@ -214,6 +201,22 @@ impl Manifest {
     pub fn effective_limits(&self, base: &Limits) -> Limits {
         base.lowered_by(&self.limits)
     }
+}
+
+/// The other clusters some of whose callers a plugin with these `callers`
+/// admits: `cluster:C`, and `TENANT@C` where `foreign_tenants` (links
+/// prove their cluster, so a call can name another cluster's tenant);
+/// None for every cluster (`"*"`, which a plugin of the default tenant has
+/// without `callers`).
+pub fn foreign_clusters(callers: &[String], foreign_tenants: bool) -> Option<Vec<String>> {
+    if callers.iter().any(|c| c == ANYONE) {
+        return None;
+    }
+    let cluster = |e: &String| match e.strip_prefix(CLUSTER) {
+        Some(cluster) => Some(cluster.to_owned()),
+        None => e.split_once('@').filter(|_| foreign_tenants).map(|(_, c)| c.to_owned()),
+    };
+    Some(callers.iter().filter_map(cluster).collect())
 }
 
 #[cfg(test)]
@@ -272,12 +275,14 @@ mod tests {
 
     #[test]
     fn the_clusters_a_plugin_is_open_to_follow_its_callers() {
-        let open = |text: &str| Manifest::parse("m.toml", text).unwrap().foreign_clusters();
+        let open = |text: &str| foreign_clusters(&Manifest::parse("m.toml", text).unwrap().callers(), true);
         assert_eq!(open(""), None, "the default tenant's plugin: every cluster");
         assert_eq!(open("callers = [\"*\"]"), None);
         assert_eq!(open("tenant = \"acme\""), Some(vec![]), "a tenant's plugin: none");
         let named = "tenant = \"acme\"\ncallers = [\"acme\", \"cluster:beta\", \"bob@gamma\"]";
         assert_eq!(open(named), Some(vec!["beta".to_owned(), "gamma".to_owned()]));
+        let callers = Manifest::parse("m.toml", named).unwrap().callers();
+        assert_eq!(foreign_clusters(&callers, false), Some(vec!["beta".to_owned()]), "no tenant of gamma can be named");
     }
 
     #[test]

@@ -77,7 +77,6 @@ impl Plugin {
             file: self.file.clone(),
             tenant: self.manifest.tenant().to_owned(),
             callers: self.manifest.callers(),
-            foreign_clusters: self.manifest.foreign_clusters(),
             warm: self.manifest.warm,
             warm_idle: self.warm.len(),
             spares_idle: self.spares.len(),
@@ -116,9 +115,6 @@ pub struct PluginInfo {
     pub tenant: String,
     /// Tenants that may call it ("*": anyone).
     pub callers: Vec<String>,
-    /// The other clusters it is open to (None: every one), for its catalog entries.
-    #[serde(skip)]
-    pub foreign_clusters: Option<Vec<String>>,
     /// Instances kept per caller for reuse (0: a fresh one every call).
     pub warm: u32,
     /// Instances idle in its warm pool now.

@@ -53,6 +53,16 @@ fn routes_are_learnt_one_hop_further_and_exported_onwards_only_with_transit() {
 }
 
 #[test]
+fn a_reloaded_policy_withdraws_the_routes_across_a_cluster_it_refuses_at_once() {
+    let mut t = table();
+    t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"]), ann(&["b", "c"]), ann(&["b", "c", "d"])], ok).unwrap();
+    let changed = t.refuse(T0, |cl| cl.as_str() != "c");
+    assert_eq!(changed, [c("c"), c("d")], "c and everything behind it");
+    assert!(t.best(T0, &c("d")).is_none());
+    assert_eq!(t.best(T0, &c("b")).map(|r| r.hops), Some(1), "b's own route stays");
+}
+
+#[test]
 fn loops_foreign_paths_long_paths_and_refused_clusters_are_dropped() {
     let mut t = RouteTable::new(c("a"), RouteConfig { max_hops: 3, ..RouteConfig::default() });
     let deny_x = |cl: &ClusterId| if cl.as_str() == "x" { Err("blocked".to_owned()) } else { Ok(()) };

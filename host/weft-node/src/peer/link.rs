@@ -603,7 +603,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     }
 
     let entries = fabric.entries();
-    let candidates: Vec<CatalogEntry> = entries
+    let mut candidates: Vec<CatalogEntry> = entries
         .iter()
         .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version && has_locs(e))
         .cloned()
@@ -611,12 +611,15 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     if candidates.is_empty() || elsewhere.is_some() {
         return transit(fabric, link, call, function, version, deadline, &entries).await;
     }
-    let exported = candidates.iter().all(|e| e.exported);
+    // Each node offers its copy on its own manifest's word (during a
+    // rollout they may differ): the call may run on the copies exported.
+    let exported = candidates.iter().any(|e| e.exported);
     let verdict = fabric
         .decide(Point::CallTarget, fabric.policy().call(&link.remote.cluster, Some(link.node()), &function, exported));
     if !verdict.allowed {
         return Err(verdict.to_error(&link.remote.cluster));
     }
+    candidates.retain(|e| e.exported);
     admit_path(fabric, &call.federation_path)?;
     if candidates.is_empty() {
         return Err(WeftError::new(

@@ -332,6 +332,11 @@ impl Fabric {
         self.best_route(cluster, |r| r.path.clone())
     }
 
+    /// The clusters the route to `cluster` that member `via` shares crosses.
+    pub fn relay_path(&self, via: &NodeId, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
+        read(&self.view).routes.member_path(via, cluster).map(<[ClusterId]>::to_vec)
+    }
+
     fn best_route<T>(&self, cluster: &ClusterId, read_it: impl FnOnce(&weft_fabric::Route) -> T) -> Option<T> {
         let view = read(&self.view);
         view.routes.best(view.now(), cluster).map(read_it)
