@@ -424,6 +424,8 @@ async fn plain_http_on_the_websocket_port_is_told_where_to_go() {
     let answer = raw_http(&node.ws, &request).await;
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
     assert!(answer.contains("WebSocket port") && answer.contains("admin port"), "{answer}");
+    let answer = raw_http(&node.ws, "GET /websocket HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 426"), "a path is not an upgrade: {answer}");
     // WebSocket clients on the same port are served as before.
     assert_eq!(node.client().await.call("echo", vec![json!("hi")]).await.unwrap(), json!("hi"));
 }

@@ -364,7 +364,9 @@ async fn refused_plain_http(stream: &mut BufReader<Conn>) -> bool {
         return false;
     };
     let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    if !head.contains("\r\n\r\n") || head.contains("websocket") {
+    // The upgrade header, not any mention (a path like /websocket).
+    let upgrade = head.lines().any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
+    if !head.contains("\r\n\r\n") || upgrade {
         return false;
     }
     let e = WeftError::invalid_request(

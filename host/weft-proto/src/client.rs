@@ -137,9 +137,15 @@ impl Request {
         let Some(obj) = value.as_object() else {
             return Err((None, WeftError::invalid_request("a request must be a JSON object")));
         };
-        match obj.get("role").and_then(Value::as_str) {
-            Some(RPC_ROLE) => {}
-            Some(other) => {
+        match obj.get("role").map(|r| r.as_str().ok_or(r)) {
+            Some(Ok(RPC_ROLE)) => {}
+            Some(Err(other)) => {
+                return Err((
+                    u,
+                    WeftError::invalid_request(format!("\"role\" must be the string \"rpc\", not {other}")),
+                ));
+            }
+            Some(Ok(other)) => {
                 return Err((
                     u,
                     WeftError::invalid_request(format!(
@@ -357,6 +363,8 @@ mod tests {
         let (u, e) = Request::decode(br#"{"u": "z", "cmds": [{"name": "a", "fun": "echo"}]}"#).unwrap_err();
         assert_eq!((u.as_deref(), e.kind), (Some("z"), ErrorKind::INVALID_REQUEST));
         assert!(e.message.contains("missing \"role\""), "{}", e.message);
+        let (_, e) = Request::decode(br#"{"role": 1, "u": "z"}"#).unwrap_err();
+        assert!(e.message.contains("\"role\" must be the string \"rpc\", not 1"), "{}", e.message);
         let (u, e) = Request::decode(br#"{"role": "rpc", "u": "y"}"#).unwrap_err();
         assert_eq!(u.as_deref(), Some("y"));
         assert!(e.message.contains("cmds"), "{}", e.message);
