@@ -66,6 +66,10 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     assert_eq!((code, out.trim()), (0, "\"hi\""));
     let (code, out, _) = weft(&["call", "--node", &node.ws, "add", "40", "2"]);
     assert_eq!((code, out.trim()), (0, "42"));
+    let (code, _, err) = weft(&["call", "--node", &node.ws, "echo", "42"]);
+    assert!(code != 0 && err.contains(r#"'"42"'"#), "{err}");
+    let (code, out, _) = weft(&["call", "--node", &node.ws, "echo", r#""42""#]);
+    assert_eq!((code, out.trim()), (0, r#""42""#));
     // An empty variable counts as unset: no token, not an empty one.
     let out =
         Command::new(WEFT).args(["call", "--node", &node.ws, "echo", "x"]).env("WEFT_TOKEN", "").output().unwrap();

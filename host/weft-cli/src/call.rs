@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 use weft_client::Client;
-use weft_proto::{Command, Request};
+use weft_proto::{Command, ErrorKind, Request};
 
 #[derive(Args)]
 pub struct CallArgs {
@@ -104,6 +104,12 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("{}: {}", e.kind, e.message);
+            // Arguments are read as JSON, so `42` is a number, not text.
+            let text_expected =
+                e.message.contains("expected string, got number") || e.message.contains("expected string, got boolean");
+            if single && e.kind == ErrorKind::INVALID_ARGUMENTS && text_expected {
+                eprintln!("(each argument is read as JSON: quote a number or boolean meant as text, as in '\"42\"')");
+            }
             Ok(ExitCode::FAILURE)
         }
     }

@@ -191,8 +191,8 @@ impl Plan {
                         let names: Vec<&str> = sources.iter().map(|(i, _)| self.steps[i.0].name.as_str()).collect();
                         let e = mismatch(function, m);
                         let mut hint = format!("; it holds the result of {}", names.join(", "));
-                        if let Some((by_name, _)) = sources.iter().find(|(_, by_name)| *by_name) {
-                            let name = &self.steps[by_name.0].name;
+                        if let Some((step, _)) = sources.iter().find(|(_, by_name)| *by_name) {
+                            let name = &self.steps[step.0].name;
                             hint += &format!(
                                 " (a string that names a command stands for its result: write {{\"$lit\": \"{name}\"}} for the text itself)"
                             );

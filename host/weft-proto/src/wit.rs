@@ -523,14 +523,7 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
                 _ => Err(fail("char (a one-character string)".into())),
             }
         }
-        WitType::String => {
-            let expected = || match v {
-                // A number or boolean meant as text: say how to write it.
-                Value::Number(_) | Value::Bool(_) => format!("string (text in quotes: \"{v}\")"),
-                _ => "string".into(),
-            };
-            scalar(Scalar::String(v.as_str().ok_or_else(|| fail(expected()))?))
-        }
+        WitType::String => scalar(Scalar::String(v.as_str().ok_or_else(|| fail("string".into()))?)),
         WitType::List { element } => {
             let items = v.as_array().ok_or_else(|| fail(format!("{ty} (an array)")))?;
             let items = items.iter().enumerate().map(|(i, x)| walk(x, element, At::Index(&at, i), b));
