@@ -172,6 +172,29 @@ async fn guest_output_floods_are_bounded_and_guest_text_cannot_forge_log_records
     assert_still_serving(&node).await;
 }
 
+/// Many calls, each within its own log budget (100 lines), together get at
+/// most 1000 records a second of the node's log for their plugin.
+#[tokio::test]
+async fn a_plugins_log_records_are_bounded_per_second_over_all_its_calls() {
+    let node = TestNode::start(NodeSpec::default());
+    let client = node.client().await;
+    let started = std::time::Instant::now();
+    let calls = (0..30).map(|_| client.call("shout", vec![json!("rate-marker\n"), json!(100)]));
+    for result in futures_util::future::join_all(calls).await {
+        assert_eq!(result.unwrap(), Value::Null);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let log = support::eventually("the dropped-output warnings", std::time::Duration::from_secs(5), async || {
+        let log = node.stderr();
+        log.contains("records a second").then_some(log)
+    })
+    .await;
+    // 30 x 100 lines of stdout (and 30 log calls) were written.
+    let kept = log.lines().filter(|l| l.contains("rate-marker") && l.contains("weft::guest")).count() as f64;
+    assert!(kept <= 1000.0 * (1.0 + seconds) + 1.0, "{kept} records in {seconds:.2} s");
+    assert_still_serving(&node).await;
+}
+
 /// A guest that hands back a value the host cannot read, or exits instead
 /// of returning, is the guest's fault, and the error says which.
 #[tokio::test]

@@ -10,7 +10,7 @@ use weft_proto::wit::FunctionSig;
 use crate::cache::CompileSource;
 use crate::config::Limits;
 use crate::manifest::{Capability, Manifest};
-use crate::sandbox::SandboxState;
+use crate::sandbox::{LogRate, SandboxState};
 use crate::units::format_size;
 use crate::warm::{Spares, WarmPool};
 
@@ -31,6 +31,8 @@ pub(crate) struct Plugin {
     /// Idle instances kept for reuse (manifest `warm`); they go with the plugin.
     pub(crate) warm: WarmPool,
     pub(crate) spares: Spares,
+    /// Log records its calls may still write this second.
+    pub(crate) log_rate: Arc<LogRate>,
 }
 
 #[derive(Clone)]
@@ -63,6 +65,7 @@ impl Plugin {
             fingerprint: self.fingerprint,
             warm: WarmPool::default(),
             spares: Spares::default(),
+            log_rate: self.log_rate.clone(),
         }
     }
 

@@ -18,7 +18,7 @@ use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
-use crate::sandbox::{self, CallOutput, SandboxState};
+use crate::sandbox::{self, CallOutput, GUEST_LOG_RATE, SandboxState};
 use crate::slots::{Slot, Slots};
 use crate::warm::{SparePlace, Spares, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
@@ -309,6 +309,7 @@ impl Runtime {
             fingerprint: fingerprint(wasm, manifest_text),
             warm: WarmPool::default(),
             spares: Spares::default(),
+            log_rate: Arc::default(),
         };
         tracing::info!(plugin = %label, file, functions = plugin.functions.len(), ?source, compile_ms, "plugin loaded");
         Ok(plugin)
@@ -559,7 +560,7 @@ impl Runtime {
         let outcome = tokio::time::timeout_at((deadline + BACKSTOP).into(), run).await;
         let memory_hit = store.data().limiter.hit;
         let dropped_logs = store.data().dropped_log_lines();
-        emit_output(&plugin.label, &function.name, &output, dropped_logs, self.config.max_log_lines);
+        emit_output(&plugin, &function.name, &output, dropped_logs, self.config.max_log_lines);
         // Only an instance whose call finished cleanly is kept; the rest
         // (traps, timeouts) go back to the pool with their store (`retire`).
         let results = match outcome {
@@ -764,6 +765,7 @@ impl StoreMaker {
             plugin.manifest.grants(Capability::Log),
             self.output_bytes,
             who,
+            plugin.log_rate.clone(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -948,23 +950,33 @@ fn convert_args(qualified: &str, sig: &weft_proto::FunctionSig, args: &[Value]) 
 /// Logs a call's captured stdout and stderr, each line a record, at most
 /// `max_lines` of each (the budget of the log import): 64 KiB of newlines
 /// would otherwise be 65,536 records.
-fn emit_output(label: &str, function: &str, output: &CallOutput, (dropped_logs, denied): (u32, bool), max_lines: u32) {
+fn emit_output(
+    plugin: &Plugin,
+    function: &str,
+    output: &CallOutput,
+    (dropped_logs, denied): (u32, bool),
+    max_lines: u32,
+) {
+    let label = &*plugin.label;
     for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let (text, dropped) = capture.take();
         let mut lines = text.lines();
         for line in lines.by_ref().take(max_lines as usize) {
+            if !plugin.log_rate.admits() {
+                break;
+            }
             let line = sandbox::log_line(line);
             tracing::info!(target: "weft::guest", plugin = label, function, stream, "{line}");
         }
         let dropped_lines = lines.count();
         if dropped > 0 || dropped_lines > 0 {
-            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped_bytes = dropped, dropped_lines, "guest output over the per-call limit was dropped");
+            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped_bytes = dropped, dropped_lines, "guest output over the per-call limit, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped");
         }
     }
     if dropped_logs > 0 && denied {
         tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines dropped: the plugin's manifest does not grant the log capability");
     } else if dropped_logs > 0 {
-        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines over the per-call limit were dropped");
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines over the per-call limit, or over the plugin's {GUEST_LOG_RATE} records a second, were dropped");
     }
 }
 

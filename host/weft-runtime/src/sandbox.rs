@@ -59,6 +59,7 @@ impl SandboxState {
         log_allowed: bool,
         output_bytes: usize,
         who: Arc<str>,
+        log_rate: Arc<LogRate>,
     ) -> (Self, CallOutput) {
         let out = CallOutput { stdout: OutputCapture::new(output_bytes), stderr: OutputCapture::new(output_bytes) };
         let state = Self {
@@ -71,7 +72,7 @@ impl SandboxState {
                 hit: None,
             },
             deadline,
-            log: LogBudget { who, allowed: log_allowed, left: log_lines, dropped: 0 },
+            log: LogBudget { who, allowed: log_allowed, left: log_lines, dropped: 0, rate: log_rate },
         };
         (state, out)
     }
@@ -151,13 +152,38 @@ struct LogBudget {
     allowed: bool,
     left: u32,
     dropped: u32,
+    rate: Arc<LogRate>,
+}
+
+/// Guest log records (log calls and lines of output) one plugin may write
+/// per second, over all its calls together. The per-call budget alone
+/// leaves a request of many commands, or many callers, free to flood the
+/// node's log.
+pub(crate) const GUEST_LOG_RATE: u32 = 1000;
+
+/// One plugin's share of the node's log: `GUEST_LOG_RATE` records a second,
+/// with bursts of as many.
+pub(crate) struct LogRate(governor::DefaultDirectRateLimiter);
+
+impl Default for LogRate {
+    fn default() -> Self {
+        let per_second = std::num::NonZeroU32::new(GUEST_LOG_RATE).unwrap_or(std::num::NonZeroU32::MIN);
+        Self(governor::RateLimiter::direct(governor::Quota::per_second(per_second)))
+    }
+}
+
+impl LogRate {
+    /// Whether one more record fits now.
+    pub(crate) fn admits(&self) -> bool {
+        self.0.check().is_ok()
+    }
 }
 
 const MAX_LOG_LINE: usize = 4096;
 
 impl log::Host for SandboxState {
     fn log(&mut self, level: Level, message: String) {
-        if !self.log.allowed || self.log.left == 0 {
+        if !self.log.allowed || self.log.left == 0 || !self.log.rate.admits() {
             self.log.dropped = self.log.dropped.saturating_add(1);
             return;
         }
