@@ -473,6 +473,8 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
     let fail = |expected: String| Mismatch { path: at.to_string(), expected, found: describe(v) };
     let int = |min: i128, max: i128| -> Result<i128, Mismatch> {
         let n = match v {
+            // JSON `-0` is an integer, which serde_json keeps as the float -0.0.
+            Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => Some(0),
             Value::Number(n) => n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)),
             Value::String(s) => s.trim().parse::<i128>().ok(),
             _ => None,

@@ -113,6 +113,14 @@ fn sixty_four_bit_integers_may_come_as_decimal_strings() {
 }
 
 #[test]
+fn minus_zero_is_the_integer_zero() {
+    let minus_zero: Value = serde_json::from_str("-0").unwrap();
+    assert_eq!(from_json(&minus_zero, &WitType::U8, "n").unwrap(), WitValue::U8(0));
+    assert_eq!(from_json(&minus_zero, &WitType::S64, "n").unwrap(), WitValue::S64(0));
+    assert!(from_json(&json!(0.5), &WitType::S64, "n").is_err());
+}
+
+#[test]
 fn mismatches_name_the_path_and_the_expected_type() {
     let err = from_json(&json!("x"), &WitType::S64, "a").unwrap_err();
     assert_eq!(err.path, "a");
