@@ -91,6 +91,9 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     let (code, out, _) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"b": "X!"}));
+    write(&file, r#"{"cmds": [{"name": 1, "fun": "upper"}]}"#);
+    let (code, _, err) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("cmds[0]") && err.contains("name"), "{err}");
 
     let (code, out, _) = weft(&["catalog", "--node", &node.admin_url]);
     assert_eq!(code, 0);

@@ -64,7 +64,10 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
                 obj.entry("role").or_insert("rpc".into());
                 obj.entry("u").or_insert("cli".into());
             }
-            serde_json::from_value::<Request>(req).with_context(|| format!("{} is not a request", path.display()))?
+            // Decoded as the node decodes it, so a problem names its command and field.
+            let bytes = serde_json::to_vec(&req)?;
+            Request::decode(&bytes)
+                .map_err(|(_, e)| anyhow::anyhow!("{} is not a request: {}", path.display(), e.message))?
         }
         None => {
             let fun = a.function.clone().unwrap_or_default();
