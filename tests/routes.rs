@@ -401,6 +401,9 @@ async fn a_transit_cluster_carries_a_call_only_where_the_origin_sent_it() {
         (1, json!([]), "delta", "INVALID_REQUEST"),
         (2, json!(["alpha"]), "gamma", "NO_ROUTE"),
         (3, json!(["alpha"]), "delta", "HI"),
+        // alpha announced beta no route to gamma: it cannot be carrying
+        // gamma's call, so the path is made up.
+        (4, json!(["gamma", "alpha"]), "delta", "POLICY_DENIED"),
     ] {
         let call = json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["hi"],
             "deadline_ms": 5000, "routing_path": ["alpha9"], "federation_path": path, "hop_budget": 4,

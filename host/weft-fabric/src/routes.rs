@@ -407,6 +407,12 @@ impl RouteTable {
         }
     }
 
+    /// Whether neighbour `via` announced a route to `destination` (held
+    /// down or not): then it carries traffic between here and there.
+    pub fn leads_through(&self, via: &NodeId, destination: &ClusterId) -> bool {
+        self.routes.get(destination).is_some_and(|by| by.contains_key(via))
+    }
+
     /// The best eligible route to `destination`.
     pub fn best(&self, now: Millis, destination: &ClusterId) -> Option<&Route> {
         self.routes.get(destination)?.values().filter(|r| !r.held(now)).min_by(|a, b| a.rank().cmp(&b.rank()))
@@ -537,23 +543,46 @@ impl RouteTable {
             return out;
         }
         let offered = self.config.neighbours.get(to).and_then(|r| r.export.as_ref());
-        let own = self.winners(now).into_values().map(|r| self.onwards(r, ttl_ms));
-        let members = self.members.values().flatten().map(|a| Announcement { ttl_ms, ..a.clone() });
+        let best = self.best_ways(now, |a| a.path.contains(to) || offered.is_some_and(|l| !l.contains(&a.destination)));
+        out.extend(best.into_values().map(|(a, _)| Announcement { ttl_ms, ..a }));
+        out
+    }
+
+    /// For each destination, the node a call there goes to next: the bridge
+    /// peer of this node's best route, or the member whose shared route is
+    /// better. The same choice as `exports`, so calls take the way this
+    /// cluster announces.
+    pub fn next_hops(&self, now: Millis) -> BTreeMap<ClusterId, NodeId> {
+        self.best_ways(now, |_| false).into_iter().map(|(d, (_, via))| (d, via)).collect()
+    }
+
+    /// Each destination's best of this node's and its members' routes not
+    /// `skipped`, as this cluster announces it (this node's own on a tie),
+    /// with the node it leads through.
+    fn best_ways(
+        &self,
+        now: Millis,
+        skipped: impl Fn(&Announcement) -> bool,
+    ) -> BTreeMap<ClusterId, (Announcement, NodeId)> {
+        let own = self.winners(now).into_values().map(|r| {
+            let via = r.via.clone();
+            (self.onwards(r, None), via)
+        });
+        let members = self.members.iter().flat_map(|(m, shared)| shared.iter().map(|a| (a.clone(), m.clone())));
         let rank = |a: &Announcement| (a.hops, a.latency_us / LATENCY_BUCKET_US, std::cmp::Reverse(a.reliability));
-        let mut best: BTreeMap<ClusterId, Announcement> = BTreeMap::new();
-        for a in own.chain(members) {
-            if a.path.contains(to) || offered.is_some_and(|list| !list.contains(&a.destination)) {
+        let mut best: BTreeMap<ClusterId, (Announcement, NodeId)> = BTreeMap::new();
+        for (a, via) in own.chain(members) {
+            if skipped(&a) {
                 continue;
             }
             match best.get(&a.destination) {
-                Some(held) if rank(held) <= rank(&a) => {}
+                Some((held, _)) if rank(held) <= rank(&a) => {}
                 _ => {
-                    best.insert(a.destination.clone(), a);
+                    best.insert(a.destination.clone(), (a, via));
                 }
             }
         }
-        out.extend(best.into_values());
-        out
+        best
     }
 
     /// A route of this node as this cluster announces it.

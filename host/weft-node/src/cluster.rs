@@ -782,7 +782,7 @@ impl ClusterTask {
                 }
             }
         }
-        let next_hops = self.routes.winners(now).into_iter().map(|(d, r)| (d, r.via)).collect();
+        let next_hops = self.routes.next_hops(now);
         self.fabric.publish(ClusterView {
             entries: Arc::new(entries),
             members,

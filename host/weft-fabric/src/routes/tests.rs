@@ -53,6 +53,21 @@ fn routes_are_learnt_one_hop_further_and_exported_onwards_only_with_transit() {
 }
 
 #[test]
+fn calls_go_the_way_the_cluster_announces_through_a_member_when_its_route_is_better() {
+    let mut t = table();
+    t.update(T0, &n("g1"), &c("g"), 1, vec![ann(&["g"]), ann(&["g", "d"])], ok).unwrap();
+    assert_eq!(t.next_hops(T0).get(&c("d")), Some(&n("g1")));
+    // Member a2 bridges d itself: one crossing instead of two.
+    assert!(t.set_member_routes(&n("a2"), vec![ann(&["a", "d"])]));
+    assert_eq!(t.next_hops(T0).get(&c("d")), Some(&n("a2")), "the way announced is the way taken");
+    let announced = t.exports(T0, &c("x"), true);
+    let to_d = announced.iter().find(|a| a.destination == c("d")).unwrap();
+    assert_eq!(to_d.path, vec![c("a"), c("d")]);
+    assert_eq!(t.next_hops(T0).get(&c("g")), Some(&n("g1")));
+    assert!(t.leads_through(&n("g1"), &c("d")) && !t.leads_through(&n("a2"), &c("d")), "members announce nothing");
+}
+
+#[test]
 fn a_reloaded_policy_withdraws_the_routes_across_a_cluster_it_refuses_at_once() {
     let mut t = table();
     t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"]), ann(&["b", "c"]), ann(&["b", "c", "d"])], ok).unwrap();

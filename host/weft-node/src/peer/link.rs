@@ -524,12 +524,30 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         // Each cluster appends itself as a call leaves it, so the path must
         // end with the neighbour's: otherwise the neighbour hides where the
         // call started, and so who may make it.
+        let said = || call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
         if call.federation_path.last() != Some(&link.remote.cluster) {
-            let said = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
             return Err(WeftError::invalid_request(format!(
-                "a call from cluster {} must carry a federation path that ends with it (got [{said}])",
-                link.remote.cluster
+                "a call from cluster {} must carry a federation path that ends with it (got [{}])",
+                link.remote.cluster,
+                said()
             )));
+        }
+        // A call that started further away came through the neighbour as
+        // transit, which the neighbour offers only where it announced a
+        // route: without one, the path (and so the caller) is made up.
+        let started = &call.federation_path[0];
+        if *started != link.remote.cluster && !fabric.leads_through(link.node(), started) {
+            return Err(WeftError::new(
+                ErrorKind::POLICY_DENIED,
+                format!(
+                    "node {} of cluster {} announced no route to cluster {started}, so it carries no call from there (federation path {})",
+                    link.node(),
+                    link.remote.cluster,
+                    said()
+                ),
+            )
+            .with("rule", "path")
+            .with("federation_path", said()));
         }
         let authenticated = fabric.links_authenticated();
         call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
@@ -564,6 +582,10 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     // Meant for another cluster: never run a same-named function of this one.
     let elsewhere = call.target_cluster.as_ref().filter(|c| **c != me.cluster).cloned();
     if link.remote.cluster == me.cluster {
+        // A call from another cluster that a member passes on is decided
+        // here too: during a rolling reload this node's policy may be the
+        // stricter one.
+        admit_path(fabric, &call.federation_path)?;
         // A member relays a foreign function through this node's bridge.
         let entries = fabric.entries();
         let foreign: Vec<CatalogEntry> = entries

@@ -332,6 +332,11 @@ impl Fabric {
         self.best_route(cluster, |r| r.path.clone())
     }
 
+    /// Whether bridge peer `via` announced this node a route to `cluster`.
+    pub fn leads_through(&self, via: &NodeId, cluster: &ClusterId) -> bool {
+        read(&self.view).routes.leads_through(via, cluster)
+    }
+
     /// The clusters the route to `cluster` that member `via` shares crosses.
     pub fn relay_path(&self, via: &NodeId, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
         read(&self.view).routes.member_path(via, cluster).map(<[ClusterId]>::to_vec)
