@@ -126,7 +126,7 @@ async fn reload(node: &weft_node::RunningNode) {
         Ok(report) => tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, "plugins reloaded (SIGHUP)"),
         Err(e) => tracing::info!(reason = %e, "plugins not reloaded"),
     }
-    match node.reload_federation() {
+    match node.reload_federation().await {
         Ok(summary) => tracing::info!(%summary, "federation policy reloaded (SIGHUP)"),
         Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
     }

@@ -245,7 +245,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             None => starting(),
         },
         (&Method::POST, "/v1/federation/reload") => match executor {
-            Some(e) => match crate::node::reload_federation(e.fabric(), &ctx.start_config) {
+            Some(e) => match crate::node::reload_federation(e.fabric().clone(), ctx.start_config.clone()).await {
                 Ok(summary) => json_response(StatusCode::OK, &summary),
                 Err(err) => error_response(
                     StatusCode::BAD_REQUEST,

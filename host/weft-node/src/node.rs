@@ -130,8 +130,20 @@ impl StartConfig {
     }
 }
 
-/// The policy reload of `RunningNode::reload_federation` and `POST /v1/federation/reload`.
-pub(crate) fn reload_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::Value, crate::ConfigError> {
+/// The policy reload of `RunningNode::reload_federation` and `POST
+/// /v1/federation/reload`, off the async workers: applying tenants' limits
+/// waits for a plugin reload in progress, which may be compiling for as
+/// long as `limits.compile_timeout`.
+pub(crate) async fn reload_federation(
+    fabric: Arc<Fabric>,
+    start: Arc<StartConfig>,
+) -> Result<serde_json::Value, crate::ConfigError> {
+    tokio::task::spawn_blocking(move || apply_federation(&fabric, &start)).await.unwrap_or_else(|e| {
+        Err(crate::ConfigError { file: "(reload)".into(), problems: vec![format!("the reload failed: {e}")] })
+    })
+}
+
+fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::Value, crate::ConfigError> {
     let Some(path) = start.source.as_deref() else {
         return Err(crate::ConfigError {
             file: "(none)".into(),
@@ -211,8 +223,8 @@ impl RunningNode {
     /// Reads the federation section of the config file again and applies it:
     /// links the new policy refuses are closed, and what crosses bridges is
     /// offered and imported anew.
-    pub fn reload_federation(&self) -> Result<serde_json::Value, crate::ConfigError> {
-        reload_federation(&self.fabric, &self.start_config)
+    pub async fn reload_federation(&self) -> Result<serde_json::Value, crate::ConfigError> {
+        reload_federation(self.fabric.clone(), self.start_config.clone()).await
     }
 
     /// Reads the plugins folder again: new and changed files are loaded,

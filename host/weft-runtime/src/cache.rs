@@ -89,6 +89,9 @@ fn store(artifact: &[u8], path: &Path) -> std::io::Result<()> {
     }
     // Write then rename so a concurrent reader never sees half a file.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, artifact)?;
-    std::fs::rename(&tmp, path)
+    let stored = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, path));
+    if stored.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    stored
 }

@@ -43,14 +43,17 @@ impl Default for CompileLimits {
 pub fn child_main() -> Option<ExitCode> {
     let mut args = std::env::args();
     if args.nth(1).as_deref() != Some(CHILD_ARG) {
-        if let Ok(program) = std::env::current_exe() {
+        // This process's own binary even if its file is replaced (an
+        // upgrade in place) or deleted while the node runs.
+        let own = PathBuf::from("/proc/self/exe");
+        if let Some(program) = own.exists().then_some(own).or_else(|| std::env::current_exe().ok()) {
             let _ = CHILD_PROGRAM.set(program);
         }
         return None;
     }
     let number = |arg: Option<String>| arg.and_then(|a| a.parse::<u64>().ok());
     let (Some(memory), Some(cpu_seconds)) = (number(args.next()), number(args.next())) else {
-        eprintln!("usage: {CHILD_ARG} MEMORY_BYTES CPU_SECONDS < component.wasm > artifact");
+        eprintln!("usage: weft {CHILD_ARG} MEMORY_BYTES CPU_SECONDS < component.wasm > artifact");
         return Some(ExitCode::FAILURE);
     };
     if let Err(e) = limit_self(memory, cpu_seconds) {
@@ -73,9 +76,14 @@ pub fn child_main() -> Option<ExitCode> {
     })
 }
 
-/// Caps this process's data (heap and stacks) and CPU time.
+/// Caps this process's data (heap and stacks) and CPU time, and makes it
+/// end with the node (a node killed mid-compile leaves no compiler behind).
 #[allow(unsafe_code)]
 fn limit_self(memory: u64, cpu_seconds: u64) -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointer.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     for (resource, value) in [(libc::RLIMIT_DATA, memory), (libc::RLIMIT_CPU, cpu_seconds)] {
         let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
         // SAFETY: setrlimit reads the struct it is given and nothing else.
@@ -103,6 +111,9 @@ fn compile_in_child(program: &PathBuf, wasm: &[u8], limits: &CompileLimits) -> R
     let cpu_seconds = limits.timeout.as_secs().saturating_add(1).saturating_mul(threads);
     let mut child = Command::new(program)
         .args([CHILD_ARG.to_owned(), limits.memory_bytes.to_string(), cpu_seconds.to_string()])
+        // A backtrace printed while out of memory can deadlock the child.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -147,7 +158,7 @@ fn compile_in_child(program: &PathBuf, wasm: &[u8], limits: &CompileLimits) -> R
         return artifact.map_err(|e| format!("cannot read the compiled component: {e}"));
     }
     let errors = errors.trim();
-    if errors.contains("memory allocation of") {
+    if errors.contains("memory allocation of") || errors.contains("out of memory") {
         return Err(format!(
             "compiling needed more than limits.compile_memory ({}); the component may be built to exhaust the compiler, or raise the limit",
             crate::units::format_size(limits.memory_bytes)
