@@ -519,11 +519,10 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
         }
     };
     let (decoded, turn) = ctx.large.decode(body.into()).await;
-    let response = match decoded {
-        Ok(mut request) => match ctx.executor.get() {
+    // A token in the body wins over the header.
+    let response = match crate::executor::with_bearer(decoded, &bearer, &ctx.metrics) {
+        Ok(request) => match ctx.executor.get() {
             Some(executor) => {
-                // A token in the body wins over the header.
-                request.token = request.token.or(bearer);
                 // hyper drops this future when the client goes away: count it then.
                 let mut waiting = Abandoned(Some(&ctx.metrics));
                 let response = ctx.calls.track_future(executor.execute(request)).await;
@@ -533,10 +532,7 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             }
             None => return starting(),
         },
-        Err((u, e)) => {
-            ctx.metrics.record_error(e.kind);
-            Response::err(u.unwrap_or_default(), &e)
-        }
+        Err(refused) => refused,
     };
     let (text, error) = crate::executor::encode(response, ctx.max_body, &ctx.metrics);
     let status = error.map_or(StatusCode::OK, status_of);

@@ -764,6 +764,27 @@ impl LargeRequests {
     }
 }
 
+/// A decoded request, with the connection's token (from the upgrade or
+/// the HTTP header) if it carries none; or, when it could not be decoded, its error answer (counted).
+pub(crate) fn with_bearer(
+    decoded: Result<Request, (Option<String>, WeftError)>,
+    bearer: &Option<String>,
+    metrics: &Metrics,
+) -> Result<Request, Response> {
+    match decoded {
+        Ok(mut request) => {
+            if request.token.is_none() {
+                request.token.clone_from(bearer);
+            }
+            Ok(request)
+        }
+        Err((u, e)) => {
+            metrics.record_error(e.kind);
+            Err(Response::err(u.unwrap_or_default(), &e))
+        }
+    }
+}
+
 /// `response` as JSON text, with the kind of its error if it has one. A
 /// response over `max_frame` (more than this node would take, so more than
 /// a client is bound to read) becomes the request's failure instead.

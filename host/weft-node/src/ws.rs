@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
 
-use crate::executor::{Executor, LARGE_REQUEST};
+use crate::executor::{Executor, LARGE_REQUEST, with_bearer};
 use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
 use crate::peer::PeerMsg;
@@ -209,17 +209,10 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
             continue;
         }
-        let reply = move |executor: &Executor, response: Response| -> Message { reply(executor, response, binary) };
-        let request = match Request::decode(&bytes) {
-            Ok(mut r) => {
-                if r.token.is_none() {
-                    r.token.clone_from(&bearer);
-                }
-                r
-            }
-            Err((u, e)) => {
-                ctx.metrics.record_error(e.kind);
-                let answer = reply(&ctx.executor, Response::err(u.unwrap_or_default(), &e));
+        let request = match with_bearer(Request::decode(&bytes), &bearer, &ctx.metrics) {
+            Ok(request) => request,
+            Err(refused) => {
+                let answer = reply(&ctx.executor, refused, binary);
                 if write_replies(&mut sink, answer, &mut replies, ctx.write_timeout).await.is_err() {
                     client_left = true;
                     break;
@@ -238,7 +231,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             ctx.metrics.record_error(e.kind);
             if write_replies(
                 &mut sink,
-                reply(&ctx.executor, Response::err(request.u, &e)),
+                reply(&ctx.executor, Response::err(request.u, &e), binary),
                 &mut replies,
                 ctx.write_timeout,
             )
@@ -254,7 +247,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let call = async move {
             let response = executor.execute(request).await;
             drop(permit);
-            reply(&executor, response)
+            reply(&executor, response, binary)
         };
         if inline.is_none() && calls.is_empty() {
             inline = Some(Box::pin(call));
@@ -310,17 +303,9 @@ async fn large_request(
     replies: mpsc::Sender<Message>,
 ) {
     let (decoded, turn) = ctx.large.decode(bytes).await;
-    let response = match decoded {
-        Ok(mut request) => {
-            if request.token.is_none() {
-                request.token = bearer;
-            }
-            ctx.executor.execute(request).await
-        }
-        Err((u, e)) => {
-            ctx.metrics.record_error(e.kind);
-            Response::err(u.unwrap_or_default(), &e)
-        }
+    let response = match with_bearer(decoded, &bearer, &ctx.metrics) {
+        Ok(request) => ctx.executor.execute(request).await,
+        Err(refused) => refused,
     };
     drop((permit, turn));
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;

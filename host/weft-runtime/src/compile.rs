@@ -11,7 +11,7 @@
 //! this process, unbounded.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
@@ -104,7 +104,7 @@ pub(crate) fn compile(engine: &Engine, wasm: &[u8], limits: &CompileLimits) -> R
     }
 }
 
-fn compile_in_child(program: &PathBuf, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, String> {
+fn compile_in_child(program: &Path, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, String> {
     // CPU time is only a backstop for a child the node can no longer kill;
     // the wall-clock timeout below is the limit that applies.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
