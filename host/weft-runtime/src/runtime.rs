@@ -262,13 +262,7 @@ impl Runtime {
         let started = Instant::now();
         let (component, source) =
             cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm, &self.config.compile)
-                .map_err(|e| {
-                    if e.contains("component model async") {
-                    format!("it uses `stream`, `future` or `error-context`, which Weft does not support; export functions without them ({e})")
-                } else {
-                    format!("cannot compile the component: {e}")
-                }
-            })?;
+                .map_err(compile_failure)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
@@ -782,6 +776,17 @@ impl StoreMaker {
     }
 }
 
+/// Why a component did not compile, as a plugin author can act on it.
+fn compile_failure(e: String) -> String {
+    if e.contains("component model async") {
+        format!(
+            "it uses `stream`, `future` or `error-context`, which Weft does not support; export functions without them ({e})"
+        )
+    } else {
+        format!("cannot compile the component: {e}")
+    }
+}
+
 /// A component whose memory starts larger than its sandbox's limit could
 /// never be instantiated: refused at load, rather than every call failing.
 fn fits_memory_limit(component: &Component, limits: &Limits) -> Result<(), String> {
@@ -961,14 +966,17 @@ fn emit_output(
     for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let (text, dropped) = capture.take();
         let mut lines = text.lines();
+        // The line the plugin's log rate turned away is dropped too.
+        let mut refused = 0;
         for line in lines.by_ref().take(max_lines as usize) {
             if !plugin.log_rate.admits() {
+                refused = 1;
                 break;
             }
             let line = sandbox::log_line(line);
             tracing::info!(target: "weft::guest", plugin = label, function, stream, "{line}");
         }
-        let dropped_lines = lines.count();
+        let dropped_lines = lines.count() + refused;
         if dropped > 0 || dropped_lines > 0 {
             tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped_bytes = dropped, dropped_lines, "guest output over the per-call limit, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped");
         }
