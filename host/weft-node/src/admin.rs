@@ -532,7 +532,7 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             }
             None => return starting(),
         },
-        Err(refused) => refused,
+        Err(refused) => *refused,
     };
     let (text, error) = crate::executor::encode(response, ctx.max_body, &ctx.metrics);
     let status = error.map_or(StatusCode::OK, status_of);

@@ -770,7 +770,7 @@ pub(crate) fn with_bearer(
     decoded: Result<Request, (Option<String>, WeftError)>,
     bearer: &Option<String>,
     metrics: &Metrics,
-) -> Result<Request, Response> {
+) -> Result<Request, Box<Response>> {
     match decoded {
         Ok(mut request) => {
             if request.token.is_none() {
@@ -780,7 +780,7 @@ pub(crate) fn with_bearer(
         }
         Err((u, e)) => {
             metrics.record_error(e.kind);
-            Err(Response::err(u.unwrap_or_default(), &e))
+            Err(Box::new(Response::err(u.unwrap_or_default(), &e)))
         }
     }
 }

@@ -212,7 +212,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let request = match with_bearer(Request::decode(&bytes), &bearer, &ctx.metrics) {
             Ok(request) => request,
             Err(refused) => {
-                let answer = reply(&ctx.executor, refused, binary);
+                let answer = reply(&ctx.executor, *refused, binary);
                 if write_replies(&mut sink, answer, &mut replies, ctx.write_timeout).await.is_err() {
                     client_left = true;
                     break;
@@ -305,7 +305,7 @@ async fn large_request(
     let (decoded, turn) = ctx.large.decode(bytes).await;
     let response = match with_bearer(decoded, &bearer, &ctx.metrics) {
         Ok(request) => ctx.executor.execute(request).await,
-        Err(refused) => refused,
+        Err(refused) => *refused,
     };
     drop((permit, turn));
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
