@@ -260,5 +260,66 @@ async fn a_plugin_that_takes_too_long_or_too_much_to_compile_is_refused() {
         assert_eq!(plugins["failed"][0]["file"], "bomb.wasm", "{plugins}");
         assert!(reason.contains(limit), "{reason}");
         assert_still_serving(&node).await;
+        // A reload does not compile the unchanged file again: it is refused
+        // for the remembered reason.
+        let reload = node.admin().post("/v1/plugins/reload", "").await.unwrap().body;
+        let again = reload["failed"][0]["reason"].as_str().unwrap_or_default();
+        assert!(again.contains(limit) && again.contains("compiled before"), "{reload}");
     }
+}
+
+/// A node told to stop while a plugin compiles ends the compile rather than
+/// wait for it (or for its limits), and stops without serving.
+#[tokio::test]
+async fn a_node_stopped_while_a_plugin_compiles_cancels_the_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // Some seconds to compile within these limits (30,000: 3.6 s, 660 MB here).
+    std::fs::write(plugins.join("slow.wasm"), nested_loops(30_000)).unwrap();
+    let config = dir.path().join("weft.toml");
+    std::fs::write(
+        &config,
+        "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplugins = \"plugins\"\ndata_dir = \"data\"\n\
+         [limits]\ncompile_timeout = \"10m\"\ncompile_memory = \"1GiB\"\n",
+    )
+    .unwrap();
+    let stderr_log = dir.path().join("stderr.log");
+    let mut node = std::process::Command::new(support::WEFT)
+        .args(["node", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = node.id();
+    support::eventually("the compile child", std::time::Duration::from_secs(30), async || {
+        (compile_children(pid) > 0).then_some(())
+    })
+    .await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let status = node.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut node.stdout.take().unwrap(), &mut stdout).unwrap();
+    let log = std::fs::read_to_string(&stderr_log).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("compiling was cancelled: the node is stopping"), "{log}");
+    assert!(!stdout.contains("ready"), "{stdout}");
+}
+
+/// Compile children of process `pid` (running, not yet reaped).
+fn compile_children(pid: u32) -> usize {
+    let pid = pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let dir = entry.ok()?.path();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+            // stat: "PID (COMM) STATE PPID ..."; the comm may hold spaces.
+            let ppid = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?;
+            let compiling = String::from_utf8_lossy(&cmdline).contains("__weft-compile-plugin");
+            (ppid == pid && compiling).then_some(())
+        })
+        .count()
 }

@@ -65,16 +65,31 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     // Taken over before the (possibly long) start: a SIGHUP or SIGTERM that
     // arrives while plugins compile waits for the node instead of killing it.
     let mut signals = Signals::install();
-    let node = weft_node::start(config).await.context("the node could not start")?;
-    // One machine-readable line on stdout: where the node listens (tests and
-    // scripts start nodes on port 0 and read this). A closed stdout does not
-    // stop the node.
-    let ready = serde_json::json!({
-        "event": "ready", "node": node.id, "cluster": node.cluster,
-        "ws": node.ws_url(), "admin": node.admin_url(),
-    });
-    let _ = writeln!(std::io::stdout(), "{ready}");
-    signals.wait(&node).await;
+    let starting = weft_node::start(config);
+    tokio::pin!(starting);
+    let (node, stopped) = tokio::select! {
+        node = &mut starting => (node, false),
+        () = signals.stop() => {
+            // Plugins compiling now would never serve: end them, and let
+            // the start finish without them.
+            tracing::info!("stopping while starting: compiles in progress are cancelled");
+            weft_runtime::stop_compiling();
+            (starting.await, true)
+        }
+    };
+    let node = node.context("the node could not start")?;
+    if !stopped {
+        // One machine-readable line on stdout: where the node listens
+        // (tests and scripts start nodes on port 0 and read this). A closed
+        // stdout does not stop the node.
+        let ready = serde_json::json!({
+            "event": "ready", "node": node.id, "cluster": node.cluster,
+            "ws": node.ws_url(), "admin": node.admin_url(),
+        });
+        let _ = writeln!(std::io::stdout(), "{ready}");
+        signals.wait(&node).await;
+        weft_runtime::stop_compiling();
+    }
     let drained = node.shutdown().await;
     Ok(if drained { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
@@ -102,6 +117,19 @@ impl Signals {
         }
         #[cfg(not(unix))]
         Self {}
+    }
+
+    /// Until SIGINT or SIGTERM; a SIGHUP meanwhile waits for `wait`.
+    async fn stop(&mut self) {
+        #[cfg(unix)]
+        if let Some([int, term, _]) = &mut self.streams {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 
     async fn wait(&mut self, node: &weft_node::RunningNode) {

@@ -6,8 +6,10 @@
 //! write the cache folder can run native code in the node; it lives in the
 //! operator's data_dir for that reason.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -41,15 +43,44 @@ pub enum CompileSource {
     Cache,
 }
 
+/// Components this node could not compile for a reason that would recur
+/// (a compile limit, a compiler error), by cache key. A reload then refuses
+/// an unchanged file at once, rather than spending up to
+/// `limits.compile_timeout` on it again while other plugins' updates wait.
+/// The compile limits cannot change while the node runs.
+#[derive(Default)]
+pub(crate) struct Refused(Mutex<HashMap<String, String>>);
+
+/// Refusals remembered at most; past that the memory starts over (a tenant
+/// who uploads ever new bombs costs compiles, not node memory).
+const MAX_REFUSED: usize = 1024;
+
+impl Refused {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn remember(&self, key: String, reason: String) {
+        let mut refused = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= MAX_REFUSED {
+            refused.clear();
+        }
+        refused.insert(key, reason);
+    }
+}
+
 /// Loads the component from the cache or compiles it (and stores it).
-/// Cache problems are logged and never fail a load; compile errors do.
+/// Cache problems are logged and never fail a load; compile errors do, and
+/// lasting ones are remembered in `refused`.
 pub(crate) fn load_or_compile(
     engine: &Engine,
     cache_dir: Option<&Path>,
     wasm: &[u8],
     limits: &CompileLimits,
+    refused: &Refused,
 ) -> Result<(Component, CompileSource), String> {
-    let path = cache_dir.map(|dir| dir.join(format!("{}.cwasm", cache_key(engine, wasm))));
+    let key = cache_key(engine, wasm);
+    let path = cache_dir.map(|dir| dir.join(format!("{key}.cwasm")));
     if let Some(path) = path.as_ref().filter(|p| p.exists()) {
         match deserialize_file(engine, path) {
             Ok(c) => return Ok((c, CompileSource::Cache)),
@@ -58,7 +89,17 @@ pub(crate) fn load_or_compile(
             }
         }
     }
-    let artifact = compile::compile(engine, wasm, limits)?;
+    if let Some(reason) = refused.get(&key) {
+        return Err(format!(
+            "{reason} (when these bytes were compiled before; they are not compiled again until the file changes or the node restarts)"
+        ));
+    }
+    let artifact = compile::compile(engine, wasm, limits).map_err(|e| {
+        if e.lasting {
+            refused.remember(key, e.reason.clone());
+        }
+        e.reason
+    })?;
     let component = deserialize(engine, &artifact).map_err(|e| format!("cannot load the compiled component: {e:#}"))?;
     if let Some(path) = path
         && let Err(e) = store(&artifact, &path)

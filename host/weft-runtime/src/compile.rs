@@ -13,8 +13,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
@@ -23,6 +24,40 @@ const CHILD_ARG: &str = "__weft-compile-plugin";
 
 /// Set by [`child_main`]: this process's binary serves compiles.
 static CHILD_PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+
+/// Set by [`stop_compiling`]: the process is stopping.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// How often a compile in progress checks whether the process is stopping.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// Why a component did not compile.
+#[derive(Debug)]
+pub(crate) struct CompileError {
+    pub reason: String,
+    /// The same bytes would fail again under the same limits (a limit was
+    /// reached, or the compiler refused them), as opposed to a failure of
+    /// this attempt (the child could not start, the process is stopping).
+    pub lasting: bool,
+}
+
+impl CompileError {
+    fn lasting(reason: String) -> Self {
+        Self { reason, lasting: true }
+    }
+
+    fn passing(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), lasting: false }
+    }
+}
+
+/// Ends the compiles in progress in child processes and refuses new ones:
+/// a node that is told to stop does not wait up to `compile_timeout` for
+/// a plugin it will never serve. For the whole process, since a binary that
+/// compiles in children runs one node.
+pub fn stop_compiling() {
+    STOPPING.store(true, Ordering::Release);
+}
 
 /// How long one plugin may take to compile and how much memory it may take.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,14 +132,18 @@ fn limit_self(memory: u64, cpu_seconds: u64) -> std::io::Result<()> {
 /// Compiles `wasm` for `engine`: in a child process under `limits` where
 /// [`child_main`] enabled it, in this one otherwise. Returns the artifact
 /// (`Component::deserialize` input).
-pub(crate) fn compile(engine: &Engine, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, String> {
+pub(crate) fn compile(engine: &Engine, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, CompileError> {
     match CHILD_PROGRAM.get() {
         Some(program) => compile_in_child(program, wasm, limits),
-        None => engine.precompile_component(wasm).map_err(|e| format!("{e:#}")),
+        None => engine.precompile_component(wasm).map_err(|e| CompileError::lasting(format!("{e:#}"))),
     }
 }
 
-fn compile_in_child(program: &Path, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, String> {
+fn compile_in_child(program: &Path, wasm: &[u8], limits: &CompileLimits) -> Result<Vec<u8>, CompileError> {
+    let stopping = || CompileError::passing("compiling was cancelled: the node is stopping");
+    if STOPPING.load(Ordering::Acquire) {
+        return Err(stopping());
+    }
     // CPU time is only a backstop for a child the node can no longer kill;
     // the wall-clock timeout below is the limit that applies.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -118,11 +157,11 @@ fn compile_in_child(program: &Path, wasm: &[u8], limits: &CompileLimits) -> Resu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start the compiler process {}: {e}", program.display()))?;
+        .map_err(|e| CompileError::passing(format!("cannot start the compiler process {}: {e}", program.display())))?;
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return Err("the compiler process has no pipes".into());
+        return Err(CompileError::passing("the compiler process has no pipes"));
     };
     // The pipes are served by threads so that neither side blocks on a full
     // one; a child that dies early makes the write fail, which its exit
@@ -140,32 +179,60 @@ fn compile_in_child(program: &Path, wasm: &[u8], limits: &CompileLimits) -> Resu
             let mut out = Vec::new();
             let _ = done.send(stdout.read_to_end(&mut out).map(|_| out));
         });
-        let artifact = match ended.recv_timeout(limits.timeout) {
-            Ok(artifact) => Ok(artifact),
-            Err(_) => {
-                let _ = child.kill();
-                Err(format!(
+        let artifact = wait_for(&ended, limits.timeout).map_err(|end| {
+            let _ = child.kill();
+            match end {
+                WaitEnd::Stopping => stopping(),
+                WaitEnd::Timeout => CompileError::lasting(format!(
                     "compiling took longer than limits.compile_timeout ({}); the component may be built to be slow to compile, or raise the limit",
                     humantime::format_duration(limits.timeout)
-                ))
+                )),
             }
-        };
-        let status = child.wait().map_err(|e| format!("cannot wait for the compiler process: {e}"));
+        });
+        let status =
+            child.wait().map_err(|e| CompileError::passing(format!("cannot wait for the compiler process: {e}")));
         (artifact.and_then(|a| Ok((status?, a))), errors.join().unwrap_or_default())
     });
     let (status, artifact) = artifact?;
     if status.success() {
-        return artifact.map_err(|e| format!("cannot read the compiled component: {e}"));
+        return artifact.map_err(|e| CompileError::passing(format!("cannot read the compiled component: {e}")));
     }
     let errors = errors.trim();
     if errors.contains("memory allocation of") || errors.contains("out of memory") {
-        return Err(format!(
+        return Err(CompileError::lasting(format!(
             "compiling needed more than limits.compile_memory ({}); the component may be built to exhaust the compiler, or raise the limit",
             crate::units::format_size(limits.memory_bytes)
-        ));
+        )));
     }
     if errors.is_empty() {
-        return Err(format!("the compiler process ended without a result ({status})"));
+        // Killed from outside (the OOM killer, an operator): not the bytes' fault.
+        return Err(CompileError::passing(format!("the compiler process ended without a result ({status})")));
     }
-    Err(errors.to_owned())
+    Err(CompileError::lasting(errors.to_owned()))
+}
+
+enum WaitEnd {
+    Timeout,
+    Stopping,
+}
+
+/// Waits for the child's artifact until `timeout`, or until the process is
+/// told to stop.
+fn wait_for<T>(ended: &mpsc::Receiver<T>, timeout: Duration) -> Result<T, WaitEnd> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if STOPPING.load(Ordering::Acquire) {
+            return Err(WaitEnd::Stopping);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WaitEnd::Timeout);
+        }
+        match ended.recv_timeout(left.min(STOP_CHECK)) {
+            Ok(artifact) => return Ok(artifact),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The reader thread always sends before it ends.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(WaitEnd::Timeout),
+        }
+    }
 }

@@ -19,7 +19,7 @@ pub mod units;
 mod warm;
 mod wit_types;
 
-pub use compile::CompileLimits;
+pub use compile::{CompileLimits, stop_compiling};
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits, foreign_clusters};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};

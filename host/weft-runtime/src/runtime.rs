@@ -71,6 +71,7 @@ pub struct Runtime {
     pooled: bool,
     plugins: RwLock<Vec<Arc<Plugin>>>,
     failures: RwLock<Vec<LoadFailure>>,
+    refused: cache::Refused,
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: Mutex<()>,
     /// Each tenant's limits (`RuntimeConfig::tenant_limits`, then as reloaded).
@@ -111,6 +112,7 @@ impl Runtime {
             pooled,
             plugins: RwLock::default(),
             failures: RwLock::default(),
+            refused: cache::Refused::default(),
             reloading: Mutex::default(),
             tenant_limits,
         })
@@ -260,9 +262,14 @@ impl Runtime {
             ));
         }
         let started = Instant::now();
-        let (component, source) =
-            cache::load_or_compile(&self.engine, self.config.cache_dir.as_deref(), wasm, &self.config.compile)
-                .map_err(compile_failure)?;
+        let (component, source) = cache::load_or_compile(
+            &self.engine,
+            self.config.cache_dir.as_deref(),
+            wasm,
+            &self.config.compile,
+            &self.refused,
+        )
+        .map_err(compile_failure)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
