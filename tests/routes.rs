@@ -105,6 +105,9 @@ async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
     assert_eq!((value, hops), (json!("ABC"), 2));
     let explain = a.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
     assert_eq!(explain["winner"]["path"], json!(["beta", "gamma"]), "{explain}");
+    // The query is percent-decoded like any form.
+    let encoded = a.admin().get("/v1/routes/explain?verbose&cluster=%67amma").await.unwrap().body;
+    assert_eq!(encoded["winner"], explain["winner"], "{encoded}");
     // Bridge links are measured by pings: the route carries the latency of
     // both links on its way and a delivery ratio.
     let measured = eventually("a measured route to gamma", SETTLE, async || {

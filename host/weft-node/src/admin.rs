@@ -148,10 +148,25 @@ fn method_of(path: &str) -> Option<&'static str> {
     }
 }
 
+/// A request's query string, percent-decoded as forms are.
+struct Query<'a>(&'a str);
+
+impl Query<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.0.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    /// Whether `name` is present, with or without a value (`?all`).
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
 async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let path = req.uri().path().to_owned();
     let executor = ctx.executor.get();
-    let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    let query = Query(req.uri().query().unwrap_or_default());
+    let verbose = query.has("verbose");
     let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => {
@@ -196,12 +211,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             None => starting(),
         },
         (&Method::GET, "/v1/routes/explain") => {
-            let cluster = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("cluster=")))
-                .filter(|c| !c.is_empty())
-                .map(str::to_owned);
+            let cluster = query.get("cluster").filter(|c| !c.is_empty());
             match (executor, cluster) {
                 (Some(e), Some(c)) => json_response(StatusCode::OK, &explain(e.fabric(), &c)),
                 (None, _) => starting(),
@@ -214,7 +224,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         (&Method::GET, "/v1/alerts") => match executor {
             Some(e) => {
                 // Active alerts; `?all` adds the resolved ones still remembered.
-                let all = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "all"));
+                let all = query.has("all");
                 let alerts: Vec<_> = e.fabric().alerts.list().into_iter().filter(|a| all || a.active).collect();
                 json_response(StatusCode::OK, &json!({ "alerts": alerts }))
             }
