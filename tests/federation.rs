@@ -560,3 +560,43 @@ async fn a_copy_that_is_not_exported_leaves_the_exported_one_callable() {
         assert_eq!(response.into_result().unwrap()["x"], "ABC");
     }
 }
+
+/// A step planned for another cluster, whose way there a policy reload
+/// took before the step started, fails with the policy's refusal rather
+/// than a link to wait for.
+#[tokio::test]
+async fn a_step_whose_destination_a_reload_blocked_meanwhile_is_refused_by_the_policy() {
+    let b1 = node("b1", "beta", vec!["text"], &[], &allow("alpha"));
+    let files = vec![("hostile.toml".to_owned(), b"[limits]\ndeadline = \"3s\"\n".to_vec())];
+    let config = format!(
+        "id = \"a1\"\ncluster = \"alpha\"\nseeds = [{:?}]\n[cluster]\nbeat_interval = \"100ms\"\n[limits]\nmax_concurrency = 1\n{}\n",
+        b1.ws,
+        allow("beta")
+    );
+    let a1 = TestNode::start(NodeSpec { plugins: vec!["echo", "hostile"], files, config });
+    eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+
+    // The only sandbox slot spins for 3 s; the request's echo waits for it,
+    // its upper (in beta) for the echo.
+    let spinner = a1.client().await;
+    let spin = tokio::spawn(async move { spinner.call("spin", vec![]).await });
+    let in_flight = async |n: f64| {
+        let text = a1.admin().get("/metrics").await.unwrap().text;
+        (metric(&text, "weft_in_flight_requests")? >= n).then_some(())
+    };
+    eventually("the spin running", SETTLE, async || in_flight(1.0).await).await;
+    let client = a1.client().await;
+    let echo = Command::new("e", "echo", vec![json!("x")]);
+    let upper = Command::new("u", "upper", vec![json!({"$ref": "e"})]);
+    let request = tokio::spawn(async move { client.request(Request::new("r", vec![echo, upper])).await });
+    eventually("the request planned", SETTLE, async || in_flight(2.0).await).await;
+
+    let blocked = format!("{}\nblocked_clusters = [\"beta\"]", allow("beta"));
+    rewrite_federation(&a1, &blocked);
+    let reply = a1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(!spin.await.unwrap().unwrap_err().message.is_empty());
+    let err = request.await.unwrap().unwrap().into_result().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{err:?}");
+    assert_eq!(err.details["rule"], "blocked-cluster", "{err:?}");
+}

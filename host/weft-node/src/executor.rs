@@ -12,7 +12,7 @@
 //! forwarded to the least loaded node that has it (random among equals),
 //! and, for idempotent plugins, retried elsewhere if that node vanishes.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -190,12 +190,8 @@ impl Executor {
                 continue;
             };
             let target = ClusterId::new(target);
-            let at = |e: WeftError| e.context(format_args!("command {}", cmd.name)).with("command", cmd.name.as_str());
-            let verdict = self.fabric.decide(Point::CallOrigin, self.fabric.policy().peer(&target, None));
-            if !verdict.allowed {
-                return Err(at(verdict.to_error(&target)));
-            }
-            self.fabric.reach(&target).map_err(at)?;
+            admit_destination(&self.fabric, &target)
+                .map_err(|e| e.context(format_args!("command {}", cmd.name)).with("command", cmd.name.as_str()))?;
         }
         Ok(())
     }
@@ -542,7 +538,26 @@ impl StepCall {
         least_loaded(links, |(l, _)| l.in_flight(), &mut rand::rng())
     }
 
+    /// For a step whose candidates are all in other clusters, planned
+    /// before a policy reload or a route withdrawal took every way there:
+    /// why (the policy's refusal, or no route), rather than a link to wait for.
+    fn refused_abroad(&self) -> Option<WeftError> {
+        let me = &self.fabric.me.cluster;
+        if self.candidates.iter().any(|c| c.cluster == *me) {
+            return None;
+        }
+        let clusters: BTreeSet<&ClusterId> = self.candidates.iter().map(|c| &c.cluster).collect();
+        let mut refusals = clusters.iter().map(|c| admit_destination(&self.fabric, c).err());
+        let first = refusals.next()??;
+        refusals.all(|r| r.is_some()).then_some(first)
+    }
+
     fn unreachable(&self, tried: &[NodeId]) -> WeftError {
+        if tried.is_empty()
+            && let Some(refused) = self.refused_abroad()
+        {
+            return refused;
+        }
         let nodes: Vec<String> = self.candidates.iter().map(|c| c.node.to_string()).collect();
         let message = if tried.is_empty() {
             format!(
@@ -567,6 +582,16 @@ impl StepCall {
         // retry it on another way in, as it would for a link of its own.
         if tried.is_empty() { error } else { error.with("link_lost", true) }
     }
+}
+
+/// Whether this node would send a call to cluster `target` now: its policy
+/// admits the cluster, and a bridge or route leads there.
+fn admit_destination(fabric: &Fabric, target: &ClusterId) -> Result<(), WeftError> {
+    let verdict = fabric.decide(Point::CallOrigin, fabric.policy().peer(target, None));
+    if !verdict.allowed {
+        return Err(verdict.to_error(target));
+    }
+    fabric.reach(target)
 }
 
 /// The item with the least load; ties broken at random so equal nodes share
