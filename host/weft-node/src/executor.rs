@@ -539,15 +539,18 @@ impl StepCall {
     }
 
     /// For a step whose candidates are all in other clusters, planned
-    /// before a policy reload or a route withdrawal took every way there:
-    /// why (the policy's refusal, or no route), rather than a link to wait for.
+    /// before a policy reload refused every one of them: the policy's
+    /// refusal, rather than a link to wait for. (A way that is merely gone,
+    /// a bridge that dropped, may come back: that stays UNAVAILABLE.)
     fn refused_abroad(&self) -> Option<WeftError> {
         let me = &self.fabric.me.cluster;
         if self.candidates.iter().any(|c| c.cluster == *me) {
             return None;
         }
         let clusters: BTreeSet<&ClusterId> = self.candidates.iter().map(|c| &c.cluster).collect();
-        let mut refusals = clusters.iter().map(|c| admit_destination(&self.fabric, c).err());
+        let mut refusals = clusters
+            .iter()
+            .map(|c| admit_destination(&self.fabric, c).err().filter(|e| e.kind == ErrorKind::POLICY_DENIED));
         let first = refusals.next()??;
         refusals.all(|r| r.is_some()).then_some(first)
     }
