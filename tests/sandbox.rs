@@ -83,6 +83,13 @@ async fn huge_results_are_refused_not_shipped() {
     let e = call(&node, "big-output", vec![json!(8)]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
     assert!(e.message.contains("result limit"), "{}", e.message);
+    // An error is an answer too.
+    let e = call(&node, "big-error", vec![json!(1)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::GUEST_ERROR, "{}", e.message);
+    assert_eq!(e.details["error"].as_str().map(str::len), Some(1 << 20));
+    let e = call(&node, "big-error", vec![json!(8)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("an error of about"), "{}", e.message);
     // Larger than the guest's own memory: it cannot even build it.
     let e = call(&node, "big-output", vec![json!(64)]).await.unwrap_err();
     assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "memory_limit"), "{}", e.message);

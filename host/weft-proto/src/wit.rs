@@ -541,7 +541,12 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         }
         WitType::Record { fields, .. } => {
             let obj = v.as_object().ok_or_else(|| fail(format!("{ty} (an object)")))?;
-            if let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k)) {
+            // Keys are unique: all are fields when as many are found. (The
+            // search for the odd one out is quadratic, but only on the way out.)
+            let known = fields.iter().filter(|f| obj.contains_key(&f.name)).count();
+            if known < obj.len()
+                && let Some(extra) = obj.keys().find(|k| !fields.iter().any(|f| &f.name == *k))
+            {
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 let kebab = kebab_case(extra);
                 let hint =
@@ -572,10 +577,12 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         }
         WitType::Enum { cases, .. } => match v.as_str() {
             Some(s) if cases.iter().any(|c| c == s) => scalar(Scalar::Enum(s)),
-            _ => Err(fail(format!("one of {}", quoted(cases)))),
+            _ => Err(fail(format!("one of {}", quoted(cases.iter().map(String::as_str))))),
         },
         WitType::Flags { flags, .. } => {
-            let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags.iter().map(String::as_str)))))?;
             let mut set = Vec::new();
             for (i, x) in items.iter().enumerate() {
                 match x.as_str() {
@@ -587,7 +594,7 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
                     _ => {
                         return Err(Mismatch {
                             path: At::Index(&at, i).to_string(),
-                            expected: format!("one of the flags {}", quoted(flags)),
+                            expected: format!("one of the flags {}", quoted(flags.iter().map(String::as_str))),
                             found: describe(x),
                         });
                     }
@@ -596,9 +603,10 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
             Ok(b.flags(set))
         }
         WitType::Variant { cases, .. } => {
-            let names: Vec<String> = cases.iter().map(|c| c.name.clone()).collect();
-            let expected =
-                || format!("a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}", quoted(&names));
+            let expected = || {
+                let names = cases.iter().map(|c| c.name.as_str());
+                format!("a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}", quoted(names))
+            };
             let (name, payload) = match v {
                 Value::String(s) => (s.as_str(), None),
                 Value::Object(o) if o.len() == 1 => {
@@ -656,8 +664,8 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
     }
 }
 
-fn quoted(items: &[String]) -> String {
-    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+fn quoted<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items.into_iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn float_json(x: f64) -> Value {

@@ -594,39 +594,39 @@ impl Runtime {
             return Ok(Value::Null);
         };
         let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
-        let value = match (value, &function.sig.result) {
-            (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => {
-                let detail = e.map_or(Value::Null, |e| wit::to_json(&e));
-                let text = match &detail {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "(no detail)".into(),
-                    other => other.to_string(),
-                };
-                return Err(WeftError::new(
-                    ErrorKind::GUEST_ERROR,
-                    format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
-                )
-                .with("error", detail));
-            }
-            (WitValue::Result(Ok(ok)), Some(WitType::Result { .. })) => ok.map(|b| *b),
-            (other, _) => Some(other),
+        // A `result`'s error is the guest's answer too, bounded the same way.
+        let (value, failed) = match (value, &function.sig.result) {
+            (WitValue::Result(Ok(ok)), Some(WitType::Result { .. })) => (ok.map(|b| *b), false),
+            (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => (e.map(|b| *b), true),
+            (other, _) => (Some(other), false),
         };
-        let Some(value) = value else {
-            return Ok(Value::Null);
-        };
-        let size = value.json_size_bound();
+        let size = value.as_ref().map_or(0, WitValue::json_size_bound);
         if size > self.config.max_result_bytes {
             return Err(WeftError::new(
                 ErrorKind::RESOURCE_EXHAUSTED,
                 format!(
-                    "{qualified} returned about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
+                    "{qualified} returned {}about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
+                    if failed { "an error of " } else { "" },
                     self.config.max_result_bytes
                 ),
             )
             .with("limit", self.config.max_result_bytes)
             .with("size", size));
         }
-        Ok(wit::to_json(&value))
+        let value = value.as_ref().map_or(Value::Null, wit::to_json);
+        if failed {
+            let text = match &value {
+                Value::String(s) => s.clone(),
+                Value::Null => "(no detail)".into(),
+                other => other.to_string(),
+            };
+            return Err(WeftError::new(
+                ErrorKind::GUEST_ERROR,
+                format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
+            )
+            .with("error", value));
+        }
+        Ok(value)
     }
 }
 

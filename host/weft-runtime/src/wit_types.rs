@@ -3,7 +3,7 @@
 //! flags so signatures print as the plugin author wrote them.
 
 use wasmtime::component::wit_parser::decoding::{DecodedWasm, decode};
-use wasmtime::component::wit_parser::{Resolve, Type, TypeDefKind, WorldItem, WorldKey};
+use wasmtime::component::wit_parser::{Resolve, Type, TypeDefKind, TypeId, WorldItem, WorldKey};
 use weft_proto::wit::{Case, Field, FunctionSig, WitType};
 
 #[derive(Clone, Debug)]
@@ -61,19 +61,17 @@ pub fn describe_component(wasm: &[u8]) -> Result<ComponentInfo, String> {
     };
     let world = &resolve.worlds[world];
     let mut info = ComponentInfo::default();
+    let mut expand = Expand { resolve: &resolve, weight: 0 };
     for (key, item) in &world.exports {
         match item {
-            WorldItem::Function(f) => info.functions.push(ExportedFunction {
-                name: f.name.clone(),
-                sig: FunctionSig {
-                    params: f
-                        .params
-                        .iter()
-                        .map(|p| Field { name: p.name.clone(), ty: convert(&resolve, &p.ty) })
-                        .collect(),
-                    result: f.result.as_ref().map(|t| convert(&resolve, t)),
-                },
-            }),
+            WorldItem::Function(f) => {
+                let mut params = Vec::with_capacity(f.params.len());
+                for p in &f.params {
+                    params.push(Field { name: p.name.clone(), ty: expand.ty(&p.ty, Depth::default())? });
+                }
+                let result = f.result.as_ref().map(|t| expand.ty(t, Depth::default())).transpose()?;
+                info.functions.push(ExportedFunction { name: f.name.clone(), sig: FunctionSig { params, result } });
+            }
             WorldItem::Interface { .. } => info.interfaces.push(key_name(&resolve, key)),
             WorldItem::Type { .. } => {}
         }
@@ -94,65 +92,272 @@ fn key_name(resolve: &Resolve, key: &WorldKey) -> String {
     }
 }
 
-fn convert(resolve: &Resolve, ty: &Type) -> WitType {
-    match ty {
-        Type::Bool => WitType::Bool,
-        Type::U8 => WitType::U8,
-        Type::U16 => WitType::U16,
-        Type::U32 => WitType::U32,
-        Type::U64 => WitType::U64,
-        Type::S8 => WitType::S8,
-        Type::S16 => WitType::S16,
-        Type::S32 => WitType::S32,
-        Type::S64 => WitType::S64,
-        Type::F32 => WitType::F32,
-        Type::F64 => WitType::F64,
-        Type::Char => WitType::Char,
-        Type::String => WitType::String,
-        Type::ErrorContext => WitType::Unsupported { name: "error-context".into() },
-        Type::Id(id) => {
-            let def = &resolve.types[*id];
-            let name = def.name.clone();
-            let boxed = |t: &Type| Box::new(convert(resolve, t));
-            match &def.kind {
-                TypeDefKind::Record(r) => WitType::Record {
-                    name,
-                    fields: r
-                        .fields
-                        .iter()
-                        .map(|f| Field { name: f.name.clone(), ty: convert(resolve, &f.ty) })
-                        .collect(),
-                },
-                TypeDefKind::Variant(v) => WitType::Variant {
-                    name,
-                    cases: v
-                        .cases
-                        .iter()
-                        .map(|c| Case { name: c.name.clone(), ty: c.ty.as_ref().map(|t| convert(resolve, t)) })
-                        .collect(),
-                },
-                TypeDefKind::Enum(e) => WitType::Enum { name, cases: e.cases.iter().map(|c| c.name.clone()).collect() },
-                TypeDefKind::Flags(f) => {
-                    WitType::Flags { name, flags: f.flags.iter().map(|c| c.name.clone()).collect() }
-                }
-                TypeDefKind::Tuple(t) => {
-                    WitType::Tuple { elements: t.types.iter().map(|t| convert(resolve, t)).collect() }
-                }
-                TypeDefKind::Option(t) => WitType::Option { some: boxed(t) },
-                TypeDefKind::Result(r) => {
-                    WitType::Result { ok: r.ok.as_ref().map(boxed), err: r.err.as_ref().map(boxed) }
-                }
-                TypeDefKind::List(t) => WitType::List { element: boxed(t) },
-                TypeDefKind::Type(t) => convert(resolve, t),
-                TypeDefKind::Resource | TypeDefKind::Handle(_) => {
-                    WitType::Resource { name: name.unwrap_or_else(|| "resource".into()) }
-                }
-                TypeDefKind::Map(..) => WitType::Unsupported { name: "map".into() },
-                TypeDefKind::FixedLengthList(..) => WitType::Unsupported { name: "fixed-length-list".into() },
-                TypeDefKind::Future(_) => WitType::Unsupported { name: "future".into() },
-                TypeDefKind::Stream(_) => WitType::Unsupported { name: "stream".into() },
-                TypeDefKind::Unknown => WitType::Unsupported { name: "unknown".into() },
-            }
+/// Bounds on a component's exported types as Weft expands them (each use
+/// of a named type becomes its own copy). A component is small, but its
+/// types are a graph: a chain of aliases would overflow the node's stack,
+/// and types shared along a binary tree would expand to gigabytes.
+const MAX_TYPE_DEPTH: usize = 500;
+/// Nesting of a signature as JSON (`sig` in the catalog), which peers read
+/// with serde_json's limit of 128 levels, inside a frame's own few.
+const MAX_SIG_NESTING: usize = 100;
+/// Expanded size: a unit per type plus the bytes of the names it holds.
+const MAX_TYPE_WEIGHT: usize = 1 << 20;
+/// Fields, cases or flags of one type: a value is checked against them
+/// one by one.
+const MAX_TYPE_MEMBERS: usize = 1024;
+
+/// How deep a type is: in types and aliases, and as JSON.
+#[derive(Clone, Copy, Default)]
+struct Depth {
+    types: usize,
+    json: usize,
+}
+
+impl Depth {
+    /// One type further in, `json` more levels of JSON.
+    fn into(self, json: usize) -> Self {
+        Depth { types: self.types + 1, json: self.json + json }
+    }
+}
+
+/// Expands WIT types within the bounds above, for one component.
+struct Expand<'a> {
+    resolve: &'a Resolve,
+    weight: usize,
+}
+
+impl Expand<'_> {
+    fn charge(&mut self, names: usize, members: usize) -> Result<(), String> {
+        if members > MAX_TYPE_MEMBERS {
+            return Err(format!(
+                "a type of its exports has {members} fields, cases or flags, over the limit of {MAX_TYPE_MEMBERS}"
+            ));
         }
+        self.weight += 1 + names;
+        if self.weight > MAX_TYPE_WEIGHT {
+            return Err(format!(
+                "its exported functions' types expand to more than {MAX_TYPE_WEIGHT} units (each use of a named type counts in full, with its names); use fewer or smaller shared types"
+            ));
+        }
+        Ok(())
+    }
+
+    fn ty(&mut self, ty: &Type, depth: Depth) -> Result<WitType, String> {
+        if depth.types > MAX_TYPE_DEPTH {
+            return Err(format!(
+                "its exported functions' types nest deeper than {MAX_TYPE_DEPTH} levels (type aliases included)"
+            ));
+        }
+        if depth.json > MAX_SIG_NESTING {
+            return Err(format!(
+                "its exported functions' types nest too deep to describe in the catalog (over {MAX_SIG_NESTING} levels of JSON; a record or variant takes three, a tuple two, others one)"
+            ));
+        }
+        let primitive = match ty {
+            Type::Id(id) => return self.def(*id, depth),
+            Type::Bool => WitType::Bool,
+            Type::U8 => WitType::U8,
+            Type::U16 => WitType::U16,
+            Type::U32 => WitType::U32,
+            Type::U64 => WitType::U64,
+            Type::S8 => WitType::S8,
+            Type::S16 => WitType::S16,
+            Type::S32 => WitType::S32,
+            Type::S64 => WitType::S64,
+            Type::F32 => WitType::F32,
+            Type::F64 => WitType::F64,
+            Type::Char => WitType::Char,
+            Type::String => WitType::String,
+            Type::ErrorContext => WitType::Unsupported { name: "error-context".into() },
+        };
+        self.charge(0, 0)?;
+        Ok(primitive)
+    }
+
+    fn def(&mut self, id: TypeId, depth: Depth) -> Result<WitType, String> {
+        let def = &self.resolve.types[id];
+        let name = def.name.clone();
+        let named = name.as_ref().map_or(0, String::len);
+        let names = |names: &mut dyn Iterator<Item = &String>| named + names.map(String::len).sum::<usize>();
+        Ok(match &def.kind {
+            TypeDefKind::Record(r) => {
+                self.charge(names(&mut r.fields.iter().map(|f| &f.name)), r.fields.len())?;
+                let mut fields = Vec::with_capacity(r.fields.len());
+                for f in &r.fields {
+                    fields.push(Field { name: f.name.clone(), ty: self.ty(&f.ty, depth.into(3))? });
+                }
+                WitType::Record { name, fields }
+            }
+            TypeDefKind::Variant(v) => {
+                self.charge(names(&mut v.cases.iter().map(|c| &c.name)), v.cases.len())?;
+                let mut cases = Vec::with_capacity(v.cases.len());
+                for c in &v.cases {
+                    let ty = c.ty.as_ref().map(|t| self.ty(t, depth.into(3))).transpose()?;
+                    cases.push(Case { name: c.name.clone(), ty });
+                }
+                WitType::Variant { name, cases }
+            }
+            TypeDefKind::Enum(e) => {
+                self.charge(names(&mut e.cases.iter().map(|c| &c.name)), e.cases.len())?;
+                WitType::Enum { name, cases: e.cases.iter().map(|c| c.name.clone()).collect() }
+            }
+            TypeDefKind::Flags(f) => {
+                self.charge(names(&mut f.flags.iter().map(|c| &c.name)), f.flags.len())?;
+                WitType::Flags { name, flags: f.flags.iter().map(|c| c.name.clone()).collect() }
+            }
+            TypeDefKind::Tuple(t) => {
+                self.charge(0, t.types.len())?;
+                let elements = t.types.iter().map(|t| self.ty(t, depth.into(2))).collect::<Result<_, _>>()?;
+                WitType::Tuple { elements }
+            }
+            TypeDefKind::Option(t) => {
+                self.charge(0, 0)?;
+                WitType::Option { some: Box::new(self.ty(t, depth.into(1))?) }
+            }
+            TypeDefKind::Result(r) => {
+                self.charge(0, 0)?;
+                let ok = r.ok.as_ref().map(|t| self.ty(t, depth.into(1)).map(Box::new)).transpose()?;
+                let err = r.err.as_ref().map(|t| self.ty(t, depth.into(1)).map(Box::new)).transpose()?;
+                WitType::Result { ok, err }
+            }
+            TypeDefKind::List(t) => {
+                self.charge(0, 0)?;
+                WitType::List { element: Box::new(self.ty(t, depth.into(1))?) }
+            }
+            // An alias adds nothing but depth.
+            TypeDefKind::Type(t) => self.ty(t, depth.into(0))?,
+            TypeDefKind::Resource | TypeDefKind::Handle(_) => {
+                self.charge(named, 0)?;
+                WitType::Resource { name: name.unwrap_or_else(|| "resource".into()) }
+            }
+            TypeDefKind::Map(..) => WitType::Unsupported { name: "map".into() },
+            TypeDefKind::FixedLengthList(..) => WitType::Unsupported { name: "fixed-length-list".into() },
+            TypeDefKind::Future(_) => WitType::Unsupported { name: "future".into() },
+            TypeDefKind::Stream(_) => WitType::Unsupported { name: "stream".into() },
+            TypeDefKind::Unknown => WitType::Unsupported { name: "unknown".into() },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        CanonicalFunctionSection, CanonicalOption, CodeSection, Component, ComponentAliasSection, ComponentExportKind,
+        ComponentExportSection, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
+        ExportKind, ExportSection, Function, FunctionSection, InstanceSection, Instruction, MemorySection, MemoryType,
+        Module, ModuleArg, ModuleSection, TypeBounds, TypeSection, ValType,
+    };
+
+    /// The shape of the one parameter of the test component's function.
+    enum Shape {
+        /// An enum of `cases` cases, named through `aliases` type aliases.
+        Aliased { cases: usize, aliases: u32 },
+        /// Records of `fan` fields, each the record one level down, `depth`
+        /// levels over an enum of `cases`: small to write, fan^depth to expand.
+        Tree { depth: u32, fan: usize, cases: usize },
+    }
+
+    /// A component exporting `g: func(x: T)` with T of `shape`; its core
+    /// module only traps, since only its types are read.
+    fn component(shape: Shape) -> Vec<u8> {
+        let mut module = Module::new();
+        let mut types = TypeSection::new();
+        types.ty().function([ValType::I32], []);
+        types.ty().function([ValType::I32; 4], [ValType::I32]);
+        module.section(&types);
+        let mut funcs = FunctionSection::new();
+        funcs.function(0);
+        funcs.function(1);
+        module.section(&funcs);
+        let mut memory = MemorySection::new();
+        memory.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
+        module.section(&memory);
+        let mut exports = ExportSection::new();
+        exports.export("g", ExportKind::Func, 0).export("realloc", ExportKind::Func, 1).export(
+            "memory",
+            ExportKind::Memory,
+            0,
+        );
+        module.section(&exports);
+        let mut code = CodeSection::new();
+        for op in [Instruction::Unreachable, Instruction::I32Const(0)] {
+            let mut f = Function::new([]);
+            f.instruction(&op).instruction(&Instruction::End);
+            code.function(&f);
+        }
+        module.section(&code);
+
+        let mut c = Component::new();
+        c.section(&ModuleSection(&module));
+        c.section(InstanceSection::new().instantiate(0, Vec::<(&str, ModuleArg)>::new()));
+        let mut aliases = ComponentAliasSection::new();
+        for (name, kind) in [("g", ExportKind::Func), ("realloc", ExportKind::Func), ("memory", ExportKind::Memory)] {
+            aliases.alias(wasm_encoder::Alias::CoreInstanceExport { instance: 0, kind, name });
+        }
+        c.section(&aliases);
+        // Each defined type is imported under a name (as WIT's named types
+        // are), and used through that import.
+        let mut next = 0;
+        let mut named = |c: &mut Component, define: &dyn Fn(&mut ComponentTypeSection), name: String| {
+            let mut section = ComponentTypeSection::new();
+            define(&mut section);
+            c.section(&section);
+            c.section(ComponentImportSection::new().import(&name, ComponentTypeRef::Type(TypeBounds::Eq(next))));
+            next += 2;
+            next - 1
+        };
+        let (cases, levels, fan, alias_count) = match shape {
+            Shape::Aliased { cases, aliases } => (cases, 0, 0, aliases),
+            Shape::Tree { depth, fan, cases } => (cases, depth, fan, 0),
+        };
+        let field_names: Vec<String> = (0..fan).map(|i| format!("f{i}")).collect();
+        let case_names: Vec<String> = (0..cases).map(|i| format!("case{i}")).collect();
+        let mut ty =
+            named(&mut c, &|s| s.defined_type().enum_type(case_names.iter().map(String::as_str)), "leaf".into());
+        for level in 0..levels {
+            let below = ComponentValType::Type(ty);
+            let fields = || field_names.iter().map(|n| (n.as_str(), below));
+            ty = named(&mut c, &|s| s.defined_type().record(fields()), format!("level{level}"));
+        }
+        let mut imports = ComponentImportSection::new();
+        for i in 0..alias_count {
+            imports.import(format!("alias{i}").as_str(), ComponentTypeRef::Type(TypeBounds::Eq(ty)));
+            ty = next;
+            next += 1;
+        }
+        c.section(&imports);
+        let mut func_type = ComponentTypeSection::new();
+        func_type.function().params([("x", ComponentValType::Type(ty))]).result(None::<ComponentValType>);
+        c.section(&func_type);
+        let options = [CanonicalOption::UTF8, CanonicalOption::Memory(0), CanonicalOption::Realloc(1)];
+        c.section(CanonicalFunctionSection::new().lift(0, next, options));
+        c.section(ComponentExportSection::new().export("g", ComponentExportKind::Func, 0, None));
+        c.finish()
+    }
+
+    #[test]
+    fn types_within_the_bounds_are_described() {
+        let info = describe_component(&component(Shape::Aliased { cases: 3, aliases: 50 })).unwrap();
+        assert_eq!(info.functions[0].sig.to_string(), "func(x: leaf)");
+        let info = describe_component(&component(Shape::Tree { depth: 5, fan: 2, cases: 2 })).unwrap();
+        assert_eq!(info.functions[0].sig.to_string(), "func(x: level4)");
+    }
+
+    #[test]
+    fn a_chain_of_aliases_is_refused_rather_than_overflowing_the_stack() {
+        let e = describe_component(&component(Shape::Aliased { cases: 1, aliases: 50_000 })).unwrap_err();
+        assert!(e.contains("nest deeper than 500 levels (type aliases included)"), "{e}");
+    }
+
+    #[test]
+    fn shared_types_that_would_expand_to_gigabytes_are_refused() {
+        // 2^12 leaves of 1,000 cases each, in 25 KB.
+        let e = describe_component(&component(Shape::Tree { depth: 12, fan: 2, cases: 1000 })).unwrap_err();
+        assert!(e.contains("expand to more than"), "{e}");
+        let e = describe_component(&component(Shape::Tree { depth: 40, fan: 1, cases: 1 })).unwrap_err();
+        assert!(e.contains("too deep to describe in the catalog"), "{e}");
+        let e = describe_component(&component(Shape::Aliased { cases: 5000, aliases: 0 })).unwrap_err();
+        assert!(e.contains("5000 fields, cases or flags"), "{e}");
     }
 }

@@ -65,6 +65,10 @@ impl Guest for Hostile {
         "x".repeat((mib as usize).saturating_mul(MIB))
     }
 
+    fn big_error(mib: u32) -> Result<(), String> {
+        Err(Self::big_output(mib))
+    }
+
     fn alias_bomb(count: u32, mib: u32) -> Vec<String> {
         let shared = std::mem::ManuallyDrop::new("x".repeat((mib as usize).saturating_mul(MIB)));
         let (ptr, len) = (shared.as_ptr().cast_mut(), shared.len());
