@@ -25,6 +25,19 @@ pub(crate) const FUEL_SLICE: u64 = 200_000;
 /// Table elements a guest may grow to (bounds host memory held by tables).
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// What one instance (a store) may hold, and so each pool slot's share:
+/// were an instance allowed more than its share, instances of one plugin
+/// built to hold many could exhaust the pool with a fraction of the slots,
+/// and every other call would fail. Rust guests hold 3 core instances, one
+/// memory and a few tables.
+pub(crate) struct Share {
+    pub core_instances: u32,
+    pub tables: u32,
+    pub memories: u32,
+}
+
+pub(crate) const PER_INSTANCE: Share = Share { core_instances: 16, tables: 16, memories: 2 };
+
 fn base_config() -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
@@ -56,9 +69,9 @@ pub(crate) fn build_engine(cfg: &RuntimeConfig) -> Result<(Engine, bool), wasmti
     let slots = cfg.call_slots() + cfg.max_warm_instances + 8;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        .total_core_instances(slots * 8)
-        .total_memories(slots * 2)
-        .total_tables(slots * 8)
+        .total_core_instances(slots * PER_INSTANCE.core_instances)
+        .total_memories(slots * PER_INSTANCE.memories)
+        .total_tables(slots * PER_INSTANCE.tables)
         .total_stacks(slots)
         .max_memory_size(usize::try_from(cfg.limits.memory_bytes).unwrap_or(usize::MAX))
         .table_elements(MAX_TABLE_ELEMENTS)

@@ -15,6 +15,8 @@ mod plugin;
 mod runtime;
 mod sandbox;
 mod slots;
+#[cfg(test)]
+mod test_component;
 pub mod units;
 mod warm;
 mod wit_types;

@@ -1057,7 +1057,16 @@ fn trap_error(
         let (detail, why) = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             ("exit", format!("called exit (status {}) instead of returning", exit.0))
         } else if e.downcast_ref::<Instantiating>().is_some() {
-            ("host_error", "could not be instantiated".to_owned())
+            let share = &crate::engine::PER_INSTANCE;
+            let why = if text.contains("count too high") {
+                format!(
+                    "could not be instantiated: it needs more than an instance may hold ({} core instances, {} tables, {} memories): {text}",
+                    share.core_instances, share.tables, share.memories
+                )
+            } else {
+                "could not be instantiated".to_owned()
+            };
+            ("host_error", why)
         } else {
             // Not a trap, during the call: the host could not read what the
             // guest handed it (invalid UTF-8, a char out of range, a pointer
@@ -1139,6 +1148,46 @@ mod tests {
         let target = CallTarget { plugin: "hostile", version: None, function: "snoop" };
         let deadline = Instant::now() + Duration::from_secs(5);
         rt.call(target, &[Value::from(value)], deadline, caller, NodeLoad::Idle).await.expect("snoop")
+    }
+
+    /// Instances that each hold their full share of the pool's core
+    /// instances, in every slot but one, leave the pool room for another
+    /// plugin's call; one that would hold more is refused, and says why.
+    #[tokio::test]
+    async fn instances_built_to_hold_many_core_instances_cannot_exhaust_the_pool() {
+        use crate::test_component::TestComponent;
+        let config = RuntimeConfig { max_concurrency: 16, max_warm_instances: 4, ..RuntimeConfig::default() };
+        let rt = Arc::new(Runtime::new(config).expect("runtime"));
+        let share = crate::engine::PER_INSTANCE.core_instances;
+        for (name, core_instances) in [("many", share), ("toomany", share + 1)] {
+            let wasm = TestComponent { spins: true, core_instances, ..TestComponent::default() }.build();
+            rt.load_bytes(&format!("{name}.wasm"), name, &wasm, Some("[limits]\ndeadline = \"3s\"\n")).expect("load");
+        }
+        rt.load_bytes("echo.wasm", "echo", weft_bundle::get("echo").expect("bundled"), None).expect("echo");
+        let caller = Caller::Anonymous;
+        let call = |plugin: &'static str, function: &'static str, args: Vec<Value>| {
+            let rt = rt.clone();
+            let caller = caller.clone();
+            async move {
+                let target = CallTarget { plugin, version: None, function };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                rt.call(target, &args, deadline, &caller, NodeLoad::Busy).await
+            }
+        };
+        let mut spins: Vec<_> = (0..15).map(|_| tokio::spawn(call("many", "g", vec![]))).collect();
+        while rt.running.load(Ordering::Acquire) < 15 {
+            if let Some(ended) = spins.iter().position(|s| s.is_finished()) {
+                panic!("a spin ended early: {:?}", spins.swap_remove(ended).await);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(call("echo", "echo", vec![Value::from("x")]).await.expect("echo"), Value::from("x"));
+        for spin in spins {
+            let e = spin.await.expect("join").unwrap_err();
+            assert_eq!(e.details["trap"], "interrupted", "{e:?}");
+        }
+        let e = call("toomany", "g", vec![]).await.unwrap_err();
+        assert!(e.message.contains("more than an instance may hold"), "{e:?}");
     }
 
     #[tokio::test]

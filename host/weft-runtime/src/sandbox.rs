@@ -13,7 +13,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::engine::MAX_TABLE_ELEMENTS;
+use crate::engine::{MAX_TABLE_ELEMENTS, PER_INSTANCE};
 
 mod bindings {
     wasmtime::component::bindgen!({ path: "../../wit/weft", world: "guest" });
@@ -137,13 +137,13 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn instances(&self) -> usize {
-        32
+        PER_INSTANCE.core_instances as usize
     }
     fn tables(&self) -> usize {
-        32
+        PER_INSTANCE.tables as usize
     }
     fn memories(&self) -> usize {
-        4
+        PER_INSTANCE.memories as usize
     }
 }
 

@@ -242,122 +242,34 @@ impl Expand<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasm_encoder::{
-        CanonicalFunctionSection, CanonicalOption, CodeSection, Component, ComponentAliasSection, ComponentExportKind,
-        ComponentExportSection, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
-        ExportKind, ExportSection, Function, FunctionSection, InstanceSection, Instruction, MemorySection, MemoryType,
-        Module, ModuleArg, ModuleSection, TypeBounds, TypeSection, ValType,
-    };
+    use crate::test_component::{Param, TestComponent};
 
-    /// The shape of the one parameter of the test component's function.
-    enum Shape {
-        /// An enum of `cases` cases, named through `aliases` type aliases.
-        Aliased { cases: usize, aliases: u32 },
-        /// Records of `fan` fields, each the record one level down, `depth`
-        /// levels over an enum of `cases`: small to write, fan^depth to expand.
-        Tree { depth: u32, fan: usize, cases: usize },
-    }
-
-    /// A component exporting `g: func(x: T)` with T of `shape`; its core
-    /// module only traps, since only its types are read.
-    fn component(shape: Shape) -> Vec<u8> {
-        let mut module = Module::new();
-        let mut types = TypeSection::new();
-        types.ty().function([ValType::I32], []);
-        types.ty().function([ValType::I32; 4], [ValType::I32]);
-        module.section(&types);
-        let mut funcs = FunctionSection::new();
-        funcs.function(0);
-        funcs.function(1);
-        module.section(&funcs);
-        let mut memory = MemorySection::new();
-        memory.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
-        module.section(&memory);
-        let mut exports = ExportSection::new();
-        exports.export("g", ExportKind::Func, 0).export("realloc", ExportKind::Func, 1).export(
-            "memory",
-            ExportKind::Memory,
-            0,
-        );
-        module.section(&exports);
-        let mut code = CodeSection::new();
-        for op in [Instruction::Unreachable, Instruction::I32Const(0)] {
-            let mut f = Function::new([]);
-            f.instruction(&op).instruction(&Instruction::End);
-            code.function(&f);
-        }
-        module.section(&code);
-
-        let mut c = Component::new();
-        c.section(&ModuleSection(&module));
-        c.section(InstanceSection::new().instantiate(0, Vec::<(&str, ModuleArg)>::new()));
-        let mut aliases = ComponentAliasSection::new();
-        for (name, kind) in [("g", ExportKind::Func), ("realloc", ExportKind::Func), ("memory", ExportKind::Memory)] {
-            aliases.alias(wasm_encoder::Alias::CoreInstanceExport { instance: 0, kind, name });
-        }
-        c.section(&aliases);
-        // Each defined type is imported under a name (as WIT's named types
-        // are), and used through that import.
-        let mut next = 0;
-        let mut named = |c: &mut Component, define: &dyn Fn(&mut ComponentTypeSection), name: String| {
-            let mut section = ComponentTypeSection::new();
-            define(&mut section);
-            c.section(&section);
-            c.section(ComponentImportSection::new().import(&name, ComponentTypeRef::Type(TypeBounds::Eq(next))));
-            next += 2;
-            next - 1
-        };
-        let (cases, levels, fan, alias_count) = match shape {
-            Shape::Aliased { cases, aliases } => (cases, 0, 0, aliases),
-            Shape::Tree { depth, fan, cases } => (cases, depth, fan, 0),
-        };
-        let field_names: Vec<String> = (0..fan).map(|i| format!("f{i}")).collect();
-        let case_names: Vec<String> = (0..cases).map(|i| format!("case{i}")).collect();
-        let mut ty =
-            named(&mut c, &|s| s.defined_type().enum_type(case_names.iter().map(String::as_str)), "leaf".into());
-        for level in 0..levels {
-            let below = ComponentValType::Type(ty);
-            let fields = || field_names.iter().map(|n| (n.as_str(), below));
-            ty = named(&mut c, &|s| s.defined_type().record(fields()), format!("level{level}"));
-        }
-        let mut imports = ComponentImportSection::new();
-        for i in 0..alias_count {
-            imports.import(format!("alias{i}").as_str(), ComponentTypeRef::Type(TypeBounds::Eq(ty)));
-            ty = next;
-            next += 1;
-        }
-        c.section(&imports);
-        let mut func_type = ComponentTypeSection::new();
-        func_type.function().params([("x", ComponentValType::Type(ty))]).result(None::<ComponentValType>);
-        c.section(&func_type);
-        let options = [CanonicalOption::UTF8, CanonicalOption::Memory(0), CanonicalOption::Realloc(1)];
-        c.section(CanonicalFunctionSection::new().lift(0, next, options));
-        c.section(ComponentExportSection::new().export("g", ComponentExportKind::Func, 0, None));
-        c.finish()
+    fn describe(param: Param) -> Result<ComponentInfo, String> {
+        describe_component(&TestComponent { param, ..TestComponent::default() }.build())
     }
 
     #[test]
     fn types_within_the_bounds_are_described() {
-        let info = describe_component(&component(Shape::Aliased { cases: 3, aliases: 50 })).unwrap();
+        let info = describe(Param::Aliased { cases: 3, aliases: 50 }).unwrap();
         assert_eq!(info.functions[0].sig.to_string(), "func(x: leaf)");
-        let info = describe_component(&component(Shape::Tree { depth: 5, fan: 2, cases: 2 })).unwrap();
+        let info = describe(Param::Tree { depth: 5, fan: 2, cases: 2 }).unwrap();
         assert_eq!(info.functions[0].sig.to_string(), "func(x: level4)");
     }
 
     #[test]
     fn a_chain_of_aliases_is_refused_rather_than_overflowing_the_stack() {
-        let e = describe_component(&component(Shape::Aliased { cases: 1, aliases: 50_000 })).unwrap_err();
+        let e = describe(Param::Aliased { cases: 1, aliases: 50_000 }).unwrap_err();
         assert!(e.contains("nest deeper than 500 levels (type aliases included)"), "{e}");
     }
 
     #[test]
     fn shared_types_that_would_expand_to_gigabytes_are_refused() {
         // 2^12 leaves of 1,000 cases each, in 25 KB.
-        let e = describe_component(&component(Shape::Tree { depth: 12, fan: 2, cases: 1000 })).unwrap_err();
+        let e = describe(Param::Tree { depth: 12, fan: 2, cases: 1000 }).unwrap_err();
         assert!(e.contains("expand to more than"), "{e}");
-        let e = describe_component(&component(Shape::Tree { depth: 40, fan: 1, cases: 1 })).unwrap_err();
+        let e = describe(Param::Tree { depth: 40, fan: 1, cases: 1 }).unwrap_err();
         assert!(e.contains("too deep to describe in the catalog"), "{e}");
-        let e = describe_component(&component(Shape::Aliased { cases: 5000, aliases: 0 })).unwrap_err();
+        let e = describe(Param::Aliased { cases: 5000, aliases: 0 }).unwrap_err();
         assert!(e.contains("5000 fields, cases or flags"), "{e}");
     }
 }
