@@ -859,9 +859,10 @@ fn json_len(value: &Value) -> usize {
 /// resource handles are local-only and never listed.
 ///
 /// At most `source.max_entries` of them, which the cluster's catalog takes
-/// from one node: plugins with the fewest functions first, and one that does
-/// not fit is left out whole (and logged), so that a plugin with very many
-/// functions cannot take the others out of the catalog with it.
+/// from one node, with signatures of at most `source.max_bytes`: plugins
+/// with the fewest functions first, and one that does not fit is left out
+/// whole (and logged), so that a plugin with very many functions, or very
+/// large signatures, cannot take the others out of the catalog with it.
 pub(crate) fn local_catalog(
     runtime: &Runtime,
     node: &NodeId,
@@ -872,6 +873,7 @@ pub(crate) fn local_catalog(
     let listed = |p: &weft_runtime::PluginInfo| p.functions.iter().filter(|f| !f.local_only).count();
     plugins.sort_by_key(listed);
     let mut entries = Vec::new();
+    let mut bytes = 0;
     for plugin in plugins {
         let Ok(version) = plugin.version.parse::<semver::Version>() else {
             continue;
@@ -880,6 +882,13 @@ pub(crate) fn local_catalog(
             tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin does not fit this node's catalog (cluster.max_catalog_entries_per_node) and is not listed, so no client can call it");
             continue;
         }
+        let size: usize =
+            plugin.functions.iter().filter(|f| !f.local_only).map(|f| weft_runtime::catalog_json_bytes(&f.sig)).sum();
+        if bytes + size > source.max_bytes {
+            tracing::error!(plugin = %plugin.name, bytes = size, max = source.max_bytes, "the plugin's signatures do not fit this node's catalog (half of limits.max_frame, with the other plugins') and it is not listed, so no client can call it");
+            continue;
+        }
+        bytes += size;
         let mut resources = plugin.resources.clone();
         resources.extend(source.resources.iter().cloned());
         resources.sort();
@@ -907,7 +916,33 @@ pub(crate) fn local_catalog(
 mod tests {
     use rand::SeedableRng;
 
-    use super::{LARGE_REQUEST, LargeRequests, least_loaded};
+    use super::{LARGE_REQUEST, LargeRequests, least_loaded, local_catalog};
+
+    /// Plugins whose signatures would not fit the byte budget together are
+    /// left out one by one; the others are listed.
+    #[test]
+    fn a_plugin_whose_signatures_do_not_fit_is_left_out_alone() {
+        let runtime = weft_runtime::Runtime::new(weft_runtime::RuntimeConfig::default()).expect("runtime");
+        let size = |name: &str| {
+            let wasm = weft_bundle::get(name).expect("bundled");
+            runtime.load_bytes(&format!("{name}.wasm"), name, wasm, None).expect("load");
+            let info = weft_runtime::describe_component(wasm).expect("describe");
+            info.functions.iter().map(|f| weft_runtime::catalog_json_bytes(&f.sig)).sum::<usize>()
+        };
+        let (echo, math, text) = (size("echo"), size("math"), size("text"));
+        assert!(math > echo.max(text), "math has the largest signatures: {echo} {math} {text}");
+        let source = crate::node::PluginSource {
+            dir: None,
+            resources: vec![],
+            max_entries: 100,
+            max_bytes: echo + text,
+            foreign_tenants: false,
+        };
+        let (node, cluster) = (weft_proto::NodeId::new("n"), weft_proto::ClusterId::new("c"));
+        let listed = local_catalog(&runtime, &node, &cluster, &source);
+        let plugins: std::collections::BTreeSet<&str> = listed.iter().map(|e| e.function.plugin.as_ref()).collect();
+        assert_eq!(plugins, ["echo", "text"].into());
+    }
 
     #[tokio::test]
     async fn large_requests_take_turns_and_small_ones_never_wait() {

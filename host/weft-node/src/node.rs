@@ -80,6 +80,9 @@ pub(crate) struct PluginSource {
     pub resources: Vec<String>,
     /// `cluster.max_catalog_entries_per_node`, which the local catalog keeps to.
     pub max_entries: usize,
+    /// Bytes of signatures the local catalog keeps to, so that it fits in
+    /// one peer message (`limits.max_frame`) with room to spare.
+    pub max_bytes: usize,
     /// `routing.security.authenticate_links`: calls may name another
     /// cluster's tenants, so `TENANT@CLUSTER` callers open a plugin to it.
     pub foreign_tenants: bool,
@@ -341,6 +344,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         dir: config.node.plugins.clone(),
         resources: config.node.resources.clone(),
         max_entries: config.cluster.max_catalog_entries_per_node as usize,
+        max_bytes: max_frame / 2,
         foreign_tenants: config.routing.security.authenticate_links,
     };
     let start_config = StartConfig::of(&config);

@@ -93,6 +93,15 @@ const BACKSTOP: Duration = Duration::from_millis(200);
 /// Bytes of function names and signature text one plugin may advertise.
 const MAX_CATALOG_TEXT: usize = 256 << 10;
 
+/// Bytes of signatures as the catalog carries them (JSON, named types
+/// expanded) one plugin may advertise.
+const MAX_CATALOG_JSON: usize = 1 << 20;
+
+/// A signature's size in catalog messages.
+pub fn catalog_json_bytes(sig: &weft_proto::FunctionSig) -> usize {
+    serde_json::to_vec(sig).map_or(usize::MAX, |json| json.len())
+}
+
 impl Runtime {
     pub fn new(mut config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let tenant_limits = RwLock::new(std::mem::take(&mut config.tenant_limits));
@@ -252,6 +261,13 @@ impl Runtime {
         if catalog_bytes > MAX_CATALOG_TEXT {
             return Err(format!(
                 "its function names and signatures take {catalog_bytes} bytes of text, over the limit of {MAX_CATALOG_TEXT} bytes a plugin may put in the catalog; use shorter names, fewer fields or fewer functions"
+            ));
+        }
+        // The catalog carries each signature in full, named types expanded.
+        let catalog_json: usize = info.functions.iter().map(|f| catalog_json_bytes(&f.sig)).sum();
+        if catalog_json > MAX_CATALOG_JSON {
+            return Err(format!(
+                "its signatures, each named type written out in full, take {catalog_json} bytes in the catalog, over the limit of {MAX_CATALOG_JSON}; use fewer or smaller shared types"
             ));
         }
         if let Some(unknown) = manifest.functions.keys().find(|f| !info.functions.iter().any(|e| &e.name == *f)) {
@@ -1188,6 +1204,18 @@ mod tests {
         }
         let e = call("toomany", "g", vec![]).await.unwrap_err();
         assert!(e.message.contains("more than an instance may hold"), "{e:?}");
+    }
+
+    /// Signatures that print short (named types print as their names) but
+    /// fill the catalog once their types are written out are refused.
+    #[test]
+    fn a_plugin_whose_signatures_would_flood_the_catalog_does_not_load() {
+        use crate::test_component::{Param, TestComponent};
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let tree = |depth| TestComponent { param: Param::Tree { depth, fan: 2, cases: 1 }, ..TestComponent::default() };
+        rt.load_bytes("small.wasm", "small", &tree(8).build(), None).expect("a small tree loads");
+        let e = rt.load_bytes("big.wasm", "big", &tree(13).build(), None).unwrap_err();
+        assert!(e.reason.contains("bytes in the catalog, over the limit"), "{}", e.reason);
     }
 
     #[tokio::test]

@@ -101,7 +101,7 @@ const MAX_TYPE_DEPTH: usize = 500;
 /// with serde_json's limit of 128 levels, inside a frame's own few.
 const MAX_SIG_NESTING: usize = 100;
 /// Expanded size: a unit per type plus the bytes of the names it holds.
-const MAX_TYPE_WEIGHT: usize = 1 << 20;
+const MAX_TYPE_WEIGHT: usize = 256 << 10;
 /// Fields, cases or flags of one type: a value is checked against them
 /// one by one.
 const MAX_TYPE_MEMBERS: usize = 1024;
