@@ -49,14 +49,33 @@ fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
     let (code, _, err) = weft(&["call", "--node", "http://127.0.0.1:7701", "echo", "hi"]);
     assert_eq!(code, 1);
     assert!(err.contains("ws:// or wss://") && err.contains("weft catalog"), "{err}");
-    let (code, _, err) = weft(&["catalog", "--node", "ws://127.0.0.1:7700"]);
+    let (code, _, err) = weft(&["catalog", "--admin", "ws://127.0.0.1:7700"]);
     assert_eq!(code, 1);
-    assert!(err.contains("http:// or https://") && err.contains("weft call"), "{err}");
+    assert!(err.contains("admin http:// URL"), "{err}");
     // Nothing listening: where to look.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (code, _, err) = weft(&["catalog", "--node", &format!("http://{free}")]);
-    assert_eq!(code, 1);
-    assert!(err.contains("cannot connect") && err.contains("is this its admin address"), "{err}");
+    for url in [format!("http://{free}"), format!("ws://{free}")] {
+        let (code, _, err) = weft(&["catalog", "--node", &url]);
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot connect") && err.contains("is this its address"), "{err}");
+    }
+}
+
+/// `--node` and `WEFT_NODE` name a node the same way for every command:
+/// given the WebSocket URL, the admin commands find the admin API.
+#[test]
+fn admin_commands_take_the_node_s_websocket_url_too() {
+    let node = TestNode::start(NodeSpec::default());
+    let (code, out, err) = weft(&["catalog", "--node", &node.ws]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("echo/echo@0.1.0"), "{out}");
+    let out = Command::new(WEFT).args(["routes", "--json"]).env("WEFT_NODE", &node.ws).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(table["routes"].is_array(), "{table}");
+    let (code, out, err) = weft(&["plugins", "reload", "--node", &node.ws]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("unchanged"), "{out}");
 }
 
 #[test]

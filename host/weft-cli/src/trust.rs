@@ -24,35 +24,48 @@ impl Trust {
 /// Where a command reaches a node's admin API, and whom it trusts there.
 #[derive(Args)]
 pub struct AdminTarget {
-    /// The node's admin HTTP URL (`--node` is accepted too: this command
-    /// talks to the admin API, not the WebSocket).
-    #[arg(long, visible_alias = "node", env = "WEFT_ADMIN_URL", default_value = "http://127.0.0.1:7701")]
-    admin: String,
+    /// The node: its WebSocket URL (as for `weft call`; the node tells
+    /// where its admin API is) or its admin HTTP URL.
+    #[arg(long, env = "WEFT_NODE")]
+    node: Option<String>,
+    /// The node's admin HTTP URL, which wins over --node.
+    #[arg(long, env = "WEFT_ADMIN_URL")]
+    admin: Option<String>,
     #[command(flatten)]
     trust: Trust,
 }
 
+/// Where the admin API listens when nothing says otherwise.
+const DEFAULT_ADMIN: &str = "http://127.0.0.1:7701";
+
 impl AdminTarget {
-    pub fn client(&self) -> anyhow::Result<Admin> {
-        if !(self.admin.starts_with("http://") || self.admin.starts_with("https://")) {
+    pub async fn client(&self) -> anyhow::Result<Admin> {
+        let roots = self.trust.roots()?;
+        let url = match (&self.admin, &self.node) {
+            (Some(admin), _) => admin.clone(),
+            (None, Some(node)) if node.starts_with("ws://") || node.starts_with("wss://") => {
+                admin_of(node, roots.clone()).await?
+            }
+            (None, Some(node)) => node.clone(),
+            (None, None) => DEFAULT_ADMIN.to_owned(),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!(
-                "--admin {}: this command reads the node's admin API, whose URL is http:// or https:// (port 7701 by default); ws:// URLs are for `weft call`",
-                self.admin
+                "{url}: this command reads the node's admin API: give --node the node's ws:// URL or its admin http:// URL (port 7701 by default)"
             );
         }
-        Ok(Admin::new(&self.admin).with_roots(self.trust.roots()?))
+        Ok(Admin::new(&url).with_roots(roots))
     }
 
     /// GETs `path`, failing with the node's error unless it answers 200.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let reply = self.client()?.get(path).await?;
+        let reply = self.client().await?.get(path).await?;
         if reply.status != 200 {
             let error = &reply.body["error"];
             match (error["kind"].as_str(), error["message"].as_str()) {
                 (Some(kind), Some(message)) => anyhow::bail!("{kind}: {message} (HTTP {})", reply.status),
                 _ => anyhow::bail!(
-                    "{} answered HTTP {} to GET {path}; is --admin the node's admin address?",
-                    self.admin,
+                    "the node answered HTTP {} to GET {path}; is --node the node's address?",
                     reply.status
                 ),
             }
@@ -83,4 +96,24 @@ impl WsTarget {
         }
         Ok((url, self.trust.roots()?))
     }
+}
+
+/// The admin URL of the node whose WebSocket is at `ws`: plain HTTP to the
+/// WebSocket port is answered with the admin port, on the same host and
+/// with the same TLS.
+async fn admin_of(ws: &str, roots: Roots) -> anyhow::Result<String> {
+    let (scheme, rest) = match ws.strip_prefix("wss://") {
+        Some(rest) => ("https", rest),
+        None => ("http", ws.trim_start_matches("ws://")),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let reply = Admin::new(&format!("{scheme}://{authority}")).with_roots(roots).get("/").await?;
+    let port = reply.body["error"]["details"]["admin_port"].as_u64().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{ws} did not answer as a Weft node's WebSocket port (HTTP {}); give --node the node's ws:// URL or its admin http:// URL",
+            reply.status
+        )
+    })?;
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+    Ok(format!("{scheme}://{host}:{port}"))
 }

@@ -208,7 +208,7 @@ impl Admin {
             .await
             .map_err(|e| {
                 unavailable(format!(
-                    "cannot connect to {authority}: {e}; is the node running (weft node) and is this its admin address (--admin, or WEFT_ADMIN_URL; https:// for a node with [tls])?"
+                    "cannot connect to {authority}: {e}; is the node running (weft node) and is this its address (--node or WEFT_NODE: its ws:// or admin http:// URL; wss:// or https:// for a node with [tls])?"
                 ))
             })?;
         let mut sender = if uri.scheme_str() == Some("https") {

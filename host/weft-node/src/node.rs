@@ -451,6 +451,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         config.routing.max_hops,
     ));
     let ws_ctx = Arc::new(WsContext {
+        admin_port: admin_addr.port(),
         executor: executor.clone(),
         metrics: metrics.clone(),
         max_frame,

@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 use crate::peer::PeerMsg;
 
 pub(crate) struct WsContext {
+    /// The admin API's port, told to plain HTTP clients of this one.
+    pub admin_port: u16,
     pub executor: Arc<Executor>,
     pub metrics: Arc<Metrics>,
     pub max_frame: usize,
@@ -74,7 +76,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     };
     let mut stream = BufReader::new(stream);
     let upgrade = async {
-        if refused_plain_http(&mut stream).await {
+        if refused_plain_http(&mut stream, ctx.admin_port).await {
             return None;
         }
         let config = Some(ws_config(ctx.max_frame));
@@ -344,7 +346,7 @@ impl Drop for Open<'_> {
 /// that meant the admin port) with 426 and where to go, instead of a
 /// closed connection; true if it did. Looks only at what the first read
 /// brought: anything else is left to the WebSocket handshake.
-async fn refused_plain_http(stream: &mut BufReader<Conn>) -> bool {
+async fn refused_plain_http(stream: &mut BufReader<Conn>, admin_port: u16) -> bool {
     let Ok(head) = stream.fill_buf().await else {
         return false;
     };
@@ -354,9 +356,12 @@ async fn refused_plain_http(stream: &mut BufReader<Conn>) -> bool {
     if !head.contains("\r\n\r\n") || upgrade {
         return false;
     }
-    let e = WeftError::invalid_request(
-        "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port (POST /v1/call)",
-    );
+    // The admin port (same host, same TLS) is how `weft catalog --node
+    // ws://...` finds the admin API.
+    let e = WeftError::invalid_request(format!(
+        "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port, {admin_port} (POST /v1/call)"
+    ))
+    .with("admin_port", admin_port);
     let body = serde_json::json!({ "error": e.to_body() }).to_string();
     let answer = format!(
         "HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
