@@ -107,7 +107,7 @@ async fn admin_of(ws: &str, roots: Roots) -> anyhow::Result<String> {
         None => ("http", ws.trim_start_matches("ws://")),
     };
     let authority = rest.split('/').next().unwrap_or_default();
-    let reply = Admin::new(&format!("{scheme}://{authority}")).with_roots(roots).get("/").await?;
+    let reply = Admin::new(format!("{scheme}://{authority}")).with_roots(roots).get("/").await?;
     let port = reply.body["error"]["details"]["admin_port"].as_u64().ok_or_else(|| {
         anyhow::anyhow!(
             "{ws} did not answer as a Weft node's WebSocket port (HTTP {}); give --node the node's ws:// URL or its admin http:// URL",
