@@ -120,7 +120,7 @@ async fn next_json(
 async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
     let node = node();
     let mut ws = raw_socket(&node).await;
-    let cases: [(&str, ErrorKind, &str); 7] = [
+    let cases: [(&str, ErrorKind, &str); 9] = [
         ("{not json", ErrorKind::PARSE_ERROR, ""),
         (r#"{"role": "server", "u": "r1"}"#, ErrorKind::INVALID_REQUEST, "r1"),
         (r#"{"u": "r2", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r2"),
@@ -131,6 +131,17 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
             r#"{"role": "rpc", "u": "r6", "timeout_ms": 0, "cmds": [{"name": "a", "fun": "echo", "args": ["x"]}]}"#,
             ErrorKind::INVALID_REQUEST,
             "r6",
+        ),
+        (
+            r#"{"role": "rpc", "u": "r7", "cmds": [{"name": "a", "fun": "echo", "args": ["x"], "target_cluster": "bad name!"}]}"#,
+            ErrorKind::INVALID_REQUEST,
+            "r7",
+        ),
+        // Valid JSON, but beyond f64: still answered to its `u`.
+        (
+            r#"{"role": "rpc", "u": "r8", "cmds": [{"name": "a", "fun": "echo", "args": [1e400]}]}"#,
+            ErrorKind::PARSE_ERROR,
+            "r8",
         ),
     ];
     for (frame, kind, u) in cases {

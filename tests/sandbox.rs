@@ -314,6 +314,27 @@ async fn a_node_stopped_while_a_plugin_compiles_cancels_the_compile() {
     assert!(!stdout.contains("ready"), "{stdout}");
 }
 
+/// The same for a compile started by a reload (SIGHUP): the node stops
+/// without waiting for it.
+#[tokio::test]
+async fn a_node_stopped_while_a_reload_compiles_cancels_the_compile() {
+    let mut node = TestNode::start(NodeSpec {
+        plugins: vec!["echo"],
+        files: vec![],
+        config: "watch_plugins = false\n[limits]\ncompile_timeout = \"10m\"\ncompile_memory = \"1GiB\"\n".into(),
+    });
+    std::fs::write(node.plugins_dir().join("slow.wasm"), nested_loops(30_000)).unwrap();
+    let pid = node.pid();
+    let _ = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+    support::eventually("the compile child", std::time::Duration::from_secs(30), async || {
+        (compile_children(pid) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(node.terminate(), Some(0));
+    let log = node.stderr();
+    assert!(log.contains("compiling was cancelled: the node is stopping"), "{log}");
+}
+
 /// Compile children of process `pid` (running, not yet reaped).
 fn compile_children(pid: u32) -> usize {
     let pid = pid.to_string();

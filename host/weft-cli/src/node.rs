@@ -139,7 +139,15 @@ impl Signals {
                 tokio::select! {
                     _ = int.recv() => return,
                     _ = term.recv() => return,
-                    _ = hup.recv() => reload(node).await,
+                    _ = hup.recv() => {
+                        // A reload may compile for a while: a stop signal
+                        // meanwhile is acted on (and the compile cancelled).
+                        tokio::select! {
+                            () = reload(node) => {}
+                            _ = int.recv() => return,
+                            _ = term.recv() => return,
+                        }
+                    }
                 }
             }
         }

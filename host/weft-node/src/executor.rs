@@ -186,7 +186,10 @@ impl Executor {
     fn admit_targets(&self, req: &Request) -> Result<(), WeftError> {
         let me = &self.fabric.me;
         for cmd in &req.cmds {
-            let Some(target) = cmd.target_cluster.as_deref().filter(|c| *c != me.cluster.as_str()) else {
+            // A name no cluster could have is the plan's INVALID_REQUEST.
+            let Some(target) =
+                cmd.target_cluster.as_deref().filter(|c| *c != me.cluster.as_str() && weft_proto::is_valid_name(c))
+            else {
                 continue;
             };
             let target = ClusterId::new(target);

@@ -129,11 +129,21 @@ impl Request {
         {
             return Ok(request);
         }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| (None, WeftError::parse(format!("the message is not valid JSON: {e}"))))?;
         // A `u` of another type is echoed as its text, so that a client with
         // several requests in flight can still tell which one was refused.
-        let u = value.get("u").map(|u| u.as_str().map_or_else(|| u.to_string(), str::to_owned));
+        let u_text = |u: &Value| u.as_str().map_or_else(|| u.to_string(), str::to_owned);
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            // Valid JSON that serde_json cannot hold (a number beyond f64,
+            // such as 1e400) still has a `u` to answer to: read only that,
+            // skipping the rest unconverted.
+            #[derive(Deserialize)]
+            struct OnlyU {
+                u: Option<Value>,
+            }
+            let u = serde_json::from_slice::<OnlyU>(bytes).ok().and_then(|o| o.u).map(|u| u_text(&u));
+            (u, WeftError::parse(format!("the message is not valid JSON: {e}")))
+        })?;
+        let u = value.get("u").map(u_text);
         let Some(obj) = value.as_object() else {
             return Err((None, WeftError::invalid_request("a request must be a JSON object")));
         };

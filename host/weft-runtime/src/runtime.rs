@@ -920,18 +920,57 @@ fn read_plugin_files(
     stem: &str,
     max: u64,
 ) -> Result<(Vec<u8>, Option<String>), String> {
-    let meta = folder.metadata(file).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > max {
-        return Err(format!("{} bytes is over the plugin size limit of {max} bytes (limits.max_plugin)", meta.len()));
-    }
-    let wasm = folder.read(file).map_err(|e| format!("cannot read: {e}"))?;
+    let wasm = read_regular(folder, file, max).map_err(|e| e.to_string())?;
     let manifest_file = format!("{stem}.toml");
-    let manifest = match folder.read_to_string(&manifest_file) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {manifest_file}: {e}")),
+    let manifest = match read_regular(folder, &manifest_file, max) {
+        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| format!("{manifest_file} is not UTF-8 text"))?),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{manifest_file}: {e}")),
     };
     Ok((wasm, manifest))
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    NotAFile,
+    TooLarge { size: u64, max: u64 },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "cannot read: {e}"),
+            ReadError::NotAFile => f.write_str("not a regular file (a FIFO, device or socket is never read)"),
+            ReadError::TooLarge { size, max } => {
+                write!(f, "{size} bytes is over the plugin size limit of {max} bytes (limits.max_plugin)")
+            }
+        }
+    }
+}
+
+/// Reads a regular file of at most `max` bytes. It is opened without
+/// blocking and checked before it is read: opening a FIFO for reading would
+/// otherwise wait for a writer for ever, and hold up every reload with it.
+fn read_regular(folder: &cap_std::fs::Dir, name: &str, max: u64) -> Result<Vec<u8>, ReadError> {
+    use cap_std::fs::OpenOptionsExt;
+    use std::io::Read;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).custom_flags(libc::O_NONBLOCK);
+    let mut file = folder.open_with(name, &options).map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotAFile);
+    }
+    if meta.len() > max {
+        return Err(ReadError::TooLarge { size: meta.len(), max });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // A file that grows while it is read stops at the limit, and fails then.
+    file.by_ref().take(max + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge { size: bytes.len() as u64, max });
+    }
+    Ok(bytes)
 }
 
 /// Identifies a plugin's files: a reload skips a file whose wasm and
@@ -1204,6 +1243,32 @@ mod tests {
         }
         let e = call("toomany", "g", vec![]).await.unwrap_err();
         assert!(e.message.contains("more than an instance may hold"), "{e:?}");
+    }
+
+    /// A FIFO named like a plugin or a manifest is refused, not opened and
+    /// waited on (which held up every later reload, and the shutdown).
+    #[test]
+    fn a_fifo_in_the_plugins_folder_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("echo.wasm"), weft_bundle::get("echo").expect("bundled")).expect("write");
+        std::fs::write(dir.path().join("text.wasm"), weft_bundle::get("text").expect("bundled")).expect("write");
+        for fifo in ["pipe.wasm", "text.toml"] {
+            let path =
+                std::ffi::CString::new(dir.path().join(fifo).into_os_string().into_encoded_bytes()).expect("path");
+            // SAFETY: mkfifo reads the NUL-terminated path it is given.
+            #[allow(unsafe_code)]
+            let made = unsafe { libc::mkfifo(path.as_ptr(), 0o644) };
+            assert_eq!(made, 0, "mkfifo");
+        }
+        let rt = Arc::new(Runtime::new(RuntimeConfig::default()).expect("runtime"));
+        let (done, report) = std::sync::mpsc::channel();
+        let (loader, folder) = (rt.clone(), dir.path().to_owned());
+        std::thread::spawn(move || done.send(loader.reload_dir(&folder)));
+        let report = report.recv_timeout(Duration::from_secs(60)).expect("the reload ends");
+        assert_eq!(report.loaded, ["echo@0.1.0"]);
+        let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons.iter().all(|(_, r)| r.contains("not a regular file")), "{reasons:?}");
     }
 
     /// Signatures that print short (named types print as their names) but
