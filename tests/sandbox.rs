@@ -199,6 +199,9 @@ async fn a_plugins_log_records_are_bounded_per_second_over_all_its_calls() {
     // 30 x 100 lines of stdout (and 30 log calls) were written.
     let kept = log.lines().filter(|l| l.contains("rate-marker") && l.contains("weft::guest")).count() as f64;
     assert!(kept <= 1000.0 * (1.0 + seconds) + 1.0, "{kept} records in {seconds:.2} s");
+    // What was dropped is reported once a second, not once a call.
+    let reports = log.lines().filter(|l| l.contains("WARN") && l.contains("dropped_lines")).count() as f64;
+    assert!(reports <= seconds + 2.0, "{reports} reports of dropped output in {seconds:.2} s");
     assert_still_serving(&node).await;
 }
 

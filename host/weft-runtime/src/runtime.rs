@@ -1025,6 +1025,7 @@ fn emit_output(
     max_lines: u32,
 ) {
     let label = &*plugin.label;
+    let (mut dropped_bytes, mut dropped_lines) = (0, 0);
     for (stream, capture) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let (text, dropped) = capture.take();
         let mut lines = text.lines();
@@ -1038,15 +1039,24 @@ fn emit_output(
             let line = sandbox::log_line(line);
             tracing::info!(target: "weft::guest", plugin = label, function, stream, "{line}");
         }
-        let dropped_lines = lines.count() + refused;
-        if dropped > 0 || dropped_lines > 0 {
-            tracing::warn!(target: "weft::guest", plugin = label, function, stream, dropped_bytes = dropped, dropped_lines, "guest output over the per-call limit, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped");
-        }
+        dropped_bytes += dropped;
+        dropped_lines += lines.count() + refused;
     }
-    if dropped_logs > 0 && denied {
-        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines dropped: the plugin's manifest does not grant the log capability");
-    } else if dropped_logs > 0 {
-        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs, "guest log lines over the per-call limit, or over the plugin's {GUEST_LOG_RATE} records a second, were dropped");
+    let report = plugin.log_rate.dropped(|d| {
+        d.bytes += dropped_bytes;
+        d.lines += dropped_lines;
+        if denied {
+            d.denied_logs += u64::from(dropped_logs);
+        } else {
+            d.logs += u64::from(dropped_logs);
+        }
+    });
+    let Some(d) = report else { return };
+    if d.bytes > 0 || d.lines > 0 || d.logs > 0 {
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_bytes = d.bytes, dropped_lines = d.lines, dropped_logs = d.logs, "guest output (stdout, stderr and log calls) over the per-call limits, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped since the last such report (at most one a second)");
+    }
+    if d.denied_logs > 0 {
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs = d.denied_logs, "guest log calls dropped since the last such report: the plugin's manifest does not grant the log capability");
     }
 }
 

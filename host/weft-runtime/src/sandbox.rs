@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
@@ -162,20 +162,56 @@ struct LogBudget {
 pub(crate) const GUEST_LOG_RATE: u32 = 1000;
 
 /// One plugin's share of the node's log: `GUEST_LOG_RATE` records a second,
-/// with bursts of as many.
-pub(crate) struct LogRate(governor::DefaultDirectRateLimiter);
+/// with bursts of as many, and what it had dropped, reported at most once a
+/// second (a warning per call would flood the log at the call rate).
+pub(crate) struct LogRate {
+    records: governor::DefaultDirectRateLimiter,
+    dropped: Mutex<Dropped>,
+}
+
+/// Guest output dropped since the last report.
+#[derive(Default)]
+pub(crate) struct Dropped {
+    pub bytes: usize,
+    pub lines: usize,
+    pub logs: u64,
+    /// Log calls of a plugin whose manifest does not grant the capability.
+    pub denied_logs: u64,
+    reported: Option<Instant>,
+}
+
+/// How often a plugin's dropped output is reported.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 impl Default for LogRate {
     fn default() -> Self {
         let per_second = std::num::NonZeroU32::new(GUEST_LOG_RATE).unwrap_or(std::num::NonZeroU32::MIN);
-        Self(governor::RateLimiter::direct(governor::Quota::per_second(per_second)))
+        Self {
+            records: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
+            dropped: Mutex::default(),
+        }
     }
 }
 
 impl LogRate {
     /// Whether one more record fits now.
     pub(crate) fn admits(&self) -> bool {
-        self.0.check().is_ok()
+        self.records.check().is_ok()
+    }
+
+    /// Adds to what was dropped (`add` fills it in); once a second the
+    /// totals so far are taken for a report.
+    pub(crate) fn dropped(&self, add: impl FnOnce(&mut Dropped)) -> Option<Dropped> {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        add(&mut dropped);
+        let nothing = dropped.bytes == 0 && dropped.lines == 0 && dropped.logs == 0 && dropped.denied_logs == 0;
+        let now = Instant::now();
+        if nothing || dropped.reported.is_some_and(|at| now < at + DROP_REPORT_EVERY) {
+            return None;
+        }
+        let report = std::mem::take(&mut *dropped);
+        dropped.reported = Some(now);
+        Some(report)
     }
 }
 
