@@ -1042,14 +1042,12 @@ fn emit_output(
         dropped_bytes += dropped;
         dropped_lines += lines.count() + refused;
     }
-    let report = plugin.log_rate.dropped(|d| {
-        d.bytes += dropped_bytes;
-        d.lines += dropped_lines;
-        if denied {
-            d.denied_logs += u64::from(dropped_logs);
-        } else {
-            d.logs += u64::from(dropped_logs);
-        }
+    let (logs, denied_logs) = if denied { (0, dropped_logs) } else { (dropped_logs, 0) };
+    let report = plugin.log_rate.dropped(sandbox::Dropped {
+        bytes: dropped_bytes,
+        lines: dropped_lines,
+        logs: u64::from(logs),
+        denied_logs: u64::from(denied_logs),
     });
     let Some(d) = report else { return };
     if d.bytes > 0 || d.lines > 0 || d.logs > 0 {

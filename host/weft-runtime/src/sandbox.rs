@@ -3,6 +3,7 @@
 //! `weft:host/log` import.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -166,7 +167,11 @@ pub(crate) const GUEST_LOG_RATE: u32 = 1000;
 /// second (a warning per call would flood the log at the call rate).
 pub(crate) struct LogRate {
     records: governor::DefaultDirectRateLimiter,
-    dropped: Mutex<Dropped>,
+    /// Dropped since the last report, and when that was.
+    dropped: Mutex<(Dropped, Option<Instant>)>,
+    /// Something dropped is not reported yet: a call that dropped nothing
+    /// takes the lock only then.
+    pending: AtomicBool,
 }
 
 /// Guest output dropped since the last report.
@@ -177,7 +182,12 @@ pub(crate) struct Dropped {
     pub logs: u64,
     /// Log calls of a plugin whose manifest does not grant the capability.
     pub denied_logs: u64,
-    reported: Option<Instant>,
+}
+
+impl Dropped {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.lines == 0 && self.logs == 0 && self.denied_logs == 0
+    }
 }
 
 /// How often a plugin's dropped output is reported.
@@ -189,6 +199,7 @@ impl Default for LogRate {
         Self {
             records: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
             dropped: Mutex::default(),
+            pending: AtomicBool::new(false),
         }
     }
 }
@@ -199,19 +210,26 @@ impl LogRate {
         self.records.check().is_ok()
     }
 
-    /// Adds to what was dropped (`add` fills it in); once a second the
-    /// totals so far are taken for a report.
-    pub(crate) fn dropped(&self, add: impl FnOnce(&mut Dropped)) -> Option<Dropped> {
-        let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
-        add(&mut dropped);
-        let nothing = dropped.bytes == 0 && dropped.lines == 0 && dropped.logs == 0 && dropped.denied_logs == 0;
-        let now = Instant::now();
-        if nothing || dropped.reported.is_some_and(|at| now < at + DROP_REPORT_EVERY) {
+    /// Adds what a call dropped; once a second the totals so far are taken
+    /// for a report.
+    pub(crate) fn dropped(&self, call: Dropped) -> Option<Dropped> {
+        if call.is_empty() && !self.pending.load(Ordering::Acquire) {
             return None;
         }
-        let report = std::mem::take(&mut *dropped);
-        dropped.reported = Some(now);
-        Some(report)
+        let mut guard = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        let (dropped, reported) = &mut *guard;
+        dropped.bytes += call.bytes;
+        dropped.lines += call.lines;
+        dropped.logs += call.logs;
+        dropped.denied_logs += call.denied_logs;
+        let now = Instant::now();
+        if dropped.is_empty() || reported.is_some_and(|at| now < at + DROP_REPORT_EVERY) {
+            self.pending.store(!dropped.is_empty(), Ordering::Release);
+            return None;
+        }
+        self.pending.store(false, Ordering::Release);
+        *reported = Some(now);
+        Some(std::mem::take(dropped))
     }
 }
 
