@@ -60,6 +60,9 @@ pub enum WitType {
     /// A resource handle (`own<T>` / `borrow<T>`): cannot cross the JSON boundary.
     Resource {
         name: String,
+        /// `borrow<T>` rather than `own<T>`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        borrowed: bool,
     },
     /// A type Weft does not carry over JSON (future, stream, error-context).
     Unsupported {
@@ -302,7 +305,7 @@ impl fmt::Display for WitType {
             }
             WitType::Enum { name: None, cases } => write!(f, "enum {{ {} }}", cases.join(", ")),
             WitType::Flags { name: None, flags } => write!(f, "flags {{ {} }}", flags.join(", ")),
-            WitType::Resource { name } => write!(f, "own<{name}>"),
+            WitType::Resource { name, borrowed } => write!(f, "{}<{name}>", if *borrowed { "borrow" } else { "own" }),
             WitType::Unsupported { name } => f.write_str(name),
         }
     }
@@ -659,7 +662,9 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
                 _ => Err(fail(expected())),
             }
         }
-        WitType::Resource { name } => Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON"))),
+        WitType::Resource { name, .. } => {
+            Err(fail(format!("a handle to resource {name}, which cannot be passed as JSON")))
+        }
         WitType::Unsupported { name } => Err(fail(format!("{name}, which cannot be passed as JSON"))),
     }
 }

@@ -489,9 +489,16 @@ impl Runtime {
             .max_by(|a, b| a.version.cmp(&b.version))
             .cloned()
             .ok_or_else(|| {
+                // Planned from a catalog a reload has since changed, most often.
+                let wanted = target.version.map_or_else(|| target.plugin.to_owned(), |v| format!("{}@{v}", target.plugin));
+                let loaded: Vec<String> =
+                    plugins.iter().filter(|p| p.name == target.plugin).map(|p| p.label.to_string()).collect();
+                let here = if loaded.is_empty() { String::new() } else { format!(" (it has {})", loaded.join(", ")) };
                 WeftError::new(
                     ErrorKind::FUNCTION_NOT_FOUND,
-                    format!("plugin {} is not loaded on this node", target.plugin),
+                    format!(
+                        "plugin {wanted} is not loaded on this node{here}; it was unloaded or replaced since the call was planned: retry to use the catalog as it is now"
+                    ),
                 )
             })
     }
@@ -1251,6 +1258,24 @@ mod tests {
         }
         let e = call("toomany", "g", vec![]).await.unwrap_err();
         assert!(e.message.contains("more than an instance may hold"), "{e:?}");
+    }
+
+    /// A call planned for a version this node no longer has says which it
+    /// wanted, which it has, and to retry.
+    #[tokio::test]
+    async fn a_call_for_a_version_gone_since_it_was_planned_says_so() {
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        rt.load_bytes("echo.wasm", "echo", weft_bundle::get("echo").expect("bundled"), None).expect("echo");
+        let version = semver::Version::new(9, 9, 9);
+        let target = CallTarget { plugin: "echo", version: Some(&version), function: "echo" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = rt.call(target, &[Value::from("x")], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+        assert!(
+            e.message.contains("plugin echo@9.9.9 is not loaded") && e.message.contains("(it has echo@0.1.0)"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("retry"), "{e:?}");
     }
 
     /// A FIFO named like a plugin or a manifest is refused, not opened and

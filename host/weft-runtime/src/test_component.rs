@@ -17,6 +17,8 @@ pub(crate) enum Param {
         cases: usize,
         aliases: u32,
     },
+    /// `borrow<res>` of an imported resource `res`.
+    Borrowed,
     /// Records of `fan` fields, each the record one level down, `depth`
     /// levels over an enum of `cases`: small to write, fan^depth to expand.
     Tree {
@@ -122,6 +124,14 @@ impl TestComponent {
         };
         let (cases, levels, fan, alias_count) = match self.param {
             Param::None => return None,
+            Param::Borrowed => {
+                c.section(ComponentImportSection::new().import("res", ComponentTypeRef::Type(TypeBounds::SubResource)));
+                let mut section = ComponentTypeSection::new();
+                section.defined_type().borrow(*types);
+                c.section(&section);
+                *types += 2;
+                return Some(*types - 1);
+            }
             Param::Aliased { cases, aliases } => (cases, 0, 0, aliases),
             Param::Tree { depth, fan, cases } => (cases, depth, fan, 0),
         };

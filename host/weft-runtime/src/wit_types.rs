@@ -3,7 +3,7 @@
 //! flags so signatures print as the plugin author wrote them.
 
 use wasmtime::component::wit_parser::decoding::{DecodedWasm, decode};
-use wasmtime::component::wit_parser::{Resolve, Type, TypeDefKind, TypeId, WorldItem, WorldKey};
+use wasmtime::component::wit_parser::{Handle, Resolve, Type, TypeDefKind, TypeId, WorldItem, WorldKey};
 use weft_proto::wit::{Case, Field, FunctionSig, WitType};
 
 #[derive(Clone, Debug)]
@@ -226,9 +226,16 @@ impl Expand<'_> {
             }
             // An alias adds nothing but depth.
             TypeDefKind::Type(t) => self.ty(t, depth.into(0))?,
-            TypeDefKind::Resource | TypeDefKind::Handle(_) => {
+            TypeDefKind::Resource => {
                 self.charge(named, 0)?;
-                WitType::Resource { name: name.unwrap_or_else(|| "resource".into()) }
+                WitType::Resource { name: name.unwrap_or_else(|| "resource".into()), borrowed: false }
+            }
+            // A handle names the resource it points at.
+            TypeDefKind::Handle(handle) => {
+                let (Handle::Own(resource) | Handle::Borrow(resource)) = handle;
+                let name = self.resolve.types[*resource].name.clone().unwrap_or_else(|| "resource".into());
+                self.charge(name.len(), 0)?;
+                WitType::Resource { name, borrowed: matches!(handle, Handle::Borrow(_)) }
             }
             TypeDefKind::Map(..) => WitType::Unsupported { name: "map".into() },
             TypeDefKind::FixedLengthList(..) => WitType::Unsupported { name: "fixed-length-list".into() },
@@ -254,6 +261,13 @@ mod tests {
         assert_eq!(info.functions[0].sig.to_string(), "func(x: leaf)");
         let info = describe(Param::Tree { depth: 5, fan: 2, cases: 2 }).unwrap();
         assert_eq!(info.functions[0].sig.to_string(), "func(x: level4)");
+    }
+
+    #[test]
+    fn a_handle_names_its_resource_and_whether_it_is_borrowed() {
+        let info = describe(Param::Borrowed).unwrap();
+        assert_eq!(info.functions[0].sig.to_string(), "func(x: borrow<res>)");
+        assert!(info.functions[0].sig.uses_handles());
     }
 
     #[test]

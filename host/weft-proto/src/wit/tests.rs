@@ -162,7 +162,7 @@ fn mismatches_name_the_path_and_the_expected_type() {
     let err = from_json(&json!({"circle": "big"}), &shape(), "s").unwrap_err();
     assert_eq!(err.path, "s.circle");
     assert!(from_json(&json!({"square": 1}), &shape(), "s").is_err());
-    assert!(from_json(&json!(1), &WitType::Resource { name: "r".into() }, "h").is_err());
+    assert!(from_json(&json!(1), &WitType::Resource { name: "r".into(), borrowed: false }, "h").is_err());
 }
 
 #[test]
