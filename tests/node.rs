@@ -293,6 +293,16 @@ async fn a_large_request_waiting_for_its_turn_holds_up_nothing_else_on_its_conne
     assert_eq!(first["u"], "short", "{first}");
     assert_eq!(first["error"]["kind"], "DEADLINE_EXCEEDED", "{first}");
     assert!(!held.is_finished(), "answered while the other large request still held the turn");
+    // The wait for the turn counts against a request's deadline: it is
+    // answered when that passes, not when the turn comes.
+    let mut hurried = raw_socket(&node).await;
+    let request = json!({"role": "rpc", "u": "hurried", "timeout_ms": 500,
+        "cmds": [{"name": "big", "fun": "echo", "args": ["x".repeat(1 << 20)]}]});
+    hurried.send(Message::Text(request.to_string().into())).await.unwrap();
+    let (reply, _) = next_json(&mut hurried).await;
+    assert_eq!((reply["u"].as_str(), reply["error"]["kind"].as_str()), (Some("hurried"), Some("DEADLINE_EXCEEDED")));
+    assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("waited for its turn"), "{reply}");
+    assert!(!held.is_finished(), "answered only once the turn came");
     let held = held.await.unwrap();
     assert_eq!((held["u"].as_str(), held["error"]["kind"].as_str()), (Some("holder"), Some("GUEST_TRAP")), "{held}");
     let mut rest = Vec::new();

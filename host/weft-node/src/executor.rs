@@ -774,24 +774,64 @@ pub(crate) type Decoded = (Result<Request, (Option<String>, WeftError)>, Option<
 /// node with few cores two of them at once would leave no worker for
 /// anyone else. So a large request is parsed off the workers, and its turn
 /// (the permit returned with it) is held until it has run; the next one
-/// waits, and its connection with it.
+/// waits, and its connection with it. The wait counts against the request's
+/// own deadline: it is read first (a scan of the frame, off the workers),
+/// and a request whose deadline passes in line is answered then.
 #[derive(Clone)]
-pub(crate) struct LargeRequests(Arc<Semaphore>);
+pub(crate) struct LargeRequests {
+    turn: Arc<Semaphore>,
+    /// A request's deadline when it sets no `timeout_ms`.
+    default_timeout: Duration,
+}
+
+/// What is read of a large request before its turn.
+#[derive(Default, serde::Deserialize)]
+struct Peek {
+    u: Option<String>,
+    timeout_ms: Option<u64>,
+}
 
 impl LargeRequests {
-    pub(crate) fn new() -> Self {
-        Self(Arc::new(Semaphore::new(1)))
+    pub(crate) fn new(default_timeout: Duration) -> Self {
+        Self { turn: Arc::new(Semaphore::new(1)), default_timeout }
     }
 
     pub(crate) async fn decode(&self, bytes: Vec<u8>) -> Decoded {
         if bytes.len() <= LARGE_REQUEST {
             return (Request::decode(&bytes), None);
         }
-        let turn = self.0.clone().acquire_owned().await.ok();
-        let decoded = tokio::task::spawn_blocking(move || Request::decode(&bytes))
-            .await
-            .unwrap_or_else(|e| Err((None, WeftError::internal(format!("decoding the request failed: {e}")))));
-        (decoded, turn)
+        let received = Instant::now();
+        let failed =
+            |e: tokio::task::JoinError| (None, WeftError::internal(format!("decoding the request failed: {e}")));
+        let peeked = tokio::task::spawn_blocking(move || {
+            let peek = serde_json::from_slice::<Peek>(&bytes).unwrap_or_default();
+            (bytes, peek)
+        })
+        .await;
+        let (bytes, peek) = match peeked {
+            Ok(peeked) => peeked,
+            Err(e) => return (Err(failed(e)), None),
+        };
+        let timeout = peek.timeout_ms.filter(|ms| *ms > 0).map_or(self.default_timeout, Duration::from_millis);
+        let deadline = received + timeout;
+        let Ok(turn) = tokio::time::timeout_at(deadline.into(), self.turn.clone().acquire_owned()).await else {
+            let e = WeftError::new(
+                ErrorKind::DEADLINE_EXCEEDED,
+                format!(
+                    "the request's {timeout:?} (timeout_ms) passed while it waited for its turn: requests over {} MiB run one at a time on a node; send smaller requests, or fewer at once",
+                    LARGE_REQUEST >> 20
+                ),
+            );
+            return (Err((peek.u, e)), None);
+        };
+        let mut decoded =
+            tokio::task::spawn_blocking(move || Request::decode(&bytes)).await.unwrap_or_else(|e| Err(failed(e)));
+        // What is left of its time, from now on.
+        if let Ok(request) = &mut decoded {
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
+            request.timeout_ms = Some(u64::try_from(left).unwrap_or(u64::MAX));
+        }
+        (decoded, turn.ok())
     }
 }
 
@@ -955,7 +995,7 @@ mod tests {
             frame.extend_from_slice(br#""]}]}"#);
             frame
         };
-        let gate = LargeRequests::new();
+        let gate = LargeRequests::new(std::time::Duration::from_secs(30));
         let (first, turn) = gate.decode(large()).await;
         assert_eq!(first.expect("decodes").u, "big");
         assert!(turn.is_some(), "a large request holds the turn");

@@ -348,7 +348,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         foreign_tenants: config.routing.security.authenticate_links,
     };
     let start_config = StartConfig::of(&config);
-    let large = crate::executor::LargeRequests::new();
+    let large = crate::executor::LargeRequests::new(DEFAULT_REQUEST_TIMEOUT);
     let admin_ctx = Arc::new(AdminContext {
         start_config: start_config.clone(),
         plugins: plugin_source.clone(),
