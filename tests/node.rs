@@ -601,6 +601,51 @@ async fn sigterm_drains_in_flight_calls_before_exiting() {
     assert_eq!(reply.body["error"]["kind"], "GUEST_TRAP", "{}", reply.text);
 }
 
+/// Nothing goes unanswered when a node stops: a request that arrives while
+/// it drains is turned away, and one still running when the grace period
+/// ends is answered UNAVAILABLE, over WebSocket and HTTP.
+#[tokio::test]
+async fn a_stopping_node_answers_every_request_it_took() {
+    let mut node = TestNode::start(NodeSpec {
+        files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"20s\"\n".to_vec())],
+        config: "shutdown_grace = \"1s\"\n".into(),
+        ..NodeSpec::default()
+    });
+    let mut ws = raw_socket(&node).await;
+    let request = |u: &str, fun: &str| {
+        Message::Text(
+            json!({"role": "rpc", "u": u, "cmds": [{"name": "a", "fun": fun, "args": []}]}).to_string().into(),
+        )
+    };
+    ws.send(request("long", "spin")).await.unwrap();
+    let admin = node.admin();
+    let over_http = tokio::spawn(async move {
+        admin.post("/v1/call", r#"{"role": "rpc", "u": "h", "cmds": [{"name": "a", "fun": "spin"}]}"#).await
+    });
+    let admin = node.admin();
+    eventually("both requests in flight", Duration::from_secs(10), async || {
+        let text = admin.get("/metrics").await.ok()?.text;
+        (metric(&text, "weft_in_flight_requests")? >= 2.0).then_some(())
+    })
+    .await;
+    node.signal_term();
+    eventually("the node draining", Duration::from_secs(5), async || {
+        (admin.get("/health").await.ok()?.status == 503).then_some(())
+    })
+    .await;
+    ws.send(request("late", "echo")).await.unwrap();
+    let (late, _) = next_json(&mut ws).await;
+    assert_eq!((late["u"].as_str(), late["error"]["kind"].as_str()), (Some("late"), Some("UNAVAILABLE")), "{late}");
+    assert!(late["error"]["message"].as_str().unwrap_or_default().contains("takes no new requests"), "{late}");
+    let (long, _) = next_json(&mut ws).await;
+    assert_eq!((long["u"].as_str(), long["error"]["kind"].as_str()), (Some("long"), Some("UNAVAILABLE")), "{long}");
+    assert!(long["error"]["message"].as_str().unwrap_or_default().contains("grace period ended"), "{long}");
+    let http = over_http.await.unwrap().expect("an HTTP answer");
+    assert_eq!((http.status, http.body["error"]["kind"].as_str()), (503, Some("UNAVAILABLE")), "{}", http.text);
+    let code = tokio::task::spawn_blocking(move || node.wait()).await.unwrap();
+    assert_eq!(code, Some(2), "not drained within the grace period");
+}
+
 #[tokio::test]
 async fn a_node_that_dies_mid_call_gives_unavailable_not_a_hang() {
     let mut node = node();

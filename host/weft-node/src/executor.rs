@@ -35,6 +35,9 @@ pub struct Executor {
     max_commands: usize,
     default_timeout: Duration,
     default_hop_budget: u32,
+    /// Cancelled when the node's shutdown grace period is over: requests
+    /// still running are answered UNAVAILABLE then, rather than cut off.
+    grace_over: tokio_util::sync::CancellationToken,
 }
 
 struct StepDone {
@@ -49,7 +52,14 @@ struct StepDone {
 impl Executor {
     pub fn new(fabric: Arc<Fabric>, max_commands: usize, default_timeout: Duration, default_hop_budget: u32) -> Self {
         let metrics = fabric.metrics.clone();
-        Self { fabric, metrics, max_commands, default_timeout, default_hop_budget }
+        let grace_over = tokio_util::sync::CancellationToken::new();
+        Self { fabric, metrics, max_commands, default_timeout, default_hop_budget, grace_over }
+    }
+
+    /// Ends the requests still running, each with an UNAVAILABLE answer
+    /// (the node's shutdown grace period is over).
+    pub(crate) fn end_running(&self) {
+        self.grace_over.cancel();
     }
 
     /// Every function callable from this node.
@@ -75,7 +85,20 @@ impl Executor {
     pub async fn execute(&self, req: Request) -> Response {
         let _in_flight = InFlight::enter(&self.metrics);
         let u = req.u.clone();
-        match self.run(req, Instant::now()).await {
+        let ended = || {
+            WeftError::new(
+                ErrorKind::UNAVAILABLE,
+                format!(
+                    "node {} stopped (its shutdown grace period ended) before the request finished; its commands may or may not have run: retry on another node if that is safe",
+                    self.fabric.me.node
+                ),
+            )
+        };
+        let result = tokio::select! {
+            result = self.run(req, Instant::now()) => result,
+            () = self.grace_over.cancelled() => Err(ended()),
+        };
+        match result {
             Ok(response) => response,
             Err(e) => {
                 self.metrics.record_error(e.kind);

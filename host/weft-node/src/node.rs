@@ -69,6 +69,7 @@ pub struct RunningNode {
     leave: mpsc::Sender<LeaveRequest>,
     start_config: Arc<StartConfig>,
     plugins: PluginSource,
+    executor: Arc<Executor>,
 }
 
 /// Where this node's plugins come from, for reloads.
@@ -263,7 +264,10 @@ impl RunningNode {
         self.tracker.close();
         let drained = tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok();
         if !drained {
-            tracing::warn!(node = %self.id, "grace period over; cancelling the calls still running");
+            tracing::warn!(node = %self.id, "grace period over; the requests still running are answered UNAVAILABLE");
+            self.executor.end_running();
+            // Time to write those answers.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
         }
         self.fabric.close_links().await;
         self.admin_shutdown.cancel();
@@ -464,7 +468,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     if config.node.watch_plugins {
         crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
     }
-    let _ = executor_cell.set(executor);
+    let _ = executor_cell.set(executor.clone());
     phase.set(Phase::Ready);
     tracing::info!(node = %id, %cluster, ws = %ws_addr, admin = %admin_addr, "node ready");
     Ok(RunningNode {
@@ -482,6 +486,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         leave,
         start_config,
         plugins: plugin_source,
+        executor,
     })
 }
 

@@ -269,15 +269,42 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         calls.abort_all();
         ctx.metrics.abandoned.inc_by(abandoned as u64);
     } else {
-        // Draining or closing: let in-flight calls finish and answer (the
-        // node bounds this with its shutdown grace period).
-        if let Some(call) = inline.take() {
-            let _ = sink.feed(call.await).await;
-        }
-        while calls.join_next().await.is_some() {}
+        // Draining or closing: the calls in flight finish and answer (at the
+        // end of the node's grace period, with UNAVAILABLE), and a request
+        // that arrives meanwhile is turned away at once, so that none goes
+        // unanswered.
         drop(tx);
-        while let Some(reply) = replies.recv().await {
-            let _ = sink.feed(reply).await;
+        if let Some((bytes, binary)) = parked.take() {
+            let _ = sink.feed(turned_away(&ctx.executor, &bytes, binary)).await;
+        }
+        let mut reading = true;
+        loop {
+            // Every call answered and every answer written.
+            if inline.is_none() && calls.is_empty() && replies.is_closed() && replies.is_empty() {
+                break;
+            }
+            let written = tokio::select! {
+                reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
+                    inline = None;
+                    sink.feed(reply).await
+                }
+                Some(_) = calls.join_next(), if !calls.is_empty() => Ok(()),
+                Some(reply) = replies.recv() => sink.feed(reply).await,
+                msg = incoming.next(), if reading => match msg {
+                    Some(Ok(Message::Text(t))) => sink.feed(turned_away(&ctx.executor, t.as_bytes(), false)).await,
+                    Some(Ok(Message::Binary(b))) => sink.feed(turned_away(&ctx.executor, &b, true)).await,
+                    Some(Ok(_)) => Ok(()),
+                    _ => {
+                        reading = false;
+                        Ok(())
+                    }
+                },
+                else => break,
+            };
+            // A client that reads nothing is not waited for past the grace.
+            if written.is_err() || tokio::time::timeout(ctx.write_timeout, sink.flush()).await.is_err() {
+                break;
+            }
         }
         let _ = sink
             .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
@@ -285,6 +312,22 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+}
+
+/// The answer to a request that arrived while the node drains.
+fn turned_away(executor: &Executor, bytes: &[u8], binary: bool) -> Message {
+    let u = match Request::decode(bytes) {
+        Ok(request) => Some(request.u),
+        Err((u, _)) => u,
+    };
+    let e = WeftError::new(
+        ErrorKind::UNAVAILABLE,
+        format!(
+            "node {} is shutting down and takes no new requests; send it to another node",
+            executor.fabric().me.node
+        ),
+    );
+    reply(executor, Response::err(u.unwrap_or_default(), &e), binary)
 }
 
 /// `response` as a frame of the type its request came in.
