@@ -359,6 +359,8 @@ pub struct ConfigError {
 impl Config {
     /// Reads a config file; `None` gives the embedded default.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        // The file's text, so that validation problems can name their line.
+        let mut source_text = None;
         let mut config = match path {
             None => Config::default(),
             Some(p) => {
@@ -379,6 +381,7 @@ impl Config {
                 if !key.is_empty() {
                     *key = base.join(&*key).display().to_string();
                 }
+                source_text = Some(text);
                 config
             }
         };
@@ -395,9 +398,10 @@ impl Config {
             // Say which problems came from a flag or variable, not the file.
             let problems = problems
                 .into_iter()
-                .map(|p| match overridden.iter().find(|key| p.starts_with(*key)) {
-                    Some(_) => format!("{p} (set by a flag or WEFT_* variable)"),
-                    None => p,
+                .map(|p| match (overridden.iter().find(|key| p.starts_with(*key)), &source_text) {
+                    (Some(_), _) => format!("{p} (set by a flag or WEFT_* variable)"),
+                    (None, Some(text)) => with_line(text, p),
+                    (None, None) => p,
                 })
                 .collect();
             ConfigError { file, problems }
@@ -427,7 +431,10 @@ impl Config {
                     }
                 }
                 Ok(config) if unknown.is_empty() && bad_values.is_empty() => return Ok(config),
-                Ok(config) => bad_values.extend(config.validate().err().unwrap_or_default()),
+                Ok(config) => {
+                    let problems = config.validate().err().unwrap_or_default();
+                    bad_values.extend(problems.into_iter().map(|p| with_line(&text, p)));
+                }
             }
             let mut problems: Vec<String> = unknown
                 .iter()
@@ -796,6 +803,16 @@ pub(crate) fn ws_url_ok(url: &str) -> bool {
     rest.is_some_and(|rest| !rest.starts_with([':', '/']) && !rest.is_empty())
 }
 
+/// A validation problem (`limits.memory: must be ...`) with the line of its
+/// key, where the file sets it.
+fn with_line(text: &str, problem: String) -> String {
+    let key = problem.split([':', ' ']).next().unwrap_or_default();
+    match line_of(text, key) {
+        Some(line) if key.contains('.') => format!("{problem} (line {line})"),
+        _ => problem,
+    }
+}
+
 /// Line (1-based) of a dotted key path such as `federation.bridges.0.clustr`;
 /// the deepest part of the path that can be found gives the line.
 fn line_of(text: &str, path: &str) -> Option<usize> {
@@ -958,6 +975,15 @@ max_concurrency = 256
     }
 
     #[test]
+    fn values_that_fail_validation_name_the_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, "[node]\ncluster = \"c\"\n\n[limits]\nmemory = \"512KiB\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("limits.memory: must be at least 1MiB (line 5)"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_line() {
         let err = Config::parse("x.toml", "[limits]\ndeadline = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("500ms"), "{err}");
@@ -1071,9 +1097,9 @@ block = ["/x", "Upper", "text/snake_case"]
             "{found:?}"
         );
         assert!(found.iter().any(|p| p.contains("tenants.b.tokens[1]: a \"sha256:\" token needs")), "{found:?}");
-        assert_eq!(problems("[limits]\ndeadline = \"25h\"\n"), ["limits.deadline: must be at most 24h"]);
+        assert_eq!(problems("[limits]\ndeadline = \"25h\"\n"), ["limits.deadline: must be at most 24h (line 2)"]);
         let found = problems("[tenants.a.limits]\ndeadline = \"0s\"\nmemory = \"512KiB\"\n");
-        assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0"), "{found:?}");
+        assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0 (line 2)"), "{found:?}");
         assert!(found.iter().any(|p| p.starts_with("tenants.a.limits.memory: must be at least 1MiB")), "{found:?}");
         let fine = format!(
             "[auth]\nrequired = true\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.a.limits]\nmemory = \"8MiB\"\n"
