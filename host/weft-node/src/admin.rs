@@ -528,16 +528,16 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             return reject(StatusCode::REQUEST_TIMEOUT, WeftError::invalid_request(message));
         }
     };
-    let (decoded, turn) = ctx.large.decode(body.into()).await;
+    let decoded = ctx.large.decode(body.into()).await;
     // A token in the body wins over the header.
-    let response = match crate::executor::with_bearer(decoded, &bearer, &ctx.metrics) {
+    let response = match crate::executor::with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => match ctx.executor.get() {
             Some(executor) => {
                 // hyper drops this future when the client goes away: count it then.
                 let mut waiting = Abandoned(Some(&ctx.metrics));
-                let response = ctx.calls.track_future(executor.execute(request)).await;
+                let response = ctx.calls.track_future(executor.execute(request, decoded.received)).await;
                 waiting.0 = None;
-                drop(turn);
+                drop(decoded.turn);
                 response
             }
             None => return starting(),

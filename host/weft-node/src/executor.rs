@@ -80,9 +80,10 @@ impl Executor {
         encode(response, self.fabric.max_frame, &self.metrics)
     }
 
-    /// Executes a request and always produces a response (errors included).
-    /// If the future is dropped (the client left), the gauges still settle.
-    pub async fn execute(&self, req: Request) -> Response {
+    /// Executes a request received at `received` (its deadline counts from
+    /// then) and always produces a response (errors included). If the
+    /// future is dropped (the client left), the gauges still settle.
+    pub async fn execute(&self, req: Request, received: Instant) -> Response {
         let _in_flight = InFlight::enter(&self.metrics);
         let u = req.u.clone();
         let ended = || {
@@ -95,7 +96,7 @@ impl Executor {
             )
         };
         let result = tokio::select! {
-            result = self.run(req, Instant::now()) => result,
+            result = self.run(req, received) => result,
             () = self.grace_over.cancelled() => Err(ended()),
         };
         match result {
@@ -790,7 +791,13 @@ fn intermediate(
 pub(crate) const LARGE_REQUEST: usize = 1 << 20;
 
 /// A decoded request and, for a large one, its turn.
-pub(crate) type Decoded = (Result<Request, (Option<String>, WeftError)>, Option<OwnedSemaphorePermit>);
+pub(crate) struct Decoded {
+    pub request: Result<Request, (Option<String>, WeftError)>,
+    /// A large request's turn, held until it has run.
+    pub turn: Option<OwnedSemaphorePermit>,
+    /// When the request arrived: its deadline counts from then.
+    pub received: Instant,
+}
 
 /// The node's turn for large requests. Parsing, checking and converting a
 /// request of many megabytes keeps a thread busy for a second or more; on a
@@ -820,10 +827,10 @@ impl LargeRequests {
     }
 
     pub(crate) async fn decode(&self, bytes: Vec<u8>) -> Decoded {
-        if bytes.len() <= LARGE_REQUEST {
-            return (Request::decode(&bytes), None);
-        }
         let received = Instant::now();
+        if bytes.len() <= LARGE_REQUEST {
+            return Decoded { request: Request::decode(&bytes), turn: None, received };
+        }
         let failed =
             |e: tokio::task::JoinError| (None, WeftError::internal(format!("decoding the request failed: {e}")));
         let peeked = tokio::task::spawn_blocking(move || {
@@ -833,11 +840,11 @@ impl LargeRequests {
         .await;
         let (bytes, peek) = match peeked {
             Ok(peeked) => peeked,
-            Err(e) => return (Err(failed(e)), None),
+            Err(e) => return Decoded { request: Err(failed(e)), turn: None, received },
         };
         let timeout = peek.timeout_ms.filter(|ms| *ms > 0).map_or(self.default_timeout, Duration::from_millis);
-        let deadline = received + timeout;
-        let Ok(turn) = tokio::time::timeout_at(deadline.into(), self.turn.clone().acquire_owned()).await else {
+        let Ok(turn) = tokio::time::timeout_at((received + timeout).into(), self.turn.clone().acquire_owned()).await
+        else {
             let e = WeftError::new(
                 ErrorKind::DEADLINE_EXCEEDED,
                 format!(
@@ -845,16 +852,11 @@ impl LargeRequests {
                     LARGE_REQUEST >> 20
                 ),
             );
-            return (Err((peek.u, e)), None);
+            return Decoded { request: Err((peek.u, e)), turn: None, received };
         };
-        let mut decoded =
+        let request =
             tokio::task::spawn_blocking(move || Request::decode(&bytes)).await.unwrap_or_else(|e| Err(failed(e)));
-        // What is left of its time, from now on.
-        if let Ok(request) = &mut decoded {
-            let left = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
-            request.timeout_ms = Some(u64::try_from(left).unwrap_or(u64::MAX));
-        }
-        (decoded, turn.ok())
+        Decoded { request, turn: turn.ok(), received }
     }
 }
 
@@ -1019,20 +1021,20 @@ mod tests {
             frame
         };
         let gate = LargeRequests::new(std::time::Duration::from_secs(30));
-        let (first, turn) = gate.decode(large()).await;
-        assert_eq!(first.expect("decodes").u, "big");
-        assert!(turn.is_some(), "a large request holds the turn");
+        let first = gate.decode(large()).await;
+        assert_eq!(first.request.expect("decodes").u, "big");
+        assert!(first.turn.is_some(), "a large request holds the turn");
         let second = tokio::spawn({
             let gate = gate.clone();
             async move { gate.decode(large()).await }
         });
         let small = gate.decode(br#"{"role":"rpc","u":"s","cmds":[]}"#.to_vec()).await;
-        assert!(small.1.is_none(), "a small request takes no turn");
+        assert!(small.turn.is_none(), "a small request takes no turn");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "the second large request waits for the first");
-        drop(turn);
-        let (second, _) = second.await.expect("task");
-        assert_eq!(second.expect("decodes").u, "big");
+        drop(first.turn);
+        let second = second.await.expect("task");
+        assert_eq!(second.request.expect("decodes").u, "big");
     }
 
     #[test]

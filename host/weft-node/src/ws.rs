@@ -3,7 +3,7 @@
 //! came in, matched by `u`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::SplitSink;
@@ -246,8 +246,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             continue;
         };
         let executor = ctx.executor.clone();
+        let received = Instant::now();
         let call = async move {
-            let response = executor.execute(request).await;
+            let response = executor.execute(request, received).await;
             drop(permit);
             reply(&executor, response, binary)
         };
@@ -347,12 +348,12 @@ async fn large_request(
     permit: OwnedSemaphorePermit,
     replies: mpsc::Sender<Message>,
 ) {
-    let (decoded, turn) = ctx.large.decode(bytes).await;
-    let response = match with_bearer(decoded, &bearer, &ctx.metrics) {
-        Ok(request) => ctx.executor.execute(request).await,
+    let decoded = ctx.large.decode(bytes).await;
+    let response = match with_bearer(decoded.request, &bearer, &ctx.metrics) {
+        Ok(request) => ctx.executor.execute(request, decoded.received).await,
         Err(refused) => *refused,
     };
-    drop((permit, turn));
+    drop((permit, decoded.turn));
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 
