@@ -950,8 +950,7 @@ pub(crate) fn local_catalog(
             tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin does not fit this node's catalog (cluster.max_catalog_entries_per_node) and is not listed, so no client can call it");
             continue;
         }
-        let size: usize =
-            plugin.functions.iter().filter(|f| !f.local_only).map(|f| weft_runtime::catalog_json_bytes(&f.sig)).sum();
+        let size: usize = plugin.functions.iter().filter(|f| !f.local_only).map(|f| f.catalog_bytes).sum();
         if bytes + size > source.max_bytes {
             tracing::error!(plugin = %plugin.name, bytes = size, max = source.max_bytes, "the plugin's signatures do not fit this node's catalog (half of limits.max_frame, with the other plugins') and it is not listed, so no client can call it");
             continue;
@@ -994,8 +993,9 @@ mod tests {
         let size = |name: &str| {
             let wasm = weft_bundle::get(name).expect("bundled");
             runtime.load_bytes(&format!("{name}.wasm"), name, wasm, None).expect("load");
-            let info = weft_runtime::describe_component(wasm).expect("describe");
-            info.functions.iter().map(|f| weft_runtime::catalog_json_bytes(&f.sig)).sum::<usize>()
+            let plugins = runtime.plugins();
+            let plugin = plugins.iter().find(|p| p.name == name).expect("loaded");
+            plugin.functions.iter().map(|f| f.catalog_bytes).sum::<usize>()
         };
         let (echo, math, text) = (size("echo"), size("math"), size("text"));
         assert!(math > echo.max(text), "math has the largest signatures: {echo} {math} {text}");

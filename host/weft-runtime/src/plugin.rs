@@ -46,6 +46,8 @@ pub(crate) struct Function {
     pub(crate) index: ComponentExportIndex,
     /// The signature uses resource handles: callable only inside the node, never exported.
     pub(crate) local_only: bool,
+    /// Bytes of its signature in catalog messages.
+    pub(crate) catalog_bytes: usize,
 }
 
 impl Plugin {
@@ -103,6 +105,7 @@ impl Plugin {
                     sig: f.sig.clone(),
                     exported: !f.local_only && self.manifest.exports(&f.name),
                     local_only: f.local_only,
+                    catalog_bytes: f.catalog_bytes,
                 })
                 .collect(),
         }
@@ -151,6 +154,9 @@ pub struct FunctionInfo {
     /// Visible outside the cluster (manifest `export`, and no handles).
     pub exported: bool,
     pub local_only: bool,
+    /// Bytes of its signature in catalog messages (JSON, types expanded).
+    #[serde(skip)]
+    pub catalog_bytes: usize,
 }
 
 /// A plugin file that could not be loaded, and why.

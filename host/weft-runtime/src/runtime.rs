@@ -98,7 +98,7 @@ const MAX_CATALOG_TEXT: usize = 256 << 10;
 const MAX_CATALOG_JSON: usize = 1 << 20;
 
 /// A signature's size in catalog messages.
-pub fn catalog_json_bytes(sig: &weft_proto::FunctionSig) -> usize {
+fn catalog_json_bytes(sig: &weft_proto::FunctionSig) -> usize {
     serde_json::to_vec(sig).map_or(usize::MAX, |json| json.len())
 }
 
@@ -264,7 +264,8 @@ impl Runtime {
             ));
         }
         // The catalog carries each signature in full, named types expanded.
-        let catalog_json: usize = info.functions.iter().map(|f| catalog_json_bytes(&f.sig)).sum();
+        let sizes: Vec<usize> = info.functions.iter().map(|f| catalog_json_bytes(&f.sig)).collect();
+        let catalog_json: usize = sizes.iter().sum();
         if catalog_json > MAX_CATALOG_JSON {
             return Err(format!(
                 "its signatures, each named type written out in full, take {catalog_json} bytes in the catalog, over the limit of {MAX_CATALOG_JSON}; use fewer or smaller shared types"
@@ -297,9 +298,11 @@ impl Runtime {
         let functions = info
             .functions
             .into_iter()
-            .map(|f| {
+            .zip(sizes)
+            .map(|(f, catalog_bytes)| {
                 let index = export_index(&component, &f.name)?;
                 Ok(Function {
+                    catalog_bytes,
                     local_only: f.sig.uses_handles(),
                     qualified: format!("{name}/{}", f.name),
                     who: format!("{label}/{}", f.name).into(),
