@@ -580,12 +580,10 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         }
         WitType::Enum { cases, .. } => match v.as_str() {
             Some(s) if cases.iter().any(|c| c == s) => scalar(Scalar::Enum(s)),
-            _ => Err(fail(format!("one of {}", quoted(cases.iter().map(String::as_str))))),
+            _ => Err(fail(format!("one of {}", quoted(cases)))),
         },
         WitType::Flags { flags, .. } => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags.iter().map(String::as_str)))))?;
+            let items = v.as_array().ok_or_else(|| fail(format!("an array of flags from {}", quoted(flags))))?;
             let mut set = Vec::new();
             for (i, x) in items.iter().enumerate() {
                 match x.as_str() {
@@ -597,7 +595,7 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
                     _ => {
                         return Err(Mismatch {
                             path: At::Index(&at, i).to_string(),
-                            expected: format!("one of the flags {}", quoted(flags.iter().map(String::as_str))),
+                            expected: format!("one of the flags {}", quoted(flags)),
                             found: describe(x),
                         });
                     }
@@ -607,7 +605,7 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
         }
         WitType::Variant { cases, .. } => {
             let expected = || {
-                let names = cases.iter().map(|c| c.name.as_str());
+                let names = cases.iter().map(|c| &c.name);
                 format!("a case of {ty}: \"case\" or {{\"case\": payload}} with case in {}", quoted(names))
             };
             let (name, payload) = match v {
@@ -669,8 +667,8 @@ fn walk<B: Build>(v: &Value, ty: &WitType, at: At<'_>, b: &B) -> Result<B::Out, 
     }
 }
 
-fn quoted<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    items.into_iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+fn quoted<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    items.into_iter().map(|s| format!("\"{}\"", s.as_ref())).collect::<Vec<_>>().join(", ")
 }
 
 fn float_json(x: f64) -> Value {
