@@ -115,7 +115,7 @@ struct Depth {
 
 impl Depth {
     /// One type further in, `json` more levels of JSON.
-    fn into(self, json: usize) -> Self {
+    fn deeper(self, json: usize) -> Self {
         Depth { types: self.types + 1, json: self.json + json }
     }
 }
@@ -184,7 +184,7 @@ impl Expand<'_> {
                 self.charge(names(&mut r.fields.iter().map(|f| &f.name)), r.fields.len())?;
                 let mut fields = Vec::with_capacity(r.fields.len());
                 for f in &r.fields {
-                    fields.push(Field { name: f.name.clone(), ty: self.ty(&f.ty, depth.into(3))? });
+                    fields.push(Field { name: f.name.clone(), ty: self.ty(&f.ty, depth.deeper(3))? });
                 }
                 WitType::Record { name, fields }
             }
@@ -192,7 +192,7 @@ impl Expand<'_> {
                 self.charge(names(&mut v.cases.iter().map(|c| &c.name)), v.cases.len())?;
                 let mut cases = Vec::with_capacity(v.cases.len());
                 for c in &v.cases {
-                    let ty = c.ty.as_ref().map(|t| self.ty(t, depth.into(3))).transpose()?;
+                    let ty = c.ty.as_ref().map(|t| self.ty(t, depth.deeper(3))).transpose()?;
                     cases.push(Case { name: c.name.clone(), ty });
                 }
                 WitType::Variant { name, cases }
@@ -207,25 +207,25 @@ impl Expand<'_> {
             }
             TypeDefKind::Tuple(t) => {
                 self.charge(0, t.types.len())?;
-                let elements = t.types.iter().map(|t| self.ty(t, depth.into(2))).collect::<Result<_, _>>()?;
+                let elements = t.types.iter().map(|t| self.ty(t, depth.deeper(2))).collect::<Result<_, _>>()?;
                 WitType::Tuple { elements }
             }
             TypeDefKind::Option(t) => {
                 self.charge(0, 0)?;
-                WitType::Option { some: Box::new(self.ty(t, depth.into(1))?) }
+                WitType::Option { some: Box::new(self.ty(t, depth.deeper(1))?) }
             }
             TypeDefKind::Result(r) => {
                 self.charge(0, 0)?;
-                let ok = r.ok.as_ref().map(|t| self.ty(t, depth.into(1)).map(Box::new)).transpose()?;
-                let err = r.err.as_ref().map(|t| self.ty(t, depth.into(1)).map(Box::new)).transpose()?;
+                let ok = r.ok.as_ref().map(|t| self.ty(t, depth.deeper(1)).map(Box::new)).transpose()?;
+                let err = r.err.as_ref().map(|t| self.ty(t, depth.deeper(1)).map(Box::new)).transpose()?;
                 WitType::Result { ok, err }
             }
             TypeDefKind::List(t) => {
                 self.charge(0, 0)?;
-                WitType::List { element: Box::new(self.ty(t, depth.into(1))?) }
+                WitType::List { element: Box::new(self.ty(t, depth.deeper(1))?) }
             }
             // An alias adds nothing but depth.
-            TypeDefKind::Type(t) => self.ty(t, depth.into(0))?,
+            TypeDefKind::Type(t) => self.ty(t, depth.deeper(0))?,
             TypeDefKind::Resource => {
                 self.charge(named, 0)?;
                 WitType::Resource { name: name.unwrap_or_else(|| "resource".into()), borrowed: false }
