@@ -149,6 +149,43 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
     assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
 }
 
+/// A tenant's plugin that offers a function name the operator's plugin
+/// offers too takes the bare name from no other caller: bob's and anonymous
+/// `echo` resolve to the one they may call, on the node that has both and
+/// through a member; for acme, who may call both, the name is ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_plugin_does_not_take_a_bare_name_from_other_callers() {
+    let open = format!("[tenants.acme]\ntokens = [\"{ACME}\"]\n[tenants.bob]\ntokens = [\"{BOB}\"]\n");
+    let config = |id: &str, seeds: &[&TestNode]| {
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        format!(
+            "id = \"{id}\"\ncluster = \"alpha\"\nseeds = [{}]\n[cluster]\nbeat_interval = \"100ms\"\n{open}",
+            seeds.join(", ")
+        )
+    };
+    let echo = weft_bundle::get("echo").unwrap().to_vec();
+    let files =
+        vec![("acme-echo.wasm".to_owned(), echo), ("acme-echo.toml".to_owned(), b"tenant = \"acme\"\n".to_vec())];
+    let a1 = TestNode::start(NodeSpec { plugins: vec!["echo"], files, config: config("a1", &[]) });
+    let a2 = TestNode::start(NodeSpec { plugins: vec![], files: vec![], config: config("a2", &[&a1]) });
+    let both = async || {
+        let body = a2.admin().get("/v1/catalog").await.unwrap().body;
+        let functions = body["functions"].as_array().unwrap().clone();
+        (functions.iter().filter(|f| f["name"] == "echo").count() == 2).then_some(())
+    };
+    eventually("a2 to list both echoes", SETTLE, both).await;
+
+    for via in [&a1, &a2] {
+        assert_eq!(call_as(via, Some(BOB), "echo", vec![json!("b")]).await.unwrap(), "b");
+        assert_eq!(call_as(via, None, "echo", vec![json!("anon")]).await.unwrap(), "anon");
+        let e = call_as(via, Some(ACME), "echo", vec![json!("a")]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION, "{e}");
+        assert_eq!(call_as(via, Some(ACME), "acme-echo/echo", vec![json!("a")]).await.unwrap(), "a");
+        let e = call_as(via, Some(BOB), "acme-echo/echo", vec![json!("b")]).await.unwrap_err();
+        assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_commands_per_minute_is_told_when_to_retry() {
     // `weft token` makes a token and the config line naming it by digest.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
-use weft_proto::{ClusterId, Command, ErrorKind, FunctionId, FunctionSig, NodeId, WeftError};
+use weft_proto::{Caller, Callers, ClusterId, Command, ErrorKind, FunctionId, FunctionSig, NodeId, WeftError};
 
 /// One function of one plugin version on one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,10 @@ pub struct CatalogEntry {
     /// it only within this, so no cluster lists what it could not call.
     #[serde(default, skip_serializing_if = "Audience::is_everyone")]
     pub audience: Audience,
+    /// Who may call it (its manifest's `callers`), within its own cluster
+    /// only: offers to other clusters leave it out (they have `audience`).
+    #[serde(default, skip_serializing_if = "Callers::is_anyone")]
+    pub callers: Callers,
 }
 
 fn yes() -> bool {
@@ -97,13 +101,29 @@ pub struct Resolved {
 
 const CATALOG_HINT: &str = "`weft catalog` lists the functions visible from this node";
 
-/// Chooses the function `cmd` names among `entries`.
+/// Who a request is resolved for: its caller, in this cluster.
+pub struct Asker<'a> {
+    pub caller: &'a Caller,
+    pub cluster: &'a ClusterId,
+}
+
+impl Asker<'_> {
+    /// Whether the caller may call `entry` as far as this cluster knows: its
+    /// own plugins' `callers`; other clusters offered theirs to this one.
+    fn may_call(&self, entry: &CatalogEntry) -> bool {
+        entry.cluster != *self.cluster || entry.callers.admits(self.caller)
+    }
+}
+
+/// Chooses the function `cmd` names among `entries` for `asker`.
 ///
 /// The filters (version, then resources, then cluster) apply before the
 /// ambiguity check: a bare name is ambiguous only if several plugins still
-/// qualify, so `locs` or `target_cluster` alone may settle it. A `fun` that
-/// disagrees with `function_id` is rejected rather than silently ignored.
-pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, WeftError> {
+/// qualify, so `locs` or `target_cluster` alone may settle it. Among several,
+/// plugins the caller may not call do not count, so one tenant's plugin
+/// cannot take a name from the others. A `fun` that disagrees with
+/// `function_id` is rejected rather than silently ignored.
+pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result<Resolved, WeftError> {
     let at = |e: WeftError| e.context(format_args!("command {}", cmd.name)).with("command", cmd.name.as_str());
     let wanted = Wanted::of(cmd).map_err(at)?;
     let req = match cmd.version_constraint.as_deref() {
@@ -151,6 +171,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
         },
     )
     .map_err(at)?;
+    let left = callable(left, asker).map_err(|e| at(e.with("rule", "callers")))?;
 
     let plugins: BTreeSet<&FunctionId> = left.iter().map(|e| &e.function).collect();
     if plugins.len() > 1 {
@@ -180,6 +201,28 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, Weft
         candidates,
         locs: cmd.locs.clone(),
     })
+}
+
+/// Where several plugins offer the name, those the caller may call. A lone
+/// plugin is kept either way: calling it explains the refusal.
+fn callable<'e>(entries: Vec<&'e CatalogEntry>, asker: &Asker) -> Result<Vec<&'e CatalogEntry>, WeftError> {
+    let plugins = |list: &[&CatalogEntry]| list.iter().map(|e| &e.function).collect::<BTreeSet<_>>().len();
+    if plugins(&entries) == 1 {
+        return Ok(entries);
+    }
+    let kept: Vec<&CatalogEntry> = entries.iter().copied().filter(|e| asker.may_call(e)).collect();
+    if kept.is_empty() {
+        return Err(WeftError::new(
+            ErrorKind::POLICY_DENIED,
+            format!(
+                "{} may call none of the {} plugins that offer {}; their manifests' `callers` list who may call them",
+                asker.caller,
+                plugins(&entries),
+                entries[0].function.function
+            ),
+        ));
+    }
+    Ok(kept)
 }
 
 /// The signature a plugin version is called with. Nodes should agree, but a
@@ -292,7 +335,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{catalog, entry, sig};
+    use crate::testing::{catalog, entry, resolve, sig};
     use weft_proto::WitType;
 
     fn cmd(fun: &str) -> Command {
@@ -428,6 +471,43 @@ mod tests {
         let mut c = cmd("concat");
         c.function_id = Some("text/concat".into());
         assert_eq!(resolve(&c, &cat).unwrap().version, Version::new(3, 1, 0));
+    }
+
+    /// A tenant's plugin does not make a bare name ambiguous for callers who
+    /// may not call it; a foreign cluster's entries keep counting.
+    #[test]
+    fn a_bare_name_resolves_among_the_plugins_the_caller_may_call() {
+        let mut cat = catalog();
+        let concat = sig(&[("a", WitType::String), ("b", WitType::String)], WitType::String);
+        let mut acme = entry("acme-text/concat", "1.0.0", concat.clone());
+        acme.callers = Callers::tenants(["acme"]);
+        cat.push(acme);
+        let alpha = ClusterId::new("alpha");
+        let as_ = |caller: &Caller, cat: &[CatalogEntry]| {
+            super::resolve(&cmd("concat"), cat, &Asker { caller, cluster: &alpha })
+        };
+        let bob = Caller::Tenant("bob".into());
+        assert_eq!(as_(&bob, &cat).unwrap().function, FunctionId::new("echo", "concat"));
+        assert_eq!(as_(&Caller::Anonymous, &cat).unwrap().function, FunctionId::new("echo", "concat"));
+        let acme = Caller::Tenant("acme".into());
+        assert_eq!(as_(&acme, &cat).unwrap_err().kind, ErrorKind::AMBIGUOUS_FUNCTION, "acme may call both");
+
+        // Only plugins nobody here may call: refused, naming the rule.
+        for e in cat.iter_mut().filter(|e| &*e.function.plugin == "echo") {
+            e.callers = Callers::tenants(["ops"]);
+        }
+        let e = as_(&bob, &cat).unwrap_err();
+        assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+        assert!(e.message.contains("tenant bob may call none of the 2 plugins that offer concat"), "{e}");
+        // A lone plugin resolves, so that the call explains its own refusal.
+        let lone: Vec<CatalogEntry> = cat.iter().filter(|e| &*e.function.plugin == "echo").cloned().collect();
+        assert_eq!(as_(&bob, &lone).unwrap().function, FunctionId::new("echo", "concat"));
+
+        // Another cluster's entries are judged there: they count for everyone.
+        for e in cat.iter_mut().filter(|e| &*e.function.plugin == "echo") {
+            e.cluster = ClusterId::new("beta");
+        }
+        assert_eq!(as_(&bob, &cat).unwrap().function, FunctionId::new("echo", "concat"));
     }
 
     #[test]

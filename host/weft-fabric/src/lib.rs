@@ -19,7 +19,7 @@ pub mod schedule;
 #[cfg(test)]
 mod testing;
 
-pub use catalog::{Audience, CatalogEntry, Resolved, resolve};
+pub use catalog::{Asker, Audience, CatalogEntry, Resolved, resolve};
 pub use cluster_catalog::{
     Applied, CatalogConfig, CatalogDelta, CatalogError, CatalogSnapshot, ClusterCatalog, Millis, NodeAdvert, Refresh,
     Stamp,

@@ -83,8 +83,7 @@ mod tests {
     use weft_proto::{Command, Request};
 
     use super::*;
-    use crate::catalog::resolve;
-    use crate::testing::catalog;
+    use crate::testing::{catalog, resolve};
 
     fn plan(cmds: Vec<Command>) -> Plan {
         let cat = catalog();

@@ -1,9 +1,14 @@
 //! Test fixtures: a fake catalog of the spec's example plugins.
 
 use weft_proto::wit::Field;
-use weft_proto::{ClusterId, FunctionSig, NodeId, WitType};
+use weft_proto::{Caller, ClusterId, Command, FunctionSig, NodeId, WeftError, WitType};
 
-use crate::catalog::CatalogEntry;
+use crate::catalog::{Asker, CatalogEntry, Resolved};
+
+/// Resolves `cmd` for an anonymous caller of cluster `alpha`.
+pub fn resolve(cmd: &Command, entries: &[CatalogEntry]) -> Result<Resolved, WeftError> {
+    crate::resolve(cmd, entries, &Asker { caller: &Caller::Anonymous, cluster: &ClusterId::new("alpha") })
+}
 
 pub fn sig(params: &[(&str, WitType)], result: WitType) -> FunctionSig {
     FunctionSig {
@@ -46,6 +51,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         idempotent: false,
         exported: true,
         audience: crate::Audience::Everyone,
+        callers: weft_proto::Callers::default(),
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use weft_fabric::{
     Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig, RouteTable,
 };
-use weft_proto::{ClusterId, NodeId};
+use weft_proto::{Callers, ClusterId, NodeId};
 
 use crate::alerts::AlertKind;
 use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point, RefusedRoutes};
@@ -453,14 +453,15 @@ impl ClusterTask {
     fn offer(&self, link: &Link) -> Vec<CatalogEntry> {
         let policy = self.fabric.policy();
         let to = &link.remote.cluster;
-        // Own entries go with who may call them, so that a cluster passing
-        // them on offers them only there.
+        // Own entries go with the clusters that may call them, so that a
+        // cluster passing them on offers them only there; the tenants that
+        // may (`callers`) are this cluster's business.
         let audience = policy.audience();
         let mut offer: Vec<CatalogEntry> = self
             .own_entries()
             .into_iter()
             .filter(|e| policy.exports(e, to))
-            .map(|e| CatalogEntry { audience: e.audience.narrowed(&audience), ..e })
+            .map(|e| CatalogEntry { audience: e.audience.narrowed(&audience), callers: Callers::default(), ..e })
             .collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
             // Functions of the clusters the routes announced to the receiver

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use weft_fabric::{Audience, CatalogEntry, Plan, Scheduler, StepIdx, resolve};
+use weft_fabric::{Asker, Audience, CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
@@ -126,7 +126,8 @@ impl Executor {
         let admission = self.fabric.tenants().admit(req.token.as_deref(), req.cmds.len(), &self.metrics)?;
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
-        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog))?;
+        let asker = Asker { caller: &admission.caller, cluster: &self.fabric.me.cluster };
+        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker))?;
         // The plan holds the arguments now; a large request is not kept twice.
         drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -907,7 +908,7 @@ fn too_big(what: &str, size: usize, max_frame: usize) -> WeftError {
 }
 
 /// Bytes of `value` as JSON text, counted without keeping the text.
-fn json_len(value: &Value) -> usize {
+fn json_len(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -950,7 +951,10 @@ pub(crate) fn local_catalog(
             tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin does not fit this node's catalog (cluster.max_catalog_entries_per_node) and is not listed, so no client can call it");
             continue;
         }
-        let size: usize = plugin.functions.iter().filter(|f| !f.local_only).map(|f| f.catalog_bytes).sum();
+        // Each entry carries the plugin's `callers` unless they are everyone.
+        let callers_bytes = if plugin.callers.is_anyone() { 0 } else { json_len(&plugin.callers) };
+        let size: usize =
+            plugin.functions.iter().filter(|f| !f.local_only).map(|f| f.catalog_bytes + callers_bytes).sum();
         if bytes + size > source.max_bytes {
             tracing::error!(plugin = %plugin.name, bytes = size, max = source.max_bytes, "the plugin's signatures do not fit this node's catalog (half of limits.max_frame, with the other plugins') and it is not listed, so no client can call it");
             continue;
@@ -960,7 +964,9 @@ pub(crate) fn local_catalog(
         resources.extend(source.resources.iter().cloned());
         resources.sort();
         resources.dedup();
-        let audience = weft_runtime::foreign_clusters(&plugin.callers, source.foreign_tenants)
+        let audience = plugin
+            .callers
+            .foreign_clusters(source.foreign_tenants)
             .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()));
         for f in plugin.functions.iter().filter(|f| !f.local_only) {
             entries.push(CatalogEntry {
@@ -973,6 +979,7 @@ pub(crate) fn local_catalog(
                 idempotent: plugin.idempotent,
                 exported: f.exported,
                 audience: audience.clone(),
+                callers: plugin.callers.clone(),
             });
         }
     }

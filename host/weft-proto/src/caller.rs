@@ -1,12 +1,12 @@
-//! Who a call is made for: the identity a plugin's `callers` rule is checked
-//! against, and the key that keeps warm instances apart.
+//! Who a call is made for (the identity a plugin's `callers` rule is checked
+//! against, and the key that keeps warm instances apart), and that rule.
 
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ClusterId;
+use crate::{ClusterId, is_valid_name};
 
 /// The caller of a function. Inside a cluster a forwarded call carries it
 /// (members trust each other). A call from another cluster is that
@@ -49,6 +49,87 @@ impl fmt::Display for Caller {
             Caller::Cluster(c) => write!(f, "a caller from cluster {c}"),
             Caller::ForeignTenant { cluster, tenant } => write!(f, "tenant {tenant} of cluster {cluster}"),
         }
+    }
+}
+
+/// Who may call a plugin's functions: its manifest's `callers`, made
+/// explicit. Entries are "*" (anyone, anonymous and foreign callers
+/// included), TENANT, "cluster:CLUSTER" (every call from that cluster) and
+/// "TENANT@CLUSTER" (one tenant of that cluster). Catalog entries carry it
+/// within their cluster, so that a bare function name resolves only among
+/// the plugins its caller may call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Callers(Vec<String>);
+
+/// In `callers`: every caller.
+const ANYONE: &str = "*";
+/// In `callers`: the prefix naming another cluster, whose calls all pass.
+const CLUSTER: &str = "cluster:";
+
+impl Default for Callers {
+    fn default() -> Self {
+        Callers(vec![ANYONE.to_owned()])
+    }
+}
+
+impl Callers {
+    pub fn new(entries: Vec<String>) -> Callers {
+        Callers(entries)
+    }
+
+    /// Only these tenants of this cluster.
+    pub fn tenants(names: impl IntoIterator<Item = impl Into<String>>) -> Callers {
+        Callers(names.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether `entry` is one of the four forms.
+    pub fn entry_ok(entry: &str) -> bool {
+        entry == ANYONE
+            || entry
+                .strip_prefix(CLUSTER)
+                .map_or_else(|| entry.split('@').count() <= 2 && entry.split('@').all(is_valid_name), is_valid_name)
+    }
+
+    pub fn is_anyone(&self) -> bool {
+        self.0.iter().any(|c| c == ANYONE)
+    }
+
+    pub fn entries(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether `caller` passes. Anonymous callers pass only "*"; a tenant
+    /// passes "*" or its name; a call from another cluster passes "*" or
+    /// "cluster:" + that cluster, and a tenant of that cluster also
+    /// "TENANT@CLUSTER".
+    pub fn admits(&self, caller: &Caller) -> bool {
+        self.0.iter().any(|e| {
+            e == ANYONE
+                || match caller {
+                    Caller::Anonymous => false,
+                    Caller::Tenant(t) => e == &**t,
+                    Caller::Cluster(c) => e.strip_prefix(CLUSTER) == Some(c.as_str()),
+                    Caller::ForeignTenant { cluster, tenant } => {
+                        e.strip_prefix(CLUSTER) == Some(cluster.as_str())
+                            || e.split_once('@') == Some((&**tenant, cluster.as_str()))
+                    }
+                }
+        })
+    }
+
+    /// The other clusters some of whose callers pass: `cluster:C`, and
+    /// `TENANT@C` where `foreign_tenants` (links prove their cluster, so a
+    /// call can name another cluster's tenant); None for every cluster ("*").
+    pub fn foreign_clusters(&self, foreign_tenants: bool) -> Option<Vec<String>> {
+        if self.is_anyone() {
+            return None;
+        }
+        let cluster = |e: &String| match e.strip_prefix(CLUSTER) {
+            Some(cluster) => Some(cluster.to_owned()),
+            None => e.split_once('@').filter(|_| foreign_tenants).map(|(_, c)| c.to_owned()),
+        };
+        Some(self.0.iter().filter_map(cluster).collect())
     }
 }
 

@@ -15,7 +15,7 @@ pub mod wit;
 #[cfg(test)]
 mod test_support;
 
-pub use caller::Caller;
+pub use caller::{Caller, Callers};
 pub use client::{Command, Request, Response};
 pub use error::{ErrorBody, ErrorKind, WeftError};
 pub use ids::{ClusterId, FunctionId, MAX_NAME_LEN, NAME_RULE, NodeId, is_valid_name};

@@ -27,25 +27,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use weft_proto::{Caller, NAME_RULE, is_valid_name};
+use weft_proto::{Callers, NAME_RULE, is_valid_name};
 
 use crate::config::Limits;
 use crate::units;
 
-/// An entry of `callers`: "*", TENANT, "cluster:CLUSTER" or "TENANT@CLUSTER".
-fn caller_ok(entry: &str) -> bool {
-    entry == ANYONE
-        || entry
-            .strip_prefix(CLUSTER)
-            .map_or_else(|| entry.split('@').count() <= 2 && entry.split('@').all(is_valid_name), is_valid_name)
-}
-
 /// The owner of plugins whose manifest names none: the operator's.
 pub const DEFAULT_TENANT: &str = "default";
-/// In `callers`: every caller, anonymous and foreign ones included.
-const ANYONE: &str = "*";
-/// In `callers`: the prefix naming another cluster, whose calls all pass.
-const CLUSTER: &str = "cluster:";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,7 +118,7 @@ impl Manifest {
                 problems.push(format!("{key} {name:?}: {NAME_RULE}"));
             }
         }
-        for caller in self.callers.iter().flatten().filter(|c| !caller_ok(c)) {
+        for caller in self.callers.iter().flatten().filter(|c| !Callers::entry_ok(c)) {
             problems
                 .push(format!("callers: {caller:?} is not \"*\", a tenant, \"cluster:NAME\" or \"TENANT@CLUSTER\""));
         }
@@ -151,40 +139,12 @@ impl Manifest {
 
     /// Who may call the plugin's functions: `callers`, else anyone for the
     /// operator's own plugins (tenant "default") and the owner for a tenant's.
-    pub fn callers(&self) -> Vec<String> {
+    pub fn callers(&self) -> Callers {
         match &self.callers {
-            Some(list) => list.clone(),
-            None if self.tenant() == DEFAULT_TENANT => vec![ANYONE.to_owned()],
-            None => vec![self.tenant().to_owned()],
+            Some(list) => Callers::new(list.clone()),
+            None if self.tenant() == DEFAULT_TENANT => Callers::default(),
+            None => Callers::tenants([self.tenant()]),
         }
-    }
-
-    /// Whether `caller` may call this plugin. Anonymous callers pass only
-    /// "*"; a tenant passes "*" or its name; a call from another cluster
-    /// passes "*" or "cluster:" + that cluster, and a tenant of that
-    /// cluster also "TENANT@CLUSTER".
-    pub fn admits(&self, caller: &Caller) -> bool {
-        let allowed = |name: &str| match &self.callers {
-            Some(list) => list.iter().any(|c| c == ANYONE || c == name),
-            None => self.tenant() == DEFAULT_TENANT || self.tenant() == name,
-        };
-        match caller {
-            Caller::Tenant(t) => allowed(t),
-            Caller::Anonymous => allowed(ANYONE),
-            Caller::Cluster(c) => allowed(ANYONE) || self.listed(|e| e.strip_prefix(CLUSTER) == Some(c.as_str())),
-            Caller::ForeignTenant { cluster, tenant } => {
-                let named = |e: &str| {
-                    e.strip_prefix(CLUSTER) == Some(cluster.as_str())
-                        || e.split_once('@') == Some((&**tenant, cluster.as_str()))
-                };
-                allowed(ANYONE) || self.listed(named)
-            }
-        }
-    }
-
-    /// Whether an entry of an explicit `callers` list satisfies `named`.
-    fn listed(&self, named: impl Fn(&str) -> bool) -> bool {
-        self.callers.as_ref().is_some_and(|list| list.iter().any(|e| named(e)))
     }
 
     pub fn grants(&self, cap: Capability) -> bool {
@@ -203,24 +163,10 @@ impl Manifest {
     }
 }
 
-/// The other clusters some of whose callers a plugin with these `callers`
-/// admits: `cluster:C`, and `TENANT@C` where `foreign_tenants` (links
-/// prove their cluster, so a call can name another cluster's tenant);
-/// None for every cluster (`"*"`, which a plugin of the default tenant has
-/// without `callers`).
-pub fn foreign_clusters(callers: &[String], foreign_tenants: bool) -> Option<Vec<String>> {
-    if callers.iter().any(|c| c == ANYONE) {
-        return None;
-    }
-    let cluster = |e: &String| match e.strip_prefix(CLUSTER) {
-        Some(cluster) => Some(cluster.to_owned()),
-        None => e.split_once('@').filter(|_| foreign_tenants).map(|(_, c)| c.to_owned()),
-    };
-    Some(callers.iter().filter_map(cluster).collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use weft_proto::Caller;
+
     use super::*;
 
     #[test]
@@ -247,7 +193,8 @@ mod tests {
         let foreign = Caller::Cluster(weft_proto::ClusterId::new("beta"));
         let who = |text: &str| {
             let m = Manifest::parse("m.toml", text).unwrap();
-            [&acme, &bob, &Caller::Anonymous, &foreign].map(|c| m.admits(c))
+            let callers = m.callers();
+            [&acme, &bob, &Caller::Anonymous, &foreign].map(|c| callers.admits(c))
         };
         assert_eq!(who(""), [true; 4], "the operator's plugins are open to all");
         assert_eq!(who("tenant = \"acme\""), [true, false, false, false]);
@@ -265,7 +212,8 @@ mod tests {
         };
         let partners = |text: &str| {
             let m = Manifest::parse("m.toml", text).unwrap();
-            [of("ops", "beta"), of("dev", "beta"), of("ops", "gamma")].map(|c| m.admits(&c))
+            let callers = m.callers();
+            [of("ops", "beta"), of("dev", "beta"), of("ops", "gamma")].map(|c| callers.admits(&c))
         };
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"ops@beta\"]"), [true, false, false]);
         assert_eq!(partners("tenant = \"acme\"\ncallers = [\"cluster:beta\"]"), [true, true, false]);
@@ -275,14 +223,14 @@ mod tests {
 
     #[test]
     fn the_clusters_a_plugin_is_open_to_follow_its_callers() {
-        let open = |text: &str| foreign_clusters(&Manifest::parse("m.toml", text).unwrap().callers(), true);
+        let open = |text: &str| Manifest::parse("m.toml", text).unwrap().callers().foreign_clusters(true);
         assert_eq!(open(""), None, "the default tenant's plugin: every cluster");
         assert_eq!(open("callers = [\"*\"]"), None);
         assert_eq!(open("tenant = \"acme\""), Some(vec![]), "a tenant's plugin: none");
         let named = "tenant = \"acme\"\ncallers = [\"acme\", \"cluster:beta\", \"bob@gamma\"]";
         assert_eq!(open(named), Some(vec!["beta".to_owned(), "gamma".to_owned()]));
         let callers = Manifest::parse("m.toml", named).unwrap().callers();
-        assert_eq!(foreign_clusters(&callers, false), Some(vec!["beta".to_owned()]), "no tenant of gamma can be named");
+        assert_eq!(callers.foreign_clusters(false), Some(vec!["beta".to_owned()]), "no tenant of gamma can be named");
     }
 
     #[test]

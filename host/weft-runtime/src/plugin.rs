@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use wasmtime::component::{ComponentExportIndex, InstancePre};
+use weft_proto::Callers;
 use weft_proto::wit::FunctionSig;
 
 use crate::cache::CompileSource;
@@ -18,6 +19,8 @@ pub(crate) struct Plugin {
     pub(crate) name: String,
     pub(crate) file: String,
     pub(crate) manifest: Manifest,
+    /// Who may call it: the manifest's `callers`, made explicit.
+    pub(crate) callers: Callers,
     pub(crate) version: semver::Version,
     pub(crate) limits: Limits,
     pub(crate) pre: InstancePre<SandboxState>,
@@ -57,6 +60,7 @@ impl Plugin {
             name: self.name.clone(),
             file: self.file.clone(),
             manifest: self.manifest.clone(),
+            callers: self.callers.clone(),
             version: self.version.clone(),
             limits,
             pre: self.pre.clone(),
@@ -81,7 +85,7 @@ impl Plugin {
             version: self.version.to_string(),
             file: self.file.clone(),
             tenant: self.manifest.tenant().to_owned(),
-            callers: self.manifest.callers(),
+            callers: self.callers.clone(),
             warm: self.manifest.warm,
             warm_idle: self.warm.len(),
             spares_idle: self.spares.len(),
@@ -119,8 +123,8 @@ pub struct PluginInfo {
     pub version: String,
     pub file: String,
     pub tenant: String,
-    /// Tenants that may call it ("*": anyone).
-    pub callers: Vec<String>,
+    /// Who may call it ("*": anyone).
+    pub callers: Callers,
     /// Instances kept per caller for reuse (0: a fresh one every call).
     pub warm: u32,
     /// Instances idle in its warm pool now.

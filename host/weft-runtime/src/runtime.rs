@@ -319,6 +319,7 @@ impl Runtime {
             name,
             file: file.to_owned(),
             limits,
+            callers: manifest.callers(),
             manifest,
             version,
             pre,
@@ -526,7 +527,7 @@ impl Runtime {
             ));
         };
         let qualified = &function.qualified;
-        if !plugin.manifest.admits(caller) {
+        if !plugin.callers.admits(caller) {
             let tenant = plugin.manifest.tenant();
             return Err(WeftError::new(
                 ErrorKind::POLICY_DENIED,

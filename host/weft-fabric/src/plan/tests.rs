@@ -3,8 +3,7 @@ use serde_json::json;
 use weft_proto::ErrorKind;
 
 use super::*;
-use crate::catalog::resolve;
-use crate::testing::catalog;
+use crate::testing::{catalog, resolve};
 
 fn cmd(name: &str, fun: &str, args: Value) -> Command {
     let Value::Array(args) = args else { panic!("args must be an array") };
