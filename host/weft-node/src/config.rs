@@ -804,10 +804,11 @@ pub(crate) fn ws_url_ok(url: &str) -> bool {
 }
 
 /// A validation problem (`limits.memory: must be ...`) with the line of its
-/// key, where the file sets it.
+/// key, where the file sets it; `bridges[0]` is looked up as `bridges.0`.
 fn with_line(text: &str, problem: String) -> String {
     let key = problem.split([':', ' ']).next().unwrap_or_default();
-    match line_of(text, key) {
+    let path = key.replace('[', ".").replace(']', "");
+    match line_of(text, &path) {
         Some(line) if key.contains('.') => format!("{problem} (line {line})"),
         _ => problem,
     }
@@ -1098,6 +1099,12 @@ block = ["/x", "Upper", "text/snake_case"]
         );
         assert!(found.iter().any(|p| p.contains("tenants.b.tokens[1]: a \"sha256:\" token needs")), "{found:?}");
         assert_eq!(problems("[limits]\ndeadline = \"25h\"\n"), ["limits.deadline: must be at most 24h (line 2)"]);
+        let bridge = "[federation]\nmode = \"explicit\"\n\n[[federation.bridges]]\ncluster = \"x\"\nnodes = [\"a\"]\n\n[[federation.bridges]]\ncluster = \"local\"\n";
+        let found = problems(bridge);
+        assert!(
+            found.iter().any(|p| p.starts_with("federation.bridges[1].cluster: ") && p.ends_with("(line 9)")),
+            "{found:?}"
+        );
         let found = problems("[tenants.a.limits]\ndeadline = \"0s\"\nmemory = \"512KiB\"\n");
         assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0 (line 2)"), "{found:?}");
         assert!(found.iter().any(|p| p.starts_with("tenants.a.limits.memory: must be at least 1MiB")), "{found:?}");
