@@ -270,7 +270,7 @@ fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
 }
 
 #[test]
-fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_file() {
+fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_or_unlisted_file() {
     let node =
         TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config: "watch_plugins = false\n".into() });
     std::fs::write(node.plugins_dir().join("text.wasm"), weft_bundle::get("text").unwrap()).unwrap();
@@ -284,6 +284,17 @@ fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_file() {
     let (code, out, _) = weft(&["plugins", "reload", "--admin", &node.admin_url]);
     assert_eq!(code, 1, "a file that fails makes the command fail");
     assert!(out.contains("failed: bad.wasm: "), "{out}");
+
+    // A plugin that loads but does not fit the node's catalog fails it too.
+    let config = "watch_plugins = false\n[cluster]\nmax_catalog_entries_per_node = 7\n".into();
+    let small = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config });
+    std::fs::write(small.plugins_dir().join("hostile.wasm"), weft_bundle::get("hostile").unwrap()).unwrap();
+    let (code, out, _) = weft(&["plugins", "reload", "--admin", &small.admin_url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("loaded: hostile@0.1.0") && out.contains("unlisted: hostile: its functions do not fit"),
+        "{out}"
+    );
 
     // A node serving the bundled plugins has nothing to reload.
     let bundled = TestNode::spawn(

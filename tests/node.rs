@@ -817,7 +817,8 @@ async fn a_manifest_without_its_plugin_is_reported() {
 
 /// A node's catalog keeps to `cluster.max_catalog_entries_per_node`: the
 /// plugins with the fewest functions first, a plugin that does not fit left
-/// out whole, and the others still listed and callable.
+/// out whole (and marked so in `/v1/plugins`), and the others still listed
+/// and callable.
 #[tokio::test]
 async fn a_plugin_that_does_not_fit_the_catalog_leaves_the_others_listed() {
     let node = TestNode::start(NodeSpec {
@@ -832,5 +833,14 @@ async fn a_plugin_that_does_not_fit_the_catalog_leaves_the_others_listed() {
     plugins.dedup();
     assert_eq!(plugins, ["echo", "math"], "hostile's 12 functions do not fit: {listed}");
     assert_eq!(node.client().await.call("add", vec![json!(2), json!(3)]).await.unwrap(), 5);
-    assert!(node.stderr().contains("does not fit this node's catalog"), "{}", node.stderr());
+    assert!(node.stderr().contains("do not fit this node's catalog"), "{}", node.stderr());
+    let plugins = node.admin().get("/v1/plugins").await.unwrap().body;
+    let state = |name: &str| {
+        let plugin = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+        (plugin["state"].as_str().unwrap().to_owned(), plugin["unlisted"].as_str().map(str::to_owned))
+    };
+    assert_eq!(state("math"), ("ready".to_owned(), None));
+    let (hostile, why) = state("hostile");
+    assert_eq!(hostile, "unlisted", "{plugins}");
+    assert!(why.is_some_and(|w| w.contains("cluster.max_catalog_entries_per_node")), "{plugins}");
 }

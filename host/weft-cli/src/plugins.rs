@@ -89,8 +89,14 @@ pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
                 for f in body["failed"].as_array().into_iter().flatten() {
                     println!("failed: {}: {}", f["file"].as_str().unwrap_or("?"), f["reason"].as_str().unwrap_or("?"));
                 }
+                for (name, why) in body["unlisted"].as_object().into_iter().flatten() {
+                    println!("unlisted: {name}: {}", why.as_str().unwrap_or("?"));
+                }
             }
-            let failed = body["failed"].as_array().is_some_and(|f| !f.is_empty());
+            // A plugin no client can call is as much a failed deploy as one
+            // that did not load.
+            let failed = body["failed"].as_array().is_some_and(|f| !f.is_empty())
+                || body["unlisted"].as_object().is_some_and(|u| !u.is_empty());
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }

@@ -268,7 +268,11 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         },
         (&Method::POST, "/v1/plugins/reload") => match executor {
             Some(e) => match crate::node::reload_plugins(e.fabric(), &ctx.plugins).await {
-                Ok(report) => json_response(StatusCode::OK, &json!(report)),
+                Ok(report) => {
+                    let mut body = json!(report);
+                    body["unlisted"] = json!(*e.fabric().unlisted());
+                    json_response(StatusCode::OK, &body)
+                }
                 Err(err) => error_response(StatusCode::BAD_REQUEST, &WeftError::invalid_request(err)),
             },
             None => starting(),
@@ -284,7 +288,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         (&Method::GET, "/v1/plugins") => json_response(
             StatusCode::OK,
             &json!({
-                "plugins": executor.map(|e| e.runtime().plugins()).unwrap_or_default(),
+                "plugins": executor.map(|e| plugins(e)).unwrap_or_default(),
                 "failed": executor.map(|e| e.runtime().load_failures()).unwrap_or_default(),
             }),
         ),
@@ -437,6 +441,22 @@ fn federation(fabric: &Fabric) -> Value {
 }
 
 /// This cluster as a graph: members (SWIM's view, this node included) and links.
+/// This node's plugins; one its catalog leaves out (so no client can call
+/// it) has `state` "unlisted" and `unlisted` saying why.
+fn plugins(executor: &Executor) -> Vec<Value> {
+    let unlisted = executor.fabric().unlisted();
+    let plugins = executor.runtime().plugins().into_iter().map(|plugin| {
+        let why = unlisted.get(&plugin.name).copied();
+        let mut value = json!(plugin);
+        if let Some(why) = why {
+            value["state"] = json!("unlisted");
+            value["unlisted"] = json!(why);
+        }
+        value
+    });
+    plugins.collect()
+}
+
 fn topology(fabric: &Fabric) -> Value {
     let view = fabric.view();
     let me = &fabric.me;

@@ -12,7 +12,7 @@
 //! forwarded to the least loaded node that has it (random among equals),
 //! and, for idempotent plugins, retried elsewhere if that node vanishes.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -924,31 +924,48 @@ fn json_len(value: &impl serde::Serialize) -> usize {
     count.0
 }
 
+/// This node's catalog entries, and the plugins left out of them.
+pub(crate) struct Listing {
+    pub(crate) entries: Vec<CatalogEntry>,
+    /// Plugin name -> why no client can call it.
+    pub(crate) unlisted: Unlisted,
+}
+
+pub(crate) type Unlisted = BTreeMap<String, &'static str>;
+
+const TOO_MANY: &str =
+    "its functions do not fit this node's catalog (cluster.max_catalog_entries_per_node, with the other plugins')";
+const TOO_LARGE: &str =
+    "its signatures do not fit this node's catalog (half of limits.max_frame, with the other plugins')";
+
 /// Catalog entries for this node's plugins. Functions whose signatures use
 /// resource handles are local-only and never listed.
 ///
 /// At most `source.max_entries` of them, which the cluster's catalog takes
 /// from one node, with signatures of at most `source.max_bytes`: plugins
 /// with the fewest functions first, and one that does not fit is left out
-/// whole (and logged), so that a plugin with very many functions, or very
-/// large signatures, cannot take the others out of the catalog with it.
+/// whole (logged, and marked in `/v1/plugins`), so that a plugin with very
+/// many functions, or very large signatures, cannot take the others out of
+/// the catalog with it.
 pub(crate) fn local_catalog(
     runtime: &Runtime,
     node: &NodeId,
     cluster: &ClusterId,
     source: &crate::node::PluginSource,
-) -> Vec<CatalogEntry> {
+) -> Listing {
     let mut plugins = runtime.plugins();
     let listed = |p: &weft_runtime::PluginInfo| p.functions.iter().filter(|f| !f.local_only).count();
     plugins.sort_by_key(listed);
     let mut entries = Vec::new();
+    let mut unlisted = Unlisted::new();
     let mut bytes = 0;
     for plugin in plugins {
         let Ok(version) = plugin.version.parse::<semver::Version>() else {
             continue;
         };
         if entries.len() + listed(&plugin) > source.max_entries {
-            tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin does not fit this node's catalog (cluster.max_catalog_entries_per_node) and is not listed, so no client can call it");
+            tracing::error!(plugin = %plugin.name, functions = listed(&plugin), max = source.max_entries, "the plugin is not listed, so no client can call it: {TOO_MANY}");
+            unlisted.insert(plugin.name, TOO_MANY);
             continue;
         }
         // Each entry carries the plugin's `callers` unless they are everyone.
@@ -956,7 +973,8 @@ pub(crate) fn local_catalog(
         let size: usize =
             plugin.functions.iter().filter(|f| !f.local_only).map(|f| f.catalog_bytes + callers_bytes).sum();
         if bytes + size > source.max_bytes {
-            tracing::error!(plugin = %plugin.name, bytes = size, max = source.max_bytes, "the plugin's signatures do not fit this node's catalog (half of limits.max_frame, with the other plugins') and it is not listed, so no client can call it");
+            tracing::error!(plugin = %plugin.name, bytes = size, max = source.max_bytes, "the plugin is not listed, so no client can call it: {TOO_LARGE}");
+            unlisted.insert(plugin.name, TOO_LARGE);
             continue;
         }
         bytes += size;
@@ -983,7 +1001,7 @@ pub(crate) fn local_catalog(
             });
         }
     }
-    entries
+    Listing { entries, unlisted }
 }
 
 #[cfg(test)]
@@ -1014,9 +1032,12 @@ mod tests {
             foreign_tenants: false,
         };
         let (node, cluster) = (weft_proto::NodeId::new("n"), weft_proto::ClusterId::new("c"));
-        let listed = local_catalog(&runtime, &node, &cluster, &source);
-        let plugins: std::collections::BTreeSet<&str> = listed.iter().map(|e| e.function.plugin.as_ref()).collect();
+        let listing = local_catalog(&runtime, &node, &cluster, &source);
+        let plugins: std::collections::BTreeSet<&str> =
+            listing.entries.iter().map(|e| e.function.plugin.as_ref()).collect();
         assert_eq!(plugins, ["echo", "text"].into());
+        assert_eq!(listing.unlisted.keys().collect::<Vec<_>>(), ["math"]);
+        assert!(listing.unlisted["math"].contains("signatures do not fit"));
     }
 
     #[tokio::test]

@@ -108,8 +108,9 @@ pub(crate) async fn reload_plugins(
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
     fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
-    let local = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
-    fabric.event(crate::peer::Event::LocalCatalog(local));
+    let listing = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
+    fabric.set_unlisted(listing.unlisted);
+    fabric.event(crate::peer::Event::LocalCatalog(listing.entries));
     tracing::info!(loaded = ?report.loaded, unloaded = ?report.unloaded, unchanged = report.unchanged, failed = report.failed.len(), "plugins reloaded");
     Ok(report)
 }
@@ -421,6 +422,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tracker.clone(),
     );
     fabric.set_tenants(Tenants::from_config(&config));
+    fabric.set_unlisted(local.unlisted);
     let key = &config.routing.security.signing_key;
     let signer = if key.is_empty() {
         None
@@ -447,7 +449,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         signer,
         trust: config.trust(),
     };
-    let leave = cluster::start(fabric.clone(), events, local, settings, shutdown.clone());
+    let leave = cluster::start(fabric.clone(), events, local.entries, settings, shutdown.clone());
     let executor = Arc::new(Executor::new(
         fabric.clone(),
         config.limits.max_commands as usize,

@@ -170,6 +170,8 @@ pub struct Fabric {
     policy: RwLock<Arc<Policy>>,
     rate: RwLock<Option<Arc<RateLimit>>>,
     tenants: RwLock<Arc<Tenants>>,
+    /// This node's plugins its catalog leaves out, with why.
+    unlisted: RwLock<Arc<crate::executor::Unlisted>>,
     link_auth: RwLock<Arc<LinkAuth>>,
     decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     events: mpsc::UnboundedSender<Event>,
@@ -269,6 +271,7 @@ impl Fabric {
             policy: RwLock::new(Arc::new(federation.0)),
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
             tenants: RwLock::default(),
+            unlisted: RwLock::default(),
             link_auth: RwLock::default(),
             decisions: Mutex::default(),
             events,
@@ -470,6 +473,14 @@ impl Fabric {
 
     pub fn set_tenants(&self, tenants: Tenants) {
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenants);
+    }
+
+    pub(crate) fn unlisted(&self) -> Arc<crate::executor::Unlisted> {
+        read(&self.unlisted).clone()
+    }
+
+    pub(crate) fn set_unlisted(&self, unlisted: crate::executor::Unlisted) {
+        *self.unlisted.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(unlisted);
     }
 
     pub fn policy(&self) -> Arc<Policy> {
