@@ -171,6 +171,40 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     assert!(alerts["alerts"].as_array().unwrap().iter().any(|x| x["kind"] == "route-signature"), "{alerts}");
 }
 
+/// Without signatures a neighbour is believed only as far as it can be
+/// checked: a hop count must be its path's, and the epoch an unsigned
+/// update set is forgotten with its link, so a forger that claimed a node's
+/// id once cannot shut the real node out afterwards.
+#[tokio::test]
+async fn forged_hops_are_refused_and_an_unsigned_epoch_ends_with_its_link() {
+    let a = signed_node("a1", "alpha", &[], None, &[]);
+    let mut forger = FakePeer::join(&a, "b1", "beta").await;
+    let routes = json!([
+        {"destination": "beta", "path": ["beta"], "hops": 0, "latency_us": 0, "reliability": 1000},
+        {"destination": "gamma", "path": ["beta", "delta", "gamma"], "hops": 0, "latency_us": 0, "reliability": 1000}
+    ]);
+    forger.send(&json!({"t": "routes", "epoch": 9_000_000_000_000_000u64, "routes": routes})).await;
+    eventually("beta's route", SETTLE, async || (destinations(&a).await == ["beta"]).then_some(())).await;
+    let text = a.admin().get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&text, "weft_routes_refused_total"), Some(1.0), "gamma's route claimed 0 hops for 2");
+
+    drop(forger);
+    eventually("the forger's routes to go with its link", SETTLE, async || {
+        destinations(&a).await.is_empty().then_some(())
+    })
+    .await;
+    let mut real = FakePeer::join(&a, "b1", "beta").await;
+    real.announce(wall_clock_epoch(), &routes_to(&["beta", "gamma"]), None, None).await;
+    eventually("the real b1's routes", SETTLE, async || (destinations(&a).await == ["beta", "gamma"]).then_some(()))
+        .await;
+    assert_eq!(rejected(&a, "stale-epoch").await, 0.0);
+}
+
+/// An epoch as real nodes make them: the wall clock in milliseconds.
+fn wall_clock_epoch() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
 #[tokio::test]
 async fn real_nodes_sign_their_routes_and_survive_a_key_rotation() {
     let keys = tempfile::tempdir().unwrap();

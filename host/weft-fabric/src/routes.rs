@@ -308,6 +308,11 @@ impl RouteTable {
         if a.path.last() != Some(&a.destination) {
             return Err("its path does not end at its destination".into());
         }
+        // The hop count is the path's, so that no neighbour can make a long
+        // route look short (past max_hops, or winning the selection).
+        if usize::try_from(a.hops).ok() != Some(a.path.len() - 1) {
+            return Err(format!("it claims {} hops, but its path crosses {}", a.hops, a.path.len() - 1));
+        }
         if a.path.contains(&self.local) {
             return Err(format!("its path already holds this cluster {} (a loop)", self.local));
         }
@@ -339,6 +344,14 @@ impl RouteTable {
     }
 
     /// A bridge peer is gone: everything it announced is withdrawn.
+    /// Forgets the last epoch taken from `via`, whose next update may then
+    /// have any epoch: for a neighbour whose updates nothing vouches for
+    /// (unsigned), once its link is gone, so that one forged update with an
+    /// epoch far ahead cannot shut out the real node's updates for good.
+    pub fn forget_epoch(&mut self, via: &NodeId) {
+        self.epochs.remove(via);
+    }
+
     pub fn drop_neighbour(&mut self, now: Millis, via: &NodeId) -> Vec<ClusterId> {
         let before = self.winners(now);
         let dests: Vec<ClusterId> =

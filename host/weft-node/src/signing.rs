@@ -130,6 +130,12 @@ pub struct Trust {
 }
 
 impl Trust {
+    /// Whether every update from `cluster` that passes was signed by a key
+    /// trusted for it.
+    pub fn checks(&self, cluster: &ClusterId) -> bool {
+        self.require || self.keys.contains_key(cluster)
+    }
+
     /// Checks an update from node `env.node` of cluster `env.from`. Unsigned
     /// updates pass only when signatures are not required and no key is
     /// listed for that cluster (listing keys means "this cluster signs"); a
@@ -138,8 +144,7 @@ impl Trust {
     pub fn verify(&self, env: &Envelope<'_>, routes: &[Announcement], sig: Option<&RouteSig>) -> Result<(), SigError> {
         let cluster = env.from;
         let Some(sig) = sig else {
-            let expected = self.require || self.keys.contains_key(cluster);
-            return if expected { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
+            return if self.checks(cluster) { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
         };
         let untrusted = || SigError::UntrustedKey { cluster: cluster.clone(), key: sig.key.clone() };
         let key = parse_public(&sig.key).map_err(|_| untrusted())?;
@@ -147,7 +152,7 @@ impl Trust {
         if !trusted {
             // Without any key for this cluster and without the requirement,
             // a signature cannot be checked and is not needed.
-            return if !self.require && !self.keys.contains_key(cluster) { Ok(()) } else { Err(untrusted()) };
+            return if self.checks(cluster) { Err(untrusted()) } else { Ok(()) };
         }
         if verifies(&key, &signed_bytes(env, routes), &sig.sig) {
             Ok(())

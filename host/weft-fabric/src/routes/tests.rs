@@ -143,6 +143,22 @@ fn omission_withdraws_and_stale_epochs_and_floods_are_refused() {
     let flood: Vec<Announcement> = (0..1001).map(|i| ann(&["b", &format!("x{i}")])).collect();
     assert!(matches!(t.update(T0, &n("b1"), &c("b"), 7, flood, ok), Err(RouteError::TooMany { .. })));
     assert!(t.best(T0, &c("b")).is_some(), "a refused update changes nothing");
+    t.forget_epoch(&n("b1"));
+    t.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap();
+    assert!(t.best(T0, &c("c")).is_some(), "after forget_epoch any epoch is taken");
+}
+
+/// A neighbour cannot make a route look shorter than its path.
+#[test]
+fn hops_that_disagree_with_the_path_are_refused() {
+    let mut t = RouteTable::new(c("a"), RouteConfig { max_hops: 2, ..RouteConfig::default() });
+    let short = |path: &[&str]| Announcement { hops: 0, ..ann(path) };
+    let u = t.update(T0, &n("b1"), &c("b"), 1, vec![short(&["b", "c", "d", "e"]), short(&["b", "c"])], ok).unwrap();
+    let reasons: Vec<&str> = u.dropped.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons, ["it claims 0 hops, but its path crosses 3", "it claims 0 hops, but its path crosses 1"]);
+    assert!(t.winners(T0).is_empty());
+    t.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b", "c"])], ok).unwrap();
+    assert_eq!(t.best(T0, &c("c")).unwrap().hops, 2);
 }
 
 #[test]
