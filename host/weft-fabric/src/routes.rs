@@ -18,7 +18,7 @@
 //! `set_member_routes`), so that a node carrying transit also exports
 //! routes that leave the cluster over another member's bridge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,11 @@ pub struct RouteTable {
     /// destination -> announcing neighbour node -> route
     routes: BTreeMap<ClusterId, BTreeMap<NodeId, Route>>,
     epochs: BTreeMap<NodeId, u64>,
+    /// The destinations in each neighbour node's latest update taken, its
+    /// claim to carry traffic there, whether or not this node imported the
+    /// routes (its own hop limit and neighbour rules judge its own routing,
+    /// not who may call it).
+    announced: BTreeMap<NodeId, BTreeSet<ClusterId>>,
     flaps: BTreeMap<(ClusterId, NodeId), Flaps>,
     holds: BTreeMap<(ClusterId, NodeId), Millis>,
     /// When `expire` last ran: hold-downs that ended since then change winners.
@@ -195,6 +200,7 @@ impl RouteTable {
             config,
             routes: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            announced: BTreeMap::new(),
             flaps: BTreeMap::new(),
             holds: BTreeMap::new(),
             checked: Millis::default(),
@@ -248,6 +254,7 @@ impl RouteTable {
             });
         }
         self.epochs.insert(via.clone(), epoch);
+        self.announced.insert(via.clone(), announcements.iter().map(|a| a.destination.clone()).collect());
         let (link_latency, link_reliability) = self.links.get(via).copied().unwrap_or((0, 1000));
         let before = self.winners(now);
         let mut update = Update::default();
@@ -316,7 +323,7 @@ impl RouteTable {
         if a.path.contains(&self.local) {
             return Err(format!("its path already holds this cluster {} (a loop)", self.local));
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         if !a.path.iter().all(|c| seen.insert(c)) {
             return Err("its path holds a cluster twice".into());
         }
@@ -353,6 +360,7 @@ impl RouteTable {
     }
 
     pub fn drop_neighbour(&mut self, now: Millis, via: &NodeId) -> Vec<ClusterId> {
+        self.announced.remove(via);
         let before = self.winners(now);
         let dests: Vec<ClusterId> =
             self.routes.iter().filter(|(_, by)| by.contains_key(via)).map(|(d, _)| d.clone()).collect();
@@ -420,10 +428,11 @@ impl RouteTable {
         }
     }
 
-    /// Whether neighbour `via` announced a route to `destination` (held
-    /// down or not): then it carries traffic between here and there.
+    /// Whether neighbour `via` announced a route to `destination` in its
+    /// latest update (imported or not, held down or not): then it carries
+    /// traffic between here and there.
     pub fn leads_through(&self, via: &NodeId, destination: &ClusterId) -> bool {
-        self.routes.get(destination).is_some_and(|by| by.contains_key(via))
+        self.announced.get(via).is_some_and(|d| d.contains(destination))
     }
 
     /// The best eligible route to `destination`.
@@ -559,6 +568,19 @@ impl RouteTable {
         let best = self.best_ways(now, |a| a.path.contains(to) || offered.is_some_and(|l| !l.contains(&a.destination)));
         out.extend(best.into_values().map(|(a, _)| Announcement { ttl_ms, ..a }));
         out
+    }
+
+    /// Whether this cluster announces `from` to the cluster its way to
+    /// `destination` crosses into next. That cluster takes calls that
+    /// started in `from` only from a neighbour that announced it
+    /// (`leads_through`), so transit offers `destination`'s functions to
+    /// `from` only then.
+    pub fn carries_back(&self, now: Millis, from: &ClusterId, destination: &ClusterId) -> bool {
+        let ways = self.best_ways(now, |_| false);
+        let Some(next) = ways.get(destination).and_then(|(way, _)| way.path.get(1)) else {
+            return false;
+        };
+        self.exports(now, next, true).iter().any(|a| a.destination == *from)
     }
 
     /// For each destination, the node a call there goes to next: the bridge

@@ -382,6 +382,9 @@ impl ClusterTask {
                         }
                         self.fabric.metrics.routes_dropped.inc_by(update.dropped.len() as u64);
                         self.routes_changed(&update.changed);
+                        // What the neighbour announced decides whose calls
+                        // it may carry here, imported or not.
+                        self.changed = true;
                     }
                     Err(e) => {
                         self.fabric.metrics.routes_dropped.inc();
@@ -468,9 +471,14 @@ impl ClusterTask {
             .collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
             // Functions of the clusters the routes announced to the receiver
-            // lead to, reached over this node's bridges or a linked member's.
-            let leads: Vec<ClusterId> =
-                self.routes.exports(self.now(), to, true).into_iter().map(|a| a.destination).collect();
+            // lead to, reached over this node's bridges or a linked member's,
+            // where the way there announces the receiver back (else the
+            // cluster beyond would refuse its calls).
+            let now = self.now();
+            let leads: Vec<ClusterId> = (self.routes.exports(now, to, true).into_iter())
+                .map(|a| a.destination)
+                .filter(|d| self.routes.carries_back(now, to, d))
+                .collect();
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;

@@ -67,6 +67,25 @@ fn calls_go_the_way_the_cluster_announces_through_a_member_when_its_route_is_bet
     assert!(t.leads_through(&n("g1"), &c("d")) && !t.leads_through(&n("a2"), &c("d")), "members announce nothing");
 }
 
+/// A neighbour carries traffic to what it announces, whatever this node's
+/// own routing makes of it; its transit offers go only where the way back
+/// is announced.
+#[test]
+fn a_neighbour_leads_to_what_it_announced_and_transit_needs_the_way_back() {
+    let neighbours = [(c("b"), NeighbourRules { export: Some(vec![]), ..NeighbourRules::default() })];
+    let config = RouteConfig { max_hops: 1, neighbours: neighbours.into(), ..RouteConfig::default() };
+    let mut t = RouteTable::new(c("a"), config);
+    let u = t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"]), ann(&["b", "g"])], ok).unwrap();
+    assert_eq!(u.dropped.len(), 1, "g is over this node's hop limit");
+    assert!(t.leads_through(&n("b1"), &c("g")), "but b1 carries traffic from there");
+    t.update(T0, &n("g1"), &c("g"), 1, vec![ann(&["g"])], ok).unwrap();
+    assert!(t.carries_back(T0, &c("b"), &c("g")), "g is told of b");
+    assert!(!t.carries_back(T0, &c("g"), &c("b")), "b is told of nothing (routing.neighbours.b.export = [])");
+    assert!(!t.carries_back(T0, &c("g"), &c("z")), "no way to z");
+    t.drop_neighbour(T0, &n("b1"));
+    assert!(!t.leads_through(&n("b1"), &c("g")));
+}
+
 #[test]
 fn a_reloaded_policy_withdraws_the_routes_across_a_cluster_it_refuses_at_once() {
     let mut t = table();
