@@ -273,6 +273,13 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     assert_eq!(clusters, ["alpha", "beta", "beta", "alpha"]);
     // And beta reaches a2's math through a1.
     assert_eq!(call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
+    // A function rule of a2's own binds the calls a1 lets in for it, even
+    // while a1 (the bridge, still offering add) runs the older policy.
+    rewrite_federation(&a2, &format!("{}\n[federation.functions]\nblock = [\"add\"]", bridge("beta", &[])));
+    let reply = a2.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let err = call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap_err();
+    assert_eq!((err.kind, err.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("function-blocked")), "{err}");
 
     // Crossing into beta takes a hop; with none left the call says where it stopped.
     let mut cmd = Command::new("x", "upper", vec![json!("x")]);

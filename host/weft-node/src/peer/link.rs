@@ -612,6 +612,17 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 format!("{function}@{version} is not offered by cluster {cluster} as node {} sees it", me.node),
             ));
         }
+        if let Some(neighbour) = call.federation_path.last().filter(|_| local) {
+            // So are this node's function rules: the bridge node that let
+            // the call in may still run an older policy.
+            let exported = entries
+                .iter()
+                .any(|e| e.node == me.node && e.function == function && e.version == version && e.exported);
+            let verdict = fabric.decide(Point::CallTarget, fabric.policy().call(neighbour, None, &function, exported));
+            if !verdict.allowed {
+                return Err(verdict.to_error(neighbour));
+            }
+        }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         // Only functions that exist here become metric labels (a closed set).
         let timer = local.then(|| fabric.metrics.call_timer(&function));
