@@ -540,7 +540,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             return Err(WeftError::new(
                 ErrorKind::POLICY_DENIED,
                 format!(
-                    "node {} of cluster {} announced no route to cluster {started}, so it carries no call from there (federation path {})",
+                    "node {} of cluster {} announced no route to cluster {started} in its latest route update this node accepted (a refused update counts for nothing: see /v1/alerts), so it carries no call from there (federation path {})",
                     link.node(),
                     link.remote.cluster,
                     said()
