@@ -205,6 +205,28 @@ async fn a_plugins_log_records_are_bounded_per_second_over_all_its_calls() {
     assert_still_serving(&node).await;
 }
 
+/// What the last calls of a flood dropped is reported within about a second
+/// too, not only with the plugin's next call.
+#[tokio::test]
+async fn dropped_output_is_reported_though_no_call_follows() {
+    let node = TestNode::start(NodeSpec::default());
+    let client = node.client().await;
+    for _ in 0..2 {
+        assert_eq!(client.call("shout", vec![json!("tail\n"), json!(300)]).await.unwrap(), Value::Null);
+    }
+    let dropped = async || {
+        let log = node.stderr();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("dropped_lines"))
+            .map(|l| l.split("dropped_lines=").nth(1).unwrap().split(' ').next().unwrap().to_owned())
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    };
+    let reports = support::eventually("both calls' drops reported", std::time::Duration::from_secs(5), dropped).await;
+    assert_eq!(reports[0], reports[1], "each call dropped as many lines");
+}
+
 /// A guest that hands back a value the host cannot read, or exits instead
 /// of returning, is the guest's fault, and the error says which.
 #[tokio::test]

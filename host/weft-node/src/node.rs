@@ -467,6 +467,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     });
     let ws_port = Port { name: "listen", listener: ws_listener, tls, open, keep_free: crate::listen::ADMIN_RESERVE };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
+    tracker.spawn(report_dropped_output(fabric.runtime.clone(), shutdown.clone()));
     if config.node.watch_plugins {
         crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
     }
@@ -493,6 +494,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 }
 
 /// No plugins folder configured: the bundled example plugins.
+/// Once a second, the guest output dropped since each plugin's last report.
+async fn report_dropped_output(runtime: Arc<Runtime>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => runtime.report_dropped_output(),
+        }
+    }
+}
+
 fn load_bundled(runtime: &Runtime) -> weft_runtime::LoadReport {
     let mut report = weft_runtime::LoadReport::default();
     for name in weft_bundle::DEFAULT_SET {

@@ -481,6 +481,18 @@ impl Runtime {
         read(&self.plugins).iter().map(|p| p.info()).collect()
     }
 
+    /// Reports guest output dropped since a plugin's last report, where one
+    /// is due (at most one a second) and no call of the plugin made it:
+    /// without this, what the last calls of a flood dropped would wait for
+    /// the plugin's next call. The node calls it once a second.
+    pub fn report_dropped_output(&self) {
+        for plugin in read(&self.plugins).iter() {
+            if let Some(d) = plugin.log_rate.dropped(sandbox::Dropped::default()) {
+                report_dropped(&plugin.label, "", &d);
+            }
+        }
+    }
+
     pub fn load_failures(&self) -> Vec<LoadFailure> {
         read(&self.failures).clone()
     }
@@ -1060,7 +1072,14 @@ fn emit_output(
         logs: u64::from(logs),
         denied_logs: u64::from(denied_logs),
     });
-    let Some(d) = report else { return };
+    if let Some(d) = report {
+        report_dropped(label, function, &d);
+    }
+}
+
+/// Logs what a plugin's calls dropped since the last report; `function`
+/// names the call that made the report due ("" for `report_dropped_output`).
+fn report_dropped(label: &str, function: &str, d: &sandbox::Dropped) {
     if d.bytes > 0 || d.lines > 0 || d.logs > 0 {
         tracing::warn!(target: "weft::guest", plugin = label, function, dropped_bytes = d.bytes, dropped_lines = d.lines, dropped_logs = d.logs, "guest output (stdout, stderr and log calls) over the per-call limits, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped since the last such report (at most one a second)");
     }
