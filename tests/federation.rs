@@ -607,3 +607,35 @@ async fn a_step_whose_destination_a_reload_blocked_meanwhile_is_refused_by_the_p
     assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{err:?}");
     assert_eq!(err.details["rule"], "blocked-cluster", "{err:?}");
 }
+
+/// A peer's answer must fit the function's result type: a node of another
+/// cluster that answers `upper` with a number gets its caller an INTERNAL
+/// error naming it, never the number; a fitting answer passes.
+#[tokio::test]
+async fn an_answer_that_does_not_fit_the_result_type_is_refused() {
+    let a1 = node("a1", "alpha", vec!["echo"], &[], "[federation]\nmode = \"permissive\"");
+    let mut beta = FakePeer::join(&a1, "b1", "beta").await;
+    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
+    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [],
+        "node": "b1", "cluster": "beta", "idempotent": false, "exported": true});
+    beta.send(&json!({"t": "foreign", "entries": [entry]})).await;
+    eventually("alpha to list beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+
+    for (answer, expected) in [(json!(42), None), (json!("ABC"), Some(json!("ABC")))] {
+        let client = a1.client().await;
+        let mut cmd = Command::new("x", "upper", vec![json!("abc")]);
+        cmd.target_cluster = Some("beta".into());
+        let call = tokio::spawn(async move { client.call_command(cmd).await });
+        let request = beta.next_of("call").await;
+        beta.send(&json!({"t": "reply", "id": request["id"], "value": answer, "node": "b1"})).await;
+        let result = call.await.unwrap();
+        match expected {
+            Some(value) => assert_eq!(result.unwrap(), value),
+            None => {
+                let e = result.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::INTERNAL, "{e}");
+                assert!(e.message.contains("node b1 answered text/upper@0.1.0 with a value that does not fit"), "{e}");
+            }
+        }
+    }
+}

@@ -420,6 +420,7 @@ impl StepCall {
                 Err(e) => return (Err(e), me),
             };
             let (result, ran_on) = link.call(call).await;
+            let result = result.and_then(|value| self.fits_result(value, link.node()));
             let lost = matches!(&result, Err(e) if e.details.contains_key("link_lost"));
             let outcome = if result.is_ok() {
                 "ok"
@@ -436,6 +437,27 @@ impl StepCall {
             }
             return (result, ran_on);
         }
+    }
+
+    /// A peer's answer, if it is a value of the function's result type:
+    /// the client and the steps that use it were promised one, and a faulty
+    /// or lying node cannot hand them anything else.
+    fn fits_result(&self, value: Value, from: &NodeId) -> Result<Value, WeftError> {
+        let Some(entry) = self.candidates.first() else {
+            return Ok(value);
+        };
+        let fits = match entry.sig.success_type() {
+            Some(ty) => weft_proto::wit::check(&value, ty, "result").map_err(|m| m.to_string()),
+            None if value.is_null() => Ok(()),
+            None => Err("a value, where the function returns none".into()),
+        };
+        fits.map(|()| value).map_err(|why| {
+            WeftError::internal(format!(
+                "node {from} answered {}@{} with a value that does not fit its result type ({why}); the nodes disagree on its signature, or that node is faulty",
+                self.function, self.version
+            ))
+            .with("node", from.as_str())
+        })
     }
 
     /// The call as sent over `link` on its way to cluster `destination`.
