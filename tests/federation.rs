@@ -254,6 +254,10 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     let refused = eventually("a2's gossip-learnt dial to be refused", SETTLE, async || refusal(&a2).await).await;
     assert_eq!(refused["rule"], "bridge-nodes");
     assert!(!linked(&a2, "b1").await);
+    // a2 holds no route of its own to beta, and says how it gets there.
+    let explain = a2.admin().get("/v1/routes/explain?cluster=beta").await.unwrap().body;
+    assert_eq!((&explain["winner"], &explain["relayed_by"]), (&Value::Null, &json!(["a1"])), "{explain}");
+    assert_eq!(explain["reachable"], true, "{explain}");
 
     // A pipeline mixing clusters, sent to a2: echo on a1, upper in beta via a1, add on a2.
     let req: Request = serde_json::from_value(json!({

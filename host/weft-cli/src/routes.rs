@@ -45,9 +45,15 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.explain.is_some() {
+        let destination = body["destination"].as_str().unwrap_or("");
+        let relays: Vec<&str> = body["relayed_by"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         match body.get("winner").filter(|w| !w.is_null()) {
             Some(w) => println!("best: {}", line(w)),
-            None => println!("{} is unreachable from this node", body["destination"].as_str().unwrap_or("")),
+            None if !relays.is_empty() => println!(
+                "{destination}: no route of this node's own; calls go through the members that relay it: {}",
+                relays.join(", ")
+            ),
+            None => println!("{destination} is unreachable from this node"),
         }
         for l in body["losers"].as_array().into_iter().flatten() {
             println!("lost: {}  ({})", line(l), l["lost_because"].as_str().unwrap_or(""));

@@ -390,11 +390,15 @@ fn routes(fabric: &Fabric) -> Value {
     json!({ "cluster": fabric.me.cluster, "transit": fabric.transit(), "routes": all })
 }
 
-/// Which route to one cluster wins and why the others lose.
+/// Which route to one cluster wins and why the others lose, and the
+/// members that relay the cluster's functions (a node without a bridge
+/// of its own reaches it through them).
 fn explain(fabric: &Fabric, cluster: &str) -> Value {
     let view = fabric.view();
     let now = view.now();
-    let e = view.routes.explain(now, &weft_proto::ClusterId::new(cluster));
+    let destination = weft_proto::ClusterId::new(cluster);
+    let e = view.routes.explain(now, &destination);
+    let relayed_by = fabric.relays_to(&destination);
     let losers: Vec<Value> = e
         .losers
         .iter()
@@ -410,7 +414,8 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
         "winner": e.winner.as_ref().map(|r| route_json(r, now)),
         "losers": losers,
         "selection": rule,
-        "reachable": e.winner.is_some(),
+        "relayed_by": relayed_by,
+        "reachable": e.winner.is_some() || !relayed_by.is_empty(),
     })
 }
 
@@ -440,7 +445,6 @@ fn federation(fabric: &Fabric) -> Value {
     })
 }
 
-/// This cluster as a graph: members (SWIM's view, this node included) and links.
 /// This node's plugins; one its catalog leaves out (so no client can call
 /// it) has `state` "unlisted" and `unlisted` saying why.
 fn plugins(executor: &Executor) -> Vec<Value> {
@@ -457,6 +461,7 @@ fn plugins(executor: &Executor) -> Vec<Value> {
     plugins.collect()
 }
 
+/// This cluster as a graph: members (SWIM's view, this node included) and links.
 fn topology(fabric: &Fabric) -> Value {
     let view = fabric.view();
     let me = &fabric.me;
