@@ -350,7 +350,6 @@ impl RouteTable {
         a.path.iter().try_for_each(|c| admit(c).map_err(|why| format!("cluster {c} on its path is refused: {why}")))
     }
 
-    /// A bridge peer is gone: everything it announced is withdrawn.
     /// Forgets the last epoch taken from `via`, whose next update may then
     /// have any epoch: for a neighbour whose updates nothing vouches for
     /// (unsigned), once its link is gone, so that one forged update with an
@@ -359,6 +358,7 @@ impl RouteTable {
         self.epochs.remove(via);
     }
 
+    /// A bridge peer is gone: everything it announced is withdrawn.
     pub fn drop_neighbour(&mut self, now: Millis, via: &NodeId) -> Vec<ClusterId> {
         self.announced.remove(via);
         let before = self.winners(now);
@@ -570,17 +570,25 @@ impl RouteTable {
         out
     }
 
-    /// Whether this cluster announces `from` to the cluster its way to
-    /// `destination` crosses into next. That cluster takes calls that
+    /// The destinations whose way from here crosses next into a cluster
+    /// this cluster announces `from` to. That cluster takes calls that
     /// started in `from` only from a neighbour that announced it
-    /// (`leads_through`), so transit offers `destination`'s functions to
-    /// `from` only then.
-    pub fn carries_back(&self, now: Millis, from: &ClusterId, destination: &ClusterId) -> bool {
+    /// (`leads_through`), so transit offers `from` the functions of these
+    /// destinations only.
+    pub fn carried_back(&self, now: Millis, from: &ClusterId) -> BTreeSet<ClusterId> {
+        let mut told_of_from: BTreeMap<&ClusterId, bool> = BTreeMap::new();
         let ways = self.best_ways(now, |_| false);
-        let Some(next) = ways.get(destination).and_then(|(way, _)| way.path.get(1)) else {
-            return false;
-        };
-        self.exports(now, next, true).iter().any(|a| a.destination == *from)
+        let mut carried = BTreeSet::new();
+        for (destination, (way, _)) in &ways {
+            let Some(next) = way.path.get(1) else { continue };
+            let told = *told_of_from
+                .entry(next)
+                .or_insert_with(|| self.exports(now, next, true).iter().any(|a| a.destination == *from));
+            if told {
+                carried.insert(destination.clone());
+            }
+        }
+        carried
     }
 
     /// For each destination, the node a call there goes to next: the bridge

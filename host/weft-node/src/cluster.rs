@@ -475,9 +475,13 @@ impl ClusterTask {
             // where the way there announces the receiver back (else the
             // cluster beyond would refuse its calls).
             let now = self.now();
-            let leads: Vec<ClusterId> = (self.routes.exports(now, to, true).into_iter())
+            let carried = self.routes.carried_back(now, to);
+            let leads: Vec<ClusterId> = self
+                .routes
+                .exports(now, to, true)
+                .into_iter()
                 .map(|a| a.destination)
-                .filter(|d| self.routes.carries_back(now, to, d))
+                .filter(|d| carried.contains(d))
                 .collect();
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
