@@ -174,6 +174,9 @@ async fn a_tenants_plugin_does_not_take_a_bare_name_from_other_callers() {
         (functions.iter().filter(|f| f["name"] == "echo").count() == 2).then_some(())
     };
     eventually("a2 to list both echoes", SETTLE, both).await;
+    let body = a2.admin().get("/v1/catalog").await.unwrap().body;
+    let acme_echo = body["functions"].as_array().unwrap().iter().find(|f| f["plugin"] == "acme-echo").unwrap().clone();
+    assert_eq!(acme_echo["callers"], json!(["acme"]), "{acme_echo}");
 
     for via in [&a1, &a2] {
         assert_eq!(call_as(via, Some(BOB), "echo", vec![json!("b")]).await.unwrap(), "b");

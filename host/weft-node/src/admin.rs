@@ -308,6 +308,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                         "resources": e.resources,
                         "cluster": e.cluster,
                         "node": e.node,
+                        "callers": e.callers,
                     })
                 })
                 .collect();
