@@ -120,7 +120,7 @@ async fn next_json(
 async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
     let node = node();
     let mut ws = raw_socket(&node).await;
-    let cases: [(&str, ErrorKind, &str); 9] = [
+    let cases: [(&str, ErrorKind, &str); 10] = [
         ("{not json", ErrorKind::PARSE_ERROR, ""),
         (r#"{"role": "server", "u": "r1"}"#, ErrorKind::INVALID_REQUEST, "r1"),
         (r#"{"u": "r2", "cmds": []}"#, ErrorKind::INVALID_REQUEST, "r2"),
@@ -143,6 +143,8 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
             ErrorKind::PARSE_ERROR,
             "r8",
         ),
+        // Broken JSON, but its `u` came before the break.
+        (r#"{"u": "r9", "role": "rpc", "cmds": [}"#, ErrorKind::PARSE_ERROR, "r9"),
     ];
     for (frame, kind, u) in cases {
         ws.send(Message::Text(frame.into())).await.unwrap();
@@ -159,6 +161,18 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_serving() {
     .unwrap();
     let (reply, _) = next_json(&mut ws).await;
     assert_eq!(reply["r"]["a"], "still here");
+}
+
+/// Peers and clients share the port, told apart by the first frame: a
+/// request is a client's even if it carries a peer's `"t": "hello"`.
+#[tokio::test]
+async fn a_request_with_a_hello_tag_is_still_a_clients() {
+    let node = node();
+    let mut ws = raw_socket(&node).await;
+    let req = r#"{"t": "hello", "role": "rpc", "u": "h1", "cmds": [{"name": "a", "fun": "upper", "args": ["hi"]}]}"#;
+    ws.send(Message::Text(req.into())).await.unwrap();
+    let (reply, _) = next_json(&mut ws).await;
+    assert_eq!((&reply["u"], &reply["r"]["a"]), (&json!("h1"), &json!("HI")), "{reply}");
 }
 
 #[tokio::test]

@@ -117,6 +117,30 @@ async fn a_long_command_does_not_hold_up_the_ones_beside_it() {
     );
 }
 
+/// Peak resident memory of a process, in MiB (Linux).
+fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// A result that many commands use is copied into their arguments a few at
+/// a time (limits.max_frame worth of copies per request), not for all of
+/// them at once: 250 users of a 2 MB string took over 1 GB before.
+#[tokio::test]
+async fn a_large_result_used_by_many_commands_is_not_copied_for_all_at_once() {
+    let node = TestNode::start(NodeSpec::default());
+    ok(&node, json!([{"name": "warm", "fun": "word-count", "args": ["a b"]}])).await;
+    let before = peak_mib(node.pid());
+    let mut cmds = vec![json!({"name": "big", "fun": "echo", "args": ["w ".repeat(1 << 20)]})];
+    cmds.extend((0..250).map(|i| json!({"name": format!("n{i}"), "fun": "word-count", "args": ["big"]})));
+    let r = ok(&node, Value::Array(cmds)).await;
+    assert_eq!(r.as_object().unwrap().len(), 250);
+    assert!(r.as_object().unwrap().values().all(|n| *n == json!(1 << 20)), "every count is 2^20");
+    let grew = peak_mib(node.pid()).saturating_sub(before);
+    assert!(grew < 400, "the node's peak memory grew by {grew} MiB");
+}
+
 #[tokio::test]
 async fn references_reach_inside_arrays_objects_and_record_fields() {
     let node = TestNode::start(NodeSpec::default());

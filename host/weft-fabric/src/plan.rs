@@ -158,6 +158,17 @@ impl Plan {
         self.index.get(name).copied()
     }
 
+    /// Every reference in the arguments of `step` (until it is bound): the
+    /// step whose result it uses, and the path into that result, once per
+    /// place it appears, as binding copies it.
+    pub fn refs(&self, step: StepIdx) -> Vec<(StepIdx, &[String])> {
+        let mut refs = Vec::new();
+        for template in self.steps.get(step.0).map_or(&[][..], |s| &s.args) {
+            template.each_ref(&mut |source, path, _| refs.push((source, path)));
+        }
+        refs
+    }
+
     /// The positional arguments of `step`, in parameter order, with every
     /// reference replaced by (the `path` into) the result of its step.
     /// `results[i]` is the success value of step `i` once it completed.
@@ -216,7 +227,7 @@ impl Plan {
                         "the result of {name} is not available; a step may only be bound once its dependencies completed"
                     )));
                 };
-                follow_value(result, &path)
+                follow(result, &path)
                     .map_err(|why| {
                         WeftError::invalid_arguments(format!(
                             "path {:?} does not exist in the result of {name}: {why}",
@@ -240,11 +251,16 @@ impl Plan {
 
 impl Template {
     fn collect_refs(&self, out: &mut Vec<(StepIdx, bool)>) {
+        self.each_ref(&mut |step, _, by_name| out.push((step, by_name)));
+    }
+
+    /// Calls `f` with the step, path and spelling of every reference inside.
+    fn each_ref<'t>(&'t self, f: &mut impl FnMut(StepIdx, &'t [String], bool)) {
         match self {
             Template::Literal(_) => {}
-            Template::Ref { step, by_name, .. } => out.push((*step, *by_name)),
-            Template::Array(items) => items.iter().for_each(|t| t.collect_refs(out)),
-            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.collect_refs(out)),
+            Template::Ref { step, path, by_name } => f(*step, path, *by_name),
+            Template::Array(items) => items.iter().for_each(|t| t.each_ref(f)),
+            Template::Object(fields) => fields.iter().for_each(|(_, t)| t.each_ref(f)),
         }
     }
 
@@ -522,8 +538,9 @@ fn arrange(r: &Resolved, args: Vec<Template>, kwargs: Vec<(String, Template)>) -
 }
 
 /// Checks what can be known before running: literal arguments against their
-/// parameter type, and whole-argument references by the referenced function's
-/// result type. References nested in literals are checked by `bind`.
+/// parameter type, whole-argument references by the referenced function's
+/// result type, and that every reference nested in a literal has a value
+/// and its path exists. The type of a nested reference is checked by `bind`.
 fn check_static(
     function: &FunctionId,
     param: &Field,
@@ -531,28 +548,40 @@ fn check_static(
     cmds: &[Command],
     resolved: &[Resolved],
 ) -> Result<(), WeftError> {
-    let (step, path) = match template {
-        Template::Literal(v) => {
-            return check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m));
-        }
-        Template::Ref { step, path, .. } => (step, path),
-        Template::Array(_) | Template::Object(_) => return Ok(()),
-    };
-    let source = &resolved[step.0];
-    let reference = RefName { cmd: &cmds[step.0].name, path };
     let fail = |why: String| {
         WeftError::invalid_arguments(format!("argument '{}' of {function}: {why}", param.name))
             .with("parameter", param.name.as_str())
     };
-    let Some(result) = source.sig.success_type() else {
-        return Err(fail(format!("{reference} has no value: {} returns nothing", source.function)));
+    // The type at the reference's path, or why it has none.
+    let typed = |step: StepIdx, path: &[String]| {
+        let source = &resolved[step.0];
+        let reference = RefName { cmd: &cmds[step.0].name, path };
+        let Some(result) = source.sig.success_type() else {
+            return Err(fail(format!("{reference} has no value: {} returns nothing", source.function)));
+        };
+        follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}")))
     };
-    let ty = follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}")))?;
-    if ty.fits(&param.ty) {
-        Ok(())
-    } else {
-        Err(fail(format!("expected {}, but {reference} is {ty} (from {})", param.ty, source.function))
-            .with("expected", param.ty.to_string()))
+    match template {
+        Template::Literal(v) => check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m)),
+        Template::Ref { step, path, .. } => {
+            let ty = typed(*step, path)?;
+            let (source, reference) = (&resolved[step.0], RefName { cmd: &cmds[step.0].name, path });
+            if ty.fits(&param.ty) {
+                Ok(())
+            } else {
+                Err(fail(format!("expected {}, but {reference} is {ty} (from {})", param.ty, source.function))
+                    .with("expected", param.ty.to_string()))
+            }
+        }
+        Template::Array(_) | Template::Object(_) => {
+            let mut first_error = None;
+            template.each_ref(&mut |step, path, _| {
+                if first_error.is_none() {
+                    first_error = typed(step, path).err();
+                }
+            });
+            first_error.map_or(Ok(()), Err)
+        }
     }
 }
 
@@ -602,7 +631,8 @@ fn follow_type<'t>(mut ty: &'t WitType, path: &[String]) -> Result<&'t WitType, 
     Ok(ty)
 }
 
-fn follow_value<'v>(mut value: &'v Value, path: &[String]) -> Result<&'v Value, String> {
+/// The part of `value` at `path` (a reference's `path`, split at its dots).
+pub fn follow<'v>(mut value: &'v Value, path: &[String]) -> Result<&'v Value, String> {
     for seg in path {
         value = match value {
             Value::Object(o) => o.get(seg).ok_or_else(|| format!("the object has no field '{seg}'"))?,

@@ -141,7 +141,9 @@ impl Executor {
         let mut results = Results::new(&plan, req.return_intermediate_results, self.fabric.max_frame);
         let mut timings: Vec<Option<Timing>> = vec![None; plan.steps().len()];
         let mut running = Steps::new(plan.steps().len() > 1 || load == NodeLoad::Idle);
-        for step in scheduler.initial_ready() {
+        let mut turns = Turns::new(plan.steps().len(), self.fabric.max_frame);
+        turns.wait(scheduler.initial_ready());
+        while let Some(step) = turns.next(&plan, &results) {
             self.start(&mut plan, step, &mut results, &scope, &mut running)?;
         }
         while !scheduler.is_done() {
@@ -180,10 +182,12 @@ impl Executor {
                 let e = if e.message.starts_with("command ") { e } else { e.context(format!("command {name}")) };
                 e.with("command", name.clone())
             })?;
+            turns.finished(joined.step);
             results.store(joined.step, value)?;
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
-            for next in scheduler.complete(joined.step) {
-                self.start(&mut plan, next, &mut results, &scope, &mut running)?;
+            turns.wait(scheduler.complete(joined.step));
+            while let Some(step) = turns.next(&plan, &results) {
+                self.start(&mut plan, step, &mut results, &scope, &mut running)?;
             }
         }
 
@@ -715,6 +719,8 @@ struct Results {
     values: Vec<Option<Value>>,
     /// Commands that use each result and are not bound yet.
     uses: Vec<usize>,
+    /// JSON size of each result some command uses.
+    sizes: Vec<usize>,
     /// Whether the response carries each result.
     carried: Vec<bool>,
     /// Bytes of the carried results so far, counted when more than one is.
@@ -734,20 +740,31 @@ impl Results {
             carried[out.0] = true;
         }
         let counted = carried.iter().filter(|c| **c).count() > 1;
-        Self { values: vec![None; n], uses, carried, carried_bytes: counted.then_some(0), max_frame }
+        Self { values: vec![None; n], uses, sizes: vec![0; n], carried, carried_bytes: counted.then_some(0), max_frame }
     }
 
     fn store(&mut self, step: StepIdx, value: Value) -> Result<(), WeftError> {
-        if self.carried[step.0]
-            && let Some(bytes) = &mut self.carried_bytes
-        {
-            *bytes += json_len(&value);
+        let counted = self.carried[step.0] && self.carried_bytes.is_some();
+        let size = if counted || self.uses[step.0] > 0 { json_len(&value) } else { 0 };
+        self.sizes[step.0] = size;
+        if counted && let Some(bytes) = &mut self.carried_bytes {
+            *bytes += size;
             if *bytes > self.max_frame {
                 return Err(too_big("the response", *bytes, self.max_frame));
             }
         }
         self.values[step.0] = Some(value);
         Ok(())
+    }
+
+    /// The bytes (as JSON) binding a reference to `path` in the result of
+    /// `step` copies.
+    fn copy_size(&self, step: StepIdx, path: &[String]) -> usize {
+        if path.is_empty() {
+            return self.sizes[step.0];
+        }
+        let part = self.values[step.0].as_ref().and_then(|v| weft_fabric::plan::follow(v, path).ok());
+        part.map_or(0, json_len)
     }
 
     /// A command using `deps` was bound: results no longer needed go.
@@ -758,6 +775,49 @@ impl Results {
                 self.values[dep.0] = None;
             }
         }
+    }
+}
+
+/// Ready commands wait here for their turn to start: a command's bound
+/// arguments hold copies of the results it uses until it ends, and those of
+/// the running commands together may take `budget` bytes (limits.max_frame,
+/// as JSON). Without this, a large result used by many commands was copied
+/// for every one of them at once, while most of them merely waited for a
+/// sandbox slot (4 GB for 999 users of a 4 MB result, measured). A command
+/// always starts when no other holds anything, so any request can finish.
+struct Turns {
+    waiting: VecDeque<StepIdx>,
+    /// Bytes each running command holds, and their sum.
+    holds: Vec<usize>,
+    held: usize,
+    budget: usize,
+}
+
+impl Turns {
+    fn new(steps: usize, budget: usize) -> Self {
+        Self { waiting: VecDeque::new(), holds: vec![0; steps], held: 0, budget }
+    }
+
+    fn wait(&mut self, ready: impl IntoIterator<Item = StepIdx>) {
+        self.waiting.extend(ready);
+    }
+
+    /// The next command to start, in the order they became ready, if its
+    /// copies fit beside those of the commands running.
+    fn next(&mut self, plan: &Plan, results: &Results) -> Option<StepIdx> {
+        let &step = self.waiting.front()?;
+        let cost: usize = plan.refs(step).into_iter().map(|(source, path)| results.copy_size(source, path)).sum();
+        if self.held > 0 && self.held.saturating_add(cost) > self.budget {
+            return None;
+        }
+        self.waiting.pop_front();
+        self.holds[step.0] = cost;
+        self.held += cost;
+        Some(step)
+    }
+
+    fn finished(&mut self, step: StepIdx) {
+        self.held -= std::mem::take(&mut self.holds[step.0]);
     }
 }
 

@@ -363,11 +363,12 @@ pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }
 
-/// Whether a first frame is meant as a peer's `hello` (`"t": "hello"`).
+/// Whether a first frame is meant as a peer's `hello` (`"t": "hello"`); one
+/// with a `"role"` is a client's request, whatever else it carries.
 fn is_hello(text: &str) -> bool {
     text.contains("\"hello\"")
         && serde_json::from_str::<serde_json::Value>(text)
-            .is_ok_and(|v| v.get("t").and_then(|t| t.as_str()) == Some("hello"))
+            .is_ok_and(|v| v.get("t").and_then(|t| t.as_str()) == Some("hello") && v.get("role").is_none())
 }
 
 /// One client connection in the `connections` gauge while it lives.

@@ -1,6 +1,7 @@
 //! The client protocol: requests (`role: "rpc"`) and responses
 //! (`role: "rpc-response"`), shaped to stay compatible with MPREG's client.
 
+use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -133,14 +134,7 @@ impl Request {
         // several requests in flight can still tell which one was refused.
         let u_text = |u: &Value| u.as_str().map_or_else(|| u.to_string(), str::to_owned);
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            // Valid JSON that serde_json cannot hold (a number beyond f64,
-            // such as 1e400) still has a `u` to answer to: read only that,
-            // skipping the rest unconverted.
-            #[derive(Deserialize)]
-            struct OnlyU {
-                u: Option<Value>,
-            }
-            let u = serde_json::from_slice::<OnlyU>(bytes).ok().and_then(|o| o.u).map(|u| u_text(&u));
+            let u = read_u(bytes).map(|u| u_text(&u));
             (u, WeftError::parse(format!("the message is not valid JSON: {e}")))
         })?;
         let u = value.get("u").map(u_text);
@@ -174,6 +168,34 @@ impl Request {
         serde_json::from_value(value)
             .map_err(|e| (u, WeftError::invalid_request(format!("bad request shape{where_}: {e}"))))
     }
+}
+
+/// The `u` of a message that does not parse, if it comes before whatever
+/// breaks it: the client can still tell which request was refused. The
+/// members before it are skipped unconverted, so a number beyond f64 (such
+/// as 1e400) or nesting deeper than the parser allows does not hide it.
+fn read_u(bytes: &[u8]) -> Option<Value> {
+    struct FindU<'a>(&'a mut Option<Value>);
+    impl<'de> Visitor<'de> for FindU<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "u" {
+                    *self.0 = Some(map.next_value()?);
+                    // What follows is not read: the parse ends here.
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut u = None;
+    let _ = serde_json::Deserializer::from_slice(bytes).deserialize_map(FindU(&mut u));
+    u
 }
 
 /// One command as run, inside an execution summary (Weft's addition to
@@ -309,7 +331,7 @@ mod tests {
                     prop_assert!(matches!(e.kind, ErrorKind::PARSE_ERROR | ErrorKind::INVALID_REQUEST), "{:?}", e.kind);
                     // A `u` that is not a string comes back as its JSON text.
                     // (Of a frame that is not JSON, `u` is read where it can
-                    // be: see `the_u_of_valid_json_serde_cannot_hold_is_kept`.)
+                    // be: see `the_u_before_whatever_breaks_a_frame_is_kept`.)
                     if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
                         let readable = v.get("u").map(|u| u.as_str().map_or_else(|| u.to_string(), str::to_owned));
                         prop_assert_eq!(u, readable);
@@ -337,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn the_u_of_valid_json_serde_cannot_hold_is_kept() {
+    fn the_u_before_whatever_breaks_a_frame_is_kept() {
         let big = br#"{"role": "rpc", "u": "big", "cmds": [{"name": "a", "fun": "echo", "args": [1e400]}]}"#.to_vec();
         let mut deep = br#"{"role": "rpc", "u": "deep", "cmds": [{"name": "a", "fun": "echo", "args": "#.to_vec();
         deep.extend([b'['; 200].iter().chain(&[b']'; 200]).chain(b"}]}"));
@@ -345,8 +367,14 @@ mod tests {
             let (u, e) = Request::decode(&frame).unwrap_err();
             assert_eq!((e.kind, u.as_deref()), (ErrorKind::PARSE_ERROR, Some(id)), "{e:?}");
         }
-        let (u, _) = Request::decode(b"{\"u\": \"cut\", \"cmds\": [").unwrap_err();
-        assert_eq!(u, None, "a frame cut short has no u to trust");
+        // Read up to where the frame breaks: a `u` before that is answered to.
+        for frame in [&b"{\"u\": \"cut\", \"cmds\": ["[..], br#"{"u":"cut","role":"rpc","cmds":[}"#] {
+            let (u, e) = Request::decode(frame).unwrap_err();
+            assert_eq!((e.kind, u.as_deref()), (ErrorKind::PARSE_ERROR, Some("cut")), "{e:?}");
+        }
+        for frame in [&br#"{"role":"rpc","cmds":[},"u":"late"}"#[..], br#"{"u":"#] {
+            assert_eq!(Request::decode(frame).unwrap_err().0, None);
+        }
     }
 
     #[test]

@@ -550,7 +550,6 @@ impl Runtime {
             .with("rule", "callers")
             .with("tenant", tenant));
         }
-        let params = convert_args(qualified, &function.sig, args)?;
         let own_deadline = Instant::now() + plugin.limits.deadline;
         // Whose deadline an interrupt enforces: the caller's is a timeout,
         // the plugin's own a fault of the guest.
@@ -564,6 +563,8 @@ impl Runtime {
             )
         })?;
         let _running = Running::enter(&self.running);
+        // Converted only now: calls waiting for a slot hold one copy of their arguments, not two.
+        let params = convert_args(qualified, &function.sig, args)?;
 
         let warm = plugin.manifest.warm > 0;
         let kept = warm.then(|| plugin.warm.take(caller)).flatten().or_else(|| plugin.spares.take());

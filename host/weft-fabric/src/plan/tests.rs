@@ -195,6 +195,18 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
         "e",
     );
     assert!(m.contains("hostile/spin returns nothing"), "{m}");
+    // Nested in a list or record, before anything runs.
+    for nested in [json!([[{"$ref": "s"}]]), json!([["s"]]), json!([{"k": {"$ref": "s"}}])] {
+        let m = fails(vec![cmd("s", "spin", json!([])), cmd("e", "echos", nested)], ErrorKind::INVALID_ARGUMENTS, "e");
+        assert!(m.contains("argument 'values' of echo/echos: s has no value: hostile/spin returns nothing"), "{m}");
+    }
+    // So is a path that cannot exist in the result.
+    let m = fails(
+        vec![cmd("s", "stats", json!([[1.0]])), cmd("e", "echos", json!([[{"$ref": "s", "path": "nope"}]]))],
+        ErrorKind::INVALID_ARGUMENTS,
+        "e",
+    );
+    assert!(m.contains("s.nope does not exist"), "{m}");
 }
 
 #[test]
