@@ -199,7 +199,10 @@ impl Plan {
                     .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
                 if !literal {
                     check(&value, &param.ty, &param.name).map_err(|m| {
-                        let names: Vec<&str> = sources.iter().map(|(i, _)| self.steps[i.0].name.as_str()).collect();
+                        let mut used: Vec<StepIdx> = sources.iter().map(|(i, _)| *i).collect();
+                        used.sort_unstable();
+                        used.dedup();
+                        let names: Vec<&str> = used.iter().map(|i| self.steps[i.0].name.as_str()).collect();
                         let e = mismatch(function, m);
                         let mut hint = format!("; it holds the result of {}", names.join(", "));
                         if let Some((step, _)) = sources.iter().find(|(_, by_name)| *by_name) {
@@ -619,16 +622,21 @@ fn follow_type<'t>(mut ty: &'t WitType, path: &[String]) -> Result<&'t WitType, 
                 let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 format!("{ty} has no field '{seg}' (fields: {})", names.join(", "))
             })?,
-            WitType::List { element } if seg.parse::<usize>().is_ok() => element,
-            WitType::Tuple { elements } => {
-                seg.parse::<usize>().ok().and_then(|i| elements.get(i)).ok_or_else(|| {
-                    format!("'{seg}' is not an index of {ty} (0 to {})", elements.len().saturating_sub(1))
-                })?
-            }
+            WitType::List { element } if index(seg).is_some() => element,
+            WitType::Tuple { elements } => index(seg).and_then(|i| elements.get(i)).ok_or_else(|| {
+                format!("'{seg}' is not an index of {ty} (0 to {})", elements.len().saturating_sub(1))
+            })?,
             _ => return Err(format!("'{seg}' cannot be taken from a value of type {ty}")),
         };
     }
     Ok(ty)
+}
+
+/// A path segment as a list or tuple index: decimal digits, as written by
+/// `to_string` (no sign, no leading zero), so each element has one spelling.
+fn index(seg: &str) -> Option<usize> {
+    let canonical = seg.bytes().all(|b| b.is_ascii_digit()) && (seg == "0" || !seg.starts_with('0'));
+    canonical.then(|| seg.parse().ok()).flatten()
 }
 
 /// The part of `value` at `path` (a reference's `path`, split at its dots).
@@ -636,9 +644,7 @@ pub fn follow<'v>(mut value: &'v Value, path: &[String]) -> Result<&'v Value, St
     for seg in path {
         value = match value {
             Value::Object(o) => o.get(seg).ok_or_else(|| format!("the object has no field '{seg}'"))?,
-            Value::Array(a) => seg
-                .parse::<usize>()
-                .ok()
+            Value::Array(a) => index(seg)
                 .and_then(|i| a.get(i))
                 .ok_or_else(|| format!("no element '{seg}' in an array of {} elements", a.len()))?,
             Value::Null => return Err(format!("'{seg}' cannot be taken from null")),

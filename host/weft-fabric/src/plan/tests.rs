@@ -143,6 +143,22 @@ fn list_index_path_selects_an_element_and_a_missing_one_fails_at_bind() {
     let e = p.clone().bind(second, &results(&p, &[("sp", json!(["a"]))])).unwrap_err();
     assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
     assert!(e.message.starts_with("command second: argument 'value' of echo/echo: path \"1\""), "{}", e.message);
+    // An index has one spelling: no sign, no leading zero.
+    for odd in ["+1", "01", " 1"] {
+        let m = fails(
+            vec![cmd("sp", "split", json!(["a,b", ","])), cmd("x", "echo", json!([{"$ref": "sp", "path": odd}]))],
+            ErrorKind::INVALID_ARGUMENTS,
+            "x",
+        );
+        assert!(m.contains(&format!("'{odd}' cannot be taken from a value of type list<string>")), "{m}");
+    }
+}
+
+#[test]
+fn a_result_used_twice_in_one_argument_is_named_once() {
+    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([["n", "n"]]))]).unwrap();
+    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
+    assert!(e.message.contains("; it holds the result of n (a string"), "{}", e.message);
 }
 
 #[test]
