@@ -277,13 +277,30 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     assert_eq!(clusters, ["alpha", "beta", "beta", "alpha"]);
     // And beta reaches a2's math through a1.
     assert_eq!(call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap(), json!(3));
-    // A function rule of a2's own binds the calls a1 lets in for it, even
-    // while a1 (the bridge, still offering add) runs the older policy.
+    // A function rule of a2's own binds what a1, the bridge, offers beta of
+    // a2's functions, though a1 runs the older policy: a2 advertises add as
+    // served to no other cluster, and beta's catalog loses it.
     rewrite_federation(&a2, &format!("{}\n[federation.functions]\nblock = [\"add\"]", bridge("beta", &[])));
     let reply = a2.admin().post("/v1/federation/reload", "").await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text);
+    eventually("add gone from beta", SETTLE, async || (!sees(&b1, "alpha", "add").await).then_some(())).await;
+    assert!(sees(&b1, "alpha", "divide").await, "a2's other functions are still offered");
     let err = call_in(&b1, "alpha", "add", vec![json!(1), json!(2)]).await.unwrap_err();
-    assert_eq!((err.kind, err.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("function-blocked")), "{err}");
+    assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err}");
+    // A beta node whose view is older still gets a2's refusal from a1.
+    let mut stale = FakePeer::join(&a1, "b9", "beta").await;
+    stale
+        .send(&json!({"t": "call", "id": 1, "function": "math/add", "version": "0.1.0", "args": [1, 2],
+            "deadline_ms": 5000, "routing_path": ["b9"], "federation_path": ["beta"], "hop_budget": 2,
+            "target_cluster": "alpha"}))
+        .await;
+    let reply = stale.next_of("reply").await;
+    assert_eq!(
+        (&reply["error"]["kind"], &reply["error"]["details"]["rule"]),
+        (&json!("POLICY_DENIED"), &json!("member-policy")),
+        "{reply}"
+    );
+    assert_eq!(reply["error"]["details"]["nodes"], json!(["a2"]), "{reply}");
 
     // Crossing into beta takes a hop; with none left the call says where it stopped.
     let mut cmd = Command::new("x", "upper", vec![json!("x")]);

@@ -167,6 +167,21 @@ impl Policy {
         if !peer.allowed || *cluster == self.cluster {
             return peer;
         }
+        if !exported {
+            return Verdict::deny(
+                Rule::NotExported,
+                format!(
+                    "{function} is not exported outside cluster {} (its plugin manifest says export = false)",
+                    self.cluster
+                ),
+            );
+        }
+        self.function_refusal(function).unwrap_or(peer)
+    }
+
+    /// The function rules' refusal of `function` to every foreign caller, if
+    /// they refuse it.
+    fn function_refusal(&self, function: &FunctionId) -> Option<Verdict> {
         let here = &self.cluster;
         let named = |list: &[String]| {
             list.iter().any(|f| match f.split_once('/') {
@@ -174,25 +189,31 @@ impl Policy {
                 None => **f == *function.function,
             })
         };
-        if !exported {
-            return Verdict::deny(
-                Rule::NotExported,
-                format!("{function} is not exported outside cluster {here} (its plugin manifest says export = false)"),
-            );
-        }
         if named(&self.block_functions) {
-            return Verdict::deny(
+            return Some(Verdict::deny(
                 Rule::FunctionBlocked,
                 format!("{function} is in federation.functions.block of cluster {here}"),
-            );
+            ));
         }
         if !self.allow_functions.is_empty() && !named(&self.allow_functions) {
-            return Verdict::deny(
+            return Some(Verdict::deny(
                 Rule::FunctionNotAllowed,
                 format!("{function} is not in federation.functions.allow of cluster {here}"),
-            );
+            ));
         }
-        peer
+        None
+    }
+
+    /// The clusters a node serves one of its own entries to, by this
+    /// policy and the entry's own audience: what it advertises to its
+    /// members, so that a bridge node offers abroad, and lets calls in for,
+    /// only what the node hosting the function would serve (their policies
+    /// differ during a rolling reload, or by mistake).
+    pub fn advertised(&self, entry: &CatalogEntry) -> Audience {
+        if self.function_refusal(&entry.function).is_some() {
+            return Audience::Only(BTreeSet::new());
+        }
+        entry.audience.narrowed(&self.audience())
     }
 
     /// Whether a local entry is offered to `cluster` at all (the export side

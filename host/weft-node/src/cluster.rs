@@ -84,6 +84,9 @@ struct ClusterTask {
     foca: Swim,
     rt: AccumulatingRuntime<Member>,
     catalog: ClusterCatalog,
+    /// This node's own entries as its plugins list them; advertised with
+    /// the clusters this node's policy serves each to (`advertise_local`).
+    plugins: Vec<CatalogEntry>,
     origin: Instant,
     timers: mpsc::UnboundedSender<Timer<Member>>,
     dials_done: mpsc::UnboundedSender<String>,
@@ -129,11 +132,7 @@ pub fn start(
     let me = &fabric.me;
     let identity = Member { node: me.node.clone(), addr: me.addr.clone(), incarnation: me.incarnation, renewal: 0 };
     let foca = Foca::new(identity, swim_config(&settings), StdRng::from_os_rng(), PostcardCodec);
-    let mut catalog =
-        ClusterCatalog::new(me.node.clone(), me.cluster.clone(), me.incarnation, settings.catalog.clone());
-    if let Err(e) = catalog.set_local(local) {
-        tracing::error!(error = %e, "this node's own catalog advert is refused; neither its clients nor its peers will see its functions");
-    }
+    let catalog = ClusterCatalog::new(me.node.clone(), me.cluster.clone(), me.incarnation, settings.catalog.clone());
     let (timers, timers_rx) = mpsc::unbounded_channel();
     let (dials_done, dials_rx) = mpsc::unbounded_channel();
     let (leave, leave_rx) = mpsc::channel(1);
@@ -142,6 +141,7 @@ pub fn start(
         foca,
         rt: AccumulatingRuntime::new(),
         catalog,
+        plugins: local,
         origin: Instant::now(),
         timers,
         dials_done,
@@ -165,6 +165,7 @@ pub fn start(
         changed: false,
     };
     // Ready means callable: local functions are in the view before any peer shows up.
+    task.advertise_local();
     task.publish();
     for seed in settings.seeds.iter().filter(|s| **s != fabric.me.addr) {
         tokio::spawn(dial_seed(fabric.clone(), seed.clone(), stop_dialling.clone()));
@@ -306,18 +307,13 @@ impl ClusterTask {
                 let changed = self.routes.refuse(self.now(), |c| *c == me || policy.peer(c, None).allowed);
                 self.routes_changed(&changed);
                 self.announce_routes();
+                self.advertise_local();
                 self.changed = true;
             }
-            Event::LocalCatalog(entries) => match self.catalog.set_local(entries) {
-                Ok(Some(delta)) => {
-                    self.broadcast(&PeerMsg::Catalog { delta });
-                    self.changed = true;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "this node's new catalog advert is refused; peers keep the old one")
-                }
-            },
+            Event::LocalCatalog(entries) => {
+                self.plugins = entries;
+                self.advertise_local();
+            }
             // The message's budget goes back to its link once handled.
             Event::Peer(link, msg, _queued) => self.on_message(&link, *msg),
         }
@@ -559,6 +555,25 @@ impl ClusterTask {
         }
         self.announce_routes();
         self.changed = true;
+    }
+
+    /// Advertises this node's entries to its members, each with the clusters
+    /// this node's policy serves it to: the cluster's bridge nodes then
+    /// offer abroad only what this node would run.
+    fn advertise_local(&mut self) {
+        let policy = self.fabric.policy();
+        let entries =
+            self.plugins.iter().map(|e| CatalogEntry { audience: policy.advertised(e), ..e.clone() }).collect();
+        match self.catalog.set_local(entries) {
+            Ok(Some(delta)) => {
+                self.broadcast(&PeerMsg::Catalog { delta });
+                self.changed = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "this node's catalog advert is refused; its peers keep the one before, if any")
+            }
+        }
     }
 
     /// Functions of this cluster reachable now: this node's and linked members'.

@@ -176,3 +176,33 @@ fn an_entry_is_offered_only_to_clusters_in_its_audience() {
     assert!(!open.exports(&e, &c("beta")), "its manifest does not open it to beta");
     assert!(open.exports(&e, &c("gamma")));
 }
+
+/// What a node advertises of its own entries to its members is what it
+/// would export: a bridge node offers abroad no more than the host serves.
+#[test]
+fn an_entry_is_advertised_to_the_clusters_it_is_exported_to() {
+    let mut p = policy(Mode::Permissive);
+    p.blocked_clusters = vec![c("blocked")];
+    p.block_functions = vec!["add".into()];
+    let entry =
+        |name: &str| crate::testing::entry(name, "1.0.0", crate::testing::sig(&[], weft_proto::wit::WitType::S64));
+    let mut tenants = entry("text/upper");
+    tenants.audience = Audience::Only([c("gamma"), c("blocked")].into());
+    let mut explicit = policy(Mode::Explicit);
+    explicit.allowed_clusters = vec![c("beta")];
+    explicit.allow_functions = vec!["math/add".into()];
+    for policy in [&p, &explicit, &policy(Mode::Strict)] {
+        for e in [entry("math/add"), entry("text/upper"), tenants.clone()] {
+            for cluster in ["beta", "gamma", "blocked"].map(c) {
+                assert_eq!(
+                    policy.advertised(&e).admits(&cluster),
+                    policy.exports(&e, &cluster),
+                    "{:?} {} to {cluster}",
+                    policy.mode,
+                    e.function
+                );
+            }
+        }
+    }
+    assert_eq!(p.advertised(&entry("math/add")), Audience::Only(BTreeSet::new()));
+}

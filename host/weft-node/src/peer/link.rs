@@ -660,6 +660,26 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             format!("{function}@{version} is no longer in cluster {}", me.cluster),
         ));
     }
+    // Only on nodes whose own policy serves every cluster the call came
+    // from (they advertise which): another member may refuse what this
+    // node's policy lets in.
+    let serving = |e: &CatalogEntry| call.federation_path.iter().all(|c| e.audience.admits(c));
+    let refusing: Vec<String> = candidates.iter().filter(|e| !serving(e)).map(|e| e.node.to_string()).collect();
+    candidates.retain(serving);
+    if candidates.is_empty() {
+        return Err(WeftError::new(
+            ErrorKind::POLICY_DENIED,
+            format!(
+                "the nodes of cluster {} that have {function}@{version} ({}) do not serve calls from cluster {}: their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section), or the plugin's manifest `callers` does not open it there",
+                me.cluster,
+                refusing.join(", "),
+                origin(link, &call),
+                me.node
+            ),
+        )
+        .with("rule", "member-policy")
+        .with("nodes", refusing));
+    }
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, candidates, function, version, deadline);
     Ok(step.run().await)
