@@ -194,6 +194,28 @@ async fn a_node_that_leaves_is_removed_at_once_and_rejoins_after_a_restart() {
     assert_eq!(a.client().await.call("add", vec![json!(1), json!(1)]).await.unwrap(), json!(2));
 }
 
+/// A seed at its connection limit answers a joining node's dial with why;
+/// the joiner says so in its log and joins once the seed has room.
+#[tokio::test]
+async fn a_seed_at_its_connection_limit_is_named_and_joined_once_it_has_room() {
+    let a = TestNode::start(NodeSpec {
+        plugins: vec!["echo"],
+        config: "id = \"a\"\ncluster = \"c1\"\n[limits]\nmax_connections = 16\n".into(),
+        ..NodeSpec::default()
+    });
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        fill.push(tokio_tungstenite::connect_async(&a.ws).await.expect("within the limit").0);
+    }
+    let b = member("b", vec!["math"], &[&a], "", "1s");
+    eventually("b to log why the seed refused it", SETTLE, async || {
+        b.stderr().contains("the node has its limit of 16 connections open (limits.max_connections)").then_some(())
+    })
+    .await;
+    drop(fill);
+    converged(&[&a, &b], &["a", "b"]).await;
+}
+
 #[tokio::test]
 async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
     let a = member("a", vec!["echo"], &[], "", "1s");

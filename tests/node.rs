@@ -795,7 +795,7 @@ async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losi
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connections_time_out() {
+async fn connections_over_the_limit_are_answered_503_and_idle_admin_connections_time_out() {
     let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
     // Eight upgraded connections that never send a request fill the listen
     // port: the other eight places are the admin port's alone.
@@ -803,18 +803,35 @@ async fn connections_over_the_limit_are_closed_at_once_and_idle_admin_connection
     for _ in 0..8 {
         open.push(tokio_tungstenite::connect_async(&node.ws).await.expect("within the limit").0);
     }
-    assert!(tokio_tungstenite::connect_async(&node.ws).await.is_err(), "the 9th is refused");
+    let refused = weft_client::Client::connect(&node.ws).await.err().expect("the 9th is refused");
+    assert_eq!(refused.kind, ErrorKind::RESOURCE_EXHAUSTED, "{refused}");
+    assert!(refused.message.contains("limit of 16 connections open (limits.max_connections)"), "{refused}");
+    assert_eq!(refused.details["limit"], 16);
     assert_eq!(node.admin().get("/health").await.unwrap().status, 200, "health checks still get in");
-    // The admin port closes a connection that sends no headers within 10 s.
+    // Eight silent connections fill the admin port's places too.
     let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
-    let idle = tokio::net::TcpStream::connect(&admin_addr).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&admin_addr).await.unwrap());
+    }
+    let full = eventually("a full admin port", Duration::from_secs(5), async || {
+        let reply = node.admin().get("/health").await.ok()?;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!(full.body["error"]["kind"], "RESOURCE_EXHAUSTED", "{}", full.text);
+    // The admin port closes a connection that sends no headers within 10 s.
     let mut buf = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_secs(3), idle.peek(&mut buf)).await;
+    let early = tokio::time::timeout(Duration::from_secs(3), idle[0].peek(&mut buf)).await;
     assert!(early.is_err(), "the connection had a place and was kept for a while");
-    let read = tokio::time::timeout(Duration::from_secs(20), idle.peek(&mut buf)).await.expect("closed by the node");
+    let read = tokio::time::timeout(Duration::from_secs(20), idle[0].peek(&mut buf)).await.expect("closed by the node");
     assert_eq!(read.unwrap_or(0), 0, "an idle admin connection is closed");
-    let metrics = node.admin().get("/metrics").await.unwrap().text;
-    assert!(metric(&metrics, "weft_connections_refused_total").unwrap() >= 1.0, "{metrics}");
+    drop(idle);
+    let metrics = eventually("room on the admin port", Duration::from_secs(5), async || {
+        node.admin().get("/metrics").await.ok().filter(|m| m.status == 200).map(|m| m.text)
+    })
+    .await;
+    assert!(metric(&metrics, "weft_connections_refused_total").unwrap() >= 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "weft_connections "), Some(8.0), "upgraded connections count before their first frame");
 }
 

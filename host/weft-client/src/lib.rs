@@ -38,6 +38,15 @@ fn unavailable(message: String) -> WeftError {
     WeftError::new(ErrorKind::UNAVAILABLE, message)
 }
 
+/// The node's error, when it answered the WebSocket upgrade with one (a
+/// node at its connection limit answers 503 and says so).
+fn refused_upgrade(e: &tokio_tungstenite::tungstenite::Error) -> Option<WeftError> {
+    let tokio_tungstenite::tungstenite::Error::Http(answer) = e else {
+        return None;
+    };
+    WeftError::from_http_body(answer.body().as_deref()?)
+}
+
 impl Client {
     /// Connects to `ws://HOST:PORT`, or `wss://` trusting the public authorities.
     pub async fn connect(url: &str) -> Result<Client, WeftError> {
@@ -52,9 +61,11 @@ impl Client {
         let tls = tokio_tungstenite::Connector::Rustls(roots.client_config());
         let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(tls));
         let (ws, _) = connect.await.map_err(|e| {
-            unavailable(format!(
-                "cannot connect to {url}: {e}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
-            ))
+            refused_upgrade(&e).map(|refusal| refusal.context(format_args!("{url} refused the connection"))).unwrap_or_else(|| {
+                unavailable(format!(
+                    "cannot connect to {url}: {e}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
+                ))
+            })
         })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut rx) = mpsc::channel::<Message>(1024);

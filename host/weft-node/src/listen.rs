@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weft_proto::{ErrorKind, WeftError};
 
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
@@ -29,8 +31,10 @@ pub(crate) struct Port {
     pub listener: TcpListener,
     pub tls: Option<Arc<ServerTls>>,
     /// Connections the node may have open on both ports together
-    /// (`limits.max_connections`); one over it is closed at once.
+    /// (`limits.max_connections`, `max` of them); one over it is answered
+    /// 503 and closed.
     pub open: Arc<Semaphore>,
+    pub max: usize,
     /// Places of `open` this port leaves to the other: the listen port
     /// keeps `ADMIN_RESERVE`, so that idle clients cannot lock health
     /// checks and metrics scrapes out.
@@ -42,6 +46,12 @@ pub(crate) const ADMIN_RESERVE: usize = 8;
 
 /// A refused connection is logged at most this often (all are counted).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused connections being answered at once, per port. Each holds its
+/// socket for up to `REFUSAL_TIMEOUT` beyond the limit, so past this many
+/// a refused connection is closed unanswered.
+const REFUSALS_ANSWERED: usize = 16;
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Accepts connections on `port` until `shutdown`; each becomes a task of
 /// `tracker` that hands the connection to `serve` once it is ready.
@@ -56,6 +66,8 @@ pub(crate) async fn accept_each<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut refusal_logged: Option<Instant> = None;
+    let answering = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
+    let port_max = port.max;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -71,12 +83,22 @@ pub(crate) async fn accept_each<F, Fut>(
         };
         let room = port.open.available_permits() > port.keep_free;
         let Some(slot) = room.then(|| port.open.clone().try_acquire_owned().ok()).flatten() else {
-            // Closed rather than left in the backlog: the client learns at once.
-            drop(stream);
+            // Answered rather than left in the backlog: the client learns at
+            // once, and why. A TLS port would first need a handshake, which
+            // a full node does not spend: its refusals are only closed.
+            match answering.clone().try_acquire_owned() {
+                Ok(answer) if port.tls.is_none() => {
+                    tracker.spawn(async move {
+                        refuse(stream, port_max).await;
+                        drop(answer);
+                    });
+                }
+                _ => drop(stream),
+            }
             metrics.connections_refused.inc();
             if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
                 refusal_logged = Some(Instant::now());
-                tracing::warn!(port = port.name, %peer, "connection closed: limits.max_connections are open (weft_connections_refused_total counts them all)");
+                tracing::warn!(port = port.name, %peer, "connection refused: limits.max_connections are open (weft_connections_refused_total counts them all)");
             }
             continue;
         };
@@ -94,4 +116,31 @@ pub(crate) async fn accept_each<F, Fut>(
             serve(conn, peer).await;
         });
     }
+}
+
+/// Answers a connection over `limits.max_connections` with 503 and the
+/// error (an HTTP request on either port: admin requests and WebSocket
+/// upgrades alike), then reads what the client sent until it closes, so
+/// that closing does not reset the connection before the answer is read.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let e = WeftError::new(
+        ErrorKind::RESOURCE_EXHAUSTED,
+        format!(
+            "the node has its limit of {max} connections open (limits.max_connections); retry shortly, or ask its operator to raise the limit"
+        ),
+    )
+    .with("limit", max);
+    let body = serde_json::json!({ "error": e.to_body() }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, exchange).await;
 }

@@ -366,9 +366,16 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         large: large.clone(),
         calls: tracker.clone(),
     });
-    let open = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections as usize));
-    let admin_port =
-        Port { name: "admin", listener: admin_listener, tls: tls.clone(), open: open.clone(), keep_free: 0 };
+    let max_connections = config.limits.max_connections as usize;
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let admin_port = Port {
+        name: "admin",
+        listener: admin_listener,
+        tls: tls.clone(),
+        open: open.clone(),
+        max: max_connections,
+        keep_free: 0,
+    };
     admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
     let runtime = Arc::new(Runtime::new(runtime_config(&config))?);
@@ -465,7 +472,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         write_timeout: config.limits.write_timeout,
         large,
     });
-    let ws_port = Port { name: "listen", listener: ws_listener, tls, open, keep_free: crate::listen::ADMIN_RESERVE };
+    let ws_port = Port {
+        name: "listen",
+        listener: ws_listener,
+        tls,
+        open,
+        max: max_connections,
+        keep_free: crate::listen::ADMIN_RESERVE,
+    };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
     tracker.spawn(report_dropped_output(fabric.runtime.clone(), shutdown.clone()));
     if config.node.watch_plugins {

@@ -93,6 +93,17 @@ impl WeftError {
         self
     }
 
+    /// The error an HTTP answer carries, when its body is `{"error": ...}`
+    /// as every error answer of a node is (the admin API's, and a refused
+    /// WebSocket upgrade's).
+    pub fn from_http_body(body: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Answer {
+            error: ErrorBody,
+        }
+        serde_json::from_slice::<Answer>(body).ok().map(|a| a.error.into())
+    }
+
     pub fn to_body(&self) -> ErrorBody {
         ErrorBody {
             code: self.kind.code(),
@@ -132,5 +143,14 @@ mod tests {
             assert!(codes.insert(kind.code()), "duplicate code for {kind}");
         }
         assert_eq!(ErrorKind::POLICY_DENIED.code(), 1005);
+    }
+
+    #[test]
+    fn an_http_error_answer_reads_back_as_the_error() {
+        let e = WeftError::new(ErrorKind::RESOURCE_EXHAUSTED, "full").with("limit", 16);
+        let body = serde_json::json!({ "error": e.to_body() }).to_string();
+        assert_eq!(WeftError::from_http_body(body.as_bytes()), Some(e));
+        assert_eq!(WeftError::from_http_body(b"<html>busy</html>"), None);
+        assert_eq!(WeftError::from_http_body(br#"{"error": "busy"}"#), None);
     }
 }

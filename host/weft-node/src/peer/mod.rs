@@ -753,7 +753,7 @@ impl Fabric {
         let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(upgrade_failure(e)))?;
         let nonce = crate::signing::nonce();
         let proof = read(&self.link_auth).prove(&claim(&self.me, &nonce), Some(crate::unix_ms()));
         let hello = Hello { nonce: Some(nonce.clone()), proof, ..self.me.clone() };
@@ -805,6 +805,17 @@ impl Fabric {
 }
 
 /// What a link proof by (or for) the node of `hello` covers, with `nonce`.
+/// Why a dialled node's WebSocket upgrade failed: its own error when it
+/// answered with one (a node at its connection limit does).
+fn upgrade_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
+    match &e {
+        tokio_tungstenite::tungstenite::Error::Http(answer) => {
+            answer.body().as_deref().and_then(WeftError::from_http_body).map_or_else(|| e.to_string(), |r| r.message)
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn claim<'a>(hello: &'a Hello, nonce: &'a str) -> LinkClaim<'a> {
     LinkClaim { node: &hello.node, cluster: &hello.cluster, incarnation: hello.incarnation, nonce }
 }
