@@ -835,6 +835,27 @@ async fn connections_over_the_limit_are_answered_503_and_idle_admin_connections_
     assert_eq!(metric(&metrics, "weft_connections "), Some(8.0), "upgraded connections count before their first frame");
 }
 
+/// The compile cache keeps what the loaded plugins use and, beyond
+/// `limits.compile_cache`, loses what they no longer do.
+#[tokio::test]
+async fn the_compile_cache_keeps_to_its_limit_once_a_plugin_is_gone() {
+    let node = TestNode::start(NodeSpec {
+        plugins: vec!["echo", "math"],
+        files: vec![],
+        config: "watch_plugins = false\n[limits]\ncompile_cache = \"1KiB\"\n".into(),
+    });
+    let cache = node.dir.path().join("data/cache");
+    let cached = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(cached(), 2, "both plugins' compiled forms stay, over the limit");
+    assert!(node.stderr().contains("alone take more than limits.compile_cache (1KiB)"), "{}", node.stderr());
+    std::fs::remove_file(node.plugins_dir().join("math.wasm")).unwrap();
+    let reply = node.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reply.body["unloaded"], json!(["math@0.1.0"]), "{}", reply.text);
+    assert_eq!(cached(), 1, "math's compiled form is gone");
+    assert!(node.stderr().contains("compile cache pruned to limits.compile_cache (1KiB)"), "{}", node.stderr());
+    assert_eq!(node.client().await.call("echo", vec![json!("still")]).await.unwrap(), "still");
+}
+
 #[tokio::test]
 async fn a_manifest_without_its_plugin_is_reported() {
     let mut spec = NodeSpec::default();

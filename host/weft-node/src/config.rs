@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weft_proto::{NAME_RULE, is_valid_name};
-use weft_runtime::{CompileLimits, units};
+use weft_runtime::{CompileLimits, RuntimeConfig, units};
 
 /// The longest sandbox deadline: a call that runs a day is a mistake, and a
 /// far larger one would overflow the clock.
@@ -245,6 +245,10 @@ pub struct LimitsSection {
     /// The memory compiling one plugin may take.
     #[serde(deserialize_with = "units::size")]
     pub compile_memory: u64,
+    /// The disk space compiled components no loaded plugin uses may keep
+    /// in `data_dir/cache`.
+    #[serde(deserialize_with = "units::size")]
+    pub compile_cache: u64,
 }
 
 /// A listen address: numeric, since a node binds before anything resolves
@@ -312,6 +316,7 @@ impl Default for LimitsSection {
             write_timeout: Duration::from_secs(30),
             compile_timeout: CompileLimits::default().timeout,
             compile_memory: CompileLimits::default().memory_bytes,
+            compile_cache: RuntimeConfig::default().cache_max_bytes,
         }
     }
 }

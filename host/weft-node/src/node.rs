@@ -287,6 +287,7 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
         max_result_bytes: usize::try_from(config.limits.max_result).unwrap_or(usize::MAX),
         max_plugin_bytes: config.limits.max_plugin,
         cache_dir: Some(config.node.data_dir.join("cache")),
+        cache_max_bytes: config.limits.compile_cache,
         compile: CompileLimits { timeout: config.limits.compile_timeout, memory_bytes: config.limits.compile_memory },
         ..RuntimeConfig::default()
     }
@@ -530,5 +531,6 @@ fn load_bundled(runtime: &Runtime) -> weft_runtime::LoadReport {
             Err(f) => report.failed.push(f),
         }
     }
+    runtime.prune_cache();
     report
 }

@@ -60,6 +60,8 @@ pub struct RuntimeConfig {
     pub max_log_lines: u32,
     /// Where precompiled components are cached; None = compile every time.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes the cache may hold beyond the components loaded plugins use.
+    pub cache_max_bytes: u64,
     /// Bounds on compiling one plugin (where it happens in a child process).
     pub compile: CompileLimits,
 }
@@ -93,6 +95,7 @@ impl Default for RuntimeConfig {
             max_output_bytes: 64 << 10,
             max_log_lines: 100,
             cache_dir: None,
+            cache_max_bytes: 1 << 30,
             compile: CompileLimits::default(),
         }
     }

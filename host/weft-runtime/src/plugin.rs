@@ -31,6 +31,8 @@ pub(crate) struct Plugin {
     pub(crate) label: Arc<str>,
     /// Digest of the wasm and manifest files it was loaded from.
     pub(crate) fingerprint: [u8; 32],
+    /// Its compiled form's name in the cache.
+    pub(crate) cache_key: String,
     /// Idle instances kept for reuse (manifest `warm`); they go with the plugin.
     pub(crate) warm: WarmPool,
     pub(crate) spares: Spares,
@@ -69,6 +71,7 @@ impl Plugin {
             compile_ms: self.compile_ms,
             label: self.label.clone(),
             fingerprint: self.fingerprint,
+            cache_key: self.cache_key.clone(),
             warm: WarmPool::default(),
             spares: Spares::default(),
             log_rate: self.log_rate.clone(),

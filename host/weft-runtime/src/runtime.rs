@@ -12,7 +12,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType, WitValue};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
-use crate::cache;
+use crate::cache::{self, Pruned};
 use crate::config::{Limits, RuntimeConfig};
 use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
@@ -20,6 +20,7 @@ use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
 use crate::sandbox::{self, CallOutput, GUEST_LOG_RATE, SandboxState};
 use crate::slots::{Slot, Slots};
+use crate::units::format_size;
 use crate::warm::{SparePlace, Spares, WarmBudget, WarmInstance, WarmPool};
 use crate::wit_types::describe_component;
 
@@ -180,7 +181,31 @@ impl Runtime {
                 Err(reason) => report.failed.push(self.fail(file, reason)),
             }
         }
+        self.prune_cache();
         report
+    }
+
+    /// Keeps the compile cache within `cache_max_bytes`
+    /// (`limits.compile_cache`): the compiled forms of the loaded plugins
+    /// stay, the others go, least recently used first. Loading a folder
+    /// does this; a node serving the bundled plugins calls it once loaded.
+    pub fn prune_cache(&self) -> Pruned {
+        let Some(dir) = self.config.cache_dir.as_deref() else {
+            return Pruned::default();
+        };
+        let keys: Vec<String> = read(&self.plugins).iter().map(|p| p.cache_key.clone()).collect();
+        let in_use = keys.iter().map(String::as_str).collect();
+        let pruned = cache::prune(dir, &in_use, self.config.cache_max_bytes);
+        let limit = format_size(self.config.cache_max_bytes);
+        if pruned.removed > 0 {
+            let (freed, left) = (format_size(pruned.freed), format_size(pruned.left));
+            tracing::info!(removed = pruned.removed, %freed, %left, "compile cache pruned to limits.compile_cache ({limit}): files no loaded plugin uses, least recently used first");
+        }
+        if pruned.left > self.config.cache_max_bytes {
+            let left = format_size(pruned.left);
+            tracing::warn!(%left, "the loaded plugins' compiled forms alone take more than limits.compile_cache ({limit}); they stay, but raise the limit");
+        }
+        pruned
     }
 
     fn fail(&self, file: String, reason: String) -> LoadFailure {
@@ -279,9 +304,11 @@ impl Runtime {
             ));
         }
         let started = Instant::now();
+        let cache_key = cache::cache_key(&self.engine, wasm);
         let (component, source) = cache::load_or_compile(
             &self.engine,
             self.config.cache_dir.as_deref(),
+            &cache_key,
             wasm,
             &self.config.compile,
             &self.refused,
@@ -328,6 +355,7 @@ impl Runtime {
             compile_ms,
             label: label.clone(),
             fingerprint: fingerprint(wasm, manifest_text),
+            cache_key,
             warm: WarmPool::default(),
             spares: Spares::default(),
             log_rate: Arc::default(),
@@ -396,6 +424,7 @@ impl Runtime {
                 }
             }
         }
+        self.prune_cache();
         report
     }
 
@@ -1184,7 +1213,7 @@ fn trap_error(
             "memory_limit".to_owned(),
             format!(
                 "hit the memory limit of {} (it asked for {desired} bytes); raise [limits] memory or the plugin's manifest limit",
-                crate::units::format_size(plugin.limits.memory_bytes)
+                format_size(plugin.limits.memory_bytes)
             ),
         ),
         (Trap::Interrupt, _) => {
@@ -1563,6 +1592,23 @@ mod tests {
         assert!(e.contains("memory starts at") && e.contains("limit of 1024 KiB") && e.contains("raise"), "{e}");
         assert!(rt.plugins().is_empty());
         rt.load_bytes("echo.wasm", "echo", echo, Some("[functions.echo]\nexport = false\n")).expect("loads");
+    }
+
+    /// Loading from the cache marks the file used, which pruning goes by.
+    #[test]
+    fn a_component_loaded_from_the_cache_counts_as_just_used() {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let config = RuntimeConfig { cache_dir: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+        let echo = weft_bundle::get("echo").expect("echo bundled");
+        Runtime::new(config.clone()).expect("runtime").load_bytes("echo.wasm", "echo", echo, None).expect("loads");
+        let file = std::fs::read_dir(cache.path()).expect("cache").next().expect("one file").expect("entry").path();
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(&file).expect("open").set_modified(long_ago).expect("set mtime");
+        let rt = Runtime::new(config).expect("runtime");
+        rt.load_bytes("echo.wasm", "echo", echo, None).expect("loads");
+        assert_eq!(rt.plugins()[0].compiled_from, cache::CompileSource::Cache);
+        let used = std::fs::metadata(&file).expect("still cached").modified().expect("mtime");
+        assert!(used.elapsed().expect("in the past") < Duration::from_secs(600), "{used:?}");
     }
 
     #[test]
