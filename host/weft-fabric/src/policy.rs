@@ -210,7 +210,7 @@ impl Policy {
     /// only what the node hosting the function would serve (their policies
     /// differ during a rolling reload, or by mistake).
     pub fn advertised(&self, entry: &CatalogEntry) -> Audience {
-        if self.function_refusal(&entry.function).is_some() {
+        if !entry.exported || self.function_refusal(&entry.function).is_some() {
             return Audience::Only(BTreeSet::new());
         }
         entry.audience.narrowed(&self.audience())

@@ -206,3 +206,34 @@ fn an_entry_is_advertised_to_the_clusters_it_is_exported_to() {
     }
     assert_eq!(p.advertised(&entry("math/add")), Audience::Only(BTreeSet::new()));
 }
+
+fn arb_audience() -> impl Strategy<Value = Audience> {
+    let clusters =
+        prop::collection::btree_set(prop::sample::select(vec!["beta", "gamma", "blocked"]).prop_map(c), 0..3);
+    prop_oneof![
+        Just(Audience::Everyone),
+        clusters.clone().prop_map(Audience::Only),
+        clusters.prop_map(Audience::AllBut),
+    ]
+}
+
+proptest! {
+    /// One decision on every path: the clusters a node advertises an entry
+    /// to are exactly those it would export it to, and each of them may
+    /// call it at the cluster level.
+    #[test]
+    fn what_is_advertised_is_what_is_exported_and_callable(
+        p in arb_policy(),
+        function in prop::sample::select(vec!["p/echo", "p/add", "q/upper"]),
+        exported: bool,
+        audience in arb_audience(),
+        cluster in prop::sample::select(vec!["beta", "gamma", "blocked"]),
+    ) {
+        let mut e = crate::testing::entry(function, "1.0.0", crate::testing::sig(&[], weft_proto::wit::WitType::S64));
+        (e.exported, e.audience) = (exported, audience);
+        let cluster = c(cluster);
+        let advertised = p.advertised(&e).admits(&cluster);
+        prop_assert_eq!(advertised, p.exports(&e, &cluster));
+        prop_assert!(!advertised || p.call(&cluster, None, &e.function, exported).allowed);
+    }
+}
