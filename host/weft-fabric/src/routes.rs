@@ -171,12 +171,20 @@ struct Flaps {
     first: Millis,
 }
 
+/// Epochs of neighbour nodes kept once their links are gone. Past this
+/// many the lowest goes: a replay of that node's updates is then taken
+/// like a first update, which needs this many other node ids heard from
+/// since (node ids are stable across restarts, so that takes churn).
+const MAX_EPOCHS: usize = 4096;
+
 #[derive(Clone, Debug)]
 pub struct RouteTable {
     local: ClusterId,
     config: RouteConfig,
     /// destination -> announcing neighbour node -> route
     routes: BTreeMap<ClusterId, BTreeMap<NodeId, Route>>,
+    /// The last epoch taken from each neighbour node, kept after its link
+    /// is gone (up to `MAX_EPOCHS`) so that a replay is still refused.
     epochs: BTreeMap<NodeId, u64>,
     /// The destinations in each neighbour node's latest update taken, its
     /// claim to carry traffic there, whether or not this node imported the
@@ -255,6 +263,7 @@ impl RouteTable {
         }
         self.epochs.insert(via.clone(), epoch);
         self.announced.insert(via.clone(), announcements.iter().map(|a| a.destination.clone()).collect());
+        self.bound_epochs();
         let (link_latency, link_reliability) = self.links.get(via).copied().unwrap_or((0, 1000));
         let before = self.winners(now);
         let mut update = Update::default();
@@ -356,6 +365,19 @@ impl RouteTable {
     /// epoch far ahead cannot shut out the real node's updates for good.
     pub fn forget_epoch(&mut self, via: &NodeId) {
         self.epochs.remove(via);
+    }
+
+    /// Keeps `MAX_EPOCHS` epochs at most, forgetting the lowest of nodes
+    /// that are not linked now (linked ones are in `announced`).
+    fn bound_epochs(&mut self) {
+        while self.epochs.len() > MAX_EPOCHS {
+            let gone =
+                self.epochs.iter().filter(|(node, _)| !self.announced.contains_key(*node)).min_by_key(|(_, e)| **e);
+            let Some(node) = gone.map(|(node, _)| node.clone()) else {
+                return;
+            };
+            self.epochs.remove(&node);
+        }
     }
 
     /// A bridge peer is gone: everything it announced is withdrawn.

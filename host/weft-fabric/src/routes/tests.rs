@@ -166,6 +166,24 @@ fn omission_withdraws_and_stale_epochs_and_floods_are_refused() {
     assert!(t.best(T0, &c("c")).is_some(), "after forget_epoch any epoch is taken");
 }
 
+/// The epochs of nodes whose links are gone are kept, within a bound:
+/// the lowest goes first, and never one of a linked neighbour.
+#[test]
+fn epochs_of_gone_neighbours_are_kept_within_a_bound() {
+    let mut t = table();
+    t.update(T0, &n("linked"), &c("b"), 1, vec![ann(&["b"])], ok).unwrap();
+    for i in 0..MAX_EPOCHS as u64 {
+        let node = n(&format!("b{i}"));
+        t.update(T0, &node, &c("b"), 100 + i, vec![ann(&["b"])], ok).unwrap();
+        t.drop_neighbour(T0, &node);
+    }
+    assert_eq!(t.epochs.len(), MAX_EPOCHS);
+    assert!(!t.epochs.contains_key(&n("b0")) && t.epochs.contains_key(&n("b1")), "the lowest of the gone went");
+    assert_eq!(t.epochs.get(&n("linked")), Some(&1), "a linked neighbour's stays, however low");
+    let replay = t.update(T0, &n("b1"), &c("b"), 101, vec![ann(&["b"])], ok).unwrap_err();
+    assert!(matches!(replay, RouteError::StaleEpoch { seen: 101, .. }), "a kept epoch still refuses a replay");
+}
+
 /// A neighbour cannot make a route look shorter than its path.
 #[test]
 fn hops_that_disagree_with_the_path_are_refused() {
