@@ -430,7 +430,11 @@ impl Config {
                 serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
             match parsed {
                 Err(e) => {
-                    bad_values.push(e.to_string().trim().replace('\n', "\n    "));
+                    let at = e.span().and_then(|span| Some((key_at(&text, span.start)?, line_at(&text, span.start))));
+                    bad_values.push(match at {
+                        Some((key, line)) => format!("{key}: {} (line {line})", e.message().trim()),
+                        None => e.to_string().trim().replace('\n', "\n    "),
+                    });
                     if e.span().is_some_and(|span| blank_lines(&mut text, span)) {
                         continue;
                     }
@@ -668,8 +672,14 @@ impl Config {
             }
         };
         names("routing.tags".into(), "tag", &r.tags);
-        let clusters: Vec<String> = r.neighbours.keys().chain(r.security.trusted_keys.keys()).cloned().collect();
-        names("routing.neighbours / routing.security.trusted_keys".into(), "cluster name", &clusters);
+        for (key, clusters) in [
+            ("routing.neighbours", r.neighbours.keys().collect::<Vec<_>>()),
+            ("routing.security.trusted_keys", r.security.trusted_keys.keys().collect()),
+        ] {
+            for cluster in clusters {
+                names(format!("{key}.{cluster}"), "cluster name", std::slice::from_ref(cluster));
+            }
+        }
         for (cluster, n) in &r.neighbours {
             let key = format!("routing.neighbours.{cluster}");
             names(format!("{key}.deny_on_path"), "cluster name", &n.deny_on_path);
@@ -811,7 +821,9 @@ pub(crate) fn ws_url_ok(url: &str) -> bool {
 /// A validation problem (`limits.memory: must be ...`) with the line of its
 /// key, where the file sets it; `bridges[0]` is looked up as `bridges.0`.
 fn with_line(text: &str, problem: String) -> String {
-    let key = problem.split([':', ' ']).next().unwrap_or_default();
+    // `tenants.bad name: ...` (a key may hold spaces), `node.id "x y": ...`.
+    let key = problem.split_once(": ").map_or("", |(key, _)| key);
+    let key = key.split(" \"").next().unwrap_or_default();
     let path = key.replace('[', ".").replace(']', "");
     match line_of(text, &path) {
         Some(line) if key.contains('.') => format!("{problem} (line {line})"),
@@ -848,6 +860,24 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
         }
     }
     span.map(|s| line_at(text, s.start))
+}
+
+/// The dotted path of the key whose value starts at `offset`
+/// (`limits.deadline`, `federation.bridges[1].cluster`).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn find(table: &dyn toml_edit::TableLike, offset: usize, path: &str) -> Option<String> {
+        table.iter().find_map(|(key, item)| {
+            let path = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+            match item {
+                toml_edit::Item::Value(v) if v.span().is_some_and(|s| s.contains(&offset)) => Some(path),
+                toml_edit::Item::ArrayOfTables(tables) => {
+                    tables.iter().enumerate().find_map(|(i, t)| find(t, offset, &format!("{path}[{i}]")))
+                }
+                other => find(other.as_table_like()?, offset, &path),
+            }
+        })
+    }
+    find(toml_edit::Document::parse(text).ok()?.as_table(), offset, "")
 }
 
 /// Replaces the lines covering `span` with spaces (keeping newlines, so
@@ -1000,6 +1030,32 @@ max_concurrency = 256
         // Several bad values and unknown keys are all reported at once.
         let err = Config::parse("x.toml", "[node]\nlisten = 5\nbogus = 1\n[limits]\nmemory = \"lots\"\n").unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+        // A value of the wrong type is named by its key, with the form expected.
+        let err = Config::parse("x.toml", "[node]\n\n[limits]\ndeadline = 5\n").unwrap_err().to_string();
+        let expected = "limits.deadline: invalid type: integer `5`, expected a duration such as \"500ms\", \"30s\" or \"2m\" (line 4)";
+        assert!(err.contains(expected), "{err}");
+        let err =
+            Config::parse("x.toml", "[[federation.bridges]]\ncluster = \"b\"\n[[federation.bridges]]\ncluster = 7\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("federation.bridges[1].cluster: invalid type: integer `7`") && err.contains("(line 4)"),
+            "{err}"
+        );
+    }
+
+    /// Keys that need quotes (a space in a tenant's name) and the cluster
+    /// names keyed in `[routing]` are found at their own lines.
+    #[test]
+    fn problems_with_quoted_keys_name_their_own_line() {
+        let text = "[tenants.good]\ntokens = []\n\n[tenants.\"bad name\"]\ntokens = []\n\n[routing]\n\n[routing.security]\ntrusted_keys = { \"g h\" = [] }\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("tenants.bad name: use 1 to 128") && err.contains("tenant names (line 4)"), "{err}");
+        assert!(err.contains("routing.security.trusted_keys.g h: \"g h\" is not a cluster name"), "{err}");
+        assert!(err.contains("(line 10)") && !err.contains("routing.neighbours"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -19,13 +19,29 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
+    let text = d.deserialize_str(Text("a duration such as \"500ms\", \"30s\" or \"2m\""))?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let text = String::deserialize(d)?;
+    let text = d.deserialize_str(Text("a size such as \"64MiB\", \"512KiB\" or \"1GiB\""))?;
     parse_size(&text).map_err(serde::de::Error::custom)
+}
+
+/// A string; anything else is refused naming the form expected (`5` where
+/// a duration goes: "expected a duration such as ...").
+struct Text(&'static str);
+
+impl serde::de::Visitor<'_> for Text {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
 }
 
 pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
