@@ -267,6 +267,12 @@ fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
     let (code, _, err) = weft(&["keygen", "--out", key.to_str().unwrap(), "--force"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // A private key named like a public one is refused before anything is written.
+    let misnamed = dir.path().join("keys/beta.pub");
+    let (code, _, err) = weft(&["keygen", "--out", misnamed.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("names the private key") && err.contains("beta.key"), "{err}");
+    assert!(!misnamed.exists());
 }
 
 #[test]

@@ -17,6 +17,13 @@ pub struct KeygenArgs {
 }
 
 pub fn run(a: KeygenArgs) -> anyhow::Result<ExitCode> {
+    if a.out.extension().is_some_and(|e| e == "pub") {
+        anyhow::bail!(
+            "--out {} names the private key, which would then look like a public one; name the private key (say {}): its public key is written beside it with .pub added",
+            a.out.display(),
+            a.out.with_extension("key").display()
+        );
+    }
     let public_path = PathBuf::from(format!("{}.pub", a.out.display()));
     for path in [&a.out, &public_path] {
         if path.exists() && !a.force {
