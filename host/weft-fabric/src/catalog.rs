@@ -137,7 +137,18 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
 
     let named: Vec<&CatalogEntry> = entries.iter().filter(|e| wanted.matches(&e.function)).collect();
     if named.is_empty() {
-        return Err(at(not_found(format!("function {wanted} is not in the catalog{}", wanted.siblings(entries)))));
+        // What another cluster does not offer here may still be there.
+        let abroad = match cmd.target_cluster.as_deref() {
+            Some(target) if target != asker.cluster.as_str() => format!(
+                " (cluster {target} offers none of that name to cluster {}: it may not have one, or its federation policy or the plugin's manifest `callers` keep it from {})",
+                asker.cluster, asker.cluster
+            ),
+            _ => String::new(),
+        };
+        return Err(at(not_found(format!(
+            "function {wanted} is not in the catalog{}{abroad}",
+            wanted.siblings(entries)
+        ))));
     }
     // Each filter that empties the set explains the miss with what it removed.
     let left = narrow(
@@ -361,6 +372,16 @@ mod tests {
         assert_eq!(e.details["command"], json!("c1"));
         let e = resolve(&cmd("echo/frob"), &catalog()).unwrap_err();
         assert!(e.message.contains("plugin echo has: concat, echo, echos"), "{}", e.message);
+        // Asked of another cluster, the miss says what may hide it from this one.
+        let mut abroad = cmd("greet");
+        abroad.target_cluster = Some("beta".into());
+        let e = resolve(&abroad, &catalog()).unwrap_err();
+        assert!(
+            e.message.contains("cluster beta offers none of that name to cluster alpha")
+                && e.message.contains("manifest `callers`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
