@@ -130,11 +130,7 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         ),
     )
     .with("limit", max);
-    let body = serde_json::json!({ "error": e.to_body() }).to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let answer = http_error("503 Service Unavailable", "retry-after: 1", &e);
     let exchange = async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
@@ -143,4 +139,15 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         Ok::<_, std::io::Error>(())
     };
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, exchange).await;
+}
+
+/// A whole HTTP/1.1 answer carrying `e` as the admin API does
+/// (`{"error": ...}`), for a connection the node answers before (or
+/// instead of) serving it; `header` is one more header line.
+pub(crate) fn http_error(status: &str, header: &str, e: &WeftError) -> String {
+    let body = serde_json::json!({ "error": e.to_body() }).to_string();
+    format!(
+        "HTTP/1.1 {status}\r\n{header}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }

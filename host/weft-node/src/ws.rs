@@ -407,11 +407,7 @@ async fn refused_plain_http(stream: &mut BufReader<Conn>, admin_port: u16) -> bo
         "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port, {admin_port} (POST /v1/call)"
     ))
     .with("admin_port", admin_port);
-    let body = serde_json::json!({ "error": e.to_body() }).to_string();
-    let answer = format!(
-        "HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let answer = crate::listen::http_error("426 Upgrade Required", "upgrade: websocket", &e);
     let _ = stream.get_mut().write_all(answer.as_bytes()).await;
     let _ = stream.get_mut().shutdown().await;
     true
