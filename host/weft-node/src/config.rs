@@ -430,12 +430,13 @@ impl Config {
                 serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
             match parsed {
                 Err(e) => {
-                    let at = e.span().and_then(|span| Some((key_at(&text, span.start)?, line_at(&text, span.start))));
+                    let span = e.span();
+                    let at = span.clone().and_then(|s| Some((key_at(&text, s.start)?, line_at(&text, s.start))));
                     bad_values.push(match at {
                         Some((key, line)) => format!("{key}: {} (line {line})", e.message().trim()),
                         None => e.to_string().trim().replace('\n', "\n    "),
                     });
-                    if e.span().is_some_and(|span| blank_lines(&mut text, span)) {
+                    if span.is_some_and(|span| blank_lines(&mut text, span)) {
                         continue;
                     }
                 }

@@ -142,11 +142,11 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// What one pruning of the cache folder did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub removed: usize,
-    pub freed: u64,
+pub(crate) struct Pruned {
+    pub(crate) removed: usize,
+    pub(crate) freed: u64,
     /// Bytes of cached components left.
-    pub left: u64,
+    pub(crate) left: u64,
 }
 
 /// Removes cached components that no loaded plugin uses (keys not in

@@ -21,7 +21,6 @@ pub mod units;
 mod warm;
 mod wit_types;
 
-pub use cache::Pruned;
 pub use compile::{CompileLimits, stop_compiling};
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits};

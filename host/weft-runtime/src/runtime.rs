@@ -12,7 +12,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType, WitValue};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
-use crate::cache::{self, Pruned};
+use crate::cache;
 use crate::config::{Limits, RuntimeConfig};
 use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
@@ -189,9 +189,9 @@ impl Runtime {
     /// (`limits.compile_cache`): the compiled forms of the loaded plugins
     /// stay, the others go, least recently used first. Loading a folder
     /// does this; a node serving the bundled plugins calls it once loaded.
-    pub fn prune_cache(&self) -> Pruned {
+    pub fn prune_cache(&self) {
         let Some(dir) = self.config.cache_dir.as_deref() else {
-            return Pruned::default();
+            return;
         };
         let keys: Vec<String> = read(&self.plugins).iter().map(|p| p.cache_key.clone()).collect();
         let in_use = keys.iter().map(String::as_str).collect();
@@ -205,7 +205,6 @@ impl Runtime {
             let left = format_size(pruned.left);
             tracing::warn!(%left, "the loaded plugins' compiled forms alone take more than limits.compile_cache ({limit}); they stay, but raise the limit");
         }
-        pruned
     }
 
     fn fail(&self, file: String, reason: String) -> LoadFailure {

@@ -804,7 +804,6 @@ impl Fabric {
     }
 }
 
-/// What a link proof by (or for) the node of `hello` covers, with `nonce`.
 /// Why a dialled node's WebSocket upgrade failed: its own error when it
 /// answered with one (a node at its connection limit does).
 fn upgrade_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
@@ -816,6 +815,7 @@ fn upgrade_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
+/// What a link proof by (or for) the node of `hello` covers, with `nonce`.
 fn claim<'a>(hello: &'a Hello, nonce: &'a str) -> LinkClaim<'a> {
     LinkClaim { node: &hello.node, cluster: &hello.cluster, incarnation: hello.incarnation, nonce }
 }
