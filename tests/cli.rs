@@ -110,6 +110,15 @@ fn weft_call_prints_the_result_or_the_error_kind() {
     let (code, out, _) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"b": "X!"}));
+    // A field the node would ignore is named, with the one meant.
+    write(&file, r#"{"cmds": [{"name": "a", "fun": "upper", "args": ["x"], "cluster": "beta"}], "timeout": 5}"#);
+    let (code, out, err) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
+    assert_eq!((code, out.trim()), (0, "{\n  \"a\": \"X\"\n}"), "{err}");
+    assert!(
+        err.contains("cmds.0.cluster is not a request field and is ignored (the cluster is \"target_cluster\")"),
+        "{err}"
+    );
+    assert!(err.contains("timeout is not a request field and is ignored (the deadline is \"timeout_ms\")"), "{err}");
     write(&file, r#"{"cmds": [{"name": 1, "fun": "upper"}]}"#);
     let (code, _, err) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
     assert!(code != 0 && err.contains("cmds[0]") && err.contains("name"), "{err}");

@@ -230,9 +230,10 @@ async fn oversized_frames_close_the_connection_with_1009_and_the_node_serves_on(
 
     let client = node.client().await;
     assert_eq!(client.call("echo", vec![json!("ok")]).await.unwrap(), json!("ok"));
-    // The Rust client (and so the CLI) passes on the node's reason.
+    // The Rust client (and so the CLI) passes on the node's reason, with
+    // the kind an oversized HTTP body gets.
     let e = client.call("echo", vec![json!(big)]).await.unwrap_err();
-    assert_eq!(e.kind, weft_proto::ErrorKind::UNAVAILABLE);
+    assert_eq!(e.kind, weft_proto::ErrorKind::INVALID_REQUEST);
     assert!(e.message.contains("code 1009") && e.message.contains("limits.max_frame"), "{e}");
     let text = node.admin().get("/metrics").await.unwrap().text;
     assert_eq!(metric(&text, "weft_frames_rejected_total{kind=\"too_large\"}"), Some(3.0), "{text}");

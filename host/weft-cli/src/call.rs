@@ -13,8 +13,9 @@ use weft_proto::{Command, ErrorKind, Request};
 pub struct CallArgs {
     #[command(flatten)]
     target: crate::trust::WsTarget,
-    /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...]
-    /// (its commands say their own --kw, --cluster, --locs and --version).
+    /// A whole request (JSON with "cmds"), instead of FUNCTION [ARG...]. Its
+    /// commands carry their own "kwargs", "target_cluster", "locs" and
+    /// "version_constraint" (see docs/PROTOCOL.md).
     #[arg(long, conflicts_with_all = ["function", "args", "kwargs", "cluster", "locs", "version"])]
     request: Option<PathBuf>,
     /// `function` or `plugin/function`.
@@ -52,6 +53,24 @@ pub(crate) fn parse_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
+/// The node ignores fields it does not know (PROTOCOL), so a misspelt one
+/// would change nothing without a word: say so before sending.
+fn warn_unknown_fields(path: &std::path::Path, request: &Value) {
+    let mut unknown = Vec::new();
+    let _: Result<Request, _> = serde_ignored::deserialize(request, |field| unknown.push(field.to_string()));
+    for field in unknown {
+        let name = field.rsplit('.').next().unwrap_or(&field);
+        let meant = match name {
+            "kw" | "kwarg" => " (named arguments are \"kwargs\")",
+            "cluster" => " (the cluster is \"target_cluster\")",
+            "version" => " (the version requirement is \"version_constraint\")",
+            "timeout" => " (the deadline is \"timeout_ms\")",
+            _ => "",
+        };
+        eprintln!("warning: {}: {field} is not a request field and is ignored{meant}", path.display());
+    }
+}
+
 pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     let single = a.request.is_none();
     let request = match &a.request {
@@ -66,8 +85,10 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
             }
             // Decoded as the node decodes it, so a problem names its command and field.
             let bytes = serde_json::to_vec(&req)?;
-            Request::decode(&bytes)
-                .map_err(|(_, e)| anyhow::anyhow!("{} is not a request: {}", path.display(), e.message))?
+            let request = Request::decode(&bytes)
+                .map_err(|(_, e)| anyhow::anyhow!("{} is not a request: {}", path.display(), e.message))?;
+            warn_unknown_fields(path, &req);
+            request
         }
         None => {
             let fun = a.function.clone().unwrap_or_default();

@@ -16,6 +16,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use weft_proto::{Command, ErrorKind, Request, Response, WeftError};
 
 pub use crate::tls::Roots;
@@ -31,7 +33,7 @@ pub struct Client {
     pending: Pending,
     next: AtomicU64,
     /// Why the connection ended, when the node or the socket said.
-    ended: Arc<Mutex<Option<String>>>,
+    ended: Arc<Mutex<Option<WeftError>>>,
 }
 
 fn unavailable(message: String) -> WeftError {
@@ -45,6 +47,23 @@ fn refused_upgrade(e: &tokio_tungstenite::tungstenite::Error) -> Option<WeftErro
         return None;
     };
     WeftError::from_http_body(answer.body().as_deref()?)
+}
+
+/// The error for requests lost when the node closed the connection. A close
+/// for a frame over the node's `limits.max_frame` (1009) is the request's own
+/// fault, so it gets the kind an oversized HTTP body gets.
+fn closed_by_node(frame: &CloseFrame) -> WeftError {
+    let code = u16::from(frame.code);
+    if frame.code == CloseCode::Size {
+        return WeftError::new(
+            ErrorKind::INVALID_REQUEST,
+            format!(
+                "the node closed the connection (code {code}) before answering: {}; send a smaller request, or raise limits.max_frame on the node",
+                frame.reason
+            ),
+        );
+    }
+    unavailable(format!("the node closed the connection (code {code}) before answering: {}", frame.reason))
 }
 
 impl Client {
@@ -95,15 +114,14 @@ impl Client {
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
                     Some(Ok(Message::Close(Some(frame)))) => {
-                        let code = u16::from(frame.code);
-                        *why.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("it closed it with code {code}: {}", frame.reason));
+                        *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(closed_by_node(&frame));
                         break;
                     }
                     Some(Ok(Message::Close(None))) | None => break,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
-                        *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        *why.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(unavailable(format!("the connection to the node failed before it answered: {e}")));
                         break;
                     }
                 };
@@ -142,8 +160,7 @@ impl Client {
         self.outgoing.send(frame).await.map_err(|_| unavailable("the connection to the node is closed".into()))?;
         rx.await.map_err(|_| {
             let why = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let why = why.map_or_else(String::new, |w| format!(" ({w})"));
-            unavailable(format!("the node closed the connection before answering{why}"))
+            why.unwrap_or_else(|| unavailable("the node closed the connection before answering".into()))
         })
     }
 

@@ -72,36 +72,40 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
-/// Where in `request` its shape is wrong, when it is in a command: serde's
-/// own message does not say which command, nor which field of it.
+/// Where in `request` its shape is wrong: serde's own message names
+/// neither the command nor (unless it is missing) the field.
 fn shape_error_at(request: &Value) -> String {
     let cmds = request.get("cmds").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, cmd) in cmds.iter().enumerate() {
         if let Err(e) = serde_json::from_value::<Command>(cmd.clone()) {
             let name = cmd.get("name").and_then(Value::as_str).map_or_else(String::new, |n| format!(" ({n})"));
-            // A missing field is named by serde itself; a field of the wrong
-            // shape is found by taking fields out one at a time.
-            let missing = e
-                .to_string()
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_owned);
-            let field = missing.or_else(|| {
-                cmd.as_object().into_iter().flatten().find_map(|(key, _)| {
-                    let mut probe = cmd.clone();
-                    probe.as_object_mut()?.remove(key);
-                    // The field whose removal fixes the command (or makes it miss only that field).
-                    match serde_json::from_value::<Command>(probe) {
-                        Ok(_) => Some(key.clone()),
-                        Err(e) if e.to_string().contains(&format!("missing field `{key}`")) => Some(key.clone()),
-                        Err(_) => None,
-                    }
-                })
-            });
-            return format!(" in cmds[{i}]{name}{}", field.map_or_else(String::new, |f| format!(", field {f:?}")));
+            let field = field_at_fault::<Command>(cmd, &e).map_or_else(String::new, |f| format!(", field {f:?}"));
+            return format!(" in cmds[{i}]{name}{field}");
         }
     }
-    String::new()
+    match serde_json::from_value::<Request>(request.clone()) {
+        Err(e) => field_at_fault::<Request>(request, &e).map_or_else(String::new, |f| format!(", field {f:?}")),
+        Ok(_) => String::new(),
+    }
+}
+
+/// The field of `object` that keeps it from being a `T`: the one serde says
+/// is missing, or else the one whose removal fixes it (or leaves only that
+/// field missing).
+fn field_at_fault<T: serde::de::DeserializeOwned>(object: &Value, error: &serde_json::Error) -> Option<String> {
+    let missing =
+        error.to_string().strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_owned);
+    missing.or_else(|| {
+        object.as_object().into_iter().flatten().find_map(|(key, _)| {
+            let mut probe = object.clone();
+            probe.as_object_mut()?.remove(key);
+            match serde_json::from_value::<T>(probe) {
+                Ok(_) => Some(key.clone()),
+                Err(e) if e.to_string().contains(&format!("missing field `{key}`")) => Some(key.clone()),
+                Err(_) => None,
+            }
+        })
+    })
 }
 
 impl Request {
@@ -438,5 +442,10 @@ mod tests {
         let (u, e) = Request::decode(br#"{"role": "rpc", "u": 7, "cmds": []}"#).unwrap_err();
         assert_eq!(u.as_deref(), Some("7"));
         assert!(e.message.contains("\"u\" must be a string"), "{}", e.message);
+        // Fields of the request itself are named too.
+        let (_, e) = Request::decode(br#"{"role": "rpc", "u": "t", "cmds": [], "timeout_ms": "5s"}"#).unwrap_err();
+        assert!(e.message.contains("bad request shape, field \"timeout_ms\": invalid type"), "{}", e.message);
+        let (_, e) = Request::decode(br#"{"role": "rpc", "u": "t", "cmds": {"a": 1}}"#).unwrap_err();
+        assert!(e.message.contains("bad request shape, field \"cmds\": invalid type"), "{}", e.message);
     }
 }
