@@ -644,7 +644,7 @@ impl Runtime {
             }
         };
         let results = match results {
-            Err(_) => return Err(stop.error(qualified, "did not finish by then and was dropped")),
+            Err(_) => return Err(stop.error(qualified, "was dropped (it was blocked where it cannot be interrupted)")),
             Ok(Err(e)) if is_lift_budget_error(&e) => {
                 let limit = self.config.lift_budget();
                 return Err(WeftError::new(
@@ -1150,11 +1150,15 @@ impl Stop {
         let e = match self {
             Stop::Caller => WeftError::new(
                 ErrorKind::DEADLINE_EXCEEDED,
-                format!("{qualified} was still running at the caller's deadline (timeout_ms) and {how}"),
+                format!(
+                    "{qualified} was still running at the caller's deadline and {how}; give the request a longer timeout_ms"
+                ),
             ),
             Stop::Plugin(limit) => WeftError::new(
                 ErrorKind::GUEST_TRAP,
-                format!("{qualified} ran past its deadline ({limit:?} at most for this plugin) and {how}"),
+                format!(
+                    "{qualified} ran past its deadline of {limit:?} and {how}; the deadline is the smallest of [limits] deadline, its tenant's and its manifest's: raise that one, or give the function less to do"
+                ),
             ),
         };
         e.with("trap", "interrupted")
@@ -1177,7 +1181,9 @@ fn trap_error(
             );
         }
         let (detail, why) = if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            ("exit", format!("called exit (status {}) instead of returning", exit.0))
+            // WASI 0.2's exit carries only success or failure, not a code.
+            let status = if exit.0 == 0 { "success" } else { "failure" };
+            ("exit", format!("called exit ({status}) instead of returning; a function must return its result"))
         } else if e.downcast_ref::<Instantiating>().is_some() {
             let share = &crate::engine::PER_INSTANCE;
             let why = if text.contains("count too high") {
@@ -1208,11 +1214,13 @@ fn trap_error(
             .with("backtrace", sandbox::truncate(&text, 2048));
     };
     let (detail, why) = match (trap, memory_hit) {
-        (Trap::UnreachableCodeReached, Some((_, desired))) => (
+        (Trap::UnreachableCodeReached, Some((current, desired))) => (
             "memory_limit".to_owned(),
             format!(
-                "hit the memory limit of {} (it asked for {desired} bytes); raise [limits] memory or the plugin's manifest limit",
-                format_size(plugin.limits.memory_bytes)
+                "hit its memory limit of {}: it asked to grow a memory from {} to {} (the limit is the smallest of [limits] memory, its tenant's and its manifest's: raise that one, or have the function use less)",
+                format_size(plugin.limits.memory_bytes),
+                format_size(current as u64),
+                format_size(desired as u64)
             ),
         ),
         (Trap::Interrupt, _) => {
@@ -1221,7 +1229,11 @@ fn trap_error(
         (Trap::OutOfFuel, _) => {
             ("out_of_fuel".to_owned(), format!("used up its fuel budget of {}", plugin.limits.fuel))
         }
-        (Trap::StackOverflow, _) => ("stack_overflow".to_owned(), "overflowed its call stack".to_owned()),
+        (Trap::StackOverflow, _) => (
+            "stack_overflow".to_owned(),
+            "overflowed its call stack, whose size is the same for every plugin: have it recurse less deeply"
+                .to_owned(),
+        ),
         (Trap::UnreachableCodeReached, None) => {
             ("unreachable".to_owned(), "executed `unreachable` (a panic or abort in the guest)".to_owned())
         }
@@ -1549,7 +1561,7 @@ mod tests {
         let target = CallTarget { plugin: "hostile", version: None, function: "spin" };
         for (caller_ms, kind, says) in [
             (100, ErrorKind::DEADLINE_EXCEEDED, "caller's deadline"),
-            (5000, ErrorKind::GUEST_TRAP, "300ms at most for this plugin"),
+            (5000, ErrorKind::GUEST_TRAP, "its deadline of 300ms"),
         ] {
             let deadline = Instant::now() + Duration::from_millis(caller_ms);
             let e = rt.call(target.clone(), &[], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
