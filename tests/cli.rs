@@ -31,6 +31,27 @@ fn a_port_in_use_stops_the_node_with_the_reason_said_once() {
     assert_eq!(err.matches("os error").count(), 1, "the OS error is said once: {err}");
 }
 
+/// A file where a folder belongs is named as such, not reported as
+/// "File exists", "Not a directory" or a plugins folder still to appear.
+#[test]
+fn a_file_given_for_a_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    write(&file, "");
+    let file = file.to_str().unwrap();
+    let node = ["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let (code, _, err) = weft(&[&node[..], &["--plugins", file]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("node.plugins: {file} is a file, not a folder")), "{err}");
+    let data = format!("{file}/data");
+    let (code, _, err) = weft(&[&node[..], &["--data-dir", &data]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("cannot create data_dir {data}: {file} is a file, not a folder")), "{err}");
+    let (code, _, err) = weft(&["plugins", "export", file]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{file} is a file, not a folder")), "{err}");
+}
+
 #[test]
 fn a_client_command_whose_output_pipe_is_closed_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;

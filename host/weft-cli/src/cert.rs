@@ -32,7 +32,7 @@ pub struct CertArgs {
 const CA_NAME: &str = "weft CA";
 
 pub fn run(a: CertArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    weft_node::create_folder(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     if let Some(bad) = a.hosts.iter().find(|h| !host_ok(h)) {
         anyhow::bail!("--host {bad:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.')");
     }

@@ -31,7 +31,7 @@ pub fn run(a: KeygenArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(folder) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        weft_node::create_folder(folder).with_context(|| format!("cannot create {}", folder.display()))?;
     }
     let (private, public) = weft_node::signing::generate();
     write_private(&a.out, &private).with_context(|| format!("cannot write {}", a.out.display()))?;

@@ -63,6 +63,7 @@ pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             } else {
                 only.iter().map(String::as_str).collect()
             };
+            weft_node::create_folder(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             weft_bundle::write_to(&dir, &names)
                 .with_context(|| format!("cannot write plugins into {}", dir.display()))?;
             println!("wrote {} into {}", names.join(", "), dir.display());

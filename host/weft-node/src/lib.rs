@@ -28,3 +28,13 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 pub use node::{NodeError, RunningNode, start};
+
+/// Creates `path` and the folders above it. When a file stands where a
+/// folder should be, the error names it (the system's own "File exists" or
+/// "Not a directory" does not say which).
+pub fn create_folder(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path).map_err(|error| match path.ancestors().find(|a| a.is_file()) {
+        Some(file) => std::io::Error::new(error.kind(), format!("{} is a file, not a folder", file.display())),
+        None => error,
+    })
+}

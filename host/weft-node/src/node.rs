@@ -33,6 +33,10 @@ pub enum NodeError {
     Bind { addr: SocketAddr, what: &'static str, error: std::io::Error },
     #[error("cannot create data_dir {path}: {error}")]
     DataDir { path: String, error: std::io::Error },
+    #[error(
+        "node.plugins: {0} is a file, not a folder; name the folder that holds the plugins (*.wasm with their NAME.toml)"
+    )]
+    PluginsNotAFolder(String),
     #[error("{0}")]
     Runtime(#[from] weft_runtime::RuntimeError),
     #[error("routing.security.signing_key: {0}")]
@@ -330,8 +334,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         what: "node.admin",
         error,
     })?;
-    std::fs::create_dir_all(&config.node.data_dir)
+    crate::create_folder(&config.node.data_dir)
         .map_err(|error| NodeError::DataDir { path: config.node.data_dir.display().to_string(), error })?;
+    // A folder that is missing is waited for (the watcher loads it when it
+    // appears); a file in its place is a mistake.
+    if let Some(plugins) = config.node.plugins.as_ref().filter(|p| p.is_file()) {
+        return Err(NodeError::PluginsNotAFolder(plugins.display().to_string()));
+    }
 
     let id = NodeId::new(config.node_id(ws_addr.port()));
     let cluster = ClusterId::new(config.node.cluster.clone());
