@@ -49,11 +49,16 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         let relays: Vec<&str> = body["relayed_by"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         match body.get("winner").filter(|w| !w.is_null()) {
             Some(w) => println!("best: {}", line(w)),
+            None if body["own_cluster"] == true => {
+                println!("{destination} is this node's own cluster: its functions are called within it, with no route");
+            }
             None if !relays.is_empty() => println!(
                 "{destination}: no route of this node's own; calls go through the members that relay it: {}",
                 relays.join(", ")
             ),
-            None => println!("{destination} is unreachable from this node"),
+            None => println!(
+                "{destination} is unreachable from this node: no bridge of its own or of a member's leads there (see weft routes, and the bridges in [federation])"
+            ),
         }
         for l in body["losers"].as_array().into_iter().flatten() {
             println!("lost: {}  ({})", line(l), l["lost_because"].as_str().unwrap_or(""));

@@ -410,13 +410,16 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
         })
         .collect();
     let rule = "fewest hops, then lowest latency, then highest reliability, then smallest advertiser id";
+    // The own cluster needs no route: its functions are called within it.
+    let own = destination == fabric.me.cluster;
     json!({
         "destination": cluster,
+        "own_cluster": own,
         "winner": e.winner.as_ref().map(|r| route_json(r, now)),
         "losers": losers,
         "selection": rule,
         "relayed_by": relayed_by,
-        "reachable": e.winner.is_some() || !relayed_by.is_empty(),
+        "reachable": own || e.winner.is_some() || !relayed_by.is_empty(),
     })
 }
 
