@@ -82,6 +82,41 @@ fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
     }
 }
 
+/// A running node's ports each say they are the other kind, and name the
+/// right one; an address without a scheme gets the URLs it could mean.
+#[test]
+fn a_node_s_ports_send_a_client_of_the_other_kind_to_the_right_one() {
+    let node = TestNode::start(NodeSpec::default());
+    let ws_port = node.ws.rsplit(':').next().unwrap();
+    let admin_host_port = node.admin_url.trim_start_matches("http://");
+    let ws_as_http = format!("http://127.0.0.1:{ws_port}");
+    for args in [vec!["catalog", "--node", &ws_as_http], vec!["plugins", "reload", "--node", &ws_as_http]] {
+        let (code, _, err) = weft(&args);
+        assert_eq!(code, 1, "{err}");
+        let want = format!(
+            "{ws_as_http} is the node's WebSocket port, not its admin API: give {} (the admin port) or {}",
+            node.admin_url, node.ws
+        );
+        assert!(err.contains(&want), "{err}");
+    }
+    let admin_as_ws = format!("ws://{admin_host_port}");
+    for command in ["call", "bench"] {
+        let (code, _, err) = weft(&[command, "--node", &admin_as_ws, "echo", "hi"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("this is the node's admin HTTP port: WebSocket clients (weft call, weft bench) connect to its WebSocket port, {ws_port}")), "{err}");
+    }
+    let bare = node.ws.trim_start_matches("ws://");
+    let (code, _, err) = weft(&["call", "--node", bare, "echo", "hi"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("--node {bare} has no scheme: calls go to the node's WebSocket, ws://{bare}")),
+        "{err}"
+    );
+    let (code, _, err) = weft(&["catalog", "--node", admin_host_port]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("give http://{admin_host_port} if that is the node's admin port")), "{err}");
+}
+
 /// `--node` and `WEFT_NODE` name a node the same way for every command:
 /// given the WebSocket URL, the admin commands find the admin API.
 #[test]

@@ -70,7 +70,7 @@ pub async fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginsCmd::Reload { node, json } => {
-            let reply = node.client().await?.post("/v1/plugins/reload", "").await?;
+            let reply = node.post("/v1/plugins/reload").await?;
             let body = &reply.body;
             if reply.status != 200 {
                 let message = body["error"]["message"].as_str().unwrap_or(&reply.text);

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use weft_client::{Admin, Roots};
+use weft_client::{Admin, AdminReply, Roots};
 
 #[derive(Args)]
 struct Trust {
@@ -39,7 +39,8 @@ pub struct AdminTarget {
 const DEFAULT_ADMIN: &str = "http://127.0.0.1:7701";
 
 impl AdminTarget {
-    pub async fn client(&self) -> anyhow::Result<Admin> {
+    /// The admin API's URL, and the authorities to trust there.
+    async fn url_and_roots(&self) -> anyhow::Result<(String, Roots)> {
         let roots = self.trust.roots()?;
         let url = match (&self.admin, &self.node) {
             (Some(admin), _) => admin.clone(),
@@ -49,17 +50,46 @@ impl AdminTarget {
             (None, Some(node)) => node.clone(),
             (None, None) => DEFAULT_ADMIN.to_owned(),
         };
+        if !url.contains("://") {
+            anyhow::bail!(
+                "{url} has no scheme: give http://{url} if that is the node's admin port, or ws://{url} if it is its WebSocket port (https:// or wss:// for a node with [tls])"
+            );
+        }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!(
                 "{url}: this command reads the node's admin API: give --node the node's ws:// URL or its admin http:// URL (port 7701 by default)"
             );
         }
-        Ok(Admin::new(&url).with_roots(roots))
+        Ok((url, roots))
+    }
+
+    /// Sends a request to the admin API. An answer from the node's WebSocket
+    /// port instead (426, naming the admin port) is an error that says
+    /// which URL to give.
+    async fn send(&self, path: &str, post: bool) -> anyhow::Result<AdminReply> {
+        let (url, roots) = self.url_and_roots().await?;
+        let admin = Admin::new(&url).with_roots(roots);
+        let reply = if post { admin.post(path, "").await? } else { admin.get(path).await? };
+        if let (426, Some(port)) = (reply.status, reply.body["error"]["details"]["admin_port"].as_u64()) {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+            let ws = if scheme == "https" { "wss" } else { "ws" };
+            anyhow::bail!(
+                "{url} is the node's WebSocket port, not its admin API: give {scheme}://{host}:{port} (the admin port) or {ws}://{authority}"
+            );
+        }
+        Ok(reply)
+    }
+
+    /// POSTs an empty body to `path`.
+    pub async fn post(&self, path: &str) -> anyhow::Result<AdminReply> {
+        self.send(path, true).await
     }
 
     /// GETs `path`, failing with the node's error unless it answers 200.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let reply = self.client().await?.get(path).await?;
+        let reply = self.send(path, false).await?;
         if reply.status != 200 {
             let error = &reply.body["error"];
             match (error["kind"].as_str(), error["message"].as_str()) {
@@ -89,6 +119,11 @@ impl WsTarget {
     /// API's, and the authorities to trust there.
     pub fn url_and_roots(&self) -> anyhow::Result<(&str, Roots)> {
         let url = self.node.as_str();
+        if !url.contains("://") {
+            anyhow::bail!(
+                "--node {url} has no scheme: calls go to the node's WebSocket, ws://{url} (wss://{url} for a node with [tls])"
+            );
+        }
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             anyhow::bail!(
                 "--node {url}: calls go to the node's WebSocket, whose URL is ws:// or wss:// (port 7700 by default); http:// URLs are the admin API's, for `weft catalog`"

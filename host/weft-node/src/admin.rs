@@ -56,6 +56,8 @@ pub(crate) struct AdminContext {
     pub phase: Arc<PhaseCell>,
     pub node: String,
     pub cluster: String,
+    /// Named to WebSocket clients that dial the admin port by mistake.
+    pub ws_port: u16,
     pub max_body: usize,
     pub large: crate::executor::LargeRequests,
     /// The node's drain waits for these, as for calls over WebSocket.
@@ -168,6 +170,16 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
     let query = Query(req.uri().query().unwrap_or_default());
     let verbose = query.has("verbose");
     let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
+    let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|u| u.to_str().ok());
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        // The mirror of the WebSocket port's 426 for plain HTTP.
+        let e = WeftError::invalid_request(format!(
+            "this is the node's admin HTTP port: WebSocket clients (weft call, weft bench) connect to its WebSocket port, {} (node.listen)",
+            ctx.ws_port
+        ))
+        .with("ws_port", ctx.ws_port);
+        return error_response(StatusCode::BAD_REQUEST, &e);
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => {
             let phase = ctx.phase.get();

@@ -372,6 +372,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         phase: phase.clone(),
         node: id.to_string(),
         cluster: cluster.to_string(),
+        ws_port: ws_addr.port(),
         max_body: max_frame,
         large: large.clone(),
         calls: tracker.clone(),
