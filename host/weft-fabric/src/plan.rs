@@ -403,9 +403,16 @@ impl TemplateParser<'_> {
         };
         let Some(&step) = self.index.get(target) else {
             let names: Vec<&str> = self.cmds.iter().map(|c| c.name.as_str()).collect();
+            // "a.field" for part of a's result is a natural guess.
+            let hint = match target.split_once('.') {
+                Some((name, rest)) if self.index.contains_key(name) => {
+                    format!("; for part of {name}'s result, write {{\"$ref\": {name:?}, \"path\": {rest:?}}}")
+                }
+                _ => String::new(),
+            };
             return Err(self
                 .invalid(format!(
-                    "{{\"$ref\": {target:?}}} names no command of this request (its commands: {})",
+                    "{{\"$ref\": {target:?}}} names no command of this request (its commands: {}){hint}",
                     abbreviate(&names)
                 ))
                 .with("reference", target.as_str()));

@@ -351,6 +351,13 @@ fn unknown_reference_names_the_command_and_the_missing_name() {
     assert!(e.message.starts_with("command b: {\"$ref\": \"nope\"} names no command"), "{}", e.message);
     assert!(e.message.contains("its commands: a, b"), "{}", e.message);
     assert_eq!(e.details["reference"], json!("nope"));
+    // A path written into the name is pointed to `path`.
+    let e = build(vec![cmd("a", "echo", json!(["x"])), cmd("b", "echo", json!([{"$ref": "a.x.0"}]))]).unwrap_err();
+    assert!(
+        e.message.ends_with("; for part of a's result, write {\"$ref\": \"a\", \"path\": \"x.0\"}"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
