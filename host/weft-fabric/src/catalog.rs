@@ -146,8 +146,9 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
             _ => String::new(),
         };
         return Err(at(not_found(format!(
-            "function {wanted} is not in the catalog{}{abroad}",
-            wanted.siblings(entries)
+            "function {wanted} is not in the catalog{}{}{abroad}",
+            wanted.siblings(entries),
+            wanted.near_misses(entries, asker)
         ))));
     }
     // Each filter that empties the set explains the miss with what it removed.
@@ -293,6 +294,30 @@ impl Wanted {
         }
     }
 
+    /// Functions the caller may call whose names are close to the one
+    /// asked for: the same name in another plugin or another case, or a
+    /// typo or two away.
+    fn near_misses(&self, entries: &[CatalogEntry], asker: &Asker) -> String {
+        let asked = self.to_string().to_lowercase();
+        let close = |id: &FunctionId| {
+            let (name, whole) = (id.function.to_lowercase(), id.to_string().to_lowercase());
+            let candidate = if matches!(self, Wanted::Pinned(_)) { whole } else { name.clone() };
+            let typos = strsim::levenshtein(&asked, &candidate);
+            let same_name = match self {
+                Wanted::Pinned(p) => p.function.to_lowercase() == name,
+                Wanted::Bare(_) => false,
+            };
+            same_name || typos <= 2.min(asked.chars().count() / 3)
+        };
+        let ids: BTreeSet<&FunctionId> =
+            entries.iter().filter(|e| asker.may_call(e) && close(&e.function)).map(|e| &e.function).collect();
+        if ids.is_empty() {
+            return String::new();
+        }
+        let shown: Vec<String> = ids.iter().take(3).map(ToString::to_string).collect();
+        format!(" (did you mean {}?)", shown.join(" or "))
+    }
+
     /// For a pinned id whose plugin exists: the functions it does have.
     fn siblings(&self, entries: &[CatalogEntry]) -> String {
         let Wanted::Pinned(id) = self else {
@@ -382,6 +407,32 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// A miss names functions the caller may call with a close name: the
+    /// same name in another plugin or case, or a typo away; nothing for a
+    /// name like none of them.
+    #[test]
+    fn a_miss_suggests_close_names_the_caller_may_call() {
+        let says = |fun: &str| resolve(&cmd(fun), &catalog()).unwrap_err().message;
+        for (fun, meant) in [
+            ("Upper", "text/upper"),
+            ("echo/upper", "text/upper"),
+            ("TEXT/Upper", "text/upper"),
+            ("wordcount", "text/word-count"),
+            ("math/divid", "math/divide"),
+        ] {
+            assert!(says(fun).contains(&format!("(did you mean {meant}?)")), "{fun}: {}", says(fun));
+        }
+        assert!(says("echo/upper").contains("plugin echo has: concat, echo, echos"), "{}", says("echo/upper"));
+        for far in ["frob", "ad", "math/frob"] {
+            assert!(!says(far).contains("did you mean"), "{far}: {}", says(far));
+        }
+        // Another tenant's plugin is not offered.
+        let mut cat = catalog();
+        cat.iter_mut().filter(|e| *e.function.plugin == *"text").for_each(|e| e.callers = Callers::tenants(["acme"]));
+        let e = resolve(&cmd("Upper"), &cat).unwrap_err();
+        assert!(!e.message.contains("did you mean"), "{}", e.message);
     }
 
     #[test]
