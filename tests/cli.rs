@@ -282,6 +282,12 @@ fn weft_bench_reports_throughput_latency_and_errors() {
     assert_eq!(r["completed"], 50, "{r}");
     assert_eq!(r["errors"], serde_json::json!({"GUEST_ERROR": 50}), "{r}");
     assert!(r["error_examples"]["GUEST_ERROR"].as_str().unwrap().contains("zero"), "{r}");
+    // A request every copy of which would be refused is not run at all.
+    for (args, kind) in [(vec!["nope"], "FUNCTION_NOT_FOUND"), (vec!["add", "x", "2"], "INVALID_ARGUMENTS")] {
+        let (code, out, err) = weft(&[&["bench", "--node", node.ws.as_str(), "--requests", "50"][..], &args].concat());
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert!(err.starts_with(&format!("{kind}: ")) && err.contains("nothing was measured"), "{err}");
+    }
     let r = bench(&["add", "-1", "2", "--requests", "5"]);
     assert_eq!((r["completed"].as_u64(), r["ok"].as_u64()), (Some(5), Some(5)), "{r}");
     // No more slots than requests, however many are asked for.

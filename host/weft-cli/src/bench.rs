@@ -96,6 +96,13 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
     // `u` stays empty: the client gives each request its own.
     let mut template = Request::new("", vec![Command::new("call", a.function.clone(), args)]);
     template.token = a.token.clone();
+    // One request first, not counted: an error every request would get
+    // alike ends the run before it measures nothing but that error.
+    if let Some(e) = clients[0].request(template.clone()).await?.error.filter(|e| repeats(e.kind)) {
+        eprintln!("{}: {}", e.kind, e.message);
+        eprintln!("(every request would fail the same way, so nothing was measured)");
+        return Ok(ExitCode::FAILURE);
+    }
 
     let started = Instant::now();
     let stop = match a.requests {
@@ -182,6 +189,21 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("  {kind:<22}{n}{example}");
     }
     Ok(outcome(completed, error_count))
+}
+
+/// Errors about the request itself, which every copy of it gets alike.
+fn repeats(kind: ErrorKind) -> bool {
+    use ErrorKind::*;
+    matches!(
+        kind,
+        PARSE_ERROR
+            | INVALID_REQUEST
+            | FUNCTION_NOT_FOUND
+            | AMBIGUOUS_FUNCTION
+            | INVALID_ARGUMENTS
+            | POLICY_DENIED
+            | UNAUTHENTICATED
+    )
 }
 
 /// Failure when nothing succeeded: a script running a benchmark learns that
