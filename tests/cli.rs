@@ -383,6 +383,25 @@ fn weft_plugins_reload_reports_what_changed_and_fails_on_a_bad_or_unlisted_file(
     assert!(err.contains("bundled plugins"), "{err}");
 }
 
+/// Flags and arguments that cannot become a request are refused before
+/// anything is dialled (no node runs here), each saying what was wrong.
+#[test]
+fn call_options_that_cannot_be_sent_say_why() {
+    for (args, says) in [
+        (vec!["call", "--timeout-ms", "-5", "echo", "hi"], "expected a whole number of milliseconds, 1 or more"),
+        (vec!["call", "--timeout-ms", "0", "echo", "hi"], "expected a whole number of milliseconds, 1 or more"),
+        (vec!["call", "--kw", "=3", "echo"], "--kw \"=3\" has no name"),
+        (vec!["call", "add", "1e400", "2"], "argument 1e400 is a number out of the range"),
+        (vec!["bench", "add", "1e400", "2"], "argument 1e400 is a number out of the range"),
+        (vec!["node", "--listen", "127.0.0.1:99999"], "port 99999 is over 65535; use a numeric IP:PORT"),
+    ] {
+        let (code, out, err) = weft(&args);
+        assert!(code != 0 && out.is_empty(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("cannot connect"), "{args:?} dialled: {err}");
+    }
+}
+
 #[test]
 fn routes_and_call_refuse_what_they_would_misread() {
     let node = TestNode::start(NodeSpec::default());

@@ -86,13 +86,13 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
     // More slots than requests would only sit idle.
     a.concurrency = a.concurrency.min(a.requests.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)));
     let connections = a.connections.unwrap_or(4).min(a.concurrency);
+    let args = a.args.iter().map(|s| parse_arg(s)).collect::<anyhow::Result<_>>()?;
     let mut clients = Vec::new();
     let (url, roots) = a.target.url_and_roots()?;
     for _ in 0..connections {
         let client = Client::connect_with(url, &roots).await?;
         clients.push(Arc::new(client));
     }
-    let args = a.args.iter().map(|s| parse_arg(s)).collect();
     // `u` stays empty: the client gives each request its own.
     let mut template = Request::new("", vec![Command::new("call", a.function.clone(), args)]);
     template.token = a.token.clone();

@@ -38,7 +38,7 @@ pub struct CallArgs {
     #[arg(long)]
     version: Option<String>,
     /// Deadline of the whole request in milliseconds [default: the node's, 30 s].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = milliseconds)]
     timeout_ms: Option<u64>,
     /// Bearer token naming the tenant the requests are made for.
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
@@ -48,9 +48,26 @@ pub struct CallArgs {
     json: bool,
 }
 
-/// A command-line argument as a JSON value; text that is not JSON is a string.
-pub(crate) fn parse_arg(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+fn milliseconds(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err("expected a whole number of milliseconds, 1 or more, such as 5000".into()),
+    }
+}
+
+/// A command-line argument as a JSON value; text that is not JSON is a
+/// string. A number JSON cannot hold (such as 1e400) is refused rather than
+/// sent as text.
+pub(crate) fn parse_arg(text: &str) -> anyhow::Result<Value> {
+    match serde_json::from_str(text) {
+        Ok(value) => Ok(value),
+        Err(e) if e.to_string().starts_with("number out of range") => {
+            anyhow::bail!(
+                "argument {text} is a number out of the range JSON numbers hold here (f64); quote it as '\"{text}\"' to pass it as text"
+            )
+        }
+        Err(_) => Ok(Value::String(text.to_owned())),
+    }
 }
 
 /// The node ignores fields it does not know (PROTOCOL), so a misspelt one
@@ -92,10 +109,12 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let fun = a.function.clone().unwrap_or_default();
-            let mut cmd = Command::new("call", fun, a.args.iter().map(|s| parse_arg(s)).collect());
+            let args = a.args.iter().map(|s| parse_arg(s)).collect::<anyhow::Result<_>>()?;
+            let mut cmd = Command::new("call", fun, args);
             for kw in &a.kwargs {
                 let (k, v) = kw.split_once('=').with_context(|| format!("--kw {kw:?} is not NAME=JSON"))?;
-                if cmd.kwargs.insert(k.to_owned(), parse_arg(v)).is_some() {
+                anyhow::ensure!(!k.is_empty(), "--kw {kw:?} has no name: write NAME=JSON");
+                if cmd.kwargs.insert(k.to_owned(), parse_arg(v)?).is_some() {
                     anyhow::bail!("--kw {k} is given twice; give each argument once");
                 }
             }

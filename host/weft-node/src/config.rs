@@ -255,7 +255,12 @@ pub struct LimitsSection {
 /// names, and a host name would hide which interface it listens on.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {
-        format!("invalid address {text:?}: use a numeric IP:PORT such as \"127.0.0.1:7700\" or \"0.0.0.0:7700\" (host names are not resolved; port 0 picks a free port)")
+        let port = text.trim().rsplit_once(':').and_then(|(_, port)| port.parse::<u64>().ok());
+        let why = match port {
+            Some(port) if port > u64::from(u16::MAX) => format!("port {port} is over 65535; "),
+            _ => String::new(),
+        };
+        format!("invalid address {text:?}: {why}use a numeric IP:PORT such as \"127.0.0.1:7700\" or \"0.0.0.0:7700\" (host names are not resolved; port 0 picks a free port)")
     })
 }
 
