@@ -394,6 +394,11 @@ fn call_options_that_cannot_be_sent_say_why() {
         (vec!["call", "add", "1e400", "2"], "argument 1e400 is a number out of the range"),
         (vec!["bench", "add", "1e400", "2"], "argument 1e400 is a number out of the range"),
         (vec!["node", "--listen", "127.0.0.1:99999"], "port 99999 is over 65535; use a numeric IP:PORT"),
+        (
+            vec!["call", "--node", "ws://127.0.0.1:70000", "echo", "hi"],
+            "ws://127.0.0.1:70000: port 70000 is over 65535",
+        ),
+        (vec!["catalog", "--node", "http://[::1]:70000/"], "http://[::1]:70000/: port 70000 is over 65535"),
     ] {
         let (code, out, err) = weft(&args);
         assert!(code != 0 && out.is_empty(), "{args:?}: {err}");

@@ -306,7 +306,10 @@ async fn a_flapping_route_is_held_down_and_raises_an_alert() {
     assert!(alerts["alerts"].as_array().unwrap().iter().any(|x| x["kind"] == "route-flapping"), "{alerts}");
     let explain = b.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
     assert!(explain["losers"][0]["lost_because"].as_str().unwrap().contains("held down"), "{explain}");
-    assert_eq!(explain["reachable"], false);
+    // beta's own bridge to gamma still carries its calls, and explain says so.
+    assert_eq!((&explain["reachable"], &explain["bridged_to"]), (&json!(true), &json!(["gamma1"])), "{explain}");
+    let (value, _) = call_in(&b, "gamma", "upper", None).await.unwrap();
+    assert_eq!(value, json!("ABC"));
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ pub struct NodeArgs {
     /// Config file (TOML); without it the embedded default is used.
     #[arg(long, env = "WEFT_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's id, unique in its cluster [default: HOST-PORT].
+    /// This node's id, unique across the federation [default: HOST-PORT].
     #[arg(long, env = "WEFT_ID")]
     id: Option<String>,
     /// The cluster this node joins [default: local].

@@ -46,12 +46,18 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
     }
     if a.explain.is_some() {
         let destination = body["destination"].as_str().unwrap_or("");
-        let relays: Vec<&str> = body["relayed_by"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let names =
+            |key: &str| -> Vec<&str> { body[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect() };
+        let (relays, bridged) = (names("relayed_by"), names("bridged_to"));
         match body.get("winner").filter(|w| !w.is_null()) {
             Some(w) => println!("best: {}", line(w)),
             None if body["own_cluster"] == true => {
                 println!("{destination} is this node's own cluster: its functions are called within it, with no route");
             }
+            None if !bridged.is_empty() => println!(
+                "{destination}: no route is eligible now, but this node's own bridge to {} carries calls there directly",
+                bridged.join(", ")
+            ),
             None if !relays.is_empty() => println!(
                 "{destination}: no route of this node's own; calls go through the members that relay it: {}",
                 relays.join(", ")

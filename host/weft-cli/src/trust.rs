@@ -60,6 +60,7 @@ impl AdminTarget {
                 "{url}: this command reads the node's admin API: give --node the node's ws:// URL or its admin http:// URL (port 7701 by default)"
             );
         }
+        check_port(&url)?;
         Ok((url, roots))
     }
 
@@ -129,7 +130,20 @@ impl WsTarget {
                 "--node {url}: calls go to the node's WebSocket, whose URL is ws:// or wss:// (port 7700 by default); http:// URLs are the admin API's, for `weft catalog`"
             );
         }
+        check_port(url)?;
         Ok((url, self.trust.roots()?))
+    }
+}
+
+/// Refuses a URL whose port cannot exist (the client libraries would dial
+/// some other port, or report a refused connection).
+fn check_port(url: &str) -> anyhow::Result<()> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
+    // After the last ':' that is not inside an IPv6 address's brackets.
+    let port = authority.rsplit_once(':').filter(|(_, port)| !port.contains(']')).map(|(_, port)| port);
+    match port.map(str::parse::<u64>) {
+        Some(Ok(port)) if port > u64::from(u16::MAX) => anyhow::bail!("{url}: port {port} is over 65535"),
+        _ => Ok(()),
     }
 }
 

@@ -412,6 +412,10 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
     let destination = weft_proto::ClusterId::new(cluster);
     let e = view.routes.explain(now, &destination);
     let relayed_by = fabric.relays_to(&destination);
+    // A bridge of this node's own carries calls there even while every
+    // route through it is held down.
+    let bridged_to: Vec<String> =
+        fabric.links().iter().filter(|l| l.remote.cluster == destination).map(|l| l.remote.node.to_string()).collect();
     let losers: Vec<Value> = e
         .losers
         .iter()
@@ -431,7 +435,8 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
         "losers": losers,
         "selection": rule,
         "relayed_by": relayed_by,
-        "reachable": own || e.winner.is_some() || !relayed_by.is_empty(),
+        "bridged_to": bridged_to,
+        "reachable": own || e.winner.is_some() || !relayed_by.is_empty() || !bridged_to.is_empty(),
     })
 }
 
