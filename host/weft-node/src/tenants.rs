@@ -24,9 +24,19 @@ use crate::metrics::Metrics;
 const MIN_TOKEN_CHARS: usize = 16;
 
 /// The digest a config token stands for: "sha256:" + 64 hex digits, or the
-/// digest of the text itself.
+/// digest of the text itself. Anything that looks like a digest ("SHA256:",
+/// "sha512:" ...) is read as one or refused, never taken as a plain token:
+/// the line meant to keep the secret out of the file would otherwise be a
+/// working credential itself.
 pub(crate) fn token_digest(token: &str) -> Result<[u8; 32], String> {
-    let Some(hex) = token.strip_prefix("sha256:") else {
+    let algorithm = token
+        .split_once(':')
+        .map(|(algorithm, _)| algorithm.to_ascii_lowercase())
+        .filter(|a| a.len() > 3 && a.starts_with("sha") && a[3..].bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+    if algorithm.as_deref().is_some_and(|a| a != "sha256") {
+        return Err("only \"sha256:\" digests are understood (`weft token` makes one)".into());
+    }
+    let Some(hex) = algorithm.and_then(|_| token.get(7..)) else {
         if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(format!(
                 "a token of fewer than {MIN_TOKEN_CHARS} characters is easy to guess; use a long random one (e.g. `openssl rand -hex 32`)"
@@ -357,6 +367,12 @@ mod tests {
         assert!(token_digest(&format!("sha256:{}", "ab".repeat(32))).is_ok());
         for bad in ["sha256:abc", "sha256:", &format!("sha256:{}", "zz".repeat(32))] {
             assert!(token_digest(bad).unwrap_err().contains("64 hex digits"), "{bad}");
+        }
+        // A digest in capitals is still a digest, not a token that is its own text.
+        let digest = "ab".repeat(32);
+        assert_eq!(token_digest(&format!("SHA256:{digest}")), token_digest(&format!("sha256:{digest}")));
+        for other in [format!("sha512:{digest}"), format!("SHA-1:{digest}"), format!("sha1:{digest}")] {
+            assert!(token_digest(&other).unwrap_err().contains("only \"sha256:\" digests"), "{other}");
         }
     }
 }
