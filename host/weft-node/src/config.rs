@@ -564,6 +564,25 @@ impl Config {
         for seed in &self.node.seeds {
             check(ws_url_ok(seed), &format!("node.seeds: {seed:?} is not a ws:// or wss:// URL with a host"));
         }
+        // With [tls] every link is encrypted: a plain address would be dialled
+        // (or handed to others) in the clear.
+        if self.tls.cert.is_some() {
+            let plain = self
+                .node
+                .seeds
+                .iter()
+                .map(|s| ("node.seeds", s))
+                .chain(self.node.advertise.iter().map(|a| ("node.advertise", a)));
+            for (key, url) in plain.filter(|(_, url)| url.starts_with("ws://")) {
+                check(
+                    false,
+                    &format!(
+                        "{key}: {url:?} is plain ws://, but this node has [tls] and links only over wss://; write wss://{}",
+                        &url[5..]
+                    ),
+                );
+            }
+        }
         for label in &self.node.resources {
             check(is_valid_name(label), &format!("node.resources: {label:?} is not a label; {NAME_RULE}"));
         }
@@ -1138,6 +1157,23 @@ block = ["/x", "Upper", "text/snake_case"]
         assert!(found[0].starts_with("node.advertise"), "{found:?}");
         assert!(found[1].contains("\"wss://:7700\""), "{found:?}");
         assert!(found[2].starts_with("node.resources: \"\""), "{found:?}");
+        // With [tls], plain addresses would carry the cluster's traffic in the clear.
+        let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let found = problems(&format!(
+            "[node]\nadvertise = \"ws://10.0.0.1:7700\"\nseeds = [\"wss://10.0.0.2:7700\", \"ws://10.0.0.3:7700\"]\n{tls}"
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("node.seeds: \"ws://10.0.0.3:7700\" is plain ws://, but this node has [tls]")
+                    && p.ends_with("write wss://10.0.0.3:7700")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("node.advertise: \"ws://10.0.0.1:7700\" is plain ws://")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -747,6 +747,13 @@ impl Fabric {
     /// (it then runs in its own task).
     pub async fn dial(self: &Arc<Self>, addr: &str) -> Result<NodeId, DialError> {
         let unreachable = |reason: String| DialError::Unreachable { addr: addr.to_owned(), reason };
+        // The config refuses plain seeds with [tls]; this catches plain
+        // addresses learnt from other nodes.
+        if self.tls.is_some() && !addr.starts_with("wss://") {
+            return Err(unreachable(
+                "this node has [tls] and links to peers only over wss://, but that address is plain; the peer needs [tls] and a wss:// advertise address".into(),
+            ));
+        }
         let tls = tokio_tungstenite::Connector::Rustls(read(&self.roots).client_config());
         let config = Some(crate::ws::ws_config(self.max_frame));
         let connect = tokio_tungstenite::connect_async_tls_with_config(addr, config, true, Some(tls));
