@@ -82,6 +82,17 @@ fn a_url_of_the_wrong_port_says_which_port_the_command_takes() {
     }
 }
 
+/// A port that accepts connections but never answers is given up on, with
+/// the question to ask, instead of waiting for ever.
+#[test]
+fn a_port_that_never_answers_is_given_up_on() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", silent.local_addr().unwrap());
+    let (code, _, err) = weft(&["call", "--node", &url, "echo", "hi"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{url} did not answer within 10s; is that address a Weft node's")), "{err}");
+}
+
 /// A running node's ports each say they are the other kind, and name the
 /// right one; an address without a scheme gets the URLs it could mean.
 #[test]

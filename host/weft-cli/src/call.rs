@@ -134,7 +134,19 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
     }
     let (url, roots) = a.target.url_and_roots()?;
     let client = Client::connect_with(url, &roots).await?;
-    let response = client.request(request).await?;
+    // The node enforces the deadline; this bounds the wait on something
+    // that accepted the connection but is not answering.
+    let response = match a.timeout_ms {
+        Some(ms) => {
+            let wait = std::time::Duration::from_millis(ms) + std::time::Duration::from_secs(5);
+            tokio::time::timeout(wait, client.request(request)).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "UNAVAILABLE: no answer from {url} within --timeout-ms {ms} and 5 s more; is it a Weft node?"
+                )
+            })??
+        }
+        None => client.request(request).await?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(if response.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });

@@ -36,6 +36,21 @@ pub struct Client {
     ended: Arc<Mutex<Option<WeftError>>>,
 }
 
+/// How long connecting may take (TCP, TLS and the WebSocket upgrade or the
+/// HTTP connection): a port that accepts but never answers is not a node.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an admin GET may wait for its reply (POSTs such as a plugin
+/// reload may compile for minutes, so they are not bounded).
+const GET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn no_answer(what: &str, within: std::time::Duration) -> WeftError {
+    unavailable(format!(
+        "{what} did not answer within {}s; is that address a Weft node's (its ws:// port for calls, its admin http:// port for the admin API)?",
+        within.as_secs()
+    ))
+}
+
 fn unavailable(message: String) -> WeftError {
     WeftError::new(ErrorKind::UNAVAILABLE, message)
 }
@@ -79,7 +94,9 @@ impl Client {
         let config = WebSocketConfig::default().read_buffer_size(16 << 10);
         let tls = tokio_tungstenite::Connector::Rustls(roots.client_config());
         let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(tls));
-        let (ws, _) = connect.await.map_err(|e| {
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| no_answer(url, CONNECT_TIMEOUT))?;
+        let (ws, _) = connected.map_err(|e| {
             refused_upgrade(&e).map(|refusal| refusal.context(format_args!("{url} refused the connection"))).unwrap_or_else(|| {
                 unavailable(format!(
                     "cannot connect to {url}: {e}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
@@ -230,10 +247,26 @@ impl Admin {
         headers: &[(&str, &str)],
     ) -> Result<AdminReply, WeftError> {
         let url = format!("{}{path}", self.base);
+        let exchange = self.exchange(method.clone(), &url, body, headers);
+        if method == hyper::Method::GET {
+            return tokio::time::timeout(GET_TIMEOUT, exchange).await.map_err(|_| no_answer(&url, GET_TIMEOUT))?;
+        }
+        exchange.await
+    }
+
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<AdminReply, WeftError> {
         let uri: hyper::Uri = url.parse().map_err(|e| WeftError::invalid_request(format!("bad URL {url}: {e}")))?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let stream = tokio::net::TcpStream::connect(&authority)
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority));
+        let stream = connect
             .await
+            .map_err(|_| no_answer(&authority, CONNECT_TIMEOUT))?
             .map_err(|e| {
                 unavailable(format!(
                     "cannot connect to {authority}: {e}; is the node running (weft node) and is this its address (--node or WEFT_NODE: its ws:// or admin http:// URL; wss:// or https:// for a node with [tls])?"
@@ -243,9 +276,10 @@ impl Admin {
             let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
             let name = rustls::pki_types::ServerName::try_from(host)
                 .map_err(|e| WeftError::invalid_request(format!("bad host in {url}: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(self.roots.client_config())
-                .connect(name, stream)
+            let handshake = tokio_rustls::TlsConnector::from(self.roots.client_config()).connect(name, stream);
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                 .await
+                .map_err(|_| no_answer(&authority, CONNECT_TIMEOUT))?
                 .map_err(|e| {
                     unavailable(format!(
                         "TLS handshake with {authority} failed: {e} (--ca or WEFT_CA names the CA that signed the node's certificate)"
