@@ -406,6 +406,11 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     assert_eq!(reply.status, 400);
     assert!(reply.text.contains("mode"), "{}", reply.text);
     assert_eq!(b1.admin().get("/v1/federation").await.unwrap().body["policy"]["mode"], "strict");
+    // Reloads over the admin API leave a trace in the log, as SIGHUP's do:
+    // the SIGHUP, the two good ones above and this refused one.
+    let log = b1.stderr();
+    assert_eq!(log.matches("federation policy reloaded").count(), 3, "{log}");
+    assert_eq!(log.matches("federation policy not reloaded; the old one stays").count(), 1, "{log}");
 
     // Opened again: until alpha redials, nothing leads there, and b1's own
     // refusals, made by the strict policy, no longer explain why.

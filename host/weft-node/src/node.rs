@@ -139,17 +139,24 @@ impl StartConfig {
     }
 }
 
-/// The policy reload of `RunningNode::reload_federation` and `POST
+/// The policy reload of `RunningNode::reload_federation` (SIGHUP) and `POST
 /// /v1/federation/reload`, off the async workers: applying tenants' limits
 /// waits for a plugin reload in progress, which may be compiling for as
-/// long as `limits.compile_timeout`.
+/// long as `limits.compile_timeout`. Its outcome is logged whoever asked:
+/// the admin API has no authentication, so a change made through it must
+/// leave a trace.
 pub(crate) async fn reload_federation(
     fabric: Arc<Fabric>,
     start: Arc<StartConfig>,
 ) -> Result<serde_json::Value, crate::ConfigError> {
-    tokio::task::spawn_blocking(move || apply_federation(&fabric, &start)).await.unwrap_or_else(|e| {
+    let outcome = tokio::task::spawn_blocking(move || apply_federation(&fabric, &start)).await.unwrap_or_else(|e| {
         Err(crate::ConfigError { file: "(reload)".into(), problems: vec![format!("the reload failed: {e}")] })
-    })
+    });
+    match &outcome {
+        Ok(summary) => tracing::info!(%summary, "federation policy reloaded"),
+        Err(e) => tracing::error!(error = %e, "federation policy not reloaded; the old one stays"),
+    }
+    outcome
 }
 
 fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::Value, crate::ConfigError> {
