@@ -183,6 +183,36 @@ async fn check_case(name: &str, alpha: &str, beta: &str, expected: Expected) {
     }
 }
 
+/// Whoever can reach the port can say hello with any address: refused
+/// inbound links share one alert (naming the latest), so a flood of them
+/// cannot push other alerts out or log a line each.
+#[tokio::test]
+async fn refused_inbound_links_share_one_alert() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let a1 = node("a1", "alpha", vec!["echo"], &[], STRICT);
+    for i in 0..40 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&a1.ws).await.unwrap();
+        let hello = json!({"t": "hello", "proto": 1, "node": format!("x{i}"), "cluster": "gamma", "incarnation": 1, "addr": format!("ws://10.9.0.{i}:7700"), "caps": []});
+        ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        assert!(answer.to_text().unwrap().contains("\"reject\""), "{answer}");
+    }
+    let alerts = a1.admin().get("/v1/alerts").await.unwrap().body;
+    let refused: Vec<&Value> =
+        alerts["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "link-refused").collect();
+    assert_eq!(refused.len(), 1, "{alerts}");
+    assert_eq!(refused[0]["subject"], "inbound links", "{alerts}");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("(latest: node x39 of cluster gamma, at ws://10.9.0.39:7700)"),
+        "{alerts}"
+    );
+    assert_eq!(a1.stderr().matches("alert raised").count(), 1, "{}", a1.stderr());
+}
+
 #[tokio::test]
 async fn strict_clusters_never_link_however_they_meet() {
     check_case("strict", STRICT, STRICT, Expected { linked: false, denied_by: Some("strict-mode") }).await;

@@ -891,8 +891,9 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
                 Err(e) => match e.reject_kind() {
                     Some(crate::peer::RejectKind::SelfDial) => return,
                     Some(crate::peer::RejectKind::DuplicateLink) => Duration::from_millis(500),
-                    // Policy answers do not change by asking again: no reconnect storm.
-                    Some(crate::peer::RejectKind::Policy) => POLICY_BACKOFF,
+                    // Policy and key answers do not change by asking again
+                    // (a reload or restart changes them): no reconnect storm.
+                    Some(crate::peer::RejectKind::Policy | crate::peer::RejectKind::Unauthenticated) => POLICY_BACKOFF,
                     _ => {
                         if std::mem::replace(&mut failing, true) {
                             tracing::debug!(error = %e, ?backoff, "seed dial failed");

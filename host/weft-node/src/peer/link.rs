@@ -325,7 +325,10 @@ where
                     Err(e) => {
                         // A peer that speaks garbage is broken or hostile; drop the link.
                         metrics.reject_frame("peer");
-                        tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
+                        // Anyone may say hello: the lines share the refusals' bound.
+                        if fabric.refusal_logs.check().is_ok() {
+                            tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
+                        }
                         return Some(close_frame(CloseCode::Protocol, &format!("malformed peer message: {e}")));
                     }
                 }

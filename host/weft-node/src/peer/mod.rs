@@ -31,6 +31,9 @@ use crate::tenants::Tenants;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
 
+/// The subject of the one alert all refused inbound links share.
+const INBOUND_REFUSALS: &str = "inbound links";
+
 /// How long a dialled node has to answer `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusals remembered for `/v1/peers`.
@@ -154,8 +157,9 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
-    /// Bounds the log lines of refusals: handshakes from ever new addresses
-    /// would each log one (they are all counted in the metrics).
+    /// Bounds the log lines of refusals and of malformed peer frames:
+    /// handshakes from ever new addresses would each log one (they are all
+    /// counted in the metrics).
     refusal_logs: governor::DefaultDirectRateLimiter,
     /// When a link to each other cluster last came up: refusals before it
     /// no longer explain a missing bridge.
@@ -683,9 +687,21 @@ impl Fabric {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
         }
         if matches!(reject.kind, RejectKind::Policy | RejectKind::Unauthenticated) {
-            let subject = remote.map_or(addr, |h| h.addr.as_str());
             let why = if reject.kind == RejectKind::Policy { "policy" } else { "link authentication" };
-            self.alert(AlertKind::LinkRefused, subject, &format!("refused by {by} {why}: {}", reject.reason));
+            let message = format!("refused by {by} {why}: {}", reject.reason);
+            match (direction, remote) {
+                (Direction::Outbound, _) => {
+                    self.alert(AlertKind::LinkRefused, remote.map_or(addr, |h| h.addr.as_str()), &message);
+                }
+                // What an inbound hello says of itself is unproven, so
+                // inbound refusals share one alert: made-up addresses
+                // cannot crowd out the others. It names the latest.
+                (Direction::Inbound, Some(h)) => {
+                    let latest = format!("{message} (latest: node {} of cluster {}, at {})", h.node, h.cluster, h.addr);
+                    self.alert(AlertKind::LinkRefused, INBOUND_REFUSALS, &latest);
+                }
+                (Direction::Inbound, None) => self.alert(AlertKind::LinkRefused, INBOUND_REFUSALS, &message),
+            }
         }
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
