@@ -26,13 +26,22 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
+        Pki::with(&["127.0.0.1", "localhost"], false)
+    }
+
+    /// A CA and a certificate for `hosts`, long expired if `expired`.
+    fn with(hosts: &[&str], expired: bool) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let cert =
-            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap().signed_by(&key, &ca).unwrap();
+        let mut params = CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+        if expired {
+            (params.not_before, params.not_after) =
+                (rcgen::date_time_ymd(2020, 1, 1), rcgen::date_time_ymd(2021, 1, 1));
+        }
+        let cert = params.signed_by(&key, &ca).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
@@ -156,7 +165,11 @@ fn tls_settings_that_cannot_work_stop_the_node_with_the_reason() {
     std::fs::write(&not_pem, "hello").unwrap();
     let stranger = pki.path("stranger.key");
     std::fs::write(&stranger, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    // Certificates that peers dialling 127.0.0.1 would refuse.
+    let (elsewhere, expired) = (Pki::with(&["localhost"], false), Pki::with(&["127.0.0.1"], true));
     let cases = [
+        (elsewhere.section(&elsewhere.path("ca.pem")), "does not name 127.0.0.1, where other nodes dial this one"),
+        (expired.section(&expired.path("ca.pem")), "is out of its validity dates"),
         (format!("[tls]\ncert = {:?}\n", pki.path("node.pem")), "give both cert and key"),
         (format!("[tls]\ncert = {:?}\nkey = {:?}\n", not_pem, pki.path("node.key")), "tls.cert"),
         (format!("[tls]\ncert = {:?}\nkey = {:?}\n", pki.path("node.pem"), not_pem), "tls.key"),
@@ -216,6 +229,11 @@ async fn a_reload_serves_a_new_certificate_to_new_connections_and_refuses_one_th
     let refused = admin.post("/v1/federation/reload", "").await.unwrap();
     assert_eq!(refused.status, 400);
     assert!(refused.text.contains("tls.key") && refused.text.contains("nothing was applied"), "{}", refused.text);
+    // So is a certificate that does not name the address peers dial.
+    install(&Pki::with(&["localhost"], false));
+    let refused = admin.post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(refused.status, 400);
+    assert!(refused.text.contains("does not name 127.0.0.1"), "{}", refused.text);
     install(&new);
     let config = a1.dir.path().join("weft.toml");
     let text = std::fs::read_to_string(&config).unwrap();

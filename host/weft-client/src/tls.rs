@@ -5,13 +5,18 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use rustls::pki_types::CertificateDer;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// Trusted certificate authorities, ready as a rustls client config.
 #[derive(Clone)]
 pub struct Roots {
     config: Arc<rustls::ClientConfig>,
+    /// The same judgement the config makes, for checking a node's own
+    /// certificate before it serves it.
+    verifier: Arc<WebPkiServerVerifier>,
 }
 
 impl std::fmt::Debug for Roots {
@@ -57,11 +62,27 @@ impl Roots {
     }
 
     fn from_store(store: rustls::RootCertStore) -> Result<Roots, rustls::Error> {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let store = Arc::new(store);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(store)
             .with_no_client_auth();
-        Ok(Roots { config: Arc::new(config) })
+        Ok(Roots { config: Arc::new(config), verifier })
+    }
+
+    /// Judges `chain` (the end certificate first) served for `host` (a DNS
+    /// name or an IP address) as a client trusting these authorities would,
+    /// now.
+    pub fn check(&self, chain: &[CertificateDer<'static>], host: &str) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let Some((end, intermediates)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        self.verifier.verify_server_cert(end, intermediates, &name, &[], UnixTime::now()).map(|_| ())
     }
 
     /// The rustls client config that trusts these authorities.

@@ -838,6 +838,30 @@ fn default_id(host: &str, port: u16) -> String {
 }
 
 /// A ws:// or wss:// URL with a host (config, and a peer's `hello`).
+impl Config {
+    /// The host other nodes dial this one at: `node.advertise`'s, else the
+    /// listen address's.
+    pub(crate) fn dialled_host(&self) -> Option<String> {
+        match &self.node.advertise {
+            Some(url) => dialled_host(url),
+            None => dialled_host(&format!("ws://{}", self.node.listen)),
+        }
+    }
+}
+
+/// The host of a `ws://` or `wss://` URL, unless it is an unspecified
+/// address (0.0.0.0 or ::), which names no host to check a certificate for.
+pub(crate) fn dialled_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    let unspecified = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+    (!host.is_empty() && !unspecified).then(|| host.to_owned())
+}
+
 pub(crate) fn ws_url_ok(url: &str) -> bool {
     let rest = url.strip_prefix("ws://").or_else(|| url.strip_prefix("wss://"));
     rest.is_some_and(|rest| !rest.starts_with([':', '/']) && !rest.is_empty())
@@ -1146,6 +1170,15 @@ block = ["/x", "Upper", "text/snake_case"]
         assert!(warnings[0].starts_with("auth.required is on but routing.security.authenticate_links is off"));
         assert!(warnings[1].contains("mode is strict"));
         assert!(warnings[2].contains("cluster beta is both allowed (or bridged) and blocked"));
+    }
+
+    #[test]
+    fn the_dialled_host_is_the_one_a_certificate_must_name() {
+        assert_eq!(dialled_host("wss://a1.internal:7700/x").as_deref(), Some("a1.internal"));
+        assert_eq!(dialled_host("wss://[::1]:7700").as_deref(), Some("::1"));
+        assert_eq!(dialled_host("wss://10.0.0.5").as_deref(), Some("10.0.0.5"));
+        assert_eq!(dialled_host("wss://0.0.0.0:7700"), None, "0.0.0.0 names no host");
+        assert_eq!(dialled_host("wss://[::]:7700"), None);
     }
 
     #[test]

@@ -219,7 +219,12 @@ fn tls_reload(
             if config.tls.serves() { "on" } else { "off" }
         ));
     }
-    crate::tls::load(&config.tls)
+    // Checked for the address the node is known at, which a reload does not change.
+    let files = crate::tls::load(&config.tls, crate::config::dialled_host(&fabric.me.addr).as_deref())?;
+    if let Some(doubt) = &files.doubt {
+        tracing::warn!("{doubt}");
+    }
+    Ok((files.acceptor, files.roots))
 }
 
 impl RunningNode {
@@ -324,7 +329,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let (acceptor, roots) = crate::tls::load(&config.tls).map_err(NodeError::Tls)?;
+    let files = crate::tls::load(&config.tls, config.dialled_host().as_deref()).map_err(NodeError::Tls)?;
+    if let Some(doubt) = &files.doubt {
+        tracing::warn!("{doubt}");
+    }
+    let (acceptor, roots) = (files.acceptor, files.roots);
     let tls = acceptor.map(|a| Arc::new(crate::tls::ServerTls::new(a)));
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|error| NodeError::Bind { addr, what, error })

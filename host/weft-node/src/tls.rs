@@ -56,19 +56,55 @@ impl ServerTls {
     }
 }
 
-/// What `[tls]` asks for: the acceptor of both ports (with `cert` and
-/// `key`) and the authorities trusted when dialling.
-pub(crate) fn load(section: &TlsSection) -> Result<(Option<TlsAcceptor>, Roots), String> {
-    let acceptor = match (&section.cert, &section.key) {
-        (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
-        _ => None,
-    };
-    let roots = Roots::load(section.ca.as_deref()).map_err(|e| format!("tls.ca: {e}"))?;
-    Ok((acceptor, roots))
+/// What `[tls]` asks for, read from its files.
+pub(crate) struct TlsFiles {
+    /// The acceptor of both ports (with `cert` and `key`).
+    pub acceptor: Option<TlsAcceptor>,
+    /// The authorities trusted when dialling.
+    pub roots: Roots,
+    /// Why peers that trust only `roots` may refuse the certificate (an
+    /// issuer outside them): worth a warning, as other CAs may vouch for it.
+    pub doubt: Option<String>,
 }
 
-/// A TLS acceptor serving the certificate chain `cert` with its key `key`.
-fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// Reads `[tls]`. A certificate that cannot work is refused: one out of its
+/// validity dates, or one that does not name `host`, the host other nodes
+/// dial this one at.
+pub(crate) fn load(section: &TlsSection, host: Option<&str>) -> Result<TlsFiles, String> {
+    let roots = Roots::load(section.ca.as_deref()).map_err(|e| format!("tls.ca: {e}"))?;
+    let (Some(cert), Some(key)) = (&section.cert, &section.key) else {
+        return Ok(TlsFiles { acceptor: None, roots, doubt: None });
+    };
+    let chain = chain(cert)?;
+    let acceptor = acceptor(chain.clone(), key)?;
+    let doubt = match host.map(|host| (host, roots.check(&chain, host))) {
+        None | Some((_, Ok(()))) => None,
+        Some((host, Err(rustls::Error::InvalidCertificate(e)))) => {
+            use rustls::CertificateError::*;
+            let shown = cert.display();
+            match e {
+                Expired | ExpiredContext { .. } | NotValidYet | NotValidYetContext { .. } => {
+                    return Err(format!(
+                        "tls.cert: {shown} is out of its validity dates ({e}); make a new one (weft cert)"
+                    ));
+                }
+                NotValidForName | NotValidForNameContext { .. } => {
+                    return Err(format!(
+                        "tls.cert: {shown} does not name {host}, where other nodes dial this one (node.advertise, else node.listen): {e}; make one that does (weft cert --host {host})"
+                    ));
+                }
+                other => Some(format!(
+                    "tls.cert: nodes that trust only tls.ca (or the public authorities without it) will refuse {shown}: {other}"
+                )),
+            }
+        }
+        Some((_, Err(other))) => Some(format!("tls.cert: {} cannot be checked: {other}", cert.display())),
+    };
+    Ok(TlsFiles { acceptor: Some(acceptor), roots, doubt })
+}
+
+/// The certificate chain of the PEM file `cert`.
+fn chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -76,6 +112,11 @@ fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     if chain.is_empty() {
         return Err(format!("tls.cert: {} holds no CERTIFICATE block", cert.display()));
     }
+    Ok(chain)
+}
+
+/// A TLS acceptor serving `chain` with its key from the PEM file `key`.
+fn acceptor(chain: Vec<CertificateDer<'static>>, key: &Path) -> Result<TlsAcceptor, String> {
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("tls.key: cannot read a private key from {}: {e}", key.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
