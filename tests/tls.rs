@@ -132,7 +132,12 @@ async fn a_cluster_and_a_bridge_over_tls_serve_calls_to_clients_that_trust_the_c
 
     // Plain WebSocket to a TLS port: no connection, and the node counts it.
     let plain = a1.ws.replace("wss://", "ws://");
-    assert!(Client::connect(&plain).await.is_err());
+    let e = Client::connect(&plain).await.err().unwrap();
+    assert!(e.message.contains("the other side may serve TLS, so dial wss://"), "{e}");
+    // And the other way round.
+    let plain_node = TestNode::start(NodeSpec::default());
+    let e = Client::connect_with(&plain_node.ws.replace("ws://", "wss://"), &pki.roots()).await.err().unwrap();
+    assert!(e.message.contains("the other side may not serve TLS, so dial ws://"), "{e}");
     let admin = Admin::new(&a1.admin_url).with_roots(pki.roots());
     let failures = eventually("the failed handshake is counted", SETTLE, async || {
         let text = admin.get("/metrics").await.unwrap().text;

@@ -55,13 +55,30 @@ fn unavailable(message: String) -> WeftError {
     WeftError::new(ErrorKind::UNAVAILABLE, message)
 }
 
-/// The node's error, when it answered the WebSocket upgrade with one (a
-/// node at its connection limit answers 503 and says so).
-fn refused_upgrade(e: &tokio_tungstenite::tungstenite::Error) -> Option<WeftError> {
-    let tokio_tungstenite::tungstenite::Error::Http(answer) = e else {
-        return None;
+/// Why a WebSocket connection to a node failed: `Ok` with the node's own
+/// error when it answered the upgrade with one (a node at its connection
+/// limit answers 503 and says so), else the cause, with a hint where it is
+/// one of the usual mistakes. Nodes dialling their peers use it too.
+pub fn upgrade_failure(e: &tokio_tungstenite::tungstenite::Error) -> Result<WeftError, String> {
+    if let tokio_tungstenite::tungstenite::Error::Http(answer) = e
+        && let Some(error) = answer.body().as_deref().and_then(WeftError::from_http_body)
+    {
+        return Ok(error);
+    }
+    let text = e.to_string();
+    let hint = if text.contains("invalid HTTP version") {
+        " (the answer was not HTTP: the other side may serve TLS, so dial wss://)"
+    } else if text.contains("tls handshake eof")
+        || text.contains("InvalidContentType")
+        || text.contains("corrupt message")
+    {
+        " (the TLS handshake failed: the other side may not serve TLS, so dial ws://)"
+    } else if text.contains("HTTP version must be 1.1") || matches!(e, tokio_tungstenite::tungstenite::Error::Http(_)) {
+        " (an HTTP server answered, but not as a Weft node's WebSocket port)"
+    } else {
+        ""
     };
-    WeftError::from_http_body(answer.body().as_deref()?)
+    Err(format!("{text}{hint}"))
 }
 
 /// The error for requests lost when the node closed the connection. A close
@@ -96,12 +113,11 @@ impl Client {
         let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(tls));
         let connected =
             tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| no_answer(url, CONNECT_TIMEOUT))?;
-        let (ws, _) = connected.map_err(|e| {
-            refused_upgrade(&e).map(|refusal| refusal.context(format_args!("{url} refused the connection"))).unwrap_or_else(|| {
-                unavailable(format!(
-                    "cannot connect to {url}: {e}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
-                ))
-            })
+        let (ws, _) = connected.map_err(|e| match upgrade_failure(&e) {
+            Ok(refusal) => refusal.context(format_args!("{url} refused the connection")),
+            Err(cause) => unavailable(format!(
+                "cannot connect to {url}: {cause}; is the node running (weft node) and is --node right (wss:// for a node with [tls], with --ca naming its CA)?"
+            )),
         })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut rx) = mpsc::channel::<Message>(1024);

@@ -586,6 +586,16 @@ impl Config {
         for label in &self.node.resources {
             check(is_valid_name(label), &format!("node.resources: {label:?} is not a label; {NAME_RULE}"));
         }
+        let paths = [
+            ("tls.cert", self.tls.cert.as_deref()),
+            ("tls.key", self.tls.key.as_deref()),
+            ("tls.ca", self.tls.ca.as_deref()),
+            ("node.plugins", self.node.plugins.as_deref()),
+            ("node.data_dir", Some(self.node.data_dir.as_path())),
+        ];
+        for (key, _) in paths.iter().filter(|(_, path)| path.is_some_and(|p| p.as_os_str().is_empty())) {
+            check(false, &format!("{key}: is empty; name a file or folder, or leave the key out"));
+        }
         check(
             self.tls.cert.is_some() == self.tls.key.is_some(),
             "tls: give both cert and key (the node's certificate chain and its private key, PEM files), or neither",
@@ -1190,6 +1200,10 @@ block = ["/x", "Upper", "text/snake_case"]
         assert!(found[0].starts_with("node.advertise"), "{found:?}");
         assert!(found[1].contains("\"wss://:7700\""), "{found:?}");
         assert!(found[2].starts_with("node.resources: \"\""), "{found:?}");
+        let found = problems("[node]\nplugins = \"\"\n[tls]\ncert = \"\"\nkey = \"k.pem\"\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("tls.cert: is empty; name a file")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("node.plugins: is empty")), "{found:?}");
         // With [tls], plain addresses would carry the cluster's traffic in the clear.
         let tls = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
         let found = problems(&format!(

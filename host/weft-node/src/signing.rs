@@ -73,6 +73,12 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.trim_start().starts_with("-----BEGIN") {
+        return Err(format!(
+            "{} is a PEM file (a TLS key or certificate?), not a signing key; make one with `weft keygen --out FILE`",
+            path.display()
+        ));
+    }
     let bytes = B64.decode(text.trim()).map_err(|e| format!("{} is not base64: {e}", path.display()))?;
     let seed: [u8; 32] = bytes
         .try_into()
@@ -386,6 +392,8 @@ mod tests {
         assert!(load_signing_key(&path).unwrap_err().contains("base64"));
         std::fs::write(&path, B64.encode([1u8; 5])).unwrap();
         assert!(load_signing_key(&path).unwrap_err().contains("weft keygen"));
+        std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nMC4CAQ==\n-----END PRIVATE KEY-----\n").unwrap();
+        assert!(load_signing_key(&path).unwrap_err().contains("is a PEM file (a TLS key or certificate?)"));
         assert!(parse_public("AAAA").is_err());
         let (_, public) = generate();
         let path = dir.path().join("k.pub");

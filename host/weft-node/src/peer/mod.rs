@@ -776,7 +776,9 @@ impl Fabric {
         let (mut ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable("no answer within 5s".into()))?
-            .map_err(|e| unreachable(upgrade_failure(e)))?;
+            .map_err(|e| {
+                unreachable(weft_client::upgrade_failure(&e).map_or_else(|cause| cause, |refusal| refusal.message))
+            })?;
         let nonce = crate::signing::nonce();
         let proof = read(&self.link_auth).prove(&claim(&self.me, &nonce), Some(crate::unix_ms()));
         let hello = Hello { nonce: Some(nonce.clone()), proof, ..self.me.clone() };
@@ -824,17 +826,6 @@ impl Fabric {
         self.links_closing.cancel();
         self.link_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.link_tasks.wait()).await;
-    }
-}
-
-/// Why a dialled node's WebSocket upgrade failed: its own error when it
-/// answered with one (a node at its connection limit does).
-fn upgrade_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
-    match &e {
-        tokio_tungstenite::tungstenite::Error::Http(answer) => {
-            answer.body().as_deref().and_then(WeftError::from_http_body).map_or_else(|| e.to_string(), |r| r.message)
-        }
-        _ => e.to_string(),
     }
 }
 
