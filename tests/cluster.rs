@@ -216,6 +216,31 @@ async fn a_seed_at_its_connection_limit_is_named_and_joined_once_it_has_room() {
     converged(&[&a, &b], &["a", "b"]).await;
 }
 
+/// Each seed's state shows in /v1/peers: one that links, and one where
+/// nothing listens, with the reason.
+#[tokio::test]
+async fn peers_lists_how_each_seed_fares() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = format!("ws://{free}");
+    let seeds = format!("{:?}, {dead:?}", a.ws);
+    let b = TestNode::start(NodeSpec {
+        config: format!("id = \"b\"\ncluster = \"c1\"\nseeds = [{seeds}]\n"),
+        ..NodeSpec::default()
+    });
+    let seeds = eventually("both seeds dialled", SETTLE, async || {
+        let seeds = b.admin().get("/v1/peers").await.unwrap().body["seeds"].clone();
+        (seeds.as_array()?.len() == 2).then_some(seeds)
+    })
+    .await;
+    let by_addr = |addr: &str| seeds.as_array().unwrap().iter().find(|s| s["addr"] == addr).cloned().unwrap();
+    assert_eq!((&by_addr(&a.ws)["state"], &by_addr(&a.ws)["error"]), (&json!("linked"), &Value::Null), "{seeds}");
+    let failing = by_addr(&dead);
+    assert_eq!(failing["state"], "failing", "{seeds}");
+    assert!(failing["error"].as_str().unwrap().contains("Connection refused"), "{seeds}");
+    assert!(failing["since_unix_ms"].as_u64().unwrap() > 0, "{seeds}");
+}
+
 #[tokio::test]
 async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
     let a = member("a", vec!["echo"], &[], "", "1s");

@@ -367,7 +367,13 @@ fn peers(fabric: &Fabric) -> Value {
             })
         })
         .collect();
-    json!({ "node": fabric.me.node, "cluster": fabric.me.cluster, "links": links, "refused": fabric.refusals() })
+    json!({
+        "node": fabric.me.node,
+        "cluster": fabric.me.cluster,
+        "links": links,
+        "refused": fabric.refusals(),
+        "seeds": fabric.seeds(),
+    })
 }
 
 fn route_json(r: &weft_fabric::Route, now: weft_fabric::Millis) -> Value {

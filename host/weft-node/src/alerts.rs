@@ -26,16 +26,19 @@ pub enum AlertKind {
     RouteFlapping,
     /// A route update was unsigned, forged, replayed or from the wrong cluster.
     RouteSignature,
+    /// A seed could not be dialled for a while.
+    SeedUnreachable,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::LinkRefused,
         AlertKind::MemberDown,
         AlertKind::RateLimited,
         AlertKind::ClusterUnreachable,
         AlertKind::RouteFlapping,
         AlertKind::RouteSignature,
+        AlertKind::SeedUnreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl AlertKind {
             AlertKind::ClusterUnreachable => "cluster-unreachable",
             AlertKind::RouteFlapping => "route-flapping",
             AlertKind::RouteSignature => "route-signature",
+            AlertKind::SeedUnreachable => "seed-unreachable",
         }
     }
 }

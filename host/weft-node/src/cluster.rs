@@ -879,7 +879,19 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
             backoff = FIRST;
             Duration::from_millis(500)
         } else {
-            match fabric.dial(&addr).await {
+            let dialled = fabric.dial(&addr).await;
+            let (state, error) = match &dialled {
+                Ok(_) => ("linked", None),
+                Err(e) => match e.reject_kind() {
+                    None => ("failing", Some(e.to_string())),
+                    Some(crate::peer::RejectKind::SelfDial) => ("self", None),
+                    // Linked already, by a dial of the other side.
+                    Some(crate::peer::RejectKind::DuplicateLink) => ("linked", None),
+                    Some(_) => ("refused", Some(e.to_string())),
+                },
+            };
+            fabric.seed_dialled(&addr, state, error);
+            match dialled {
                 Ok(node) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(seed = %addr, "seed reachable again");

@@ -119,6 +119,52 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How the last dial of one of `node.seeds` went, as `/v1/peers` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedStatus {
+    pub addr: String,
+    /// `linked`, `failing` (unreachable, or not a Weft node), `refused` (by
+    /// policy, link authentication or a full cluster, on either side) or
+    /// `self` (this node's own address).
+    pub state: &'static str,
+    /// Why, unless linked.
+    pub error: Option<String>,
+    /// When it entered this state.
+    pub since_unix_ms: u64,
+}
+
+/// How long a seed may fail before it raises `seed-unreachable`: nodes of a
+/// cluster that start together fail to reach each other for a moment.
+const SEED_ALERT_AFTER_MS: u64 = 30_000;
+
+/// What a seed's latest dial means for its alert.
+#[derive(Debug, PartialEq, Eq)]
+enum SeedAlert {
+    Resolve,
+    Raise(String),
+    Leave,
+}
+
+impl SeedStatus {
+    /// Takes the outcome of a dial at `now`.
+    fn record(&mut self, state: &'static str, error: Option<String>, now: u64) -> SeedAlert {
+        if self.state != state {
+            (self.state, self.since_unix_ms) = (state, now);
+        }
+        self.error = error;
+        let failing_for = now.saturating_sub(self.since_unix_ms);
+        match (state, &self.error) {
+            ("linked", _) => SeedAlert::Resolve,
+            ("failing", Some(why)) if failing_for >= SEED_ALERT_AFTER_MS => SeedAlert::Raise(format!(
+                "seed {} has not been reachable for {} s: {why}",
+                self.addr,
+                failing_for / 1000
+            )),
+            _ => SeedAlert::Leave,
+        }
+    }
+}
+
 /// A peer link carries the calls of all the clients of the node at its
 /// other end, so it may have this many times a client connection's
 /// `limits.max_in_flight_per_connection` running or waiting here at once.
@@ -157,6 +203,8 @@ pub struct Fabric {
     links: RwLock<HashMap<NodeId, Arc<Link>>>,
     view: RwLock<ClusterView>,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// One entry per seed (`node.seeds`, a bounded list from the config).
+    seeds: Mutex<Vec<SeedStatus>>,
     /// Bounds the log lines of refusals and of malformed peer frames:
     /// handshakes from ever new addresses would each log one (they are all
     /// counted in the metrics).
@@ -265,6 +313,7 @@ impl Fabric {
             links: RwLock::default(),
             view: RwLock::default(),
             refusals: Mutex::default(),
+            seeds: Mutex::default(),
             refusal_logs: governor::RateLimiter::direct(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(60).expect("non-zero"),
             )),
@@ -452,6 +501,29 @@ impl Fabric {
 
     pub fn refusals(&self) -> Vec<Refusal> {
         lock(&self.refusals).iter().cloned().collect()
+    }
+
+    /// The seeds' states, in config order.
+    pub fn seeds(&self) -> Vec<SeedStatus> {
+        lock(&self.seeds).clone()
+    }
+
+    /// Records how a dial of seed `addr` went, raising `seed-unreachable`
+    /// once it has been failing for a while and resolving it when it links.
+    pub(crate) fn seed_dialled(&self, addr: &str, state: &'static str, error: Option<String>) {
+        let now = crate::unix_ms();
+        let mut seeds = lock(&self.seeds);
+        let index = seeds.iter().position(|s| s.addr == addr).unwrap_or_else(|| {
+            seeds.push(SeedStatus { addr: addr.to_owned(), state, error: None, since_unix_ms: now });
+            seeds.len() - 1
+        });
+        let alert = seeds[index].record(state, error, now);
+        drop(seeds);
+        match alert {
+            SeedAlert::Resolve => self.alerts.resolve(AlertKind::SeedUnreachable, addr),
+            SeedAlert::Raise(message) => self.alert(AlertKind::SeedUnreachable, addr, &message),
+            SeedAlert::Leave => {}
+        }
     }
 
     /// How links prove their cluster (set at start, before any link).
@@ -860,4 +932,29 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seed raises its alert only once it has been failing for a while,
+    /// keeps the time it started failing across retries, and resolves it
+    /// when it links.
+    #[test]
+    fn a_seed_alerts_after_failing_for_a_while_and_resolves_when_linked() {
+        let mut seed = SeedStatus { addr: "ws://s:1".into(), state: "failing", error: None, since_unix_ms: 1_000 };
+        let fail = |seed: &mut SeedStatus, now| seed.record("failing", Some("refused".into()), now);
+        assert_eq!(fail(&mut seed, 1_000), SeedAlert::Leave);
+        assert_eq!(fail(&mut seed, 1_000 + SEED_ALERT_AFTER_MS - 1), SeedAlert::Leave);
+        let SeedAlert::Raise(message) = fail(&mut seed, 1_000 + SEED_ALERT_AFTER_MS) else {
+            panic!("no alert after {SEED_ALERT_AFTER_MS} ms");
+        };
+        assert_eq!(message, "seed ws://s:1 has not been reachable for 30 s: refused");
+        assert_eq!(seed.record("linked", None, 40_000), SeedAlert::Resolve);
+        assert_eq!((seed.state, seed.since_unix_ms, seed.error.as_deref()), ("linked", 40_000, None));
+        // Failing again starts the count afresh; a refusal is not "unreachable".
+        assert_eq!(fail(&mut seed, 41_000), SeedAlert::Leave);
+        assert_eq!(seed.record("refused", Some("policy".into()), 99_000), SeedAlert::Leave);
+    }
 }
