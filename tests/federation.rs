@@ -429,6 +429,7 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     rewrite_federation(&b1, &format!("{STRICT}\n[limits]\nmemory = \"32MiB\""));
     let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
     assert_eq!((reply.status, &reply.body["needs_restart"]), (200, &json!(["limits"])), "{}", reply.text);
+    assert_eq!(reply.body["warnings"], json!([]), "{}", reply.text);
 
     // A broken file is refused and the policy in force stays.
     rewrite_federation(&b1, "[federation]\nmode = \"wide-open\"");

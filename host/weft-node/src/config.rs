@@ -5,7 +5,7 @@
 //! collected by serde_ignored (not `deny_unknown_fields`, which would stop at
 //! the first one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -694,6 +694,31 @@ impl Config {
                     .push(format!("federation: cluster {c} is both allowed (or bridged) and blocked; blocked wins"));
             }
         }
+        if f.blocked_clusters.contains(&self.node.cluster) {
+            warnings.push(format!(
+                "federation.blocked_clusters lists this node's own cluster {}, which has no effect: members are never refused by policy",
+                self.node.cluster
+            ));
+        }
+        if self.node.advertise.as_deref().is_some_and(|a| dialled_host(a).is_none()) {
+            warnings.push(
+                "node.advertise names no host other nodes can dial (0.0.0.0 or ::); give this machine's address"
+                    .to_owned(),
+            );
+        }
+        // With keys required, a neighbour with none listed can never link
+        // (authenticate_links) or have its routes taken (require_signatures).
+        let sec = &self.routing.security;
+        if sec.authenticate_links || sec.require_signatures {
+            let what = if sec.authenticate_links { "link" } else { "route update" };
+            let neighbours: BTreeSet<&String> =
+                f.allowed_clusters.iter().chain(f.bridges.iter().map(|b| &b.cluster)).collect();
+            for c in neighbours.into_iter().filter(|c| sec.trusted_keys.get(*c).is_none_or(Vec::is_empty)) {
+                warnings.push(format!(
+                    "routing.security.trusted_keys lists no key for cluster {c}, which federation allows or bridges: every {what} from it will be refused"
+                ));
+            }
+        }
         warnings
     }
 
@@ -1180,6 +1205,24 @@ block = ["/x", "Upper", "text/snake_case"]
         assert!(warnings[0].starts_with("auth.required is on but routing.security.authenticate_links is off"));
         assert!(warnings[1].contains("mode is strict"));
         assert!(warnings[2].contains("cluster beta is both allowed (or bridged) and blocked"));
+
+        // Settings that load but cannot work as meant.
+        std::fs::write(
+            &path,
+            "[node]\ncluster = \"alpha\"\nadvertise = \"ws://0.0.0.0:7700\"\n[federation]\nmode = \"explicit\"\nallowed_clusters = [\"gamma\"]\nblocked_clusters = [\"alpha\"]\n[[federation.bridges]]\ncluster = \"beta\"\n[routing.security]\nrequire_signatures = true\nsigning_key = \"k\"\ntrusted_keys = { gamma = [] }\n",
+        )
+        .unwrap();
+        let warnings = Config::load(Some(&path), &Overrides::default()).unwrap().warnings();
+        let expected = [
+            "federation.blocked_clusters lists this node's own cluster alpha",
+            "node.advertise names no host",
+            "trusted_keys lists no key for cluster beta, which federation allows or bridges: every route update from it will be refused",
+            "trusted_keys lists no key for cluster gamma",
+        ];
+        assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
+        for (warning, expected) in warnings.iter().zip(expected) {
+            assert!(warning.contains(expected), "{warning}");
+        }
     }
 
     #[test]

@@ -196,8 +196,14 @@ fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::
     if !needs_restart.is_empty() {
         tracing::warn!(sections = ?needs_restart, "the config file changed sections that a reload does not apply; restart the node for them");
     }
+    // As at startup: what loads but cannot work as meant.
+    let warnings = config.warnings();
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     Ok(serde_json::json!({
         "reloaded": path.display().to_string(),
+        "warnings": warnings,
         "links_closed": closed,
         "tenants": config.tenants.len(),
         "plugins_relimited": relimited,
