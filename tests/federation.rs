@@ -395,6 +395,27 @@ async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     );
 }
 
+/// A link closed by a reload is counted at the point it was judged at
+/// first: `link-out` on the node that dialled it.
+#[tokio::test]
+async fn a_reload_that_closes_a_dialled_link_counts_it_as_link_out() {
+    let b1 = node("b1", "beta", vec!["text"], &[], &allow("alpha"));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
+    eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    rewrite_federation(&a1, STRICT);
+    let reply = a1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.body["links_closed"], json!(["b1"]), "{}", reply.text);
+    let counters = a1.admin().get("/v1/federation").await.unwrap().body["counters"].clone();
+    let rejected = |point: &str| {
+        counters
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["point"] == point && c["outcome"] == "rejected" && c["rule"] == "strict-mode")
+    };
+    assert!(rejected("link-out") && !rejected("link-in"), "{counters}");
+}
+
 #[tokio::test]
 async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     let b1 = node("b1", "beta", vec!["text"], &[], &allow("alpha"));

@@ -571,7 +571,14 @@ impl Fabric {
         *self.rate.write().unwrap_or_else(|p| p.into_inner()) = RateLimit::new(rate_limit_per_minute).map(Arc::new);
         self.links()
             .into_iter()
-            .filter(|l| !self.decide(Point::LinkIn, self.policy().peer(&l.remote.cluster, Some(l.node()))).allowed)
+            .filter(|l| {
+                // Each link is judged again at the point it was first judged.
+                let point = match l.direction {
+                    Direction::Inbound => Point::LinkIn,
+                    Direction::Outbound => Point::LinkOut,
+                };
+                !self.decide(point, self.policy().peer(&l.remote.cluster, Some(l.node()))).allowed
+            })
             .collect()
     }
 
