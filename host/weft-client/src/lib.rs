@@ -263,13 +263,15 @@ impl Admin {
         headers: &[(&str, &str)],
     ) -> Result<AdminReply, WeftError> {
         let url = format!("{}{path}", self.base);
-        let exchange = self.exchange(method.clone(), &url, body, headers);
-        if method == hyper::Method::GET {
+        let bounded = method == hyper::Method::GET;
+        let exchange = self.exchange(method, &url, body, headers);
+        if bounded {
             return tokio::time::timeout(GET_TIMEOUT, exchange).await.map_err(|_| no_answer(&url, GET_TIMEOUT))?;
         }
         exchange.await
     }
 
+    /// One request and its whole reply, on a connection of its own.
     async fn exchange(
         &self,
         method: hyper::Method,
