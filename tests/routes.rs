@@ -443,6 +443,12 @@ async fn a_transit_cluster_carries_a_call_only_where_the_origin_sent_it() {
         let reply = peer.next_of("reply").await;
         let got = reply.get("value").unwrap_or(&reply["error"]["kind"]);
         assert_eq!(got, answer, "{reply}");
+        if answer == "POLICY_DENIED" {
+            // Its details name the cluster it was about and the path as a list.
+            let details = &reply["error"]["details"];
+            assert_eq!((&details["rule"], &details["cluster"]), (&json!("path"), &json!("gamma")), "{reply}");
+            assert_eq!(details["federation_path"], json!(["gamma", "alpha"]), "{reply}");
+        }
     }
 }
 

@@ -527,7 +527,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         // Each cluster appends itself as a call leaves it, so the path must
         // end with the neighbour's: otherwise the neighbour hides where the
         // call started, and so who may make it.
-        let said = || call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
+        let clusters = || call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>();
+        let said = || clusters().join(" -> ");
         if call.federation_path.last() != Some(&link.remote.cluster) {
             return Err(WeftError::invalid_request(format!(
                 "a call from cluster {} must carry a federation path that ends with it (got [{}])",
@@ -550,7 +551,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 ),
             )
             .with("rule", "path")
-            .with("federation_path", said()));
+            .with("cluster", started.as_str())
+            .with("federation_path", clusters()));
         }
         let authenticated = fabric.links_authenticated();
         call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
@@ -563,10 +565,15 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         ));
     }
     if link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster) {
-        let clusters = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ");
+        let clusters = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>();
         return Err(WeftError::new(
             ErrorKind::NO_ROUTE,
-            format!("call to {} came back to cluster {} (federation path {clusters})", call.function, me.cluster),
+            format!(
+                "call to {} came back to cluster {} (federation path {})",
+                call.function,
+                me.cluster,
+                clusters.join(" -> ")
+            ),
         )
         .with("federation_path", clusters));
     }
