@@ -72,9 +72,7 @@ impl AdminTarget {
         let admin = Admin::new(&url).with_roots(roots);
         let reply = if post { admin.post(path, "").await? } else { admin.get(path).await? };
         if let (426, Some(port)) = (reply.status, reply.body["error"]["details"]["admin_port"].as_u64()) {
-            let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
-            let authority = rest.split('/').next().unwrap_or_default();
-            let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+            let UrlParts { scheme, authority, host, .. } = UrlParts::of(&url);
             let ws = if scheme == "https" { "wss" } else { "ws" };
             anyhow::bail!(
                 "{url} is the node's WebSocket port, not its admin API: give {scheme}://{host}:{port} (the admin port) or {ws}://{authority}"
@@ -135,13 +133,33 @@ impl WsTarget {
     }
 }
 
+/// The parts of a URL that say where it goes.
+struct UrlParts<'a> {
+    /// Empty when the URL has none.
+    scheme: &'a str,
+    /// `host:port`, or the host alone.
+    authority: &'a str,
+    host: &'a str,
+    port: Option<&'a str>,
+}
+
+impl<'a> UrlParts<'a> {
+    fn of(url: &'a str) -> Self {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let authority = rest.split('/').next().unwrap_or_default();
+        // The port follows the last ':' outside an IPv6 address's brackets.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => (host, Some(port)),
+            _ => (authority, None),
+        };
+        UrlParts { scheme, authority, host, port }
+    }
+}
+
 /// Refuses a URL whose port cannot exist (the client libraries would dial
 /// some other port, or report a refused connection).
 fn check_port(url: &str) -> anyhow::Result<()> {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
-    // After the last ':' that is not inside an IPv6 address's brackets.
-    let port = authority.rsplit_once(':').filter(|(_, port)| !port.contains(']')).map(|(_, port)| port);
-    match port.map(str::parse::<u64>) {
+    match UrlParts::of(url).port.map(str::parse::<u64>) {
         Some(Ok(port)) if port > u64::from(u16::MAX) => anyhow::bail!("{url}: port {port} is over 65535"),
         _ => Ok(()),
     }
@@ -151,11 +169,8 @@ fn check_port(url: &str) -> anyhow::Result<()> {
 /// WebSocket port is answered with the admin port, on the same host and
 /// with the same TLS.
 async fn admin_of(ws: &str, roots: Roots) -> anyhow::Result<String> {
-    let (scheme, rest) = match ws.strip_prefix("wss://") {
-        Some(rest) => ("https", rest),
-        None => ("http", ws.trim_start_matches("ws://")),
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
+    let UrlParts { scheme, authority, host, .. } = UrlParts::of(ws);
+    let scheme = if scheme == "wss" { "https" } else { "http" };
     let reply = Admin::new(format!("{scheme}://{authority}")).with_roots(roots).get("/").await?;
     let port = reply.body["error"]["details"]["admin_port"].as_u64().ok_or_else(|| {
         anyhow::anyhow!(
@@ -163,6 +178,22 @@ async fn admin_of(ws: &str, roots: Roots) -> anyhow::Result<String> {
             reply.status
         )
     })?;
-    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
     Ok(format!("{scheme}://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UrlParts;
+
+    #[test]
+    fn url_parts_find_the_port_outside_ipv6_brackets() {
+        let parts = |url| {
+            let UrlParts { scheme, authority, host, port } = UrlParts::of(url);
+            (scheme, authority, host, port)
+        };
+        assert_eq!(parts("wss://h.example:7700/x"), ("wss", "h.example:7700", "h.example", Some("7700")));
+        assert_eq!(parts("http://[::1]:7701"), ("http", "[::1]:7701", "[::1]", Some("7701")));
+        assert_eq!(parts("ws://[::1]/"), ("ws", "[::1]", "[::1]", None));
+        assert_eq!(parts("localhost:99999"), ("", "localhost:99999", "localhost", Some("99999")));
+    }
 }
