@@ -162,6 +162,12 @@ async fn check_case(name: &str, alpha: &str, beta: &str, expected: Expected) {
             assert!(at_a1["reason"].as_str().unwrap().contains("rule"), "{what}: {at_a1}");
             assert_eq!(at_a1["rule"], at_b1["rule"], "{what}: one decision, seen from both sides");
             assert!(!linked(&a1, "b1").await && !linked(&b1, "a1").await, "{what}: no link");
+            // Not even for a moment: a welcome the dialler refuses brings no link up.
+            for (n, other) in [(&a1, "peer=b1"), (&b1, "peer=a1")] {
+                let up =
+                    n.stderr().lines().find(|l| l.contains("peer link up") && l.contains(other)).map(str::to_owned);
+                assert_eq!(up, None, "{what}: {} logged a link up", n.id);
+            }
             assert!(!sees(&a1, "beta", "upper").await, "{what}: beta's functions stay invisible");
             assert!(!sees(&b1, "alpha", "echo").await, "{what}: alpha's functions stay invisible");
             let err = call_in(&a1, "beta", "upper", vec![json!("x")]).await.unwrap_err();

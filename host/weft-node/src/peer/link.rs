@@ -167,6 +167,16 @@ impl Link {
         self.closed.cancel();
     }
 
+    /// Closes the link for good: calls waiting on it fail with UNAVAILABLE
+    /// (their senders are dropped) and calls it was serving stop.
+    pub(super) fn end(&self) {
+        self.close();
+        lock(&self.waiting).clear();
+        for (_, task) in lock(&self.serving).drain() {
+            task.abort();
+        }
+    }
+
     /// Whether the peer said goodbye; a leaving peer takes no new calls.
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Relaxed)
@@ -270,11 +280,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves a registered link until either side closes it.
-pub(super) async fn run<S>(fabric: Arc<Fabric>, link: Arc<Link>, ws: WebSocketStream<S>, mut outbound: Outbound)
-where
+pub(super) async fn run<S>(
+    fabric: Arc<Fabric>,
+    link: Arc<Link>,
+    ws: WebSocketStream<S>,
+    mut outbound: Outbound,
+    first: Option<Message>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, stream) = ws.split();
+    let mut stream = futures_util::stream::iter(first.map(Ok)).chain(stream);
     let metrics = fabric.metrics.clone();
     // Why this side closes the link, told to the peer in the close frame.
     let mut why: Option<CloseFrame> = None;
@@ -362,12 +378,7 @@ where
         };
         let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
     }
-    link.close();
-    // Dropping the waiters fails every call still waiting with UNAVAILABLE.
-    lock(&link.waiting).clear();
-    for (_, task) in lock(&link.serving).drain() {
-        task.abort();
-    }
+    link.end();
     // A peer that reads nothing would keep even the close frame waiting.
     let close = async {
         match why {
@@ -449,7 +460,7 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
             }
         }
         PeerMsg::Reject(reject) => {
-            // The dialler refused us after our welcome: its answer, recorded here too.
+            // Handshakes end in one (see `Fabric::accept`): this peer breaks the protocol.
             link.close();
             fabric.refused("remote", link.direction, &link.remote.addr, Some(&link.remote), &reject.bounded());
         }

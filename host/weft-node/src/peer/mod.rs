@@ -823,7 +823,23 @@ impl Fabric {
             self.unregister(&link);
             return;
         }
-        self.start(link, ws, rx);
+        // The dialler may still refuse the welcome (its policy, or our
+        // proof): the link is up once its first frame is not a refusal.
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await.ok().flatten().and_then(Result::ok);
+        let refusal = match &first {
+            Some(Message::Text(t)) => match serde_json::from_str::<PeerMsg>(t) {
+                Ok(PeerMsg::Reject(reject)) => Some(reject.bounded()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match (first, refusal) {
+            (Some(first), None) if !matches!(first, Message::Close(_)) => return self.start(link, ws, rx, Some(first)),
+            (_, Some(reject)) => self.refused("remote", Direction::Inbound, &hello.addr, Some(&hello), &reject),
+            _ => tracing::debug!(peer = %hello.node, "the dialler left before its link was up"),
+        }
+        link.end();
+        self.unregister(&link);
     }
 
     /// Refuses a `hello` that is malformed or cannot be read at all. Nothing
@@ -887,17 +903,18 @@ impl Fabric {
             return Err(DialError::RefusedHere { addr: addr.to_owned(), reject });
         }
         let node = remote.node.clone();
-        self.start(link, ws, rx);
+        self.start(link, ws, rx, None);
         Ok(node)
     }
 
-    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: link::Outbound)
+    /// Runs a link that is up; `first` is a frame already read from it.
+    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: link::Outbound, first: Option<Message>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         tracing::info!(peer = %link.node(), cluster = %link.remote.cluster, direction = ?link.direction, "peer link up");
         self.event(Event::LinkUp(link.clone()));
-        self.link_tasks.spawn(link::run(self.clone(), link, ws, rx));
+        self.link_tasks.spawn(link::run(self.clone(), link, ws, rx, first));
     }
 
     /// Closes every link (after the node drained).
