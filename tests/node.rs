@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually, metric};
+use support::{NodeSpec, TestNode, eventually, metric, peak_mib};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use weft_proto::{ErrorKind, Request};
@@ -793,6 +793,35 @@ async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losi
         answered.insert(reply["u"].as_str().unwrap().to_owned());
     }
     assert_eq!(read_so_far().await - before, 60.0);
+}
+
+/// A client that pings and never reads its pongs is read no faster than it
+/// takes them, and is let go after write_timeout: the pongs once piled up
+/// in the node without bound (1.4 GB in 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pings_without_reading_its_pongs_is_held_back_and_let_go() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nwrite_timeout = \"2s\"\n".into(), ..NodeSpec::default() });
+    let before = peak_mib(node.pid());
+    let (mut pinger, _) = tokio_tungstenite::connect_async(&node.ws).await.unwrap();
+    let ping = vec![7u8; 125];
+    let (mut sent, started) = (0usize, std::time::Instant::now());
+    // Until the node takes no more (a send waits), or for 3 s.
+    while started.elapsed() < Duration::from_secs(3) {
+        let send = pinger.send(Message::Ping(ping.clone().into()));
+        match tokio::time::timeout(Duration::from_millis(500), send).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    let sent_mib = sent * (ping.len() + 6) >> 20;
+    assert!(sent_mib < 64, "the node took {sent_mib} MiB of pings from a client that reads no pongs");
+    let connections = async || metric(&node.admin().get("/metrics").await.unwrap().text, "weft_connections ");
+    eventually("the pinging client to be let go", Duration::from_secs(20), async || {
+        (connections().await == Some(0.0)).then_some(())
+    })
+    .await;
+    let grew = peak_mib(node.pid()).saturating_sub(before);
+    assert!(grew < 64, "the node's peak memory grew by {grew} MiB");
 }
 
 #[tokio::test]

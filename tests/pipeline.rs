@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode};
+use support::{NodeSpec, TestNode, peak_mib};
 use weft_proto::{ErrorKind, Request, Response};
 
 fn request(cmds: Value) -> Request {
@@ -118,12 +118,6 @@ async fn a_long_command_does_not_hold_up_the_ones_beside_it() {
 }
 
 /// Peak resident memory of a process, in MiB (Linux).
-fn peak_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
-}
-
 /// A result that many commands use is copied into their arguments a few at
 /// a time (limits.max_frame worth of copies per request), not for all of
 /// them at once: 250 users of a 2 MB string took over 1 GB before.
@@ -139,6 +133,26 @@ async fn a_large_result_used_by_many_commands_is_not_copied_for_all_at_once() {
     assert!(r.as_object().unwrap().values().all(|n| *n == json!(1 << 20)), "every count is 2^20");
     let grew = peak_mib(node.pid()).saturating_sub(before);
     assert!(grew < 400, "the node's peak memory grew by {grew} MiB");
+}
+
+/// A command whose arguments repeat a reference to a large result is
+/// refused before anything is copied: a 12 KB request once made the node
+/// hold a 1 MiB result 1,500 times (3.1 GB).
+#[tokio::test]
+async fn a_command_repeating_a_large_result_past_max_frame_is_refused_before_copying() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_frame = \"64KiB\"\n".into(), ..NodeSpec::default() });
+    let pipeline = |copies: usize| {
+        json!([
+            {"name": "big", "fun": "echo", "args": ["x".repeat(10_000)]},
+            {"name": "z", "fun": "echos", "args": [vec![json!({"$ref": "big"}); copies]]},
+        ])
+    };
+    let r = ok(&node, pipeline(5)).await;
+    assert_eq!(r["z"].as_array().map(Vec::len), Some(5), "50 KB of copies fit in 64 KiB");
+    let e = err(&node, pipeline(7)).await;
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert_eq!((&e.details["command"], &e.details["size"], &e.details["limit"]), (&json!("z"), &json!(70_014), &json!(65536)));
+    assert!(e.message.contains("once its references are replaced"), "{}", e.message);
 }
 
 #[tokio::test]

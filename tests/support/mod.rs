@@ -156,6 +156,13 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl AsyncF
     }
 }
 
+/// The peak resident memory of process `pid` so far, in MiB.
+pub fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).expect("a size in kB") / 1024
+}
+
 /// Reads a counter/gauge sample from Prometheus text: the value of the first
 /// line starting with `prefix` (name plus labels as printed).
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {

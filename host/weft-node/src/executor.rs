@@ -143,7 +143,7 @@ impl Executor {
         let mut running = Steps::new(plan.steps().len() > 1 || load == NodeLoad::Idle);
         let mut turns = Turns::new(plan.steps().len(), self.fabric.max_frame);
         turns.wait(scheduler.initial_ready());
-        while let Some(step) = turns.next(&plan, &results) {
+        while let Some(step) = turns.next(&plan, &results)? {
             self.start(&mut plan, step, &mut results, &scope, &mut running)?;
         }
         while !scheduler.is_done() {
@@ -186,7 +186,7 @@ impl Executor {
             results.store(joined.step, value)?;
             timings[joined.step.0] = Some(Timing { started: joined.started, took: joined.elapsed, node: joined.node });
             turns.wait(scheduler.complete(joined.step));
-            while let Some(step) = turns.next(&plan, &results) {
+            while let Some(step) = turns.next(&plan, &results)? {
                 self.start(&mut plan, step, &mut results, &scope, &mut running)?;
             }
         }
@@ -803,17 +803,32 @@ impl Turns {
     }
 
     /// The next command to start, in the order they became ready, if its
-    /// copies fit beside those of the commands running.
-    fn next(&mut self, plan: &Plan, results: &Results) -> Option<StepIdx> {
-        let &step = self.waiting.front()?;
-        let cost: usize = plan.refs(step).into_iter().map(|(source, path)| results.copy_size(source, path)).sum();
+    /// copies fit beside those of the commands running. A command whose
+    /// copies alone exceed the budget fails the request before anything is
+    /// copied: a small request repeating a reference to a large result
+    /// would otherwise make the node hold it thousands of times.
+    fn next(&mut self, plan: &Plan, results: &Results) -> Result<Option<StepIdx>, WeftError> {
+        let Some(&step) = self.waiting.front() else { return Ok(None) };
+        let cost =
+            plan.refs(step).into_iter().map(|(source, path)| results.copy_size(source, path)).fold(0, usize::saturating_add);
+        if cost > self.budget {
+            let name = &plan.steps()[step.0].name;
+            let e = WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "command {name}: its arguments would be {cost} bytes (as JSON) once its references are replaced by the results they name, over limits.max_frame ({} bytes); pass a large result once rather than repeating its reference",
+                    self.budget
+                ),
+            );
+            return Err(e.with("command", name.as_str()).with("size", cost).with("limit", self.budget));
+        }
         if self.held > 0 && self.held.saturating_add(cost) > self.budget {
-            return None;
+            return Ok(None);
         }
         self.waiting.pop_front();
         self.holds[step.0] = cost;
         self.held += cost;
-        Some(step)
+        Ok(Some(step))
     }
 
     fn finished(&mut self, step: StepIdx) {

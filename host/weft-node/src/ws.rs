@@ -53,7 +53,16 @@ pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
         .read_buffer_size(16 << 10)
+        .write_buffer_size(WRITE_BUFFER)
+        // Room for the largest frame beside a full buffer, and no more:
+        // tungstenite answers every ping with a pong in this buffer, and a
+        // peer that pings without reading would otherwise grow it for ever
+        // (1.4 GB in 5 s, measured). Pongs past it wait as one.
+        .max_write_buffer_size(max_frame + 2 * WRITE_BUFFER)
 }
+
+/// tungstenite writes out what it has buffered past this (its default).
+const WRITE_BUFFER: usize = 128 << 10;
 
 /// Serves WebSocket clients (and peers, whose first frame says so) on
 /// `port` until `shutdown`; each connection is a task of `tracker`.
@@ -168,7 +177,17 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let (bytes, binary) = match msg {
             Some(Ok(Message::Text(t))) => (t.as_bytes().to_vec(), false),
             Some(Ok(Message::Binary(b))) => (b.to_vec(), true),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Ping(_))) => {
+                // Its pong is a reply like any other: nothing more is read
+                // until the client takes it, and a client that does not
+                // within write_timeout is let go.
+                if tokio::time::timeout(ctx.write_timeout, sink.flush()).await.map_or(true, |flushed| flushed.is_err()) {
+                    client_left = true;
+                    break;
+                }
+                continue;
+            }
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Close(_))) | None => {
                 client_left = true;
                 break;
