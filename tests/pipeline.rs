@@ -151,7 +151,10 @@ async fn a_command_repeating_a_large_result_past_max_frame_is_refused_before_cop
     assert_eq!(r["z"].as_array().map(Vec::len), Some(5), "50 KB of copies fit in 64 KiB");
     let e = err(&node, pipeline(7)).await;
     assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
-    assert_eq!((&e.details["command"], &e.details["size"], &e.details["limit"]), (&json!("z"), &json!(70_014), &json!(65536)));
+    assert_eq!(
+        (&e.details["command"], &e.details["size"], &e.details["limit"]),
+        (&json!("z"), &json!(70_014), &json!(65536))
+    );
     assert!(e.message.contains("once its references are replaced"), "{}", e.message);
 }
 

@@ -244,6 +244,18 @@ async fn a_malformed_result_and_an_exit_are_the_guests_faults() {
     assert_still_serving(&node).await;
 }
 
+/// WASI random bytes are made by the host, outside the guest's memory and
+/// out of reach of its deadline, so one call may ask for 1 MiB at most.
+#[tokio::test]
+async fn a_guest_gets_at_most_a_mebibyte_of_random_bytes_per_call() {
+    let node = TestNode::start(NodeSpec::default());
+    assert_eq!(call(&node, "random-bytes", vec![json!(1 << 20)]).await.unwrap(), json!(1 << 20));
+    let e = call(&node, "random-bytes", vec![json!((1 << 20) + 1)]).await.unwrap_err();
+    assert_eq!((e.kind, trap(&e)), (ErrorKind::GUEST_TRAP, "guest_fault"), "{}", e.message);
+    assert!(e.message.contains("1048576"), "{}", e.message);
+    assert_still_serving(&node).await;
+}
+
 /// A component of `depth` nested loops: small, valid, and slow and hungry
 /// to compile (20,000 take 2.3 s and 450 MB here, growing faster than
 /// linearly).

@@ -809,8 +809,11 @@ impl Turns {
     /// would otherwise make the node hold it thousands of times.
     fn next(&mut self, plan: &Plan, results: &Results) -> Result<Option<StepIdx>, WeftError> {
         let Some(&step) = self.waiting.front() else { return Ok(None) };
-        let cost =
-            plan.refs(step).into_iter().map(|(source, path)| results.copy_size(source, path)).fold(0, usize::saturating_add);
+        let cost = plan
+            .refs(step)
+            .into_iter()
+            .map(|(source, path)| results.copy_size(source, path))
+            .fold(0, usize::saturating_add);
         if cost > self.budget {
             let name = &plan.steps()[step.0].name;
             let e = WeftError::new(

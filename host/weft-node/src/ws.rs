@@ -181,7 +181,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 // Its pong is a reply like any other: nothing more is read
                 // until the client takes it, and a client that does not
                 // within write_timeout is let go.
-                if tokio::time::timeout(ctx.write_timeout, sink.flush()).await.map_or(true, |flushed| flushed.is_err()) {
+                if tokio::time::timeout(ctx.write_timeout, sink.flush()).await.map_or(true, |flushed| flushed.is_err())
+                {
                     client_left = true;
                     break;
                 }

@@ -94,6 +94,12 @@ impl SandboxState {
     }
 }
 
+/// The most random bytes one WASI call may ask for. The host makes them
+/// outside the guest's memory limit and cannot interrupt the call: two
+/// guests asking for 60 MB at a time held up other calls for seconds
+/// (wasmtime's own cap is 64 MiB).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let output = &self.output;
@@ -105,6 +111,7 @@ impl WasiView for SandboxState {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .max_random_size(MAX_RANDOM_BYTES)
                 .build()
         });
         WasiCtxView { ctx, table: &mut self.table }

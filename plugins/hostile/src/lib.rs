@@ -10,8 +10,9 @@ use std::hint::black_box;
 use std::io::Write;
 
 wit_bindgen::generate!({
-    world: "hostile",
-    path: "../../wit/examples/hostile.wit",
+    world: "weft:hostile/hostile",
+    path: ["../../wit/examples/hostile-deps/random.wit", "../../wit/examples/hostile.wit"],
+    with: { "wasi:random/random@0.2.0": generate },
 });
 
 const MIB: usize = 1 << 20;
@@ -86,6 +87,10 @@ impl Guest for Hostile {
         // Deliberately invalid: the canonical ABI passes it as a plain u32,
         // and the host must refuse to read it, not trust it.
         unsafe { char::from_u32_unchecked(black_box(0xD800)) }
+    }
+
+    fn random_bytes(len: u64) -> u64 {
+        wasi::random::random::get_random_bytes(len).len() as u64
     }
 
     fn quit(status: u32) {
