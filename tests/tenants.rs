@@ -372,3 +372,40 @@ async fn a_reload_applies_changed_tenant_limits_to_the_tenants_plugins() {
     let e = call_as(&n, Some(ACME), "spin", vec![]).await.unwrap_err();
     assert!(e.message.contains("its deadline of 300ms"), "{e}");
 }
+
+/// A plugin name belongs to one tenant: a file of acme's that claims the
+/// name of the operator's `echo` (at a higher version, open to everyone)
+/// would otherwise take every bare `echo` call. Neither loads, both say
+/// why, and renaming one brings the other back.
+#[tokio::test]
+async fn a_plugin_name_claimed_by_two_tenants_loads_for_neither() {
+    let node = TestNode::start(NodeSpec {
+        plugins: vec!["echo", "math"],
+        files: vec![
+            ("aaa.wasm".to_owned(), weft_bundle::get("echo").unwrap().to_vec()),
+            (
+                "aaa.toml".to_owned(),
+                b"name = \"echo\"\nversion = \"9.9.9\"\ntenant = \"acme\"\ncallers = [\"*\"]\n".to_vec(),
+            ),
+        ],
+        config: "watch_plugins = false\n".into(),
+    });
+    let e = call_as(&node, None, "echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", e.message);
+    let plugins = node.admin().get("/v1/plugins").await.unwrap().body;
+    let failed = plugins["failed"].as_array().unwrap();
+    for file in ["aaa.wasm", "echo.wasm"] {
+        let reason = failed.iter().find(|f| f["file"] == file).map(|f| f["reason"].to_string()).unwrap_or_default();
+        assert!(reason.contains("tenant acme in aaa.wasm; tenant default in echo.wasm"), "{file}: {plugins}");
+    }
+    assert_eq!(call_as(&node, None, "add", vec![json!(1), json!(2)]).await.unwrap(), json!(3), "the others load");
+    std::fs::remove_file(node.plugins_dir().join("aaa.toml")).unwrap();
+    std::fs::rename(node.plugins_dir().join("aaa.wasm"), node.plugins_dir().join("acme-echo.wasm")).unwrap();
+    let reply = node.admin().post("/v1/plugins/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let e = call_as(&node, None, "echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION, "both echo plugins serve again: {}", e.message);
+    let mut req = Request::new("", vec![Command::new("x", "echo", vec![json!("hi")])]);
+    req.cmds[0].function_id = Some("echo/echo".into());
+    assert_eq!(node.client().await.request(req).await.unwrap().into_result().unwrap()["x"], json!("hi"));
+}

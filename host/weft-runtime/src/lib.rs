@@ -6,6 +6,7 @@
 //! routing or the wire protocol beyond the value mapping of `weft-proto`.
 
 mod cache;
+mod claims;
 pub mod compile;
 mod config;
 mod convert;

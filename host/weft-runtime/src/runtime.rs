@@ -13,6 +13,7 @@ use weft_proto::wit::{self, WitType, WitValue};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::cache;
+use crate::claims::Claims;
 use crate::config::{Limits, RuntimeConfig};
 use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
@@ -172,7 +173,12 @@ impl Runtime {
                 return report;
             }
         };
+        let claims = read_claims(&folder, &names, self.config.max_plugin_bytes);
         for file in names {
+            if let Some(reason) = claims.contest(&file) {
+                report.failed.push(self.fail(file, reason));
+                continue;
+            }
             let stem = file.trim_end_matches(".wasm").to_owned();
             let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
                 .and_then(|(wasm, manifest)| self.load_component(&file, &stem, &wasm, manifest.as_deref()));
@@ -380,15 +386,24 @@ impl Runtime {
         };
         // Failures describe the folder as it is now.
         write(&self.failures).clear();
+        let claims = read_claims(&folder, &files, self.config.max_plugin_bytes);
         write(&self.plugins).retain(|p| {
-            let keep = files.contains(&p.file);
-            if !keep {
+            let (gone, contested) = (!files.contains(&p.file), claims.contest(&p.file).is_some());
+            if gone {
                 tracing::info!(plugin = %p.label, file = %p.file, "plugin unloaded: its file is gone");
+            } else if contested {
+                tracing::info!(plugin = %p.label, file = %p.file, "plugin unloaded: another tenant's plugin claims its name too");
+            }
+            if gone || contested {
                 report.unloaded.push(p.label.to_string());
             }
-            keep
+            !(gone || contested)
         });
         for file in files {
+            if let Some(reason) = claims.contest(&file) {
+                report.failed.push(self.fail(file, reason));
+                continue;
+            }
             let stem = file.trim_end_matches(".wasm").to_owned();
             let (wasm, manifest) = match read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes) {
                 Ok(read) => read,
@@ -964,6 +979,29 @@ fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
         }
     }
     Ok((folder, names))
+}
+
+/// The plugin name and tenant each of `files` claims, from its manifest. A
+/// manifest that cannot be read or parsed claims nothing: its plugin fails
+/// to load anyway, saying why.
+fn read_claims(folder: &cap_std::fs::Dir, files: &[String], max: u64) -> Claims {
+    let mut claims = Claims::default();
+    for file in files {
+        let stem = file.trim_end_matches(".wasm");
+        let manifest = match read_regular(folder, &format!("{stem}.toml"), max) {
+            Ok(bytes) => match String::from_utf8(bytes)
+                .ok()
+                .and_then(|text| Manifest::parse(&format!("{stem}.toml"), &text).ok())
+            {
+                Some(manifest) => manifest,
+                None => continue,
+            },
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(_) => continue,
+        };
+        claims.add(file, manifest.name.as_deref().unwrap_or(stem), manifest.tenant());
+    }
+    claims
 }
 
 fn read_plugin_files(
