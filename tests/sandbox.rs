@@ -244,6 +244,38 @@ async fn a_malformed_result_and_an_exit_are_the_guests_faults() {
     assert_still_serving(&node).await;
 }
 
+/// A plugin's deadline counts from when its call gets a sandbox slot: time
+/// spent waiting while other calls held every slot is the caller's to
+/// bound, not the guest's fault.
+#[tokio::test]
+async fn a_plugins_deadline_starts_when_its_call_gets_a_slot() {
+    let mut spec = NodeSpec { config: "[limits]\nmax_concurrency = 2\n".into(), ..NodeSpec::default() };
+    spec.files.push(("echo.toml".into(), b"[limits]\ndeadline = \"500ms\"\n".to_vec()));
+    let node = TestNode::start(spec);
+    let client = std::sync::Arc::new(node.client().await);
+    // Two spins hold both slots until their 1 s deadline.
+    let spins: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("spin", vec![]).await })
+        })
+        .collect();
+    support::eventually("both spins running", std::time::Duration::from_secs(5), async || {
+        let metrics = node.admin().get("/metrics").await.ok()?.text;
+        (support::metric(&metrics, "weft_in_flight_requests ") == Some(2.0)).then_some(())
+    })
+    .await;
+    let waited = std::time::Instant::now();
+    assert_eq!(client.call("echo", vec![json!("queued")]).await.unwrap(), json!("queued"));
+    assert!(
+        waited.elapsed() > std::time::Duration::from_millis(500),
+        "echo waited for a slot longer than its deadline"
+    );
+    for spin in spins {
+        assert_eq!(trap(&spin.await.unwrap().unwrap_err()), "interrupted");
+    }
+}
+
 /// WASI random bytes are made by the host, outside the guest's memory and
 /// out of reach of its deadline, so one call may ask for 1 MiB at most.
 #[tokio::test]

@@ -593,18 +593,20 @@ impl Runtime {
             .with("rule", "callers")
             .with("tenant", tenant));
         }
-        let own_deadline = Instant::now() + plugin.limits.deadline;
-        // Whose deadline an interrupt enforces: the caller's is a timeout,
-        // the plugin's own a fault of the guest.
-        let stop = if deadline < own_deadline { Stop::Caller } else { Stop::Plugin(plugin.limits.deadline) };
-        let deadline = deadline.min(own_deadline);
-
+        // Only the caller's deadline runs while the call waits for a slot:
+        // the plugin's own is for running, and a guest is not blamed for
+        // the time other calls held every slot.
         let slot = tokio::time::timeout_at(deadline.into(), self.slots.acquire(caller)).await.map_err(|_| {
             WeftError::new(
                 ErrorKind::DEADLINE_EXCEEDED,
                 format!("{qualified}: the deadline passed while waiting for a free sandbox slot (limits.max_concurrency = {})", self.config.max_concurrency),
             )
         })?;
+        let own_deadline = Instant::now() + plugin.limits.deadline;
+        // Whose deadline an interrupt enforces: the caller's is a timeout,
+        // the plugin's own a fault of the guest.
+        let stop = if deadline < own_deadline { Stop::Caller } else { Stop::Plugin(plugin.limits.deadline) };
+        let deadline = deadline.min(own_deadline);
         let _running = Running::enter(&self.running);
         // Converted only now: calls waiting for a slot hold one copy of their arguments, not two.
         let params = convert_args(qualified, &function.sig, args)?;
