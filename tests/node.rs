@@ -235,8 +235,30 @@ async fn oversized_frames_close_the_connection_with_1009_and_the_node_serves_on(
     let e = client.call("echo", vec![json!(big)]).await.unwrap_err();
     assert_eq!(e.kind, weft_proto::ErrorKind::INVALID_REQUEST);
     assert!(e.message.contains("code 1009") && e.message.contains("limits.max_frame"), "{e}");
+    // Also for a frame far beyond what the sockets hold: the node reads and
+    // drops the rest, so the client can finish writing it and still read
+    // why it was refused (its close frame was lost to a reset before).
+    use tokio::io::AsyncWriteExt;
+    let mut ws = raw_socket(&node).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("a plain socket") };
+    let len: u64 = 48 << 20;
+    // FIN and text, masked (with a key of zeros), a 64-bit length.
+    let header: Vec<u8> = [0x81, 0xFF].into_iter().chain(len.to_be_bytes()).chain([0; 4]).collect();
+    tcp.write_all(&header).await.unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for i in 0..48 {
+        tcp.write_all(&chunk).await.unwrap_or_else(|e| panic!("the node stopped reading after {i} MiB: {e}"));
+    }
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
     let text = node.admin().get("/metrics").await.unwrap().text;
-    assert_eq!(metric(&text, "weft_frames_rejected_total{kind=\"too_large\"}"), Some(3.0), "{text}");
+    assert_eq!(metric(&text, "weft_frames_rejected_total{kind=\"too_large\"}"), Some(4.0), "{text}");
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -129,8 +129,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             _ => {}
         }
     }
-    let (mut sink, incoming) = ws.split();
-    let mut incoming = futures_util::stream::iter(first).chain(incoming);
+    let (mut sink, mut incoming) = ws.split();
+    let mut first = first;
     // This task reads requests and writes every reply. A request that
     // arrives while none is in flight runs right here (no task to spawn, no
     // other worker to wake: the usual one-at-a-time client); one that
@@ -148,6 +148,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     // parsed, so it cannot be refused like a small one).
     let mut parked: Option<(Vec<u8>, bool)> = None;
     let mut client_left = false;
+    // Closed by the node while the client may still be sending (the rest
+    // of a frame it refused, say).
+    let mut still_sending = false;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -172,7 +175,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 continue;
             }
-            msg = incoming.next(), if parked.is_none() => msg,
+            msg = next_message(&mut first, &mut incoming), if parked.is_none() => msg,
         };
         let (bytes, binary) = match msg {
             Some(Ok(Message::Text(t))) => (t.as_bytes().to_vec(), false),
@@ -199,6 +202,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
                 let close = Message::Close(Some(close_frame(CloseCode::Size, &reason)));
                 let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
+                still_sending = true;
                 break;
             }
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed))
@@ -215,7 +219,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 let code = if matches!(e, WsError::Utf8(_)) { CloseCode::Invalid } else { CloseCode::Protocol };
                 let close = Message::Close(Some(close_frame(code, &e.to_string())));
                 let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
-                client_left = true;
+                (client_left, still_sending) = (true, true);
                 break;
             }
         };
@@ -311,7 +315,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 Some(_) = calls.join_next(), if !calls.is_empty() => Ok(()),
                 Some(reply) = replies.recv() => sink.feed(reply).await,
-                msg = incoming.next(), if reading => match msg {
+                msg = next_message(&mut first, &mut incoming), if reading => match msg {
                     Some(Ok(Message::Text(t))) => sink.feed(turned_away(&ctx.executor, t.as_bytes(), false)).await,
                     Some(Ok(Message::Binary(b))) => sink.feed(turned_away(&ctx.executor, &b, true)).await,
                     Some(Ok(_)) => Ok(()),
@@ -333,6 +337,29 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     }
     // A client that reads nothing would keep even the close frame waiting.
     let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+    // Closing a socket with unread bytes resets it, and the client's
+    // kernel then drops the close frame it had not read yet: it would learn
+    // nothing of why. What it sends for a moment more is read and dropped.
+    if still_sending && let Ok(mut ws) = sink.reunite(incoming) {
+        let mut unread = [0u8; 16 << 10];
+        let discard = async { while ws.get_mut().read(&mut unread).await.is_ok_and(|n| n > 0) {} };
+        let _ = tokio::time::timeout(DISCARD_FOR, discard).await;
+    }
+}
+
+/// How long a connection the node closed keeps reading what its client
+/// still sends, so that the close frame reaches the client.
+const DISCARD_FOR: Duration = Duration::from_secs(2);
+
+/// The message read before the loop, then the next from the client.
+async fn next_message(
+    first: &mut Option<Result<Message, WsError>>,
+    incoming: &mut SplitStream<WebSocketStream<BufReader<Conn>>>,
+) -> Option<Result<Message, WsError>> {
+    match first.take() {
+        Some(message) => Some(message),
+        None => incoming.next().await,
+    }
 }
 
 /// The answer to a request that arrived while the node drains.
@@ -407,30 +434,53 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Answers a whole HTTP request that does not ask for a WebSocket (a client
-/// that meant the admin port) with 426 and where to go, instead of a
-/// closed connection; true if it did. Looks only at what the first read
-/// brought: anything else is left to the WebSocket handshake.
+/// Answers a whole HTTP request that is not a WebSocket upgrade this node
+/// can take (plain HTTP from a client that meant the admin port, or an
+/// upgrade without the version or key of RFC 6455) with its status and why,
+/// instead of a closed connection; true if it did. Looks only at what the
+/// first read brought: anything else is left to the WebSocket handshake.
 async fn refused_plain_http(stream: &mut BufReader<Conn>, admin_port: u16) -> bool {
     let Ok(head) = stream.fill_buf().await else {
         return false;
     };
     let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    // The upgrade header, not any mention (a path like /websocket).
-    let upgrade = head.lines().any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
-    if !head.contains("\r\n\r\n") || upgrade {
+    let Some((status, header, e)) = refusal(&head, admin_port) else {
         return false;
-    }
-    // The admin port (same host, same TLS) is how `weft catalog --node
-    // ws://...` finds the admin API.
-    let e = WeftError::invalid_request(format!(
-        "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port, {admin_port} (POST /v1/call)"
-    ))
-    .with("admin_port", admin_port);
-    let answer = crate::listen::http_error("426 Upgrade Required", "upgrade: websocket", &e);
+    };
+    let answer = crate::listen::http_error(status, header, &e);
     let _ = stream.get_mut().write_all(answer.as_bytes()).await;
     let _ = stream.get_mut().shutdown().await;
     true
+}
+
+/// What a complete request `head` (lower case) that this port cannot
+/// upgrade is answered: status, one more header line, and the error.
+fn refusal(head: &str, admin_port: u16) -> Option<(&'static str, &'static str, WeftError)> {
+    if !head.contains("\r\n\r\n") {
+        return None;
+    }
+    let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    // The upgrade header, not any mention (a path like /websocket).
+    if !header("upgrade:").is_some_and(|v| v.contains("websocket")) {
+        // The admin port (same host, same TLS) is how `weft catalog --node
+        // ws://...` finds the admin API.
+        let e = WeftError::invalid_request(format!(
+            "this is the node's WebSocket port: connect a WebSocket client to it (weft call --node ws://HOST:PORT), or send HTTP to the admin port, {admin_port} (POST /v1/call)"
+        ))
+        .with("admin_port", admin_port);
+        return Some(("426 Upgrade Required", "upgrade: websocket", e));
+    }
+    if header("sec-websocket-version:") != Some("13") {
+        let e = WeftError::invalid_request(
+            "the node speaks WebSocket version 13 (RFC 6455): the upgrade needs the header sec-websocket-version: 13",
+        );
+        return Some(("426 Upgrade Required", "sec-websocket-version: 13", e));
+    }
+    if header("sec-websocket-key:").is_none_or(str::is_empty) {
+        let e = WeftError::invalid_request("a WebSocket upgrade needs a sec-websocket-key header (RFC 6455)");
+        return Some(("400 Bad Request", "sec-websocket-version: 13", e));
+    }
+    None
 }
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
@@ -455,4 +505,28 @@ async fn write_replies(
         );
         Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn only_a_whole_rfc_6455_upgrade_goes_on_to_the_handshake() {
+        let status = |head: &str| refusal(head, 7701).map(|(status, header, e)| (status, header, e.message));
+        let upgrade = "get / http/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n";
+        let good = format!("{upgrade}sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        assert_eq!(status(&good), None);
+        assert_eq!(status(&good[..good.len() - 2]), None, "an incomplete head is left to the handshake");
+        let (code, header, message) = status("get /websocket http/1.1\r\nhost: x\r\n\r\n").unwrap();
+        assert_eq!((code, header), ("426 Upgrade Required", "upgrade: websocket"));
+        assert!(message.contains("admin port, 7701"), "{message}");
+        let (code, header, message) =
+            status(&format!("{upgrade}sec-websocket-version: 8\r\nsec-websocket-key: a2V5\r\n\r\n")).unwrap();
+        assert_eq!((code, header), ("426 Upgrade Required", "sec-websocket-version: 13"));
+        assert!(message.contains("version 13"), "{message}");
+        let (code, _, message) = status(&format!("{upgrade}sec-websocket-version: 13\r\n\r\n")).unwrap();
+        assert_eq!(code, "400 Bad Request");
+        assert!(message.contains("sec-websocket-key"), "{message}");
+    }
 }
