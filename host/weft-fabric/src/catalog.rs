@@ -302,7 +302,8 @@ impl Wanted {
         let close = |id: &FunctionId| {
             let (name, whole) = (id.function.to_lowercase(), id.to_string().to_lowercase());
             let candidate = if matches!(self, Wanted::Pinned(_)) { whole } else { name.clone() };
-            let typos = strsim::levenshtein(&asked, &candidate);
+            // Two letters swapped are one typo.
+            let typos = strsim::osa_distance(&asked, &candidate);
             let same_name = match self {
                 Wanted::Pinned(p) => p.function.to_lowercase() == name,
                 Wanted::Bare(_) => false,
@@ -421,6 +422,7 @@ mod tests {
             ("TEXT/Upper", "text/upper"),
             ("wordcount", "text/word-count"),
             ("math/divid", "math/divide"),
+            ("ecoh", "echo/echo"),
         ] {
             assert!(says(fun).contains(&format!("(did you mean {meant}?)")), "{fun}: {}", says(fun));
         }
