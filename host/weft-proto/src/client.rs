@@ -129,18 +129,31 @@ impl Request {
         // A well-formed request parses straight into its struct; only one
         // that does not goes through `Value`, to say what is wrong with it
         // (a 10-command request decodes in half the time this way).
-        if let Ok(request) = serde_json::from_slice::<Request>(bytes)
-            && request.role == RPC_ROLE
-        {
-            return Ok(request);
-        }
+        // A `Value` keeps the last of two equal keys, so a field given twice
+        // would run with one of the two silently: only this parse sees it.
+        let duplicate = match serde_json::from_slice::<Request>(bytes) {
+            Ok(request) if request.role == RPC_ROLE => return Ok(request),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()).filter(|e| e.starts_with("duplicate field")),
+        };
         // A `u` of another type is echoed as its text, so that a client with
         // several requests in flight can still tell which one was refused.
         let u_text = |u: &Value| u.as_str().map_or_else(|| u.to_string(), str::to_owned);
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             let u = read_u(bytes).map(|u| u_text(&u));
-            (u, WeftError::parse(format!("the message is not valid JSON: {e}")))
+            let e = if e.to_string().starts_with("recursion limit exceeded") {
+                WeftError::parse(format!(
+                    "the message nests arrays and objects more than 128 deep, which the node does not read ({e}); flatten the value"
+                ))
+            } else {
+                WeftError::parse(format!("the message is not valid JSON: {e}"))
+            };
+            (u, e)
         })?;
+        if let Some(e) = duplicate {
+            let u = value.get("u").map(u_text);
+            return Err((u, WeftError::invalid_request(format!("bad request shape: {e}; give each field once"))));
+        }
         let u = value.get("u").map(u_text);
         let Some(obj) = value.as_object() else {
             return Err((None, WeftError::invalid_request("a request must be a JSON object")));
@@ -411,6 +424,36 @@ mod tests {
         .unwrap();
         assert_eq!(req.cmds[0].fun, "echo");
         assert_eq!(req.cmds[0].function_id, None);
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_not_half_read() {
+        for (frame, field) in [
+            (&br#"{"role": "rpc", "u": "a", "u": "b", "cmds": []}"#[..], "u"),
+            (
+                br#"{"role": "rpc", "u": "a", "cmds": [{"name": "x", "fun": "echo", "fun": "upper", "args": []}]}"#,
+                "fun",
+            ),
+        ] {
+            let (u, e) = Request::decode(frame).unwrap_err();
+            assert_eq!(
+                (u.as_deref(), e.kind),
+                (Some(if field == "u" { "b" } else { "a" }), ErrorKind::INVALID_REQUEST)
+            );
+            assert!(e.message.contains(&format!("duplicate field `{field}`")), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_named_as_such() {
+        let deep = format!(
+            r#"{{"role": "rpc", "u": "d", "cmds": [{{"name": "a", "fun": "echo", "args": [{}{}]}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let (_, e) = Request::decode(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PARSE_ERROR);
+        assert!(e.message.contains("more than 128 deep"), "{}", e.message);
     }
 
     #[test]
