@@ -512,7 +512,7 @@ impl Config {
         );
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
         check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
-        check(self.limits.deadline > Duration::ZERO, "limits.deadline: must be more than 0");
+        check(self.limits.deadline >= Duration::from_millis(1), "limits.deadline: must be at least 1ms");
         check(self.limits.deadline <= MAX_DEADLINE, "limits.deadline: must be at most 24h");
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
@@ -1299,7 +1299,7 @@ block = ["/x", "Upper", "text/snake_case"]
             "{found:?}"
         );
         let found = problems("[tenants.a.limits]\ndeadline = \"0s\"\nmemory = \"512KiB\"\n");
-        assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be more than 0 (line 2)"), "{found:?}");
+        assert!(found.iter().any(|p| p == "tenants.a.limits.deadline: must be at least 1ms (line 2)"), "{found:?}");
         assert!(found.iter().any(|p| p.starts_with("tenants.a.limits.memory: must be at least 1MiB")), "{found:?}");
         let fine = format!(
             "[auth]\nrequired = true\n[tenants.a]\ntokens = [\"{token}\"]\n[tenants.a.limits]\nmemory = \"8MiB\"\n"

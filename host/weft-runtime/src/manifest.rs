@@ -74,8 +74,9 @@ impl ManifestLimits {
         if self.memory.is_some_and(|m| m < 1 << 20) {
             problems.push("memory: must be at least 1MiB (a guest's stack and data alone take about that)".into());
         }
-        if self.deadline.is_some_and(|d| d.is_zero()) {
-            problems.push("deadline: must be more than 0".into());
+        // Deadlines are kept and shown in whole milliseconds.
+        if self.deadline.is_some_and(|d| d < std::time::Duration::from_millis(1)) {
+            problems.push("deadline: must be at least 1ms".into());
         }
         problems
     }
@@ -241,7 +242,7 @@ mod tests {
             ""
         );
         let found = problems(
-            "name = \"a/b\"\ntenant = \"\"\ncallers = [\"\", \"cluster:\", \"a@b@c\"]\nresources = [\" \"]\n[limits]\nmemory = \"0B\"\ndeadline = \"0s\"\n",
+            "name = \"a/b\"\ntenant = \"\"\ncallers = [\"\", \"cluster:\", \"a@b@c\"]\nresources = [\" \"]\n[limits]\nmemory = \"0B\"\ndeadline = \"999us\"\n",
         );
         for part in [
             "name \"a/b\": use 1 to 128 ASCII letters",
@@ -251,7 +252,7 @@ mod tests {
             "callers: \"a@b@c\" is not",
             "resources: \" \" is not a label",
             "limits.memory: must be at least 1MiB",
-            "limits.deadline: must be more than 0",
+            "limits.deadline: must be at least 1ms",
         ] {
             assert!(found.contains(part), "{part:?} not in {found}");
         }

@@ -1031,6 +1031,10 @@ enum ReadError {
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // cap-std's word for a symlink out of the folder it opened.
+            ReadError::Io(e) if e.to_string().contains("outside of the filesystem") => f.write_str(
+                "a symlink that leads outside the plugins folder, which is not followed: copy the file into the folder (links within it are followed)",
+            ),
             ReadError::Io(e) => write!(f, "cannot read: {e}"),
             ReadError::NotAFile => f.write_str("not a regular file (a FIFO, device or socket is never read)"),
             ReadError::TooLarge { size, max } => {
@@ -1406,6 +1410,25 @@ mod tests {
         let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons.iter().all(|(_, r)| r.contains("not a regular file")), "{reasons:?}");
+    }
+
+    /// A symlink is followed within the plugins folder only; one leading out
+    /// of it is refused with what to do.
+    #[test]
+    fn a_symlink_out_of_the_plugins_folder_is_refused_and_says_so() {
+        let (outside, dir) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+        let echo = weft_bundle::get("echo").expect("bundled");
+        std::fs::write(outside.path().join("echo.wasm"), echo).expect("write");
+        std::fs::write(dir.path().join("real.wasm"), echo).expect("write");
+        std::os::unix::fs::symlink(outside.path().join("echo.wasm"), dir.path().join("away.wasm")).expect("link");
+        std::os::unix::fs::symlink("real.wasm", dir.path().join("near.wasm")).expect("link");
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let report = rt.load_dir(dir.path());
+        let failed: Vec<(&str, &str)> = report.failed.iter().map(|f| (f.file.as_str(), f.reason.as_str())).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, "away.wasm");
+        assert!(failed[0].1.contains("a symlink that leads outside the plugins folder"), "{failed:?}");
+        assert_eq!(report.loaded, ["near@0.1.0", "real@0.1.0"]);
     }
 
     /// Signatures that print short (named types print as their names) but
