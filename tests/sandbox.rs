@@ -276,6 +276,23 @@ async fn a_plugins_deadline_starts_when_its_call_gets_a_slot() {
     }
 }
 
+/// A function whose signature uses a resource handle is loaded but kept
+/// out of the catalog; calling it says why, not just that it is missing.
+#[tokio::test]
+async fn a_function_taking_a_resource_handle_says_why_it_cannot_be_called() {
+    let node = TestNode::start(NodeSpec::default());
+    let e = call(&node, "is-ready", vec![json!(1)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{}", e.message);
+    assert_eq!(e.details["local_only"], "hostile/is-ready", "{}", e.message);
+    assert!(e.message.contains("its signature uses resource handles"), "{}", e.message);
+    let plugins = node.admin().get("/v1/plugins").await.unwrap().body;
+    let hostile = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap();
+    let f = hostile["functions"].as_array().unwrap().iter().find(|f| f["name"] == "is-ready").unwrap();
+    assert_eq!((&f["local_only"], &f["exported"]), (&json!(true), &json!(false)));
+    let e = call(&node, "is-reddy", vec![]).await.unwrap_err();
+    assert_eq!(e.details.get("local_only"), None, "only the function's own name: {}", e.message);
+}
+
 /// WASI random bytes are made by the host, outside the guest's memory and
 /// out of reach of its deadline, so one call may ask for 1 MiB at most.
 #[tokio::test]

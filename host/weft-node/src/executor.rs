@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use weft_fabric::{Asker, Audience, CatalogEntry, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
-use weft_proto::{Caller, ClusterId, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
+use weft_proto::{Caller, ClusterId, Command, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -127,7 +127,7 @@ impl Executor {
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let asker = Asker { caller: &admission.caller, cluster: &self.fabric.me.cluster };
-        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker))?;
+        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker).map_err(|e| self.local_only(cmd, e)))?;
         // The plan holds the arguments now; a large request is not kept twice.
         drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -208,6 +208,33 @@ impl Executor {
                 Some(intermediate(&req.u, &plan, &results.values, &levels, self.fabric.max_frame)?);
         }
         Ok(response)
+    }
+
+    /// A function missing from the catalog because its signature uses
+    /// resource handles (loaded here, but not callable) is named as such.
+    fn local_only(&self, cmd: &Command, e: WeftError) -> WeftError {
+        if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
+            return e;
+        }
+        let wanted = cmd.function_id.as_deref().unwrap_or(&cmd.fun);
+        let (plugin, function) = wanted.split_once('/').map_or((None, wanted), |(p, f)| (Some(p), f));
+        let found = self.fabric.runtime.plugins().into_iter().find_map(|p| {
+            let f = p
+                .functions
+                .iter()
+                .find(|f| f.local_only && f.name == function && plugin.is_none_or(|n| n == p.name))?;
+            Some(format!("{}/{}", p.name, f.name))
+        });
+        match found {
+            Some(id) => {
+                let message = format!(
+                    "{}; {id} is loaded on this node, but its signature uses resource handles, which a JSON call cannot pass, so it is not in the catalog and cannot be called (local_only in /v1/plugins)",
+                    e.message
+                );
+                WeftError { message, ..e }.with("local_only", id)
+            }
+            None => e,
+        }
     }
 
     /// Fails fast on commands naming a foreign `target_cluster` that this

@@ -11,8 +11,12 @@ use std::io::Write;
 
 wit_bindgen::generate!({
     world: "weft:hostile/hostile",
-    path: ["../../wit/examples/hostile-deps/random.wit", "../../wit/examples/hostile.wit"],
-    with: { "wasi:random/random@0.2.0": generate },
+    path: [
+        "../../wit/examples/hostile-deps/random.wit",
+        "../../wit/examples/hostile-deps/io.wit",
+        "../../wit/examples/hostile.wit",
+    ],
+    with: { "wasi:random/random@0.2.0": generate, "wasi:io/poll@0.2.0": generate },
 });
 
 const MIB: usize = 1 << 20;
@@ -87,6 +91,10 @@ impl Guest for Hostile {
         // Deliberately invalid: the canonical ABI passes it as a plain u32,
         // and the host must refuse to read it, not trust it.
         unsafe { char::from_u32_unchecked(black_box(0xD800)) }
+    }
+
+    fn is_ready(p: &wasi::io::poll::Pollable) -> bool {
+        p.ready()
     }
 
     fn random_bytes(len: u64) -> u64 {
