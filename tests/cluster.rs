@@ -425,8 +425,9 @@ async fn a_call_or_result_too_big_for_a_frame_between_nodes_fails_alone() {
     converged(&[&a, &b], &["a", "b"]).await;
     let client = a.client().await;
 
-    // 40 KB made on a, sent twice to b: 80 KB of arguments.
-    let mut req = Request::new("big", vec![Command::new("s", "upper", vec![json!("x".repeat(40_000))])]);
+    // 32.7 KB made on a, sent twice to b: arguments that fit max_frame
+    // (65,484 bytes of JSON), in a call message that does not.
+    let mut req = Request::new("big", vec![Command::new("s", "upper", vec![json!("x".repeat(32_740))])]);
     req.cmds.push(Command::new("c", "concat", vec![json!({"$ref": "s"}), json!({"$ref": "s"})]));
     let e = client.request(req).await.unwrap().error.expect("an error");
     assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
