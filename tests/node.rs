@@ -835,7 +835,7 @@ async fn a_client_that_pings_without_reading_its_pongs_is_held_back_and_let_go()
             _ => break,
         }
     }
-    let sent_mib = sent * (ping.len() + 6) >> 20;
+    let sent_mib = (sent * (ping.len() + 6)) >> 20;
     assert!(sent_mib < 64, "the node took {sent_mib} MiB of pings from a client that reads no pongs");
     let connections = async || metric(&node.admin().get("/metrics").await.unwrap().text, "weft_connections ");
     eventually("the pinging client to be let go", Duration::from_secs(20), async || {
