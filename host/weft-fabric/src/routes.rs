@@ -183,9 +183,12 @@ pub struct RouteTable {
     config: RouteConfig,
     /// destination -> announcing neighbour node -> route
     routes: BTreeMap<ClusterId, BTreeMap<NodeId, Route>>,
-    /// The last epoch taken from each neighbour node, kept after its link
-    /// is gone (up to `MAX_EPOCHS`) so that a replay is still refused.
-    epochs: BTreeMap<NodeId, u64>,
+    /// The last epoch taken from each neighbour node, by its cluster and
+    /// id, kept after its link is gone (up to `MAX_EPOCHS`) so that a
+    /// replay is still refused. Keyed by cluster too: a node of another
+    /// cluster taking the same id, with an epoch far ahead signed by its
+    /// own key, must not shut the real node out.
+    epochs: BTreeMap<(ClusterId, NodeId), u64>,
     /// The destinations in each neighbour node's latest update taken, its
     /// claim to carry traffic there, whether or not this node imported the
     /// routes (its own hop limit and neighbour rules judge its own routing,
@@ -247,7 +250,8 @@ impl RouteTable {
         // Strictly newer: every update a node sends has a larger epoch than
         // its last, so an equal one is a copy (a replay of the latest update
         // would otherwise keep alive a route its sender has since withdrawn).
-        if let Some(&seen) = self.epochs.get(via)
+        let sender = (via_cluster.clone(), via.clone());
+        if let Some(&seen) = self.epochs.get(&sender)
             && epoch <= seen
         {
             return Err(RouteError::StaleEpoch { via: via.clone(), epoch, seen });
@@ -261,7 +265,7 @@ impl RouteTable {
                 max,
             });
         }
-        self.epochs.insert(via.clone(), epoch);
+        self.epochs.insert(sender, epoch);
         self.announced.insert(via.clone(), announcements.iter().map(|a| a.destination.clone()).collect());
         self.bound_epochs();
         let (link_latency, link_reliability) = self.links.get(via).copied().unwrap_or((0, 1000));
@@ -363,20 +367,23 @@ impl RouteTable {
     /// have any epoch: for a neighbour whose updates nothing vouches for
     /// (unsigned), once its link is gone, so that one forged update with an
     /// epoch far ahead cannot shut out the real node's updates for good.
-    pub fn forget_epoch(&mut self, via: &NodeId) {
-        self.epochs.remove(via);
+    pub fn forget_epoch(&mut self, via_cluster: &ClusterId, via: &NodeId) {
+        self.epochs.remove(&(via_cluster.clone(), via.clone()));
     }
 
     /// Keeps `MAX_EPOCHS` epochs at most, forgetting the lowest of nodes
     /// that are not linked now (linked ones are in `announced`).
     fn bound_epochs(&mut self) {
         while self.epochs.len() > MAX_EPOCHS {
-            let gone =
-                self.epochs.iter().filter(|(node, _)| !self.announced.contains_key(*node)).min_by_key(|(_, e)| **e);
-            let Some(node) = gone.map(|(node, _)| node.clone()) else {
+            let gone = self
+                .epochs
+                .iter()
+                .filter(|((_, node), _)| !self.announced.contains_key(node))
+                .min_by_key(|(_, e)| **e);
+            let Some(sender) = gone.map(|(sender, _)| sender.clone()) else {
                 return;
             };
-            self.epochs.remove(&node);
+            self.epochs.remove(&sender);
         }
     }
 

@@ -288,7 +288,7 @@ impl ClusterTask {
                     let changed = self.routes.drop_neighbour(self.now(), link.node());
                     self.routes.forget_link(link.node());
                     if !self.trust.checks(&link.remote.cluster) {
-                        self.routes.forget_epoch(link.node());
+                        self.routes.forget_epoch(&link.remote.cluster, link.node());
                     }
                     self.routes_changed(&changed);
                 }

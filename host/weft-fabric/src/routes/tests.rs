@@ -161,9 +161,23 @@ fn omission_withdraws_and_stale_epochs_and_floods_are_refused() {
     let flood: Vec<Announcement> = (0..1001).map(|i| ann(&["b", &format!("x{i}")])).collect();
     assert!(matches!(t.update(T0, &n("b1"), &c("b"), 7, flood, ok), Err(RouteError::TooMany { .. })));
     assert!(t.best(T0, &c("b")).is_some(), "a refused update changes nothing");
-    t.forget_epoch(&n("b1"));
+    t.forget_epoch(&c("b"), &n("b1"));
     t.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b"]), ann(&["b", "c"])], ok).unwrap();
     assert!(t.best(T0, &c("c")).is_some(), "after forget_epoch any epoch is taken");
+}
+
+/// An epoch shuts out only the node that earned it: a node of another
+/// cluster under the same id, with an epoch far ahead, leaves the real
+/// node's updates taken.
+#[test]
+fn an_epoch_belongs_to_a_node_of_one_cluster() {
+    let mut t = table();
+    t.update(T0, &n("h1"), &c("evil"), u64::MAX - 1, vec![ann(&["evil"])], ok).unwrap();
+    t.drop_neighbour(T0, &n("h1"));
+    t.update(T0, &n("h1"), &c("g"), 1, vec![ann(&["g"])], ok).unwrap();
+    assert!(t.best(T0, &c("g")).is_some());
+    let replay = t.update(T0, &n("h1"), &c("evil"), u64::MAX - 1, vec![ann(&["evil"])], ok).unwrap_err();
+    assert!(matches!(replay, RouteError::StaleEpoch { .. }), "the other node's epoch is still kept");
 }
 
 /// The epochs of nodes whose links are gone are kept, within a bound:
@@ -178,8 +192,9 @@ fn epochs_of_gone_neighbours_are_kept_within_a_bound() {
         t.drop_neighbour(T0, &node);
     }
     assert_eq!(t.epochs.len(), MAX_EPOCHS);
-    assert!(!t.epochs.contains_key(&n("b0")) && t.epochs.contains_key(&n("b1")), "the lowest of the gone went");
-    assert_eq!(t.epochs.get(&n("linked")), Some(&1), "a linked neighbour's stays, however low");
+    let key = |node: &str| (c("b"), n(node));
+    assert!(!t.epochs.contains_key(&key("b0")) && t.epochs.contains_key(&key("b1")), "the lowest of the gone went");
+    assert_eq!(t.epochs.get(&key("linked")), Some(&1), "a linked neighbour's stays, however low");
     let replay = t.update(T0, &n("b1"), &c("b"), 101, vec![ann(&["b"])], ok).unwrap_err();
     assert!(matches!(replay, RouteError::StaleEpoch { seen: 101, .. }), "a kept epoch still refuses a replay");
 }
