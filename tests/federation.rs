@@ -723,3 +723,30 @@ async fn an_answer_that_does_not_fit_the_result_type_is_refused() {
         }
     }
 }
+
+/// Another cluster's offer may name any node id: an entry of beta's that
+/// names a1 itself is still beta's, so a call into beta goes over the
+/// bridge and never runs a1's own function of that name. And beta cannot
+/// pull a1's full catalog, which only members get.
+#[tokio::test]
+async fn a_foreign_offer_naming_this_node_is_still_the_other_cluster_s() {
+    let a1 = node("a1", "alpha", vec!["echo", "text"], &[], "[federation]\nmode = \"permissive\"");
+    let mut beta = FakePeer::join(&a1, "b1", "beta").await;
+    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
+    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [],
+        "node": "a1", "cluster": "beta", "idempotent": false, "exported": true});
+    beta.send(&json!({"t": "foreign", "entries": [entry]})).await;
+    eventually("alpha to list beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+
+    let client = a1.client().await;
+    let mut cmd = Command::new("x", "upper", vec![json!("abc")]);
+    cmd.target_cluster = Some("beta".into());
+    let call = tokio::spawn(async move { client.call_command(cmd).await });
+    let request = beta.next_of("call").await;
+    beta.send(&json!({"t": "reply", "id": request["id"], "value": "from beta", "node": "b1"})).await;
+    assert_eq!(call.await.unwrap().unwrap(), json!("from beta"), "the call crossed to beta");
+
+    beta.send(&json!({"t": "catalog-pull"})).await;
+    let pulled = tokio::time::timeout(std::time::Duration::from_secs(1), beta.next_of("catalog")).await;
+    assert!(pulled.is_err(), "a1 answered another cluster's catalog-pull: {pulled:?}");
+}

@@ -375,11 +375,8 @@ impl RouteTable {
     /// that are not linked now (linked ones are in `announced`).
     fn bound_epochs(&mut self) {
         while self.epochs.len() > MAX_EPOCHS {
-            let gone = self
-                .epochs
-                .iter()
-                .filter(|((_, node), _)| !self.announced.contains_key(node))
-                .min_by_key(|(_, e)| **e);
+            let gone =
+                self.epochs.iter().filter(|((_, node), _)| !self.announced.contains_key(node)).min_by_key(|(_, e)| **e);
             let Some(sender) = gone.map(|(sender, _)| sender.clone()) else {
                 return;
             };

@@ -1,14 +1,18 @@
 //! Operator alerts: conditions worth a human's attention (a refused link, a
 //! member down, a cluster unreachable), raised once per subject and updated
 //! while they persist, listed by `GET /v1/alerts`, acknowledged by
-//! `POST /v1/alerts/{id}/ack`. Bounded: the oldest inactive ones go first.
+//! `POST /v1/alerts/{id}/ack`. Bounded per kind, the oldest inactive ones
+//! going first: subjects are often what a peer claims (a node id, a
+//! cluster, a destination), and a flood of one kind must not push the
+//! others out.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-const KEPT: usize = 256;
+/// Alerts kept of each kind.
+const KEPT_PER_KIND: usize = 36;
 
 /// What an alert is about (a closed set, for metrics and filtering).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -99,8 +103,9 @@ impl Alerts {
             }
             return fresh;
         }
-        if inner.by_key.len() >= KEPT {
-            let oldest = inner.by_key.iter().min_by_key(|(_, a)| (a.active, a.last_unix_ms)).map(|(k, _)| k.clone());
+        let of_kind = inner.by_key.range((kind, String::new())..).take_while(|((k, _), _)| *k == kind);
+        if of_kind.clone().count() >= KEPT_PER_KIND {
+            let oldest = of_kind.min_by_key(|(_, a)| (a.active, a.last_unix_ms)).map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 inner.by_key.remove(&oldest);
             }
@@ -170,11 +175,16 @@ mod tests {
     }
 
     #[test]
-    fn the_store_is_bounded() {
+    fn the_store_is_bounded_per_kind_so_one_kind_cannot_push_others_out() {
         let alerts = Alerts::default();
-        for i in 0..(KEPT + 10) {
-            alerts.raise(AlertKind::MemberDown, &format!("n{i}"), "down");
+        alerts.raise(AlertKind::ClusterUnreachable, "delta", "gone");
+        alerts.raise(AlertKind::RouteSignature, "early", "forged");
+        for i in 0..(KEPT_PER_KIND + 300) {
+            alerts.raise(AlertKind::RouteSignature, &format!("flood{i}"), "forged");
         }
-        assert_eq!(alerts.list().len(), KEPT);
+        let list = alerts.list();
+        assert_eq!(list.len(), KEPT_PER_KIND + 1);
+        assert!(list.iter().any(|a| a.kind == AlertKind::ClusterUnreachable && a.subject == "delta"));
+        assert!(!list.iter().any(|a| a.subject == "early"), "the oldest of the flooded kind went");
     }
 }

@@ -406,7 +406,9 @@ impl ClusterTask {
                 }
                 self.changed = true;
             }
-            PeerMsg::CatalogPull => {
+            // The full advert is for members: other clusters get only what
+            // the policy offers them (`foreign`).
+            PeerMsg::CatalogPull if link.remote.cluster == self.fabric.me.cluster => {
                 link.send(PeerMsg::Catalog { delta: self.catalog.local_advert() });
             }
             PeerMsg::Beat { incarnation, version, links, known } if link.remote.cluster == self.fabric.me.cluster => {

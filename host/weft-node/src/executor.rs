@@ -432,7 +432,9 @@ impl StepCall {
     pub async fn run(self) -> (Result<Value, WeftError>, NodeId) {
         let me = self.fabric.me.node.clone();
         let metrics = &self.fabric.metrics;
-        if self.candidates.iter().any(|c| c.node == me) {
+        // Only an entry of this cluster is this node's own: another cluster's
+        // offer may name any node id, this one's included.
+        if self.candidates.iter().any(|c| c.node == me && c.cluster == self.fabric.me.cluster) {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let timer = metrics.call_timer(f);
@@ -590,7 +592,10 @@ impl StepCall {
         let (mut home, mut away): (Vec<Way>, Vec<Way>) = (Vec::new(), Vec::new());
         for c in self.candidates.iter() {
             let links = if c.cluster == me.cluster { &mut home } else { &mut away };
-            let ways: Vec<Arc<Link>> = match self.fabric.link(&c.node) {
+            // The node an entry names is reached directly only when it is of
+            // the entry's cluster: another cluster's offer may name any id.
+            let direct = self.fabric.link(&c.node).filter(|l| l.remote.cluster == c.cluster);
+            let ways: Vec<Arc<Link>> = match direct {
                 Some(link) => vec![link],
                 None if c.cluster != me.cluster => {
                     // A bridge of our own into that cluster, else the next hop

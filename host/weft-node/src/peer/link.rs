@@ -615,7 +615,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c) && has_locs(e))
             .cloned()
             .collect();
-        let local = entries.iter().any(|e| e.node == me.node && e.function == function && e.version == version);
+        let mine = |e: &CatalogEntry| e.node == me.node && e.cluster == me.cluster;
+        let local = entries.iter().any(|e| mine(e) && e.function == function && e.version == version);
         if (elsewhere.is_some() || !local) && !foreign.is_empty() {
             let step = pass_on(fabric, call, foreign, function, version, deadline);
             return Ok(step.run().await);
@@ -636,9 +637,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         if let Some(neighbour) = call.federation_path.last().filter(|_| local) {
             // So are this node's function rules: the bridge node that let
             // the call in may still run an older policy.
-            let exported = entries
-                .iter()
-                .any(|e| e.node == me.node && e.function == function && e.version == version && e.exported);
+            let exported =
+                entries.iter().any(|e| mine(e) && e.function == function && e.version == version && e.exported);
             let verdict = fabric.decide(Point::CallTarget, fabric.policy().call(neighbour, None, &function, exported));
             if !verdict.allowed {
                 return Err(verdict.to_error(neighbour));
