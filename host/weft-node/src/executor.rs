@@ -1040,7 +1040,7 @@ fn too_big(what: &str, size: usize, max_frame: usize) -> WeftError {
 }
 
 /// Bytes of `value` as JSON text, counted without keeping the text.
-fn json_len(value: &impl serde::Serialize) -> usize {
+pub(crate) fn json_len(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

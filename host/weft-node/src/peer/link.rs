@@ -82,6 +82,13 @@ pub struct Link {
     waiting: Mutex<HashMap<u64, Waiter>>,
     /// Calls the peer sent that run here.
     serving: Mutex<HashMap<u64, AbortHandle>>,
+    /// Bytes of the peer's calls running here and of their replies not yet
+    /// written (`held_by`, by call id): a peer that sends large calls and
+    /// reads no replies is refused more, rather than growing the node's
+    /// memory until the link stalls out.
+    held: Arc<Semaphore>,
+    held_limit: usize,
+    held_by: Mutex<HashMap<u64, OwnedSemaphorePermit>>,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     closed: CancellationToken,
@@ -98,7 +105,14 @@ pub struct Link {
 /// A message's share of its link's inbound budget, given back when the
 /// cluster task has handled it.
 pub struct Queued {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Queued {
+    /// The message's size in bytes.
+    fn bytes(&self) -> u32 {
+        u32::try_from(self.permit.num_permits()).unwrap_or(u32::MAX)
+    }
 }
 
 /// Round trips of pings on this link: the measured latency and delivery
@@ -119,19 +133,21 @@ impl Link {
     async fn take_inbound(&self, bytes: usize) -> Option<Queued> {
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         if let Ok(permit) = self.inbound.clone().try_acquire_many_owned(bytes) {
-            return Some(Queued { _permit: permit });
+            return Some(Queued { permit });
         }
         tracing::debug!(peer = %self.remote.node, "peer sends faster than this node handles; reading from it paused");
         tokio::select! {
-            permit = self.inbound.clone().acquire_many_owned(bytes) => permit.ok().map(|p| Queued { _permit: p }),
+            permit = self.inbound.clone().acquire_many_owned(bytes) => permit.ok().map(|permit| Queued { permit }),
             _ = self.closed.cancelled() => None,
         }
     }
 
-    /// `inbound_budget` must be at least the largest frame a peer may send.
+    /// `inbound_budget` must be at least the largest frame a peer may send;
+    /// the peer's calls and their replies may hold four times that.
     pub(super) fn new(remote: Hello, direction: Direction, inbound_budget: usize) -> (Arc<Link>, Outbound) {
         let (tx, data) = mpsc::channel(QUEUE);
         let (gossip_tx, gossip) = mpsc::channel(QUEUE);
+        let held_limit = inbound_budget.saturating_mul(2).min(u32::MAX as usize);
         let link = Link {
             remote,
             direction,
@@ -140,6 +156,9 @@ impl Link {
             tx,
             waiting: Mutex::default(),
             serving: Mutex::default(),
+            held: Arc::new(Semaphore::new(held_limit)),
+            held_limit,
+            held_by: Mutex::default(),
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             closed: CancellationToken::new(),
@@ -297,8 +316,12 @@ pub(super) async fn run<S>(
     let node_closing = {
         let writer = async {
             while let Some(msg) = outbound.next().await {
+                let reply = if let PeerMsg::Reply { id, .. } = &msg { Some(*id) } else { None };
                 if write(&mut sink, &fabric, &link, msg).await.is_err() {
                     break;
+                }
+                if let Some(id) = reply {
+                    lock(&link.held_by).remove(&id);
                 }
             }
         };
@@ -449,7 +472,7 @@ fn fitted(max_frame: usize, link: &Link, msg: PeerMsg) -> Option<(PeerMsg, Strin
 
 fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued) {
     match msg {
-        PeerMsg::Call(call) => serve_call(fabric, link, call),
+        PeerMsg::Call(call) => serve_call(fabric, link, call, queued.bytes()),
         PeerMsg::Reply { id, value, error, node } => {
             if let Some(waiter) = lock(&link.waiting).remove(&id) {
                 let result = match (value, error) {
@@ -482,34 +505,80 @@ fn dispatch(fabric: &Arc<Fabric>, link: &Arc<Link>, msg: PeerMsg, queued: Queued
 }
 
 /// Runs a call a peer forwarded here, under this node's own sandbox limits.
-fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall) {
+fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall, bytes: u32) {
     let id = call.id;
     let (fabric2, link2) = (fabric.clone(), link.clone());
+    let refuse = |e: WeftError| {
+        // Answered, not dropped: the caller is waiting on this id.
+        let (fabric, link) = (fabric.clone(), link.clone());
+        fabric.tracker.clone().spawn(async move {
+            link.tx.send(PeerMsg::reply(id, Err(e), fabric.me.node.clone())).await.ok();
+        });
+    };
     // Held until the task is registered: a task that ends first would find
     // no entry to remove and leave one behind for good.
     let mut serving = lock(&link.serving);
+    if serving.contains_key(&id) || lock(&link.held_by).contains_key(&id) {
+        // A second call under one id would escape its first's bounds.
+        return refuse(WeftError::invalid_request(format!(
+            "call id {id} is already running on node {}, or its reply not yet sent; give each call its own id",
+            fabric.me.node
+        )));
+    }
     if serving.len() >= fabric.max_serving {
         let serving = serving.len();
-        // Answered, not dropped: the caller is waiting on this id.
-        let busy = WeftError::new(
-            ErrorKind::RESOURCE_EXHAUSTED,
-            format!(
-                "node {} already has {serving} calls from node {} running or waiting (16 x limits.max_in_flight_per_connection); retry shortly or call another node",
-                fabric.me.node, link.remote.node
-            ),
-        )
-        .with("limit", serving);
-        fabric.tracker.spawn(async move {
-            link2.tx.send(PeerMsg::reply(id, Err(busy), fabric2.me.node.clone())).await.ok();
-        });
-        return;
+        return refuse(
+            WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "node {} already has {serving} calls from node {} running or waiting (16 x limits.max_in_flight_per_connection); retry shortly or call another node",
+                    fabric.me.node, link.remote.node
+                ),
+            )
+            .with("limit", serving),
+        );
     }
+    let Ok(held) = link.held.clone().try_acquire_many_owned(bytes) else {
+        return refuse(held_up(fabric, link));
+    };
     let task = fabric.tracker.spawn(async move {
         let (result, ran_on) = answered(run_forwarded(&fabric2, &link2, call), &fabric2.me.node).await;
         lock(&link2.serving).remove(&id);
-        link2.tx.send(PeerMsg::reply(id, result, ran_on)).await.ok();
+        // The reply holds its share until it is written; one that finds no
+        // room beside the replies the peer has not read yet is refused.
+        let reply = PeerMsg::reply(id, result, ran_on.clone());
+        // One over max_frame goes out as an error in its place (`fitted`).
+        let size = crate::executor::json_len(&reply).min(fabric2.max_frame);
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let mut held = held;
+        let reply = match size.checked_sub(bytes).filter(|more| *more > 0) {
+            None => reply,
+            Some(more) => match link2.held.clone().try_acquire_many_owned(more) {
+                Ok(extra) => {
+                    held.merge(extra);
+                    reply
+                }
+                Err(_) => PeerMsg::reply(id, Err(held_up(&fabric2, &link2)), ran_on),
+            },
+        };
+        lock(&link2.held_by).insert(id, held);
+        if link2.tx.send(reply).await.is_err() {
+            lock(&link2.held_by).remove(&id);
+        }
     });
     serving.insert(id, task.abort_handle());
+}
+
+/// Why a peer's call, or its reply, finds no room in what its link may hold.
+fn held_up(fabric: &Fabric, link: &Link) -> WeftError {
+    WeftError::new(
+        ErrorKind::RESOURCE_EXHAUSTED,
+        format!(
+            "node {} holds all it may of node {}'s calls and of their replies not yet read (4 x limits.max_frame); retry shortly, and read the replies",
+            fabric.me.node, link.remote.node
+        ),
+    )
+    .with("limit", link.held_limit)
 }
 
 /// Runs a forwarded call to its answer. A panic becomes an INTERNAL answer:
