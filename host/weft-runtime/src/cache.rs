@@ -87,7 +87,7 @@ pub(crate) fn load_or_compile(
 ) -> Result<(Component, CompileSource), String> {
     let path = cache_dir.map(|dir| dir.join(format!("{key}{CACHED}")));
     if let Some(path) = path.as_ref().filter(|p| p.exists()) {
-        match deserialize_file(engine, path) {
+        match read_cached(engine, path, key) {
             Ok(c) => {
                 // Used now: pruning goes by last use.
                 let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
@@ -111,23 +111,36 @@ pub(crate) fn load_or_compile(
     })?;
     let component = deserialize(engine, &artifact).map_err(|e| format!("cannot load the compiled component: {e:#}"))?;
     if let Some(path) = path
-        && let Err(e) = store(&artifact, &path)
+        && let Err(e) = store(&[header(key).as_bytes(), &artifact].concat(), &path)
     {
         tracing::warn!(path = %path.display(), error = %e, "could not cache compiled component");
     }
     Ok((component, CompileSource::Compiled))
 }
 
-// SAFETY (both): the artifacts come from `Engine::precompile_component` of
-// this engine's configuration, in this process or in a compile child of
-// the same binary, or from the cache it wrote (the key includes the
-// compatibility hash, and wasmtime re-checks its header); the cache folder
-// is trusted as described in the module comment.
-#[allow(unsafe_code)]
-fn deserialize_file(engine: &Engine, path: &Path) -> Result<Component, wasmtime::Error> {
-    unsafe { Component::deserialize_file(engine, path) }
+/// Loads a cached component, read into memory rather than mapped: a file
+/// changed in place under a mapping (truncated, or written over with `cp`)
+/// killed the node with SIGBUS. Its first line must name its own key, so
+/// that a file copied under another plugin's key is recompiled, not loaded
+/// as the wrong code.
+fn read_cached(engine: &Engine, path: &Path, key: &str) -> Result<Component, wasmtime::Error> {
+    let bytes = std::fs::read(path)?;
+    let artifact = bytes.strip_prefix(header(key).as_bytes()).ok_or_else(|| {
+        wasmtime::Error::msg("not a cached component of these bytes (its first line names another key)")
+    })?;
+    deserialize(engine, artifact)
 }
 
+/// The first line of a cached component's file.
+fn header(key: &str) -> String {
+    format!("weft-cache {key}\n")
+}
+
+// SAFETY: the artifacts come from `Engine::precompile_component` of this
+// engine's configuration, in this process or in a compile child of the
+// same binary, or from the cache it wrote (the key includes the
+// compatibility hash, and wasmtime re-checks its header); the cache folder
+// is trusted as described in the module comment.
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, wasmtime::Error> {
     unsafe { Component::deserialize(engine, artifact) }

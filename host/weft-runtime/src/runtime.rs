@@ -1685,6 +1685,36 @@ mod tests {
         assert!(used.elapsed().expect("in the past") < Duration::from_secs(600), "{used:?}");
     }
 
+    /// A cached component is read, not mapped, so a file emptied in place
+    /// leaves the plugin serving (it killed the node with SIGBUS), and one
+    /// copied under another plugin's key is compiled again, not loaded.
+    #[tokio::test]
+    async fn cache_files_changed_under_the_node_are_survived_and_never_taken_for_another_plugin() {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let config = RuntimeConfig { cache_dir: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+        let (echo, math) = (weft_bundle::get("echo").expect("bundled"), weft_bundle::get("math").expect("bundled"));
+        let call = async |rt: &Runtime, text: &str| {
+            let target = CallTarget { plugin: "echo", version: None, function: "echo" };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            rt.call(target, &[serde_json::json!(text)], deadline, &Caller::Anonymous, NodeLoad::Idle).await
+        };
+        Runtime::new(config.clone()).expect("runtime").load_bytes("echo.wasm", "echo", echo, None).expect("loads");
+        let rt = Runtime::new(config.clone()).expect("runtime");
+        rt.load_bytes("echo.wasm", "echo", echo, None).expect("loads");
+        assert_eq!(rt.plugins()[0].compiled_from, cache::CompileSource::Cache);
+        let file = |wasm: &[u8]| cache.path().join(format!("{}{}", cache::cache_key(&rt.engine, wasm), ".cwasm"));
+        std::fs::File::options().write(true).open(file(echo)).expect("open").set_len(0).expect("empty in place");
+        assert_eq!(call(&rt, "still").await.expect("served from memory"), serde_json::json!("still"));
+
+        // Math's compiled form under echo's key: echo is compiled again.
+        Runtime::new(config.clone()).expect("runtime").load_bytes("math.wasm", "math", math, None).expect("loads");
+        std::fs::copy(file(math), file(echo)).expect("copy");
+        let again = Runtime::new(config).expect("runtime");
+        again.load_bytes("echo.wasm", "echo", echo, None).expect("echo loads");
+        assert_eq!(again.plugins()[0].compiled_from, cache::CompileSource::Compiled);
+        assert_eq!(call(&again, "hi").await.expect("echo's own code"), serde_json::json!("hi"));
+    }
+
     #[test]
     fn a_reload_replaces_changed_files_and_keeps_the_old_version_when_the_new_one_fails() {
         let dir = tempfile::tempdir().expect("temp dir");
