@@ -48,6 +48,10 @@ pub struct Announcement {
     pub ttl_ms: Option<u64>,
 }
 
+/// Tags one route may carry, and the bytes of each.
+pub const MAX_TAGS: usize = 16;
+pub const MAX_TAG_BYTES: usize = 128;
+
 /// Bounds and timers; defaults are the spec's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
@@ -336,6 +340,11 @@ impl RouteTable {
         if a.path.contains(&self.local) {
             return Err(format!("its path already holds this cluster {} (a loop)", self.local));
         }
+        // Tags travel on with the route: unbounded, they would make this
+        // node's own updates too large for its neighbours.
+        if a.tags.len() > MAX_TAGS || a.tags.iter().any(|t| t.len() > MAX_TAG_BYTES) {
+            return Err(format!("it carries more than {MAX_TAGS} tags, or a tag over {MAX_TAG_BYTES} bytes"));
+        }
         let mut seen = BTreeSet::new();
         if !a.path.iter().all(|c| seen.insert(c)) {
             return Err("its path holds a cluster twice".into());
@@ -592,7 +601,14 @@ impl RouteTable {
         }
         let offered = self.config.neighbours.get(to).and_then(|r| r.export.as_ref());
         let best = self.best_ways(now, |a| a.path.contains(to) || offered.is_some_and(|l| !l.contains(&a.destination)));
-        out.extend(best.into_values().map(|(a, _)| Announcement { ttl_ms, ..a }));
+        let mut onwards: Vec<Announcement> = best.into_values().map(|(a, _)| Announcement { ttl_ms, ..a }).collect();
+        // No more than a neighbour takes in one update (with the same
+        // config): past it, the neighbour would refuse every route of this
+        // node, so the farthest go. A neighbour that announces many routes
+        // can still crowd others out: limit it with `export` lists.
+        onwards.sort_by_key(|a| a.hops);
+        onwards.truncate(self.config.max_routes_per_neighbour.saturating_sub(out.len()));
+        out.extend(onwards);
         out
     }
 

@@ -732,6 +732,9 @@ impl Config {
             }
         };
         names("routing.tags".into(), "tag", &r.tags);
+        if r.tags.len() > weft_fabric::routes::MAX_TAGS {
+            problems.push(format!("routing.tags: at most {} tags (routes carry them)", weft_fabric::routes::MAX_TAGS));
+        }
         for (key, clusters) in [
             ("routing.neighbours", r.neighbours.keys().collect::<Vec<_>>()),
             ("routing.security.trusted_keys", r.security.trusted_keys.keys().collect()),

@@ -384,3 +384,23 @@ proptest! {
         prop_assert_eq!(strip(build(&forward)), strip(build(&shuffled)));
     }
 }
+
+/// A transit node exports no more routes than a neighbour takes in one
+/// update, the nearest first: past that the neighbour refused every route
+/// of the node. And a route's tags are bounded, since they travel on.
+#[test]
+fn exports_keep_to_the_neighbour_limit_and_tags_are_bounded() {
+    let mut t = RouteTable::new(c("a"), RouteConfig { max_routes_per_neighbour: 4, ..RouteConfig::default() });
+    t.update(T0, &n("b1"), &c("b"), 1, vec![ann(&["b"]), ann(&["b", "x", "far0"]), ann(&["b", "x", "far1"])], ok)
+        .unwrap();
+    t.update(T0, &n("e1"), &c("e"), 1, vec![ann(&["e"]), ann(&["e", "near"])], ok).unwrap();
+    let exported: Vec<String> = t.exports(T0, &c("d"), true).into_iter().map(|a| a.destination.to_string()).collect();
+    assert_eq!(exported, ["a", "b", "e", "near"], "its own route, then the nearest");
+
+    let tagged = |tags: Vec<String>| Announcement { tags, ..ann(&["b", "y"]) };
+    let too_many = tagged((0..=MAX_TAGS).map(|i| format!("t{i}")).collect());
+    let too_long = tagged(vec!["t".repeat(MAX_TAG_BYTES + 1)]);
+    let u = t.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b"]), too_many, too_long], ok).unwrap();
+    assert_eq!(u.dropped.len(), 2, "{:?}", u.dropped);
+    assert!(u.dropped.iter().all(|d| d.reason.contains("tags")), "{:?}", u.dropped);
+}
