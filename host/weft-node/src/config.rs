@@ -726,15 +726,15 @@ impl Config {
     fn routing_problems(&self) -> Vec<String> {
         let r = &self.routing;
         let mut problems = Vec::new();
+        if r.tags.len() > weft_fabric::routes::MAX_TAGS {
+            problems.push(format!("routing.tags: at most {} tags (routes carry them)", weft_fabric::routes::MAX_TAGS));
+        }
         let mut names = |key: String, what: &str, list: &[String]| {
             for name in list.iter().filter(|n| !is_valid_name(n)) {
                 problems.push(format!("{key}: {name:?} is not a {what}; {NAME_RULE}"));
             }
         };
         names("routing.tags".into(), "tag", &r.tags);
-        if r.tags.len() > weft_fabric::routes::MAX_TAGS {
-            problems.push(format!("routing.tags: at most {} tags (routes carry them)", weft_fabric::routes::MAX_TAGS));
-        }
         for (key, clusters) in [
             ("routing.neighbours", r.neighbours.keys().collect::<Vec<_>>()),
             ("routing.security.trusted_keys", r.security.trusted_keys.keys().collect()),
