@@ -241,6 +241,38 @@ async fn peers_lists_how_each_seed_fares() {
     assert!(failing["since_unix_ms"].as_u64().unwrap() > 0, "{seeds}");
 }
 
+/// A seed that comes up and links by dialling this node first shows as
+/// linked, though this node's own dial of it failed (it stayed "failing",
+/// and raised seed-unreachable, while linked).
+#[tokio::test]
+async fn a_seed_that_links_by_its_own_dial_shows_as_linked() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let seed = format!("ws://{free}");
+    let b = TestNode::start(NodeSpec {
+        config: format!("id = \"b\"\ncluster = \"c1\"\nseeds = [{seed:?}]\n"),
+        ..NodeSpec::default()
+    });
+    let state = async || {
+        let seeds = b.admin().get("/v1/peers").await.unwrap().body["seeds"].clone();
+        seeds[0]["state"].as_str().map(str::to_owned)
+    };
+    eventually("the seed to fail", SETTLE, async || (state().await.as_deref() == Some("failing")).then_some(())).await;
+    // Long enough for b's redials to back off to 5 s: a's dial comes first.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weft.toml");
+    let text = format!(
+        "[node]\nid = \"a\"\ncluster = \"c1\"\nlisten = \"{free}\"\nadmin = \"127.0.0.1:0\"\nseeds = [{:?}]\ndata_dir = \"data\"\n",
+        b.ws
+    );
+    std::fs::write(&config, text).unwrap();
+    let _a = TestNode::spawn(dir, &["node", "--config", config.to_str().unwrap()]);
+    eventually("the seed to show as linked", SETTLE, async || {
+        (state().await.as_deref() == Some("linked")).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
     let a = member("a", vec!["echo"], &[], "", "1s");

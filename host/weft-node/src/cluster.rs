@@ -878,6 +878,11 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
         let linked = known.as_ref().is_some_and(|n| fabric.link(n).is_some())
             || fabric.links().iter().any(|l| l.remote.addr == addr);
         let wait = if linked {
+            // Perhaps by the seed's own dial: it is linked all the same.
+            fabric.seed_dialled(&addr, "linked", None);
+            if std::mem::take(&mut failing) {
+                tracing::info!(seed = %addr, "seed reachable again");
+            }
             backoff = FIRST;
             Duration::from_millis(500)
         } else {
