@@ -331,6 +331,28 @@ fn weft_demo_runs_calls_across_three_clusters() {
     }
 }
 
+/// SIGTERM ends a serving demo as Ctrl-C does: its nodes stop and its
+/// temporary folder goes (it was left behind, with exit status 143).
+#[test]
+fn weft_demo_stopped_by_sigterm_cleans_up() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(WEFT)
+        .args(["demo"])
+        .env("WEFT_LOG", "warn")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().starts_with("Serving")), "the demo never served");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "the demo's folder");
+    assert!(Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap().success());
+    assert_eq!(demo.wait().unwrap().code(), Some(0));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the demo's folder is gone");
+}
+
 #[test]
 fn weft_keygen_writes_a_key_pair_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();

@@ -175,9 +175,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("\nServing; try `weft call --node {} --cluster gamma add 2 2`. Ctrl-C stops.", nodes[0].ws_url());
-    tokio::signal::ctrl_c().await?;
+    stopped().await?;
     for n in nodes.into_iter().rev() {
         n.shutdown().await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Until Ctrl-C or SIGTERM: either ends the demo the same way, so that its
+/// nodes stop and its temporary folder goes.
+async fn stopped() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }
