@@ -198,6 +198,7 @@ async fn refused_inbound_links_share_one_alert() {
     use tokio_tungstenite::tungstenite::Message;
     let a1 = node("a1", "alpha", vec!["echo"], &[], STRICT);
     for i in 0..40 {
+        use futures_util::{SinkExt, StreamExt};
         let (mut ws, _) = tokio_tungstenite::connect_async(&a1.ws).await.unwrap();
         let hello = json!({"t": "hello", "proto": 1, "node": format!("x{i}"), "cluster": "gamma", "incarnation": 1, "addr": format!("ws://10.9.0.{i}:7700"), "caps": []});
         ws.send(Message::Text(hello.to_string().into())).await.unwrap();
@@ -749,4 +750,31 @@ async fn a_foreign_offer_naming_this_node_is_still_the_other_cluster_s() {
     beta.send(&json!({"t": "catalog-pull"})).await;
     let pulled = tokio::time::timeout(std::time::Duration::from_secs(1), beta.next_of("catalog")).await;
     assert!(pulled.is_err(), "a1 answered another cluster's catalog-pull: {pulled:?}");
+}
+
+/// A member's node id is its own: a node of another cluster that holds it
+/// (here before the member starts) gives way when the member links, and a
+/// node of another cluster cannot take it from a linked member.
+#[tokio::test]
+async fn a_member_takes_its_node_id_back_from_another_cluster() {
+    let a1 = node("a1", "alpha", vec!["echo"], &[], "[federation]\nmode = \"permissive\"");
+    let mut squatter = FakePeer::join(&a1, "a2", "evil").await;
+    squatter.send(&json!({"t": "ping", "nonce": 1})).await;
+    eventually("the squatter linked", SETTLE, async || linked(&a1, "a2").await.then_some(())).await;
+    let _a2 = node("a2", "alpha", vec!["text"], &[&a1], "[federation]\nmode = \"permissive\"");
+    // Well before the squatter's silent link would be closed (5 s).
+    eventually("a2 of alpha linked in its place", Duration::from_secs(3), async || {
+        let peers = peers(&a1).await;
+        let links = peers["links"].as_array()?.clone();
+        links.iter().any(|l| l["node"] == "a2" && l["cluster"] == "alpha").then_some(())
+    })
+    .await;
+    eventually("a1 to see a2's upper", SETTLE, async || sees(&a1, "alpha", "upper").await.then_some(())).await;
+
+    use futures_util::{SinkExt, StreamExt};
+    let (mut ws, _) = tokio_tungstenite::connect_async(&a1.ws).await.unwrap();
+    let hello = json!({"t": "hello", "proto": 1, "node": "a2", "cluster": "evil", "incarnation": 1, "addr": "ws://127.0.0.1:9", "caps": []});
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(hello.to_string().into())).await.unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    assert!(answer.to_text().unwrap().contains("duplicate-node-id"), "{answer}");
 }

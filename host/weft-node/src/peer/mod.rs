@@ -705,7 +705,12 @@ impl Fabric {
             ));
         }
         if let Some(old) = links.get(link.node()).filter(|old| !old.is_closed()) {
-            if old.remote.incarnation != link.remote.incarnation {
+            // A member's id is its own: a node of another cluster holding it
+            // (by mistake, or to keep the member out) gives way to it.
+            let member_returns = same && old.remote.cluster != self.me.cluster;
+            if member_returns {
+                tracing::warn!(node = %link.node(), other = %old.remote.cluster, "a member takes back its node id from a node of another cluster; that link closes");
+            } else if old.remote.incarnation != link.remote.incarnation || old.remote.cluster != link.remote.cluster {
                 return Err(Reject::new(
                     RejectKind::DuplicateNodeId,
                     format!(
@@ -717,7 +722,7 @@ impl Fabric {
                     ),
                 ));
             }
-            if self.dialer(old) <= self.dialer(link) {
+            if !member_returns && self.dialer(old) <= self.dialer(link) {
                 return Err(Reject::new(
                     RejectKind::DuplicateLink,
                     format!("{} and {} are already linked", self.me.node, link.node()),
