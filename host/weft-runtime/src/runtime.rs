@@ -874,6 +874,11 @@ fn compile_failure(e: String) -> String {
         format!(
             "it uses `stream`, `future` or `error-context`, which Weft does not support; export functions without them ({e})"
         )
+    } else if e.contains("minimum byte size") && e.contains("exceeds the limit") {
+        // The instance pool's memories are the node's limits.memory large.
+        format!(
+            "its linear memory starts larger than the node's [limits] memory allows, so it could never run; raise limits.memory ({e})"
+        )
     } else {
         format!("cannot compile the component: {e}")
     }
@@ -1410,6 +1415,17 @@ mod tests {
         let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons.iter().all(|(_, r)| r.contains("not a regular file")), "{reasons:?}");
+    }
+
+    /// A node whose memory limit is below what a plugin's memory starts at
+    /// says which setting to raise (wasmtime's words named none).
+    #[test]
+    fn a_memory_limit_too_small_for_a_plugin_names_the_setting() {
+        let mut config = RuntimeConfig::default();
+        config.limits.memory_bytes = 1 << 20;
+        let rt = Runtime::new(config).expect("runtime");
+        let e = rt.load_bytes("echo.wasm", "echo", weft_bundle::get("echo").expect("bundled"), None).unwrap_err();
+        assert!(e.reason.contains("raise limits.memory"), "{}", e.reason);
     }
 
     /// A symlink is followed within the plugins folder only; one leading out
