@@ -198,7 +198,6 @@ async fn refused_inbound_links_share_one_alert() {
     use tokio_tungstenite::tungstenite::Message;
     let a1 = node("a1", "alpha", vec!["echo"], &[], STRICT);
     for i in 0..40 {
-        use futures_util::{SinkExt, StreamExt};
         let (mut ws, _) = tokio_tungstenite::connect_async(&a1.ws).await.unwrap();
         let hello = json!({"t": "hello", "proto": 1, "node": format!("x{i}"), "cluster": "gamma", "incarnation": 1, "addr": format!("ws://10.9.0.{i}:7700"), "caps": []});
         ws.send(Message::Text(hello.to_string().into())).await.unwrap();
