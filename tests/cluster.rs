@@ -273,6 +273,23 @@ async fn a_seed_that_links_by_its_own_dial_shows_as_linked() {
     .await;
 }
 
+/// A node that advertises another member's address cannot be linked to by
+/// that member; the member says so instead of silently missing it.
+#[tokio::test]
+async fn a_member_advertising_another_member_s_address_is_reported_there() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["math"], &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let _x = TestNode::start(NodeSpec {
+        config: format!("id = \"x\"\ncluster = \"c1\"\nadvertise = {:?}\nseeds = [{:?}]\n", b.ws, a.ws),
+        ..NodeSpec::default()
+    });
+    eventually("b to report x's address", SETTLE, async || {
+        b.stderr().contains("a member advertises this node's own address").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_second_node_with_the_same_id_is_refused_on_both_sides() {
     let a = member("a", vec!["echo"], &[], "", "1s");

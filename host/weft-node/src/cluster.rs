@@ -702,6 +702,10 @@ impl ClusterTask {
             match notification {
                 OwnedNotification::MemberUp(m) => {
                     tracing::info!(member = %m.node, "member up");
+                    if m.addr == self.fabric.me.addr && m.node != self.fabric.me.node {
+                        // Its address leads here, so no member can link to it.
+                        tracing::warn!(member = %m.node, addr = %m.addr, "a member advertises this node's own address; it is unreachable until it advertises its own (node.advertise)");
+                    }
                     self.fabric.alerts.resolve(AlertKind::MemberDown, m.node.as_str());
                     if self.fabric.link(&m.node).is_none() {
                         self.dial(m.addr.clone());
