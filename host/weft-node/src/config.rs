@@ -506,9 +506,12 @@ impl Config {
         check(is_valid_name(&self.node.cluster), &format!("node.cluster {:?}: {NAME_RULE}", self.node.cluster));
         let id = self.node.id.as_deref().unwrap_or_default();
         check(self.node.id.as_deref().is_none_or(is_valid_name), &format!("node.id {id:?}: {NAME_RULE}"));
+        let (listen, admin) = (self.node.listen, self.node.admin);
+        // An unspecified address (0.0.0.0, ::) takes the port on every address.
+        let overlap = listen.ip() == admin.ip() || listen.ip().is_unspecified() || admin.ip().is_unspecified();
         check(
-            self.node.listen != self.node.admin || self.node.listen.port() == 0,
-            "node.admin: the same address as node.listen; the admin API needs a port of its own",
+            !(overlap && listen.port() == admin.port() && listen.port() != 0),
+            "node.admin: the same port as node.listen on an address they share (0.0.0.0 and :: cover every address); the admin API needs a port of its own",
         );
         check(self.limits.max_concurrency > 0, "limits.max_concurrency: must be at least 1");
         check(self.limits.memory >= 1 << 20, "limits.memory: must be at least 1MiB");
@@ -1133,6 +1136,20 @@ max_concurrency = 256
 
     /// Keys that need quotes (a space in a tenant's name) and the cluster
     /// names keyed in `[routing]` are found at their own lines.
+    #[test]
+    fn the_admin_port_may_not_share_the_listen_port_on_any_address() {
+        let clash = |listen: &str, admin: &str| {
+            problems(&format!("[node]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n"))
+                .iter()
+                .any(|p| p.starts_with("node.admin: the same port as node.listen"))
+        };
+        assert!(clash("127.0.0.1:7700", "127.0.0.1:7700"));
+        assert!(clash("127.0.0.1:7700", "0.0.0.0:7700"), "0.0.0.0 covers 127.0.0.1");
+        assert!(clash("[::]:7700", "127.0.0.1:7700"));
+        assert!(!clash("127.0.0.1:7700", "127.0.0.2:7700"));
+        assert!(!clash("0.0.0.0:0", "0.0.0.0:0"), "port 0 picks two ports");
+    }
+
     #[test]
     fn problems_with_quoted_keys_name_their_own_line() {
         let text = "[tenants.good]\ntokens = []\n\n[tenants.\"bad name\"]\ntokens = []\n\n[routing]\n\n[routing.security]\ntrusted_keys = { \"g h\" = [] }\n";

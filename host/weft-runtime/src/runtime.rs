@@ -207,7 +207,8 @@ impl Runtime {
             let (freed, left) = (format_size(pruned.freed), format_size(pruned.left));
             tracing::info!(removed = pruned.removed, %freed, %left, "compile cache pruned to limits.compile_cache ({limit}): files no loaded plugin uses, least recently used first");
         }
-        if pruned.left > self.config.cache_max_bytes {
+        // A limit of 0 asks for just that: only what is loaded stays.
+        if pruned.left > self.config.cache_max_bytes && self.config.cache_max_bytes > 0 {
             let left = format_size(pruned.left);
             tracing::warn!(%left, "the loaded plugins' compiled forms alone take more than limits.compile_cache ({limit}); they stay, but raise the limit");
         }
