@@ -409,3 +409,30 @@ async fn a_plugin_name_claimed_by_two_tenants_loads_for_neither() {
     req.cmds[0].function_id = Some("echo/echo".into());
     assert_eq!(node.client().await.request(req).await.unwrap().into_result().unwrap()["x"], json!("hi"));
 }
+
+/// Across the cluster too: two members serving one plugin name for two
+/// tenants refuse the call rather than pick the higher version, which
+/// would hand one tenant's calls to the other's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_serving_one_plugin_name_for_two_tenants_refuse_the_call() {
+    let manifest = |extra: &str| ("echo.toml".to_owned(), format!("callers = [\"*\"]\n{extra}").into_bytes());
+    let spec = |id: &str, seeds: &[&TestNode], extra: &str| {
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        NodeSpec {
+            plugins: vec!["echo"],
+            files: vec![manifest(extra)],
+            config: format!("id = \"{id}\"\ncluster = \"c\"\nseeds = [{}]\n", seeds.join(", ")),
+        }
+    };
+    let a = TestNode::start(spec("a", &[], "tenant = \"acme\"\n"));
+    let b = TestNode::start(spec("b", &[&a], "tenant = \"globex\"\nversion = \"9.9.9\"\n"));
+    eventually("a to list b's echo", SETTLE, async || {
+        let body = a.admin().get("/v1/catalog").await.ok()?.body;
+        body["functions"].as_array()?.iter().any(|f| f["node"] == "b").then_some(())
+    })
+    .await;
+    let e = call_as(&a, None, "echo", vec![json!("hi")]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION, "{}", e.message);
+    assert_eq!(e.details["tenants"], json!(["acme", "globex"]), "{}", e.message);
+    drop(b);
+}

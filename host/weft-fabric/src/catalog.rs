@@ -7,7 +7,7 @@
 //! gossip, federation) nor which node a call finally goes to: it hands every
 //! suitable node to the router as `Resolved::candidates`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use semver::{Version, VersionReq};
@@ -42,6 +42,10 @@ pub struct CatalogEntry {
     /// only: offers to other clusters leave it out (they have `audience`).
     #[serde(default, skip_serializing_if = "Callers::is_anyone")]
     pub callers: Callers,
+    /// The tenant that owns its plugin, within its own cluster only, as
+    /// `callers`: a plugin name belongs to one tenant (`resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 fn yes() -> bool {
@@ -185,6 +189,8 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
     .map_err(at)?;
     let left = callable(left, asker).map_err(|e| at(e.with("rule", "callers")))?;
 
+    owned_by_one_tenant(&left, &wanted).map_err(at)?;
+
     let plugins: BTreeSet<&FunctionId> = left.iter().map(|e| &e.function).collect();
     if plugins.len() > 1 {
         let candidates: BTreeSet<String> = left.iter().map(|e| format!("{}@{}", e.function, e.version)).collect();
@@ -213,6 +219,32 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
         candidates,
         locs: cmd.locs.clone(),
     })
+}
+
+/// A plugin name belongs to one tenant. Where nodes of the cluster serve
+/// one name for two tenants (each node refuses that among its own files),
+/// picking by version could hand one tenant's call to the other's code:
+/// refused instead, naming who claims the name where.
+fn owned_by_one_tenant(entries: &[&CatalogEntry], wanted: &Wanted) -> Result<(), WeftError> {
+    let mut claims: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    for e in entries {
+        if let Some(tenant) = e.tenant.as_deref() {
+            claims.entry(&e.function.plugin).or_default().entry(tenant).or_default().insert(e.node.as_str());
+        }
+    }
+    let Some((plugin, tenants)) = claims.into_iter().find(|(_, tenants)| tenants.len() > 1) else {
+        return Ok(());
+    };
+    let who: Vec<String> =
+        tenants.iter().map(|(tenant, nodes)| format!("tenant {tenant} on {}", join(nodes.iter().copied()))).collect();
+    Err(WeftError::new(
+        ErrorKind::AMBIGUOUS_FUNCTION,
+        format!(
+            "function {wanted}: plugin name {plugin} is served for more than one tenant in this cluster ({}); a plugin name belongs to one tenant, so the call is not run: ask the operator to rename one tenant's plugin",
+            who.join("; ")
+        ),
+    )
+    .with("tenants", tenants.keys().map(|t| t.to_string()).collect::<Vec<_>>()))
 }
 
 /// Where several plugins offer the name, those the caller may call. A lone
@@ -408,6 +440,24 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// One plugin name served for two tenants in the cluster (each node
+    /// loads its own file) is refused, not resolved by version: the higher
+    /// version would take the other tenant's calls.
+    #[test]
+    fn a_plugin_name_served_for_two_tenants_is_refused() {
+        let on = |node: &str, version: &str, tenant: &str| CatalogEntry {
+            node: NodeId::new(node),
+            tenant: Some(tenant.into()),
+            ..entry("acme/greet", version, sig(&[("who", WitType::String)], WitType::String))
+        };
+        let e = resolve(&cmd("greet"), &[on("n1", "0.1.0", "acme"), on("n2", "9.9.9", "globex")]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION, "{}", e.message);
+        assert!(e.message.contains("tenant acme on n1; tenant globex on n2"), "{}", e.message);
+        assert_eq!(e.details["tenants"], json!(["acme", "globex"]));
+        let one = resolve(&cmd("greet"), &[on("n1", "0.1.0", "acme"), on("n2", "9.9.9", "acme")]).unwrap();
+        assert_eq!(one.version.to_string(), "9.9.9", "one tenant's versions resolve as ever");
     }
 
     /// A miss names functions the caller may call with a close name: the

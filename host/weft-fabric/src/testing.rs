@@ -52,6 +52,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         exported: true,
         audience: crate::Audience::Everyone,
         callers: weft_proto::Callers::default(),
+        tenant: None,
     }
 }
 

@@ -465,7 +465,12 @@ impl ClusterTask {
             .own_entries()
             .into_iter()
             .filter(|e| policy.exports(e, to))
-            .map(|e| CatalogEntry { audience: e.audience.narrowed(&audience), callers: Callers::default(), ..e })
+            .map(|e| CatalogEntry {
+                audience: e.audience.narrowed(&audience),
+                callers: Callers::default(),
+                tenant: None,
+                ..e
+            })
             .collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
             // Functions of the clusters the routes announced to the receiver

@@ -1130,6 +1130,7 @@ pub(crate) fn local_catalog(
                 exported: f.exported,
                 audience: audience.clone(),
                 callers: plugin.callers.clone(),
+                tenant: Some(plugin.tenant.clone()),
             });
         }
     }
