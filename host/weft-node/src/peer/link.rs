@@ -760,10 +760,10 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         return Err(WeftError::new(
             ErrorKind::POLICY_DENIED,
             format!(
-                "the nodes of cluster {} that have {function}@{version} ({}) do not serve calls from cluster {}: their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section), or the plugin's manifest `callers` does not open it there",
+                "the nodes of cluster {} that have {function}@{version} ({}) do not serve a call that came by way of clusters {}: the plugin's manifest `callers` does not open it to each of them (a call through a transit cluster needs `cluster:TRANSIT` there too), or their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section)",
                 me.cluster,
                 refusing.join(", "),
-                origin(link, &call),
+                call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> "),
                 me.node
             ),
         )
