@@ -449,7 +449,8 @@ fn routes_and_call_refuse_what_they_would_misread() {
     let (code, _, err) = weft(&["routes", "--node", &node.admin_url, "--explain", "bad name"]);
     assert_ne!(code, 0);
     assert!(err.contains("is not a cluster name"), "{err}");
-    // The node's own cluster needs no route; another without one is out of reach.
+    // The node's own cluster needs no route; another is refused by the
+    // (strict) policy before routes are looked at.
     let (code, out, err) = weft(&["routes", "--node", &node.admin_url, "--explain", "local"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("local is this node's own cluster"), "{out}");
@@ -457,7 +458,10 @@ fn routes_and_call_refuse_what_they_would_misread() {
     let body: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((&body["own_cluster"], &body["reachable"]), (&true.into(), &true.into()), "{body}");
     let (_, out, _) = weft(&["routes", "--node", &node.admin_url, "--explain", "elsewhere"]);
-    assert!(out.contains("elsewhere is unreachable from this node: no bridge"), "{out}");
+    assert!(out.contains("elsewhere is refused by this node's federation policy (rule strict-mode)"), "{out}");
+    let (_, out, _) = weft(&["routes", "--node", &node.admin_url, "--explain", "elsewhere", "--json"]);
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&body["refused"]["rule"], &body["reachable"]), (&"strict-mode".into(), &false.into()), "{body}");
     // A request file's commands carry their own options; flags would be lost.
     let (code, _, err) = weft(&["call", "--node", &node.ws, "--request", "r.json", "--cluster", "x"]);
     assert_ne!(code, 0);

@@ -49,20 +49,26 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         let names =
             |key: &str| -> Vec<&str> { body[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect() };
         let (relays, bridged) = (names("relayed_by"), names("bridged_to"));
-        match body.get("winner").filter(|w| !w.is_null()) {
-            Some(w) => println!("best: {}", line(w)),
-            None if body["own_cluster"] == true => {
+        let refused = body.get("refused").filter(|r| !r.is_null());
+        match (refused, body.get("winner").filter(|w| !w.is_null())) {
+            (Some(r), _) => println!(
+                "{destination} is refused by this node's federation policy (rule {}): {}",
+                r["rule"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            ),
+            (None, Some(w)) => println!("best: {}", line(w)),
+            (None, None) if body["own_cluster"] == true => {
                 println!("{destination} is this node's own cluster: its functions are called within it, with no route");
             }
-            None if !bridged.is_empty() => println!(
+            (None, None) if !bridged.is_empty() => println!(
                 "{destination}: no route is eligible now, but this node's own bridge to {} carries calls there directly",
                 bridged.join(", ")
             ),
-            None if !relays.is_empty() => println!(
+            (None, None) if !relays.is_empty() => println!(
                 "{destination}: no route of this node's own; calls go through the members that relay it: {}",
                 relays.join(", ")
             ),
-            None => println!(
+            (None, None) => println!(
                 "{destination} is unreachable from this node: no bridge of its own or of a member's leads there (see weft routes, and the bridges in [federation])"
             ),
         }

@@ -434,15 +434,19 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
     let rule = "fewest hops, then lowest latency, then highest reliability, then smallest advertiser id";
     // The own cluster needs no route: its functions are called within it.
     let own = destination == fabric.me.cluster;
+    // Whatever the routes say, this node's own policy decides first.
+    let verdict = fabric.policy().peer(&destination, None);
+    let refused = (!own && !verdict.allowed).then(|| json!({"rule": verdict.rule.as_str(), "reason": verdict.reason}));
     json!({
         "destination": cluster,
         "own_cluster": own,
+        "refused": refused,
         "winner": e.winner.as_ref().map(|r| route_json(r, now)),
         "losers": losers,
         "selection": rule,
         "relayed_by": relayed_by,
         "bridged_to": bridged_to,
-        "reachable": own || e.winner.is_some() || !relayed_by.is_empty() || !bridged_to.is_empty(),
+        "reachable": own || (refused.is_none() && (e.winner.is_some() || !relayed_by.is_empty() || !bridged_to.is_empty())),
     })
 }
 
