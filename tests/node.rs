@@ -846,6 +846,21 @@ async fn a_client_that_pings_without_reading_its_pongs_is_held_back_and_let_go()
     assert!(grew < 64, "the node's peak memory grew by {grew} MiB");
 }
 
+/// A node run without a config file reloads its plugins on SIGHUP (log
+/// rotation sends one too) and says there is no policy to reload, without
+/// logging an error.
+#[tokio::test]
+async fn a_sighup_to_a_node_without_a_config_file_logs_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::spawn(dir, &["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let _ = std::process::Command::new("kill").args(["-HUP", &node.pid().to_string()]).status();
+    eventually("the reload to be logged", Duration::from_secs(10), async || {
+        node.stderr().contains("no config file, so no federation policy to reload").then_some(())
+    })
+    .await;
+    assert!(!node.stderr().contains("ERROR"), "{}", node.stderr());
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_answered_503_and_idle_admin_connections_time_out() {
     let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
