@@ -10,18 +10,22 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(crate) struct Claims {
     /// Plugin name -> tenant -> files.
     by_name: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// File -> the plugin name it claims.
+    names: BTreeMap<String, String>,
 }
 
 impl Claims {
     pub fn add(&mut self, file: &str, name: &str, tenant: &str) {
         let tenants = self.by_name.entry(name.to_owned()).or_default();
         tenants.entry(tenant.to_owned()).or_default().insert(file.to_owned());
+        self.names.insert(file.to_owned(), name.to_owned());
     }
 
     /// Why `file` may not load, when its plugin name is claimed by more
     /// than one tenant.
     pub fn contest(&self, file: &str) -> Option<String> {
-        let (name, tenants) = self.by_name.iter().find(|(_, t)| t.values().any(|files| files.contains(file)))?;
+        let name = self.names.get(file)?;
+        let tenants = &self.by_name[name];
         if tenants.len() < 2 {
             return None;
         }

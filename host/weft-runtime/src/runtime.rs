@@ -996,15 +996,12 @@ fn read_claims(folder: &cap_std::fs::Dir, files: &[String], max: u64) -> Claims 
     let mut claims = Claims::default();
     for file in files {
         let stem = file.trim_end_matches(".wasm");
-        let manifest = match read_regular(folder, &format!("{stem}.toml"), max) {
-            Ok(bytes) => match String::from_utf8(bytes)
-                .ok()
-                .and_then(|text| Manifest::parse(&format!("{stem}.toml"), &text).ok())
-            {
-                Some(manifest) => manifest,
-                None => continue,
+        let manifest = match read_manifest(folder, stem, max) {
+            Ok(None) => Manifest::default(),
+            Ok(Some(text)) => match Manifest::parse(&format!("{stem}.toml"), &text) {
+                Ok(manifest) => manifest,
+                Err(_) => continue,
             },
-            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(_) => continue,
         };
         claims.add(file, manifest.name.as_deref().unwrap_or(stem), manifest.tenant());
@@ -1019,13 +1016,17 @@ fn read_plugin_files(
     max: u64,
 ) -> Result<(Vec<u8>, Option<String>), String> {
     let wasm = read_regular(folder, file, max).map_err(|e| e.to_string())?;
+    Ok((wasm, read_manifest(folder, stem, max)?))
+}
+
+/// The text of `STEM.toml`, if there is one.
+fn read_manifest(folder: &cap_std::fs::Dir, stem: &str, max: u64) -> Result<Option<String>, String> {
     let manifest_file = format!("{stem}.toml");
-    let manifest = match read_regular(folder, &manifest_file, max) {
-        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| format!("{manifest_file} is not UTF-8 text"))?),
-        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{manifest_file}: {e}")),
-    };
-    Ok((wasm, manifest))
+    match read_regular(folder, &manifest_file, max) {
+        Ok(bytes) => Ok(Some(String::from_utf8(bytes).map_err(|_| format!("{manifest_file} is not UTF-8 text"))?)),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{manifest_file}: {e}")),
+    }
 }
 
 enum ReadError {

@@ -569,6 +569,11 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall, bytes: 
     serving.insert(id, task.abort_handle());
 }
 
+/// A federation path as messages print it: `alpha -> beta`.
+fn path_text(path: &[ClusterId]) -> String {
+    path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ")
+}
+
 /// Why a peer's call, or its reply, finds no room in what its link may hold.
 fn held_up(fabric: &Fabric, link: &Link) -> WeftError {
     WeftError::new(
@@ -608,7 +613,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         // end with the neighbour's: otherwise the neighbour hides where the
         // call started, and so who may make it.
         let clusters = || call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>();
-        let said = || clusters().join(" -> ");
+        let said = || path_text(&call.federation_path);
         if call.federation_path.last() != Some(&link.remote.cluster) {
             return Err(WeftError::invalid_request(format!(
                 "a call from cluster {} must carry a federation path that ends with it (got [{}])",
@@ -652,7 +657,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 "call to {} came back to cluster {} (federation path {})",
                 call.function,
                 me.cluster,
-                clusters.join(" -> ")
+                path_text(&call.federation_path)
             ),
         )
         .with("federation_path", clusters));
@@ -763,7 +768,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 "the nodes of cluster {} that have {function}@{version} ({}) do not serve a call that came by way of clusters {}: the plugin's manifest `callers` does not open it to each of them (a call through a transit cluster needs `cluster:TRANSIT` there too), or their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section)",
                 me.cluster,
                 refusing.join(", "),
-                call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> "),
+                path_text(&call.federation_path),
                 me.node
             ),
         )
