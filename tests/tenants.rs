@@ -403,7 +403,11 @@ async fn a_plugin_name_claimed_by_two_tenants_loads_for_neither() {
     std::fs::rename(node.plugins_dir().join("aaa.wasm"), node.plugins_dir().join("acme-echo.wasm")).unwrap();
     let reply = node.admin().post("/v1/plugins/reload", "").await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let e = call_as(&node, None, "echo", vec![json!("hi")]).await.unwrap_err();
+    // The catalog takes up a reload a moment after it answers.
+    let e = eventually("echo in the catalog again", SETTLE, async || {
+        call_as(&node, None, "echo", vec![json!("hi")]).await.err().filter(|e| e.kind != ErrorKind::FUNCTION_NOT_FOUND)
+    })
+    .await;
     assert_eq!(e.kind, ErrorKind::AMBIGUOUS_FUNCTION, "both echo plugins serve again: {}", e.message);
     let mut req = Request::new("", vec![Command::new("x", "echo", vec![json!("hi")])]);
     req.cmds[0].function_id = Some("echo/echo".into());
