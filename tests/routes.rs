@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually, metric};
+use support::{FakePeer, NodeSpec, TestNode, eventually, metric};
 use weft_proto::{Command, ErrorKind, Request, WeftError};
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -376,6 +376,50 @@ async fn a_cluster_lists_behind_transit_only_what_it_can_call() {
     assert!(!lists("upper", "delta").await, "gamma lists a function delta would refuse it");
     let err = call_in(&g, "delta", "upper", None).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
+}
+
+/// A plugin open to one other cluster by name (`callers = ["cluster:alpha"]`)
+/// reaches it through a transit cluster as over a direct bridge: beta
+/// carries alpha's calls to gamma's `upper` but neither lists nor calls it
+/// itself, and neither does delta, one more cluster behind beta. Gamma's
+/// `add`, open to everyone, all of them list.
+#[tokio::test]
+async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else() {
+    let b = cluster_node("beta", vec![], &[], true);
+    let a = cluster_node("alpha", vec![], &[&b], false);
+    let d = cluster_node("delta", vec![], &[&b], false);
+    let config = format!(
+        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[federation]\nmode = \"permissive\"\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        b.ws
+    );
+    let files = vec![("text.toml".to_owned(), b"callers = [\"cluster:alpha\"]\n".to_vec())];
+    let g = TestNode::start(NodeSpec { plugins: vec!["text", "math"], files, config });
+    let lists = async |node: &TestNode, name: &str| {
+        let body = node.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == name && f["cluster"] == "gamma")
+    };
+    for node in [&a, &b, &d] {
+        eventually("gamma's add listed", SETTLE, async || lists(node, "add").await.then_some(())).await;
+    }
+    eventually("alpha to list gamma's upper", SETTLE, async || lists(&a, "upper").await.then_some(())).await;
+    assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
+    for (node, name) in [(&b, "beta"), (&d, "delta")] {
+        assert!(!lists(node, "upper").await, "{name} lists a function open to alpha only");
+        let err = call_in(node, "gamma", "upper", None).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{name}: {err:?}");
+    }
+    // A call that says it started in beta is refused where the function is.
+    let mut beta = FakePeer::join(&g, "b9", "beta").await;
+    beta.send(&json!({"t": "call", "id": 1, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+        "deadline_ms": 5000, "routing_path": ["b9"], "federation_path": ["beta"], "hop_budget": 2}))
+        .await;
+    let reply = beta.next_of("reply").await;
+    let error = &reply["error"];
+    assert_eq!(
+        (&error["kind"], &error["details"]["rule"]),
+        (&json!("POLICY_DENIED"), &json!("member-policy")),
+        "{reply}"
+    );
 }
 
 /// A node of `cluster` (id `CLUSTER1`) in permissive federation under

@@ -32,20 +32,32 @@ pub struct CatalogEntry {
     /// to, nor callable from, other clusters.
     #[serde(default = "yes")]
     pub exported: bool,
-    /// The other clusters whose callers may call it, as far as its own
-    /// cluster knows: its manifest's `callers`, narrowed by that cluster's
-    /// federation policy when offered. Clusters that pass the entry on offer
-    /// it only within this, so no cluster lists what it could not call.
+    /// The other clusters a call to it may come from or pass through: the
+    /// federation policy of the node that has it, narrowed by that of each
+    /// cluster that passes the entry on.
     #[serde(default, skip_serializing_if = "Audience::is_everyone")]
     pub audience: Audience,
+    /// The other clusters a call to it may start in: its manifest's
+    /// `callers`. A cluster outside them may still carry the entry on
+    /// toward one of them, but neither lists nor calls it.
+    #[serde(default, skip_serializing_if = "Audience::is_everyone")]
+    pub origins: Audience,
     /// Who may call it (its manifest's `callers`), within its own cluster
-    /// only: offers to other clusters leave it out (they have `audience`).
+    /// only: offers to other clusters leave it out (they have `origins`).
     #[serde(default, skip_serializing_if = "Callers::is_anyone")]
     pub callers: Callers,
     /// The tenant that owns its plugin, within its own cluster only, as
     /// `callers`: a plugin name belongs to one tenant (`resolve`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+}
+
+impl CatalogEntry {
+    /// Whether `cluster` lists and may call it, rather than only carry it
+    /// toward the clusters its plugin is open to.
+    pub fn listed_in(&self, cluster: &ClusterId) -> bool {
+        self.cluster == *cluster || self.origins.admits(cluster)
+    }
 }
 
 fn yes() -> bool {
@@ -113,9 +125,13 @@ pub struct Asker<'a> {
 
 impl Asker<'_> {
     /// Whether the caller may call `entry` as far as this cluster knows: its
-    /// own plugins' `callers`; other clusters offered theirs to this one.
+    /// own plugins' `callers`; another cluster's, if calls may start here.
     fn may_call(&self, entry: &CatalogEntry) -> bool {
-        entry.cluster != *self.cluster || entry.callers.admits(self.caller)
+        if entry.cluster == *self.cluster { entry.callers.admits(self.caller) } else { self.sees(entry) }
+    }
+
+    fn sees(&self, entry: &CatalogEntry) -> bool {
+        entry.listed_in(self.cluster)
     }
 }
 
@@ -139,7 +155,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
         })?),
     };
 
-    let named: Vec<&CatalogEntry> = entries.iter().filter(|e| wanted.matches(&e.function)).collect();
+    let named: Vec<&CatalogEntry> = entries.iter().filter(|e| asker.sees(e) && wanted.matches(&e.function)).collect();
     if named.is_empty() {
         // What another cluster does not offer here may still be there.
         let abroad = match cmd.target_cluster.as_deref() {
@@ -151,7 +167,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
         };
         return Err(at(not_found(format!(
             "function {wanted} is not in the catalog{}{}{abroad}",
-            wanted.siblings(entries),
+            wanted.siblings(entries, asker),
             wanted.near_misses(entries, asker)
         ))));
     }
@@ -352,12 +368,15 @@ impl Wanted {
     }
 
     /// For a pinned id whose plugin exists: the functions it does have.
-    fn siblings(&self, entries: &[CatalogEntry]) -> String {
+    fn siblings(&self, entries: &[CatalogEntry], asker: &Asker) -> String {
         let Wanted::Pinned(id) = self else {
             return String::new();
         };
-        let names: BTreeSet<&str> =
-            entries.iter().filter(|e| e.function.plugin == id.plugin).map(|e| &*e.function.function).collect();
+        let names: BTreeSet<&str> = entries
+            .iter()
+            .filter(|e| asker.sees(e) && e.function.plugin == id.plugin)
+            .map(|e| &*e.function.function)
+            .collect();
         if names.is_empty() { String::new() } else { format!(" (plugin {} has: {})", id.plugin, join(names)) }
     }
 }
@@ -632,6 +651,20 @@ mod tests {
             e.cluster = ClusterId::new("beta");
         }
         assert_eq!(as_(&bob, &cat).unwrap().function, FunctionId::new("echo", "concat"));
+
+        // Unless their plugin is open to other clusters than this one: then
+        // this cluster only carries them, and no one here finds them.
+        for e in cat.iter_mut().filter(|e| &*e.function.plugin == "echo") {
+            e.origins = Audience::Only([ClusterId::new("gamma")].into());
+        }
+        let asker = Asker { caller: &bob, cluster: &alpha };
+        let e = super::resolve(&cmd("echo/concat"), &cat, &asker).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+        assert!(!e.message.contains("plugin echo has") && !e.message.contains("did you mean"), "{e}");
+        assert_eq!(
+            super::resolve(&cmd("concat"), &cat, &asker).unwrap().function,
+            FunctionId::new("acme-text", "concat")
+        );
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl Policy {
     }
 
     /// The clusters a node serves one of its own entries to, by this
-    /// policy and the entry's own audience: what it advertises to its
+    /// policy: what it advertises to its
     /// members, so that a bridge node offers abroad, and lets calls in for,
     /// only what the node hosting the function would serve (their policies
     /// differ during a rolling reload, or by mistake).
@@ -217,8 +217,8 @@ impl Policy {
     }
 
     /// Whether a local entry is offered to `cluster` at all (the export side
-    /// of the catalog): what its callers would be allowed to call, by this
-    /// policy and by the entry's own audience (its manifest's `callers`).
+    /// of the catalog): whether calls from there may reach it, by this
+    /// policy and the entry's audience.
     pub fn exports(&self, entry: &CatalogEntry, cluster: &ClusterId) -> bool {
         entry.audience.admits(cluster) && self.call(cluster, None, &entry.function, entry.exported).allowed
     }

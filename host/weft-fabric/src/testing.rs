@@ -51,6 +51,7 @@ pub fn entry(id: &str, version: &str, sig: FunctionSig) -> CatalogEntry {
         idempotent: false,
         exported: true,
         audience: crate::Audience::Everyone,
+        origins: crate::Audience::Everyone,
         callers: weft_proto::Callers::default(),
         tenant: None,
     }

@@ -305,10 +305,13 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             }),
         ),
         (&Method::GET, "/v1/catalog") => {
+            // Not what this cluster only carries toward the clusters a plugin is open to.
+            let here = weft_proto::ClusterId::new(&ctx.cluster);
             let functions: Vec<Value> = executor
                 .map(|e| e.catalog())
                 .unwrap_or_default()
                 .iter()
+                .filter(|e| e.listed_in(&here))
                 .map(|e| {
                     json!({
                         "name": e.function.function,

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weft_fabric::{
-    Applied, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig, RouteTable,
+    Applied, Audience, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig,
+    RouteTable,
 };
 use weft_proto::{Callers, ClusterId, NodeId};
 
@@ -464,7 +465,7 @@ impl ClusterTask {
         let mut offer: Vec<CatalogEntry> = self
             .own_entries()
             .into_iter()
-            .filter(|e| policy.exports(e, to))
+            .filter(|e| policy.exports(e, to) && self.toward_origins(e, link))
             .map(|e| CatalogEntry {
                 audience: e.audience.narrowed(&audience),
                 callers: Callers::default(),
@@ -489,7 +490,8 @@ impl ClusterTask {
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
-                if admitted && e.audience.admits(to) && leads.contains(&e.cluster) && !entries_has(&offer, e) {
+                let wanted = e.audience.admits(to) && self.toward_origins(e, link);
+                if admitted && wanted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     // Callers this cluster would not carry further are not
                     // offered it either.
                     offer.push(CatalogEntry { audience: e.audience.narrowed(&audience), ..e.clone() });
@@ -497,6 +499,19 @@ impl ClusterTask {
             }
         }
         offer
+    }
+
+    /// Whether the link's cluster may call `e`, or announced this node a
+    /// route to a cluster that may: a cluster outside an entry's origins
+    /// gets it only to carry those clusters' calls.
+    fn toward_origins(&self, e: &CatalogEntry, link: &Link) -> bool {
+        match &e.origins {
+            Audience::Only(origins) => {
+                origins.contains(&link.remote.cluster)
+                    || origins.iter().any(|o| self.routes.leads_through(link.node(), o))
+            }
+            _ => true,
+        }
     }
 
     fn next_epoch(&mut self) -> u64 {

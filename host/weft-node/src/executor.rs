@@ -1114,7 +1114,7 @@ pub(crate) fn local_catalog(
         resources.extend(source.resources.iter().cloned());
         resources.sort();
         resources.dedup();
-        let audience = plugin
+        let origins = plugin
             .callers
             .foreign_clusters(source.foreign_tenants)
             .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()));
@@ -1128,7 +1128,8 @@ pub(crate) fn local_catalog(
                 cluster: cluster.clone(),
                 idempotent: plugin.idempotent,
                 exported: f.exported,
-                audience: audience.clone(),
+                audience: Audience::Everyone,
+                origins: origins.clone(),
                 callers: plugin.callers.clone(),
                 tenant: Some(plugin.tenant.clone()),
             });

@@ -756,16 +756,19 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         ));
     }
     // Only on nodes whose own policy serves every cluster the call came
-    // from (they advertise which): another member may refuse what this
-    // node's policy lets in.
-    let serving = |e: &CatalogEntry| call.federation_path.iter().all(|c| e.audience.admits(c));
+    // by, and whose plugin is open to the one it started in (they advertise
+    // both): another member may refuse what this node's policy lets in.
+    let serving = |e: &CatalogEntry| {
+        call.federation_path.iter().all(|c| e.audience.admits(c))
+            && call.federation_path.first().is_none_or(|o| e.origins.admits(o))
+    };
     let refusing: Vec<String> = candidates.iter().filter(|e| !serving(e)).map(|e| e.node.to_string()).collect();
     candidates.retain(serving);
     if candidates.is_empty() {
         return Err(WeftError::new(
             ErrorKind::POLICY_DENIED,
             format!(
-                "the nodes of cluster {} that have {function}@{version} ({}) do not serve a call that came by way of clusters {}: the plugin's manifest `callers` does not open it to each of them (a call through a transit cluster needs `cluster:TRANSIT` there too), or their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section)",
+                "the nodes of cluster {} that have {function}@{version} ({}) do not serve a call that came by way of clusters {}: the plugin's manifest `callers` does not open it to the first of them, or their federation policy differs from that of node {}, which let the call in (give every node of a cluster the same [federation] section)",
                 me.cluster,
                 refusing.join(", "),
                 path_text(&call.federation_path),
