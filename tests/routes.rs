@@ -405,6 +405,10 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else
     assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
     for (node, name) in [(&b, "beta"), (&d, "delta")] {
         assert!(!lists(node, "upper").await, "{name} lists a function open to alpha only");
+        // Its catalog gauge counts what it lists, not what it carries.
+        let listed = node.admin().get("/v1/catalog").await.unwrap().body["functions"].as_array().unwrap().len();
+        let gauge = metric(&node.admin().get("/metrics").await.unwrap().text, "weft_catalog_entries");
+        assert_eq!(gauge, Some(listed as f64), "{name}");
         let err = call_in(node, "gamma", "upper", None).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{name}: {err:?}");
     }
@@ -420,6 +424,50 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else
         (&json!("POLICY_DENIED"), &json!("member-policy")),
         "{reply}"
     );
+
+    // Nor can another neighbour pass its call off as alpha's by announcing
+    // a way there: gamma's own way to alpha goes through beta.
+    let mut forger = FakePeer::join(&g, "e9", "epsilon").await;
+    let routes = json!([
+        {"destination": "epsilon", "path": ["epsilon"], "hops": 0, "latency_us": 0, "reliability": 1000},
+        {"destination": "alpha", "path": ["epsilon", "zeta", "alpha"], "hops": 2, "latency_us": 0, "reliability": 1000}
+    ]);
+    forger.send(&json!({"t": "routes", "epoch": 1, "routes": routes})).await;
+    let mut id = 0;
+    let error = eventually("the forged call past the path check", SETTLE, async || {
+        id += 1;
+        forger
+            .send(&json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+                "deadline_ms": 5000, "routing_path": ["e9"], "federation_path": ["alpha", "epsilon"], "hop_budget": 2}))
+            .await;
+        let reply = forger.next_of("reply").await;
+        (reply["error"]["details"]["rule"] != "path").then(|| reply["error"].clone())
+    })
+    .await;
+    assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("goes through cluster beta"), "{error}");
+
+    // Nor at beta, where a neighbour of the transit cluster sends it on.
+    let mut forger = FakePeer::join(&b, "d9", "delta").await;
+    let routes = json!([
+        {"destination": "delta", "path": ["delta"], "hops": 0, "latency_us": 0, "reliability": 1000},
+        {"destination": "alpha", "path": ["delta", "alpha"], "hops": 1, "latency_us": 0, "reliability": 1000}
+    ]);
+    forger.send(&json!({"t": "routes", "epoch": 1, "routes": routes})).await;
+    let mut id = 0;
+    let error = eventually("the forged call past the path check at beta", SETTLE, async || {
+        id += 1;
+        forger
+            .send(&json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+                "deadline_ms": 5000, "routing_path": ["d9"], "federation_path": ["alpha", "delta"], "hop_budget": 3,
+                "target_cluster": "gamma"}))
+            .await;
+        let reply = forger.next_of("reply").await;
+        (reply["error"]["details"]["rule"] != "path").then(|| reply["error"].clone())
+    })
+    .await;
+    assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("goes through cluster alpha"), "{error}");
 }
 
 /// A node of `cluster` (id `CLUSTER1`) in permissive federation under

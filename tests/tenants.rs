@@ -348,6 +348,50 @@ async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
     drop((b1, d1));
 }
 
+/// A tenant's name crosses one authenticated link only, so a plugin open to
+/// `acme@alpha` is not offered to alpha through a transit cluster: alpha
+/// would list what none of its callers could call. Gamma's echo, open to
+/// everyone, it does list through beta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_open_to_a_tenant_of_another_cluster_is_not_offered_through_transit() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<(String, std::path::PathBuf, String)> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|cluster| {
+            let (private, public) = weft_node::signing::generate();
+            let file = dir.path().join(cluster);
+            std::fs::write(&file, private).unwrap();
+            ((*cluster).to_owned(), file, public)
+        })
+        .collect();
+    let node = |cluster: &str, seeds: &[&TestNode], transit: bool, plugins: Vec<&'static str>, files| {
+        let (_, own, _) = keys.iter().find(|(c, ..)| c == cluster).unwrap();
+        let trusted: Vec<String> =
+            keys.iter().filter(|(c, ..)| c != cluster).map(|(c, _, public)| format!("{c} = [{public:?}]")).collect();
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        let config = format!(
+            "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[tenants.acme]\ntokens = [\"{ACME}\"]\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\n[routing.security]\nauthenticate_links = true\nsigning_key = {own:?}\ntrusted_keys = {{ {} }}\n",
+            seeds.join(", "),
+            trusted.join(", ")
+        );
+        TestNode::start(NodeSpec { plugins, files, config })
+    };
+    let b1 = node("beta", &[], true, vec![], vec![]);
+    let a1 = node("alpha", &[&b1], false, vec![], vec![]);
+    let snoop = ("hostile.toml".to_owned(), b"tenant = \"globex\"\ncallers = [\"acme@alpha\"]\n".to_vec());
+    let _g1 = node("gamma", &[&b1], false, vec!["echo", "hostile"], vec![snoop]);
+    let gamma_echo = async || {
+        let body = a1.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == "echo" && f["cluster"] == "gamma")
+    };
+    eventually("alpha to list gamma's echo through beta", SETTLE, async || gamma_echo().await.then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!sees(&a1, "snoop").await, "alpha lists a function no caller of alpha could call through beta");
+    let e = snoop_in(&a1, "gamma", Some(ACME)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+    drop(b1);
+}
+
 /// A tenant's limits, changed in the config file, apply to its plugins at
 /// the reload: nothing has to restart, and other tenants' plugins stay.
 #[tokio::test]

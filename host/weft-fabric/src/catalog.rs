@@ -76,6 +76,13 @@ pub enum Audience {
 }
 
 impl Audience {
+    /// The clusters `callers` opens a plugin to (see [`Callers::foreign_clusters`]).
+    pub fn origins(callers: &Callers, tenants_of: impl Fn(&str) -> bool) -> Audience {
+        callers
+            .foreign_clusters(tenants_of)
+            .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()))
+    }
+
     pub fn is_everyone(&self) -> bool {
         *self == Audience::Everyone
     }

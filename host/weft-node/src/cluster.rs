@@ -460,17 +460,23 @@ impl ClusterTask {
         let to = &link.remote.cluster;
         // Own entries go with the clusters that may call them, so that a
         // cluster passing them on offers them only there; the tenants that
-        // may (`callers`) are this cluster's business.
+        // may (`callers`) are this cluster's business. A tenant's name
+        // crosses one authenticated link only: `TENANT@C` opens an entry to
+        // C over a bridge straight to C.
         let audience = policy.audience();
+        let tenants = self.fabric.links_authenticated();
         let mut offer: Vec<CatalogEntry> = self
             .own_entries()
             .into_iter()
-            .filter(|e| policy.exports(e, to) && self.toward_origins(e, link))
-            .map(|e| CatalogEntry {
-                audience: e.audience.narrowed(&audience),
-                callers: Callers::default(),
-                tenant: None,
-                ..e
+            .filter_map(|e| {
+                let origins = Audience::origins(&e.callers, |c| tenants && c == to.as_str());
+                (policy.exports(&e, to) && self.toward_origins(&origins, link)).then(|| CatalogEntry {
+                    audience: e.audience.narrowed(&audience),
+                    origins,
+                    callers: Callers::default(),
+                    tenant: None,
+                    ..e
+                })
             })
             .collect();
         if self.transit && policy.peer(to, Some(link.node())).allowed {
@@ -490,7 +496,7 @@ impl ClusterTask {
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
-                let wanted = e.audience.admits(to) && self.toward_origins(e, link);
+                let wanted = e.audience.admits(to) && self.toward_origins(&e.origins, link);
                 if admitted && wanted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     // Callers this cluster would not carry further are not
                     // offered it either.
@@ -501,14 +507,15 @@ impl ClusterTask {
         offer
     }
 
-    /// Whether the link's cluster may call `e`, or announced this node a
-    /// route to a cluster that may: a cluster outside an entry's origins
-    /// gets it only to carry those clusters' calls.
-    fn toward_origins(&self, e: &CatalogEntry, link: &Link) -> bool {
-        match &e.origins {
+    /// Whether the link's cluster is one of an entry's `origins`, or this
+    /// cluster's way to one: a cluster outside them gets the entry only to
+    /// carry their calls (which `peer::link` takes from it on the same terms).
+    fn toward_origins(&self, origins: &Audience, link: &Link) -> bool {
+        let to = &link.remote.cluster;
+        match origins {
             Audience::Only(origins) => {
-                origins.contains(&link.remote.cluster)
-                    || origins.iter().any(|o| self.routes.leads_through(link.node(), o))
+                let now = self.now();
+                origins.contains(to) || origins.iter().any(|o| self.routes.next_cluster(now, o).as_ref() == Some(to))
             }
             _ => true,
         }

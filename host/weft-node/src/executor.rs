@@ -1114,10 +1114,7 @@ pub(crate) fn local_catalog(
         resources.extend(source.resources.iter().cloned());
         resources.sort();
         resources.dedup();
-        let origins = plugin
-            .callers
-            .foreign_clusters(source.foreign_tenants)
-            .map_or(Audience::Everyone, |clusters| Audience::Only(clusters.iter().map(ClusterId::new).collect()));
+        let origins = Audience::origins(&plugin.callers, |_| source.foreign_tenants);
         for f in plugin.functions.iter().filter(|f| !f.local_only) {
             entries.push(CatalogEntry {
                 function: FunctionId::new(plugin.name.clone(), f.name.clone()),

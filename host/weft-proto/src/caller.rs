@@ -119,15 +119,16 @@ impl Callers {
     }
 
     /// The other clusters some of whose callers pass: `cluster:C`, and
-    /// `TENANT@C` where `foreign_tenants` (links prove their cluster, so a
-    /// call can name another cluster's tenant); None for every cluster ("*").
-    pub fn foreign_clusters(&self, foreign_tenants: bool) -> Option<Vec<String>> {
+    /// `TENANT@C` where `tenants_of(C)` (a call can name another cluster's
+    /// tenant only over an authenticated link straight from that cluster);
+    /// None for every cluster ("*").
+    pub fn foreign_clusters(&self, tenants_of: impl Fn(&str) -> bool) -> Option<Vec<String>> {
         if self.is_anyone() {
             return None;
         }
         let cluster = |e: &String| match e.strip_prefix(CLUSTER) {
             Some(cluster) => Some(cluster.to_owned()),
-            None => e.split_once('@').filter(|_| foreign_tenants).map(|(_, c)| c.to_owned()),
+            None => e.split_once('@').filter(|(_, c)| tenants_of(c)).map(|(_, c)| c.to_owned()),
         };
         Some(self.0.iter().filter_map(cluster).collect())
     }

@@ -224,14 +224,19 @@ mod tests {
 
     #[test]
     fn the_clusters_a_plugin_is_open_to_follow_its_callers() {
-        let open = |text: &str| Manifest::parse("m.toml", text).unwrap().callers().foreign_clusters(true);
+        let open = |text: &str| Manifest::parse("m.toml", text).unwrap().callers().foreign_clusters(|_| true);
         assert_eq!(open(""), None, "the default tenant's plugin: every cluster");
         assert_eq!(open("callers = [\"*\"]"), None);
         assert_eq!(open("tenant = \"acme\""), Some(vec![]), "a tenant's plugin: none");
         let named = "tenant = \"acme\"\ncallers = [\"acme\", \"cluster:beta\", \"bob@gamma\"]";
         assert_eq!(open(named), Some(vec!["beta".to_owned(), "gamma".to_owned()]));
         let callers = Manifest::parse("m.toml", named).unwrap().callers();
-        assert_eq!(callers.foreign_clusters(false), Some(vec!["beta".to_owned()]), "no tenant of gamma can be named");
+        assert_eq!(
+            callers.foreign_clusters(|_| false),
+            Some(vec!["beta".to_owned()]),
+            "no tenant of gamma can be named"
+        );
+        assert_eq!(callers.foreign_clusters(|c| c == "delta"), Some(vec!["beta".to_owned()]), "nor beyond gamma");
     }
 
     #[test]

@@ -778,6 +778,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         .with("rule", "member-policy")
         .with("nodes", refusing));
     }
+    vouched(fabric, link, &call, &candidates)?;
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, candidates, function, version, deadline);
     Ok(step.run().await)
@@ -839,6 +840,7 @@ async fn transit(
         .with("cluster", me.cluster.as_str()));
     }
     admit_path(fabric, &call.federation_path)?;
+    vouched(fabric, link, &call, &onward)?;
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, onward, function, version, deadline);
     Ok(step.run().await)
@@ -862,6 +864,33 @@ fn foreign_caller(said: &Caller, origin: &ClusterId, neighbour: &ClusterId, auth
 
 fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a ClusterId {
     call.federation_path.first().unwrap_or(&link.remote.cluster)
+}
+
+/// For a function open to some clusters only (`origins`), a neighbour's
+/// word that a call started in another cluster counts where this cluster's
+/// own best way to that cluster crosses the neighbour, at every cluster on
+/// the way: that neighbour is the way there anyway, and no other can pass
+/// its calls off as that cluster's.
+fn vouched(fabric: &Fabric, link: &Link, call: &ForwardCall, entries: &[CatalogEntry]) -> Result<(), WeftError> {
+    let (started, neighbour) = (origin(link, call), &link.remote.cluster);
+    let Some(e) = entries.iter().find(|e| !e.origins.is_everyone()).filter(|_| started != neighbour) else {
+        return Ok(());
+    };
+    let way = fabric.next_cluster(started);
+    if way.as_ref() == Some(neighbour) {
+        return Ok(());
+    }
+    let goes = way.map_or_else(|| "has none".to_owned(), |c| format!("goes through cluster {c}"));
+    Err(WeftError::new(
+        ErrorKind::POLICY_DENIED,
+        format!(
+            "{}@{} is open to some clusters only, and cluster {} takes a call that started in {started} from cluster {neighbour} only when its own best route to {started} goes through {neighbour} (it {goes}): call from {started} the way it is routed",
+            e.function, e.version, fabric.me.cluster
+        ),
+    )
+    .with("rule", "origin")
+    .with("cluster", started.as_str())
+    .with("federation_path", call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>()))
 }
 
 /// Every cluster a call came through (its origin first) must be one this

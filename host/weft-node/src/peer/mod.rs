@@ -364,7 +364,9 @@ impl Fabric {
     }
 
     pub(crate) fn publish(&self, view: ClusterView) {
-        self.metrics.catalog_entries.set(view.entries.len() as i64);
+        // What `/v1/catalog` lists: not the entries this cluster only carries.
+        let listed = view.entries.iter().filter(|e| e.listed_in(&self.me.cluster)).count();
+        self.metrics.catalog_entries.set(listed as i64);
         self.metrics.members.set(view.members.len() as i64 + 1);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
     }
@@ -391,6 +393,12 @@ impl Fabric {
     /// Whether bridge peer `via` announced this node a route to `cluster`.
     pub fn leads_through(&self, via: &NodeId, cluster: &ClusterId) -> bool {
         read(&self.view).routes.leads_through(via, cluster)
+    }
+
+    /// The cluster this cluster's best way to `cluster` crosses into first.
+    pub fn next_cluster(&self, cluster: &ClusterId) -> Option<ClusterId> {
+        let view = read(&self.view);
+        view.routes.next_cluster(view.now(), cluster)
     }
 
     /// The clusters the route to `cluster` that member `via` shares crosses.
