@@ -427,47 +427,37 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else
 
     // Nor can another neighbour pass its call off as alpha's by announcing
     // a way there: gamma's own way to alpha goes through beta.
-    let mut forger = FakePeer::join(&g, "e9", "epsilon").await;
-    let routes = json!([
-        {"destination": "epsilon", "path": ["epsilon"], "hops": 0, "latency_us": 0, "reliability": 1000},
-        {"destination": "alpha", "path": ["epsilon", "zeta", "alpha"], "hops": 2, "latency_us": 0, "reliability": 1000}
-    ]);
-    forger.send(&json!({"t": "routes", "epoch": 1, "routes": routes})).await;
-    let mut id = 0;
-    let error = eventually("the forged call past the path check", SETTLE, async || {
-        id += 1;
-        forger
-            .send(&json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
-                "deadline_ms": 5000, "routing_path": ["e9"], "federation_path": ["alpha", "epsilon"], "hop_budget": 2}))
-            .await;
-        let reply = forger.next_of("reply").await;
-        (reply["error"]["details"]["rule"] != "path").then(|| reply["error"].clone())
-    })
-    .await;
+    let error = forged_upper(&g, ("e9", "epsilon"), &["epsilon", "zeta", "alpha"]).await;
     assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
     assert!(error["message"].as_str().unwrap().contains("goes through cluster beta"), "{error}");
-
     // Nor at beta, where a neighbour of the transit cluster sends it on.
-    let mut forger = FakePeer::join(&b, "d9", "delta").await;
+    let error = forged_upper(&b, ("d9", "delta"), &["delta", "alpha"]).await;
+    assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("goes through cluster alpha"), "{error}");
+}
+
+/// A fake node (`id`, `cluster`) joins `node`, announces a route to alpha
+/// along `to_alpha`, then calls gamma's `text/upper` as if for alpha, until
+/// a call gets past the check that it announced alpha: that call's error.
+async fn forged_upper(node: &TestNode, (id, cluster): (&str, &str), to_alpha: &[&str]) -> Value {
+    let mut forger = FakePeer::join(node, id, cluster).await;
     let routes = json!([
-        {"destination": "delta", "path": ["delta"], "hops": 0, "latency_us": 0, "reliability": 1000},
-        {"destination": "alpha", "path": ["delta", "alpha"], "hops": 1, "latency_us": 0, "reliability": 1000}
+        {"destination": cluster, "path": [cluster], "hops": 0, "latency_us": 0, "reliability": 1000},
+        {"destination": "alpha", "path": to_alpha, "hops": to_alpha.len() - 1, "latency_us": 0, "reliability": 1000}
     ]);
     forger.send(&json!({"t": "routes", "epoch": 1, "routes": routes})).await;
-    let mut id = 0;
-    let error = eventually("the forged call past the path check at beta", SETTLE, async || {
-        id += 1;
+    let mut call_id = 0;
+    eventually("a forged call past the path check", SETTLE, async || {
+        call_id += 1;
         forger
-            .send(&json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
-                "deadline_ms": 5000, "routing_path": ["d9"], "federation_path": ["alpha", "delta"], "hop_budget": 3,
+            .send(&json!({"t": "call", "id": call_id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+                "deadline_ms": 5000, "routing_path": [id], "federation_path": ["alpha", cluster], "hop_budget": 3,
                 "target_cluster": "gamma"}))
             .await;
         let reply = forger.next_of("reply").await;
         (reply["error"]["details"]["rule"] != "path").then(|| reply["error"].clone())
     })
-    .await;
-    assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
-    assert!(error["message"].as_str().unwrap().contains("goes through cluster alpha"), "{error}");
+    .await
 }
 
 /// A node of `cluster` (id `CLUSTER1`) in permissive federation under
