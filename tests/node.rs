@@ -186,6 +186,54 @@ async fn binary_requests_are_answered_in_binary_frames() {
     assert_eq!(reply["r"]["a"], "MPREG");
 }
 
+/// A request as MPREG's current Python client sends it: every field of its
+/// `RPCRequest` and `RPCCommand`, defaults included, plus the trace headers
+/// it adds, in a binary frame. The reply carries every field its
+/// `RPCResponse`, `RPCExecutionSummary` and `RPCIntermediateResult` require,
+/// with their types, and an error the `code` and `message` of its `RPCError`.
+#[tokio::test]
+async fn a_request_shaped_as_mpregs_client_sends_it_gets_the_reply_it_parses() {
+    let node = node();
+    let mut ws = raw_socket(&node).await;
+    let command = |name: &str, fun: &str, arg: &str| {
+        json!({"name": name, "fun": fun, "args": [arg], "kwargs": {}, "locs": [], "function_id": null,
+            "version_constraint": null, "target_cluster": null, "routing_topic": null})
+    };
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let req = json!({"role": "rpc", "cmds": [command("a", "upper", "mpreg"), command("b", "echo", "a")],
+        "u": "01JDQ3S4ZK6W0G8C2Y5N7B9D1F", "return_intermediate_results": true,
+        "intermediate_result_callback_topic": null, "include_execution_summary": true, "debug_mode": false,
+        "headers": {"traceparent": trace}, "traceparent": trace});
+    ws.send(Message::Binary(req.to_string().into_bytes().into())).await.unwrap();
+    let (reply, binary) = next_json(&mut ws).await;
+    assert!(binary, "{reply}");
+    assert_eq!((&reply["u"], &reply["r"]["b"]), (&req["u"], &json!("MPREG")), "{reply}");
+    let summary = &reply["execution_summary"];
+    for field in ["request_id", "total_execution_time_ms", "total_levels", "level_execution_times"] {
+        assert!(!summary[field].is_null(), "{field}: {summary}");
+    }
+    for field in ["bottleneck_level_index", "average_level_time_ms", "parallel_commands_executed", "cross_cluster_hops"]
+    {
+        assert!(summary[field].is_number(), "{field}: {summary}");
+    }
+    let levels = reply["intermediate_results"].as_array().unwrap();
+    assert_eq!(levels.len(), 2, "{reply}");
+    for level in levels {
+        for field in ["level_index", "total_levels", "completed_levels", "timestamp", "execution_time_ms"] {
+            assert!(level[field].is_number(), "{field}: {level}");
+        }
+        assert!(level["request_id"].is_string() && level["level_results"].is_object(), "{level}");
+        assert!(level["accumulated_results"].is_object(), "{level}");
+    }
+
+    let failing = json!({"role": "rpc", "cmds": [command("a", "nope", "x")], "u": "u2",
+        "return_intermediate_results": false, "include_execution_summary": false, "debug_mode": false});
+    ws.send(Message::Binary(failing.to_string().into_bytes().into())).await.unwrap();
+    let (reply, _) = next_json(&mut ws).await;
+    assert_eq!(reply["u"], "u2", "{reply}");
+    assert!(reply["error"]["code"].is_u64() && reply["error"]["message"].is_string(), "{reply}");
+}
+
 #[tokio::test]
 async fn text_that_is_not_utf8_closes_the_connection_with_1007() {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
