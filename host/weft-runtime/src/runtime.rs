@@ -173,14 +173,15 @@ impl Runtime {
                 return report;
             }
         };
-        let claims = read_claims(&folder, &names, self.config.max_plugin_bytes);
+        let mut manifests = read_manifests(&folder, &names);
+        let claims = claims_of(&manifests);
         for file in names {
             if let Some(reason) = claims.contest(&file) {
                 report.failed.push(self.fail(file, reason));
                 continue;
             }
             let stem = file.trim_end_matches(".wasm").to_owned();
-            let result = read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes)
+            let result = read_plugin_files(&folder, &file, &mut manifests, self.config.max_plugin_bytes)
                 .and_then(|(wasm, manifest)| self.load_component(&file, &stem, &wasm, manifest.as_deref()));
             match result {
                 Ok(name) => report.loaded.push(name),
@@ -387,7 +388,8 @@ impl Runtime {
         };
         // Failures describe the folder as it is now.
         write(&self.failures).clear();
-        let claims = read_claims(&folder, &files, self.config.max_plugin_bytes);
+        let mut manifests = read_manifests(&folder, &files);
+        let claims = claims_of(&manifests);
         write(&self.plugins).retain(|p| {
             let (gone, contested) = (!files.contains(&p.file), claims.contest(&p.file).is_some());
             if gone {
@@ -406,7 +408,8 @@ impl Runtime {
                 continue;
             }
             let stem = file.trim_end_matches(".wasm").to_owned();
-            let (wasm, manifest) = match read_plugin_files(&folder, &file, &stem, self.config.max_plugin_bytes) {
+            let (wasm, manifest) = match read_plugin_files(&folder, &file, &mut manifests, self.config.max_plugin_bytes)
+            {
                 Ok(read) => read,
                 Err(reason) => {
                     report.failed.push(self.fail(file, reason));
@@ -989,16 +992,27 @@ fn wasm_files(dir: &Path) -> Result<(cap_std::fs::Dir, Vec<String>), String> {
     Ok((folder, names))
 }
 
-/// The plugin name and tenant each of `files` claims, from its manifest. A
+/// A manifest is a few lines of TOML; all of a folder's are held at once.
+const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+
+/// Each plugin file's manifest text (if it has one), read once: the claims
+/// and the load see the same manifest, however the file changes meanwhile.
+type Manifests = BTreeMap<String, Result<Option<String>, String>>;
+
+fn read_manifests(folder: &cap_std::fs::Dir, files: &[String]) -> Manifests {
+    files.iter().map(|file| (file.clone(), read_manifest(folder, file.trim_end_matches(".wasm")))).collect()
+}
+
+/// The plugin name and tenant each file claims, from its manifest. A
 /// manifest that cannot be read or parsed claims nothing: its plugin fails
 /// to load anyway, saying why.
-fn read_claims(folder: &cap_std::fs::Dir, files: &[String], max: u64) -> Claims {
+fn claims_of(manifests: &Manifests) -> Claims {
     let mut claims = Claims::default();
-    for file in files {
+    for (file, text) in manifests {
         let stem = file.trim_end_matches(".wasm");
-        let manifest = match read_manifest(folder, stem, max) {
+        let manifest = match text {
             Ok(None) => Manifest::default(),
-            Ok(Some(text)) => match Manifest::parse(&format!("{stem}.toml"), &text) {
+            Ok(Some(text)) => match Manifest::parse(&format!("{stem}.toml"), text) {
                 Ok(manifest) => manifest,
                 Err(_) => continue,
             },
@@ -1012,19 +1026,22 @@ fn read_claims(folder: &cap_std::fs::Dir, files: &[String], max: u64) -> Claims 
 fn read_plugin_files(
     folder: &cap_std::fs::Dir,
     file: &str,
-    stem: &str,
+    manifests: &mut Manifests,
     max: u64,
 ) -> Result<(Vec<u8>, Option<String>), String> {
     let wasm = read_regular(folder, file, max).map_err(|e| e.to_string())?;
-    Ok((wasm, read_manifest(folder, stem, max)?))
+    Ok((wasm, manifests.remove(file).unwrap_or(Ok(None))?))
 }
 
 /// The text of `STEM.toml`, if there is one.
-fn read_manifest(folder: &cap_std::fs::Dir, stem: &str, max: u64) -> Result<Option<String>, String> {
+fn read_manifest(folder: &cap_std::fs::Dir, stem: &str) -> Result<Option<String>, String> {
     let manifest_file = format!("{stem}.toml");
-    match read_regular(folder, &manifest_file, max) {
+    match read_regular(folder, &manifest_file, MAX_MANIFEST_BYTES) {
         Ok(bytes) => Ok(Some(String::from_utf8(bytes).map_err(|_| format!("{manifest_file} is not UTF-8 text"))?)),
         Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(ReadError::TooLarge { size, max }) => Err(format!(
+            "{manifest_file}: {size} bytes is over the manifest size limit of {max} bytes; a manifest is a few lines of TOML"
+        )),
         Err(e) => Err(format!("{manifest_file}: {e}")),
     }
 }
@@ -1417,6 +1434,25 @@ mod tests {
         let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons.iter().all(|(_, r)| r.contains("not a regular file")), "{reasons:?}");
+    }
+
+    /// Every manifest of a folder is held while it loads, so each is kept
+    /// small; a larger one fails its plugin alone, saying why.
+    #[test]
+    fn a_manifest_over_its_size_limit_fails_its_plugin_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for plugin in ["echo", "text"] {
+            std::fs::write(dir.path().join(format!("{plugin}.wasm")), weft_bundle::get(plugin).expect("bundled"))
+                .expect("write");
+        }
+        let padded = format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES as usize));
+        std::fs::write(dir.path().join("text.toml"), padded).expect("write");
+        let report = Runtime::new(RuntimeConfig::default()).expect("runtime").load_dir(dir.path());
+        assert_eq!(report.loaded, ["echo@0.1.0"]);
+        let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert_eq!(reasons[0].0, "text.wasm");
+        assert!(reasons[0].1.contains("text.toml") && reasons[0].1.contains("manifest size limit"), "{reasons:?}");
     }
 
     /// A node whose memory limit is below what a plugin's memory starts at
