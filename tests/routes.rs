@@ -379,17 +379,18 @@ async fn a_cluster_lists_behind_transit_only_what_it_can_call() {
 }
 
 /// A plugin open to one other cluster by name (`callers = ["cluster:alpha"]`)
-/// reaches it through a transit cluster as over a direct bridge: beta
-/// carries alpha's calls to gamma's `upper` but neither lists nor calls it
-/// itself, and neither does delta, one more cluster behind beta. Gamma's
-/// `add`, open to everyone, all of them list.
+/// reaches it over a direct bridge only, until gamma trusts transit cluster
+/// beta to say where the calls it carries started: then beta carries
+/// alpha's calls to gamma's `upper` but neither lists nor calls it itself,
+/// and neither does delta, one more cluster behind beta. Gamma's `add`,
+/// open to everyone, all of them list throughout.
 #[tokio::test]
-async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else() {
+async fn a_plugin_open_to_one_cluster_reaches_it_through_a_trusted_transit_and_no_one_else() {
     let b = cluster_node("beta", vec![], &[], true);
     let a = cluster_node("alpha", vec![], &[&b], false);
     let d = cluster_node("delta", vec![], &[&b], false);
     let config = format!(
-        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[federation]\nmode = \"permissive\"\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n",
+        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n[federation]\nmode = \"permissive\"\n",
         b.ws
     );
     let files = vec![("text.toml".to_owned(), b"callers = [\"cluster:alpha\"]\n".to_vec())];
@@ -401,6 +402,15 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else
     for node in [&a, &b, &d] {
         eventually("gamma's add listed", SETTLE, async || lists(node, "add").await.then_some(())).await;
     }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!lists(&a, "upper").await, "alpha lists what gamma would refuse through an untrusted transit");
+    assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap_err().kind, ErrorKind::FUNCTION_NOT_FOUND);
+
+    let path = g.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    support::write(&path, &format!("{text}trusted_transit = [\"beta\"]\n"));
+    let reload = g.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text);
     eventually("alpha to list gamma's upper", SETTLE, async || lists(&a, "upper").await.then_some(())).await;
     assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
     for (node, name) in [(&b, "beta"), (&d, "delta")] {
@@ -425,15 +435,19 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_and_no_one_else
         "{reply}"
     );
 
-    // Nor can another neighbour pass its call off as alpha's by announcing
-    // a way there: gamma's own way to alpha goes through beta.
-    let error = forged_upper(&g, ("e9", "epsilon"), &["epsilon", "zeta", "alpha"]).await;
+    // Nor can a neighbour gamma does not trust pass its call off as
+    // alpha's, though it announces a way there.
+    let error = forged_upper(&g, ("e9", "epsilon"), &["epsilon", "alpha"]).await;
     assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
-    assert!(error["message"].as_str().unwrap().contains("goes through cluster beta"), "{error}");
-    // Nor at beta, where a neighbour of the transit cluster sends it on.
+    assert!(error["message"].as_str().unwrap().contains("list epsilon in federation.trusted_transit"), "{error}");
+    // Nor at beta, which trusts no one to: a neighbour of the transit
+    // cluster does not get its call carried as alpha's.
     let error = forged_upper(&b, ("d9", "delta"), &["delta", "alpha"]).await;
     assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
-    assert!(error["message"].as_str().unwrap().contains("goes through cluster alpha"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("cluster beta does not take the word of cluster delta"),
+        "{error}"
+    );
 }
 
 /// A fake node (`id`, `cluster`) joins `node`, announces a route to alpha

@@ -349,8 +349,9 @@ async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
 }
 
 /// A tenant's name crosses one authenticated link only, so a plugin open to
-/// `acme@alpha` is not offered to alpha through a transit cluster: alpha
-/// would list what none of its callers could call. Gamma's echo, open to
+/// `acme@alpha` is not offered to alpha through a transit cluster, even one
+/// gamma trusts to carry calls: alpha would list what none of its callers
+/// could call. Gamma's echo, open to
 /// everyone, it does list through beta.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_open_to_a_tenant_of_another_cluster_is_not_offered_through_transit() {
@@ -370,7 +371,7 @@ async fn a_plugin_open_to_a_tenant_of_another_cluster_is_not_offered_through_tra
             keys.iter().filter(|(c, ..)| c != cluster).map(|(c, _, public)| format!("{c} = [{public:?}]")).collect();
         let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
         let config = format!(
-            "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\n[tenants.acme]\ntokens = [\"{ACME}\"]\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\n[routing.security]\nauthenticate_links = true\nsigning_key = {own:?}\ntrusted_keys = {{ {} }}\n",
+            "id = \"{cluster}1\"\ncluster = \"{cluster}\"\nseeds = [{}]\n[federation]\nmode = \"permissive\"\ntrusted_transit = [\"beta\"]\n[tenants.acme]\ntokens = [\"{ACME}\"]\n[routing]\ntransit = {transit}\nannounce_interval = \"200ms\"\n[routing.security]\nauthenticate_links = true\nsigning_key = {own:?}\ntrusted_keys = {{ {} }}\n",
             seeds.join(", "),
             trusted.join(", ")
         );

@@ -335,6 +335,7 @@ fn policy_cost(smoke: bool) -> f64 {
         bridges: vec![Bridge { cluster: ClusterId::new("beta"), nodes: vec![NodeId::new("b1"), NodeId::new("b2")] }],
         allow_functions: vec!["upper".into(), "echo/echo".into()],
         block_functions: vec!["secret".into()],
+        trusted_transit: vec![],
     };
     let (cluster, node, function) = (ClusterId::new("beta"), NodeId::new("b2"), FunctionId::new("echo", "echo"));
     let n = if smoke { 1_000 } else { 1_000_000 };

@@ -44,6 +44,10 @@ pub struct Policy {
     pub allow_functions: Vec<String>,
     /// Functions foreign callers may never call.
     pub block_functions: Vec<String>,
+    /// Clusters whose word on where a call they hand over started this
+    /// cluster takes for a plugin open to named clusters only.
+    #[serde(default)]
+    pub trusted_transit: Vec<ClusterId>,
 }
 
 /// The rule that decided; stable names for logs, metrics and errors.
@@ -221,6 +225,15 @@ impl Policy {
     /// policy and the entry's audience.
     pub fn exports(&self, entry: &CatalogEntry, cluster: &ClusterId) -> bool {
         entry.audience.admits(cluster) && self.call(cluster, None, &entry.function, entry.exported).allowed
+    }
+
+    /// Whether this cluster takes `neighbour`'s word that a call it hands
+    /// over started in another cluster, for an entry open to `origins`:
+    /// always where they are everyone, else where the neighbour may call
+    /// the entry itself or is in `trusted_transit`. Calls carry no proof of
+    /// where they started, so this is a matter of trust, not of routes.
+    pub fn vouches(&self, neighbour: &ClusterId, origins: &Audience) -> bool {
+        origins.admits(neighbour) || self.trusted_transit.contains(neighbour)
     }
 
     /// The other clusters this policy admits at all, for entries offered

@@ -633,13 +633,6 @@ impl RouteTable {
         carried
     }
 
-    /// The cluster this cluster's best way to `destination` crosses into
-    /// first (this node's routes and its members', as `exports` chooses).
-    pub fn next_cluster(&self, now: Millis, destination: &ClusterId) -> Option<ClusterId> {
-        let mut ways = self.best_ways(now, |a| a.destination != *destination);
-        ways.remove(destination).and_then(|(way, _)| way.path.get(1).cloned())
-    }
-
     /// For each destination, the node a call there goes to next: the bridge
     /// peer of this node's best route, or the member whose shared route is
     /// better. The same choice as `exports`, so calls take the way this

@@ -507,18 +507,17 @@ impl ClusterTask {
         offer
     }
 
-    /// Whether the link's cluster is one of an entry's `origins`, or this
-    /// cluster's way to one: a cluster outside them gets the entry only to
-    /// carry their calls (which `peer::link` takes from it on the same terms).
+    /// Whether the link's cluster is one of an entry's `origins`, or one
+    /// this cluster trusts to carry their calls (`Policy::vouches`, as
+    /// `peer::link` takes them) that announced a route to one of them: it
+    /// then gets the entry only to carry those calls.
     fn toward_origins(&self, origins: &Audience, link: &Link) -> bool {
         let to = &link.remote.cluster;
-        match origins {
-            Audience::Only(origins) => {
-                let now = self.now();
-                origins.contains(to) || origins.iter().any(|o| self.routes.next_cluster(now, o).as_ref() == Some(to))
-            }
+        let leads = match origins {
+            Audience::Only(set) => set.iter().any(|o| self.routes.leads_through(link.node(), o)),
             _ => true,
-        }
+        };
+        origins.admits(to) || (leads && self.fabric.policy().vouches(to, origins))
     }
 
     fn next_epoch(&mut self) -> u64 {

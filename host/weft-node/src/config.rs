@@ -155,6 +155,7 @@ pub struct FederationSection {
     pub blocked_clusters: Vec<String>,
     pub bridges: Vec<Bridge>,
     pub functions: FunctionRules,
+    pub trusted_transit: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -645,7 +646,11 @@ impl Config {
     fn federation_problems(&self) -> Vec<String> {
         let f = &self.federation;
         let mut problems = Vec::new();
-        for (key, list) in [("allowed_clusters", &f.allowed_clusters), ("blocked_clusters", &f.blocked_clusters)] {
+        for (key, list) in [
+            ("allowed_clusters", &f.allowed_clusters),
+            ("blocked_clusters", &f.blocked_clusters),
+            ("trusted_transit", &f.trusted_transit),
+        ] {
             for c in list.iter().filter(|c| !is_valid_name(c)) {
                 problems.push(format!("federation.{key}: {c:?} is not a cluster name; {NAME_RULE}"));
             }
@@ -853,6 +858,7 @@ impl Config {
                 .collect(),
             allow_functions: f.functions.allow.clone(),
             block_functions: f.functions.block.clone(),
+            trusted_transit: clusters(&f.trusted_transit),
         }
     }
 
@@ -1181,6 +1187,7 @@ cluster = "alpha"
 mode = "explicit"
 allowed_clusters = ["bad name!"]
 blocked_clusters = ["gamma"]
+trusted_transit = ["beta", "no/such"]
 [[federation.bridges]]
 cluster = "alpha"
 [[federation.bridges]]
@@ -1195,6 +1202,7 @@ block = ["/x", "Upper", "text/snake_case"]
         let found = problems(text);
         let expected = [
             "federation.allowed_clusters: \"bad name!\" is not a cluster name",
+            "federation.trusted_transit: \"no/such\" is not a cluster name",
             "federation.bridges[0].cluster: alpha is this node's own cluster",
             "federation.bridges[1].nodes: \"\" is not a node id",
             "federation.bridges[2].cluster: a second bridge to beta",

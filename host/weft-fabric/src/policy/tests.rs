@@ -115,6 +115,7 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
             bridges,
             allow_functions,
             block_functions,
+            trusted_transit: vec![],
         },
     )
 }
@@ -164,6 +165,20 @@ fn audiences_narrow_to_the_clusters_in_both() {
     permissive.blocked_clusters = vec![c("y")];
     assert_eq!(permissive.audience(), all_but(&["y"]));
     assert_eq!(policy(Mode::Strict).audience(), only(&[]));
+}
+
+/// A neighbour's word on where a call started counts for an entry open to
+/// everyone, to the neighbour itself, or where the policy trusts it.
+#[test]
+fn a_neighbour_vouches_for_an_origin_only_where_trusted_or_open_to_it() {
+    let only = |names: &[&str]| Audience::Only(names.iter().map(|s| c(s)).collect());
+    let plain = policy(Mode::Permissive);
+    assert!(plain.vouches(&c("beta"), &Audience::Everyone));
+    assert!(plain.vouches(&c("beta"), &only(&["alpha", "beta"])), "beta may call it itself");
+    assert!(!plain.vouches(&c("beta"), &only(&["alpha"])));
+    let trusting = Policy { trusted_transit: vec![c("beta")], ..plain };
+    assert!(trusting.vouches(&c("beta"), &only(&["alpha"])));
+    assert!(!trusting.vouches(&c("delta"), &only(&["alpha"])));
 }
 
 #[test]

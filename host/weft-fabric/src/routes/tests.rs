@@ -57,12 +57,9 @@ fn calls_go_the_way_the_cluster_announces_through_a_member_when_its_route_is_bet
     let mut t = table();
     t.update(T0, &n("g1"), &c("g"), 1, vec![ann(&["g"]), ann(&["g", "d"])], ok).unwrap();
     assert_eq!(t.next_hops(T0).get(&c("d")), Some(&n("g1")));
-    assert_eq!(t.next_cluster(T0, &c("d")), Some(c("g")));
     // Member a2 bridges d itself: one crossing instead of two.
     assert!(t.set_member_routes(&n("a2"), vec![ann(&["a", "d"])]));
     assert_eq!(t.next_hops(T0).get(&c("d")), Some(&n("a2")), "the way announced is the way taken");
-    assert_eq!(t.next_cluster(T0, &c("d")), Some(c("d")));
-    assert_eq!(t.next_cluster(T0, &c("x")), None);
     let announced = t.exports(T0, &c("x"), true);
     let to_d = announced.iter().find(|a| a.destination == c("d")).unwrap();
     assert_eq!(to_d.path, vec![c("a"), c("d")]);

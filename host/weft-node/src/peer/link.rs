@@ -867,29 +867,29 @@ fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a ClusterId {
 }
 
 /// For a function open to some clusters only (`origins`), a neighbour's
-/// word that a call started in another cluster counts where this cluster's
-/// own best way to that cluster crosses the neighbour, at every cluster on
-/// the way: that neighbour is the way there anyway, and no other can pass
-/// its calls off as that cluster's.
+/// word that a call started in another cluster counts only where this
+/// cluster's policy trusts it with that (`Policy::vouches`), at every
+/// cluster on the way: calls carry no proof of where they started.
 fn vouched(fabric: &Fabric, link: &Link, call: &ForwardCall, entries: &[CatalogEntry]) -> Result<(), WeftError> {
     let (started, neighbour) = (origin(link, call), &link.remote.cluster);
-    let Some(e) = entries.iter().find(|e| !e.origins.is_everyone()).filter(|_| started != neighbour) else {
+    let policy = fabric.policy();
+    let Some(e) = entries.iter().find(|e| !policy.vouches(neighbour, &e.origins)).filter(|_| started != neighbour)
+    else {
         return Ok(());
     };
-    let way = fabric.next_cluster(started);
-    if way.as_ref() == Some(neighbour) {
-        return Ok(());
-    }
-    let goes = way.map_or_else(|| "has none".to_owned(), |c| format!("goes through cluster {c}"));
     Err(WeftError::new(
         ErrorKind::POLICY_DENIED,
         format!(
-            "{}@{} is open to some clusters only, and cluster {} takes a call that started in {started} from cluster {neighbour} only when its own best route to {started} goes through {neighbour} (it {goes}): call from {started} the way it is routed",
-            e.function, e.version, fabric.me.cluster
+            "{}@{} is open to some clusters only, and cluster {} does not take the word of cluster {neighbour}, which handed the call over, that it started in {started} (federation path {}): list {neighbour} in federation.trusted_transit of cluster {} to trust it with that, or bridge {started} to it directly",
+            e.function,
+            e.version,
+            fabric.me.cluster,
+            path_text(&call.federation_path),
+            fabric.me.cluster
         ),
     )
     .with("rule", "origin")
-    .with("cluster", started.as_str())
+    .with("cluster", neighbour.as_str())
     .with("federation_path", call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>()))
 }
 

@@ -395,12 +395,6 @@ impl Fabric {
         read(&self.view).routes.leads_through(via, cluster)
     }
 
-    /// The cluster this cluster's best way to `cluster` crosses into first.
-    pub fn next_cluster(&self, cluster: &ClusterId) -> Option<ClusterId> {
-        let view = read(&self.view);
-        view.routes.next_cluster(view.now(), cluster)
-    }
-
     /// The clusters the route to `cluster` that member `via` shares crosses.
     pub fn relay_path(&self, via: &NodeId, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
         read(&self.view).routes.member_path(via, cluster).map(<[ClusterId]>::to_vec)
