@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode, eventually, metric};
+use support::{FakePeer, NodeSpec, TestNode, eventually, metric};
 use weft_proto::{Command, ErrorKind, Request};
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -628,4 +628,46 @@ async fn a_peer_that_sends_garbage_is_told_why_its_link_closes() {
     };
     assert_eq!(u16::from(close.code), 1002);
     assert!(close.reason.starts_with("malformed peer message"), "{}", close.reason);
+}
+
+/// A node whose copy of a function was unloaded since the call was planned
+/// ran nothing, so the call goes on to another node with the same version
+/// instead of failing. n0, a member that answers every call as such a node
+/// would, is tried as often as n2.
+#[tokio::test]
+async fn a_call_to_a_node_that_no_longer_has_the_version_goes_on_to_one_that_has_it() {
+    let n1 = member("n1", vec![], &[], "", "30s");
+    let n2 = member("n2", vec!["echo"], &[&n1], "", "30s");
+    converged(&[&n1], &["n2"]).await;
+    let body = n1.admin().get("/v1/catalog").await.unwrap().body;
+    let echo = body["functions"].as_array().unwrap().iter().find(|f| f["function_id"] == "echo/echo").unwrap().clone();
+    let mut stale = FakePeer::join(&n1, "n0", "c1").await;
+    let entry = json!({"function": "echo/echo", "version": echo["version"], "sig": echo["sig"], "resources": [],
+        "node": "n0", "cluster": "c1", "idempotent": false, "exported": true});
+    stale
+        .send(&json!({"t": "catalog", "delta": {"kind": "advert", "node": "n0", "cluster": "c1", "incarnation": 1,
+            "version": 1, "entries": [entry]}}))
+        .await;
+    converged(&[&n1], &["n0", "n2"]).await;
+    let (answered, mut count) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let call = stale.next_of("call").await;
+            let error = json!({"code": 1002, "kind": "FUNCTION_NOT_FOUND", "details": {"not_loaded": true},
+                "message": "plugin echo@0.1.0 is not loaded on this node; it was unloaded or replaced since the call was planned"});
+            stale.send(&json!({"t": "reply", "id": call["id"], "error": error, "node": "n0"})).await;
+            let _ = answered.send(());
+        }
+    });
+    let client = n1.client().await;
+    for i in 0..20 {
+        let value = client.call_command(Command::new("x", "echo", vec![json!(i.to_string())])).await.unwrap();
+        assert_eq!(value, json!(i.to_string()));
+    }
+    let mut refused = 0;
+    while count.try_recv().is_ok() {
+        refused += 1;
+    }
+    assert!(refused > 0, "n0 was never tried");
+    drop(n2);
 }

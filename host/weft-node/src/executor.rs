@@ -428,10 +428,18 @@ pub(crate) struct StepCall {
     pub load: NodeLoad,
 }
 
+fn was_not_loaded(result: &Result<Value, WeftError>) -> bool {
+    matches!(result, Err(e) if e.details.contains_key(weft_runtime::NOT_LOADED))
+}
+
 impl StepCall {
     pub async fn run(self) -> (Result<Value, WeftError>, NodeId) {
         let me = self.fabric.me.node.clone();
         let metrics = &self.fabric.metrics;
+        let mut tried: Vec<NodeId> = Vec::new();
+        // A node that no longer has the planned version ran nothing: the
+        // next one that has it may (its answer stands if none is left).
+        let mut not_loaded = None;
         // Only an entry of this cluster is this node's own: another cluster's
         // offer may name any node id, this one's included.
         if self.candidates.iter().any(|c| c.node == me && c.cluster == self.fabric.me.cluster) {
@@ -440,12 +448,18 @@ impl StepCall {
             let timer = metrics.call_timer(f);
             let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, self.load).await;
             timer.finish(result.is_ok());
-            return (result, me);
+            if !was_not_loaded(&result) || self.candidates.len() == 1 {
+                return (result, me);
+            }
+            tried.push(me.clone());
+            not_loaded = Some(result);
         }
         let idempotent = self.candidates.iter().all(|c| c.idempotent);
-        let mut tried: Vec<NodeId> = Vec::new();
         loop {
             let Some((link, destination)) = self.pick(&tried) else {
+                if let Some(result) = not_loaded {
+                    return (result, tried.pop().unwrap_or(me));
+                }
                 return (Err(self.unreachable(&tried)), tried.pop().unwrap_or(me));
             };
             let call = match self.forward_call(&link, destination) {
@@ -466,6 +480,11 @@ impl StepCall {
             tried.push(link.node().clone());
             if lost && idempotent && Instant::now() < self.deadline {
                 tracing::info!(node = %link.node(), function = %self.function, "node lost mid-call; retrying the idempotent call elsewhere");
+                continue;
+            }
+            if was_not_loaded(&result) && Instant::now() < self.deadline {
+                let on = |e: WeftError| e.context(format_args!("node {ran_on}")).with("node", ran_on.as_str());
+                not_loaded = Some(result.map_err(on));
                 continue;
             }
             return (result, ran_on);

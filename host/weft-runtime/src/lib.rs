@@ -26,5 +26,5 @@ pub use compile::{CompileLimits, stop_compiling};
 pub use config::{Limits, RuntimeConfig};
 pub use manifest::{DEFAULT_TENANT, Manifest, ManifestError, ManifestLimits};
 pub use plugin::{FunctionInfo, LoadFailure, PluginInfo};
-pub use runtime::{CallTarget, LoadReport, NodeLoad, ReloadReport, Runtime, RuntimeError, is_plugin_file};
+pub use runtime::{CallTarget, LoadReport, NOT_LOADED, NodeLoad, ReloadReport, Runtime, RuntimeError, is_plugin_file};
 pub use wit_types::{ComponentInfo, ExportedFunction, describe_component};

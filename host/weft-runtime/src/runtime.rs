@@ -90,6 +90,10 @@ pub struct Runtime {
 
 /// How long past its deadline an instance is waited for when it is stuck
 /// outside guest code (a host call), where the epoch cannot interrupt it.
+/// Marks the error of a call that found its plugin version gone: nothing
+/// ran, so the caller may try another node that has it.
+pub const NOT_LOADED: &str = "not_loaded";
+
 const BACKSTOP: Duration = Duration::from_millis(200);
 
 /// Bytes of function names and signature text one plugin may advertise.
@@ -563,6 +567,7 @@ impl Runtime {
                         "plugin {wanted} is not loaded on this node{here}; it was unloaded or replaced since the call was planned: retry to use the catalog as it is now"
                     ),
                 )
+                .with(NOT_LOADED, true)
             })
     }
 
