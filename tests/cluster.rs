@@ -671,3 +671,23 @@ async fn a_call_to_a_node_that_no_longer_has_the_version_goes_on_to_one_that_has
     assert!(refused > 0, "n0 was never tried");
     drop(n2);
 }
+
+/// A member's word that another node is gone does not take away the
+/// functions of a node this one has a live link to: n2 stays in n1's
+/// catalog, and callable, after n9 withdraws it, even at a stamp n2 could
+/// never answer.
+#[tokio::test]
+async fn a_withdrawal_of_a_linked_node_by_another_member_is_not_taken() {
+    let n1 = member("n1", vec![], &[], "", "30s");
+    let n2 = member("n2", vec!["echo"], &[&n1], "", "30s");
+    converged(&[&n1], &["n2"]).await;
+    let mut n9 = FakePeer::join(&n1, "n9", "c1").await;
+    let stamp = u64::MAX / 2;
+    n9.send(&json!({"t": "catalog", "delta": {"kind": "withdraw", "node": "n2", "incarnation": stamp, "version": 1}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(catalog_nodes(&n1).await, BTreeSet::from(["n2".to_owned()]));
+    let client = n1.client().await;
+    assert_eq!(client.call_command(Command::new("x", "echo", vec![json!("here")])).await.unwrap(), json!("here"));
+    drop(n2);
+}

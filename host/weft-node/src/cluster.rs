@@ -639,6 +639,16 @@ impl ClusterTask {
         {
             return;
         }
+        // Another member's word that a node is gone (its view may be stale:
+        // a process that was paused, a cut between those two alone) does not
+        // take away the functions of a node this one has a live link to;
+        // that node's own withdrawal, or this node's SWIM verdict, does.
+        if let CatalogDelta::Withdraw { node, .. } = &delta
+            && node != link.node()
+            && self.fabric.link(node).is_some()
+        {
+            return;
+        }
         match self.catalog.apply(now, delta) {
             Ok(Applied::Accepted) => self.changed = true,
             Ok(Applied::Refuted) => {
