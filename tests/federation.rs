@@ -777,3 +777,18 @@ async fn a_member_takes_its_node_id_back_from_another_cluster() {
     let answer = ws.next().await.unwrap().unwrap();
     assert!(answer.to_text().unwrap().contains("duplicate-node-id"), "{answer}");
 }
+
+/// A reload that admits a cluster this node refused dials the refused node
+/// at once: the dialler, told no, waits 30 s before asking again.
+#[tokio::test]
+async fn a_reload_that_admits_a_refused_node_links_it_at_once() {
+    let b1 = node("b1", "beta", vec!["text"], &[], STRICT);
+    let a1 = node("a1", "alpha", vec![], &[&b1], &bridge("beta", &[]));
+    let refused = eventually("b1 to refuse a1's dial", SETTLE, async || refusal(&a1).await).await;
+    assert_eq!(refused["rule"], "strict-mode", "{refused}");
+    rewrite_federation(&b1, &bridge("alpha", &[]));
+    let reload = b1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reload.status, 200, "{}", reload.text);
+    eventually("a1 and b1 to link", SETTLE, async || linked(&a1, "b1").await.then_some(())).await;
+    eventually("beta's upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+}

@@ -310,6 +310,9 @@ impl ClusterTask {
                 self.announce_routes();
                 self.advertise_local();
                 self.changed = true;
+                for addr in self.fabric.readmitted() {
+                    self.dial(addr);
+                }
             }
             Event::LocalCatalog(entries) => {
                 self.plugins = entries;

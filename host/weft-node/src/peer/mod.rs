@@ -426,6 +426,26 @@ impl Fabric {
             .any(|r| r.addr == addr && r.kind == RejectKind::Policy && now.saturating_sub(r.at_unix_ms) < window)
     }
 
+    /// Addresses of nodes this node refused by policy that the policy in
+    /// force now admits, and that no link reaches: after a refusal they
+    /// wait before asking again, so a reload that admits them dials them.
+    pub fn readmitted(&self) -> Vec<String> {
+        let policy = self.policy();
+        let linked: Vec<String> = self.links().iter().map(|l| l.remote.addr.clone()).collect();
+        let mut addrs: Vec<String> = lock(&self.refusals)
+            .iter()
+            .filter(|r| r.by == "local" && r.kind == RejectKind::Policy && !linked.contains(&r.addr))
+            .filter(|r| {
+                let cluster = r.remote_cluster.as_deref().map(ClusterId::new);
+                cluster.is_some_and(|c| policy.peer(&c, r.remote_node.as_ref()).allowed)
+            })
+            .map(|r| r.addr.clone())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
     /// The refused link between this node and a node of `cluster` (either
     /// side refused) that explains why no bridge leads there: the latest by
     /// policy, else the latest for another cause that keeps a link down
