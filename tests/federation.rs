@@ -779,13 +779,19 @@ async fn a_member_takes_its_node_id_back_from_another_cluster() {
 }
 
 /// A reload that admits a cluster this node refused dials the refused node
-/// at once: the dialler, told no, waits 30 s before asking again.
+/// at once: the dialler, told no, waits 30 s before asking again. Until
+/// then a function only that cluster has is missing, and the error says
+/// which link was refused.
 #[tokio::test]
 async fn a_reload_that_admits_a_refused_node_links_it_at_once() {
     let b1 = node("b1", "beta", vec!["text"], &[], STRICT);
     let a1 = node("a1", "alpha", vec![], &[&b1], &bridge("beta", &[]));
     let refused = eventually("b1 to refuse a1's dial", SETTLE, async || refusal(&a1).await).await;
     assert_eq!(refused["rule"], "strict-mode", "{refused}");
+    // Meanwhile a name only beta has says where it may be.
+    let e = a1.client().await.call_command(Command::new("x", "upper", vec![json!("x")])).await.unwrap_err();
+    assert_eq!((e.kind, &e.details["refused_clusters"]), (ErrorKind::FUNCTION_NOT_FOUND, &json!(["beta"])), "{e}");
+    assert!(e.message.contains("a link to cluster(s) beta was refused by federation policy"), "{e}");
     rewrite_federation(&b1, &bridge("alpha", &[]));
     let reload = b1.admin().post("/v1/federation/reload", "").await.unwrap();
     assert_eq!(reload.status, 200, "{}", reload.text);

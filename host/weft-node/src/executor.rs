@@ -127,7 +127,7 @@ impl Executor {
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let asker = Asker { caller: &admission.caller, cluster: &self.fabric.me.cluster };
-        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker).map_err(|e| self.local_only(cmd, e)))?;
+        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker).map_err(|e| self.explain_miss(cmd, e)))?;
         // The plan holds the arguments now; a large request is not kept twice.
         drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -212,7 +212,9 @@ impl Executor {
 
     /// A function missing from the catalog because its signature uses
     /// resource handles (loaded here, but not callable) is named as such.
-    fn local_only(&self, cmd: &Command, e: WeftError) -> WeftError {
+    /// What a name missing from the catalog may be: a function of this node
+    /// kept out of it, or one of a cluster whose link was refused by policy.
+    fn explain_miss(&self, cmd: &Command, e: WeftError) -> WeftError {
         if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
             return e;
         }
@@ -233,8 +235,30 @@ impl Executor {
                 );
                 WeftError { message, ..e }.with("local_only", id)
             }
+            None if cmd.target_cluster.is_none() => self.refused_clusters(e),
             None => e,
         }
+    }
+
+    /// Names the other clusters a link to was refused by policy (here or
+    /// there) and not since linked: their functions are missing here.
+    fn refused_clusters(&self, e: WeftError) -> WeftError {
+        let mut clusters: Vec<String> = self.fabric.refusals().into_iter().filter_map(|r| r.remote_cluster).collect();
+        clusters.sort();
+        clusters.dedup();
+        clusters.retain(|c| {
+            let refusal = self.fabric.link_refusal(&ClusterId::new(c));
+            refusal.is_some_and(|r| r.kind == crate::peer::RejectKind::Policy)
+        });
+        if clusters.is_empty() {
+            return e;
+        }
+        let message = format!(
+            "{}; a link to cluster(s) {} was refused by federation policy, so their functions are not listed here (see /v1/peers)",
+            e.message,
+            clusters.join(", ")
+        );
+        WeftError { message, ..e }.with("refused_clusters", clusters)
     }
 
     /// Fails fast on commands naming a foreign `target_cluster` that this
