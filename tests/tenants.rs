@@ -330,6 +330,11 @@ async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
     })
     .await;
 
+    // alpha lists it as open to its tenant acme only, as beta offered it.
+    let body = a1.admin().get("/v1/catalog").await.unwrap().body;
+    let snoop = body["functions"].as_array().unwrap().iter().find(|f| f["name"] == "snoop").unwrap().clone();
+    assert_eq!(snoop["callers"], json!(["acme"]), "{snoop}");
+
     // alpha vouches for its tenant over a link that proved its key: beta
     // runs globex's plugin for acme of alpha, and only for acme.
     assert_eq!(snoop_in(&a1, "beta", Some(ACME)).await.unwrap(), Value::Null);

@@ -42,8 +42,9 @@ pub struct CatalogEntry {
     /// toward one of them, but neither lists nor calls it.
     #[serde(default, skip_serializing_if = "Audience::is_everyone")]
     pub origins: Audience,
-    /// Who may call it (its manifest's `callers`), within its own cluster
-    /// only: offers to other clusters leave it out (they have `origins`).
+    /// Who may call it: its manifest's `callers` within its own cluster; in
+    /// an offer to another cluster, that cluster's tenants the manifest
+    /// names (`Callers::seen_from`), and everyone once passed on further.
     #[serde(default, skip_serializing_if = "Callers::is_anyone")]
     pub callers: Callers,
     /// The tenant that owns its plugin, within its own cluster only, as
@@ -132,9 +133,10 @@ pub struct Asker<'a> {
 
 impl Asker<'_> {
     /// Whether the caller may call `entry` as far as this cluster knows: its
-    /// own plugins' `callers`; another cluster's, if calls may start here.
+    /// plugin's `callers` (as offered to this cluster, for another one's),
+    /// and for another cluster's, whether calls may start here at all.
     fn may_call(&self, entry: &CatalogEntry) -> bool {
-        if entry.cluster == *self.cluster { entry.callers.admits(self.caller) } else { self.sees(entry) }
+        self.sees(entry) && entry.callers.admits(self.caller)
     }
 
     fn sees(&self, entry: &CatalogEntry) -> bool {
@@ -653,9 +655,14 @@ mod tests {
         let lone: Vec<CatalogEntry> = cat.iter().filter(|e| &*e.function.plugin == "echo").cloned().collect();
         assert_eq!(as_(&bob, &lone).unwrap().function, FunctionId::new("echo", "concat"));
 
-        // Another cluster's entries are judged there: they count for everyone.
+        // Another cluster's entries carry the callers it offered them with:
+        // this cluster's tenants its manifest names (`ops@alpha`), or anyone.
         for e in cat.iter_mut().filter(|e| &*e.function.plugin == "echo") {
             e.cluster = ClusterId::new("beta");
+        }
+        assert_eq!(as_(&bob, &cat).unwrap_err().kind, ErrorKind::POLICY_DENIED);
+        for e in cat.iter_mut().filter(|e| &*e.function.plugin == "echo") {
+            e.callers = Callers::default();
         }
         assert_eq!(as_(&bob, &cat).unwrap().function, FunctionId::new("echo", "concat"));
 

@@ -462,10 +462,10 @@ impl ClusterTask {
         let policy = self.fabric.policy();
         let to = &link.remote.cluster;
         // Own entries go with the clusters that may call them, so that a
-        // cluster passing them on offers them only there; the tenants that
-        // may (`callers`) are this cluster's business. A tenant's name
-        // crosses one authenticated link only: `TENANT@C` opens an entry to
-        // C over a bridge straight to C.
+        // cluster passing them on offers them only there, and with the
+        // receiver's own tenants that may (`callers`; this cluster's are its
+        // own business). A tenant's name crosses one authenticated link
+        // only: `TENANT@C` opens an entry to C over a bridge straight to C.
         let audience = policy.audience();
         let tenants = self.fabric.links_authenticated();
         let mut offer: Vec<CatalogEntry> = self
@@ -476,7 +476,7 @@ impl ClusterTask {
                 (policy.exports(&e, to) && self.toward_origins(&origins, link)).then(|| CatalogEntry {
                     audience: e.audience.narrowed(&audience),
                     origins,
-                    callers: Callers::default(),
+                    callers: e.callers.seen_from(to.as_str()),
                     tenant: None,
                     ..e
                 })
@@ -502,8 +502,10 @@ impl ClusterTask {
                 let wanted = e.audience.admits(to) && self.toward_origins(&e.origins, link);
                 if admitted && wanted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     // Callers this cluster would not carry further are not
-                    // offered it either.
-                    offer.push(CatalogEntry { audience: e.audience.narrowed(&audience), ..e.clone() });
+                    // offered it either. Its `callers` were this cluster's
+                    // own tenants: the receiver's are none of them.
+                    let audience = e.audience.narrowed(&audience);
+                    offer.push(CatalogEntry { audience, callers: Callers::default(), ..e.clone() });
                 }
             }
         }

@@ -118,6 +118,18 @@ impl Callers {
         })
     }
 
+    /// Who may call, as cluster `to` sees it when offered the plugin: anyone
+    /// there for "*" or `cluster:TO`, else its tenants named `TENANT@TO`
+    /// (believed only over an authenticated link straight from `to`, which
+    /// the offer decides), else no one.
+    pub fn seen_from(&self, to: &str) -> Callers {
+        if self.is_anyone() || self.0.iter().any(|e| e.strip_prefix(CLUSTER) == Some(to)) {
+            return Callers::default();
+        }
+        let tenants = self.0.iter().filter_map(|e| e.split_once('@').filter(|(_, c)| *c == to).map(|(t, _)| t));
+        Callers::tenants(tenants)
+    }
+
     /// The other clusters some of whose callers pass: `cluster:C`, and
     /// `TENANT@C` where `tenants_of(C)` (a call can name another cluster's
     /// tenant only over an authenticated link straight from that cluster);
@@ -137,6 +149,15 @@ impl Callers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_cluster_sees_its_own_tenants_among_the_callers() {
+        let callers = Callers::new(vec!["acme".into(), "ops@beta".into(), "dev@gamma".into(), "cluster:delta".into()]);
+        assert_eq!(callers.seen_from("beta"), Callers::tenants(["ops"]));
+        assert_eq!(callers.seen_from("delta"), Callers::default());
+        assert_eq!(callers.seen_from("zeta"), Callers::tenants(Vec::<String>::new()));
+        assert_eq!(Callers::default().seen_from("beta"), Callers::default());
+    }
 
     #[test]
     fn callers_travel_as_small_json() {
