@@ -210,10 +210,9 @@ impl Executor {
         Ok(response)
     }
 
-    /// A function missing from the catalog because its signature uses
-    /// resource handles (loaded here, but not callable) is named as such.
-    /// What a name missing from the catalog may be: a function of this node
-    /// kept out of it, or one of a cluster whose link was refused by policy.
+    /// What a name missing from the catalog may be: a function loaded here
+    /// but kept out of it for its resource handles, or one of a cluster
+    /// whose link was refused by policy.
     fn explain_miss(&self, cmd: &Command, e: WeftError) -> WeftError {
         if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
             return e;
