@@ -582,3 +582,37 @@ async fn a_reload_blocking_a_cluster_withdraws_the_routes_across_it_at_once() {
     let catalog = a.admin().get("/v1/catalog").await.unwrap().body;
     assert!(!catalog.to_string().contains("\"delta\""), "{catalog}");
 }
+
+/// In a ring alpha - beta - gamma - delta - alpha, gamma trusts only the
+/// middle cluster that alpha's best route to gamma does not go through: a
+/// plugin of gamma open to alpha alone is still listed in alpha and called
+/// the way gamma offered it, not along the best route (whose cluster gamma
+/// does not trust with alpha's calls).
+#[tokio::test]
+async fn a_plugin_open_to_one_cluster_is_called_the_way_it_was_offered_in_a_ring() {
+    let b = cluster_node("beta", vec![], &[], true);
+    let config = format!(
+        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n[federation]\nmode = \"permissive\"\n",
+        b.ws
+    );
+    let files = vec![("text.toml".to_owned(), b"callers = [\"cluster:alpha\"]\n".to_vec())];
+    let g = TestNode::start(NodeSpec { plugins: vec!["text"], files, config });
+    let d = cluster_node("delta", vec![], &[&g], true);
+    let a = cluster_node("alpha", vec![], &[&b, &d], false);
+    let (via, hops) = eventually("a route from alpha to gamma", SETTLE, async || best(&a, "gamma").await).await;
+    assert_eq!(hops, 2);
+    let other = if via == "beta1" { "delta" } else { "beta" };
+    let path = g.dir.path().join("weft.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    support::write(&path, &format!("{text}trusted_transit = [\"{other}\"]\n"));
+    assert_eq!(g.admin().post("/v1/federation/reload", "").await.unwrap().status, 200);
+    let lists = async || {
+        let body = a.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == "upper" && f["cluster"] == "gamma")
+    };
+    eventually("alpha to list gamma's upper", SETTLE, async || lists().await.then_some(())).await;
+    for _ in 0..5 {
+        assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
+    }
+    drop((b, d));
+}

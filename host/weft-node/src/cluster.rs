@@ -26,7 +26,7 @@ use weft_fabric::{
     Applied, Audience, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig,
     RouteTable,
 };
-use weft_proto::{Callers, ClusterId, NodeId};
+use weft_proto::{Callers, ClusterId, FunctionId, NodeId};
 
 use crate::alerts::AlertKind;
 use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point, RefusedRoutes};
@@ -824,18 +824,34 @@ impl ClusterTask {
         let mut direct: Vec<CatalogEntry> = Vec::new();
         let now = self.now();
         let policy = self.fabric.policy();
+        let me = &self.fabric.me.cluster;
+        let mut carriers: BTreeMap<(ClusterId, FunctionId), Vec<NodeId>> = BTreeMap::new();
         for (node, imported) in &self.imports {
             let Some(link) = self.fabric.link(node) else {
                 continue;
             };
             // The neighbour's own functions, and those of clusters whose best
-            // route goes through this neighbour.
+            // route goes through this neighbour; and a function open to named
+            // clusters, this one among them, from whichever neighbour offered
+            // it: the clusters on the best route may not be trusted to carry
+            // its calls, so they go the way it came (`carriers`).
             let leads = |e: &CatalogEntry| {
-                (e.cluster == link.remote.cluster || self.routes.best(now, &e.cluster).is_some_and(|r| r.via == *node))
-                    && policy.peer(&e.cluster, None).allowed
+                e.cluster == link.remote.cluster || self.routes.best(now, &e.cluster).is_some_and(|r| r.via == *node)
             };
-            direct
-                .extend(imported.iter().filter(|e| leads(e) && !entries_has(&direct, e)).cloned().collect::<Vec<_>>());
+            let carried = |e: &CatalogEntry| e.cluster != link.remote.cluster && !e.origins.is_everyone();
+            for e in imported.iter().filter(|e| policy.peer(&e.cluster, None).allowed) {
+                if carried(e) && e.listed_in(me) {
+                    let via = carriers.entry((e.cluster.clone(), e.function.clone())).or_default();
+                    if !via.contains(node) {
+                        via.push(node.clone());
+                    }
+                } else if !leads(e) {
+                    continue;
+                }
+                if !entries_has(&direct, e) {
+                    direct.push(e.clone());
+                }
+            }
         }
         let shared = if self.transit { self.routes.shared(now) } else { Vec::new() };
         if direct != self.relaying || shared != self.sharing {
@@ -867,6 +883,7 @@ impl ClusterTask {
             links,
             relays,
             next_hops,
+            carriers,
             routes: Arc::new(self.routes.clone()),
             clock: self.origin,
         });

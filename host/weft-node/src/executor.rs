@@ -640,10 +640,16 @@ impl StepCall {
             let ways: Vec<Arc<Link>> = match direct {
                 Some(link) => vec![link],
                 None if c.cluster != me.cluster => {
-                    // A bridge of our own into that cluster, else the next hop
-                    // of the best route there, else a member's bridge.
+                    // A bridge of our own into that cluster, else (for a
+                    // function open to named clusters only) the bridges
+                    // that offered it, else the next hop of the best route
+                    // there, else a member's bridge.
                     let mut ways: Vec<Arc<Link>> =
                         self.fabric.links().into_iter().filter(|l| l.remote.cluster == c.cluster).collect();
+                    if ways.is_empty() && !c.origins.is_everyone() {
+                        let carriers = self.fabric.carriers_of(&c.cluster, &c.function);
+                        ways.extend(carriers.iter().filter_map(|n| self.fabric.link(n)));
+                    }
                     if ways.is_empty() {
                         ways.extend(self.fabric.next_hop(&c.cluster).and_then(|n| self.fabric.link(&n)));
                     }

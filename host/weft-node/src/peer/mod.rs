@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_fabric::{CatalogEntry, Policy, Verdict};
-use weft_proto::{ClusterId, ErrorKind, NodeId, WeftError};
+use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
 use weft_runtime::Runtime;
 
 use crate::alerts::{AlertKind, Alerts};
@@ -68,6 +68,10 @@ pub struct ClusterView {
     pub relays: std::collections::BTreeMap<ClusterId, Vec<NodeId>>,
     /// The bridge peer each reachable cluster's best route leads through.
     pub next_hops: std::collections::BTreeMap<ClusterId, NodeId>,
+    /// For each function open to named clusters only, the bridge peers that
+    /// offered it: its calls go their way, since the clusters on the best
+    /// route may not be trusted to carry them (`federation.trusted_transit`).
+    pub carriers: std::collections::BTreeMap<(ClusterId, FunctionId), Vec<NodeId>>,
     pub routes: Arc<weft_fabric::RouteTable>,
     /// The origin of the route table's clock.
     pub clock: std::time::Instant,
@@ -88,6 +92,7 @@ impl Default for ClusterView {
             links: Vec::new(),
             relays: Default::default(),
             next_hops: Default::default(),
+            carriers: Default::default(),
             routes: Arc::new(weft_fabric::RouteTable::new(ClusterId::default(), weft_fabric::RouteConfig::default())),
             clock: std::time::Instant::now(),
         }
@@ -410,6 +415,12 @@ impl Fabric {
     pub fn offers(&self, to: &ClusterId, destination: &ClusterId) -> bool {
         let view = read(&self.view);
         view.routes.exports(view.now(), to, self.transit).iter().any(|a| a.destination == *destination)
+    }
+
+    /// The bridge peers that offered `function` of `cluster`, if it is open
+    /// to named clusters only.
+    pub fn carriers_of(&self, cluster: &ClusterId, function: &FunctionId) -> Vec<NodeId> {
+        read(&self.view).carriers.get(&(cluster.clone(), function.clone())).cloned().unwrap_or_default()
     }
 
     /// Members that offered to relay calls into `cluster`.
