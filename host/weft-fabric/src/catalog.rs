@@ -169,7 +169,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
         // What another cluster does not offer here may still be there.
         let abroad = match cmd.target_cluster.as_deref() {
             Some(target) if target != asker.cluster.as_str() => format!(
-                " (cluster {target} offers none of that name to cluster {}: it may not have one, or its federation policy or the plugin's manifest `callers` keep it from {}, or it offers it only through a cluster that {} does not route its calls there through)",
+                " (cluster {target} offers none of that name to cluster {}: it may not have one, or its federation policy or the plugin's manifest `callers` keep it from {}, or it trusts no cluster on the way to carry {}'s calls to it: federation.trusted_transit)",
                 asker.cluster, asker.cluster, asker.cluster
             ),
             _ => String::new(),
