@@ -702,11 +702,7 @@ async fn a_step_whose_destination_a_reload_blocked_meanwhile_is_refused_by_the_p
 async fn an_answer_that_does_not_fit_the_result_type_is_refused() {
     let a1 = node("a1", "alpha", vec!["echo"], &[], "[federation]\nmode = \"permissive\"");
     let mut beta = FakePeer::join(&a1, "b1", "beta").await;
-    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
-    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [],
-        "node": "b1", "cluster": "beta", "idempotent": false, "exported": true});
-    beta.send(&json!({"t": "foreign", "entries": [entry]})).await;
-    eventually("alpha to list beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    offer_upper(&a1, &mut beta, "b1").await;
 
     for (answer, expected) in [(json!(42), None), (json!("ABC"), Some(json!("ABC")))] {
         let client = a1.client().await;
@@ -735,11 +731,7 @@ async fn an_answer_that_does_not_fit_the_result_type_is_refused() {
 async fn a_foreign_offer_naming_this_node_is_still_the_other_cluster_s() {
     let a1 = node("a1", "alpha", vec!["echo", "text"], &[], "[federation]\nmode = \"permissive\"");
     let mut beta = FakePeer::join(&a1, "b1", "beta").await;
-    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
-    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [],
-        "node": "a1", "cluster": "beta", "idempotent": false, "exported": true});
-    beta.send(&json!({"t": "foreign", "entries": [entry]})).await;
-    eventually("alpha to list beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    offer_upper(&a1, &mut beta, "a1").await;
 
     let client = a1.client().await;
     let mut cmd = Command::new("x", "upper", vec![json!("abc")]);
@@ -800,4 +792,14 @@ async fn a_reload_that_admits_a_refused_node_links_it_at_once() {
     assert_eq!(reload.status, 200, "{}", reload.text);
     eventually("a1 and b1 to link", SETTLE, async || linked(&a1, "b1").await.then_some(())).await;
     eventually("beta's upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+}
+
+/// A fake node of beta offers `a1` beta's `text/upper`, said to run on
+/// `node`, and waits until `a1` lists it.
+async fn offer_upper(a1: &TestNode, beta: &mut FakePeer, node: &str) {
+    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
+    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [],
+        "node": node, "cluster": "beta", "idempotent": false, "exported": true});
+    beta.send(&json!({"t": "foreign", "entries": [entry]})).await;
+    eventually("alpha to list beta's upper", SETTLE, async || sees(a1, "beta", "upper").await.then_some(())).await;
 }

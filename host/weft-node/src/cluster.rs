@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weft_fabric::{
-    Applied, Audience, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Refresh, RouteConfig,
+    Applied, Audience, CatalogConfig, CatalogDelta, CatalogEntry, ClusterCatalog, Millis, Policy, Refresh, RouteConfig,
     RouteTable,
 };
 use weft_proto::{Callers, ClusterId, FunctionId, NodeId};
@@ -473,7 +473,7 @@ impl ClusterTask {
             .into_iter()
             .filter_map(|e| {
                 let origins = Audience::origins(&e.callers, |c| tenants && c == to.as_str());
-                (policy.exports(&e, to) && self.toward_origins(&origins, link)).then(|| CatalogEntry {
+                (policy.exports(&e, to) && self.toward_origins(&policy, &origins, link)).then(|| CatalogEntry {
                     audience: e.audience.narrowed(&audience),
                     origins,
                     callers: e.callers.seen_from(to.as_str()),
@@ -499,7 +499,7 @@ impl ClusterTask {
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
-                let wanted = e.audience.admits(to) && self.toward_origins(&e.origins, link);
+                let wanted = e.audience.admits(to) && self.toward_origins(&policy, &e.origins, link);
                 if admitted && wanted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     // Callers this cluster would not carry further are not
                     // offered it either. Its `callers` were this cluster's
@@ -516,13 +516,16 @@ impl ClusterTask {
     /// this cluster trusts to carry their calls (`Policy::vouches`, as
     /// `peer::link` takes them) that announced a route to one of them: it
     /// then gets the entry only to carry those calls.
-    fn toward_origins(&self, origins: &Audience, link: &Link) -> bool {
+    fn toward_origins(&self, policy: &Policy, origins: &Audience, link: &Link) -> bool {
         let to = &link.remote.cluster;
-        let leads = match origins {
-            Audience::Only(set) => set.iter().any(|o| self.routes.leads_through(link.node(), o)),
-            _ => true,
-        };
-        origins.admits(to) || (leads && self.fabric.policy().vouches(to, origins))
+        if origins.admits(to) {
+            return true;
+        }
+        policy.vouches(to, origins)
+            && match origins {
+                Audience::Only(set) => set.iter().any(|o| self.routes.leads_through(link.node(), o)),
+                _ => true,
+            }
     }
 
     fn next_epoch(&mut self) -> u64 {

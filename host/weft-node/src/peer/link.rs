@@ -569,9 +569,14 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall, bytes: 
     serving.insert(id, task.abort_handle());
 }
 
+/// A federation path as error details list it.
+fn path_names(path: &[ClusterId]) -> Vec<&str> {
+    path.iter().map(ClusterId::as_str).collect()
+}
+
 /// A federation path as messages print it: `alpha -> beta`.
 fn path_text(path: &[ClusterId]) -> String {
-    path.iter().map(ClusterId::as_str).collect::<Vec<_>>().join(" -> ")
+    path_names(path).join(" -> ")
 }
 
 /// Why a peer's call, or its reply, finds no room in what its link may hold.
@@ -612,7 +617,6 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         // Each cluster appends itself as a call leaves it, so the path must
         // end with the neighbour's: otherwise the neighbour hides where the
         // call started, and so who may make it.
-        let clusters = || call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>();
         let said = || path_text(&call.federation_path);
         if call.federation_path.last() != Some(&link.remote.cluster) {
             return Err(WeftError::invalid_request(format!(
@@ -637,7 +641,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             )
             .with("rule", "path")
             .with("cluster", started.as_str())
-            .with("federation_path", clusters()));
+            .with("federation_path", path_names(&call.federation_path)));
         }
         let authenticated = fabric.links_authenticated();
         call.caller = foreign_caller(&call.caller, origin(link, &call), &link.remote.cluster, authenticated);
@@ -650,7 +654,6 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         ));
     }
     if link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster) {
-        let clusters = call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>();
         return Err(WeftError::new(
             ErrorKind::NO_ROUTE,
             format!(
@@ -660,7 +663,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 path_text(&call.federation_path)
             ),
         )
-        .with("federation_path", clusters));
+        .with("federation_path", path_names(&call.federation_path)));
     }
     let function: FunctionId = call
         .function
@@ -890,7 +893,7 @@ fn vouched(fabric: &Fabric, link: &Link, call: &ForwardCall, entries: &[CatalogE
     )
     .with("rule", "origin")
     .with("cluster", neighbour.as_str())
-    .with("federation_path", call.federation_path.iter().map(ClusterId::as_str).collect::<Vec<_>>()))
+    .with("federation_path", path_names(&call.federation_path)))
 }
 
 /// Every cluster a call came through (its origin first) must be one this
