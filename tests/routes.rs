@@ -437,12 +437,12 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_a_trusted_transit_and_n
 
     // Nor can a neighbour gamma does not trust pass its call off as
     // alpha's, though it announces a way there.
-    let error = forged_upper(&g, ("e9", "epsilon"), &["epsilon", "alpha"]).await;
+    let error = forged_upper(&g, ("e9", "epsilon"), &["epsilon", "alpha"], json!({})).await["error"].clone();
     assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
     assert!(error["message"].as_str().unwrap().contains("list epsilon in federation.trusted_transit"), "{error}");
     // Nor at beta, which trusts no one to: a neighbour of the transit
     // cluster does not get its call carried as alpha's.
-    let error = forged_upper(&b, ("d9", "delta"), &["delta", "alpha"]).await;
+    let error = forged_upper(&b, ("d9", "delta"), &["delta", "alpha"], json!({})).await["error"].clone();
     assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{error}");
     assert!(
         error["message"].as_str().unwrap().contains("cluster beta does not take the word of cluster delta"),
@@ -450,10 +450,75 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_a_trusted_transit_and_n
     );
 }
 
+/// A plugin open to one other cluster by name reaches it through a transit
+/// cluster that no one trusts when alpha signs its calls and the clusters
+/// on the way hold its key: alpha lists gamma's `upper` and calls it
+/// through beta; beta and delta (behind beta) neither list nor call it.
+/// A neighbour of gamma cannot pass a call off as alpha's without alpha's
+/// proof, with a proof for other arguments, or with a proof used before.
+#[tokio::test]
+async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_by_signed_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = weft_node::signing::generate();
+    let key_file = dir.path().join("alpha.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let knows_alpha = format!("[routing.security]\ntrusted_keys = {{ alpha = [{public:?}] }}");
+    let b = cluster_node_with("beta1", "beta", vec![], &[], true, &knows_alpha);
+    let signs = format!("[routing.security]\nsigning_key = {key_file:?}");
+    let a = cluster_node_with("alpha1", "alpha", vec![], &[&b], false, &signs);
+    let d = cluster_node("delta", vec![], &[&b], false);
+    let config = format!(
+        "id = \"gamma1\"\ncluster = \"gamma\"\nseeds = [{:?}]\n[federation]\nmode = \"permissive\"\n[routing]\nannounce_interval = \"200ms\"\nroute_ttl = \"1s\"\n{knows_alpha}\n",
+        b.ws
+    );
+    let files = vec![("text.toml".to_owned(), b"callers = [\"cluster:alpha\"]\n".to_vec())];
+    let g = TestNode::start(NodeSpec { plugins: vec!["text"], files, config });
+    let lists = async |node: &TestNode| {
+        let body = node.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == "upper" && f["cluster"] == "gamma")
+    };
+    eventually("alpha to list gamma's upper", SETTLE, async || lists(&a).await.then_some(())).await;
+    assert_eq!(call_in(&a, "gamma", "upper", None).await.unwrap(), (json!("ABC"), 2));
+    for (node, name) in [(&b, "beta"), (&d, "delta")] {
+        assert!(!lists(node).await, "{name} lists a function open to alpha only");
+        let err = call_in(node, "gamma", "upper", None).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{name}: {err:?}");
+    }
+
+    let refused = |reply: Value, why: &str| {
+        let error = &reply["error"];
+        assert_eq!((&error["kind"], &error["details"]["rule"]), (&json!("POLICY_DENIED"), &json!("origin")), "{reply}");
+        assert!(error["details"]["proof"].as_str().unwrap().contains(why), "{reply}");
+    };
+    let to_alpha = ["epsilon", "alpha"];
+    refused(forged_upper(&g, ("e1", "epsilon"), &to_alpha, json!({})).await, "is missing");
+    let keys = weft_node::signing::Keys {
+        key: Some(weft_node::signing::load_signing_key(&key_file).unwrap()),
+        ..Default::default()
+    };
+    let (alpha, gamma) = (weft_proto::ClusterId::new("alpha"), weft_proto::ClusterId::new("gamma"));
+    let args = [json!("x")];
+    let claim = weft_node::signing::CallClaim {
+        origin: &alpha,
+        target: &gamma,
+        function: "text/upper",
+        version: "0.1.0",
+        args: &args,
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let proof = serde_json::to_value(keys.prove_origin(&claim, now).unwrap()).unwrap();
+    let altered = forged_upper(&g, ("e2", "epsilon"), &to_alpha, json!({"origin_proof": proof, "args": ["y"]})).await;
+    refused(altered, "does not verify");
+    let genuine = forged_upper(&g, ("e3", "epsilon"), &to_alpha, json!({"origin_proof": proof})).await;
+    assert_eq!(genuine["value"], json!("X"), "{genuine}");
+    refused(forged_upper(&g, ("e4", "epsilon"), &to_alpha, json!({"origin_proof": proof})).await, "used before");
+}
+
 /// A fake node (`id`, `cluster`) joins `node`, announces a route to alpha
-/// along `to_alpha`, then calls gamma's `text/upper` as if for alpha, until
-/// a call gets past the check that it announced alpha: that call's error.
-async fn forged_upper(node: &TestNode, (id, cluster): (&str, &str), to_alpha: &[&str]) -> Value {
+/// along `to_alpha`, then calls gamma's `text/upper` as if for alpha (with
+/// the fields of `extra` set), until a call gets past the check that it
+/// announced alpha: that call's reply.
+async fn forged_upper(node: &TestNode, (id, cluster): (&str, &str), to_alpha: &[&str], extra: Value) -> Value {
     let mut forger = FakePeer::join(node, id, cluster).await;
     let routes = json!([
         {"destination": cluster, "path": [cluster], "hops": 0, "latency_us": 0, "reliability": 1000},
@@ -463,13 +528,13 @@ async fn forged_upper(node: &TestNode, (id, cluster): (&str, &str), to_alpha: &[
     let mut call_id = 0;
     eventually("a forged call past the path check", SETTLE, async || {
         call_id += 1;
-        forger
-            .send(&json!({"t": "call", "id": call_id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
-                "deadline_ms": 5000, "routing_path": [id], "federation_path": ["alpha", cluster], "hop_budget": 3,
-                "target_cluster": "gamma"}))
-            .await;
+        let mut call = json!({"t": "call", "id": call_id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+            "deadline_ms": 5000, "routing_path": [id], "federation_path": ["alpha", cluster], "hop_budget": 3,
+            "target_cluster": "gamma"});
+        call.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        forger.send(&call).await;
         let reply = forger.next_of("reply").await;
-        (reply["error"]["details"]["rule"] != "path").then(|| reply["error"].clone())
+        (reply["error"]["details"]["rule"] != "path").then_some(reply)
     })
     .await
 }

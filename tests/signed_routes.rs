@@ -276,10 +276,11 @@ async fn with_authenticate_links_only_holders_of_a_cluster_key_link_as_that_clus
     assert_eq!((answer["t"].as_str(), answer["kind"].as_str()), (Some("reject"), Some("unauthenticated")), "{answer}");
     assert!(answer["reason"].as_str().unwrap().contains("authenticate_links"), "{answer}");
     let signer = signing::load_signing_key(&rogue.file).unwrap();
-    let auth = signing::LinkAuth { require: false, key: Some(signer), keys: Default::default() };
+    let auth = signing::Keys { require_links: false, key: Some(signer), keys: Default::default() };
     let (x1, cluster) = (weft_proto::NodeId::new("x1"), weft_proto::ClusterId::new("alpha"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let proof = auth.prove(&signing::LinkClaim { node: &x1, cluster: &cluster, incarnation: 1, nonce: "n" }, Some(now));
+    let proof =
+        auth.prove_link(&signing::LinkClaim { node: &x1, cluster: &cluster, incarnation: 1, nonce: "n" }, Some(now));
     let mut forged = claim;
     forged["proof"] = serde_json::to_value(proof).unwrap();
     let answer = hello_answer(&a1, forged).await;

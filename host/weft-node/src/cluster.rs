@@ -468,17 +468,20 @@ impl ClusterTask {
         // only: `TENANT@C` opens an entry to C over a bridge straight to C.
         let audience = policy.audience();
         let tenants = self.fabric.links_authenticated();
+        let provable = self.fabric.provable_origins();
         let mut offer: Vec<CatalogEntry> = self
             .own_entries()
             .into_iter()
             .filter_map(|e| {
                 let origins = Audience::origins(&e.callers, |c| tenants && c == to.as_str());
-                (policy.exports(&e, to) && self.toward_origins(&policy, &origins, link)).then(|| CatalogEntry {
-                    audience: e.audience.narrowed(&audience),
-                    origins,
-                    callers: e.callers.seen_from(to.as_str()),
-                    tenant: None,
-                    ..e
+                (policy.exports(&e, to) && self.toward_origins(&policy, &provable, &origins, link)).then(|| {
+                    CatalogEntry {
+                        audience: e.audience.narrowed(&audience),
+                        origins,
+                        callers: e.callers.seen_from(to.as_str()),
+                        tenant: None,
+                        ..e
+                    }
                 })
             })
             .collect();
@@ -499,7 +502,7 @@ impl ClusterTask {
             let members = self.relayed.iter().filter(|(node, _)| self.fabric.link(node).is_some());
             for e in self.relaying.iter().chain(members.flat_map(|(_, entries)| entries)) {
                 let admitted = policy.peer(&e.cluster, None).allowed;
-                let wanted = e.audience.admits(to) && self.toward_origins(&policy, &e.origins, link);
+                let wanted = e.audience.admits(to) && self.toward_origins(&policy, &provable, &e.origins, link);
                 if admitted && wanted && leads.contains(&e.cluster) && !entries_has(&offer, e) {
                     // Callers this cluster would not carry further are not
                     // offered it either. Its `callers` were this cluster's
@@ -512,20 +515,24 @@ impl ClusterTask {
         offer
     }
 
-    /// Whether the link's cluster is one of an entry's `origins`, or one
-    /// this cluster trusts to carry their calls (`Policy::vouches`, as
-    /// `peer::link` takes them) that announced a route to one of them: it
-    /// then gets the entry only to carry those calls.
-    fn toward_origins(&self, policy: &Policy, origins: &Audience, link: &Link) -> bool {
+    /// Whether the link's cluster is one of an entry's `origins`, or leads
+    /// to one whose calls this cluster takes through it (as
+    /// `peer::link::vouched` does): because it trusts the link's cluster
+    /// with them (`Policy::vouches`), or because they prove their origin
+    /// with a key it trusts (`provable`). The link's cluster then gets the
+    /// entry only to carry those calls.
+    fn toward_origins(&self, policy: &Policy, provable: &[ClusterId], origins: &Audience, link: &Link) -> bool {
         let to = &link.remote.cluster;
         if origins.admits(to) {
             return true;
         }
-        policy.vouches(to, origins)
+        let leads = |o: &ClusterId| self.routes.leads_through(link.node(), o);
+        let trusted = policy.vouches(to, origins)
             && match origins {
-                Audience::Only(set) => set.iter().any(|o| self.routes.leads_through(link.node(), o)),
+                Audience::Only(set) => set.iter().any(leads),
                 _ => true,
-            }
+            };
+        trusted || provable.iter().any(|o| origins.admits(o) && leads(o))
     }
 
     fn next_epoch(&mut self) -> u64 {

@@ -28,6 +28,7 @@ use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::peer::{Fabric, ForwardCall, Link, Point};
+use crate::signing::{CallClaim, OriginProof};
 
 pub struct Executor {
     fabric: Arc<Fabric>,
@@ -301,6 +302,7 @@ impl Executor {
             locs: plan.steps()[idx.0].resolved.locs.clone(),
             caller: scope.caller.clone(),
             load: scope.load,
+            origin_proof: None,
         };
         running.start(async move {
             let started = Instant::now();
@@ -449,6 +451,8 @@ pub(crate) struct StepCall {
     /// The node's load when the call arrived, which decides where its
     /// instance is torn down (`Runtime::call`).
     pub load: NodeLoad,
+    /// The origin cluster's proof, carried on unchanged (see `ForwardCall`).
+    pub origin_proof: Option<OriginProof>,
 }
 
 fn was_not_loaded(result: &Result<Value, WeftError>) -> bool {
@@ -588,10 +592,27 @@ impl StepCall {
         }
         let mut routing_path = self.routing_path.clone();
         routing_path.push(me.node.clone());
+        let (function, version) = (self.function.to_string(), self.version.to_string());
+        let origin_proof = self.origin_proof.clone().or_else(|| {
+            // Leaving the cluster it started in for one beyond the
+            // neighbour, the call proves its origin to the clusters on the
+            // way (`peer::link::vouched`).
+            let starts = crossing && self.federation_path.is_empty() && destination != link.remote.cluster;
+            let restricted =
+                self.candidates.iter().any(|c| c.cluster == destination && c.origins != Audience::Everyone);
+            let claim = CallClaim {
+                origin: &me.cluster,
+                target: &destination,
+                function: &function,
+                version: &version,
+                args: &self.args,
+            };
+            (starts && restricted).then(|| self.fabric.prove_origin(&claim)).flatten()
+        });
         Ok(ForwardCall {
             id: 0,
-            function: self.function.to_string(),
-            version: self.version.to_string(),
+            function,
+            version,
             args: self.args.clone(),
             deadline_ms: u64::try_from(self.deadline.saturating_duration_since(Instant::now()).as_millis())
                 .unwrap_or(u64::MAX),
@@ -601,6 +622,7 @@ impl StepCall {
             target_cluster: (destination != me.cluster).then_some(destination),
             locs: self.locs.clone(),
             caller: if crossing { self.caller_across() } else { self.caller.clone() },
+            origin_proof,
         })
     }
 

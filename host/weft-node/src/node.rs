@@ -320,12 +320,12 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
 
 /// How links prove their cluster: this cluster's key, trusted for it along
 /// with the keys configured for the others.
-fn link_auth(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::SigningKey>) -> crate::signing::LinkAuth {
+fn cluster_keys(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::SigningKey>) -> crate::signing::Keys {
     let mut keys = config.trust().keys;
     if let Some(key) = &key {
         keys.entry(cluster.clone()).or_default().push(key.verifying_key());
     }
-    crate::signing::LinkAuth { require: config.routing.security.authenticate_links, key, keys }
+    crate::signing::Keys { require_links: config.routing.security.authenticate_links, key, keys }
 }
 
 /// The WebSocket URL of a listener at `addr`.
@@ -475,7 +475,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tracing::info!(key = %public, "routes and link proofs are signed with this key; the other clusters' trusted_keys must list it for {cluster}");
         Some(signer)
     };
-    fabric.set_link_auth(link_auth(&config, &cluster, signer.clone()));
+    fabric.set_keys(cluster_keys(&config, &cluster, signer.clone()));
     let settings = ClusterSettings {
         failure_timeout: config.cluster.failure_timeout,
         beat_interval: config.cluster.beat_interval,

@@ -1,12 +1,17 @@
-//! Signed route announcements: ed25519 keys (`weft keygen`), the exact bytes
-//! a route update signs, and verification against the keys trusted per
-//! cluster. An update is signed by the key of the cluster that sends it; the
-//! signature covers that cluster, the sending node, the cluster the update
-//! is for, the epoch and every announcement, so it cannot be replayed under
-//! another cluster's or node's name nor presented to another cluster, and
-//! the route table's per-node epoch check refuses an old one (or a copy).
+//! What the ed25519 keys of `weft keygen` sign, and the checks against the
+//! keys trusted per cluster:
+//! - route updates, signed by the sending cluster over that cluster, the
+//!   sending node, the cluster the update is for, the epoch and every
+//!   announcement, so that one cannot be replayed under another cluster's or
+//!   node's name nor presented to another cluster (the route table's
+//!   per-node epoch check refuses an old one, or a copy);
+//! - link proofs, that a node holds its cluster's key;
+//! - origin proofs, that a call started in the cluster it says, for plugins
+//!   open to some clusters only, checked by each cluster on the way that
+//!   does not trust its neighbour with that (`Policy::vouches`) and good
+//!   once per node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -201,19 +206,70 @@ fn link_bytes(claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Vec<u8> {
     [b"weft-link-v1\n".as_slice(), &body].concat()
 }
 
-/// `routing.security.authenticate_links`: this node's key, the keys it
-/// trusts per cluster (its own cluster's public key included), and whether
-/// a peer must prove its cluster before a link comes up.
+/// This node's key material: its cluster's key, the keys it trusts per
+/// cluster (its own cluster's public key included), and whether a peer must
+/// prove its cluster before a link comes up
+/// (`routing.security.authenticate_links`). Links prove their cluster with
+/// it, and calls the cluster they started in.
 #[derive(Default)]
-pub struct LinkAuth {
-    pub require: bool,
+pub struct Keys {
+    pub require_links: bool,
     pub key: Option<SigningKey>,
     pub keys: BTreeMap<ClusterId, Vec<VerifyingKey>>,
 }
 
-impl LinkAuth {
+impl Keys {
+    /// Whether a key is trusted for `cluster`, so that its proofs can be
+    /// checked here.
+    pub fn knows(&self, cluster: &ClusterId) -> bool {
+        self.keys.get(cluster).is_some_and(|keys| !keys.is_empty())
+    }
+
+    /// This node's proof that the call `claim` describes starts in its
+    /// cluster, if it has a key.
+    pub fn prove_origin(&self, claim: &CallClaim<'_>, now_ms: u64) -> Option<OriginProof> {
+        let (expires_ms, nonce) = (now_ms + ORIGIN_PROOF_TTL_MS, nonce());
+        let RouteSig { key, sig } = signature(self.key.as_ref()?, &call_bytes(claim, expires_ms, &nonce));
+        Some(OriginProof { key, sig, expires_ms, nonce })
+    }
+
+    /// Checks a proof that a call started in `claim.origin`: made by a key
+    /// trusted for that cluster, over this very call, and not expired by
+    /// this node's clock. Whether it was used before is `SeenProofs`'s
+    /// to say. The error completes "the call's proof ...".
+    pub fn check_origin(&self, claim: &CallClaim<'_>, proof: &OriginProof, now_ms: u64) -> Result<(), String> {
+        let origin = claim.origin;
+        let trusted = self.keys.get(origin);
+        let key = parse_public(&proof.key).ok().filter(|k| trusted.is_some_and(|keys| keys.contains(k)));
+        let Some(key) = key else {
+            return Err(match trusted {
+                Some(_) => format!("is signed by key {}, which is not trusted for cluster {origin}", proof.key),
+                None => format!("cannot be checked: routing.security.trusted_keys lists no key for cluster {origin}"),
+            });
+        };
+        if now_ms > proof.expires_ms + ORIGIN_CLOCK_SKEW_MS {
+            return Err(format!(
+                "expired {} s ago (a proof lasts {} s; if the call did not take that long, check both clusters' clocks (NTP))",
+                (now_ms - proof.expires_ms) / 1000,
+                ORIGIN_PROOF_TTL_MS / 1000
+            ));
+        }
+        if proof.expires_ms > now_ms + ORIGIN_PROOF_TTL_MS + ORIGIN_CLOCK_SKEW_MS {
+            return Err(format!(
+                "expires {} s from now, more than a proof lasts ({} s): check both clusters' clocks (NTP)",
+                (proof.expires_ms - now_ms) / 1000,
+                ORIGIN_PROOF_TTL_MS / 1000
+            ));
+        }
+        if verifies(&key, &call_bytes(claim, proof.expires_ms, &proof.nonce), &proof.sig) {
+            Ok(())
+        } else {
+            Err("does not verify (forged, or the call was altered on the way)".into())
+        }
+    }
+
     /// This node's proof for `claim`, if it has a key; `at_ms` for a hello.
-    pub fn prove(&self, claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Option<LinkProof> {
+    pub fn prove_link(&self, claim: &LinkClaim<'_>, at_ms: Option<u64>) -> Option<LinkProof> {
         let RouteSig { key, sig } = signature(self.key.as_ref()?, &link_bytes(claim, at_ms));
         Some(LinkProof { key, sig, at_ms })
     }
@@ -221,14 +277,14 @@ impl LinkAuth {
     /// Checks a peer's proof when links must be authenticated: signed by a
     /// key trusted for the cluster it claims, over its claim, and for a
     /// hello (`welcome == false`) signed within the window around `now_ms`.
-    pub fn check(
+    pub fn check_link(
         &self,
         claim: &LinkClaim<'_>,
         proof: Option<&LinkProof>,
         welcome: bool,
         now_ms: u64,
     ) -> Result<(), String> {
-        if !self.require {
+        if !self.require_links {
             return Ok(());
         }
         let (node, cluster) = (claim.node, claim.cluster);
@@ -266,7 +322,84 @@ impl LinkAuth {
     }
 }
 
-/// A fresh random nonce for a link handshake.
+/// How long a call's origin proof lasts: long enough to cross the
+/// federation to the serving cluster (the call's deadline runs on from
+/// there), short enough that the proofs a node remembers stay few.
+const ORIGIN_PROOF_TTL_MS: u64 = 30_000;
+
+/// How far apart the clocks of an origin and the clusters that check its
+/// proofs may be.
+const ORIGIN_CLOCK_SKEW_MS: u64 = 30_000;
+
+/// The most origin proofs a node remembers (about 80 bytes each): past it
+/// the one closest to expiry is forgotten, and a copy of it would pass.
+/// That takes over 2,000 proven calls a second through one node.
+const MAX_SEEN_PROOFS: usize = 1 << 17;
+
+/// A call's proof that it started in the cluster its federation path names
+/// first: that cluster's signature over the call, so that a cluster on the
+/// way can neither make up a call as that cluster's nor alter one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginProof {
+    pub key: String,
+    pub sig: String,
+    /// Unix ms (the origin's clock) after which the proof is void.
+    pub expires_ms: u64,
+    /// Random: the same call made twice has two proofs.
+    pub nonce: String,
+}
+
+/// What an origin proof binds: where the call started, the cluster it is
+/// bound for, and the function, version and arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct CallClaim<'a> {
+    pub origin: &'a ClusterId,
+    pub target: &'a ClusterId,
+    pub function: &'a str,
+    pub version: &'a str,
+    pub args: &'a [serde_json::Value],
+}
+
+/// The bytes an origin proof signs: a fixed prefix, then JSON of the claim,
+/// the expiry and the nonce. JSON of a value parsed from JSON is the same
+/// bytes again (floats round-trip exactly), so each hop re-encodes the
+/// arguments it received.
+fn call_bytes(claim: &CallClaim<'_>, expires_ms: u64, nonce: &str) -> Vec<u8> {
+    let CallClaim { origin, target, function, version, args } = claim;
+    let body = serde_json::to_vec(&(origin, target, function, version, expires_ms, nonce, args)).unwrap_or_default();
+    [b"weft-call-v1\n".as_slice(), &body].concat()
+}
+
+/// The origin proofs a node has taken, until they expire: each is good
+/// once, so that a cluster on the way cannot make a call again by copying
+/// its proof.
+#[derive(Debug, Default)]
+pub struct SeenProofs {
+    /// (until when a copy could pass, signature)
+    seen: BTreeSet<(u64, [u8; 64])>,
+}
+
+impl SeenProofs {
+    /// Whether `proof` (checked already) is new here; it is remembered
+    /// until it could no longer pass the expiry check.
+    pub fn first_time(&mut self, proof: &OriginProof, now_ms: u64) -> bool {
+        while self.seen.first().is_some_and(|(until, _)| *until < now_ms) {
+            self.seen.pop_first();
+        }
+        let Some(sig) = B64.decode(proof.sig.as_bytes()).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
+            return false;
+        };
+        if !self.seen.insert((proof.expires_ms + ORIGIN_CLOCK_SKEW_MS, sig)) {
+            return false;
+        }
+        if self.seen.len() > MAX_SEEN_PROOFS {
+            self.seen.pop_first();
+        }
+        true
+    }
+}
+
+/// A fresh random nonce for a link handshake or an origin proof.
 pub fn nonce() -> String {
     B64.encode(rand::random::<[u8; 16]>())
 }
@@ -355,8 +488,8 @@ mod tests {
         let (a_key, a_pub) = key();
         let (rogue, _) = key();
         let (a1, a2) = (NodeId::new("a1"), NodeId::new("a2"));
-        let auth = |key: SigningKey| LinkAuth {
-            require: true,
+        let auth = |key: SigningKey| Keys {
+            require_links: true,
             key: Some(key),
             keys: BTreeMap::from([(alpha.clone(), vec![a_pub])]),
         };
@@ -364,25 +497,84 @@ mod tests {
         let claim = LinkClaim { node: &a1, cluster: &alpha, incarnation: 3, nonce: "n1" };
         let now = 1_000_000_000;
 
-        let hello = me.prove(&claim, Some(now)).unwrap();
-        assert_eq!(me.check(&claim, Some(&hello), false, now + 5_000), Ok(()));
-        let welcome = me.prove(&claim, None).unwrap();
-        assert_eq!(me.check(&claim, Some(&welcome), true, now), Ok(()));
+        let hello = me.prove_link(&claim, Some(now)).unwrap();
+        assert_eq!(me.check_link(&claim, Some(&hello), false, now + 5_000), Ok(()));
+        let welcome = me.prove_link(&claim, None).unwrap();
+        assert_eq!(me.check_link(&claim, Some(&welcome), true, now), Ok(()));
 
         let refused = |r: Result<(), String>, what: &str| assert!(r.unwrap_err().contains(what));
-        refused(me.check(&claim, None, false, now), "did not prove");
-        refused(me.check(&claim, impostor.prove(&claim, Some(now)).as_ref(), false, now), "not trusted");
-        refused(me.check(&claim, Some(&hello), false, now + 200_000), "clock");
-        refused(me.check(&claim, Some(&hello), true, now), "does not verify"); // a hello is no welcome
+        refused(me.check_link(&claim, None, false, now), "did not prove");
+        refused(me.check_link(&claim, impostor.prove_link(&claim, Some(now)).as_ref(), false, now), "not trusted");
+        refused(me.check_link(&claim, Some(&hello), false, now + 200_000), "clock");
+        refused(me.check_link(&claim, Some(&hello), true, now), "does not verify"); // a hello is no welcome
         let other_nonce = LinkClaim { nonce: "n2", ..claim };
-        refused(me.check(&other_nonce, Some(&welcome), true, now), "does not verify");
+        refused(me.check_link(&other_nonce, Some(&welcome), true, now), "does not verify");
         let other_node = LinkClaim { node: &a2, ..claim };
-        refused(me.check(&other_node, Some(&hello), false, now), "does not verify");
+        refused(me.check_link(&other_node, Some(&hello), false, now), "does not verify");
         let other_cluster = LinkClaim { cluster: &beta, ..claim };
-        refused(me.check(&other_cluster, Some(&hello), false, now), "not trusted");
-        let relaxed = LinkAuth { require: false, ..LinkAuth::default() };
-        assert_eq!(relaxed.check(&claim, None, false, now), Ok(()), "off unless required");
+        refused(me.check_link(&other_cluster, Some(&hello), false, now), "not trusted");
+        let relaxed = Keys { require_links: false, ..Keys::default() };
+        assert_eq!(relaxed.check_link(&claim, None, false, now), Ok(()), "off unless required");
     }
+
+    #[test]
+    fn origin_proofs_bind_the_call_last_a_while_and_pass_once() {
+        let (alpha, beta, gamma) = (ClusterId::new("alpha"), ClusterId::new("beta"), ClusterId::new("gamma"));
+        let (a_key, a_pub) = key();
+        let (rogue, _) = key();
+        let keys = |key: SigningKey| Keys {
+            key: Some(key),
+            keys: BTreeMap::from([(alpha.clone(), vec![a_pub])]),
+            ..Keys::default()
+        };
+        let (me, impostor) = (keys(a_key), keys(rogue));
+        let args = [serde_json::json!("x"), serde_json::json!({"f": 0.1, "n": [1, -2]})];
+        let claim = CallClaim { origin: &alpha, target: &gamma, function: "text/upper", version: "0.1.0", args: &args };
+        let now = 1_000_000_000;
+        let proof = me.prove_origin(&claim, now).unwrap();
+        assert_eq!(me.check_origin(&claim, &proof, now + 1_000), Ok(()));
+        // What a hop checks is the claim as it arrived, parsed from JSON.
+        let sent: ForwardedClaim = serde_json::from_str(&serde_json::to_string(&(&args, &proof)).unwrap()).unwrap();
+        assert_eq!(me.check_origin(&CallClaim { args: &sent.0, ..claim }, &sent.1, now), Ok(()));
+
+        let refused = |r: Result<(), String>, what: &str| assert!(r.unwrap_err().contains(what), "{what}");
+        let other_args = [serde_json::json!("y")];
+        for altered in [
+            CallClaim { args: &other_args, ..claim },
+            CallClaim { target: &beta, ..claim },
+            CallClaim { function: "text/lower", ..claim },
+            CallClaim { version: "0.2.0", ..claim },
+        ] {
+            refused(me.check_origin(&altered, &proof, now), "does not verify");
+        }
+        refused(
+            me.check_origin(&claim, &OriginProof { expires_ms: proof.expires_ms + 1, ..proof.clone() }, now),
+            "does not verify",
+        );
+        refused(me.check_origin(&claim, &OriginProof { nonce: "n".into(), ..proof.clone() }, now), "does not verify");
+        refused(
+            me.check_origin(&claim, &impostor.prove_origin(&claim, now).unwrap(), now),
+            "not trusted for cluster alpha",
+        );
+        refused(me.check_origin(&CallClaim { origin: &beta, ..claim }, &proof, now), "lists no key for cluster beta");
+        refused(me.check_origin(&claim, &proof, now + 61_000), "expired 31 s ago");
+        refused(me.check_origin(&claim, &me.prove_origin(&claim, now + 61_000).unwrap(), now), "clocks");
+        assert!(Keys::default().prove_origin(&claim, now).is_none(), "no key, no proof");
+
+        let mut seen = SeenProofs::default();
+        assert!(seen.first_time(&proof, now));
+        assert!(!seen.first_time(&proof, now + 1), "a copy");
+        let second = me.prove_origin(&claim, now).unwrap();
+        assert_ne!(second, proof, "the same call made twice has two proofs");
+        assert!(seen.first_time(&second, now));
+        // Remembered until no copy could pass, then forgotten.
+        assert!(!seen.first_time(&proof, proof.expires_ms + ORIGIN_CLOCK_SKEW_MS));
+        let later = me.prove_origin(&claim, now + 61_000).unwrap();
+        assert!(seen.first_time(&later, proof.expires_ms + ORIGIN_CLOCK_SKEW_MS + 1));
+        assert_eq!(seen.seen.len(), 1);
+    }
+
+    type ForwardedClaim = (Vec<serde_json::Value>, OriginProof);
 
     #[test]
     fn bad_key_files_say_what_is_wrong() {

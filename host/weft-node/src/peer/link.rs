@@ -27,6 +27,7 @@ use weft_runtime::CallTarget;
 use super::wire::{ForwardCall, Hello, PeerMsg};
 use super::{Event, Fabric, Point};
 use crate::executor::StepCall;
+use crate::signing::CallClaim;
 use crate::ws::close_frame;
 
 /// Outbound messages waiting for the writer, in each of its two lanes:
@@ -781,7 +782,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         .with("rule", "member-policy")
         .with("nodes", refusing));
     }
-    vouched(fabric, link, &call, &candidates)?;
+    vouched(fabric, link, &call, &candidates, &me.cluster)?;
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, candidates, function, version, deadline);
     Ok(step.run().await)
@@ -843,15 +844,12 @@ async fn transit(
         .with("cluster", me.cluster.as_str()));
     }
     admit_path(fabric, &call.federation_path)?;
-    vouched(fabric, link, &call, &onward)?;
+    vouched(fabric, link, &call, &onward, &destination)?;
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, onward, function, version, deadline);
     Ok(step.run().await)
 }
 
-/// The cluster a forwarded call started in, which the rate limit charges:
-/// the first of its federation path (each cluster appends itself as the call
-/// leaves it), else the neighbour that handed it over.
 /// Who a call from another cluster is made for: a tenant of the neighbour
 /// when the call started in the neighbour's cluster and the link proved
 /// that cluster's key; else the cluster it started in, whatever the call
@@ -865,33 +863,54 @@ fn foreign_caller(said: &Caller, origin: &ClusterId, neighbour: &ClusterId, auth
     }
 }
 
+/// The cluster a forwarded call started in, which the rate limit charges:
+/// the first of its federation path (each cluster appends itself as the call
+/// leaves it), else the neighbour that handed it over.
 fn origin<'a>(link: &'a Link, call: &'a ForwardCall) -> &'a ClusterId {
     call.federation_path.first().unwrap_or(&link.remote.cluster)
 }
 
-/// For a function open to some clusters only (`origins`), a neighbour's
-/// word that a call started in another cluster counts only where this
-/// cluster's policy trusts it with that (`Policy::vouches`), at every
-/// cluster on the way: calls carry no proof of where they started.
-fn vouched(fabric: &Fabric, link: &Link, call: &ForwardCall, entries: &[CatalogEntry]) -> Result<(), WeftError> {
+/// For a function open to some clusters only (`origins`), a call that says
+/// it started in another cluster than the neighbour that hands it over is
+/// taken, at every cluster on the way, where this cluster's policy trusts
+/// the neighbour with that (`Policy::vouches`), or where the call proves
+/// its origin with that cluster's signature over the call bound for
+/// `target`.
+fn vouched(
+    fabric: &Fabric,
+    link: &Link,
+    call: &ForwardCall,
+    entries: &[CatalogEntry],
+    target: &ClusterId,
+) -> Result<(), WeftError> {
     let (started, neighbour) = (origin(link, call), &link.remote.cluster);
     let policy = fabric.policy();
     let Some(e) = entries.iter().find(|e| !policy.vouches(neighbour, &e.origins)).filter(|_| started != neighbour)
     else {
         return Ok(());
     };
+    let proven = match &call.origin_proof {
+        Some(proof) => {
+            let (function, version, args) = (call.function.as_str(), call.version.as_str(), call.args.as_slice());
+            fabric.check_origin(&CallClaim { origin: started, target, function, version, args }, proof)
+        }
+        None => Err(format!("is missing (nodes of {started} sign calls with routing.security.signing_key)")),
+    };
+    let Err(why) = proven else {
+        return Ok(());
+    };
+    let me = &fabric.me.cluster;
     Err(WeftError::new(
         ErrorKind::POLICY_DENIED,
         format!(
-            "{}@{} is open to some clusters only, and cluster {} does not take the word of cluster {neighbour}, which handed the call over, that it started in {started} (federation path {}): list {neighbour} in federation.trusted_transit of cluster {} to trust it with that, or bridge {started} to it directly",
+            "{}@{} is open to some clusters only, and cluster {me} does not take the word of cluster {neighbour}, which handed the call over, that it started in {started} (federation path {}); the call's proof of origin {why}. Have {started} sign its calls and list its public key in routing.security.trusted_keys of cluster {me}, or list {neighbour} in federation.trusted_transit of cluster {me} to trust it with that, or bridge {started} to it directly",
             e.function,
             e.version,
-            fabric.me.cluster,
             path_text(&call.federation_path),
-            fabric.me.cluster
         ),
     )
     .with("rule", "origin")
+    .with("proof", why)
     .with("cluster", neighbour.as_str())
     .with("federation_path", path_names(&call.federation_path)))
 }
@@ -932,6 +951,7 @@ fn pass_on(
         federation_path: call.federation_path,
         locs: call.locs,
         caller: call.caller,
+        origin_proof: call.origin_proof,
         // A call from a peer: no request of this node's own is in flight.
         load: fabric.metrics.load(0),
     }
@@ -1009,6 +1029,7 @@ mod tests {
             target_cluster: None,
             locs: Vec::new(),
             caller: Caller::Anonymous,
+            origin_proof: None,
         }
     }
 

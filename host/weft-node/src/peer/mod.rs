@@ -26,7 +26,7 @@ use weft_runtime::Runtime;
 
 use crate::alerts::{AlertKind, Alerts};
 use crate::metrics::Metrics;
-use crate::signing::{LinkAuth, LinkClaim};
+use crate::signing::{CallClaim, Keys, LinkClaim, OriginProof, SeenProofs};
 use crate::tenants::Tenants;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
@@ -229,7 +229,8 @@ pub struct Fabric {
     tenants: RwLock<Arc<Tenants>>,
     /// This node's plugins its catalog leaves out, with why.
     unlisted: RwLock<Arc<crate::executor::Unlisted>>,
-    link_auth: RwLock<Arc<LinkAuth>>,
+    keys: RwLock<Arc<Keys>>,
+    seen_proofs: Mutex<SeenProofs>,
     decisions: Mutex<std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     events: mpsc::UnboundedSender<Event>,
     /// Inbound forwarded calls: drained with the node's client calls.
@@ -330,7 +331,8 @@ impl Fabric {
             rate: RwLock::new(RateLimit::new(federation.1).map(Arc::new)),
             tenants: RwLock::default(),
             unlisted: RwLock::default(),
-            link_auth: RwLock::default(),
+            keys: RwLock::default(),
+            seen_proofs: Mutex::default(),
             decisions: Mutex::default(),
             events,
             tracker,
@@ -559,9 +561,30 @@ impl Fabric {
         }
     }
 
-    /// How links prove their cluster (set at start, before any link).
-    pub fn set_link_auth(&self, auth: LinkAuth) {
-        *self.link_auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+    /// How links prove their cluster and calls their origin (set at start,
+    /// before any link).
+    pub fn set_keys(&self, keys: Keys) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// The other clusters whose calls can prove here where they started.
+    pub fn provable_origins(&self) -> Vec<ClusterId> {
+        let keys = read(&self.keys);
+        keys.keys.iter().filter(|(c, k)| **c != self.me.cluster && !k.is_empty()).map(|(c, _)| c.clone()).collect()
+    }
+
+    /// This cluster's proof that the call `claim` starts here, if it has a key.
+    pub fn prove_origin(&self, claim: &CallClaim<'_>) -> Option<OriginProof> {
+        read(&self.keys).prove_origin(claim, crate::unix_ms())
+    }
+
+    /// Checks a call's proof of origin (see `Keys::check_origin`), once: a
+    /// copy of a proof taken before is refused.
+    pub fn check_origin(&self, claim: &CallClaim<'_>, proof: &OriginProof) -> Result<(), String> {
+        let now = crate::unix_ms();
+        read(&self.keys).check_origin(claim, proof, now)?;
+        let mut seen = self.seen_proofs.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.first_time(proof, now) { Ok(()) } else { Err("was used before (a copy of a call made already)".into()) }
     }
 
     /// The tenants client requests are admitted as (set at start and by a reload).
@@ -572,7 +595,7 @@ impl Fabric {
     /// Whether every link of this node proved its cluster's key at the
     /// handshake (`routing.security.authenticate_links`).
     pub fn links_authenticated(&self) -> bool {
-        read(&self.link_auth).require
+        read(&self.keys).require_links
     }
 
     /// Whom links dialled from now on trust (`tls.ca`, set at start and by a reload).
@@ -685,7 +708,7 @@ impl Fabric {
         }
         let inbound = sent_nonce.is_none();
         let claim = claim(remote, sent_nonce.or(remote.nonce.as_deref()).unwrap_or_default());
-        if let Err(reason) = read(&self.link_auth).check(&claim, remote.proof.as_ref(), !inbound, crate::unix_ms()) {
+        if let Err(reason) = read(&self.keys).check_link(&claim, remote.proof.as_ref(), !inbound, crate::unix_ms()) {
             return refuse(RejectKind::Unauthenticated, reason);
         }
         if remote.node == self.me.node {
@@ -856,7 +879,7 @@ impl Fabric {
         }
         // The welcome answers the dialler's nonce, so it cannot be replayed.
         let answered = claim(&self.me, hello.nonce.as_deref().unwrap_or_default());
-        let welcome = Hello { proof: read(&self.link_auth).prove(&answered, None), ..self.me.clone() };
+        let welcome = Hello { proof: read(&self.keys).prove_link(&answered, None), ..self.me.clone() };
         if send(&mut ws, &PeerMsg::Welcome(welcome)).await.is_err() {
             self.unregister(&link);
             return;
@@ -913,7 +936,7 @@ impl Fabric {
                 unreachable(weft_client::upgrade_failure(&e).map_or_else(|cause| cause, |refusal| refusal.message))
             })?;
         let nonce = crate::signing::nonce();
-        let proof = read(&self.link_auth).prove(&claim(&self.me, &nonce), Some(crate::unix_ms()));
+        let proof = read(&self.keys).prove_link(&claim(&self.me, &nonce), Some(crate::unix_ms()));
         let hello = Hello { nonce: Some(nonce.clone()), proof, ..self.me.clone() };
         send(&mut ws, &PeerMsg::Hello(hello)).await.map_err(|e| unreachable(e.to_string()))?;
         let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next())

@@ -7,7 +7,7 @@ use serde_json::Value;
 use weft_fabric::{Announcement, CatalogDelta, CatalogEntry, CatalogSnapshot};
 use weft_proto::{Caller, ClusterId, ErrorBody, NodeId, WeftError};
 
-use crate::signing::LinkProof;
+use crate::signing::{LinkProof, OriginProof};
 
 /// Bumped on incompatible changes of this envelope; a peer speaking another
 /// version is refused at the handshake.
@@ -28,7 +28,7 @@ pub struct Hello {
     /// The dialler's challenge, which the acceptor's `proof` signs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
-    /// That the sender holds its cluster's key (see `signing::LinkAuth`).
+    /// That the sender holds its cluster's key (see `signing::Keys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<LinkProof>,
 }
@@ -179,6 +179,11 @@ pub struct ForwardCall {
     /// another cluster is that cluster's, and none is sent over a bridge.
     #[serde(default, skip_serializing_if = "Caller::is_anonymous")]
     pub caller: Caller,
+    /// The origin cluster's signature over the call, for a plugin open to
+    /// some clusters only, where a cluster on the way may not take its
+    /// neighbour's word for where the call started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_proof: Option<OriginProof>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
