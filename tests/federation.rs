@@ -622,6 +622,35 @@ async fn a_draining_bridge_hands_its_idempotent_calls_back_for_a_retry() {
     assert_eq!(spins, 2.0, "b3 ran the call twice: first through the draining bridge, then through {other}: {e}");
 }
 
+/// Beta serves a plugin of the name alpha's tenant's plugin has, at a
+/// higher version and open to everyone: alpha's calls by that name still
+/// run at home, and reach beta's only when pinned there.
+#[tokio::test]
+async fn another_cluster_s_namesake_plugin_does_not_take_calls_found_at_home() {
+    let b1 = node_with(
+        "b1",
+        "beta",
+        vec!["text"],
+        vec![("text.toml".to_owned(), b"version = \"9.0.0\"\n".to_vec())],
+        &[],
+        PERMISSIVE,
+    );
+    let mine = ("text.toml".to_owned(), b"tenant = \"acme\"\ncallers = [\"*\"]\n".to_vec());
+    let a1 = node_with("a1", "alpha", vec!["text"], vec![mine], &[&b1], PERMISSIVE);
+    eventually("a1 sees beta's upper", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+    let req: Request = serde_json::from_value(json!({
+        "role": "rpc", "u": "home",
+        "cmds": [{"name": "u", "fun": "text/upper", "args": ["abc"]}],
+        "include_execution_summary": true
+    }))
+    .unwrap();
+    let response = a1.client().await.request(req).await.unwrap();
+    assert_eq!(response.r.unwrap(), json!({"u": "ABC"}));
+    let step = &response.execution_summary.unwrap().steps[0];
+    assert_eq!((step.cluster.as_str(), step.node.as_str()), ("alpha", "a1"), "{step:?}");
+    assert_eq!(call_in(&a1, "beta", "upper", vec![json!("abc")]).await.unwrap(), json!("ABC"));
+}
+
 /// During a rollout two nodes may hold one version with different manifests:
 /// g2's copy of `text` is not exported, g1's is. Other clusters are offered
 /// g1's copy, and their calls run there, wherever they enter the cluster.

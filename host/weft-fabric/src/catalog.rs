@@ -215,6 +215,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
     let left = callable(left, asker).map_err(|e| at(e.with("rule", "callers")))?;
 
     owned_by_one_tenant(&left, &wanted).map_err(at)?;
+    let left = home_first(left, asker.cluster);
 
     let plugins: BTreeSet<&FunctionId> = left.iter().map(|e| &e.function).collect();
     if plugins.len() > 1 {
@@ -270,6 +271,16 @@ fn owned_by_one_tenant(entries: &[&CatalogEntry], wanted: &Wanted) -> Result<(),
         ),
     )
     .with("tenants", tenants.keys().map(|t| t.to_string()).collect::<Vec<_>>()))
+}
+
+/// A plugin this cluster has is not looked for abroad: another cluster's
+/// plugin of the same name is that cluster's code (and tenants' names do not
+/// cross), so taking it for a higher version, or as a spare, would hand the
+/// calls meant for this one to whoever serves the name. `target_cluster`
+/// (or a version only the other cluster has) reaches it.
+fn home_first<'e>(entries: Vec<&'e CatalogEntry>, home: &ClusterId) -> Vec<&'e CatalogEntry> {
+    let here: BTreeSet<&FunctionId> = entries.iter().filter(|e| e.cluster == *home).map(|e| &e.function).collect();
+    entries.into_iter().filter(|e| e.cluster == *home || !here.contains(&e.function)).collect()
 }
 
 /// Where several plugins offer the name, those the caller may call. A lone
@@ -601,10 +612,32 @@ mod tests {
         let mut c = cmd("add");
         c.target_cluster = Some("beta".into());
         assert_eq!(resolve(&c, &cat).unwrap().candidates[0].node.as_str(), "b1");
-        assert_eq!(resolve(&cmd("add"), &cat).unwrap().candidates.len(), 2, "every node is a candidate");
+        let home = resolve(&cmd("add"), &cat).unwrap().candidates;
+        assert_eq!(home.iter().map(|e| e.cluster.as_str()).collect::<Vec<_>>(), ["alpha"], "found at home");
         c.target_cluster = Some("gamma".into());
         let e = resolve(&c, &cat).unwrap_err();
         assert!(e.message.contains("not in cluster gamma (it is in: alpha, beta)"), "{}", e.message);
+    }
+
+    /// Another cluster's plugin of a name this cluster has is another's
+    /// code: a higher version there does not take this cluster's calls,
+    /// though a version only it has, or `target_cluster`, reaches it.
+    #[test]
+    fn a_plugin_found_at_home_is_not_looked_for_abroad_whatever_the_version() {
+        let mut cat = catalog();
+        let mut beta = entry("math/add", "9.0.0", sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
+        beta.cluster = ClusterId::new("beta");
+        beta.node = NodeId::new("b1");
+        cat.push(beta);
+        let r = resolve(&cmd("math/add"), &cat).unwrap();
+        assert_eq!((r.version.to_string(), r.candidates.len()), ("1.0.0".into(), 1));
+        assert_eq!(r.candidates[0].cluster.as_str(), "alpha");
+        let mut newer = cmd("add");
+        newer.version_constraint = Some("^9".into());
+        assert_eq!(resolve(&newer, &cat).unwrap().candidates[0].node.as_str(), "b1");
+        let mut pinned = cmd("add");
+        pinned.target_cluster = Some("beta".into());
+        assert_eq!(resolve(&pinned, &cat).unwrap().version.to_string(), "9.0.0");
     }
 
     #[test]
