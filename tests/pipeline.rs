@@ -189,6 +189,17 @@ async fn mpreg_string_references_and_the_lit_escape() {
     )
     .await;
     assert_eq!(r, json!({"second": "hellofirst"}));
+    // MPREG's field access: "s.count" is the field count of s's result.
+    let r = ok(
+        &node,
+        json!([
+            {"name": "s", "fun": "stats", "args": [[1.0, 2.0, 6.0]]},
+            {"name": "n", "fun": "add", "args": ["s.count", 1]},
+            {"name": "t", "fun": "concat", "args": ["s.", {"$lit": "s.count"}]},
+        ]),
+    )
+    .await;
+    assert_eq!(r, json!({"n": 4, "t": "s.s.count"}));
 }
 
 #[tokio::test]

@@ -29,10 +29,9 @@ pub struct StepIdx(pub usize);
 /// A value is a reference when it is `{"$ref": "name"}` (optionally with
 /// `"path": "field.sub.0"`, dot-separated record fields and list or tuple
 /// indices into the referenced result), or — for MPREG compatibility — a string
-/// equal to the name of *another* command of the request. MPREG only looks at
-/// top-level arguments; Weft treats such strings as references at any depth
-/// inside arrays and objects, so that wrapping an argument in a list does not
-/// change what it means. A string equal to the command's own name stays a
+/// equal to the name of *another* command of the request, or to such a name,
+/// a dot and a path (MPREG's `"s.mean"`), at any depth inside arrays and
+/// objects, as MPREG reads them. A string naming the command itself stays a
 /// string. `{"$lit": X}` passes X as is, with no reference inside it
 /// interpreted. Subtrees without references collapse into one `Literal`.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,10 +205,7 @@ impl Plan {
                         let e = mismatch(function, m);
                         let mut hint = format!("; it holds the result of {}", names.join(", "));
                         if let Some((step, _)) = sources.iter().find(|(_, by_name)| *by_name) {
-                            let name = &self.steps[step.0].name;
-                            hint += &format!(
-                                " (a string that names a command stands for its result: write {{\"$lit\": \"{name}\"}} for the text itself)"
-                            );
+                            hint += &lit_hint(&self.steps[step.0].name);
                         }
                         let message = format!("{}{hint}", e.message);
                         at(&s.name, WeftError { message, ..e })
@@ -347,10 +343,7 @@ impl TemplateParser<'_> {
                     )));
                 }
             },
-            Value::String(s) => match self.index.get(s) {
-                Some(&step) if step.0 != self.this => Template::Ref { step, path: Vec::new(), by_name: true },
-                _ => Template::Literal(v.clone()),
-            },
+            Value::String(s) => self.by_name(s).unwrap_or_else(|| Template::Literal(v.clone())),
             Value::Array(items) => {
                 let parts = items.iter().map(|x| self.parse(x)).collect::<Result<Vec<_>, _>>()?;
                 if parts.iter().all(|p| matches!(p, Template::Literal(_))) {
@@ -372,6 +365,26 @@ impl TemplateParser<'_> {
             }
             other => Template::Literal(other.clone()),
         })
+    }
+
+    /// MPREG's bare-string reference: the name of another command, or (as
+    /// MPREG reads `"a.mean"`) such a name, a dot and a path into its
+    /// result. A whole name is looked for first, since names may hold dots.
+    fn by_name(&self, s: &str) -> Option<Template> {
+        let (step, path) = match self.index.get(s) {
+            Some(&step) => (step, Vec::new()),
+            None => {
+                let (name, path) = s.split_once('.')?;
+                let step = *self.index.get(name)?;
+                let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+                // "a." or "a..b" names no part of a result: text after all.
+                if path.iter().any(String::is_empty) {
+                    return None;
+                }
+                (step, path)
+            }
+        };
+        (step.0 != self.this).then_some(Template::Ref { step, path, by_name: true })
     }
 
     fn reference(&self, o: &Map<String, Value>) -> Result<Template, WeftError> {
@@ -563,18 +576,20 @@ fn check_static(
             .with("parameter", param.name.as_str())
     };
     // The type at the reference's path, or why it has none.
-    let typed = |step: StepIdx, path: &[String]| {
+    let typed = |step: StepIdx, path: &[String], by_name: bool| {
         let source = &resolved[step.0];
         let reference = RefName { cmd: &cmds[step.0].name, path };
+        // A bare string may have been meant as text.
+        let text = if by_name { lit_hint(&reference.to_string()) } else { String::new() };
         let Some(result) = source.sig.success_type() else {
-            return Err(fail(format!("{reference} has no value: {} returns nothing", source.function)));
+            return Err(fail(format!("{reference} has no value: {} returns nothing{text}", source.function)));
         };
-        follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}")))
+        follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}{text}")))
     };
     match template {
         Template::Literal(v) => check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m)),
-        Template::Ref { step, path, .. } => {
-            let ty = typed(*step, path)?;
+        Template::Ref { step, path, by_name } => {
+            let ty = typed(*step, path, *by_name)?;
             let (source, reference) = (&resolved[step.0], RefName { cmd: &cmds[step.0].name, path });
             if ty.fits(&param.ty) {
                 Ok(())
@@ -585,14 +600,21 @@ fn check_static(
         }
         Template::Array(_) | Template::Object(_) => {
             let mut first_error = None;
-            template.each_ref(&mut |step, path, _| {
+            template.each_ref(&mut |step, path, by_name| {
                 if first_error.is_none() {
-                    first_error = typed(step, path).err();
+                    first_error = typed(step, path, by_name).err();
                 }
             });
             first_error.map_or(Ok(()), Err)
         }
     }
+}
+
+/// What to write for `text` that a bare string reference was meant to be.
+fn lit_hint(text: &str) -> String {
+    format!(
+        " (a string that names a command, alone or followed by a dot and a path, stands for its result: write {{\"$lit\": {text:?}}} for the text itself)"
+    )
 }
 
 fn mismatch(function: &FunctionId, m: Mismatch) -> WeftError {

@@ -223,6 +223,7 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
         "e",
     );
     assert!(m.contains("s.nope does not exist"), "{m}");
+    assert!(!m.contains("$lit"), "a $ref is no text: {m}");
 }
 
 #[test]
@@ -306,6 +307,41 @@ fn mpreg_string_equal_to_another_command_name_is_a_reference_at_any_depth() {
     assert_eq!(names(&p, &step(&p, "c").deps), ["b"]);
     let r = results(&p, &[("a", json!("a")), ("b", json!("a!"))]);
     assert_eq!(p.bind(p.step_index("c").unwrap(), &r).unwrap(), [json!(["a!", "z"])]);
+}
+
+/// MPREG reads `"s.mean"` as the field `mean` of command `s`'s result.
+#[test]
+fn mpreg_dotted_string_is_a_reference_into_another_command_s_result() {
+    let mut p = build(vec![
+        cmd("s", "stats", json!([[1.0, 2.0, 6.0]])),
+        cmd("a", "add", json!(["s.count", 1])),
+        cmd("e", "echos", json!([["z.x", "s.", "s..count", "t.count", "e.b"]])),
+    ])
+    .unwrap();
+    assert_eq!(names(&p, &step(&p, "a").deps), ["s"]);
+    assert!(step(&p, "e").deps.is_empty(), "no such command, or no path: text");
+    let r = results(&p, &[("s", json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}))]);
+    assert_eq!(p.bind(p.step_index("a").unwrap(), &r).unwrap(), [json!(3), json!(1)]);
+    // A path the result cannot have is refused before anything runs.
+    let m = fails(
+        vec![
+            cmd("s", "stats", json!([[1.0]])),
+            cmd("b", "describe", json!(["s"])),
+            cmd("w", "echo", json!(["s.nope"])),
+        ],
+        ErrorKind::INVALID_ARGUMENTS,
+        "w",
+    );
+    assert!(m.contains("s.nope does not exist"), "{m}");
+    assert!(m.contains("write {\"$lit\": \"s.nope\"} for the text itself"), "{m}");
+    // A whole name with a dot in it comes first.
+    let p = build(vec![
+        cmd("s.mean", "echo", json!(["x"])),
+        cmd("s", "stats", json!([[1.0]])),
+        cmd("t", "echo", json!(["s.mean"])),
+    ])
+    .unwrap();
+    assert_eq!(names(&p, &step(&p, "t").deps), ["s.mean"]);
 }
 
 #[test]
