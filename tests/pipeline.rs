@@ -230,6 +230,16 @@ async fn every_validation_error_names_the_command_and_nothing_runs() {
             "median",
         ),
         (
+            json!([{"name": "w", "fun": "split", "args": ["a b", " "]}, {"name": "b", "fun": "echos", "args": [[{"$ref": "w", "path": "0"}, 5]]}]),
+            "INVALID_ARGUMENTS",
+            "'values[1]' of echo/echos: expected string, got number 5",
+        ),
+        (
+            json!([{"name": "w", "fun": "split", "args": ["a b", " "]}, {"name": "s", "fun": "stats", "args": [{"count": "w"}]}]),
+            "INVALID_ARGUMENTS",
+            "expected list<f64> (an array), got object",
+        ),
+        (
             json!([{"name": "a", "fun": "echo", "args": ["x"], "version_constraint": "not semver"}]),
             "INVALID_REQUEST",
             "command a",

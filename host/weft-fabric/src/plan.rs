@@ -191,20 +191,25 @@ impl Plan {
             .zip(params)
             .map(|(template, param)| {
                 let literal = matches!(template, Template::Literal(_));
-                let mut sources = Vec::new();
-                template.collect_refs(&mut sources);
-                let value = self
-                    .instantiate(template, results)
-                    .map_err(|e| at(&s.name, e.context(format_args!("argument '{}' of {function}", param.name))))?;
+                let mut places = Vec::new();
+                template.each_ref_at(&param.name, &mut |place, step, _, by_name| {
+                    places.push((place.to_owned(), step, by_name));
+                });
+                let value = self.instantiate(template, results).map_err(|e| {
+                    let e = e.context(format_args!("argument '{}' of {function}", param.name));
+                    at(&s.name, e.with("parameter", param.name.as_str()))
+                })?;
                 if !literal {
                     check(&value, &param.ty, &param.name).map_err(|m| {
-                        let mut used: Vec<StepIdx> = sources.iter().map(|(i, _)| *i).collect();
+                        // The references whose values hold the mismatch.
+                        let mut used: Vec<(StepIdx, bool)> =
+                            places.iter().filter(|(p, ..)| within(&m.path, p)).map(|(_, i, n)| (*i, *n)).collect();
                         used.sort_unstable();
-                        used.dedup();
-                        let names: Vec<&str> = used.iter().map(|i| self.steps[i.0].name.as_str()).collect();
+                        used.dedup_by_key(|(i, _)| *i);
+                        let names: Vec<&str> = used.iter().map(|(i, _)| self.steps[i.0].name.as_str()).collect();
                         let e = mismatch(function, m);
                         let mut hint = format!("; it holds the result of {}", names.join(", "));
-                        if let Some((step, _)) = sources.iter().find(|(_, by_name)| *by_name) {
+                        if let Some((step, _)) = used.iter().find(|(_, by_name)| *by_name) {
                             hint += &lit_hint(&self.steps[step.0].name);
                         }
                         let message = format!("{}{hint}", e.message);
@@ -251,6 +256,30 @@ impl Plan {
 impl Template {
     fn collect_refs(&self, out: &mut Vec<(StepIdx, bool)>) {
         self.each_ref(&mut |step, _, by_name| out.push((step, by_name)));
+    }
+
+    /// As `each_ref`, with each reference's place below `at`, named as
+    /// `wit::check` names places (`values[1]`, `s.count`).
+    fn each_ref_at<'t>(&'t self, at: &str, f: &mut impl FnMut(&str, StepIdx, &'t [String], bool)) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Ref { step, path, by_name } => f(at, *step, path, *by_name),
+            Template::Array(items) => {
+                items.iter().enumerate().for_each(|(i, t)| t.each_ref_at(&format!("{at}[{i}]"), f));
+            }
+            Template::Object(fields) => fields.iter().for_each(|(k, t)| t.each_ref_at(&format!("{at}.{k}"), f)),
+        }
+    }
+
+    /// The JSON this stands for with each reference, in `each_ref` order,
+    /// replaced by `next()`.
+    fn probe(&self, next: &mut impl FnMut() -> Value) -> Value {
+        match self {
+            Template::Literal(v) => v.clone(),
+            Template::Ref { .. } => next(),
+            Template::Array(items) => Value::Array(items.iter().map(|t| t.probe(next)).collect()),
+            Template::Object(fields) => Value::Object(fields.iter().map(|(k, t)| (k.clone(), t.probe(next))).collect()),
+        }
     }
 
     /// Calls `f` with the step, path and spelling of every reference inside.
@@ -562,8 +591,9 @@ fn arrange(r: &Resolved, args: Vec<Template>, kwargs: Vec<(String, Template)>) -
 
 /// Checks what can be known before running: literal arguments against their
 /// parameter type, whole-argument references by the referenced function's
-/// result type, and that every reference nested in a literal has a value
-/// and its path exists. The type of a nested reference is checked by `bind`.
+/// result type, and for arguments that nest references in literals, that
+/// each reference has a value at its path and that the literal parts and
+/// the references' types fit. `bind` checks the values themselves.
 fn check_static(
     function: &FunctionId,
     param: &Field,
@@ -586,28 +616,54 @@ fn check_static(
         };
         follow_type(result, path).map_err(|why| fail(format!("{reference} does not exist: {why}{text}")))
     };
+    // A reference whose result type does not fit what `place` expects.
+    let misfit = |place: &str, expected: &str, step: StepIdx, path: &[String], by_name: bool, ty: &WitType| {
+        let reference = RefName { cmd: &cmds[step.0].name, path };
+        let text = if by_name { lit_hint(&reference.to_string()) } else { String::new() };
+        let at = if place == param.name { String::new() } else { format!(" at {place}") };
+        let from = &resolved[step.0].function;
+        fail(format!("expected {expected}{at}, but {reference} is {ty} (from {from}){text}")).with("expected", expected)
+    };
     match template {
         Template::Literal(v) => check(v, &param.ty, &param.name).map_err(|m| mismatch(function, m)),
         Template::Ref { step, path, by_name } => {
             let ty = typed(*step, path, *by_name)?;
-            let (source, reference) = (&resolved[step.0], RefName { cmd: &cmds[step.0].name, path });
             if ty.fits(&param.ty) {
                 Ok(())
             } else {
-                Err(fail(format!("expected {}, but {reference} is {ty} (from {})", param.ty, source.function))
-                    .with("expected", param.ty.to_string()))
+                Err(misfit(&param.name, &param.ty.to_string(), *step, path, *by_name, ty))
             }
         }
         Template::Array(_) | Template::Object(_) => {
-            let mut first_error = None;
-            template.each_ref(&mut |step, path, by_name| {
-                if first_error.is_none() {
-                    first_error = typed(step, path, by_name).err();
-                }
+            // Every reference must have a value. Then the whole, with a value
+            // of each reference's type in its place, must fit: a mismatch at
+            // a reference's place is that reference's, anywhere else a
+            // literal's, and either is known before anything runs.
+            let (mut refs, mut first_error) = (Vec::new(), None);
+            template.each_ref_at(&param.name, &mut |place, step, path, by_name| match typed(step, path, by_name) {
+                Ok(ty) => refs.push((place.to_owned(), step, path, by_name, ty)),
+                Err(e) => drop(first_error.get_or_insert(e)),
             });
-            first_error.map_or(Ok(()), Err)
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            let mut samples = refs.iter().map(|r| r.4.sample());
+            let probe = template.probe(&mut || samples.next().unwrap_or_default());
+            let Err(m) = check(&probe, &param.ty, &param.name) else {
+                return Ok(());
+            };
+            match refs.iter().find(|r| within(&m.path, &r.0)) {
+                Some((_, step, path, by_name, ty)) => Err(misfit(&m.path, &m.expected, *step, path, *by_name, ty)),
+                None => Err(mismatch(function, m)),
+            }
         }
     }
+}
+
+/// Whether the place `path` (as `wit::check` names places) is `place` or
+/// inside it.
+fn within(path: &str, place: &str) -> bool {
+    path.strip_prefix(place).is_some_and(|rest| rest.is_empty() || rest.starts_with(['[', '.']))
 }
 
 /// What to write for `text` that a bare string reference was meant to be.

@@ -74,6 +74,7 @@ pub fn catalog() -> Vec<CatalogEntry> {
         entry("text/upper", "1.0.0", sig(&[("text", String)], String)),
         entry("text/split", "1.0.0", sig(&[("text", String), ("sep", String)], list(String))),
         entry("text/pad", "1.0.0", sig(&[("text", String), ("width", option(U32))], String)),
+        entry("text/first", "1.0.0", sig(&[("text", String)], option(String))),
         entry("report/describe", "1.0.0", sig(&[("s", summary())], String)),
         entry("hostile/spin", "1.0.0", FunctionSig { params: vec![], result: None }),
     ]

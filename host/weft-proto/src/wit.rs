@@ -121,6 +121,33 @@ impl WitType {
         }
     }
 
+    /// One value of this type as JSON (zeros, empty strings and lists, the
+    /// first case, `none`): what a planner puts where a result of this type
+    /// will go, to check what surrounds it before the result exists.
+    pub fn sample(&self) -> Value {
+        use WitType as T;
+        let case = |name: &str, payload: Option<&WitType>| match payload {
+            Some(t) => Value::Object([(name.to_owned(), t.sample())].into_iter().collect()),
+            None => Value::String(name.to_owned()),
+        };
+        match self {
+            T::Bool => Value::Bool(false),
+            T::S8 | T::S16 | T::S32 | T::S64 | T::U8 | T::U16 | T::U32 | T::U64 => Value::from(0),
+            T::F32 | T::F64 => Value::from(0.0),
+            T::Char => Value::from("a"),
+            T::String => Value::from(""),
+            T::List { .. } | T::Flags { .. } => Value::Array(Vec::new()),
+            T::Record { fields, .. } => Value::Object(fields.iter().map(|f| (f.name.clone(), f.ty.sample())).collect()),
+            T::Tuple { elements } => Value::Array(elements.iter().map(WitType::sample).collect()),
+            T::Variant { cases, .. } => cases.first().map_or(Value::Null, |c| case(&c.name, c.ty.as_ref())),
+            T::Enum { cases, .. } => cases.first().map_or(Value::Null, |c| Value::from(c.as_str())),
+            T::Option { .. } => Value::Null,
+            T::Result { ok, .. } => case("ok", ok.as_deref()),
+            // No function with these is callable: nothing fits them.
+            T::Resource { .. } | T::Unsupported { .. } => Value::Null,
+        }
+    }
+
     /// Looks up a record field by name (for `{"$ref": .., "path": ..}`).
     pub fn field(&self, name: &str) -> Option<&WitType> {
         match self {

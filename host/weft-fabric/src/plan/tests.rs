@@ -154,11 +154,20 @@ fn list_index_path_selects_an_element_and_a_missing_one_fails_at_bind() {
     }
 }
 
+/// A nested reference whose type may fit (s64 into u32) is checked by value
+/// at bind, and the message names the reference at the place that failed.
 #[test]
-fn a_result_used_twice_in_one_argument_is_named_once() {
-    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([["n", "n"]]))]).unwrap();
-    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
-    assert!(e.message.contains("; it holds the result of n (a string"), "{}", e.message);
+fn a_nested_value_that_does_not_fit_names_the_reference_in_its_place() {
+    let record = json!([{"count": "a", "mean": 1.0, "min": "a", "max": {"$ref": "b"}}]);
+    let cmds = vec![cmd("a", "add", json!([1, 2])), cmd("b", "add", json!([1, 2])), cmd("d", "describe", record)];
+    let mut p = build(cmds.clone()).unwrap();
+    let r = results(&p, &[("a", json!(-1)), ("b", json!(3))]);
+    let e = p.bind(p.step_index("d").unwrap(), &r).unwrap_err();
+    assert!(e.message.contains("'s.count' of report/describe: expected u32"), "{}", e.message);
+    assert!(e.message.contains("; it holds the result of a (a string that names"), "{}", e.message);
+    let mut p = build(cmds).unwrap();
+    let r = results(&p, &[("a", json!(1)), ("b", json!(3))]);
+    assert_eq!(p.bind(p.step_index("d").unwrap(), &r).unwrap(), [json!({"count": 1, "mean": 1.0, "min": 1, "max": 3})]);
 }
 
 #[test]
@@ -226,26 +235,40 @@ fn referencing_a_function_without_result_is_invalid_arguments() {
     assert!(!m.contains("$lit"), "a $ref is no text: {m}");
 }
 
+/// References nested in a literal are checked by type before anything
+/// runs, as whole-argument ones are, and so are the literal parts beside
+/// them: each mismatch names its place and what is there.
 #[test]
-fn nested_references_are_type_checked_at_bind_naming_command_and_parameter() {
-    let mut p =
-        build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([[{"$ref": "n"}]]))]).unwrap();
-    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENTS);
+fn nested_references_and_the_literals_beside_them_are_type_checked_before_anything_runs() {
+    let n = || cmd("n", "word-count", json!(["a b"]));
+    let m = fails(vec![n(), cmd("l", "echos", json!([[{"$ref": "n"}]]))], ErrorKind::INVALID_ARGUMENTS, "l");
     assert!(
-        e.message.starts_with(
-            "command l: argument 'values[0]' of echo/echos: expected string, got number 2; it holds the result of n"
+        m.starts_with(
+            "command l: argument 'values' of echo/echos: expected string at values[0], but n is u32 (from text/word-count)"
         ),
-        "{}",
-        e.message
+        "{m}"
     );
-    assert!(!e.message.contains("$lit"), "an explicit $ref needs no hint about bare names: {}", e.message);
-
+    assert!(!m.contains("$lit"), "an explicit $ref needs no hint about bare names: {m}");
     // A plain string that names a command is such a reference too: the
     // message says so, and how to pass the text instead.
-    let mut p = build(vec![cmd("n", "word-count", json!(["a b"])), cmd("l", "echos", json!([["x", "n"]]))]).unwrap();
-    let e = p.bind(p.step_index("l").unwrap(), &results(&p, &[("n", json!(2))])).unwrap_err();
-    assert!(e.message.contains("values[1]") && e.message.contains(r#"{"$lit": "n"}"#), "{}", e.message);
+    let m = fails(vec![n(), cmd("l", "echos", json!([["x", "n"]]))], ErrorKind::INVALID_ARGUMENTS, "l");
+    assert!(m.contains("values[1]") && m.contains(r#"{"$lit": "n"}"#), "{m}");
+    // A literal beside a fitting reference is the literal's fault.
+    let w = || cmd("w", "split", json!(["a b", " "]));
+    let m = fails(
+        vec![w(), cmd("l", "echos", json!([[{"$ref": "w", "path": "0"}, 5]]))],
+        ErrorKind::INVALID_ARGUMENTS,
+        "l",
+    );
+    assert!(m.ends_with("argument 'values[1]' of echo/echos: expected string, got number 5"), "{m}");
+    // So is a literal of the wrong shape around references.
+    let m = fails(vec![w(), cmd("s", "stats", json!([{"count": "w"}]))], ErrorKind::INVALID_ARGUMENTS, "s");
+    assert!(m.contains("argument 'xs' of math/stats: expected list<f64> (an array), got object"), "{m}");
+    // An option result where its value is needed, in a list as alone.
+    let o = || cmd("o", "first", json!(["x"]));
+    let m = fails(vec![o(), cmd("p", "echo", json!(["o"]))], ErrorKind::INVALID_ARGUMENTS, "p");
+    let nested = fails(vec![o(), cmd("p", "echos", json!([["o"]]))], ErrorKind::INVALID_ARGUMENTS, "p");
+    assert!(m.contains("but o is option<string>") && nested.contains("but o is option<string>"), "{m} / {nested}");
 }
 
 #[test]
@@ -514,7 +537,7 @@ proptest! {
             .iter()
             .enumerate()
             .map(|(i, ds)| {
-                let refs: Vec<Value> = ds.iter().map(|d| json!({"$ref": format!("s{d}")})).collect();
+                let refs: Vec<Value> = ds.iter().map(|d| json!({"$ref": format!("s{d}"), "path": "0"})).collect();
                 cmd(&format!("s{i}"), "echos", json!([refs]))
             })
             .collect();

@@ -272,7 +272,33 @@ fn arb_value(ty: &WitType) -> BoxedStrategy<WitValue> {
     }
 }
 
+/// The planner stands a sample in for a result it does not have yet: it
+/// must be a value of the type, or literals beside it would be blamed.
+#[test]
+fn a_sample_is_a_value_of_its_type() {
+    let variant = WitType::Variant {
+        name: None,
+        cases: vec![Case { name: "circle".into(), ty: Some(WitType::F64) }, Case { name: "dot".into(), ty: None }],
+    };
+    let types = [
+        variant,
+        WitType::Enum { name: None, cases: vec!["red".into(), "green".into()] },
+        WitType::Flags { name: None, flags: vec!["read".into()] },
+        WitType::Result { ok: None, err: Some(Box::new(WitType::String)) },
+        WitType::Result { ok: Some(Box::new(summary())), err: None },
+        WitType::Option { some: Box::new(WitType::Option { some: Box::new(WitType::U8) }) },
+    ];
+    for ty in types {
+        assert_eq!(check(&ty.sample(), &ty, "x"), Ok(()), "{ty}");
+    }
+}
+
 proptest! {
+    #[test]
+    fn a_sample_of_any_type_checks(ty in arb_type()) {
+        prop_assert_eq!(check(&ty.sample(), &ty, "x"), Ok(()));
+    }
+
     // Clients send arbitrary JSON for any parameter type: conversion either
     // succeeds (and then round-trips) or reports a mismatch; it never panics.
     #[test]
