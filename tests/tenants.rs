@@ -79,7 +79,7 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
     for via in [&a1, &a2] {
         let e = call_as(via, Some(BOB), "snoop", vec![json!("peek")]).await.unwrap_err();
         assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
-        assert!(e.message.contains("tenant acme") && e.message.contains("tenant bob"), "{e}");
+        assert!(e.message.contains("tenant bob") && !e.message.contains("acme"), "names no owner: {e}");
     }
     assert_eq!(call_as(&a1, Some(ACME), "snoop", vec![json!("three")]).await.unwrap(), "two", "bob saw nothing");
     let plugins = a1.admin().get("/v1/plugins").await.unwrap().body;
@@ -186,6 +186,56 @@ async fn a_tenants_plugin_does_not_take_a_bare_name_from_other_callers() {
         assert_eq!(call_as(via, Some(ACME), "acme-echo/echo", vec![json!("a")]).await.unwrap(), "a");
         let e = call_as(via, Some(BOB), "acme-echo/echo", vec![json!("b")]).await.unwrap_err();
         assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+    }
+}
+
+/// What a tenant may not call tells it nothing (its functions, signature,
+/// versions) and takes no name from it: globex's copy of a plugin name on
+/// a2, closed to acme, does not make acme's own ambiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_tenant_may_not_call_tells_it_nothing_and_takes_no_name_from_it() {
+    let config = |id: &str, seeds: &[&TestNode]| {
+        let seeds: Vec<String> = seeds.iter().map(|n| format!("{:?}", n.ws)).collect();
+        format!(
+            "id = \"{id}\"\ncluster = \"alpha\"\nseeds = [{}]\n[cluster]\nbeat_interval = \"100ms\"\n{}",
+            seeds.join(", "),
+            tenants()
+        )
+    };
+    let (echo, math) = (weft_bundle::get("echo").unwrap().to_vec(), weft_bundle::get("math").unwrap().to_vec());
+    let a1_files = vec![
+        ("acme-echo.wasm".to_owned(), echo.clone()),
+        ("acme-echo.toml".to_owned(), b"tenant = \"acme\"\n".to_vec()),
+        ("globex-math.wasm".to_owned(), math),
+        ("globex-math.toml".to_owned(), b"tenant = \"globex\"\n".to_vec()),
+    ];
+    let a1 = TestNode::start(NodeSpec { plugins: vec![], files: a1_files, config: config("a1", &[]) });
+    let a2_files = vec![
+        ("gx.wasm".to_owned(), echo),
+        ("gx.toml".to_owned(), b"name = \"acme-echo\"\nversion = \"0.3.0\"\ntenant = \"globex\"\n".to_vec()),
+    ];
+    let a2 = TestNode::start(NodeSpec { plugins: vec![], files: a2_files, config: config("a2", &[&a1]) });
+    let both = async || {
+        let body = a1.admin().get("/v1/catalog").await.unwrap().body;
+        let functions = body["functions"].as_array().unwrap().clone();
+        (functions.iter().filter(|f| f["plugin"] == "acme-echo" && f["name"] == "echo").count() == 2).then_some(())
+    };
+    eventually("a1 to list both acme-echo copies", SETTLE, both).await;
+
+    for via in [&a1, &a2] {
+        assert_eq!(call_as(via, Some(ACME), "acme-echo/echo", vec![json!("a")]).await.unwrap(), "a");
+        let e = call_as(via, Some(ACME), "globex-math/ad", vec![]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+        assert!(!e.message.contains("add"), "no sibling of a plugin acme may not call: {e}");
+        let e = call_as(via, Some(ACME), "globex-math/add", vec![]).await.unwrap_err();
+        assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
+        assert!(!e.message.contains("func(") && !e.message.contains("tenant globex"), "{e}");
+        let mut cmd = Command::new("x", "add", vec![json!(1), json!(2)]);
+        cmd.version_constraint = Some("^9".into());
+        let mut req = Request::new("", vec![cmd]);
+        req.token = Some(ACME.into());
+        let e = via.client().await.request(req).await.unwrap().into_result().unwrap_err();
+        assert_eq!(e.details["rule"].as_str(), Some("callers"), "no versions told: {e}");
     }
 }
 
@@ -336,13 +386,14 @@ async fn a_tenant_of_another_cluster_is_named_only_over_authenticated_links() {
     assert_eq!(snoop["callers"], json!(["acme"]), "{snoop}");
 
     // alpha vouches for its tenant over a link that proved its key: beta
-    // runs globex's plugin for acme of alpha, and only for acme.
+    // runs globex's plugin for acme of alpha, and alpha, which knows that
+    // from the offer, refuses it to the others before sending anything.
     assert_eq!(snoop_in(&a1, "beta", Some(ACME)).await.unwrap(), Value::Null);
     let e = snoop_in(&a1, "beta", Some(BOB)).await.unwrap_err();
     assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
-    assert!(e.message.contains("tenant bob of cluster alpha"), "{e}");
+    assert!(e.message.contains("tenant bob may not call snoop"), "{e}");
     let e = snoop_in(&a1, "beta", None).await.unwrap_err();
-    assert!(e.message.contains("a caller from cluster alpha"), "{e}");
+    assert!(e.message.contains("an anonymous caller may not call snoop"), "{e}");
 
     // Without authenticated links no tenant name crosses: acme of gamma is
     // just gamma to delta, which its manifest does not admit, so delta does

@@ -180,6 +180,7 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
             wanted.near_misses(entries, asker)
         ))));
     }
+    let named = callable(named, asker, &wanted).map_err(|e| at(e.with("rule", "callers")))?;
     // Each filter that empties the set explains the miss with what it removed.
     let left = narrow(
         named,
@@ -212,7 +213,6 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
         },
     )
     .map_err(at)?;
-    let left = callable(left, asker).map_err(|e| at(e.with("rule", "callers")))?;
 
     owned_by_one_tenant(&left, &wanted).map_err(at)?;
     let left = home_first(left, asker.cluster);
@@ -283,22 +283,22 @@ fn home_first<'e>(entries: Vec<&'e CatalogEntry>, home: &ClusterId) -> Vec<&'e C
     entries.into_iter().filter(|e| e.cluster == *home || !here.contains(&e.function)).collect()
 }
 
-/// Where several plugins offer the name, those the caller may call. A lone
-/// plugin is kept either way: calling it explains the refusal.
-fn callable<'e>(entries: Vec<&'e CatalogEntry>, asker: &Asker) -> Result<Vec<&'e CatalogEntry>, WeftError> {
-    let plugins = |list: &[&CatalogEntry]| list.iter().map(|e| &e.function).collect::<BTreeSet<_>>().len();
-    if plugins(&entries) == 1 {
-        return Ok(entries);
-    }
-    let kept: Vec<&CatalogEntry> = entries.iter().copied().filter(|e| asker.may_call(e)).collect();
+/// The entries the caller may call, first: what it may not call is none of
+/// its business (not its versions, resources or signature, nor a clash of
+/// names with it), and another tenant's plugin does not make a bare name
+/// ambiguous. With none left, the refusal says no more than that.
+fn callable<'e>(
+    entries: Vec<&'e CatalogEntry>,
+    asker: &Asker,
+    wanted: &Wanted,
+) -> Result<Vec<&'e CatalogEntry>, WeftError> {
+    let kept: Vec<&CatalogEntry> = entries.into_iter().filter(|e| asker.may_call(e)).collect();
     if kept.is_empty() {
         return Err(WeftError::new(
             ErrorKind::POLICY_DENIED,
             format!(
-                "{} may call none of the {} plugins that offer {}; their manifests' `callers` list who may call them",
-                asker.caller,
-                plugins(&entries),
-                entries[0].function.function
+                "{} may not call {wanted}: the manifest `callers` of the plugin that has it does not list it; ask the operator to add it",
+                asker.caller
             ),
         ));
     }
@@ -394,7 +394,7 @@ impl Wanted {
         };
         let names: BTreeSet<&str> = entries
             .iter()
-            .filter(|e| asker.sees(e) && e.function.plugin == id.plugin)
+            .filter(|e| asker.may_call(e) && e.function.plugin == id.plugin)
             .map(|e| &*e.function.function)
             .collect();
         if names.is_empty() { String::new() } else { format!(" (plugin {} has: {})", id.plugin, join(names)) }
@@ -683,10 +683,12 @@ mod tests {
         }
         let e = as_(&bob, &cat).unwrap_err();
         assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
-        assert!(e.message.contains("tenant bob may call none of the 2 plugins that offer concat"), "{e}");
-        // A lone plugin resolves, so that the call explains its own refusal.
+        assert!(e.message.contains("tenant bob may not call concat: the manifest `callers`"), "{e}");
+        // A lone plugin too, and nothing tells what it has.
         let lone: Vec<CatalogEntry> = cat.iter().filter(|e| &*e.function.plugin == "echo").cloned().collect();
-        assert_eq!(as_(&bob, &lone).unwrap().function, FunctionId::new("echo", "concat"));
+        let e = as_(&bob, &lone).unwrap_err();
+        assert_eq!(e.details["rule"].as_str(), Some("callers"), "{e}");
+        assert!(!e.message.contains("echo/") && !e.message.contains("1.0.0"), "{e}");
 
         // Another cluster's entries carry the callers it offered them with:
         // this cluster's tenants its manifest names (`ops@alpha`), or anyone.
@@ -708,10 +710,8 @@ mod tests {
         let e = super::resolve(&cmd("echo/concat"), &cat, &asker).unwrap_err();
         assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
         assert!(!e.message.contains("plugin echo has") && !e.message.contains("did you mean"), "{e}");
-        assert_eq!(
-            super::resolve(&cmd("concat"), &cat, &asker).unwrap().function,
-            FunctionId::new("acme-text", "concat")
-        );
+        let e = super::resolve(&cmd("concat"), &cat, &asker).unwrap_err();
+        assert_eq!(e.details["rule"].as_str(), Some("callers"), "only acme's is left: {e}");
     }
 
     #[test]

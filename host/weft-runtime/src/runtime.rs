@@ -592,15 +592,14 @@ impl Runtime {
         };
         let qualified = &function.qualified;
         if !plugin.callers.admits(caller) {
-            let tenant = plugin.manifest.tenant();
+            // Whose plugin it is, is none of the caller's business.
             return Err(WeftError::new(
                 ErrorKind::POLICY_DENIED,
                 format!(
-                    "{qualified} belongs to tenant {tenant} and is not open to {caller}; the plugin's manifest `callers` lists who may call it"
+                    "{qualified} is not open to {caller}: the plugin's manifest `callers` does not list it; ask the operator to add it"
                 ),
             )
-            .with("rule", "callers")
-            .with("tenant", tenant));
+            .with("rule", "callers"));
         }
         // Only the caller's deadline runs while the call waits for a slot:
         // the plugin's own is for running, and a guest is not blamed for
