@@ -145,6 +145,48 @@ fn admin_commands_take_the_node_s_websocket_url_too() {
     assert!(out.contains("unchanged"), "{out}");
 }
 
+/// With `auth.operator_tokens`, the admin API answers the operator only,
+/// but for the probes and client calls; the admin commands send the token
+/// from --admin-token or WEFT_ADMIN_TOKEN.
+#[test]
+fn operator_tokens_guard_the_admin_api_but_not_probes_or_client_calls() {
+    const OPERATOR: &str = "operator-secret-0123456789";
+    let config = format!("[auth]\noperator_tokens = [\"{OPERATOR}\"]\n");
+    let node = TestNode::start(NodeSpec { config, ..NodeSpec::default() });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (anyone, operator) = (node.admin(), node.admin().with_token(Some(OPERATOR.into())));
+        for path in ["/health", "/livez", "/readyz"] {
+            assert_eq!(anyone.get(path).await.unwrap().status, 200, "{path}");
+        }
+        for path in ["/metrics", "/v1/plugins", "/v1/catalog", "/v1/tenants", "/v1/peers"] {
+            let reply = anyone.get(path).await.unwrap();
+            assert_eq!(reply.status, 401, "{path}: {}", reply.text);
+            assert_eq!(reply.body["error"]["kind"], "UNAUTHENTICATED", "{path}");
+            assert!(reply.text.contains("auth.operator_tokens") && reply.text.contains("none was sent"), "{path}");
+            assert_eq!(operator.get(path).await.unwrap().status, 200, "{path}");
+        }
+        let wrong = node.admin().with_token(Some("not-the-operator-token".into()));
+        assert!(wrong.get("/v1/plugins").await.unwrap().text.contains("is not one of them"));
+        assert_eq!(anyone.post("/v1/plugins/reload", "").await.unwrap().status, 401);
+        let call = r#"{"role":"rpc","u":"1","cmds":[{"name":"a","fun":"echo","args":["hi"]}]}"#;
+        let reply = anyone.post("/v1/call", call).await.unwrap();
+        assert_eq!((reply.status, &reply.body["r"]["a"]), (200, &serde_json::json!("hi")), "{}", reply.text);
+    });
+    let (code, _, err) = weft(&["catalog", "--node", &node.ws]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--admin-token or WEFT_ADMIN_TOKEN"), "{err}");
+    let (code, out, err) = weft(&["catalog", "--node", &node.ws, "--admin-token", OPERATOR]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("echo/echo@0.1.0"), "{out}");
+    let out = Command::new(WEFT)
+        .args(["plugins", "reload", "--node", &node.admin_url])
+        .env("WEFT_ADMIN_TOKEN", OPERATOR)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn weft_call_prints_the_result_or_the_error_kind() {
     let node = TestNode::start(NodeSpec::default());

@@ -31,6 +31,10 @@ pub struct AdminTarget {
     /// The node's admin HTTP URL, which wins over --node.
     #[arg(long, env = "WEFT_ADMIN_URL")]
     admin: Option<String>,
+    /// An operator token, for a node whose admin API takes only those
+    /// (auth.operator_tokens).
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     #[command(flatten)]
     trust: Trust,
 }
@@ -69,7 +73,7 @@ impl AdminTarget {
     /// which URL to give.
     async fn send(&self, path: &str, post: bool) -> anyhow::Result<AdminReply> {
         let (url, roots) = self.url_and_roots().await?;
-        let admin = Admin::new(&url).with_roots(roots);
+        let admin = Admin::new(&url).with_roots(roots).with_token(self.admin_token.clone());
         let reply = if post { admin.post(path, "").await? } else { admin.get(path).await? };
         if let (426, Some(port)) = (reply.status, reply.body["error"]["details"]["admin_port"].as_u64()) {
             let UrlParts { scheme, authority, host, .. } = UrlParts::of(&url);

@@ -215,6 +215,8 @@ impl Client {
 pub struct Admin {
     base: String,
     roots: Roots,
+    /// Sent as `Authorization: Bearer` on every request (`auth.operator_tokens`).
+    token: Option<String>,
 }
 
 /// Status and JSON body of an admin reply.
@@ -229,7 +231,13 @@ pub struct AdminReply {
 impl Admin {
     /// An `https://` base trusts the public authorities; see `with_roots`.
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into().trim_end_matches('/').to_owned(), roots: Roots::public() }
+        Self { base: base.into().trim_end_matches('/').to_owned(), roots: Roots::public(), token: None }
+    }
+
+    /// Sends `token` with every request: an operator token, for a node
+    /// whose admin API takes only those.
+    pub fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
     }
 
     /// Trusts `roots` for the node's certificate.
@@ -312,6 +320,9 @@ impl Admin {
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header(hyper::header::HOST, &authority)
             .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         for (name, value) in headers {
             req = req.header(*name, *value);
         }

@@ -62,6 +62,10 @@ pub(crate) struct AdminContext {
     pub large: crate::executor::LargeRequests,
     /// The node's drain waits for these, as for calls over WebSocket.
     pub calls: TaskTracker,
+    /// Whether the start config set `auth.operator_tokens`: until the node
+    /// serves (and its tenants, reloaded since, decide), only the open
+    /// endpoints answer.
+    pub guarded: bool,
 }
 
 type Body = Full<Bytes>;
@@ -179,6 +183,17 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         ))
         .with("ws_port", ctx.ws_port);
         return error_response(StatusCode::BAD_REQUEST, &e);
+    }
+    if !matches!(path.as_str(), "/health" | "/livez" | "/readyz" | "/v1/call") {
+        // The operator's endpoints; a client call has its tenant's token.
+        let admitted = match executor {
+            Some(e) => e.fabric().tenants().admit_operator(crate::tenants::bearer(req.headers()).as_deref()),
+            None if ctx.guarded => return starting(),
+            None => Ok(()),
+        };
+        if let Err(e) = admitted {
+            return error_response(StatusCode::UNAUTHORIZED, &e);
+        }
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => {

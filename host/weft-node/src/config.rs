@@ -44,6 +44,10 @@ pub struct Config {
 pub struct AuthSection {
     /// Every client request must carry a token of a `[tenants]` entry.
     pub required: bool,
+    /// When set, the admin API answers only requests that carry one of
+    /// these tokens (plain, or "sha256:" digests), but for the health
+    /// probes and client calls.
+    pub operator_tokens: Vec<String>,
 }
 
 /// TLS for everything the node serves and for the links it dials.
@@ -617,7 +621,15 @@ impl Config {
             problems
                 .push("auth.required: no [tenants.NAME] with tokens is configured, so no request could be made".into());
         }
-        let mut owners: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        let mut owners: BTreeMap<[u8; 32], String> = BTreeMap::new();
+        for (i, token) in self.auth.operator_tokens.iter().enumerate() {
+            match crate::tenants::token_digest(token) {
+                Err(why) => problems.push(format!("auth.operator_tokens[{i}]: {why}")),
+                Ok(digest) => {
+                    owners.insert(digest, "the operators (auth.operator_tokens)".into());
+                }
+            }
+        }
         for (name, tenant) in &self.tenants {
             if !is_valid_name(name) {
                 problems.push(format!("tenants.{name}: {NAME_RULE} in tenant names"));
@@ -627,9 +639,9 @@ impl Config {
                 match crate::tenants::token_digest(token) {
                     Err(why) => problems.push(format!("tenants.{name}.tokens[{i}]: {why}")),
                     Ok(digest) => {
-                        if let Some(other) = owners.insert(digest, name) {
+                        if let Some(other) = owners.insert(digest, format!("tenant {name}")) {
                             problems.push(format!(
-                                "tenants.{name}.tokens[{i}]: the same token is given to tenant {other}; a token names one tenant"
+                                "tenants.{name}.tokens[{i}]: the same token is given to {other}; a token names one tenant"
                             ));
                         }
                     }

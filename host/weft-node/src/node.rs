@@ -401,6 +401,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         max_body: max_frame,
         large: large.clone(),
         calls: tracker.clone(),
+        guarded: !config.auth.operator_tokens.is_empty(),
     });
     let max_connections = config.limits.max_connections as usize;
     let open = Arc::new(tokio::sync::Semaphore::new(max_connections));

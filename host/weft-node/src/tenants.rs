@@ -87,6 +87,8 @@ pub(crate) fn bearer(headers: &hyper::HeaderMap) -> Option<String> {
 #[derive(Default)]
 pub struct Tenants {
     required: bool,
+    /// Digests of `auth.operator_tokens`: the admin API's keys, if any.
+    operators: Vec<[u8; 32]>,
     /// By name (the config's order).
     all: Vec<Arc<Tenant>>,
     by_token: HashMap<[u8; 32], Arc<Tenant>>,
@@ -131,7 +133,8 @@ pub struct TenantInfo {
 impl Tenants {
     /// `[auth]` and `[tenants]` of a loaded config.
     pub fn from_config(config: &Config) -> Self {
-        Self::new(config.auth.required, &config.tenants)
+        let operators = config.auth.operator_tokens.iter().filter_map(|t| token_digest(t).ok()).collect();
+        Self { operators, ..Self::new(config.auth.required, &config.tenants) }
     }
 
     /// From a checked config (`Config::load` refused bad tokens already;
@@ -155,7 +158,28 @@ impl Tenants {
             }
             all.push(tenant);
         }
-        Self { required, all, by_token }
+        Self { required, operators: Vec::new(), all, by_token }
+    }
+
+    /// Whether the admin API takes only operator tokens.
+    pub fn guards_admin(&self) -> bool {
+        !self.operators.is_empty()
+    }
+
+    /// Lets an admin API request in, or says why not (UNAUTHENTICATED):
+    /// with `auth.operator_tokens` set, its bearer token must be one.
+    pub fn admit_operator(&self, token: Option<&str>) -> Result<(), WeftError> {
+        let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        if self.operators.is_empty() || digest.is_some_and(|d| self.operators.contains(&d)) {
+            return Ok(());
+        }
+        let why = if token.is_some() { "the bearer token sent is not one of them" } else { "none was sent" };
+        Err(WeftError::new(
+            ErrorKind::UNAUTHENTICATED,
+            format!(
+                "this node's admin API takes requests with an operator token only (auth.operator_tokens), and {why}: send `Authorization: Bearer TOKEN` (weft: --admin-token or WEFT_ADMIN_TOKEN)"
+            ),
+        ))
     }
 
     pub fn required(&self) -> bool {
