@@ -187,6 +187,32 @@ fn operator_tokens_guard_the_admin_api_but_not_probes_or_client_calls() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Under a low open-file limit the node raises its soft limit to the hard
+/// one, and says at its start when that still cannot hold
+/// `limits.max_connections`.
+#[test]
+fn a_node_under_a_low_open_file_limit_raises_it_and_says_so() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 300 && ulimit -Hn 600 && exec {WEFT} node --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir {}",
+        data.path().display()
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .env("WEFT_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let line = stderr.lines().map_while(Result::ok).find(|l| l.contains("open-file limit"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = line.expect("a warning about the open-file limit");
+    assert!(line.contains("the open-file limit is 600") && line.contains("limits.max_connections (10000)"), "{line}");
+}
+
 #[test]
 fn weft_call_prints_the_result_or_the_error_kind() {
     let node = TestNode::start(NodeSpec::default());

@@ -473,6 +473,32 @@ async fn a_client_that_disconnects_mid_call_costs_nothing_and_is_counted() {
     .await;
 }
 
+/// An HTTP client that does not read its (large) reply is cut off after
+/// `limits.write_timeout`, as a WebSocket client is, rather than holding
+/// the connection and the reply for as long as it likes.
+#[tokio::test]
+async fn an_http_reply_left_unread_is_given_up_after_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = "[limits]\nwrite_timeout = \"1s\"\nmax_frame = \"64MiB\"\nmax_result = \"64MiB\"\n".to_owned();
+    let node = TestNode::start(NodeSpec { config, ..NodeSpec::default() });
+    let addr = node.admin_url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let text = "x".repeat(24 << 20);
+    let body = format!(r#"{{"role":"rpc","u":"big","cmds":[{{"name":"a","fun":"echo","args":["{text}"]}}]}}"#);
+    let head = format!("POST /v1/call HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len());
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    // Unread, the reply fills the socket buffers and the node stops writing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the node kept the connection open past its write timeout");
+    let head = String::from_utf8_lossy(&got[..got.len().min(200)]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(got.len() < text.len(), "the whole reply ({} bytes) was still delivered", got.len());
+    assert_eq!(node.admin().get("/health").await.unwrap().status, 200);
+}
+
 #[tokio::test]
 async fn a_connection_that_never_upgrades_is_closed() {
     use tokio::io::AsyncReadExt;

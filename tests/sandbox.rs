@@ -200,14 +200,14 @@ async fn a_plugins_log_records_are_bounded_per_second_over_all_its_calls() {
     // 30 x 100 lines of stdout (and 30 log calls) were written.
     let kept = log.lines().filter(|l| l.contains("rate-marker") && l.contains("weft::guest")).count() as f64;
     assert!(kept <= 1000.0 * (1.0 + seconds) + 1.0, "{kept} records in {seconds:.2} s");
-    // What was dropped is reported once a second, not once a call.
+    // What was dropped is reported once in 10 s, not once a call.
     let reports = log.lines().filter(|l| l.contains("WARN") && l.contains("dropped_lines")).count() as f64;
     assert!(reports <= seconds + 2.0, "{reports} reports of dropped output in {seconds:.2} s");
     assert_still_serving(&node).await;
 }
 
-/// What the last calls of a flood dropped is reported within about a second
-/// too, not only with the plugin's next call.
+/// What the last calls of a flood dropped is reported within about 10 s
+/// too (the first call's at once), not only with the plugin's next call.
 #[tokio::test]
 async fn dropped_output_is_reported_though_no_call_follows() {
     let node = TestNode::start(NodeSpec::default());
@@ -224,7 +224,7 @@ async fn dropped_output_is_reported_though_no_call_follows() {
             .collect();
         (lines.len() == 2).then_some(lines)
     };
-    let reports = support::eventually("both calls' drops reported", std::time::Duration::from_secs(5), dropped).await;
+    let reports = support::eventually("both calls' drops reported", std::time::Duration::from_secs(20), dropped).await;
     assert_eq!(reports[0], reports[1], "each call dropped as many lines");
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct AdminContext {
     pub large: crate::executor::LargeRequests,
     /// The node's drain waits for these, as for calls over WebSocket.
     pub calls: TaskTracker,
+    /// `limits.write_timeout`: a reply the client does not read for this
+    /// long closes the connection.
+    pub write_timeout: std::time::Duration,
     /// Whether the start config set `auth.operator_tokens`: until the node
     /// serves (and its tenants, reloaded since, decide), only the open
     /// endpoints answer.
@@ -80,17 +83,21 @@ pub(crate) async fn serve(port: Port, ctx: Arc<AdminContext>, shutdown: Cancella
 }
 
 async fn serve_connection(stream: Conn, ctx: Arc<AdminContext>, shutdown: CancellationToken) {
+    let write_timeout = ctx.write_timeout;
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(&ctx, req).await) }
     });
     // A client must send each request's headers within HEADER_TIMEOUT of
-    // connecting or of the last response, so idle and half-sent
-    // connections cannot pile up on the admin port.
+    // connecting or of the last response, and read what it is sent within
+    // the write timeout, so idle, half-sent and unread connections (and the
+    // replies they hold) cannot pile up on the admin port.
+    let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+    io.set_write_timeout(Some(write_timeout));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(Box::pin(io)), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -25,6 +25,12 @@ pub(crate) type Conn = Either<TcpStream, TlsStream<TcpStream>>;
 /// like) instead of spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// TCP keepalive on accepted connections: probes after a minute without
+/// traffic, every 10 s, and 6 unanswered close it (about 2 minutes).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
 /// One listening port: its name in logs and metrics, and TLS if it serves it.
 pub(crate) struct Port {
     pub name: &'static str,
@@ -65,7 +71,7 @@ pub(crate) async fn accept_each<F, Fut>(
     F: Fn(Conn, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut refusal_logged: Option<Instant> = None;
+    let (mut refusal_logged, mut failure_logged): (Option<Instant>, Option<Instant>) = (None, None);
     let answering = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
     let port_max = port.max;
     loop {
@@ -76,7 +82,11 @@ pub(crate) async fn accept_each<F, Fut>(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(port = port.name, error = %e, "accept failed");
+                // Out of file descriptors, it fails 20 times a second.
+                if failure_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                    failure_logged = Some(Instant::now());
+                    tracing::warn!(port = port.name, error = %e, "accept failed (logged once in 10 s; out of file descriptors, raise `ulimit -n` or lower limits.max_connections)");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -103,6 +113,11 @@ pub(crate) async fn accept_each<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // A client whose host vanished (or whose NAT forgot it) never sends
+        // again; keepalive probes find that out within minutes, so the
+        // connection's place is not held for good.
+        let probes = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes.with_retries(KEEPALIVE_PROBES));
         let (tls, metrics, serve, name) = (port.tls.clone(), metrics.clone(), serve.clone(), port.name);
         tracker.spawn(async move {
             let _slot = slot;

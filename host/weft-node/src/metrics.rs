@@ -359,6 +359,24 @@ impl Metrics {
         self.call_series.write().unwrap_or_else(PoisonError::into_inner).insert(function.clone(), series);
     }
 
+    /// Drops the call series of the functions whose plugin this node no
+    /// longer has (`loaded` says which plugins it has), so that `/metrics`
+    /// does not grow with every plugin name the node ever served.
+    pub fn forget_calls(&self, loaded: impl Fn(&str) -> bool) {
+        let mut series = self.call_series.write().unwrap_or_else(PoisonError::into_inner);
+        series.retain(|function, _| {
+            if loaded(&function.plugin) {
+                return true;
+            }
+            let name = function.to_string();
+            for outcome in ["ok", "error"] {
+                self.calls.remove(&FunctionLabels { function: name.clone(), outcome });
+            }
+            self.call_seconds.remove(&FunctionLabel { function: name });
+            false
+        });
+    }
+
     /// Counts a tenant request's commands by what became of them.
     pub fn tenant_commands(&self, tenant: &str, outcome: &'static str, commands: usize) {
         let labels = TenantLabels { tenant: tenant.to_owned(), outcome };
@@ -414,6 +432,20 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    #[test]
+    fn the_call_series_of_an_unloaded_plugin_are_dropped() {
+        let metrics = Metrics::new();
+        let (echo, gone) = (FunctionId::new("echo", "echo"), FunctionId::new("p17", "echo"));
+        for f in [&echo, &gone] {
+            metrics.call_timer(f).finish(true);
+        }
+        metrics.forget_calls(|plugin| plugin == "echo");
+        let text = metrics.encode();
+        assert!(text.contains("function=\"echo/echo\"") && !text.contains("p17"), "{text}");
+        metrics.call_timer(&gone).finish(false);
+        assert!(metrics.encode().contains("function=\"p17/echo\",outcome=\"error\"} 1"), "a new call counts anew");
+    }
 
     /// Polls `load` (blocking this worker, as a request's poll does) until
     /// it says `want`; false if it never does within five seconds.

@@ -111,7 +111,9 @@ pub(crate) async fn reload_plugins(
     let report = tokio::task::spawn_blocking(move || runtime.reload_dir(&dir))
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
-    fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
+    let plugins = fabric.runtime.plugins();
+    fabric.metrics.plugins_reported(plugins.len(), report.failed.len());
+    fabric.metrics.forget_calls(|name| plugins.iter().any(|p| p.name == name));
     let listing = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
     fabric.set_unlisted(listing.unlisted);
     fabric.event(crate::peer::Event::LocalCatalog(listing.entries));
@@ -318,6 +320,27 @@ fn runtime_config(config: &Config) -> RuntimeConfig {
     }
 }
 
+/// Raises the soft limit on open files to the hard one (the soft 1024 of
+/// systemd and many shells is below what `limits.max_connections` allows),
+/// and warns when even that cannot hold the connections allowed: past it,
+/// accepting fails until connections close.
+fn raise_open_files(max_connections: u32) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit { current: limit.maximum, ..limit };
+    let soft = if setrlimit(Resource::Nofile, raised).is_ok() { raised.current } else { limit.current };
+    // Besides connections: links, plugin and cache files, the runtime.
+    let wanted = u64::from(max_connections) + OWN_FILES;
+    if let Some(soft) = soft.filter(|s| *s < wanted) {
+        tracing::warn!(
+            "the open-file limit is {soft} (ulimit -n; its hard limit too), below limits.max_connections ({max_connections}) plus about {OWN_FILES} for the node itself: past it new connections cannot be accepted; raise the limit (LimitNOFILE= under systemd) or lower limits.max_connections"
+        );
+    }
+}
+
+/// The files a node holds open besides client connections, roughly.
+const OWN_FILES: u64 = 256;
+
 /// How links prove their cluster: this cluster's key, trusted for it along
 /// with the keys configured for the others.
 fn cluster_keys(config: &Config, cluster: &ClusterId, key: Option<ed25519_dalek::SigningKey>) -> crate::signing::Keys {
@@ -338,6 +361,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    raise_open_files(config.limits.max_connections);
     let files = crate::tls::load(&config.tls, config.dialled_host().as_deref()).map_err(NodeError::Tls)?;
     if let Some(doubt) = &files.doubt {
         tracing::warn!("{doubt}");
@@ -402,6 +426,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         large: large.clone(),
         calls: tracker.clone(),
         guarded: !config.auth.operator_tokens.is_empty(),
+        write_timeout: config.limits.write_timeout,
     });
     let max_connections = config.limits.max_connections as usize;
     let open = Arc::new(tokio::sync::Semaphore::new(max_connections));

@@ -64,6 +64,10 @@ pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
 /// tungstenite writes out what it has buffered past this (its default).
 const WRITE_BUFFER: usize = 128 << 10;
 
+/// How long the close frame may take to a client that left, or that read
+/// nothing for `limits.write_timeout` already.
+const CLOSE_AFTER_LEAVING: Duration = Duration::from_secs(1);
+
 /// Serves WebSocket clients (and peers, whose first frame says so) on
 /// `port` until `shutdown`; each connection is a task of `tracker`.
 pub(crate) async fn serve(port: Port, ctx: Arc<WsContext>, shutdown: CancellationToken, tracker: TaskTracker) {
@@ -335,8 +339,10 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
             .await;
     }
-    // A client that reads nothing would keep even the close frame waiting.
-    let _ = tokio::time::timeout(ctx.write_timeout, sink.close()).await;
+    // A client that reads nothing would keep even the close frame waiting;
+    // one that stopped reading (or left) already had its write_timeout.
+    let close_wait = if client_left { CLOSE_AFTER_LEAVING } else { ctx.write_timeout };
+    let _ = tokio::time::timeout(close_wait, sink.close()).await;
     // Closing a socket with unread bytes resets it, and the client's
     // kernel then drops the close frame it had not read yet: it would learn
     // nothing of why. What it sends for a moment more is read and dropped.

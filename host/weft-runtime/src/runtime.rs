@@ -533,7 +533,7 @@ impl Runtime {
     }
 
     /// Reports guest output dropped since a plugin's last report, where one
-    /// is due (at most one a second) and no call of the plugin made it:
+    /// is due (at most one in 10 s) and no call of the plugin made it:
     /// without this, what the last calls of a flood dropped would wait for
     /// the plugin's next call. The node calls it once a second.
     pub fn report_dropped_output(&self) {
