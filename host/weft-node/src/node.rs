@@ -543,7 +543,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         keep_free: crate::listen::ADMIN_RESERVE,
     };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
-    tracker.spawn(report_dropped_output(fabric.runtime.clone(), shutdown.clone()));
+    tracker.spawn(runtime_upkeep(fabric.runtime.clone(), shutdown.clone()));
     if config.node.watch_plugins {
         crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
     }
@@ -569,18 +569,22 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })
 }
 
-/// No plugins folder configured: the bundled example plugins.
-/// Once a second, the guest output dropped since each plugin's last report.
-async fn report_dropped_output(runtime: Arc<Runtime>, shutdown: CancellationToken) {
+/// Once a second, the guest output dropped since each plugin's last
+/// report, and the replaced plugin versions whose grace is over.
+async fn runtime_upkeep(runtime: Arc<Runtime>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = every.tick() => runtime.report_dropped_output(),
+            _ = every.tick() => {
+                runtime.report_dropped_output();
+                runtime.forget_replaced();
+            }
         }
     }
 }
 
+/// No plugins folder configured: the bundled example plugins.
 fn load_bundled(runtime: &Runtime) -> weft_runtime::LoadReport {
     let mut report = weft_runtime::LoadReport::default();
     for name in weft_bundle::DEFAULT_SET {

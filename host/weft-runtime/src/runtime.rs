@@ -76,6 +76,9 @@ pub struct Runtime {
     refused: cache::Refused,
     /// One reload at a time (the folder watcher and an operator may overlap).
     reloading: Mutex<()>,
+    /// Versions a reload replaced by another version of their plugin, and
+    /// when: for `REPLACED_GRACE` they still serve calls planned for them.
+    replaced: RwLock<Vec<(Arc<Plugin>, Instant)>>,
     /// Each tenant's limits (`RuntimeConfig::tenant_limits`, then as reloaded).
     tenant_limits: RwLock<BTreeMap<String, Limits>>,
     stores: StoreMaker,
@@ -129,6 +132,7 @@ impl Runtime {
             failures: RwLock::default(),
             refused: cache::Refused::default(),
             reloading: Mutex::default(),
+            replaced: RwLock::default(),
             tenant_limits,
         })
     }
@@ -434,6 +438,9 @@ impl Runtime {
                         tracing::info!(plugin = %old.label, file = %file, "plugin replaced by its changed file");
                         plugins.retain(|p| p.file != file);
                         report.unloaded.push(old.label.to_string());
+                        if old.name == plugin.name && old.version != plugin.version {
+                            write(&self.replaced).push((old.clone(), Instant::now()));
+                        }
                     }
                     plugins.push(Arc::new(plugin));
                 }
@@ -548,6 +555,15 @@ impl Runtime {
         read(&self.failures).clone()
     }
 
+    /// Lets go of the versions replaced more than `REPLACED_GRACE` ago (the
+    /// node calls it once a second).
+    pub fn forget_replaced(&self) {
+        let mut replaced = write(&self.replaced);
+        if !replaced.is_empty() {
+            replaced.retain(|(_, at)| at.elapsed() < REPLACED_GRACE);
+        }
+    }
+
     fn find(&self, target: &CallTarget<'_>) -> Result<Arc<Plugin>, WeftError> {
         let plugins = read(&self.plugins);
         plugins
@@ -555,6 +571,13 @@ impl Runtime {
             .filter(|p| p.name == target.plugin && target.version.is_none_or(|v| *v == p.version))
             .max_by(|a, b| a.version.cmp(&b.version))
             .cloned()
+            .or_else(|| {
+                // Planned before an upgrade: the version it replaced still serves.
+                let version = target.version?;
+                let replaced = read(&self.replaced);
+                let fresh = |at: &Instant| at.elapsed() < REPLACED_GRACE;
+                replaced.iter().find(|(p, at)| p.name == target.plugin && p.version == *version && fresh(at)).map(|(p, _)| p.clone())
+            })
             .ok_or_else(|| {
                 // Planned from a catalog a reload has since changed, most often.
                 let wanted = target.version.map_or_else(|| target.plugin.to_owned(), |v| format!("{}@{v}", target.plugin));
@@ -1331,6 +1354,12 @@ fn snake_case(name: &str) -> String {
     out
 }
 
+/// How long a plugin version that a reload replaced with another version of
+/// the plugin still serves the calls planned for it: an upgrade then fails
+/// none of the requests planned just before it (a removed plugin stops at
+/// once).
+const REPLACED_GRACE: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1771,6 +1800,32 @@ mod tests {
         again.load_bytes("echo.wasm", "echo", echo, None).expect("echo loads");
         assert_eq!(again.plugins()[0].compiled_from, cache::CompileSource::Compiled);
         assert_eq!(call(&again, "hi").await.expect("echo's own code"), serde_json::json!("hi"));
+    }
+
+    /// A call planned for a version an upgrade just replaced still runs on
+    /// it; a version whose file is gone does not.
+    #[tokio::test]
+    async fn a_replaced_version_serves_the_calls_planned_for_it_for_a_while() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        std::fs::write(dir.path().join("echo.wasm"), weft_bundle::get("echo").expect("bundled")).expect("write");
+        assert!(rt.load_dir(dir.path()).failed.is_empty());
+        let call = async |version: &str| {
+            let version = semver::Version::parse(version).expect("semver");
+            let target = CallTarget { plugin: "echo", version: Some(&version), function: "echo" };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            rt.call(target, &[serde_json::json!("x")], deadline, &Caller::Anonymous, NodeLoad::Idle).await
+        };
+        std::fs::write(dir.path().join("echo.toml"), "version = \"0.2.0\"\n").expect("write");
+        assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@0.1.0"]);
+        assert_eq!(versions(&rt), ["echo@0.2.0"], "only the new version is listed");
+        assert_eq!(call("0.1.0").await.expect("planned before the upgrade"), serde_json::json!("x"));
+        rt.forget_replaced();
+        assert_eq!(call("0.1.0").await.expect("still within its grace"), serde_json::json!("x"));
+        std::fs::remove_file(dir.path().join("echo.wasm")).expect("remove");
+        assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@0.2.0"]);
+        let e = call("0.2.0").await.expect_err("removed, not replaced");
+        assert!(e.details.contains_key(NOT_LOADED), "{e}");
     }
 
     #[test]
