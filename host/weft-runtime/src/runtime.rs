@@ -1731,7 +1731,8 @@ mod tests {
         {
             let e = rt.call(target.clone(), &[Value::from("x")], deadline, &caller, NodeLoad::Idle).await.unwrap_err();
             assert_eq!((e.kind, e.details["rule"].as_str()), (ErrorKind::POLICY_DENIED, Some("callers")), "{e}");
-            assert!(e.message.contains("tenant acme") && e.message.contains("callers"), "{e}");
+            assert!(e.message.contains(&caller.to_string()) && e.message.contains("callers"), "{e}");
+            assert!(!e.message.contains("acme"), "the owner is not named: {e}");
         }
     }
 
