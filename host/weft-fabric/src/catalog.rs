@@ -602,13 +602,18 @@ mod tests {
         assert!(e.message.contains("exists but not with resources [gpu, tpu]"), "{}", e.message);
     }
 
+    /// Node b1 of cluster beta offering `math/add@version`.
+    fn beta_add(version: &str) -> CatalogEntry {
+        let mut beta = entry("math/add", version, sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
+        beta.cluster = ClusterId::new("beta");
+        beta.node = NodeId::new("b1");
+        beta
+    }
+
     #[test]
     fn target_cluster_keeps_only_that_cluster_and_misses_say_where_it_is() {
         let mut cat = catalog();
-        let mut beta = entry("math/add", "1.0.0", sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
-        beta.cluster = ClusterId::new("beta");
-        beta.node = NodeId::new("b1");
-        cat.push(beta);
+        cat.push(beta_add("1.0.0"));
         let mut c = cmd("add");
         c.target_cluster = Some("beta".into());
         assert_eq!(resolve(&c, &cat).unwrap().candidates[0].node.as_str(), "b1");
@@ -625,10 +630,7 @@ mod tests {
     #[test]
     fn a_plugin_found_at_home_is_not_looked_for_abroad_whatever_the_version() {
         let mut cat = catalog();
-        let mut beta = entry("math/add", "9.0.0", sig(&[("a", WitType::S64), ("b", WitType::S64)], WitType::S64));
-        beta.cluster = ClusterId::new("beta");
-        beta.node = NodeId::new("b1");
-        cat.push(beta);
+        cat.push(beta_add("9.0.0"));
         let r = resolve(&cmd("math/add"), &cat).unwrap();
         assert_eq!((r.version.to_string(), r.candidates.len()), ("1.0.0".into(), 1));
         assert_eq!(r.candidates[0].cluster.as_str(), "alpha");
