@@ -163,6 +163,7 @@ fn operator_tokens_guard_the_admin_api_but_not_probes_or_client_calls() {
             let reply = anyone.get(path).await.unwrap();
             assert_eq!(reply.status, 401, "{path}: {}", reply.text);
             assert_eq!(reply.body["error"]["kind"], "UNAUTHENTICATED", "{path}");
+            assert_eq!(reply.headers["www-authenticate"], "Bearer", "{path}");
             assert!(reply.text.contains("auth.operator_tokens") && reply.text.contains("none was sent"), "{path}");
             assert_eq!(operator.get(path).await.unwrap().status, 200, "{path}");
         }

@@ -514,6 +514,34 @@ async fn a_plugin_open_to_one_cluster_reaches_it_through_transit_by_signed_calls
     refused(forged_upper(&g, ("e4", "epsilon"), &to_alpha, json!({"origin_proof": proof})).await, "used before");
 }
 
+/// A neighbour that offers another cluster's plugin open to alpha alone
+/// is its carrier only while it announces a route to that cluster: one
+/// that announces none cannot draw alpha's calls to itself.
+#[tokio::test]
+async fn a_neighbour_without_a_route_cannot_carry_a_plugin_open_to_named_clusters() {
+    let a = cluster_node("alpha", vec![], &[], false);
+    let mut evil = FakePeer::join(&a, "e1", "evil").await;
+    let route = |to: &str, path: &[&str]| json!({"destination": to, "path": path, "hops": path.len() - 1, "latency_us": 0, "reliability": 1000});
+    evil.send(&json!({"t": "routes", "epoch": 1, "routes": [route("evil", &["evil"])]})).await;
+    let sig = json!({"params": [{"name": "s", "type": {"kind": "string"}}], "result": {"kind": "string"}});
+    let entry = json!({"function": "text/upper", "version": "0.1.0", "sig": sig, "resources": [], "node": "g1",
+        "cluster": "gamma", "idempotent": false, "exported": true, "origins": {"only": ["alpha"]}});
+    evil.send(&json!({"t": "foreign", "entries": [entry]})).await;
+    let lists = async || {
+        let body = a.admin().get("/v1/catalog").await.unwrap().body;
+        body["functions"].as_array().unwrap().iter().any(|f| f["name"] == "upper" && f["cluster"] == "gamma")
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!lists().await, "alpha takes gamma's plugin from a neighbour with no way there");
+    let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    // The same offer from a neighbour that announces gamma is taken.
+    let routes = json!([route("evil", &["evil"]), route("gamma", &["evil", "gamma"])]);
+    evil.send(&json!({"t": "routes", "epoch": 2, "routes": routes})).await;
+    evil.send(&json!({"t": "foreign", "entries": [entry]})).await;
+    eventually("alpha to take the offer with a route behind it", SETTLE, async || lists().await.then_some(())).await;
+}
+
 /// A fake node (`id`, `cluster`) joins `node`, announces a route to alpha
 /// along `to_alpha`, then calls gamma's `text/upper` as if for alpha (with
 /// the fields of `extra` set), until a call gets past the check that it

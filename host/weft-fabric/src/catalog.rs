@@ -279,8 +279,8 @@ fn owned_by_one_tenant(entries: &[&CatalogEntry], wanted: &Wanted) -> Result<(),
 /// calls meant for this one to whoever serves the name. `target_cluster`
 /// (or a version only the other cluster has) reaches it.
 fn home_first<'e>(entries: Vec<&'e CatalogEntry>, home: &ClusterId) -> Vec<&'e CatalogEntry> {
-    let here: BTreeSet<&FunctionId> = entries.iter().filter(|e| e.cluster == *home).map(|e| &e.function).collect();
-    entries.into_iter().filter(|e| e.cluster == *home || !here.contains(&e.function)).collect()
+    let here: BTreeSet<&str> = entries.iter().filter(|e| e.cluster == *home).map(|e| &*e.function.plugin).collect();
+    entries.into_iter().filter(|e| e.cluster == *home || !here.contains(&*e.function.plugin)).collect()
 }
 
 /// The entries the caller may call, first: what it may not call is none of

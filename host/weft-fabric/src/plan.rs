@@ -224,7 +224,7 @@ impl Plan {
     fn instantiate(&self, template: Template, results: &[Option<Value>]) -> Result<Value, WeftError> {
         Ok(match template {
             Template::Literal(v) => v,
-            Template::Ref { step, path, .. } => {
+            Template::Ref { step, path, by_name } => {
                 let name = &self.steps[step.0].name;
                 let Some(result) = results.get(step.0).and_then(Option::as_ref) else {
                     return Err(WeftError::internal(format!(
@@ -233,8 +233,10 @@ impl Plan {
                 };
                 follow(result, &path)
                     .map_err(|why| {
+                        let text =
+                            if by_name { lit_hint(&format!("{name}.{}", path.join("."))) } else { String::new() };
                         WeftError::invalid_arguments(format!(
-                            "path {:?} does not exist in the result of {name}: {why}",
+                            "path {:?} does not exist in the result of {name}: {why}{text}",
                             path.join(".")
                         ))
                     })?
@@ -398,22 +400,18 @@ impl TemplateParser<'_> {
 
     /// MPREG's bare-string reference: the name of another command, or (as
     /// MPREG reads `"a.mean"`) such a name, a dot and a path into its
-    /// result. A whole name is looked for first, since names may hold dots.
+    /// result. Names may hold dots, so the longest name the string is or
+    /// starts with (and a dot) is the one meant; the command's own stays
+    /// text.
     fn by_name(&self, s: &str) -> Option<Template> {
-        let (step, path) = match self.index.get(s) {
-            Some(&step) => (step, Vec::new()),
-            None => {
-                let (name, path) = s.split_once('.')?;
-                let step = *self.index.get(name)?;
-                let path: Vec<String> = path.split('.').map(str::to_owned).collect();
-                // "a." or "a..b" names no part of a result: text after all.
-                if path.iter().any(String::is_empty) {
-                    return None;
-                }
-                (step, path)
-            }
-        };
-        (step.0 != self.this).then_some(Template::Ref { step, path, by_name: true })
+        let prefixes = s.rmatch_indices('.').map(|(i, _)| (&s[..i], Some(&s[i + 1..])));
+        let (name, path) =
+            std::iter::once((s, None)).chain(prefixes).find(|(name, _)| self.index.contains_key(*name))?;
+        let step = self.index[name];
+        let path: Vec<String> = path.map_or_else(Vec::new, |p| p.split('.').map(str::to_owned).collect());
+        // "a." or "a..b" names no part of a result: text after all.
+        let text = step.0 == self.this || path.iter().any(String::is_empty);
+        (!text).then_some(Template::Ref { step, path, by_name: true })
     }
 
     fn reference(&self, o: &Map<String, Value>) -> Result<Template, WeftError> {

@@ -199,7 +199,11 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
             None => Ok(()),
         };
         if let Err(e) = admitted {
-            return error_response(StatusCode::UNAUTHORIZED, &e);
+            let mut reply = error_response(StatusCode::UNAUTHORIZED, &e);
+            reply
+                .headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+            return reply;
         }
     }
     match (&method, path.as_str()) {

@@ -843,12 +843,17 @@ impl ClusterTask {
             // The neighbour's own functions, and those of clusters whose best
             // route goes through this neighbour; and a function open to named
             // clusters, this one among them, from whichever neighbour offered
-            // it: the clusters on the best route may not be trusted to carry
-            // its calls, so they go the way it came (`carriers`).
+            // it and announced a route to its cluster: the clusters on the
+            // best route may not be trusted to carry its calls, so they go
+            // the way it came (`carriers`).
             let leads = |e: &CatalogEntry| {
                 e.cluster == link.remote.cluster || self.routes.best(now, &e.cluster).is_some_and(|r| r.via == *node)
             };
-            let carried = |e: &CatalogEntry| e.cluster != link.remote.cluster && !e.origins.is_everyone();
+            let carried = |e: &CatalogEntry| {
+                e.cluster != link.remote.cluster
+                    && !e.origins.is_everyone()
+                    && self.routes.leads_through(node, &e.cluster)
+            };
             for e in imported.iter().filter(|e| policy.peer(&e.cluster, None).allowed) {
                 if carried(e) && e.listed_in(me) {
                     let via = carriers.entry((e.cluster.clone(), e.function.clone())).or_default();

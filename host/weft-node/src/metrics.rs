@@ -361,20 +361,25 @@ impl Metrics {
 
     /// Drops the call series of the functions whose plugin this node no
     /// longer has (`loaded` says which plugins it has), so that `/metrics`
-    /// does not grow with every plugin name the node ever served.
+    /// does not grow with every plugin name the node ever served. Calls
+    /// still running when their plugin went bring theirs back, so the node
+    /// asks again once a second; only a removal takes the write lock.
     pub fn forget_calls(&self, loaded: impl Fn(&str) -> bool) {
+        let read = self.call_series.read().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<FunctionId> = read.keys().filter(|f| !loaded(&f.plugin)).cloned().collect();
+        drop(read);
+        if gone.is_empty() {
+            return;
+        }
         let mut series = self.call_series.write().unwrap_or_else(PoisonError::into_inner);
-        series.retain(|function, _| {
-            if loaded(&function.plugin) {
-                return true;
-            }
+        for function in gone {
+            series.remove(&function);
             let name = function.to_string();
             for outcome in ["ok", "error"] {
                 self.calls.remove(&FunctionLabels { function: name.clone(), outcome });
             }
             self.call_seconds.remove(&FunctionLabel { function: name });
-            false
-        });
+        }
     }
 
     /// Counts a tenant request's commands by what became of them.

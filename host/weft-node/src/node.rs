@@ -111,9 +111,8 @@ pub(crate) async fn reload_plugins(
     let report = tokio::task::spawn_blocking(move || runtime.reload_dir(&dir))
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
-    let plugins = fabric.runtime.plugins();
-    fabric.metrics.plugins_reported(plugins.len(), report.failed.len());
-    fabric.metrics.forget_calls(|name| plugins.iter().any(|p| p.name == name));
+    fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
+    fabric.metrics.forget_calls(|name| fabric.runtime.has_plugin(name));
     let listing = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
     fabric.set_unlisted(listing.unlisted);
     fabric.event(crate::peer::Event::LocalCatalog(listing.entries));
@@ -543,7 +542,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         keep_free: crate::listen::ADMIN_RESERVE,
     };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
-    tracker.spawn(runtime_upkeep(fabric.runtime.clone(), shutdown.clone()));
+    tracker.spawn(runtime_upkeep(fabric.runtime.clone(), fabric.metrics.clone(), shutdown.clone()));
     if config.node.watch_plugins {
         crate::watch::start(fabric.clone(), plugin_source.clone(), shutdown.clone(), &tracker);
     }
@@ -570,8 +569,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 }
 
 /// Once a second, the guest output dropped since each plugin's last
-/// report, and the replaced plugin versions whose grace is over.
-async fn runtime_upkeep(runtime: Arc<Runtime>, shutdown: CancellationToken) {
+/// report, the replaced plugin versions whose grace is over, and the call
+/// series of plugins gone.
+async fn runtime_upkeep(runtime: Arc<Runtime>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -579,6 +579,7 @@ async fn runtime_upkeep(runtime: Arc<Runtime>, shutdown: CancellationToken) {
             _ = every.tick() => {
                 runtime.report_dropped_output();
                 runtime.forget_replaced();
+                metrics.forget_calls(|name| runtime.has_plugin(name));
             }
         }
     }

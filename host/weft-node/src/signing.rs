@@ -247,14 +247,14 @@ impl Keys {
                 None => format!("cannot be checked: routing.security.trusted_keys lists no key for cluster {origin}"),
             });
         };
-        if now_ms > proof.expires_ms + ORIGIN_CLOCK_SKEW_MS {
+        if proof.expires_ms.saturating_add(ORIGIN_CLOCK_SKEW_MS) < now_ms {
             return Err(format!(
                 "expired {} s ago (a proof lasts {} s; if the call did not take that long, check both clusters' clocks (NTP))",
                 (now_ms - proof.expires_ms) / 1000,
                 ORIGIN_PROOF_TTL_MS / 1000
             ));
         }
-        if proof.expires_ms > now_ms + ORIGIN_PROOF_TTL_MS + ORIGIN_CLOCK_SKEW_MS {
+        if proof.expires_ms > now_ms.saturating_add(ORIGIN_PROOF_TTL_MS + ORIGIN_CLOCK_SKEW_MS) {
             return Err(format!(
                 "expires {} s from now, more than a proof lasts ({} s): check both clusters' clocks (NTP)",
                 (proof.expires_ms - now_ms) / 1000,
@@ -389,7 +389,7 @@ impl SeenProofs {
         let Some(sig) = B64.decode(proof.sig.as_bytes()).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
             return false;
         };
-        if !self.seen.insert((proof.expires_ms + ORIGIN_CLOCK_SKEW_MS, sig)) {
+        if !self.seen.insert((proof.expires_ms.saturating_add(ORIGIN_CLOCK_SKEW_MS), sig)) {
             return false;
         }
         if self.seen.len() > MAX_SEEN_PROOFS {
@@ -559,6 +559,8 @@ mod tests {
         refused(me.check_origin(&CallClaim { origin: &beta, ..claim }, &proof, now), "lists no key for cluster beta");
         refused(me.check_origin(&claim, &proof, now + 61_000), "expired 31 s ago");
         refused(me.check_origin(&claim, &me.prove_origin(&claim, now + 61_000).unwrap(), now), "clocks");
+        let far = OriginProof { expires_ms: u64::MAX, ..proof.clone() };
+        refused(me.check_origin(&claim, &far, now), "from now, more than a proof lasts");
         assert!(Keys::default().prove_origin(&claim, now).is_none(), "no key, no proof");
 
         let mut seen = SeenProofs::default();

@@ -21,6 +21,11 @@ impl Claims {
         self.names.insert(file.to_owned(), name.to_owned());
     }
 
+    /// Whether a file of the folder claims plugin name `name`.
+    pub fn claimed(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// Why `file` may not load, when its plugin name is claimed by more
     /// than one tenant.
     pub fn contest(&self, file: &str) -> Option<String> {

@@ -408,6 +408,11 @@ impl Runtime {
             if gone || contested {
                 report.unloaded.push(p.label.to_string());
             }
+            // Its file gone but its name still claimed: an upgrade that
+            // ships a new file.
+            if gone && !contested && claims.claimed(&p.name) {
+                write(&self.replaced).push((p.clone(), Instant::now()));
+            }
             !(gone || contested)
         });
         for file in files {
@@ -553,6 +558,11 @@ impl Runtime {
 
     pub fn load_failures(&self) -> Vec<LoadFailure> {
         read(&self.failures).clone()
+    }
+
+    /// Whether some version of plugin `name` is loaded.
+    pub fn has_plugin(&self, name: &str) -> bool {
+        read(&self.plugins).iter().any(|p| p.name == name)
     }
 
     /// Lets go of the versions replaced more than `REPLACED_GRACE` ago (the
@@ -1823,9 +1833,15 @@ mod tests {
         assert_eq!(call("0.1.0").await.expect("planned before the upgrade"), serde_json::json!("x"));
         rt.forget_replaced();
         assert_eq!(call("0.1.0").await.expect("still within its grace"), serde_json::json!("x"));
-        std::fs::remove_file(dir.path().join("echo.wasm")).expect("remove");
+        // An upgrade that ships a new file and removes the old one.
+        std::fs::rename(dir.path().join("echo.wasm"), dir.path().join("echo-v3.wasm")).expect("rename");
+        std::fs::write(dir.path().join("echo-v3.toml"), "name = \"echo\"\nversion = \"0.3.0\"\n").expect("write");
+        std::fs::remove_file(dir.path().join("echo.toml")).expect("remove");
         assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@0.2.0"]);
-        let e = call("0.2.0").await.expect_err("removed, not replaced");
+        assert_eq!(call("0.2.0").await.expect("planned before the upgrade"), serde_json::json!("x"));
+        std::fs::remove_file(dir.path().join("echo-v3.wasm")).expect("remove");
+        assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@0.3.0"]);
+        let e = call("0.3.0").await.expect_err("removed, not replaced");
         assert!(e.details.contains_key(NOT_LOADED), "{e}");
     }
 

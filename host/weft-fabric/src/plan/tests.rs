@@ -365,6 +365,23 @@ fn mpreg_dotted_string_is_a_reference_into_another_command_s_result() {
     ])
     .unwrap();
     assert_eq!(names(&p, &step(&p, "t").deps), ["s.mean"]);
+    // The longest name is the one meant, and the command's own stays text.
+    let summary = json!({"count": 1, "mean": 1.0, "min": 1.0, "max": 1.0});
+    let mut p = build(vec![
+        cmd("a", "stats", json!([[1.0]])),
+        cmd("a.b", "stats", json!([[1.0]])),
+        cmd("x", "add", json!(["a.b.count", 1])),
+        cmd("a.b.c", "echo", json!(["a.b.c.d"])),
+    ])
+    .unwrap();
+    assert_eq!(names(&p, &step(&p, "x").deps), ["a.b"]);
+    assert!(step(&p, "a.b.c").deps.is_empty(), "its own name and a path: text");
+    let r = results(&p, &[("a", summary.clone()), ("a.b", summary)]);
+    assert_eq!(p.bind(p.step_index("x").unwrap(), &r).unwrap(), [json!(1), json!(1)]);
+    // A path a value turns out not to have says how to pass the text.
+    let mut p = build(vec![cmd("w", "split", json!(["a b", " "])), cmd("e", "echo", json!(["w.5"]))]).unwrap();
+    let e = p.bind(p.step_index("e").unwrap(), &results(&p, &[("w", json!(["a", "b"]))])).unwrap_err();
+    assert!(e.message.contains(r#"write {"$lit": "w.5"}"#), "{}", e.message);
 }
 
 #[test]
