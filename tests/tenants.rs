@@ -215,12 +215,14 @@ async fn what_a_tenant_may_not_call_tells_it_nothing_and_takes_no_name_from_it()
         ("gx.toml".to_owned(), b"name = \"acme-echo\"\nversion = \"0.3.0\"\ntenant = \"globex\"\n".to_vec()),
     ];
     let a2 = TestNode::start(NodeSpec { plugins: vec![], files: a2_files, config: config("a2", &[&a1]) });
-    let both = async || {
-        let body = a1.admin().get("/v1/catalog").await.unwrap().body;
+    let both = async |node: &TestNode| {
+        let body = node.admin().get("/v1/catalog").await.unwrap().body;
         let functions = body["functions"].as_array().unwrap().clone();
         (functions.iter().filter(|f| f["plugin"] == "acme-echo" && f["name"] == "echo").count() == 2).then_some(())
     };
-    eventually("a1 to list both acme-echo copies", SETTLE, both).await;
+    for node in [&a1, &a2] {
+        eventually("both acme-echo copies listed", SETTLE, async || both(node).await).await;
+    }
 
     for via in [&a1, &a2] {
         assert_eq!(call_as(via, Some(ACME), "acme-echo/echo", vec![json!("a")]).await.unwrap(), "a");
