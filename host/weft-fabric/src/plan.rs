@@ -192,7 +192,7 @@ impl Plan {
             .map(|(template, param)| {
                 let literal = matches!(template, Template::Literal(_));
                 let mut places = Vec::new();
-                template.each_ref_at(&param.name, &mut |place, step, _, by_name| {
+                template.each_ref_at(&param.name, None, &mut |place, _, step, _, by_name| {
                     places.push((place.to_owned(), step, by_name));
                 });
                 let value = self.instantiate(template, results).map_err(|e| {
@@ -261,15 +261,43 @@ impl Template {
     }
 
     /// As `each_ref`, with each reference's place below `at`, named as
-    /// `wit::check` names places (`values[1]`, `s.count`).
-    fn each_ref_at<'t>(&'t self, at: &str, f: &mut impl FnMut(&str, StepIdx, &'t [String], bool)) {
+    /// `wit::check` names places (`values[1]`, `s.count`), and the type
+    /// expected there where the shape of `ty` (the type at `at`) shows it.
+    fn each_ref_at<'t>(
+        &'t self,
+        at: &str,
+        ty: Option<&WitType>,
+        f: &mut impl FnMut(&str, Option<&WitType>, StepIdx, &'t [String], bool),
+    ) {
+        // A value present where an option goes is the option's inner value.
+        let ty = match ty {
+            Some(WitType::Option { some }) if !matches!(**some, WitType::Option { .. }) => Some(&**some),
+            other => other,
+        };
         match self {
             Template::Literal(_) => {}
-            Template::Ref { step, path, by_name } => f(at, *step, path, *by_name),
-            Template::Array(items) => {
-                items.iter().enumerate().for_each(|(i, t)| t.each_ref_at(&format!("{at}[{i}]"), f));
-            }
-            Template::Object(fields) => fields.iter().for_each(|(k, t)| t.each_ref_at(&format!("{at}.{k}"), f)),
+            Template::Ref { step, path, by_name } => f(at, ty, *step, path, *by_name),
+            Template::Array(items) => items.iter().enumerate().for_each(|(i, t)| {
+                let inner = match ty {
+                    Some(WitType::List { element }) => Some(&**element),
+                    Some(WitType::Tuple { elements }) => elements.get(i),
+                    _ => None,
+                };
+                t.each_ref_at(&format!("{at}[{i}]"), inner, f);
+            }),
+            Template::Object(fields) => fields.iter().for_each(|(k, t)| {
+                let inner = match ty {
+                    Some(WitType::Record { .. }) => ty.and_then(|r| r.field(k)),
+                    Some(WitType::Variant { cases, .. }) => {
+                        cases.iter().find(|c| c.name == *k).and_then(|c| c.ty.as_ref())
+                    }
+                    Some(WitType::Result { ok, .. }) if k == "ok" => ok.as_deref(),
+                    Some(WitType::Result { err, .. }) if k == "err" => err.as_deref(),
+                    Some(WitType::Option { some }) if k == "some" => Some(&**some),
+                    _ => None,
+                };
+                t.each_ref_at(&format!("{at}.{k}"), inner, f);
+            }),
         }
     }
 
@@ -633,14 +661,21 @@ fn check_static(
             }
         }
         Template::Array(_) | Template::Object(_) => {
-            // Every reference must have a value. Then the whole, with a value
+            // Every reference must have a value, of a type that fits its
+            // place as a whole argument's must. Then the whole, with a value
             // of each reference's type in its place, must fit: a mismatch at
             // a reference's place is that reference's, anywhere else a
             // literal's, and either is known before anything runs.
             let (mut refs, mut first_error) = (Vec::new(), None);
-            template.each_ref_at(&param.name, &mut |place, step, path, by_name| match typed(step, path, by_name) {
-                Ok(ty) => refs.push((place.to_owned(), step, path, by_name, ty)),
-                Err(e) => drop(first_error.get_or_insert(e)),
+            template.each_ref_at(&param.name, Some(&param.ty), &mut |place, here, step, path, by_name| {
+                let checked = typed(step, path, by_name).and_then(|ty| match here {
+                    Some(here) if !ty.fits(here) => Err(misfit(place, &here.to_string(), step, path, by_name, ty)),
+                    _ => Ok(ty),
+                });
+                match checked {
+                    Ok(ty) => refs.push((place.to_owned(), step, path, by_name, ty)),
+                    Err(e) => drop(first_error.get_or_insert(e)),
+                }
             });
             if let Some(e) = first_error {
                 return Err(e);
