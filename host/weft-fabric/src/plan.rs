@@ -98,18 +98,20 @@ impl Plan {
                 .collect::<Result<Vec<_>, WeftError>>()?;
             templates.push((args, kwargs));
         }
-        let deps: Vec<Vec<StepIdx>> = templates
+        // Each command's dependencies, and whether a bare string made any.
+        let (deps, bare): (Vec<Vec<StepIdx>>, Vec<bool>) = templates
             .iter()
             .map(|(args, kwargs)| {
                 let mut refs = Vec::new();
                 args.iter().chain(kwargs.iter().map(|(_, t)| t)).for_each(|t| t.collect_refs(&mut refs));
+                let bare = refs.iter().any(|(_, by_name)| *by_name);
                 let mut deps: Vec<StepIdx> = refs.into_iter().map(|(step, _)| step).collect();
                 deps.sort_unstable();
                 deps.dedup();
-                deps
+                (deps, bare)
             })
-            .collect();
-        let levels = levels(&req.cmds, &deps)?;
+            .unzip();
+        let levels = levels(&req.cmds, &deps, &bare)?;
 
         let resolved: Vec<Resolved> =
             req.cmds.iter().map(|cmd| resolve(cmd).map_err(|e| at(&cmd.name, e))).collect::<Result<_, _>>()?;
@@ -506,8 +508,10 @@ fn abbreviate(names: &[&str]) -> String {
 }
 
 /// Levels by Kahn's algorithm; whatever it cannot order lies on or behind a
-/// cycle. Iterative, so a deep chain cannot overflow the stack.
-fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError> {
+/// cycle. Iterative, so a deep chain cannot overflow the stack. `bare` says
+/// which commands' references include bare strings, which may have been
+/// meant as text.
+fn levels(cmds: &[Command], deps: &[Vec<StepIdx>], bare: &[bool]) -> Result<Vec<u32>, WeftError> {
     let n = cmds.len();
     let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
     let mut dependents = vec![Vec::new(); n];
@@ -554,7 +558,7 @@ fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError
     cycle.rotate_left(first);
     cycle.push(cycle[0]);
     let names: Vec<&str> = cycle.iter().map(|&i| cmds[i].name.as_str()).collect();
-    let message = if names.len() == 2 {
+    let mut message = if names.len() == 2 {
         format!("it references its own result ({}); a command cannot use its own result", names.join(" -> "))
     } else {
         format!(
@@ -562,6 +566,9 @@ fn levels(cmds: &[Command], deps: &[Vec<StepIdx>]) -> Result<Vec<u32>, WeftError
             names.join(" -> ")
         )
     };
+    if cycle.iter().any(|&i| bare[i]) {
+        message += " (a string that names a command, alone or followed by a dot and a path, stands for its result: wrap text in {\"$lit\": ..})";
+    }
     Err(at(names[0], WeftError::invalid_request(message)).with("cycle", names))
 }
 

@@ -385,6 +385,13 @@ fn mpreg_dotted_string_is_a_reference_into_another_command_s_result() {
     assert!(step(&p, "a.b.c").deps.is_empty(), "its own name and a path: text");
     let r = results(&p, &[("a", summary.clone()), ("a.b", summary)]);
     assert_eq!(p.bind(p.step_index("x").unwrap(), &r).unwrap(), [json!(1), json!(1)]);
+    // A cycle made of text says how to pass the text.
+    let m = fails(
+        vec![cmd("a", "echo", json!(["b.txt"])), cmd("b", "echo", json!(["a.txt"]))],
+        ErrorKind::INVALID_REQUEST,
+        "a",
+    );
+    assert!(m.contains("dependency cycle a -> b -> a") && m.contains("wrap text in {\"$lit\""), "{m}");
     // A path a value turns out not to have says how to pass the text.
     let mut p = build(vec![cmd("w", "split", json!(["a b", " "])), cmd("e", "echo", json!(["w.5"]))]).unwrap();
     let e = p.bind(p.step_index("e").unwrap(), &results(&p, &[("w", json!(["a", "b"]))])).unwrap_err();
