@@ -168,10 +168,12 @@ pub fn resolve(cmd: &Command, entries: &[CatalogEntry], asker: &Asker) -> Result
     if named.is_empty() {
         // What another cluster does not offer here may still be there.
         let abroad = match cmd.target_cluster.as_deref() {
-            Some(target) if target != asker.cluster.as_str() => format!(
-                " (cluster {target} offers none of that name to cluster {}: it may not have one, or its federation policy or the plugin's manifest `callers` keep it from {}, or it trusts no cluster on the way to carry {}'s calls to it: federation.trusted_transit)",
-                asker.cluster, asker.cluster, asker.cluster
-            ),
+            Some(target) if target != asker.cluster.as_str() => {
+                let me = asker.cluster;
+                format!(
+                    " (cluster {target} offers none of that name to cluster {me}: it may not have one, or its federation policy or the plugin's manifest `callers` keep it from {me}, or it takes {me}'s calls through no cluster on the way: {me} signing its calls with a key it trusts in routing.security.trusted_keys, or federation.trusted_transit)"
+                )
+            }
             _ => String::new(),
         };
         return Err(at(not_found(format!(

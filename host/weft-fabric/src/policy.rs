@@ -230,8 +230,8 @@ impl Policy {
     /// Whether this cluster takes `neighbour`'s word that a call it hands
     /// over started in another cluster, for an entry open to `origins`:
     /// always where they are everyone, else where the neighbour may call
-    /// the entry itself or is in `trusted_transit`. Calls carry no proof of
-    /// where they started, so this is a matter of trust, not of routes.
+    /// the entry itself or is in `trusted_transit`. This is trust, not
+    /// routes; without it, a call must prove its origin with a signature.
     pub fn vouches(&self, neighbour: &ClusterId, origins: &Audience) -> bool {
         origins.admits(neighbour) || self.trusted_transit.contains(neighbour)
     }

@@ -361,9 +361,10 @@ impl Metrics {
 
     /// Drops the call series of the functions whose plugin this node no
     /// longer has (`loaded` says which plugins it has), so that `/metrics`
-    /// does not grow with every plugin name the node ever served. Calls
-    /// still running when their plugin went bring theirs back, so the node
-    /// asks again once a second; only a removal takes the write lock.
+    /// does not grow with every plugin name the node ever served. The node
+    /// asks once a second, which also catches the series that calls still
+    /// running when their plugin went bring back; only a removal takes the
+    /// write lock.
     pub fn forget_calls(&self, loaded: impl Fn(&str) -> bool) {
         let read = self.call_series.read().unwrap_or_else(PoisonError::into_inner);
         let gone: Vec<FunctionId> = read.keys().filter(|f| !loaded(&f.plugin)).cloned().collect();

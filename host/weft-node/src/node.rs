@@ -112,7 +112,6 @@ pub(crate) async fn reload_plugins(
         .await
         .map_err(|e| format!("the plugin reload failed: {e}"))?;
     fabric.metrics.plugins_reported(fabric.runtime.plugins().len(), report.failed.len());
-    fabric.metrics.forget_calls(|name| fabric.runtime.has_plugin(name));
     let listing = local_catalog(&fabric.runtime, &fabric.me.node, &fabric.me.cluster, source);
     fabric.set_unlisted(listing.unlisted);
     fabric.event(crate::peer::Event::LocalCatalog(listing.entries));

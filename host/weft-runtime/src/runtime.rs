@@ -91,13 +91,19 @@ pub struct Runtime {
     _ticker: EpochTicker,
 }
 
-/// How long past its deadline an instance is waited for when it is stuck
-/// outside guest code (a host call), where the epoch cannot interrupt it.
 /// Marks the error of a call that found its plugin version gone: nothing
 /// ran, so the caller may try another node that has it.
 pub const NOT_LOADED: &str = "not_loaded";
 
+/// How long past its deadline an instance is waited for when it is stuck
+/// outside guest code (a host call), where the epoch cannot interrupt it.
 const BACKSTOP: Duration = Duration::from_millis(200);
+
+/// How long a plugin version that a reload replaced with another version of
+/// the plugin still serves the calls planned for it: an upgrade then fails
+/// none of the requests planned just before it (a removed plugin stops at
+/// once).
+const REPLACED_GRACE: Duration = Duration::from_secs(10);
 
 /// Bytes of function names and signature text one plugin may advertise.
 const MAX_CATALOG_TEXT: usize = 256 << 10;
@@ -1363,12 +1369,6 @@ fn snake_case(name: &str) -> String {
     }
     out
 }
-
-/// How long a plugin version that a reload replaced with another version of
-/// the plugin still serves the calls planned for it: an upgrade then fails
-/// none of the requests planned just before it (a removed plugin stops at
-/// once).
-const REPLACED_GRACE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
