@@ -161,11 +161,6 @@ impl Tenants {
         Self { required, operators: Vec::new(), all, by_token }
     }
 
-    /// Whether the admin API takes only operator tokens.
-    pub fn guards_admin(&self) -> bool {
-        !self.operators.is_empty()
-    }
-
     /// Lets an admin API request in, or says why not (UNAUTHENTICATED):
     /// with `auth.operator_tokens` set, its bearer token must be one.
     pub fn admit_operator(&self, token: Option<&str>) -> Result<(), WeftError> {
