@@ -313,6 +313,51 @@ async fn a_flapping_route_is_held_down_and_raises_an_alert() {
 }
 
 #[tokio::test]
+async fn a_route_held_down_still_carries_calls_from_the_node_that_holds_it() {
+    // alpha - beta - gamma, and beta1 restarts three times: alpha (next to
+    // the flapping link) holds its routes through beta1 down, passes
+    // nothing on, and still calls gamma through the live beta1.
+    let a = cluster_node("alpha", vec!["echo"], &[], false);
+    let c = cluster_node("gamma", vec!["text"], &[], false);
+    for _ in 0..3 {
+        let b = cluster_node_as("beta1", "beta", vec![], &[&a, &c], true);
+        eventually("gamma learnt through beta1", SETTLE, async || best(&a, "gamma").await).await;
+        drop(b);
+        eventually("gamma withdrawn", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
+    }
+    let _b = cluster_node_as("beta1", "beta", vec![], &[&a, &c], true);
+    eventually("the route to gamma back, held down", SETTLE, async || {
+        let table = routes(&a).await;
+        table["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["destination"] == "gamma" && r["held_down"] == true)
+            .then_some(())
+    })
+    .await;
+    let (value, hops, ran_on) =
+        eventually("a call to gamma", SETTLE, async || call_where(&a, "gamma", "upper", None).await.ok()).await;
+    assert_eq!((value, hops, ran_on.as_str()), (json!("ABC"), 2, "gamma1"));
+    assert_eq!(best(&a, "gamma").await, None, "a held-down route does not win");
+    let explain = a.admin().get("/v1/routes/explain?cluster=gamma").await.unwrap().body;
+    assert_eq!((&explain["reachable"], &explain["last_resort"]["via"]), (&json!(true), &json!("beta1")), "{explain}");
+    // One alert per hold-down, however often the route is announced while
+    // it lasts.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let alerts = a.admin().get("/v1/alerts").await.unwrap().body;
+    let flapping = alerts["alerts"].as_array().unwrap().iter().find(|x| x["subject"] == "gamma via beta1").cloned();
+    assert_eq!(
+        flapping.map(|x| (x["kind"].clone(), x["count"].clone())),
+        Some((json!("route-flapping"), json!(1))),
+        "{alerts}"
+    );
+    let unreachable =
+        alerts["alerts"].as_array().unwrap().iter().any(|x| x["kind"] == "cluster-unreachable" && x["active"] == true);
+    assert!(!unreachable, "gamma is reachable: {alerts}");
+}
+
+#[tokio::test]
 async fn neighbour_rules_and_tags_shape_what_is_learnt() {
     // gamma tags its route "eu"; beta carries it on. alpha wants only
     // tagged routes from beta (beta's own is untagged) and refuses any

@@ -109,13 +109,14 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     );
     let a = signed_node("a1", "alpha", &[], Some(&alpha), &[("beta", &[&beta_old, &beta_new])]);
     let mut beta = FakePeer::join(&a, "b1", "beta").await;
+    let t0 = wall_clock_epoch();
 
-    beta.announce(10, &routes_to(&["beta"]), None, None).await;
+    beta.announce(t0 + 10, &routes_to(&["beta"]), None, None).await;
     eventually("the unsigned update to be refused", SETTLE, async || {
         (rejected(&a, "unsigned").await >= 1.0).then_some(())
     })
     .await;
-    beta.announce(11, &routes_to(&["beta", "gamma"]), Some(&rogue), None).await;
+    beta.announce(t0 + 11, &routes_to(&["beta", "gamma"]), Some(&rogue), None).await;
     eventually("the forged update to be refused", SETTLE, async || {
         (rejected(&a, "untrusted-key").await >= 1.0).then_some(())
     })
@@ -130,24 +131,24 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     assert!(e.message.contains("which is not in routing.security.trusted_keys for beta"), "{e}");
 
     // Genuine, signed with beta's (old) key: accepted.
-    beta.announce(20, &routes_to(&["beta", "gamma"]), Some(&beta_old), None).await;
+    beta.announce(t0 + 20, &routes_to(&["beta", "gamma"]), Some(&beta_old), None).await;
     eventually("beta's routes", SETTLE, async || (destinations(&a).await == ["beta", "gamma"]).then_some(())).await;
     // Gamma is reachable now, and echo is simply not offered there.
     let e = a.client().await.call_command(cmd).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
     // A genuine but older update replayed: refused, the table stays.
-    beta.announce(15, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    beta.announce(t0 + 15, &routes_to(&["beta"]), Some(&beta_old), None).await;
     eventually("the replay to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 1.0).then_some(()))
         .await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     // So is the latest update presented again: an equal epoch is a copy.
-    beta.announce(20, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    beta.announce(t0 + 20, &routes_to(&["beta"]), Some(&beta_old), None).await;
     eventually("the copy to be refused", SETTLE, async || (rejected(&a, "stale-epoch").await >= 2.0).then_some(()))
         .await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     // So is a genuine newer update that beta made for another cluster.
     beta.to = "gamma".into();
-    beta.announce(22, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    beta.announce(t0 + 22, &routes_to(&["beta"]), Some(&beta_old), None).await;
     eventually("the update for gamma to be refused", SETTLE, async || {
         (rejected(&a, "bad-signature").await >= 1.0).then_some(())
     })
@@ -155,20 +156,29 @@ async fn unsigned_forged_replayed_and_wrong_cluster_updates_are_refused() {
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     beta.to = "alpha".into();
     // Rotation: the new key is trusted alongside the old one; nothing drops.
-    beta.announce(21, &routes_to(&["beta", "gamma"]), Some(&beta_new), None).await;
+    beta.announce(t0 + 21, &routes_to(&["beta", "gamma"]), Some(&beta_new), None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     assert_eq!(rejected(&a, "bad-signature").await, 1.0);
 
     // Beta's genuine key does not speak for gamma.
     let mut gamma = FakePeer::join(&a, "g1", "gamma").await;
-    gamma.announce(30, &routes_to(&["beta"]), Some(&beta_old), Some("beta")).await;
+    gamma.announce(t0 + 30, &routes_to(&["beta"]), Some(&beta_old), Some("beta")).await;
     eventually("gamma's update signed by beta to be refused", SETTLE, async || {
         (rejected(&a, "untrusted-key").await >= 2.0).then_some(())
     })
     .await;
+    // A genuine update recorded long ago, presented by a node whose last
+    // epoch nothing remembers: refused by its age.
+    let mut b2 = FakePeer::join(&a, "b2", "beta").await;
+    b2.announce(wall_clock_epoch() - 200_000, &routes_to(&["beta"]), Some(&beta_old), None).await;
+    eventually("the old update to be refused", SETTLE, async || (rejected(&a, "expired").await >= 1.0).then_some(()))
+        .await;
+    assert_eq!(destinations(&a).await, ["beta", "gamma"]);
     let alerts = a.admin().get("/v1/alerts").await.unwrap().body;
-    assert!(alerts["alerts"].as_array().unwrap().iter().any(|x| x["kind"] == "route-signature"), "{alerts}");
+    let alerts = alerts["alerts"].as_array().unwrap();
+    assert!(alerts.iter().any(|x| x["kind"] == "route-signature"), "{alerts:?}");
+    assert!(alerts.iter().any(|x| x["message"].as_str().unwrap_or("").contains("signed 200 s ago")), "{alerts:?}");
 }
 
 /// Without signatures a neighbour is believed only as far as it can be

@@ -64,6 +64,10 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
                 "{destination}: no route is eligible now, but this node's own bridge to {} carries calls there directly",
                 bridged.join(", ")
             ),
+            (None, None) if !body["last_resort"].is_null() => println!(
+                "{destination}: every route is held down for flapping; this node's own calls still take the best of them ({}), which is not passed on",
+                line(&body["last_resort"])
+            ),
             (None, None) if !relays.is_empty() => println!(
                 "{destination}: no route of this node's own; calls go through the members that relay it: {}",
                 relays.join(", ")

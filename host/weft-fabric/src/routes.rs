@@ -130,7 +130,8 @@ impl Route {
         self.latency_us / LATENCY_BUCKET_US
     }
 
-    fn held(&self, now: Millis) -> bool {
+    /// Held down for flapping at `now`.
+    pub fn held(&self, now: Millis) -> bool {
         self.held_until.is_some_and(|t| now < t)
     }
 }
@@ -200,6 +201,8 @@ pub struct RouteTable {
     announced: BTreeMap<NodeId, BTreeSet<ClusterId>>,
     flaps: BTreeMap<(ClusterId, NodeId), Flaps>,
     holds: BTreeMap<(ClusterId, NodeId), Millis>,
+    /// Hold-downs begun since `take_new_holds` last ran.
+    new_holds: Vec<(ClusterId, NodeId)>,
     /// When `expire` last ran: hold-downs that ended since then change winners.
     checked: Millis,
     /// Measured (one-way latency µs, delivery ‰) of the link to each neighbour.
@@ -218,6 +221,7 @@ impl RouteTable {
             announced: BTreeMap::new(),
             flaps: BTreeMap::new(),
             holds: BTreeMap::new(),
+            new_holds: Vec::new(),
             checked: Millis::default(),
             links: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -455,12 +459,22 @@ impl RouteTable {
         }
         flaps.count += 1;
         if flaps.count >= self.config.flap_threshold {
-            self.holds.insert(key, now.saturating_add(self.config.hold_down));
+            let until = now.saturating_add(self.config.hold_down);
+            if self.holds.insert(key.clone(), until).is_none_or(|t| t <= now) {
+                self.new_holds.push(key);
+            }
         }
         if self.flaps.len() > 4 * self.config.max_routes_per_neighbour {
             let window = self.config.flap_window;
             self.flaps.retain(|_, f| now.saturating_since(f.first) <= window);
         }
+    }
+
+    /// The routes (destination, neighbour) held down since the last call:
+    /// each hold-down is news once, however often its route comes and goes
+    /// while it lasts.
+    pub fn take_new_holds(&mut self) -> Vec<(ClusterId, NodeId)> {
+        std::mem::take(&mut self.new_holds)
     }
 
     /// Whether neighbour `via` announced a route to `destination` in its
@@ -473,6 +487,16 @@ impl RouteTable {
     /// The best eligible route to `destination`.
     pub fn best(&self, now: Millis, destination: &ClusterId) -> Option<&Route> {
         self.routes.get(destination)?.values().filter(|r| !r.held(now)).min_by(|a, b| a.rank().cmp(&b.rank()))
+    }
+
+    /// The route this node's own calls to `destination` take: the best
+    /// eligible one, else the best held down for flapping. A hold-down
+    /// keeps a flapping route from winning and from being passed on, so
+    /// that the churn stops here; it does not cut this node off from a
+    /// cluster it has no other way to.
+    pub fn way(&self, now: Millis, destination: &ClusterId) -> Option<&Route> {
+        self.best(now, destination)
+            .or_else(|| self.routes.get(destination)?.values().min_by(|a, b| a.rank().cmp(&b.rank())))
     }
 
     /// Every destination's best route.
@@ -636,9 +660,18 @@ impl RouteTable {
     /// For each destination, the node a call there goes to next: the bridge
     /// peer of this node's best route, or the member whose shared route is
     /// better. The same choice as `exports`, so calls take the way this
-    /// cluster announces.
+    /// cluster announces; where there is none, the `way` held down.
     pub fn next_hops(&self, now: Millis) -> BTreeMap<ClusterId, NodeId> {
-        self.best_ways(now, |_| false).into_iter().map(|(d, (_, via))| (d, via)).collect()
+        let mut hops: BTreeMap<ClusterId, NodeId> =
+            self.best_ways(now, |_| false).into_iter().map(|(d, (_, via))| (d, via)).collect();
+        for destination in self.routes.keys() {
+            if !hops.contains_key(destination)
+                && let Some(held) = self.way(now, destination)
+            {
+                hops.insert(destination.clone(), held.via.clone());
+            }
+        }
+        hops
     }
 
     /// Each destination's best of this node's and its members' routes not

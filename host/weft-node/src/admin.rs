@@ -446,6 +446,8 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
     let now = view.now();
     let destination = weft_proto::ClusterId::new(cluster);
     let e = view.routes.explain(now, &destination);
+    // With every route held down, this node's own calls take the best of them.
+    let last_resort = e.winner.is_none().then(|| view.routes.way(now, &destination)).flatten();
     let relayed_by = fabric.relays_to(&destination);
     // A bridge of this node's own carries calls there even while every
     // route through it is held down.
@@ -471,11 +473,12 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
         "own_cluster": own,
         "refused": refused,
         "winner": e.winner.as_ref().map(|r| route_json(r, now)),
+        "last_resort": last_resort.map(|r| route_json(r, now)),
         "losers": losers,
         "selection": rule,
         "relayed_by": relayed_by,
         "bridged_to": bridged_to,
-        "reachable": own || (refused.is_none() && (e.winner.is_some() || !relayed_by.is_empty() || !bridged_to.is_empty())),
+        "reachable": own || (refused.is_none() && (e.winner.is_some() || last_resort.is_some() || !relayed_by.is_empty() || !bridged_to.is_empty())),
     })
 }
 

@@ -357,7 +357,7 @@ impl ClusterTask {
                     to: &self.fabric.me.cluster,
                     epoch,
                 };
-                if let Err(e) = self.trust.verify(&env, &routes, sig.as_ref()) {
+                if let Err(e) = self.trust.verify(&env, &routes, sig.as_ref(), crate::unix_ms()) {
                     self.fabric.metrics.route_signature_failure(e.kind());
                     let destinations = routes.iter().map(|r| r.destination.clone()).collect();
                     self.fabric
@@ -568,32 +568,29 @@ impl ClusterTask {
             // This node is stopping: its links going down is no news.
             return;
         }
-        for r in self.routes.all().iter().filter(|r| r.held_until.is_some_and(|t| now < t)) {
-            let message = format!("route to {} via {} flaps and is held down", r.destination, r.via);
-            self.fabric.alert(AlertKind::RouteFlapping, &format!("{} via {}", r.destination, r.via), &message);
+        for (destination, via) in self.routes.take_new_holds() {
+            let message = format!("route to {destination} via {via} flaps and is held down");
+            self.fabric.alert(AlertKind::RouteFlapping, &format!("{destination} via {via}"), &message);
+        }
+        // A route back while held down changes no winner, but its cluster is
+        // reachable again: this node's own calls take it.
+        for r in self.routes.all().iter().filter(|r| r.held(now)) {
+            self.fabric.alerts.resolve(AlertKind::ClusterUnreachable, r.destination.as_str());
         }
         if changed.is_empty() {
             return;
         }
         for dest in changed {
-            match self.routes.best(now, dest) {
+            match self.routes.way(now, dest) {
                 Some(r) => {
                     self.fabric.alerts.resolve(AlertKind::ClusterUnreachable, dest.as_str());
-                    tracing::info!(cluster = %dest, via = %r.via, hops = r.hops, "route to cluster");
+                    tracing::info!(cluster = %dest, via = %r.via, hops = r.hops, held_down = r.held(now), "route to cluster");
                 }
-                None => {
-                    let held = self.routes.all().iter().any(|r| r.destination == *dest);
-                    let why = if held {
-                        "its only routes are held down for flapping"
-                    } else {
-                        "every route to it was withdrawn"
-                    };
-                    self.fabric.alert(
-                        AlertKind::ClusterUnreachable,
-                        dest.as_str(),
-                        &format!("cluster {dest} is unreachable: {why}"),
-                    );
-                }
+                None => self.fabric.alert(
+                    AlertKind::ClusterUnreachable,
+                    dest.as_str(),
+                    &format!("cluster {dest} is unreachable: every route to it was withdrawn"),
+                ),
             }
         }
         self.announce_routes();
@@ -840,14 +837,14 @@ impl ClusterTask {
             let Some(link) = self.fabric.link(node) else {
                 continue;
             };
-            // The neighbour's own functions, and those of clusters whose best
-            // route goes through this neighbour; and a function open to named
+            // The neighbour's own functions, and those of clusters whose way
+            // (best route, or route held down) goes through this neighbour; and a function open to named
             // clusters, this one among them, from whichever neighbour offered
             // it and announced a route to its cluster: the clusters on the
             // best route may not be trusted to carry its calls, so they go
             // the way it came (`carriers`).
             let leads = |e: &CatalogEntry| {
-                e.cluster == link.remote.cluster || self.routes.best(now, &e.cluster).is_some_and(|r| r.via == *node)
+                e.cluster == link.remote.cluster || self.routes.way(now, &e.cluster).is_some_and(|r| r.via == *node)
             };
             let carried = |e: &CatalogEntry| {
                 e.cluster != link.remote.cluster

@@ -40,10 +40,14 @@ pub enum SigError {
     UntrustedKey { cluster: ClusterId, key: String },
     #[error("the signature on the route update from cluster {0} does not verify (forged or altered)")]
     BadSignature(ClusterId),
+    #[error(
+        "the route update from cluster {cluster} was signed {age_s} s ago by its clock, more than the {window_s} s allowed: a recorded update replayed, or clocks apart (keep the clusters' clocks in sync with NTP)"
+    )]
+    Expired { cluster: ClusterId, age_s: u64, window_s: u64 },
 }
 
 /// Why a route update is refused whole: `SigError::kind`, or a replay.
-pub const UPDATE_REJECTIONS: [&str; 4] = ["unsigned", "untrusted-key", "bad-signature", "stale-epoch"];
+pub const UPDATE_REJECTIONS: [&str; 5] = ["unsigned", "untrusted-key", "bad-signature", "expired", "stale-epoch"];
 
 impl SigError {
     /// A closed label for metrics (one of `UPDATE_REJECTIONS`).
@@ -52,6 +56,7 @@ impl SigError {
             SigError::Unsigned(_) => "unsigned",
             SigError::UntrustedKey { .. } => "untrusted-key",
             SigError::BadSignature(_) => "bad-signature",
+            SigError::Expired { .. } => "expired",
         }
     }
 }
@@ -151,8 +156,16 @@ impl Trust {
     /// updates pass only when signatures are not required and no key is
     /// listed for that cluster (listing keys means "this cluster signs"); a
     /// signature, when present, must verify with a key trusted for that very
-    /// cluster.
-    pub fn verify(&self, env: &Envelope<'_>, routes: &[Announcement], sig: Option<&RouteSig>) -> Result<(), SigError> {
+    /// cluster, and have been made (its epoch, the sender's clock) at most
+    /// `CLOCK_WINDOW_MS` before `now_ms`: the epoch check alone forgets a
+    /// node that has been gone long, and would then take its old updates.
+    pub fn verify(
+        &self,
+        env: &Envelope<'_>,
+        routes: &[Announcement],
+        sig: Option<&RouteSig>,
+        now_ms: u64,
+    ) -> Result<(), SigError> {
         let cluster = env.from;
         let Some(sig) = sig else {
             return if self.checks(cluster) { Err(SigError::Unsigned(cluster.clone())) } else { Ok(()) };
@@ -165,17 +178,25 @@ impl Trust {
             // a signature cannot be checked and is not needed.
             return if self.checks(cluster) { Err(untrusted()) } else { Ok(()) };
         }
-        if verifies(&key, &signed_bytes(env, routes), &sig.sig) {
-            Ok(())
-        } else {
-            Err(SigError::BadSignature(cluster.clone()))
+        if !verifies(&key, &signed_bytes(env, routes), &sig.sig) {
+            return Err(SigError::BadSignature(cluster.clone()));
         }
+        let age_ms = now_ms.saturating_sub(env.epoch);
+        if age_ms > CLOCK_WINDOW_MS {
+            return Err(SigError::Expired {
+                cluster: cluster.clone(),
+                age_s: age_ms / 1000,
+                window_s: CLOCK_WINDOW_MS / 1000,
+            });
+        }
+        Ok(())
     }
 }
 
 /// How far a dialler's clock may be from ours before its link proof is
-/// refused as stale (a copied hello stops working after this long).
-const LINK_PROOF_WINDOW_MS: u64 = 120_000;
+/// refused as stale (a copied hello stops working after this long), and how
+/// old a signed route update may be.
+const CLOCK_WINDOW_MS: u64 = 120_000;
 
 /// A node's proof on a link that it holds its cluster's key: a signature
 /// over its own hello and either the time (the dialler, whose hello comes
@@ -304,11 +325,11 @@ impl Keys {
             let Some(at) = at_ms else {
                 return Err(format!("node {node}'s link proof has no time"));
             };
-            if at.abs_diff(now_ms) > LINK_PROOF_WINDOW_MS {
+            if at.abs_diff(now_ms) > CLOCK_WINDOW_MS {
                 return Err(format!(
                     "node {node}'s link proof was made {} s away from this node's clock (at most {} s); check both clocks (NTP)",
                     at.abs_diff(now_ms) / 1000,
-                    LINK_PROOF_WINDOW_MS / 1000
+                    CLOCK_WINDOW_MS / 1000
                 ));
             }
         }
@@ -440,26 +461,50 @@ mod tests {
         let b1 = NodeId::new("b1");
         let env = Envelope { from: &beta, node: &b1, to: &alpha, epoch: 7 };
         let good = sign(&old, &env, &routes);
-        assert_eq!(trust.verify(&env, &routes, Some(&good)), Ok(()));
+        assert_eq!(trust.verify(&env, &routes, Some(&good), 7), Ok(()));
         let rotated = sign(&new, &env, &routes);
-        assert_eq!(trust.verify(&env, &routes, Some(&rotated)), Ok(()), "both keys of a rotation");
-        assert_eq!(trust.verify(&env, &routes, None), Err(SigError::Unsigned(beta.clone())));
+        assert_eq!(trust.verify(&env, &routes, Some(&rotated), 7), Ok(()), "both keys of a rotation");
+        assert_eq!(trust.verify(&env, &routes, None, 7), Err(SigError::Unsigned(beta.clone())));
         let bad = Err(SigError::BadSignature(beta.clone()));
-        assert_eq!(trust.verify(&Envelope { epoch: 8, ..env }, &routes, Some(&good)), bad, "epoch bound");
-        assert_eq!(trust.verify(&env, &routes[..1], Some(&good)), bad, "routes bound");
+        assert_eq!(trust.verify(&Envelope { epoch: 8, ..env }, &routes, Some(&good), 7), bad, "epoch bound");
+        assert_eq!(trust.verify(&env, &routes[..1], Some(&good), 7), bad, "routes bound");
         let b9 = NodeId::new("b9");
-        assert_eq!(trust.verify(&Envelope { node: &b9, ..env }, &routes, Some(&good)), bad, "node bound");
-        assert_eq!(trust.verify(&Envelope { to: &gamma, ..env }, &routes, Some(&good)), bad, "receiver bound");
+        assert_eq!(trust.verify(&Envelope { node: &b9, ..env }, &routes, Some(&good), 7), bad, "node bound");
+        assert_eq!(trust.verify(&Envelope { to: &gamma, ..env }, &routes, Some(&good), 7), bad, "receiver bound");
         let forged = sign(&rogue, &env, &routes);
-        assert!(matches!(trust.verify(&env, &routes, Some(&forged)), Err(SigError::UntrustedKey { .. })));
+        assert!(matches!(trust.verify(&env, &routes, Some(&forged), 7), Err(SigError::UntrustedKey { .. })));
         // Beta's genuine signature does not make it gamma's.
         let as_gamma = Envelope { from: &gamma, ..env };
-        assert!(matches!(trust.verify(&as_gamma, &routes, Some(&good)), Err(SigError::UntrustedKey { .. })));
+        assert!(matches!(trust.verify(&as_gamma, &routes, Some(&good), 7), Err(SigError::UntrustedKey { .. })));
         // Listing keys for a cluster means it signs, required or not.
         let listed = Trust { require: false, ..trust.clone() };
-        assert_eq!(listed.verify(&env, &routes, None), Err(SigError::Unsigned(beta.clone())));
+        assert_eq!(listed.verify(&env, &routes, None, 7), Err(SigError::Unsigned(beta.clone())));
         let relaxed = Trust { require: false, keys: BTreeMap::new() };
-        assert_eq!(relaxed.verify(&env, &routes, None), Ok(()));
+        assert_eq!(relaxed.verify(&env, &routes, None, 7), Ok(()));
+    }
+
+    #[test]
+    fn a_signed_update_expires_after_the_clock_window() {
+        let (beta, alpha, b1) = (ClusterId::new("beta"), ClusterId::new("alpha"), NodeId::new("b1"));
+        let (key, public) = key();
+        let trust = Trust { require: true, keys: BTreeMap::from([(beta.clone(), vec![public])]) };
+        let routes = vec![ann(&["beta"])];
+        let made = 1_800_000_000_000;
+        let env = Envelope { from: &beta, node: &b1, to: &alpha, epoch: made };
+        let sig = sign(&key, &env, &routes);
+        let at = |now| trust.verify(&env, &routes, Some(&sig), now);
+        assert_eq!(at(made - 5_000), Ok(()), "a sender's clock ahead of ours");
+        assert_eq!(at(made + CLOCK_WINDOW_MS), Ok(()));
+        let late = at(made + CLOCK_WINDOW_MS + 1).unwrap_err();
+        assert_eq!(late, SigError::Expired { cluster: beta.clone(), age_s: 120, window_s: 120 });
+        assert_eq!(late.kind(), "expired");
+        assert!(late.to_string().contains("NTP"), "{late}");
+        // A bad signature is reported as such, however old.
+        let other = Envelope { epoch: made - 1, ..env };
+        assert_eq!(
+            trust.verify(&other, &routes, Some(&sig), made + 10 * CLOCK_WINDOW_MS),
+            Err(SigError::BadSignature(beta))
+        );
     }
 
     /// The signed update shown in docs/PROTOCOL.md ("What is signed").
@@ -479,7 +524,7 @@ mod tests {
             String::from_utf8(bytes).unwrap(),
             "weft-routes-v3\n[\"beta\",\"b1\",\"alpha\",1795660519353,[{\"destination\":\"beta\",\"path\":[\"beta\"],\"hops\":0,\"latency_us\":0,\"reliability\":1000,\"tags\":[]}]]"
         );
-        assert_eq!(trust.verify(&env, &[ann(&["beta"])], Some(&sig)), Ok(()));
+        assert_eq!(trust.verify(&env, &[ann(&["beta"])], Some(&sig), env.epoch + 1000), Ok(()));
     }
 
     #[test]

@@ -288,6 +288,37 @@ fn a_flapping_route_is_held_down_then_released() {
 }
 
 #[test]
+fn a_route_held_down_still_carries_this_nodes_calls_when_it_is_the_only_one() {
+    let mut t = RouteTable::new(
+        c("a"),
+        RouteConfig { flap_threshold: 3, hold_down: Duration::from_secs(30), ..RouteConfig::default() },
+    );
+    let mut now = T0;
+    for epoch in 0..3 {
+        now = now.saturating_add(Duration::from_secs(1));
+        t.update(now, &n("b1"), &c("b"), 2 * epoch + 1, vec![ann(&["b", "d"])], ok).unwrap();
+        assert!(t.take_new_holds().is_empty(), "not held down before the third withdrawal");
+        t.drop_neighbour(now, &n("b1"));
+    }
+    assert_eq!(t.take_new_holds(), [(c("d"), n("b1"))], "the third withdrawal begins a hold-down");
+    t.update(now, &n("b1"), &c("b"), 99, vec![ann(&["b", "d"])], ok).unwrap();
+    // It neither wins nor is passed on, but calls from here still take it.
+    assert!(t.best(now, &c("d")).is_none() && t.winners(now).is_empty());
+    assert_eq!(t.exports(now, &c("x"), true).len(), 1, "only the own cluster is announced");
+    let way = t.way(now, &c("d")).unwrap();
+    assert!(way.held(now) && way.via == n("b1"));
+    assert_eq!(t.next_hops(now).get(&c("d")), Some(&n("b1")));
+    // Coming and going again while held down is not news a second time.
+    t.drop_neighbour(now, &n("b1"));
+    t.update(now, &n("b1"), &c("b"), 100, vec![ann(&["b", "d"])], ok).unwrap();
+    assert!(t.take_new_holds().is_empty());
+    // An eligible route, even a longer one, comes first.
+    t.update(now, &n("c1"), &c("c"), 1, vec![ann(&["c", "x", "d"])], ok).unwrap();
+    assert_eq!(t.way(now, &c("d")).unwrap().via, n("c1"));
+    assert_eq!(t.next_hops(now).get(&c("d")), Some(&n("c1")));
+}
+
+#[test]
 fn neighbour_rules_filter_imports_and_exports_and_ttls_are_honoured() {
     let rules = NeighbourRules {
         max_hops: Some(2),

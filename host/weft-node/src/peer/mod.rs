@@ -409,7 +409,7 @@ impl Fabric {
 
     fn best_route<T>(&self, cluster: &ClusterId, read_it: impl FnOnce(&weft_fabric::Route) -> T) -> Option<T> {
         let view = read(&self.view);
-        view.routes.best(view.now(), cluster).map(read_it)
+        view.routes.way(view.now(), cluster).map(read_it)
     }
 
     /// Whether this cluster announces a route to `destination` to its
