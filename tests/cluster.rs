@@ -691,3 +691,38 @@ async fn a_withdrawal_of_a_linked_node_by_another_member_is_not_taken() {
     assert_eq!(client.call_command(Command::new("x", "echo", vec![json!("here")])).await.unwrap(), json!("here"));
     drop(n2);
 }
+
+/// A member's beat is only its word: the node dials a bounded number of the
+/// addresses it names, however many beats name ever new ones, and shows in
+/// its topology only links between members it knows.
+#[tokio::test]
+async fn a_members_beat_cannot_make_the_node_dial_or_show_without_bound() {
+    let n1 = member("n1", vec!["echo"], &[], "", "30s");
+    // A sink that accepts dials and never answers: each stays in flight.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = sink.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let mut n9 = FakePeer::join(&n1, "n9", "c1").await;
+    for round in 0..3 {
+        let known: Vec<String> = (0..1000).map(|i| format!("ws://127.0.0.1:{port}/r{round}/{i}")).collect();
+        let links: Vec<String> = (0..1000).map(|i| format!("ghost{i}")).collect();
+        n9.send(&json!({"t": "beat", "incarnation": 1, "version": 0, "links": links, "known": known})).await;
+    }
+    let dials = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    eventually("the node to dial named addresses", SETTLE, async || (dials() > 0).then_some(())).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(dials() <= 64, "{} dials from three beats", dials());
+    let topology = n1.admin().get("/v1/topology").await.unwrap().body;
+    assert!(!topology.to_string().contains("ghost"), "{topology}");
+    let client = n1.client().await;
+    assert_eq!(client.call_command(Command::new("x", "echo", vec![json!("still")])).await.unwrap(), json!("still"));
+    holder.abort();
+}

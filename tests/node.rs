@@ -539,6 +539,9 @@ async fn admin_endpoints_name_their_method_and_refuse_a_declared_oversized_body_
     }
     assert_eq!(admin.get("/nowhere").await.unwrap().status, 404);
     assert_eq!(admin.get("/v1/routes/explain?cluster=").await.unwrap().status, 400);
+    let odd = admin.get("/v1/routes/explain?cluster=%00%ff").await.unwrap();
+    assert_eq!(odd.status, 400, "{}", odd.text);
+    assert!(odd.body["error"]["message"].as_str().unwrap().contains("is not a cluster name"), "{}", odd.text);
     let head = raw_http(&node.admin_url, "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Headers that announce a body over limits.max_frame get 413 before

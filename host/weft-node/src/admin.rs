@@ -251,12 +251,20 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
         (&Method::GET, "/v1/routes/explain") => {
             let cluster = query.get("cluster").filter(|c| !c.is_empty());
             match (executor, cluster) {
-                (Some(e), Some(c)) => json_response(StatusCode::OK, &explain(e.fabric(), &c)),
                 (None, _) => starting(),
                 (_, None) => error_response(
                     StatusCode::BAD_REQUEST,
                     &WeftError::invalid_request("name the destination: /v1/routes/explain?cluster=NAME"),
                 ),
+                (_, Some(c)) if !weft_proto::is_valid_name(&c) => error_response(
+                    StatusCode::BAD_REQUEST,
+                    &WeftError::invalid_request(format!(
+                        "cluster {:?} is not a cluster name: {}",
+                        c.chars().take(64).collect::<String>(),
+                        weft_proto::NAME_RULE
+                    )),
+                ),
+                (Some(e), Some(c)) => json_response(StatusCode::OK, &explain(e.fabric(), &c)),
             }
         }
         (&Method::GET, "/v1/alerts") => match executor {

@@ -415,10 +415,19 @@ impl ClusterTask {
             PeerMsg::CatalogPull if link.remote.cluster == self.fabric.me.cluster => {
                 link.send(PeerMsg::Catalog { delta: self.catalog.local_advert() });
             }
-            PeerMsg::Beat { incarnation, version, links, known } if link.remote.cluster == self.fabric.me.cluster => {
+            PeerMsg::Beat { incarnation, version, mut links, known }
+                if link.remote.cluster == self.fabric.me.cluster =>
+            {
                 if self.catalog.refresh(now, link.node(), incarnation, version) == Refresh::Missing {
                     link.send(PeerMsg::CatalogPull);
                 }
+                // Only links to nodes this node knows as members are shown
+                // (`/v1/topology`), so one member's claims cannot make the
+                // view, and each publish of it, as large as it likes.
+                let members: HashSet<&NodeId> = self.foca.iter_members().map(|m| &m.id().node).collect();
+                links.retain(|n| members.contains(n) || *n == self.fabric.me.node);
+                links.sort();
+                links.dedup();
                 if self.reported.get(link.node()) != Some(&links) {
                     self.reported.insert(link.node().clone(), links);
                     self.changed = true;
@@ -669,7 +678,12 @@ impl ClusterTask {
                 self.broadcast(&PeerMsg::Catalog { delta: advert });
             }
             Ok(Applied::Duplicate | Applied::Stale) => {}
-            Err(e) => tracing::warn!(peer = %link.node(), error = %e, "catalog delta refused"),
+            Err(e) => {
+                self.fabric.metrics.catalog_refused.inc();
+                if self.fabric.may_log_peer_trouble() {
+                    tracing::warn!(peer = %link.node(), error = %e, "catalog delta refused");
+                }
+            }
         }
     }
 
@@ -701,16 +715,32 @@ impl ClusterTask {
     /// Dials addresses members know and this node has no link to: a node
     /// that learns of another cluster's node by gossip meets it through the
     /// same handshake and policy as one that was configured with it.
+    /// Dials addresses a member's beat lists. The member's word is all
+    /// there is, so a beat is read as far as `MAX_KNOWN` addresses, at most
+    /// `MAX_GOSSIP_DIALS` addresses are dialled per `AGAIN` and at most
+    /// `MAX_DIALING` dials run at once: a member cannot turn this node into
+    /// a dialler of every address it names.
     fn dial_known(&mut self, known: Vec<String>) {
         const AGAIN: Duration = Duration::from_secs(10);
-        for addr in known {
+        const MAX_KNOWN: usize = 64;
+        const MAX_GOSSIP_DIALS: usize = 256;
+        const MAX_DIALING: usize = 64;
+        for addr in known.into_iter().take(MAX_KNOWN) {
             let linked = self.fabric.links().iter().any(|l| l.remote.addr == addr);
             let recent = self.gossip_dials.get(&addr).is_some_and(|t| t.elapsed() < AGAIN);
-            if linked || recent || addr == self.fabric.me.addr || self.fabric.refused_lately(&addr, POLICY_BACKOFF) {
+            if linked
+                || recent
+                || addr == self.fabric.me.addr
+                || !crate::peer::is_peer_addr(&addr)
+                || self.fabric.refused_lately(&addr, POLICY_BACKOFF)
+            {
                 continue;
             }
-            if self.gossip_dials.len() >= 1024 {
+            if self.gossip_dials.len() >= MAX_GOSSIP_DIALS {
                 self.gossip_dials.retain(|_, t| t.elapsed() < AGAIN);
+            }
+            if self.gossip_dials.len() >= MAX_GOSSIP_DIALS || self.dialing.len() >= MAX_DIALING {
+                return;
             }
             self.gossip_dials.insert(addr.clone(), Instant::now());
             self.dial(addr);

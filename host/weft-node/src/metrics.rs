@@ -92,6 +92,7 @@ pub struct Metrics {
     pub federation_decisions: Family<DecisionLabels, Counter>,
     pub alerts: Family<KindLabel, Counter>,
     pub routes_dropped: Counter,
+    pub catalog_refused: Counter,
     pub route_signatures: Family<KindLabel, Counter>,
     pub peer_links: Gauge,
     pub peer_messages: Family<PeerMessageLabels, Counter>,
@@ -183,6 +184,7 @@ impl Metrics {
         let federation_decisions = Family::<DecisionLabels, Counter>::default();
         let alerts = Family::<KindLabel, Counter>::default();
         let routes_dropped = Counter::default();
+        let catalog_refused = Counter::default();
         let route_signatures = Family::<KindLabel, Counter>::default();
         let tenant_commands = Family::<TenantLabels, Counter>::default();
         // Each series of a closed label set exists from the start, at 0: one
@@ -209,13 +211,18 @@ impl Metrics {
         );
         registry.register(
             "route_updates_rejected",
-            "Route updates refused whole: unsigned, untrusted key, bad signature, stale epoch",
+            "Route updates refused whole: unsigned, untrusted key, bad signature, expired, stale epoch",
             route_signatures.clone(),
         );
         registry.register(
             "routes_refused",
             "Route announcements not imported (loops, hop limit, policy, stale epochs, floods)",
             routes_dropped.clone(),
+        );
+        registry.register(
+            "catalog_deltas_refused",
+            "Catalog changes from members refused (malformed, or past cluster.max_members)",
+            catalog_refused.clone(),
         );
         registry.register("alerts_raised", "Alerts raised (see GET /v1/alerts), by kind", alerts.clone());
         registry.register(
@@ -283,6 +290,7 @@ impl Metrics {
             federation_decisions,
             alerts,
             routes_dropped,
+            catalog_refused,
             route_signatures,
             peer_links,
             peer_messages,

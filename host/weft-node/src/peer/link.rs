@@ -366,7 +366,7 @@ pub(super) async fn run<S>(
                         // A peer that speaks garbage is broken or hostile; drop the link.
                         metrics.reject_frame("peer");
                         // Anyone may say hello: the lines share the refusals' bound.
-                        if fabric.refusal_logs.check().is_ok() {
+                        if fabric.may_log_peer_trouble() {
                             tracing::warn!(peer = %link.remote.node, error = %e, "malformed peer frame; closing the link");
                         }
                         return Some(close_frame(CloseCode::Protocol, &format!("malformed peer message: {e}")));

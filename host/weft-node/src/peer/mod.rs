@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::signing::{CallClaim, Keys, LinkClaim, OriginProof, SeenProofs};
 use crate::tenants::Tenants;
 pub use link::{Direction, Link};
-pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind};
+pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind, is_peer_addr};
 
 /// The subject of the one alert all refused inbound links share.
 const INBOUND_REFUSALS: &str = "inbound links";
@@ -395,6 +395,13 @@ impl Fabric {
     /// The clusters the best route to `cluster` crosses, `cluster` last.
     pub fn route_path(&self, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
         self.best_route(cluster, |r| r.path.clone())
+    }
+
+    /// Whether a line about a peer's misbehaviour may be logged now: such
+    /// lines share one budget of 60 a minute, since a peer can cause them
+    /// by the thousand (the metrics count them all).
+    pub fn may_log_peer_trouble(&self) -> bool {
+        self.refusal_logs.check().is_ok()
     }
 
     /// Whether bridge peer `via` announced this node a route to `cluster`.
@@ -823,7 +830,7 @@ impl Fabric {
             .iter()
             .any(|r| r.addr == addr && r.kind == reject.kind && r.remote_node.as_ref() == remote.map(|h| &h.node));
         let quiet = matches!(reject.kind, RejectKind::DuplicateLink | RejectKind::SelfDial);
-        if !repeat && !quiet && self.refusal_logs.check().is_ok() {
+        if !repeat && !quiet && self.may_log_peer_trouble() {
             tracing::warn!(%addr, by, kind = reject.kind.as_str(), reason = %reject.reason, "peer link refused");
         }
         if matches!(reject.kind, RejectKind::Policy | RejectKind::Unauthenticated) {

@@ -37,6 +37,14 @@ pub struct Hello {
 /// capabilities: everything in it comes from whoever opened the connection,
 /// and refusals, alerts and logs keep some of it.
 const MAX_HELLO_TEXT: usize = 512;
+
+/// Whether `addr` is one a node may dial: a ws:// or wss:// URL with a
+/// host, of bounded length, without spaces or control characters.
+pub fn is_peer_addr(addr: &str) -> bool {
+    addr.len() <= MAX_HELLO_TEXT
+        && !addr.contains(|c: char| c.is_whitespace() || c.is_control())
+        && crate::config::ws_url_ok(addr)
+}
 const MAX_CAPS: usize = 16;
 
 impl Hello {
@@ -54,8 +62,8 @@ impl Hello {
                 if text(&self.addr) {
                     Some(format!("addr {}: over {MAX_HELLO_TEXT} bytes or with control characters", shown(&self.addr)))
                 } else {
-                    let url = crate::config::ws_url_ok(&self.addr) && !self.addr.contains(char::is_whitespace);
-                    (!url).then(|| format!("addr {}: not a ws:// or wss:// URL", shown(&self.addr)))
+                    (!is_peer_addr(&self.addr))
+                        .then(|| format!("addr {}: not a ws:// or wss:// URL", shown(&self.addr)))
                 }
             })
             .or_else(|| {
@@ -144,6 +152,11 @@ impl Reject {
     /// few hundred bytes, a rule name, a valid cluster), before it is kept.
     pub fn bounded(mut self) -> Reject {
         self.reason.truncate(self.reason.floor_char_boundary(1024));
+        // The reason is logged: no line breaks or terminal escapes of the
+        // peer's making.
+        if self.reason.contains(char::is_control) {
+            self.reason = self.reason.replace(char::is_control, " ");
+        }
         self.rule = self.rule.filter(|r| weft_proto::is_valid_name(r));
         self.cluster = self.cluster.filter(|c| weft_proto::is_valid_name(c.as_str()));
         self
@@ -365,6 +378,28 @@ mod tests {
         let kept = huge.bounded();
         assert!(kept.reason.len() <= 1024);
         assert_eq!((kept.rule, kept.cluster), (None, None));
+    }
+
+    #[test]
+    fn a_received_refusal_cannot_break_or_colour_a_log_line() {
+        let forged = Reject {
+            kind: RejectKind::Policy,
+            reason: "no\n2099-01-01T00:00:00Z ERROR weft_node: FORGED\u{1b}[31m".into(),
+            rule: None,
+            cluster: None,
+        };
+        let kept = forged.bounded();
+        assert_eq!(kept.reason, "no 2099-01-01T00:00:00Z ERROR weft_node: FORGED [31m");
+    }
+
+    #[test]
+    fn a_dialable_address_is_a_bounded_ws_url_without_spaces() {
+        assert!(is_peer_addr("ws://10.0.0.1:7700") && is_peer_addr("wss://node.example:443/weft"));
+        for bad in
+            ["http://x:1", "ws://", "ws://:7700", "ws://a b:1", "ws://x:1\n", &format!("ws://{}", "a".repeat(600))]
+        {
+            assert!(!is_peer_addr(bad), "{bad:?}");
+        }
     }
 
     /// One valid frame of each kind the fuzzer starts from.
