@@ -38,6 +38,14 @@ pub(crate) struct Share {
 
 pub(crate) const PER_INSTANCE: Share = Share { core_instances: 16, tables: 16, memories: 2 };
 
+/// The memory limits' worth of slots one decommit batch may hold.
+const DECOMMIT_BATCH_BYTES: u64 = 512 << 20;
+
+fn decommit_batch(slots: usize, memory_bytes: u64) -> usize {
+    let by_memory = usize::try_from(DECOMMIT_BATCH_BYTES / memory_bytes.max(1)).unwrap_or(usize::MAX);
+    (slots / 2).min(by_memory).clamp(1, 32)
+}
+
 fn base_config() -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
@@ -92,8 +100,12 @@ pub(crate) fn build_engine(cfg: &RuntimeConfig) -> Result<(Engine, bool), wasmti
         .table_keep_resident(16 << 10)
         .async_stack_keep_resident(16 << 10)
         // Return freed slots to the kernel in batches: one madvise and TLB
-        // shootdown per batch instead of per call (18.6 -> 15.5 µs).
-        .decommit_batch_size((slots as usize / 2).clamp(1, 32));
+        // shootdown per batch instead of per call (18.6 -> 15.5 µs before the
+        // scan; now only guests that wrote past the resident pages wait in a
+        // batch). A batch that has not filled keeps its slots' pages
+        // resident, so a batch holds at most `DECOMMIT_BATCH_BYTES` of
+        // memory limits.
+        .decommit_batch_size(decommit_batch(slots as usize, cfg.limits.memory_bytes));
     let mut pooled = base_config();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&pooled) {
@@ -134,5 +146,19 @@ impl Drop for EpochTicker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decommit_batch;
+
+    #[test]
+    fn a_decommit_batch_holds_at_most_512_mib_of_memory_limits() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(decommit_batch(328, 64 * MIB), 8, "the defaults");
+        assert_eq!(decommit_batch(328, MIB), 32);
+        assert_eq!(decommit_batch(328, 4096 * MIB), 1);
+        assert_eq!(decommit_batch(3, MIB), 1, "half the slots at most");
     }
 }

@@ -725,41 +725,92 @@ impl Runtime {
         let Some(result) = results.into_iter().next() else {
             return Ok(Value::Null);
         };
-        let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
-        // A `result`'s error is the guest's answer too, bounded the same way.
-        let (value, failed) = match (value, &function.sig.result) {
-            (WitValue::Result(Ok(ok)), Some(WitType::Result { .. })) => (ok.map(|b| *b), false),
-            (WitValue::Result(Err(e)), Some(WitType::Result { .. })) => (e.map(|b| *b), true),
-            (other, _) => (Some(other), false),
-        };
-        let size = value.as_ref().map_or(0, WitValue::json_size_bound);
-        if size > self.config.max_result_bytes {
-            return Err(WeftError::new(
-                ErrorKind::RESOURCE_EXHAUSTED,
-                format!(
-                    "{qualified} returned {}about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
-                    if failed { "an error of " } else { "" },
-                    self.config.max_result_bytes
-                ),
-            )
-            .with("limit", self.config.max_result_bytes)
-            .with("size", size));
+        let returns_result = matches!(function.sig.result, Some(WitType::Result { .. }));
+        let limit = self.config.max_result_bytes;
+        if !is_large(&result) {
+            return answer(result, returns_result, qualified, limit);
         }
-        let value = value.as_ref().map_or(Value::Null, wit::to_json);
-        if failed {
-            let text = match &value {
-                Value::String(s) => s.clone(),
-                Value::Null => "(no detail)".into(),
-                other => other.to_string(),
-            };
-            return Err(WeftError::new(
-                ErrorKind::GUEST_ERROR,
-                format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
-            )
-            .with("error", value));
-        }
-        Ok(value)
+        // Converting a large result (millions of values) can take a good
+        // part of a second: on the blocking pool, the node's workers go on
+        // serving requests, health checks and links meanwhile.
+        let qualified = qualified.clone();
+        tokio::task::spawn_blocking(move || answer(result, returns_result, &qualified, limit))
+            .await
+            .unwrap_or_else(|e| Err(WeftError::internal(format!("converting a result failed: {e}"))))
     }
+}
+
+/// A result as the caller gets it: JSON, at most `limit` bytes, and a
+/// `result`'s error as `GUEST_ERROR`.
+fn answer(result: Val, returns_result: bool, qualified: &str, limit: usize) -> Result<Value, WeftError> {
+    let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
+    // A `result`'s error is the guest's answer too, bounded the same way.
+    let (value, failed) = match (value, returns_result) {
+        (WitValue::Result(Ok(ok)), true) => (ok.map(|b| *b), false),
+        (WitValue::Result(Err(e)), true) => (e.map(|b| *b), true),
+        (other, _) => (Some(other), false),
+    };
+    let size = value.as_ref().map_or(0, WitValue::json_size_bound);
+    if size > limit {
+        return Err(WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "{qualified} returned {}about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
+                if failed { "an error of " } else { "" },
+                limit
+            ),
+        )
+        .with("limit", limit)
+        .with("size", size));
+    }
+    let value = value.as_ref().map_or(Value::Null, wit::to_json);
+    if failed {
+        let text = match &value {
+            Value::String(s) => s.clone(),
+            Value::Null => "(no detail)".into(),
+            other => other.to_string(),
+        };
+        return Err(WeftError::new(
+            ErrorKind::GUEST_ERROR,
+            format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
+        )
+        .with("error", value));
+    }
+    Ok(value)
+}
+
+/// Whether converting `v` is big work: more than `LARGE_RESULT` values, or
+/// strings of more than that many bytes. Stops counting there.
+fn is_large(v: &Val) -> bool {
+    const LARGE_RESULT: usize = 1 << 16;
+    fn weigh(v: &Val, left: &mut usize) {
+        *left = left.saturating_sub(1);
+        let inner: Box<dyn Iterator<Item = &Val> + '_> = match v {
+            Val::String(s) => {
+                *left = left.saturating_sub(s.len());
+                return;
+            }
+            Val::Flags(f) => {
+                *left = left.saturating_sub(f.len());
+                return;
+            }
+            Val::List(xs) | Val::FixedLengthList(xs) | Val::Tuple(xs) => Box::new(xs.iter()),
+            Val::Record(fs) => Box::new(fs.iter().map(|(_, x)| x)),
+            Val::Variant(_, Some(x)) | Val::Option(Some(x)) | Val::Result(Ok(Some(x)) | Err(Some(x))) => {
+                Box::new(std::iter::once(x.as_ref()))
+            }
+            _ => return,
+        };
+        for x in inner {
+            if *left == 0 {
+                return;
+            }
+            weigh(x, left);
+        }
+    }
+    let mut left = LARGE_RESULT;
+    weigh(v, &mut left);
+    left == 0
 }
 
 /// A call's store on its way out, with what replacing it takes.
@@ -786,6 +837,12 @@ impl Spent {
             match tokio::time::timeout_at((deadline + BACKSTOP).into(), plugin.pre.instantiate_async(&mut store)).await
             {
                 Ok(Ok(instance)) => plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place),
+                // No spare while the pool is full; a start-up that traps or
+                // runs past the deadline would fail every spare the same way.
+                Ok(Err(e)) if !is_pool_full(&format!("{e:#}")) => {
+                    tracing::warn!(plugin = %plugin.label, error = %format!("{e:#}"), "making an instance of the plugin failed; it gets no spare instances");
+                    plugin.spares.stop();
+                }
                 Ok(Err(_)) => {}
                 Err(_) => {
                     tracing::warn!(plugin = %plugin.label, deadline = ?plugin.limits.deadline, "making an instance of the plugin outlasted its deadline (its start-up waits or loops); it gets no spare instances");
@@ -1276,6 +1333,11 @@ impl Stop {
     }
 }
 
+/// wasmtime's error when the pooling allocator has no room left.
+fn is_pool_full(text: &str) -> bool {
+    text.contains("maximum concurrent") || text.contains("pooling")
+}
+
 fn trap_error(
     qualified: &str,
     plugin: &Plugin,
@@ -1285,7 +1347,7 @@ fn trap_error(
 ) -> WeftError {
     let text = format!("{e:#}");
     let Some(trap) = e.downcast_ref::<Trap>().copied() else {
-        if text.contains("maximum concurrent") || text.contains("pooling") {
+        if is_pool_full(&text) {
             return WeftError::new(
                 ErrorKind::RESOURCE_EXHAUSTED,
                 format!("{qualified}: no sandbox slot is free: {text}"),
@@ -1302,8 +1364,14 @@ fn trap_error(
                     "could not be instantiated: it needs more than an instance may hold ({} core instances, {} tables, {} memories): {text}",
                     share.core_instances, share.tables, share.memories
                 )
+            } else if text.contains("exceeds memory limits") {
+                format!(
+                    "could not be instantiated: its memories together start above its sandbox memory limit of {} KiB (the smallest of [limits] memory, its tenant's and its manifest's); raise that limit: {}",
+                    plugin.limits.memory_bytes >> 10,
+                    e.root_cause()
+                )
             } else {
-                "could not be instantiated".to_owned()
+                format!("could not be instantiated: {}", e.root_cause())
             };
             ("host_error", why)
         } else {
@@ -1373,6 +1441,17 @@ fn snake_case(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_is_large_by_its_values_or_its_string_bytes() {
+        assert!(!is_large(&Val::String("hi".into())));
+        assert!(is_large(&Val::String("x".repeat(1 << 16))));
+        let empties = |n| Val::List(vec![Val::List(vec![]); n]);
+        assert!(!is_large(&empties(1000)));
+        assert!(is_large(&empties(1 << 16)));
+        let deep = Val::Option(Some(Box::new(Val::Record(vec![("xs".into(), empties(1 << 17))]))));
+        assert!(is_large(&deep));
+    }
 
     fn versions(rt: &Runtime) -> Vec<String> {
         rt.plugins().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect()
