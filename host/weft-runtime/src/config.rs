@@ -81,6 +81,13 @@ impl RuntimeConfig {
     pub fn lift_budget(&self) -> usize {
         self.max_result_bytes.saturating_mul(8)
     }
+
+    /// Host bytes that large results may take, node-wide, while they become
+    /// JSON: room for two of the largest a call may copy out (each taking
+    /// about twice its copy while converted), so a lone one always fits.
+    pub fn conversion_budget(&self) -> usize {
+        self.lift_budget().saturating_mul(4)
+    }
 }
 
 impl Default for RuntimeConfig {

@@ -13,6 +13,7 @@ mod convert;
 mod engine;
 mod manifest;
 mod plugin;
+mod results;
 mod runtime;
 mod sandbox;
 mod slots;

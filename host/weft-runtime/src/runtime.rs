@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wasmtime::component::{Component, Linker, Val};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use weft_proto::wit::{self, WitType, WitValue};
+use weft_proto::wit::{self, WitType};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
 use crate::cache;
@@ -19,6 +19,7 @@ use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
+use crate::results::{self, Conversions};
 use crate::sandbox::{self, CallOutput, GUEST_LOG_RATE, SandboxState};
 use crate::slots::{Slot, Slots};
 use crate::units::format_size;
@@ -87,6 +88,8 @@ pub struct Runtime {
     /// (slots held by teardowns in the background are not counted).
     running: AtomicUsize,
     warm_budget: WarmBudget,
+    /// Host memory that large results take while they become JSON.
+    conversions: Arc<Conversions>,
     janitor: Arc<Janitor>,
     _ticker: EpochTicker,
 }
@@ -129,6 +132,7 @@ impl Runtime {
             slots: Slots::new(config.call_slots() as usize),
             running: AtomicUsize::new(0),
             warm_budget: WarmBudget::new(config.max_warm_instances),
+            conversions: Arc::new(Conversions::new(config.conversion_budget())),
             janitor: Arc::default(),
             engine,
             linker,
@@ -727,90 +731,22 @@ impl Runtime {
         };
         let returns_result = matches!(function.sig.result, Some(WitType::Result { .. }));
         let limit = self.config.max_result_bytes;
-        if !is_large(&result) {
-            return answer(result, returns_result, qualified, limit);
-        }
+        let Some(size) = results::large(&result) else {
+            return results::answer(result, returns_result, qualified, limit);
+        };
+        let charge = self.conversions.charge(size).ok_or_else(|| self.conversions.refusal(qualified, size))?;
         // Converting a large result (millions of values) can take a good
         // part of a second: on the blocking pool, the node's workers go on
         // serving requests, health checks and links meanwhile.
         let qualified = qualified.clone();
-        tokio::task::spawn_blocking(move || answer(result, returns_result, &qualified, limit))
-            .await
-            .unwrap_or_else(|e| Err(WeftError::internal(format!("converting a result failed: {e}"))))
+        tokio::task::spawn_blocking(move || {
+            let answer = results::answer(result, returns_result, &qualified, limit);
+            drop(charge);
+            answer
+        })
+        .await
+        .unwrap_or_else(|e| Err(WeftError::internal(format!("converting a result failed: {e}"))))
     }
-}
-
-/// A result as the caller gets it: JSON, at most `limit` bytes, and a
-/// `result`'s error as `GUEST_ERROR`.
-fn answer(result: Val, returns_result: bool, qualified: &str, limit: usize) -> Result<Value, WeftError> {
-    let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
-    // A `result`'s error is the guest's answer too, bounded the same way.
-    let (value, failed) = match (value, returns_result) {
-        (WitValue::Result(Ok(ok)), true) => (ok.map(|b| *b), false),
-        (WitValue::Result(Err(e)), true) => (e.map(|b| *b), true),
-        (other, _) => (Some(other), false),
-    };
-    let size = value.as_ref().map_or(0, WitValue::json_size_bound);
-    if size > limit {
-        return Err(WeftError::new(
-            ErrorKind::RESOURCE_EXHAUSTED,
-            format!(
-                "{qualified} returned {}about {size} bytes, over the result limit of {} bytes (limits.max_result); return less data or page it",
-                if failed { "an error of " } else { "" },
-                limit
-            ),
-        )
-        .with("limit", limit)
-        .with("size", size));
-    }
-    let value = value.as_ref().map_or(Value::Null, wit::to_json);
-    if failed {
-        let text = match &value {
-            Value::String(s) => s.clone(),
-            Value::Null => "(no detail)".into(),
-            other => other.to_string(),
-        };
-        return Err(WeftError::new(
-            ErrorKind::GUEST_ERROR,
-            format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
-        )
-        .with("error", value));
-    }
-    Ok(value)
-}
-
-/// Whether converting `v` is big work: more than `LARGE_RESULT` values, or
-/// strings of more than that many bytes. Stops counting there.
-fn is_large(v: &Val) -> bool {
-    const LARGE_RESULT: usize = 1 << 16;
-    fn weigh(v: &Val, left: &mut usize) {
-        *left = left.saturating_sub(1);
-        let inner: Box<dyn Iterator<Item = &Val> + '_> = match v {
-            Val::String(s) => {
-                *left = left.saturating_sub(s.len());
-                return;
-            }
-            Val::Flags(f) => {
-                *left = left.saturating_sub(f.len());
-                return;
-            }
-            Val::List(xs) | Val::FixedLengthList(xs) | Val::Tuple(xs) => Box::new(xs.iter()),
-            Val::Record(fs) => Box::new(fs.iter().map(|(_, x)| x)),
-            Val::Variant(_, Some(x)) | Val::Option(Some(x)) | Val::Result(Ok(Some(x)) | Err(Some(x))) => {
-                Box::new(std::iter::once(x.as_ref()))
-            }
-            _ => return,
-        };
-        for x in inner {
-            if *left == 0 {
-                return;
-            }
-            weigh(x, left);
-        }
-    }
-    let mut left = LARGE_RESULT;
-    weigh(v, &mut left);
-    left == 0
 }
 
 /// A call's store on its way out, with what replacing it takes.
@@ -1442,17 +1378,6 @@ fn snake_case(name: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_result_is_large_by_its_values_or_its_string_bytes() {
-        assert!(!is_large(&Val::String("hi".into())));
-        assert!(is_large(&Val::String("x".repeat(1 << 16))));
-        let empties = |n| Val::List(vec![Val::List(vec![]); n]);
-        assert!(!is_large(&empties(1000)));
-        assert!(is_large(&empties(1 << 16)));
-        let deep = Val::Option(Some(Box::new(Val::Record(vec![("xs".into(), empties(1 << 17))]))));
-        assert!(is_large(&deep));
-    }
-
     fn versions(rt: &Runtime) -> Vec<String> {
         rt.plugins().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect()
     }
@@ -1719,6 +1644,56 @@ mod tests {
         for i in 0..50 {
             assert_eq!(snoop(&rt, &Caller::Anonymous, &i.to_string()).await, Value::Null, "every call is fresh");
         }
+    }
+
+    #[tokio::test]
+    async fn a_start_up_that_spins_stops_the_plugin_s_spares() {
+        use crate::test_component::TestComponent;
+        let rt = Runtime::new(RuntimeConfig { max_concurrency: 2, ..RuntimeConfig::default() }).expect("runtime");
+        let wasm = TestComponent { start_spins: true, ..TestComponent::default() }.build();
+        rt.load_bytes("spin.wasm", "spin", &wasm, Some("[limits]\ndeadline = \"100ms\"\n")).expect("loads");
+        let target = CallTarget { plugin: "spin", version: None, function: "g" };
+        let plugin = rt.find(&target).expect("loaded");
+        assert!(plugin.spares.reserve(&rt.warm_budget).is_some(), "room for spares at first");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = rt.call(target, &[], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
+        assert_eq!(e.details.get("trap"), Some(&Value::from("interrupted")), "{e}");
+        rt.settled().await;
+        // Its spare spun to the deadline too: no more are built, so each
+        // call pays for one start-up, not two.
+        assert!(plugin.spares.reserve(&rt.warm_budget).is_none());
+    }
+
+    #[tokio::test]
+    async fn memories_that_start_over_the_limit_together_name_it_at_each_call() {
+        use crate::test_component::TestComponent;
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        // Two memories of 40 MiB: each fits the 64 MiB limit, both do not.
+        let wasm = TestComponent { core_instances: 2, twins: true, memory_pages: 640, ..TestComponent::default() };
+        rt.load_bytes("twins.wasm", "twins", &wasm.build(), None).expect("loads");
+        let target = CallTarget { plugin: "twins", version: None, function: "g" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = rt.call(target, &[], deadline, &Caller::Anonymous, NodeLoad::Busy).await.unwrap_err();
+        assert_eq!(e.details.get("trap"), Some(&Value::from("host_error")), "{e}");
+        assert!(e.message.contains("memories together start above its sandbox memory limit of 65536 KiB"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_large_result_finds_no_room_while_others_fill_the_conversion_budget() {
+        let (rt, _dir) = hostile("callers = [\"*\"]\n", 0);
+        let four_mib = [Value::from(4)];
+        let call = || {
+            let target = CallTarget { plugin: "hostile", version: None, function: "big-output" };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            rt.call(target, &four_mib, deadline, &Caller::Anonymous, NodeLoad::Busy)
+        };
+        let held = rt.conversions.charge(rt.config.conversion_budget() - (1 << 20)).expect("room");
+        let e = call().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{e}");
+        assert!(e.message.contains("retry shortly"), "{e}");
+        drop(held);
+        let text = call().await.expect("room again");
+        assert_eq!(text.as_str().map(str::len), Some(4 << 20));
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
 //! Components made to measure for tests (wasm-encoder): one exported
 //! function `g`, whose parameter type and core instances are chosen, and
-//! whose body traps or spins. Hostile shapes that no toolchain would emit.
+//! whose body (and optionally start function) traps or spins. Hostile
+//! shapes that no toolchain would emit.
 
 use wasm_encoder::{
     CanonicalFunctionSection, CanonicalOption, CodeSection, Component, ComponentAliasSection, ComponentExportKind,
     ComponentExportSection, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, ComponentValType,
     ExportKind, ExportSection, Function, FunctionSection, InstanceSection, Instruction, MemorySection, MemoryType,
-    Module, ModuleArg, ModuleSection, TypeBounds, TypeSection, ValType,
+    Module, ModuleArg, ModuleSection, StartSection, TypeBounds, TypeSection, ValType,
 };
 
 /// The parameter of `g`.
@@ -34,11 +35,18 @@ pub(crate) struct TestComponent {
     pub spins: bool,
     /// Core instances: the module's, and the rest of an empty module.
     pub core_instances: u32,
+    /// The other core instances are of the module too, each with its memory.
+    pub twins: bool,
+    /// Wasm pages each memory starts with.
+    pub memory_pages: u64,
+    /// The module's start function loops until stopped: every
+    /// instantiation runs into the deadline.
+    pub start_spins: bool,
 }
 
 impl Default for TestComponent {
     fn default() -> Self {
-        Self { param: Param::None, spins: false, core_instances: 1 }
+        Self { param: Param::None, spins: false, core_instances: 1, twins: false, memory_pages: 1, start_spins: false }
     }
 }
 
@@ -50,7 +58,7 @@ impl TestComponent {
         c.section(&ModuleSection(&Module::new()));
         let mut instances = InstanceSection::new();
         for i in 0..self.core_instances {
-            instances.instantiate(u32::from(i > 0), Vec::<(&str, ModuleArg)>::new());
+            instances.instantiate(u32::from(i > 0 && !self.twins), Vec::<(&str, ModuleArg)>::new());
         }
         c.section(&instances);
         let mut aliases = ComponentAliasSection::new();
@@ -79,12 +87,22 @@ impl TestComponent {
         let params: &[ValType] = if matches!(self.param, Param::None) { &[] } else { &[ValType::I32] };
         types.ty().function(params.iter().copied(), []);
         types.ty().function([ValType::I32; 4], [ValType::I32]);
+        types.ty().function([], []);
         module.section(&types);
         let mut funcs = FunctionSection::new();
         funcs.function(0).function(1);
+        if self.start_spins {
+            funcs.function(2);
+        }
         module.section(&funcs);
         let mut memory = MemorySection::new();
-        memory.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
+        memory.memory(MemoryType {
+            minimum: self.memory_pages,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
         module.section(&memory);
         let mut exports = ExportSection::new();
         exports.export("g", ExportKind::Func, 0).export("realloc", ExportKind::Func, 1).export(
@@ -93,11 +111,11 @@ impl TestComponent {
             0,
         );
         module.section(&exports);
-        let body: &[Instruction] = if self.spins {
-            &[Instruction::Loop(wasm_encoder::BlockType::Empty), Instruction::Br(0), Instruction::End]
-        } else {
-            &[Instruction::Unreachable]
-        };
+        if self.start_spins {
+            module.section(&StartSection { function_index: 2 });
+        }
+        let spin = [Instruction::Loop(wasm_encoder::BlockType::Empty), Instruction::Br(0), Instruction::End];
+        let body: &[Instruction] = if self.spins { &spin } else { &[Instruction::Unreachable] };
         let mut code = CodeSection::new();
         let mut g = Function::new([]);
         body.iter().for_each(|op| {
@@ -106,6 +124,13 @@ impl TestComponent {
         code.function(g.instruction(&Instruction::End));
         let mut realloc = Function::new([]);
         code.function(realloc.instruction(&Instruction::I32Const(0)).instruction(&Instruction::End));
+        if self.start_spins {
+            let mut start = Function::new([]);
+            spin.iter().for_each(|op| {
+                start.instruction(op);
+            });
+            code.function(start.instruction(&Instruction::End));
+        }
         module.section(&code);
         module
     }

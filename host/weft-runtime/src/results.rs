@@ -1,0 +1,189 @@
+//! A call's result on its way from the guest's values to JSON: its size
+//! checked against `max_result`, and the host memory that large results
+//! take while they are converted bounded across the node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+use wasmtime::component::Val;
+use weft_proto::wit::{self, WitValue};
+use weft_proto::{ErrorKind, WeftError};
+
+use crate::convert::from_val;
+use crate::sandbox;
+
+/// Host bytes from which a result counts as large: about 65,000 values.
+const LARGE: usize = 2 << 20;
+
+/// A result as the caller gets it: JSON, at most `limit` bytes, and a
+/// `result`'s error as `GUEST_ERROR`.
+pub(crate) fn answer(result: Val, returns_result: bool, qualified: &str, limit: usize) -> Result<Value, WeftError> {
+    let value = from_val(result).map_err(|e| WeftError::internal(format!("{qualified}: {e}")))?;
+    // A `result`'s error is the guest's answer too, bounded the same way.
+    let (value, failed) = match (value, returns_result) {
+        (WitValue::Result(Ok(ok)), true) => (ok.map(|b| *b), false),
+        (WitValue::Result(Err(e)), true) => (e.map(|b| *b), true),
+        (other, _) => (Some(other), false),
+    };
+    let size = value.as_ref().map_or(0, WitValue::json_size_bound);
+    if size > limit {
+        return Err(WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "{qualified} returned {}about {size} bytes, over the result limit of {limit} bytes (limits.max_result); return less data or page it",
+                if failed { "an error of " } else { "" },
+            ),
+        )
+        .with("limit", limit)
+        .with("size", size));
+    }
+    let value = value.as_ref().map_or(Value::Null, wit::to_json);
+    if failed {
+        let text = match &value {
+            Value::String(s) => s.clone(),
+            Value::Null => "(no detail)".into(),
+            other => other.to_string(),
+        };
+        return Err(WeftError::new(
+            ErrorKind::GUEST_ERROR,
+            format!("{qualified} returned an error: {}", sandbox::truncate(&text, 1024)),
+        )
+        .with("error", value));
+    }
+    Ok(value)
+}
+
+/// The host bytes converting `v` takes, if it is large: the copy wasmtime
+/// made (a `Val` per value, plus the bytes of strings and names), twice,
+/// for the intermediate and the JSON built from it.
+pub(crate) fn large(v: &Val) -> Option<usize> {
+    let size = host_size(v, LARGE);
+    (size >= LARGE).then(|| host_size(v, usize::MAX).saturating_mul(2))
+}
+
+/// Host bytes of `v` as wasmtime holds it, counted up to `stop_at`.
+fn host_size(v: &Val, stop_at: usize) -> usize {
+    fn add(v: &Val, total: &mut usize, stop_at: usize) {
+        *total = total.saturating_add(size_of::<Val>());
+        let text = |s: &String| s.len() + size_of::<String>();
+        let inner: Box<dyn Iterator<Item = &Val> + '_> = match v {
+            Val::String(s) | Val::Enum(s) | Val::Variant(s, None) => {
+                *total = total.saturating_add(s.len());
+                return;
+            }
+            Val::Flags(f) => {
+                *total = total.saturating_add(f.iter().map(text).sum());
+                return;
+            }
+            Val::List(xs) | Val::FixedLengthList(xs) | Val::Tuple(xs) => Box::new(xs.iter()),
+            Val::Record(fs) => {
+                *total = total.saturating_add(fs.iter().map(|(k, _)| text(k)).sum());
+                Box::new(fs.iter().map(|(_, x)| x))
+            }
+            Val::Variant(s, Some(x)) => {
+                *total = total.saturating_add(s.len());
+                Box::new(std::iter::once(x.as_ref()))
+            }
+            Val::Option(Some(x)) | Val::Result(Ok(Some(x)) | Err(Some(x))) => Box::new(std::iter::once(x.as_ref())),
+            _ => return,
+        };
+        for x in inner {
+            if *total >= stop_at {
+                return;
+            }
+            add(x, total, stop_at);
+        }
+    }
+    let mut total = 0;
+    add(v, &mut total, stop_at);
+    total
+}
+
+/// The host memory that large results being converted take, node-wide.
+/// wasmtime bounds each call's copy (`limits.max_result` x 8), but many
+/// calls returning at once would each hold theirs: past the budget, a
+/// large result is dropped at once and its call fails.
+pub(crate) struct Conversions {
+    used: AtomicUsize,
+    budget: usize,
+}
+
+/// A large result's share of `Conversions`, given back when dropped.
+pub(crate) struct Charge {
+    conversions: Arc<Conversions>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.conversions.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Conversions {
+    pub(crate) fn new(budget: usize) -> Self {
+        Self { used: AtomicUsize::new(0), budget }
+    }
+
+    /// `bytes` of the budget, if they are free.
+    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.budget)
+            })
+            .ok()
+            .map(|_| Charge { conversions: self.clone(), bytes })
+    }
+
+    /// The error of a call whose large result found no room.
+    pub(crate) fn refusal(&self, qualified: &str, bytes: usize) -> WeftError {
+        let mib = |b: usize| b.div_ceil(1 << 20);
+        WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "{qualified} returned a result that takes about {} MiB of host memory to turn into JSON, and other large results hold {} of the node's {} MiB for that now; retry shortly, or return less data",
+                mib(bytes),
+                mib(self.used.load(Ordering::Acquire)),
+                mib(self.budget)
+            ),
+        )
+        .with("limit", self.budget)
+        .with("size", bytes)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_large_by_its_values_or_its_string_bytes() {
+        assert_eq!(large(&Val::String("hi".into())), None);
+        let text = Val::String("x".repeat(LARGE));
+        assert_eq!(large(&text), Some(2 * (LARGE + size_of::<Val>())));
+        let empties = |n| Val::List(vec![Val::List(vec![]); n]);
+        assert_eq!(large(&empties(1000)), None);
+        let values = 1 << 17;
+        assert_eq!(large(&empties(values)), Some(2 * (values + 1) * size_of::<Val>()));
+        let deep = Val::Option(Some(Box::new(Val::Record(vec![("xs".into(), empties(values))]))));
+        assert!(large(&deep).is_some());
+    }
+
+    #[test]
+    fn large_results_share_one_budget_and_give_it_back() {
+        let conversions = Arc::new(Conversions::new(100));
+        let first = conversions.charge(60).unwrap();
+        assert!(conversions.charge(50).is_none(), "over the budget");
+        let e = conversions.refusal("p/f", 50 << 20);
+        assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED);
+        assert!(e.message.contains("about 50 MiB") && e.message.contains("retry shortly"), "{e}");
+        let second = conversions.charge(40).unwrap();
+        drop(first);
+        assert!(conversions.charge(usize::MAX).is_none(), "no overflow");
+        let third = conversions.charge(60).unwrap();
+        drop((second, third));
+        assert_eq!(conversions.used.load(Ordering::Acquire), 0);
+    }
+}
