@@ -242,6 +242,19 @@ async fn a_malformed_result_and_an_exit_are_the_guests_faults() {
         assert!(e.message.contains(&format!("called exit ({status}) instead of returning")), "{}", e.message);
     }
     assert_still_serving(&node).await;
+    // The log names the plugin whose guest failed, without a line per call.
+    let reported = async || {
+        let log = node.stderr();
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains("WARN") && l.contains("failed by the guest's doing")).collect();
+        lines
+            .iter()
+            .all(|l| l.contains("hostile") && l.contains("failed_calls="))
+            .then_some(lines.len())
+            .filter(|n| *n > 0)
+    };
+    let lines = support::eventually("the failures reported", std::time::Duration::from_secs(20), reported).await;
+    assert!(lines < 3, "one line for several failures, {lines} lines");
 }
 
 /// A plugin's deadline counts from when its call gets a sandbox slot: time

@@ -140,7 +140,7 @@ impl Route {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error(
-        "route update from {via} has epoch {epoch}, not newer than {seen} already seen (a replay or a reordered message)"
+        "route update from {via} has epoch {epoch}, not newer than {seen} already seen (a replay, a reordered message, or the sender's clock set back: epochs are its wall clock in ms)"
     )]
     StaleEpoch { via: NodeId, epoch: u64, seen: u64 },
     #[error("node {via} of cluster {cluster} sent {count} routes, more than the limit of {max} per neighbour")]

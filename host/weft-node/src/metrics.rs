@@ -211,7 +211,7 @@ impl Metrics {
         );
         registry.register(
             "route_updates_rejected",
-            "Route updates refused whole: unsigned, untrusted key, bad signature, expired, stale epoch",
+            "Route updates refused whole: unsigned, untrusted key, bad signature, expired, ahead, stale epoch",
             route_signatures.clone(),
         );
         registry.register(

@@ -44,10 +44,15 @@ pub enum SigError {
         "the route update from cluster {cluster} was signed {age_s} s ago by its clock, more than the {window_s} s allowed: a recorded update replayed, or clocks apart (keep the clusters' clocks in sync with NTP)"
     )]
     Expired { cluster: ClusterId, age_s: u64, window_s: u64 },
+    #[error(
+        "the route update from cluster {cluster} is dated {ahead_s} s ahead of this node's clock, more than the {window_s} s allowed: clocks apart (keep the clusters' clocks in sync with NTP)"
+    )]
+    Ahead { cluster: ClusterId, ahead_s: u64, window_s: u64 },
 }
 
 /// Why a route update is refused whole: `SigError::kind`, or a replay.
-pub const UPDATE_REJECTIONS: [&str; 5] = ["unsigned", "untrusted-key", "bad-signature", "expired", "stale-epoch"];
+pub const UPDATE_REJECTIONS: [&str; 6] =
+    ["unsigned", "untrusted-key", "bad-signature", "expired", "ahead", "stale-epoch"];
 
 impl SigError {
     /// A closed label for metrics (one of `UPDATE_REJECTIONS`).
@@ -57,6 +62,7 @@ impl SigError {
             SigError::UntrustedKey { .. } => "untrusted-key",
             SigError::BadSignature(_) => "bad-signature",
             SigError::Expired { .. } => "expired",
+            SigError::Ahead { .. } => "ahead",
         }
     }
 }
@@ -156,9 +162,9 @@ impl Trust {
     /// updates pass only when signatures are not required and no key is
     /// listed for that cluster (listing keys means "this cluster signs"); a
     /// signature, when present, must verify with a key trusted for that very
-    /// cluster, and have been made (its epoch, the sender's clock) at most
-    /// `CLOCK_WINDOW_MS` before `now_ms`: the epoch check alone forgets a
-    /// node that has been gone long, and would then take its old updates.
+    /// cluster, and have been made (its epoch, the sender's clock) within
+    /// `CLOCK_WINDOW_MS` of `now_ms`: the epoch check alone forgets a node
+    /// that has been gone long, and would then take its old updates.
     pub fn verify(
         &self,
         env: &Envelope<'_>,
@@ -181,15 +187,15 @@ impl Trust {
         if !verifies(&key, &signed_bytes(env, routes), &sig.sig) {
             return Err(SigError::BadSignature(cluster.clone()));
         }
-        let age_ms = now_ms.saturating_sub(env.epoch);
-        if age_ms > CLOCK_WINDOW_MS {
-            return Err(SigError::Expired {
-                cluster: cluster.clone(),
-                age_s: age_ms / 1000,
-                window_s: CLOCK_WINDOW_MS / 1000,
-            });
+        let window_s = CLOCK_WINDOW_MS / 1000;
+        let cluster = cluster.clone();
+        match (now_ms.saturating_sub(env.epoch), env.epoch.saturating_sub(now_ms)) {
+            (age, _) if age > CLOCK_WINDOW_MS => Err(SigError::Expired { cluster, age_s: age / 1000, window_s }),
+            // An epoch far ahead would also be remembered, and shut out the
+            // sender's own updates once its clock is put right.
+            (_, ahead) if ahead > CLOCK_WINDOW_MS => Err(SigError::Ahead { cluster, ahead_s: ahead / 1000, window_s }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -484,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_update_expires_after_the_clock_window() {
+    fn a_signed_update_is_taken_only_within_the_clock_window() {
         let (beta, alpha, b1) = (ClusterId::new("beta"), ClusterId::new("alpha"), NodeId::new("b1"));
         let (key, public) = key();
         let trust = Trust { require: true, keys: BTreeMap::from([(beta.clone(), vec![public])]) };
@@ -493,7 +499,10 @@ mod tests {
         let env = Envelope { from: &beta, node: &b1, to: &alpha, epoch: made };
         let sig = sign(&key, &env, &routes);
         let at = |now| trust.verify(&env, &routes, Some(&sig), now);
-        assert_eq!(at(made - 5_000), Ok(()), "a sender's clock ahead of ours");
+        assert_eq!(at(made - CLOCK_WINDOW_MS), Ok(()), "a sender's clock ahead of ours, within the window");
+        let ahead = at(made - CLOCK_WINDOW_MS - 1_000).unwrap_err();
+        assert_eq!(ahead, SigError::Ahead { cluster: beta.clone(), ahead_s: 121, window_s: 120 });
+        assert_eq!(ahead.kind(), "ahead");
         assert_eq!(at(made + CLOCK_WINDOW_MS), Ok(()));
         let late = at(made + CLOCK_WINDOW_MS + 1).unwrap_err();
         assert_eq!(late, SigError::Expired { cluster: beta.clone(), age_s: 120, window_s: 120 });

@@ -712,18 +712,22 @@ impl Runtime {
             }
         };
         let results = match results {
-            Err(_) => return Err(stop.error(qualified, "was dropped (it was blocked where it cannot be interrupted)")),
+            Err(_) => {
+                let e = stop.error(qualified, "was dropped (it was blocked where it cannot be interrupted)");
+                return Err(guest_failed(&plugin, e));
+            }
             Ok(Err(e)) if is_lift_budget_error(&e) => {
                 let limit = self.config.lift_budget();
-                return Err(WeftError::new(
+                let e = WeftError::new(
                     ErrorKind::RESOURCE_EXHAUSTED,
                     format!(
                         "{qualified} returned a result that needs more than {limit} bytes of host memory to copy out (8 x limits.max_result); return less data or page it"
                     ),
                 )
-                .with("limit", limit));
+                .with("limit", limit);
+                return Err(guest_failed(&plugin, e));
             }
-            Ok(Err(e)) => return Err(trap_error(qualified, &plugin, e, memory_hit, stop)),
+            Ok(Err(e)) => return Err(guest_failed(&plugin, trap_error(qualified, &plugin, e, memory_hit, stop))),
             Ok(Ok(results)) => results,
         };
         let Some(result) = results.into_iter().next() else {
@@ -734,6 +738,11 @@ impl Runtime {
         let Some(size) = results::large(&result) else {
             return results::answer(result, returns_result, qualified, limit);
         };
+        // Copying a large result out can take the guest's deadline past:
+        // then no one waits for it, and converting it would only hold memory.
+        if Instant::now() >= deadline {
+            return Err(guest_failed(&plugin, stop.error(qualified, "its large result was dropped unconverted")));
+        }
         let charge = self.conversions.charge(size).ok_or_else(|| self.conversions.refusal(qualified, size))?;
         // Converting a large result (millions of values) can take a good
         // part of a second: on the blocking pool, the node's workers go on
@@ -1204,6 +1213,7 @@ fn emit_output(
         lines: dropped_lines,
         logs: u64::from(logs),
         denied_logs: u64::from(denied_logs),
+        ..sandbox::Dropped::default()
     });
     if let Some(d) = report {
         report_dropped(label, function, &d);
@@ -1214,15 +1224,26 @@ fn emit_output(
 /// names the call that made the report due ("" for `report_dropped_output`).
 fn report_dropped(label: &str, function: &str, d: &sandbox::Dropped) {
     if d.bytes > 0 || d.lines > 0 || d.logs > 0 {
-        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_bytes = d.bytes, dropped_lines = d.lines, dropped_logs = d.logs, "guest output (stdout, stderr and log calls) over the per-call limits, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped since the last such report (at most one a second)");
+        tracing::warn!(target: "weft::guest", plugin = label, function, dropped_bytes = d.bytes, dropped_lines = d.lines, dropped_logs = d.logs, "guest output (stdout, stderr and log calls) over the per-call limits, or over the plugin's {GUEST_LOG_RATE} records a second, was dropped since the last such report (at most one every 10 s)");
     }
     if d.denied_logs > 0 {
         tracing::warn!(target: "weft::guest", plugin = label, function, dropped_logs = d.denied_logs, "guest log calls dropped since the last such report: the plugin's manifest does not grant the log capability");
     }
+    if d.failed_calls > 0 {
+        tracing::warn!(target: "weft::guest", plugin = label, failed_calls = d.failed_calls, last = %d.last_failure, "calls of the plugin failed by the guest's doing (traps, deadlines, results it could not hand over) since the last such report");
+    }
 }
 
-/// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
-/// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
+/// Counts `e` for the plugin's next report when the guest caused it (a trap,
+/// an interrupt, a result it cannot hand over): the log then names the
+/// plugins that misbehave, not only the metrics.
+fn guest_failed(plugin: &Plugin, e: WeftError) -> WeftError {
+    if e.kind == ErrorKind::GUEST_TRAP || e.kind == ErrorKind::RESOURCE_EXHAUSTED {
+        plugin.log_rate.failed(&e.message);
+    }
+    e
+}
+
 /// wasmtime's "hostcall fuel" error: copying data out of the guest would
 /// pass the store's budget. Its type is private, so the text is matched; the
 /// sandbox tests catch a wasmtime upgrade that changes it.
@@ -1274,6 +1295,8 @@ fn is_pool_full(text: &str) -> bool {
     text.contains("maximum concurrent") || text.contains("pooling")
 }
 
+/// Maps a failed call to GUEST_TRAP (with a `trap` detail) or, for
+/// failures outside the guest, RESOURCE_EXHAUSTED / INTERNAL.
 fn trap_error(
     qualified: &str,
     plugin: &Plugin,

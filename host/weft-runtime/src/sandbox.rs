@@ -181,7 +181,7 @@ pub(crate) struct LogRate {
     pending: AtomicBool,
 }
 
-/// Guest output dropped since the last report.
+/// Guest output dropped, and calls the guest failed, since the last report.
 #[derive(Default)]
 pub(crate) struct Dropped {
     pub bytes: usize,
@@ -189,11 +189,14 @@ pub(crate) struct Dropped {
     pub logs: u64,
     /// Log calls of a plugin whose manifest does not grant the capability.
     pub denied_logs: u64,
+    pub failed_calls: u64,
+    /// The last failure's message, cut short.
+    pub last_failure: String,
 }
 
 impl Dropped {
     pub(crate) fn is_empty(&self) -> bool {
-        self.bytes == 0 && self.lines == 0 && self.logs == 0 && self.denied_logs == 0
+        self.bytes == 0 && self.lines == 0 && self.logs == 0 && self.denied_logs == 0 && self.failed_calls == 0
     }
 }
 
@@ -218,6 +221,14 @@ impl LogRate {
         self.records.check().is_ok()
     }
 
+    /// Counts a call the guest failed, for the next report.
+    pub(crate) fn failed(&self, message: &str) {
+        let mut guard = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.failed_calls += 1;
+        guard.0.last_failure = truncate(message, 300).to_owned();
+        self.pending.store(true, Ordering::Release);
+    }
+
     /// Adds what a call dropped; once per `DROP_REPORT_EVERY` the totals so
     /// far are taken for a report.
     pub(crate) fn dropped(&self, call: Dropped) -> Option<Dropped> {
@@ -230,6 +241,7 @@ impl LogRate {
         dropped.lines += call.lines;
         dropped.logs += call.logs;
         dropped.denied_logs += call.denied_logs;
+        dropped.failed_calls += call.failed_calls;
         let now = Instant::now();
         if dropped.is_empty() || reported.is_some_and(|at| now < at + DROP_REPORT_EVERY) {
             self.pending.store(!dropped.is_empty(), Ordering::Release);
