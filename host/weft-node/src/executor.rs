@@ -159,6 +159,12 @@ impl Executor {
                 )
                 .with("unfinished", unfinished)
             };
+            // `timeout_at` looks at the clock only when its future is not
+            // ready, and steps may keep being ready: each one that copies a
+            // large result out of its guest takes a while doing so.
+            if Instant::now() >= deadline {
+                return Err(deadline_exceeded(&scheduler));
+            }
             let joined = match tokio::time::timeout_at(deadline.into(), running.next()).await {
                 Err(_) => return Err(deadline_exceeded(&scheduler)),
                 Ok(None) => {
