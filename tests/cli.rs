@@ -383,6 +383,25 @@ fn weft_bench_reports_throughput_latency_and_errors() {
 }
 
 #[test]
+fn weft_bench_says_when_the_node_went_away_mid_run() {
+    let node = TestNode::start(NodeSpec::default());
+    let ws = node.ws.clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        drop(node);
+    });
+    let args = ["bench", "--node", ws.as_str(), "--json", "--duration", "20s", "echo", "hi"];
+    let out = Command::new(WEFT).args(args).env("WEFT_LOG", "warn").output().expect("run weft");
+    killer.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the run was cut short"), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["slots_lost"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["elapsed_s"].as_f64().unwrap() < 15.0, "{r}");
+}
+
+#[test]
 fn weft_demo_runs_calls_across_three_clusters() {
     let (code, out, err) = weft(&["demo", "--once"]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -73,6 +73,8 @@ struct Tally {
     errors: BTreeMap<&'static str, u64>,
     /// The message of the first error of each kind, to say why.
     example: BTreeMap<&'static str, String>,
+    /// Slots that stopped early: their connection was lost.
+    lost: u32,
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -132,6 +134,7 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
                     for (kind, message) in tally.example {
                         total.example.entry(kind).or_insert(message);
                     }
+                    total.lost += tally.lost;
                 }
                 None => break,
             },
@@ -173,9 +176,10 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
             "throughput": throughput,
             "latency_us": {"p50": p50, "p90": p90, "p99": p99, "max": max},
             "samples": s.len(),
+            "slots_lost": total.lost,
         });
         println!("{report}");
-        return Ok(outcome(completed, error_count));
+        return Ok(outcome(completed, error_count, total.lost, a.concurrency));
     }
     println!("{}: {} in flight over {connections} connection(s), {elapsed:.2} s", a.function, a.concurrency);
     println!("  requests    {completed} ({error_count} errors)");
@@ -188,7 +192,7 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         let example = total.example.get(kind).map_or_else(String::new, |m| format!("  (first: {m})"));
         println!("  {kind:<22}{n}{example}");
     }
-    Ok(outcome(completed, error_count))
+    Ok(outcome(completed, error_count, total.lost, a.concurrency))
 }
 
 /// Errors about the request itself, which every copy of it gets alike.
@@ -206,10 +210,16 @@ fn repeats(kind: ErrorKind) -> bool {
     )
 }
 
-/// Failure when nothing succeeded: a script running a benchmark learns that
-/// it measured only errors.
-fn outcome(completed: u64, errors: u64) -> ExitCode {
-    if completed > 0 && errors == completed {
+/// Failure when nothing succeeded, or when connections were lost: a script
+/// running a benchmark learns that it measured only errors, or a run cut
+/// short (the client does not reconnect).
+fn outcome(completed: u64, errors: u64, lost: u32, slots: u32) -> ExitCode {
+    if lost > 0 {
+        eprintln!(
+            "the run was cut short: {lost} of {slots} in-flight slots lost their connection to the node (UNAVAILABLE above); the figures cover only the requests before"
+        );
+        ExitCode::FAILURE
+    } else if completed > 0 && errors == completed {
         eprintln!("every request failed; see the errors above");
         ExitCode::FAILURE
     } else {
@@ -249,6 +259,7 @@ async fn slot(client: Arc<Client>, template: Request, stop: Stop, counters: Arc<
         // The connection is gone (the client does not reconnect): this slot
         // stops, the ones on other connections carry on.
         if lost {
+            tally.lost = 1;
             return tally;
         }
     }
