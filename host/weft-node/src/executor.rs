@@ -725,10 +725,20 @@ impl StepCall {
         }
         let nodes: Vec<String> = self.candidates.iter().map(|c| c.node.to_string()).collect();
         let message = if tried.is_empty() {
+            // A node that said it is leaving is linked still, but takes no calls.
+            let leaving: Vec<String> = self
+                .candidates
+                .iter()
+                .filter(|c| self.fabric.link(&c.node).is_some_and(|l| l.is_leaving()))
+                .map(|c| c.node.to_string())
+                .collect();
+            let why =
+                if leaving.is_empty() { String::new() } else { format!(" ({} shutting down)", leaving.join(", ")) };
             format!(
-                "function {} is on node(s) {} but none is linked to this node right now; retry shortly",
+                "function {} is on node(s) {}, none of which node {} can reach right now{why}; retry shortly",
                 self.function,
-                nodes.join(", ")
+                nodes.join(", "),
+                self.fabric.me.node
             )
         } else if self.fabric.links_closing.is_cancelled() {
             format!(
