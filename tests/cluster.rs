@@ -512,6 +512,28 @@ async fn a_draining_node_still_gets_the_answers_of_calls_it_forwarded() {
     drop(b);
 }
 
+/// A call forwarded to a node whose shutdown grace period runs out is
+/// answered as such, not lost with the link.
+#[tokio::test]
+async fn a_forwarded_call_cut_off_by_a_drain_is_answered_so() {
+    let files = vec![("hostile.toml".to_owned(), b"[limits]\ndeadline = \"20s\"\n".to_vec())];
+    let a = member("a", vec![], &[], "", "1s");
+    let b = member_with("b", vec!["hostile"], files, &[&a], "shutdown_grace = \"1s\"", "1s");
+    converged(&[&a], &["b"]).await;
+    let client = a.client().await;
+    let call = tokio::spawn(async move { client.call("spin", vec![]).await });
+    eventually("the call to be running on b", SETTLE, async || {
+        let peers = a.admin().get("/v1/peers").await.unwrap().body;
+        peers["links"].as_array().unwrap().iter().any(|l| l["in_flight"] == 1).then_some(())
+    })
+    .await;
+    b.signal_term();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UNAVAILABLE, "{e}");
+    assert!(e.message.contains("node b stopped (its shutdown grace period ended) before the call finished"), "{e}");
+    drop(b);
+}
+
 #[tokio::test]
 async fn a_peer_that_sends_more_calls_than_a_link_may_have_in_flight_is_answered_busy() {
     // A link may have 16 x max_in_flight_per_connection calls: here 16.

@@ -36,9 +36,6 @@ pub struct Executor {
     max_commands: usize,
     default_timeout: Duration,
     default_hop_budget: u32,
-    /// Cancelled when the node's shutdown grace period is over: requests
-    /// still running are answered UNAVAILABLE then, rather than cut off.
-    grace_over: tokio_util::sync::CancellationToken,
 }
 
 struct StepDone {
@@ -53,14 +50,13 @@ struct StepDone {
 impl Executor {
     pub fn new(fabric: Arc<Fabric>, max_commands: usize, default_timeout: Duration, default_hop_budget: u32) -> Self {
         let metrics = fabric.metrics.clone();
-        let grace_over = tokio_util::sync::CancellationToken::new();
-        Self { fabric, metrics, max_commands, default_timeout, default_hop_budget, grace_over }
+        Self { fabric, metrics, max_commands, default_timeout, default_hop_budget }
     }
 
-    /// Ends the requests still running, each with an UNAVAILABLE answer
-    /// (the node's shutdown grace period is over).
+    /// Ends the requests and forwarded calls still running, each with an
+    /// UNAVAILABLE answer (the node's shutdown grace period is over).
     pub(crate) fn end_running(&self) {
-        self.grace_over.cancel();
+        self.fabric.grace_over.cancel();
     }
 
     /// Every function callable from this node.
@@ -87,18 +83,9 @@ impl Executor {
     pub async fn execute(&self, req: Request, received: Instant) -> Response {
         let _in_flight = InFlight::enter(&self.metrics);
         let u = req.u.clone();
-        let ended = || {
-            WeftError::new(
-                ErrorKind::UNAVAILABLE,
-                format!(
-                    "node {} stopped (its shutdown grace period ended) before the request finished; its commands may or may not have run: retry on another node if that is safe",
-                    self.fabric.me.node
-                ),
-            )
-        };
         let result = tokio::select! {
             result = self.run(req, received) => result,
-            () = self.grace_over.cancelled() => Err(ended()),
+            () = self.fabric.grace_over.cancelled() => Err(stopped(&self.fabric.me.node, "the request")),
         };
         match result {
             Ok(response) => response,
@@ -1114,6 +1101,17 @@ pub fn encode(response: Response, max_frame: usize, metrics: &Metrics) -> (Strin
 }
 
 /// RESOURCE_EXHAUSTED for a reply of `size` bytes that would not fit a frame.
+/// The answer to `what` (a request, a call) still running on `node` when its
+/// shutdown grace period ended.
+pub(crate) fn stopped(node: &NodeId, what: &str) -> WeftError {
+    WeftError::new(
+        ErrorKind::UNAVAILABLE,
+        format!(
+            "node {node} stopped (its shutdown grace period ended) before {what} finished; it may or may not have run: retry on another node if that is safe"
+        ),
+    )
+}
+
 fn too_big(what: &str, size: usize, max_frame: usize) -> WeftError {
     WeftError::new(
         ErrorKind::RESOURCE_EXHAUSTED,

@@ -543,7 +543,13 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall, bytes: 
         return refuse(held_up(fabric, link));
     };
     let task = fabric.tracker.spawn(async move {
-        let (result, ran_on) = answered(run_forwarded(&fabric2, &link2, call), &fabric2.me.node).await;
+        let run = answered(run_forwarded(&fabric2, &link2, call), &fabric2.me.node);
+        let (result, ran_on) = tokio::select! {
+            ran = run => ran,
+            () = fabric2.grace_over.cancelled() => {
+                (Err(crate::executor::stopped(&fabric2.me.node, "the call")), fabric2.me.node.clone())
+            }
+        };
         lock(&link2.serving).remove(&id);
         // The reply holds its share until it is written; one that finds no
         // room beside the replies the peer has not read yet is refused.
@@ -600,12 +606,12 @@ async fn answered(run: impl Future<Output = Ran>, me: &NodeId) -> Ran {
     })
 }
 
-/// A call from a member runs here (the member chose this node). A call from
-/// another cluster is admitted by this node's own policy, whatever the
-/// origin decided, and then runs here or on a member that has the function.
 /// Where a forwarded call ended up running, and with what result.
 type Ran = (Result<Value, WeftError>, NodeId);
 
+/// A call from a member runs here (the member chose this node). A call from
+/// another cluster is admitted by this node's own policy, whatever the
+/// origin decided, and then runs here or on a member that has the function.
 async fn run_forwarded(fabric: &Arc<Fabric>, link: &Link, call: ForwardCall) -> Ran {
     admit_and_run(fabric, link, call).await.unwrap_or_else(|refused| (Err(refused), fabric.me.node.clone()))
 }

@@ -237,6 +237,10 @@ pub struct Fabric {
     pub(crate) tracker: TaskTracker,
     /// Closes every link; cancelled after the drain, so replies still flow.
     pub(crate) links_closing: CancellationToken,
+    /// Cancelled when the node's shutdown grace period is over: requests
+    /// and forwarded calls still running are answered UNAVAILABLE then,
+    /// rather than cut off.
+    pub(crate) grace_over: CancellationToken,
     pub(crate) link_tasks: TaskTracker,
 }
 
@@ -337,6 +341,7 @@ impl Fabric {
             events,
             tracker,
             links_closing: CancellationToken::new(),
+            grace_over: CancellationToken::new(),
             link_tasks: TaskTracker::new(),
         };
         (Arc::new(fabric), rx)
