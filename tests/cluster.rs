@@ -491,6 +491,18 @@ async fn a_call_or_result_too_big_for_a_frame_between_nodes_fails_alone() {
     assert_eq!(metric(&metrics, "weft_forwards_total{outcome=\"lost\"}").unwrap_or(0.0), 0.0, "no link was lost");
 }
 
+/// A call of hostile's `spin` made through `a`, once it runs on a member.
+async fn spin_through(a: &TestNode) -> tokio::task::JoinHandle<Result<Value, weft_proto::WeftError>> {
+    let client = a.client().await;
+    let call = tokio::spawn(async move { client.call("spin", vec![]).await });
+    eventually("the call to be running on a member", SETTLE, async || {
+        let peers = a.admin().get("/v1/peers").await.unwrap().body;
+        peers["links"].as_array().unwrap().iter().any(|l| l["in_flight"] == 1).then_some(())
+    })
+    .await;
+    call
+}
+
 /// A node told to stop drains its requests, including those running on
 /// other members: they answer it before it closes its links.
 #[tokio::test]
@@ -499,13 +511,7 @@ async fn a_draining_node_still_gets_the_answers_of_calls_it_forwarded() {
     let a = member("a", vec!["echo"], &[], "", "1s");
     let b = member_with("b", vec!["hostile"], files, &[&a], "", "1s");
     converged(&[&a, &b], &["a", "b"]).await;
-    let client = a.client().await;
-    let call = tokio::spawn(async move { client.call("spin", vec![]).await });
-    eventually("the call to be running on b", SETTLE, async || {
-        let peers = a.admin().get("/v1/peers").await.unwrap().body;
-        peers["links"].as_array().unwrap().iter().any(|l| l["in_flight"] == 1).then_some(())
-    })
-    .await;
+    let call = spin_through(&a).await;
     a.signal_term();
     let e = call.await.unwrap().unwrap_err();
     assert_eq!((e.kind, e.details["trap"].as_str()), (ErrorKind::GUEST_TRAP, Some("interrupted")), "{e}");
@@ -520,17 +526,12 @@ async fn a_forwarded_call_cut_off_by_a_drain_is_answered_so() {
     let a = member("a", vec![], &[], "", "1s");
     let b = member_with("b", vec!["hostile"], files, &[&a], "shutdown_grace = \"1s\"", "1s");
     converged(&[&a], &["b"]).await;
-    let client = a.client().await;
-    let call = tokio::spawn(async move { client.call("spin", vec![]).await });
-    eventually("the call to be running on b", SETTLE, async || {
-        let peers = a.admin().get("/v1/peers").await.unwrap().body;
-        peers["links"].as_array().unwrap().iter().any(|l| l["in_flight"] == 1).then_some(())
-    })
-    .await;
+    let call = spin_through(&a).await;
     b.signal_term();
     let e = call.await.unwrap().unwrap_err();
     assert_eq!(e.kind, ErrorKind::UNAVAILABLE, "{e}");
     assert!(e.message.contains("node b stopped (its shutdown grace period ended) before the call finished"), "{e}");
+    assert_eq!(e.details.get("link_lost"), Some(&json!(true)), "{e}");
     drop(b);
 }
 

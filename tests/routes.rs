@@ -50,6 +50,12 @@ async fn routes(node: &TestNode) -> Value {
     node.admin().get("/v1/routes").await.unwrap().body
 }
 
+/// A route from `node` to `cluster` that is held down for flapping.
+async fn held_down(node: &TestNode, cluster: &str) -> Option<Value> {
+    let table = routes(node).await;
+    table["routes"].as_array().unwrap().iter().find(|r| r["destination"] == cluster && r["held_down"] == true).cloned()
+}
+
 /// (next hop, hops) of the best route from `node` to `cluster`.
 async fn best(node: &TestNode, cluster: &str) -> Option<(String, u64)> {
     let table = routes(node).await;
@@ -289,16 +295,7 @@ async fn a_flapping_route_is_held_down_and_raises_an_alert() {
     // The fourth time, beta (next to the flapping link) holds the route down
     // and does not pass it on: the federation beyond does not churn.
     let _c = cluster_node("gamma", vec!["text"], &[&b], false);
-    let held = eventually("the route to be held down at beta", SETTLE, async || {
-        let table = routes(&b).await;
-        table["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["destination"] == "gamma" && r["held_down"] == true)
-            .cloned()
-    })
-    .await;
+    let held = eventually("the route to be held down at beta", SETTLE, async || held_down(&b, "gamma").await).await;
     assert_eq!(held["best"], false, "a held-down route is not used: {held}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(best(&a, "gamma").await, None, "alpha is not offered the held-down route");
@@ -326,16 +323,7 @@ async fn a_route_held_down_still_carries_calls_from_the_node_that_holds_it() {
         eventually("gamma withdrawn", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
     }
     let _b = cluster_node_as("beta1", "beta", vec![], &[&a, &c], true);
-    eventually("the route to gamma back, held down", SETTLE, async || {
-        let table = routes(&a).await;
-        table["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["destination"] == "gamma" && r["held_down"] == true)
-            .then_some(())
-    })
-    .await;
+    eventually("the route to gamma back, held down", SETTLE, async || held_down(&a, "gamma").await).await;
     let (value, hops, ran_on) =
         eventually("a call to gamma", SETTLE, async || call_where(&a, "gamma", "upper", None).await.ok()).await;
     assert_eq!((value, hops, ran_on.as_str()), (json!("ABC"), 2, "gamma1"));

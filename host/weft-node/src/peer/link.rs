@@ -547,7 +547,10 @@ fn serve_call(fabric: &Arc<Fabric>, link: &Arc<Link>, call: ForwardCall, bytes: 
         let (result, ran_on) = tokio::select! {
             ran = run => ran,
             () = fabric2.grace_over.cancelled() => {
-                (Err(crate::executor::stopped(&fabric2.me.node, "the call")), fabric2.me.node.clone())
+                // As good as a lost link to the caller's node: it may retry
+                // an idempotent call elsewhere.
+                let e = crate::executor::stopped(&fabric2.me.node, "the call").with("link_lost", true);
+                (Err(e.with("node", fabric2.me.node.to_string())), fabric2.me.node.clone())
             }
         };
         lock(&link2.serving).remove(&id);
