@@ -714,12 +714,11 @@ impl ClusterTask {
 
     /// Dials addresses members know and this node has no link to: a node
     /// that learns of another cluster's node by gossip meets it through the
-    /// same handshake and policy as one that was configured with it.
-    /// Dials addresses a member's beat lists. The member's word is all
-    /// there is, so a beat is read as far as `MAX_KNOWN` addresses, at most
-    /// `MAX_GOSSIP_DIALS` addresses are dialled per `AGAIN` and at most
-    /// `MAX_DIALING` dials run at once: a member cannot turn this node into
-    /// a dialler of every address it names.
+    /// same handshake and policy as one that was configured with it. The
+    /// member's word is all there is, so a beat is read as far as
+    /// `MAX_KNOWN` addresses, at most `MAX_GOSSIP_DIALS` addresses are
+    /// dialled per `AGAIN` and at most `MAX_DIALING` dials run at once: a
+    /// member cannot turn this node into a dialler of every address it names.
     fn dial_known(&mut self, known: Vec<String>) {
         const AGAIN: Duration = Duration::from_secs(10);
         const MAX_KNOWN: usize = 64;
@@ -868,11 +867,11 @@ impl ClusterTask {
                 continue;
             };
             // The neighbour's own functions, and those of clusters whose way
-            // (best route, or route held down) goes through this neighbour; and a function open to named
-            // clusters, this one among them, from whichever neighbour offered
-            // it and announced a route to its cluster: the clusters on the
-            // best route may not be trusted to carry its calls, so they go
-            // the way it came (`carriers`).
+            // (best route, or route held down) goes through this neighbour;
+            // and a function open to named clusters, this one among them,
+            // from whichever neighbour offered it and announced a route to
+            // its cluster: the clusters on the best route may not be trusted
+            // to carry its calls, so they go the way it came (`carriers`).
             let leads = |e: &CatalogEntry| {
                 e.cluster == link.remote.cluster || self.routes.way(now, &e.cluster).is_some_and(|r| r.via == *node)
             };
