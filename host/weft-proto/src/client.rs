@@ -145,6 +145,10 @@ impl Request {
                 WeftError::parse(format!(
                     "the message nests arrays and objects more than 128 deep, which the node does not read ({e}); flatten the value"
                 ))
+            } else if e.to_string().contains("hex escape") {
+                WeftError::parse(format!(
+                    "the message is not valid JSON: {e}; a \\uD800-\\uDFFF escape must be one half of a surrogate pair (\\uD83D\\uDE00), since strings are Unicode text"
+                ))
             } else {
                 WeftError::parse(format!("the message is not valid JSON: {e}"))
             };
@@ -454,6 +458,17 @@ mod tests {
         let (_, e) = Request::decode(deep.as_bytes()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PARSE_ERROR);
         assert!(e.message.contains("more than 128 deep"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        for half in [r"\ud800", r"\udc00", r"\ud800x"] {
+            let frame =
+                format!(r#"{{"role": "rpc", "u": "s", "cmds": [{{"name": "a", "fun": "echo", "args": ["{half}"]}}]}}"#);
+            let (_, e) = Request::decode(frame.as_bytes()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PARSE_ERROR);
+            assert!(e.message.contains("must be one half of a surrogate pair"), "{half}: {}", e.message);
+        }
     }
 
     #[test]
