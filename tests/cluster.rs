@@ -535,6 +535,34 @@ async fn a_forwarded_call_cut_off_by_a_drain_is_answered_so() {
     drop(b);
 }
 
+/// A member's frame over `limits.max_frame` closes its link, saying by how
+/// much (nodes of one fabric should share the limit), whether or not it is
+/// the first frame after the handshake.
+#[tokio::test]
+async fn a_peer_frame_over_the_limit_closes_the_link_with_its_size() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_frame = \"4KiB\"\n".into(), ..NodeSpec::default() });
+    let oversized = json!({"t": "beat", "incarnation": 1, "version": 0, "links": [], "known": ["x".repeat(8192)]});
+    for (id, first) in [("m8", None), ("m9", Some(json!({"t": "relay", "entries": []})))] {
+        let mut peer = FakePeer::join(&node, id, "local").await;
+        if let Some(first) = first {
+            peer.send(&first).await;
+        }
+        peer.send(&oversized).await;
+        let close = loop {
+            match peer.ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a reason"),
+                Some(Ok(_)) => continue,
+                other => panic!("{id}: the link ended without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.code, CloseCode::Size, "{id}");
+        assert!(close.reason.contains("bytes is over limits.max_frame (4096 bytes)"), "{id}: {}", close.reason);
+    }
+}
+
 #[tokio::test]
 async fn a_peer_that_sends_more_calls_than_a_link_may_have_in_flight_is_answered_busy() {
     // A link may have 16 x max_in_flight_per_connection calls: here 16.

@@ -203,8 +203,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
-                let reason = format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)");
-                let close = Message::Close(Some(close_frame(CloseCode::Size, &reason)));
+                let close = Message::Close(Some(over_max_frame(size, max_size)));
                 let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
                 still_sending = true;
                 break;
@@ -412,6 +411,11 @@ async fn large_request(
 
 /// A close frame whose reason is cut to fit: a close frame's payload holds
 /// 125 bytes, two of them the code.
+/// The close frame for a frame of `size` bytes over the limit of `max_size`.
+pub(crate) fn over_max_frame(size: usize, max_size: usize) -> CloseFrame {
+    close_frame(CloseCode::Size, &format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)"))
+}
+
 pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }

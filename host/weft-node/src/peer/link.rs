@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -299,6 +300,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A peer's frame over `limits.max_frame`: counted, logged, and the close
+/// frame that says so.
+pub(super) fn peer_frame_too_large(fabric: &Fabric, peer: &NodeId, e: &CapacityError) -> CloseFrame {
+    fabric.metrics.reject_frame("too_large");
+    tracing::warn!(%peer, error = %e, "peer frame over limits.max_frame (do the nodes have the same limit?); closing the link");
+    match *e {
+        CapacityError::MessageTooLong { size, max_size } => crate::ws::over_max_frame(size, max_size),
+        _ => close_frame(CloseCode::Size, "frame over limits.max_frame"),
+    }
+}
+
 /// Serves a registered link until either side closes it.
 pub(super) async fn run<S>(
     fabric: Arc<Fabric>,
@@ -345,10 +357,8 @@ pub(super) async fn run<S>(
                     Ok(Message::Text(t)) => t.as_bytes().to_vec(),
                     Ok(Message::Binary(b)) => b.to_vec(),
                     Ok(Message::Close(_)) => break,
-                    Err(e @ tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
-                        metrics.reject_frame("too_large");
-                        tracing::warn!(peer = %link.remote.node, error = %e, "peer frame over limits.max_frame (do the nodes have the same limit?); closing the link");
-                        return Some(close_frame(CloseCode::Size, "frame over limits.max_frame"));
+                    Err(tokio_tungstenite::tungstenite::Error::Capacity(e)) => {
+                        return Some(peer_frame_too_large(&fabric, &link.remote.node, &e));
                     }
                     Err(e) => {
                         tracing::debug!(peer = %link.remote.node, error = %e, "peer link failed");

@@ -898,7 +898,14 @@ impl Fabric {
         }
         // The dialler may still refuse the welcome (its policy, or our
         // proof): the link is up once its first frame is not a refusal.
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await.ok().flatten().and_then(Result::ok);
+        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await {
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e)))) => {
+                let close = Message::Close(Some(link::peer_frame_too_large(self, &hello.node, &e)));
+                let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.send(close)).await;
+                None
+            }
+            read => read.ok().flatten().and_then(Result::ok),
+        };
         let refusal = match &first {
             Some(Message::Text(t)) => match serde_json::from_str::<PeerMsg>(t) {
                 Ok(PeerMsg::Reject(reject)) => Some(reject.bounded()),
