@@ -1100,7 +1100,6 @@ pub fn encode(response: Response, max_frame: usize, metrics: &Metrics) -> (Strin
     (serde_json::to_string(&Response::err(response.u, &e)).unwrap_or_default(), Some(e.kind))
 }
 
-/// RESOURCE_EXHAUSTED for a reply of `size` bytes that would not fit a frame.
 /// The answer to `what` (a request, a call) still running on `node` when its
 /// shutdown grace period ended.
 pub(crate) fn stopped(node: &NodeId, what: &str) -> WeftError {
@@ -1112,6 +1111,7 @@ pub(crate) fn stopped(node: &NodeId, what: &str) -> WeftError {
     )
 }
 
+/// RESOURCE_EXHAUSTED for a reply of `size` bytes that would not fit a frame.
 fn too_big(what: &str, size: usize, max_frame: usize) -> WeftError {
     WeftError::new(
         ErrorKind::RESOURCE_EXHAUSTED,

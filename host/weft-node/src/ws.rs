@@ -409,13 +409,13 @@ async fn large_request(
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 
-/// A close frame whose reason is cut to fit: a close frame's payload holds
-/// 125 bytes, two of them the code.
 /// The close frame for a frame of `size` bytes over the limit of `max_size`.
 pub(crate) fn over_max_frame(size: usize, max_size: usize) -> CloseFrame {
     close_frame(CloseCode::Size, &format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)"))
 }
 
+/// A close frame whose reason is cut to fit: a close frame's payload holds
+/// 125 bytes, two of them the code.
 pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame { code, reason: reason[..reason.floor_char_boundary(120)].to_owned().into() }
 }

@@ -141,11 +141,12 @@ impl Request {
         let u_text = |u: &Value| u.as_str().map_or_else(|| u.to_string(), str::to_owned);
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
             let u = read_u(bytes).map(|u| u_text(&u));
-            let e = if e.to_string().starts_with("recursion limit exceeded") {
+            let text = e.to_string();
+            let e = if text.starts_with("recursion limit exceeded") {
                 WeftError::parse(format!(
                     "the message nests arrays and objects more than 128 deep, which the node does not read ({e}); flatten the value"
                 ))
-            } else if e.to_string().contains("hex escape") {
+            } else if text.contains("hex escape") {
                 WeftError::parse(format!(
                     "the message is not valid JSON: {e}; a \\uD800-\\uDFFF escape must be one half of a surrogate pair (\\uD83D\\uDE00), since strings are Unicode text"
                 ))

@@ -784,11 +784,13 @@ impl Spent {
                 Ok(Ok(instance)) => plugin.spares.put(WarmInstance { store, instance, output, uses: 0 }, place),
                 // No spare while the pool is full; a start-up that traps or
                 // runs past the deadline would fail every spare the same way.
-                Ok(Err(e)) if !is_pool_full(&format!("{e:#}")) => {
-                    tracing::warn!(plugin = %plugin.label, error = %format!("{e:#}"), "making an instance of the plugin failed; it gets no spare instances");
-                    plugin.spares.stop();
+                Ok(Err(e)) => {
+                    let error = format!("{e:#}");
+                    if !is_pool_full(&error) {
+                        tracing::warn!(plugin = %plugin.label, %error, "making an instance of the plugin failed; it gets no spare instances");
+                        plugin.spares.stop();
+                    }
                 }
-                Ok(Err(_)) => {}
                 Err(_) => {
                     tracing::warn!(plugin = %plugin.label, deadline = ?plugin.limits.deadline, "making an instance of the plugin outlasted its deadline (its start-up waits or loops); it gets no spare instances");
                     plugin.spares.stop();

@@ -241,7 +241,6 @@ impl LogRate {
         dropped.lines += call.lines;
         dropped.logs += call.logs;
         dropped.denied_logs += call.denied_logs;
-        dropped.failed_calls += call.failed_calls;
         let now = Instant::now();
         if dropped.is_empty() || reported.is_some_and(|at| now < at + DROP_REPORT_EVERY) {
             self.pending.store(!dropped.is_empty(), Ordering::Release);

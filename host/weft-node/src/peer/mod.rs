@@ -392,14 +392,14 @@ impl Fabric {
         read(&self.view).next_hops.get(cluster).cloned()
     }
 
-    /// Cluster crossings of the best route to `cluster`.
+    /// Cluster crossings of the route calls to `cluster` take.
     pub fn route_hops(&self, cluster: &ClusterId) -> Option<u32> {
-        self.best_route(cluster, |r| r.hops)
+        self.way(cluster, |r| r.hops)
     }
 
-    /// The clusters the best route to `cluster` crosses, `cluster` last.
+    /// The clusters the route calls to `cluster` take crosses, `cluster` last.
     pub fn route_path(&self, cluster: &ClusterId) -> Option<Vec<ClusterId>> {
-        self.best_route(cluster, |r| r.path.clone())
+        self.way(cluster, |r| r.path.clone())
     }
 
     /// Whether a line about a peer's misbehaviour may be logged now: such
@@ -419,7 +419,8 @@ impl Fabric {
         read(&self.view).routes.member_path(via, cluster).map(<[ClusterId]>::to_vec)
     }
 
-    fn best_route<T>(&self, cluster: &ClusterId, read_it: impl FnOnce(&weft_fabric::Route) -> T) -> Option<T> {
+    /// Reads the route calls to `cluster` take (`RouteTable::way`).
+    fn way<T>(&self, cluster: &ClusterId, read_it: impl FnOnce(&weft_fabric::Route) -> T) -> Option<T> {
         let view = read(&self.view);
         view.routes.way(view.now(), cluster).map(read_it)
     }
