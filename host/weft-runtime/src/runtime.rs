@@ -725,7 +725,8 @@ impl Runtime {
                     ),
                 )
                 .with("limit", limit);
-                return Err(guest_failed(&plugin, e));
+                plugin.log_rate.failed(&e.message);
+                return Err(e);
             }
             Ok(Err(e)) => return Err(guest_failed(&plugin, trap_error(qualified, &plugin, e, memory_hit, stop))),
             Ok(Ok(results)) => results,
@@ -1237,10 +1238,12 @@ fn report_dropped(label: &str, function: &str, d: &sandbox::Dropped) {
 }
 
 /// Counts `e` for the plugin's next report when the guest caused it (a trap,
-/// an interrupt, a result it cannot hand over): the log then names the
-/// plugins that misbehave, not only the metrics.
+/// an interrupt, a value it handed over that cannot be read): the log then
+/// names the plugins that misbehave, not only the metrics. The caller's
+/// deadline (`DEADLINE_EXCEEDED`) and a full pool (`RESOURCE_EXHAUSTED`)
+/// are not the guest's doing.
 fn guest_failed(plugin: &Plugin, e: WeftError) -> WeftError {
-    if e.kind == ErrorKind::GUEST_TRAP || e.kind == ErrorKind::RESOURCE_EXHAUSTED {
+    if e.kind == ErrorKind::GUEST_TRAP {
         plugin.log_rate.failed(&e.message);
     }
     e
