@@ -580,3 +580,46 @@ fn a_bad_flag_is_reported_with_its_value_and_where_it_came_from() {
     assert!(err.contains("node.advertise") && err.contains("(set by a flag or WEFT_* variable)"), "{err}");
     assert!(!err.contains("node.seeds") && !err.contains("node.id"), "{err}");
 }
+
+#[test]
+fn any_config_key_can_be_set_by_a_flag_or_a_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        "[node]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ncluster = \"alpha\"\n[limits]\nmax_commands = 8\n";
+    std::fs::write(dir.path().join("weft.toml"), toml).unwrap();
+    // Each problem is named with the flag or variable that caused it.
+    let out = Command::new(WEFT)
+        .current_dir(dir.path())
+        .args(["node", "--config", "weft.toml", "--set", "limits.max_comands=2", "--set", "routing.max_hops=none"])
+        .env("WEFT_LIMITS__DEADLINE", "soon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown key `limits.max_comands` (set by --set)"), "{err}");
+    assert!(err.contains("routing.max_hops: invalid type: string \"none\"") && err.contains("(set by --set)"), "{err}");
+    assert!(
+        err.contains("limits.deadline: invalid duration \"soon\"") && err.contains("(set by WEFT_LIMITS__DEADLINE)"),
+        "{err}"
+    );
+
+    // A variable sets a key the file does not have, and a flag wins over
+    // both the file and a variable for the same key.
+    let node = TestNode::spawn_with_env(
+        dir,
+        &["node", "--config", "weft.toml", "--set", "limits.max_commands=1", "--set", "node.id=42"],
+        &[("WEFT_NODE__CLUSTER", "zeta"), ("WEFT_LIMITS__MAX_COMMANDS", "5")],
+    );
+    assert_eq!(node.id, "42", "a value that reads as a number is a string where the key takes one");
+    let (code, out, _) = weft(&["catalog", "--node", &node.admin_url, "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"zeta\""), "{out}");
+    let file = node.dir.path().join("req.json");
+    write(
+        &file,
+        r#"{"cmds": [{"name": "a", "fun": "upper", "args": ["x"]}, {"name": "b", "fun": "upper", "args": ["y"]}]}"#,
+    );
+    let (code, _, err) = weft(&["call", "--node", &node.ws, "--request", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("over the limit of 1 per request (limits.max_commands)"), "{err}");
+}

@@ -62,9 +62,14 @@ impl TestNode {
     }
 
     pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        Self::spawn_with_env(dir, args, &[])
+    }
+
+    pub fn spawn_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> TestNode {
         let stderr_log = dir.path().join("stderr.log");
         let mut child = Command::new(WEFT)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .env("WEFT_LOG", "info,weft::guest=debug")
             .stdin(Stdio::null())

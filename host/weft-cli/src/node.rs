@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use weft_node::config::Setting;
 use weft_node::{Config, Overrides};
 
 #[derive(Args)]
@@ -41,6 +42,11 @@ pub struct NodeArgs {
     /// The URL other nodes dial to reach this one (default: ws:// + the bound listen address).
     #[arg(long, env = "WEFT_ADVERTISE")]
     advertise: Option<String>,
+    /// Any key of the config file, over the file (repeat; such as
+    /// `--set limits.deadline=10s`). `WEFT_SECTION__KEY` variables do the
+    /// same (`WEFT_LIMITS__DEADLINE=10s`); flags win over variables.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Setting::from_flag)]
+    settings: Vec<Setting>,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
@@ -60,6 +66,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         resources: list(args.resources),
         data_dir: path(args.data_dir),
         advertise: text(args.advertise),
+        // Variables first, so that a flag setting the same key wins.
+        settings: Setting::from_env(
+            std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())),
+        )
+        .into_iter()
+        .chain(args.settings)
+        .collect(),
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Taken over before the (possibly long) start: a SIGHUP or SIGTERM that

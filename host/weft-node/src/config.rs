@@ -343,12 +343,16 @@ pub struct Overrides {
     pub resources: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
     pub advertise: Option<String>,
+    /// Any other key (`--set`, `WEFT_SECTION__KEY`), in the order given:
+    /// a later one wins, and the named overrides above win over these.
+    pub settings: Vec<Setting>,
 }
 
 impl Overrides {
-    /// The config keys these set, as problems name them.
-    fn keys(&self) -> Vec<&'static str> {
-        let set = [
+    /// The config keys these set, each with where it was set, as problems
+    /// name them.
+    fn keys(&self) -> Vec<(String, String)> {
+        let named = [
             ("node.id", self.id.is_some()),
             ("node.cluster", self.cluster.is_some()),
             ("node.listen", self.listen.is_some()),
@@ -359,7 +363,127 @@ impl Overrides {
             ("node.data_dir", self.data_dir.is_some()),
             ("node.advertise", self.advertise.is_some()),
         ];
-        set.into_iter().filter(|(_, on)| *on).map(|(key, _)| key).collect()
+        let named = named
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(key, _)| (key.to_owned(), "a flag or WEFT_* variable".into()));
+        let set = self.effective_settings().map(|s| (s.key.clone(), s.source.clone()));
+        named.chain(set).collect()
+    }
+
+    /// The settings that count: the last of each key.
+    fn effective_settings(&self) -> impl Iterator<Item = &Setting> {
+        let settings = &self.settings;
+        settings
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !settings[i + 1..].iter().any(|later| later.key == s.key))
+            .map(|(_, s)| s)
+    }
+
+    fn sets(&self, key: &str) -> bool {
+        self.settings.iter().any(|s| s.key == key)
+    }
+}
+
+/// One key set over the file by `--set KEY=VALUE` or a `WEFT_SECTION__KEY`
+/// variable, so that every key of the file can come from the command line
+/// or the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting {
+    /// The key's dotted path: `limits.deadline`.
+    pub key: String,
+    /// The value: TOML where it reads as TOML (`4`, `true`, `["a"]`,
+    /// `"quoted"`), else the text as a string (`10s`, `alpha`).
+    pub value: String,
+    /// `--set` or the variable's name, for problems.
+    pub source: String,
+}
+
+impl Setting {
+    /// `KEY=VALUE` as `--set` takes it.
+    pub fn from_flag(arg: &str) -> Result<Setting, String> {
+        let (key, value) =
+            arg.split_once('=').ok_or_else(|| format!("{arg:?} is not KEY=VALUE (such as limits.deadline=10s)"))?;
+        Ok(Setting { key: key.trim().to_owned(), value: value.trim().to_owned(), source: "--set".into() })
+    }
+
+    /// The `WEFT_*` variables whose names hold `__`, which separates
+    /// sections from keys: `WEFT_LIMITS__MAX_RESULT` sets
+    /// `limits.max_result`. Names are taken in lowercase.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Setting> {
+        let mut settings: Vec<Setting> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let path = name.strip_prefix("WEFT_").filter(|rest| rest.contains("__"))?;
+                Some(Setting { key: path.to_lowercase().replace("__", "."), value, source: name })
+            })
+            .collect();
+        // The environment has no order; a stable one keeps problems stable.
+        settings.sort_by(|a, b| a.source.cmp(&b.source));
+        settings
+    }
+
+    /// Sets this key in `doc` (`file`, with the settings before it), or
+    /// says what is wrong with it: a path that names no key, or a value its
+    /// key cannot take. The value is taken as TOML where it reads as TOML
+    /// and the key takes that (`4`, `true`, `["a"]`), else as a string
+    /// (`10s`, and `123` for `node.id`).
+    fn apply(&self, doc: &mut toml_edit::DocumentMut) -> Result<(), Vec<String>> {
+        let said =
+            |problems: Vec<String>| problems.into_iter().map(|p| format!("{p} (set by {})", self.source)).collect();
+        let typed = self.value.parse::<toml_edit::Value>().ok().filter(|v| !v.is_str());
+        let mut first = None;
+        for value in typed.into_iter().chain([self.value.as_str().into()]) {
+            let mut tried = doc.clone();
+            self.insert(&mut tried, value).map_err(|e| said(vec![format!("{}: {e}", self.key)]))?;
+            let problems = self.problems(&tried.to_string());
+            if problems.is_empty() {
+                *doc = tried;
+                return Ok(());
+            }
+            first.get_or_insert(problems);
+        }
+        Err(said(first.unwrap_or_default()))
+    }
+
+    /// Unknown keys and values of the wrong kind in `text`: the file,
+    /// which parsed alone, with this setting in it.
+    fn problems(&self, text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let parsed: Result<Config, toml::de::Error> = toml::Deserializer::parse(text)
+            .and_then(|de| serde_ignored::deserialize(de, |path| problems.push(format!("unknown key `{path}`"))));
+        if let Err(e) = parsed {
+            problems.push(format!("{}: {}", self.key, e.message().trim()));
+        }
+        problems
+    }
+
+    /// Puts `value` at this key's path in `doc`, making the sections it
+    /// names where needed.
+    fn insert(&self, doc: &mut toml_edit::DocumentMut, value: toml_edit::Value) -> Result<(), String> {
+        let segments: Vec<&str> = self.key.split('.').collect();
+        let Some((last, sections)) = segments.split_last().filter(|_| segments.iter().all(|s| !s.is_empty())) else {
+            return Err("not a key path: sections and key joined by '.' (such as limits.deadline)".into());
+        };
+        if sections.is_empty() {
+            return Err("a section or unknown, not a key: name a key in a section (such as limits.deadline)".into());
+        }
+        let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
+        for (i, section) in sections.iter().enumerate() {
+            let path = segments[..=i].join(".");
+            let item = table.entry(section).or_insert_with(|| {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                toml_edit::Item::Table(t)
+            });
+            if item.is_array_of_tables() {
+                return Err(format!("{path} is a list of tables ([[{path}]]), which is set in the file only"));
+            }
+            table = item.as_table_like_mut().ok_or_else(|| format!("{path} is a value, not a section"))?;
+        }
+        table.insert(last, toml_edit::Item::Value(value));
+        Ok(())
     }
 }
 
@@ -374,49 +498,78 @@ pub struct ConfigError {
 impl Config {
     /// Reads a config file; `None` gives the embedded default.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        // The file's text, so that validation problems can name their line.
-        let mut source_text = None;
-        let mut config = match path {
-            None => Config::default(),
-            Some(p) => {
-                let file = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                    file: file.clone(),
-                    problems: vec![format!("cannot read the file: {e}")],
-                })?;
-                let mut config = Config::parse(&file, &text)?;
-                // Relative paths in a file are relative to the file.
-                let base = p.parent().unwrap_or(Path::new("."));
+        let overridden = overrides.keys();
+        let file = match path {
+            None => "(flags and WEFT_* variables over the defaults)".to_owned(),
+            Some(p) if overridden.is_empty() => p.display().to_string(),
+            Some(p) => format!("{} (with flags and WEFT_* variables over it)", p.display()),
+        };
+        // The file's text, so that problems can name their line.
+        let text = match path {
+            None => String::new(),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| ConfigError {
+                file: p.display().to_string(),
+                problems: vec![format!("cannot read the file: {e}")],
+            })?,
+        };
+        let mut config = Config::parse(&file, &text)?;
+        if !overrides.settings.is_empty() {
+            // The file is checked alone first, so that its problems name
+            // their lines; then each setting over it, so that each problem
+            // names the setting that caused it.
+            let fail = |problems| ConfigError { file: file.clone(), problems };
+            let mut doc: toml_edit::DocumentMut =
+                text.parse().map_err(|e: toml_edit::TomlError| fail(vec![e.to_string().trim().to_owned()]))?;
+            let mut problems = Vec::new();
+            for setting in overrides.effective_settings() {
+                if let Err(mut more) = setting.apply(&mut doc) {
+                    problems.append(&mut more);
+                }
+            }
+            if !problems.is_empty() {
+                return Err(fail(problems));
+            }
+            config = toml::from_str(&doc.to_string()).map_err(|e| fail(vec![e.message().trim().to_owned()]))?;
+        }
+        if let Some(p) = path {
+            // Relative paths in a file are relative to the file; those set
+            // by flags and variables, to the working directory.
+            let base = p.parent().unwrap_or(Path::new("."));
+            let of_file = |key: &str| !overrides.sets(key);
+            if of_file("node.plugins") {
                 config.node.plugins = config.node.plugins.map(|d| base.join(d));
+            }
+            if of_file("node.data_dir") {
                 config.node.data_dir = base.join(&config.node.data_dir);
-                for path in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.ca] {
+            }
+            let tls = &mut config.tls;
+            for (key, path) in [("tls.cert", &mut tls.cert), ("tls.key", &mut tls.key), ("tls.ca", &mut tls.ca)] {
+                if of_file(key) {
                     *path = path.take().map(|p| base.join(p));
                 }
-                let key = &mut config.routing.security.signing_key;
-                if !key.is_empty() {
-                    *key = base.join(&*key).display().to_string();
-                }
-                source_text = Some(text);
-                config
             }
-        };
+            let key = &mut config.routing.security.signing_key;
+            if of_file("routing.security.signing_key") && !key.is_empty() {
+                *key = base.join(&*key).display().to_string();
+            }
+        }
         config.apply(overrides);
         config.source = path.map(Path::to_owned);
         config.overrides = overrides.clone();
         config.validate().map_err(|problems| {
-            let overridden = overrides.keys();
-            let file = match path {
-                None => "(flags and WEFT_* variables over the defaults)".to_owned(),
-                Some(p) if overridden.is_empty() => p.display().to_string(),
-                Some(p) => format!("{} (with flags and WEFT_* variables over it)", p.display()),
-            };
             // Say which problems came from a flag or variable, not the file.
+            let set_by = |p: &str| {
+                let by_key = |(key, _): &&(String, String)| {
+                    p.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with([':', ' ', '[']))
+                };
+                overridden.iter().find(by_key).map(|(_, source)| source)
+            };
             let problems = problems
                 .into_iter()
-                .map(|p| match (overridden.iter().find(|key| p.starts_with(*key)), &source_text) {
-                    (Some(_), _) => format!("{p} (set by a flag or WEFT_* variable)"),
-                    (None, Some(text)) => with_line(text, p),
-                    (None, None) => p,
+                .map(|p| match set_by(&p) {
+                    Some(source) => format!("{p} (set by {source})"),
+                    None if path.is_some() => with_line(&text, p),
+                    None => p,
                 })
                 .collect();
             ConfigError { file, problems }
@@ -1367,5 +1520,49 @@ block = ["/x", "Upper", "text/snake_case"]
         std::fs::write(&path, "[limits]\nmax_concurrency = 0\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("limits.max_concurrency"), "{err}");
+    }
+
+    #[test]
+    fn settings_come_from_weft_variables_with_sections_and_from_set_flags() {
+        let vars = [("WEFT_ID", "n1"), ("WEFT_LIMITS__MAX_RESULT", "1MiB"), ("HOME", "/"), ("WEFT_A__B__C_D", "x")];
+        let settings = Setting::from_env(vars.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let keys: Vec<(&str, &str)> = settings.iter().map(|s| (s.key.as_str(), s.source.as_str())).collect();
+        assert_eq!(keys, [("a.b.c_d", "WEFT_A__B__C_D"), ("limits.max_result", "WEFT_LIMITS__MAX_RESULT")]);
+        let flag = Setting::from_flag("routing.max_hops = 3").unwrap();
+        assert_eq!((flag.key.as_str(), flag.value.as_str()), ("routing.max_hops", "3"));
+        assert!(Setting::from_flag("routing.max_hops").unwrap_err().contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn settings_take_toml_or_text_the_last_of_a_key_wins_and_their_paths_are_the_caller_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "[node]\nplugins = \"p\"\n[limits]\ndeadline = \"2s\"\n").unwrap();
+        let set = |key: &str, value: &str| Setting { key: key.into(), value: value.into(), source: "--set".into() };
+        let o = Overrides {
+            settings: vec![
+                set("limits.deadline", "nonsense"),
+                set("limits.deadline", "9s"),
+                set("federation.allowed_clusters", "[\"b\", \"c\"]"),
+                set("node.data_dir", "d"),
+                set("routing.max_hops", "3"),
+                set("node.cluster", "true"),
+            ],
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(c.limits.deadline, Duration::from_secs(9), "only the last setting of a key counts");
+        assert_eq!(c.federation.allowed_clusters, ["b", "c"]);
+        assert_eq!((c.routing.max_hops, c.node.cluster.as_str()), (3, "true"));
+        assert_eq!(c.node.plugins, Some(dir.path().join("p")), "the file's path is the file's");
+        assert_eq!(c.node.data_dir, PathBuf::from("d"), "a setting's path is the working directory's");
+
+        let o = Overrides { settings: vec![set("federation.bridges.cluster", "b"), set("node", "x")], ..o };
+        let err = Config::load(Some(&path), &o).unwrap_err().to_string();
+        assert!(
+            err.contains("federation.bridges.cluster: invalid type: map, expected a sequence (set by --set)"),
+            "{err}"
+        );
+        assert!(err.contains("node: a section or unknown, not a key"), "{err}");
     }
 }
