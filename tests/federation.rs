@@ -724,6 +724,47 @@ async fn a_step_whose_destination_a_reload_blocked_meanwhile_is_refused_by_the_p
     assert_eq!(err.details["rule"], "blocked-cluster", "{err:?}");
 }
 
+/// A call from another cluster that waits for a sandbox slot is checked
+/// again when it gets one: a reload that blocked its function meanwhile
+/// refuses it, as it refuses new calls, instead of running it.
+#[tokio::test]
+async fn a_foreign_call_waiting_for_a_slot_is_refused_by_a_policy_reloaded_meanwhile() {
+    let files = vec![("hostile.toml".to_owned(), b"[limits]\ndeadline = \"3s\"\n".to_vec())];
+    let config = format!(
+        "id = \"b1\"\ncluster = \"beta\"\n[cluster]\nbeat_interval = \"100ms\"\n[limits]\nmax_concurrency = 1\n{}\n",
+        allow("alpha")
+    );
+    let b1 = TestNode::start(NodeSpec { plugins: vec!["text", "hostile"], files, config });
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
+    eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
+
+    // b1's only sandbox slot spins for 3 s; alpha's call waits for it.
+    let spinner = b1.client().await;
+    let spin = tokio::spawn(async move { spinner.call("spin", vec![]).await });
+    let admitted = async || {
+        let text = b1.admin().get("/metrics").await.unwrap().text;
+        metric(&text, "weft_federation_decisions_total{point=\"call-target\",outcome=\"accepted\"").map(|_| ())
+    };
+    let queued = {
+        let a1_ws = a1.ws.clone();
+        tokio::spawn(async move {
+            let mut cmd = Command::new("u", "upper", vec![json!("queued")]);
+            cmd.target_cluster = Some("beta".into());
+            weft_client::Client::connect(&a1_ws).await.unwrap().call_command(cmd).await
+        })
+    };
+    eventually("alpha's call let in at b1", SETTLE, admitted).await;
+
+    rewrite_federation(&b1, &format!("{}\n[federation.functions]\nblock = [\"upper\"]", allow("alpha")));
+    let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let err = queued.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{err:?}");
+    assert_eq!(err.details["rule"], "function-blocked", "{err:?}");
+    assert!(err.message.contains("reloaded while the call waited for a sandbox slot"), "{err:?}");
+    assert!(!spin.await.unwrap().unwrap_err().message.is_empty(), "the spin ran out its deadline");
+}
+
 /// A peer's answer must fit the function's result type: a node of another
 /// cluster that answers `upper` with a number gets its caller an INTERNAL
 /// error naming it, never the number; a fitting answer passes.

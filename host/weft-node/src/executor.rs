@@ -27,7 +27,7 @@ use weft_proto::{Caller, ClusterId, Command, ErrorKind, FunctionId, NodeId, Requ
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::peer::{Fabric, ForwardCall, Link, Point};
+use crate::peer::{Admission, Fabric, ForwardCall, Link, Point};
 use crate::signing::{CallClaim, OriginProof};
 
 pub struct Executor {
@@ -296,6 +296,7 @@ impl Executor {
             caller: scope.caller.clone(),
             load: scope.load,
             origin_proof: None,
+            admission: None,
         };
         running.start(async move {
             let started = Instant::now();
@@ -446,6 +447,9 @@ pub(crate) struct StepCall {
     pub load: NodeLoad,
     /// The origin cluster's proof, carried on unchanged (see `ForwardCall`).
     pub origin_proof: Option<OriginProof>,
+    /// For a call from another cluster, what let it in here, asked again
+    /// before it runs on this node.
+    pub admission: Option<Admission>,
 }
 
 fn was_not_loaded(result: &Result<Value, WeftError>) -> bool {
@@ -466,7 +470,13 @@ impl StepCall {
             let f = &self.function;
             let target = CallTarget { plugin: &f.plugin, version: Some(&self.version), function: &f.function };
             let timer = metrics.call_timer(f);
-            let result = self.fabric.runtime.call(target, &self.args, self.deadline, &self.caller, self.load).await;
+            let admitted = || match &self.admission {
+                Some(a) => a.holds(&self.fabric, f, &self.federation_path),
+                None => Ok(()),
+            };
+            let runtime = &self.fabric.runtime;
+            let result =
+                runtime.call_admitted(target, &self.args, self.deadline, &self.caller, self.load, &admitted).await;
             timer.finish(result.is_ok());
             if !was_not_loaded(&result) || self.candidates.len() == 1 {
                 return (result, me);

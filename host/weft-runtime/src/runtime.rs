@@ -626,6 +626,21 @@ impl Runtime {
         caller: &Caller,
         load: NodeLoad,
     ) -> Result<Value, WeftError> {
+        self.call_admitted(target, args, deadline, caller, load, &|| Ok(())).await
+    }
+
+    /// `call`, with `admitted` asked again once the call holds a sandbox
+    /// slot: what let the caller in (a federation policy) may have been
+    /// reloaded while it waited, and a call refused now runs nothing.
+    pub async fn call_admitted(
+        &self,
+        target: CallTarget<'_>,
+        args: &[Value],
+        deadline: Instant,
+        caller: &Caller,
+        load: NodeLoad,
+        admitted: &(dyn Fn() -> Result<(), WeftError> + Sync),
+    ) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
             return Err(WeftError::new(
@@ -653,6 +668,7 @@ impl Runtime {
                 format!("{qualified}: the deadline passed while waiting for a free sandbox slot (limits.max_concurrency = {})", self.config.max_concurrency),
             )
         })?;
+        admitted()?;
         let own_deadline = Instant::now() + plugin.limits.deadline;
         // Whose deadline an interrupt enforces: the caller's is a timeout,
         // the plugin's own a fault of the guest.

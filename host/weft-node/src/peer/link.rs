@@ -731,22 +731,26 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 format!("{function}@{version} is not offered by cluster {cluster} as node {} sees it", me.node),
             ));
         }
+        let mut admission = None;
         if let Some(neighbour) = call.federation_path.last().filter(|_| local) {
             // So are this node's function rules: the bridge node that let
             // the call in may still run an older policy.
             let exported =
                 entries.iter().any(|e| mine(e) && e.function == function && e.version == version && e.exported);
-            let verdict = fabric.decide(Point::CallTarget, fabric.policy().call(neighbour, None, &function, exported));
+            let policy = fabric.policy();
+            let verdict = fabric.decide(Point::CallTarget, policy.call(neighbour, None, &function, exported));
             if !verdict.allowed {
                 return Err(verdict.to_error(neighbour));
             }
+            admission = Some(Admission { policy, neighbour: neighbour.clone(), node: None, exported });
         }
         let target = CallTarget { plugin: &function.plugin, version: Some(&version), function: &function.function };
         // Only functions that exist here become metric labels (a closed set).
         let timer = local.then(|| fabric.metrics.call_timer(&function));
         // A call from a peer: no request of this node's own is in flight.
         let load = fabric.metrics.load(0);
-        let result = fabric.runtime.call(target, &call.args, deadline, &call.caller, load).await;
+        let admitted = || admission.as_ref().map_or(Ok(()), |a| a.holds(fabric, &function, &call.federation_path));
+        let result = fabric.runtime.call_admitted(target, &call.args, deadline, &call.caller, load, &admitted).await;
         if let Some(timer) = timer {
             timer.finish(result.is_ok());
         }
@@ -765,11 +769,14 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     // Each node offers its copy on its own manifest's word (during a
     // rollout they may differ): the call may run on the copies exported.
     let exported = candidates.iter().any(|e| e.exported);
-    let verdict = fabric
-        .decide(Point::CallTarget, fabric.policy().call(&link.remote.cluster, Some(link.node()), &function, exported));
+    let policy = fabric.policy();
+    let verdict =
+        fabric.decide(Point::CallTarget, policy.call(&link.remote.cluster, Some(link.node()), &function, exported));
     if !verdict.allowed {
         return Err(verdict.to_error(&link.remote.cluster));
     }
+    let admission =
+        Admission { policy, neighbour: link.remote.cluster.clone(), node: Some(link.node().clone()), exported };
     candidates.retain(|e| e.exported);
     admit_path(fabric, &call.federation_path)?;
     if candidates.is_empty() {
@@ -803,7 +810,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     }
     vouched(fabric, link, &call, &candidates, &me.cluster)?;
     fabric.charge(origin(link, &call))?;
-    let step = pass_on(fabric, call, candidates, function, version, deadline);
+    let step =
+        StepCall { admission: Some(admission), ..pass_on(fabric, call, candidates, function, version, deadline) };
     Ok(step.run().await)
 }
 
@@ -973,6 +981,38 @@ fn pass_on(
         origin_proof: call.origin_proof,
         // A call from a peer: no request of this node's own is in flight.
         load: fabric.metrics.load(0),
+        admission: None,
+    }
+}
+
+/// What let a call from another cluster run on this node, asked again once
+/// the call holds a sandbox slot (`Runtime::call_admitted`): a policy
+/// reloaded while the call waited applies to it as to a new one.
+pub(crate) struct Admission {
+    /// The policy that let the call in.
+    policy: Arc<weft_fabric::Policy>,
+    /// The cluster that handed the call over, and its node where that is
+    /// this node's neighbour.
+    neighbour: ClusterId,
+    node: Option<NodeId>,
+    /// Whether the function is offered to other clusters (its manifest).
+    exported: bool,
+}
+
+impl Admission {
+    pub(crate) fn holds(&self, fabric: &Fabric, function: &FunctionId, path: &[ClusterId]) -> Result<(), WeftError> {
+        let policy = fabric.policy();
+        if Arc::ptr_eq(&policy, &self.policy) {
+            return Ok(());
+        }
+        let reloaded = "the federation policy was reloaded while the call waited for a sandbox slot";
+        admit_path(fabric, path).map_err(|e| e.context(reloaded))?;
+        let verdict = policy.call(&self.neighbour, self.node.as_ref(), function, self.exported);
+        let verdict = fabric.decide(Point::CallTarget, verdict);
+        if !verdict.allowed {
+            return Err(verdict.to_error(&self.neighbour).context(reloaded));
+        }
+        Ok(())
     }
 }
 

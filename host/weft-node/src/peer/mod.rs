@@ -28,6 +28,7 @@ use crate::alerts::{AlertKind, Alerts};
 use crate::metrics::Metrics;
 use crate::signing::{CallClaim, Keys, LinkClaim, OriginProof, SeenProofs};
 use crate::tenants::Tenants;
+pub(crate) use link::Admission;
 pub use link::{Direction, Link};
 pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind, is_peer_addr};
 
