@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -795,6 +797,34 @@ async fn a_replaced_plugins_folder_is_watched_again() {
     assert_eq!(sum, json!(3));
     let err = client.call("echo", vec![json!("hi")]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "echo left with the old folder");
+}
+
+/// A file in the plugins folder that is written to all the time does not
+/// hold back the other changes: the watcher waits for quiet only so long.
+#[tokio::test]
+async fn a_file_written_to_all_the_time_does_not_hold_back_a_new_plugin() {
+    let node = TestNode::start(NodeSpec { plugins: vec!["echo"], files: vec![], config: String::new() });
+    let client = node.client().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (notes, stop) = (node.plugins_dir().join("notes.toml"), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&notes, format!("# {i}\n")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::fs::write(node.plugins_dir().join("math.wasm"), weft_bundle::get("math").unwrap()).unwrap();
+    let settle = Duration::from_secs(10);
+    let sum = eventually("add", settle, async || client.call("add", vec![json!(1), json!(2)]).await.ok()).await;
+    assert!(!writer.is_finished(), "the writes went on all along");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(sum, json!(3));
 }
 
 /// A node whose plugins folder is given relative to where it runs.

@@ -24,6 +24,11 @@ use crate::peer::Fabric;
 /// produces many writes, and loading it half-written would only log a failure.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// The longest a reload waits for the folder to be quiet: a file that is
+/// written to all the time (a log, a manifest a tool keeps touching) must
+/// not hold back every other change.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
+
 /// How often to check which directory the folder's path names.
 const REARM: Duration = Duration::from_secs(1);
 
@@ -77,11 +82,14 @@ pub(crate) fn start(fabric: Arc<Fabric>, source: PluginSource, shutdown: Cancell
                 continue;
             }
             // Wait until the folder has been quiet for SETTLE (which also
-            // lets notify finish with the watch of a folder that went).
+            // lets notify finish with the watch of a folder that went), or
+            // SETTLE_AT_MOST has passed.
+            let give_up = tokio::time::Instant::now() + SETTLE_AT_MOST;
             loop {
+                let quiet = (tokio::time::Instant::now() + SETTLE).min(give_up);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    more = tokio::time::timeout(SETTLE, signals.recv()) => match more {
+                    more = tokio::time::timeout_at(quiet, signals.recv()) => match more {
                         Ok(Some(())) => continue,
                         Ok(None) => return,
                         Err(_) => break,

@@ -296,15 +296,29 @@ impl Runtime {
             ));
         }
         let version = manifest.version();
-        if read(&self.plugins)
+        let holder = read(&self.plugins)
             .iter()
-            .any(|p| p.name == name && p.version == version && Some(p.file.as_str()) != replacing)
-        {
+            .find(|p| p.name == name && p.version == version && Some(p.file.as_str()) != replacing)
+            .map(|p| p.file.clone());
+        if let Some(other) = holder {
             return Err(format!(
-                "plugin {name}@{version} is already loaded (from another file); give each version its own manifest version"
+                "plugin {name}@{version} is already loaded from {other}; give each version its own manifest version (files that swapped versions load once one of them is moved out of the folder for a reload and back)"
             ));
         }
         let info = describe_component(wasm)?;
+        if info.functions.is_empty() {
+            // A component cut short at a section's end is still valid, and
+            // the first bytes any writer puts in the file are one: loading
+            // it would withdraw every function the file had.
+            return Err(if info.interfaces.is_empty() {
+                "the component exports no functions: if the file is still being written, the next write loads it again (write plugins elsewhere and move them into the folder); else export at least one function from its world".to_owned()
+            } else {
+                format!(
+                    "the component exports interfaces only ({}), which Weft does not call: export its functions from the world itself (`export greet: func(...)`, not `export greeter;`)",
+                    info.interfaces.join(", ")
+                )
+            });
+        }
         // Every node of the cluster (and of bridged ones) keeps and gossips
         // these in its catalog, so their size is bounded like a file's.
         let catalog_bytes: usize = info.functions.iter().map(|f| f.name.len() + f.sig.to_string().len()).sum();
@@ -344,9 +358,6 @@ impl Runtime {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
         })?;
         let label: Arc<str> = format!("{name}@{version}").into();
-        if info.functions.is_empty() && !info.interfaces.is_empty() {
-            tracing::warn!(plugin = %label, interfaces = ?info.interfaces, "the plugin exports interfaces only, which Weft does not call: export its functions from the world itself (`export greet: func(...)`, not `export greeter;`)");
-        }
         let functions = info
             .functions
             .into_iter()
@@ -397,6 +408,8 @@ impl Runtime {
     pub fn reload_dir(&self, dir: &Path) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut report = ReloadReport::default();
+        // Failures describe the folder as it is now.
+        write(&self.failures).clear();
         let (folder, files) = match wasm_files(dir) {
             Ok(found) => found,
             Err(reason) => {
@@ -404,8 +417,6 @@ impl Runtime {
                 return report;
             }
         };
-        // Failures describe the folder as it is now.
-        write(&self.failures).clear();
         let mut manifests = read_manifests(&folder, &files);
         let claims = claims_of(&manifests);
         write(&self.plugins).retain(|p| {
@@ -451,6 +462,15 @@ impl Runtime {
                     let mut plugins = write(&self.plugins);
                     if let Some(old) = &current {
                         tracing::info!(plugin = %old.label, file = %file, "plugin replaced by its changed file");
+                        let dropped: Vec<&str> = old
+                            .functions
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .filter(|f| plugin.function(f).is_none())
+                            .collect();
+                        if !dropped.is_empty() {
+                            tracing::warn!(plugin = %plugin.label, file = %file, functions = ?dropped, "the changed file no longer has functions the old one had; they are withdrawn (if the file is still being written, the next write loads it again)");
+                        }
                         plugins.retain(|p| p.file != file);
                         report.unloaded.push(old.label.to_string());
                         if old.name == plugin.name && old.version != plugin.version {
@@ -643,10 +663,16 @@ impl Runtime {
     ) -> Result<Value, WeftError> {
         let plugin = self.find(&target)?;
         let Some(function) = plugin.function(target.function) else {
+            // The catalog the call was planned from said it had: another
+            // node may still have the version that does.
             return Err(WeftError::new(
                 ErrorKind::FUNCTION_NOT_FOUND,
-                format!("plugin {} has no function {}", plugin.label, target.function),
-            ));
+                format!(
+                    "plugin {} has no function {} on this node; its file was changed since the call was planned: retry to use the catalog as it is now",
+                    plugin.label, target.function
+                ),
+            )
+            .with(NOT_LOADED, true));
         };
         let qualified = &function.qualified;
         if !plugin.callers.admits(caller) {
@@ -1499,6 +1525,12 @@ mod tests {
             "{e:?}"
         );
         assert!(e.message.contains("retry"), "{e:?}");
+        // A function the planned version's new file dropped may still be
+        // on another node that has that version.
+        let target = CallTarget { plugin: "echo", version: None, function: "gone" };
+        let e = rt.call(target, &[], deadline, &Caller::Anonymous, NodeLoad::Idle).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND);
+        assert!(e.details.contains_key(NOT_LOADED) && e.message.contains("retry"), "{e:?}");
     }
 
     /// A FIFO named like a plugin or a manifest is refused, not opened and
@@ -1976,9 +2008,25 @@ mod tests {
         assert_eq!((report.loaded.len(), report.unchanged), (0, 1), "{report:?}");
         assert!(rt.load_failures().is_empty());
 
+        // The first bytes of a component being written are a valid empty
+        // one: refused, and what it replaced keeps serving.
+        std::fs::write(dir.path().join("echo.wasm"), &echo[..8]).expect("write");
+        let report = rt.reload_dir(dir.path());
+        assert!(report.failed[0].reason.contains("exports no functions"), "{:?}", report.failed);
+        assert!(report.failed[0].reason.contains("echo@2.0.0 keeps serving"), "{:?}", report.failed);
+        assert_eq!(versions(&rt), ["echo@2.0.0"]);
+        std::fs::write(dir.path().join("echo.wasm"), echo).expect("write");
+
         // Gone: unloaded.
         std::fs::remove_file(dir.path().join("echo.wasm")).expect("remove");
         assert_eq!(rt.reload_dir(dir.path()).unloaded, ["echo@2.0.0"]);
         assert!(rt.plugins().is_empty());
+
+        // A folder that is gone is one failure however often it is reloaded.
+        let gone = dir.path().join("elsewhere");
+        for _ in 0..3 {
+            assert_eq!(rt.reload_dir(&gone).failed.len(), 1);
+        }
+        assert_eq!(rt.load_failures().len(), 1, "failures describe the folder now");
     }
 }
