@@ -1138,7 +1138,7 @@ fn read_manifest(folder: &cap_std::fs::Dir, stem: &str) -> Result<Option<String>
 
 enum ReadError {
     Io(std::io::Error),
-    NotAFile,
+    NotAFile { directory: bool },
     TooLarge { size: u64, max: u64 },
 }
 
@@ -1150,7 +1150,10 @@ impl std::fmt::Display for ReadError {
                 "a symlink that leads outside the plugins folder, which is not followed: copy the file into the folder (links within it are followed)",
             ),
             ReadError::Io(e) => write!(f, "cannot read: {e}"),
-            ReadError::NotAFile => f.write_str("not a regular file (a FIFO, device or socket is never read)"),
+            ReadError::NotAFile { directory: true } => f.write_str("a directory, not a plugin file"),
+            ReadError::NotAFile { directory: false } => {
+                f.write_str("not a regular file (a FIFO, device or socket is never read)")
+            }
             ReadError::TooLarge { size, max } => {
                 write!(f, "{size} bytes is over the plugin size limit of {max} bytes (limits.max_plugin)")
             }
@@ -1169,7 +1172,7 @@ fn read_regular(folder: &cap_std::fs::Dir, name: &str, max: u64) -> Result<Vec<u
     let mut file = folder.open_with(name, &options).map_err(ReadError::Io)?;
     let meta = file.metadata().map_err(ReadError::Io)?;
     if !meta.is_file() {
-        return Err(ReadError::NotAFile);
+        return Err(ReadError::NotAFile { directory: meta.is_dir() });
     }
     if meta.len() > max {
         return Err(ReadError::TooLarge { size: meta.len(), max });
@@ -1557,6 +1560,10 @@ mod tests {
         let reasons: Vec<(String, String)> = report.failed.into_iter().map(|f| (f.file, f.reason)).collect();
         assert_eq!(reasons.len(), 2, "{reasons:?}");
         assert!(reasons.iter().all(|(_, r)| r.contains("not a regular file")), "{reasons:?}");
+        std::fs::create_dir(dir.path().join("folder.wasm")).expect("mkdir");
+        let report = rt.reload_dir(dir.path());
+        let folder = report.failed.iter().find(|f| f.file == "folder.wasm").expect("folder.wasm fails");
+        assert!(folder.reason.contains("a directory, not a plugin file"), "{}", folder.reason);
     }
 
     /// Every manifest of a folder is held while it loads, so each is kept
