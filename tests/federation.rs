@@ -545,6 +545,30 @@ async fn a_call_relayed_for_a_cluster_out_of_reach_fails_and_never_runs_a_local_
     assert_eq!(member.next_of("reply").await["value"], "hi");
 }
 
+/// A call from another cluster planned before an upgrade here reaches the
+/// bridge node after the catalog moved on: the member that still keeps the
+/// replaced version serves it, as it serves its own cluster's calls.
+#[tokio::test]
+async fn a_foreign_call_for_a_version_upgraded_meanwhile_is_served_by_the_replaced_one() {
+    let b1 = node("b1", "beta", vec!["echo"], &[], &allow("alpha"));
+    let b2 = node("b2", "beta", vec!["text"], &[&b1], &allow("alpha"));
+    let versions = async || {
+        let body = b1.admin().get("/v1/catalog").await.unwrap().body;
+        let upper = body["functions"].as_array().unwrap().iter().filter(|f| f["name"] == "upper");
+        upper.map(|f| f["version"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    eventually("b1 lists upper", SETTLE, async || (versions().await == ["0.1.0"]).then_some(())).await;
+    let mut alpha = FakePeer::join(&b1, "a9", "alpha").await;
+
+    std::fs::write(b2.plugins_dir().join("text.toml"), "version = \"0.2.0\"\n").unwrap();
+    eventually("b1 lists the upgrade", SETTLE, async || (versions().await == ["0.2.0"]).then_some(())).await;
+    let call = json!({"t": "call", "id": 1, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+        "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["alpha"], "hop_budget": 2});
+    alpha.send(&call).await;
+    let reply = alpha.next_of("reply").await;
+    assert_eq!(reply["value"], "X", "{reply}");
+}
+
 /// A bridge peer that hangs (SIGSTOP, or a cut cable) is taken to be gone
 /// once it has sent nothing for five announce intervals (2 s at least):
 /// its link closes and its functions leave the catalog, instead of a link

@@ -525,7 +525,10 @@ impl StepCall {
     /// the client and the steps that use it were promised one, and a faulty
     /// or lying node cannot hand them anything else.
     fn fits_result(&self, value: Value, from: &NodeId) -> Result<Value, WeftError> {
-        let Some(entry) = self.candidates.first() else {
+        // Another version's signature says nothing of this one's answer
+        // (such candidates stand in for one replaced since the caller
+        // planned; the caller, who has its signature, checks the answer).
+        let Some(entry) = self.candidates.first().filter(|e| e.version == self.version) else {
             return Ok(value);
         };
         let fits = match entry.sig.success_type() {

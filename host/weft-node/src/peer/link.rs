@@ -712,8 +712,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c) && has_locs(e))
             .cloned()
             .collect();
-        let mine = |e: &CatalogEntry| e.node == me.node && e.cluster == me.cluster;
-        let local = entries.iter().any(|e| mine(e) && e.function == function && e.version == version);
+        let mine = |e: &CatalogEntry| e.node == me.node && e.cluster == me.cluster && e.function == function;
+        let local = entries.iter().any(|e| mine(e) && e.version == version);
         if (elsewhere.is_some() || !local) && !foreign.is_empty() {
             let step = pass_on(fabric, call, foreign, function, version, deadline);
             return Ok(step.run().await);
@@ -732,11 +732,13 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             ));
         }
         let mut admission = None;
-        if let Some(neighbour) = call.federation_path.last().filter(|_| local) {
+        // A version replaced here may still run, unlisted (see the bridge
+        // node's candidates below).
+        let offered = entries.iter().any(mine);
+        if let Some(neighbour) = call.federation_path.last().filter(|_| offered) {
             // So are this node's function rules: the bridge node that let
             // the call in may still run an older policy.
-            let exported =
-                entries.iter().any(|e| mine(e) && e.function == function && e.version == version && e.exported);
+            let exported = entries.iter().any(|e| mine(e) && e.exported);
             let policy = fabric.policy();
             let verdict = fabric.decide(Point::CallTarget, policy.call(neighbour, None, &function, exported));
             if !verdict.allowed {
@@ -758,11 +760,16 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     }
 
     let entries = fabric.entries();
-    let mut candidates: Vec<CatalogEntry> = entries
-        .iter()
-        .filter(|e| e.cluster == me.cluster && e.function == function && e.version == version && has_locs(e))
-        .cloned()
-        .collect();
+    let here = |e: &&CatalogEntry| e.cluster == me.cluster && e.function == function && has_locs(e);
+    let mut candidates: Vec<CatalogEntry> =
+        entries.iter().filter(here).filter(|e| e.version == version).cloned().collect();
+    let onward = |e: &CatalogEntry| e.cluster != me.cluster && e.function == function && e.version == version;
+    if candidates.is_empty() && elsewhere.is_none() && !entries.iter().any(onward) {
+        // Upgraded here since the caller's catalog was built: the nodes that
+        // list another version keep the replaced one serving for a while
+        // (`Runtime::find`), and answer `not_loaded` once it is gone.
+        candidates = entries.iter().filter(here).cloned().collect();
+    }
     if candidates.is_empty() || elsewhere.is_some() {
         return transit(fabric, link, call, function, version, deadline, &entries).await;
     }
