@@ -294,6 +294,11 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     let explain = a2.admin().get("/v1/routes/explain?cluster=beta").await.unwrap().body;
     assert_eq!((&explain["winner"], &explain["relayed_by"]), (&Value::Null, &json!(["a1"])), "{explain}");
     assert_eq!(explain["reachable"], true, "{explain}");
+    // So the refused dial hides none of beta's functions, and a missing one
+    // does not blame it.
+    let e = a2.client().await.call("nosuch", vec![]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+    assert!(e.details.get("refused_clusters").is_none() && !e.message.contains("was refused"), "{e}");
 
     // A pipeline mixing clusters, sent to a2: echo on a1, upper in beta via a1, add on a2.
     let req: Request = serde_json::from_value(json!({
@@ -452,11 +457,14 @@ async fn reloading_a_tighter_policy_closes_links_and_withdraws_imports() {
     assert_eq!(federation["policy"]["mode"], "strict");
     assert_eq!(reply.body["needs_restart"], json!([]));
 
-    // A section read only at the start is named, not applied.
-    rewrite_federation(&b1, &format!("{STRICT}\n[limits]\nmemory = \"32MiB\""));
+    // A section read only at the start is named, not applied; a function
+    // rule that names nothing the cluster has is warned of.
+    let text = format!("{STRICT}\n[federation.functions]\nblock = [\"UPPER\"]\n[limits]\nmemory = \"32MiB\"");
+    rewrite_federation(&b1, &text);
     let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
     assert_eq!((reply.status, &reply.body["needs_restart"]), (200, &json!(["limits"])), "{}", reply.text);
-    assert_eq!(reply.body["warnings"], json!([]), "{}", reply.text);
+    let warning = "federation.functions.block: \"UPPER\" names no function cluster beta has now (names are matched exactly, in their capitals: text/upper is there)";
+    assert_eq!(reply.body["warnings"], json!([warning]), "{}", reply.text);
 
     // A broken file is refused and the policy in force stays.
     rewrite_federation(&b1, "[federation]\nmode = \"wide-open\"");
@@ -567,6 +575,20 @@ async fn a_foreign_call_for_a_version_upgraded_meanwhile_is_served_by_the_replac
     alpha.send(&call).await;
     let reply = alpha.next_of("reply").await;
     assert_eq!(reply["value"], "X", "{reply}");
+}
+
+/// A call whose federation path already holds this cluster came back to
+/// it: refused as the loop it is, before anything else about its path.
+#[tokio::test]
+async fn a_call_that_comes_back_to_its_cluster_is_refused_as_a_loop() {
+    let b1 = node("b1", "beta", vec!["text"], &[], &allow("alpha"));
+    let mut alpha = FakePeer::join(&b1, "a9", "alpha").await;
+    let call = json!({"t": "call", "id": 1, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+        "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["beta", "alpha"], "hop_budget": 2});
+    alpha.send(&call).await;
+    let reply = alpha.next_of("reply").await;
+    assert_eq!(reply["error"]["kind"], "NO_ROUTE", "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("came back to cluster beta"), "{reply}");
 }
 
 /// A bridge peer that hangs (SIGSTOP, or a cut cable) is taken to be gone

@@ -187,12 +187,7 @@ impl Policy {
     /// they refuse it.
     fn function_refusal(&self, function: &FunctionId) -> Option<Verdict> {
         let here = &self.cluster;
-        let named = |list: &[String]| {
-            list.iter().any(|f| match f.split_once('/') {
-                Some((plugin, name)) => plugin == &*function.plugin && name == &*function.function,
-                None => **f == *function.function,
-            })
-        };
+        let named = |list: &[String]| list.iter().any(|f| names(f, function));
         if named(&self.block_functions) {
             return Some(Verdict::deny(
                 Rule::FunctionBlocked,
@@ -206,6 +201,27 @@ impl Policy {
             ));
         }
         None
+    }
+
+    /// Warnings for the function rules' entries that name none of
+    /// `functions` (the cluster's own): a typo, or a name in other capitals,
+    /// would leave a block list blocking nothing.
+    pub fn unmatched_function_rules<'a>(&self, functions: impl Iterator<Item = &'a FunctionId> + Clone) -> Vec<String> {
+        let lists = [("block", &self.block_functions), ("allow", &self.allow_functions)];
+        let mut warnings = Vec::new();
+        for (list, entries) in lists {
+            for entry in entries.iter().filter(|e| !functions.clone().any(|f| names(e, f))) {
+                let lower = entry.to_lowercase();
+                let like = functions.clone().find(|f| names(&lower, f)).map_or(String::new(), |f| {
+                    format!(" (names are matched exactly, in their capitals: {f} is there)")
+                });
+                warnings.push(format!(
+                    "federation.functions.{list}: {entry:?} names no function cluster {} has now{like}",
+                    self.cluster
+                ));
+            }
+        }
+        warnings
     }
 
     /// The clusters a node serves one of its own entries to, by this
@@ -248,6 +264,15 @@ impl Policy {
                 Audience::Only(named.filter(|c| !blocked.contains(*c)).cloned().collect())
             }
         }
+    }
+}
+
+/// Whether a function rule's entry, `FUNCTION` or `PLUGIN/FUNCTION`,
+/// names `function`.
+fn names(entry: &str, function: &FunctionId) -> bool {
+    match entry.split_once('/') {
+        Some((plugin, name)) => plugin == &*function.plugin && name == &*function.function,
+        None => entry == &*function.function,
     }
 }
 

@@ -234,14 +234,18 @@ impl Executor {
     }
 
     /// Names the other clusters a link to was refused by policy (here or
-    /// there) and not since linked: their functions are missing here.
+    /// there) and not since linked, and whose functions are missing here:
+    /// a member refused a direct link may still see them through its
+    /// cluster's bridge, and then the refusal hides nothing.
     fn refused_clusters(&self, e: WeftError) -> WeftError {
         let mut clusters: Vec<String> = self.fabric.refusals().into_iter().filter_map(|r| r.remote_cluster).collect();
         clusters.sort();
         clusters.dedup();
+        let entries = self.fabric.entries();
         clusters.retain(|c| {
             let refusal = self.fabric.link_refusal(&ClusterId::new(c));
             refusal.is_some_and(|r| r.kind == crate::peer::RejectKind::Policy)
+                && !entries.iter().any(|e| e.cluster.as_str() == c)
         });
         if clusters.is_empty() {
             return e;

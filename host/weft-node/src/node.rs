@@ -176,6 +176,11 @@ fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::
         .map_err(|problem| crate::ConfigError { file: path.display().to_string(), problems: vec![problem] })?;
     let mut policy = config.policy();
     policy.cluster = fabric.me.cluster.clone();
+    // The cluster's functions are known by now (at startup they are not:
+    // the members' are still on their way).
+    let entries = fabric.entries();
+    let functions = entries.iter().filter(|e| e.cluster == fabric.me.cluster).map(|e| &e.function);
+    let unmatched = policy.unmatched_function_rules(functions);
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
     fabric.set_tenants(Tenants::from_config(&config));
     let relimited = fabric.runtime.set_tenant_limits(config.tenant_limits());
@@ -200,7 +205,8 @@ fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::
         tracing::warn!(sections = ?needs_restart, "the config file changed sections that a reload does not apply; restart the node for them");
     }
     // As at startup: what loads but cannot work as meant.
-    let warnings = config.warnings();
+    let mut warnings = config.warnings();
+    warnings.extend(unmatched);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

@@ -252,3 +252,19 @@ proptest! {
         prop_assert!(!advertised || p.call(&cluster, None, &e.function, exported).allowed);
     }
 }
+
+#[test]
+fn function_rules_naming_no_function_of_the_cluster_are_warned_of() {
+    let p = Policy {
+        block_functions: vec!["UPPER".into(), "text/lower".into(), "nosuch".into()],
+        allow_functions: vec!["upper".into(), "math/nosuch".into()],
+        ..policy(Mode::Explicit)
+    };
+    let functions = [f("text/upper"), f("text/lower")];
+    let warnings = p.unmatched_function_rules(functions.iter());
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].contains("block: \"UPPER\" names no function cluster alpha has now"), "{warnings:?}");
+    assert!(warnings[0].contains("in their capitals: text/upper is there"), "{warnings:?}");
+    assert!(warnings[1].contains("\"nosuch\"") && !warnings[1].contains("capitals"), "{warnings:?}");
+    assert!(warnings[2].starts_with("federation.functions.allow: \"math/nosuch\""), "{warnings:?}");
+}

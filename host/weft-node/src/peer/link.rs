@@ -645,6 +645,13 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
                 said()
             )));
         }
+        if call.federation_path.contains(&me.cluster) {
+            return Err(WeftError::new(
+                ErrorKind::NO_ROUTE,
+                format!("call to {} came back to cluster {} (federation path {})", call.function, me.cluster, said()),
+            )
+            .with("federation_path", path_names(&call.federation_path)));
+        }
         // A call that started further away came through the neighbour as
         // transit, which the neighbour offers only where it announced a
         // route: without one, the path (and so the caller) is made up.
@@ -672,18 +679,6 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
             ErrorKind::NO_ROUTE,
             format!("call to {} came back to node {} (routing path {})", call.function, me.node, path(&call)),
         ));
-    }
-    if link.remote.cluster != me.cluster && call.federation_path.contains(&me.cluster) {
-        return Err(WeftError::new(
-            ErrorKind::NO_ROUTE,
-            format!(
-                "call to {} came back to cluster {} (federation path {})",
-                call.function,
-                me.cluster,
-                path_text(&call.federation_path)
-            ),
-        )
-        .with("federation_path", path_names(&call.federation_path)));
     }
     let function: FunctionId = call
         .function
