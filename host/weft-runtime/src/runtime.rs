@@ -306,19 +306,6 @@ impl Runtime {
             ));
         }
         let info = describe_component(wasm)?;
-        if info.functions.is_empty() {
-            // A component cut short at a section's end is still valid, and
-            // the first bytes any writer puts in the file are one: loading
-            // it would withdraw every function the file had.
-            return Err(if info.interfaces.is_empty() {
-                "the component exports no functions: if the file is still being written, the next write loads it again (write plugins elsewhere and move them into the folder); else export at least one function from its world".to_owned()
-            } else {
-                format!(
-                    "the component exports interfaces only ({}), which Weft does not call: export its functions from the world itself (`export greet: func(...)`, not `export greeter;`)",
-                    info.interfaces.join(", ")
-                )
-            });
-        }
         // Every node of the cluster (and of bridged ones) keeps and gossips
         // these in its catalog, so their size is bounded like a file's.
         let catalog_bytes: usize = info.functions.iter().map(|f| f.name.len() + f.sig.to_string().len()).sum();
@@ -354,6 +341,20 @@ impl Runtime {
         )
         .map_err(compile_failure)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        if info.functions.is_empty() {
+            // A component cut short at a section's end is still valid, and
+            // the first bytes any writer puts in the file are one: loading
+            // it would withdraw every function the file had. (After the
+            // compile: a file over the compile limits is refused for that.)
+            return Err(if info.interfaces.is_empty() {
+                "the component exports no functions: if the file is still being written, the next write loads it again (write plugins elsewhere and move them into the folder); else export at least one function from its world".to_owned()
+            } else {
+                format!(
+                    "the component exports interfaces only ({}), which Weft does not call: export its functions from the world itself (`export greet: func(...)`, not `export greeter;`)",
+                    info.interfaces.join(", ")
+                )
+            });
+        }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("the component imports something Weft does not provide (only WASI p2 and weft:host are available): {e:#}")
         })?;
