@@ -956,6 +956,20 @@ async fn a_client_that_pings_without_reading_its_pongs_is_held_back_and_let_go()
 /// A node run without a config file reloads its plugins on SIGHUP (log
 /// rotation sends one too) and says there is no policy to reload, without
 /// logging an error.
+/// A node set up by settings alone (a container's environment) reloads
+/// them, so that the files they name (TLS, say) are read again.
+#[tokio::test]
+async fn a_node_configured_by_settings_alone_reloads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["node", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--set", "federation.mode=permissive"];
+    let node = TestNode::spawn_with_env(dir, &args, &[("WEFT_FEDERATION__BLOCKED_CLUSTERS", "[\"evil\"]")]);
+    let reply = node.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["reloaded"], "(flags and WEFT_* variables)", "{}", reply.text);
+    let policy = &node.admin().get("/v1/federation").await.unwrap().body["policy"];
+    assert_eq!((&policy["mode"], &policy["blocked_clusters"]), (&json!("permissive"), &json!(["evil"])), "{policy}");
+}
+
 #[tokio::test]
 async fn a_sighup_to_a_node_without_a_config_file_logs_no_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -966,6 +980,26 @@ async fn a_sighup_to_a_node_without_a_config_file_logs_no_error() {
     })
     .await;
     assert!(!node.stderr().contains("ERROR"), "{}", node.stderr());
+}
+
+/// Idle connections to the admin port hold at most half the places, so
+/// they cannot lock clients and peers out of the listen port.
+#[tokio::test]
+async fn idle_admin_connections_leave_the_listen_port_room() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
+    let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    let full = eventually("a full admin port", Duration::from_secs(10), async || {
+        idle.push(tokio::net::TcpStream::connect(&admin_addr).await.unwrap());
+        let reply = node.admin().get("/health").await.ok()?;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert!(idle.len() < 16, "the admin port was full after {} silent connections", idle.len());
+    let message = full.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("admin port has its limit of 8 connections open"), "{}", full.text);
+    let client = node.client().await;
+    assert_eq!(client.call("echo", vec![json!("x")]).await.unwrap(), json!("x"));
 }
 
 #[tokio::test]

@@ -67,7 +67,9 @@ pub fn run(a: CertArgs) -> anyhow::Result<ExitCode> {
     }
     println!("certificate of {node} for {}, valid until 1 January {}:", a.hosts.join(", "), this_year() + 2);
     println!("  [tls]\n  cert = {:?}\n  key = {:?}\n  ca = {:?}", cert_path, key_path, ca_pem);
-    println!("(paths from here; copy the files to the node, and in its config give them relative to the config file)");
+    println!(
+        "(paths from here; copy the files to the node, and in its config give them relative to the config file, or with --set relative to where the node runs)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,7 +44,8 @@ pub struct NodeArgs {
     advertise: Option<String>,
     /// Any key of the config file, over the file (repeat; such as
     /// `--set limits.deadline=10s`). `WEFT_SECTION__KEY` variables do the
-    /// same (`WEFT_LIMITS__DEADLINE=10s`); flags win over variables.
+    /// same (`WEFT_LIMITS__DEADLINE=10s`); `--set` wins over them, and the
+    /// named flags and variables above win over both.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Setting::from_flag)]
     settings: Vec<Setting>,
 }
@@ -67,12 +68,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         data_dir: path(args.data_dir),
         advertise: text(args.advertise),
         // Variables first, so that a flag setting the same key wins.
-        settings: Setting::from_env(
-            std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())),
-        )
-        .into_iter()
-        .chain(args.settings)
-        .collect(),
+        settings: Setting::from_env(std::env::vars_os())
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .chain(args.settings)
+            .collect(),
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Taken over before the (possibly long) start: a SIGHUP or SIGTERM that

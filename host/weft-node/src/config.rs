@@ -6,6 +6,7 @@
 //! the first one).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -410,18 +411,21 @@ impl Setting {
 
     /// The `WEFT_*` variables whose names hold `__`, which separates
     /// sections from keys: `WEFT_LIMITS__MAX_RESULT` sets
-    /// `limits.max_result`. Names are taken in lowercase.
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Setting> {
-        let mut settings: Vec<Setting> = vars
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let path = name.strip_prefix("WEFT_").filter(|rest| rest.contains("__"))?;
-                Some(Setting { key: path.to_lowercase().replace("__", "."), value, source: name })
-            })
-            .collect();
+    /// `limits.max_result`. Names are taken in lowercase. A value that is
+    /// not UTF-8 is refused, not mended: a token with one byte replaced
+    /// would never match.
+    pub fn from_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Vec<Setting>, String> {
+        let mut settings = Vec::new();
+        for (name, value) in vars {
+            let Some(name) = name.to_str() else { continue };
+            let Some(path) = name.strip_prefix("WEFT_").filter(|rest| rest.contains("__")) else { continue };
+            let value = value.into_string().map_err(|_| format!("{name}: its value is not UTF-8 text"))?;
+            let key = path.to_lowercase().replace("__", ".");
+            settings.push(Setting { key, value: value.trim().to_owned(), source: name.to_owned() });
+        }
         // The environment has no order; a stable one keeps problems stable.
         settings.sort_by(|a, b| a.source.cmp(&b.source));
-        settings
+        Ok(settings)
     }
 
     /// Sets this key in `doc` (`file`, with the settings before it), or
@@ -432,9 +436,10 @@ impl Setting {
     fn apply(&self, doc: &mut toml_edit::DocumentMut) -> Result<(), Vec<String>> {
         let said =
             |problems: Vec<String>| problems.into_iter().map(|p| format!("{p} (set by {})", self.source)).collect();
-        let typed = self.value.parse::<toml_edit::Value>().ok().filter(|v| !v.is_str());
+        let typed = self.value.parse::<toml_edit::Value>().ok();
+        let text = typed.as_ref().is_none_or(|v| !v.is_str()).then(|| self.value.as_str().into());
         let mut first = None;
-        for value in typed.into_iter().chain([self.value.as_str().into()]) {
+        for value in typed.into_iter().chain(text) {
             let mut tried = doc.clone();
             self.insert(&mut tried, value).map_err(|e| said(vec![format!("{}: {e}", self.key)]))?;
             let problems = self.problems(&tried.to_string());
@@ -462,9 +467,11 @@ impl Setting {
     /// Puts `value` at this key's path in `doc`, making the sections it
     /// names where needed.
     fn insert(&self, doc: &mut toml_edit::DocumentMut, value: toml_edit::Value) -> Result<(), String> {
-        let segments: Vec<&str> = self.key.split('.').collect();
-        let Some((last, sections)) = segments.split_last().filter(|_| segments.iter().all(|s| !s.is_empty())) else {
-            return Err("not a key path: sections and key joined by '.' (such as limits.deadline)".into());
+        // A TOML dotted key, so that a name holding a '.' can be quoted.
+        let keys = toml_edit::Key::parse(&self.key).unwrap_or_default();
+        let segments: Vec<&str> = keys.iter().map(toml_edit::Key::get).collect();
+        let Some((last, sections)) = segments.split_last() else {
+            return Err("not a key path: sections and key joined by '.' (such as limits.deadline; quote a name that holds a '.')".into());
         };
         if sections.is_empty() {
             return Err("a section or unknown, not a key: name a key in a section (such as limits.deadline)".into());
@@ -559,8 +566,18 @@ impl Config {
         config.validate().map_err(|problems| {
             // Say which problems came from a flag or variable, not the file.
             let set_by = |p: &str| {
+                // The key itself, one under it, the section it is in, or
+                // the key named in the problem of another it bears on.
                 let by_key = |(key, _): &&(String, String)| {
-                    p.strip_prefix(key.as_str()).is_some_and(|rest| rest.starts_with([':', ' ', '[']))
+                    let named = p.match_indices(key.as_str()).any(|(at, _)| {
+                        let before = p[..at].chars().next_back();
+                        let after = p[at + key.len()..].chars().next();
+                        before.is_none_or(|c| c == ' ') && after.is_none_or(|c| [':', ' ', '.', '[', ','].contains(&c))
+                    });
+                    let section = p
+                        .split_once(':')
+                        .is_some_and(|(of, _)| key.strip_prefix(of).is_some_and(|rest| rest.starts_with('.')));
+                    named || section
                 };
                 overridden.iter().find(by_key).map(|(_, source)| source)
             };
@@ -1524,13 +1541,18 @@ block = ["/x", "Upper", "text/snake_case"]
 
     #[test]
     fn settings_come_from_weft_variables_with_sections_and_from_set_flags() {
-        let vars = [("WEFT_ID", "n1"), ("WEFT_LIMITS__MAX_RESULT", "1MiB"), ("HOME", "/"), ("WEFT_A__B__C_D", "x")];
-        let settings = Setting::from_env(vars.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let vars = [("WEFT_ID", "n1"), ("WEFT_LIMITS__MAX_RESULT", "1MiB "), ("HOME", "/"), ("WEFT_A__B__C_D", "x")];
+        let settings = Setting::from_env(vars.map(|(k, v)| (k.into(), v.into()))).unwrap();
+        assert_eq!(settings[1].value, "1MiB", "trimmed as a flag's is");
         let keys: Vec<(&str, &str)> = settings.iter().map(|s| (s.key.as_str(), s.source.as_str())).collect();
         assert_eq!(keys, [("a.b.c_d", "WEFT_A__B__C_D"), ("limits.max_result", "WEFT_LIMITS__MAX_RESULT")]);
         let flag = Setting::from_flag("routing.max_hops = 3").unwrap();
         assert_eq!((flag.key.as_str(), flag.value.as_str()), ("routing.max_hops", "3"));
         assert!(Setting::from_flag("routing.max_hops").unwrap_err().contains("KEY=VALUE"));
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = OsString::from_vec(b"abc\xff".to_vec());
+        let e = Setting::from_env([("WEFT_AUTH__OPERATOR_TOKENS".into(), bytes)]).unwrap_err();
+        assert_eq!(e, "WEFT_AUTH__OPERATOR_TOKENS: its value is not UTF-8 text");
     }
 
     #[test]
@@ -1547,6 +1569,8 @@ block = ["/x", "Upper", "text/snake_case"]
                 set("node.data_dir", "d"),
                 set("routing.max_hops", "3"),
                 set("node.cluster", "true"),
+                set("node.id", "\"quoted\""),
+                set("tenants.\"team.x\".tokens", "[\"a-token-of-sixteen-chars-or-more\"]"),
             ],
             ..Overrides::default()
         };
@@ -1554,6 +1578,8 @@ block = ["/x", "Upper", "text/snake_case"]
         assert_eq!(c.limits.deadline, Duration::from_secs(9), "only the last setting of a key counts");
         assert_eq!(c.federation.allowed_clusters, ["b", "c"]);
         assert_eq!((c.routing.max_hops, c.node.cluster.as_str()), (3, "true"));
+        assert_eq!(c.node.id.as_deref(), Some("quoted"), "a TOML string is the text it quotes");
+        assert!(c.tenants.contains_key("team.x"), "a quoted name holds its '.'");
         assert_eq!(c.node.plugins, Some(dir.path().join("p")), "the file's path is the file's");
         assert_eq!(c.node.data_dir, PathBuf::from("d"), "a setting's path is the working directory's");
 

@@ -41,10 +41,13 @@ pub(crate) struct Port {
     /// 503 and closed.
     pub open: Arc<Semaphore>,
     pub max: usize,
-    /// Places of `open` this port leaves to the other: the listen port
-    /// keeps `ADMIN_RESERVE`, so that idle clients cannot lock health
-    /// checks and metrics scrapes out.
-    pub keep_free: usize,
+    /// The most places of `open` this port may hold, so that neither port
+    /// can lock the other out: the listen port leaves `ADMIN_RESERVE` to
+    /// health checks and metrics scrapes, the admin port half to clients
+    /// and peers. The admin port's refusals say so (`own_limit`); the
+    /// listen port's name the node's limit, which is what its clients meet.
+    pub most: usize,
+    pub own_limit: Option<&'static str>,
 }
 
 /// Connections only the admin port may take.
@@ -73,7 +76,8 @@ pub(crate) async fn accept_each<F, Fut>(
 {
     let (mut refusal_logged, mut failure_logged): (Option<Instant>, Option<Instant>) = (None, None);
     let answering = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
-    let port_max = port.max;
+    let own = Arc::new(Semaphore::new(port.most));
+    let (port_max, port_most, port_name) = (port.max, port.most, port.name);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -91,15 +95,30 @@ pub(crate) async fn accept_each<F, Fut>(
                 continue;
             }
         };
-        let room = port.open.available_permits() > port.keep_free;
-        let Some(slot) = room.then(|| port.open.clone().try_acquire_owned().ok()).flatten() else {
+        let mine = own.clone().try_acquire_owned().ok();
+        let port_full = mine.is_none();
+        let slot = port.open.clone().try_acquire_owned().ok();
+        let (Some(mine), Some(slot)) = (mine, slot) else {
+            let e = if let Some(share) = port.own_limit.filter(|_| port_full) {
+                WeftError::new(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    format!("the node's {port_name} port has its limit of {port_most} connections open ({share}); retry shortly"),
+                )
+                .with("limit", port_most)
+            } else {
+                WeftError::new(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    format!("the node has its limit of {port_max} connections open (limits.max_connections); retry shortly, or ask its operator to raise the limit"),
+                )
+                .with("limit", port_max)
+            };
             // Answered rather than left in the backlog: the client learns at
             // once, and why. A TLS port would first need a handshake, which
             // a full node does not spend: its refusals are only closed.
             match answering.clone().try_acquire_owned() {
                 Ok(answer) if port.tls.is_none() => {
                     tracker.spawn(async move {
-                        refuse(stream, port_max).await;
+                        refuse(stream, &e).await;
                         drop(answer);
                     });
                 }
@@ -120,7 +139,7 @@ pub(crate) async fn accept_each<F, Fut>(
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes.with_retries(KEEPALIVE_PROBES));
         let (tls, metrics, serve, name) = (port.tls.clone(), metrics.clone(), serve.clone(), port.name);
         tracker.spawn(async move {
-            let _slot = slot;
+            let _slot = (mine, slot);
             let conn = match tls {
                 None => Either::Left(stream),
                 Some(tls) => match tls.accept(stream, name, &metrics).await {
@@ -134,18 +153,11 @@ pub(crate) async fn accept_each<F, Fut>(
 }
 
 /// Answers a connection over `limits.max_connections` with 503 and the
-/// error (an HTTP request on either port: admin requests and WebSocket
+/// error `e` (an HTTP request on either port: admin requests and WebSocket
 /// upgrades alike), then reads what the client sent until it closes, so
 /// that closing does not reset the connection before the answer is read.
-async fn refuse(mut stream: TcpStream, max: usize) {
-    let e = WeftError::new(
-        ErrorKind::RESOURCE_EXHAUSTED,
-        format!(
-            "the node has its limit of {max} connections open (limits.max_connections); retry shortly, or ask its operator to raise the limit"
-        ),
-    )
-    .with("limit", max);
-    let answer = http_error("503 Service Unavailable", "retry-after: 1", &e);
+async fn refuse(mut stream: TcpStream, e: &WeftError) {
+    let answer = http_error("503 Service Unavailable", "retry-after: 1", e);
     let exchange = async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;

@@ -130,6 +130,11 @@ pub(crate) struct StartConfig {
 }
 
 impl StartConfig {
+    /// Whether there is more than the defaults to read again.
+    fn configured(&self) -> bool {
+        self.source.is_some() || !self.overrides.settings.is_empty()
+    }
+
     fn of(config: &Config) -> Arc<Self> {
         Arc::new(StartConfig {
             source: config.source.clone(),
@@ -149,7 +154,7 @@ pub(crate) async fn reload_federation(
     fabric: Arc<Fabric>,
     start: Arc<StartConfig>,
 ) -> Result<serde_json::Value, crate::ConfigError> {
-    let configured = start.source.is_some();
+    let configured = start.configured();
     let outcome = tokio::task::spawn_blocking(move || apply_federation(&fabric, &start)).await.unwrap_or_else(|e| {
         Err(crate::ConfigError { file: "(reload)".into(), problems: vec![format!("the reload failed: {e}")] })
     });
@@ -163,17 +168,23 @@ pub(crate) async fn reload_federation(
 }
 
 fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::Value, crate::ConfigError> {
-    let Some(path) = start.source.as_deref() else {
+    if !start.configured() {
         return Err(crate::ConfigError {
             file: "(none)".into(),
-            problems: vec!["this node was started without a config file; there is nothing to reload".into()],
+            problems: vec![
+                "this node was started without a config file or --set / WEFT_SECTION__KEY settings; there is nothing to reload".into(),
+            ],
         });
-    };
-    let config = Config::load(Some(path), &start.overrides)?;
+    }
+    // Without a file, the settings over the defaults: what they name (TLS
+    // files that were rotated, say) is read again.
+    let path = start.source.as_deref();
+    let source = path.map_or_else(|| "(flags and WEFT_* variables)".to_owned(), |p| p.display().to_string());
+    let config = Config::load(path, &start.overrides)?;
     // TLS is read first: a file that cannot be used stops the whole reload,
     // so a node never ends up with half of a new configuration.
     let (acceptor, roots) = tls_reload(fabric, &config)
-        .map_err(|problem| crate::ConfigError { file: path.display().to_string(), problems: vec![problem] })?;
+        .map_err(|problem| crate::ConfigError { file: source.clone(), problems: vec![problem] })?;
     let mut policy = config.policy();
     policy.cluster = fabric.me.cluster.clone();
     // The cluster's functions are known by now (at startup they are not:
@@ -211,7 +222,7 @@ fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::
         tracing::warn!("{warning}");
     }
     Ok(serde_json::json!({
-        "reloaded": path.display().to_string(),
+        "reloaded": source,
         "warnings": warnings,
         "links_closed": closed,
         "tenants": config.tenants.len(),
@@ -440,7 +451,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tls: tls.clone(),
         open: open.clone(),
         max: max_connections,
-        keep_free: 0,
+        most: max_connections / 2,
+        own_limit: Some("half of limits.max_connections"),
     };
     admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
@@ -544,7 +556,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tls,
         open,
         max: max_connections,
-        keep_free: crate::listen::ADMIN_RESERVE,
+        most: max_connections - crate::listen::ADMIN_RESERVE,
+        own_limit: None,
     };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
     tracker.spawn(runtime_upkeep(fabric.runtime.clone(), fabric.metrics.clone(), shutdown.clone()));
