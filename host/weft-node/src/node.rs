@@ -193,7 +193,7 @@ fn apply_federation(fabric: &Fabric, start: &StartConfig) -> Result<serde_json::
     let functions = entries.iter().filter(|e| e.cluster == fabric.me.cluster).map(|e| &e.function);
     let unmatched = policy.unmatched_function_rules(functions);
     let refused = fabric.set_policy(policy, config.federation.functions.rate_limit_per_minute);
-    fabric.set_tenants(Tenants::from_config(&config));
+    fabric.set_tenants(Tenants::from_config(&config, &fabric.tenants()));
     let relimited = fabric.runtime.set_tenant_limits(config.tenant_limits());
     fabric.set_roots(roots);
     if let (Some(server), Some(acceptor)) = (&fabric.tls, acceptor) {
@@ -506,7 +506,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         (config.policy(), config.federation.functions.rate_limit_per_minute),
         tracker.clone(),
     );
-    fabric.set_tenants(Tenants::from_config(&config));
+    fabric.set_tenants(Tenants::from_config(&config, &fabric.tenants()));
     fabric.set_unlisted(local.unlisted);
     let key = &config.routing.security.signing_key;
     let signer = if key.is_empty() {

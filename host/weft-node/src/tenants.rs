@@ -98,10 +98,12 @@ struct Tenant {
     name: Arc<str>,
     tokens: usize,
     /// Requests of this tenant running on this node now (at most
-    /// `max_in_flight` when that is not 0).
-    running: AtomicUsize,
+    /// `max_in_flight` when that is not 0). Shared with the tenant of the
+    /// same name in the config before a reload, as is `calls` while
+    /// `calls_per_minute` stays: a reload must not hand out fresh quotas.
+    running: Arc<AtomicUsize>,
     calls_per_minute: u32,
-    calls: Option<governor::DefaultDirectRateLimiter>,
+    calls: Option<Arc<governor::DefaultDirectRateLimiter>>,
     max_in_flight: u32,
 }
 
@@ -131,24 +133,31 @@ pub struct TenantInfo {
 }
 
 impl Tenants {
-    /// `[auth]` and `[tenants]` of a loaded config.
-    pub fn from_config(config: &Config) -> Self {
+    /// `[auth]` and `[tenants]` of a loaded config, taking over the
+    /// requests running and the minute's commands of `previous` (the
+    /// tenants before a reload).
+    pub fn from_config(config: &Config, previous: &Tenants) -> Self {
         let operators = config.auth.operator_tokens.iter().filter_map(|t| token_digest(t).ok()).collect();
-        Self { operators, ..Self::new(config.auth.required, &config.tenants) }
+        Self { operators, ..Self::new(config.auth.required, &config.tenants, previous) }
     }
 
     /// From a checked config (`Config::load` refused bad tokens already;
     /// one that still fails here is skipped).
-    pub fn new(required: bool, sections: &BTreeMap<String, TenantSection>) -> Self {
+    pub fn new(required: bool, sections: &BTreeMap<String, TenantSection>, previous: &Tenants) -> Self {
         let (mut all, mut by_token) = (Vec::new(), HashMap::new());
         for (name, section) in sections {
-            let quota = NonZeroU32::new(section.calls_per_minute).map(governor::Quota::per_minute);
+            let before = previous.all.iter().find(|t| *t.name == **name);
+            let calls = match before.filter(|t| t.calls_per_minute == section.calls_per_minute) {
+                Some(t) => t.calls.clone(),
+                None => NonZeroU32::new(section.calls_per_minute)
+                    .map(|n| Arc::new(governor::RateLimiter::direct(governor::Quota::per_minute(n)))),
+            };
             let tenant = Arc::new(Tenant {
                 name: name.as_str().into(),
                 tokens: section.tokens.len(),
-                running: AtomicUsize::new(0),
+                running: before.map_or_else(Arc::default, |t| t.running.clone()),
                 calls_per_minute: section.calls_per_minute,
-                calls: quota.map(governor::RateLimiter::direct),
+                calls,
                 max_in_flight: section.max_in_flight,
             });
             for token in &section.tokens {
@@ -294,7 +303,7 @@ mod tests {
         let bob_digest = hex(&Sha256::digest(BOB.as_bytes()));
         let bob = TenantSection { tokens: vec![format!("sha256:{bob_digest}")], ..TenantSection::default() };
         let acme = TenantSection { tokens: vec![ACME.into()], ..acme };
-        Tenants::new(required, &BTreeMap::from([("acme".into(), acme), ("bob".into(), bob)]))
+        Tenants::new(required, &BTreeMap::from([("acme".into(), acme), ("bob".into(), bob)]), &Tenants::default())
     }
 
     #[test]
@@ -351,7 +360,7 @@ mod tests {
     #[test]
     fn a_tenant_without_tokens_is_listed_and_never_admitted() {
         let owner = TenantSection { max_in_flight: 3, ..TenantSection::default() };
-        let t = Tenants::new(true, &BTreeMap::from([("owner".into(), owner)]));
+        let t = Tenants::new(true, &BTreeMap::from([("owner".into(), owner)]), &Tenants::default());
         let listed = t.list();
         assert_eq!((listed[0].name.as_str(), listed[0].tokens, listed[0].max_in_flight), ("owner", 0, 3));
         assert_eq!(admit(&t, Some(ACME), 1).err().unwrap().kind, ErrorKind::UNAUTHENTICATED);
@@ -393,5 +402,27 @@ mod tests {
         for other in [format!("sha512:{digest}"), format!("SHA-1:{digest}"), format!("sha1:{digest}")] {
             assert!(token_digest(&other).unwrap_err().contains("only \"sha256:\" digests"), "{other}");
         }
+    }
+
+    #[test]
+    fn a_reload_takes_over_the_requests_running_and_the_minute_s_commands() {
+        let quotas = TenantSection { max_in_flight: 1, calls_per_minute: 3, ..TenantSection::default() };
+        let before = tenants(false, quotas.clone());
+        let running = admit(&before, Some(ACME), 2).unwrap();
+        let same = |previous: &Tenants, quotas: TenantSection| {
+            let acme = TenantSection { tokens: vec![ACME.into()], ..quotas };
+            Tenants::new(false, &BTreeMap::from([("acme".into(), acme)]), previous)
+        };
+        let after = same(&before, quotas.clone());
+        assert_eq!(after.list()[0].in_flight, 1, "the request running before the reload counts");
+        let e = admit(&after, Some(ACME), 1).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{e}");
+        drop(running);
+        assert_eq!(after.list()[0].in_flight, 0, "and gives its place back to the new tenants");
+        let e = admit(&after, Some(ACME), 2).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::RATE_LIMITED, "the minute's two commands still count: {e}");
+        // A new rate is a new budget.
+        let faster = same(&after, TenantSection { calls_per_minute: 10, ..quotas });
+        assert!(admit(&faster, Some(ACME), 2).is_ok());
     }
 }
