@@ -82,6 +82,13 @@ async fn tokens_name_tenants_and_a_tenants_plugin_is_refused_to_others_on_every_
         assert!(e.message.contains("tenant bob") && !e.message.contains("acme"), "names no owner: {e}");
     }
     assert_eq!(call_as(&a1, Some(ACME), "snoop", vec![json!("three")]).await.unwrap(), "two", "bob saw nothing");
+    // A function of acme's kept out of the catalog (resource handles) is
+    // explained to acme, and to bob not even named.
+    let e = call_as(&a1, Some(ACME), "is-ready", vec![json!(1)]).await.unwrap_err();
+    assert_eq!(e.details["local_only"], "hostile/is-ready", "{e}");
+    let e = call_as(&a1, Some(BOB), "is-ready", vec![json!(1)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+    assert!(e.details.get("local_only").is_none() && !e.message.contains("hostile"), "{e}");
     let plugins = a1.admin().get("/v1/plugins").await.unwrap().body;
     let hostile = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
     assert_eq!((hostile["tenant"].as_str(), hostile["callers"].clone()), (Some("acme"), json!(["acme"])));

@@ -115,7 +115,9 @@ impl Executor {
         self.admit_targets(&req)?;
         let catalog = self.fabric.entries();
         let asker = Asker { caller: &admission.caller, cluster: &self.fabric.me.cluster };
-        let mut plan = Plan::build(&req, |cmd| resolve(cmd, &catalog, &asker).map_err(|e| self.explain_miss(cmd, e)))?;
+        let mut plan = Plan::build(&req, |cmd| {
+            resolve(cmd, &catalog, &asker).map_err(|e| self.explain_miss(cmd, e, &admission.caller))
+        })?;
         // The plan holds the arguments now; a large request is not kept twice.
         drop(std::mem::take(&mut req.cmds));
         let hop_budget = req.hop_budget.unwrap_or(self.default_hop_budget);
@@ -205,15 +207,17 @@ impl Executor {
     }
 
     /// What a name missing from the catalog may be: a function loaded here
-    /// but kept out of it for its resource handles, or one of a cluster
-    /// whose link was refused by policy.
-    fn explain_miss(&self, cmd: &Command, e: WeftError) -> WeftError {
+    /// but kept out of it for its resource handles (of a plugin `caller`
+    /// may call: of others it learns nothing), or one of a cluster whose
+    /// link was refused by policy.
+    fn explain_miss(&self, cmd: &Command, e: WeftError, caller: &Caller) -> WeftError {
         if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
             return e;
         }
         let wanted = cmd.function_id.as_deref().unwrap_or(&cmd.fun);
         let (plugin, function) = wanted.split_once('/').map_or((None, wanted), |(p, f)| (Some(p), f));
-        let found = self.fabric.runtime.plugins().into_iter().find_map(|p| {
+        let plugins = self.fabric.runtime.plugins().into_iter().filter(|p| p.callers.admits(caller));
+        let found = plugins.into_iter().find_map(|p| {
             let f = p
                 .functions
                 .iter()
