@@ -874,6 +874,43 @@ async fn a_plugins_folder_created_after_the_node_started_is_loaded_and_watched()
     assert_eq!(sum, json!(3));
 }
 
+/// `limits.write_timeout` runs while a client reads nothing: one that
+/// reads a large reply slowly, for longer than the timeout, gets all of it.
+#[tokio::test]
+async fn a_client_reading_a_large_reply_slowly_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = "[limits]\nwrite_timeout = \"1s\"\nmax_frame = \"64MiB\"\n".to_owned();
+    let node = TestNode::start(NodeSpec { config, ..NodeSpec::default() });
+    let addr = node.ws.trim_start_matches("ws://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // One text frame, masked (as a client's must be) with the zero key.
+    let request = br#"{"role":"rpc","u":"s","cmds":[{"name":"a","fun":"big-output","args":[12]}]}"#;
+    let mut frame = vec![0x81, 0x80 | u8::try_from(request.len()).unwrap(), 0, 0, 0, 0];
+    frame.extend_from_slice(request);
+    tcp.write_all(&frame).await.unwrap();
+    // About 3 MB/s: the 12 MiB reply takes some 4 s, four write timeouts.
+    let (mut got, mut chunk) = (0, vec![0u8; 64 << 10]);
+    let started = std::time::Instant::now();
+    while got < 12 << 20 {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the node closed the connection after {got} bytes, {:?} in", started.elapsed());
+        got += n;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(2), "the reply was read too fast to test: {:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_stops_being_read_and_is_let_go_without_losing_a_reader_s_replies() {
     let node = TestNode::start(NodeSpec {

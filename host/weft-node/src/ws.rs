@@ -87,7 +87,11 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         bearer = crate::tenants::bearer(req.headers());
         Ok(resp)
     };
-    let mut stream = BufReader::new(stream);
+    // A write the client takes nothing of for `write_timeout` fails: a
+    // client that reads, however slowly, keeps its connection.
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(ctx.write_timeout));
+    let mut stream = BufReader::new(Box::pin(stream));
     let upgrade = async {
         if refused_plain_http(&mut stream, ctx.admin_port).await {
             return None;
@@ -166,14 +170,14 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
             reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
                 inline = None;
-                if write_replies(&mut sink, reply, &mut replies, ctx.write_timeout).await.is_err() {
+                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
                     client_left = true;
                     break;
                 }
                 continue;
             }
             Some(reply) = replies.recv() => {
-                if write_replies(&mut sink, reply, &mut replies, ctx.write_timeout).await.is_err() {
+                if write_replies(&mut sink, reply, &mut replies).await.is_err() {
                     client_left = true;
                     break;
                 }
@@ -242,7 +246,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Ok(request) => request,
             Err(refused) => {
                 let answer = reply(&ctx.executor, *refused, binary);
-                if write_replies(&mut sink, answer, &mut replies, ctx.write_timeout).await.is_err() {
+                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
                     client_left = true;
                     break;
                 }
@@ -258,15 +262,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 ),
             );
             ctx.metrics.record_error(e.kind);
-            if write_replies(
-                &mut sink,
-                reply(&ctx.executor, Response::err(request.u, &e), binary),
-                &mut replies,
-                ctx.write_timeout,
-            )
-            .await
-            .is_err()
-            {
+            let answer = reply(&ctx.executor, Response::err(request.u, &e), binary);
+            if write_replies(&mut sink, answer, &mut replies).await.is_err() {
                 client_left = true;
                 break;
             }
@@ -359,7 +356,7 @@ const DISCARD_FOR: Duration = Duration::from_secs(2);
 /// The message read before the loop, then the next from the client.
 async fn next_message(
     first: &mut Option<Result<Message, WsError>>,
-    incoming: &mut SplitStream<WebSocketStream<BufReader<Conn>>>,
+    incoming: &mut SplitStream<WebSocketStream<ClientIo>>,
 ) -> Option<Result<Message, WsError>> {
     match first.take() {
         Some(message) => Some(message),
@@ -449,7 +446,7 @@ impl Drop for Open<'_> {
 /// upgrade without the version or key of RFC 6455) with its status and why,
 /// instead of a closed connection; true if it did. Looks only at what the
 /// first read brought: anything else is left to the WebSocket handshake.
-async fn refused_plain_http(stream: &mut BufReader<Conn>, admin_port: u16) -> bool {
+async fn refused_plain_http(stream: &mut ClientIo, admin_port: u16) -> bool {
     let Ok(head) = stream.fill_buf().await else {
         return false;
     };
@@ -493,14 +490,18 @@ fn refusal(head: &str, admin_port: u16) -> Option<(&'static str, &'static str, W
     None
 }
 
+/// A client connection as the WebSocket reads and writes it: buffered (for
+/// the look at a plain HTTP request), each write bounded by the write
+/// timeout.
+type ClientIo = BufReader<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<Conn>>>>;
+
 /// Writes `first` and every reply already waiting, then flushes once: replies
 /// that are ready together go out in one write. Fails when the client has
-/// not taken them all within `timeout`.
+/// taken nothing of them for `limits.write_timeout`.
 async fn write_replies(
-    sink: &mut SplitSink<WebSocketStream<BufReader<Conn>>, Message>,
+    sink: &mut SplitSink<WebSocketStream<ClientIo>, Message>,
     first: Message,
     waiting: &mut mpsc::Receiver<Message>,
-    timeout: Duration,
 ) -> Result<(), WsError> {
     let write = async {
         sink.feed(first).await?;
@@ -509,11 +510,10 @@ async fn write_replies(
         }
         sink.flush().await
     };
-    tokio::time::timeout(timeout, write).await.unwrap_or_else(|_| {
-        tracing::debug!(
-            "the client left its replies unread for {timeout:?} (limits.write_timeout); closing its connection"
-        );
-        Err(WsError::Io(std::io::ErrorKind::TimedOut.into()))
+    write.await.inspect_err(|e| {
+        if matches!(e, WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut) {
+            tracing::debug!("the client read nothing of its replies for limits.write_timeout; closing its connection");
+        }
     })
 }
 
