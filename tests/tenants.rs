@@ -481,6 +481,16 @@ async fn a_reload_applies_changed_tenant_limits_to_the_tenants_plugins() {
     assert_eq!((deadline_of("hostile").await, deadline_of("echo").await), (300, 5000));
     let e = call_as(&n, Some(ACME), "spin", vec![]).await.unwrap_err();
     assert!(e.message.contains("its deadline of 300ms"), "{e}");
+
+    // Without its tenant, the plugin falls back to the node's limits, and
+    // the log says so.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.split("[auth]").next().unwrap().to_owned();
+    support::write(&path, &text);
+    let reply = n.admin().post("/v1/federation/reload", "").await.unwrap();
+    assert_eq!(reply.body["plugins_relimited"], json!(["hostile@0.1.0"]), "{}", reply.text);
+    assert_eq!(deadline_of("hostile").await, 5000);
+    assert!(n.stderr().contains("the plugin's tenant has no [tenants] entry any more"), "{}", n.stderr());
 }
 
 /// A plugin name belongs to one tenant: a file of acme's that claims the

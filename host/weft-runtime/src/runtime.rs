@@ -165,8 +165,12 @@ impl Runtime {
         let mut plugins = write(&self.plugins);
         let mut changed = Vec::new();
         for plugin in plugins.iter_mut() {
-            let (limits, _) = self.limits_for(&plugin.manifest);
+            let (limits, tenant_known) = self.limits_for(&plugin.manifest);
             if limits != plugin.limits {
+                let tenant = plugin.manifest.tenant();
+                if !tenant_known && tenant != crate::manifest::DEFAULT_TENANT {
+                    tracing::warn!(plugin = %plugin.label, tenant, ?limits, "the plugin's tenant has no [tenants] entry any more, so the plugin runs under the node's [limits]; remove the plugin, or give it a tenant");
+                }
                 tracing::info!(plugin = %plugin.label, ?limits, "plugin limits changed with its tenant's");
                 changed.push(plugin.label.to_string());
                 *plugin = Arc::new(plugin.relimited(limits));
