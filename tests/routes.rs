@@ -361,6 +361,15 @@ async fn neighbour_rules_and_tags_shape_what_is_learnt() {
     assert_eq!(best(&a, "delta").await, None, "routes through delta are refused");
     let refused = metric(&a.admin().get("/metrics").await.unwrap().text, "weft_routes_refused_total").unwrap_or(0.0);
     assert!(refused >= 2.0, "{refused}");
+    // Why is said where an operator looks: explain, and the call's error.
+    let explain = a.admin().get("/v1/routes/explain?cluster=delta").await.unwrap().body;
+    let reason = explain["refused_routes"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("routing.neighbours.beta.deny_on_path"), "{explain}");
+    assert_eq!(explain["refused_routes"][0]["via"], "beta1", "{explain}");
+    let err = call_in(&a, "delta", "echo", None).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    assert!(err.message.contains("node beta1 announced a route there that was not taken"), "{err:?}");
+    assert!(err.message.contains("deny_on_path"), "{err:?}");
 }
 
 #[tokio::test]

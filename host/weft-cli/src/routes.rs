@@ -79,6 +79,10 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<ExitCode> {
         for l in body["losers"].as_array().into_iter().flatten() {
             println!("lost: {}  ({})", line(l), l["lost_because"].as_str().unwrap_or(""));
         }
+        for r in body["refused_routes"].as_array().into_iter().flatten() {
+            let (via, why) = (r["via"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""));
+            println!("not taken: the route node {via} announced ({why})");
+        }
         println!("selection: {}", body["selection"].as_str().unwrap_or(""));
         return Ok(ExitCode::SUCCESS);
     }

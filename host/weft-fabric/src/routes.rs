@@ -168,6 +168,9 @@ pub struct Explanation {
     pub destination: ClusterId,
     pub winner: Option<Route>,
     pub losers: Vec<(Route, String)>,
+    /// Neighbour nodes whose latest update announced the destination, and
+    /// why this node did not take that route.
+    pub refused: Vec<(NodeId, String)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -209,6 +212,9 @@ pub struct RouteTable {
     links: BTreeMap<NodeId, (u64, u16)>,
     /// Each member's own best routes, as it shares them (paths start here).
     members: BTreeMap<NodeId, Vec<Announcement>>,
+    /// What each neighbour node's latest update announced and this node
+    /// did not take, with why: a missing route may be why a call fails.
+    refused: BTreeMap<NodeId, Vec<Dropped>>,
 }
 
 impl RouteTable {
@@ -225,6 +231,7 @@ impl RouteTable {
             checked: Millis::default(),
             links: BTreeMap::new(),
             members: BTreeMap::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -320,8 +327,22 @@ impl RouteTable {
         for (dest, route) in fresh {
             self.routes.entry(dest).or_default().insert(via.clone(), route);
         }
+        if update.dropped.is_empty() {
+            self.refused.remove(via);
+        } else {
+            self.refused.insert(via.clone(), update.dropped.clone());
+        }
         update.changed = self.diff(&before, now);
         Ok(update)
+    }
+
+    /// Why the routes to `destination` that neighbours announced last were
+    /// not taken, by neighbour node.
+    pub fn refused_routes(&self, destination: &ClusterId) -> Vec<(NodeId, String)> {
+        let of = |(via, dropped): (&NodeId, &Vec<Dropped>)| {
+            dropped.iter().find(|d| d.destination == *destination).map(|d| (via.clone(), d.reason.clone()))
+        };
+        self.refused.iter().filter_map(of).collect()
     }
 
     fn check(
@@ -400,6 +421,7 @@ impl RouteTable {
     /// A bridge peer is gone: everything it announced is withdrawn.
     pub fn drop_neighbour(&mut self, now: Millis, via: &NodeId) -> Vec<ClusterId> {
         self.announced.remove(via);
+        self.refused.remove(via);
         let before = self.winners(now);
         let dests: Vec<ClusterId> =
             self.routes.iter().filter(|(_, by)| by.contains_key(via)).map(|(d, _)| d.clone()).collect();
@@ -537,7 +559,7 @@ impl RouteTable {
                     .collect()
             })
             .unwrap_or_default();
-        Explanation { destination: destination.clone(), winner, losers }
+        Explanation { destination: destination.clone(), winner, losers, refused: self.refused_routes(destination) }
     }
 
     fn why_lost(r: &Route, winner: Option<&Route>, now: Millis) -> String {

@@ -483,6 +483,7 @@ fn explain(fabric: &Fabric, cluster: &str) -> Value {
         "winner": e.winner.as_ref().map(|r| route_json(r, now)),
         "last_resort": last_resort.map(|r| route_json(r, now)),
         "losers": losers,
+        "refused_routes": e.refused.iter().map(|(via, reason)| json!({"via": via, "reason": reason})).collect::<Vec<_>>(),
         "selection": rule,
         "relayed_by": relayed_by,
         "bridged_to": bridged_to,

@@ -121,6 +121,18 @@ fn loops_foreign_paths_long_paths_and_refused_clusters_are_dropped() {
     assert!(reasons[0].contains("loop") && reasons[1].contains("does not start"), "{reasons:?}");
     assert!(reasons[2].contains("hop limit") && reasons[3].contains("cluster x") && reasons[4].contains("twice"));
     assert_eq!(t.winners(T0).keys().cloned().collect::<Vec<_>>(), [c("c")]);
+    // Why the route to y was not taken stays on record for explain, until
+    // the neighbour's next update or its link goes.
+    let refused = t.explain(T0, &c("y")).refused;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].0 == n("b1") && refused[0].1.contains("cluster x on its path is refused"), "{refused:?}");
+    t.update(T0, &n("b1"), &c("b"), 2, vec![ann(&["b", "x", "y"])], deny_x).unwrap();
+    assert_eq!(t.refused_routes(&c("y")).len(), 1);
+    t.update(T0, &n("b1"), &c("b"), 3, vec![ann(&["b", "c"])], ok).unwrap();
+    assert!(t.refused_routes(&c("y")).is_empty(), "no longer announced");
+    t.update(T0, &n("b1"), &c("b"), 4, vec![ann(&["b", "x", "y"])], deny_x).unwrap();
+    t.drop_neighbour(T0, &n("b1"));
+    assert!(t.refused_routes(&c("y")).is_empty(), "its link is gone");
 }
 
 #[test]

@@ -528,6 +528,10 @@ impl Fabric {
                 why.push_str(&format!("; node {node} announced a route there that was refused: {}", refused.reason));
             }
         }
+        let routes = read(&self.view).routes.clone();
+        for (node, reason) in routes.refused_routes(target) {
+            why.push_str(&format!("; node {node} announced a route there that was not taken: {reason}"));
+        }
         Err(WeftError::new(
             ErrorKind::NO_ROUTE,
             format!(
