@@ -1019,11 +1019,10 @@ async fn a_sighup_to_a_node_without_a_config_file_logs_no_error() {
     assert!(!node.stderr().contains("ERROR"), "{}", node.stderr());
 }
 
-/// Idle connections to the admin port hold at most half the places, so
-/// they cannot lock clients and peers out of the listen port.
-#[tokio::test]
-async fn idle_admin_connections_leave_the_listen_port_room() {
-    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
+/// Opens silent connections to the admin port until a request finds no
+/// room, one by one: a request just answered may hold its place a moment
+/// after the reply (on a busy machine). Returns them, and the refusal.
+async fn fill_admin_port(node: &TestNode) -> (Vec<tokio::net::TcpStream>, weft_client::AdminReply) {
     let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
     let mut idle = Vec::new();
     let full = eventually("a full admin port", Duration::from_secs(10), async || {
@@ -1032,6 +1031,15 @@ async fn idle_admin_connections_leave_the_listen_port_room() {
         (reply.status == 503).then_some(reply)
     })
     .await;
+    (idle, full)
+}
+
+/// Idle connections to the admin port hold at most half the places, so
+/// they cannot lock clients and peers out of the listen port.
+#[tokio::test]
+async fn idle_admin_connections_leave_the_listen_port_room() {
+    let node = TestNode::start(NodeSpec { config: "[limits]\nmax_connections = 16\n".into(), ..NodeSpec::default() });
+    let (idle, full) = fill_admin_port(&node).await;
     assert!(idle.len() < 16, "the admin port was full after {} silent connections", idle.len());
     let message = full.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("admin port has its limit of 8 connections open"), "{}", full.text);
@@ -1053,18 +1061,8 @@ async fn connections_over_the_limit_are_answered_503_and_idle_admin_connections_
     assert!(refused.message.contains("limit of 16 connections open (limits.max_connections)"), "{refused}");
     assert_eq!(refused.details["limit"], 16);
     assert_eq!(node.admin().get("/health").await.unwrap().status, 200, "health checks still get in");
-    // Silent connections fill the admin port's eight places too. A request
-    // just answered may hold its place a moment after the reply (on a busy
-    // machine), and a connection opened then is refused: so open them one
-    // by one until a request finds no room.
-    let admin_addr = node.admin_url.trim_start_matches("http://").to_owned();
-    let mut idle = Vec::new();
-    let full = eventually("a full admin port", Duration::from_secs(10), async || {
-        idle.push(tokio::net::TcpStream::connect(&admin_addr).await.unwrap());
-        let reply = node.admin().get("/health").await.ok()?;
-        (reply.status == 503).then_some(reply)
-    })
-    .await;
+    // Silent connections fill the admin port's eight places too.
+    let (idle, full) = fill_admin_port(&node).await;
     assert!((8..16).contains(&idle.len()), "the admin port was full after {} silent connections", idle.len());
     assert_eq!(full.body["error"]["kind"], "RESOURCE_EXHAUSTED", "{}", full.text);
     // The admin port closes a connection that sends no headers within 10 s.
