@@ -209,7 +209,7 @@ async fn a_seed_at_its_connection_limit_is_named_and_joined_once_it_has_room() {
     }
     let b = member("b", vec!["math"], &[&a], "", "1s");
     eventually("b to log why the seed refused it", SETTLE, async || {
-        b.stderr().contains("the node has its limit of 16 connections open (limits.max_connections)").then_some(())
+        b.stderr().contains("the node's listen port has its limit of 8 connections open").then_some(())
     })
     .await;
     drop(fill);

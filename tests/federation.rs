@@ -560,21 +560,68 @@ async fn a_call_relayed_for_a_cluster_out_of_reach_fails_and_never_runs_a_local_
 async fn a_foreign_call_for_a_version_upgraded_meanwhile_is_served_by_the_replaced_one() {
     let b1 = node("b1", "beta", vec!["echo"], &[], &allow("alpha"));
     let b2 = node("b2", "beta", vec!["text"], &[&b1], &allow("alpha"));
+    // alpha has the same plugin at the same version: it is not where a
+    // call from alpha goes on to.
+    let _a1 = node("a1", "alpha", vec!["text"], &[&b1], &allow("beta"));
     let versions = async || {
         let body = b1.admin().get("/v1/catalog").await.unwrap().body;
         let upper = body["functions"].as_array().unwrap().iter().filter(|f| f["name"] == "upper");
-        upper.map(|f| f["version"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        let mut v: Vec<String> =
+            upper.map(|f| format!("{}@{}", f["cluster"].as_str().unwrap(), f["version"].as_str().unwrap())).collect();
+        v.sort();
+        v.dedup();
+        v
     };
-    eventually("b1 lists upper", SETTLE, async || (versions().await == ["0.1.0"]).then_some(())).await;
+    let both = ["alpha@0.1.0", "beta@0.1.0"];
+    eventually("b1 lists upper", SETTLE, async || (versions().await == both).then_some(())).await;
     let mut alpha = FakePeer::join(&b1, "a9", "alpha").await;
 
     std::fs::write(b2.plugins_dir().join("text.toml"), "version = \"0.2.0\"\n").unwrap();
-    eventually("b1 lists the upgrade", SETTLE, async || (versions().await == ["0.2.0"]).then_some(())).await;
-    let call = json!({"t": "call", "id": 1, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+    let upgraded = ["alpha@0.1.0", "beta@0.2.0"];
+    eventually("b1 lists the upgrade", SETTLE, async || (versions().await == upgraded).then_some(())).await;
+    for (id, target) in [(1, json!(null)), (2, json!("beta"))] {
+        let call = json!({"t": "call", "id": id, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+            "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["alpha"], "hop_budget": 2,
+            "target_cluster": target});
+        alpha.send(&call).await;
+        let reply = alpha.next_of("reply").await;
+        assert_eq!(reply["value"], "X", "{reply}");
+    }
+    // A version no member has says what the cluster has.
+    let call = json!({"t": "call", "id": 3, "function": "text/upper", "version": "9.9.9", "args": ["x"],
         "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["alpha"], "hop_budget": 2});
     alpha.send(&call).await;
     let reply = alpha.next_of("reply").await;
-    assert_eq!(reply["value"], "X", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("text/upper@9.9.9 is not in cluster beta now (it has version 0.2.0)"), "{reply}");
+}
+
+/// A peer that dialled in is held to the links' own write stall, not to
+/// the clients' `limits.write_timeout`: a bridge peer slow to take big
+/// answers keeps its link for longer than a client would.
+#[tokio::test]
+async fn a_peer_that_dialled_in_is_not_held_to_the_clients_write_timeout() {
+    let config = format!("{}\n[limits]\nwrite_timeout = \"1s\"", allow("alpha"));
+    let b1 = node("b1", "beta", vec!["echo"], &[], &config);
+    let mut alpha = FakePeer::join(&b1, "a9", "alpha").await;
+    let call = |id: u32, size: usize| {
+        json!({"t": "call", "id": id, "function": "echo/echo", "version": "0.1.0", "args": ["x".repeat(size)],
+            "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["alpha"], "hop_budget": 2})
+    };
+    // 24 MB of answers it does not read fill the socket's buffers; then it
+    // keeps sending, so it is not silent.
+    let started = std::time::Instant::now();
+    for id in 0..120 {
+        alpha.send(&call(id, 200 << 10)).await;
+    }
+    for id in 120.. {
+        alpha.send(&call(id, 1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    assert!(linked(&b1, "a9").await, "the link was dropped after {:?}", started.elapsed());
 }
 
 /// A call whose federation path already holds this cluster came back to

@@ -44,8 +44,8 @@ pub(crate) struct Port {
     /// The most places of `open` this port may hold, so that neither port
     /// can lock the other out: the listen port leaves `ADMIN_RESERVE` to
     /// health checks and metrics scrapes, the admin port half to clients
-    /// and peers. The admin port's refusals say so (`own_limit`); the
-    /// listen port's name the node's limit, which is what its clients meet.
+    /// and peers. A refusal at `most` says how it comes from the node's
+    /// limit (`own_limit`).
     pub most: usize,
     pub own_limit: Option<&'static str>,
 }

@@ -557,7 +557,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         open,
         max: max_connections,
         most: max_connections - crate::listen::ADMIN_RESERVE,
-        own_limit: None,
+        own_limit: Some("limits.max_connections, less the 8 kept for the admin port"),
     };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
     tracker.spawn(runtime_upkeep(fabric.runtime.clone(), fabric.metrics.clone(), shutdown.clone()));

@@ -87,8 +87,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         bearer = crate::tenants::bearer(req.headers());
         Ok(resp)
     };
-    // A write the client takes nothing of for `write_timeout` fails: a
-    // client that reads, however slowly, keeps its connection.
+    // A write that cannot go on for `write_timeout` fails, not a batch of
+    // replies that takes longer (the kernel lets a write go on once the
+    // client has read a good part of the socket's buffer).
     let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
     stream.set_write_timeout(Some(ctx.write_timeout));
     let mut stream = BufReader::new(Box::pin(stream));
@@ -123,6 +124,10 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         match serde_json::from_str::<PeerMsg>(text) {
             Ok(PeerMsg::Hello(hello)) => {
                 drop(open);
+                // A peer link keeps its own watch on writes the peer does
+                // not take (as a link this node dialled does), not the
+                // clients' write timeout.
+                ws.get_mut().get_mut().as_mut().set_write_timeout_pinned(None);
                 ctx.executor.fabric().accept(ws, hello).await;
                 return;
             }
@@ -496,8 +501,8 @@ fn refusal(head: &str, admin_port: u16) -> Option<(&'static str, &'static str, W
 type ClientIo = BufReader<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<Conn>>>>;
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
-/// that are ready together go out in one write. Fails when the client has
-/// taken nothing of them for `limits.write_timeout`.
+/// that are ready together go out in one write. Fails when a write could
+/// not go on for `limits.write_timeout`.
 async fn write_replies(
     sink: &mut SplitSink<WebSocketStream<ClientIo>, Message>,
     first: Message,
@@ -512,7 +517,9 @@ async fn write_replies(
     };
     write.await.inspect_err(|e| {
         if matches!(e, WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut) {
-            tracing::debug!("the client read nothing of its replies for limits.write_timeout; closing its connection");
+            tracing::debug!(
+                "the client took too little of its replies for limits.write_timeout; closing its connection"
+            );
         }
     })
 }

@@ -704,6 +704,8 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
         let foreign: Vec<CatalogEntry> = entries
             .iter()
             .filter(|e| e.cluster != me.cluster && e.function == function && e.version == version)
+            // Never back to a cluster the call came through: a loop.
+            .filter(|e| !call.federation_path.contains(&e.cluster))
             .filter(|e| elsewhere.as_ref().is_none_or(|c| e.cluster == *c) && has_locs(e))
             .cloned()
             .collect();
@@ -758,8 +760,9 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     let here = |e: &&CatalogEntry| e.cluster == me.cluster && e.function == function && has_locs(e);
     let mut candidates: Vec<CatalogEntry> =
         entries.iter().filter(here).filter(|e| e.version == version).cloned().collect();
-    let onward = |e: &CatalogEntry| e.cluster != me.cluster && e.function == function && e.version == version;
-    if candidates.is_empty() && elsewhere.is_none() && !entries.iter().any(onward) {
+    let onward = |e: &CatalogEntry| leads_onward(e, fabric, link, &call, &function, &version);
+    let upgraded = candidates.is_empty() && elsewhere.is_none() && !entries.iter().any(onward);
+    if upgraded {
         // Upgraded here since the caller's catalog was built: the nodes that
         // list another version keep the replaced one serving for a while
         // (`Runtime::find`), and answer `not_loaded` once it is gone.
@@ -768,6 +771,14 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     if candidates.is_empty() || elsewhere.is_some() {
         return transit(fabric, link, call, function, version, deadline, &entries).await;
     }
+    // What the cluster has instead, for the error if no member still has
+    // the version asked for.
+    let instead = upgraded.then(|| {
+        let mut versions: Vec<String> = candidates.iter().map(|e| e.version.to_string()).collect();
+        versions.sort();
+        versions.dedup();
+        format!("{function}@{version} is not in cluster {} now (it has version {})", me.cluster, versions.join(", "))
+    });
     // Each node offers its copy on its own manifest's word (during a
     // rollout they may differ): the call may run on the copies exported.
     let exported = candidates.iter().any(|e| e.exported);
@@ -814,7 +825,18 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     fabric.charge(origin(link, &call))?;
     let step =
         StepCall { admission: Some(admission), ..pass_on(fabric, call, candidates, function, version, deadline) };
-    Ok(step.run().await)
+    let (result, node) = step.run().await;
+    // No member had the version any more (or ever): said as what the
+    // cluster has, still `not_loaded` for a caller planning from an older view.
+    let result = match (result, instead) {
+        (Err(e), Some(instead)) if e.details.contains_key(weft_runtime::NOT_LOADED) => Err(WeftError::new(
+            ErrorKind::FUNCTION_NOT_FOUND,
+            format!("{instead}; retry to use the catalog as it is now"),
+        )
+        .with(weft_runtime::NOT_LOADED, true)),
+        (result, _) => result,
+    };
+    Ok((result, node))
 }
 
 /// A call from another cluster for a function of a third one: carried on if
@@ -829,14 +851,8 @@ async fn transit(
     entries: &[CatalogEntry],
 ) -> Result<Ran, WeftError> {
     let me = &fabric.me;
-    let onward: Vec<CatalogEntry> = entries
-        .iter()
-        .filter(|e| e.cluster != me.cluster && e.cluster != link.remote.cluster)
-        .filter(|e| e.function == function && e.version == version && !call.federation_path.contains(&e.cluster))
-        .filter(|e| call.target_cluster.as_ref().is_none_or(|c| e.cluster == *c))
-        .filter(|e| call.locs.iter().all(|l| e.resources.contains(l)))
-        .cloned()
-        .collect();
+    let onward: Vec<CatalogEntry> =
+        entries.iter().filter(|e| leads_onward(e, fabric, link, &call, &function, &version)).cloned().collect();
     let Some(destination) = onward.first().map(|e| e.cluster.clone()) else {
         return Err(WeftError::new(
             ErrorKind::FUNCTION_NOT_FOUND,
@@ -877,6 +893,26 @@ async fn transit(
     fabric.charge(origin(link, &call))?;
     let step = pass_on(fabric, call, onward, function, version, deadline);
     Ok(step.run().await)
+}
+
+/// Whether `e` is an entry a call from another cluster could go on to
+/// through this cluster (as transit): the function and version it names,
+/// in a third cluster it has not been through, the one it targets if any.
+fn leads_onward(
+    e: &CatalogEntry,
+    fabric: &Fabric,
+    link: &Link,
+    call: &ForwardCall,
+    function: &FunctionId,
+    version: &semver::Version,
+) -> bool {
+    e.cluster != fabric.me.cluster
+        && e.cluster != link.remote.cluster
+        && e.function == *function
+        && e.version == *version
+        && !call.federation_path.contains(&e.cluster)
+        && call.target_cluster.as_ref().is_none_or(|c| e.cluster == *c)
+        && call.locs.iter().all(|l| e.resources.contains(l))
 }
 
 /// Who a call from another cluster is made for: a tenant of the neighbour
