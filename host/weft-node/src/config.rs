@@ -485,7 +485,7 @@ impl Setting {
                 toml_edit::Item::Table(t)
             });
             if item.is_array_of_tables() {
-                return Err(format!("{path} is a list of tables ([[{path}]]), which is set in the file only"));
+                return Err(format!("{path} is a list of tables ([[{path}]]): set it whole, as {path}=[{{...}}, ...]"));
             }
             table = item.as_table_like_mut().ok_or_else(|| format!("{path} is a value, not a section"))?;
         }

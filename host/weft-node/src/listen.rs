@@ -45,9 +45,9 @@ pub(crate) struct Port {
     /// can lock the other out: the listen port leaves `ADMIN_RESERVE` to
     /// health checks and metrics scrapes, the admin port half to clients
     /// and peers. A refusal at `most` says how it comes from the node's
-    /// limit (`own_limit`).
+    /// limit (`share`).
     pub most: usize,
-    pub own_limit: Option<&'static str>,
+    pub share: &'static str,
 }
 
 /// Connections only the admin port may take.
@@ -77,7 +77,7 @@ pub(crate) async fn accept_each<F, Fut>(
     let (mut refusal_logged, mut failure_logged): (Option<Instant>, Option<Instant>) = (None, None);
     let answering = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
     let own = Arc::new(Semaphore::new(port.most));
-    let (port_max, port_most, port_name) = (port.max, port.most, port.name);
+    let (port_max, port_most, port_name, share) = (port.max, port.most, port.name, port.share);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,7 +99,7 @@ pub(crate) async fn accept_each<F, Fut>(
         let port_full = mine.is_none();
         let slot = port.open.clone().try_acquire_owned().ok();
         let (Some(mine), Some(slot)) = (mine, slot) else {
-            let e = if let Some(share) = port.own_limit.filter(|_| port_full) {
+            let e = if port_full {
                 WeftError::new(
                     ErrorKind::RESOURCE_EXHAUSTED,
                     format!("the node's {port_name} port has its limit of {port_most} connections open ({share}); retry shortly"),

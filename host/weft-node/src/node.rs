@@ -452,7 +452,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         open: open.clone(),
         max: max_connections,
         most: max_connections / 2,
-        own_limit: Some("half of limits.max_connections"),
+        share: "half of limits.max_connections",
     };
     admin_tracker.spawn(admin::serve(admin_port, admin_ctx, admin_shutdown.clone(), admin_tracker.clone()));
 
@@ -557,7 +557,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         open,
         max: max_connections,
         most: max_connections - crate::listen::ADMIN_RESERVE,
-        own_limit: Some("limits.max_connections, less the 8 kept for the admin port"),
+        share: "limits.max_connections, less the 8 kept for the admin port",
     };
     tracker.spawn(ws::serve(ws_port, ws_ctx, shutdown.clone(), tracker.clone()));
     tracker.spawn(runtime_upkeep(fabric.runtime.clone(), fabric.metrics.clone(), shutdown.clone()));
