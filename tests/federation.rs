@@ -596,6 +596,38 @@ async fn a_foreign_call_for_a_version_upgraded_meanwhile_is_served_by_the_replac
     assert!(message.contains("text/upper@9.9.9 is not in cluster beta now (it has version 0.2.0)"), "{reply}");
 }
 
+/// The same through a transit cluster: its catalog has moved on too, and
+/// it sends the call on to the destination, whose bridge finds the
+/// replaced version.
+#[tokio::test]
+async fn a_call_through_transit_for_a_version_upgraded_meanwhile_is_served() {
+    let g1 = node("g1", "gamma", vec!["text"], &[], PERMISSIVE);
+    let b1 = node("b1", "beta", vec!["echo"], &[&g1], &format!("{PERMISSIVE}\n[routing]\ntransit = true"));
+    let gamma_upper = async || {
+        let body = b1.admin().get("/v1/catalog").await.unwrap().body;
+        let upper =
+            body["functions"].as_array().unwrap().iter().find(|f| f["name"] == "upper" && f["cluster"] == "gamma");
+        upper.map(|f| f["version"].as_str().unwrap().to_owned())
+    };
+    eventually("b1 lists gamma's upper", SETTLE, async || gamma_upper().await.filter(|v| v == "0.1.0")).await;
+    // alpha's calls reach gamma only where beta announced a way back.
+    let _a1 = node("a1", "alpha", vec!["echo"], &[&b1], PERMISSIVE);
+    let routes_to_alpha = async || {
+        let body = g1.admin().get("/v1/routes").await.unwrap().body;
+        body["routes"].as_array().unwrap().iter().any(|r| r["destination"] == "alpha").then_some(())
+    };
+    eventually("gamma's route to alpha", SETTLE, routes_to_alpha).await;
+    let mut alpha = FakePeer::join(&b1, "a9", "alpha").await;
+    std::fs::write(g1.plugins_dir().join("text.toml"), "version = \"0.2.0\"\n").unwrap();
+    eventually("b1 lists the upgrade", SETTLE, async || gamma_upper().await.filter(|v| v == "0.2.0")).await;
+    let call = json!({"t": "call", "id": 1, "function": "text/upper", "version": "0.1.0", "args": ["x"],
+        "deadline_ms": 5000, "routing_path": ["a9"], "federation_path": ["alpha"], "hop_budget": 3,
+        "target_cluster": "gamma"});
+    alpha.send(&call).await;
+    let reply = alpha.next_of("reply").await;
+    assert_eq!(reply["value"], "X", "{reply}");
+}
+
 /// A peer that dialled in is held to the links' own write stall, not to
 /// the clients' `limits.write_timeout`: a bridge peer slow to take big
 /// answers keeps its link for longer than a client would.

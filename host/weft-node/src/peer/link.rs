@@ -760,7 +760,7 @@ async fn admit_and_run(fabric: &Arc<Fabric>, link: &Link, mut call: ForwardCall)
     let here = |e: &&CatalogEntry| e.cluster == me.cluster && e.function == function && has_locs(e);
     let mut candidates: Vec<CatalogEntry> =
         entries.iter().filter(here).filter(|e| e.version == version).cloned().collect();
-    let onward = |e: &CatalogEntry| leads_onward(e, fabric, link, &call, &function, &version);
+    let onward = |e: &CatalogEntry| leads_onward(e, fabric, link, &call, &function, Some(&version));
     let upgraded = candidates.is_empty() && elsewhere.is_none() && !entries.iter().any(onward);
     if upgraded {
         // Upgraded here since the caller's catalog was built: the nodes that
@@ -851,8 +851,15 @@ async fn transit(
     entries: &[CatalogEntry],
 ) -> Result<Ran, WeftError> {
     let me = &fabric.me;
-    let onward: Vec<CatalogEntry> =
-        entries.iter().filter(|e| leads_onward(e, fabric, link, &call, &function, &version)).cloned().collect();
+    let onward_of = |version| -> Vec<CatalogEntry> {
+        entries.iter().filter(|e| leads_onward(e, fabric, link, &call, &function, version)).cloned().collect()
+    };
+    let mut onward = onward_of(Some(&version));
+    if onward.is_empty() {
+        // Upgraded at the destination since the caller planned: its bridge
+        // sends the call on to the nodes that keep the replaced version.
+        onward = onward_of(None);
+    }
     let Some(destination) = onward.first().map(|e| e.cluster.clone()) else {
         return Err(WeftError::new(
             ErrorKind::FUNCTION_NOT_FOUND,
@@ -896,20 +903,21 @@ async fn transit(
 }
 
 /// Whether `e` is an entry a call from another cluster could go on to
-/// through this cluster (as transit): the function and version it names,
-/// in a third cluster it has not been through, the one it targets if any.
+/// through this cluster (as transit): the function (and version, if given)
+/// it names, in a third cluster it has not been through, the one it
+/// targets if any.
 fn leads_onward(
     e: &CatalogEntry,
     fabric: &Fabric,
     link: &Link,
     call: &ForwardCall,
     function: &FunctionId,
-    version: &semver::Version,
+    version: Option<&semver::Version>,
 ) -> bool {
     e.cluster != fabric.me.cluster
         && e.cluster != link.remote.cluster
         && e.function == *function
-        && e.version == *version
+        && version.is_none_or(|v| e.version == *v)
         && !call.federation_path.contains(&e.cluster)
         && call.target_cluster.as_ref().is_none_or(|c| e.cluster == *c)
         && call.locs.iter().all(|l| e.resources.contains(l))
