@@ -99,26 +99,14 @@ pub(crate) async fn accept_each<F, Fut>(
         let port_full = mine.is_none();
         let slot = port.open.clone().try_acquire_owned().ok();
         let (Some(mine), Some(slot)) = (mine, slot) else {
-            let e = if port_full {
-                WeftError::new(
-                    ErrorKind::RESOURCE_EXHAUSTED,
-                    format!("the node's {port_name} port has its limit of {port_most} connections open ({share}); retry shortly"),
-                )
-                .with("limit", port_most)
-            } else {
-                WeftError::new(
-                    ErrorKind::RESOURCE_EXHAUSTED,
-                    format!("the node has its limit of {port_max} connections open (limits.max_connections); retry shortly, or ask its operator to raise the limit"),
-                )
-                .with("limit", port_max)
-            };
             // Answered rather than left in the backlog: the client learns at
             // once, and why. A TLS port would first need a handshake, which
             // a full node does not spend: its refusals are only closed.
             match answering.clone().try_acquire_owned() {
                 Ok(answer) if port.tls.is_none() => {
+                    let at_share = port_full.then_some((port_name, port_most, share));
                     tracker.spawn(async move {
-                        refuse(stream, &e).await;
+                        refuse(stream, &refusal(port_max, at_share)).await;
                         drop(answer);
                     });
                 }
@@ -149,6 +137,26 @@ pub(crate) async fn accept_each<F, Fut>(
             };
             serve(conn, peer).await;
         });
+    }
+}
+
+/// Why a connection was refused: the node's `limits.max_connections` are
+/// open, or `at_share` (port, its most, how that derives from the limit)
+/// its port holds all it may.
+fn refusal(max: usize, at_share: Option<(&str, usize, &str)>) -> WeftError {
+    match at_share {
+        Some((port, most, share)) => WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!("the node's {port} port has its limit of {most} connections open ({share}); retry shortly"),
+        )
+        .with("limit", most),
+        None => WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "the node has its limit of {max} connections open (limits.max_connections); retry shortly, or ask its operator to raise the limit"
+            ),
+        )
+        .with("limit", max),
     }
 }
 
