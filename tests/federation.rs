@@ -854,6 +854,29 @@ async fn a_step_whose_destination_a_reload_blocked_meanwhile_is_refused_by_the_p
 /// refuses it, as it refuses new calls, instead of running it.
 #[tokio::test]
 async fn a_foreign_call_waiting_for_a_slot_is_refused_by_a_policy_reloaded_meanwhile() {
+    let blocked = format!("{}\n[federation.functions]\nblock = [\"upper\"]", allow("alpha"));
+    let (result, _) = call_waiting_through_a_reload(&blocked).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{err:?}");
+    assert_eq!(err.details["rule"], "function-blocked", "{err:?}");
+    assert!(err.message.contains("reloaded while the call waited for a sandbox slot"), "{err:?}");
+}
+
+/// A reload that still admits a waiting call lets it run, and the call's
+/// admission is counted once, when it was let in.
+#[tokio::test]
+async fn a_foreign_call_waiting_through_a_reload_that_admits_it_runs_and_counts_once() {
+    let limited = format!("{}\n[federation.functions]\nrate_limit_per_minute = 600", allow("alpha"));
+    let (result, metrics) = call_waiting_through_a_reload(&limited).await;
+    assert_eq!(result.unwrap(), json!("QUEUED"));
+    let accepted = "weft_federation_decisions_total{point=\"call-target\",outcome=\"accepted\"";
+    assert_eq!(metric(&metrics, accepted), Some(1.0), "{metrics}");
+}
+
+/// Alpha calls `upper` in beta while beta's only sandbox slot spins for
+/// 3 s; beta's federation section becomes `federation` while the call
+/// waits. The call's result, and beta's metrics once it is answered.
+async fn call_waiting_through_a_reload(federation: &str) -> (Result<Value, WeftError>, String) {
     let files = vec![("hostile.toml".to_owned(), b"[limits]\ndeadline = \"3s\"\n".to_vec())];
     let config = format!(
         "id = \"b1\"\ncluster = \"beta\"\n[cluster]\nbeat_interval = \"100ms\"\n[limits]\nmax_concurrency = 1\n{}\n",
@@ -863,7 +886,6 @@ async fn a_foreign_call_waiting_for_a_slot_is_refused_by_a_policy_reloaded_meanw
     let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &allow("beta"));
     eventually("upper in alpha", SETTLE, async || sees(&a1, "beta", "upper").await.then_some(())).await;
 
-    // b1's only sandbox slot spins for 3 s; alpha's call waits for it.
     let spinner = b1.client().await;
     let spin = tokio::spawn(async move { spinner.call("spin", vec![]).await });
     let admitted = async || {
@@ -880,14 +902,12 @@ async fn a_foreign_call_waiting_for_a_slot_is_refused_by_a_policy_reloaded_meanw
     };
     eventually("alpha's call let in at b1", SETTLE, admitted).await;
 
-    rewrite_federation(&b1, &format!("{}\n[federation.functions]\nblock = [\"upper\"]", allow("alpha")));
+    rewrite_federation(&b1, federation);
     let reply = b1.admin().post("/v1/federation/reload", "").await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let err = queued.await.unwrap().unwrap_err();
-    assert_eq!(err.kind, ErrorKind::POLICY_DENIED, "{err:?}");
-    assert_eq!(err.details["rule"], "function-blocked", "{err:?}");
-    assert!(err.message.contains("reloaded while the call waited for a sandbox slot"), "{err:?}");
+    let result = queued.await.unwrap();
     assert!(!spin.await.unwrap().unwrap_err().message.is_empty(), "the spin ran out its deadline");
+    (result, b1.admin().get("/metrics").await.unwrap().text)
 }
 
 /// A peer's answer must fit the function's result type: a node of another

@@ -1053,10 +1053,11 @@ impl Admission {
         }
         let reloaded = "the federation policy was reloaded while the call waited for a sandbox slot";
         admit_path(fabric, path).map_err(|e| e.context(reloaded))?;
+        // Counted only when it refuses: the call's admission was counted
+        // when it was let in.
         let verdict = policy.call(&self.neighbour, self.node.as_ref(), function, self.exported);
-        let verdict = fabric.decide(Point::CallTarget, verdict);
         if !verdict.allowed {
-            return Err(verdict.to_error(&self.neighbour).context(reloaded));
+            return Err(fabric.decide(Point::CallTarget, verdict).to_error(&self.neighbour).context(reloaded));
         }
         Ok(())
     }
