@@ -354,6 +354,34 @@ async fn a_bridge_restricted_to_one_node_serves_its_whole_cluster() {
     assert_eq!(err.details["federation_path"], json!(["alpha"]));
 }
 
+/// A member reaches a bridged cluster through its cluster's bridge node
+/// even when that cluster offers nothing: a call for a function there fails
+/// at the member as at the bridge node, not with the member's own refused
+/// dial (nor "no route").
+#[tokio::test]
+async fn a_member_and_its_bridge_node_answer_alike_for_a_cluster_that_offers_nothing() {
+    let offers_nothing = format!("{}\n[federation.functions]\nallow = [\"nosuch\"]", bridge("alpha", &["a1"]));
+    let b1 = node("b1", "beta", vec!["text"], &[], &offers_nothing);
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
+    let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
+    eventually("a1's bridge to b1", SETTLE, async || linked(&a1, "b1").await.then_some(())).await;
+    let refused = eventually("a2's gossip-learnt dial to be refused", SETTLE, async || refusal(&a2).await).await;
+    assert_eq!(refused["rule"], "bridge-nodes");
+    for n in [&a1, &a2] {
+        let offered_nothing = async || {
+            let e = call_in(n, "beta", "upper", vec![json!("x")]).await.unwrap_err();
+            (e.kind == ErrorKind::FUNCTION_NOT_FOUND).then_some(e)
+        };
+        let e = eventually("upper in beta not found", SETTLE, offered_nothing).await;
+        assert!(e.message.contains("cluster beta offers none of that name to cluster alpha"), "{e}");
+        let e = n.client().await.call("upper", vec![json!("x")]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FUNCTION_NOT_FOUND, "{e}");
+        assert!(e.details.get("refused_clusters").is_none(), "a2 reaches beta through a1: {e}");
+    }
+    let explain = a2.admin().get("/v1/routes/explain?cluster=beta").await.unwrap().body;
+    assert_eq!((&explain["relayed_by"], &explain["reachable"]), (&json!(["a1"]), &json!(true)), "{explain}");
+}
+
 #[tokio::test]
 async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     let federation = format!(

@@ -98,10 +98,13 @@ struct ClusterTask {
     imports: BTreeMap<NodeId, Vec<CatalogEntry>>,
     /// Foreign entries members reach over their bridges, by member.
     relayed: BTreeMap<NodeId, Vec<CatalogEntry>>,
-    /// What this node last relayed to its members: foreign entries, and
-    /// (with transit) its own best routes.
+    /// The clusters each member has bridge links to.
+    bridged_by: BTreeMap<NodeId, Vec<ClusterId>>,
+    /// What this node last relayed to its members: foreign entries,
+    /// (with transit) its own best routes, and its bridges' clusters.
     relaying: Vec<CatalogEntry>,
     sharing: Vec<weft_fabric::Announcement>,
+    bridging: Vec<ClusterId>,
     /// The routes each member shares, as sent (the route table holds those
     /// this node's policy admits).
     shared_by: BTreeMap<NodeId, Vec<weft_fabric::Announcement>>,
@@ -150,8 +153,10 @@ pub fn start(
         reported: BTreeMap::new(),
         imports: BTreeMap::new(),
         relayed: BTreeMap::new(),
+        bridged_by: BTreeMap::new(),
         relaying: Vec::new(),
         sharing: Vec::new(),
+        bridging: Vec::new(),
         shared_by: BTreeMap::new(),
         seeds: settings.seeds.clone(),
         departed: HashSet::new(),
@@ -267,7 +272,7 @@ impl ClusterTask {
                 for snapshot in self.catalog.snapshot().split(self.fabric.max_frame / 2) {
                     link.send(PeerMsg::Snapshot { snapshot });
                 }
-                link.send(PeerMsg::Relay { entries: self.relaying.clone(), routes: self.sharing.clone() });
+                link.send(self.relay_msg());
                 let r = &link.remote;
                 let guess =
                     Member { node: r.node.clone(), addr: r.addr.clone(), incarnation: r.incarnation, renewal: 0 };
@@ -281,6 +286,7 @@ impl ClusterTask {
                 if self.fabric.link(link.node()).is_none() {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
+                    self.bridged_by.remove(link.node());
                     self.offers.remove(link.node());
                     self.shared_by.remove(link.node());
                     if self.routes.forget_member(link.node()) {
@@ -400,10 +406,13 @@ impl ClusterTask {
                     }
                 }
             }
-            PeerMsg::Relay { mut entries, routes } if link.remote.cluster == self.fabric.me.cluster => {
+            PeerMsg::Relay { mut entries, routes, mut bridges } if link.remote.cluster == self.fabric.me.cluster => {
                 entries.retain(|e| e.cluster != self.fabric.me.cluster);
                 entries.truncate(self.max_imports);
                 self.relayed.insert(link.node().clone(), entries);
+                bridges.retain(|c| *c != self.fabric.me.cluster);
+                bridges.truncate(self.max_imports);
+                self.bridged_by.insert(link.node().clone(), bridges);
                 self.shared_by.insert(link.node().clone(), routes);
                 if self.admit_member_routes(link.node()) && self.transit {
                     self.announce_routes();
@@ -827,6 +836,11 @@ impl ClusterTask {
         });
     }
 
+    /// What this node relays to its members (sent whole, replacing the last).
+    fn relay_msg(&self) -> PeerMsg {
+        PeerMsg::Relay { entries: self.relaying.clone(), routes: self.sharing.clone(), bridges: self.bridging.clone() }
+    }
+
     fn broadcast(&self, msg: &PeerMsg) {
         for link in self.fabric.links().iter().filter(|l| l.remote.cluster == self.fabric.me.cluster) {
             link.send(msg.clone());
@@ -895,10 +909,15 @@ impl ClusterTask {
             }
         }
         let shared = if self.transit { self.routes.shared(now) } else { Vec::new() };
-        if direct != self.relaying || shared != self.sharing {
+        let mut bridging: Vec<ClusterId> =
+            self.fabric.links().iter().map(|l| l.remote.cluster.clone()).filter(|c| c != me).collect();
+        bridging.sort();
+        bridging.dedup();
+        if direct != self.relaying || shared != self.sharing || bridging != self.bridging {
             self.relaying = direct.clone();
-            self.sharing = shared.clone();
-            self.broadcast(&PeerMsg::Relay { entries: direct.clone(), routes: shared });
+            self.sharing = shared;
+            self.bridging = bridging;
+            self.broadcast(&self.relay_msg());
         }
         entries.extend(direct);
         // Members' bridges, as far as this node's own policy admits the cluster.
@@ -914,6 +933,17 @@ impl ClusterTask {
                 }
                 if !entries_has(&entries, e) {
                     entries.push(e.clone());
+                }
+            }
+            // A bridge to a cluster that offers nothing is a way there all
+            // the same: a call for one of its functions is then told what
+            // the bridge node would tell it (nothing of that name offered),
+            // not that no bridge leads there.
+            let bridged = self.bridged_by.get(node).into_iter().flatten();
+            for cluster in bridged.filter(|c| policy.peer(c, None).allowed) {
+                let via = relays.entry(cluster.clone()).or_default();
+                if !via.contains(node) {
+                    via.push(node.clone());
                 }
             }
         }

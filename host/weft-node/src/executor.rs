@@ -239,7 +239,7 @@ impl Executor {
 
     /// Names the other clusters a link to was refused by policy (here or
     /// there) and not since linked, and whose functions are missing here:
-    /// a member refused a direct link may still see them through its
+    /// a member refused a direct link may still reach them through its
     /// cluster's bridge, and then the refusal hides nothing.
     fn refused_clusters(&self, e: WeftError) -> WeftError {
         let mut clusters: Vec<String> = self.fabric.refusals().into_iter().filter_map(|r| r.remote_cluster).collect();
@@ -247,9 +247,11 @@ impl Executor {
         clusters.dedup();
         let entries = self.fabric.entries();
         clusters.retain(|c| {
-            let refusal = self.fabric.link_refusal(&ClusterId::new(c));
+            let cluster = ClusterId::new(c);
+            let refusal = self.fabric.link_refusal(&cluster);
             refusal.is_some_and(|r| r.kind == crate::peer::RejectKind::Policy)
-                && !entries.iter().any(|e| e.cluster.as_str() == c)
+                && !entries.iter().any(|e| e.cluster == cluster)
+                && self.fabric.relays_to(&cluster).is_empty()
         });
         if clusters.is_empty() {
             return e;

@@ -248,11 +248,15 @@ pub enum PeerMsg {
     /// To members: the foreign functions the sender reaches over its own
     /// bridges (the whole set, replacing the last), so that every member can
     /// call them through it, and (with transit) the sender's own best routes,
-    /// paths starting at this cluster, for members to announce onwards.
+    /// paths starting at this cluster, for members to announce onwards;
+    /// and the clusters the sender has bridge links to, so that a member
+    /// knows the way even to a cluster that offers nothing.
     Relay {
         entries: Vec<CatalogEntry>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         routes: Vec<Announcement>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bridges: Vec<ClusterId>,
     },
     Call(ForwardCall),
     Reply {
