@@ -427,6 +427,7 @@ async fn in_flight_limit_per_connection_is_enforced() {
     assert_eq!(first["u"], "s3");
     assert_eq!(first["error"]["kind"], "RESOURCE_EXHAUSTED");
     assert!(first["error"]["message"].as_str().unwrap().contains("max_in_flight_per_connection"));
+    assert_eq!(first["error"]["details"]["limit"], 2, "{first}");
 }
 
 #[tokio::test]

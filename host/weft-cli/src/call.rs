@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 use weft_client::Client;
-use weft_proto::{Command, ErrorKind, Request};
+use weft_proto::{Command, ErrorKind, Request, WeftError};
 
 #[derive(Args)]
 pub struct CallArgs {
@@ -140,8 +140,9 @@ pub async fn run(a: CallArgs) -> anyhow::Result<ExitCode> {
         Some(ms) => {
             let wait = std::time::Duration::from_millis(ms) + std::time::Duration::from_secs(5);
             tokio::time::timeout(wait, client.request(request)).await.map_err(|_| {
-                anyhow::anyhow!(
-                    "UNAVAILABLE: no answer from {url} within --timeout-ms {ms} and 5 s more; is it a Weft node?"
+                WeftError::new(
+                    ErrorKind::UNAVAILABLE,
+                    format!("no answer from {url} within --timeout-ms {ms} and 5 s more; is it a Weft node?"),
                 )
             })??
         }

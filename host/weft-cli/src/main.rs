@@ -127,7 +127,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A node's or the client's error prints as `KIND: message`, as a
+            // call's error does; anything else is the CLI's own.
+            match e.downcast_ref::<weft_proto::WeftError>() {
+                Some(weft) => eprintln!("{weft}"),
+                None => eprintln!("error: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -265,7 +265,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                     "{} requests are already in flight on this connection (limits.max_in_flight_per_connection); wait for replies or open another connection",
                     ctx.max_in_flight
                 ),
-            );
+            )
+            .with("limit", ctx.max_in_flight);
             ctx.metrics.record_error(e.kind);
             let answer = reply(&ctx.executor, Response::err(request.u, &e), binary);
             if write_replies(&mut sink, answer, &mut replies).await.is_err() {
