@@ -168,10 +168,16 @@ async fn five_nodes_route_by_resources_spread_load_and_survive_a_kill() {
         let (_, node) = run_on(&client, Command::new("x", "add", vec![json!(i), json!(1)])).await.unwrap();
         assert_eq!(node, "n2");
     }
-    // kill -9 the only node with a function: it is gone, and says so.
+    // kill -9 the only node with a function: it went out of reach with
+    // that node, and a call is told to retry, not that nothing is there.
     n4.kill();
     converged(&[&n1, &n2, &n5], &["n1", "n2"]).await;
     let err = client.call("upper", vec![json!("x")]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
+    assert!(err.message.contains("text/upper@0.1.0 went out of reach"), "{err:?}");
+    assert_eq!(err.details["nodes"], json!(["n4"]), "{err:?}");
+    // A name no node had is not found, as before.
+    let err = client.call("lower", vec![json!("x")]).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
 }
 

@@ -382,6 +382,37 @@ async fn a_member_and_its_bridge_node_answer_alike_for_a_cluster_that_offers_not
     assert_eq!((&explain["relayed_by"], &explain["reachable"]), (&json!(["a1"]), &json!(true)), "{explain}");
 }
 
+/// A member whose way into another cluster is its cluster mate's bridge is
+/// told, when that bridge node goes down, that the cluster went out of
+/// reach with it (UNAVAILABLE: retry), not the policy refusal of its own
+/// dial long before.
+#[tokio::test]
+async fn a_bridge_node_going_down_puts_the_other_cluster_out_of_reach_not_out_of_policy() {
+    let b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1"]));
+    let mut a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
+    let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
+    eventually("beta's functions at a2", SETTLE, async || sees(&a2, "beta", "upper").await.then_some(())).await;
+    let refused = eventually("a2's own dial to be refused", SETTLE, async || refusal(&a2).await).await;
+    assert_eq!(refused["rule"], "bridge-nodes");
+
+    a1.kill();
+    let out_of_reach = async |target: Option<&str>| {
+        eventually("beta out of reach at a2", SETTLE, async || {
+            let mut cmd = Command::new("x", "upper", vec![json!("x")]);
+            cmd.target_cluster = target.map(str::to_owned);
+            let e = a2.client().await.call_command(cmd).await.unwrap_err();
+            (e.kind == ErrorKind::UNAVAILABLE).then_some(e)
+        })
+        .await
+    };
+    let e = out_of_reach(Some("beta")).await;
+    assert!(e.message.contains("cluster beta went out of reach"), "{e}");
+    assert_eq!((&e.details["nodes"], &e.details["cluster"]), (&json!(["a1"]), &json!("beta")), "{e}");
+    let e = out_of_reach(None).await;
+    assert!(e.message.contains("text/upper@0.1.0 went out of reach"), "{e}");
+    assert_eq!(e.details["nodes"], json!(["a1"]), "{e}");
+}
+
 #[tokio::test]
 async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     let federation = format!(

@@ -134,11 +134,13 @@ async fn a_line_reaches_the_far_end_only_through_a_transit_cluster() {
     assert_eq!(err.kind, ErrorKind::HOP_BUDGET_EXHAUSTED, "{err:?}");
     assert_eq!(err.details["federation_path"], json!(["alpha", "beta"]));
 
-    // The middle dies: the withdrawal reaches alpha and calls fail fast.
+    // The middle dies: the withdrawal reaches alpha, and calls fail fast,
+    // told that gamma went out of reach with beta's node (retry).
     drop(b);
     eventually("gamma withdrawn at alpha", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
     let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
+    assert!(err.message.contains("cluster gamma went out of reach"), "{err:?}");
     let alerts = a.admin().get("/v1/alerts").await.unwrap().body;
     assert!(
         alerts["alerts"]
@@ -186,7 +188,7 @@ async fn transit_spans_two_nodes_of_the_middle_cluster() {
     drop(b2);
     eventually("gamma withdrawn at alpha", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
     let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
+    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{NodeSpec, TestNode};
+use support::{NodeSpec, TestNode, peak_mib};
 use weft_proto::{ErrorKind, WeftError};
 
 async fn call(node: &TestNode, fun: &str, args: Vec<Value>) -> Result<Value, WeftError> {
@@ -112,6 +112,24 @@ async fn results_that_alias_guest_memory_are_refused_before_they_are_copied() {
     let node = TestNode::start(NodeSpec { config: "[limits]\nmax_result = \"1MiB\"\n".into(), ..NodeSpec::default() });
     let e = call(&node, "alias-bomb", vec![json!(16), json!(1)]).await.unwrap_err();
     assert_eq!((e.kind, e.details["limit"].clone()), (ErrorKind::RESOURCE_EXHAUSTED, json!(8 << 20)), "{}", e.message);
+    assert_still_serving(&node).await;
+}
+
+/// wasmtime charges a flag its name's length while copying a result out,
+/// but the host holds a string per flag: the copy budget of a function
+/// returning flags is cut to match, so a few MB of guest flags cannot
+/// take the node's memory to gigabytes (400,000 values took it to 0.9 GB).
+#[tokio::test]
+async fn a_result_of_flags_is_held_to_the_copy_budget_by_its_host_cost() {
+    let node = TestNode::start(NodeSpec::default());
+    let e = call(&node, "flag-bomb", vec![json!(400_000)]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{}", e.message);
+    assert!(e.message.contains("host memory to copy out"), "{}", e.message);
+    let peak = peak_mib(node.pid());
+    assert!(peak < 400, "the node peaked at {peak} MiB");
+    let few = call(&node, "flag-bomb", vec![json!(1000)]).await.unwrap();
+    assert_eq!(few.as_array().map(Vec::len), Some(1000));
+    assert_eq!(few[999].as_array().map(Vec::len), Some(32), "{}", few[999]);
     assert_still_serving(&node).await;
 }
 

@@ -9,7 +9,7 @@
 //! peer links as everything else (foca is transport-agnostic); a member
 //! without a link is dialled.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +100,13 @@ struct ClusterTask {
     relayed: BTreeMap<NodeId, Vec<CatalogEntry>>,
     /// The clusters each member has bridge links to.
     bridged_by: BTreeMap<NodeId, Vec<ClusterId>>,
+    /// What went out of reach with a node, and what was in reach when the
+    /// view was last published (to tell what went).
+    lost: Arc<weft_fabric::Lost>,
+    reached: Reached,
+    /// The policy changed since the view was last published: what it cut
+    /// off then is this node's decision, not an outage.
+    policy_changed: bool,
     /// What this node last relayed to its members: foreign entries,
     /// (with transit) its own best routes, and its bridges' clusters.
     relaying: Vec<CatalogEntry>,
@@ -154,6 +161,9 @@ pub fn start(
         imports: BTreeMap::new(),
         relayed: BTreeMap::new(),
         bridged_by: BTreeMap::new(),
+        lost: Arc::default(),
+        reached: Reached::default(),
+        policy_changed: false,
         relaying: Vec::new(),
         sharing: Vec::new(),
         bridging: Vec::new(),
@@ -316,6 +326,7 @@ impl ClusterTask {
                 self.announce_routes();
                 self.advertise_local();
                 self.changed = true;
+                self.policy_changed = true;
                 for addr in self.fabric.readmitted() {
                     self.dial(addr);
                 }
@@ -948,8 +959,14 @@ impl ClusterTask {
             }
         }
         let next_hops = self.routes.next_hops(now);
+        let reached = Reached::new(&self.fabric, Arc::new(entries), &relays, &next_hops);
+        let mut lost = (*self.lost).clone();
+        let outage = !std::mem::take(&mut self.policy_changed);
+        if lost.update(crate::unix_ms(), self.reached.reach(), reached.reach(), outage) {
+            self.lost = Arc::new(lost);
+        }
         self.fabric.publish(ClusterView {
-            entries: Arc::new(entries),
+            entries: reached.entries.clone(),
             members,
             links,
             relays,
@@ -957,7 +974,9 @@ impl ClusterTask {
             carriers,
             routes: Arc::new(self.routes.clone()),
             clock: self.origin,
+            lost: self.lost.clone(),
         });
+        self.reached = reached;
         // Offers over bridges follow what this node can reach.
         for link in self.fabric.links().iter().filter(|l| l.remote.cluster != self.fabric.me.cluster) {
             let offer = self.offer(link);
@@ -1062,5 +1081,45 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// What a node could reach when it published its view: its catalog, the
+/// nodes each other cluster is reached through, and the members it can call.
+#[derive(Default)]
+struct Reached {
+    entries: Arc<Vec<CatalogEntry>>,
+    ways: weft_fabric::Ways,
+    up: BTreeSet<NodeId>,
+}
+
+impl Reached {
+    fn new(
+        fabric: &Fabric,
+        entries: Arc<Vec<CatalogEntry>>,
+        relays: &BTreeMap<ClusterId, Vec<NodeId>>,
+        next_hops: &BTreeMap<ClusterId, NodeId>,
+    ) -> Reached {
+        let me = &fabric.me;
+        let mut ways = weft_fabric::Ways::new();
+        let mut up = BTreeSet::from([me.node.clone()]);
+        for link in fabric.links().iter() {
+            if link.remote.cluster == me.cluster {
+                up.insert(link.node().clone());
+            } else {
+                ways.entry(link.remote.cluster.clone()).or_default().insert(link.node().clone());
+            }
+        }
+        for (cluster, members) in relays {
+            ways.entry(cluster.clone()).or_default().extend(members.iter().cloned());
+        }
+        for (cluster, node) in next_hops {
+            ways.entry(cluster.clone()).or_default().insert(node.clone());
+        }
+        Reached { entries, ways, up }
+    }
+
+    fn reach(&self) -> weft_fabric::Reach<'_> {
+        weft_fabric::Reach { entries: &self.entries, ways: &self.ways, up: &self.up }
     }
 }

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use weft_fabric::{Asker, Audience, CatalogEntry, Plan, Scheduler, StepIdx, resolve};
+use weft_fabric::{Asker, Audience, CatalogEntry, Gone, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{Caller, ClusterId, Command, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::peer::{Admission, Fabric, ForwardCall, Link, Point};
+use crate::peer::{Admission, Fabric, ForwardCall, Link, Point, out_of_reach};
 use crate::signing::{CallClaim, OriginProof};
 
 pub struct Executor {
@@ -206,13 +206,25 @@ impl Executor {
         Ok(response)
     }
 
-    /// What a name missing from the catalog may be: a function loaded here
-    /// but kept out of it for its resource handles (of a plugin `caller`
-    /// may call: of others it learns nothing), or one of a cluster whose
-    /// link was refused by policy.
+    /// What a name missing from the catalog may be: a function that went
+    /// out of reach with a node lately (`UNAVAILABLE`: retry), one loaded
+    /// here but kept out of it for its resource handles (of a plugin
+    /// `caller` may call: of others it learns nothing), or one of a cluster
+    /// whose link was refused by policy.
     fn explain_miss(&self, cmd: &Command, e: WeftError, caller: &Caller) -> WeftError {
         if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
             return e;
+        }
+        let (lost, gone): (Vec<CatalogEntry>, Vec<Gone>) = self.fabric.lost_entries().into_iter().unzip();
+        let asker = Asker { caller, cluster: &self.fabric.me.cluster };
+        if let Ok(r) = resolve(cmd, &lost, &asker) {
+            // The latest loss of the version the command would have called.
+            let latest = lost.iter().zip(&gone).filter(|(l, _)| l.function == r.function && l.version == r.version);
+            if let Some((_, gone)) = latest.max_by_key(|(_, g)| g.at) {
+                let what = format!("{}@{}", r.function, r.version);
+                let e = out_of_reach(what, gone).context(format_args!("command {}", cmd.name));
+                return e.with("command", cmd.name.as_str());
+            }
         }
         let wanted = cmd.function_id.as_deref().unwrap_or(&cmd.fun);
         let (plugin, function) = wanted.split_once('/').map_or((None, wanted), |(p, f)| (Some(p), f));

@@ -53,6 +53,8 @@ pub(crate) struct Function {
     pub(crate) local_only: bool,
     /// Bytes of its signature in catalog messages.
     pub(crate) catalog_bytes: usize,
+    /// By how much its result's copy budget is cut (`results::lift_divisor`).
+    pub(crate) lift_divisor: usize,
 }
 
 impl Plugin {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::Value;
 use wasmtime::component::Val;
 use weft_proto::wit::{self, WitValue};
-use weft_proto::{ErrorKind, WeftError};
+use weft_proto::{ErrorKind, WeftError, WitType};
 
 use crate::convert::from_val;
 use crate::sandbox;
@@ -66,7 +66,8 @@ pub(crate) fn large(v: &Val) -> Option<usize> {
 fn host_size(v: &Val, stop_at: usize) -> usize {
     fn add(v: &Val, total: &mut usize, stop_at: usize) {
         *total = total.saturating_add(size_of::<Val>());
-        let text = |s: &String| s.len() + size_of::<String>();
+        // A name copied per value: its `String`, on a heap block of at least 32 bytes.
+        let text = |s: &String| s.len().max(32) + size_of::<String>();
         let inner: Box<dyn Iterator<Item = &Val> + '_> = match v {
             Val::String(s) | Val::Enum(s) | Val::Variant(s, None) => {
                 *total = total.saturating_add(s.len());
@@ -98,6 +99,32 @@ fn host_size(v: &Val, stop_at: usize) -> usize {
     let mut total = 0;
     add(v, &mut total, stop_at);
     total
+}
+
+/// By how much a function's hostcall fuel is cut so that copying its
+/// result out stays within `RuntimeConfig::lift_budget`. wasmtime charges
+/// a set flag the length of its name, but holds a `String` for it, in a
+/// `Vec` that may have doubled, on a heap block of at least 32 bytes: up to
+/// 80 bytes for a one-letter flag. Other values take at most about twice
+/// what they are charged, which the budget's 8x covers.
+pub(crate) fn lift_divisor(result: Option<&WitType>) -> usize {
+    fn worst(ty: &WitType) -> usize {
+        let all = |tys: &mut dyn Iterator<Item = &WitType>| tys.map(worst).max().unwrap_or(1);
+        match ty {
+            WitType::Flags { flags, .. } => {
+                let shortest = flags.iter().map(String::len).min().unwrap_or(1).max(1);
+                (2 * size_of::<String>() + (shortest + 23).max(32)).div_ceil(shortest)
+            }
+            WitType::List { element } => worst(element),
+            WitType::Option { some } => worst(some),
+            WitType::Record { fields, .. } => all(&mut fields.iter().map(|f| &f.ty)),
+            WitType::Tuple { elements } => all(&mut elements.iter()),
+            WitType::Variant { cases, .. } => all(&mut cases.iter().filter_map(|c| c.ty.as_ref())),
+            WitType::Result { ok, err } => all(&mut ok.iter().chain(err).map(Box::as_ref)),
+            _ => 1,
+        }
+    }
+    result.map_or(1, |ty| (worst(ty) / 2).max(1))
 }
 
 /// The host memory that large results being converted take, node-wide.
@@ -139,13 +166,20 @@ impl Conversions {
     /// The error of a call whose large result found no room.
     pub(crate) fn refusal(&self, qualified: &str, bytes: usize) -> WeftError {
         let mib = |b: usize| b.div_ceil(1 << 20);
+        let why = if bytes > self.budget {
+            "more than the node has for that at all; return less data".to_owned()
+        } else {
+            let held = mib(self.used.load(Ordering::Acquire));
+            format!(
+                "other large results hold {held} of the node's {} MiB for that now; retry shortly, or return less data",
+                mib(self.budget)
+            )
+        };
         WeftError::new(
             ErrorKind::RESOURCE_EXHAUSTED,
             format!(
-                "{qualified} returned a result that takes about {} MiB of host memory to turn into JSON, and other large results hold {} of the node's {} MiB for that now; retry shortly, or return less data",
-                mib(bytes),
-                mib(self.used.load(Ordering::Acquire)),
-                mib(self.budget)
+                "{qualified} returned a result that takes about {} MiB of host memory to turn into JSON, and {why}",
+                mib(bytes)
             ),
         )
         .with("limit", self.budget)
@@ -157,6 +191,20 @@ impl Conversions {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_in_a_result_cut_its_copy_budget_by_their_host_cost() {
+        let flags =
+            |names: &[&str]| WitType::Flags { name: None, flags: names.iter().map(|n| (*n).to_owned()).collect() };
+        assert_eq!(lift_divisor(None), 1);
+        assert_eq!(lift_divisor(Some(&WitType::String)), 1);
+        let short = WitType::List { element: Box::new(flags(&["a", "read"])) };
+        assert_eq!(lift_divisor(Some(&short)), 40, "one-letter flags: 80 bytes each, charged 1");
+        let long = WitType::Option { some: Box::new(flags(&["read-only", "hidden"])) };
+        assert_eq!(lift_divisor(Some(&long)), 7);
+        let nested = WitType::Result { ok: None, err: Some(Box::new(WitType::Tuple { elements: vec![short] })) };
+        assert_eq!(lift_divisor(Some(&nested)), 40);
+    }
 
     #[test]
     fn a_result_is_large_by_its_values_or_its_string_bytes() {
@@ -176,9 +224,11 @@ mod tests {
         let conversions = Arc::new(Conversions::new(100));
         let first = conversions.charge(60).unwrap();
         assert!(conversions.charge(50).is_none(), "over the budget");
-        let e = conversions.refusal("p/f", 50 << 20);
+        let e = conversions.refusal("p/f", 50);
         assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED);
-        assert!(e.message.contains("about 50 MiB") && e.message.contains("retry shortly"), "{e}");
+        assert!(e.message.contains("about 1 MiB") && e.message.contains("retry shortly"), "{e}");
+        let never = conversions.refusal("p/f", 50 << 20);
+        assert!(never.message.contains("about 50 MiB") && !never.message.contains("retry"), "{never}");
         let second = conversions.charge(40).unwrap();
         drop(first);
         assert!(conversions.charge(usize::MAX).is_none(), "no overflow");

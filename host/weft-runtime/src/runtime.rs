@@ -371,6 +371,7 @@ impl Runtime {
                 let index = export_index(&component, &f.name)?;
                 Ok(Function {
                     catalog_bytes,
+                    lift_divisor: results::lift_divisor(f.sig.result.as_ref()),
                     local_only: f.sig.uses_handles(),
                     qualified: format!("{name}/{}", f.name),
                     who: format!("{label}/{}", f.name).into(),
@@ -726,6 +727,7 @@ impl Runtime {
             }
         };
 
+        store.set_hostcall_fuel(self.config.lift_budget() / function.lift_divisor);
         let result_count = usize::from(function.sig.result.is_some());
         let run = async {
             let instance = match instance {

@@ -83,6 +83,10 @@ impl Guest for Hostile {
         (0..count).map(|_| unsafe { String::from_raw_parts(ptr, len, len) }).collect()
     }
 
+    fn flag_bomb(count: u32) -> Vec<Letters> {
+        vec![Letters::all(); count as usize]
+    }
+
     fn snoop(value: String) -> Option<String> {
         KEPT.with(|kept| kept.replace(Some(value)))
     }

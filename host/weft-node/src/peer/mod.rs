@@ -76,6 +76,8 @@ pub struct ClusterView {
     pub routes: Arc<weft_fabric::RouteTable>,
     /// The origin of the route table's clock.
     pub clock: std::time::Instant,
+    /// What went out of reach with a node lately (Unix milliseconds).
+    pub lost: Arc<weft_fabric::Lost>,
 }
 
 impl ClusterView {
@@ -96,6 +98,7 @@ impl Default for ClusterView {
             carriers: Default::default(),
             routes: Arc::new(weft_fabric::RouteTable::new(ClusterId::default(), weft_fabric::RouteConfig::default())),
             clock: std::time::Instant::now(),
+            lost: Arc::default(),
         }
     }
 }
@@ -505,6 +508,9 @@ impl Fabric {
         {
             return Ok(());
         }
+        if let Some(gone) = self.lost_way(target).filter(|g| self.outage(target, g)) {
+            return Err(out_of_reach(format!("cluster {target}"), &gone).with("cluster", target.as_str()));
+        }
         let refusal = self.link_refusal(target);
         if let Some(refusal) = refusal.clone().filter(|r| r.kind == RejectKind::Policy) {
             let who = if refusal.by == "local" { me.cluster.clone() } else { target.clone() };
@@ -540,6 +546,33 @@ impl Fabric {
             ),
         )
         .with("cluster", target.as_str()))
+    }
+
+    /// When the way to `cluster` went out of reach, if it did lately.
+    pub fn lost_way(&self, cluster: &ClusterId) -> Option<weft_fabric::Gone> {
+        read(&self.view).lost.way(crate::unix_ms(), cluster).cloned()
+    }
+
+    /// What went out of reach lately as an outage: the entries as a
+    /// catalog, with when and how each went.
+    pub fn lost_entries(&self) -> Vec<(CatalogEntry, weft_fabric::Gone)> {
+        let lost = read(&self.view).lost.clone();
+        lost.entries(crate::unix_ms()).filter(|(e, g)| self.outage(&e.cluster, g)).cloned().collect()
+    }
+
+    /// Whether what went out of reach with `gone` in `cluster` is still an
+    /// outage: this node's policy admits the cluster, and no link there was
+    /// refused since for a reason about the cluster (a node refused for
+    /// not being on a bridge's `nodes` list says nothing about it).
+    fn outage(&self, cluster: &ClusterId, gone: &weft_fabric::Gone) -> bool {
+        if *cluster == self.me.cluster {
+            return true;
+        }
+        let about_the_node = |r: &Refusal| {
+            r.kind == RejectKind::Policy && r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str())
+        };
+        self.policy().peer(cluster, None).allowed
+            && !self.link_refusal(cluster).is_some_and(|r| r.at_unix_ms > gone.at && !about_the_node(&r))
     }
 
     /// Notes that `node`'s route update, announcing `destinations`, was
@@ -1067,4 +1100,20 @@ mod tests {
         assert_eq!(fail(&mut seed, 41_000), SeedAlert::Leave);
         assert_eq!(seed.record("refused", Some("policy".into()), 99_000), SeedAlert::Leave);
     }
+}
+
+/// `UNAVAILABLE`: `what` went out of reach with the nodes `gone` names.
+pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError {
+    let ago = crate::unix_ms().saturating_sub(gone.at);
+    let nodes: Vec<&str> = gone.nodes.iter().map(NodeId::as_str).collect();
+    WeftError::new(
+        ErrorKind::UNAVAILABLE,
+        format!(
+            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, a link lost or a route withdrawn); retry shortly: it is callable again as soon as a way to it is back",
+            ago as f64 / 1000.0,
+            nodes.join(", ")
+        ),
+    )
+    .with("nodes", nodes)
+    .with("lost_ms_ago", ago)
 }
