@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -410,6 +411,51 @@ async fn a_large_request_waiting_for_its_turn_holds_up_nothing_else_on_its_conne
         let (reply, _) = next_json(&mut ws).await;
         assert_eq!(reply["r"]["big"].as_str().map(str::len), Some(1 << 20), "{}", reply["error"]);
     }
+}
+
+/// Requests waiting for a sandbox slot hold their arguments: all of them
+/// together are held to limits.max_request_memory, over both ports, and a
+/// request that finds no room is refused at once (retry), not parked.
+#[tokio::test]
+async fn requests_held_on_a_node_are_bounded_by_its_request_memory() {
+    let node = TestNode::start(NodeSpec {
+        files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"3s\"\n".to_vec())],
+        config: "[limits]\nmax_concurrency = 1\nmax_request_memory = \"8MiB\"\n".into(),
+        ..NodeSpec::default()
+    });
+    let mut ws = raw_socket(&node).await;
+    let spin = json!({"role": "rpc", "u": "spin", "cmds": [{"name": "a", "fun": "spin"}]});
+    ws.send(Message::Text(spin.to_string().into())).await.unwrap();
+    // Each holds about 1.6 MB once parsed, and may take 4 MiB (half the
+    // limit) while it is parsed: three fit, the next ones do not.
+    let echo = |u: String| json!({"role": "rpc", "u": u, "cmds": [{"name": "e", "fun": "echo", "args": ["x".repeat(800_000)]}]});
+    for i in 0..5 {
+        ws.send(Message::Text(echo(format!("e{i}")).to_string().into())).await.unwrap();
+    }
+    let mut refused = BTreeSet::new();
+    for _ in 0..2 {
+        let (reply, _) = next_json(&mut ws).await;
+        assert_eq!(reply["error"]["kind"], "RESOURCE_EXHAUSTED", "{}", reply["error"]);
+        assert!(reply["error"]["message"].as_str().unwrap().contains("limits.max_request_memory"), "{reply}");
+        refused.insert(reply["u"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(refused, BTreeSet::from(["e3".to_owned(), "e4".to_owned()]));
+    // The HTTP port draws on the same memory.
+    let body = echo("h".into()).to_string();
+    let reply = node.admin().post("/v1/call", body.clone()).await.unwrap();
+    assert_eq!((reply.status, &reply.body["error"]["kind"]), (429, &json!("RESOURCE_EXHAUSTED")), "{}", reply.text);
+    // The spin runs out its 3 s; the held requests run and give their memory back.
+    let mut answered = BTreeSet::new();
+    for _ in 0..4 {
+        let (reply, _) = next_json(&mut ws).await;
+        answered.insert(reply["u"].as_str().unwrap().to_owned());
+        if reply["u"] != "spin" {
+            assert_eq!(reply["r"]["e"].as_str().map(str::len), Some(800_000), "{}", reply["error"]);
+        }
+    }
+    assert_eq!(answered, BTreeSet::from(["spin", "e0", "e1", "e2"].map(str::to_owned)));
+    let reply = node.admin().post("/v1/call", body).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
 #[tokio::test]

@@ -1,17 +1,23 @@
-//! What went out of reach with a node. When a member goes down or its link
-//! drops, or the way to another cluster goes (a bridge link, a member's
-//! relay, a route), what only it held leaves the catalog at once, so that
-//! calls fail over. A call that then finds nothing is told that what it
-//! names went out of reach, when and with which nodes, and to retry, not
-//! that nothing of that name exists. Remembered for [`REMEMBERED`], or until
-//! it is back.
+//! What went out of reach with a node. When a link of this node drops (a
+//! member killed or declared down, a bridge peer gone), what only that node
+//! held leaves the catalog at once, so that calls fail over. A call that
+//! then finds nothing is told that what it names went out of reach, when
+//! and with which nodes, and to retry, not that nothing of that name
+//! exists. Remembered for [`REMEMBERED_MS`], until it is back, or until the
+//! node is linked again (with or without it).
+//!
+//! Only a link this node lost counts: a way that goes while the nodes it
+//! went through stay linked (a member no longer relaying a cluster, a
+//! route withdrawn) may be another node's policy decision, which nothing
+//! here can tell from an outage.
 //!
 //! Times are the driver's clock in milliseconds (the node uses Unix time,
 //! so that they compare with the times of its link refusals).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use weft_proto::{ClusterId, NodeId};
+use semver::Version;
+use weft_proto::{ClusterId, FunctionId, NodeId};
 
 use crate::catalog::CatalogEntry;
 
@@ -25,6 +31,9 @@ pub const REMEMBERED_MS: u64 = 5 * 60 * 1000;
 pub struct Gone {
     pub nodes: Vec<NodeId>,
     pub at: u64,
+    /// The nodes are members of this node's cluster: a refusal of this
+    /// node's own links to the cluster that went says nothing about them.
+    pub members: bool,
 }
 
 /// The ways to other clusters: for each, the nodes through which it is
@@ -36,8 +45,10 @@ pub type Ways = BTreeMap<ClusterId, BTreeSet<NodeId>>;
 pub struct Reach<'a> {
     pub entries: &'a [CatalogEntry],
     pub ways: &'a Ways,
-    /// The members of this node's cluster it can call now (itself included).
-    pub up: &'a BTreeSet<NodeId>,
+    /// The nodes it is linked to, of any cluster, and itself.
+    pub linked: &'a BTreeSet<NodeId>,
+    /// Those of them in its own cluster.
+    pub members: &'a BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,41 +58,46 @@ pub struct Lost {
 }
 
 impl Lost {
-    /// Records what went between two views, unless it went by the node's
-    /// own decision (`outage` false: a policy reload): a way that is gone, an entry of
-    /// a member that is no longer up, and an entry of another cluster whose
-    /// way is gone (one that left while its way stays may have been
-    /// unloaded or refused there: nothing says it will be back). Forgets
-    /// what is back and what is older than [`REMEMBERED_MS`]. Returns
-    /// whether anything changed.
+    /// Records what went with the links lost between two views, unless
+    /// they went by this node's own decision (`outage` false: a policy
+    /// reload): a way whose every node is no longer linked, an entry of
+    /// such a node, and an entry of a cluster whose way went. Forgets what
+    /// is back, what a node linked again no longer has, and what is older
+    /// than [`REMEMBERED_MS`]. Returns whether anything changed.
     pub fn update(&mut self, now: u64, before: Reach, after: Reach, outage: bool) -> bool {
-        let (entries, ways) = (self.entries.len(), self.ways.len());
-        let fresh = |g: &Gone| now.saturating_sub(g.at) < REMEMBERED_MS;
+        let was = (self.entries.len(), self.ways.len());
+        let relinked = |g: &Gone| g.nodes.iter().any(|n| after.linked.contains(n));
+        let fresh = |g: &Gone| now.saturating_sub(g.at) < REMEMBERED_MS && !relinked(g);
         self.ways.retain(|c, g| fresh(g) && !after.ways.contains_key(c));
-        self.entries.retain(|(e, g)| fresh(g) && !after.entries.iter().any(|a| same_function(a, e)));
-        let mut changed = entries != self.entries.len() || ways != self.ways.len();
-        if !outage {
-            return changed;
+        let lost_links: Vec<&NodeId> = before.linked.difference(after.linked).collect();
+        if !self.entries.is_empty() || (outage && !lost_links.is_empty()) {
+            let offered: HashSet<Key> = after.entries.iter().map(key).collect();
+            self.entries.retain(|(e, g)| fresh(g) && !offered.contains(&key(e)));
+            if outage && !lost_links.is_empty() {
+                self.record(now, before, after, &offered);
+            }
         }
-        for (cluster, via) in before.ways.iter().filter(|(c, _)| !after.ways.contains_key(*c)) {
-            self.ways.insert(cluster.clone(), Gone { nodes: via.iter().cloned().collect(), at: now });
-            changed = true;
+        was != (self.entries.len(), self.ways.len())
+    }
+
+    fn record(&mut self, now: u64, before: Reach, after: Reach, offered: &HashSet<Key>) {
+        let unlinked = |via: &BTreeSet<NodeId>| via.iter().all(|n| !after.linked.contains(n));
+        for (cluster, via) in before.ways {
+            if !after.ways.contains_key(cluster) && unlinked(via) {
+                let members = via.is_subset(before.members);
+                self.ways.insert(cluster.clone(), Gone { nodes: via.iter().cloned().collect(), at: now, members });
+            }
         }
-        for e in before.entries.iter().filter(|e| !after.entries.contains(e)) {
-            let gone = if before.up.contains(&e.node) && !after.up.contains(&e.node) {
-                Gone { nodes: vec![e.node.clone()], at: now }
+        for e in before.entries.iter().filter(|e| !offered.contains(&key(e))) {
+            let gone = if before.linked.contains(&e.node) && !after.linked.contains(&e.node) {
+                Gone { nodes: vec![e.node.clone()], at: now, members: before.members.contains(&e.node) }
             } else if let Some(way) = self.ways.get(&e.cluster).filter(|g| g.at == now) {
                 way.clone()
             } else {
                 continue;
             };
-            if !after.entries.iter().any(|a| same_function(a, e)) {
-                self.entries.retain(|(l, _)| l != e);
-                self.entries.push((e.clone(), gone));
-                changed = true;
-            }
+            self.entries.push((e.clone(), gone));
         }
-        changed
     }
 
     /// The entries that went out of reach, as a catalog to resolve against,
@@ -97,8 +113,10 @@ impl Lost {
 }
 
 /// The same function, version and cluster, on whichever node.
-fn same_function(a: &CatalogEntry, b: &CatalogEntry) -> bool {
-    a.function == b.function && a.version == b.version && a.cluster == b.cluster
+type Key<'a> = (&'a FunctionId, &'a Version, &'a ClusterId);
+
+fn key(e: &CatalogEntry) -> Key<'_> {
+    (&e.function, &e.version, &e.cluster)
 }
 
 #[cfg(test)]
@@ -110,8 +128,8 @@ mod tests {
         CatalogEntry { node: NodeId::new(node), cluster: ClusterId::new(cluster), ..e.clone() }
     }
 
-    fn up(nodes: &[&str]) -> BTreeSet<NodeId> {
-        nodes.iter().map(|n| NodeId::new(*n)).collect()
+    fn nodes(names: &[&str]) -> BTreeSet<NodeId> {
+        names.iter().map(|n| NodeId::new(*n)).collect()
     }
 
     fn ways(pairs: &[(&str, &str)]) -> Ways {
@@ -122,74 +140,68 @@ mod tests {
         w
     }
 
+    fn upper() -> CatalogEntry {
+        catalog().into_iter().find(|e| e.function.to_string() == "text/upper").unwrap()
+    }
+
     #[test]
-    fn an_entry_goes_with_its_node_and_comes_back_with_any_node() {
-        let upper = catalog().into_iter().find(|e| e.function.to_string() == "text/upper").unwrap();
-        let (n1, n2) = (on("n1", "alpha", &upper), on("n2", "alpha", &upper));
+    fn an_entry_goes_with_its_node_s_link_until_it_is_back() {
+        let (n1, n2) = (on("n1", "alpha", &upper()), on("n2", "alpha", &upper()));
         let none = Ways::new();
+        let (both, second) = (nodes(&["n1", "n2"]), nodes(&["n2"]));
+        let view = |entries, linked| Reach { entries, ways: &none, linked, members: linked };
         let mut lost = Lost::default();
-        let before = Reach { entries: &[n1.clone()], ways: &none, up: &up(&["n1", "n2"]) };
-        let after = Reach { entries: &[], ways: &none, up: &up(&["n2"]) };
-        assert!(lost.update(100, before, after, true));
-        let gone: Vec<_> = lost.entries(200).collect();
-        assert_eq!(gone, [&(n1.clone(), Gone { nodes: vec![NodeId::new("n1")], at: 100 })]);
+        assert!(lost.update(100, view(std::slice::from_ref(&n1), &both), view(&[], &second), true));
+        let gone = Gone { nodes: vec![NodeId::new("n1")], at: 100, members: true };
+        assert_eq!(lost.entries(200).collect::<Vec<_>>(), [&(n1.clone(), gone)]);
         assert_eq!(lost.entries(100 + REMEMBERED_MS).count(), 0, "forgotten after a while");
 
         // Back on another node: no longer lost.
-        let back = Reach { entries: &[n2], ways: &none, up: &up(&["n2"]) };
-        assert!(lost.update(300, after, back, true));
+        let mut back = lost.clone();
+        assert!(back.update(300, view(&[], &second), view(std::slice::from_ref(&n2), &second), true));
+        assert_eq!(back.entries(300).count(), 0);
+        // Its node linked again without it (restarted with other plugins): not lost either.
+        assert!(lost.update(300, view(&[], &second), view(&[], &both), true));
         assert_eq!(lost.entries(300).count(), 0);
     }
 
     #[test]
-    fn what_a_policy_reload_cuts_off_is_not_lost() {
-        let echo = on("b1", "beta", &catalog()[0]);
-        let (members, was, none) = (up(&["a1"]), ways(&[("beta", "b1")]), Ways::new());
+    fn nothing_is_lost_without_a_lost_link_or_by_a_policy_reload() {
+        let n1 = on("n1", "alpha", &upper());
+        let (none, linked) = (Ways::new(), nodes(&["n1"]));
         let mut lost = Lost::default();
-        let before = Reach { entries: std::slice::from_ref(&echo), ways: &was, up: &members };
-        let after = Reach { entries: &[], ways: &none, up: &members };
+        // Unloaded by a node that stays linked.
+        let before = Reach { entries: std::slice::from_ref(&n1), ways: &none, linked: &linked, members: &linked };
+        let after = Reach { entries: &[], ways: &none, linked: &linked, members: &linked };
+        assert!(!lost.update(100, before, after, true));
+        // Cut off by this node's own policy.
+        let (was, nobody) = (ways(&[("beta", "b1")]), nodes(&[]));
+        let before = Reach { entries: &[], ways: &was, linked: &nodes(&["b1"]), members: &nobody };
+        let after = Reach { entries: &[], ways: &none, linked: &nobody, members: &nobody };
         assert!(!lost.update(100, before, after, false));
         assert_eq!((lost.way(100, &ClusterId::new("beta")), lost.entries(100).count()), (None, 0));
     }
 
     #[test]
-    fn an_entry_unloaded_by_a_node_that_stays_up_is_not_lost() {
-        let upper = on("n1", "alpha", &catalog()[0]);
-        let none = Ways::new();
-        let mut lost = Lost::default();
-        let before = Reach { entries: &[upper], ways: &none, up: &up(&["n1"]) };
-        let after = Reach { entries: &[], ways: &none, up: &up(&["n1"]) };
-        assert!(!lost.update(100, before, after, true));
-        assert_eq!(lost.entries(100).count(), 0);
-    }
-
-    #[test]
-    fn a_way_that_goes_takes_its_cluster_s_entries_with_it() {
+    fn a_way_goes_with_the_links_it_went_through_and_takes_its_entries() {
         let echo = on("b1", "beta", &catalog()[0]);
-        let members = up(&["a1", "a2"]);
-        let (was, now) = (ways(&[("beta", "a1"), ("gamma", "a1")]), ways(&[("gamma", "a2")]));
+        let (before_links, after_links) = (nodes(&["a1", "a2"]), nodes(&["a2"]));
+        let (was, now) = (ways(&[("beta", "a1"), ("gamma", "a1"), ("delta", "a2")]), ways(&[("gamma", "a2")]));
         let mut lost = Lost::default();
-        let before = Reach { entries: std::slice::from_ref(&echo), ways: &was, up: &members };
-        let after = Reach { entries: &[], ways: &now, up: &members };
+        let before =
+            Reach { entries: std::slice::from_ref(&echo), ways: &was, linked: &before_links, members: &before_links };
+        let after = Reach { entries: &[], ways: &now, linked: &after_links, members: &after_links };
         assert!(lost.update(100, before, after, true));
-        let gone = Gone { nodes: vec![NodeId::new("a1")], at: 100 };
+        let gone = Gone { nodes: vec![NodeId::new("a1")], at: 100, members: true };
         assert_eq!(lost.way(150, &ClusterId::new("beta")), Some(&gone));
         assert_eq!(lost.way(150, &ClusterId::new("gamma")), None, "another way leads there");
+        assert_eq!(lost.way(150, &ClusterId::new("delta")), None, "its node is still linked: a decision there");
         assert_eq!(lost.entries(150).collect::<Vec<_>>(), [&(echo.clone(), gone)]);
 
-        // A foreign entry that leaves while its way stays is not lost.
-        let mut lost = Lost::default();
-        let before = Reach { entries: std::slice::from_ref(&echo), ways: &was, up: &members };
-        let after = Reach { entries: &[], ways: &was, up: &members };
-        assert!(!lost.update(100, before, after, true));
-
         // The way back: forgotten.
-        let mut lost = Lost::default();
-        let (empty, there) = (Ways::new(), ways(&[("beta", "a2")]));
-        let reach = |ways| Reach { entries: &[], ways, up: &members };
-        assert!(lost.update(100, reach(&was), reach(&empty), true));
-        assert!(lost.way(100, &ClusterId::new("beta")).is_some());
-        assert!(lost.update(200, reach(&empty), reach(&there), true));
+        let back = ways(&[("beta", "a2")]);
+        let after_back = Reach { entries: &[], ways: &back, linked: &after_links, members: &after_links };
+        assert!(lost.update(200, after, after_back, true));
         assert_eq!(lost.way(200, &ClusterId::new("beta")), None);
     }
 }

@@ -60,6 +60,7 @@ pub(crate) struct AdminContext {
     pub ws_port: u16,
     pub max_body: usize,
     pub large: crate::executor::LargeRequests,
+    pub requests: crate::executor::RequestMemory,
     /// The node's drain waits for these, as for calls over WebSocket.
     pub calls: TaskTracker,
     /// `limits.write_timeout`: a reply the client does not read for this
@@ -625,7 +626,15 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             return reject(StatusCode::REQUEST_TIMEOUT, WeftError::invalid_request(message));
         }
     };
+    let mut memory = match ctx.requests.hold(&body, &ctx.metrics) {
+        Ok(memory) => memory,
+        Err(refused) => {
+            let (text, _) = crate::executor::encode(*refused, ctx.max_body, &ctx.metrics);
+            return json_text(status_of(ErrorKind::RESOURCE_EXHAUSTED), text);
+        }
+    };
     let decoded = ctx.large.decode(body.into()).await;
+    crate::executor::parsed(&mut memory, &decoded.request);
     // A token in the body wins over the header.
     let response = match crate::executor::with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => match ctx.executor.get() {

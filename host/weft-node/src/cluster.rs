@@ -29,7 +29,7 @@ use weft_fabric::{
 use weft_proto::{Callers, ClusterId, FunctionId, NodeId};
 
 use crate::alerts::AlertKind;
-use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, PeerMsg, Point, RefusedRoutes};
+use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, POLICY_SETTLES, PeerMsg, Point, RefusedRoutes};
 
 /// A node as SWIM knows it. `renewal` grows when SWIM declared this process
 /// down by mistake and it rejoins; `incarnation` is the process (start time).
@@ -105,7 +105,8 @@ struct ClusterTask {
     lost: Arc<weft_fabric::Lost>,
     reached: Reached,
     /// The policy changed since the view was last published: what it cut
-    /// off then is this node's decision, not an outage.
+    /// off then is this node's decision, not an outage (so are the links
+    /// it closes, within `POLICY_SETTLES`).
     policy_changed: bool,
     /// What this node last relayed to its members: foreign entries,
     /// (with transit) its own best routes, and its bridges' clusters.
@@ -961,8 +962,10 @@ impl ClusterTask {
         let next_hops = self.routes.next_hops(now);
         let reached = Reached::new(&self.fabric, Arc::new(entries), &relays, &next_hops);
         let mut lost = (*self.lost).clone();
-        let outage = !std::mem::take(&mut self.policy_changed);
-        if lost.update(crate::unix_ms(), self.reached.reach(), reached.reach(), outage) {
+        let unix_now = crate::unix_ms();
+        let settled = unix_now.saturating_sub(self.fabric.policy_reloaded_at()) > POLICY_SETTLES.as_millis() as u64;
+        let outage = !std::mem::take(&mut self.policy_changed) && settled;
+        if lost.update(unix_now, self.reached.reach(), reached.reach(), outage) {
             self.lost = Arc::new(lost);
         }
         self.fabric.publish(ClusterView {
@@ -1085,12 +1088,13 @@ async fn dial_seed(fabric: Arc<Fabric>, addr: String, stop: CancellationToken) {
 }
 
 /// What a node could reach when it published its view: its catalog, the
-/// nodes each other cluster is reached through, and the members it can call.
+/// nodes each other cluster is reached through, and the nodes it is linked to.
 #[derive(Default)]
 struct Reached {
     entries: Arc<Vec<CatalogEntry>>,
     ways: weft_fabric::Ways,
-    up: BTreeSet<NodeId>,
+    linked: BTreeSet<NodeId>,
+    members: BTreeSet<NodeId>,
 }
 
 impl Reached {
@@ -1102,10 +1106,12 @@ impl Reached {
     ) -> Reached {
         let me = &fabric.me;
         let mut ways = weft_fabric::Ways::new();
-        let mut up = BTreeSet::from([me.node.clone()]);
+        let mut linked = BTreeSet::from([me.node.clone()]);
+        let mut members = linked.clone();
         for link in fabric.links().iter() {
+            linked.insert(link.node().clone());
             if link.remote.cluster == me.cluster {
-                up.insert(link.node().clone());
+                members.insert(link.node().clone());
             } else {
                 ways.entry(link.remote.cluster.clone()).or_default().insert(link.node().clone());
             }
@@ -1116,10 +1122,10 @@ impl Reached {
         for (cluster, node) in next_hops {
             ways.entry(cluster.clone()).or_default().insert(node.clone());
         }
-        Reached { entries, ways, up }
+        Reached { entries, ways, linked, members }
     }
 
     fn reach(&self) -> weft_fabric::Reach<'_> {
-        weft_fabric::Reach { entries: &self.entries, ways: &self.ways, up: &self.up }
+        weft_fabric::Reach { entries: &self.entries, ways: &self.ways, linked: &self.linked, members: &self.members }
     }
 }

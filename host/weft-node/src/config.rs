@@ -236,6 +236,9 @@ pub struct LimitsSection {
     #[serde(deserialize_with = "units::size")]
     pub max_plugin: u64,
     pub max_in_flight_per_connection: u32,
+    /// Host memory the requests a node holds may take, all together.
+    #[serde(deserialize_with = "units::size")]
+    pub max_request_memory: u64,
     /// Commands in one request.
     pub max_commands: u32,
     /// Connections open on the listen and admin ports together (clients and
@@ -322,6 +325,7 @@ impl Default for LimitsSection {
             max_result: 16 << 20,
             max_plugin: 64 << 20,
             max_in_flight_per_connection: 1024,
+            max_request_memory: 1 << 30,
             max_commands: 1024,
             max_connections: 10_000,
             write_timeout: Duration::from_secs(30),
@@ -694,6 +698,7 @@ impl Config {
         check(self.limits.deadline <= MAX_DEADLINE, "limits.deadline: must be at most 24h");
         check(self.limits.max_frame >= 1024, "limits.max_frame: must be at least 1KiB");
         check(self.limits.max_in_flight_per_connection > 0, "limits.max_in_flight_per_connection: must be at least 1");
+        check(self.limits.max_request_memory >= 1 << 20, "limits.max_request_memory: must be at least 1MiB");
         check(!self.limits.write_timeout.is_zero(), "limits.write_timeout: must be more than 0");
         check(self.limits.max_connections >= 16, "limits.max_connections: must be at least 16");
         check(self.routing.max_hops > 0, "routing.max_hops: must be at least 1");

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use weft_fabric::{Asker, Audience, CatalogEntry, Gone, Plan, Scheduler, StepIdx, resolve};
 use weft_proto::client::{ExecutionSummary, IntermediateResult, StepSummary};
 use weft_proto::{Caller, ClusterId, Command, ErrorKind, FunctionId, NodeId, Request, Response, WeftError};
+use weft_runtime::budget::{Budget, Charge};
 use weft_runtime::{CallTarget, NodeLoad, Runtime};
 
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -1099,6 +1100,54 @@ impl LargeRequests {
             tokio::task::spawn_blocking(move || Request::decode(&bytes)).await.unwrap_or_else(|e| Err(failed(e)));
         Decoded { request, turn: turn.ok(), received }
     }
+}
+
+/// Host memory a request's text may take at most while it is parsed, per
+/// byte: `[1,2,...]` is a JSON value per two bytes, and each takes about 90
+/// bytes with its converted copy (measured).
+const PARSED_PER_BYTE: usize = 48;
+
+/// The host memory the requests a node holds may take, all connections
+/// and both ports together (`limits.max_request_memory`): without it,
+/// requests waiting for sandbox slots pile up without bound (150 requests
+/// of 1 MiB, each a long list of empty lists, took a node to 2.2 GB).
+#[derive(Clone)]
+pub(crate) struct RequestMemory(Arc<Budget>);
+
+impl RequestMemory {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self(Budget::new(usize::try_from(limit).unwrap_or(usize::MAX)))
+    }
+
+    /// A request's share while it is parsed: the most its parse may take,
+    /// at most half the limit, so that a request fits whenever the
+    /// requests held take less than half. Else its refusal.
+    pub(crate) fn hold(&self, text: &[u8], metrics: &Metrics) -> Result<Charge, Box<Response>> {
+        let limit = self.0.limit();
+        let bytes = text.len().saturating_mul(PARSED_PER_BYTE).min(limit / 2);
+        self.0.charge(bytes).ok_or_else(|| {
+            let mib = |b: usize| b.div_ceil(1 << 20);
+            let e = WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "the requests this node holds take {} MiB of limits.max_request_memory ({} MiB), and parsing this one may take {} MiB more; retry shortly, or send smaller requests",
+                    mib(self.0.used()),
+                    mib(limit),
+                    mib(bytes)
+                ),
+            )
+            .with("limit", limit)
+            .with("size", bytes);
+            metrics.record_error(e.kind);
+            let u = serde_json::from_slice::<Peek>(text).unwrap_or_default().u;
+            Box::new(Response::err(u.unwrap_or_default(), &e))
+        })
+    }
+}
+
+/// Once a request is parsed, its charge becomes what it holds.
+pub(crate) fn parsed(charge: &mut Charge, decoded: &Result<Request, (Option<String>, WeftError)>) {
+    charge.shrink_to(decoded.as_ref().map_or(0, Request::held_bytes));
 }
 
 /// A decoded request, with the connection's token (from the upgrade or

@@ -428,6 +428,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     };
     let start_config = StartConfig::of(&config);
     let large = crate::executor::LargeRequests::new(DEFAULT_REQUEST_TIMEOUT);
+    let requests = crate::executor::RequestMemory::new(config.limits.max_request_memory);
     let admin_ctx = Arc::new(AdminContext {
         start_config: start_config.clone(),
         plugins: plugin_source.clone(),
@@ -439,6 +440,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         ws_port: ws_addr.port(),
         max_body: max_frame,
         large: large.clone(),
+        requests: requests.clone(),
         calls: tracker.clone(),
         guarded: !config.auth.operator_tokens.is_empty(),
         write_timeout: config.limits.write_timeout,
@@ -549,6 +551,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         max_in_flight: config.limits.max_in_flight_per_connection as usize,
         write_timeout: config.limits.write_timeout,
         large,
+        requests,
     });
     let ws_port = Port {
         name: "listen",

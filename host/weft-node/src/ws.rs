@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
+use weft_runtime::budget::Charge;
 
 use crate::executor::{Executor, LARGE_REQUEST, with_bearer};
 use crate::listen::{Conn, Port, accept_each};
@@ -33,6 +34,7 @@ pub(crate) struct WsContext {
     pub max_frame: usize,
     pub max_in_flight: usize,
     pub large: crate::executor::LargeRequests,
+    pub requests: crate::executor::RequestMemory,
     /// A client that leaves a batch of replies unread this long is taken to
     /// be gone (`limits.write_timeout`): its connection closes and its calls
     /// are cancelled, so it cannot hold replies on the node for ever.
@@ -159,7 +161,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     // A large request that came while the connection had no place free:
     // nothing more is read until one is (its `u` is not known before it is
     // parsed, so it cannot be refused like a small one).
-    let mut parked: Option<(Vec<u8>, bool)> = None;
+    let mut parked: Option<(Vec<u8>, bool, Charge)> = None;
     let mut client_left = false;
     // Closed by the node while the client may still be sending (the rest
     // of a frame it refused, say).
@@ -169,8 +171,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             _ = shutdown.cancelled() => break,
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
             Ok(permit) = permits.clone().acquire_owned(), if parked.is_some() => {
-                let (bytes, binary) = parked.take().expect("guarded by the condition");
-                calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), permit, tx.clone()));
+                let (bytes, binary, held) = parked.take().expect("guarded by the condition");
+                let held = Held { _permit: permit, memory: held };
+                calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), held, tx.clone()));
                 continue;
             }
             reply = async { inline.as_mut().expect("guarded by the condition").await }, if inline.is_some() => {
@@ -236,18 +239,33 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
         };
         ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
+        let mut memory = match ctx.requests.hold(&bytes, &ctx.metrics) {
+            Ok(memory) => memory,
+            Err(refused) => {
+                let answer = reply(&ctx.executor, *refused, binary);
+                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
+                    client_left = true;
+                    break;
+                }
+                continue;
+            }
+        };
         if bytes.len() > LARGE_REQUEST {
             // Its turn is awaited in a task of its own, so that the calls
             // running on this connection are answered meanwhile.
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), permit, tx.clone()));
+                    let held = Held { _permit: permit, memory };
+                    calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), held, tx.clone()));
                 }
-                Err(_) => parked = Some((bytes, binary)),
+                Err(_) => parked = Some((bytes, binary, memory)),
             }
             continue;
         }
-        let request = match with_bearer(Request::decode(&bytes), &bearer, &ctx.metrics) {
+        let decoded = Request::decode(&bytes);
+        drop(bytes);
+        crate::executor::parsed(&mut memory, &decoded);
+        let request = match with_bearer(decoded, &bearer, &ctx.metrics) {
             Ok(request) => request,
             Err(refused) => {
                 let answer = reply(&ctx.executor, *refused, binary);
@@ -279,7 +297,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         let received = Instant::now();
         let call = async move {
             let response = executor.execute(request, received).await;
-            drop(permit);
+            drop((permit, memory));
             reply(&executor, response, binary)
         };
         if inline.is_none() && calls.is_empty() {
@@ -305,7 +323,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         // that arrives meanwhile is turned away at once, so that none goes
         // unanswered.
         drop(tx);
-        if let Some((bytes, binary)) = parked.take() {
+        if let Some((bytes, binary, _)) = parked.take() {
             let _ = sink.feed(turned_away(&ctx.executor, &bytes, binary)).await;
         }
         let mut reading = true;
@@ -392,6 +410,13 @@ fn reply(executor: &Executor, response: Response, binary: bool) -> Message {
     if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
 }
 
+/// What a request in flight holds until it is answered: its place on its
+/// connection and its share of the node's request memory.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    memory: Charge,
+}
+
 /// Runs one large request of a connection: waits for the node's turn,
 /// parses it off the workers, executes it and sends the reply back to the
 /// connection's task.
@@ -400,15 +425,16 @@ async fn large_request(
     bytes: Vec<u8>,
     binary: bool,
     bearer: Option<String>,
-    permit: OwnedSemaphorePermit,
+    mut held: Held,
     replies: mpsc::Sender<Message>,
 ) {
     let decoded = ctx.large.decode(bytes).await;
+    crate::executor::parsed(&mut held.memory, &decoded.request);
     let response = match with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => ctx.executor.execute(request, decoded.received).await,
         Err(refused) => *refused,
     };
-    drop((permit, decoded.turn));
+    drop((held, decoded.turn));
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 

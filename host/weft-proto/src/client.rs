@@ -109,6 +109,22 @@ fn field_at_fault<T: serde::de::DeserializeOwned>(object: &Value, error: &serde_
 }
 
 impl Request {
+    /// About the host memory its commands' arguments hold once parsed,
+    /// and again once converted for the guest (checked, then copied in).
+    pub fn held_bytes(&self) -> usize {
+        fn value(v: &Value) -> usize {
+            size_of::<Value>()
+                + match v {
+                    Value::String(s) => s.capacity(),
+                    Value::Array(xs) => xs.iter().map(value).sum(),
+                    Value::Object(m) => m.iter().map(|(k, v)| size_of::<String>() + k.capacity() + value(v)).sum(),
+                    _ => 0,
+                }
+        }
+        let args = |c: &Command| c.args.iter().chain(c.kwargs.values()).map(value).sum::<usize>();
+        2 * self.cmds.iter().map(|c| size_of::<Command>() + args(c)).sum::<usize>()
+    }
+
     pub fn new(u: impl Into<String>, cmds: Vec<Command>) -> Self {
         Self {
             role: rpc_role(),

@@ -5,6 +5,7 @@
 //! It owns everything wasmtime-specific. It knows nothing of peers, clusters,
 //! routing or the wire protocol beyond the value mapping of `weft-proto`.
 
+pub mod budget;
 mod cache;
 mod claims;
 pub mod compile;

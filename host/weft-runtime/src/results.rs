@@ -2,14 +2,12 @@
 //! checked against `max_result`, and the host memory that large results
 //! take while they are converted bounded across the node.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::Value;
 use wasmtime::component::Val;
 use weft_proto::wit::{self, WitValue};
 use weft_proto::{ErrorKind, WeftError, WitType};
 
+use crate::budget::Budget;
 use crate::convert::from_val;
 use crate::sandbox;
 
@@ -127,64 +125,30 @@ pub(crate) fn lift_divisor(result: Option<&WitType>) -> usize {
     result.map_or(1, |ty| (worst(ty) / 2).max(1))
 }
 
-/// The host memory that large results being converted take, node-wide.
-/// wasmtime bounds each call's copy (`limits.max_result` x 8), but many
-/// calls returning at once would each hold theirs: past the budget, a
-/// large result is dropped at once and its call fails.
-pub(crate) struct Conversions {
-    used: AtomicUsize,
-    budget: usize,
-}
-
-/// A large result's share of `Conversions`, given back when dropped.
-pub(crate) struct Charge {
-    conversions: Arc<Conversions>,
-    bytes: usize,
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.conversions.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-impl Conversions {
-    pub(crate) fn new(budget: usize) -> Self {
-        Self { used: AtomicUsize::new(0), budget }
-    }
-
-    /// `bytes` of the budget, if they are free.
-    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.budget)
-            })
-            .ok()
-            .map(|_| Charge { conversions: self.clone(), bytes })
-    }
-
-    /// The error of a call whose large result found no room.
-    pub(crate) fn refusal(&self, qualified: &str, bytes: usize) -> WeftError {
-        let mib = |b: usize| b.div_ceil(1 << 20);
-        let why = if bytes > self.budget {
-            "more than the node has for that at all; return less data".to_owned()
-        } else {
-            let held = mib(self.used.load(Ordering::Acquire));
-            format!(
-                "other large results hold {held} of the node's {} MiB for that now; retry shortly, or return less data",
-                mib(self.budget)
-            )
-        };
-        WeftError::new(
-            ErrorKind::RESOURCE_EXHAUSTED,
-            format!(
-                "{qualified} returned a result that takes about {} MiB of host memory to turn into JSON, and {why}",
-                mib(bytes)
-            ),
+/// The error of a call whose large result found no room in the node's
+/// conversion budget: `limits.max_result` x 8 bounds each call's copy, but
+/// many calls returning at once would each hold theirs, so large results
+/// being converted share one budget, and past it a call fails at once.
+pub(crate) fn refusal(conversions: &Budget, qualified: &str, bytes: usize) -> WeftError {
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    let why = if bytes > conversions.limit() {
+        "more than the node has for that at all; return less data".to_owned()
+    } else {
+        format!(
+            "other large results hold {} of the node's {} MiB for that now; retry shortly, or return less data",
+            mib(conversions.used()),
+            mib(conversions.limit())
         )
-        .with("limit", self.budget)
-        .with("size", bytes)
-    }
+    };
+    WeftError::new(
+        ErrorKind::RESOURCE_EXHAUSTED,
+        format!(
+            "{qualified} returned a result that takes about {} MiB of host memory to turn into JSON, and {why}",
+            mib(bytes)
+        ),
+    )
+    .with("limit", conversions.limit())
+    .with("size", bytes)
 }
 
 #[cfg(test)]
@@ -220,20 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn large_results_share_one_budget_and_give_it_back() {
-        let conversions = Arc::new(Conversions::new(100));
-        let first = conversions.charge(60).unwrap();
-        assert!(conversions.charge(50).is_none(), "over the budget");
-        let e = conversions.refusal("p/f", 50);
+    fn a_large_result_without_room_is_told_whether_to_retry() {
+        let conversions = Budget::new(100);
+        let _held = conversions.charge(60).unwrap();
+        let e = refusal(&conversions, "p/f", 50);
         assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED);
         assert!(e.message.contains("about 1 MiB") && e.message.contains("retry shortly"), "{e}");
-        let never = conversions.refusal("p/f", 50 << 20);
+        let never = refusal(&conversions, "p/f", 50 << 20);
         assert!(never.message.contains("about 50 MiB") && !never.message.contains("retry"), "{never}");
-        let second = conversions.charge(40).unwrap();
-        drop(first);
-        assert!(conversions.charge(usize::MAX).is_none(), "no overflow");
-        let third = conversions.charge(60).unwrap();
-        drop((second, third));
-        assert_eq!(conversions.used.load(Ordering::Acquire), 0);
     }
 }

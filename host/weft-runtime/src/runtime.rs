@@ -12,6 +12,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use weft_proto::wit::{self, WitType};
 use weft_proto::{Caller, ErrorKind, WeftError};
 
+use crate::budget::Budget;
 use crate::cache;
 use crate::claims::Claims;
 use crate::config::{Limits, RuntimeConfig};
@@ -19,7 +20,7 @@ use crate::convert::{ToVal, from_val};
 use crate::engine::{EpochTicker, FUEL_SLICE, build_engine};
 use crate::manifest::{Capability, Manifest};
 use crate::plugin::{Function, LoadFailure, Plugin, PluginInfo};
-use crate::results::{self, Conversions};
+use crate::results;
 use crate::sandbox::{self, CallOutput, GUEST_LOG_RATE, SandboxState};
 use crate::slots::{Slot, Slots};
 use crate::units::format_size;
@@ -89,7 +90,7 @@ pub struct Runtime {
     running: AtomicUsize,
     warm_budget: WarmBudget,
     /// Host memory that large results take while they become JSON.
-    conversions: Arc<Conversions>,
+    conversions: Arc<Budget>,
     janitor: Arc<Janitor>,
     _ticker: EpochTicker,
 }
@@ -132,7 +133,7 @@ impl Runtime {
             slots: Slots::new(config.call_slots() as usize),
             running: AtomicUsize::new(0),
             warm_budget: WarmBudget::new(config.max_warm_instances),
-            conversions: Arc::new(Conversions::new(config.conversion_budget())),
+            conversions: Budget::new(config.conversion_budget()),
             janitor: Arc::default(),
             engine,
             linker,
@@ -793,7 +794,8 @@ impl Runtime {
         if Instant::now() >= deadline {
             return Err(guest_failed(&plugin, stop.error(qualified, "its large result was dropped unconverted")));
         }
-        let charge = self.conversions.charge(size).ok_or_else(|| self.conversions.refusal(qualified, size))?;
+        let charge =
+            self.conversions.charge(size).ok_or_else(|| results::refusal(&self.conversions, qualified, size))?;
         // Converting a large result (millions of values) can take a good
         // part of a second: on the blocking pool, the node's workers go on
         // serving requests, health checks and links meanwhile.

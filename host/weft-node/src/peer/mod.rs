@@ -35,6 +35,11 @@ pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind
 /// The subject of the one alert all refused inbound links share.
 const INBOUND_REFUSALS: &str = "inbound links";
 
+/// How long the links a policy change closes take to go, on either side:
+/// a link lost that long after this node's reload, or shortly after the
+/// other side refused it, went by a decision, not an outage.
+pub(crate) const POLICY_SETTLES: Duration = Duration::from_secs(5);
+
 /// How long a dialled node has to answer `hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refusals remembered for `/v1/peers`.
@@ -224,6 +229,8 @@ pub struct Fabric {
     /// When the policy in force was set: this node's refusals before it
     /// were made by another policy.
     policy_set_at: AtomicU64,
+    /// When a reload last set the policy (0: never).
+    policy_reloaded_at: AtomicU64,
     /// Each bridge peer's last route update refused for its signature, until
     /// one of its updates is accepted: a missing route may be why.
     unsigned_routes: Mutex<HashMap<NodeId, RefusedRoutes>>,
@@ -333,6 +340,7 @@ impl Fabric {
             )),
             linked_at: Mutex::default(),
             policy_set_at: AtomicU64::new(crate::unix_ms()),
+            policy_reloaded_at: AtomicU64::new(0),
             unsigned_routes: Mutex::default(),
             alerts: Alerts::default(),
             policy: RwLock::new(Arc::new(federation.0)),
@@ -561,18 +569,30 @@ impl Fabric {
     }
 
     /// Whether what went out of reach with `gone` in `cluster` is still an
-    /// outage: this node's policy admits the cluster, and no link there was
-    /// refused since for a reason about the cluster (a node refused for
-    /// not being on a bridge's `nodes` list says nothing about it).
+    /// outage: this node's policy admits the cluster, and no link with it
+    /// was refused since shortly before (the other side's decision: its
+    /// refusal may come just before the link drops). A refusal for a node
+    /// missing from a bridge's `nodes` list says nothing when this node
+    /// refused it, nor when the way was a member's bridge (this node's own
+    /// dials may be refused so all along).
     fn outage(&self, cluster: &ClusterId, gone: &weft_fabric::Gone) -> bool {
         if *cluster == self.me.cluster {
             return true;
         }
-        let about_the_node = |r: &Refusal| {
-            r.kind == RejectKind::Policy && r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str())
+        let since = gone.at.saturating_sub(POLICY_SETTLES.as_millis() as u64);
+        let about_a_node = |r: &Refusal| {
+            r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str()) && (r.by == "local" || gone.members)
         };
-        self.policy().peer(cluster, None).allowed
-            && !self.link_refusal(cluster).is_some_and(|r| r.at_unix_ms > gone.at && !about_the_node(&r))
+        let refused = |r: &Refusal| {
+            r.remote_cluster.as_deref() == Some(cluster.as_str()) && r.at_unix_ms >= since && !about_a_node(r)
+        };
+        self.policy().peer(cluster, None).allowed && !lock(&self.refusals).iter().any(refused)
+    }
+
+    /// When a reload last set this node's federation policy (Unix
+    /// milliseconds; 0: never).
+    pub fn policy_reloaded_at(&self) -> u64 {
+        self.policy_reloaded_at.load(Ordering::Relaxed)
     }
 
     /// Notes that `node`'s route update, announcing `destinations`, was
@@ -675,6 +695,7 @@ impl Fabric {
     pub fn set_policy(&self, policy: Policy, rate_limit_per_minute: u32) -> Vec<Arc<Link>> {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         self.policy_set_at.store(crate::unix_ms(), Ordering::Relaxed);
+        self.policy_reloaded_at.store(crate::unix_ms(), Ordering::Relaxed);
         *self.rate.write().unwrap_or_else(|p| p.into_inner()) = RateLimit::new(rate_limit_per_minute).map(Arc::new);
         self.links()
             .into_iter()
@@ -1109,7 +1130,7 @@ pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError 
     WeftError::new(
         ErrorKind::UNAVAILABLE,
         format!(
-            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, a link lost or a route withdrawn); retry shortly: it is callable again as soon as a way to it is back",
+            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, or its link to this node lost); retry shortly: it is callable again as soon as a way to it is back",
             ago as f64 / 1000.0,
             nodes.join(", ")
         ),
