@@ -184,11 +184,13 @@ async fn transit_spans_two_nodes_of_the_middle_cluster() {
     let linked: Vec<&str> = peers["links"].as_array().unwrap().iter().filter_map(|l| l["cluster"].as_str()).collect();
     assert!(!linked.contains(&"gamma"), "{peers}");
 
-    // beta2 goes: its routes go with it, and alpha learns at once.
+    // beta2 goes: its routes go with it, and alpha learns at once. Alpha's
+    // link to beta1 stays, so to alpha this is a withdrawn route, which
+    // it cannot tell from a decision in beta.
     drop(b2);
     eventually("gamma withdrawn at alpha", SETTLE, async || best(&a, "gamma").await.is_none().then_some(())).await;
     let err = call_in(&a, "gamma", "upper", None).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::UNAVAILABLE, "{err:?}");
+    assert_eq!(err.kind, ErrorKind::NO_ROUTE, "{err:?}");
 }
 
 #[tokio::test]
