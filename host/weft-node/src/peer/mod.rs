@@ -1098,6 +1098,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `UNAVAILABLE`: `what` went out of reach with the nodes `gone` names.
+pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError {
+    let ago = crate::unix_ms().saturating_sub(gone.at);
+    let nodes: Vec<&str> = gone.nodes.iter().map(NodeId::as_str).collect();
+    WeftError::new(
+        ErrorKind::UNAVAILABLE,
+        format!(
+            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, or its link to this node lost); retry shortly: it is callable again as soon as a way to it is back",
+            ago as f64 / 1000.0,
+            nodes.join(", ")
+        ),
+    )
+    .with("nodes", nodes)
+    .with("lost_ms_ago", ago)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1121,20 +1137,4 @@ mod tests {
         assert_eq!(fail(&mut seed, 41_000), SeedAlert::Leave);
         assert_eq!(seed.record("refused", Some("policy".into()), 99_000), SeedAlert::Leave);
     }
-}
-
-/// `UNAVAILABLE`: `what` went out of reach with the nodes `gone` names.
-pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError {
-    let ago = crate::unix_ms().saturating_sub(gone.at);
-    let nodes: Vec<&str> = gone.nodes.iter().map(NodeId::as_str).collect();
-    WeftError::new(
-        ErrorKind::UNAVAILABLE,
-        format!(
-            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, or its link to this node lost); retry shortly: it is callable again as soon as a way to it is back",
-            ago as f64 / 1000.0,
-            nodes.join(", ")
-        ),
-    )
-    .with("nodes", nodes)
-    .with("lost_ms_ago", ago)
 }
