@@ -181,6 +181,25 @@ async fn five_nodes_route_by_resources_spread_load_and_survive_a_kill() {
     assert_eq!(err.kind, ErrorKind::FUNCTION_NOT_FOUND, "{err:?}");
 }
 
+/// A member that hangs is declared down, and its functions leave the
+/// catalog while its link is still open: a call for one is told it went
+/// out of reach with that member (retry), not that it does not exist.
+#[tokio::test]
+async fn a_hung_member_s_functions_are_out_of_reach_not_missing() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let b = member("b", vec!["math"], &[&a], "", "1s");
+    converged(&[&a, &b], &["a", "b"]).await;
+    let _ = std::process::Command::new("kill").args(["-STOP", &b.pid().to_string()]).status();
+    let client = a.client().await;
+    let err = eventually("add out of reach at a", SETTLE, async || {
+        let e = client.call("add", vec![json!(1), json!(2)]).await.unwrap_err();
+        e.message.contains("went out of reach").then_some(e)
+    })
+    .await;
+    assert_eq!((err.kind, &err.details["nodes"]), (ErrorKind::UNAVAILABLE, &json!(["b"])), "{err:?}");
+    let _ = std::process::Command::new("kill").args(["-CONT", &b.pid().to_string()]).status();
+}
+
 #[tokio::test]
 async fn a_node_that_leaves_is_removed_at_once_and_rejoins_after_a_restart() {
     // A failure timeout far above the wait below: only the goodbye can explain a fast removal.

@@ -633,7 +633,7 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
             return json_text(status_of(ErrorKind::RESOURCE_EXHAUSTED), text);
         }
     };
-    let decoded = ctx.large.decode(body.into()).await;
+    let decoded = ctx.large.decode(body.into(), &mut memory, &ctx.requests).await;
     crate::executor::parsed(&mut memory, &decoded.request);
     // A token in the body wins over the header.
     let response = match crate::executor::with_bearer(decoded.request, &bearer, &ctx.metrics) {

@@ -119,6 +119,9 @@ struct ClusterTask {
     seeds: Vec<String>,
     /// Members that said goodbye (their down notice is not a failure).
     departed: HashSet<NodeId>,
+    /// Members SWIM declared down, whose links may not have closed yet:
+    /// what went with them went with a lost link.
+    declared_down: HashSet<NodeId>,
     /// Addresses learnt from members' beats, and when they were last dialled.
     gossip_dials: std::collections::HashMap<String, Instant>,
     max_imports: usize,
@@ -171,6 +174,7 @@ pub fn start(
         shared_by: BTreeMap::new(),
         seeds: settings.seeds.clone(),
         departed: HashSet::new(),
+        declared_down: HashSet::new(),
         gossip_dials: std::collections::HashMap::new(),
         max_imports: settings.catalog.max_entries_per_node,
         routes: RouteTable::new(me.cluster.clone(), settings.routes.clone()),
@@ -805,6 +809,7 @@ impl ClusterTask {
                         tracing::warn!(member = %m.node, addr = %m.addr, "a member advertises this node's own address; it is unreachable until it advertises its own (node.advertise)");
                     }
                     self.fabric.alerts.resolve(AlertKind::MemberDown, m.node.as_str());
+                    self.declared_down.remove(&m.node);
                     if self.fabric.link(&m.node).is_none() {
                         self.dial(m.addr.clone());
                     }
@@ -817,6 +822,7 @@ impl ClusterTask {
                     // its calls in flight still reach it.
                     if !self.departed.remove(&m.node) {
                         let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
+                        self.declared_down.insert(m.node.clone());
                         self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
                         // A member declared down may be hung rather than
                         // gone, with its link still open and calls waiting
@@ -960,7 +966,7 @@ impl ClusterTask {
             }
         }
         let next_hops = self.routes.next_hops(now);
-        let reached = Reached::new(&self.fabric, Arc::new(entries), &relays, &next_hops);
+        let reached = Reached::new(&self.fabric, &self.declared_down, Arc::new(entries), &relays, &next_hops);
         let mut lost = (*self.lost).clone();
         let unix_now = crate::unix_ms();
         let settled = unix_now.saturating_sub(self.fabric.policy_reloaded_at()) > POLICY_SETTLES.as_millis() as u64;
@@ -1100,6 +1106,7 @@ struct Reached {
 impl Reached {
     fn new(
         fabric: &Fabric,
+        down: &HashSet<NodeId>,
         entries: Arc<Vec<CatalogEntry>>,
         relays: &BTreeMap<ClusterId, Vec<NodeId>>,
         next_hops: &BTreeMap<ClusterId, NodeId>,
@@ -1108,7 +1115,7 @@ impl Reached {
         let mut ways = weft_fabric::Ways::new();
         let mut linked = BTreeSet::from([me.node.clone()]);
         let mut members = linked.clone();
-        for link in fabric.links().iter() {
+        for link in fabric.links().iter().filter(|l| !down.contains(l.node())) {
             linked.insert(link.node().clone());
             if link.remote.cluster == me.cluster {
                 members.insert(link.node().clone());

@@ -1068,7 +1068,9 @@ impl LargeRequests {
         Self { turn: Arc::new(Semaphore::new(1)), default_timeout }
     }
 
-    pub(crate) async fn decode(&self, bytes: Vec<u8>) -> Decoded {
+    /// Parses a request, a large one in its turn, its share of the node's
+    /// request memory grown for that parse first.
+    pub(crate) async fn decode(&self, bytes: Vec<u8>, memory: &mut Charge, requests: &RequestMemory) -> Decoded {
         let received = Instant::now();
         if bytes.len() <= LARGE_REQUEST {
             return Decoded { request: Request::decode(&bytes), turn: None, received };
@@ -1096,6 +1098,9 @@ impl LargeRequests {
             );
             return Decoded { request: Err((peek.u, e)), turn: None, received };
         };
+        if let Err(e) = requests.for_parse(memory, bytes.len()) {
+            return Decoded { request: Err((peek.u, e)), turn: None, received };
+        }
         let request =
             tokio::task::spawn_blocking(move || Request::decode(&bytes)).await.unwrap_or_else(|e| Err(failed(e)));
         Decoded { request, turn: turn.ok(), received }
@@ -1119,29 +1124,45 @@ impl RequestMemory {
         Self(Budget::new(usize::try_from(limit).unwrap_or(usize::MAX)))
     }
 
-    /// A request's share while it is parsed: the most its parse may take,
-    /// at most half the limit, so that a request fits whenever the
-    /// requests held take less than half. Else its refusal.
+    /// A request's share as it arrives: a small one's is the most its
+    /// parse may take; a large one's is its text until its turn to be
+    /// parsed (`for_parse`). Else its refusal.
     pub(crate) fn hold(&self, text: &[u8], metrics: &Metrics) -> Result<Charge, Box<Response>> {
-        let limit = self.0.limit();
-        let bytes = text.len().saturating_mul(PARSED_PER_BYTE).min(limit / 2);
+        let bytes = if text.len() > LARGE_REQUEST { text.len() } else { self.parse_cost(text.len()) };
         self.0.charge(bytes).ok_or_else(|| {
-            let mib = |b: usize| b.div_ceil(1 << 20);
-            let e = WeftError::new(
-                ErrorKind::RESOURCE_EXHAUSTED,
-                format!(
-                    "the requests this node holds take {} MiB of limits.max_request_memory ({} MiB), and parsing this one may take {} MiB more; retry shortly, or send smaller requests",
-                    mib(self.0.used()),
-                    mib(limit),
-                    mib(bytes)
-                ),
-            )
-            .with("limit", limit)
-            .with("size", bytes);
+            let e = self.refusal(bytes);
             metrics.record_error(e.kind);
             let u = serde_json::from_slice::<Peek>(text).unwrap_or_default().u;
             Box::new(Response::err(u.unwrap_or_default(), &e))
         })
+    }
+
+    /// Grows a large request's share to what its parse may take.
+    fn for_parse(&self, charge: &mut Charge, len: usize) -> Result<(), WeftError> {
+        let bytes = self.parse_cost(len);
+        if charge.grow_to(bytes) { Ok(()) } else { Err(self.refusal(bytes)) }
+    }
+
+    /// At most half the limit, so that a request fits whenever the
+    /// requests held take less than half.
+    fn parse_cost(&self, len: usize) -> usize {
+        len.saturating_mul(PARSED_PER_BYTE).min(self.0.limit() / 2)
+    }
+
+    fn refusal(&self, bytes: usize) -> WeftError {
+        let mib = |b: usize| b.div_ceil(1 << 20);
+        let limit = self.0.limit();
+        WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!(
+                "the requests this node holds take {} MiB of limits.max_request_memory ({} MiB), and parsing this one may take {} MiB; retry shortly, or send smaller requests",
+                mib(self.0.used()),
+                mib(limit),
+                mib(bytes)
+            ),
+        )
+        .with("limit", limit)
+        .with("size", bytes)
     }
 }
 
@@ -1307,7 +1328,9 @@ pub(crate) fn local_catalog(
 mod tests {
     use rand::SeedableRng;
 
-    use super::{LARGE_REQUEST, LargeRequests, least_loaded, local_catalog};
+    use super::{LARGE_REQUEST, LargeRequests, PARSED_PER_BYTE, RequestMemory, least_loaded, local_catalog};
+    use crate::metrics::Metrics;
+    use weft_proto::ErrorKind;
 
     /// Plugins whose signatures would not fit the byte budget together are
     /// left out one by one; the others are listed.
@@ -1347,21 +1370,37 @@ mod tests {
             frame.extend_from_slice(br#""]}]}"#);
             frame
         };
+        let (requests, metrics) = (RequestMemory::new(1 << 30), Metrics::new());
+        let hold = |text: &[u8]| requests.hold(text, &metrics).expect("room");
         let gate = LargeRequests::new(std::time::Duration::from_secs(30));
-        let first = gate.decode(large()).await;
+        let mut first_memory = hold(&large());
+        assert_eq!(requests.0.used(), large().len(), "a large request waiting for its turn holds its text");
+        let first = gate.decode(large(), &mut first_memory, &requests).await;
         assert_eq!(first.request.expect("decodes").u, "big");
         assert!(first.turn.is_some(), "a large request holds the turn");
+        assert_eq!(requests.0.used(), large().len() * PARSED_PER_BYTE, "and what its parse may take in its turn");
         let second = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.decode(large()).await }
+            let (gate, requests) = (gate.clone(), requests.clone());
+            let mut memory = hold(&large());
+            async move { gate.decode(large(), &mut memory, &requests).await }
         });
-        let small = gate.decode(br#"{"role":"rpc","u":"s","cmds":[]}"#.to_vec()).await;
+        let small_text = br#"{"role":"rpc","u":"s","cmds":[]}"#;
+        let small = gate.decode(small_text.to_vec(), &mut hold(small_text), &requests).await;
         assert!(small.turn.is_none(), "a small request takes no turn");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "the second large request waits for the first");
         drop(first.turn);
         let second = second.await.expect("task");
         assert_eq!(second.request.expect("decodes").u, "big");
+        drop(second.turn);
+
+        // A parse that finds no room in its turn is refused.
+        let tight = RequestMemory::new(4 << 20);
+        let _held = tight.0.charge(5 << 19).expect("room");
+        let mut memory = tight.hold(&large(), &metrics).expect("its text fits");
+        let refused = gate.decode(large(), &mut memory, &tight).await;
+        let (u, e) = refused.request.expect_err("no room to parse it");
+        assert_eq!((u.as_deref(), e.kind), (Some("big"), ErrorKind::RESOURCE_EXHAUSTED), "{e}");
     }
 
     #[test]

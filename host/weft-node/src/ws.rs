@@ -239,65 +239,31 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             }
         };
         ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "ws" }).inc();
-        let mut memory = match ctx.requests.hold(&bytes, &ctx.metrics) {
-            Ok(memory) => memory,
-            Err(refused) => {
-                let answer = reply(&ctx.executor, *refused, binary);
-                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
+        let (request, held) = match intake(&ctx, bytes, &bearer, &permits) {
+            Intake::Run(request, held) => (request, held),
+            Intake::Large(bytes, held) => {
+                // Its turn is awaited in a task of its own, so that the calls
+                // running on this connection are answered meanwhile.
+                calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), held, tx.clone()));
+                continue;
+            }
+            Intake::Park(bytes, memory) => {
+                parked = Some((bytes, binary, memory));
+                continue;
+            }
+            Intake::Answer(refused) => {
+                if write_replies(&mut sink, reply(&ctx.executor, *refused, binary), &mut replies).await.is_err() {
                     client_left = true;
                     break;
                 }
                 continue;
             }
-        };
-        if bytes.len() > LARGE_REQUEST {
-            // Its turn is awaited in a task of its own, so that the calls
-            // running on this connection are answered meanwhile.
-            match permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let held = Held { _permit: permit, memory };
-                    calls.spawn(large_request(ctx.clone(), bytes, binary, bearer.clone(), held, tx.clone()));
-                }
-                Err(_) => parked = Some((bytes, binary, memory)),
-            }
-            continue;
-        }
-        let decoded = Request::decode(&bytes);
-        drop(bytes);
-        crate::executor::parsed(&mut memory, &decoded);
-        let request = match with_bearer(decoded, &bearer, &ctx.metrics) {
-            Ok(request) => request,
-            Err(refused) => {
-                let answer = reply(&ctx.executor, *refused, binary);
-                if write_replies(&mut sink, answer, &mut replies).await.is_err() {
-                    client_left = true;
-                    break;
-                }
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let e = WeftError::new(
-                ErrorKind::RESOURCE_EXHAUSTED,
-                format!(
-                    "{} requests are already in flight on this connection (limits.max_in_flight_per_connection); wait for replies or open another connection",
-                    ctx.max_in_flight
-                ),
-            )
-            .with("limit", ctx.max_in_flight);
-            ctx.metrics.record_error(e.kind);
-            let answer = reply(&ctx.executor, Response::err(request.u, &e), binary);
-            if write_replies(&mut sink, answer, &mut replies).await.is_err() {
-                client_left = true;
-                break;
-            }
-            continue;
         };
         let executor = ctx.executor.clone();
         let received = Instant::now();
         let call = async move {
             let response = executor.execute(request, received).await;
-            drop((permit, memory));
+            drop(held);
             reply(&executor, response, binary)
         };
         if inline.is_none() && calls.is_empty() {
@@ -410,6 +376,56 @@ fn reply(executor: &Executor, response: Response, binary: bool) -> Message {
     if binary { Message::Binary(text.into()) } else { Message::Text(text.into()) }
 }
 
+/// What becomes of a request read from a connection.
+enum Intake {
+    /// Run it.
+    Run(Request, Held),
+    /// A large one: parsed in a task of its own, in its turn.
+    Large(Vec<u8>, Held),
+    /// A large one with no place free on its connection: nothing more is
+    /// read until one is.
+    Park(Vec<u8>, Charge),
+    /// Refused, with this answer.
+    Answer(Box<Response>),
+}
+
+/// Takes a request's share of the node's request memory, parses it unless
+/// it is large, and takes its place on the connection.
+fn intake(ctx: &WsContext, bytes: Vec<u8>, bearer: &Option<String>, permits: &Arc<Semaphore>) -> Intake {
+    let mut memory = match ctx.requests.hold(&bytes, &ctx.metrics) {
+        Ok(memory) => memory,
+        Err(refused) => return Intake::Answer(refused),
+    };
+    if bytes.len() > LARGE_REQUEST {
+        return match permits.clone().try_acquire_owned() {
+            Ok(permit) => Intake::Large(bytes, Held { _permit: permit, memory }),
+            Err(_) => Intake::Park(bytes, memory),
+        };
+    }
+    let decoded = Request::decode(&bytes);
+    drop(bytes);
+    crate::executor::parsed(&mut memory, &decoded);
+    let request = match with_bearer(decoded, bearer, &ctx.metrics) {
+        Ok(request) => request,
+        Err(refused) => return Intake::Answer(refused),
+    };
+    match permits.clone().try_acquire_owned() {
+        Ok(permit) => Intake::Run(request, Held { _permit: permit, memory }),
+        Err(_) => {
+            let e = WeftError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                format!(
+                    "{} requests are already in flight on this connection (limits.max_in_flight_per_connection); wait for replies or open another connection",
+                    ctx.max_in_flight
+                ),
+            )
+            .with("limit", ctx.max_in_flight);
+            ctx.metrics.record_error(e.kind);
+            Intake::Answer(Box::new(Response::err(request.u, &e)))
+        }
+    }
+}
+
 /// What a request in flight holds until it is answered: its place on its
 /// connection and its share of the node's request memory.
 struct Held {
@@ -428,7 +444,7 @@ async fn large_request(
     mut held: Held,
     replies: mpsc::Sender<Message>,
 ) {
-    let decoded = ctx.large.decode(bytes).await;
+    let decoded = ctx.large.decode(bytes, &mut held.memory, &ctx.requests).await;
     crate::executor::parsed(&mut held.memory, &decoded.request);
     let response = match with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => ctx.executor.execute(request, decoded.received).await,

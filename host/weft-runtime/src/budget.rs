@@ -16,6 +16,23 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// Takes more of the budget, up to `bytes` in all, if it is free.
+    pub fn grow_to(&mut self, bytes: usize) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        let limit = self.budget.limit;
+        let grown = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(more).filter(|total| *total <= limit)
+            })
+            .is_ok();
+        if grown {
+            self.bytes += more;
+        }
+        grown
+    }
+
     /// Gives back what is over `bytes`, when the charge was more.
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes < self.bytes {
@@ -74,6 +91,9 @@ mod tests {
         third.shrink_to(10);
         third.shrink_to(50);
         assert_eq!(budget.used(), 50, "only ever less");
+        assert!(!third.grow_to(61), "over the budget with the other 40");
+        assert!(third.grow_to(60));
+        assert_eq!(budget.used(), 100);
         drop((second, third));
         assert_eq!(budget.used(), 0);
     }
