@@ -216,7 +216,9 @@ impl Executor {
         if e.kind != ErrorKind::FUNCTION_NOT_FOUND {
             return e;
         }
-        let (lost, gone): (Vec<CatalogEntry>, Vec<Gone>) = self.fabric.lost_entries().into_iter().unzip();
+        let wanted = cmd.function_id.as_deref().unwrap_or(&cmd.fun);
+        let (plugin, function) = wanted.split_once('/').map_or((None, wanted), |(p, f)| (Some(p), f));
+        let (lost, gone): (Vec<CatalogEntry>, Vec<Gone>) = self.fabric.lost_entries(function).into_iter().unzip();
         let asker = Asker { caller, cluster: &self.fabric.me.cluster };
         if let Ok(r) = resolve(cmd, &lost, &asker) {
             // The latest loss of the version the command would have called.
@@ -227,8 +229,6 @@ impl Executor {
                 return e.with("command", cmd.name.as_str());
             }
         }
-        let wanted = cmd.function_id.as_deref().unwrap_or(&cmd.fun);
-        let (plugin, function) = wanted.split_once('/').map_or((None, wanted), |(p, f)| (Some(p), f));
         let plugins = self.fabric.runtime.plugins().into_iter().filter(|p| p.callers.admits(caller));
         let found = plugins.into_iter().find_map(|p| {
             let f = p

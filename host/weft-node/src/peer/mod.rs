@@ -561,11 +561,13 @@ impl Fabric {
         read(&self.view).lost.way(crate::unix_ms(), cluster).cloned()
     }
 
-    /// What went out of reach lately as an outage: the entries as a
-    /// catalog, with when and how each went.
-    pub fn lost_entries(&self) -> Vec<(CatalogEntry, weft_fabric::Gone)> {
+    /// What of the function named `function` (without its plugin) went out
+    /// of reach lately as an outage: its entries as a catalog, with when
+    /// and how each went.
+    pub fn lost_entries(&self, function: &str) -> Vec<(CatalogEntry, weft_fabric::Gone)> {
         let lost = read(&self.view).lost.clone();
-        lost.entries(crate::unix_ms()).filter(|(e, g)| self.outage(&e.cluster, g)).cloned().collect()
+        let named = |e: &CatalogEntry| &*e.function.function == function;
+        lost.entries(crate::unix_ms()).filter(|(e, g)| named(e) && self.outage(&e.cluster, g)).cloned().collect()
     }
 
     /// Whether what went out of reach with `gone` in `cluster` is still an
