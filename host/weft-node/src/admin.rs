@@ -628,13 +628,13 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
     };
     let mut memory = match ctx.requests.hold(&body, &ctx.metrics) {
         Ok(memory) => memory,
-        Err(refused) => {
-            let (text, _) = crate::executor::encode(*refused, ctx.max_body, &ctx.metrics);
-            return json_text(status_of(ErrorKind::RESOURCE_EXHAUSTED), text);
+        Err(e) => {
+            let refused = crate::executor::refused_unparsed(body.into(), &e).await;
+            let (text, _) = crate::executor::encode(refused, ctx.max_body, &ctx.metrics);
+            return json_text(status_of(e.kind), text);
         }
     };
     let decoded = ctx.large.decode(body.into(), &mut memory, &ctx.requests).await;
-    crate::executor::parsed(&mut memory, &decoded.request);
     // A token in the body wins over the header.
     let response = match crate::executor::with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => match ctx.executor.get() {

@@ -1123,8 +1123,8 @@ impl Reached {
                 ways.entry(link.remote.cluster.clone()).or_default().insert(link.node().clone());
             }
         }
-        for (cluster, members) in relays {
-            ways.entry(cluster.clone()).or_default().extend(members.iter().cloned());
+        for (cluster, via) in relays {
+            ways.entry(cluster.clone()).or_default().extend(via.iter().cloned());
         }
         for (cluster, node) in next_hops {
             ways.entry(cluster.clone()).or_default().insert(node.clone());

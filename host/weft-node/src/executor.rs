@@ -1056,11 +1056,29 @@ pub(crate) struct LargeRequests {
     default_timeout: Duration,
 }
 
-/// What is read of a large request before its turn.
+/// What is read of a large request before its turn, or of one refused
+/// before it is parsed.
 #[derive(Default, serde::Deserialize)]
 struct Peek {
     u: Option<String>,
     timeout_ms: Option<u64>,
+}
+
+impl Peek {
+    fn of(text: &[u8]) -> Peek {
+        serde_json::from_slice(text).unwrap_or_default()
+    }
+}
+
+/// The answer to a request refused with `e` before it was parsed: its `u`
+/// is read off the workers when it is large, as its parse would be.
+pub(crate) async fn refused_unparsed(text: Vec<u8>, e: &WeftError) -> Response {
+    let u = if text.len() > LARGE_REQUEST {
+        tokio::task::spawn_blocking(move || Peek::of(&text).u).await.unwrap_or_default()
+    } else {
+        Peek::of(&text).u
+    };
+    Response::err(u.unwrap_or_default(), e)
 }
 
 impl LargeRequests {
@@ -1068,9 +1086,16 @@ impl LargeRequests {
         Self { turn: Arc::new(Semaphore::new(1)), default_timeout }
     }
 
-    /// Parses a request, a large one in its turn, its share of the node's
-    /// request memory grown for that parse first.
+    /// Parses a request, a large one in its turn, with its share of the
+    /// node's request memory grown for that parse first and then made what
+    /// the request holds.
     pub(crate) async fn decode(&self, bytes: Vec<u8>, memory: &mut Charge, requests: &RequestMemory) -> Decoded {
+        let decoded = self.decode_in_turn(bytes, memory, requests).await;
+        parsed(memory, &decoded.request);
+        decoded
+    }
+
+    async fn decode_in_turn(&self, bytes: Vec<u8>, memory: &mut Charge, requests: &RequestMemory) -> Decoded {
         let received = Instant::now();
         if bytes.len() <= LARGE_REQUEST {
             return Decoded { request: Request::decode(&bytes), turn: None, received };
@@ -1078,7 +1103,7 @@ impl LargeRequests {
         let failed =
             |e: tokio::task::JoinError| (None, WeftError::internal(format!("decoding the request failed: {e}")));
         let peeked = tokio::task::spawn_blocking(move || {
-            let peek = serde_json::from_slice::<Peek>(&bytes).unwrap_or_default();
+            let peek = Peek::of(&bytes);
             (bytes, peek)
         })
         .await;
@@ -1126,14 +1151,14 @@ impl RequestMemory {
 
     /// A request's share as it arrives: a small one's is the most its
     /// parse may take; a large one's is its text until its turn to be
-    /// parsed (`for_parse`). Else its refusal.
-    pub(crate) fn hold(&self, text: &[u8], metrics: &Metrics) -> Result<Charge, Box<Response>> {
+    /// parsed (`for_parse`). Else its refusal (counted), which
+    /// `refused_unparsed` answers.
+    pub(crate) fn hold(&self, text: &[u8], metrics: &Metrics) -> Result<Charge, WeftError> {
         let bytes = if text.len() > LARGE_REQUEST { text.len() } else { self.parse_cost(text.len()) };
         self.0.charge(bytes).ok_or_else(|| {
             let e = self.refusal(bytes);
             metrics.record_error(e.kind);
-            let u = serde_json::from_slice::<Peek>(text).unwrap_or_default().u;
-            Box::new(Response::err(u.unwrap_or_default(), &e))
+            e
         })
     }
 
@@ -1375,10 +1400,12 @@ mod tests {
         let gate = LargeRequests::new(std::time::Duration::from_secs(30));
         let mut first_memory = hold(&large());
         assert_eq!(requests.0.used(), large().len(), "a large request waiting for its turn holds its text");
-        let first = gate.decode(large(), &mut first_memory, &requests).await;
-        assert_eq!(first.request.expect("decodes").u, "big");
+        let first = gate.decode_in_turn(large(), &mut first_memory, &requests).await;
         assert!(first.turn.is_some(), "a large request holds the turn");
         assert_eq!(requests.0.used(), large().len() * PARSED_PER_BYTE, "and what its parse may take in its turn");
+        super::parsed(&mut first_memory, &first.request);
+        assert!(requests.0.used() < large().len() * 3, "then what it holds once parsed");
+        assert_eq!(first.request.expect("decodes").u, "big");
         let second = tokio::spawn({
             let (gate, requests) = (gate.clone(), requests.clone());
             let mut memory = hold(&large());

@@ -258,6 +258,14 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 continue;
             }
+            Intake::Refused(bytes, e) => {
+                let (executor, tx) = (ctx.executor.clone(), tx.clone());
+                calls.spawn(async move {
+                    let answer = crate::executor::refused_unparsed(bytes, &e).await;
+                    let _ = tx.send(reply(&executor, answer, binary)).await;
+                });
+                continue;
+            }
         };
         let executor = ctx.executor.clone();
         let received = Instant::now();
@@ -387,6 +395,9 @@ enum Intake {
     Park(Vec<u8>, Charge),
     /// Refused, with this answer.
     Answer(Box<Response>),
+    /// Refused before it was parsed, with this error: its answer needs its
+    /// `u` (`refused_unparsed`).
+    Refused(Vec<u8>, WeftError),
 }
 
 /// Takes a request's share of the node's request memory, parses it unless
@@ -394,7 +405,7 @@ enum Intake {
 fn intake(ctx: &WsContext, bytes: Vec<u8>, bearer: &Option<String>, permits: &Arc<Semaphore>) -> Intake {
     let mut memory = match ctx.requests.hold(&bytes, &ctx.metrics) {
         Ok(memory) => memory,
-        Err(refused) => return Intake::Answer(refused),
+        Err(e) => return Intake::Refused(bytes, e),
     };
     if bytes.len() > LARGE_REQUEST {
         return match permits.clone().try_acquire_owned() {
@@ -445,7 +456,6 @@ async fn large_request(
     replies: mpsc::Sender<Message>,
 ) {
     let decoded = ctx.large.decode(bytes, &mut held.memory, &ctx.requests).await;
-    crate::executor::parsed(&mut held.memory, &decoded.request);
     let response = match with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => ctx.executor.execute(request, decoded.received).await,
         Err(refused) => *refused,
