@@ -458,6 +458,67 @@ async fn requests_held_on_a_node_are_bounded_by_its_request_memory() {
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
+/// A WebSocket frame is read whole before the node sees the request in it:
+/// the bytes of requests still arriving are charged to the same memory, on
+/// both ports, so that stalled partial frames cannot hold it unbounded.
+#[tokio::test]
+async fn requests_still_arriving_are_held_to_the_request_memory() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(NodeSpec {
+        plugins: vec!["echo"],
+        config: "[limits]\nmax_request_memory = \"4MiB\"\n".into(),
+        ..NodeSpec::default()
+    });
+    let admin = node.admin();
+    let held = async || metric(&admin.get("/metrics").await.unwrap().text, "weft_request_memory_bytes").unwrap();
+    // A masked text frame of 3 MB (its key all zeros), sent in part.
+    const XS: usize = 2_999_900;
+    let first = {
+        let mut request = br#"{"role":"rpc","u":"first","cmds":[{"name":"e","fun":"echo","args":[""#.to_vec();
+        request.resize(request.len() + XS, b'x');
+        request.extend_from_slice(br#""]}]}"#);
+        let len = request.len() as u64;
+        let mut frame: Vec<u8> = [0x81, 0xFF].into_iter().chain(len.to_be_bytes()).chain([0; 4]).collect();
+        frame.extend(request);
+        frame
+    };
+    let mut ws = raw_socket(&node).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("a plain socket") };
+    tcp.write_all(&first[..2_500_000]).await.unwrap();
+    eventually("the first frame's bytes to be charged", Duration::from_secs(10), async || {
+        (held().await >= 2_400_000.0).then_some(())
+    })
+    .await;
+
+    // The second finds no room before it is whole: its connection is
+    // closed with 1013 (try again later), and says why.
+    let e = node.client().await.call("echo", vec![json!("x".repeat(2_500_000))]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{e}");
+    assert!(e.message.contains("code 1013") && e.message.contains("limits.max_request_memory"), "{e}");
+    // The same over HTTP: 429, once the body stops arriving.
+    let body_len = 2_000_000;
+    let mut post = format!("POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n").into_bytes();
+    post.resize(post.len() + body_len, b' ');
+    let answer = raw_http(&node.admin_url, &String::from_utf8(post).unwrap()).await;
+    assert!(answer.starts_with("HTTP/1.1 429") && answer.contains("RESOURCE_EXHAUSTED"), "{answer}");
+    assert!(answer.contains("limits.max_request_memory") && answer.contains("still arriving"), "{answer}");
+
+    // The refused ones gave their bytes back: the first arrives whole, runs
+    // and is answered.
+    eventually("the refused requests' bytes to be given back", Duration::from_secs(10), async || {
+        (held().await < 2_600_000.0).then_some(())
+    })
+    .await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("a plain socket") };
+    tcp.write_all(&first[2_500_000..]).await.unwrap();
+    let (reply, _) = next_json(&mut ws).await;
+    assert_eq!(reply["u"], "first");
+    assert_eq!(reply["r"]["e"].as_str().map(str::len), Some(XS), "{}", reply["error"]);
+    let text = admin.get("/metrics").await.unwrap().text;
+    assert_eq!(metric(&text, "weft_frames_rejected_total{kind=\"memory\"}"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "weft_request_memory_bytes"), Some(0.0), "{text}");
+}
+
 #[tokio::test]
 async fn in_flight_limit_per_connection_is_enforced() {
     let node = TestNode::start(NodeSpec {

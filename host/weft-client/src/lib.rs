@@ -83,9 +83,17 @@ pub fn upgrade_failure(e: &tokio_tungstenite::tungstenite::Error) -> Result<Weft
 
 /// The error for requests lost when the node closed the connection. A close
 /// for a frame over the node's `limits.max_frame` (1009) is the request's own
-/// fault, so it gets the kind an oversized HTTP body gets.
+/// fault, so it gets the kind an oversized HTTP body gets; one for a request
+/// the node had no memory for while it arrived (1013) gets the kind of the
+/// same refusal over HTTP.
 fn closed_by_node(frame: &CloseFrame) -> WeftError {
     let code = u16::from(frame.code);
+    if frame.code == CloseCode::Again {
+        return WeftError::new(
+            ErrorKind::RESOURCE_EXHAUSTED,
+            format!("the node closed the connection (code {code}) before answering: {}", frame.reason),
+        );
+    }
     if frame.code == CloseCode::Size {
         return WeftError::new(
             ErrorKind::INVALID_REQUEST,

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Response, WeftError};
 
+use crate::arriving::{ARRIVAL_TIMEOUT, Arriving};
 use crate::executor::Executor;
 use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
@@ -234,6 +235,7 @@ async fn route(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<B
                 ctx.metrics.warm_idle.set(e.runtime().warm_idle() as i64);
                 ctx.metrics.spares_idle.set(e.runtime().spares_idle() as i64);
             }
+            ctx.metrics.request_memory.set(i64::try_from(ctx.requests.budget().used()).unwrap_or(i64::MAX));
             let mut r = HttpResponse::new(Full::new(Bytes::from(ctx.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -578,14 +580,39 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// How long a `POST /v1/call` body may take to arrive after its headers
-/// (`HEADER_TIMEOUT` bounds the headers), so a client that stops sending
-/// cannot hold a connection and its buffer.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// How long a client has to send a request's headers, counted from the
 /// connection or from the last response on it.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a `POST /v1/call` body was not read whole.
+enum BodyError {
+    TooLarge,
+    /// No room in the node's request memory for what had come.
+    NoRoom(WeftError),
+    Broken(hyper::Error),
+}
+
+/// A body of at most `max` bytes, charged to the node's request memory as it
+/// arrives.
+async fn read_body(mut body: Incoming, max: usize, mut arriving: Arriving) -> Result<Vec<u8>, BodyError> {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Broken)?.into_data() else { continue };
+        if bytes.len() + data.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        if let Err(e) = arriving.arrived(data.len()) {
+            // Read out and dropped for a moment, so that the client, still
+            // sending, reads its answer rather than a reset.
+            drop((bytes, arriving));
+            let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(crate::ws::DISCARD_FOR, rest).await;
+            return Err(BodyError::NoRoom(e));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes)
+}
 
 async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     ctx.metrics.requests.get_or_create(&crate::metrics::TransportLabel { transport: "http" }).inc();
@@ -611,30 +638,36 @@ async fn call(ctx: &AdminContext, req: HttpRequest<Incoming>) -> HttpResponse<Bo
     if hyper::body::Body::size_hint(req.body()).lower() > ctx.max_body as u64 {
         return too_large();
     }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), ctx.max_body).collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Ok(Err(e)) => {
+    let arriving = Arriving::new(ctx.requests.clone());
+    let body = match tokio::time::timeout(ARRIVAL_TIMEOUT, read_body(req.into_body(), ctx.max_body, arriving)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => return too_large(),
+        Ok(Err(BodyError::NoRoom(e))) => {
+            ctx.metrics.reject_frame("memory");
+            return reject(StatusCode::TOO_MANY_REQUESTS, e);
+        }
+        Ok(Err(BodyError::Broken(e))) => {
             return reject(
                 StatusCode::BAD_REQUEST,
                 WeftError::invalid_request(format!("cannot read the request body: {e}")),
             );
         }
         Err(_) => {
+            ctx.metrics.reject_frame("slow");
             let message =
-                format!("the request body did not arrive within {BODY_TIMEOUT:?}; send the whole body at once");
+                format!("the request body did not arrive within {ARRIVAL_TIMEOUT:?}; send the whole body at once");
             return reject(StatusCode::REQUEST_TIMEOUT, WeftError::invalid_request(message));
         }
     };
     let mut memory = match ctx.requests.hold(&body, &ctx.metrics) {
         Ok(memory) => memory,
         Err(e) => {
-            let refused = crate::executor::refused_unparsed(body.into(), &e).await;
+            let refused = crate::executor::refused_unparsed(body, &e).await;
             let (text, _) = crate::executor::encode(refused, ctx.max_body, &ctx.metrics);
             return json_text(status_of(e.kind), text);
         }
     };
-    let decoded = ctx.large.decode(body.into(), &mut memory, &ctx.requests).await;
+    let decoded = ctx.large.decode(body, &mut memory, &ctx.requests).await;
     // A token in the body wins over the header.
     let response = match crate::executor::with_bearer(decoded.request, &bearer, &ctx.metrics) {
         Ok(request) => match ctx.executor.get() {

@@ -1149,6 +1149,10 @@ impl RequestMemory {
         Self(Budget::new(usize::try_from(limit).unwrap_or(usize::MAX)))
     }
 
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.0
+    }
+
     /// A request's share as it arrives: a small one's is the most its
     /// parse may take; a large one's is its text until its turn to be
     /// parsed (`for_parse`). Else its refusal (counted), which

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod alerts;
+mod arriving;
 mod cluster;
 pub mod config;
 mod executor;

@@ -112,6 +112,7 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     pub connections: Gauge,
     pub in_flight: Gauge,
+    pub request_memory: Gauge,
     pub frames_rejected: Family<KindLabel, Counter>,
     pub abandoned: Counter,
     pub connections_refused: Counter,
@@ -165,6 +166,7 @@ impl Metrics {
         let request_seconds = latency_histogram();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
+        let request_memory = Gauge::default();
         let frames_rejected = Family::<KindLabel, Counter>::default();
         let abandoned = Counter::default();
         let connections_refused = Counter::default();
@@ -249,6 +251,11 @@ impl Metrics {
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("in_flight_requests", "Requests being executed", in_flight.clone());
         registry.register(
+            "request_memory_bytes",
+            "Host memory charged to the requests this node holds and receives (at most limits.max_request_memory)",
+            request_memory.clone(),
+        );
+        registry.register(
             "frames_rejected",
             "Frames or bodies rejected before decoding, by reason",
             frames_rejected.clone(),
@@ -307,6 +314,7 @@ impl Metrics {
             request_seconds,
             connections,
             in_flight,
+            request_memory,
             frames_rejected,
             abandoned,
             connections_refused,

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use weft_proto::{ErrorKind, Request, Response, WeftError};
 use weft_runtime::budget::Charge;
 
+use crate::arriving::{ARRIVAL_TIMEOUT, MeterHandle, Metered, Refusal};
 use crate::executor::{Executor, LARGE_REQUEST, with_bearer};
 use crate::listen::{Conn, Port, accept_each};
 use crate::metrics::Metrics;
@@ -94,9 +95,11 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     // client has read a good part of the socket's buffer).
     let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
     stream.set_write_timeout(Some(ctx.write_timeout));
-    let mut stream = BufReader::new(Box::pin(stream));
+    let stream = BufReader::new(Box::pin(stream));
+    let (stream, meter) = Metered::new(stream, ctx.requests.clone(), ARRIVAL_TIMEOUT);
     let upgrade = async {
-        if refused_plain_http(&mut stream, ctx.admin_port).await {
+        let mut stream = stream;
+        if refused_plain_http(stream.get_mut(), ctx.admin_port).await {
             return None;
         }
         let config = Some(ws_config(ctx.max_frame));
@@ -114,6 +117,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             return;
         }
     };
+    meter.delivered();
     // Counted from the upgrade, so connections that never send show too.
     let open = Open::counted(&ctx.metrics.connections);
     // Peers and clients share the port: a connection whose first frame is a
@@ -122,14 +126,19 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         _ = shutdown.cancelled() => return,
         first = ws.next() => first,
     };
+    if let Some(Ok(_)) = &first {
+        meter.delivered();
+    }
     if let Some(Ok(Message::Text(text))) = &first {
         match serde_json::from_str::<PeerMsg>(text) {
             Ok(PeerMsg::Hello(hello)) => {
                 drop(open);
+                // Peer links are bounded by their own limits, not clients'.
+                meter.stop();
                 // A peer link keeps its own watch on writes the peer does
                 // not take (as a link this node dialled does), not the
                 // clients' write timeout.
-                ws.get_mut().get_mut().as_mut().set_write_timeout_pinned(None);
+                ws.get_mut().get_mut().get_mut().as_mut().set_write_timeout_pinned(None);
                 ctx.executor.fabric().accept(ws, hello).await;
                 return;
             }
@@ -137,6 +146,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             // client's error about a missing "role".
             Err(e) if is_hello(text) => {
                 drop(open);
+                meter.stop();
                 let problem = e.to_string();
                 ctx.executor.fabric().refuse_malformed(ws, &problem[..problem.floor_char_boundary(200)]).await;
                 return;
@@ -191,8 +201,16 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 continue;
             }
-            msg = next_message(&mut first, &mut incoming), if parked.is_none() => msg,
+            msg = next_message(&mut first, &mut incoming, &meter), if parked.is_none() => msg,
         };
+        if let Some(Err(WsError::Io(_))) = &msg
+            && let Some(refusal) = meter.refusal()
+        {
+            let close = Message::Close(Some(refused_arriving(&ctx.metrics, refusal, peer)));
+            let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
+            still_sending = true;
+            break;
+        }
         let (bytes, binary) = match msg {
             Some(Ok(Message::Text(t))) => (t.as_bytes().to_vec(), false),
             Some(Ok(Message::Binary(b))) => (b.to_vec(), true),
@@ -300,7 +318,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         if let Some((bytes, binary, _)) = parked.take() {
             let _ = sink.feed(turned_away(&ctx.executor, &bytes, binary)).await;
         }
-        let mut reading = true;
+        // Not past a frame the node refused: what follows is its rest.
+        let mut reading = !still_sending;
         loop {
             // Every call answered and every answer written.
             if inline.is_none() && calls.is_empty() && replies.is_closed() && replies.is_empty() {
@@ -313,7 +332,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 }
                 Some(_) = calls.join_next(), if !calls.is_empty() => Ok(()),
                 Some(reply) = replies.recv() => sink.feed(reply).await,
-                msg = next_message(&mut first, &mut incoming), if reading => match msg {
+                msg = next_message(&mut first, &mut incoming, &meter), if reading => match msg {
                     Some(Ok(Message::Text(t))) => sink.feed(turned_away(&ctx.executor, t.as_bytes(), false)).await,
                     Some(Ok(Message::Binary(b))) => sink.feed(turned_away(&ctx.executor, &b, true)).await,
                     Some(Ok(_)) => Ok(()),
@@ -341,25 +360,33 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     // kernel then drops the close frame it had not read yet: it would learn
     // nothing of why. What it sends for a moment more is read and dropped.
     if still_sending && let Ok(mut ws) = sink.reunite(incoming) {
+        meter.freeze();
         let mut unread = [0u8; 16 << 10];
         let discard = async { while ws.get_mut().read(&mut unread).await.is_ok_and(|n| n > 0) {} };
         let _ = tokio::time::timeout(DISCARD_FOR, discard).await;
     }
 }
 
-/// How long a connection the node closed keeps reading what its client
-/// still sends, so that the close frame reaches the client.
-const DISCARD_FOR: Duration = Duration::from_secs(2);
+/// How long the node reads and drops what a client still sends of a request
+/// it refused, so that the answer (a close frame, or an HTTP error) reaches
+/// the client rather than a reset.
+pub(crate) const DISCARD_FOR: Duration = Duration::from_secs(2);
 
-/// The message read before the loop, then the next from the client.
+/// The message read before the loop, then the next from the client, whose
+/// bytes are no longer charged as arriving.
 async fn next_message(
     first: &mut Option<Result<Message, WsError>>,
     incoming: &mut SplitStream<WebSocketStream<ClientIo>>,
+    meter: &MeterHandle,
 ) -> Option<Result<Message, WsError>> {
-    match first.take() {
-        Some(message) => Some(message),
-        None => incoming.next().await,
+    if let Some(message) = first.take() {
+        return Some(message);
     }
+    let message = incoming.next().await;
+    if let Some(Ok(_)) = &message {
+        meter.delivered();
+    }
+    message
 }
 
 /// The answer to a request that arrived while the node drains.
@@ -464,6 +491,28 @@ async fn large_request(
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 
+/// The close frame for a request refused while it arrived (counted).
+fn refused_arriving(metrics: &Metrics, refusal: Refusal, peer: std::net::SocketAddr) -> CloseFrame {
+    match refusal {
+        Refusal::NoRoom(e) => {
+            metrics.reject_frame("memory");
+            metrics.record_error(e.kind);
+            tracing::warn!(%peer, error = %e, "a request still arriving found no room; closing the connection");
+            close_frame(
+                CloseCode::Again,
+                "no room in limits.max_request_memory for a request still arriving; retry shortly",
+            )
+        }
+        Refusal::TooSlow => {
+            metrics.reject_frame("slow");
+            metrics.record_error(ErrorKind::INVALID_REQUEST);
+            tracing::debug!(%peer, "a request did not arrive within {ARRIVAL_TIMEOUT:?}; closing the connection");
+            let secs = ARRIVAL_TIMEOUT.as_secs();
+            close_frame(CloseCode::Policy, &format!("a request did not arrive whole within {secs} s; send it at once"))
+        }
+    }
+}
+
 /// The close frame for a frame of `size` bytes over the limit of `max_size`.
 pub(crate) fn over_max_frame(size: usize, max_size: usize) -> CloseFrame {
     close_frame(CloseCode::Size, &format!("frame of {size} bytes is over limits.max_frame ({max_size} bytes)"))
@@ -504,7 +553,7 @@ impl Drop for Open<'_> {
 /// upgrade without the version or key of RFC 6455) with its status and why,
 /// instead of a closed connection; true if it did. Looks only at what the
 /// first read brought: anything else is left to the WebSocket handshake.
-async fn refused_plain_http(stream: &mut ClientIo, admin_port: u16) -> bool {
+async fn refused_plain_http(stream: &mut Buffered, admin_port: u16) -> bool {
     let Ok(head) = stream.fill_buf().await else {
         return false;
     };
@@ -548,10 +597,12 @@ fn refusal(head: &str, admin_port: u16) -> Option<(&'static str, &'static str, W
     None
 }
 
-/// A client connection as the WebSocket reads and writes it: buffered (for
-/// the look at a plain HTTP request), each write bounded by the write
-/// timeout.
-type ClientIo = BufReader<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<Conn>>>>;
+/// A client connection as the WebSocket reads and writes it: its reads
+/// charged while a request arrives, buffered (for the look at a plain HTTP
+/// request), each write bounded by the write timeout.
+type ClientIo = Metered<Buffered>;
+
+type Buffered = BufReader<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<Conn>>>>;
 
 /// Writes `first` and every reply already waiting, then flushes once: replies
 /// that are ready together go out in one write. Fails when a write could
