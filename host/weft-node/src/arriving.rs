@@ -63,6 +63,16 @@ impl Arriving {
         self.charge = None;
     }
 
+    /// `n` bytes of something else (a control frame) were taken off; true
+    /// when nothing is left arriving.
+    fn took(&mut self, n: usize) -> bool {
+        self.unread = self.unread.saturating_sub(n);
+        if let Some(charge) = &mut self.charge {
+            charge.shrink_to(self.unread);
+        }
+        self.unread == 0
+    }
+
     fn refusal(&self) -> WeftError {
         let budget = self.memory.budget();
         let mib = |b: usize| b.div_ceil(1 << 20);
@@ -154,6 +164,16 @@ impl MeterHandle {
         });
     }
 
+    /// A control frame of `n` bytes was taken off the connection: what
+    /// arrives besides it stays charged, and its deadline runs on.
+    pub(crate) fn took(&self, n: usize) {
+        self.with(|meter| {
+            if meter.arriving.as_mut().is_some_and(|arriving| arriving.took(n)) {
+                meter.deadline = None;
+            }
+        });
+    }
+
     /// No charge at all: the connection is a peer link.
     pub(crate) fn stop(&self) {
         self.with(|meter| {
@@ -240,6 +260,8 @@ mod tests {
         let e = second.arrived(600 << 10).unwrap_err();
         assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED);
         assert!(e.message.contains("limits.max_request_memory") && e.message.contains("retry"), "{}", e.message);
+        assert!(!first.took(100), "a control frame taken off leaves the request arriving");
+        assert_eq!(memory.budget().used(), FREE + 1 + (600 << 10) - 100);
         first.delivered();
         assert_eq!(memory.budget().used(), 0, "a whole request gives its bytes back");
         second.delivered();
@@ -256,9 +278,19 @@ mod tests {
         let mut buf = [0u8; 16];
         let idle = tokio::time::timeout(timeout * 3, metered.read(&mut buf)).await;
         assert!(idle.is_err(), "a connection with nothing arriving waits: {idle:?}");
+        // A ping taken off whole leaves nothing arriving.
+        client.write_all(b"a ping").await.unwrap();
+        assert_eq!(metered.read(&mut buf).await.unwrap(), 6);
+        meter.took(6);
+        let idle = tokio::time::timeout(timeout * 3, metered.read(&mut buf)).await;
+        assert!(idle.is_err(), "a ping leaves no deadline behind: {idle:?}");
+        // One between the fragments of a message does not reset its deadline.
         let started = tokio::time::Instant::now();
         client.write_all(b"part of one").await.unwrap();
         assert_eq!(metered.read(&mut buf).await.unwrap(), 11);
+        client.write_all(b"a ping").await.unwrap();
+        assert_eq!(metered.read(&mut buf).await.unwrap(), 6);
+        meter.took(6);
         assert!(metered.read(&mut buf).await.is_err(), "the rest did not come");
         assert!(started.elapsed() >= timeout);
         assert!(matches!(meter.refusal(), Some(Refusal::TooSlow)));

@@ -126,9 +126,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         _ = shutdown.cancelled() => return,
         first = ws.next() => first,
     };
-    if let Some(Ok(_)) = &first {
-        meter.delivered();
-    }
+    took(&meter, &first);
     if let Some(Ok(Message::Text(text))) = &first {
         match serde_json::from_str::<PeerMsg>(text) {
             Ok(PeerMsg::Hello(hello)) => {
@@ -383,10 +381,20 @@ async fn next_message(
         return Some(message);
     }
     let message = incoming.next().await;
-    if let Some(Ok(_)) = &message {
-        meter.delivered();
-    }
+    took(meter, &message);
     message
+}
+
+/// Tells the meter what a message took off the connection: a whole request,
+/// or a control frame's few bytes. A ping between the fragments of a
+/// message leaves the fragments charged, and their deadline running.
+fn took(meter: &MeterHandle, message: &Option<Result<Message, WsError>>) {
+    match message {
+        Some(Ok(Message::Text(_) | Message::Binary(_))) => meter.delivered(),
+        // Its payload, two bytes of header and four of mask.
+        Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => meter.took(payload.len() + 6),
+        _ => {}
+    }
 }
 
 /// The answer to a request that arrived while the node drains.
