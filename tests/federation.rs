@@ -413,6 +413,39 @@ async fn a_bridge_node_going_down_puts_the_other_cluster_out_of_reach_not_out_of
     assert_eq!(e.details["nodes"], json!(["a1"]), "{e}");
 }
 
+/// When the other cluster's bridge node goes down, the bridge node of this
+/// cluster tells its members what went: a member answers as the bridge
+/// node does (out of reach with b1, retry), not with the policy refusal of
+/// its own dial, which its link to the bridge node did not explain.
+#[tokio::test]
+async fn a_member_answers_like_its_bridge_node_when_the_far_side_bridge_goes_down() {
+    let mut b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1"]));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
+    let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
+    eventually("beta's functions at a2", SETTLE, async || sees(&a2, "beta", "upper").await.then_some(())).await;
+    let refused = eventually("a2's own dial to be refused", SETTLE, async || refusal(&a2).await).await;
+    assert_eq!(refused["rule"], "bridge-nodes");
+
+    b1.kill();
+    for at in [&a1, &a2] {
+        let out_of_reach = async |target: Option<&str>| {
+            eventually("beta out of reach", SETTLE, async || {
+                let mut cmd = Command::new("x", "upper", vec![json!("x")]);
+                cmd.target_cluster = target.map(str::to_owned);
+                let e = at.client().await.call_command(cmd).await.unwrap_err();
+                (e.kind == ErrorKind::UNAVAILABLE).then_some(e)
+            })
+            .await
+        };
+        let e = out_of_reach(Some("beta")).await;
+        assert!(e.message.contains("cluster beta went out of reach"), "{e}");
+        assert_eq!((&e.details["nodes"], &e.details["cluster"]), (&json!(["b1"]), &json!("beta")), "{e}");
+        let e = out_of_reach(None).await;
+        assert!(e.message.contains("text/upper@0.1.0 went out of reach"), "{e}");
+        assert_eq!(e.details["nodes"], json!(["b1"]), "{e}");
+    }
+}
+
 #[tokio::test]
 async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     let federation = format!(

@@ -26,7 +26,7 @@ pub use cluster_catalog::{
     Applied, CatalogConfig, CatalogDelta, CatalogError, CatalogSnapshot, ClusterCatalog, Millis, NodeAdvert, Refresh,
     Stamp,
 };
-pub use lost::{Gone, Lost, Reach, Ways};
+pub use lost::{Gone, Loss, Lost, Reach, Ways};
 pub use plan::{Plan, Step, StepIdx, Template};
 pub use policy::{Policy, Rule, Verdict};
 pub use routes::{Announcement, Explanation, NeighbourRules, Route, RouteConfig, RouteError, RouteTable};

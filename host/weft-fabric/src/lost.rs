@@ -9,7 +9,9 @@
 //! Only a link this node lost counts: a way that goes while the nodes it
 //! went through stay linked (a member no longer relaying a cluster, a
 //! route withdrawn) may be another node's policy decision, which nothing
-//! here can tell from an outage.
+//! here can tell from an outage. The one exception is what a member tells:
+//! a bridge node relays the [`Loss`]es of its own links to its members, who
+//! answer for them as it does.
 //!
 //! Times are the driver's clock in milliseconds (the node uses Unix time,
 //! so that they compare with the times of its link refusals).
@@ -31,8 +33,9 @@ pub const REMEMBERED_MS: u64 = 5 * 60 * 1000;
 pub struct Gone {
     pub nodes: Vec<NodeId>,
     pub at: u64,
-    /// The nodes are members of this node's cluster: a refusal of this
-    /// node's own links to the cluster that went says nothing about them.
+    /// The nodes are members of this node's cluster, or a member lost them:
+    /// a refusal of this node's own links to the cluster that went says
+    /// nothing about them.
     pub members: bool,
 }
 
@@ -49,6 +52,16 @@ pub struct Reach<'a> {
     pub linked: &'a BTreeSet<NodeId>,
     /// Those of them in its own cluster.
     pub members: &'a BTreeSet<NodeId>,
+}
+
+/// What a node lost of another cluster, as it tells its members: the way
+/// there (`way`), or entries of it, gone with `gone`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loss {
+    pub cluster: ClusterId,
+    pub gone: Gone,
+    pub way: bool,
+    pub entries: Vec<CatalogEntry>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -109,6 +122,45 @@ impl Lost {
     /// When the way to `cluster` went, if it did lately.
     pub fn way(&self, now: u64, cluster: &ClusterId) -> Option<&Gone> {
         self.ways.get(cluster).filter(|g| now.saturating_sub(g.at) < REMEMBERED_MS)
+    }
+
+    /// What went of clusters other than `home`, by cluster and how it went,
+    /// as far as `outage` still holds it one: what this node tells its
+    /// members, whose way to those clusters it was.
+    pub fn losses(&self, now: u64, home: &ClusterId, outage: impl Fn(&ClusterId, &Gone) -> bool) -> Vec<Loss> {
+        let mut losses: Vec<Loss> = Vec::new();
+        for (cluster, gone) in &self.ways {
+            if cluster != home && self.way(now, cluster).is_some() && outage(cluster, gone) {
+                losses.push(Loss { cluster: cluster.clone(), gone: gone.clone(), way: true, entries: Vec::new() });
+            }
+        }
+        for (e, gone) in self.entries(now).filter(|(e, g)| e.cluster != *home && outage(&e.cluster, g)) {
+            match losses.iter_mut().find(|l| l.cluster == e.cluster && l.gone == *gone) {
+                Some(loss) => loss.entries.push(e.clone()),
+                None => losses.push(Loss {
+                    cluster: e.cluster.clone(),
+                    gone: gone.clone(),
+                    way: false,
+                    entries: vec![e.clone()],
+                }),
+            }
+        }
+        losses
+    }
+
+    /// What this node lost, and what members told it they lost: those went
+    /// with links of a member, so no refusal of this node's own dials
+    /// explains them (`Gone::members`).
+    pub fn with_relayed<'a>(&self, relayed: impl IntoIterator<Item = &'a Loss>) -> Lost {
+        let mut all = self.clone();
+        for loss in relayed {
+            let gone = Gone { members: true, ..loss.gone.clone() };
+            if loss.way {
+                all.ways.entry(loss.cluster.clone()).or_insert_with(|| gone.clone());
+            }
+            all.entries.extend(loss.entries.iter().map(|e| (e.clone(), gone.clone())));
+        }
+        all
     }
 }
 
@@ -203,5 +255,31 @@ mod tests {
         let after_back = Reach { entries: &[], ways: &back, linked: &after_links, members: &after_links };
         assert!(lost.update(200, after, after_back, true));
         assert_eq!(lost.way(200, &ClusterId::new("beta")), None);
+    }
+
+    #[test]
+    fn a_bridge_node_tells_its_members_what_it_lost_of_other_clusters_and_they_answer_for_it() {
+        // A bridge node loses its peer b1 of beta, and a member of its own.
+        let (upper, own) = (on("b1", "beta", &upper()), on("a3", "alpha", &catalog()[0]));
+        let (was, none) = (ways(&[("beta", "b1")]), Ways::new());
+        let (before_links, after_links, members) = (nodes(&["b1", "a3"]), nodes(&[]), nodes(&["a3"]));
+        let entries = [upper.clone(), own];
+        let before = Reach { entries: &entries, ways: &was, linked: &before_links, members: &members };
+        let after = Reach { entries: &[], ways: &none, linked: &after_links, members: &after_links };
+        let mut lost = Lost::default();
+        assert!(lost.update(100, before, after, true));
+        let (alpha, beta) = (ClusterId::new("alpha"), ClusterId::new("beta"));
+        let gone = Gone { nodes: vec![NodeId::new("b1")], at: 100, members: false };
+        let losses = lost.losses(150, &alpha, |_, _| true);
+        let told = Loss { cluster: beta.clone(), gone: gone.clone(), way: true, entries: vec![upper.clone()] };
+        assert_eq!(losses, [told], "its own cluster's losses are the members' own to see");
+        assert!(lost.losses(150, &alpha, |_, _| false).is_empty(), "nor what is no longer an outage");
+        assert!(lost.losses(100 + REMEMBERED_MS, &alpha, |_, _| true).is_empty(), "nor what is forgotten");
+
+        // A member answers for it as lost by way of a member.
+        let member = Lost::default().with_relayed(&losses);
+        let by_member = Gone { members: true, ..gone };
+        assert_eq!(member.way(150, &beta), Some(&by_member));
+        assert_eq!(member.entries(150).collect::<Vec<_>>(), [&(upper, by_member)]);
     }
 }

@@ -29,7 +29,9 @@ use weft_fabric::{
 use weft_proto::{Callers, ClusterId, FunctionId, NodeId};
 
 use crate::alerts::AlertKind;
-use crate::peer::{ClusterView, Event, Fabric, Link, MemberView, POLICY_SETTLES, PeerMsg, Point, RefusedRoutes};
+use crate::peer::{
+    ClusterView, Event, Fabric, Link, LossMsg, MemberView, POLICY_SETTLES, PeerMsg, Point, RefusedRoutes,
+};
 
 /// A node as SWIM knows it. `renewal` grows when SWIM declared this process
 /// down by mistake and it rejoins; `incarnation` is the process (start time).
@@ -103,6 +105,10 @@ struct ClusterTask {
     /// What went out of reach with a node, and what was in reach when the
     /// view was last published (to tell what went).
     lost: Arc<weft_fabric::Lost>,
+    /// What each member told it lost of other clusters, and what this node
+    /// last told its members.
+    lost_by: BTreeMap<NodeId, Vec<weft_fabric::Loss>>,
+    losing: Vec<weft_fabric::Loss>,
     reached: Reached,
     /// The policy changed since the view was last published: what it cut
     /// off then is this node's decision, not an outage (so are the links
@@ -166,6 +172,8 @@ pub fn start(
         relayed: BTreeMap::new(),
         bridged_by: BTreeMap::new(),
         lost: Arc::default(),
+        lost_by: BTreeMap::new(),
+        losing: Vec::new(),
         reached: Reached::default(),
         policy_changed: false,
         relaying: Vec::new(),
@@ -302,6 +310,7 @@ impl ClusterTask {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
                     self.bridged_by.remove(link.node());
+                    self.lost_by.remove(link.node());
                     self.offers.remove(link.node());
                     self.shared_by.remove(link.node());
                     if self.routes.forget_member(link.node()) {
@@ -422,7 +431,10 @@ impl ClusterTask {
                     }
                 }
             }
-            PeerMsg::Relay { mut entries, routes, mut bridges } if link.remote.cluster == self.fabric.me.cluster => {
+            PeerMsg::Relay { mut entries, routes, mut bridges, lost }
+                if link.remote.cluster == self.fabric.me.cluster =>
+            {
+                self.lost_by.insert(link.node().clone(), self.told_lost(lost));
                 entries.retain(|e| e.cluster != self.fabric.me.cluster);
                 entries.truncate(self.max_imports);
                 self.relayed.insert(link.node().clone(), entries);
@@ -856,7 +868,40 @@ impl ClusterTask {
 
     /// What this node relays to its members (sent whole, replacing the last).
     fn relay_msg(&self) -> PeerMsg {
-        PeerMsg::Relay { entries: self.relaying.clone(), routes: self.sharing.clone(), bridges: self.bridging.clone() }
+        let now = crate::unix_ms();
+        let lost = self
+            .losing
+            .iter()
+            .map(|loss| LossMsg {
+                cluster: loss.cluster.clone(),
+                nodes: loss.gone.nodes.clone(),
+                ago_ms: now.saturating_sub(loss.gone.at),
+                way: loss.way,
+                entries: loss.entries.clone(),
+            })
+            .collect();
+        PeerMsg::Relay {
+            entries: self.relaying.clone(),
+            routes: self.sharing.clone(),
+            bridges: self.bridging.clone(),
+            lost,
+        }
+    }
+
+    /// What a member told this node it lost, of other clusters, on this
+    /// node's clock, cut to `max_imports` entries.
+    fn told_lost(&self, told: Vec<LossMsg>) -> Vec<weft_fabric::Loss> {
+        let now = crate::unix_ms();
+        let mut room = self.max_imports;
+        let mut losses = Vec::new();
+        for mut loss in told.into_iter().filter(|l| l.cluster != self.fabric.me.cluster).take(self.max_imports) {
+            loss.entries.retain(|e| e.cluster == loss.cluster);
+            loss.entries.truncate(room);
+            room -= loss.entries.len();
+            let gone = weft_fabric::Gone { nodes: loss.nodes, at: now.saturating_sub(loss.ago_ms), members: false };
+            losses.push(weft_fabric::Loss { cluster: loss.cluster, gone, way: loss.way, entries: loss.entries });
+        }
+        losses
     }
 
     fn broadcast(&self, msg: &PeerMsg) {
@@ -931,11 +976,11 @@ impl ClusterTask {
             self.fabric.links().iter().map(|l| l.remote.cluster.clone()).filter(|c| c != me).collect();
         bridging.sort();
         bridging.dedup();
-        if direct != self.relaying || shared != self.sharing || bridging != self.bridging {
+        let relay_changed = direct != self.relaying || shared != self.sharing || bridging != self.bridging;
+        if relay_changed {
             self.relaying = direct.clone();
             self.sharing = shared;
             self.bridging = bridging;
-            self.broadcast(&self.relay_msg());
         }
         entries.extend(direct);
         // Members' bridges, as far as this node's own policy admits the cluster.
@@ -974,6 +1019,15 @@ impl ClusterTask {
         if lost.update(unix_now, self.reached.reach(), reached.reach(), outage) {
             self.lost = Arc::new(lost);
         }
+        let losing = self.lost.losses(unix_now, me, |cluster, gone| self.fabric.outage(cluster, gone));
+        if relay_changed || losing != self.losing {
+            self.losing = losing;
+            self.broadcast(&self.relay_msg());
+        }
+        // What members lost of their ways is lost here too.
+        let told = self.lost_by.iter().filter(|(node, _)| self.fabric.link(node).is_some()).flat_map(|(_, l)| l);
+        let lost =
+            if told.clone().next().is_none() { self.lost.clone() } else { Arc::new(self.lost.with_relayed(told)) };
         self.fabric.publish(ClusterView {
             entries: reached.entries.clone(),
             members,
@@ -983,7 +1037,7 @@ impl ClusterTask {
             carriers,
             routes: Arc::new(self.routes.clone()),
             clock: self.origin,
-            lost: self.lost.clone(),
+            lost,
         });
         self.reached = reached;
         // Offers over bridges follow what this node can reach.

@@ -30,7 +30,7 @@ use crate::signing::{CallClaim, Keys, LinkClaim, OriginProof, SeenProofs};
 use crate::tenants::Tenants;
 pub(crate) use link::Admission;
 pub use link::{Direction, Link};
-pub use wire::{ForwardCall, Hello, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind, is_peer_addr};
+pub use wire::{ForwardCall, Hello, LossMsg, PROTOCOL_VERSION, PeerMsg, Reject, RejectKind, is_peer_addr};
 
 /// The subject of the one alert all refused inbound links share.
 const INBOUND_REFUSALS: &str = "inbound links";
@@ -577,7 +577,7 @@ impl Fabric {
     /// missing from a bridge's `nodes` list says nothing when this node
     /// refused it, nor when the way was a member's bridge (this node's own
     /// dials may be refused so all along).
-    fn outage(&self, cluster: &ClusterId, gone: &weft_fabric::Gone) -> bool {
+    pub(crate) fn outage(&self, cluster: &ClusterId, gone: &weft_fabric::Gone) -> bool {
         if *cluster == self.me.cluster {
             return true;
         }
@@ -1107,7 +1107,7 @@ pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError 
     WeftError::new(
         ErrorKind::UNAVAILABLE,
         format!(
-            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, or its link to this node lost); retry shortly: it is callable again as soon as a way to it is back",
+            "{what} went out of reach {:.1} s ago with node(s) {}, which served it or led to it (down, or the link to it lost); retry shortly: it is callable again as soon as a way to it is back",
             ago as f64 / 1000.0,
             nodes.join(", ")
         ),

@@ -13,6 +13,23 @@ use crate::signing::{LinkProof, OriginProof};
 /// version is refused at the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Something of another cluster that the sender of a `relay` lost with a
+/// link of its own (`weft_fabric::Loss`): its members answer for it as it
+/// does, out of reach, not refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LossMsg {
+    pub cluster: ClusterId,
+    /// The nodes it went with.
+    pub nodes: Vec<NodeId>,
+    /// How long ago, as the sender counts (clocks need not agree).
+    pub ago_ms: u64,
+    /// The way to the cluster went (not only some of its functions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub way: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<CatalogEntry>,
+}
+
 /// What each side of a link says about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
@@ -257,6 +274,8 @@ pub enum PeerMsg {
         routes: Vec<Announcement>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         bridges: Vec<ClusterId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lost: Vec<LossMsg>,
     },
     Call(ForwardCall),
     Reply {
