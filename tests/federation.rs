@@ -382,35 +382,47 @@ async fn a_member_and_its_bridge_node_answer_alike_for_a_cluster_that_offers_not
     assert_eq!((&explain["relayed_by"], &explain["reachable"]), (&json!(["a1"]), &json!(true)), "{explain}");
 }
 
-/// A member whose way into another cluster is its cluster mate's bridge is
-/// told, when that bridge node goes down, that the cluster went out of
-/// reach with it (UNAVAILABLE: retry), not the policy refusal of its own
-/// dial long before.
-#[tokio::test]
-async fn a_bridge_node_going_down_puts_the_other_cluster_out_of_reach_not_out_of_policy() {
+/// Beta's b1, bridged to alpha's a1 only, and a2, a member of alpha whose
+/// own dials beta refuses: a2 reaches beta through a1.
+async fn bridged_through_a_mate() -> (TestNode, TestNode, TestNode) {
     let b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1"]));
-    let mut a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
     let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
     eventually("beta's functions at a2", SETTLE, async || sees(&a2, "beta", "upper").await.then_some(())).await;
     let refused = eventually("a2's own dial to be refused", SETTLE, async || refusal(&a2).await).await;
     assert_eq!(refused["rule"], "bridge-nodes");
+    (b1, a1, a2)
+}
 
-    a1.kill();
+/// `at` answers a call for beta's `upper`, named with its cluster or
+/// alone, with UNAVAILABLE: it went out of reach with node `lost`.
+async fn assert_beta_out_of_reach(at: &TestNode, lost: &str) {
     let out_of_reach = async |target: Option<&str>| {
-        eventually("beta out of reach at a2", SETTLE, async || {
+        eventually("beta out of reach", SETTLE, async || {
             let mut cmd = Command::new("x", "upper", vec![json!("x")]);
             cmd.target_cluster = target.map(str::to_owned);
-            let e = a2.client().await.call_command(cmd).await.unwrap_err();
+            let e = at.client().await.call_command(cmd).await.unwrap_err();
             (e.kind == ErrorKind::UNAVAILABLE).then_some(e)
         })
         .await
     };
     let e = out_of_reach(Some("beta")).await;
     assert!(e.message.contains("cluster beta went out of reach"), "{e}");
-    assert_eq!((&e.details["nodes"], &e.details["cluster"]), (&json!(["a1"]), &json!("beta")), "{e}");
+    assert_eq!((&e.details["nodes"], &e.details["cluster"]), (&json!([lost]), &json!("beta")), "{e}");
     let e = out_of_reach(None).await;
     assert!(e.message.contains("text/upper@0.1.0 went out of reach"), "{e}");
-    assert_eq!(e.details["nodes"], json!(["a1"]), "{e}");
+    assert_eq!(e.details["nodes"], json!([lost]), "{e}");
+}
+
+/// A member whose way into another cluster is its cluster mate's bridge is
+/// told, when that bridge node goes down, that the cluster went out of
+/// reach with it (UNAVAILABLE: retry), not the policy refusal of its own
+/// dial long before.
+#[tokio::test]
+async fn a_bridge_node_going_down_puts_the_other_cluster_out_of_reach_not_out_of_policy() {
+    let (_b1, mut a1, a2) = bridged_through_a_mate().await;
+    a1.kill();
+    assert_beta_out_of_reach(&a2, "a1").await;
 }
 
 /// When the other cluster's bridge node goes down, the bridge node of this
@@ -419,31 +431,10 @@ async fn a_bridge_node_going_down_puts_the_other_cluster_out_of_reach_not_out_of
 /// its own dial, which its link to the bridge node did not explain.
 #[tokio::test]
 async fn a_member_answers_like_its_bridge_node_when_the_far_side_bridge_goes_down() {
-    let mut b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1"]));
-    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &[]));
-    let a2 = node("a2", "alpha", vec!["math"], &[&a1], &bridge("beta", &[]));
-    eventually("beta's functions at a2", SETTLE, async || sees(&a2, "beta", "upper").await.then_some(())).await;
-    let refused = eventually("a2's own dial to be refused", SETTLE, async || refusal(&a2).await).await;
-    assert_eq!(refused["rule"], "bridge-nodes");
-
+    let (mut b1, a1, a2) = bridged_through_a_mate().await;
     b1.kill();
-    for at in [&a1, &a2] {
-        let out_of_reach = async |target: Option<&str>| {
-            eventually("beta out of reach", SETTLE, async || {
-                let mut cmd = Command::new("x", "upper", vec![json!("x")]);
-                cmd.target_cluster = target.map(str::to_owned);
-                let e = at.client().await.call_command(cmd).await.unwrap_err();
-                (e.kind == ErrorKind::UNAVAILABLE).then_some(e)
-            })
-            .await
-        };
-        let e = out_of_reach(Some("beta")).await;
-        assert!(e.message.contains("cluster beta went out of reach"), "{e}");
-        assert_eq!((&e.details["nodes"], &e.details["cluster"]), (&json!(["b1"]), &json!("beta")), "{e}");
-        let e = out_of_reach(None).await;
-        assert!(e.message.contains("text/upper@0.1.0 went out of reach"), "{e}");
-        assert_eq!(e.details["nodes"], json!(["b1"]), "{e}");
-    }
+    assert_beta_out_of_reach(&a1, "b1").await;
+    assert_beta_out_of_reach(&a2, "b1").await;
 }
 
 #[tokio::test]
