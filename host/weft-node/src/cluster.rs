@@ -125,9 +125,11 @@ struct ClusterTask {
     seeds: Vec<String>,
     /// Members that said goodbye (their down notice is not a failure).
     departed: HashSet<NodeId>,
-    /// Members SWIM declared down, whose links may not have closed yet:
-    /// what went with them went with a lost link.
-    declared_down: HashSet<NodeId>,
+    /// Members SWIM declared down, or that said goodbye, whose links may
+    /// not have closed yet: what went with them went with a lost link (a
+    /// member stopped for a restart is out of reach, as a bridge peer
+    /// stopped is).
+    members_down: HashSet<NodeId>,
     /// Addresses learnt from members' beats, and when they were last dialled.
     gossip_dials: std::collections::HashMap<String, Instant>,
     max_imports: usize,
@@ -182,7 +184,7 @@ pub fn start(
         shared_by: BTreeMap::new(),
         seeds: settings.seeds.clone(),
         departed: HashSet::new(),
-        declared_down: HashSet::new(),
+        members_down: HashSet::new(),
         gossip_dials: std::collections::HashMap::new(),
         max_imports: settings.catalog.max_entries_per_node,
         routes: RouteTable::new(me.cluster.clone(), settings.routes.clone()),
@@ -474,6 +476,7 @@ impl ClusterTask {
             PeerMsg::Bye => {
                 tracing::info!(peer = %link.node(), "peer left the cluster");
                 self.departed.insert(link.node().clone());
+                self.members_down.insert(link.node().clone());
                 let down: Vec<Member> =
                     self.foca.iter_members().map(|m| m.id().clone()).filter(|m| m.node == *link.node()).collect();
                 let updates = down.into_iter().map(|m| foca::Member::new(m, 0, State::Down));
@@ -821,7 +824,7 @@ impl ClusterTask {
                         tracing::warn!(member = %m.node, addr = %m.addr, "a member advertises this node's own address; it is unreachable until it advertises its own (node.advertise)");
                     }
                     self.fabric.alerts.resolve(AlertKind::MemberDown, m.node.as_str());
-                    self.declared_down.remove(&m.node);
+                    self.members_down.remove(&m.node);
                     if self.fabric.link(&m.node).is_none() {
                         self.dial(m.addr.clone());
                     }
@@ -834,7 +837,7 @@ impl ClusterTask {
                     // its calls in flight still reach it.
                     if !self.departed.remove(&m.node) {
                         let message = format!("member {} ({}) stopped answering and was declared down", m.node, m.addr);
-                        self.declared_down.insert(m.node.clone());
+                        self.members_down.insert(m.node.clone());
                         self.fabric.alert(AlertKind::MemberDown, m.node.as_str(), &message);
                         // A member declared down may be hung rather than
                         // gone, with its link still open and calls waiting
@@ -1011,7 +1014,7 @@ impl ClusterTask {
             }
         }
         let next_hops = self.routes.next_hops(now);
-        let reached = Reached::new(&self.fabric, &self.declared_down, Arc::new(entries), &relays, &next_hops);
+        let reached = Reached::new(&self.fabric, &self.members_down, Arc::new(entries), &relays, &next_hops);
         let mut lost = (*self.lost).clone();
         let unix_now = crate::unix_ms();
         let settled = unix_now.saturating_sub(self.fabric.policy_reloaded_at()) > POLICY_SETTLES.as_millis() as u64;
@@ -1051,11 +1054,15 @@ impl ClusterTask {
     }
 
     fn leave(&mut self) {
-        self.broadcast(&PeerMsg::Catalog { delta: self.catalog.leave() });
-        // Bridge peers too, so that they send no new calls this way.
+        // The goodbye first: a member that took the withdrawal first would
+        // see this node's functions go while its link stays, and answer
+        // for them as if they were unloaded (not found) rather than out of
+        // reach while it restarts. Bridge peers too, so that they send no
+        // new calls this way.
         for link in self.fabric.links() {
             link.send(PeerMsg::Bye);
         }
+        self.broadcast(&PeerMsg::Catalog { delta: self.catalog.leave() });
         if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
             tracing::debug!(error = %e, "swim leave");
         }
