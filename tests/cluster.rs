@@ -592,6 +592,40 @@ async fn a_peer_frame_over_the_limit_closes_the_link_with_its_size() {
     }
 }
 
+/// Anyone may say hello where links are not authenticated: a peer's
+/// messages still arriving are charged to the node's request memory as a
+/// client's requests are, and one that finds no room closes its link, be
+/// it the first after the welcome or a later one.
+#[tokio::test]
+async fn a_peer_s_messages_still_arriving_are_held_to_the_request_memory() {
+    use tokio::io::AsyncWriteExt;
+    let node =
+        TestNode::start(NodeSpec { config: "[limits]\nmax_request_memory = \"2MiB\"\n".into(), ..NodeSpec::default() });
+    let admin = node.admin();
+    let metrics = async || admin.get("/metrics").await.unwrap().text;
+    for (refused, says_something_first) in [(1.0, false), (2.0, true)] {
+        let mut peer = FakePeer::join(&node, "m9", "local").await;
+        if says_something_first {
+            peer.send(&json!({"t": "ping", "nonce": 1})).await;
+            assert_eq!(peer.next_of("pong").await["nonce"], 1);
+        }
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = peer.ws.get_mut() else { panic!("a plain socket") };
+        // A masked text frame of 3 MB (its key all zeros), of which 2.5 MB come.
+        let len: u64 = 3_000_000;
+        let header: Vec<u8> = [0x81, 0xFF].into_iter().chain(len.to_be_bytes()).chain([0; 4]).collect();
+        tcp.write_all(&header).await.unwrap();
+        // The node may close the link before all of it is written.
+        let _ = tcp.write_all(&vec![b' '; 2_500_000]).await;
+        eventually("the link to be closed for want of memory", SETTLE, async || {
+            let text = metrics().await;
+            let gone = metric(&text, "weft_peer_links")? == 0.0;
+            (gone && metric(&text, "weft_frames_rejected_total{kind=\"memory\"}")? == refused).then_some(())
+        })
+        .await;
+        assert_eq!(metric(&metrics().await, "weft_request_memory_bytes"), Some(0.0));
+    }
+}
+
 #[tokio::test]
 async fn a_peer_that_sends_more_calls_than_a_link_may_have_in_flight_is_answered_busy() {
     // A link may have 16 x max_in_flight_per_connection calls: here 16.

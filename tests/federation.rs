@@ -971,6 +971,11 @@ async fn call_waiting_through_a_reload(federation: &str) -> (Result<Value, WeftE
 
     let spinner = b1.client().await;
     let spin = tokio::spawn(async move { spinner.call("spin", vec![]).await });
+    eventually("the spin to hold b1's slot", SETTLE, async || {
+        let text = b1.admin().get("/metrics").await.unwrap().text;
+        (metric(&text, "weft_in_flight_requests")? >= 1.0).then_some(())
+    })
+    .await;
     let admitted = async || {
         let text = b1.admin().get("/metrics").await.unwrap().text;
         metric(&text, "weft_federation_decisions_total{point=\"call-target\",outcome=\"accepted\"").map(|_| ())

@@ -465,9 +465,9 @@ async fn requests_held_on_a_node_are_bounded_by_its_request_memory() {
 async fn requests_still_arriving_are_held_to_the_request_memory() {
     use tokio::io::AsyncWriteExt;
     let node = TestNode::start(NodeSpec {
-        plugins: vec!["echo"],
+        plugins: vec!["echo", "hostile"],
+        files: vec![("hostile.toml".into(), b"[limits]\ndeadline = \"1s\"\n".to_vec())],
         config: "[limits]\nmax_request_memory = \"4MiB\"\n".into(),
-        ..NodeSpec::default()
     });
     let admin = node.admin();
     let held = async || metric(&admin.get("/metrics").await.unwrap().text, "weft_request_memory_bytes").unwrap();
@@ -491,10 +491,22 @@ async fn requests_still_arriving_are_held_to_the_request_memory() {
     .await;
 
     // The second finds no room before it is whole: its connection is
-    // closed with 1013 (try again later), and says why.
-    let e = node.client().await.call("echo", vec![json!("x".repeat(2_500_000))]).await.unwrap_err();
+    // closed with 1013 (try again later), and says why, once the call
+    // already running on it has answered.
+    let client = Arc::new(node.client().await);
+    let running = tokio::spawn({
+        let client = client.clone();
+        async move { client.call("spin", vec![]).await }
+    });
+    eventually("the spin to run", Duration::from_secs(10), async || {
+        (metric(&admin.get("/metrics").await.unwrap().text, "weft_in_flight_requests")? >= 1.0).then_some(())
+    })
+    .await;
+    let e = client.call("echo", vec![json!("x".repeat(2_500_000))]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::RESOURCE_EXHAUSTED, "{e}");
     assert!(e.message.contains("code 1013") && e.message.contains("limits.max_request_memory"), "{e}");
+    let answered = running.await.unwrap().unwrap_err();
+    assert!(answered.message.contains("deadline"), "the spin ran out its 1 s, not the connection: {answered}");
     // The same over HTTP: 429, once the body stops arriving.
     let body_len = 2_000_000;
     let mut post = format!("POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n").into_bytes();
@@ -659,6 +671,10 @@ async fn admin_endpoints_name_their_method_and_refuse_a_declared_oversized_body_
     let big = "POST /v1/call HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n";
     let answer = raw_http(&node.admin_url, big).await;
     assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("limits.max_frame"), "{answer}");
+    // Headers far over 64 KiB get 431, before much more of them is buffered.
+    let long = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n", "x".repeat(300_000));
+    let answer = raw_http(&node.admin_url, &long).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
 
 #[tokio::test]

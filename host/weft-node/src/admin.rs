@@ -99,6 +99,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<AdminContext>, shutdown: Cancel
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(READ_BUFFER)
         .serve_connection(TokioIo::new(Box::pin(io)), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -579,6 +580,11 @@ impl Drop for Abandoned<'_> {
         }
     }
 }
+
+/// The most an admin connection buffers, request headers included (hyper's
+/// default is about 400 KB: 2,000 connections each sending an endless
+/// header held 750 MB that nothing counted). Longer headers get 431.
+const READ_BUFFER: usize = 64 << 10;
 
 /// How long a client has to send a request's headers, counted from the
 /// connection or from the last response on it.

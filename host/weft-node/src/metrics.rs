@@ -196,7 +196,7 @@ impl Metrics {
             (&alerts, AlertKind::ALL.iter().map(|k| k.as_str()).collect()),
             (&links_refused, RejectKind::ALL.iter().map(|k| k.as_str()).collect()),
             (&route_signatures, crate::signing::UPDATE_REJECTIONS.to_vec()),
-            (&frames_rejected, vec!["too_large", "protocol", "peer"]),
+            (&frames_rejected, vec!["too_large", "protocol", "peer", "memory", "slow"]),
         ];
         for (family, kinds) in kinds {
             for kind in kinds {

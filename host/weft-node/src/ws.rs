@@ -126,18 +126,18 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         _ = shutdown.cancelled() => return,
         first = ws.next() => first,
     };
-    took(&meter, &first);
+    if let Some(Ok(message)) = &first {
+        took(&meter, message);
+    }
     if let Some(Ok(Message::Text(text))) = &first {
         match serde_json::from_str::<PeerMsg>(text) {
             Ok(PeerMsg::Hello(hello)) => {
                 drop(open);
-                // Peer links are bounded by their own limits, not clients'.
-                meter.stop();
                 // A peer link keeps its own watch on writes the peer does
                 // not take (as a link this node dialled does), not the
                 // clients' write timeout.
                 ws.get_mut().get_mut().get_mut().as_mut().set_write_timeout_pinned(None);
-                ctx.executor.fabric().accept(ws, hello).await;
+                ctx.executor.fabric().accept(ws, hello, meter).await;
                 return;
             }
             // A peer's hello it cannot read gets a peer's refusal, not a
@@ -174,6 +174,9 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
     // Closed by the node while the client may still be sending (the rest
     // of a frame it refused, say).
     let mut still_sending = false;
+    // A frame refused while it arrived: its close frame goes once the calls
+    // in flight have answered, which nothing more is read past.
+    let mut refused: Option<CloseFrame> = None;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -204,8 +207,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         if let Some(Err(WsError::Io(_))) = &msg
             && let Some(refusal) = meter.refusal()
         {
-            let close = Message::Close(Some(refused_arriving(&ctx.metrics, refusal, peer)));
-            let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
+            refused = Some(refused_arriving(&ctx.metrics, refusal, &peer));
             still_sending = true;
             break;
         }
@@ -231,8 +233,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                 ctx.metrics.reject_frame("too_large");
                 tracing::warn!(%peer, size, max_size, "frame over limits.max_frame; closing the connection");
-                let close = Message::Close(Some(over_max_frame(size, max_size)));
-                let _ = tokio::time::timeout(ctx.write_timeout, sink.send(close)).await;
+                refused = Some(over_max_frame(size, max_size));
                 still_sending = true;
                 break;
             }
@@ -308,10 +309,10 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
         calls.abort_all();
         ctx.metrics.abandoned.inc_by(abandoned as u64);
     } else {
-        // Draining or closing: the calls in flight finish and answer (at the
-        // end of the node's grace period, with UNAVAILABLE), and a request
-        // that arrives meanwhile is turned away at once, so that none goes
-        // unanswered.
+        // Draining, closing, or a frame refused: the calls in flight finish
+        // and answer (at the end of the node's grace period, with
+        // UNAVAILABLE), and a request that arrives meanwhile is turned away
+        // at once, so that none goes unanswered.
         drop(tx);
         if let Some((bytes, binary, _)) = parked.take() {
             let _ = sink.feed(turned_away(&ctx.executor, &bytes, binary)).await;
@@ -346,9 +347,8 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
                 break;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() })))
-            .await;
+        let close = refused.unwrap_or(CloseFrame { code: CloseCode::Away, reason: "node shutting down".into() });
+        let _ = tokio::time::timeout(ctx.write_timeout, sink.send(Message::Close(Some(close)))).await;
     }
     // A client that reads nothing would keep even the close frame waiting;
     // one that stopped reading (or left) already had its write_timeout.
@@ -381,18 +381,20 @@ async fn next_message(
         return Some(message);
     }
     let message = incoming.next().await;
-    took(meter, &message);
+    if let Some(Ok(taken)) = &message {
+        took(meter, taken);
+    }
     message
 }
 
 /// Tells the meter what a message took off the connection: a whole request,
 /// or a control frame's few bytes. A ping between the fragments of a
 /// message leaves the fragments charged, and their deadline running.
-fn took(meter: &MeterHandle, message: &Option<Result<Message, WsError>>) {
+pub(crate) fn took(meter: &MeterHandle, message: &Message) {
     match message {
-        Some(Ok(Message::Text(_) | Message::Binary(_))) => meter.delivered(),
+        Message::Text(_) | Message::Binary(_) => meter.delivered(),
         // Its payload, two bytes of header and four of mask.
-        Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => meter.took(payload.len() + 6),
+        Message::Ping(payload) | Message::Pong(payload) => meter.took(payload.len() + 6),
         _ => {}
     }
 }
@@ -499,8 +501,9 @@ async fn large_request(
     let _ = replies.send(reply(&ctx.executor, response, binary)).await;
 }
 
-/// The close frame for a request refused while it arrived (counted).
-fn refused_arriving(metrics: &Metrics, refusal: Refusal, peer: std::net::SocketAddr) -> CloseFrame {
+/// The close frame for a request (or peer message) refused while it
+/// arrived (counted).
+pub(crate) fn refused_arriving(metrics: &Metrics, refusal: Refusal, peer: &dyn std::fmt::Display) -> CloseFrame {
     match refusal {
         Refusal::NoRoom(e) => {
             metrics.reject_frame("memory");

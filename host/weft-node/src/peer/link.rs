@@ -4,6 +4,7 @@
 //! waiting on. When the link ends, every waiting call fails with UNAVAILABLE
 //! and every call the peer asked for is cancelled.
 
+use crate::arriving::MeterHandle;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -318,6 +319,7 @@ pub(super) async fn run<S>(
     ws: WebSocketStream<S>,
     mut outbound: Outbound,
     first: Option<Message>,
+    meter: Option<MeterHandle>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -353,6 +355,13 @@ pub(super) async fn run<S>(
                     return Some(close_frame(CloseCode::Away, "no frame within the bridge's silence limit"));
                 };
                 let Some(frame) = next else { break };
+                if let Some(meter) = &meter {
+                    if let Ok(message) = &frame {
+                        crate::ws::took(meter, message);
+                    } else if let Some(refusal) = meter.refusal() {
+                        return Some(crate::ws::refused_arriving(&fabric.metrics, refusal, &link.remote.node));
+                    }
+                }
                 let bytes = match frame {
                     Ok(Message::Text(t)) => t.as_bytes().to_vec(),
                     Ok(Message::Binary(b)) => b.to_vec(),

@@ -7,6 +7,7 @@
 mod link;
 mod wire;
 
+use crate::arriving::MeterHandle;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -936,8 +937,10 @@ impl Fabric {
         });
     }
 
-    /// The accepting side: `hello` arrived as the first frame of a connection.
-    pub async fn accept<S>(self: &Arc<Self>, mut ws: WebSocketStream<S>, hello: Hello)
+    /// The accepting side: `hello` arrived as the first frame of a
+    /// connection, whose frames still arriving are charged to `meter`
+    /// (anyone may say hello where links are not authenticated).
+    pub(crate) async fn accept<S>(self: &Arc<Self>, mut ws: WebSocketStream<S>, hello: Hello, meter: MeterHandle)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -960,14 +963,18 @@ impl Fabric {
         }
         // The dialler may still refuse the welcome (its policy, or our
         // proof): the link is up once its first frame is not a refusal.
-        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await {
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await;
+        let close = match &read {
             Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e)))) => {
-                let close = Message::Close(Some(link::peer_frame_too_large(self, &hello.node, &e)));
-                let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.send(close)).await;
-                None
+                Some(link::peer_frame_too_large(self, &hello.node, e))
             }
-            read => read.ok().flatten().and_then(Result::ok),
+            Ok(Some(Err(_))) => meter.refusal().map(|r| crate::ws::refused_arriving(&self.metrics, r, &hello.node)),
+            _ => None,
         };
+        if let Some(close) = close {
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.send(Message::Close(Some(close)))).await;
+        }
+        let first = read.ok().flatten().and_then(Result::ok);
         let refusal = match &first {
             Some(Message::Text(t)) => match serde_json::from_str::<PeerMsg>(t) {
                 Ok(PeerMsg::Reject(reject)) => Some(reject.bounded()),
@@ -976,7 +983,9 @@ impl Fabric {
             _ => None,
         };
         match (first, refusal) {
-            (Some(first), None) if !matches!(first, Message::Close(_)) => return self.start(link, ws, rx, Some(first)),
+            (Some(first), None) if !matches!(first, Message::Close(_)) => {
+                return self.start(link, ws, rx, Some(first), Some(meter));
+            }
             (_, Some(reject)) => self.refused("remote", Direction::Inbound, &hello.addr, Some(&hello), &reject),
             _ => tracing::debug!(peer = %hello.node, "the dialler left before its link was up"),
         }
@@ -1045,18 +1054,24 @@ impl Fabric {
             return Err(DialError::RefusedHere { addr: addr.to_owned(), reject });
         }
         let node = remote.node.clone();
-        self.start(link, ws, rx, None);
+        self.start(link, ws, rx, None, None);
         Ok(node)
     }
 
     /// Runs a link that is up; `first` is a frame already read from it.
-    fn start<S>(self: &Arc<Self>, link: Arc<Link>, ws: WebSocketStream<S>, rx: link::Outbound, first: Option<Message>)
-    where
+    fn start<S>(
+        self: &Arc<Self>,
+        link: Arc<Link>,
+        ws: WebSocketStream<S>,
+        rx: link::Outbound,
+        first: Option<Message>,
+        meter: Option<MeterHandle>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         tracing::info!(peer = %link.node(), cluster = %link.remote.cluster, direction = ?link.direction, "peer link up");
         self.event(Event::LinkUp(link.clone()));
-        self.link_tasks.spawn(link::run(self.clone(), link, ws, rx, first));
+        self.link_tasks.spawn(link::run(self.clone(), link, ws, rx, first, meter));
     }
 
     /// Closes every link (after the node drained).
