@@ -390,6 +390,21 @@ async fn fault_mid_call(idempotent: bool, fault: Fault) -> (weft_proto::WeftErro
     (response.error.map(Into::into).expect("the call failed"), survivor)
 }
 
+/// A request that runs out of time names the node each unfinished command
+/// was sent to.
+#[tokio::test]
+async fn a_request_out_of_time_names_the_node_its_forwarded_command_waits_on() {
+    let a = member("a", vec!["echo"], &[], "", "1s");
+    let _b = member("b", vec!["hostile"], &[&a], "", "1s");
+    converged(&[&a], &["a", "b"]).await;
+    let mut req = Request::new("late", vec![Command::new("s", "spin", vec![])]);
+    req.timeout_ms = Some(300);
+    let e: weft_proto::WeftError = a.client().await.request(req).await.unwrap().error.expect("out of time").into();
+    assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED, "{e:?}");
+    assert_eq!(e.details["running_on"], json!({"s": "b"}), "{e:?}");
+    assert!(e.message.contains("s (on node b)"), "{e}");
+}
+
 #[tokio::test]
 async fn a_node_killed_mid_call_gives_unavailable_not_a_hang() {
     let (err, survivor) = fault_mid_call(false, Fault::Killed).await;

@@ -284,6 +284,10 @@ async fn the_request_timeout_names_the_unfinished_commands() {
     assert_eq!(e.kind, ErrorKind::DEADLINE_EXCEEDED);
     assert!(e.message.contains("stuck") && !e.message.contains("quick"), "{}", e.message);
     assert_eq!(e.details["unfinished"], json!(["stuck"]));
+    // And where each was when time ran out.
+    let me = node.admin().get("/health").await.unwrap().body["node"].clone();
+    assert_eq!(e.details["running_on"], json!({"stuck": me}), "{e:?}");
+    assert!(e.message.contains(&format!("stuck (on node {})", me.as_str().unwrap())), "{}", e.message);
 }
 
 #[tokio::test]

@@ -126,7 +126,8 @@ impl Executor {
         let deadline = started + timeout;
         // Judged once, before this request's own steps keep workers busy.
         let load = self.metrics.load(1);
-        let scope = Scope { deadline, hop_budget, caller: &admission.caller, load };
+        let whereabouts = Whereabouts::new(plan.steps().len());
+        let scope = Scope { deadline, hop_budget, caller: &admission.caller, load, whereabouts: whereabouts.clone() };
 
         let mut scheduler = Scheduler::new(&plan);
         let mut results = Results::new(&plan, req.return_intermediate_results, self.fabric.max_frame);
@@ -140,14 +141,31 @@ impl Executor {
         while !scheduler.is_done() {
             let deadline_exceeded = |scheduler: &Scheduler| {
                 let unfinished = scheduler.unfinished();
+                // Where each started one was when time ran out.
+                let on: BTreeMap<&str, String> = {
+                    let nodes = whereabouts.lock();
+                    let steps = plan.steps().iter().zip(nodes.iter());
+                    steps
+                        .filter(|(s, _)| unfinished.contains(&s.name.as_str()))
+                        .filter_map(|(s, node)| Some((s.name.as_str(), node.as_ref()?.to_string())))
+                        .collect()
+                };
+                let named: Vec<String> = unfinished
+                    .iter()
+                    .map(|name| match on.get(name) {
+                        Some(node) => format!("{name} (on node {node})"),
+                        None => format!("{name} (not started)"),
+                    })
+                    .collect();
                 WeftError::new(
                     ErrorKind::DEADLINE_EXCEEDED,
                     format!(
                         "the request did not finish within {timeout:?} (timeout_ms); unfinished commands: {}",
-                        unfinished.join(", ")
+                        named.join(", ")
                     ),
                 )
                 .with("unfinished", unfinished)
+                .with("running_on", Value::Object(on.into_iter().map(|(s, n)| (s.to_owned(), n.into())).collect()))
             };
             // `timeout_at` looks at the clock only when its future is not
             // ready, and steps may keep being ready: each one that copies a
@@ -320,6 +338,7 @@ impl Executor {
             load: scope.load,
             origin_proof: None,
             admission: None,
+            whereabouts: Some((scope.whereabouts.clone(), idx)),
         };
         running.start(async move {
             let started = Instant::now();
@@ -439,6 +458,7 @@ struct Scope<'a> {
     hop_budget: u32,
     caller: &'a Caller,
     load: NodeLoad,
+    whereabouts: Whereabouts,
 }
 
 #[derive(Clone)]
@@ -473,6 +493,28 @@ pub(crate) struct StepCall {
     /// For a call from another cluster, what let it in here, asked again
     /// before it runs on this node.
     pub admission: Option<Admission>,
+    /// Where the request's steps are, this one's among them (a call of a
+    /// request of this node's own).
+    pub whereabouts: Option<(Whereabouts, StepIdx)>,
+}
+
+/// The node each started step of a request runs on, or was sent to last,
+/// for a request that runs out of time to name.
+#[derive(Clone)]
+pub(crate) struct Whereabouts(Arc<std::sync::Mutex<Vec<Option<NodeId>>>>);
+
+impl Whereabouts {
+    fn new(steps: usize) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(vec![None; steps])))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<NodeId>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, step: StepIdx, node: &NodeId) {
+        self.lock()[step.0] = Some(node.clone());
+    }
 }
 
 fn was_not_loaded(result: &Result<Value, WeftError>) -> bool {
@@ -497,6 +539,7 @@ impl StepCall {
                 Some(a) => a.holds(&self.fabric, f, &self.federation_path),
                 None => Ok(()),
             };
+            self.is_on(&me);
             let runtime = &self.fabric.runtime;
             let result =
                 runtime.call_admitted(target, &self.args, self.deadline, &self.caller, self.load, &admitted).await;
@@ -519,6 +562,7 @@ impl StepCall {
                 Ok(call) => call,
                 Err(e) => return (Err(e), me),
             };
+            self.is_on(link.node());
             let (result, ran_on) = link.call(call).await;
             let result = result.and_then(|value| self.fits_result(value, link.node()));
             let lost = matches!(&result, Err(e) if e.details.contains_key("link_lost"));
@@ -541,6 +585,12 @@ impl StepCall {
                 continue;
             }
             return (result, ran_on);
+        }
+    }
+
+    fn is_on(&self, node: &NodeId) {
+        if let Some((whereabouts, step)) = &self.whereabouts {
+            whereabouts.set(*step, node);
         }
     }
 

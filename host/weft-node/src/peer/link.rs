@@ -1037,6 +1037,7 @@ fn pass_on(
         // A call from a peer: no request of this node's own is in flight.
         load: fabric.metrics.load(0),
         admission: None,
+        whereabouts: None,
     }
 }
 
