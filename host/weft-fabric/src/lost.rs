@@ -64,41 +64,75 @@ pub struct Loss {
     pub entries: Vec<CatalogEntry>,
 }
 
+/// How long after a link of this node into a cluster went, while other
+/// ways there stayed (a member's bridge to the same node, say), their
+/// going too is taken as the same outage: the member loses its link a
+/// moment later, and relays that it no longer reaches the cluster.
+pub const FOLLOWS_MS: u64 = 10_000;
+
 #[derive(Clone, Debug, Default)]
 pub struct Lost {
     entries: Vec<(CatalogEntry, Gone)>,
     ways: BTreeMap<ClusterId, Gone>,
+    /// Ways that lost some of their nodes with links of this node, and
+    /// stayed through others, lately ([`FOLLOWS_MS`]).
+    thinned: BTreeMap<ClusterId, Gone>,
 }
 
 impl Lost {
     /// Records what went with the links lost between two views, unless
     /// they went by this node's own decision (`outage` false: a policy
-    /// reload): a way whose every node is no longer linked, an entry of
-    /// such a node, and an entry of a cluster whose way went. Forgets what
+    /// reload): a way that went when some of its nodes were no longer
+    /// linked (at once, or within [`FOLLOWS_MS`]), an entry of such a node,
+    /// and an entry of a cluster whose way went. Forgets what
     /// is back, what a node linked again no longer has, and what is older
-    /// than [`REMEMBERED_MS`]. Returns whether anything changed.
+    /// than [`REMEMBERED_MS`]. Returns whether anything it holds changed.
     pub fn update(&mut self, now: u64, before: Reach, after: Reach, outage: bool) -> bool {
-        let was = (self.entries.len(), self.ways.len());
+        let was = (self.entries.len(), self.ways.len(), self.thinned.clone());
         let relinked = |g: &Gone| g.nodes.iter().any(|n| after.linked.contains(n));
         let fresh = |g: &Gone| now.saturating_sub(g.at) < REMEMBERED_MS && !relinked(g);
         self.ways.retain(|c, g| fresh(g) && !after.ways.contains_key(c));
         let lost_links: Vec<&NodeId> = before.linked.difference(after.linked).collect();
-        if !self.entries.is_empty() || (outage && !lost_links.is_empty()) {
+        // The rest of a way that thinned with a lost link of this node.
+        let mut followed_any = false;
+        let followed: Vec<(ClusterId, Gone)> = self
+            .thinned
+            .iter()
+            .filter(|(_, g)| outage && now.saturating_sub(g.at) < FOLLOWS_MS && !relinked(g))
+            .filter(|(c, _)| before.ways.contains_key(*c) && !after.ways.contains_key(*c))
+            .map(|(c, g)| (c.clone(), g.clone()))
+            .collect();
+        self.thinned.retain(|c, g| now.saturating_sub(g.at) < FOLLOWS_MS && after.ways.contains_key(c));
+        if !self.entries.is_empty() || !followed.is_empty() || (outage && !lost_links.is_empty()) {
             let offered: HashSet<Key> = after.entries.iter().map(key).collect();
             self.entries.retain(|(e, g)| fresh(g) && !offered.contains(&key(e)));
+            for (cluster, gone) in followed {
+                followed_any = true;
+                let went = before.entries.iter().filter(|e| e.cluster == cluster && !offered.contains(&key(e)));
+                self.entries.extend(went.map(|e| (e.clone(), gone.clone())));
+                self.ways.insert(cluster, gone);
+            }
             if outage && !lost_links.is_empty() {
                 self.record(now, before, after, &offered);
             }
         }
-        was != (self.entries.len(), self.ways.len())
+        followed_any || was != (self.entries.len(), self.ways.len(), self.thinned.clone())
     }
 
     fn record(&mut self, now: u64, before: Reach, after: Reach, offered: &HashSet<Key>) {
-        let unlinked = |via: &BTreeSet<NodeId>| via.iter().all(|n| !after.linked.contains(n));
         for (cluster, via) in before.ways {
-            if !after.ways.contains_key(cluster) && unlinked(via) {
-                let members = via.is_subset(before.members);
-                self.ways.insert(cluster.clone(), Gone { nodes: via.iter().cloned().collect(), at: now, members });
+            let nodes: Vec<NodeId> = via.iter().filter(|n| !after.linked.contains(*n)).cloned().collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            let members = nodes.iter().all(|n| before.members.contains(n));
+            let gone = Gone { nodes, at: now, members };
+            // The rest of the way, through nodes still linked, went with
+            // it (as a while after: `thinned`), or is there still.
+            if after.ways.contains_key(cluster) {
+                self.thinned.insert(cluster.clone(), gone);
+            } else {
+                self.ways.insert(cluster.clone(), gone);
             }
         }
         for e in before.entries.iter().filter(|e| !offered.contains(&key(e))) {
@@ -146,6 +180,27 @@ impl Lost {
             }
         }
         losses
+    }
+
+    /// Keeps only what `keep` holds an outage still (this node's policy
+    /// reloaded: what it no longer admits is its decision now).
+    pub fn retain(&mut self, keep: impl Fn(&ClusterId, &Gone) -> bool) {
+        self.ways.retain(|c, g| keep(c, g));
+        self.entries.retain(|(e, g)| keep(&e.cluster, g));
+    }
+
+    /// Takes on what a member had told this node it lost, now that the
+    /// link to that member (`via`) went too: the way there went with both,
+    /// and is back when either is linked again.
+    pub fn adopt(&mut self, losses: Vec<Loss>, via: &NodeId) {
+        for loss in losses {
+            let mut gone = Gone { members: true, ..loss.gone };
+            gone.nodes.push(via.clone());
+            if loss.way {
+                self.ways.entry(loss.cluster).or_insert_with(|| gone.clone());
+            }
+            self.entries.extend(loss.entries.into_iter().map(|e| (e, gone.clone())));
+        }
     }
 
     /// What this node lost, and what members told it they lost: those went
@@ -255,6 +310,39 @@ mod tests {
         let after_back = Reach { entries: &[], ways: &back, linked: &after_links, members: &after_links };
         assert!(lost.update(200, after, after_back, true));
         assert_eq!(lost.way(200, &ClusterId::new("beta")), None);
+    }
+
+    #[test]
+    fn a_way_that_thinned_with_a_lost_link_and_then_went_went_with_that_link() {
+        // Two bridge nodes of alpha, a1 (this one) and a3, link to b1 of
+        // beta. b1 goes: a1 loses its link, and still reaches beta through
+        // a3, until a3 relays that it lost its own.
+        let echo = on("b1", "beta", &catalog()[0]);
+        let (both, relayed, none) = (ways(&[("beta", "b1"), ("beta", "a3")]), ways(&[("beta", "a3")]), Ways::new());
+        let (before_links, after_links, members) = (nodes(&["b1", "a3"]), nodes(&["a3"]), nodes(&["a3"]));
+        let entries = [echo.clone()];
+        let before = Reach { entries: &entries, ways: &both, linked: &before_links, members: &members };
+        let thinned = Reach { entries: &entries, ways: &relayed, linked: &after_links, members: &members };
+        let after = Reach { entries: &[], ways: &none, linked: &after_links, members: &members };
+        let beta = ClusterId::new("beta");
+        let gone = Gone { nodes: vec![NodeId::new("b1")], at: 100, members: false };
+
+        let mut lost = Lost::default();
+        lost.update(100, before, thinned, true);
+        assert_eq!(lost.way(100, &beta), None, "still reached through a3");
+        assert!(lost.update(200, thinned, after, true));
+        assert_eq!(lost.way(200, &beta), Some(&gone));
+        assert_eq!(lost.entries(200).collect::<Vec<_>>(), [&(echo, gone)]);
+
+        // Not when the rest goes much later (a decision of a3's), nor by a reload.
+        let mut later = Lost::default();
+        later.update(100, before, thinned, true);
+        later.update(100 + FOLLOWS_MS, thinned, after, true);
+        assert_eq!(later.way(100 + FOLLOWS_MS, &beta), None);
+        let mut reloaded = Lost::default();
+        reloaded.update(100, before, thinned, true);
+        reloaded.update(200, thinned, after, false);
+        assert_eq!(reloaded.way(200, &beta), None);
     }
 
     #[test]

@@ -106,9 +106,10 @@ pub(crate) struct Metered<S> {
     state: Arc<Mutex<Meter>>,
 }
 
-/// The charge, off once the connection is not a client's (a peer link);
-/// kept but no longer grown while the rest of a refused request is read
-/// out to be dropped (tungstenite still holds what it had read of it).
+/// The charge, off once the connection is only read out before it closes
+/// (a refused hello); kept but no longer grown while the rest of a refused
+/// request is read out to be dropped (tungstenite still holds what it had
+/// read of it).
 struct Meter {
     arriving: Option<Arriving>,
     counting: bool,
@@ -181,7 +182,7 @@ impl MeterHandle {
         });
     }
 
-    /// No charge at all: the connection is a peer link.
+    /// No charge at all: the connection is only read out before it closes.
     pub(crate) fn stop(&self) {
         self.with(|meter| {
             meter.arriving = None;

@@ -312,7 +312,12 @@ impl ClusterTask {
                     self.imports.remove(link.node());
                     self.relayed.remove(link.node());
                     self.bridged_by.remove(link.node());
-                    self.lost_by.remove(link.node());
+                    // What the member told it lost went with it too.
+                    if let Some(losses) = self.lost_by.remove(link.node()) {
+                        Arc::make_mut(&mut self.lost).adopt(losses, link.node());
+                    }
+                    // Out of the links, it needs no marking as down.
+                    self.members_down.remove(link.node());
                     self.offers.remove(link.node());
                     self.shared_by.remove(link.node());
                     if self.routes.forget_member(link.node()) {
@@ -343,6 +348,13 @@ impl ClusterTask {
                 self.advertise_local();
                 self.changed = true;
                 self.policy_changed = true;
+                // What the policy no longer admits is its decision now, not an outage.
+                Arc::make_mut(&mut self.lost).retain(|cluster, gone| {
+                    *cluster == me
+                        || gone.members
+                        || (policy.peer(cluster, None).allowed
+                            && gone.nodes.iter().any(|n| policy.peer(cluster, Some(n)).allowed))
+                });
                 for addr in self.fabric.readmitted() {
                     self.dial(addr);
                 }
@@ -1176,7 +1188,10 @@ impl Reached {
         let mut ways = weft_fabric::Ways::new();
         let mut linked = BTreeSet::from([me.node.clone()]);
         let mut members = linked.clone();
-        for link in fabric.links().iter().filter(|l| !down.contains(l.node())) {
+        // Members down whose links are still open (a node of another
+        // cluster may have the same id).
+        let down = |l: &Link| l.remote.cluster == me.cluster && down.contains(l.node());
+        for link in fabric.links().iter().filter(|l| !down(l)) {
             linked.insert(link.node().clone());
             if link.remote.cluster == me.cluster {
                 members.insert(link.node().clone());

@@ -572,22 +572,28 @@ impl Fabric {
     }
 
     /// Whether what went out of reach with `gone` in `cluster` is still an
-    /// outage: this node's policy admits the cluster, and no link with it
-    /// was refused since shortly before (the other side's decision: its
-    /// refusal may come just before the link drops). A refusal for a node
-    /// missing from a bridge's `nodes` list says nothing when this node
-    /// refused it, nor when the way was a member's bridge (this node's own
-    /// dials may be refused so all along).
+    /// outage: this node's policy admits the cluster, and no link with it,
+    /// or with a node it went with (a transit cluster's), was refused since
+    /// shortly before (the other side's decision: its refusal may come just
+    /// before the link drops). A refusal for another node missing from a
+    /// bridge's `nodes` list says nothing when this node refused it, nor
+    /// when the way was a member's bridge (this node's own dials may be
+    /// refused so all along).
     pub(crate) fn outage(&self, cluster: &ClusterId, gone: &weft_fabric::Gone) -> bool {
         if *cluster == self.me.cluster {
             return true;
         }
         let since = gone.at.saturating_sub(POLICY_SETTLES.as_millis() as u64);
+        let went = |r: &Refusal| r.remote_node.as_ref().is_some_and(|n| gone.nodes.contains(n));
         let about_a_node = |r: &Refusal| {
-            r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str()) && (r.by == "local" || gone.members)
+            r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str())
+                && (r.by == "local" || gone.members)
+                && !went(r)
         };
         let refused = |r: &Refusal| {
-            r.remote_cluster.as_deref() == Some(cluster.as_str()) && r.at_unix_ms >= since && !about_a_node(r)
+            (r.remote_cluster.as_deref() == Some(cluster.as_str()) || went(r))
+                && r.at_unix_ms >= since
+                && !about_a_node(r)
         };
         self.policy().peer(cluster, None).allowed && !lock(&self.refusals).iter().any(refused)
     }
@@ -918,13 +924,16 @@ impl Fabric {
                 (Direction::Inbound, None) => self.alert(AlertKind::LinkRefused, INBOUND_REFUSALS, &message),
             }
         }
+        // A refused dial does not learn who answered: the node last known
+        // at that address (its link, closed by the same refusal) it is.
+        let known = refusals.iter().rev().find(|r| r.addr == addr).and_then(|r| r.remote_node.clone());
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
             refusals.pop_front();
         }
         refusals.push_back(Refusal {
             at_unix_ms,
-            remote_node: remote.map(|h| h.node.clone()),
+            remote_node: remote.map(|h| h.node.clone()).or(known),
             remote_cluster: remote
                 .map(|h| h.cluster.to_string())
                 .or_else(|| reject.cluster.as_ref().map(ToString::to_string)),
