@@ -437,6 +437,22 @@ async fn a_member_answers_like_its_bridge_node_when_the_far_side_bridge_goes_dow
     assert_beta_out_of_reach(&a2, "b1").await;
 }
 
+/// Two bridge nodes linked to the same node of the other side each lose
+/// their own link and then the way through the other, a moment apart:
+/// both answer that the cluster went out of reach with that node.
+#[tokio::test]
+async fn two_bridge_nodes_to_one_node_that_goes_down_both_answer_out_of_reach() {
+    let mut b1 = node("b1", "beta", vec!["text"], &[], &bridge("alpha", &["a1", "a3"]));
+    let a1 = node("a1", "alpha", vec!["echo"], &[&b1], &bridge("beta", &["b1"]));
+    let a3 = node("a3", "alpha", vec!["math"], &[&a1, &b1], &bridge("beta", &["b1"]));
+    for at in [&a1, &a3] {
+        eventually("beta's functions in alpha", SETTLE, async || sees(at, "beta", "upper").await.then_some(())).await;
+    }
+    b1.kill();
+    assert_beta_out_of_reach(&a1, "b1").await;
+    assert_beta_out_of_reach(&a3, "b1").await;
+}
+
 #[tokio::test]
 async fn function_rules_export_flags_and_rate_limits_bind_foreign_callers() {
     let federation = format!(

@@ -366,8 +366,24 @@ mod tests {
 
         // A member answers for it as lost by way of a member.
         let member = Lost::default().with_relayed(&losses);
-        let by_member = Gone { members: true, ..gone };
+        let by_member = Gone { members: true, ..gone.clone() };
         assert_eq!(member.way(150, &beta), Some(&by_member));
-        assert_eq!(member.entries(150).collect::<Vec<_>>(), [&(upper, by_member)]);
+        assert_eq!(member.entries(150).collect::<Vec<_>>(), [&(upper.clone(), by_member)]);
+
+        // When the bridge node goes too, the member keeps it, gone with both,
+        // until either is linked again.
+        let mut adopted = Lost::default();
+        adopted.adopt(losses, &NodeId::new("a1"));
+        let with_both = Gone { nodes: vec![NodeId::new("b1"), NodeId::new("a1")], at: 100, members: true };
+        assert_eq!(adopted.way(150, &beta), Some(&with_both));
+        let (was, back) = (nodes(&["a1"]), nodes(&["a1", "a2"]));
+        let view = |linked| Reach { entries: &[], ways: &none, linked, members: linked };
+        adopted.update(200, view(&was), view(&back), true);
+        assert_eq!((adopted.way(200, &beta), adopted.entries(200).count()), (None, 0), "a1 is back");
+
+        // A policy reload keeps only what it still holds an outage.
+        lost.retain(|cluster, _| *cluster != beta);
+        let of_beta = lost.entries(150).filter(|(e, _)| e.cluster == beta).count();
+        assert_eq!((lost.way(150, &beta), of_beta, lost.entries(150).count()), (None, 0, 1), "its own cluster's stay");
     }
 }

@@ -365,6 +365,7 @@ impl ClusterTask {
             }
             // The message's budget goes back to its link once handled.
             Event::Peer(link, msg, _queued) => self.on_message(&link, *msg),
+            Event::RefusedByPolicy => self.changed = true,
         }
     }
 

@@ -62,6 +62,9 @@ pub enum Event {
     PolicyChanged,
     /// The plugins were reloaded: this node's own catalog entries now.
     LocalCatalog(Vec<CatalogEntry>),
+    /// Another cluster's policy refused a link: what went out of reach
+    /// lately may be its decision, which members are told at once.
+    RefusedByPolicy,
 }
 
 /// What the cluster task publishes for everyone else to read.
@@ -227,6 +230,10 @@ pub struct Fabric {
     /// When a link to each other cluster last came up: refusals before it
     /// no longer explain a missing bridge.
     linked_at: Mutex<HashMap<ClusterId, u64>>,
+    /// The cluster of each node this node has linked to (kept while it has
+    /// fewer than `PEERS_KNOWN`): a refused dial names the cluster, not the
+    /// node, and a refusal by the cluster of a node that went is a decision.
+    peer_clusters: Mutex<HashMap<NodeId, ClusterId>>,
     /// When the policy in force was set: this node's refusals before it
     /// were made by another policy.
     policy_set_at: AtomicU64,
@@ -340,6 +347,7 @@ impl Fabric {
                 std::num::NonZeroU32::new(60).expect("non-zero"),
             )),
             linked_at: Mutex::default(),
+            peer_clusters: Mutex::default(),
             policy_set_at: AtomicU64::new(crate::unix_ms()),
             policy_reloaded_at: AtomicU64::new(0),
             unsigned_routes: Mutex::default(),
@@ -585,13 +593,18 @@ impl Fabric {
         }
         let since = gone.at.saturating_sub(POLICY_SETTLES.as_millis() as u64);
         let went = |r: &Refusal| r.remote_node.as_ref().is_some_and(|n| gone.nodes.contains(n));
+        let clusters = lock(&self.peer_clusters);
+        let of_what_went = |r: &Refusal| {
+            let refusing = r.remote_cluster.as_deref();
+            gone.nodes.iter().any(|n| clusters.get(n).is_some_and(|c| Some(c.as_str()) == refusing))
+        };
         let about_a_node = |r: &Refusal| {
             r.rule.as_deref() == Some(weft_fabric::Rule::BridgeNodes.as_str())
                 && (r.by == "local" || gone.members)
                 && !went(r)
         };
         let refused = |r: &Refusal| {
-            (r.remote_cluster.as_deref() == Some(cluster.as_str()) || went(r))
+            (r.remote_cluster.as_deref() == Some(cluster.as_str()) || went(r) || of_what_went(r))
                 && r.at_unix_ms >= since
                 && !about_a_node(r)
         };
@@ -870,6 +883,11 @@ impl Fabric {
         links.insert(link.node().clone(), link.clone());
         self.metrics.peer_links.set(links.len() as i64);
         lock(&self.linked_at).insert(link.remote.cluster.clone(), crate::unix_ms());
+        let mut known = lock(&self.peer_clusters);
+        if known.len() >= PEERS_KNOWN {
+            known.clear();
+        }
+        known.insert(link.node().clone(), link.remote.cluster.clone());
         Ok(())
     }
 
@@ -927,6 +945,9 @@ impl Fabric {
         // A refused dial does not learn who answered: the node last known
         // at that address (its link, closed by the same refusal) it is.
         let known = refusals.iter().rev().find(|r| r.addr == addr).and_then(|r| r.remote_node.clone());
+        if by == "remote" && reject.kind == RejectKind::Policy {
+            self.event(Event::RefusedByPolicy);
+        }
         refusals.retain(|r| !(r.addr == addr && r.kind == reject.kind));
         if refusals.len() >= REFUSALS_KEPT {
             refusals.pop_front();
@@ -1125,6 +1146,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// `UNAVAILABLE`: `what` went out of reach with the nodes `gone` names.
+/// How many nodes' clusters `Fabric::peer_clusters` keeps (then it starts
+/// anew): a node links to at most `cluster.max_members` members and as many
+/// bridge peers at once.
+const PEERS_KNOWN: usize = 4096;
+
 pub(crate) fn out_of_reach(what: String, gone: &weft_fabric::Gone) -> WeftError {
     let ago = crate::unix_ms().saturating_sub(gone.at);
     let nodes: Vec<&str> = gone.nodes.iter().map(NodeId::as_str).collect();
