@@ -4,7 +4,6 @@
 //! waiting on. When the link ends, every waiting call fails with UNAVAILABLE
 //! and every call the peer asked for is cancelled.
 
-use crate::arriving::MeterHandle;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +27,7 @@ use weft_runtime::CallTarget;
 
 use super::wire::{ForwardCall, Hello, PeerMsg};
 use super::{Event, Fabric, Point};
+use crate::arriving::MeterHandle;
 use crate::executor::StepCall;
 use crate::signing::CallClaim;
 use crate::ws::close_frame;

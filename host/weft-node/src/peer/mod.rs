@@ -7,7 +7,6 @@
 mod link;
 mod wire;
 
-use crate::arriving::MeterHandle;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +25,7 @@ use weft_proto::{ClusterId, ErrorKind, FunctionId, NodeId, WeftError};
 use weft_runtime::Runtime;
 
 use crate::alerts::{AlertKind, Alerts};
+use crate::arriving::MeterHandle;
 use crate::metrics::Metrics;
 use crate::signing::{CallClaim, Keys, LinkClaim, OriginProof, SeenProofs};
 use crate::tenants::Tenants;
