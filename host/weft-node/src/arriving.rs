@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
-use weft_proto::{ErrorKind, WeftError};
+use weft_proto::WeftError;
 use weft_runtime::budget::Charge;
 
 use crate::executor::RequestMemory;
@@ -55,7 +55,7 @@ impl Arriving {
                 self.charge.is_some()
             }
         };
-        if charged { Ok(()) } else { Err(self.refusal()) }
+        if charged { Ok(()) } else { Err(self.memory.no_room("this one, still arriving, takes", self.unread)) }
     }
 
     /// The request arrived whole: from here its charge is the one it takes
@@ -79,22 +79,6 @@ impl Arriving {
         }
         self.unread == 0
     }
-
-    fn refusal(&self) -> WeftError {
-        let budget = self.memory.budget();
-        let mib = |b: usize| b.div_ceil(1 << 20);
-        WeftError::new(
-            ErrorKind::RESOURCE_EXHAUSTED,
-            format!(
-                "no room in limits.max_request_memory ({} MiB, {} MiB held) for the {} MiB of a request still arriving; retry shortly, or send smaller requests",
-                mib(budget.limit()),
-                mib(budget.used()),
-                mib(self.unread)
-            ),
-        )
-        .with("limit", budget.limit())
-        .with("size", self.unread)
-    }
 }
 
 /// A connection whose reads are charged to an [`Arriving`] shared with
@@ -106,12 +90,11 @@ pub(crate) struct Metered<S> {
     state: Arc<Mutex<Meter>>,
 }
 
-/// The charge, off once the connection is only read out before it closes
-/// (a refused hello); kept but no longer grown while the rest of a refused
-/// request is read out to be dropped (tungstenite still holds what it had
-/// read of it).
+/// The charge, kept but no longer grown (`counting` off) while the
+/// connection is read out to be dropped: the rest of a refused request
+/// (tungstenite still holds what it had read of it), or a refused hello.
 struct Meter {
-    arriving: Option<Arriving>,
+    arriving: Arriving,
     counting: bool,
     /// How long a message may take to arrive ([`ARRIVAL_TIMEOUT`]).
     timeout: Duration,
@@ -131,10 +114,10 @@ pub(crate) enum Refusal {
 impl Meter {
     /// Charges a read of `n` bytes, and fails one too late or with no room.
     fn read(&mut self, n: usize, cx: &mut Context<'_>) -> Result<(), Refusal> {
-        let Some(arriving) = self.arriving.as_mut().filter(|_| self.counting) else {
+        if !self.counting {
             return Ok(());
-        };
-        arriving.arrived(n).map_err(Refusal::NoRoom)?;
+        }
+        self.arriving.arrived(n).map_err(Refusal::NoRoom)?;
         let timeout = self.timeout;
         let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if deadline.as_mut().poll(cx).is_ready() { Err(Refusal::TooSlow) } else { Ok(()) }
@@ -148,7 +131,7 @@ pub(crate) struct MeterHandle(Arc<Mutex<Meter>>);
 impl<S> Metered<S> {
     /// `inner`, whose messages have `timeout` each to arrive.
     pub(crate) fn new(inner: S, memory: RequestMemory, timeout: Duration) -> (Self, MeterHandle) {
-        let arriving = Some(Arriving::new(memory));
+        let arriving = Arriving::new(memory);
         let state = Arc::new(Mutex::new(Meter { arriving, counting: true, timeout, deadline: None, refused: None }));
         (Self { inner, state: state.clone() }, MeterHandle(state))
     }
@@ -168,7 +151,7 @@ impl MeterHandle {
     pub(crate) fn delivered(&self) {
         self.with(|meter| {
             meter.deadline = None;
-            meter.arriving.as_mut().map(Arriving::delivered)
+            meter.arriving.delivered();
         });
     }
 
@@ -176,17 +159,9 @@ impl MeterHandle {
     /// arrives besides it stays charged, and its deadline runs on.
     pub(crate) fn took(&self, n: usize) {
         self.with(|meter| {
-            if meter.arriving.as_mut().is_some_and(|arriving| arriving.took(n)) {
+            if meter.arriving.took(n) {
                 meter.deadline = None;
             }
-        });
-    }
-
-    /// No charge at all: the connection is only read out before it closes.
-    pub(crate) fn stop(&self) {
-        self.with(|meter| {
-            meter.arriving = None;
-            meter.deadline = None;
         });
     }
 
@@ -253,6 +228,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use weft_proto::ErrorKind;
+
     use super::*;
 
     #[test]

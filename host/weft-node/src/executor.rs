@@ -1222,19 +1222,24 @@ impl RequestMemory {
         if charge.grow_to(bytes) { Ok(()) } else { Err(self.refusal(bytes)) }
     }
 
+    fn refusal(&self, bytes: usize) -> WeftError {
+        self.no_room("parsing this one may take", bytes)
+    }
+
     /// At most half the limit, so that a request fits whenever the
     /// requests held take less than half.
     fn parse_cost(&self, len: usize) -> usize {
         len.saturating_mul(PARSED_PER_BYTE).min(self.0.limit() / 2)
     }
 
-    fn refusal(&self, bytes: usize) -> WeftError {
+    /// The refusal of `bytes` more, which `what` (a request) takes.
+    pub(crate) fn no_room(&self, what: &str, bytes: usize) -> WeftError {
         let mib = |b: usize| b.div_ceil(1 << 20);
         let limit = self.0.limit();
         WeftError::new(
             ErrorKind::RESOURCE_EXHAUSTED,
             format!(
-                "the requests this node holds take {} MiB of limits.max_request_memory ({} MiB), and parsing this one may take {} MiB; retry shortly, or send smaller requests",
+                "the requests this node holds take {} MiB of limits.max_request_memory ({} MiB), and {what} {} MiB; retry shortly, or send smaller requests",
                 mib(self.0.used()),
                 mib(limit),
                 mib(bytes)

@@ -144,7 +144,7 @@ async fn serve_connection(stream: Conn, ctx: Arc<WsContext>, shutdown: Cancellat
             // client's error about a missing "role".
             Err(e) if is_hello(text) => {
                 drop(open);
-                meter.stop();
+                meter.freeze();
                 let problem = e.to_string();
                 ctx.executor.fabric().refuse_malformed(ws, &problem[..problem.floor_char_boundary(200)]).await;
                 return;
