@@ -92,9 +92,8 @@ impl Lost {
         let relinked = |g: &Gone| g.nodes.iter().any(|n| after.linked.contains(n));
         let fresh = |g: &Gone| now.saturating_sub(g.at) < REMEMBERED_MS && !relinked(g);
         self.ways.retain(|c, g| fresh(g) && !after.ways.contains_key(c));
-        let lost_links: Vec<&NodeId> = before.linked.difference(after.linked).collect();
+        let lost_link = !before.linked.is_subset(after.linked);
         // The rest of a way that thinned with a lost link of this node.
-        let mut followed_any = false;
         let followed: Vec<(ClusterId, Gone)> = self
             .thinned
             .iter()
@@ -102,17 +101,17 @@ impl Lost {
             .filter(|(c, _)| before.ways.contains_key(*c) && !after.ways.contains_key(*c))
             .map(|(c, g)| (c.clone(), g.clone()))
             .collect();
+        let followed_any = !followed.is_empty();
         self.thinned.retain(|c, g| now.saturating_sub(g.at) < FOLLOWS_MS && after.ways.contains_key(c));
-        if !self.entries.is_empty() || !followed.is_empty() || (outage && !lost_links.is_empty()) {
+        if !self.entries.is_empty() || followed_any || (outage && lost_link) {
             let offered: HashSet<Key> = after.entries.iter().map(key).collect();
             self.entries.retain(|(e, g)| fresh(g) && !offered.contains(&key(e)));
             for (cluster, gone) in followed {
-                followed_any = true;
                 let went = before.entries.iter().filter(|e| e.cluster == cluster && !offered.contains(&key(e)));
                 self.entries.extend(went.map(|e| (e.clone(), gone.clone())));
                 self.ways.insert(cluster, gone);
             }
-            if outage && !lost_links.is_empty() {
+            if outage && lost_link {
                 self.record(now, before, after, &offered);
             }
         }
@@ -193,29 +192,29 @@ impl Lost {
     /// link to that member (`via`) went too: the way there went with both,
     /// and is back when either is linked again.
     pub fn adopt(&mut self, losses: Vec<Loss>, via: &NodeId) {
-        for loss in losses {
-            let mut gone = Gone { members: true, ..loss.gone };
-            gone.nodes.push(via.clone());
-            if loss.way {
-                self.ways.entry(loss.cluster).or_insert_with(|| gone.clone());
-            }
-            self.entries.extend(loss.entries.into_iter().map(|e| (e, gone.clone())));
+        for mut loss in losses {
+            loss.gone.nodes.push(via.clone());
+            self.take_on(loss);
         }
     }
 
-    /// What this node lost, and what members told it they lost: those went
-    /// with links of a member, so no refusal of this node's own dials
-    /// explains them (`Gone::members`).
+    /// What this node lost, and what members told it they lost.
     pub fn with_relayed<'a>(&self, relayed: impl IntoIterator<Item = &'a Loss>) -> Lost {
         let mut all = self.clone();
         for loss in relayed {
-            let gone = Gone { members: true, ..loss.gone.clone() };
-            if loss.way {
-                all.ways.entry(loss.cluster.clone()).or_insert_with(|| gone.clone());
-            }
-            all.entries.extend(loss.entries.iter().map(|e| (e.clone(), gone.clone())));
+            all.take_on(loss.clone());
         }
         all
+    }
+
+    /// A member's loss, as lost here: it went with links of a member, so no
+    /// refusal of this node's own dials explains it (`Gone::members`).
+    fn take_on(&mut self, loss: Loss) {
+        let gone = Gone { members: true, ..loss.gone };
+        if loss.way {
+            self.ways.entry(loss.cluster).or_insert_with(|| gone.clone());
+        }
+        self.entries.extend(loss.entries.into_iter().map(|e| (e, gone.clone())));
     }
 }
 
