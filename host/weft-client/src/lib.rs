@@ -87,23 +87,16 @@ pub fn upgrade_failure(e: &tokio_tungstenite::tungstenite::Error) -> Result<Weft
 /// the node had no memory for while it arrived (1013) gets the kind of the
 /// same refusal over HTTP.
 fn closed_by_node(frame: &CloseFrame) -> WeftError {
-    let code = u16::from(frame.code);
-    if frame.code == CloseCode::Again {
-        return WeftError::new(
-            ErrorKind::RESOURCE_EXHAUSTED,
-            format!("the node closed the connection (code {code}) before answering: {}", frame.reason),
-        );
-    }
-    if frame.code == CloseCode::Size {
-        return WeftError::new(
+    let what =
+        format!("the node closed the connection (code {}) before answering: {}", u16::from(frame.code), frame.reason);
+    match frame.code {
+        CloseCode::Size => WeftError::new(
             ErrorKind::INVALID_REQUEST,
-            format!(
-                "the node closed the connection (code {code}) before answering: {}; send a smaller request, or raise limits.max_frame on the node",
-                frame.reason
-            ),
-        );
+            format!("{what}; send a smaller request, or raise limits.max_frame on the node"),
+        ),
+        CloseCode::Again => WeftError::new(ErrorKind::RESOURCE_EXHAUSTED, what),
+        _ => unavailable(what),
     }
-    unavailable(format!("the node closed the connection (code {code}) before answering: {}", frame.reason))
 }
 
 impl Client {
